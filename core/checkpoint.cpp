@@ -1,0 +1,194 @@
+#include "core/checkpoint.h"
+
+#include <google/protobuf/text_format.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace loom {
+namespace {
+
+namespace fs = std::filesystem;
+using Meta = config::CheckpointMeta;
+
+constexpr const char* kMetaFile = "checkpoint.textproto";
+
+uint32_t crc_of(const float* data, size_t n) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  const Bytef* bytes = reinterpret_cast<const Bytef*>(data);
+  size_t left = n * sizeof(float);
+  while (left > 0) {  // zlib takes a 32-bit length
+    const uInt len = static_cast<uInt>(std::min<size_t>(left, 1u << 30));
+    crc = crc32(crc, bytes, len);
+    bytes += len;
+    left -= len;
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+// Writes one buffer (laid out as the model's parameters) to `file` and describes each tensor.
+void write_buffer(const fs::path& dir, const std::string& file, const Model& model,
+                  const std::vector<float>& buffer,
+                  google::protobuf::RepeatedPtrField<Meta::Tensor>* entries) {
+  std::ofstream out(dir / file, std::ios::binary | std::ios::trunc);
+  if (!out) throw Error("cannot write " + (dir / file).string() + ": " + std::strerror(errno));
+  for (const ParamTensor& t : model.tensors) {
+    Meta::Tensor* e = entries->Add();
+    e->set_name(t.name);
+    for (int64_t d : t.shape) {
+      e->add_global_shape(d);
+      e->add_shard_offset(0);
+      e->add_shard_shape(d);
+    }
+    e->set_file(file);
+    e->set_offset(static_cast<int64_t>(t.offset * sizeof(float)));
+    e->set_crc32(crc_of(buffer.data() + t.offset, t.size));
+  }
+  out.write(reinterpret_cast<const char*>(buffer.data()),
+            static_cast<std::streamsize>(buffer.size() * sizeof(float)));
+  if (!out.flush()) throw Error("writing " + (dir / file).string() + " failed");
+}
+
+// Reads every tensor described by `entries` into `buffer`, checking it against the model.
+void read_buffer(const fs::path& dir, const Model& model,
+                 const google::protobuf::RepeatedPtrField<Meta::Tensor>& entries,
+                 std::vector<float>& buffer) {
+  if (static_cast<size_t>(entries.size()) != model.tensors.size())
+    throw Error("checkpoint " + dir.string() + " has " + std::to_string(entries.size()) +
+                " tensors where the model has " + std::to_string(model.tensors.size()));
+  for (size_t i = 0; i < model.tensors.size(); ++i) {
+    const ParamTensor& t = model.tensors[i];
+    const Meta::Tensor& e = entries[static_cast<int>(i)];
+    const std::vector<int64_t> shape(e.global_shape().begin(), e.global_shape().end());
+    const std::vector<int64_t> piece(e.shard_shape().begin(), e.shard_shape().end());
+    if (e.name() != t.name || shape != t.shape || piece != t.shape)
+      throw Error("checkpoint " + dir.string() + " does not fit this model: tensor " +
+                  std::to_string(i) + " is \"" + e.name() + "\" there and \"" + t.name +
+                  "\" here, or their shapes differ");
+    std::ifstream in(dir / e.file(), std::ios::binary);
+    if (!in) throw Error("checkpoint " + dir.string() + " lacks " + e.file());
+    in.seekg(e.offset());
+    in.read(reinterpret_cast<char*>(buffer.data() + t.offset),
+            static_cast<std::streamsize>(t.size * sizeof(float)));
+    if (!in)
+      throw Error("checkpoint file " + (dir / e.file()).string() + " is truncated at tensor " +
+                  t.name);
+    if (crc_of(buffer.data() + t.offset, t.size) != e.crc32())
+      throw Error("checkpoint file " + (dir / e.file()).string() + " is corrupt: checksum of " +
+                  t.name + " does not match");
+  }
+}
+
+std::string step_name(long step) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "step_%07ld", step);
+  return name;
+}
+
+bool is_step_folder(const fs::directory_entry& entry) {
+  const std::string name = entry.path().filename().string();
+  return entry.is_directory() && name.rfind("step_", 0) == 0 &&
+         name.find_first_not_of("0123456789", 5) == std::string::npos && name.size() > 5;
+}
+
+std::vector<fs::path> step_folders(const std::string& checkpoints_dir) {
+  std::vector<fs::path> out;
+  std::error_code ec;
+  if (!fs::is_directory(checkpoints_dir, ec)) return out;
+  for (const auto& entry : fs::directory_iterator(checkpoints_dir))
+    if (is_step_folder(entry) && fs::exists(entry.path() / kMetaFile)) out.push_back(entry.path());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Meta read_meta(const std::string& checkpoint_dir) {
+  const fs::path path = fs::path(checkpoint_dir) / kMetaFile;
+  std::ifstream in(path);
+  if (!in)
+    throw Error("no checkpoint at " + checkpoint_dir + " (missing " + path.string() +
+                "); pass a step_NNNNNNN folder inside a run's checkpoints/");
+  std::stringstream text;
+  text << in.rdbuf();
+  Meta meta;
+  if (!google::protobuf::TextFormat::ParseFromString(text.str(), &meta))
+    throw Error("checkpoint metadata " + path.string() + " is corrupt (cannot parse it)");
+  return meta;
+}
+
+CheckpointState state_of(const Meta& meta) {
+  CheckpointState state;
+  state.config = meta.config();
+  state.step = static_cast<long>(meta.step());
+  state.data_position = meta.data_position();
+  state.rng_state = meta.rng_state();
+  state.tokens_seen = meta.tokens_seen();
+  return state;
+}
+
+}  // namespace
+
+std::string checkpoint_save(const std::string& checkpoints_dir, const CheckpointState& state,
+                            const Model& model, const Optimizer& optimizer, int keep_last) {
+  const fs::path final_dir = fs::path(checkpoints_dir) / step_name(state.step);
+  const fs::path tmp_dir =
+      fs::path(checkpoints_dir) / (".tmp-" + step_name(state.step) + "-" + std::to_string(getpid()));
+  fs::remove_all(tmp_dir);
+  fs::create_directories(tmp_dir);
+
+  Meta meta;
+  meta.set_step(state.step);
+  meta.set_data_position(state.data_position);
+  meta.set_rng_state(state.rng_state);
+  meta.set_tokens_seen(state.tokens_seen);
+  *meta.mutable_config() = state.config;
+  write_buffer(tmp_dir, "params.bin", model, model.params, meta.mutable_params());
+  write_buffer(tmp_dir, "adam_m.bin", model, optimizer.m, meta.mutable_adam_m());
+  write_buffer(tmp_dir, "adam_v.bin", model, optimizer.v, meta.mutable_adam_v());
+  std::string text;
+  google::protobuf::TextFormat::PrintToString(meta, &text);
+  {
+    std::ofstream out(tmp_dir / kMetaFile, std::ios::trunc);
+    out << text;
+    if (!out.flush()) throw Error("writing " + (tmp_dir / kMetaFile).string() + " failed");
+  }
+  fs::remove_all(final_dir);
+  fs::rename(tmp_dir, final_dir);
+
+  if (keep_last > 0) {
+    std::vector<fs::path> folders = step_folders(checkpoints_dir);
+    for (size_t i = 0; i + keep_last < folders.size(); ++i) fs::remove_all(folders[i]);
+  }
+  return final_dir.string();
+}
+
+std::string checkpoint_latest(const std::string& checkpoints_dir) {
+  std::vector<fs::path> folders = step_folders(checkpoints_dir);
+  return folders.empty() ? "" : folders.back().string();
+}
+
+CheckpointState checkpoint_read_state(const std::string& checkpoint_dir) {
+  return state_of(read_meta(checkpoint_dir));
+}
+
+CheckpointState checkpoint_load(const std::string& checkpoint_dir, Model& model,
+                                Optimizer* optimizer) {
+  const Meta meta = read_meta(checkpoint_dir);
+  read_buffer(checkpoint_dir, model, meta.params(), model.params);
+  if (optimizer) {
+    read_buffer(checkpoint_dir, model, meta.adam_m(), optimizer->m);
+    read_buffer(checkpoint_dir, model, meta.adam_v(), optimizer->v);
+    optimizer->step = static_cast<long>(meta.step());
+  }
+  return state_of(meta);
+}
+
+}  // namespace loom

@@ -1,0 +1,44 @@
+// Checkpoints: a folder `step_NNNNNNN/` per save holding checkpoint.textproto (CheckpointMeta in
+// configs/loom.proto: step, data position, RNG state, resolved config, and for every tensor its
+// global shape, this piece's offsets, file, byte offset and CRC-32) plus params.bin, adam_m.bin
+// and adam_v.bin (fp32). The folder is written under a temporary name and renamed, so a folder
+// named step_* is always complete. Format: docs/checkpoint-format.md.
+//
+//   loom::checkpoint_save(dir, state, model, opt, keep_last);
+//   std::string newest = loom::checkpoint_latest(dir);   // "" when none
+//   loom::CheckpointState s = loom::checkpoint_load(newest, model, &opt);
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "core/model.h"
+#include "core/optimizer.h"
+#include "loom.pb.h"
+
+namespace loom {
+
+struct CheckpointState {
+  config::RunConfig config;
+  long step = 0;               // optimizer steps completed
+  int64_t data_position = 0;   // training sequences consumed
+  uint64_t rng_state = 0;
+  int64_t tokens_seen = 0;
+};
+
+// Writes `checkpoints_dir/step_NNNNNNN` and then deletes all but the newest keep_last (0 = keep
+// all). Returns the folder written.
+std::string checkpoint_save(const std::string& checkpoints_dir, const CheckpointState& state,
+                            const Model& model, const Optimizer& optimizer, int keep_last);
+
+// The newest complete checkpoint folder in checkpoints_dir, or "" when there is none.
+std::string checkpoint_latest(const std::string& checkpoints_dir);
+
+// Reads only the metadata (config included); throws loom::Error when it is missing or corrupt.
+CheckpointState checkpoint_read_state(const std::string& checkpoint_dir);
+
+// Loads parameters (and, when optimizer is non-null, the Adam moments and step) into a model
+// created from the checkpoint's model config. Verifies names, shapes and checksums.
+CheckpointState checkpoint_load(const std::string& checkpoint_dir, Model& model,
+                                Optimizer* optimizer);
+
+}  // namespace loom

@@ -1,0 +1,313 @@
+#include "core/config.h"
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+#include <google/protobuf/util/json_util.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace loom {
+namespace {
+
+namespace pb = google::protobuf;
+
+// Lists the names of an enum's values, for messages that must say what would have been valid.
+std::string enum_values(const pb::EnumDescriptor* e) {
+  std::string out;
+  for (int i = 0; i < e->value_count(); ++i) out += (i ? ", " : "") + e->value(i)->name();
+  return out;
+}
+
+std::string field_names(const pb::Descriptor* d) {
+  std::string out;
+  for (int i = 0; i < d->field_count(); ++i) out += (i ? ", " : "") + d->field(i)->name();
+  return out;
+}
+
+// protobuf's own messages say an enum value is unknown but not which values exist; find every
+// enum field of that name in the schema and append the valid values.
+std::string with_enum_hint(const std::string& message) {
+  const std::string marker = "for field \"";
+  size_t at = message.find(marker);
+  if (message.find("enumeration value") == std::string::npos || at == std::string::npos)
+    return message;
+  size_t begin = at + marker.size(), end = message.find('"', begin);
+  std::string field = message.substr(begin, end - begin);
+  const pb::FileDescriptor* file = config::RunConfig::descriptor()->file();
+  for (int m = 0; m < file->message_type_count(); ++m) {
+    const pb::FieldDescriptor* f = file->message_type(m)->FindFieldByName(field);
+    if (f && f->enum_type()) return message + " Valid values: " + enum_values(f->enum_type()) + ".";
+  }
+  return message;
+}
+
+class Collector : public pb::io::ErrorCollector {
+ public:
+  explicit Collector(std::string source) : source_(std::move(source)) {}
+  void AddError(int line, int column, const std::string& message) override {
+    errors_ += source_ + ":" + std::to_string(line + 1) + ":" + std::to_string(column + 1) +
+               ": " + with_enum_hint(message) + "\n";
+  }
+  void AddWarning(int line, int column, const std::string& message) override {
+    AddError(line, column, "warning: " + message);
+  }
+  const std::string& errors() const { return errors_; }
+
+ private:
+  std::string source_;
+  std::string errors_;
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot read config " + path + ": " + std::strerror(errno));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+template <typename T>
+T parse_number(const std::string& text, const std::string& where) {
+  std::istringstream in(text);
+  T value{};
+  in >> value;
+  if (!in || !in.eof())
+    throw Error(where + ": \"" + text + "\" is not a valid number for this field");
+  return value;
+}
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw Error("invalid config: " + message);
+}
+
+std::string num(double v) {
+  std::ostringstream out;
+  out << v;
+  return out.str();
+}
+
+// Sets every unset scalar field to its default, so printing shows what a run actually used.
+void materialize_defaults(pb::Message* root) {
+  std::vector<pb::Message*> stack{root};
+  while (!stack.empty()) {
+    pb::Message* msg = stack.back();
+    stack.pop_back();
+    const pb::Reflection* r = msg->GetReflection();
+    const pb::Descriptor* d = msg->GetDescriptor();
+    for (int i = 0; i < d->field_count(); ++i) {
+      const pb::FieldDescriptor* f = d->field(i);
+      if (f->is_repeated()) continue;
+      if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+        stack.push_back(r->MutableMessage(msg, f));
+        continue;
+      }
+      if (r->HasField(*msg, f)) continue;
+      switch (f->cpp_type()) {
+        case pb::FieldDescriptor::CPPTYPE_INT32: r->SetInt32(msg, f, r->GetInt32(*msg, f)); break;
+        case pb::FieldDescriptor::CPPTYPE_INT64: r->SetInt64(msg, f, r->GetInt64(*msg, f)); break;
+        case pb::FieldDescriptor::CPPTYPE_UINT32: r->SetUInt32(msg, f, r->GetUInt32(*msg, f)); break;
+        case pb::FieldDescriptor::CPPTYPE_UINT64: r->SetUInt64(msg, f, r->GetUInt64(*msg, f)); break;
+        case pb::FieldDescriptor::CPPTYPE_FLOAT: r->SetFloat(msg, f, r->GetFloat(*msg, f)); break;
+        case pb::FieldDescriptor::CPPTYPE_DOUBLE: r->SetDouble(msg, f, r->GetDouble(*msg, f)); break;
+        case pb::FieldDescriptor::CPPTYPE_BOOL: r->SetBool(msg, f, r->GetBool(*msg, f)); break;
+        case pb::FieldDescriptor::CPPTYPE_ENUM: r->SetEnum(msg, f, r->GetEnum(*msg, f)); break;
+        case pb::FieldDescriptor::CPPTYPE_STRING: r->SetString(msg, f, r->GetString(*msg, f)); break;
+        case pb::FieldDescriptor::CPPTYPE_MESSAGE: break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+config::RunConfig parse_config_text(const std::string& text, const std::string& source) {
+  config::RunConfig cfg;
+  pb::TextFormat::Parser parser;
+  Collector collector(source);
+  parser.RecordErrorsTo(&collector);
+  if (!parser.ParseFromString(text, &cfg)) throw Error(collector.errors());
+  return cfg;
+}
+
+void apply_override(config::RunConfig& cfg, const std::string& assignment) {
+  const std::string where = "--set " + assignment;
+  size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw Error(where + ": expected path.to.field=value, e.g. --set optim.lr=3e-4");
+  std::string path = assignment.substr(0, eq), value = assignment.substr(eq + 1);
+
+  pb::Message* message = &cfg;
+  const pb::FieldDescriptor* field = nullptr;
+  std::string walked;
+  for (size_t start = 0;;) {
+    size_t dot = path.find('.', start);
+    std::string name = path.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    const pb::Descriptor* d = message->GetDescriptor();
+    field = d->FindFieldByName(name);
+    if (!field)
+      throw Error(where + ": no field \"" + name + "\" in " + (walked.empty() ? "the config" : walked) +
+                  " (fields: " + field_names(d) + ")");
+    walked += (walked.empty() ? "" : ".") + name;
+    if (dot == std::string::npos) break;
+    if (field->type() != pb::FieldDescriptor::TYPE_MESSAGE || field->is_repeated())
+      throw Error(where + ": " + walked + " is not a section, it has no sub-fields");
+    message = message->GetReflection()->MutableMessage(message, field);
+    start = dot + 1;
+  }
+  if (field->is_repeated() || field->type() == pb::FieldDescriptor::TYPE_MESSAGE)
+    throw Error(where + ": " + walked + " is a section; name one of its fields (" +
+                (field->message_type() ? field_names(field->message_type()) : "") + ")");
+
+  const pb::Reflection* r = message->GetReflection();
+  switch (field->cpp_type()) {
+    case pb::FieldDescriptor::CPPTYPE_INT32:
+      r->SetInt32(message, field, parse_number<int32_t>(value, where));
+      break;
+    case pb::FieldDescriptor::CPPTYPE_INT64:
+      r->SetInt64(message, field, parse_number<int64_t>(value, where));
+      break;
+    case pb::FieldDescriptor::CPPTYPE_UINT32:
+      r->SetUInt32(message, field, parse_number<uint32_t>(value, where));
+      break;
+    case pb::FieldDescriptor::CPPTYPE_UINT64:
+      if (!value.empty() && value[0] == '-') throw Error(where + ": must not be negative");
+      r->SetUInt64(message, field, parse_number<uint64_t>(value, where));
+      break;
+    case pb::FieldDescriptor::CPPTYPE_FLOAT:
+      r->SetFloat(message, field, parse_number<float>(value, where));
+      break;
+    case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+      r->SetDouble(message, field, parse_number<double>(value, where));
+      break;
+    case pb::FieldDescriptor::CPPTYPE_BOOL:
+      if (value != "true" && value != "false")
+        throw Error(where + ": " + walked + " takes true or false");
+      r->SetBool(message, field, value == "true");
+      break;
+    case pb::FieldDescriptor::CPPTYPE_ENUM: {
+      const pb::EnumValueDescriptor* v = field->enum_type()->FindValueByName(value);
+      if (!v)
+        throw Error(where + ": \"" + value + "\" is not a value of " + walked +
+                    ". Valid values: " + enum_values(field->enum_type()) + ".");
+      r->SetEnum(message, field, v);
+      break;
+    }
+    case pb::FieldDescriptor::CPPTYPE_STRING:
+      r->SetString(message, field, value);
+      break;
+    case pb::FieldDescriptor::CPPTYPE_MESSAGE:
+      LOOM_CHECK(false);
+  }
+}
+
+void validate_config(const config::RunConfig& cfg) {
+  const auto& m = cfg.model();
+  const auto& t = cfg.train();
+  const auto& o = cfg.optim();
+  const auto& p = cfg.parallel();
+  require(m.vocab_size() >= 2 && m.vocab_size() <= 65536,
+          "model.vocab_size (" + num(m.vocab_size()) +
+              ") must be in [2, 65536]: shard tokens are uint16");
+  require(m.d_model() > 0, "model.d_model must be positive");
+  require(m.n_heads() > 0, "model.n_heads must be positive");
+  require(m.d_model() % m.n_heads() == 0,
+          "model.n_heads (" + num(m.n_heads()) + ") must divide model.d_model (" +
+              num(m.d_model()) + ")");
+  require(m.d_mlp() > 0, "model.d_mlp must be positive");
+  require(m.max_seq_len() > 0, "model.max_seq_len must be positive");
+  const int head_dim = m.d_model() / m.n_heads();
+  require(m.position() != config::ModelConfig::ROTARY || head_dim % 2 == 0,
+          "model.position ROTARY needs an even head dimension, but d_model / n_heads = " +
+              num(head_dim));
+  require(m.rope_theta() > 0, "model.rope_theta must be positive");
+  require(m.norm_eps() > 0, "model.norm_eps must be positive");
+  require(m.prelude_layers() >= 0, "model.prelude_layers must not be negative");
+  require(m.coda_layers() >= 0, "model.coda_layers must not be negative");
+  require(m.block_layers() >= 1, "model.block_layers must be at least 1 (a plain GPT is "
+                                 "block_layers = L, loops = 1)");
+  require(m.loops() >= 1, "model.loops must be at least 1");
+  require(!m.input_injection() || m.loops() >= 2,
+          "model.input_injection needs model.loops >= 2: it adds the prelude output at the "
+          "start of every iteration after the first");
+  require(m.init_std() > 0, "model.init_std must be positive");
+  require(m.lm_head_chunk() > 0, "model.lm_head_chunk must be positive");
+
+  require(t.seq_len() > 0, "train.seq_len must be positive");
+  require(t.seq_len() <= m.max_seq_len(),
+          "train.seq_len (" + num(t.seq_len()) + ") must not exceed model.max_seq_len (" +
+              num(m.max_seq_len()) + ")");
+  require(t.micro_batch() > 0, "train.micro_batch must be positive");
+  require(t.global_batch() > 0, "train.global_batch must be positive");
+  require(t.steps() >= 0, "train.steps must not be negative");
+  require(t.grad_clip() >= 0, "train.grad_clip must not be negative (0 turns clipping off)");
+  require(t.eval_interval() >= 0, "train.eval_interval must not be negative");
+  require(t.eval_batches() > 0 || t.eval_interval() == 0,
+          "train.eval_batches must be positive when train.eval_interval is set");
+
+  require(o.lr() > 0, "optim.lr must be positive");
+  require(o.beta1() >= 0 && o.beta1() < 1, "optim.beta1 must be in [0, 1)");
+  require(o.beta2() >= 0 && o.beta2() < 1, "optim.beta2 must be in [0, 1)");
+  require(o.eps() > 0, "optim.eps must be positive");
+  require(o.weight_decay() >= 0, "optim.weight_decay must not be negative");
+  require(o.warmup_steps() >= 0, "optim.warmup_steps must not be negative");
+  require(o.lr_min_ratio() >= 0 && o.lr_min_ratio() <= 1, "optim.lr_min_ratio must be in [0, 1]");
+
+  require(!cfg.data().train_shards().empty(), "data.train_shards must name the training shards");
+  require(cfg.checkpoint().interval() >= 0, "checkpoint.interval must not be negative");
+  require(cfg.checkpoint().keep_last() >= 0, "checkpoint.keep_last must not be negative");
+  require(cfg.logging().interval() > 0, "logging.interval must be positive");
+  require(cfg.logging().sample_tokens() >= 0, "logging.sample_tokens must not be negative");
+  require(cfg.runtime().threads() >= 0, "runtime.threads must not be negative (0 = all cores)");
+  require(cfg.runtime().device() == config::RuntimeConfig::CPU,
+          "runtime.device CUDA is not available yet: this build trains on the CPU only "
+          "(set runtime.device=CPU)");
+
+  for (auto [name, size] : {std::pair{"dp", p.dp()}, {"tp", p.tp()}, {"pp", p.pp()}, {"sp", p.sp()}}) {
+    require(size >= 1, std::string("parallel.") + name + " must be at least 1");
+    require(size == 1, std::string("parallel.") + name + " = " + num(size) +
+                           ": this version of loom trains on a single rank; multi-rank "
+                           "layouts are not supported yet (set parallel." + name + "=1)");
+  }
+  const long per_step = static_cast<long>(t.micro_batch()) * p.dp();
+  require(t.global_batch() % per_step == 0,
+          "train.global_batch (" + num(t.global_batch()) + ") must be a multiple of "
+          "train.micro_batch × parallel.dp (" + num(t.micro_batch()) + " × " + num(p.dp()) + ")");
+}
+
+int grad_accum_steps(const config::RunConfig& cfg) {
+  return cfg.train().global_batch() / (cfg.train().micro_batch() * cfg.parallel().dp());
+}
+
+config::RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  config::RunConfig cfg = parse_config_text(read_file(path), path);
+  for (const std::string& assignment : overrides) apply_override(cfg, assignment);
+  validate_config(cfg);
+  return cfg;
+}
+
+std::string config_to_text(const config::RunConfig& cfg) {
+  config::RunConfig full = cfg;
+  materialize_defaults(&full);
+  std::string text;
+  pb::TextFormat::PrintToString(full, &text);
+  return text;
+}
+
+std::string model_config_json(const config::ModelConfig& model) {
+  config::ModelConfig full = model;
+  materialize_defaults(&full);
+  std::string json;
+  pb::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  if (!pb::util::MessageToJsonString(full, &json, options).ok()) LOOM_CHECK(false);
+  return json;
+}
+
+}  // namespace loom

@@ -1,0 +1,40 @@
+// Reading, overriding, validating and writing run configs (configs/loom.proto).
+//
+// Every error is a loom::Error whose message names where the problem is: `FILE:LINE:COL: ...`
+// for the text file, `--set KEY=VALUE: ...` for an override, and the dotted field path for a
+// violated invariant.
+//
+//   loom::config::RunConfig cfg = loom::load_config("configs/default.textproto",
+//                                                   {"optim.lr=1e-3", "train.steps=50"});
+#pragma once
+#include <string>
+#include <vector>
+
+#include "loom.pb.h"
+
+namespace loom {
+
+// Parses the text-format file, applies each "path.to.field=value" override in order, then
+// validates the result.
+config::RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides);
+
+// Parses text-format `text`; `source` names it in error messages.
+config::RunConfig parse_config_text(const std::string& text, const std::string& source);
+
+// Sets one scalar field from "path.to.field=value" (enums by name, bools true/false).
+void apply_override(config::RunConfig& cfg, const std::string& assignment);
+
+// Checks every invariant a run relies on; throws loom::Error naming the fields involved.
+void validate_config(const config::RunConfig& cfg);
+
+// Text format with every field written out, defaults included: what a run actually used.
+std::string config_to_text(const config::RunConfig& cfg);
+
+// The model section as one-line JSON with every field written out (proto field names, enums by
+// name): what the PyTorch reference and the benchmarks read.
+std::string model_config_json(const config::ModelConfig& model);
+
+// Optimizer steps' micro-batches on one rank: global_batch / (micro_batch · dp).
+int grad_accum_steps(const config::RunConfig& cfg);
+
+}  // namespace loom

@@ -1,0 +1,239 @@
+#include "core/data.h"
+
+#include <fcntl.h>
+#include <glob.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace loom {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string errno_text() { return std::strerror(errno); }
+
+std::string shard_name(const std::string& dir, const char* split, int index) {
+  char name[64];
+  std::snprintf(name, sizeof(name), "%s_%06d.bin", split, index);
+  return (fs::path(dir) / name).string();
+}
+
+bool has_extension(const std::string& path, const std::vector<std::string>& extensions) {
+  if (extensions.empty()) return true;
+  for (const std::string& e : extensions)
+    if (path.size() >= e.size() && path.compare(path.size() - e.size(), e.size(), e) == 0)
+      return true;
+  return false;
+}
+
+}  // namespace
+
+Shard shard_open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw Error("cannot open shard " + path + ": " + errno_text());
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    throw Error("cannot stat shard " + path + ": " + errno_text());
+  }
+  const size_t header_bytes = kShardHeaderInts * sizeof(int32_t);
+  const size_t size = static_cast<size_t>(st.st_size);
+  if (size < header_bytes) {
+    ::close(fd);
+    throw Error("shard " + path + " is truncated: " + std::to_string(size) +
+                " bytes, shorter than its 1024-byte header");
+  }
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map == MAP_FAILED) throw Error("cannot map shard " + path + ": " + errno_text());
+  std::shared_ptr<void> mapping(map, [size](void* p) { ::munmap(p, size); });
+
+  const int32_t* header = static_cast<const int32_t*>(map);
+  if (header[0] != kShardMagic)
+    throw Error("shard " + path + " is not a token shard: magic " + std::to_string(header[0]) +
+                ", expected " + std::to_string(kShardMagic) + " (make shards with loom prepare)");
+  if (header[1] != kShardVersion)
+    throw Error("shard " + path + " has version " + std::to_string(header[1]) +
+                "; loom reads version " + std::to_string(kShardVersion) + " (uint16 tokens)");
+  if (header[2] < 0)
+    throw Error("shard " + path + " has a negative token count in its header");
+  const size_t expected = header_bytes + static_cast<size_t>(header[2]) * sizeof(uint16_t);
+  if (size != expected)
+    throw Error("shard " + path + " is " + (size < expected ? "truncated" : "corrupt") +
+                ": its header promises " + std::to_string(header[2]) + " tokens (" +
+                std::to_string(expected) + " bytes) but the file has " + std::to_string(size) +
+                " bytes");
+  Shard shard;
+  shard.path = path;
+  shard.num_tokens = static_cast<size_t>(header[2]);
+  shard.tokens = reinterpret_cast<const uint16_t*>(static_cast<const char*>(map) + header_bytes);
+  shard.mapping = std::move(mapping);
+  return shard;
+}
+
+void shard_write(const std::string& path, const std::vector<uint16_t>& tokens) {
+  if (tokens.size() > static_cast<size_t>(INT32_MAX))
+    throw Error("shard " + path + " would hold more tokens than its int32 header can count");
+  int32_t header[kShardHeaderInts] = {};
+  header[0] = kShardMagic;
+  header[1] = kShardVersion;
+  header[2] = static_cast<int32_t>(tokens.size());
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw Error("cannot write " + tmp + ": " + errno_text());
+    out.write(reinterpret_cast<const char*>(header), sizeof(header));
+    out.write(reinterpret_cast<const char*>(tokens.data()),
+              static_cast<std::streamsize>(tokens.size() * sizeof(uint16_t)));
+    if (!out.flush()) throw Error("writing " + tmp + " failed: " + errno_text());
+  }
+  fs::rename(tmp, path);
+}
+
+TokenDataset dataset_open(const std::string& pattern, int T, int vocab_size) {
+  TokenDataset data;
+  data.pattern = pattern;
+  data.T = T;
+  data.vocab_size = vocab_size;
+  glob_t matches{};
+  const int rc = ::glob(pattern.c_str(), 0, nullptr, &matches);
+  std::vector<std::string> paths(matches.gl_pathv, matches.gl_pathv + matches.gl_pathc);
+  globfree(&matches);
+  if (rc == GLOB_NOMATCH || paths.empty())
+    throw Error("no shard matches \"" + pattern +
+                "\" (relative to " + fs::current_path().string() +
+                "); create shards with `loom prepare` or fix data.train_shards / data.val_shards");
+  if (rc != 0) throw Error("cannot list shards \"" + pattern + "\"");
+  std::sort(paths.begin(), paths.end());
+  data.first_sequence.push_back(0);
+  for (const std::string& path : paths) {
+    Shard shard = shard_open(path);
+    const int64_t sequences =
+        shard.num_tokens > static_cast<size_t>(T) ? (shard.num_tokens - 1) / T : 0;
+    data.first_sequence.push_back(data.first_sequence.back() + sequences);
+    data.shards.push_back(std::move(shard));
+  }
+  if (data.num_sequences() == 0)
+    throw Error("the shards matching \"" + pattern + "\" hold no sequence of " +
+                std::to_string(T + 1) + " tokens; use more text or a smaller train.seq_len");
+  return data;
+}
+
+void dataset_read_sequence(const TokenDataset& data, int64_t index, int* inputs, int* targets) {
+  LOOM_CHECK(index >= 0 && index < data.num_sequences());
+  const auto it = std::upper_bound(data.first_sequence.begin(), data.first_sequence.end(), index);
+  const size_t s = static_cast<size_t>(it - data.first_sequence.begin()) - 1;
+  const Shard& shard = data.shards[s];
+  const size_t start = static_cast<size_t>(index - data.first_sequence[s]) * data.T;
+  const uint16_t* tokens = shard.tokens + start;
+  for (int t = 0; t <= data.T; ++t) {
+    if (tokens[t] >= data.vocab_size)
+      throw Error("shard " + shard.path + " has token " + std::to_string(tokens[t]) +
+                  " at position " + std::to_string(start + t) +
+                  ", not below model.vocab_size " + std::to_string(data.vocab_size) +
+                  " (corrupt shard, or made for another vocabulary)");
+  }
+  for (int t = 0; t < data.T; ++t) {
+    inputs[t] = tokens[t];
+    targets[t] = tokens[t + 1];
+  }
+}
+
+int64_t loader_sequence_at(DataLoader& loader, int64_t position) {
+  const int64_t n = loader.data->num_sequences();
+  const int64_t epoch = position / n, index = position % n;
+  if (!loader.shuffle) return index;
+  if (loader.permuted_epoch != epoch) {
+    // Fisher–Yates with a generator derived from (seed, epoch): any position can be reached
+    // directly, which is what makes resuming exact.
+    Rng rng{loader.seed ^ (0xD1B54A32D192ED03ull * static_cast<uint64_t>(epoch + 1))};
+    loader.permutation.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) loader.permutation[i] = i;
+    for (int64_t i = n - 1; i > 0; --i)
+      std::swap(loader.permutation[i], loader.permutation[rng.below(static_cast<uint64_t>(i + 1))]);
+    loader.permuted_epoch = epoch;
+  }
+  return loader.permutation[index];
+}
+
+void loader_next(DataLoader& loader, int* inputs, int* targets, int B) {
+  const int T = loader.data->T;
+  for (int b = 0; b < B; ++b) {
+    const int64_t sequence = loader_sequence_at(loader, loader.position + b);
+    dataset_read_sequence(*loader.data, sequence, inputs + static_cast<size_t>(b) * T,
+                          targets + static_cast<size_t>(b) * T);
+  }
+  loader.position += B;
+}
+
+PrepareResult prepare_text(const std::vector<std::string>& inputs,
+                           const std::vector<std::string>& extensions,
+                           const std::string& output_dir, double val_fraction,
+                           int64_t shard_tokens) {
+  if (inputs.empty()) throw Error("prepare: no --input given");
+  if (val_fraction < 0 || val_fraction >= 1)
+    throw Error("prepare: --val-fraction must be in [0, 1), got " + std::to_string(val_fraction));
+  if (shard_tokens <= 0) throw Error("prepare: --shard-tokens must be positive");
+
+  std::vector<std::string> files;
+  for (const std::string& input : inputs) {
+    std::error_code ec;
+    if (fs::is_directory(input, ec)) {
+      for (auto it = fs::recursive_directory_iterator(
+               input, fs::directory_options::skip_permission_denied, ec);
+           !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+        if (it->is_regular_file(ec) && has_extension(it->path().string(), extensions))
+          files.push_back(it->path().string());
+      }
+      if (ec) throw Error("prepare: cannot walk " + input + ": " + ec.message());
+    } else if (fs::is_regular_file(input, ec)) {
+      files.push_back(input);
+    } else {
+      throw Error("prepare: input " + input + " is neither a file nor a directory");
+    }
+  }
+  std::sort(files.begin(), files.end());
+  files.erase(std::unique(files.begin(), files.end()), files.end());
+  if (files.empty()) throw Error("prepare: the inputs hold no matching files");
+
+  fs::create_directories(output_dir);
+  const int64_t val_every =
+      val_fraction > 0 ? std::max<int64_t>(1, std::llround(1.0 / val_fraction)) : 0;
+  PrepareResult result;
+  std::vector<uint16_t> train, val;
+  auto flush = [&](std::vector<uint16_t>& tokens, const char* split, int& count, bool force) {
+    if (tokens.empty() || (!force && static_cast<int64_t>(tokens.size()) < shard_tokens)) return;
+    shard_write(shard_name(output_dir, split, count++), tokens);
+    tokens.clear();
+  };
+  for (const std::string& path : files) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error("prepare: cannot read " + path + ": " + errno_text());
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const bool to_val = val_every > 0 && (result.documents % val_every) == val_every - 1;
+    std::vector<uint16_t>& out = to_val ? val : train;
+    for (unsigned char c : bytes) out.push_back(c);
+    out.push_back(kEndOfText);
+    (to_val ? result.val_tokens : result.train_tokens) += static_cast<int64_t>(bytes.size()) + 1;
+    ++result.documents;
+    flush(train, "train", result.train_shards, false);
+    flush(val, "val", result.val_shards, false);
+  }
+  flush(train, "train", result.train_shards, true);
+  flush(val, "val", result.val_shards, true);
+  return result;
+}
+
+}  // namespace loom

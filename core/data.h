@@ -1,0 +1,90 @@
+// Token shards and the data loader.
+//
+// A shard is llm.c's .bin layout: 256 int32 header (magic 20240520, version 1, token count), then
+// that many uint16 tokens. A data set is the sorted list of shards a glob pattern matches; it is
+// cut into sequences of T + 1 tokens (inputs plus the next-token targets) that never cross a
+// shard boundary, consecutive sequences overlapping by one token. The loader's position is the
+// number of sequences consumed, so a checkpoint restores it exactly and later data-parallel
+// ranks can each take a disjoint slice of every global batch.
+//
+//   loom::TokenDataset train = loom::dataset_open("data/pystdlib/train_*.bin", T, vocab);
+//   loom::DataLoader loader{&train, seed, /*shuffle=*/true};
+//   loader_next(loader, inputs, targets, B);   // (B, T) each
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace loom {
+
+constexpr int32_t kShardMagic = 20240520;
+constexpr int32_t kShardVersion = 1;
+constexpr int kShardHeaderInts = 256;
+constexpr int kEndOfText = 256;  // byte-level tokenizer: tokens 0..255 are bytes
+
+// A read-only memory-mapped shard; validated on open (header and size).
+struct Shard {
+  std::string path;
+  size_t num_tokens = 0;
+  const uint16_t* tokens = nullptr;
+  std::shared_ptr<void> mapping;  // unmaps when the last copy goes
+};
+
+struct TokenDataset {
+  std::string pattern;
+  int T = 0;
+  int vocab_size = 0;
+  std::vector<Shard> shards;
+  std::vector<int64_t> first_sequence;  // (shards + 1) prefix sums of sequences per shard
+  int64_t num_sequences() const { return first_sequence.back(); }
+};
+
+// Opens and validates one shard; throws loom::Error naming the file and what is wrong.
+Shard shard_open(const std::string& path);
+
+// Writes tokens as a shard (temporary file, then rename).
+void shard_write(const std::string& path, const std::vector<uint16_t>& tokens);
+
+// Opens every shard matching `pattern`; throws when none match or none holds a sequence of T+1.
+TokenDataset dataset_open(const std::string& pattern, int T, int vocab_size);
+
+// Copies sequence `index` (0 ≤ index < num_sequences) as T inputs and T targets; throws
+// loom::Error naming shard and offset when a token is not below vocab_size.
+void dataset_read_sequence(const TokenDataset& data, int64_t index, int* inputs, int* targets);
+
+struct DataLoader {
+  DataLoader(const TokenDataset* data, uint64_t seed, bool shuffle)
+      : data(data), seed(seed), shuffle(shuffle) {}
+
+  const TokenDataset* data = nullptr;
+  uint64_t seed = 0;
+  bool shuffle = false;
+  int64_t position = 0;  // sequences consumed since the start of training
+
+  // Cached permutation of the current epoch (shuffle only).
+  int64_t permuted_epoch = -1;
+  std::vector<int64_t> permutation;
+};
+
+// Fills (B, T) inputs and targets with the next B sequences and advances the position.
+void loader_next(DataLoader& loader, int* inputs, int* targets, int B);
+
+// The data-set sequence that stream position `position` maps to (epoch-wise permutation when
+// shuffling, identity otherwise).
+int64_t loader_sequence_at(DataLoader& loader, int64_t position);
+
+// `loom prepare`: reads text files (directories recursively, keeping files whose names end in
+// one of `extensions`, or all when empty), tokenizes bytes with an end-of-text token after each
+// document, and writes train_NNNNNN.bin and val_NNNNNN.bin shards into output_dir. Every
+// round(1 / val_fraction)-th document (in sorted path order) goes to validation.
+struct PrepareResult {
+  int64_t documents = 0, train_tokens = 0, val_tokens = 0;
+  int train_shards = 0, val_shards = 0;
+};
+PrepareResult prepare_text(const std::vector<std::string>& inputs,
+                           const std::vector<std::string>& extensions,
+                           const std::string& output_dir, double val_fraction,
+                           int64_t shard_tokens);
+
+}  // namespace loom

@@ -1,0 +1,109 @@
+// The looped GPT: parameter layout in one flat buffer, activation memory planned once, and
+// hand-written forward and backward.
+//
+// Unrolled layer list: prelude layers, `loops` iterations of the shared block, coda layers.
+// Each layer is two sub-layers (attention, MLP), each with its own pre-norm. The residual stream
+// `r` receives sub-layer i's output h_i right before sub-layer i + delay runs (delay 1: standard;
+// delay 2: Ladder Residual), so between sub-layers the state is the stream plus `delay` pending
+// outputs. The shared block's gradients accumulate over every iteration that used it.
+//
+//   loom::Model model = loom::model_create(cfg.model());
+//   loom::model_init(model, seed);
+//   loom::model_plan(model, B, T);                    // activation arena, once
+//   double loss = loom::model_forward(model, inputs, targets, B, T, 1.0f / (B * T));
+//   loom::model_backward(model, B, T);               // grads += ∂loss/∂params
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "loom.pb.h"
+
+namespace loom {
+
+// One named tensor inside the flat parameter buffer (and, at the same offset, the gradient and
+// optimizer buffers).
+struct ParamTensor {
+  std::string name;            // e.g. "block.0.attn.qkv.weight" (docs/checkpoint-format.md)
+  std::vector<int64_t> shape;  // row-major
+  size_t offset = 0;           // in floats, into the flat buffer
+  size_t size = 0;             // elements
+  bool decay = false;          // AdamW weight decay applies (matrices and embeddings)
+};
+
+// Offsets (in floats) of one unique layer's tensors. Bias offsets of RMSNorm layers are unused.
+struct LayerOffsets {
+  size_t norm1_w, norm1_b, qkv_w, qkv_b, attn_proj_w, attn_proj_b;
+  size_t norm2_w, norm2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b;
+};
+
+// Saved activations of one sub-layer application (offsets into the arena, in floats).
+struct SublayerActs {
+  size_t input;     // (B, T, C) the stream this sub-layer read
+  size_t normed;    // (B, T, C) its pre-norm's output
+  size_t mean;      // (B, T)    LayerNorm only
+  size_t rstd;      // (B, T)
+  size_t hidden;    // attention: qkv (B, T, 3C) after rotary; MLP: fc output (B, T, F)
+  size_t hidden2;   // attention: pre-projection output (B, T, C); MLP: GELU output (B, T, F)
+  size_t lse;       // attention: (B, H, T)
+};
+
+struct Model {
+  config::ModelConfig config;
+  int V = 0, C = 0, H = 0, F = 0, max_T = 0;
+  int delay = 1;                     // 1 standard, 2 ladder
+  int unique_layers = 0;             // prelude + block + coda
+  std::vector<int> unrolled;         // unique layer of each unrolled position
+  int loop_begin = 0;                // first unrolled position of loop iteration 0
+
+  std::vector<ParamTensor> tensors;  // in buffer order
+  std::vector<LayerOffsets> layers;  // per unique layer
+  size_t wte = 0, wpe = 0, norm_f_w = 0, norm_f_b = 0, lm_head = 0;
+  size_t num_params = 0;
+  std::vector<float> params, grads;  // (num_params)
+
+  // Activation arena, sized by model_plan for at most plan_B × plan_T tokens.
+  int plan_B = 0, plan_T = 0;
+  std::vector<float> arena;
+  std::vector<SublayerActs> acts;    // per sub-layer application, 2 per unrolled position
+  size_t stream = 0;                 // (B, T, C) residual stream r
+  size_t pending = 0;                // (delay, B, T, C) outputs not yet added to r
+  size_t injected = 0;               // (B, T, C) prelude output e (input injection)
+  size_t normed_f = 0, mean_f = 0, rstd_f = 0;  // final norm: (B, T, C), (B, T), (B, T)
+  size_t d_normed_f = 0;             // (B, T, C) ∂loss/∂normed_f from the fused LM head
+  size_t d_stream = 0, d_pending = 0, d_injected = 0;  // gradients of the above
+  size_t d_normed = 0, d_hidden = 0, d_hidden2 = 0;    // per-sub-layer backward temporaries
+  size_t rope_cos = 0, rope_sin = 0;  // (max_T, hd/2)
+  size_t attention_scratch = 0, lm_head_scratch = 0;
+  std::vector<int> inputs, targets;  // (B, T) of the last forward
+};
+
+// Builds the parameter layout for `cfg` (validated) with zeroed buffers.
+Model model_create(const config::ModelConfig& cfg);
+
+// GPT-2 initialisation from a seeded generator: weights N(0, init_std), output projections
+// N(0, init_std / sqrt(2 · unrolled layers)), biases 0, norm weights 1.
+void model_init(Model& model, uint64_t seed);
+
+// Sizes the activation arena for micro-batches of up to B sequences of up to T tokens. Called
+// once; forward and backward then allocate nothing.
+void model_plan(Model& model, int B, int T);
+
+// Forward of a (B, T) micro-batch. With targets, returns the mean cross-entropy; when
+// loss_grad_scale > 0 the LM head also stores ∂(loss_sum · loss_grad_scale)/∂normed_f and
+// accumulates the head's weight gradient, ready for model_backward. Without targets returns 0.
+double model_forward(Model& model, const int* inputs, const int* targets, int B, int T,
+                     float loss_grad_scale);
+
+// Accumulates parameter gradients of the last forward (which must have had loss_grad_scale > 0).
+void model_backward(Model& model, int B, int T);
+
+// Logits (B, V) at the last position of each sequence, after model_forward without targets.
+void model_last_logits(Model& model, int B, int T, float* logits);
+
+// Floating-point operations of one training step per token (forward + backward = 3 × forward
+// matmul and attention FLOPs, the causal half of attention counted), for throughput figures.
+double model_train_flops_per_token(const Model& model, int T);
+
+}  // namespace loom

@@ -1,0 +1,259 @@
+#include "core/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "core/checkpoint.h"
+#include "core/config.h"
+#include "core/data.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "core/sample.h"
+#include "kernels/cpu/threads.h"
+#include "kernels/cpu/vector.h"
+
+namespace loom {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+// Terminal lines, mirrored into run_dir/train.log.
+class RunLog {
+ public:
+  RunLog(const fs::path& path, bool quiet) : file_(path, std::ios::app), quiet_(quiet) {}
+  void line(const std::string& text) {
+    if (!quiet_) std::cout << text << std::endl;
+    file_ << text << '\n';
+    file_.flush();
+  }
+
+ private:
+  std::ofstream file_;
+  bool quiet_;
+};
+
+std::string format(const char* fmt, auto... args) {
+  char buffer[512];
+  std::snprintf(buffer, sizeof(buffer), fmt, args...);
+  return buffer;
+}
+
+std::string duration(double seconds) {
+  const long s = std::lround(std::max(0.0, seconds));
+  return s >= 3600 ? format("%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60)
+                   : format("%ld:%02ld", s / 60, s % 60);
+}
+
+// A run directory that already has results is never overwritten.
+void prepare_run_dir(const fs::path& dir, bool resume) {
+  std::error_code ec;
+  if (resume) {
+    if (!fs::is_directory(dir, ec))
+      throw Error("--resume: run directory " + dir.string() + " does not exist");
+    return;
+  }
+  if (fs::exists(dir / "metrics.jsonl", ec) || fs::exists(dir / "checkpoints", ec))
+    throw Error("run directory " + dir.string() +
+                " already holds a run; pass --resume to continue it, or choose another "
+                "--run-dir");
+  fs::create_directories(dir, ec);
+  if (ec) throw Error("cannot create run directory " + dir.string() + ": " + ec.message());
+}
+
+// On resume, metrics of steps after the checkpoint are dropped: they will be recomputed.
+void truncate_metrics(const fs::path& path, long last_step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    long step = 0;
+    if (std::sscanf(line.c_str(), "{\"step\":%ld", &step) == 1 && step <= last_step)
+      kept += line + '\n';
+  }
+  in.close();
+  const fs::path tmp = path.string() + ".tmp";
+  std::ofstream(tmp, std::ios::trunc) << kept;
+  fs::rename(tmp, path);
+}
+
+double evaluate(Model& model, const TokenDataset& val, int batches, int B, int T,
+                std::vector<int>& inputs, std::vector<int>& targets) {
+  DataLoader loader{&val, 0, false};
+  double total = 0.0;
+  for (int i = 0; i < batches; ++i) {
+    loader_next(loader, inputs.data(), targets.data(), B);
+    total += model_forward(model, inputs.data(), targets.data(), B, T, 0.0f);
+  }
+  return total / batches;
+}
+
+std::string metrics_line(long step, const StepResult& r, float lr, double tokens_per_s,
+                         double ms, double val_loss, bool skipped) {
+  std::ostringstream out;
+  out.precision(8);
+  out << "{\"step\":" << step << ",\"loss\":" << r.loss << ",\"lr\":" << lr
+      << ",\"grad_norm\":" << r.grad_norm << ",\"tokens_per_s\":" << tokens_per_s
+      << ",\"ms_per_step\":" << ms;
+  if (val_loss >= 0) out << ",\"val_loss\":" << val_loss;
+  if (skipped) out << ",\"skipped\":true";
+  out << "}";
+  return out.str();
+}
+
+}  // namespace
+
+StepResult train_step(Model& model, Optimizer& optimizer, const config::RunConfig& cfg, float lr,
+                      const int* inputs, const int* targets, int micro_batches) {
+  const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
+  const size_t tokens = static_cast<size_t>(B) * T;
+  std::fill(model.grads.begin(), model.grads.end(), 0.0f);
+  StepResult result;
+  const float scale = 1.0f / static_cast<float>(tokens * micro_batches);
+  for (int micro = 0; micro < micro_batches; ++micro) {
+    const double loss = model_forward(model, inputs + micro * tokens, targets + micro * tokens, B,
+                                      T, scale);
+    result.loss += loss / micro_batches;
+    model_backward(model, B, T);
+  }
+  result.grad_norm = grad_norm(model);
+  result.finite = std::isfinite(result.loss) && std::isfinite(result.grad_norm);
+  if (!result.finite) return result;
+  optimizer_step(optimizer, model, cfg.optim(), lr,
+                 clip_scale(result.grad_norm, cfg.train().grad_clip()));
+  return result;
+}
+
+TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
+  const auto& t = cfg.train();
+  const int B = t.micro_batch(), T = t.seq_len(), accum = grad_accum_steps(cfg);
+  const fs::path run_dir = options.run_dir;
+  prepare_run_dir(run_dir, options.resume);
+  const fs::path checkpoints_dir = run_dir / "checkpoints";
+
+  const int threads = kernels::cpu::init_threads(cfg.runtime().threads());
+  TokenDataset train_data = dataset_open(cfg.data().train_shards(), T, cfg.model().vocab_size());
+  const bool validate = t.eval_interval() > 0 && !cfg.data().val_shards().empty();
+  TokenDataset val_data;
+  if (validate) val_data = dataset_open(cfg.data().val_shards(), T, cfg.model().vocab_size());
+
+  Model model = model_create(cfg.model());
+  Optimizer optimizer = optimizer_create(model);
+  Rng rng{t.seed()};
+  model_init(model, rng.next_u64());
+  model_plan(model, B, T);
+  DataLoader loader{&train_data, t.seed(), t.shuffle()};
+  long step = 0;
+  int64_t tokens_seen = 0;
+
+  RunLog log(run_dir / "train.log", options.quiet);
+  if (options.resume) {
+    const std::string latest = checkpoint_latest(checkpoints_dir.string());
+    if (latest.empty())
+      throw Error("--resume: no complete checkpoint in " + checkpoints_dir.string());
+    const CheckpointState saved = checkpoint_read_state(latest);
+    if (saved.config.model().SerializeAsString() != cfg.model().SerializeAsString())
+      throw Error("--resume: the model section of the config differs from the one checkpoint " +
+                  latest + " was trained with; resume with the run's own config.textproto");
+    const CheckpointState state = checkpoint_load(latest, model, &optimizer);
+    step = state.step;
+    loader.position = state.data_position;
+    rng.state = state.rng_state;
+    tokens_seen = state.tokens_seen;
+    truncate_metrics(run_dir / "metrics.jsonl", step);
+    log.line("resumed from " + latest + " at step " + std::to_string(step));
+  }
+  {
+    std::ofstream out(run_dir / "config.textproto", std::ios::trunc);
+    out << config_to_text(cfg);
+  }
+  std::ofstream metrics(run_dir / "metrics.jsonl", std::ios::app);
+
+  log.line(format("loom: %zu parameters, %zu unrolled layers (%d prelude + %d × %d loops + %d "
+                  "coda), %s residual, %d threads",
+                  model.num_params, model.unrolled.size(), cfg.model().prelude_layers(),
+                  cfg.model().block_layers(), cfg.model().loops(), cfg.model().coda_layers(),
+                  model.delay == 2 ? "ladder" : "standard", threads));
+  log.line(format("data: %lld training sequences of %d tokens; %d × %d micro-batches of %d per "
+                  "step; run directory %s",
+                  static_cast<long long>(train_data.num_sequences()), T, accum, 1, B,
+                  run_dir.string().c_str()));
+
+  const size_t step_tokens = static_cast<size_t>(B) * T * accum;
+  std::vector<int> inputs(step_tokens), targets(step_tokens);
+  std::vector<int> val_inputs(static_cast<size_t>(B) * T), val_targets(static_cast<size_t>(B) * T);
+  TrainSummary summary;
+  summary.run_dir = run_dir.string();
+  const auto started = Clock::now();
+  const long first_step = step;
+  auto save = [&]() {
+    CheckpointState state{cfg, step, loader.position, rng.state, tokens_seen};
+    summary.last_checkpoint =
+        checkpoint_save(checkpoints_dir.string(), state, model, optimizer, cfg.checkpoint().keep_last());
+  };
+
+  while (step < t.steps()) {
+    const auto step_start = Clock::now();
+    for (int micro = 0; micro < accum; ++micro)
+      loader_next(loader, inputs.data() + micro * B * T, targets.data() + micro * B * T, B);
+    const float lr = learning_rate(cfg.optim(), t.steps(), step);
+    StepResult result = train_step(model, optimizer, cfg, lr, inputs.data(), targets.data(), accum);
+    if (!result.finite) {
+      const std::string what = format("non-finite %s at step %ld (loss %g, gradient norm %g)",
+                                      std::isfinite(result.loss) ? "gradient" : "loss", step + 1,
+                                      result.loss, result.grad_norm);
+      if (t.on_nonfinite() == config::TrainConfig::STOP)
+        throw Error(what + "; the run stopped (its last checkpoint is intact). Lower optim.lr, "
+                           "or set train.on_nonfinite=SKIP_STEP to skip such steps");
+      log.line(what + ": step skipped");
+    }
+    ++step;
+    tokens_seen += static_cast<int64_t>(step_tokens);
+    const double ms =
+        std::chrono::duration<double, std::milli>(Clock::now() - step_start).count();
+    const double tokens_per_s = step_tokens / (ms / 1000.0);
+
+    double val_loss = -1.0;
+    if (validate && (step % t.eval_interval() == 0 || step == t.steps())) {
+      val_loss = evaluate(model, val_data, t.eval_batches(), B, T, val_inputs, val_targets);
+      summary.last_val_loss = val_loss;
+    }
+    metrics << metrics_line(step, result, lr, tokens_per_s, ms, val_loss, !result.finite) << '\n';
+    metrics.flush();
+    summary.last_loss = result.loss;
+
+    if (step % cfg.logging().interval() == 0 || step == t.steps() || val_loss >= 0) {
+      const double elapsed = std::chrono::duration<double>(Clock::now() - started).count();
+      const double eta = elapsed / (step - first_step) * (t.steps() - step);
+      std::string line = format("step %5ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s "
+                                "| %.0f ms/step | ETA %s",
+                                step, static_cast<long>(t.steps()), result.loss, lr,
+                                result.grad_norm, tokens_per_s, ms, duration(eta).c_str());
+      if (val_loss >= 0) line += format(" | val_loss %.4f", val_loss);
+      log.line(line);
+    }
+    if (cfg.checkpoint().interval() > 0 && step % cfg.checkpoint().interval() == 0) save();
+  }
+  if (summary.last_checkpoint.empty() || !summary.last_checkpoint.ends_with(
+                                             format("step_%07ld", step)))
+    save();
+  log.line("checkpoint: " + summary.last_checkpoint);
+  summary.steps = step;
+
+  if (cfg.logging().sample_tokens() > 0) {
+    Rng sample_rng{rng.state ^ 0x5EEDull};
+    const std::vector<int> prompt = encode_bytes(cfg.logging().sample_prompt());
+    const std::vector<int> out =
+        sample_tokens(model, prompt, cfg.logging().sample_tokens(), 0.8f, 40, sample_rng);
+    log.line("sample:\n" + cfg.logging().sample_prompt() + decode_bytes(out));
+  }
+  return summary;
+}
+
+}  // namespace loom

@@ -1,0 +1,28 @@
+// Causal multi-head self-attention that never stores the (T, T) probabilities.
+//
+// qkv (B, T, 3C) holds per token [q | k | v], each C = H·hd wide, head h at columns h·hd.
+// Forward keeps only the log-sum-exp of each score row, lse (B, H, T); backward recomputes the
+// probabilities from it (as FlashAttention does), so saved memory is linear in T. Work is split
+// over (b, h) pairs across OpenMP threads; each thread uses its own slice of `scratch` and calls
+// single-threaded sgemm on row blocks that stop at the causal diagonal.
+//
+//   std::vector<float> scratch(attention_scratch_floats(T, thread_count()));
+//   attention_forward(out, lse, qkv, B, T, C, H, scratch.data());
+#pragma once
+#include <cstddef>
+
+namespace loom::kernels::cpu {
+
+// Floats of scratch memory attention_forward/backward need for sequence length T and `threads`
+// OpenMP threads.
+size_t attention_scratch_floats(int T, int threads);
+
+// out (B, T, C): softmax(q kᵀ / sqrt(hd) + causal mask) v per head; lse (B, H, T) saved.
+void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int H,
+                       float* scratch);
+
+// dqkv (B, T, 3C) — overwritten — from dout (B, T, C), given the forward's qkv, out and lse.
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                        const float* lse, int B, int T, int C, int H, float* scratch);
+
+}  // namespace loom::kernels::cpu

@@ -1,0 +1,36 @@
+#include "kernels/cpu/gelu.h"
+
+#include <cmath>
+
+namespace loom::kernels::cpu {
+namespace {
+
+// sqrt(2/π) and the cubic coefficient, as torch's tanh-approximate GELU spells them.
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+constexpr float kCubic = 0.044715f;
+
+}  // namespace
+
+void gelu_forward(float* out, const float* inp, size_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < n; i++) {
+    const float x = inp[i];
+    const float inner = kSqrt2OverPi * (x + kCubic * x * x * x);
+    out[i] = 0.5f * x * (1.0f + std::tanh(inner));
+  }
+}
+
+void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < n; i++) {
+    const float x = inp[i];
+    const float inner = kSqrt2OverPi * (x + kCubic * x * x * x);
+    const float tanh_inner = std::tanh(inner);
+    const float sech_squared = 1.0f - tanh_inner * tanh_inner;
+    const float dinner = kSqrt2OverPi * (1.0f + 3.0f * kCubic * x * x);
+    const float grad = 0.5f * (1.0f + tanh_inner) + 0.5f * x * sech_squared * dinner;
+    dinp[i] = grad * dout[i];
+  }
+}
+
+}  // namespace loom::kernels::cpu

@@ -1,0 +1,18 @@
+// Rotary position embedding (GPT-NeoX "rotate half" form) on the q and k parts of qkv.
+//
+// For head dim hd and d < hd/2, with angle θ = t · theta^(−2d/hd):
+//   x'[d]        = x[d] cos θ − x[d + hd/2] sin θ
+//   x'[d + hd/2] = x[d + hd/2] cos θ + x[d] sin θ
+#pragma once
+
+namespace loom::kernels::cpu {
+
+// cos, sin (T, hd/2) for positions 0..T−1 (computed in double, stored as float).
+void rope_table(float* cos, float* sin, int T, int hd, float theta);
+
+// Rotates q and k of qkv (B, T, 3C) in place; v is untouched. inverse = true applies the
+// transposed rotation (−θ), which is the backward of the forward rotation.
+void rope_apply(float* qkv, const float* cos, const float* sin, int B, int T, int C, int H,
+                bool inverse);
+
+}  // namespace loom::kernels::cpu

@@ -1,0 +1,127 @@
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <vector>
+
+#include "core/config.h"
+#include "core/model.h"
+#include "core/optimizer.h"
+#include "core/rng.h"
+#include "core/trainer.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/threads.h"
+#include "core/error.h"
+#include "launcher/args.h"
+#include "launcher/commands.h"
+
+namespace loom {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kHelp = R"(usage: loom bench step CONFIG [--set k=v]... [--steps N] [--warmup N] [--json]
+       loom bench sgemm [--size N] [--threads N]
+
+step:  times whole training steps (forward, backward, clipping, AdamW) of CONFIG's model on one
+       micro-batch of random tokens, after warm-up; prints the median step time, tokens/s, the
+       FLOP rate (3 × forward matmul and causal-attention FLOPs) and that rate as a share of the
+       machine's OpenBLAS sgemm rate measured in the same run. No data files are needed.
+sgemm: the OpenBLAS sgemm rate on N×N×N (default 2048), best of 5.
+
+  --steps N   timed steps (default 10)        --warmup N   untimed steps first (default 2)
+  --json      print one JSON object instead of the table
+)";
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+// Best-of-five GFLOP/s of an N×N×N sgemm through the kernel API.
+double sgemm_gflops(int n) {
+  std::vector<float> a(static_cast<size_t>(n) * n), b(a.size()), c(a.size());
+  Rng rng{7};
+  for (float& x : a) x = static_cast<float>(rng.uniform() - 0.5);
+  for (float& x : b) x = static_cast<float>(rng.uniform() - 0.5);
+  double best = 0.0;
+  for (int rep = 0; rep < 6; ++rep) {
+    const auto start = Clock::now();
+    kernels::cpu::matmul_forward(c.data(), a.data(), b.data(), nullptr, n, n, n);
+    const double s = std::chrono::duration<double>(Clock::now() - start).count();
+    if (rep > 0) best = std::max(best, 2.0 * n * n * n / s / 1e9);  // first run warms up
+  }
+  return best;
+}
+
+int bench_sgemm(const Args& args) {
+  const int threads = kernels::cpu::init_threads(static_cast<int>(args.integer("--threads", 0)));
+  const int n = static_cast<int>(args.integer("--size", 2048));
+  if (n <= 0) throw Error("--size must be positive");
+  std::printf("sgemm %d^3, %d threads: %.1f GFLOP/s\n", n, threads, sgemm_gflops(n));
+  return 0;
+}
+
+int bench_step(const Args& args) {
+  if (args.positional.size() != 2) throw Error("bench step needs one CONFIG (see loom bench --help)");
+  const config::RunConfig cfg = load_config(args.positional[1], args.values("--set"));
+  const int steps = static_cast<int>(args.integer("--steps", 10));
+  const int warmup = static_cast<int>(args.integer("--warmup", 2));
+  if (steps < 1 || warmup < 0) throw Error("--steps must be ≥ 1 and --warmup ≥ 0");
+  const int threads = kernels::cpu::init_threads(cfg.runtime().threads());
+  const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
+
+  Model model = model_create(cfg.model());
+  model_init(model, cfg.train().seed());
+  model_plan(model, B, T);
+  Optimizer optimizer = optimizer_create(model);
+  Rng rng{cfg.train().seed()};
+  std::vector<int> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
+  for (int& x : inputs) x = static_cast<int>(rng.below(model.V));
+  for (int& x : targets) x = static_cast<int>(rng.below(model.V));
+
+  std::vector<double> times;
+  for (int i = 0; i < warmup + steps; ++i) {
+    const auto start = Clock::now();
+    train_step(model, optimizer, cfg, cfg.optim().lr(), inputs.data(), targets.data(), 1);
+    const double s = std::chrono::duration<double>(Clock::now() - start).count();
+    if (i >= warmup) times.push_back(s);
+  }
+  const double step_s = median(times);
+  const double tokens = static_cast<double>(B) * T;
+  const double flops = model_train_flops_per_token(model, T) * tokens;
+  const double gflops = flops / step_s / 1e9;
+  const double peak = sgemm_gflops(2048);
+  if (args.flag("--json")) {
+    std::printf("{\"model\":%s,\"batch\":%d,\"seq_len\":%d,\"threads\":%d,\"params\":%zu,"
+                "\"ms_per_step\":%.3f,\"tokens_per_s\":%.1f,\"flops_per_step\":%.6g,"
+                "\"gflops\":%.2f,\"sgemm_peak_gflops\":%.2f}\n",
+                model_config_json(cfg.model()).c_str(), B, T, threads, model.num_params,
+                step_s * 1e3, tokens / step_s, flops, gflops, peak);
+  } else {
+    std::printf("model: %zu parameters, %zu unrolled layers, micro-batch %d × %d tokens, %d threads\n",
+                model.num_params, model.unrolled.size(), B, T, threads);
+    std::printf("step (median of %d): %.1f ms, %.0f tokens/s\n", steps, step_s * 1e3, tokens / step_s);
+    std::printf("compute: %.1f GFLOP/s = %.1f%% of sgemm %.1f GFLOP/s (FLOPs/step %.3g)\n", gflops,
+                100.0 * gflops / peak, peak, flops);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int command_bench(int argc, char** argv) {
+  const Args args = parse_args("bench", argv, argc,
+                               {{"--set", true}, {"--steps", false}, {"--warmup", false},
+                                {"--size", false}, {"--threads", false}},
+                               {"--json"});
+  if (args.flag("--help") || args.positional.empty()) {
+    std::cout << kHelp;
+    return args.flag("--help") ? 0 : 2;
+  }
+  if (args.positional[0] == "step") return bench_step(args);
+  if (args.positional[0] == "sgemm") return bench_sgemm(args);
+  throw Error("unknown benchmark \"" + args.positional[0] + "\" (step or sgemm)");
+}
+
+}  // namespace loom

@@ -1,0 +1,13 @@
+// The `loom` sub-commands. Each takes the arguments after its name, prints its own --help, and
+// returns the process exit status; errors a user can fix are thrown as loom::Error.
+#pragma once
+
+namespace loom {
+
+int command_train(int argc, char** argv);
+int command_prepare(int argc, char** argv);
+int command_sample(int argc, char** argv);
+int command_export(int argc, char** argv);
+int command_bench(int argc, char** argv);
+
+}  // namespace loom

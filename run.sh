@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what is missing (Debian packages), builds loom into build/, prepares a byte-level data
+# set from the Python standard library's sources, and trains configs/default.textproto on the CPU.
+#
+#   ./run.sh                       the default run
+#   ./run.sh --set train.steps=50  extra arguments go to `loom train`
+#   ./run.sh --setup-only          install and build only (used by ./test.sh)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+packages=(build-essential cmake ninja-build pkg-config libprotobuf-dev protobuf-compiler
+          libopenblas-openmp-dev libopenmpi-dev openmpi-bin libgtest-dev zlib1g-dev)
+[ -n "${LOOM_EXTRA_PACKAGES:-}" ] && read -r -a extra <<<"$LOOM_EXTRA_PACKAGES" && packages+=("${extra[@]}")
+
+install_missing() {
+  local missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  echo "run.sh: installing ${missing[*]}"
+  local sudo=()
+  [ "$(id -u)" -ne 0 ] && sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+build() {
+  local generator=()
+  command -v ninja >/dev/null && generator=(-G Ninja)
+  cmake -S . -B build "${generator[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build build -j "$(nproc)"
+}
+
+install_missing
+build
+[ "${1:-}" = "--setup-only" ] && exit 0
+
+if ! ls data/pystdlib/train_*.bin >/dev/null 2>&1; then
+  inputs=()
+  for dir in /usr/lib/python3.[0-9]*; do [ -d "$dir" ] && inputs+=(--input "$dir"); done
+  [ ${#inputs[@]} -gt 0 ] || { echo "run.sh: no /usr/lib/python3.* to make data from" >&2; exit 1; }
+  build/loom prepare "${inputs[@]}" --ext .py --output data/pystdlib --val-fraction 0.05
+fi
+exec build/loom train configs/default.textproto "$@"

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The `loom` command as a user meets it: prepare, train, resume, export, sample, every --help,
+# and the errors a wrong config, override, flag or shard must produce (message and exit status).
+# Usage: test_cli.sh LOOM_BINARY SOURCE_DIR
+set -u
+loom=$1
+src=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cd "$tmp"
+failures=0
+passes=0
+
+pass() { passes=$((passes + 1)); }
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+
+# expect_error NAME PATTERN -- COMMAND...: the command must exit 1 and print PATTERN on stderr.
+expect_error() {
+  local name=$1 pattern=$2
+  shift 3
+  local err
+  err=$("$@" 2>&1 >/dev/null)
+  local rc=$?
+  if [ "$rc" -ne 1 ]; then fail "$name: exit status $rc, expected 1 ($err)"; return; fi
+  if ! grep -qF -- "$pattern" <<<"$err"; then fail "$name: message lacks '$pattern': $err"; return; fi
+  pass
+}
+
+expect_ok() {
+  local name=$1
+  shift
+  if ! "$@" >"$tmp/out.txt" 2>&1; then fail "$name: exit $? $(tail -5 "$tmp/out.txt")"; return 1; fi
+  pass
+}
+
+# --- data ---
+expect_ok prepare "$loom" prepare --input "$src/core" --input "$src/kernels" --ext .cpp --ext .h \
+  --output data --val-fraction 0.2
+[ -f data/train_000000.bin ] && [ -f data/val_000000.bin ] && pass || fail "prepare wrote no shards"
+
+tiny=(--set model.d_model=32 --set model.n_heads=2 --set model.d_mlp=64 --set model.max_seq_len=32
+      --set train.seq_len=32 --set train.global_batch=4 --set train.micro_batch=2
+      --set train.steps=6 --set train.eval_interval=3 --set train.eval_batches=1
+      --set checkpoint.interval=3 --set logging.interval=1 --set logging.sample_tokens=20
+      --set runtime.threads=2
+      --set "data.train_shards=$tmp/data/train_*.bin" --set "data.val_shards=$tmp/data/val_*.bin")
+
+# --- a run, its directory, resume ---
+expect_ok train "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --run-dir run
+[ "$(wc -l <run/metrics.jsonl)" -eq 6 ] && pass || fail "metrics.jsonl should have 6 lines"
+grep -q '"val_loss"' run/metrics.jsonl && pass || fail "metrics.jsonl has no val_loss"
+for key in step loss lr grad_norm tokens_per_s ms_per_step; do
+  grep -q "\"$key\"" run/metrics.jsonl && pass || fail "metrics.jsonl lacks $key"
+done
+grep -q 'd_model: 32' run/config.textproto && pass || fail "config.textproto lacks the override"
+[ -f run/checkpoints/step_0000006/checkpoint.textproto ] && pass || fail "no final checkpoint"
+grep -q "sample:" run/train.log && pass || fail "no sample printed"
+
+expect_error existing-run "already holds a run" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --run-dir run
+expect_ok resume "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=8 --run-dir run --resume
+grep -q "resumed from" "$tmp/out.txt" && pass || fail "resume did not say where it resumed from"
+[ "$(wc -l <run/metrics.jsonl)" -eq 8 ] && pass || fail "resumed metrics.jsonl should have 8 lines"
+expect_error resume-other-model "model section of the config differs" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set model.d_mlp=32 --run-dir run --resume
+
+# --- export and sample ---
+expect_ok export "$loom" export run/checkpoints/step_0000008 --safetensors model.safetensors
+/usr/bin/python3 - model.safetensors <<'PY' && pass || fail "exported safetensors unreadable"
+import json, struct, sys
+data = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", data[:8])[0]
+header = json.loads(data[8:8 + n])
+assert header["wte"]["shape"] == [257, 32], header["wte"]
+assert header["block.1.mlp.fc.weight"]["shape"] == [64, 32]
+end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
+assert 8 + n + end == len(data)
+PY
+expect_ok sample "$loom" sample run/checkpoints/step_0000008 --prompt "def " --tokens 30
+expect_error sample-missing "no checkpoint at" -- "$loom" sample run/checkpoints/step_9999999
+
+# --- help ---
+for cmd in train prepare sample export bench; do
+  "$loom" $cmd --help | grep -q "usage: loom $cmd" && pass || fail "loom $cmd --help"
+done
+
+# --- config errors ---
+printf 'model {\n  d_modle: 3\n}\n' >unknown.textproto
+expect_error unknown-field "unknown.textproto:2:" -- "$loom" train unknown.textproto
+printf 'model { residual: LADDR }\n' >enum.textproto
+expect_error bad-enum "Valid values: STANDARD, LADDER" -- "$loom" train enum.textproto
+expect_error bad-override 'no field "nope" in model' -- "$loom" train "$src/configs/default.textproto" --set model.nope=1
+expect_error bad-override-value "is not a valid number" -- "$loom" train "$src/configs/default.textproto" --set optim.lr=fast
+expect_error invariant "model.n_heads (3) must divide model.d_model (128)" -- "$loom" train "$src/configs/default.textproto" --set model.n_heads=3
+expect_error parallel "parallel.dp = 2" -- "$loom" train "$src/configs/default.textproto" --set parallel.dp=2
+expect_error missing-config "cannot read config" -- "$loom" train nowhere.textproto
+expect_error bad-flag "unknown option --rundir" -- "$loom" train "$src/configs/default.textproto" --rundir x
+expect_error resume-needs-dir "--resume needs --run-dir" -- "$loom" train "$src/configs/default.textproto" --resume
+
+# --- bad shards ---
+mkdir bad
+head -c 2000 data/train_000000.bin >bad/train_000000.bin
+expect_error truncated-shard "is truncated" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set "data.train_shards=$tmp/bad/train_*.bin" --run-dir r2
+printf 'garbage that is long enough to hold a header? no, but longer than nothing at all %01000d' 0 >bad/val_000000.bin
+expect_error corrupt-shard "not a token shard" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set "data.train_shards=$tmp/bad/val_*.bin" --run-dir r3
+expect_error no-shards "no shard matches" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set "data.train_shards=$tmp/none_*.bin" --run-dir r4
+
+echo "$passes passed, $failures failed"
+[ "$failures" -eq 0 ]

@@ -1,0 +1,151 @@
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+
+#include "core/checkpoint.h"
+#include "core/config.h"
+#include "core/data.h"
+#include "core/error.h"
+#include "core/trainer.h"
+#include "kernels/cpu/threads.h"
+#include "tests/core/test_util.h"
+
+namespace loom {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::TempDir;
+
+config::RunConfig tiny_run(const TempDir& dir) {
+  std::vector<uint16_t> tokens(4000);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<uint16_t>((i * 7 + i / 13) % 64);
+  shard_write(dir / "train_000000.bin", tokens);
+  shard_write(dir / "val_000000.bin", std::vector<uint16_t>(tokens.begin(), tokens.begin() + 500));
+  config::RunConfig cfg;
+  for (const char* o :
+       {"model.vocab_size=64", "model.d_model=16", "model.n_heads=2", "model.d_mlp=32",
+        "model.max_seq_len=16", "model.loops=2", "train.seq_len=16", "train.global_batch=4",
+        "train.micro_batch=2", "train.steps=8", "train.eval_interval=4", "train.eval_batches=2",
+        "optim.warmup_steps=2", "checkpoint.interval=4", "checkpoint.keep_last=0",
+        "logging.sample_tokens=0", "runtime.threads=2"})
+    apply_override(cfg, o);
+  apply_override(cfg, "data.train_shards=" + (dir / "train_*.bin"));
+  apply_override(cfg, "data.val_shards=" + (dir / "val_*.bin"));
+  validate_config(cfg);
+  return cfg;
+}
+
+std::vector<std::string> metric_lines(const std::string& run_dir) {
+  std::ifstream in(run_dir + "/metrics.jsonl");
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) {
+    // Drop the timing fields; the rest (step, loss, lr, grad_norm, val_loss) must match exactly.
+    const size_t cut = line.find(",\"tokens_per_s\"");
+    const size_t val = line.find(",\"val_loss\"");
+    lines.push_back(line.substr(0, cut) + (val == std::string::npos ? "" : line.substr(val)));
+  }
+  return lines;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Checkpoint, ResumedRunReproducesTheUninterruptedOne) {
+  TempDir dir;
+  const config::RunConfig cfg = tiny_run(dir);
+  TrainOptions a{.run_dir = dir / "a", .resume = false, .quiet = true};
+  train(cfg, a);
+  TrainOptions b{.run_dir = dir / "b", .resume = false, .quiet = true};
+  train(cfg, b);
+  // Pretend run b died after step 6: only its step-4 checkpoint survived.
+  fs::remove_all(dir / "b/checkpoints/step_0000008");
+  b.resume = true;
+  const TrainSummary resumed = train(cfg, b);
+  EXPECT_EQ(resumed.steps, 8);
+  const std::vector<std::string> expected = metric_lines(dir / "a"), got = metric_lines(dir / "b");
+  ASSERT_EQ(expected.size(), 8u);
+  EXPECT_EQ(got, expected);
+  std::ifstream log(dir / "b/train.log");
+  std::stringstream text;
+  text << log.rdbuf();
+  EXPECT_NE(text.str().find("resumed from"), std::string::npos);
+}
+
+TEST(Checkpoint, RunDirectoryIsNeverOverwritten) {
+  TempDir dir;
+  config::RunConfig cfg = tiny_run(dir);
+  apply_override(cfg, "train.steps=1");
+  TrainOptions options{.run_dir = dir / "run", .resume = false, .quiet = true};
+  train(cfg, options);
+  EXPECT_NE(error_of([&] { train(cfg, options); }).find("already holds a run"), std::string::npos);
+  TrainOptions missing{.run_dir = dir / "none", .resume = true, .quiet = true};
+  EXPECT_NE(error_of([&] { train(cfg, missing); }).find("does not exist"), std::string::npos);
+}
+
+TEST(Checkpoint, RoundTripIsExactAndCorruptionIsDetected) {
+  TempDir dir;
+  config::RunConfig cfg = tiny_run(dir);
+  kernels::cpu::init_threads(1);
+  Model model = model_create(cfg.model());
+  model_init(model, 5);
+  Optimizer opt = optimizer_create(model);
+  for (size_t i = 0; i < opt.m.size(); ++i) {
+    opt.m[i] = 0.001f * static_cast<float>(i % 97);
+    opt.v[i] = 0.002f * static_cast<float>(i % 89);
+  }
+  const CheckpointState state{cfg, 12, 345, 678, 9000};
+  for (long step : {4L, 8L, 12L}) {
+    CheckpointState s = state;
+    s.step = step;
+    checkpoint_save(dir / "ckpt", s, model, opt, 2);
+  }
+  EXPECT_FALSE(fs::exists(dir / "ckpt/step_0000004")) << "keep_last = 2";
+  const std::string latest = checkpoint_latest(dir / "ckpt");
+  EXPECT_EQ(fs::path(latest).filename(), "step_0000012");
+
+  Model loaded = model_create(cfg.model());
+  Optimizer loaded_opt = optimizer_create(loaded);
+  const CheckpointState back = checkpoint_load(latest, loaded, &loaded_opt);
+  EXPECT_EQ(loaded.params, model.params);
+  EXPECT_EQ(loaded_opt.m, opt.m);
+  EXPECT_EQ(loaded_opt.v, opt.v);
+  EXPECT_EQ(loaded_opt.step, 12);
+  EXPECT_EQ(back.data_position, 345);
+  EXPECT_EQ(back.rng_state, 678u);
+  EXPECT_EQ(back.tokens_seen, 9000);
+
+  {  // flip one byte inside the first tensor
+    std::fstream f(latest + "/params.bin", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(10);
+    f.put('\x7f');
+  }
+  EXPECT_NE(error_of([&] { checkpoint_load(latest, loaded, nullptr); }).find("checksum of wte"),
+            std::string::npos);
+  EXPECT_EQ(error_of([&] { checkpoint_load(dir / "ckpt/step_0000008", loaded, &loaded_opt); }), "")
+      << "an older intact checkpoint still loads";
+  fs::resize_file(dir / "ckpt/step_0000008/adam_v.bin", 100);
+  EXPECT_NE(error_of([&] { checkpoint_load(dir / "ckpt/step_0000008", loaded, &loaded_opt); })
+                .find("is truncated"),
+            std::string::npos);
+
+  config::RunConfig other = cfg;
+  apply_override(other, "model.d_model=32");
+  Model wrong = model_create(other.model());
+  EXPECT_NE(error_of([&] { checkpoint_load(dir / "ckpt/step_0000008", wrong, nullptr); })
+                .find("does not fit this model"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { checkpoint_read_state(dir / "nowhere"); }).find("no checkpoint at"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace loom

@@ -1,0 +1,106 @@
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <functional>
+
+#include "core/config.h"
+#include "core/error.h"
+
+namespace loom {
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Config, DefaultConfigFileIsValid) {
+  const config::RunConfig cfg =
+      load_config(std::string(LOOM_SOURCE_DIR) + "/configs/default.textproto", {});
+  EXPECT_GE(cfg.model().loops(), 2);
+  EXPECT_EQ(grad_accum_steps(cfg) * cfg.train().micro_batch(), cfg.train().global_batch());
+}
+
+TEST(Config, UnknownFieldNamesFileLineAndColumn) {
+  const std::string msg = error_of(
+      [] { parse_config_text("model {\n  d_model: 64\n  d_modle: 3\n}\n", "run.textproto"); });
+  EXPECT_NE(msg.find("run.textproto:3:"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("d_modle"), std::string::npos) << msg;
+}
+
+TEST(Config, BadEnumListsValidValues) {
+  const std::string msg =
+      error_of([] { parse_config_text("model { residual: LADDR }", "x.textproto"); });
+  EXPECT_NE(msg.find("x.textproto:1:"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("Valid values: STANDARD, LADDER"), std::string::npos) << msg;
+}
+
+TEST(Config, OverridesSetNestedScalarsAndEnums) {
+  config::RunConfig cfg;
+  apply_override(cfg, "optim.lr=0.5");
+  apply_override(cfg, "model.residual=LADDER");
+  apply_override(cfg, "model.input_injection=true");
+  apply_override(cfg, "data.train_shards=/tmp/a_*.bin");
+  EXPECT_FLOAT_EQ(cfg.optim().lr(), 0.5f);
+  EXPECT_EQ(cfg.model().residual(), config::ModelConfig::LADDER);
+  EXPECT_TRUE(cfg.model().input_injection());
+  EXPECT_EQ(cfg.data().train_shards(), "/tmp/a_*.bin");
+}
+
+TEST(Config, BadOverridesSayWhatIsWrong) {
+  config::RunConfig cfg;
+  std::string msg = error_of([&] { apply_override(cfg, "model.d_modle=3"); });
+  EXPECT_NE(msg.find("--set model.d_modle=3"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("no field \"d_modle\" in model"), std::string::npos) << msg;
+  msg = error_of([&] { apply_override(cfg, "model.residual=SIDEWAYS"); });
+  EXPECT_NE(msg.find("Valid values: STANDARD, LADDER"), std::string::npos) << msg;
+  msg = error_of([&] { apply_override(cfg, "optim.lr=fast"); });
+  EXPECT_NE(msg.find("not a valid number"), std::string::npos) << msg;
+  msg = error_of([&] { apply_override(cfg, "optim=3"); });
+  EXPECT_NE(msg.find("is a section"), std::string::npos) << msg;
+  msg = error_of([&] { apply_override(cfg, "optim.lr"); });
+  EXPECT_NE(msg.find("expected path.to.field=value"), std::string::npos) << msg;
+  msg = error_of([&] { apply_override(cfg, "model.tie_embeddings=yes"); });
+  EXPECT_NE(msg.find("true or false"), std::string::npos) << msg;
+}
+
+TEST(Config, InvariantsNameTheFields) {
+  auto violation = [](const std::string& assignment) {
+    config::RunConfig cfg;
+    apply_override(cfg, assignment);
+    return error_of([&] { validate_config(cfg); });
+  };
+  EXPECT_EQ(error_of([] { validate_config(config::RunConfig()); }), "");
+  EXPECT_NE(violation("model.n_heads=5").find("model.n_heads (5) must divide model.d_model (128)"),
+            std::string::npos);
+  EXPECT_NE(violation("train.seq_len=300").find("must not exceed model.max_seq_len (256)"),
+            std::string::npos);
+  EXPECT_NE(violation("train.global_batch=12").find("multiple of train.micro_batch"),
+            std::string::npos);
+  EXPECT_NE(violation("parallel.tp=2").find("parallel.tp = 2"), std::string::npos);
+  EXPECT_NE(violation("model.loops=0").find("model.loops"), std::string::npos);
+  EXPECT_NE(violation("runtime.device=CUDA").find("runtime.device"), std::string::npos);
+}
+
+TEST(Config, WrittenConfigReadsBackIdentically) {
+  config::RunConfig cfg;
+  apply_override(cfg, "model.d_model=96");
+  const std::string text = config_to_text(cfg);
+  EXPECT_NE(text.find("loops: 4"), std::string::npos) << "defaults are written out";
+  const config::RunConfig back = parse_config_text(text, "written");
+  EXPECT_EQ(back.model().d_model(), 96);
+  EXPECT_EQ(config_to_text(back), text);
+}
+
+TEST(Config, ModelJsonHasEveryField) {
+  const std::string json = model_config_json(config::ModelConfig());
+  EXPECT_NE(json.find("\"residual\":\"STANDARD\""), std::string::npos) << json;
+  EXPECT_NE(json.find("\"vocab_size\":257"), std::string::npos) << json;
+}
+
+}  // namespace
+}  // namespace loom

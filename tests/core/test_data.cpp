@@ -1,0 +1,121 @@
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <functional>
+#include <numeric>
+#include <set>
+
+#include "core/data.h"
+#include "core/error.h"
+#include "tests/core/test_util.h"
+
+namespace loom {
+namespace {
+
+using testing::TempDir;
+
+std::vector<uint16_t> ramp(size_t n, int modulo) {
+  std::vector<uint16_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint16_t>(i % modulo);
+  return v;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Data, SequencesAreConsecutiveWithShiftedTargets) {
+  TempDir dir;
+  shard_write(dir / "train_000000.bin", ramp(41, 200));  // (41 − 1) / 8 = 5 sequences
+  shard_write(dir / "train_000001.bin", ramp(20, 200));  // (20 − 1) / 8 = 2 sequences
+  const TokenDataset data = dataset_open(dir / "train_*.bin", 8, 257);
+  ASSERT_EQ(data.num_sequences(), 7);
+  std::vector<int> in(8), tgt(8);
+  dataset_read_sequence(data, 1, in.data(), tgt.data());
+  for (int t = 0; t < 8; ++t) {
+    EXPECT_EQ(in[t], 8 + t);
+    EXPECT_EQ(tgt[t], 9 + t);
+  }
+  dataset_read_sequence(data, 6, in.data(), tgt.data());  // second shard, second sequence
+  EXPECT_EQ(in[0], 8);
+  EXPECT_EQ(tgt[7], 16);
+}
+
+TEST(Data, ShuffledLoaderVisitsEverySequenceOncePerEpochAndResumesExactly) {
+  TempDir dir;
+  shard_write(dir / "s_000000.bin", ramp(8 * 50 + 1, 250));
+  const TokenDataset data = dataset_open(dir / "s_*.bin", 8, 257);
+  DataLoader loader{&data, 99, true};
+  std::set<int64_t> seen;
+  for (int64_t p = 0; p < 50; ++p) seen.insert(loader_sequence_at(loader, p));
+  EXPECT_EQ(seen.size(), 50u);
+  EXPECT_NE(loader_sequence_at(loader, 0), loader_sequence_at(loader, 50)) << "new epoch, new order";
+
+  // Batches 17..19 straddle the epoch boundary at 50; a loader restored at position 48 (as a
+  // checkpoint restores it) must produce exactly what the uninterrupted one does.
+  std::vector<int> a(3 * 8), at(3 * 8), b(3 * 8), bt(3 * 8);
+  DataLoader uninterrupted{&data, 99, true};
+  for (int i = 0; i < 17; ++i) loader_next(uninterrupted, a.data(), at.data(), 3);
+  DataLoader resumed{&data, 99, true};
+  resumed.position = uninterrupted.position;
+  loader_next(uninterrupted, a.data(), at.data(), 3);
+  loader_next(resumed, b.data(), bt.data(), 3);
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(at, bt);
+}
+
+TEST(Data, CorruptAndTruncatedShardsAreReported) {
+  TempDir dir;
+  shard_write(dir / "good.bin", ramp(100, 200));
+  {
+    std::ifstream in(dir / "good.bin", std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::ofstream(dir / "truncated.bin", std::ios::binary) << bytes.substr(0, bytes.size() - 10);
+    std::string bad_magic = bytes;
+    bad_magic[0] = 'X';
+    std::ofstream(dir / "magic.bin", std::ios::binary) << bad_magic;
+    std::ofstream(dir / "tiny.bin", std::ios::binary) << bytes.substr(0, 100);
+  }
+  EXPECT_NE(error_of([&] { shard_open(dir / "truncated.bin"); }).find("is truncated"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { shard_open(dir / "magic.bin"); }).find("not a token shard"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { shard_open(dir / "tiny.bin"); }).find("shorter than its 1024-byte"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { shard_open(dir / "missing.bin"); }).find("cannot open shard"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { dataset_open(dir / "nothing_*.bin", 8, 257); }).find("no shard matches"),
+            std::string::npos);
+
+  shard_write(dir / "vocab.bin", ramp(300, 300));  // tokens up to 299
+  const TokenDataset data = dataset_open(dir / "vocab.bin", 8, 257);
+  std::vector<int> in(8), tgt(8);
+  std::string msg;
+  for (int64_t s = 0; s < data.num_sequences() && msg.empty(); ++s)
+    msg = error_of([&] { dataset_read_sequence(data, s, in.data(), tgt.data()); });
+  EXPECT_NE(msg.find("has token 257"), std::string::npos) << msg;
+}
+
+TEST(Data, PrepareSplitsDocumentsAndEndsEachWithEndOfText) {
+  TempDir dir;
+  std::filesystem::create_directories(dir / "text/sub");
+  for (int i = 0; i < 10; ++i)
+    std::ofstream(dir / ("text/sub/doc" + std::to_string(i) + ".py")) << "print(" << i << ")\n";
+  std::ofstream(dir / "text/skip.txt") << "not python";
+  const PrepareResult r = prepare_text({dir / "text"}, {".py"}, dir / "out", 0.2, 1000);
+  EXPECT_EQ(r.documents, 10);
+  EXPECT_EQ(r.val_tokens, 2 * 10);  // "print(N)\n" is 9 bytes + end-of-text
+  EXPECT_EQ(r.train_tokens, 8 * 10);
+  const Shard val = shard_open(dir / "out/val_000000.bin");
+  EXPECT_EQ(val.tokens[9], kEndOfText);
+  EXPECT_EQ(val.tokens[0], 'p');
+}
+
+}  // namespace
+}  // namespace loom

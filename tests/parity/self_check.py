@@ -1,0 +1,250 @@
+#!/usr/bin/python3
+"""Tests check_parity.py without loom: torch plays the dump tool.
+
+Two things are checked:
+  1. The reference model against independent re-statements of the spec (a textbook pre-norm
+     loop, the Ladder Residual sum, input injection, rotary as complex multiplication), so a
+     slip in loom_torch.py is not simply copied into the fake dump and missed.
+  2. check_parity.py end to end: a float32 torch run posing as loom must PASS against the
+     float64 reference, and a dump perturbed just past tolerance, with a missing or misshapen
+     tensor, with the wrong residual schedule, or from a tool that crashes, must FAIL.
+
+Usage:
+    self_check.py                          # run everything; exit 0 when every case behaves
+    self_check.py CASE.json --out DIR      # (internal) act as the dump tool for one case
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "torch_ref"))
+sys.path.insert(0, HERE)
+import check_parity  # noqa: E402
+import loom_torch  # noqa: E402
+
+# Just past check_parity's default tolerance of 1e-4: a perturbation this small must still fail.
+PERTURBATION = 3e-4
+
+GPT2_LIKE = {
+    "vocab_size": 67, "d_model": 32, "n_heads": 4, "d_mlp": 96, "max_seq_len": 24,
+    "norm": "LAYERNORM", "norm_eps": 1e-5, "position": "LEARNED", "rope_theta": 10000.0,
+    "tie_embeddings": False, "prelude_layers": 1, "block_layers": 1, "loops": 1,
+    "coda_layers": 1, "input_injection": False, "residual": "STANDARD",
+}
+LOOPED_LADDER = dict(GPT2_LIKE, norm="RMSNORM", norm_eps=1e-6, position="ROTARY", tie_embeddings=True,
+                     prelude_layers=1, block_layers=2, loops=3, coda_layers=1,
+                     input_injection=True, residual="LADDER")
+STEPS = 21  # the brief requires the losses at step 0 and step 20
+
+
+def make_train(steps=STEPS):
+    # Linear warm-up then decay, so a dump that ignores lr[s] would show in the losses.
+    lr = [1e-3 * min(1.0, (s + 1) / 5) * (1.0 - 0.5 * s / steps) for s in range(steps)]
+    return {"batch": 2, "seq_len": 16, "steps": steps, "lr": lr, "beta1": 0.9, "beta2": 0.95,
+            "eps": 1e-8, "weight_decay": 0.1, "grad_clip": 1.0}
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The reference model against independent statements of the spec.
+
+def _textbook_logits(model, idx, residual_delay):
+    """Logits with the residual sum written out from its definition, not as a FIFO.
+
+    Sub-layer i (0-based, counting attention and MLP separately over the unrolled list) reads
+    x0 + (injections so far) + the outputs of sub-layers 0 .. i-delay; the final stream adds all.
+    """
+    cfg = model.config
+    T = idx.shape[1]
+    x0 = model.wte[idx] + (model.wpe[:T] if cfg["position"] == "LEARNED" else 0)
+    rotary = None
+    if cfg["position"] == "ROTARY":
+        rotary = loom_torch.rotary_tables(T, cfg["d_model"] // cfg["n_heads"], cfg["rope_theta"], x0.dtype)
+    outputs, injections, prelude_out = [], [], None
+    for layer, iteration, index in model.unrolled_layers():
+        if cfg["input_injection"] and index == 0:
+            if iteration == 0:
+                prelude_out = x0 + sum(outputs)
+            else:
+                injections.append(prelude_out)
+        for branch in (lambda x: layer.attention_branch(x, rotary), layer.mlp_branch):
+            visible = outputs[:max(0, len(outputs) - residual_delay + 1)]
+            outputs.append(branch(x0 + sum(injections) + sum(visible)))
+    final = x0 + sum(injections) + sum(outputs)
+    head = model.wte if cfg["tie_embeddings"] else model.lm_head.weight
+    return model.norm_f(final) @ head.t()
+
+
+def _plain_gpt2_logits(model, idx):
+    """The ordinary pre-norm transformer, x = x + attn(ln1(x)); x = x + mlp(ln2(x))."""
+    T = idx.shape[1]
+    x = model.wte[idx] + model.wpe[:T]
+    for layer, _, _ in model.unrolled_layers():
+        x = x + layer.attn(layer.norm1(x), None)
+        x = x + layer.mlp(layer.norm2(x))
+    return model.lm_head(model.norm_f(x))
+
+
+def _rotary_by_complex(x, theta):
+    """Rotate-half rotary as multiplication of (x[d] + i x[d + hd/2]) by exp(i t theta^(-2d/hd))."""
+    T, hd = x.shape[-2], x.shape[-1]
+    d = torch.arange(hd // 2, dtype=torch.float64)
+    angle = torch.arange(T, dtype=torch.float64)[:, None] * theta ** (-2.0 * d / hd)
+    z = torch.complex(x[..., : hd // 2], x[..., hd // 2:]) * torch.polar(torch.ones_like(angle), angle)
+    return torch.cat((z.real, z.imag), dim=-1)
+
+
+def check_model_semantics():
+    """Returns a list of (name, max abs difference, ok)."""
+    generator = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, GPT2_LIKE["vocab_size"], (2, 12), generator=generator)
+    results = []
+
+    def compare(name, a, b):
+        diff = float((a - b).abs().max())
+        results.append((name, diff, diff <= 1e-12))
+
+    with torch.no_grad():
+        gpt2 = loom_torch.LoomModel(dict(GPT2_LIKE, loops=2), dtype=torch.float64)
+        loom_torch.init_normal(gpt2, generator=generator)
+        compare("STANDARD == textbook pre-norm GPT-2", gpt2(idx)[0], _plain_gpt2_logits(gpt2, idx))
+
+        for residual, delay in (("STANDARD", 1), ("LADDER", 2)):
+            for injection in (False, True):
+                cfg = dict(LOOPED_LADDER, residual=residual, input_injection=injection)
+                model = loom_torch.LoomModel(cfg, dtype=torch.float64)
+                loom_torch.init_normal(model, std=0.2, generator=generator)
+                compare(f"{residual} injection={injection} == residual written as a sum",
+                        model(idx)[0], _textbook_logits(model, idx, delay))
+
+        x = torch.randn(2, 3, 12, 8, dtype=torch.float64, generator=generator)
+        cos, sin = loom_torch.rotary_tables(12, 8, 500.0, torch.float64)
+        compare("rotary == complex multiplication", loom_torch.apply_rotary(x, cos, sin),
+                _rotary_by_complex(x, 500.0))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. check_parity.py end to end, torch posing as the dump tool.
+
+def write_fake_dump(case, out_dir):
+    """What loom's dump tool would write, computed by torch in float32, then perturbed."""
+    model_dict, train = case["model"], case["train"]
+    if case.get("fail_tool"):
+        print("fake dump tool: simulated crash while building the model", file=sys.stderr)
+        sys.exit(3)
+    os.makedirs(out_dir, exist_ok=True)
+    generator = torch.Generator().manual_seed(case.get("seed", 0))
+    model = loom_torch.LoomModel(model_dict, dtype=torch.float32)
+    loom_torch.init_normal(model, generator=generator)
+    init = {name: p.detach().numpy().copy() for name, p in model.named_parameters()}
+    S, B, T = train["steps"], train["batch"], train["seq_len"]
+    tokens = torch.randint(0, model_dict["vocab_size"], (S, B, T + 1), generator=generator)
+    tokens = tokens.numpy().astype("<i4")
+
+    # The run itself may use a different model than model.json says: a "loom" with a bug.
+    run_model = dict(model_dict, **case.get("run_model_overrides", {}))
+    losses, grads0 = check_parity.reference_run(run_model, train, init, tokens.astype(np.int64),
+                                                dtype=torch.float32)
+    perturb = case.get("perturb", {})
+    if "grad_scale" in perturb:
+        grads0[perturb["grad_scale"]] *= 1 + PERTURBATION
+    if "loss_step" in perturb:
+        losses[perturb["loss_step"]] *= 1 + PERTURBATION
+    if "drop_grad" in perturb:
+        del grads0[perturb["drop_grad"]]
+    if "transpose_init" in perturb:
+        init[perturb["transpose_init"]] = init[perturb["transpose_init"]].T.copy()
+
+    with open(os.path.join(out_dir, "model.json"), "w") as file:
+        json.dump(model_dict, file)
+    with open(os.path.join(out_dir, "train.json"), "w") as file:
+        json.dump(train, file)
+    loom_torch.save_safetensors(os.path.join(out_dir, "init.safetensors"), init)
+    loom_torch.save_safetensors(os.path.join(out_dir, "grads0.safetensors"), grads0)
+    tokens.tofile(os.path.join(out_dir, "tokens.bin"))
+    with open(os.path.join(out_dir, "losses.txt"), "w") as file:
+        file.writelines(f"{loss:.9g}\n" for loss in losses)
+
+
+def parity_cases():
+    """(name, case, expected exit status, text the output must contain)."""
+    looped = {"model": LOOPED_LADDER, "train": make_train()}
+    no_clip = {"model": GPT2_LIKE, "train": dict(make_train(), grad_clip=0.0)}
+    return [
+        ("GPT-2-like, float32 vs float64", {"model": GPT2_LIKE, "train": make_train()}, 0, "parity PASS"),
+        ("GPT-2-like, no clipping", no_clip, 0, "parity PASS"),
+        ("looped ladder rotary tied, float32", looped, 0, "parity PASS"),
+        ("one gradient off by 3e-4", dict(looped, perturb={"grad_scale": "block.1.mlp.fc.weight"}),
+         1, "block.1.mlp.fc.weight"),
+        ("loss at step 20 off by 3e-4", dict(looped, perturb={"loss_step": 20}), 1, "step 20"),
+        ("gradient missing", dict(looped, perturb={"drop_grad": "coda.0.norm2.weight"}),
+         1, "missing coda.0.norm2.weight"),
+        ("init tensor misshapen", dict(looped, perturb={"transpose_init": "block.0.mlp.fc.weight"}),
+         1, "block.0.mlp.fc.weight has shape"),
+        ("loom ran STANDARD, said LADDER", dict(looped, run_model_overrides={"residual": "STANDARD"}),
+         1, "parity FAIL"),
+        ("loom skipped input injection", dict(looped, run_model_overrides={"input_injection": False}),
+         1, "parity FAIL"),
+        ("loom used norm_eps 1e-3, not 1e-5", {"model": GPT2_LIKE, "train": make_train(),
+                                              "run_model_overrides": {"norm_eps": 1e-3}}, 1, "parity FAIL"),
+        ("dump tool crashes", dict(looped, fail_tool=True), 2, "simulated crash"),
+    ]
+
+
+def run_parity_case(case, work_dir, index):
+    case_path = os.path.join(work_dir, f"case{index}.json")
+    with open(case_path, "w") as file:
+        json.dump(case, file)
+    # check_parity runs the tool as a plain executable; this wrapper makes us that executable.
+    tool = os.path.join(work_dir, "fake_dump_tool")
+    with open(tool, "w") as file:
+        file.write(f'#!/bin/sh\nexec "{sys.executable}" "{os.path.abspath(__file__)}" "$@"\n')
+    os.chmod(tool, 0o755)
+    done = subprocess.run([sys.executable, os.path.join(HERE, "check_parity.py"),
+                           "--dump-tool", tool, "--config", case_path],
+                          capture_output=True, text=True)
+    return done.returncode, done.stdout + done.stderr
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("case", nargs="?", help="(internal) case JSON; with --out, act as the dump tool")
+    parser.add_argument("--out", help="(internal) dump directory")
+    parser.add_argument("--verbose", action="store_true", help="print check_parity's full output")
+    args = parser.parse_args()
+    if args.case:
+        with open(args.case) as file:
+            write_fake_dump(json.load(file), args.out)
+        return 0
+
+    all_ok = True
+    print("reference model vs independent statements of the spec:")
+    for name, diff, ok in check_model_semantics():
+        all_ok &= ok
+        print(f"  {'ok  ' if ok else 'FAIL'}  {name:<54} max |diff| {diff:.1e}")
+
+    print("check_parity.py with torch float32 posing as loom:")
+    with tempfile.TemporaryDirectory(prefix="loom_self_check_") as work_dir:
+        for index, (name, case, expected_status, expected_text) in enumerate(parity_cases()):
+            status, output = run_parity_case(case, work_dir, index)
+            ok = status == expected_status and expected_text in output
+            all_ok &= ok
+            summary = [line for line in output.splitlines() if line.startswith("parity")]
+            print(f"  {'ok  ' if ok else 'FAIL'}  {name:<36} exit {status} (want {expected_status})  "
+                  f"{summary[-1] if summary else ''}")
+            if args.verbose or not ok:
+                print("      " + output.rstrip().replace("\n", "\n      "))
+    print("self check " + ("PASS" if all_ok else "FAIL"))
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

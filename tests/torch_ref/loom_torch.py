@@ -1,0 +1,340 @@
+"""PyTorch reference for loom's model, and a hand-written safetensors reader/writer.
+
+This is the other half of loom's parity test (tests/parity/check_parity.py) and of its
+step-time benchmark (tests/bench/bench_step.py). The module's parameter names ARE loom's
+names (`wte`, `block.0.attn.qkv.weight`, ...), so moving weights and gradients between the
+two needs no translation table.
+
+Invariants:
+  * Built from the model dict that loom writes as model.json; every key is required.
+  * The residual schedule (delay 1 = STANDARD, delay 2 = LADDER, optional input injection)
+    follows the pseudocode in loom's parity brief literally; see LoomModel.forward.
+  * Shared block weights are the same nn.Module on every loop iteration, so autograd sums
+    their gradients over iterations exactly as loom must.
+
+Usage:
+    model = LoomModel(json.load(open("model.json")), dtype=torch.float64)
+    load_loom_weights(model, load_safetensors("init.safetensors"))
+    logits, loss = model(idx, targets); loss.backward(); grads = loom_gradients(model)
+"""
+
+import json
+import math
+import struct
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MODEL_KEYS = (
+    "vocab_size", "d_model", "n_heads", "d_mlp", "max_seq_len", "norm", "norm_eps",
+    "position", "rope_theta", "tie_embeddings", "prelude_layers", "block_layers", "loops",
+    "coda_layers", "input_injection", "residual",
+)
+_CHOICES = {
+    "norm": ("LAYERNORM", "RMSNORM"),
+    "position": ("LEARNED", "ROTARY"),
+    "residual": ("STANDARD", "LADDER"),
+}
+# How many sub-layer outputs may wait before being added to the stream.
+_RESIDUAL_DELAY = {"STANDARD": 1, "LADDER": 2}
+
+
+def validate_model_dict(model):
+    """Raises ValueError naming the first problem in a model dict."""
+    missing = [key for key in MODEL_KEYS if key not in model]
+    if missing:
+        raise ValueError(f"model dict is missing keys {missing}")
+    for key, allowed in _CHOICES.items():
+        if model[key] not in allowed:
+            raise ValueError(f"model.{key} = {model[key]!r}; expected one of {allowed}")
+    for key in ("vocab_size", "d_model", "n_heads", "d_mlp", "max_seq_len"):
+        if int(model[key]) <= 0:
+            raise ValueError(f"model.{key} = {model[key]} must be positive")
+    for key in ("prelude_layers", "block_layers", "loops", "coda_layers"):
+        if int(model[key]) < 0:
+            raise ValueError(f"model.{key} = {model[key]} must be >= 0")
+    if model["d_model"] % model["n_heads"] != 0:
+        raise ValueError(f"d_model {model['d_model']} is not divisible by n_heads {model['n_heads']}")
+    head_dim = model["d_model"] // model["n_heads"]
+    if model["position"] == "ROTARY" and head_dim % 2 != 0:
+        raise ValueError(f"ROTARY needs an even head dim; d_model/n_heads = {head_dim}")
+
+
+# ---------------------------------------------------------------------------------------------
+# safetensors, by hand: u64 LE header length, JSON header, raw little-endian data.
+
+_NUMPY_DTYPE = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2",
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+}
+_SAFETENSORS_DTYPE = {np.dtype(code).newbyteorder("<"): name for name, code in _NUMPY_DTYPE.items()}
+
+
+def load_safetensors(path):
+    """Returns {name: np.ndarray} from a .safetensors file. BF16 is widened to float32."""
+    with open(path, "rb") as file:
+        blob = file.read()
+    if len(blob) < 8:
+        raise ValueError(f"{path}: {len(blob)} bytes, too short for a safetensors header")
+    (header_len,) = struct.unpack("<Q", blob[:8])
+    if 8 + header_len > len(blob):
+        raise ValueError(f"{path}: header length {header_len} runs past the end of the file")
+    header = json.loads(blob[8:8 + header_len].decode("utf-8"))
+    data = memoryview(blob)[8 + header_len:]
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        shape = tuple(int(n) for n in info["shape"])
+        count = math.prod(shape)
+        if not 0 <= begin <= end <= len(data):
+            raise ValueError(f"{path}: tensor {name} offsets [{begin}, {end}) outside data of {len(data)} bytes")
+        raw = data[begin:end]
+        if info["dtype"] == "BF16":
+            # numpy has no bfloat16: it is the top half of a float32.
+            halves = np.frombuffer(raw, dtype="<u2", count=count).astype(np.uint32) << 16
+            array = halves.view(np.float32)
+        elif info["dtype"] in _NUMPY_DTYPE:
+            dtype = np.dtype(_NUMPY_DTYPE[info["dtype"]])
+            if end - begin != count * dtype.itemsize:
+                raise ValueError(f"{path}: tensor {name} has {end - begin} bytes; shape {shape} "
+                                 f"of {info['dtype']} needs {count * dtype.itemsize}")
+            array = np.frombuffer(raw, dtype=dtype, count=count)
+        else:
+            raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        tensors[name] = array.reshape(shape).astype(array.dtype.newbyteorder("="), copy=True)
+    return tensors
+
+
+def save_safetensors(path, tensors, metadata=None):
+    """Writes {name: np.ndarray} (any numpy dtype safetensors knows) to path."""
+    header = {}
+    chunks = []
+    offset = 0
+    for name in sorted(tensors):
+        array = np.asarray(tensors[name])  # not ascontiguousarray: it turns 0-d into 1-d
+        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        if little.dtype not in _SAFETENSORS_DTYPE:
+            raise ValueError(f"tensor {name}: numpy dtype {array.dtype} has no safetensors name")
+        raw = little.tobytes(order="C")
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPE[little.dtype],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(raw)],
+        }
+        chunks.append(raw)
+        offset += len(raw)
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    # Pad with spaces so the data section starts 8-byte aligned, as the reference writer does.
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as file:
+        file.write(struct.pack("<Q", len(encoded)))
+        file.write(encoded)
+        for raw in chunks:
+            file.write(raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+
+class RMSNorm(nn.Module):
+    def __init__(self, channels, eps, dtype):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels, dtype=dtype))
+
+    def forward(self, x):  # (B, T, C) -> (B, T, C)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def make_norm(model, dtype):
+    if model["norm"] == "LAYERNORM":
+        return nn.LayerNorm(model["d_model"], eps=model["norm_eps"], dtype=dtype)
+    return RMSNorm(model["d_model"], model["norm_eps"], dtype)
+
+
+def rotary_tables(seq_len, head_dim, theta, dtype):
+    """cos and sin of angle t * theta^(-2d/head_dim), each (T, head_dim/2)."""
+    # Angles in float64 whatever the model dtype: for float32 models this is the best loom can do.
+    d = torch.arange(head_dim // 2, dtype=torch.float64)
+    inverse_frequency = float(theta) ** (-2.0 * d / head_dim)
+    angle = torch.arange(seq_len, dtype=torch.float64)[:, None] * inverse_frequency[None, :]
+    return torch.cos(angle).to(dtype), torch.sin(angle).to(dtype)
+
+
+def apply_rotary(x, cos, sin):
+    """GPT-NeoX rotate-half on x (B, H, T, hd): pairs channel d with d + hd/2."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, model, dtype):
+        super().__init__()
+        channels = model["d_model"]
+        self.n_heads = model["n_heads"]
+        self.qkv = nn.Linear(channels, 3 * channels, dtype=dtype)
+        self.proj = nn.Linear(channels, channels, dtype=dtype)
+
+    def forward(self, a, rotary):  # a (B, T, C); rotary None or (cos, sin) each (T, hd/2)
+        B, T, C = a.shape
+        head_dim = C // self.n_heads
+        q, k, v = self.qkv(a).split(C, dim=-1)
+        q, k, v = (t.view(B, T, self.n_heads, head_dim).transpose(1, 2) for t in (q, k, v))
+        if rotary is not None:
+            q = apply_rotary(q, *rotary)
+            k = apply_rotary(k, *rotary)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(head_dim)  # (B, H, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+        y = F.softmax(scores, dim=-1) @ v  # (B, H, T, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, model, dtype):
+        super().__init__()
+        self.fc = nn.Linear(model["d_model"], model["d_mlp"], dtype=dtype)
+        self.gelu = nn.GELU(approximate="tanh")
+        self.proj = nn.Linear(model["d_mlp"], model["d_model"], dtype=dtype)
+
+    def forward(self, m):  # (B, T, C) -> (B, T, C)
+        return self.proj(self.gelu(self.fc(m)))
+
+
+class Layer(nn.Module):
+    """One transformer layer as two residual branches; LoomModel decides when they are added."""
+
+    def __init__(self, model, dtype):
+        super().__init__()
+        self.norm1 = make_norm(model, dtype)
+        self.attn = Attention(model, dtype)
+        self.norm2 = make_norm(model, dtype)
+        self.mlp = Mlp(model, dtype)
+
+    def attention_branch(self, x, rotary):
+        return self.attn(self.norm1(x), rotary)
+
+    def mlp_branch(self, x):
+        return self.mlp(self.norm2(x))
+
+
+class LoomModel(nn.Module):
+    def __init__(self, model, dtype=torch.float32):
+        super().__init__()
+        validate_model_dict(model)
+        self.config = dict(model)
+        V, C = model["vocab_size"], model["d_model"]
+        self.wte = nn.Parameter(torch.zeros(V, C, dtype=dtype))
+        if model["position"] == "LEARNED":
+            self.wpe = nn.Parameter(torch.zeros(model["max_seq_len"], C, dtype=dtype))
+        self.prelude = nn.ModuleList(Layer(model, dtype) for _ in range(model["prelude_layers"]))
+        self.block = nn.ModuleList(Layer(model, dtype) for _ in range(model["block_layers"]))
+        self.coda = nn.ModuleList(Layer(model, dtype) for _ in range(model["coda_layers"]))
+        self.norm_f = make_norm(model, dtype)
+        if not model["tie_embeddings"]:
+            self.lm_head = nn.Linear(C, V, bias=False, dtype=dtype)
+
+    def unrolled_layers(self):
+        """Yields (layer, block_iteration, block_index); both None outside the looped block."""
+        for layer in self.prelude:
+            yield layer, None, None
+        for iteration in range(self.config["loops"]):
+            for index, layer in enumerate(self.block):
+                yield layer, iteration, index
+        for layer in self.coda:
+            yield layer, None, None
+
+    def forward(self, idx, targets=None):
+        """idx, targets (B, T) int64. Returns logits (B, T, V) and the mean loss (or None)."""
+        cfg = self.config
+        T = idx.shape[1]
+        if T > cfg["max_seq_len"]:
+            raise ValueError(f"sequence length {T} exceeds max_seq_len {cfg['max_seq_len']}")
+        stream = self.wte[idx]  # (B, T, C)
+        rotary = None
+        if cfg["position"] == "LEARNED":
+            stream = stream + self.wpe[:T]
+        else:
+            head_dim = cfg["d_model"] // cfg["n_heads"]
+            rotary = rotary_tables(T, head_dim, cfg["rope_theta"], stream.dtype)
+
+        delay = _RESIDUAL_DELAY[cfg["residual"]]
+        pending = []  # sub-layer outputs not yet added to the stream, oldest first
+        injected = None
+        for layer, iteration, index in self.unrolled_layers():
+            if cfg["input_injection"] and index == 0:
+                if iteration == 0:
+                    injected = stream + sum(pending)  # the prelude's output, fixed from here on
+                else:
+                    stream = stream + injected
+            for branch in (lambda x: layer.attention_branch(x, rotary), layer.mlp_branch):
+                if len(pending) == delay:
+                    stream = stream + pending.pop(0)
+                pending.append(branch(stream))
+        stream = stream + sum(pending)
+
+        head = self.wte if cfg["tie_embeddings"] else self.lm_head.weight
+        logits = self.norm_f(stream) @ head.t()
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss
+
+
+def init_normal(model, std=0.02, generator=None):
+    """Matrices N(0, std), biases 0, norm gains 1 (the usual GPT-2 start)."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim >= 2:
+                param.normal_(0.0, std, generator=generator)
+            elif name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm_f.weight":
+                param.fill_(1.0)
+            else:
+                param.zero_()
+
+
+# ---------------------------------------------------------------------------------------------
+# Moving tensors in and out under loom's names.
+
+def name_shape_problems(expected, got, what):
+    """Lists the differences between two {name: shape} maps, one readable line each."""
+    problems = [f"{what}: missing {name} (expected shape {list(expected[name])})"
+                for name in sorted(set(expected) - set(got))]
+    problems += [f"{what}: unexpected {name} (shape {list(got[name])})"
+                 for name in sorted(set(got) - set(expected))]
+    problems += [f"{what}: {name} has shape {list(got[name])}, expected {list(expected[name])}"
+                 for name in sorted(set(expected) & set(got))
+                 if tuple(expected[name]) != tuple(got[name])]
+    return problems
+
+
+def parameter_shapes(model):
+    return {name: tuple(param.shape) for name, param in model.named_parameters()}
+
+
+def load_loom_weights(model, tensors):
+    """Copies {loom name: np.ndarray} into the model (casting to its dtype); names must match."""
+    got = {name: tuple(array.shape) for name, array in tensors.items()}
+    problems = name_shape_problems(parameter_shapes(model), got, "weights")
+    if problems:
+        raise ValueError("weights do not match the model:\n  " + "\n  ".join(problems))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(torch.from_numpy(np.asarray(tensors[name])).to(param.dtype))
+
+
+def loom_gradients(model):
+    """Returns {loom name: np.ndarray} of the current .grad (zeros where autograd left none)."""
+    grads = {}
+    for name, param in model.named_parameters():
+        grad = param.grad if param.grad is not None else torch.zeros_like(param)
+        grads[name] = grad.detach().cpu().numpy().copy()
+    return grads
