@@ -180,9 +180,9 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
                   model.num_params, model.unrolled.size(), cfg.model().prelude_layers(),
                   cfg.model().block_layers(), cfg.model().loops(), cfg.model().coda_layers(),
                   model.delay == 2 ? "ladder" : "standard", threads));
-  log.line(format("data: %lld training sequences of %d tokens; %d × %d micro-batches of %d per "
-                  "step; run directory %s",
-                  static_cast<long long>(train_data.num_sequences()), T, accum, 1, B,
+  log.line(format("data: %lld training sequences of %d tokens; %d micro-batch(es) of %d "
+                  "sequences per step; run directory %s",
+                  static_cast<long long>(train_data.num_sequences()), T, accum, B,
                   run_dir.string().c_str()));
 
   const size_t step_tokens = static_cast<size_t>(B) * T * accum;
@@ -228,7 +228,8 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     metrics.flush();
     summary.last_loss = result.loss;
 
-    if (step % cfg.logging().interval() == 0 || step == t.steps() || val_loss >= 0) {
+    if (step % cfg.logging().interval() == 0 || step == first_step + 1 || step == t.steps() ||
+        val_loss >= 0) {
       const double elapsed = std::chrono::duration<double>(Clock::now() - started).count();
       const double eta = elapsed / (step - first_step) * (t.steps() - step);
       std::string line = format("step %5ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s "

@@ -1,4 +1,5 @@
 #include <chrono>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <iostream>
@@ -29,6 +30,17 @@ std::string default_run_dir(const std::string& config_path) {
   return "runs/" + std::filesystem::path(config_path).stem().string() + "-" + stamp;
 }
 
+// Launchers announce the job's size in the environment. This version trains on one rank, and N
+// independent copies would race on one run directory, so a multi-rank launch is refused.
+void reject_multi_rank_launch() {
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS"}) {
+    const char* value = std::getenv(name);
+    if (value && std::atoi(value) > 1)
+      throw Error(std::string("started as one of ") + value + " ranks (" + name +
+                  "), but this version of loom trains on a single rank; run it with one task");
+  }
+}
+
 }  // namespace
 
 int command_train(int argc, char** argv) {
@@ -40,6 +52,7 @@ int command_train(int argc, char** argv) {
   }
   if (args.positional.size() != 1)
     throw Error("expected exactly one CONFIG file (see loom train --help)");
+  reject_multi_rank_launch();
   const std::string config_path = args.positional[0];
   const config::RunConfig cfg = load_config(config_path, args.values("--set"));
   if (args.flag("--resume") && !args.has("--run-dir"))

@@ -132,8 +132,8 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, scale, q_blk, ld, k, ld,
                   0.0f, p, keys);
       // dP (rows, keys) = dO_blk V[0:keys]ᵀ
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, 1.0f, dout_blk, C, v,
-                  ld, 0.0f, dp, keys);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, 1.0f, dout_blk, C, v, ld,
+                  0.0f, dp, keys);
       for (int r = 0; r < rows; r++) {
         const int i = i0 + r;
         float* p_row = p + static_cast<size_t>(r) * keys;

@@ -14,10 +14,13 @@
 namespace loom::kernels::cpu {
 
 // Floats of scratch memory attention_forward/backward need for sequence length T and `threads`
-// OpenMP threads.
+// OpenMP threads. Pass thread_count(): the kernels run a team of exactly that many threads, and
+// thread i uses the i-th slice. Results do not depend on the thread count (each (b, h) pair is
+// computed whole by one thread).
 size_t attention_scratch_floats(int T, int threads);
 
-// out (B, T, C): softmax(q kᵀ / sqrt(hd) + causal mask) v per head; lse (B, H, T) saved.
+// out (B, T, C): softmax(q kᵀ / sqrt(hd) + causal mask) v per head, hd = C / H (H divides C);
+// lse (B, H, T) saved. Both overwritten.
 void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int H,
                        float* scratch);
 

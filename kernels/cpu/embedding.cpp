@@ -45,9 +45,10 @@ void embedding_backward(float* dwte, float* dwpe, const float* dout, const int* 
     }
   }
   if (dwpe == nullptr) return;
-  // Each position's row is its own; the batch is summed in order b = 0, 1, ...
+
 #pragma omp parallel for schedule(static)
   for (int t = 0; t < T; t++) {
+    // Each position's row has one owner, which sums the batch in order b = 0, 1, ...
     float* dst = dwpe + static_cast<size_t>(t) * C;
     for (int b = 0; b < B; b++) {
       const float* src = dout + (static_cast<size_t>(b) * T + t) * C;

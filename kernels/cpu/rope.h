@@ -7,11 +7,12 @@
 
 namespace loom::kernels::cpu {
 
-// cos, sin (T, hd/2) for positions 0..T−1 (computed in double, stored as float).
+// cos, sin (T, hd/2) for positions 0..T−1 (computed in double, stored as float). hd is even.
 void rope_table(float* cos, float* sin, int T, int hd, float theta);
 
-// Rotates q and k of qkv (B, T, 3C) in place; v is untouched. inverse = true applies the
-// transposed rotation (−θ), which is the backward of the forward rotation.
+// Rotates q and k of qkv (B, T, 3C) in place; v is untouched. cos and sin come from rope_table
+// with at least T rows and hd = C / H. inverse = true applies the transposed rotation (−θ),
+// which is the backward of the forward rotation.
 void rope_apply(float* qkv, const float* cos, const float* sin, int B, int T, int C, int H,
                 bool inverse);
 

@@ -12,7 +12,7 @@ namespace loom::kernels::cpu {
 // thread. Returns the thread count in effect.
 int init_threads(int threads);
 
-// Thread count in effect (as set by init_threads).
+// Thread count in effect (as set by init_threads; OpenMP's default team size before that).
 int thread_count();
 
 }  // namespace loom::kernels::cpu

@@ -95,6 +95,8 @@ expect_error missing-config "cannot read config" -- "$loom" train nowhere.textpr
 expect_error bad-flag "unknown option --rundir" -- "$loom" train "$src/configs/default.textproto" --rundir x
 expect_error resume-needs-dir "--resume needs --run-dir" -- "$loom" train "$src/configs/default.textproto" --resume
 
+expect_error multi-rank "trains on a single rank" -- env OMPI_COMM_WORLD_SIZE=4 "$loom" train "$src/configs/default.textproto"
+
 # --- bad shards ---
 mkdir bad
 head -c 2000 data/train_000000.bin >bad/train_000000.bin

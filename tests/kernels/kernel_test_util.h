@@ -69,8 +69,8 @@ template <typename Got>
   for (size_t i = 0; i < got.size(); i++) {
     const double g = static_cast<double>(got[i]);
     if (!std::isfinite(g)) {
-      return ::testing::AssertionFailure() << "element " << i << " is " << g << " (reference "
-                                           << want[i] << ")";
+      return ::testing::AssertionFailure()
+             << "element " << i << " is " << g << " (reference " << want[i] << ")";
     }
     const double error = std::abs(g - want[i]);
     if (error > worst) {
@@ -87,9 +87,8 @@ template <typename Got>
 
 // Checks that `analytic` is the gradient of L(x) = Σ_i w_i f(x)_i, by central differences.
 inline ::testing::AssertionResult gradient_matches(
-    const std::function<std::vector<double>(const std::vector<double>&)>& f,
-    std::vector<double> x, const std::vector<double>& w, const std::vector<double>& analytic,
-    double tol = 1e-6) {
+    const std::function<std::vector<double>(const std::vector<double>&)>& f, std::vector<double> x,
+    const std::vector<double>& w, const std::vector<double>& analytic, double tol = 1e-6) {
   const double h = 1e-5;
   auto loss = [&](const std::vector<double>& at) {
     const std::vector<double> y = f(at);

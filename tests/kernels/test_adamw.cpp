@@ -26,8 +26,8 @@ void reference_step(State& s, const std::vector<float>& grads, const Hyper& h, l
     s.params[i] -= h.lr * h.weight_decay * s.params[i];
     s.m[i] = h.beta1 * s.m[i] + (1.0 - h.beta1) * g;
     s.v[i] = h.beta2 * s.v[i] + (1.0 - h.beta2) * g * g;
-    s.params[i] -= h.lr * (s.m[i] / bias_correction1) /
-                   (std::sqrt(s.v[i] / bias_correction2) + h.eps);
+    s.params[i] -=
+        h.lr * (s.m[i] / bias_correction1) / (std::sqrt(s.v[i] / bias_correction2) + h.eps);
   }
 }
 
@@ -43,14 +43,13 @@ TEST(AdamW, ThreeStepsMatchFormula) {
   for (long step = 1; step <= 3; step++) {
     SCOPED_TRACE(step);
     const auto grads = random_floats(rng, n, -0.1f, 0.1f);
-    cpu::adamw_update(params.data(), grads.data(), m.data(), v.data(), n,
-                      static_cast<float>(h.lr), static_cast<float>(h.beta1),
-                      static_cast<float>(h.beta2), static_cast<float>(h.eps),
-                      static_cast<float>(h.weight_decay), step,
+    cpu::adamw_update(params.data(), grads.data(), m.data(), v.data(), n, static_cast<float>(h.lr),
+                      static_cast<float>(h.beta1), static_cast<float>(h.beta2),
+                      static_cast<float>(h.eps), static_cast<float>(h.weight_decay), step,
                       static_cast<float>(h.grad_scale));
     // The kernel's float hyper-parameters, widened, are what the reference must use.
-    const Hyper hf{static_cast<float>(h.lr),    static_cast<float>(h.beta1),
-                   static_cast<float>(h.beta2), static_cast<float>(h.eps),
+    const Hyper hf{static_cast<float>(h.lr),           static_cast<float>(h.beta1),
+                   static_cast<float>(h.beta2),        static_cast<float>(h.eps),
                    static_cast<float>(h.weight_decay), static_cast<float>(h.grad_scale)};
     reference_step(want, grads, hf, step);
     // Scaled by each buffer's own magnitude (floor 0): m and v are far below 1.

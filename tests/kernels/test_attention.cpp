@@ -93,7 +93,8 @@ std::vector<double> reference_backward(const std::vector<double>& dout,
         std::vector<double> dp(i + 1);
         double p_dp = 0.0;
         for (int j = 0; j <= i; j++) {
-          for (int d = 0; d < hd; d++) dp[j] += dout_at(b, i, h, d) * qkv[qkv_index(s, b, j, 2, h, d)];
+          for (int d = 0; d < hd; d++)
+            dp[j] += dout_at(b, i, h, d) * qkv[qkv_index(s, b, j, 2, h, d)];
           p_dp += p[i][j] * dp[j];
         }
         for (int j = 0; j <= i; j++) {
@@ -137,9 +138,9 @@ TEST(AttentionReference, BackwardMatchesFiniteDifferences) {
   for (const Shape s : {Shape{1, 1, 2, 1}, Shape{2, 4, 6, 3}}) {
     const auto qkv = random_doubles(rng, qkv_size(s));
     const auto w = random_doubles(rng, out_size(s));
-    EXPECT_TRUE(gradient_matches(
-        [&](const std::vector<double>& x) { return reference_forward(x, s).out; }, qkv, w,
-        reference_backward(w, qkv, s)));
+    EXPECT_TRUE(
+        gradient_matches([&](const std::vector<double>& x) { return reference_forward(x, s).out; },
+                         qkv, w, reference_backward(w, qkv, s)));
   }
 }
 

@@ -100,9 +100,9 @@ TEST_P(CrossEntropyTest, LossAndGradientsMatchReference) {
   auto dx = nan_filled(x.size());
   const auto dweight_before = random_floats(rng, weight.size());
   auto dweight = dweight_before;
-  const double loss = cpu::lm_head_cross_entropy(dx.data(), dweight.data(), x.data(),
-                                                 weight.data(), targets.data(), k.N, k.C, k.V,
-                                                 grad_scale, scratch.data(), k.chunk);
+  const double loss =
+      cpu::lm_head_cross_entropy(dx.data(), dweight.data(), x.data(), weight.data(), targets.data(),
+                                 k.N, k.C, k.V, grad_scale, scratch.data(), k.chunk);
   EXPECT_NEAR(loss, want.loss_sum, 2e-6 * std::max(1.0, want.loss_sum));
   EXPECT_TRUE(close(dx, want.dx, k.tol));
   EXPECT_TRUE(close(dweight, plus(dweight_before, want.dweight), k.tol));
@@ -111,9 +111,9 @@ TEST_P(CrossEntropyTest, LossAndGradientsMatchReference) {
 
   // Without dx only the loss is computed and dweight is left alone.
   auto untouched = dweight_before;
-  const double loss_only = cpu::lm_head_cross_entropy(nullptr, untouched.data(), x.data(),
-                                                      weight.data(), targets.data(), k.N, k.C,
-                                                      k.V, grad_scale, scratch.data(), k.chunk);
+  const double loss_only =
+      cpu::lm_head_cross_entropy(nullptr, untouched.data(), x.data(), weight.data(), targets.data(),
+                                 k.N, k.C, k.V, grad_scale, scratch.data(), k.chunk);
   EXPECT_EQ(loss, loss_only);
   EXPECT_EQ(untouched, dweight_before);
 }

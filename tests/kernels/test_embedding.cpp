@@ -33,7 +33,8 @@ std::vector<double> reference_forward(const std::vector<int>& tokens,
   std::vector<double> out(static_cast<size_t>(s.B) * s.T * s.C);
   for (int bt = 0; bt < s.B * s.T; bt++) {
     for (int c = 0; c < s.C; c++) {
-      out[bt * s.C + c] = wte[tokens[bt] * s.C + c] + (wpe.empty() ? 0.0 : wpe[(bt % s.T) * s.C + c]);
+      out[bt * s.C + c] =
+          wte[tokens[bt] * s.C + c] + (wpe.empty() ? 0.0 : wpe[(bt % s.T) * s.C + c]);
     }
   }
   return out;

@@ -107,8 +107,8 @@ TEST_P(MatmulTest, BackwardOverwritesDinpAndAccumulatesParameterGradients) {
   auto dinp = nan_filled(static_cast<size_t>(s.N) * s.IC);
   auto dweight = dweight_before;
   auto dbias = dbias_before;
-  matmul_backward(dinp.data(), dweight.data(), dbias.data(), dout.data(), inp.data(),
-                  weight.data(), s.N, s.IC, s.OC);
+  matmul_backward(dinp.data(), dweight.data(), dbias.data(), dout.data(), inp.data(), weight.data(),
+                  s.N, s.IC, s.OC);
   const Grads g = reference_backward(to_double(dout), to_double(inp), to_double(weight), s);
   EXPECT_TRUE(close(dinp, g.dinp, 1e-6));
   EXPECT_TRUE(close(dweight, plus(dweight_before, g.dweight), 1e-6));
@@ -138,8 +138,8 @@ TEST(MatmulDeterminism, BiasGradientIsBitwiseRepeatable) {
   for (auto* dbias : {&first, &second}) {
     std::vector<float> dweight(static_cast<size_t>(s.OC) * s.IC, 0.0f);
     dbias->assign(s.OC, 0.0f);
-    matmul_backward(nullptr, dweight.data(), dbias->data(), dout.data(), inp.data(),
-                    weight.data(), s.N, s.IC, s.OC);
+    matmul_backward(nullptr, dweight.data(), dbias->data(), dout.data(), inp.data(), weight.data(),
+                    s.N, s.IC, s.OC);
   }
   EXPECT_EQ(0, std::memcmp(first.data(), second.data(), first.size() * sizeof(float)));
 }

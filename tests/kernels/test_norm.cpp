@@ -26,8 +26,7 @@ struct Normalized {
 // LayerNorm as torch: biased variance, eps inside the square root.
 Normalized reference_layernorm(const std::vector<double>& x, const std::vector<double>& weight,
                                const std::vector<double>& bias, const Shape& s) {
-  Normalized r{std::vector<double>(x.size()), std::vector<double>(s.N),
-               std::vector<double>(s.N)};
+  Normalized r{std::vector<double>(x.size()), std::vector<double>(s.N), std::vector<double>(s.N)};
   for (int n = 0; n < s.N; n++) {
     const double* row = &x[n * s.C];
     double mean = 0.0;
@@ -120,14 +119,14 @@ TEST(NormReference, LayerNormBackwardMatchesFiniteDifferences) {
   const auto w = random_doubles(rng, s.N * s.C);
   const Grads g = reference_layernorm_backward(w, x, weight, s);
   EXPECT_TRUE(gradient_matches(
-      [&](const std::vector<double>& v) { return reference_layernorm(v, weight, bias, s).out; },
-      x, w, g.dinp));
+      [&](const std::vector<double>& v) { return reference_layernorm(v, weight, bias, s).out; }, x,
+      w, g.dinp));
   EXPECT_TRUE(gradient_matches(
-      [&](const std::vector<double>& v) { return reference_layernorm(x, v, bias, s).out; },
-      weight, w, g.dweight));
+      [&](const std::vector<double>& v) { return reference_layernorm(x, v, bias, s).out; }, weight,
+      w, g.dweight));
   EXPECT_TRUE(gradient_matches(
-      [&](const std::vector<double>& v) { return reference_layernorm(x, weight, v, s).out; },
-      bias, w, g.dbias));
+      [&](const std::vector<double>& v) { return reference_layernorm(x, weight, v, s).out; }, bias,
+      w, g.dbias));
 }
 
 TEST(NormReference, RmsNormBackwardMatchesFiniteDifferences) {
@@ -140,9 +139,9 @@ TEST(NormReference, RmsNormBackwardMatchesFiniteDifferences) {
   EXPECT_TRUE(gradient_matches(
       [&](const std::vector<double>& v) { return reference_rmsnorm(v, weight, s).out; }, x, w,
       g.dinp));
-  EXPECT_TRUE(gradient_matches(
-      [&](const std::vector<double>& v) { return reference_rmsnorm(x, v, s).out; }, weight, w,
-      g.dweight));
+  EXPECT_TRUE(
+      gradient_matches([&](const std::vector<double>& v) { return reference_rmsnorm(x, v, s).out; },
+                       weight, w, g.dweight));
 }
 
 class NormTest : public ::testing::TestWithParam<Shape> {};
@@ -156,8 +155,8 @@ TEST_P(NormTest, LayerNormForward) {
   auto out = nan_filled(x.size());
   auto mean = nan_filled(s.N);
   auto rstd = nan_filled(s.N);
-  cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), weight.data(),
-                         bias.data(), s.N, s.C, static_cast<float>(kEps));
+  cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), weight.data(), bias.data(),
+                         s.N, s.C, static_cast<float>(kEps));
   const Normalized want = reference_layernorm(to_double(x), to_double(weight), to_double(bias), s);
   EXPECT_TRUE(close(out, want.out, 2e-6));
   EXPECT_TRUE(close(mean, want.mean, 1e-6));
@@ -172,8 +171,8 @@ TEST_P(NormTest, LayerNormBackwardAccumulates) {
   const auto bias = random_floats(rng, s.C);
   const auto dout = random_floats(rng, x.size());
   std::vector<float> out(x.size()), mean(s.N), rstd(s.N);
-  cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), weight.data(),
-                         bias.data(), s.N, s.C, static_cast<float>(kEps));
+  cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), weight.data(), bias.data(),
+                         s.N, s.C, static_cast<float>(kEps));
   const auto dinp_before = random_floats(rng, x.size());
   const auto dweight_before = random_floats(rng, s.C);
   const auto dbias_before = random_floats(rng, s.C);

@@ -81,9 +81,9 @@ TEST(RopeReference, InverseIsTheBackwardByFiniteDifferences) {
   const Shape s{2, 3, 8, 2};
   const auto qkv = random_doubles(rng, qkv_size(s));
   const auto w = random_doubles(rng, qkv_size(s));
-  EXPECT_TRUE(gradient_matches(
-      [&](const std::vector<double>& x) { return reference_rope(x, s, 1.0); }, qkv, w,
-      reference_rope(w, s, -1.0)));
+  EXPECT_TRUE(
+      gradient_matches([&](const std::vector<double>& x) { return reference_rope(x, s, 1.0); }, qkv,
+                       w, reference_rope(w, s, -1.0)));
 }
 
 class RopeTest : public ::testing::TestWithParam<Shape> {};
