@@ -37,7 +37,8 @@ void safetensors_write(const std::string& path, const std::vector<NamedTensor>& 
     header += "\"__metadata__\":{";
     bool first = true;
     for (const auto& [key, value] : metadata) {
-      header += (first ? "" : ",") + json_string(key) + ":" + json_string(value);
+      if (!first) header += ',';
+      header += json_string(key) + ":" + json_string(value);
       first = false;
     }
     header += "},";
@@ -49,10 +50,12 @@ void safetensors_write(const std::string& path, const std::vector<NamedTensor>& 
     std::string shape;
     for (size_t d = 0; d < t.shape.size(); ++d) {
       elements *= static_cast<uint64_t>(t.shape[d]);
-      shape += (d ? "," : "") + std::to_string(t.shape[d]);
+      if (d) shape += ',';
+      shape += std::to_string(t.shape[d]);
     }
     const uint64_t bytes = elements * sizeof(float);
-    header += (i ? "," : "") + json_string(t.name) + ":{\"dtype\":\"F32\",\"shape\":[" + shape +
+    if (i) header += ',';
+    header += json_string(t.name) + ":{\"dtype\":\"F32\",\"shape\":[" + shape +
               "],\"data_offsets\":[" + std::to_string(offset) + "," +
               std::to_string(offset + bytes) + "]}";
     offset += bytes;

@@ -62,6 +62,11 @@ grep -q "resumed from" "$tmp/out.txt" && pass || fail "resume did not say where 
 [ "$(wc -l <run/metrics.jsonl)" -eq 8 ] && pass || fail "resumed metrics.jsonl should have 8 lines"
 expect_error resume-other-model "model section of the config differs" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set model.d_mlp=32 --run-dir run --resume
 
+# --- a diverging run: stopped with a message, or its steps skipped when asked ---
+expect_error nonfinite-stop "non-finite" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set optim.lr=1e30 --set optim.warmup_steps=0 --run-dir diverge
+expect_ok nonfinite-skip "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set optim.lr=1e30 --set optim.warmup_steps=0 --set train.on_nonfinite=SKIP_STEP --run-dir skip
+grep -q '"skipped":true' skip/metrics.jsonl && pass || fail "skipped steps are not marked in metrics.jsonl"
+
 # --- export and sample ---
 expect_ok export "$loom" export run/checkpoints/step_0000008 --safetensors model.safetensors
 /usr/bin/python3 - model.safetensors <<'PY' && pass || fail "exported safetensors unreadable"

@@ -16,6 +16,8 @@
 namespace loom {
 namespace {
 
+using testing::error_of;
+
 namespace fs = std::filesystem;
 using testing::TempDir;
 
@@ -48,15 +50,6 @@ std::vector<std::string> metric_lines(const std::string& run_dir) {
     lines.push_back(line.substr(0, cut) + (val == std::string::npos ? "" : line.substr(val)));
   }
   return lines;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(Checkpoint, ResumedRunReproducesTheUninterruptedOne) {

@@ -5,18 +5,12 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "tests/core/test_util.h"
 
 namespace loom {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_of;
 
 TEST(Config, DefaultConfigFileIsValid) {
   const config::RunConfig cfg =

@@ -13,21 +13,14 @@
 namespace loom {
 namespace {
 
+using testing::error_of;
+
 using testing::TempDir;
 
 std::vector<uint16_t> ramp(size_t n, int modulo) {
   std::vector<uint16_t> v(n);
   for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint16_t>(i % modulo);
   return v;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(Data, SequencesAreConsecutiveWithShiftedTargets) {

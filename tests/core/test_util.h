@@ -1,9 +1,13 @@
-// Helpers shared by the core tests: a fresh temporary folder per test.
+// Helpers shared by the core tests: a fresh temporary folder per test, and the message of the
+// loom::Error a call throws.
 #pragma once
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 #include <string>
+
+#include "core/error.h"
 
 namespace loom::testing {
 
@@ -25,5 +29,15 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+// The message of the loom::Error that f throws, or "" when it throws none.
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 }  // namespace loom::testing
