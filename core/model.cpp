@@ -211,6 +211,7 @@ void model_plan(Model& m, int B, int T) {
   LOOM_CHECK(T <= m.max_T);
   m.plan_B = B;
   m.plan_T = T;
+  m.plan_threads = k::thread_count();
   const size_t N = static_cast<size_t>(B) * T, C = m.C, F = m.F, H = m.H;
   ArenaPlan plan;
   const int positions = static_cast<int>(m.unrolled.size());
@@ -248,7 +249,7 @@ void model_plan(Model& m, int B, int T) {
   const int hd = m.C / m.H;
   m.rope_cos = plan.take(static_cast<size_t>(m.max_T) * hd / 2);
   m.rope_sin = plan.take(static_cast<size_t>(m.max_T) * hd / 2);
-  m.attention_scratch = plan.take(k::attention_scratch_floats(T, k::thread_count()));
+  m.attention_scratch = plan.take(k::attention_scratch_floats(T, m.plan_threads));
   const int chunk = std::min<int>(m.config.lm_head_chunk(), static_cast<int>(N));
   m.lm_head_scratch = plan.take(k::lm_head_scratch_floats(chunk, m.V));
   m.arena.assign(plan.used, 0.0f);
@@ -261,6 +262,7 @@ void model_plan(Model& m, int B, int T) {
 double model_forward(Model& m, const int* inputs, const int* targets, int B, int T,
                      float loss_grad_scale) {
   LOOM_CHECK(B <= m.plan_B && T <= m.plan_T);
+  LOOM_CHECK(k::thread_count() == m.plan_threads);
   const int N = B * T, d = m.delay;
   const size_t NC = static_cast<size_t>(N) * m.C;
   std::copy(inputs, inputs + N, m.inputs.begin());

@@ -65,6 +65,7 @@ struct Model {
 
   // Activation arena, sized by model_plan for at most plan_B × plan_T tokens.
   int plan_B = 0, plan_T = 0;
+  int plan_threads = 0;              // attention scratch is per thread: the count must not change
   std::vector<float> arena;
   std::vector<SublayerActs> acts;    // per sub-layer application, 2 per unrolled position
   size_t stream = 0;                 // (B, T, C) residual stream r

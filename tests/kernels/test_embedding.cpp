@@ -103,8 +103,9 @@ TEST_P(EmbeddingTest, BackwardAccumulates) {
   auto dwpe = dwpe_before;
   cpu::embedding_backward(dwte.data(), dwpe.data(), dout.data(), tokens.data(), s.B, s.T, s.C);
   const Grads g = reference_backward(to_double(dout), tokens, s);
-  EXPECT_TRUE(close(dwte, plus(dwte_before, g.dwte), 1e-6));
-  EXPECT_TRUE(close(dwpe, plus(dwpe_before, g.dwpe), 1e-6));
+  // dwte rows gather up to B·T float additions in place.
+  EXPECT_TRUE(close(dwte, plus(dwte_before, g.dwte), 3e-6));
+  EXPECT_TRUE(close(dwpe, plus(dwpe_before, g.dwpe), 3e-6));
 
   auto dwte_only = dwte_before;
   cpu::embedding_backward(dwte_only.data(), nullptr, dout.data(), tokens.data(), s.B, s.T, s.C);

@@ -69,7 +69,8 @@ TEST(Gelu, BackwardOverwritesWithReferenceGradient) {
   cpu::gelu_backward(dinp.data(), x.data(), dout.data(), n);
   std::vector<double> want(n);
   for (size_t i = 0; i < n; i++) want[i] = dout[i] * reference_gelu_grad(x[i]);
-  EXPECT_TRUE(close(dinp, want, 1e-6));
+  // A few ulps: tanhf's error enters both terms of the derivative.
+  EXPECT_TRUE(close(dinp, want, 3e-6));
 }
 
 TEST(Gelu, InPlaceMatchesOutOfPlace) {

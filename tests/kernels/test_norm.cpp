@@ -182,7 +182,8 @@ TEST_P(NormTest, LayerNormBackwardAccumulates) {
   cpu::layernorm_backward(dinp.data(), dweight.data(), dbias.data(), dout.data(), x.data(),
                           weight.data(), mean.data(), rstd.data(), s.N, s.C);
   const Grads g = reference_layernorm_backward(to_double(dout), to_double(x), to_double(weight), s);
-  EXPECT_TRUE(close(dinp, plus(dinp_before, g.dinp), 1e-5));
+  // dinp's rounding is amplified by rstd, which is 316 for the constant rows of C = 1.
+  EXPECT_TRUE(close(dinp, plus(dinp_before, g.dinp), 2e-5));
   EXPECT_TRUE(close(dweight, plus(dweight_before, g.dweight), 1e-5));
   EXPECT_TRUE(close(dbias, plus(dbias_before, g.dbias), 1e-6));
 }
