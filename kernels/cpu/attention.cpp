@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/cpu/fast_math.h"
 #include "kernels/cpu/threads.h"
 
 namespace loom::kernels::cpu {
@@ -74,7 +75,8 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
         for (int j = 1; j < visible; j++) max = s[j] > max ? s[j] : max;
         // Exponentials first, then the sum as its own vectorised loop: fused, the sum's
         // dependency chain would stall behind every exp call.
-        for (int j = 0; j < visible; j++) s[j] = std::exp(s[j] - max);
+#pragma omp simd
+        for (int j = 0; j < visible; j++) s[j] = fast_exp(s[j] - max);
         double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
         for (int j = 0; j < visible; j++) sum += s[j];
@@ -146,7 +148,8 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 #pragma omp simd reduction(+ : dot)
         for (int d = 0; d < hd; d++) dot += dout_row[d] * o_row[d];
         const int visible = i + 1;
-        for (int j = 0; j < visible; j++) p_row[j] = std::exp(p_row[j] - row_lse);
+#pragma omp simd
+        for (int j = 0; j < visible; j++) p_row[j] = fast_exp(p_row[j] - row_lse);
 #pragma omp simd
         for (int j = 0; j < visible; j++) ds_row[j] = p_row[j] * (ds_row[j] - dot) * scale;
         std::fill(p_row + visible, p_row + keys, 0.0f);

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/fast_math.h"
+
 namespace loom::kernels::cpu {
 
 // Layout: the (chunk, V) logits block, then one loss per row of the chunk.
@@ -30,13 +32,15 @@ double lm_head_cross_entropy(float* dx, float* dweight, const float* x, const fl
       const int target = targets[n0 + r];
       const float target_logit = row[target];
       float max = row[0];
-      for (int v = 1; v < V; v++) max = std::max(max, row[v]);
-      // The row is overwritten with exp(logit − max) as the sum is taken, ready for dlogits.
+#pragma omp simd reduction(max : max)
+      for (int v = 1; v < V; v++) max = row[v] > max ? row[v] : max;
+      // The row is overwritten with exp(logit − max), ready for dlogits; the exponentials and
+      // the sum are separate loops so both vectorise.
+#pragma omp simd
+      for (int v = 0; v < V; v++) row[v] = fast_exp(row[v] - max);
       double sum = 0.0;
-      for (int v = 0; v < V; v++) {
-        row[v] = std::exp(row[v] - max);
-        sum += row[v];
-      }
+#pragma omp simd reduction(+ : sum)
+      for (int v = 0; v < V; v++) sum += row[v];
       row_loss[r] = static_cast<float>(max + std::log(sum) - target_logit);
       if (dx == nullptr) continue;
       const float factor = static_cast<float>(grad_scale / sum);

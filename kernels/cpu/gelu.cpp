@@ -1,6 +1,6 @@
 #include "kernels/cpu/gelu.h"
 
-#include <cmath>
+#include "kernels/cpu/fast_math.h"
 
 namespace loom::kernels::cpu {
 namespace {
@@ -16,7 +16,7 @@ void gelu_forward(float* out, const float* inp, size_t n) {
   for (size_t i = 0; i < n; i++) {
     const float x = inp[i];
     const float inner = kSqrt2OverPi * (x + kCubic * x * x * x);
-    out[i] = 0.5f * x * (1.0f + std::tanh(inner));
+    out[i] = 0.5f * x * (1.0f + fast_tanh(inner));
   }
 }
 
@@ -25,7 +25,7 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
   for (size_t i = 0; i < n; i++) {
     const float x = inp[i];
     const float inner = kSqrt2OverPi * (x + kCubic * x * x * x);
-    const float tanh_inner = std::tanh(inner);
+    const float tanh_inner = fast_tanh(inner);
     const float sech_squared = 1.0f - tanh_inner * tanh_inner;
     const float dinner = kSqrt2OverPi * (1.0f + 3.0f * kCubic * x * x);
     const float grad = 0.5f * (1.0f + tanh_inner) + 0.5f * x * sech_squared * dinner;
