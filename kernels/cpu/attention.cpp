@@ -70,19 +70,10 @@ void attention_forward(float* out, float* lse, const float* qkv, int B, int T, i
       for (int r = 0; r < rows; r++) {
         float* s = p + static_cast<size_t>(r) * keys;
         const int visible = i0 + r + 1;  // keys 0..i; the rest are masked to probability 0
-        float max = s[0];
-#pragma omp simd reduction(max : max)
-        for (int j = 1; j < visible; j++) max = s[j] > max ? s[j] : max;
-        // Exponentials first, then the sum as its own vectorised loop: fused, the sum's
-        // dependency chain would stall behind every exp call.
-#pragma omp simd
-        for (int j = 0; j < visible; j++) s[j] = fast_exp(s[j] - max);
-        double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < visible; j++) sum += s[j];
+        const RowExp e = row_exp(s, visible);
         std::fill(s + visible, s + keys, 0.0f);
-        lse[head.lse + i0 + r] = max + static_cast<float>(std::log(sum));
-        inv_sums[r] = static_cast<float>(1.0 / sum);
+        lse[head.lse + i0 + r] = e.max + static_cast<float>(std::log(e.sum));
+        inv_sums[r] = static_cast<float>(1.0 / e.sum);
       }
       // O_blk (rows, hd) = P V[0:keys], written straight into out's head columns. P is left
       // unnormalised and each output row scaled after: hd multiplies per row instead of i + 1.

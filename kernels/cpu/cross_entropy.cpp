@@ -31,19 +31,11 @@ double lm_head_cross_entropy(float* dx, float* dweight, const float* x, const fl
       float* row = logits + static_cast<size_t>(r) * V;
       const int target = targets[n0 + r];
       const float target_logit = row[target];
-      float max = row[0];
-#pragma omp simd reduction(max : max)
-      for (int v = 1; v < V; v++) max = row[v] > max ? row[v] : max;
-      // The row is overwritten with exp(logit − max), ready for dlogits; the exponentials and
-      // the sum are separate loops so both vectorise.
-#pragma omp simd
-      for (int v = 0; v < V; v++) row[v] = fast_exp(row[v] - max);
-      double sum = 0.0;
-#pragma omp simd reduction(+ : sum)
-      for (int v = 0; v < V; v++) sum += row[v];
-      row_loss[r] = static_cast<float>(max + std::log(sum) - target_logit);
+      // The row becomes exp(logit − max), ready to turn into dlogits.
+      const RowExp e = row_exp(row, V);
+      row_loss[r] = static_cast<float>(e.max + std::log(e.sum) - target_logit);
       if (dx == nullptr) continue;
-      const float factor = static_cast<float>(grad_scale / sum);
+      const float factor = static_cast<float>(grad_scale / e.sum);
 #pragma omp simd
       for (int v = 0; v < V; v++) row[v] *= factor;
       row[target] -= grad_scale;

@@ -38,4 +38,24 @@ inline float fast_exp(float x) {
 // is what GELU's 1 + tanh needs.
 inline float fast_tanh(float x) { return 1.0f - 2.0f / (fast_exp(2.0f * x) + 1.0f); }
 
+// The safe numerator and denominator of a softmax: replaces row (n) with exp(row − max(row))
+// and returns the max and the sum of the exponentials (in double). The exponentials and the sum
+// are separate loops so both vectorise; fused, the sum's dependency chain stalls every exp.
+struct RowExp {
+  float max;
+  double sum;
+};
+
+inline RowExp row_exp(float* row, int n) {
+  float max = row[0];
+#pragma omp simd reduction(max : max)
+  for (int j = 1; j < n; j++) max = row[j] > max ? row[j] : max;
+#pragma omp simd
+  for (int j = 0; j < n; j++) row[j] = fast_exp(row[j] - max);
+  double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j < n; j++) sum += row[j];
+  return {max, sum};
+}
+
 }  // namespace loom::kernels::cpu
