@@ -133,15 +133,16 @@ StepResult train_step(Model& model, Optimizer& optimizer, const config::RunConfi
 TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   const auto& t = cfg.train();
   const int B = t.micro_batch(), T = t.seq_len(), accum = grad_accum_steps(cfg);
-  const fs::path run_dir = options.run_dir;
-  prepare_run_dir(run_dir, options.resume);
-  const fs::path checkpoints_dir = run_dir / "checkpoints";
-
-  const int threads = kernels::cpu::init_threads(cfg.runtime().threads());
+  // Data first: a run that cannot start leaves no run directory behind.
   TokenDataset train_data = dataset_open(cfg.data().train_shards(), T, cfg.model().vocab_size());
   const bool validate = t.eval_interval() > 0 && !cfg.data().val_shards().empty();
   TokenDataset val_data;
   if (validate) val_data = dataset_open(cfg.data().val_shards(), T, cfg.model().vocab_size());
+
+  const fs::path run_dir = options.run_dir;
+  prepare_run_dir(run_dir, options.resume);
+  const fs::path checkpoints_dir = run_dir / "checkpoints";
+  const int threads = kernels::cpu::init_threads(cfg.runtime().threads());
 
   Model model = model_create(cfg.model());
   Optimizer optimizer = optimizer_create(model);

@@ -110,5 +110,7 @@ printf 'garbage that is long enough to hold a header? no, but longer than nothin
 expect_error corrupt-shard "not a token shard" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set "data.train_shards=$tmp/bad/val_*.bin" --run-dir r3
 expect_error no-shards "no shard matches" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set "data.train_shards=$tmp/none_*.bin" --run-dir r4
 
+[ ! -e r2 ] && [ ! -e r4 ] && pass || fail "a run that could not start left a run directory"
+
 echo "$passes passed, $failures failed"
 [ "$failures" -eq 0 ]
