@@ -1,6 +1,7 @@
 #include "core/checkpoint.h"
 
 #include <google/protobuf/text_format.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/config.h"
 #include "core/error.h"
 
 namespace loom {
@@ -100,14 +102,30 @@ bool is_step_folder(const fs::directory_entry& entry) {
          name.find_first_not_of("0123456789", 5) == std::string::npos && name.size() > 5;
 }
 
+long step_of(const fs::path& folder) { return std::stol(folder.filename().string().substr(5)); }
+
+// Complete checkpoint folders, oldest first by step number (not by name: step_10000000 comes
+// after step_9999999).
 std::vector<fs::path> step_folders(const std::string& checkpoints_dir) {
   std::vector<fs::path> out;
   std::error_code ec;
   if (!fs::is_directory(checkpoints_dir, ec)) return out;
   for (const auto& entry : fs::directory_iterator(checkpoints_dir))
     if (is_step_folder(entry) && fs::exists(entry.path() / kMetaFile)) out.push_back(entry.path());
-  std::sort(out.begin(), out.end());
+  std::sort(out.begin(), out.end(),
+            [](const fs::path& a, const fs::path& b) { return step_of(a) < step_of(b); });
   return out;
+}
+
+// Flushes a file's or a folder's contents to the device, so a rename that follows cannot be
+// seen before the data it names (a power loss would otherwise leave complete-looking folders
+// of empty files).
+void sync_path(const fs::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw Error("cannot open " + path.string() + " to sync it: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) throw Error("cannot sync " + path.string() + ": " + std::strerror(errno));
 }
 
 Meta read_meta(const std::string& checkpoint_dir) {
@@ -141,7 +159,11 @@ std::string checkpoint_save(const std::string& checkpoints_dir, const Checkpoint
   const fs::path final_dir = fs::path(checkpoints_dir) / step_name(state.step);
   const fs::path tmp_dir =
       fs::path(checkpoints_dir) / (".tmp-" + step_name(state.step) + "-" + std::to_string(getpid()));
-  fs::remove_all(tmp_dir);
+  // Partial folders of a save that died midway are left-overs: nothing refers to them.
+  std::error_code ec;
+  if (fs::is_directory(checkpoints_dir, ec))
+    for (const auto& entry : fs::directory_iterator(checkpoints_dir))
+      if (entry.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(entry.path());
   fs::create_directories(tmp_dir);
 
   Meta meta;
@@ -149,7 +171,8 @@ std::string checkpoint_save(const std::string& checkpoints_dir, const Checkpoint
   meta.set_data_position(state.data_position);
   meta.set_rng_state(state.rng_state);
   meta.set_tokens_seen(state.tokens_seen);
-  *meta.mutable_config() = state.config;
+  *meta.mutable_config() = resolve_defaults(state.config);
+  meta.set_optimizer_step(optimizer.step);
   write_buffer(tmp_dir, "params.bin", model, model.params, meta.mutable_params());
   write_buffer(tmp_dir, "adam_m.bin", model, optimizer.m, meta.mutable_adam_m());
   write_buffer(tmp_dir, "adam_v.bin", model, optimizer.v, meta.mutable_adam_v());
@@ -160,8 +183,16 @@ std::string checkpoint_save(const std::string& checkpoints_dir, const Checkpoint
     out << text;
     if (!out.flush()) throw Error("writing " + (tmp_dir / kMetaFile).string() + " failed");
   }
-  fs::remove_all(final_dir);
+  for (const char* file : {"params.bin", "adam_m.bin", "adam_v.bin", kMetaFile})
+    sync_path(tmp_dir / file);
+  sync_path(tmp_dir);
+  // A checkpoint of the same step (a re-save) is replaced only once the new one is complete.
+  const fs::path old_dir = fs::path(checkpoints_dir) / (".old-" + final_dir.filename().string());
+  fs::remove_all(old_dir);
+  if (fs::exists(final_dir)) fs::rename(final_dir, old_dir);
   fs::rename(tmp_dir, final_dir);
+  sync_path(checkpoints_dir);
+  fs::remove_all(old_dir);
 
   if (keep_last > 0) {
     std::vector<fs::path> folders = step_folders(checkpoints_dir);
@@ -170,9 +201,15 @@ std::string checkpoint_save(const std::string& checkpoints_dir, const Checkpoint
   return final_dir.string();
 }
 
+std::vector<std::string> checkpoint_list(const std::string& checkpoints_dir) {
+  std::vector<std::string> out;
+  for (const fs::path& folder : step_folders(checkpoints_dir)) out.push_back(folder.string());
+  return out;
+}
+
 std::string checkpoint_latest(const std::string& checkpoints_dir) {
-  std::vector<fs::path> folders = step_folders(checkpoints_dir);
-  return folders.empty() ? "" : folders.back().string();
+  const std::vector<std::string> all = checkpoint_list(checkpoints_dir);
+  return all.empty() ? "" : all.back();
 }
 
 CheckpointState checkpoint_read_state(const std::string& checkpoint_dir) {
@@ -186,7 +223,7 @@ CheckpointState checkpoint_load(const std::string& checkpoint_dir, Model& model,
   if (optimizer) {
     read_buffer(checkpoint_dir, model, meta.adam_m(), optimizer->m);
     read_buffer(checkpoint_dir, model, meta.adam_v(), optimizer->v);
-    optimizer->step = static_cast<long>(meta.step());
+    optimizer->step = static_cast<long>(meta.optimizer_step());
   }
   return state_of(meta);
 }

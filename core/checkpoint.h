@@ -1,8 +1,8 @@
 // Checkpoints: a folder `step_NNNNNNN/` per save holding checkpoint.textproto (CheckpointMeta in
 // configs/loom.proto: step, data position, RNG state, resolved config, and for every tensor its
 // global shape, this piece's offsets, file, byte offset and CRC-32) plus params.bin, adam_m.bin
-// and adam_v.bin (fp32). The folder is written under a temporary name and renamed, so a folder
-// named step_* is always complete. Format: docs/checkpoint-format.md.
+// and adam_v.bin (fp32). The folder is written under a temporary name, synced to the device and
+// renamed, so a folder named step_* is always complete. Format: docs/checkpoint-format.md.
 //
 //   loom::checkpoint_save(dir, state, model, opt, keep_last);
 //   std::string newest = loom::checkpoint_latest(dir);   // "" when none
@@ -10,6 +10,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/model.h"
 #include "core/optimizer.h"
@@ -29,6 +30,9 @@ struct CheckpointState {
 // all). Returns the folder written.
 std::string checkpoint_save(const std::string& checkpoints_dir, const CheckpointState& state,
                             const Model& model, const Optimizer& optimizer, int keep_last);
+
+// Complete checkpoint folders in checkpoints_dir, oldest first.
+std::vector<std::string> checkpoint_list(const std::string& checkpoints_dir);
 
 // The newest complete checkpoint folder in checkpoints_dir, or "" when there is none.
 std::string checkpoint_latest(const std::string& checkpoints_dir);

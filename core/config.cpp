@@ -262,8 +262,19 @@ void validate_config(const config::RunConfig& cfg) {
   require(!cfg.data().train_shards().empty(), "data.train_shards must name the training shards");
   require(cfg.checkpoint().interval() >= 0, "checkpoint.interval must not be negative");
   require(cfg.checkpoint().keep_last() >= 0, "checkpoint.keep_last must not be negative");
+  require(!cfg.checkpoint().directory().empty(), "checkpoint.directory must name a folder");
   require(cfg.logging().interval() > 0, "logging.interval must be positive");
   require(cfg.logging().sample_tokens() >= 0, "logging.sample_tokens must not be negative");
+  require(cfg.logging().sample_temperature() >= 0,
+          "logging.sample_temperature must not be negative");
+  require(cfg.logging().sample_top_k() >= 0, "logging.sample_top_k must not be negative");
+  require(cfg.logging().sample_tokens() == 0 || !cfg.logging().sample_prompt().empty() ||
+              m.vocab_size() > 256,
+          "logging.sample_prompt is empty and model.vocab_size (" + num(m.vocab_size()) +
+              ") has no end-of-text token (256) to start from; give a prompt");
+  for (unsigned char c : cfg.logging().sample_prompt())
+    require(cfg.logging().sample_tokens() == 0 || c < m.vocab_size(), "logging.sample_prompt has byte " + num(c) +
+                                    ", not below model.vocab_size (" + num(m.vocab_size()) + ")");
   require(cfg.runtime().threads() >= 0, "runtime.threads must not be negative (0 = all cores)");
   require(cfg.runtime().device() == config::RuntimeConfig::CPU,
           "runtime.device CUDA is not available yet: this build trains on the CPU only "
@@ -289,12 +300,17 @@ config::RunConfig load_config(const std::string& path, const std::vector<std::st
   config::RunConfig cfg = parse_config_text(read_file(path), path);
   for (const std::string& assignment : overrides) apply_override(cfg, assignment);
   validate_config(cfg);
-  return cfg;
+  return resolve_defaults(cfg);
+}
+
+config::RunConfig resolve_defaults(const config::RunConfig& cfg) {
+  config::RunConfig full = cfg;
+  materialize_defaults(&full);
+  return full;
 }
 
 std::string config_to_text(const config::RunConfig& cfg) {
-  config::RunConfig full = cfg;
-  materialize_defaults(&full);
+  const config::RunConfig full = resolve_defaults(cfg);
   std::string text;
   pb::TextFormat::PrintToString(full, &text);
   return text;

@@ -14,8 +14,8 @@
 
 namespace loom {
 
-// Parses the text-format file, applies each "path.to.field=value" override in order, then
-// validates the result.
+// Parses the text-format file, applies each "path.to.field=value" override in order, validates
+// the result and returns it resolved (see resolve_defaults).
 config::RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides);
 
 // Parses text-format `text`; `source` names it in error messages.
@@ -26,6 +26,10 @@ void apply_override(config::RunConfig& cfg, const std::string& assignment);
 
 // Checks every invariant a run relies on; throws loom::Error naming the fields involved.
 void validate_config(const config::RunConfig& cfg);
+
+// The config with every unset scalar field set to its schema default, so that what is stored in
+// a run directory or checkpoint keeps meaning the same model if a default changes later.
+config::RunConfig resolve_defaults(const config::RunConfig& cfg);
 
 // Text format with every field written out, defaults included: what a run actually used.
 std::string config_to_text(const config::RunConfig& cfg);

@@ -120,6 +120,19 @@ TokenDataset dataset_open(const std::string& pattern, int T, int vocab_size) {
   data.first_sequence.push_back(0);
   for (const std::string& path : paths) {
     Shard shard = shard_open(path);
+    // Checked once here, so a bad token stops the run before it starts, not hours into it.
+    uint16_t max_token = 0;
+#pragma omp parallel for simd reduction(max : max_token)
+    for (size_t i = 0; i < shard.num_tokens; ++i)
+      max_token = shard.tokens[i] > max_token ? shard.tokens[i] : max_token;
+    if (shard.num_tokens > 0 && max_token >= vocab_size) {
+      const size_t at = static_cast<size_t>(
+          std::find_if(shard.tokens, shard.tokens + shard.num_tokens,
+                       [&](uint16_t t) { return t >= vocab_size; }) - shard.tokens);
+      throw Error("shard " + path + " has token " + std::to_string(shard.tokens[at]) +
+                  " at position " + std::to_string(at) + ", not below model.vocab_size " +
+                  std::to_string(vocab_size) + " (corrupt shard, or made for another vocabulary)");
+    }
     const int64_t sequences =
         shard.num_tokens > static_cast<size_t>(T) ? (shard.num_tokens - 1) / T : 0;
     data.first_sequence.push_back(data.first_sequence.back() + sequences);
@@ -137,14 +150,7 @@ void dataset_read_sequence(const TokenDataset& data, int64_t index, int* inputs,
   const size_t s = static_cast<size_t>(it - data.first_sequence.begin()) - 1;
   const Shard& shard = data.shards[s];
   const size_t start = static_cast<size_t>(index - data.first_sequence[s]) * data.T;
-  const uint16_t* tokens = shard.tokens + start;
-  for (int t = 0; t <= data.T; ++t) {
-    if (tokens[t] >= data.vocab_size)
-      throw Error("shard " + shard.path + " has token " + std::to_string(tokens[t]) +
-                  " at position " + std::to_string(start + t) +
-                  ", not below model.vocab_size " + std::to_string(data.vocab_size) +
-                  " (corrupt shard, or made for another vocabulary)");
-  }
+  const uint16_t* tokens = shard.tokens + start;  // checked against vocab_size by dataset_open
   for (int t = 0; t < data.T; ++t) {
     inputs[t] = tokens[t];
     targets[t] = tokens[t + 1];
@@ -208,9 +214,14 @@ PrepareResult prepare_text(const std::vector<std::string>& inputs,
   files.erase(std::unique(files.begin(), files.end()), files.end());
   if (files.empty()) throw Error("prepare: the inputs hold no matching files");
 
+  std::error_code ec;
+  if (fs::is_directory(output_dir, ec))
+    for (const auto& entry : fs::directory_iterator(output_dir))
+      if (entry.path().extension() == ".bin")
+        throw Error("prepare: " + output_dir + " already holds shards (" +
+                    entry.path().filename().string() +
+                    "); remove them or choose another --output, so old and new data never mix");
   fs::create_directories(output_dir);
-  const int64_t val_every =
-      val_fraction > 0 ? std::max<int64_t>(1, std::llround(1.0 / val_fraction)) : 0;
   PrepareResult result;
   std::vector<uint16_t> train, val;
   auto flush = [&](std::vector<uint16_t>& tokens, const char* split, int& count, bool force) {
@@ -222,7 +233,9 @@ PrepareResult prepare_text(const std::vector<std::string>& inputs,
     std::ifstream in(path, std::ios::binary);
     if (!in) throw Error("prepare: cannot read " + path + ": " + errno_text());
     std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    const bool to_val = val_every > 0 && (result.documents % val_every) == val_every - 1;
+    // Document d goes to validation when ⌊(d + 1)·f⌋ > ⌊d·f⌋: exactly ⌊n·f⌋ of the first n.
+    const int64_t d = result.documents;
+    const bool to_val = std::floor((d + 1) * val_fraction) > std::floor(d * val_fraction);
     std::vector<uint16_t>& out = to_val ? val : train;
     for (unsigned char c : bytes) out.push_back(c);
     out.push_back(kEndOfText);

@@ -46,11 +46,11 @@ Shard shard_open(const std::string& path);
 // Writes tokens as a shard (temporary file, then rename).
 void shard_write(const std::string& path, const std::vector<uint16_t>& tokens);
 
-// Opens every shard matching `pattern`; throws when none match or none holds a sequence of T+1.
+// Opens every shard matching `pattern` and checks every token is below vocab_size; throws when
+// none match, a token is out of range, or no shard holds a sequence of T+1.
 TokenDataset dataset_open(const std::string& pattern, int T, int vocab_size);
 
-// Copies sequence `index` (0 ≤ index < num_sequences) as T inputs and T targets; throws
-// loom::Error naming shard and offset when a token is not below vocab_size.
+// Copies sequence `index` (0 ≤ index < num_sequences) as T inputs and T targets.
 void dataset_read_sequence(const TokenDataset& data, int64_t index, int* inputs, int* targets);
 
 struct DataLoader {
@@ -76,8 +76,9 @@ int64_t loader_sequence_at(DataLoader& loader, int64_t position);
 
 // `loom prepare`: reads text files (directories recursively, keeping files whose names end in
 // one of `extensions`, or all when empty), tokenizes bytes with an end-of-text token after each
-// document, and writes train_NNNNNN.bin and val_NNNNNN.bin shards into output_dir. Every
-// round(1 / val_fraction)-th document (in sorted path order) goes to validation.
+// document, and writes train_NNNNNN.bin and val_NNNNNN.bin shards into output_dir (which must
+// hold no shards yet). Documents are taken in sorted path order; ⌊n · val_fraction⌋ of every
+// first n go to validation, spread evenly.
 struct PrepareResult {
   int64_t documents = 0, train_tokens = 0, val_tokens = 0;
   int train_shards = 0, val_shards = 0;

@@ -52,7 +52,7 @@ void add_layer(Model& m, const std::string& prefix) {
   m.layers.push_back(o);
 }
 
-// Bump allocator over the arena, in floats, 16-float (64-byte) aligned.
+// Bump allocator over the arena, in floats; every offset is a multiple of 16 floats.
 struct ArenaPlan {
   size_t used = 0;
   size_t take(size_t n) {

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/data.h"
+#include "core/error.h"
 
 namespace loom {
 
@@ -27,6 +28,11 @@ std::string decode_bytes(const std::vector<int>& tokens) {
 std::vector<int> sample_tokens(Model& model, const std::vector<int>& prompt, int count,
                                float temperature, int top_k, Rng& rng) {
   std::vector<int> context = prompt.empty() ? std::vector<int>{kEndOfText} : prompt;
+  for (int token : context)
+    if (token < 0 || token >= model.V)
+      throw Error("prompt token " + std::to_string(token) + " is outside the model's vocabulary of " +
+                  std::to_string(model.V) + (prompt.empty() ? " (no end-of-text token to start "
+                                                              "from: give a prompt)" : ""));
   std::vector<int> generated;
   std::vector<float> logits(model.V);
   std::vector<std::pair<float, int>> ranked(model.V);

@@ -9,6 +9,8 @@
 #include <iostream>
 #include <sstream>
 
+#include <google/protobuf/util/message_differencer.h>
+
 #include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/data.h"
@@ -67,6 +69,32 @@ void prepare_run_dir(const fs::path& dir, bool resume) {
   if (ec) throw Error("cannot create run directory " + dir.string() + ": " + ec.message());
 }
 
+// A resumed run must read the same model and the same data stream as the run it continues;
+// steps, learning rate, logging and checkpointing may change.
+void check_resumable(const config::RunConfig& saved, const config::RunConfig& now,
+                     const std::string& checkpoint, long step) {
+  const std::string where = "--resume from " + checkpoint + ": ";
+  if (!google::protobuf::util::MessageDifferencer::Equivalent(saved.model(), now.model()))
+    throw Error(where + "the model section of the config differs from the one the run was "
+                        "trained with; resume with the run's own config.textproto");
+  const auto& a = saved.train();
+  const auto& b = now.train();
+  for (auto [name, same] : {std::pair{"train.seq_len", a.seq_len() == b.seq_len()},
+                            {"train.global_batch", a.global_batch() == b.global_batch()},
+                            {"train.seed", a.seed() == b.seed()},
+                            {"train.shuffle", a.shuffle() == b.shuffle()},
+                            {"data.train_shards",
+                             saved.data().train_shards() == now.data().train_shards()}})
+    if (!same)
+      throw Error(where + std::string(name) +
+                  " differs from the run's: the resumed run would read other data than the "
+                  "uninterrupted one; keep the run's value");
+  if (step >= now.train().steps())
+    throw Error(where + "the run has already completed " + std::to_string(step) +
+                " steps of train.steps = " + std::to_string(now.train().steps()) +
+                "; raise train.steps to train further");
+}
+
 // On resume, metrics of steps after the checkpoint are dropped: they will be recomputed.
 void truncate_metrics(const fs::path& path, long last_step) {
   std::ifstream in(path);
@@ -79,7 +107,11 @@ void truncate_metrics(const fs::path& path, long last_step) {
   }
   in.close();
   const fs::path tmp = path.string() + ".tmp";
-  std::ofstream(tmp, std::ios::trunc) << kept;
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << kept;
+    if (!out.flush()) throw Error("cannot rewrite " + path.string() + " (disk full?); it is unchanged");
+  }
   fs::rename(tmp, path);
 }
 
@@ -94,14 +126,23 @@ double evaluate(Model& model, const TokenDataset& val, int batches, int B, int T
   return total / batches;
 }
 
+// JSON has no NaN or Infinity: a non-finite value is written as null.
+std::string json_number(double v) {
+  if (!std::isfinite(v)) return "null";
+  std::ostringstream out;
+  out.precision(8);
+  out << v;
+  return out.str();
+}
+
 std::string metrics_line(long step, const StepResult& r, float lr, double tokens_per_s,
                          double ms, double val_loss, bool skipped) {
   std::ostringstream out;
   out.precision(8);
-  out << "{\"step\":" << step << ",\"loss\":" << r.loss << ",\"lr\":" << lr
-      << ",\"grad_norm\":" << r.grad_norm << ",\"tokens_per_s\":" << tokens_per_s
+  out << "{\"step\":" << step << ",\"loss\":" << json_number(r.loss) << ",\"lr\":" << lr
+      << ",\"grad_norm\":" << json_number(r.grad_norm) << ",\"tokens_per_s\":" << tokens_per_s
       << ",\"ms_per_step\":" << ms;
-  if (val_loss >= 0) out << ",\"val_loss\":" << val_loss;
+  if (val_loss >= 0 || std::isnan(val_loss)) out << ",\"val_loss\":" << json_number(val_loss);
   if (skipped) out << ",\"skipped\":true";
   out << "}";
   return out.str();
@@ -141,7 +182,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
 
   const fs::path run_dir = options.run_dir;
   prepare_run_dir(run_dir, options.resume);
-  const fs::path checkpoints_dir = run_dir / "checkpoints";
+  const fs::path checkpoints_dir = run_dir / cfg.checkpoint().directory();
   const int threads = kernels::cpu::init_threads(cfg.runtime().threads());
 
   Model model = model_create(cfg.model());
@@ -155,14 +196,24 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
 
   RunLog log(run_dir / "train.log", options.quiet);
   if (options.resume) {
-    const std::string latest = checkpoint_latest(checkpoints_dir.string());
-    if (latest.empty())
+    // Newest first; a checkpoint that fails its checks (a disk that lost it) falls back to the
+    // one before, and says so.
+    const std::vector<std::string> saved = checkpoint_list(checkpoints_dir.string());
+    if (saved.empty())
       throw Error("--resume: no complete checkpoint in " + checkpoints_dir.string());
-    const CheckpointState saved = checkpoint_read_state(latest);
-    if (saved.config.model().SerializeAsString() != cfg.model().SerializeAsString())
-      throw Error("--resume: the model section of the config differs from the one checkpoint " +
-                  latest + " was trained with; resume with the run's own config.textproto");
-    const CheckpointState state = checkpoint_load(latest, model, &optimizer);
+    CheckpointState state;
+    std::string latest;
+    for (auto it = saved.rbegin(); it != saved.rend() && latest.empty(); ++it) {
+      const CheckpointState meta = checkpoint_read_state(*it);
+      check_resumable(meta.config, cfg, *it, meta.step);
+      try {
+        state = checkpoint_load(*it, model, &optimizer);
+        latest = *it;
+      } catch (const Error& e) {
+        if (std::next(it) == saved.rend()) throw;
+        log.line(std::string("warning: ") + e.what() + "; trying the checkpoint before it");
+      }
+    }
     step = state.step;
     loader.position = state.data_position;
     rng.state = state.rng_state;
@@ -202,7 +253,8 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   while (step < t.steps()) {
     const auto step_start = Clock::now();
     for (int micro = 0; micro < accum; ++micro)
-      loader_next(loader, inputs.data() + micro * B * T, targets.data() + micro * B * T, B);
+      loader_next(loader, inputs.data() + static_cast<size_t>(micro) * B * T,
+                  targets.data() + static_cast<size_t>(micro) * B * T, B);
     const float lr = learning_rate(cfg.optim(), t.steps(), step);
     StepResult result = train_step(model, optimizer, cfg, lr, inputs.data(), targets.data(), accum);
     if (!result.finite) {
@@ -252,7 +304,8 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     Rng sample_rng{rng.state ^ 0x5EEDull};
     const std::vector<int> prompt = encode_bytes(cfg.logging().sample_prompt());
     const std::vector<int> out =
-        sample_tokens(model, prompt, cfg.logging().sample_tokens(), 0.8f, 40, sample_rng);
+        sample_tokens(model, prompt, cfg.logging().sample_tokens(),
+                      cfg.logging().sample_temperature(), cfg.logging().sample_top_k(), sample_rng);
     log.line("sample:\n" + cfg.logging().sample_prompt() + decode_bytes(out));
   }
   return summary;

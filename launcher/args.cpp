@@ -1,5 +1,7 @@
 #include "launcher/args.h"
 
+#include <cerrno>
+#include <climits>
 #include <cstdlib>
 
 #include "core/error.h"
@@ -20,8 +22,11 @@ long Args::integer(const std::string& name, long fallback) const {
   if (!has(name)) return fallback;
   const std::string text = value(name, "");
   char* end = nullptr;
+  errno = 0;
   const long v = std::strtol(text.c_str(), &end, 10);
   if (text.empty() || *end != '\0') throw Error(name + " takes a whole number, got \"" + text + "\"");
+  if (errno == ERANGE || v > INT_MAX || v < INT_MIN)
+    throw Error(name + " " + text + " is out of range");
   return v;
 }
 

@@ -29,6 +29,7 @@ int command_export(int argc, char** argv) {
   if (args.positional.size() != 1 || !args.has("--safetensors"))
     throw Error("expected CHECKPOINT and --safetensors FILE (see loom export --help)");
   const CheckpointState state = checkpoint_read_state(args.positional[0]);
+  validate_config(state.config);
   Model model = model_create(state.config.model());
   checkpoint_load(args.positional[0], model, nullptr);
   std::vector<NamedTensor> tensors;

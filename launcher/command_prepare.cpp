@@ -14,7 +14,7 @@ constexpr const char* kHelp = R"(usage: loom prepare --input PATH... --output DI
 Turns text files into token shards (llm.c .bin layout, byte-level tokens 0..255 plus
 end-of-text 256 after every document): DIR/train_NNNNNN.bin and DIR/val_NNNNNN.bin.
 
-  --input PATH        a file, or a directory read recursively (repeatable)
+  --input PATH...     files, or directories read recursively (--input may also repeat)
   --output DIR        where the shards go (created)
   --val-fraction F    share of documents held out for validation (default 0.05)
   --ext SUFFIX        keep only files whose names end in SUFFIX (repeatable; default: all)
@@ -32,12 +32,13 @@ int command_prepare(int argc, char** argv) {
     std::cout << kHelp;
     return 0;
   }
-  if (!args.positional.empty())
-    throw Error("unexpected argument \"" + args.positional[0] + "\" (inputs go after --input)");
   if (!args.has("--input") || !args.has("--output"))
     throw Error("--input and --output are required (see loom prepare --help)");
+  // `--input a b c`: the paths after the first one arrive as positionals.
+  std::vector<std::string> inputs = args.values("--input");
+  inputs.insert(inputs.end(), args.positional.begin(), args.positional.end());
   const PrepareResult r =
-      prepare_text(args.values("--input"), args.values("--ext"), args.value("--output", ""),
+      prepare_text(inputs, args.values("--ext"), args.value("--output", ""),
                    args.number("--val-fraction", 0.05), args.integer("--shard-tokens", 100000000));
   std::cout << "prepared " << r.documents << " documents: " << r.train_tokens << " training tokens in "
             << r.train_shards << " shard(s), " << r.val_tokens << " validation tokens in "

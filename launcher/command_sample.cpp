@@ -1,6 +1,7 @@
 #include <iostream>
 
 #include "core/checkpoint.h"
+#include "core/config.h"
 #include "core/model.h"
 #include "core/sample.h"
 #include "kernels/cpu/threads.h"
@@ -18,8 +19,10 @@ Generates text with the model saved in CHECKPOINT (a runs/.../checkpoints/step_N
 
   --prompt TEXT       text to continue (default: start of a document)
   --tokens N          tokens to generate (default 200)
-  --temperature T     softmax temperature; 0 = always the most likely token (default 0.8)
-  --top-k K           sample among the K most likely tokens; 0 = all (default 40)
+  --temperature T     softmax temperature; 0 = always the most likely token
+                      (default: the run's logging.sample_temperature)
+  --top-k K           sample among the K most likely tokens; 0 = all
+                      (default: the run's logging.sample_top_k)
   --seed S            random seed (default 1)
 )";
 
@@ -38,6 +41,7 @@ int command_sample(int argc, char** argv) {
   const long tokens = args.integer("--tokens", 200);
   if (tokens < 0) throw Error("--tokens must not be negative");
   const CheckpointState state = checkpoint_read_state(args.positional[0]);
+  validate_config(state.config);
   kernels::cpu::init_threads(state.config.runtime().threads());
   Model model = model_create(state.config.model());
   checkpoint_load(args.positional[0], model, nullptr);
@@ -46,8 +50,10 @@ int command_sample(int argc, char** argv) {
   const std::string prompt = args.value("--prompt", "");
   const std::vector<int> out =
       sample_tokens(model, encode_bytes(prompt), static_cast<int>(tokens),
-                    static_cast<float>(args.number("--temperature", 0.8)),
-                    static_cast<int>(args.integer("--top-k", 40)), rng);
+                    static_cast<float>(args.number("--temperature",
+                                                   state.config.logging().sample_temperature())),
+                    static_cast<int>(args.integer("--top-k", state.config.logging().sample_top_k())),
+                    rng);
   std::cout << prompt << decode_bytes(out) << std::endl;
   return 0;
 }

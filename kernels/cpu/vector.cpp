@@ -1,17 +1,10 @@
 #include "kernels/cpu/vector.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
-#include <vector>
 
 namespace loom::kernels::cpu {
-namespace {
-
-// Reductions split the range into blocks of this many elements, independent of the thread
-// count, so the partial sums and their order are the same on any machine.
-constexpr size_t kReduceBlock = size_t{1} << 16;
-
-}  // namespace
 
 void vector_add(float* y, const float* x, size_t n) {
 #pragma omp parallel for simd schedule(static)
@@ -24,17 +17,20 @@ void vector_sum(float* y, const float* a, const float* b, size_t n) {
 }
 
 double vector_sum_squares(const float* x, size_t n) {
-  const size_t blocks = (n + kReduceBlock - 1) / kReduceBlock;
-  std::vector<double> partial(blocks);
+  // A fixed number of partial sums on the stack: no allocation per call (this runs every step),
+  // and a partition that depends only on n, so the result does not depend on the thread count.
+  constexpr size_t kPartials = 256;
+  std::array<double, kPartials> partial{};
+  const size_t chunk = (n + kPartials - 1) / kPartials;
 #pragma omp parallel for schedule(static)
-  for (size_t block = 0; block < blocks; block++) {
-    const size_t begin = block * kReduceBlock;
-    const size_t end = std::min(n, begin + kReduceBlock);
+  for (size_t p = 0; p < kPartials; p++) {
+    const size_t begin = std::min(n, p * chunk);
+    const size_t end = std::min(n, begin + chunk);
     double sum = 0.0;
     // The simd reduction's lane split is fixed at compile time, so it is deterministic too.
 #pragma omp simd reduction(+ : sum)
     for (size_t i = begin; i < end; i++) sum += static_cast<double>(x[i]) * x[i];
-    partial[block] = sum;
+    partial[p] = sum;
   }
   double total = 0.0;
   for (double sum : partial) total += sum;

@@ -37,6 +37,9 @@ expect_ok() {
 expect_ok prepare "$loom" prepare --input "$src/core" --input "$src/kernels" --ext .cpp --ext .h \
   --output data --val-fraction 0.2
 [ -f data/train_000000.bin ] && [ -f data/val_000000.bin ] && pass || fail "prepare wrote no shards"
+expect_error prepare-existing "already holds shards" -- "$loom" prepare --input "$src/core" --output data
+expect_ok prepare-input-list "$loom" prepare --input "$src/core/model.cpp" "$src/core/data.cpp" "$src/core/rng.h" --output data3 --val-fraction 0.34
+grep -q "prepared 3 documents" "$tmp/out.txt" && pass || fail "prepare --input A B C: $(cat "$tmp/out.txt")"
 
 tiny=(--set model.d_model=32 --set model.n_heads=2 --set model.d_mlp=64 --set model.max_seq_len=32
       --set train.seq_len=32 --set train.global_batch=4 --set train.micro_batch=2
@@ -61,11 +64,21 @@ expect_ok resume "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --s
 grep -q "resumed from" "$tmp/out.txt" && pass || fail "resume did not say where it resumed from"
 [ "$(wc -l <run/metrics.jsonl)" -eq 8 ] && pass || fail "resumed metrics.jsonl should have 8 lines"
 expect_error resume-other-model "model section of the config differs" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set model.d_mlp=32 --run-dir run --resume
+expect_error resume-other-data "train.seq_len differs" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=9 --set train.seq_len=16 --run-dir run --resume
+expect_error resume-finished "already completed 8 steps" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=8 --run-dir run --resume
+# The run's own resolved config.textproto is what a user resumes with.
+expect_ok resume-own-config "$loom" train run/config.textproto --set train.steps=9 --run-dir run --resume
+[ "$(wc -l <run/metrics.jsonl)" -eq 9 ] && pass || fail "resumed from config.textproto: metrics.jsonl should have 9 lines"
+expect_ok checkpoint-directory "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=2 --set checkpoint.directory=saved --run-dir ckdir
+[ -f ckdir/saved/step_0000002/checkpoint.textproto ] && pass || fail "checkpoint.directory ignored"
 
 # --- a diverging run: stopped with a message, or its steps skipped when asked ---
 expect_error nonfinite-stop "non-finite" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set optim.lr=1e30 --set optim.warmup_steps=0 --run-dir diverge
 expect_ok nonfinite-skip "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set optim.lr=1e30 --set optim.warmup_steps=0 --set train.on_nonfinite=SKIP_STEP --run-dir skip
 grep -q '"skipped":true' skip/metrics.jsonl && pass || fail "skipped steps are not marked in metrics.jsonl"
+/usr/bin/python3 -c '
+import json, sys
+for line in open(sys.argv[1]): json.loads(line)' skip/metrics.jsonl && pass || fail "metrics.jsonl of a diverged run is not valid JSON"
 
 # --- export and sample ---
 expect_ok export "$loom" export run/checkpoints/step_0000008 --safetensors model.safetensors
