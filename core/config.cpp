@@ -31,9 +31,18 @@ std::string field_names(const pb::Descriptor* d) {
   return out;
 }
 
-// protobuf's own messages say an enum value is unknown but not which values exist; find every
-// enum field of that name in the schema and append the valid values.
-std::string with_enum_hint(const std::string& message) {
+// protobuf's own messages say a field or an enum value is unknown but not what exists; append
+// the fields of that message, or the values of every enum field of that name in the schema.
+std::string with_hint(const std::string& message) {
+  const std::string type_marker = "Message type \"";
+  if (size_t at = message.find(type_marker);
+      at != std::string::npos && message.find("has no field named") != std::string::npos) {
+    const size_t begin = at + type_marker.size(), end = message.find('"', begin);
+    const pb::Descriptor* d =
+        config::RunConfig::descriptor()->file()->pool()->FindMessageTypeByName(
+            message.substr(begin, end - begin));
+    if (d) return message + " Fields: " + field_names(d) + ".";
+  }
   const std::string marker = "for field \"";
   size_t at = message.find(marker);
   if (message.find("enumeration value") == std::string::npos || at == std::string::npos)
@@ -53,7 +62,7 @@ class Collector : public pb::io::ErrorCollector {
   explicit Collector(std::string source) : source_(std::move(source)) {}
   void AddError(int line, int column, const std::string& message) override {
     errors_ += source_ + ":" + std::to_string(line + 1) + ":" + std::to_string(column + 1) +
-               ": " + with_enum_hint(message) + "\n";
+               ": " + with_hint(message) + "\n";
   }
   void AddWarning(int line, int column, const std::string& message) override {
     AddError(line, column, "warning: " + message);
@@ -132,7 +141,11 @@ config::RunConfig parse_config_text(const std::string& text, const std::string& 
   pb::TextFormat::Parser parser;
   Collector collector(source);
   parser.RecordErrorsTo(&collector);
-  if (!parser.ParseFromString(text, &cfg)) throw Error(collector.errors());
+  if (!parser.ParseFromString(text, &cfg)) {
+    std::string errors = collector.errors();
+    while (!errors.empty() && errors.back() == '\n') errors.pop_back();
+    throw Error(errors);
+  }
   return cfg;
 }
 

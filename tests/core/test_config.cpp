@@ -24,6 +24,7 @@ TEST(Config, UnknownFieldNamesFileLineAndColumn) {
       [] { parse_config_text("model {\n  d_model: 64\n  d_modle: 3\n}\n", "run.textproto"); });
   EXPECT_NE(msg.find("run.textproto:3:"), std::string::npos) << msg;
   EXPECT_NE(msg.find("d_modle"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("Fields: vocab_size, d_model,"), std::string::npos) << msg;
 }
 
 TEST(Config, BadEnumListsValidValues) {

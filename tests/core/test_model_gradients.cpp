@@ -92,3 +92,60 @@ TEST(ModelLayout, LoopsShareTheBlocksParameters) {
 
 }  // namespace
 }  // namespace loom
+
+namespace loom {
+namespace {
+
+// Two micro-batches of 2 sequences accumulate to the gradient and loss of one micro-batch of 4:
+// the loss scaling that data parallelism will build on.
+TEST(ModelGradients, AccumulationOverMicroBatchesEqualsOneBatch) {
+  kernels::cpu::init_threads(1);
+  const config::ModelConfig cfg = tiny_model({"model.residual=LADDER", "model.loops=3"});
+  const int T = 5;
+  Rng rng{5};
+  std::vector<int> inputs(4 * T), targets(4 * T);
+  for (int& x : inputs) x = static_cast<int>(rng.below(16));
+  for (int& x : targets) x = static_cast<int>(rng.below(16));
+
+  Model whole = model_create(cfg);
+  model_init(whole, 9);
+  model_plan(whole, 4, T);
+  const double loss_whole = model_forward(whole, inputs.data(), targets.data(), 4, T, 1.0f / (4 * T));
+  model_backward(whole, 4, T);
+
+  Model parts = model_create(cfg);
+  model_init(parts, 9);
+  model_plan(parts, 2, T);
+  double loss_parts = 0.0;
+  for (int micro = 0; micro < 2; ++micro) {
+    loss_parts += 0.5 * model_forward(parts, inputs.data() + micro * 2 * T,
+                                      targets.data() + micro * 2 * T, 2, T, 1.0f / (4 * T));
+    model_backward(parts, 2, T);
+  }
+  EXPECT_NEAR(loss_parts, loss_whole, 1e-6 * loss_whole);
+  double diff = 0.0, norm = 0.0;
+  for (size_t i = 0; i < whole.num_params; ++i) {
+    diff += std::pow(static_cast<double>(parts.grads[i]) - whole.grads[i], 2);
+    norm += std::pow(static_cast<double>(whole.grads[i]), 2);
+  }
+  EXPECT_LT(std::sqrt(diff / norm), 1e-5);
+}
+
+// Attention keeps only the log-sum-exp per row: doubling T (at most) doubles activation memory
+// however many loop iterations there are; (T, T) probabilities per layer would quadruple it.
+TEST(ModelLayout, ActivationMemoryIsLinearInSequenceLength) {
+  kernels::cpu::init_threads(1);
+  config::RunConfig cfg;
+  for (const char* o : {"model.d_model=32", "model.n_heads=2", "model.d_mlp=64",
+                        "model.max_seq_len=1024", "model.loops=16", "model.vocab_size=64"})
+    apply_override(cfg, o);
+  auto arena_floats = [&](int T) {
+    Model m = model_create(cfg.model());
+    model_plan(m, 1, T);
+    return static_cast<double>(m.arena.size());
+  };
+  EXPECT_LT(arena_floats(1024) / arena_floats(512), 2.05);
+}
+
+}  // namespace
+}  // namespace loom
