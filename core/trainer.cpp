@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <sstream>
 
@@ -72,7 +73,7 @@ void prepare_run_dir(const fs::path& dir, bool resume) {
 // A resumed run must read the same model and the same data stream as the run it continues;
 // steps, learning rate, logging and checkpointing may change.
 void check_resumable(const config::RunConfig& saved, const config::RunConfig& now,
-                     const std::string& checkpoint, long step) {
+                     const std::string& checkpoint) {
   const std::string where = "--resume from " + checkpoint + ": ";
   if (!google::protobuf::util::MessageDifferencer::Equivalent(saved.model(), now.model()))
     throw Error(where + "the model section of the config differs from the one the run was "
@@ -89,10 +90,38 @@ void check_resumable(const config::RunConfig& saved, const config::RunConfig& no
       throw Error(where + std::string(name) +
                   " differs from the run's: the resumed run would read other data than the "
                   "uninterrupted one; keep the run's value");
-  if (step >= now.train().steps())
-    throw Error(where + "the run has already completed " + std::to_string(step) +
-                " steps of train.steps = " + std::to_string(now.train().steps()) +
-                "; raise train.steps to train further");
+}
+
+// Loads the newest usable checkpoint. One that cannot be read or fails its checksums (a disk
+// that lost it) falls back to the one before, and says so; a config that does not fit the run
+// is the user's to fix, so it stops the resume.
+std::string resume_from(const std::string& checkpoints_dir, const config::RunConfig& cfg,
+                        Model& model, Optimizer& optimizer, CheckpointState& state, RunLog& log) {
+  const std::vector<std::string> saved = checkpoint_list(checkpoints_dir);
+  if (saved.empty()) throw Error("--resume: no complete checkpoint in " + checkpoints_dir);
+  for (auto it = saved.rbegin(); it != saved.rend(); ++it) {
+    const bool last_chance = std::next(it) == saved.rend();
+    auto usable = [&](const std::function<void()>& read) {
+      try {
+        read();
+        return true;
+      } catch (const Error& e) {
+        if (last_chance) throw;
+        log.line(std::string("warning: ") + e.what() + "; trying the checkpoint before it");
+        return false;
+      }
+    };
+    config::RunConfig saved_cfg;
+    if (!usable([&] { saved_cfg = checkpoint_read_state(*it).config; })) continue;
+    check_resumable(saved_cfg, cfg, *it);
+    if (!usable([&] { state = checkpoint_load(*it, model, &optimizer); })) continue;
+    if (state.step >= cfg.train().steps())
+      throw Error("--resume from " + *it + ": the run has already completed " +
+                  std::to_string(state.step) + " steps of train.steps = " +
+                  std::to_string(cfg.train().steps()) + "; raise train.steps to train further");
+    return *it;
+  }
+  LOOM_CHECK(false);
 }
 
 // On resume, metrics of steps after the checkpoint are dropped: they will be recomputed.
@@ -196,24 +225,9 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
 
   RunLog log(run_dir / "train.log", options.quiet);
   if (options.resume) {
-    // Newest first; a checkpoint that fails its checks (a disk that lost it) falls back to the
-    // one before, and says so.
-    const std::vector<std::string> saved = checkpoint_list(checkpoints_dir.string());
-    if (saved.empty())
-      throw Error("--resume: no complete checkpoint in " + checkpoints_dir.string());
     CheckpointState state;
-    std::string latest;
-    for (auto it = saved.rbegin(); it != saved.rend() && latest.empty(); ++it) {
-      const CheckpointState meta = checkpoint_read_state(*it);
-      check_resumable(meta.config, cfg, *it, meta.step);
-      try {
-        state = checkpoint_load(*it, model, &optimizer);
-        latest = *it;
-      } catch (const Error& e) {
-        if (std::next(it) == saved.rend()) throw;
-        log.line(std::string("warning: ") + e.what() + "; trying the checkpoint before it");
-      }
-    }
+    const std::string latest =
+        resume_from(checkpoints_dir.string(), cfg, model, optimizer, state, log);
     step = state.step;
     loader.position = state.data_position;
     rng.state = state.rng_state;

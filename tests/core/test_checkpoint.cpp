@@ -73,6 +73,41 @@ TEST(Checkpoint, ResumedRunReproducesTheUninterruptedOne) {
   EXPECT_NE(text.str().find("resumed from"), std::string::npos);
 }
 
+TEST(Checkpoint, ResumeFallsBackPastADamagedCheckpoint) {
+  TempDir dir;
+  const config::RunConfig cfg = tiny_run(dir);
+  TrainOptions a{.run_dir = dir / "a", .resume = false, .quiet = true};
+  train(cfg, a);
+  TrainOptions b{.run_dir = dir / "b", .resume = false, .quiet = true};
+  config::RunConfig shorter = cfg;
+  apply_override(shorter, "train.steps=6");  // same data stream; stops after step 6
+  apply_override(shorter, "checkpoint.interval=2");
+  train(shorter, b);
+  {  // the step-6 checkpoint loses a byte of its parameters
+    std::fstream f(dir / "b/checkpoints/step_0000006/params.bin",
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    f.put('\x55');
+  }
+  // ... and step 4's metadata is garbage.
+  std::ofstream(dir / "b/checkpoints/step_0000004/checkpoint.textproto", std::ios::trunc) << "{{{";
+  b.resume = true;
+  config::RunConfig resumed_cfg = cfg;
+  apply_override(resumed_cfg, "checkpoint.interval=2");
+  train(resumed_cfg, b);
+  EXPECT_EQ(metric_lines(dir / "b"), metric_lines(dir / "a"));
+  std::ifstream log(dir / "b/train.log");
+  std::stringstream text;
+  text << log.rdbuf();
+  EXPECT_NE(text.str().find("checksum of wte does not match; trying the checkpoint before it"),
+            std::string::npos);
+  EXPECT_NE(text.str().find("is corrupt (cannot parse it); trying the checkpoint before it"),
+            std::string::npos);
+  EXPECT_NE(text.str().find("resumed from " + (dir / "b/checkpoints/step_0000002")),
+            std::string::npos)
+      << text.str();
+}
+
 TEST(Checkpoint, RunDirectoryIsNeverOverwritten) {
   TempDir dir;
   config::RunConfig cfg = tiny_run(dir);
