@@ -172,6 +172,7 @@ std::string checkpoint_save(const std::string& checkpoints_dir, const Checkpoint
   meta.set_rng_state(state.rng_state);
   meta.set_tokens_seen(state.tokens_seen);
   *meta.mutable_config() = resolve_defaults(state.config);
+  LOOM_CHECK(optimizer.m.size() == model.num_params);  // ZeRO shards are gathered first
   meta.set_optimizer_step(optimizer.step);
   write_buffer(tmp_dir, "params.bin", model, model.params, meta.mutable_params());
   write_buffer(tmp_dir, "adam_m.bin", model, optimizer.m, meta.mutable_adam_m());
@@ -221,6 +222,7 @@ CheckpointState checkpoint_load(const std::string& checkpoint_dir, Model& model,
   const Meta meta = read_meta(checkpoint_dir);
   read_buffer(checkpoint_dir, model, meta.params(), model.params);
   if (optimizer) {
+    LOOM_CHECK(optimizer->m.size() == model.num_params);
     read_buffer(checkpoint_dir, model, meta.adam_m(), optimizer->m);
     read_buffer(checkpoint_dir, model, meta.adam_v(), optimizer->v);
     optimizer->step = static_cast<long>(meta.optimizer_step());

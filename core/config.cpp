@@ -293,16 +293,37 @@ void validate_config(const config::RunConfig& cfg) {
           "runtime.device CUDA is not available yet: this build trains on the CPU only "
           "(set runtime.device=CPU)");
 
-  for (auto [name, size] : {std::pair{"dp", p.dp()}, {"tp", p.tp()}, {"pp", p.pp()}, {"sp", p.sp()}}) {
+  for (auto [name, size] : {std::pair{"dp", p.dp()}, {"tp", p.tp()}, {"pp", p.pp()}, {"sp", p.sp()}})
     require(size >= 1, std::string("parallel.") + name + " must be at least 1");
-    require(size == 1, std::string("parallel.") + name + " = " + num(size) +
-                           ": this version of loom trains on a single rank; multi-rank "
-                           "layouts are not supported yet (set parallel." + name + "=1)");
-  }
   const long per_step = static_cast<long>(t.micro_batch()) * p.dp();
   require(t.global_batch() % per_step == 0,
           "train.global_batch (" + num(t.global_batch()) + ") must be a multiple of "
           "train.micro_batch × parallel.dp (" + num(t.micro_batch()) + " × " + num(p.dp()) + ")");
+  require(m.n_heads() % p.tp() == 0, "parallel.tp (" + num(p.tp()) +
+                                         ") must divide model.n_heads (" + num(m.n_heads()) +
+                                         "): each tensor-parallel rank holds whole heads");
+  require(m.d_mlp() % p.tp() == 0, "parallel.tp (" + num(p.tp()) + ") must divide model.d_mlp (" +
+                                       num(m.d_mlp()) + ")");
+  require(t.seq_len() % (2 * p.sp()) == 0,
+          "2 × parallel.sp (" + num(2 * p.sp()) + ") must divide train.seq_len (" +
+              num(t.seq_len()) + "): ring attention cuts the sequence into 2·sp chunks");
+  const int unrolled = m.prelude_layers() + m.block_layers() * m.loops() + m.coda_layers();
+  require(unrolled % p.pp() == 0,
+          "parallel.pp (" + num(p.pp()) + ") must divide the unrolled layer count (" +
+              num(unrolled) + " = prelude_layers + block_layers × loops + coda_layers)");
+  require(p.zero_stage() == 0 || p.zero_stage() == 1,
+          "parallel.zero_stage must be 0 or 1 (got " + num(p.zero_stage()) + ")");
+  require(p.bucket_mb() > 0, "parallel.bucket_mb must be positive");
+  require(p.collective_timeout_s() > 0, "parallel.collective_timeout_s must be positive");
+}
+
+void validate_trainable(const config::RunConfig& cfg) {
+  const auto& p = cfg.parallel();
+  for (auto [name, size] : {std::pair{"tp", p.tp()}, {"pp", p.pp()}, {"sp", p.sp()}})
+    require(size == 1, std::string("parallel.") + name + " = " + num(size) +
+                           ": this version of loom trains data-parallel layouts only; tensor, "
+                           "pipeline and sequence parallelism are not implemented yet (set "
+                           "parallel." + name + "=1; `loom plan` shows such layouts)");
 }
 
 int grad_accum_steps(const config::RunConfig& cfg) {

@@ -153,7 +153,7 @@ bool starts_loop_iteration(const Model& m, int position) {
 
 }  // namespace
 
-Model model_create(const ModelConfig& cfg) {
+Model model_layout(const ModelConfig& cfg) {
   Model m;
   m.config = cfg;
   m.V = cfg.vocab_size();
@@ -179,7 +179,11 @@ Model model_create(const ModelConfig& cfg) {
   for (int r = 0; r < cfg.loops(); ++r)
     for (int j = 0; j < K; ++j) m.unrolled.push_back(P + j);
   for (int i = 0; i < Q; ++i) m.unrolled.push_back(P + K + i);
+  return m;
+}
 
+Model model_create(const ModelConfig& cfg) {
+  Model m = model_layout(cfg);
   m.params.assign(m.num_params, 0.0f);
   m.grads.assign(m.num_params, 0.0f);
   return m;
@@ -206,12 +210,10 @@ void model_init(Model& m, uint64_t seed) {
   }
 }
 
-void model_plan(Model& m, int B, int T) {
-  LOOM_CHECK(m.plan_B == 0);  // planned once
-  LOOM_CHECK(T <= m.max_T);
-  m.plan_B = B;
-  m.plan_T = T;
-  m.plan_threads = k::thread_count();
+namespace {
+
+// Lays the arena out for (B, T) into m's offsets; returns its size in floats.
+size_t plan_arena(Model& m, int B, int T) {
   const size_t N = static_cast<size_t>(B) * T, C = m.C, F = m.F, H = m.H;
   ArenaPlan plan;
   const int positions = static_cast<int>(m.unrolled.size());
@@ -252,7 +254,26 @@ void model_plan(Model& m, int B, int T) {
   m.attention_scratch = plan.take(k::attention_scratch_floats(T, m.plan_threads));
   const int chunk = std::min<int>(m.config.lm_head_chunk(), static_cast<int>(N));
   m.lm_head_scratch = plan.take(k::lm_head_scratch_floats(chunk, m.V));
-  m.arena.assign(plan.used, 0.0f);
+  return plan.used;
+}
+
+}  // namespace
+
+size_t model_arena_floats(const Model& model, int B, int T) {
+  Model copy = model_layout(model.config);
+  copy.plan_threads = k::thread_count();  // attention scratch is per thread
+  return plan_arena(copy, B, T);
+}
+
+void model_plan(Model& m, int B, int T) {
+  LOOM_CHECK(m.plan_B == 0);  // planned once
+  LOOM_CHECK(T <= m.max_T);
+  m.plan_B = B;
+  m.plan_T = T;
+  m.plan_threads = k::thread_count();
+  m.arena.assign(plan_arena(m, B, T), 0.0f);
+  const int hd = m.C / m.H;
+  const size_t N = static_cast<size_t>(B) * T;
   if (is_rotary(m))
     k::rope_table(at(m, m.rope_cos), at(m, m.rope_sin), m.max_T, hd, m.config.rope_theta());
   m.inputs.assign(N, 0);
@@ -316,7 +337,7 @@ double model_forward(Model& m, const int* inputs, const int* targets, int B, int
   return loss_sum / N;
 }
 
-void model_backward(Model& m, int B, int T) {
+void model_backward(Model& m, int B, int T, const GradsFinalFn& on_grads_final) {
   const int N = B * T, d = m.delay;
   const size_t NC = static_cast<size_t>(N) * m.C;
   float* dr = at(m, m.d_stream);
@@ -332,6 +353,13 @@ void model_backward(Model& m, int B, int T) {
     k::rmsnorm_backward(dr, grad(m, m.norm_f_w), at(m, m.d_normed_f), at(m, m.stream),
                         param(m, m.norm_f_w), at(m, m.rstd_f), N, m.C);
   if (m.config.input_injection()) std::fill(de, de + NC, 0.0f);
+  // The final norm and the untied LM head (its gradient came from the forward) are done.
+  auto layer_begin = [&](int u) { return m.layers[u].norm1_w; };
+  auto layer_end = [&](int u) { return u + 1 < m.unique_layers ? layer_begin(u + 1) : m.norm_f_w; };
+  if (on_grads_final) on_grads_final(m.norm_f_w, m.num_params - m.norm_f_w);
+  // A unique layer's gradients are final after the backward of its first application.
+  std::vector<int> first_use(m.unique_layers, -1);
+  for (int p = static_cast<int>(m.unrolled.size()) - 1; p >= 0; --p) first_use[m.unrolled[p]] = p;
 
   // Reverse of the forward's final additions: every still-pending output sees dr.
   const int positions = static_cast<int>(m.unrolled.size());
@@ -359,9 +387,12 @@ void model_backward(Model& m, int B, int T) {
     } else if (m.config.input_injection() && starts_loop_iteration(m, p)) {
       k::vector_add(de, dr, NC);
     }
+    const int u = m.unrolled[p];
+    if (on_grads_final && first_use[u] == p) on_grads_final(layer_begin(u), layer_end(u) - layer_begin(u));
   }
   k::embedding_backward(grad(m, m.wte), is_rotary(m) ? nullptr : grad(m, m.wpe), dr,
                         m.inputs.data(), B, T, m.C);
+  if (on_grads_final) on_grads_final(0, layer_begin(0));
 }
 
 void model_last_logits(Model& m, int B, int T, float* logits) {

@@ -15,6 +15,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,12 @@ struct Model {
 // Builds the parameter layout for `cfg` (validated) with zeroed buffers.
 Model model_create(const config::ModelConfig& cfg);
 
+// The parameter layout alone (tensors, offsets, num_params), with no buffers: for planning.
+Model model_layout(const config::ModelConfig& cfg);
+
+// Floats model_plan(B, T) would allocate for the activation arena at the current thread count.
+size_t model_arena_floats(const Model& model, int B, int T);
+
 // GPT-2 initialisation from a seeded generator: weights N(0, init_std), output projections
 // N(0, init_std / sqrt(2 · unrolled layers)), biases 0, norm weights 1.
 void model_init(Model& model, uint64_t seed);
@@ -97,8 +104,13 @@ void model_plan(Model& model, int B, int T);
 double model_forward(Model& model, const int* inputs, const int* targets, int B, int T,
                      float loss_grad_scale);
 
+// Called by model_backward when the gradients [offset, offset + count) of the flat buffer have
+// received their last contribution of this backward (data-parallel buckets start reducing then).
+// Ranges come in a fixed order, cover the buffer exactly once, and end with the embeddings.
+using GradsFinalFn = std::function<void(size_t offset, size_t count)>;
+
 // Accumulates parameter gradients of the last forward (which must have had loss_grad_scale > 0).
-void model_backward(Model& model, int B, int T);
+void model_backward(Model& model, int B, int T, const GradsFinalFn& on_grads_final = {});
 
 // Logits (B, V) at the last position of each sequence, after model_forward without targets.
 void model_last_logits(Model& model, int B, int T, float* logits);

@@ -1,17 +1,40 @@
 #include "core/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
+#include "core/error.h"
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/vector.h"
 
 namespace loom {
 
 Optimizer optimizer_create(const Model& model) {
+  return optimizer_create(model, {ShardRange{0, model.num_params}});
+}
+
+Optimizer optimizer_create(const Model& model, std::vector<ShardRange> owned) {
   Optimizer opt;
-  opt.m.assign(model.num_params, 0.0f);
-  opt.v.assign(model.num_params, 0.0f);
+  size_t total = 0;
+  for (const ShardRange& r : owned) {
+    LOOM_CHECK(r.begin <= r.end && r.end <= model.num_params);
+    total += r.size();
+  }
+  opt.owned = std::move(owned);
+  opt.m.assign(total, 0.0f);
+  opt.v.assign(total, 0.0f);
   return opt;
+}
+
+void optimizer_scatter(const Optimizer& opt, const float* flat, float* compact) {
+  for (const ShardRange& r : opt.owned) compact = std::copy(flat + r.begin, flat + r.end, compact);
+}
+
+void optimizer_unscatter(const Optimizer& opt, const float* compact, float* flat) {
+  for (const ShardRange& r : opt.owned) {
+    std::copy(compact, compact + r.size(), flat + r.begin);
+    compact += r.size();
+  }
 }
 
 float learning_rate(const config::OptimConfig& optim, int total_steps, long step) {
@@ -35,13 +58,25 @@ float clip_scale(double norm, float max_norm) {
 }
 
 void optimizer_step(Optimizer& opt, Model& model, const config::OptimConfig& optim, float lr,
-                    float grad_scale) {
+                    float grad_scale, const float* grads) {
+  if (!grads) {
+    LOOM_CHECK(opt.owned.size() == 1 && opt.owned[0].size() == model.num_params);
+    grads = model.grads.data();
+  }
   ++opt.step;
-  for (const ParamTensor& t : model.tensors) {
-    kernels::cpu::adamw_update(model.params.data() + t.offset, model.grads.data() + t.offset,
-                               opt.m.data() + t.offset, opt.v.data() + t.offset, t.size, lr,
-                               optim.beta1(), optim.beta2(), optim.eps(),
-                               t.decay ? optim.weight_decay() : 0.0f, opt.step, grad_scale);
+  size_t compact = 0;
+  for (const ShardRange& r : opt.owned) {
+    // The pieces of each tensor inside this range, each with that tensor's weight decay.
+    for (const ParamTensor& t : model.tensors) {
+      const size_t lo = std::max(r.begin, t.offset), hi = std::min(r.end, t.offset + t.size);
+      if (lo >= hi) continue;
+      const size_t c = compact + (lo - r.begin);
+      kernels::cpu::adamw_update(model.params.data() + lo, grads + c, opt.m.data() + c,
+                                 opt.v.data() + c, hi - lo, lr, optim.beta1(), optim.beta2(),
+                                 optim.eps(), t.decay ? optim.weight_decay() : 0.0f, opt.step,
+                                 grad_scale);
+    }
+    compact += r.size();
   }
 }
 

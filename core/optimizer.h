@@ -1,5 +1,9 @@
 // AdamW over the model's flat buffers, the learning-rate schedule, and gradient clipping.
 //
+// The optimizer owns a list of ranges of the flat parameter buffer: the whole buffer, or with
+// ZeRO-1 this rank's shards. Its moments and the gradients it is given are laid out compactly in
+// the order of those ranges.
+//
 //   loom::Optimizer opt = loom::optimizer_create(model);
 //   float lr = loom::learning_rate(cfg.optim(), cfg.train().steps(), step);
 //   double norm = loom::grad_norm(model);
@@ -9,15 +13,20 @@
 
 #include "core/model.h"
 #include "loom.pb.h"
+#include "parallel/communicator.h"
 
 namespace loom {
 
 struct Optimizer {
-  std::vector<float> m, v;  // first and second moments, laid out as Model::params
-  long step = 0;            // updates applied so far
+  std::vector<ShardRange> owned;  // ranges of the flat buffer this optimizer updates
+  std::vector<float> m, v;        // first and second moments of the owned ranges, compact
+  long step = 0;                  // updates applied so far
 };
 
+// Owns every parameter.
 Optimizer optimizer_create(const Model& model);
+// Owns `owned` (disjoint ranges of the flat buffer), e.g. this rank's ZeRO-1 shards.
+Optimizer optimizer_create(const Model& model, std::vector<ShardRange> owned);
 
 // Learning rate for the update that follows `step` completed steps: linear warm-up to optim.lr
 // over warmup_steps, then cosine decay to lr · lr_min_ratio at total_steps.
@@ -30,8 +39,14 @@ double grad_norm(const Model& model);
 // clipping is off (max_norm = 0) or not needed.
 float clip_scale(double norm, float max_norm);
 
-// One AdamW update of every tensor, with weight decay on matrices and embeddings only.
+// One AdamW update of the owned parameters, with weight decay on matrices and embeddings only.
+// `grads` holds the owned ranges' gradients compactly; null means model.grads (only when the
+// optimizer owns the whole buffer).
 void optimizer_step(Optimizer& opt, Model& model, const config::OptimConfig& optim, float lr,
-                    float grad_scale);
+                    float grad_scale, const float* grads = nullptr);
+
+// Copies between the compact layout of `opt.owned` and the flat layout (num_params floats).
+void optimizer_scatter(const Optimizer& opt, const float* flat, float* compact);
+void optimizer_unscatter(const Optimizer& opt, const float* compact, float* flat);
 
 }  // namespace loom

@@ -9,6 +9,7 @@
 #include <functional>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 #include <google/protobuf/util/message_differencer.h>
 
@@ -27,19 +28,30 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-// Terminal lines, mirrored into run_dir/train.log.
+// Terminal lines, mirrored into run_dir/train.log. Rank 0 writes the log and prints progress;
+// other ranks print warnings only. In a multi-rank run every line carries the rank's label.
 class RunLog {
  public:
-  RunLog(const fs::path& path, bool quiet) : file_(path, std::ios::app), quiet_(quiet) {}
+  RunLog(const fs::path& path, bool quiet, bool writer, std::string prefix)
+      : quiet_(quiet), writer_(writer), prefix_(std::move(prefix)) {
+    if (writer_) file_.open(path, std::ios::app);
+  }
   void line(const std::string& text) {
-    if (!quiet_) std::cout << text << std::endl;
-    file_ << text << '\n';
+    if (!writer_) return;
+    const std::string out = prefix_ + text;
+    if (!quiet_) std::cout << out << std::endl;
+    file_ << out << '\n';
     file_.flush();
+  }
+  void warn(const std::string& text) {
+    if (writer_) return line("warning: " + text);
+    if (!quiet_) std::cerr << prefix_ << "warning: " << text << std::endl;
   }
 
  private:
   std::ofstream file_;
-  bool quiet_;
+  bool quiet_, writer_;
+  std::string prefix_;
 };
 
 std::string format(const char* fmt, auto... args) {
@@ -96,7 +108,7 @@ void check_resumable(const config::RunConfig& saved, const config::RunConfig& no
 // that lost it) falls back to the one before, and says so; a config that does not fit the run
 // is the user's to fix, so it stops the resume.
 std::string resume_from(const std::string& checkpoints_dir, const config::RunConfig& cfg,
-                        Model& model, Optimizer& optimizer, CheckpointState& state, RunLog& log) {
+                        Model& model, Optimizer* optimizer, CheckpointState& state, RunLog& log) {
   const std::vector<std::string> saved = checkpoint_list(checkpoints_dir);
   if (saved.empty()) throw Error("--resume: no complete checkpoint in " + checkpoints_dir);
   for (auto it = saved.rbegin(); it != saved.rend(); ++it) {
@@ -107,14 +119,14 @@ std::string resume_from(const std::string& checkpoints_dir, const config::RunCon
         return true;
       } catch (const Error& e) {
         if (last_chance) throw;
-        log.line(std::string("warning: ") + e.what() + "; trying the checkpoint before it");
+        log.warn(std::string(e.what()) + "; trying the checkpoint before it");
         return false;
       }
     };
     config::RunConfig saved_cfg;
     if (!usable([&] { saved_cfg = checkpoint_read_state(*it).config; })) continue;
     check_resumable(saved_cfg, cfg, *it);
-    if (!usable([&] { state = checkpoint_load(*it, model, &optimizer); })) continue;
+    if (!usable([&] { state = checkpoint_load(*it, model, optimizer); })) continue;
     if (state.step >= cfg.train().steps())
       throw Error("--resume from " + *it + ": the run has already completed " +
                   std::to_string(state.step) + " steps of train.steps = " +
@@ -144,14 +156,17 @@ void truncate_metrics(const fs::path& path, long last_step) {
   fs::rename(tmp, path);
 }
 
+// Mean loss over the first `batches` validation batches; dp ranks share them out.
 double evaluate(Model& model, const TokenDataset& val, int batches, int B, int T,
-                std::vector<int>& inputs, std::vector<int>& targets) {
+                std::vector<int>& inputs, std::vector<int>& targets, Communicator& dp) {
   DataLoader loader{&val, 0, false};
   double total = 0.0;
-  for (int i = 0; i < batches; ++i) {
+  for (int i = dp.rank(); i < batches; i += dp.size()) {
+    loader.position = static_cast<int64_t>(i) * B;
     loader_next(loader, inputs.data(), targets.data(), B);
     total += model_forward(model, inputs.data(), targets.data(), B, T, 0.0f);
   }
+  dp.all_reduce(&total, 1, ReduceOp::kSum);
   return total / batches;
 }
 
@@ -170,7 +185,7 @@ std::string metrics_line(long step, const StepResult& r, float lr, double tokens
   out.precision(8);
   out << "{\"step\":" << step << ",\"loss\":" << json_number(r.loss) << ",\"lr\":" << lr
       << ",\"grad_norm\":" << json_number(r.grad_norm) << ",\"tokens_per_s\":" << tokens_per_s
-      << ",\"ms_per_step\":" << ms;
+      << ",\"ms_per_step\":" << ms << ",\"comm_wait_ms\":" << r.comm_wait_s * 1000.0;
   if (val_loss >= 0 || std::isnan(val_loss)) out << ",\"val_loss\":" << json_number(val_loss);
   if (skipped) out << ",\"skipped\":true";
   out << "}";
@@ -180,27 +195,68 @@ std::string metrics_line(long step, const StepResult& r, float lr, double tokens
 }  // namespace
 
 StepResult train_step(Model& model, Optimizer& optimizer, const config::RunConfig& cfg, float lr,
-                      const int* inputs, const int* targets, int micro_batches) {
+                      const int* inputs, const int* targets, int micro_batches,
+                      const DataParallelStep& parallel) {
   const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
   const size_t tokens = static_cast<size_t>(B) * T;
+  GradReducer* reducer = parallel.reducer;
   std::fill(model.grads.begin(), model.grads.end(), 0.0f);
   StepResult result;
+  // Each rank's gradients are the mean over its tokens; the reduction averages over ranks.
   const float scale = 1.0f / static_cast<float>(tokens * micro_batches);
   for (int micro = 0; micro < micro_batches; ++micro) {
     const double loss = model_forward(model, inputs + micro * tokens, targets + micro * tokens, B,
                                       T, scale);
     result.loss += loss / micro_batches;
-    model_backward(model, B, T);
+    // Gradients are reduced once, during the last micro-batch's backward.
+    if (reducer && micro == micro_batches - 1) {
+      grad_reducer_begin(*reducer);
+      model_backward(model, B, T, [reducer](size_t offset, size_t count) {
+        grad_reducer_ready(*reducer, offset, count);
+      });
+      grad_reducer_finish(*reducer);
+      result.comm_wait_s += reducer->wait_seconds;
+    } else {
+      model_backward(model, B, T);
+    }
   }
-  result.grad_norm = grad_norm(model);
+  const bool zero = reducer && reducer->zero;
+  if (parallel.dp) {
+    const auto start = Clock::now();
+    // Loss and, under ZeRO, the squared norms of the shards, in one all-reduce.
+    double sums[2] = {result.loss,
+                      zero ? kernels::cpu::vector_sum_squares(reducer->shard.data(),
+                                                              reducer->shard.size())
+                           : 0.0};
+    parallel.dp->all_reduce(sums, 2, ReduceOp::kSum);
+    result.loss = sums[0] / parallel.dp->size();
+    result.grad_norm = zero ? std::sqrt(sums[1]) : grad_norm(model);
+    result.comm_wait_s += std::chrono::duration<double>(Clock::now() - start).count();
+  } else {
+    result.grad_norm = grad_norm(model);
+  }
   result.finite = std::isfinite(result.loss) && std::isfinite(result.grad_norm);
   if (!result.finite) return result;
   optimizer_step(optimizer, model, cfg.optim(), lr,
-                 clip_scale(result.grad_norm, cfg.train().grad_clip()));
+                 clip_scale(result.grad_norm, cfg.train().grad_clip()),
+                 zero ? reducer->shard.data() : nullptr);
+  if (zero) {
+    const auto start = Clock::now();
+    grad_reducer_gather_in_place(*reducer, model.params.data());
+    result.comm_wait_s += std::chrono::duration<double>(Clock::now() - start).count();
+  }
   return result;
 }
 
 TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
+  validate_trainable(cfg);
+  ProcessGroups single;
+  ProcessGroups& groups = options.groups ? *options.groups : single;
+  if (!options.groups) single = process_groups_create(nullptr, Mesh{});
+  Communicator& dp = *groups.dp_sp;
+  const bool writer = groups.rank == 0;  // rank 0 alone writes the run directory
+  const bool distributed = dp.size() > 1;
+
   const auto& t = cfg.train();
   const int B = t.micro_batch(), T = t.seq_len(), accum = grad_accum_steps(cfg);
   // Data first: a run that cannot start leaves no run directory behind.
@@ -210,49 +266,84 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   if (validate) val_data = dataset_open(cfg.data().val_shards(), T, cfg.model().vocab_size());
 
   const fs::path run_dir = options.run_dir;
-  prepare_run_dir(run_dir, options.resume);
+  if (writer) prepare_run_dir(run_dir, options.resume);
   const fs::path checkpoints_dir = run_dir / cfg.checkpoint().directory();
-  const int threads = kernels::cpu::init_threads(cfg.runtime().threads());
+  // Ranks that share a node share its cores.
+  int threads = cfg.runtime().threads();
+  if (threads == 0 && groups.local_ranks > 1)
+    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / groups.local_ranks);
+  threads = kernels::cpu::init_threads(threads);
 
   Model model = model_create(cfg.model());
-  Optimizer optimizer = optimizer_create(model);
   Rng rng{t.seed()};
   model_init(model, rng.next_u64());
   model_plan(model, B, T);
+  GradReducer reducer;
+  if (distributed) {
+    const size_t bucket_floats =
+        std::max<size_t>(1, static_cast<size_t>(cfg.parallel().bucket_mb() * (1 << 20) / 4));
+    reducer = grad_reducer_create(dp, model.grads.data(), model.num_params, bucket_floats,
+                                  cfg.parallel().zero_stage() == 1,
+                                  cfg.parallel().overlap_grad_reduce());
+  }
+  const bool zero = distributed && reducer.zero;
+  Optimizer optimizer = zero ? optimizer_create(model, grad_reducer_owned(reducer))
+                             : optimizer_create(model);
   DataLoader loader{&train_data, t.seed(), t.shuffle()};
   long step = 0;
   int64_t tokens_seen = 0;
 
-  RunLog log(run_dir / "train.log", options.quiet);
+  RunLog log(run_dir / "train.log", options.quiet, writer,
+             groups.is_distributed() ? groups.label() + " " : "");
   if (options.resume) {
     CheckpointState state;
-    const std::string latest =
-        resume_from(checkpoints_dir.string(), cfg, model, optimizer, state, log);
+    // Every rank reads the checkpoint (the run directory is on a shared file system); ZeRO
+    // ranks keep their shards of the global optimizer state.
+    Optimizer full = zero ? optimizer_create(model) : Optimizer{};
+    const std::string latest = resume_from(checkpoints_dir.string(), cfg, model,
+                                           zero ? &full : &optimizer, state, log);
+    if (zero) {
+      optimizer_scatter(optimizer, full.m.data(), optimizer.m.data());
+      optimizer_scatter(optimizer, full.v.data(), optimizer.v.data());
+      optimizer.step = full.step;
+    }
     step = state.step;
     loader.position = state.data_position;
     rng.state = state.rng_state;
     tokens_seen = state.tokens_seen;
-    truncate_metrics(run_dir / "metrics.jsonl", step);
+    if (writer) truncate_metrics(run_dir / "metrics.jsonl", step);
     log.line("resumed from " + latest + " at step " + std::to_string(step));
   }
-  {
+  std::ofstream metrics;
+  if (writer) {
     std::ofstream out(run_dir / "config.textproto", std::ios::trunc);
     out << config_to_text(cfg);
+    metrics.open(run_dir / "metrics.jsonl", std::ios::app);
   }
-  std::ofstream metrics(run_dir / "metrics.jsonl", std::ios::app);
 
   log.line(format("loom: %zu parameters, %zu unrolled layers (%d prelude + %d × %d loops + %d "
-                  "coda), %s residual, %d threads",
+                  "coda), %s residual, %d threads%s",
                   model.num_params, model.unrolled.size(), cfg.model().prelude_layers(),
                   cfg.model().block_layers(), cfg.model().loops(), cfg.model().coda_layers(),
-                  model.delay == 2 ? "ladder" : "standard", threads));
+                  model.delay == 2 ? "ladder" : "standard", threads,
+                  distributed ? " per rank" : ""));
+  if (groups.is_distributed())
+    log.line(format("mesh: %d ranks = dp %d × pp %d × sp %d × tp %d; gradients averaged over %d "
+                    "ranks in %zu bucket(s)%s%s",
+                    groups.mesh.world_size(), groups.mesh.dp, groups.mesh.pp, groups.mesh.sp,
+                    groups.mesh.tp, dp.size(), reducer.buckets.size(),
+                    cfg.parallel().overlap_grad_reduce() ? " overlapped with backward" : "",
+                    zero ? ", ZeRO-1 optimizer shards" : ""));
   log.line(format("data: %lld training sequences of %d tokens; %d micro-batch(es) of %d "
-                  "sequences per step; run directory %s",
+                  "sequences per step%s; run directory %s",
                   static_cast<long long>(train_data.num_sequences()), T, accum, B,
-                  run_dir.string().c_str()));
+                  distributed ? " per rank" : "", run_dir.string().c_str()));
 
-  const size_t step_tokens = static_cast<size_t>(B) * T * accum;
-  std::vector<int> inputs(step_tokens), targets(step_tokens);
+  const int64_t global_batch = t.global_batch();
+  const int64_t local_sequences = static_cast<int64_t>(B) * accum;
+  const size_t step_tokens = static_cast<size_t>(global_batch) * T;
+  std::vector<int> inputs(static_cast<size_t>(local_sequences) * T),
+      targets(static_cast<size_t>(local_sequences) * T);
   std::vector<int> val_inputs(static_cast<size_t>(B) * T), val_targets(static_cast<size_t>(B) * T);
   TrainSummary summary;
   summary.run_dir = run_dir.string();
@@ -260,17 +351,37 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   const long first_step = step;
   auto save = [&]() {
     CheckpointState state{cfg, step, loader.position, rng.state, tokens_seen};
-    summary.last_checkpoint =
-        checkpoint_save(checkpoints_dir.string(), state, model, optimizer, cfg.checkpoint().keep_last());
+    const Optimizer* to_save = &optimizer;
+    Optimizer full;
+    if (zero) {  // collective: every rank takes part, rank 0 writes
+      full = optimizer_create(model);
+      full.step = optimizer.step;
+      grad_reducer_gather(reducer, optimizer.m.data(), full.m.data());
+      grad_reducer_gather(reducer, optimizer.v.data(), full.v.data());
+      to_save = &full;
+    }
+    const std::string path = (checkpoints_dir / format("step_%07ld", step)).string();
+    if (writer)
+      summary.last_checkpoint = checkpoint_save(checkpoints_dir.string(), state, model, *to_save,
+                                                cfg.checkpoint().keep_last());
+    else
+      summary.last_checkpoint = path;
   };
+  DataParallelStep parallel;
+  if (distributed) parallel = {&dp, &reducer};
 
   while (step < t.steps()) {
     const auto step_start = Clock::now();
+    // This rank's contiguous part of the global batch, in micro-batches.
+    const int64_t batch_start = loader.position;
+    loader.position = batch_start + dp.rank() * local_sequences;
     for (int micro = 0; micro < accum; ++micro)
       loader_next(loader, inputs.data() + static_cast<size_t>(micro) * B * T,
                   targets.data() + static_cast<size_t>(micro) * B * T, B);
+    loader.position = batch_start + global_batch;
     const float lr = learning_rate(cfg.optim(), t.steps(), step);
-    StepResult result = train_step(model, optimizer, cfg, lr, inputs.data(), targets.data(), accum);
+    StepResult result =
+        train_step(model, optimizer, cfg, lr, inputs.data(), targets.data(), accum, parallel);
     if (!result.finite) {
       const std::string what = format("non-finite %s at step %ld (loss %g, gradient norm %g)",
                                       std::isfinite(result.loss) ? "gradient" : "loss", step + 1,
@@ -288,11 +399,13 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
 
     double val_loss = -1.0;
     if (validate && (step % t.eval_interval() == 0 || step == t.steps())) {
-      val_loss = evaluate(model, val_data, t.eval_batches(), B, T, val_inputs, val_targets);
+      val_loss = evaluate(model, val_data, t.eval_batches(), B, T, val_inputs, val_targets, dp);
       summary.last_val_loss = val_loss;
     }
-    metrics << metrics_line(step, result, lr, tokens_per_s, ms, val_loss, !result.finite) << '\n';
-    metrics.flush();
+    if (writer) {
+      metrics << metrics_line(step, result, lr, tokens_per_s, ms, val_loss, !result.finite) << '\n';
+      metrics.flush();
+    }
     summary.last_loss = result.loss;
 
     if (step % cfg.logging().interval() == 0 || step == first_step + 1 || step == t.steps() ||
@@ -303,6 +416,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
                                 "| %.0f ms/step | ETA %s",
                                 step, static_cast<long>(t.steps()), result.loss, lr,
                                 result.grad_norm, tokens_per_s, ms, duration(eta).c_str());
+      if (distributed) line += format(" | comm wait %.0f ms", result.comm_wait_s * 1000.0);
       if (val_loss >= 0) line += format(" | val_loss %.4f", val_loss);
       log.line(line);
     }
@@ -314,7 +428,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   log.line("checkpoint: " + summary.last_checkpoint);
   summary.steps = step;
 
-  if (cfg.logging().sample_tokens() > 0) {
+  if (writer && cfg.logging().sample_tokens() > 0) {
     Rng sample_rng{rng.state ^ 0x5EEDull};
     const std::vector<int> prompt = encode_bytes(cfg.logging().sample_prompt());
     const std::vector<int> out =

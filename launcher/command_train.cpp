@@ -9,6 +9,9 @@
 #include "core/error.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
+#include "launcher/spawn.h"
+#include "parallel/groups.h"
+#include "parallel/mpi_runtime.h"
 
 namespace loom {
 namespace {
@@ -21,7 +24,17 @@ Trains the model CONFIG (a text-format loom.config.RunConfig, see configs/loom.p
   --run-dir DIR  where config.textproto, metrics.jsonl, train.log and checkpoints/ go
                  (default: runs/<config name>-<date>-<time>); never overwritten without --resume
   --resume       continue the run in --run-dir from its newest checkpoint
+
+With parallel.dp (× tp × pp × sp) > 1, loom starts that many ranks itself: through srun inside a
+Slurm allocation, else through mpirun. Started by mpirun or srun directly (mpirun -np N loom train
+CONFIG ...), each process is one rank and takes its rank from MPI; N must equal the layout's size.
 )";
+
+void print_done(const TrainSummary& summary) {
+  std::cout << "done: " << summary.steps << " steps, final loss " << summary.last_loss;
+  if (summary.last_val_loss >= 0) std::cout << ", val_loss " << summary.last_val_loss;
+  std::cout << "; run directory " << summary.run_dir << "\n";
+}
 
 std::string default_run_dir(const std::string& config_path) {
   const std::time_t now = std::time(nullptr);
@@ -30,15 +43,38 @@ std::string default_run_dir(const std::string& config_path) {
   return "runs/" + std::filesystem::path(config_path).stem().string() + "-" + stamp;
 }
 
-// Launchers announce the job's size in the environment. This version trains on one rank, and N
-// independent copies would race on one run directory, so a multi-rank launch is refused.
-void reject_multi_rank_launch() {
-  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS"}) {
-    const char* value = std::getenv(name);
-    if (value && std::atoi(value) > 1)
-      throw Error(std::string("started as one of ") + value + " ranks (" + name +
-                  "), but this version of loom trains on a single rank; run it with one task");
+// One rank of a job that mpirun or srun started: the rank comes from MPI. Any failure ends the
+// whole job (MPI_Abort) after printing which rank failed and why; nothing is left hanging.
+int train_worker(const config::RunConfig& cfg, const std::string& config_path, const Args& args,
+                 const Mesh& mesh) {
+  MpiRuntimeOptions mpi_options;
+  mpi_options.timeout_s = cfg.parallel().collective_timeout_s();
+  const char* fault = std::getenv("LOOM_FAULT");
+  mpi_options.fault = parse_fault_injection(fault ? fault : "");
+  std::unique_ptr<MpiRuntime> mpi = mpi_runtime_init(mpi_options);
+  std::string label = "[rank " + std::to_string(mpi_world_rank(*mpi)) + "]";
+  try {
+    ProcessGroups groups = process_groups_create(mpi.get(), mesh);
+    label = groups.label();
+    // Every rank must write to the same run directory: rank 0's choice (a default one carries
+    // the time) is broadcast.
+    std::string run_dir = args.value("--run-dir", default_run_dir(config_path));
+    int64_t length = static_cast<int64_t>(run_dir.size());
+    groups.world->broadcast(&length, 1, DataType::kInt64, 0);
+    run_dir.resize(static_cast<size_t>(length));
+    groups.world->broadcast(run_dir.data(), run_dir.size(), DataType::kByte, 0);
+    TrainOptions options;
+    options.run_dir = run_dir;
+    options.resume = args.flag("--resume");
+    options.groups = &groups;
+    const TrainSummary summary = train(cfg, options);
+    groups.world->barrier();  // rank 0's last checkpoint is written before anyone reports done
+    if (groups.rank == 0) print_done(summary);
+  } catch (const std::exception& e) {
+    std::cerr << "loom train: error: " << label << " " << e.what() << std::endl;
+    mpi_abort(*mpi, 1);
   }
+  return 0;
 }
 
 }  // namespace
@@ -52,19 +88,41 @@ int command_train(int argc, char** argv) {
   }
   if (args.positional.size() != 1)
     throw Error("expected exactly one CONFIG file (see loom train --help)");
-  reject_multi_rank_launch();
+  const LaunchEnvironment env = detect_launch_environment(process_environment());
   const std::string config_path = args.positional[0];
   const config::RunConfig cfg = load_config(config_path, args.values("--set"));
+  validate_trainable(cfg);
   if (args.flag("--resume") && !args.has("--run-dir"))
     throw Error("--resume needs --run-dir naming the run to continue");
-  TrainOptions options;
-  options.run_dir = args.value("--run-dir", default_run_dir(config_path));
-  options.resume = args.flag("--resume");
-  const TrainSummary summary = train(cfg, options);
-  std::cout << "done: " << summary.steps << " steps, final loss " << summary.last_loss;
-  if (summary.last_val_loss >= 0) std::cout << ", val_loss " << summary.last_val_loss;
-  std::cout << "; run directory " << summary.run_dir << "\n";
-  return 0;
+  const auto& p = cfg.parallel();
+  const Mesh mesh{.dp = p.dp(), .pp = p.pp(), .sp = p.sp(), .tp = p.tp()};
+  if (env.is_worker) return train_worker(cfg, config_path, args, mesh);
+
+  const std::string run_dir = args.value("--run-dir", default_run_dir(config_path));
+  if (mesh.world_size() == 1) {
+    TrainOptions options;
+    options.run_dir = run_dir;
+    options.resume = args.flag("--resume");
+    print_done(train(cfg, options));
+    return 0;
+  }
+  // Several ranks: start them with this very command line, the run directory made explicit.
+  std::vector<std::string> worker_args = {"train", config_path};
+  for (const std::string& assignment : args.values("--set")) {
+    worker_args.push_back("--set");
+    worker_args.push_back(assignment);
+  }
+  worker_args.insert(worker_args.end(), {"--run-dir", run_dir});
+  if (args.flag("--resume")) worker_args.push_back("--resume");
+  const LaunchHost host = this_host();
+  // OpenMP threads of ranks that share cores must sleep, not spin, while they wait (read by
+  // each rank's OpenMP runtime at start-up).
+  if (mesh.world_size() > host.cores) setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
+  const std::vector<std::string> command = launch_command(mesh.world_size(), worker_args, env, host);
+  std::string shown;
+  for (const std::string& a : command) shown += (shown.empty() ? "" : " ") + a;
+  std::cerr << "loom: starting " << mesh.world_size() << " ranks: " << shown << std::endl;
+  return run_job(command);
 }
 
 }  // namespace loom

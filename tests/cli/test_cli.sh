@@ -108,12 +108,13 @@ expect_error bad-enum "Valid values: STANDARD, LADDER" -- "$loom" train enum.tex
 expect_error bad-override 'no field "nope" in model' -- "$loom" train "$src/configs/default.textproto" --set model.nope=1
 expect_error bad-override-value "is not a valid number" -- "$loom" train "$src/configs/default.textproto" --set optim.lr=fast
 expect_error invariant "model.n_heads (3) must divide model.d_model (128)" -- "$loom" train "$src/configs/default.textproto" --set model.n_heads=3
-expect_error parallel "parallel.dp = 2" -- "$loom" train "$src/configs/default.textproto" --set parallel.dp=2
+expect_error parallel-not-yet "parallel.tp = 2" -- "$loom" train "$src/configs/default.textproto" --set parallel.tp=2
+expect_error parallel-divide "multiple of train.micro_batch × parallel.dp" -- "$loom" train "$src/configs/default.textproto" --set parallel.dp=3
 expect_error missing-config "cannot read config" -- "$loom" train nowhere.textproto
 expect_error bad-flag "unknown option --rundir" -- "$loom" train "$src/configs/default.textproto" --rundir x
 expect_error resume-needs-dir "--resume needs --run-dir" -- "$loom" train "$src/configs/default.textproto" --resume
 
-expect_error multi-rank "trains on a single rank" -- env OMPI_COMM_WORLD_SIZE=4 "$loom" train "$src/configs/default.textproto"
+expect_error wrong-world "the job has 2 ranks but the config's layout needs" -- mpirun --oversubscribe --allow-run-as-root -np 2 "$loom" train "$src/configs/default.textproto"
 
 # --- bad shards ---
 mkdir bad

@@ -76,7 +76,16 @@ TEST(Config, InvariantsNameTheFields) {
             std::string::npos);
   EXPECT_NE(violation("train.global_batch=12").find("multiple of train.micro_batch"),
             std::string::npos);
-  EXPECT_NE(violation("parallel.tp=2").find("parallel.tp = 2"), std::string::npos);
+  EXPECT_NE(violation("parallel.tp=3").find("parallel.tp (3) must divide model.n_heads (4)"),
+            std::string::npos);
+  EXPECT_NE(violation("parallel.sp=3").find("2 × parallel.sp (6) must divide train.seq_len"),
+            std::string::npos);
+  EXPECT_NE(violation("parallel.zero_stage=2").find("parallel.zero_stage must be 0 or 1"),
+            std::string::npos);
+  EXPECT_EQ(violation("parallel.tp=2"), "");  // plannable; `loom train` rejects it:
+  config::RunConfig tp2;
+  apply_override(tp2, "parallel.tp=2");
+  EXPECT_NE(error_of([&] { validate_trainable(tp2); }).find("parallel.tp = 2"), std::string::npos);
   EXPECT_NE(violation("model.loops=0").find("model.loops"), std::string::npos);
   EXPECT_NE(violation("runtime.device=CUDA").find("runtime.device"), std::string::npos);
 }

@@ -1,0 +1,107 @@
+#include "parallel/grad_reducer.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/error.h"
+
+namespace loom {
+namespace {
+
+void launch(GradReducer& r, GradBucket& b) {
+  LOOM_CHECK(!b.work);
+  float* data = r.grads + b.range.begin;
+  if (r.zero)
+    b.work = r.comm->reduce_scatter_async(data, r.shard.data() + b.compact, b.range.size(),
+                                          DataType::kFloat32, ReduceOp::kAvg);
+  else
+    b.work = r.comm->all_reduce_async(data, b.range.size(), DataType::kFloat32, ReduceOp::kAvg);
+}
+
+}  // namespace
+
+GradReducer grad_reducer_create(Communicator& comm, float* grads, size_t n, size_t bucket_floats,
+                                bool zero, bool overlap) {
+  LOOM_CHECK(bucket_floats > 0);
+  GradReducer r;
+  r.comm = &comm;
+  r.grads = grads;
+  r.n = n;
+  r.zero = zero;
+  r.overlap = overlap;
+  size_t compact = 0;
+  for (size_t end = n; end > 0;) {
+    GradBucket b;
+    b.range = {end > bucket_floats ? end - bucket_floats : 0, end};
+    if (zero) {
+      const ShardRange s = shard_range(b.range.size(), comm.size(), comm.rank());
+      b.own = {b.range.begin + s.begin, b.range.begin + s.end};
+    } else {
+      b.own = b.range;
+    }
+    b.compact = compact;
+    compact += b.own.size();
+    r.buckets.push_back(b);
+    end = b.range.begin;
+  }
+  if (zero) r.shard.assign(compact, 0.0f);
+  return r;
+}
+
+void grad_reducer_begin(GradReducer& r) {
+  for (GradBucket& b : r.buckets) {
+    LOOM_CHECK(!b.work);  // the previous step finished
+    b.ready = 0;
+  }
+}
+
+void grad_reducer_ready(GradReducer& r, size_t offset, size_t count) {
+  LOOM_CHECK(offset + count <= r.n);
+  for (GradBucket& b : r.buckets) {
+    const size_t lo = std::max(offset, b.range.begin), hi = std::min(offset + count, b.range.end);
+    if (lo >= hi) continue;
+    b.ready += hi - lo;
+    LOOM_CHECK(b.ready <= b.range.size());  // each gradient reported once
+    if (r.overlap && b.ready == b.range.size()) launch(r, b);
+  }
+}
+
+void grad_reducer_finish(GradReducer& r) {
+  for (GradBucket& b : r.buckets) {
+    LOOM_CHECK(b.ready == b.range.size());  // backward reported every gradient
+    if (!b.work) launch(r, b);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  for (GradBucket& b : r.buckets) {
+    b.work->wait();
+    b.work.reset();
+  }
+  r.wait_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+std::vector<ShardRange> grad_reducer_owned(const GradReducer& r) {
+  if (!r.zero) return {ShardRange{0, r.n}};
+  std::vector<ShardRange> owned;
+  for (const GradBucket& b : r.buckets) owned.push_back(b.own);
+  return owned;
+}
+
+void grad_reducer_gather(GradReducer& r, const float* compact, float* full) {
+  LOOM_CHECK(r.zero);
+  std::vector<WorkPtr> works;
+  for (const GradBucket& b : r.buckets)
+    works.push_back(r.comm->all_gather_async(compact + b.compact, full + b.range.begin,
+                                             b.range.size(), DataType::kFloat32));
+  for (WorkPtr& w : works) w->wait();
+}
+
+void grad_reducer_gather_in_place(GradReducer& r, float* params) {
+  LOOM_CHECK(r.zero);
+  std::vector<WorkPtr> works;
+  for (const GradBucket& b : r.buckets)
+    works.push_back(r.comm->all_gather_async(params + b.own.begin, params + b.range.begin,
+                                             b.range.size(), DataType::kFloat32));
+  for (WorkPtr& w : works) w->wait();
+}
+
+}  // namespace loom

@@ -1,0 +1,50 @@
+#include "parallel/groups.h"
+
+#include "core/error.h"
+
+namespace loom {
+
+std::string ProcessGroups::label() const {
+  return "[rank " + std::to_string(rank) + " dp=" + std::to_string(coord.dp) +
+         " pp=" + std::to_string(coord.pp) + " sp=" + std::to_string(coord.sp) +
+         " tp=" + std::to_string(coord.tp) + "]";
+}
+
+ProcessGroups process_groups_create(MpiRuntime* mpi, const Mesh& mesh) {
+  ProcessGroups g;
+  g.mesh = mesh;
+  g.mpi = mpi;
+  if (!mpi) {
+    LOOM_CHECK(mesh.world_size() == 1);
+    for (auto [slot, name] : {std::pair{&g.world, "world"}, {&g.dp, "dp"}, {&g.pp, "pp"},
+                               {&g.sp, "sp"}, {&g.tp, "tp"}, {&g.dp_sp, "dp_sp"}})
+      *slot = make_self_communicator(name, 0);
+    return g;
+  }
+  const int world = mpi_world_size(*mpi);
+  if (world != mesh.world_size())
+    throw Error("the job has " + std::to_string(world) + " ranks but the config's layout needs " +
+                "dp × pp × sp × tp = " + std::to_string(mesh.dp) + " × " + std::to_string(mesh.pp) +
+                " × " + std::to_string(mesh.sp) + " × " + std::to_string(mesh.tp) + " = " +
+                std::to_string(mesh.world_size()) + "; start " + std::to_string(mesh.world_size()) +
+                " ranks or change parallel.dp (e.g. --set parallel.dp=" +
+                std::to_string(world / (mesh.pp * mesh.sp * mesh.tp)) + ")");
+  g.rank = mpi_world_rank(*mpi);
+  g.local_ranks = mpi_local_size(*mpi);
+  g.coord = mesh_coord(mesh, g.rank);
+  const MeshCoord c = g.coord;
+  // A group's color is the rank of its first member; the key orders members by the coordinate.
+  auto split = [&](const char* name, Axis axis, int key) {
+    return mpi_split(*mpi, name, mesh_group(mesh, g.rank, axis).front(), key);
+  };
+  g.world = mpi_world(*mpi);
+  g.tp = split("tp", Axis::kTensor, c.tp);
+  g.sp = split("sp", Axis::kSequence, c.sp);
+  g.dp = split("dp", Axis::kData, c.dp);
+  g.pp = split("pp", Axis::kPipeline, c.pp);
+  // dp × sp: same pp and tp coordinates.
+  g.dp_sp = mpi_split(*mpi, "dp_sp", c.pp * mesh.tp + c.tp, c.dp * mesh.sp + c.sp);
+  return g;
+}
+
+}  // namespace loom

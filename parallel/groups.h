@@ -1,0 +1,38 @@
+// One rank's place in the 4-D mesh and a communicator for each of its groups.
+//
+// Groups (rank order as in mesh.h): tp, sp, dp, pp — the ranks that differ only in that
+// coordinate — and dp_sp, the ranks that hold the same weights (same tp and pp coordinates),
+// over which data-parallel gradients are reduced. A single-process run gets groups of one.
+//
+//   loom::ProcessGroups g = loom::process_groups_create(mpi.get(), mesh);   // mpi may be null
+//   g.dp->all_reduce(grads, n, loom::ReduceOp::kAvg);
+//   std::cerr << g.label() << " ...";             // "[rank 3 dp=1 pp=0 sp=0 tp=1]"
+#pragma once
+#include <memory>
+#include <string>
+
+#include "parallel/communicator.h"
+#include "parallel/mesh.h"
+#include "parallel/mpi_runtime.h"
+
+namespace loom {
+
+struct ProcessGroups {
+  Mesh mesh;
+  int rank = 0;  // global
+  MeshCoord coord;
+  int local_ranks = 1;  // ranks of the job on this node
+  std::unique_ptr<Communicator> world, dp, pp, sp, tp, dp_sp;
+  MpiRuntime* mpi = nullptr;  // null in a single-process run
+
+  bool is_distributed() const { return mesh.world_size() > 1; }
+  // "[rank R dp=.. pp=.. sp=.. tp=..]", the prefix of this rank's log lines.
+  std::string label() const;
+};
+
+// With mpi null: the single-process groups (mesh must have world size 1). With MPI: checks that
+// the job's world size equals mesh.world_size() (throws loom::Error saying which to change) and
+// creates every group; collective over the world.
+ProcessGroups process_groups_create(MpiRuntime* mpi, const Mesh& mesh);
+
+}  // namespace loom

@@ -1,0 +1,70 @@
+// The MPI side of one process: initialisation, the progress thread that drives every MPI
+// operation, communicators over host memory, fault injection, and aborting the job.
+//
+// All MPI calls of a Communicator go through one progress thread per process. It posts each
+// operation as a non-blocking MPI call in the order the caller issued it, keeps testing the
+// posted ones (so they progress while the caller computes), completes their Work handles, and
+// enforces the collective timeout: an operation still open after `timeout_s` asks the group's
+// members how far they have got, and fails with a message naming the group, the operation and
+// the ranks that had not reached it. Nothing outside parallel/ sees mpi.h.
+//
+//   std::unique_ptr<loom::MpiRuntime> mpi = loom::mpi_runtime_init({.timeout_s = 300});
+//   std::unique_ptr<loom::Communicator> world = loom::mpi_world(*mpi);
+//   world->all_reduce(&x, 1, loom::ReduceOp::kSum);
+#pragma once
+#include <memory>
+#include <string>
+
+#include "parallel/communicator.h"
+
+namespace loom {
+
+// Makes a chosen rank's operation misbehave, so timeouts and dead ranks are tested rather than
+// hoped for. Operations are counted per group, from 0, in the order they are issued.
+struct FaultInjection {
+  enum class Action { kNone, kDelay, kFail, kKill };
+  Action action = Action::kNone;
+  int rank = -1;        // global rank that misbehaves
+  std::string group;    // group name ("world", "dp", ...)
+  long op = 0;          // index of the operation on that group
+  double seconds = 0;   // kDelay: the operation is posted this much later
+};
+
+// Parses "rank=R,group=G,op=K,action=delay|fail|kill[,seconds=S]" (LOOM_FAULT); "" = none.
+// Throws loom::Error naming the bad part.
+FaultInjection parse_fault_injection(const std::string& spec);
+
+struct MpiRuntimeOptions {
+  double timeout_s = 300;  // parallel.collective_timeout_s
+  FaultInjection fault;
+};
+
+class MpiRuntime;  // opaque: owns MPI (initialised once per process) and the progress thread
+
+// Initialises MPI with thread support and starts the progress thread. Throws loom::Error when
+// MPI cannot start. The runtime finalises MPI when destroyed; MPI cannot be initialised again.
+std::unique_ptr<MpiRuntime> mpi_runtime_init(const MpiRuntimeOptions& options);
+void mpi_runtime_destroy(MpiRuntime* runtime);  // what the unique_ptr's deleter calls
+
+int mpi_world_rank(const MpiRuntime& runtime);
+int mpi_world_size(const MpiRuntime& runtime);
+// Ranks of this job on this node (sharing its memory and cores).
+int mpi_local_size(const MpiRuntime& runtime);
+
+// The communicator over all ranks.
+std::unique_ptr<Communicator> mpi_world(MpiRuntime& runtime);
+
+// Splits the world: ranks passing the same color form one group, ordered by key. Collective
+// over the world: every rank calls it, in the same order as the other splits.
+std::unique_ptr<Communicator> mpi_split(MpiRuntime& runtime, const std::string& name, int color,
+                                        int key);
+
+// Ends the whole job (MPI_Abort on the world) with `code`. Call after printing why.
+[[noreturn]] void mpi_abort(MpiRuntime& runtime, int code);
+
+}  // namespace loom
+
+template <>
+struct std::default_delete<loom::MpiRuntime> {
+  void operator()(loom::MpiRuntime* runtime) const { loom::mpi_runtime_destroy(runtime); }
+};
