@@ -22,12 +22,15 @@ using Clock = std::chrono::steady_clock;
 
 constexpr const char* kHelp = R"(usage: loom bench step CONFIG [--set k=v]... [--steps N] [--warmup N] [--json]
        loom bench sgemm [--size N] [--threads N]
+       mpirun -np N loom bench comm [--min 1K] [--max 256M] [--ops ...]   (see bench comm --help)
 
 step:  times whole training steps (forward, backward, clipping, AdamW) of CONFIG's model on one
        micro-batch of random tokens, after warm-up; prints the median step time, tokens/s, the
        FLOP rate (3 × forward matmul and causal-attention FLOPs) and that rate as a share of the
        machine's OpenBLAS sgemm rate measured in the same run. No data files are needed.
 sgemm: the OpenBLAS sgemm rate on N×N×N (default 2048), best of 5.
+comm:  all-reduce / reduce-scatter / all-gather time, algorithm and bus bandwidth over sizes, as
+       nccl-tests reports them, for the MPI backend; run under mpirun.
 
   --steps N   timed steps (default 10)        --warmup N   untimed steps first (default 2)
   --json      print one JSON object instead of the table
@@ -111,6 +114,8 @@ int bench_step(const Args& args) {
 }  // namespace
 
 int command_bench(int argc, char** argv) {
+  // `bench comm` runs as an MPI job and has options of its own.
+  if (argc > 0 && std::string(argv[0]) == "comm") return command_bench_comm(argc - 1, argv + 1);
   const Args args = parse_args("bench", argv, argc,
                                {{"--set", true}, {"--steps", false}, {"--warmup", false},
                                 {"--size", false}, {"--threads", false}},
@@ -121,7 +126,7 @@ int command_bench(int argc, char** argv) {
   }
   if (args.positional[0] == "step") return bench_step(args);
   if (args.positional[0] == "sgemm") return bench_sgemm(args);
-  throw Error("unknown benchmark \"" + args.positional[0] + "\" (step or sgemm)");
+  throw Error("unknown benchmark \"" + args.positional[0] + "\" (step, sgemm or comm)");
 }
 
 }  // namespace loom

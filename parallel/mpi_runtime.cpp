@@ -379,15 +379,20 @@ std::string MpiRuntime::diagnose(const PendingOp& op, double waited_s) {
     return out.str();
   }
   const int n = static_cast<int>(op.group->global_ranks.size());
-  std::vector<int64_t> query = {op.group->id, op.index};
   std::vector<std::unique_ptr<int64_t[]>> answers;
-  std::vector<MPI_Request> sends(n, MPI_REQUEST_NULL), recvs(n, MPI_REQUEST_NULL);
+  std::vector<MPI_Request> recvs(n, MPI_REQUEST_NULL);
   for (int i = 0; i < n; ++i) {
     const int peer = op.group->global_ranks[i];
     answers.push_back(std::make_unique<int64_t[]>(2));
     answers.back()[1] = -2;
     if (peer == world_rank) continue;
-    MPI_Isend(query.data(), 2, MPI_INT64_T, peer, kQueryTag, control_, &sends[i]);
+    // The query's buffer lives with its request in replies_ until the send completes.
+    auto query = std::make_unique<int64_t[]>(2);
+    query[0] = op.group->id;
+    query[1] = op.index;
+    MPI_Request send;
+    MPI_Isend(query.get(), 2, MPI_INT64_T, peer, kQueryTag, control_, &send);
+    replies_.emplace_back(send, std::move(query));
     MPI_Irecv(answers.back().get(), 2, MPI_INT64_T, peer, kReplyTag, control_, &recvs[i]);
   }
   const Clock::time_point deadline = Clock::now() + std::chrono::seconds(5);
@@ -418,10 +423,9 @@ std::string MpiRuntime::diagnose(const PendingOp& op, double waited_s) {
       MPI_Test(&recvs[i], &done, MPI_STATUS_IGNORE);
       if (!done) {
         MPI_Cancel(&recvs[i]);
-        MPI_Request_free(&recvs[i]);
+        MPI_Wait(&recvs[i], MPI_STATUS_IGNORE);
       }
     }
-    if (sends[i] != MPI_REQUEST_NULL) MPI_Request_free(&sends[i]);
   }
   if (behind.empty()) {
     out << "every member had reached it: the transport itself is stuck";
@@ -577,16 +581,23 @@ FaultInjection parse_fault_injection(const std::string& spec) {
       return Error("LOOM_FAULT \"" + spec + "\": bad item \"" + item +
                    "\"; expected rank=R,group=G,op=K,action=delay|fail|kill[,seconds=S]");
     };
+    // The whole value must be the number: "rank=1x" or "op=3.5" is a typo, not rank 1 or op 3.
+    auto whole = [&](auto parse) {
+      size_t used = 0;
+      const auto number = parse(value, &used);
+      if (used != value.size()) throw bad();
+      return number;
+    };
     try {
       if (key == "rank") {
-        f.rank = std::stoi(value);
+        f.rank = whole([](const std::string& v, size_t* used) { return std::stoi(v, used); });
         has_rank = true;
       } else if (key == "group") {
         f.group = value;
       } else if (key == "op") {
-        f.op = std::stol(value);
+        f.op = whole([](const std::string& v, size_t* used) { return std::stol(v, used); });
       } else if (key == "seconds") {
-        f.seconds = std::stod(value);
+        f.seconds = whole([](const std::string& v, size_t* used) { return std::stod(v, used); });
       } else if (key == "action") {
         has_action = true;
         if (value == "delay") f.action = FaultInjection::Action::kDelay;

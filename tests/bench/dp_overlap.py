@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Data-parallel overlap benchmark: step time and exposed communication time (the time a rank
+blocks waiting for gradient reductions, parameter all-gathers and the loss all-reduce) with the
+bucketed reduction overlapped with backward, and with it started only after backward, at each
+dp. Weak scaling: every rank runs the same micro-batch, so the single-process step is the
+compute-only baseline. Prints a markdown table of medians over the timed steps.
+
+With --slow-link RATE (e.g. 1gbit; needs root) the ranks talk over TCP through a loopback
+limited to RATE inside a network namespace the benchmark creates and removes (tc tbf), so that
+communication is a large share of the step, as between machines.
+
+usage: dp_overlap.py LOOM_BINARY SOURCE_DIR [--dp 2,4] [--steps 12] [--zero]
+                     [--set key=value ...] [--slow-link RATE]
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+
+MODEL = """
+model { vocab_size: 257 d_model: 384 n_heads: 6 d_mlp: 1536 max_seq_len: 64
+        prelude_layers: 1 block_layers: 2 loops: 2 coda_layers: 1 tie_embeddings: false }
+train { micro_batch: 1 seq_len: 64 eval_interval: 0 }
+optim { lr: 1e-3 warmup_steps: 2 }
+data { train_shards: "data/train_*.bin" val_shards: "" }
+checkpoint { interval: 0 }
+logging { interval: 1000 sample_tokens: 0 }
+runtime { threads: 1 }
+parallel { bucket_mb: 4 }
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("loom")
+    ap.add_argument("source")
+    ap.add_argument("--dp", default="2,4")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--zero", action="store_true", help="ZeRO-1 (parallel.zero_stage=1)")
+    ap.add_argument("--set", action="append", default=[], help="extra config override")
+    ap.add_argument("--slow-link", default="", help="rate of the emulated link, e.g. 1gbit")
+    args = ap.parse_args()
+    loom = os.path.abspath(args.loom)
+    args.source = os.path.abspath(args.source)
+    work = tempfile.mkdtemp(prefix="loom-dpbench-")
+    os.chdir(work)
+    namespace = f"loom-bench-{os.getpid()}"
+    prefix, transport = [], []
+    if args.slow_link:
+        ip = ["ip", "netns", "exec", namespace]
+        subprocess.run(["ip", "netns", "add", namespace], check=True)
+        subprocess.run(ip + ["ip", "link", "set", "lo", "up"], check=True)
+        subprocess.run(ip + ["tc", "qdisc", "replace", "dev", "lo", "root", "tbf", "rate",
+                             args.slow_link, "burst", "256kb", "latency", "100ms"], check=True)
+        prefix, transport = ip, ["--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "lo"]
+    try:
+        subprocess.run([loom, "prepare", "--input", os.path.join(args.source, "core"),
+                        "--input", os.path.join(args.source, "kernels"), "--output", "data"],
+                       check=True, capture_output=True)
+        with open("bench.textproto", "w") as f:
+            f.write(MODEL)
+
+        def run(dp, overlap):
+            run_dir = f"run-dp{dp}-{overlap}"
+            sets = [f"train.global_batch={dp}", f"train.steps={args.steps}",
+                    f"parallel.dp={dp}", f"parallel.overlap_grad_reduce={str(overlap).lower()}",
+                    f"parallel.zero_stage={1 if args.zero else 0}"] + args.set
+            cmd = [loom, "train", "bench.textproto", "--run-dir", run_dir]
+            if dp > 1:
+                cmd = ["mpirun", "-np", str(dp), "--oversubscribe"] + \
+                    (["--allow-run-as-root"] if os.geteuid() == 0 else []) + \
+                    transport + cmd
+            for s in sets:
+                cmd += ["--set", s]
+            env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+            subprocess.run(prefix + cmd, check=True, capture_output=True, env=env)
+            with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+                rows = [json.loads(line) for line in f][2:]  # the first steps warm up
+            return (statistics.median(r["ms_per_step"] for r in rows),
+                    statistics.median(r["comm_wait_ms"] for r in rows))
+
+        base_ms, _ = run(1, True)
+        print(f"model: 4 unique layers (d_model 384, 6 heads, d_mlp 1536), 6 applied per step, "
+              f"{args.steps} steps (medians after 2 warm-up steps), micro-batch 1 × 64 tokens "
+              f"per rank, 1 thread per rank{', ZeRO-1' if args.zero else ''}"
+              f"{', ranks over TCP on a ' + args.slow_link + '/s link' if args.slow_link else ''}")
+        print(f"single process: {base_ms:.1f} ms/step\n")
+        print("| dp | overlap | ms/step | exposed comm ms | step / single | exposed share |")
+        print("|---|---|---|---|---|---|")
+        for dp in [int(x) for x in args.dp.split(",")]:
+            results = {}
+            for overlap in (False, True):
+                ms, comm = run(dp, overlap)
+                results[overlap] = (ms, comm)
+                print(f"| {dp} | {'on' if overlap else 'off'} | {ms:.1f} | {comm:.1f} | "
+                      f"{ms / base_ms:.2f} | {comm / ms:.0%} |")
+            (off_ms, off_comm), (on_ms, on_comm) = results[False], results[True]
+            print(f"| {dp} | on vs off | {off_ms / on_ms:.2f}× faster | "
+                  f"{on_comm / off_comm if off_comm else 0:.2f}× the exposed time | | |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if args.slow_link:
+            subprocess.run(["ip", "netns", "delete", namespace])
+
+
+if __name__ == "__main__":
+    main()

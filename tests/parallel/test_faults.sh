@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# A multi-rank job never hangs: a rank killed (by a fault or by kill -9), a rank that throws, a
+# collective that times out, and Ctrl-C each end the whole job quickly, with a non-zero exit and
+# a message naming the rank (and, for a timeout, the group and the operation).
+#
+# usage: test_faults.sh LOOM_BINARY SOURCE_DIR
+set -uo pipefail
+loom=$1
+src=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cd "$tmp"
+failures=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+pass() { echo "ok: $*"; }
+export OMP_WAIT_POLICY=PASSIVE
+mpirun=(mpirun --oversubscribe -np 2)
+[ "$(id -u)" = 0 ] && mpirun+=(--allow-run-as-root)
+
+"$loom" prepare --input "$src/core" --output data >/dev/null || exit 1
+cat >tiny.textproto <<'EOF'
+model { vocab_size: 257 d_model: 32 n_heads: 2 d_mlp: 64 max_seq_len: 32 block_layers: 1 loops: 2 }
+train { global_batch: 4 micro_batch: 2 seq_len: 32 steps: 100000 }
+data { train_shards: "data/train_*.bin" val_shards: "" }
+checkpoint { interval: 0 }
+logging { interval: 1000 sample_tokens: 0 }
+runtime { threads: 1 }
+parallel { dp: 2 }
+EOF
+
+# expect_job NAME MAX_SECONDS PATTERN... -- COMMAND: the job exits non-zero within MAX_SECONDS
+# and its output contains every PATTERN.
+expect_job() {
+  local name=$1 limit=$2
+  shift 2
+  local patterns=()
+  while [ "$1" != "--" ]; do patterns+=("$1"); shift; done
+  shift
+  local start=$SECONDS
+  timeout 120 "$@" >"$name.out" 2>&1
+  local rc=$? elapsed=$((SECONDS - start))
+  if [ "$rc" -eq 0 ]; then fail "$name: exit status 0"; return; fi
+  if [ "$rc" -eq 124 ]; then fail "$name: still running after 120 s (hung)"; return; fi
+  if [ "$elapsed" -gt "$limit" ]; then fail "$name: took ${elapsed} s (limit $limit s)"; return; fi
+  for p in "${patterns[@]}"; do
+    if ! grep -qF -- "$p" "$name.out"; then
+      fail "$name: output lacks '$p':"; tail -15 "$name.out"; return
+    fi
+  done
+  pass "$name: exit $rc after ${elapsed} s"
+}
+
+# A rank killed by the system (SIGKILL at its 5th gradient all-reduce), through loom's launcher.
+LOOM_FAULT="rank=1,group=dp_sp,op=5,action=kill" expect_job killed-rank 30 \
+  "rank 1" "signal 9" -- "$loom" train tiny.textproto --run-dir run-kill
+
+# A rank whose operation fails: that rank reports it and the job ends.
+LOOM_FAULT="rank=1,group=dp_sp,op=3,action=fail" expect_job failing-rank 30 \
+  "[rank 1 dp=1 pp=0 sp=0 tp=0]" "injected failure of all_reduce" -- \
+  "${mpirun[@]}" -x LOOM_FAULT "$loom" train tiny.textproto --run-dir run-fail
+
+# A rank that is late by far more than the timeout: the others report who they waited for.
+LOOM_FAULT="rank=1,group=dp_sp,op=3,action=delay,seconds=600" expect_job timeout 30 \
+  "timeout: all_reduce" "group dp_sp" "waiting for global rank 1" -- \
+  "${mpirun[@]}" -x LOOM_FAULT "$loom" train tiny.textproto --set parallel.collective_timeout_s=2 \
+  --run-dir run-timeout
+
+# kill -9 from outside, once the run is training.
+start_job() {  # start_job DIR: loom train through mpirun in the background; sets job_pid
+  "${mpirun[@]}" "$loom" train tiny.textproto --set logging.interval=1 --run-dir "$1" \
+    >"$1.out" 2>&1 &
+  job_pid=$!
+  for _ in $(seq 300); do
+    [ -s "$1/metrics.jsonl" ] && return 0
+    sleep 0.1
+  done
+  fail "$1: no training step within 30 s"; return 1
+}
+rank_pid() {  # rank_pid PARENT RANK: the pid of that rank among PARENT's children
+  for pid in $(pgrep -P "$1"); do
+    if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$2"; then
+      echo "$pid"; return
+    fi
+  done
+}
+if start_job run-kill9; then
+  victim=$(rank_pid "$job_pid" 1)
+  if [ -z "$victim" ]; then
+    fail "kill-9: rank 1's process not found"
+  else
+    start=$SECONDS
+    kill -9 "$victim"
+    ( sleep 60; kill -9 "$job_pid" 2>/dev/null ) & watchdog=$!
+    wait "$job_pid"; rc=$?
+    kill "$watchdog" 2>/dev/null
+    elapsed=$((SECONDS - start))
+    if [ "$rc" -eq 0 ] || [ "$elapsed" -gt 30 ]; then
+      fail "kill-9: exit $rc after ${elapsed} s"
+    elif ! grep -q "rank 1" run-kill9.out; then
+      fail "kill-9: output does not name rank 1: $(tail -5 run-kill9.out)"
+    else
+      pass "kill-9: exit $rc after ${elapsed} s"
+    fi
+  fi
+fi
+
+# Ctrl-C (SIGINT to loom's launcher) stops every rank.
+# A background job of a script starts with SIGINT ignored; a terminal's loom would not.
+env --default-signal=INT "$loom" train tiny.textproto --set logging.interval=1 --run-dir run-int \
+  >run-int.out 2>&1 &
+launcher_pid=$!
+for _ in $(seq 300); do [ -s run-int/metrics.jsonl ] && break; sleep 0.1; done
+[ -s run-int/metrics.jsonl ] || fail "ctrl-c: the run did not train: $(tail -5 run-int.out)"
+start=$SECONDS
+kill -INT "$launcher_pid"
+( sleep 60; kill -9 "$launcher_pid" 2>/dev/null ) & watchdog=$!
+wait "$launcher_pid"; rc=$?
+kill "$watchdog" 2>/dev/null
+elapsed=$((SECONDS - start))
+sleep 1
+left=$(pgrep -f "run-dir run-int" | wc -l)
+if [ "$rc" -eq 0 ] || [ "$elapsed" -gt 30 ] || [ "$left" -ne 0 ]; then
+  fail "ctrl-c: exit $rc after ${elapsed} s, $left processes left"
+else
+  pass "ctrl-c: exit $rc after ${elapsed} s, no process left"
+fi
+
+echo "$failures failure(s)"
+[ "$failures" -eq 0 ]
