@@ -16,6 +16,7 @@ usage: loom <command> [arguments]   (loom <command> --help for details)
 
 commands:
   train CONFIG [--set k=v]... [--run-dir DIR] [--resume]   train a model from a config
+  plan CONFIG [--set k=v]...                               show a layout: groups, batch, memory
   prepare --input PATH... --output DIR [--val-fraction F]   make token shards from text files
   sample CHECKPOINT [--prompt TEXT] [--tokens N]            generate text from a checkpoint
   export CHECKPOINT --safetensors FILE                      write the weights as safetensors
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
   const std::string command = argv[1];
   try {
     if (command == "train") return loom::command_train(argc - 2, argv + 2);
+    if (command == "plan") return loom::command_plan(argc - 2, argv + 2);
     if (command == "prepare") return loom::command_prepare(argc - 2, argv + 2);
     if (command == "sample") return loom::command_sample(argc - 2, argv + 2);
     if (command == "export") return loom::command_export(argc - 2, argv + 2);

@@ -6,6 +6,13 @@
 //     loom::LaunchHost host = loom::this_host();
 //     return loom::run_job(loom::launch_command(world, worker_args, env, host));
 //   }
+//
+// Environment variables read (all by detect_launch_environment):
+//   OMPI_COMM_WORLD_SIZE, PMIX_RANK, PMI_RANK   this process is a rank (Open MPI, PMIx, PMI-1/2)
+//   OMPI_COMM_WORLD_SIZE, PMI_SIZE, PMIX_SIZE,  the job size a launcher announced
+//   SLURM_STEP_NUM_TASKS
+//   SLURM_JOB_ID, SLURM_STEP_ID                 inside a Slurm allocation / inside a job step
+//   SLURM_CPUS_PER_TASK                         CPUs per task to request again from srun
 #pragma once
 #include <functional>
 #include <string>
@@ -19,33 +26,50 @@ GetEnv process_environment();
 
 struct LaunchEnvironment {
   // This process is one rank of a job that mpirun or srun started (OMPI_COMM_WORLD_SIZE,
-  // PMIX_RANK, PMI_RANK, …): it must initialise MPI and take its rank from MPI.
+  // PMIX_RANK, PMI_RANK): it must initialise MPI and take its rank from MPI.
   bool is_worker = false;
   int launcher_world_size = 0;  // the job size the launcher announced, 0 when unknown
   // Inside a Slurm allocation but not inside a job step (SLURM_JOB_ID set, no SLURM_STEP_ID):
-  // a multi-rank job is started with srun.
+  // a multi-rank job is started with srun. A batch script (sbatch) and an salloc shell are such
+  // places: Slurm sets SLURM_STEP_ID only in the processes srun starts (checked on Slurm 22.05;
+  // a non-numeric or reserved step id such as "batch" or 4294967294 also counts as no step).
   bool in_slurm_allocation = false;
+  // SLURM_CPUS_PER_TASK of the allocation (0 when unset). Since Slurm 22.05 srun does not
+  // inherit --cpus-per-task from sbatch/salloc, so launch_command passes it again.
+  int slurm_cpus_per_task = 0;
 };
 
-// Throws loom::Error for a launch that cannot work, e.g. srun started several tasks without an
-// MPI plugin (no PMI/PMIx variables): every task would believe it is alone.
+// Throws loom::Error for a launch that cannot work: srun started several tasks without an MPI
+// plugin (a job step of N > 1 tasks but no PMI/PMIx variables), where every task would believe
+// it is alone and they would all write the same run directory.
 LaunchEnvironment detect_launch_environment(const GetEnv& env);
 
 struct LaunchHost {
-  int cores = 1;             // usable cores on this machine
-  bool is_root = false;      // effective uid 0 (Open MPI's mpirun then needs --allow-run-as-root)
-  std::string executable;    // absolute path of the loom binary (/proc/self/exe)
+  int cores = 1;           // cores this process may run on (its CPU affinity mask)
+  bool is_root = false;    // effective uid 0 (Open MPI's mpirun then needs --allow-run-as-root)
+  std::string executable;  // absolute path of the loom binary (/proc/self/exe)
 };
 LaunchHost this_host();
 
-// The argument vector that starts `world` ranks each running `executable worker_args...`:
-// srun (--ntasks, --kill-on-bad-exit, --mpi=pmix) inside a Slurm allocation, else mpirun (-np,
-// --oversubscribe when world > cores, --allow-run-as-root as root). Never a shell string.
+// The argument vector that starts `world` ranks each running `executable worker_args...`.
+// Inside a Slurm allocation:
+//   srun --ntasks=N --kill-on-bad-exit=1 --quit-on-interrupt --mpi=pmix [--cpus-per-task=K]
+// (one SIGINT stops the step: without --quit-on-interrupt srun only prints its status).
+// Otherwise, on this host:
+//   mpirun -np N [--allow-run-as-root] --oversubscribe --bind-to none        when N > cores
+//   mpirun -np N [--allow-run-as-root] --map-by slot:PE=cores/N --bind-to core   otherwise
+// (each rank then owns cores/N cores, so runtime.threads = 0 gives it that many threads;
+// Open MPI's default would bind every rank to a single core for N ≤ 2). Never a shell string.
 std::vector<std::string> launch_command(int world, const std::vector<std::string>& worker_args,
                                         const LaunchEnvironment& env, const LaunchHost& host);
 
-// Runs argv[0] (looked up on PATH) with argv, forwarding SIGINT, SIGTERM, SIGHUP, SIGQUIT,
-// SIGUSR1 and SIGUSR2 to it, and returns its exit status (128 + signal when it was killed).
+// Runs argv[0] (looked up on PATH) with argv and returns its exit status, 128 + signal when a
+// signal killed it. The child runs in its own process group with stdin from /dev/null (so a
+// Ctrl-C at the terminal reaches only this process, and the child never stops on reading the
+// terminal) and is sent SIGTERM if this process dies. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1
+// and SIGUSR2 received meanwhile are forwarded once each to the child's pid (mpirun and srun
+// relay them to their ranks; the ranks run in their own process groups). The previous handlers
+// are restored on return. One run_job at a time per process.
 // Throws loom::Error when the program cannot be started (e.g. mpirun not installed).
 int run_job(const std::vector<std::string>& argv);
 

@@ -90,7 +90,7 @@ if start_job run-kill9; then
   else
     start=$SECONDS
     kill -9 "$victim"
-    ( sleep 60; kill -9 "$job_pid" 2>/dev/null ) & watchdog=$!
+    ( sleep 60; kill -9 "$job_pid" ) >/dev/null 2>&1 & watchdog=$!
     wait "$job_pid"; rc=$?
     kill "$watchdog" 2>/dev/null
     elapsed=$((SECONDS - start))
@@ -113,7 +113,7 @@ for _ in $(seq 300); do [ -s run-int/metrics.jsonl ] && break; sleep 0.1; done
 [ -s run-int/metrics.jsonl ] || fail "ctrl-c: the run did not train: $(tail -5 run-int.out)"
 start=$SECONDS
 kill -INT "$launcher_pid"
-( sleep 60; kill -9 "$launcher_pid" 2>/dev/null ) & watchdog=$!
+( sleep 60; kill -9 "$launcher_pid" ) >/dev/null 2>&1 & watchdog=$!
 wait "$launcher_pid"; rc=$?
 kill "$watchdog" 2>/dev/null
 elapsed=$((SECONDS - start))

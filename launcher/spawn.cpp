@@ -1,0 +1,341 @@
+#include "launcher/spawn.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <system_error>
+#include <thread>
+
+#include "core/error.h"
+
+namespace loom {
+namespace {
+
+// A positive integer value of `name`, 0 when unset or not a positive integer.
+int positive_int(const GetEnv& env, const char* name) {
+  const char* value = env(name);
+  if (!value || !*value) return 0;
+  char* end = nullptr;
+  errno = 0;
+  const long n = std::strtol(value, &end, 10);
+  if (errno != 0 || *end != '\0' || n <= 0 || n > 1 << 30) return 0;
+  return static_cast<int>(n);
+}
+
+bool is_set(const GetEnv& env, const char* name) {
+  const char* value = env(name);
+  return value && *value;
+}
+
+// Inside a job step that srun started. Slurm leaves SLURM_STEP_ID unset in batch scripts and
+// salloc shells (22.05); a non-numeric value ("batch", "extern") or one of Slurm's reserved
+// step ids (≥ 0xfffffff0: pending, batch, extern, interactive) is not a step srun could share.
+bool in_job_step(const GetEnv& env) {
+  const char* step = env("SLURM_STEP_ID");
+  if (!step || !*step) return false;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long id = std::strtoull(step, &end, 10);
+  if (errno != 0 || *end != '\0') return false;
+  return id < 0xfffffff0ull;
+}
+
+}  // namespace
+
+GetEnv process_environment() {
+  return [](const char* name) -> const char* { return std::getenv(name); };
+}
+
+LaunchEnvironment detect_launch_environment(const GetEnv& env) {
+  LaunchEnvironment out;
+  const bool step = in_job_step(env);
+  out.is_worker =
+      is_set(env, "OMPI_COMM_WORLD_SIZE") || is_set(env, "PMIX_RANK") || is_set(env, "PMI_RANK");
+  const int step_tasks = step ? (positive_int(env, "SLURM_STEP_NUM_TASKS") > 0
+                                     ? positive_int(env, "SLURM_STEP_NUM_TASKS")
+                                     : positive_int(env, "SLURM_NTASKS"))
+                              : 0;
+  if (out.is_worker) {
+    // PMIx publishes the job size through its API, not the environment; srun's step size is
+    // the same number.
+    for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"})
+      if (!out.launcher_world_size) out.launcher_world_size = positive_int(env, name);
+    if (!out.launcher_world_size) out.launcher_world_size = step_tasks;
+    return out;
+  }
+  if (step && step_tasks > 1)
+    throw Error("srun started " + std::to_string(step_tasks) +
+                " tasks without an MPI plugin (no PMIX_RANK or PMI_RANK in the environment), so "
+                "each would run alone; start the ranks with `srun --mpi=pmix`, or run `loom train` "
+                "once inside the allocation and let it start them");
+  out.in_slurm_allocation = is_set(env, "SLURM_JOB_ID") && !step;
+  if (out.in_slurm_allocation) out.slurm_cpus_per_task = positive_int(env, "SLURM_CPUS_PER_TASK");
+  return out;
+}
+
+LaunchHost this_host() {
+  LaunchHost host;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0)
+    host.cores = CPU_COUNT(&set);
+  else
+    host.cores = static_cast<int>(std::thread::hardware_concurrency());
+  if (host.cores < 1) host.cores = 1;
+  host.is_root = geteuid() == 0;
+  std::error_code error;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", error);
+  if (error)
+    throw Error("cannot find the loom executable through /proc/self/exe: " + error.message() +
+                " (is /proc mounted?)");
+  host.executable = exe.string();
+  return host;
+}
+
+std::vector<std::string> launch_command(int world, const std::vector<std::string>& worker_args,
+                                        const LaunchEnvironment& env, const LaunchHost& host) {
+  LOOM_CHECK(world >= 1);
+  LOOM_CHECK(!host.executable.empty());
+  const std::string n = std::to_string(world);
+  std::vector<std::string> argv;
+  if (env.in_slurm_allocation) {
+    argv = {"srun", "--ntasks=" + n, "--kill-on-bad-exit=1", "--quit-on-interrupt", "--mpi=pmix"};
+    if (env.slurm_cpus_per_task > 0)
+      argv.push_back("--cpus-per-task=" + std::to_string(env.slurm_cpus_per_task));
+  } else {
+    argv = {"mpirun", "-np", n};
+    if (host.is_root) argv.push_back("--allow-run-as-root");
+    if (world > host.cores) {
+      argv.insert(argv.end(), {"--oversubscribe", "--bind-to", "none"});
+    } else {
+      argv.insert(argv.end(), {"--map-by", "slot:PE=" + std::to_string(host.cores / world),
+                               "--bind-to", "core"});
+    }
+  }
+  argv.push_back(host.executable);
+  argv.insert(argv.end(), worker_args.begin(), worker_args.end());
+  return argv;
+}
+
+namespace {
+
+constexpr int kForwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+
+// The process-global state run_job needs: a signal handler receives only the signal number, so
+// the pid to forward to must live where the handler can read it. Lock-free atomics are
+// async-signal-safe. g_child is the running child (0: none yet or already exited); g_pending
+// holds signals (one bit each) that arrived before the child's pid was known; g_busy makes a
+// second concurrent run_job a checked error instead of a silent mix-up.
+std::atomic<pid_t> g_child{0};
+std::atomic<unsigned> g_pending{0};
+std::atomic<bool> g_busy{false};
+static_assert(std::atomic<pid_t>::is_always_lock_free);
+static_assert(std::atomic<unsigned>::is_always_lock_free);
+
+// Forwards to the child's pid, not its process group: mpirun and srun relay a signal to every
+// rank themselves (the ranks run in process groups of their own), and mpirun turns a second
+// SIGINT into an immediate abort, so each received signal must reach it exactly once.
+void forward_signal(int sig) {
+  const unsigned bit = 1u << sig;
+  pid_t child = g_child.load();
+  if (child <= 0) {
+    // Either run_job's drain after publishing the pid sees this bit, or the reload below sees
+    // the pid and exactly one of the two clears the bit.
+    g_pending.fetch_or(bit);
+    child = g_child.load();
+    if (child <= 0 || !(g_pending.fetch_and(~bit) & bit)) return;
+  }
+  const int saved_errno = errno;
+  kill(child, sig);
+  errno = saved_errno;
+}
+
+// Hint appended to "cannot start PROGRAM".
+std::string install_hint(const std::string& program) {
+  if (program == "mpirun") return "install Open MPI: apt-get install openmpi-bin";
+  if (program == "srun") return "srun comes with Slurm; is Slurm installed on this node?";
+  return "check that it is installed and on PATH";
+}
+
+// The file execv will run for `program`: itself when it names a path, else the first
+// executable regular file of that name on PATH (as execvp searches, but resolved before fork so
+// that a missing program is an error here, not in the child).
+std::string find_program(const std::string& program) {
+  auto runnable = [](const std::string& path) {
+    struct stat st;
+    return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && access(path.c_str(), X_OK) == 0;
+  };
+  if (program.find('/') != std::string::npos) {
+    if (runnable(program)) return program;
+    throw Error("cannot start " + program + ": no executable file there (" + install_hint(program) +
+                ")");
+  }
+  const char* path_env = std::getenv("PATH");
+  const std::string path = path_env && *path_env ? path_env : "/usr/local/bin:/usr/bin:/bin";
+  size_t begin = 0;
+  while (begin <= path.size()) {
+    size_t end = path.find(':', begin);
+    if (end == std::string::npos) end = path.size();
+    const std::string dir = end > begin ? path.substr(begin, end - begin) : ".";
+    const std::string candidate = dir + "/" + program;
+    if (runnable(candidate)) return candidate;
+    begin = end + 1;
+  }
+  throw Error("cannot start " + program + ": not found on PATH (" + install_hint(program) + ")");
+}
+
+// In the child between fork and exec: only async-signal-safe calls. Reports errno through
+// `report` (close-on-exec, so a successful exec closes it) and exits 127 on failure.
+[[noreturn]] void exec_child(const char* file, char* const* argv, pid_t parent,
+                             const sigset_t& original_mask, int report) {
+  setpgid(0, 0);
+  // SIGTERM when the thread that forked us ends, e.g. when loom is killed; if loom died
+  // before this call, nobody would send it, so check.
+  if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent) _exit(128 + SIGTERM);
+  struct sigaction default_action {};
+  default_action.sa_handler = SIG_DFL;
+  sigemptyset(&default_action.sa_mask);
+  for (int sig : kForwarded) {
+    struct sigaction current {};
+    // Signals loom ignores (nohup's SIGHUP) stay ignored in the child; forwarded ones default.
+    if (sigaction(sig, nullptr, &current) == 0 && current.sa_handler != SIG_IGN)
+      sigaction(sig, &default_action, nullptr);
+  }
+  sigprocmask(SIG_SETMASK, &original_mask, nullptr);
+  const int null_fd = open("/dev/null", O_RDONLY);
+  if (null_fd >= 0 && null_fd != STDIN_FILENO) {
+    dup2(null_fd, STDIN_FILENO);
+    close(null_fd);
+  }
+  execv(file, argv);
+  const int error = errno;
+  [[maybe_unused]] const ssize_t written = write(report, &error, sizeof(error));
+  _exit(127);
+}
+
+// Installs forwarding handlers and restores the previous ones (and clears the shared state)
+// when it goes out of scope.
+class SignalForwarding {
+ public:
+  SignalForwarding() {
+    struct sigaction action {};
+    action.sa_handler = forward_signal;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    for (int i = 0; i < kCount; ++i) {
+      sigaction(kForwarded[i], nullptr, &previous_[i]);
+      // A signal loom was told to ignore (nohup) is ignored for the job too.
+      if (previous_[i].sa_handler == SIG_IGN) continue;
+      sigaction(kForwarded[i], &action, nullptr);
+      installed_[i] = true;
+    }
+  }
+  ~SignalForwarding() {
+    sigset_t all, old;
+    sigemptyset(&all);
+    for (int sig : kForwarded) sigaddset(&all, sig);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    for (int i = 0; i < kCount; ++i)
+      if (installed_[i]) sigaction(kForwarded[i], &previous_[i], nullptr);
+    g_child.store(0);
+    g_pending.store(0);
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  }
+  SignalForwarding(const SignalForwarding&) = delete;
+  SignalForwarding& operator=(const SignalForwarding&) = delete;
+
+ private:
+  static constexpr int kCount = sizeof(kForwarded) / sizeof(kForwarded[0]);
+  struct sigaction previous_[kCount] {};
+  bool installed_[kCount] = {};
+};
+
+// Closes a file descriptor once.
+struct Fd {
+  int fd = -1;
+  ~Fd() { reset(); }
+  void reset() {
+    if (fd >= 0) close(fd);
+    fd = -1;
+  }
+};
+
+}  // namespace
+
+int run_job(const std::vector<std::string>& argv) {
+  LOOM_CHECK(!argv.empty());
+  const std::string file = find_program(argv[0]);
+  std::vector<char*> c_argv;
+  for (const std::string& a : argv) c_argv.push_back(const_cast<char*>(a.c_str()));
+  c_argv.push_back(nullptr);
+
+  bool expected = false;
+  LOOM_CHECK(g_busy.compare_exchange_strong(expected, true));  // one run_job at a time
+  struct Release {
+    ~Release() { g_busy.store(false); }
+  } release;
+
+  Fd report_read, report_write;
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0)
+    throw Error("cannot start " + argv[0] + ": pipe: " + std::strerror(errno));
+  report_read.fd = fds[0];
+  report_write.fd = fds[1];
+
+  SignalForwarding forwarding;
+  // Signals are held in this thread from before fork until the child's pid is published, so
+  // none is lost or delivered to a half-made child; other threads park theirs in g_pending.
+  sigset_t forwarded, original_mask;
+  sigemptyset(&forwarded);
+  for (int sig : kForwarded) sigaddset(&forwarded, sig);
+  pthread_sigmask(SIG_BLOCK, &forwarded, &original_mask);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) exec_child(file.c_str(), c_argv.data(), parent, original_mask, report_write.fd);
+  if (pid < 0) {
+    const int error = errno;
+    pthread_sigmask(SIG_SETMASK, &original_mask, nullptr);
+    throw Error("cannot start " + argv[0] + ": fork: " + std::strerror(error));
+  }
+  setpgid(pid, pid);  // also here, so the group exists before any signal is forwarded
+  g_child.store(pid);
+  const unsigned pending = g_pending.exchange(0);
+  for (int sig : kForwarded)
+    if (pending & (1u << sig)) kill(pid, sig);
+  pthread_sigmask(SIG_SETMASK, &original_mask, nullptr);
+
+  report_write.reset();
+  int exec_error = 0;
+  ssize_t got;
+  do {
+    got = read(report_read.fd, &exec_error, sizeof(exec_error));
+  } while (got < 0 && errno == EINTR);
+
+  // Wait without reaping first, so the pid cannot be reused while a handler may still send to
+  // it; then unpublish it and reap.
+  siginfo_t info{};
+  while (waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR) {
+  }
+  g_child.store(0);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (got == static_cast<ssize_t>(sizeof(exec_error)))
+    throw Error("cannot start " + argv[0] + " (" + file + "): " + std::strerror(exec_error) + " (" +
+                install_hint(argv[0]) + ")");
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return 1;
+}
+
+}  // namespace loom

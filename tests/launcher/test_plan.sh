@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# `loom plan` as a user runs it: world size, process groups as global ranks, accumulation
+# steps, memory per rank, whether `loom train` can run the layout, and a layout that does not
+# divide the model (exit status 1, message naming the fields).
+# Usage: test_plan.sh LOOM_BINARY SOURCE_DIR
+set -u
+loom=$1
+src=$2
+config="$src/configs/default.textproto"
+failures=0
+passes=0
+
+pass() { passes=$((passes + 1)); }
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+
+# plan NAME --set ...: runs loom plan on the default config; its stdout goes to $out.
+plan() {
+  local name=$1
+  shift
+  if ! out=$("$loom" plan "$config" "$@" 2>&1); then
+    fail "$name: loom plan exited $?: $out"
+    out=""
+  fi
+}
+
+# expect NAME REGEX: the last plan's output has a line matching REGEX (extended regex).
+expect() {
+  if grep -qE -- "$2" <<<"$out"; then pass; else fail "$1: no line matching '$2' in:"$'\n'"$out"; fi
+}
+
+# The default model (V 257, C 128, F 512, T 128, learned positions, LayerNorm, tied embeddings,
+# 4 unique layers) has 257·128 + 128·128 + 4·198272 + 256 = 842624 parameters:
+# 3.2 MiB of fp32 parameters, 3.2 of gradients, 6.4 of AdamW state.
+
+# --- dp = 4 ---
+plan dp4 --set parallel.dp=4 --set train.micro_batch=4
+expect dp4-world '^  world size  4 = dp 4 × pp 1 × sp 1 × tp 1$'
+expect dp4-model '842624 parameters, 10 unrolled layers'
+expect dp4-accum 'global_batch 16 = micro_batch 4 × dp 4 × 1 accumulation step per rank'
+expect dp4-dp '^  dp +1 group of 4 +\{0,1,2,3\}$'
+expect dp4-dpsp '^  dp×sp +1 group of 4 +\{0,1,2,3\}$'
+expect dp4-tp '^  tp +4 groups of 1 +\{0\} \{1\} \{2\} \{3\}$'
+expect dp4-pp '^  pp +4 groups of 1 +\{0\} \{1\} \{2\} \{3\}$'
+expect dp4-memory-exact '^memory per rank \(fp32, MiB\)$'
+expect dp4-params '^  parameters +3\.2 +842624 floats$'
+expect dp4-grads '^  gradients +3\.2 '
+expect dp4-optim '^  optimizer state +6\.4 +AdamW m and v, not sharded'
+expect dp4-act '^  activations +[0-9]+\.[0-9] +micro_batch 4 × seq_len 128'
+expect dp4-total '^  total +[0-9]+\.[0-9]$'
+expect dp4-trainable '^loom train: can run this layout \(4 ranks\)$'
+# The total is the sum of the four lines above it (to rounding).
+sum=$(awk '/^  (parameters|gradients|optimizer state|activations) / {
+             for (i = 1; i <= NF; ++i) if ($i ~ /^[0-9]+\.[0-9]$/) { s += $i; break } }
+           /^  total / { t = $2 } END { d = s - t; if (d < 0) d = -d; print (d <= 0.2) ? "ok" : s " vs " t }' <<<"$out")
+[ "$sum" = ok ] && pass || fail "dp4: total is not the sum of its parts ($sum)"
+
+# ZeRO-1 shards the AdamW state over dp: 6.4 / 4.
+plan zero --set parallel.dp=4 --set train.micro_batch=4 --set parallel.zero_stage=1
+expect zero-optim '^  optimizer state +1\.6 +AdamW m and v, sharded over dp 4 \(ZeRO-1\)$'
+
+# Accumulation: global 16 / (micro 2 · dp 2) = 4 micro-batches per step.
+plan accum --set parallel.dp=2 --set train.micro_batch=2
+expect accum '× dp 2 × 4 accumulation steps per rank'
+
+# --- tp = 2, dp = 2: tensor fastest in the rank order ---
+plan tp2dp2 --set parallel.tp=2 --set parallel.dp=2 --set train.micro_batch=8
+expect tp2dp2-world '^  world size  4 = dp 2 × pp 1 × sp 1 × tp 2$'
+expect tp2dp2-tp '^  tp +2 groups of 2 +\{0,1\} \{2,3\}$'
+expect tp2dp2-dp '^  dp +2 groups of 2 +\{0,2\} \{1,3\}$'
+expect tp2dp2-dpsp '^  dp×sp +2 groups of 2 +\{0,2\} \{1,3\}$'
+expect tp2dp2-estimate '^memory per rank \(fp32, MiB, estimate\)$'
+# Per rank: wte 129·128 (257 rows split, rounded up) + wpe 16384 + 4·99520 + 256 = 431232.
+expect tp2dp2-params '^  parameters +1\.6 +431232 floats$'
+expect tp2dp2-not-trainable '^loom train: cannot run this layout in this version: .*parallel\.tp = 2'
+
+# --- pp = 2, dp = 2: the 10 unrolled layers split 5 / 5 ---
+plan pp2 --set parallel.pp=2 --set parallel.dp=2 --set train.micro_batch=4
+expect pp2-pp '^  pp +2 groups of 2 +\{0,2\} \{1,3\}$'
+expect pp2-dp '^  dp +2 groups of 2 +\{0,1\} \{2,3\}$'
+expect pp2-stage0 '^    stage 0 +unrolled layers 0–4 '
+expect pp2-stage1 '^    stage 1 +unrolled layers 5–9 '
+
+# --- sp = 2, tp = 2: ranks with the same pp and tp coordinates form dp×sp ---
+plan sp2 --set parallel.sp=2 --set parallel.tp=2 --set parallel.dp=2 --set train.micro_batch=8
+expect sp2-sp '^  sp +4 groups of 2 +\{0,2\} \{1,3\} \{4,6\} \{5,7\}$'
+expect sp2-dp '^  dp +4 groups of 2 +\{0,4\} \{1,5\} \{2,6\} \{3,7\}$'
+expect sp2-dpsp '^  dp×sp +2 groups of 4 +\{0,2,4,6\} \{1,3,5,7\}$'
+expect sp2-tokens 'seq_len 128 \(64 tokens per sp rank\)'
+
+# --- a big world lists only its first groups ---
+plan big --set parallel.dp=32 --set parallel.tp=4 --set train.micro_batch=1 --set train.global_batch=32
+expect big-world '^  world size  128 = dp 32 × pp 1 × sp 1 × tp 4$'
+expect big-tp '^  tp +32 groups of 4 +\{0,1,2,3\} \{4,5,6,7\} \{8,9,10,11\} \{12,13,14,15\} … \(28 more\)$'
+expect big-dp '^  dp +4 groups of 32 +\{0,4,8,…,124\} \(32 ranks\)'
+
+# --- layouts that do not divide ---
+err=$("$loom" plan "$config" --set parallel.tp=3 2>&1 >/dev/null)
+rc=$?
+[ "$rc" -eq 1 ] && pass || fail "tp=3: exit status $rc, expected 1 ($err)"
+grep -qF "parallel.tp (3) must divide model.n_heads (4)" <<<"$err" && pass ||
+  fail "tp=3: message lacks 'parallel.tp (3) must divide model.n_heads (4)': $err"
+err=$("$loom" plan "$config" --set parallel.dp=3 2>&1 >/dev/null)
+rc=$?
+[ "$rc" -eq 1 ] && grep -qF "train.global_batch (16) must be a multiple of" <<<"$err" && pass ||
+  fail "dp=3: exit status $rc, message: $err"
+err=$("$loom" plan 2>&1 >/dev/null)
+rc=$?
+[ "$rc" -eq 1 ] && grep -qF "expected exactly one CONFIG" <<<"$err" && pass ||
+  fail "no CONFIG: exit status $rc, message: $err"
+
+# --- --help ---
+help=$("$loom" plan --help) && grep -q "^usage: loom plan CONFIG" <<<"$help" && pass ||
+  fail "loom plan --help"
+"$loom" --help | grep -q "^  plan CONFIG" && pass || fail "loom --help does not list plan"
+
+echo "$passes passed, $failures failed"
+[ "$failures" -eq 0 ]
