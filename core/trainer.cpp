@@ -421,12 +421,25 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
       log.line(line);
     }
     if (cfg.checkpoint().interval() > 0 && step % cfg.checkpoint().interval() == 0) save();
+    // A stop request on any rank stops every rank after the same step.
+    int64_t stop = options.stop_request ? options.stop_request->load() : 0;
+    if (groups.is_distributed()) groups.world->all_reduce_async(&stop, 1, DataType::kInt64, ReduceOp::kMax)->wait();
+    if (stop != 0 && step < t.steps()) {
+      summary.stopped_by_signal = static_cast<int>(stop);
+      break;
+    }
   }
   if (summary.last_checkpoint.empty() || !summary.last_checkpoint.ends_with(
                                              format("step_%07ld", step)))
     save();
   log.line("checkpoint: " + summary.last_checkpoint);
   summary.steps = step;
+  if (summary.stopped_by_signal) {
+    log.line(format("stopped at step %ld of %ld on signal %d; continue with --resume --run-dir %s",
+                    step, static_cast<long>(t.steps()), summary.stopped_by_signal,
+                    run_dir.string().c_str()));
+    return summary;
+  }
 
   if (writer && cfg.logging().sample_tokens() > 0) {
     Rng sample_rng{rng.state ^ 0x5EEDull};

@@ -12,6 +12,7 @@
 //   loom::TrainOptions options{.run_dir = "runs/demo"};
 //   loom::TrainSummary s = loom::train(cfg, options);
 #pragma once
+#include <atomic>
 #include <string>
 
 #include "core/model.h"
@@ -27,6 +28,9 @@ struct TrainOptions {
   bool resume = false;  // continue from the newest checkpoint in run_dir
   bool quiet = false;   // no terminal output (tests)
   ProcessGroups* groups = nullptr;  // this rank's groups; null: a single-process run
+  // Set (to a signal number) by a signal handler to stop cleanly: every rank finishes its step,
+  // a checkpoint is written, and train returns with stopped_by_signal set.
+  const std::atomic<int>* stop_request = nullptr;
 };
 
 struct TrainSummary {
@@ -35,6 +39,7 @@ struct TrainSummary {
   double last_val_loss = -1.0;
   std::string run_dir;
   std::string last_checkpoint;
+  int stopped_by_signal = 0;  // the stop_request signal the run stopped on, else 0
 };
 
 TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options);

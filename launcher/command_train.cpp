@@ -1,3 +1,6 @@
+#include <signal.h>
+
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
@@ -25,15 +28,42 @@ Trains the model CONFIG (a text-format loom.config.RunConfig, see configs/loom.p
                  (default: runs/<config name>-<date>-<time>); never overwritten without --resume
   --resume       continue the run in --run-dir from its newest checkpoint
 
+SIGUSR1 stops the run after the current step with a checkpoint (exit status 75); continue it
+with --resume. Under `loom train`'s own launcher, mpirun or srun, every rank receives it.
+
 With parallel.dp (× tp × pp × sp) > 1, loom starts that many ranks itself: through srun inside a
 Slurm allocation, else through mpirun. Started by mpirun or srun directly (mpirun -np N loom train
 CONFIG ...), each process is one rank and takes its rank from MPI; N must equal the layout's size.
 )";
 
-void print_done(const TrainSummary& summary) {
+// Exit status of a run stopped early by SIGUSR1 (EX_TEMPFAIL: continue it with --resume).
+constexpr int kExitStopped = 75;
+
+// SIGUSR1 asks a run to stop cleanly after the current step, with a checkpoint (Slurm's
+// `--signal=B:USR1@SECONDS` before a time limit or preemption; mpirun and srun pass it on to
+// every rank). The flag is process-global because a signal handler can reach nothing else.
+std::atomic<int> stop_request{0};
+
+void on_stop_signal(int signal) { stop_request.store(signal); }
+
+void install_stop_handler() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGUSR1, &action, nullptr);
+}
+
+int print_done(const TrainSummary& summary) {
+  if (summary.stopped_by_signal) {
+    std::cout << "stopped early (signal " << summary.stopped_by_signal << ") after "
+              << summary.steps << " steps; checkpoint " << summary.last_checkpoint
+              << "; continue with --resume --run-dir " << summary.run_dir << "\n";
+    return kExitStopped;
+  }
   std::cout << "done: " << summary.steps << " steps, final loss " << summary.last_loss;
   if (summary.last_val_loss >= 0) std::cout << ", val_loss " << summary.last_val_loss;
   std::cout << "; run directory " << summary.run_dir << "\n";
+  return 0;
 }
 
 std::string default_run_dir(const std::string& config_path) {
@@ -67,14 +97,16 @@ int train_worker(const config::RunConfig& cfg, const std::string& config_path, c
     options.run_dir = run_dir;
     options.resume = args.flag("--resume");
     options.groups = &groups;
+    options.stop_request = &stop_request;
+    install_stop_handler();
     const TrainSummary summary = train(cfg, options);
     groups.world->barrier();  // rank 0's last checkpoint is written before anyone reports done
-    if (groups.rank == 0) print_done(summary);
+    const int status = groups.rank == 0 ? print_done(summary) : 0;
+    return summary.stopped_by_signal ? kExitStopped : status;
   } catch (const std::exception& e) {
     std::cerr << "loom train: error: " << label << " " << e.what() << std::endl;
     mpi_abort(*mpi, 1);
   }
-  return 0;
 }
 
 }  // namespace
@@ -103,8 +135,9 @@ int command_train(int argc, char** argv) {
     TrainOptions options;
     options.run_dir = run_dir;
     options.resume = args.flag("--resume");
-    print_done(train(cfg, options));
-    return 0;
+    options.stop_request = &stop_request;
+    install_stop_handler();
+    return print_done(train(cfg, options));
   }
   // Several ranks: start them with this very command line, the run directory made explicit.
   std::vector<std::string> worker_args = {"train", config_path};

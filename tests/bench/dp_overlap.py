@@ -20,9 +20,15 @@ import statistics
 import subprocess
 import tempfile
 
-MODEL = """
-model { vocab_size: 257 d_model: 384 n_heads: 6 d_mlp: 1536 max_seq_len: 64
-        prelude_layers: 1 block_layers: 2 loops: 2 coda_layers: 1 tie_embeddings: false }
+MODELS = {
+    # 6 layers applied per step in both; the looped one has 4 unique layers (its 2-layer block
+    # runs twice), so its block's gradients are final only near the end of backward.
+    "plain": "model { vocab_size: 257 d_model: 384 n_heads: 6 d_mlp: 1536 max_seq_len: 64 "
+             "block_layers: 6 loops: 1 tie_embeddings: false }",
+    "looped": "model { vocab_size: 257 d_model: 384 n_heads: 6 d_mlp: 1536 max_seq_len: 64 "
+              "prelude_layers: 1 block_layers: 2 loops: 2 coda_layers: 1 tie_embeddings: false }",
+}
+COMMON = """
 train { micro_batch: 1 seq_len: 64 eval_interval: 0 }
 optim { lr: 1e-3 warmup_steps: 2 }
 data { train_shards: "data/train_*.bin" val_shards: "" }
@@ -37,6 +43,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("loom")
     ap.add_argument("source")
+    ap.add_argument("--model", choices=sorted(MODELS), default="plain")
     ap.add_argument("--dp", default="2,4")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--zero", action="store_true", help="ZeRO-1 (parallel.zero_stage=1)")
@@ -61,7 +68,7 @@ def main():
                         "--input", os.path.join(args.source, "kernels"), "--output", "data"],
                        check=True, capture_output=True)
         with open("bench.textproto", "w") as f:
-            f.write(MODEL)
+            f.write(MODELS[args.model] + COMMON)
 
         def run(dp, overlap):
             run_dir = f"run-dp{dp}-{overlap}"
@@ -83,7 +90,7 @@ def main():
                     statistics.median(r["comm_wait_ms"] for r in rows))
 
         base_ms, _ = run(1, True)
-        print(f"model: 4 unique layers (d_model 384, 6 heads, d_mlp 1536), 6 applied per step, "
+        print(f"model: {args.model}, 6 layers applied per step (d_model 384, 6 heads, d_mlp 1536), "
               f"{args.steps} steps (medians after 2 warm-up steps), micro-batch 1 × 64 tokens "
               f"per rank, 1 thread per rank{', ZeRO-1' if args.zero else ''}"
               f"{', ranks over TCP on a ' + args.slow_link + '/s link' if args.slow_link else ''}")

@@ -125,5 +125,31 @@ else
   pass "ctrl-c: exit $rc after ${elapsed} s, no process left"
 fi
 
+# SIGUSR1 to loom train's launcher: every rank stops after the same step, rank 0 writes a
+# checkpoint of that step, the exit status is 75, and --resume continues from it.
+"$loom" train tiny.textproto --set logging.interval=1 --run-dir run-usr1 >run-usr1.out 2>&1 &
+launcher_pid=$!
+for _ in $(seq 300); do [ -s run-usr1/metrics.jsonl ] && break; sleep 0.1; done
+kill -USR1 "$launcher_pid"
+( sleep 60; kill -9 "$launcher_pid" ) >/dev/null 2>&1 & watchdog=$!
+wait "$launcher_pid"; rc=$?
+kill "$watchdog" 2>/dev/null
+last=$(tail -1 run-usr1/metrics.jsonl | sed 's/{"step":\([0-9]*\),.*/\1/')
+saved=$(ls run-usr1/checkpoints 2>/dev/null | tail -1)
+if [ "$rc" -ne 75 ] || [ "$saved" != "$(printf 'step_%07d' "$last")" ]; then
+  fail "sigusr1: exit $rc, last step $last, checkpoint $saved: $(tail -3 run-usr1.out)"
+elif ! grep -q "stopped at step $last" run-usr1.out; then
+  fail "sigusr1: no stop message: $(tail -3 run-usr1.out)"
+else
+  "$loom" train tiny.textproto --set train.steps=$((last + 2)) --run-dir run-usr1 --resume \
+    >run-usr1-resume.out 2>&1
+  rc=$?
+  if [ "$rc" -ne 0 ] || ! grep -q "resumed from .*step_$(printf '%07d' "$last") at step $last" run-usr1-resume.out; then
+    fail "sigusr1: resume exit $rc: $(tail -3 run-usr1-resume.out)"
+  else
+    pass "sigusr1: stopped after step $last with its checkpoint (exit 75), resumed"
+  fi
+fi
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]
