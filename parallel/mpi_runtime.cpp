@@ -1,29 +1,21 @@
 #include "parallel/mpi_runtime.h"
 
-#include <mpi.h>
 #include <signal.h>
 
 #include <algorithm>
-#include <cstdint>
-#include <chrono>
-#include <condition_variable>
-#include <cstring>
-#include <deque>
-#include <functional>
-#include <list>
-#include <mutex>
-#include <optional>
 #include <sstream>
-#include <thread>
 
 #include "core/error.h"
+#include "parallel/mpi_internal.h"
 
 namespace loom {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+// Control messages between progress threads: "how many operations have you posted on group g?"
+constexpr int kQueryTag = 1, kReplyTag = 2;
 
-// Every MPI call goes through this: a failure names the call and where it was made.
+}  // namespace
+
 void mpi_check(int code, const char* call, const char* file, int line) {
   if (code == MPI_SUCCESS) return;
   char text[MPI_MAX_ERROR_STRING];
@@ -32,147 +24,6 @@ void mpi_check(int code, const char* call, const char* file, int line) {
   throw CommError(std::string(call) + " failed at " + file + ":" + std::to_string(line) + ": " +
                   std::string(text, length));
 }
-#define MPI_CHECK(call) mpi_check((call), #call, __FILE__, __LINE__)
-
-MPI_Datatype mpi_type(DataType type) {
-  switch (type) {
-    case DataType::kFloat32: return MPI_FLOAT;
-    case DataType::kFloat64: return MPI_DOUBLE;
-    case DataType::kInt64: return MPI_INT64_T;
-    case DataType::kByte: return MPI_BYTE;
-  }
-  LOOM_CHECK(false);
-}
-
-MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::kMax ? MPI_MAX : MPI_SUM; }
-
-int mpi_count(size_t count) {
-  if (count > static_cast<size_t>(INT32_MAX))
-    throw CommError("a message of " + std::to_string(count) +
-                    " elements exceeds MPI's int count; use smaller buckets");
-  return static_cast<int>(count);
-}
-
-// kAvg: MPI sums, the division happens on completion.
-void divide(void* data, size_t count, DataType type, int by) {
-  if (type == DataType::kFloat32) {
-    float* p = static_cast<float*>(data);
-    const float inv = 1.0f / static_cast<float>(by);
-    for (size_t i = 0; i < count; ++i) p[i] *= inv;
-  } else if (type == DataType::kFloat64) {
-    double* p = static_cast<double*>(data);
-    for (size_t i = 0; i < count; ++i) p[i] /= by;
-  } else {
-    LOOM_CHECK(false);  // averaging integers is rejected when the operation is issued
-  }
-}
-
-class MpiWork : public Work {
- public:
-  bool is_completed() override {
-    std::lock_guard lock(mutex_);
-    return done_;
-  }
-  void wait() override {
-    std::unique_lock lock(mutex_);
-    done_cv_.wait(lock, [&] { return done_; });
-    if (!error_.empty()) throw CommError(error_);
-  }
-  void complete(std::string error) {
-    {
-      std::lock_guard lock(mutex_);
-      done_ = true;
-      error_ = std::move(error);
-    }
-    done_cv_.notify_all();
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable done_cv_;
-  bool done_ = false;
-  std::string error_;
-};
-
-// libnbc's MPI_Iallreduce slows down on large buffers (Open MPI 4.1, 2 ranks on one node: 0.9 GB/s
-// at 64 MB) where a sequence of 2 MB all-reduces runs at 3.7 GB/s, close to the blocking
-// MPI_Allreduce; so large all-reduces run as consecutive chunks of this size.
-constexpr size_t kAllReduceChunkBytes = size_t{2} << 20;
-
-// Control messages between progress threads: "how many operations have you posted on group g?"
-constexpr int kQueryTag = 1, kReplyTag = 2;
-
-}  // namespace
-
-struct GroupState;
-
-// One operation on its way through the progress thread.
-struct PendingOp {
-  std::shared_ptr<MpiWork> work;
-  GroupState* group = nullptr;
-  long index = 0;                // per-group issue order
-  bool collective = true;        // send/recv are not ordered group-wide
-  int peer = -1;                 // send/recv: the other rank (group rank)
-  std::string what;              // "all_reduce of 1024 float32 (sum)"
-  // Posted one after the other, each when the one before completed: a large all-reduce runs as
-  // chunks (see kAllReduceChunkBytes).
-  std::vector<std::function<void(MPI_Request*)>> stages;
-  size_t stage = 0;
-  std::function<void()> finish;  // after MPI completed: kAvg's division
-  std::vector<int> counts, displacements;  // kept alive for the v-collectives
-  Clock::time_point due;         // fault injection: not posted before
-  Clock::time_point posted_at;
-  MPI_Request request = MPI_REQUEST_NULL;
-};
-
-struct GroupState {
-  int id = 0;
-  std::string name;
-  MPI_Comm comm = MPI_COMM_NULL;
-  std::vector<int> global_ranks;
-  long issued = 0;  // operations issued by the caller (assigns PendingOp::index)
-  long posted = 0;  // operations handed to MPI (what peers are told on a timeout query)
-};
-
-class MpiRuntime {
- public:
-  explicit MpiRuntime(const MpiRuntimeOptions& options);
-  ~MpiRuntime();
-
-  int world_rank = 0, world_size = 1, local_size = 1;
-  MpiRuntimeOptions options;
-
-  GroupState* add_group(const std::string& name, MPI_Comm comm);
-  void enqueue(std::unique_ptr<PendingOp> op);
-  [[noreturn]] void abort_job(int code) {
-    MPI_Abort(MPI_COMM_WORLD, code);
-    std::_Exit(code);
-  }
-
- private:
-  void run();
-  bool post_ready(Clock::time_point now);
-  bool test_posted(Clock::time_point now);
-  bool serve_control();
-  std::string diagnose(const PendingOp& op, double waited_s);
-
-  MPI_Comm control_ = MPI_COMM_NULL;  // a duplicate of the world for control messages
-  std::list<GroupState> groups_;      // stable addresses
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::deque<std::unique_ptr<PendingOp>> incoming_;  // guarded by mutex_
-  bool stopping_ = false;                            // guarded by mutex_
-  // Progress thread only:
-  std::deque<std::unique_ptr<PendingOp>> waiting_;   // issued, not yet posted (order kept)
-  // A posted operation with stages still to post: later operations wait for it, so every rank
-  // hands its collectives to MPI in the same order.
-  const PendingOp* unfinished_ = nullptr;
-  std::list<std::unique_ptr<PendingOp>> posted_;
-  int64_t query_in_[2] = {0, 0};
-  MPI_Request query_request_ = MPI_REQUEST_NULL;
-  std::list<std::pair<MPI_Request, std::unique_ptr<int64_t[]>>> replies_;
-  std::thread thread_;
-};
 
 MpiRuntime::MpiRuntime(const MpiRuntimeOptions& opts) : options(opts) {
   int initialized = 0;
@@ -240,7 +91,7 @@ GroupState* MpiRuntime::add_group(const std::string& name, MPI_Comm comm) {
 
 void MpiRuntime::enqueue(std::unique_ptr<PendingOp> op) {
   const FaultInjection& f = options.fault;
-  op->due = Clock::now();
+  op->due = MpiClock::now();
   {
     std::lock_guard lock(mutex_);
     op->index = op->group->issued++;
@@ -252,7 +103,7 @@ void MpiRuntime::enqueue(std::unique_ptr<PendingOp> op) {
                            " on group " + op->group->name + " (LOOM_FAULT)");
         return;
       }
-      op->due += std::chrono::duration_cast<Clock::duration>(
+      op->due += std::chrono::duration_cast<MpiClock::duration>(
           std::chrono::duration<double>(f.seconds));
     }
     incoming_.push_back(std::move(op));
@@ -275,7 +126,7 @@ void MpiRuntime::run() {
         incoming_.pop_front();
       }
     }
-    const Clock::time_point now = Clock::now();
+    const MpiClock::time_point now = MpiClock::now();
     bool progress = post_ready(now);
     progress |= test_posted(now);
     progress |= serve_control();
@@ -294,7 +145,7 @@ void MpiRuntime::run() {
 }
 
 // Posts waiting operations in issue order; a delayed one (fault injection) holds back the rest.
-bool MpiRuntime::post_ready(Clock::time_point now) {
+bool MpiRuntime::post_ready(MpiClock::time_point now) {
   bool progress = false;
   while (!unfinished_ && !waiting_.empty() && waiting_.front()->due <= now) {
     std::unique_ptr<PendingOp> op = std::move(waiting_.front());
@@ -314,7 +165,7 @@ bool MpiRuntime::post_ready(Clock::time_point now) {
   return progress;
 }
 
-bool MpiRuntime::test_posted(Clock::time_point now) {
+bool MpiRuntime::test_posted(MpiClock::time_point now) {
   bool progress = false;
   for (auto it = posted_.begin(); it != posted_.end();) {
     PendingOp& op = **it;
@@ -418,8 +269,8 @@ std::string MpiRuntime::diagnose(const PendingOp& op, double waited_s) {
     replies_.emplace_back(send, std::move(query));
     MPI_Irecv(answers.back().get(), 2, MPI_INT64_T, peer, kReplyTag, control_, &recvs[i]);
   }
-  const Clock::time_point deadline = Clock::now() + std::chrono::seconds(5);
-  for (int pending = n; pending > 0 && Clock::now() < deadline;) {
+  const MpiClock::time_point deadline = MpiClock::now() + std::chrono::seconds(5);
+  for (int pending = n; pending > 0 && MpiClock::now() < deadline;) {
     pending = 0;
     for (int i = 0; i < n; ++i) {
       int done = 1;
@@ -458,142 +309,6 @@ std::string MpiRuntime::diagnose(const PendingOp& op, double waited_s) {
   }
   return out.str();
 }
-
-namespace {
-
-class MpiCommunicator : public Communicator {
- public:
-  MpiCommunicator(MpiRuntime& runtime, GroupState* group) : runtime_(runtime), group_(group) {
-    MPI_CHECK(MPI_Comm_rank(group->comm, &rank_));
-    MPI_CHECK(MPI_Comm_size(group->comm, &size_));
-  }
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  const std::string& name() const override { return group_->name; }
-  const std::vector<int>& global_ranks() const override { return group_->global_ranks; }
-
-  WorkPtr all_reduce_async(void* data, size_t count, DataType type, ReduceOp op) override {
-    check_reduction(type, op);
-    auto p = make_op("all_reduce", count, type, op);
-    MPI_Comm comm = group_->comm;
-    const size_t bytes = data_type_size(type), chunk = kAllReduceChunkBytes / bytes;
-    for (size_t begin = 0; begin == 0 || begin < count; begin += chunk) {
-      char* piece = static_cast<char*>(data) + begin * bytes;
-      const int n = mpi_count(std::min(chunk, count - begin));
-      p->stages.push_back([=](MPI_Request* r) {
-        MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, piece, n, mpi_type(type), mpi_op(op), comm, r));
-      });
-    }
-    if (op == ReduceOp::kAvg) p->finish = [=, size = size_] { divide(data, count, type, size); };
-    return submit(std::move(p));
-  }
-
-  WorkPtr reduce_scatter_async(const void* in, void* out, size_t count, DataType type,
-                               ReduceOp op) override {
-    check_reduction(type, op);
-    auto p = make_op("reduce_scatter", count, type, op);
-    for (int r = 0; r < size_; ++r) p->counts.push_back(mpi_count(shard_range(count, size_, r).size()));
-    const int* counts = p->counts.data();
-    const size_t mine = shard_range(count, size_, rank_).size();
-    MPI_Comm comm = group_->comm;
-    p->stages.emplace_back([=](MPI_Request* r) {
-      MPI_CHECK(MPI_Ireduce_scatter(in, out, counts, mpi_type(type), mpi_op(op), comm, r));
-    });
-    if (op == ReduceOp::kAvg) p->finish = [=, size = size_] { divide(out, mine, type, size); };
-    return submit(std::move(p));
-  }
-
-  WorkPtr all_gather_async(const void* shard, void* out, size_t count, DataType type) override {
-    auto p = make_op("all_gather", count, type, std::nullopt);
-    for (int r = 0; r < size_; ++r) {
-      const ShardRange s = shard_range(count, size_, r);
-      p->counts.push_back(mpi_count(s.size()));
-      p->displacements.push_back(mpi_count(s.begin));
-    }
-    const int* counts = p->counts.data();
-    const int* displacements = p->displacements.data();
-    const size_t bytes = data_type_size(type);
-    const ShardRange own = shard_range(count, size_, rank_);
-    const bool in_place = shard == static_cast<const char*>(out) + own.begin * bytes;
-    const int own_count = mpi_count(own.size());
-    MPI_Comm comm = group_->comm;
-    p->stages.emplace_back([=](MPI_Request* r) {
-      MPI_CHECK(MPI_Iallgatherv(in_place ? MPI_IN_PLACE : shard, own_count, mpi_type(type), out,
-                                counts, displacements, mpi_type(type), comm, r));
-    });
-    return submit(std::move(p));
-  }
-
-  WorkPtr broadcast_async(void* data, size_t count, DataType type, int root) override {
-    LOOM_CHECK(root >= 0 && root < size_);
-    auto p = make_op("broadcast", count, type, std::nullopt);
-    const int n = mpi_count(count);
-    MPI_Comm comm = group_->comm;
-    p->stages.emplace_back([=](MPI_Request* r) { MPI_CHECK(MPI_Ibcast(data, n, mpi_type(type), root, comm, r)); });
-    return submit(std::move(p));
-  }
-
-  WorkPtr send_async(const void* data, size_t count, DataType type, int peer) override {
-    return point_to_point("send", const_cast<void*>(data), count, type, peer, true);
-  }
-  WorkPtr recv_async(void* data, size_t count, DataType type, int peer) override {
-    return point_to_point("recv", data, count, type, peer, false);
-  }
-
-  WorkPtr barrier_async() override {
-    auto p = make_op("barrier", 0, DataType::kByte, std::nullopt);
-    MPI_Comm comm = group_->comm;
-    p->stages.emplace_back([=](MPI_Request* r) { MPI_CHECK(MPI_Ibarrier(comm, r)); });
-    return submit(std::move(p));
-  }
-
- private:
-  void check_reduction(DataType type, ReduceOp op) {
-    LOOM_CHECK(type != DataType::kByte);
-    LOOM_CHECK(op != ReduceOp::kAvg || type == DataType::kFloat32 || type == DataType::kFloat64);
-  }
-
-  std::unique_ptr<PendingOp> make_op(const char* name, size_t count, DataType type,
-                                     std::optional<ReduceOp> op) {
-    auto p = std::make_unique<PendingOp>();
-    p->work = std::make_shared<MpiWork>();
-    p->group = group_;
-    static const char* kTypeNames[] = {"float32", "float64", "int64", "bytes"};
-    p->what = std::string(name) + " of " + std::to_string(count) + " " +
-              kTypeNames[static_cast<int>(type)] + (op ? std::string(" (") + reduce_op_name(*op) + ")" : "");
-    return p;
-  }
-
-  WorkPtr point_to_point(const char* name, void* data, size_t count, DataType type, int peer,
-                         bool send) {
-    LOOM_CHECK(peer >= 0 && peer < size_ && peer != rank_);
-    auto p = make_op(name, count, type, std::nullopt);
-    p->what += std::string(send ? " to" : " from") + " group rank " + std::to_string(peer);
-    p->collective = false;
-    p->peer = peer;
-    const int n = mpi_count(count);
-    MPI_Comm comm = group_->comm;
-    p->stages.emplace_back([=](MPI_Request* r) {
-      if (send)
-        MPI_CHECK(MPI_Isend(data, n, mpi_type(type), peer, 0, comm, r));
-      else
-        MPI_CHECK(MPI_Irecv(data, n, mpi_type(type), peer, 0, comm, r));
-    });
-    return submit(std::move(p));
-  }
-
-  WorkPtr submit(std::unique_ptr<PendingOp> p) {
-    WorkPtr work = p->work;
-    runtime_.enqueue(std::move(p));
-    return work;
-  }
-
-  MpiRuntime& runtime_;
-  GroupState* group_;
-  int rank_ = 0, size_ = 1;
-};
-
-}  // namespace
 
 FaultInjection parse_fault_injection(const std::string& spec) {
   FaultInjection f;
@@ -652,19 +367,6 @@ void mpi_runtime_destroy(MpiRuntime* runtime) { delete runtime; }
 int mpi_world_rank(const MpiRuntime& runtime) { return runtime.world_rank; }
 int mpi_world_size(const MpiRuntime& runtime) { return runtime.world_size; }
 int mpi_local_size(const MpiRuntime& runtime) { return runtime.local_size; }
-
-std::unique_ptr<Communicator> mpi_world(MpiRuntime& runtime) {
-  MPI_Comm comm;
-  MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &comm));
-  return std::make_unique<MpiCommunicator>(runtime, runtime.add_group("world", comm));
-}
-
-std::unique_ptr<Communicator> mpi_split(MpiRuntime& runtime, const std::string& name, int color,
-                                        int key) {
-  MPI_Comm comm;
-  MPI_CHECK(MPI_Comm_split(MPI_COMM_WORLD, color, key, &comm));
-  return std::make_unique<MpiCommunicator>(runtime, runtime.add_group(name, comm));
-}
 
 void mpi_abort(MpiRuntime& runtime, int code) { runtime.abort_job(code); }
 
