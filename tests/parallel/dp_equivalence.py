@@ -101,13 +101,16 @@ def main():
             ]
             if model_name == "looped":
                 cases.append((8, ["parallel.zero_stage=1", "parallel.bucket_mb=0.01"], False))
+                cases.append((2, ["parallel.zero_stage=1", "parallel.bucket_mb=0.01"], "tcp"))
             for ranks, overrides, own_launcher in cases:
-                name = f"{model_name} dp={ranks} {' '.join(overrides)}" + (
-                    " (loom launcher)" if own_launcher else " (mpirun)")
+                name = f"{model_name} dp={ranks} {' '.join(overrides)}" + {
+                    True: " (loom launcher)", False: " (mpirun)",
+                    "tcp": " (mpirun, ranks over TCP as between machines)"}[own_launcher]
                 run_dir = f"{model_name}-dp{ranks}-{len(overrides)}-{own_launcher}"
                 sets = [a for o in [f"parallel.dp={ranks}"] + overrides for a in ("--set", o)]
-                cmd = ([LOOM] if own_launcher else mpirun(ranks) + [LOOM]) + \
-                    ["train", config, *sets, "--run-dir", run_dir]
+                launcher = {True: [], False: mpirun(ranks),
+                            "tcp": mpirun(ranks) + ["--mca", "btl", "tcp,self"]}[own_launcher]
+                cmd = launcher + [LOOM, "train", config, *sets, "--run-dir", run_dir]
                 if run(cmd, name):
                     compare(name, reference, metrics(run_dir))
 
