@@ -156,18 +156,21 @@ void truncate_metrics(const fs::path& path, long last_step) {
   fs::rename(tmp, path);
 }
 
-// Mean loss over the first `batches` validation batches; dp ranks share them out.
-double evaluate(Model& model, const TokenDataset& val, int batches, int B, int T,
+// Mean loss over the first `batches` global batches of the validation set (so the same
+// sequences whatever the micro-batch size and dp), in micro-batches of B shared out over the dp
+// ranks.
+double evaluate(Model& model, const TokenDataset& val, int batches, int global_batch, int B, int T,
                 std::vector<int>& inputs, std::vector<int>& targets, Communicator& dp) {
   DataLoader loader{&val, 0, false};
+  const int micro_batches = batches * (global_batch / B);
   double total = 0.0;
-  for (int i = dp.rank(); i < batches; i += dp.size()) {
+  for (int i = dp.rank(); i < micro_batches; i += dp.size()) {
     loader.position = static_cast<int64_t>(i) * B;
     loader_next(loader, inputs.data(), targets.data(), B);
     total += model_forward(model, inputs.data(), targets.data(), B, T, 0.0f);
   }
   dp.all_reduce(&total, 1, ReduceOp::kSum);
-  return total / batches;
+  return total / micro_batches;
 }
 
 // JSON has no NaN or Infinity: a non-finite value is written as null.
@@ -399,7 +402,8 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
 
     double val_loss = -1.0;
     if (validate && (step % t.eval_interval() == 0 || step == t.steps())) {
-      val_loss = evaluate(model, val_data, t.eval_batches(), B, T, val_inputs, val_targets, dp);
+      val_loss = evaluate(model, val_data, t.eval_batches(), t.global_batch(), B, T, val_inputs,
+                          val_targets, dp);
       summary.last_val_loss = val_loss;
     }
     if (writer) {

@@ -94,6 +94,7 @@ def main():
             cases = [
                 # (ranks, extra overrides, through loom's own launcher)
                 (2, [], False),
+                (2, ["train.micro_batch=1"], False),  # 8 micro-batches per rank
                 (2, ["parallel.zero_stage=1"], True),
                 (4, ["parallel.bucket_mb=0.01"], False),
                 (4, ["parallel.zero_stage=1", "parallel.bucket_mb=0.01"], False),
