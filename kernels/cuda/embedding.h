@@ -1,0 +1,46 @@
+// Token (+ learned position) embedding on the GPU; the API of kernels/cpu/embedding.h plus a
+// Context (and a scratch buffer for the deterministic backward). All pointers are device
+// pointers; every call is queued on ctx.stream (no allocation, no synchronisation).
+//
+//   DeviceMemory scratch = device_alloc(embedding_backward_scratch_bytes(B, T, C));
+//   embedding_forward<__nv_bfloat16>(ctx, x, tokens, wte_bf16, wpe_bf16, B, T, C);
+//   embedding_backward<__nv_bfloat16>(ctx, dwte, dwpe, dx, tokens, B, T, C, scratch.get());
+//
+// The activation type is called Act here (float or __nv_bfloat16) because T is the sequence
+// length. Weights read by the forward are Act (the working copy); gradients are fp32.
+#pragma once
+#include <cuda_bf16.h>
+
+#include <cstddef>
+
+#include "kernels/cuda/context.h"
+
+namespace loom::kernels::cuda {
+
+// out (B, T, C) = wte[tokens[b, t]] + wpe[t] — overwritten; the sum is formed in fp32.
+// tokens (B, T) int, each in [0, V); wte (V, C); wpe (T, C) or null (rotary models).
+template <typename Act>
+void embedding_forward(const Context& ctx, Act* out, const int* tokens, const Act* wte,
+                       const Act* wpe, int B, int T, int C);
+
+// Bytes of device scratch embedding_backward needs for these shapes (asks CUB for its sort's
+// temporary storage, so it needs the device that will run the backward to be current).
+size_t embedding_backward_scratch_bytes(int B, int T, int C);
+
+// dwte (V, C) float += scatter of dout (B, T, C) rows by token.
+// dwpe (T, C) float += Σ_b dout[b] (skipped when null).
+// scratch: embedding_backward_scratch_bytes(B, T, C) bytes of device memory (256-byte aligned,
+// as device_alloc returns); its contents on entry do not matter.
+//
+// Deterministic without atomics: the (token, position) pairs are sorted by token with a stable
+// radix sort, so each token's rows appear in position order; the sorted list is cut into fixed
+// chunks of 32 rows; a token whose rows lie inside one chunk is summed in order and added to dwte
+// by that chunk alone, and a token whose run crosses chunks has its per-chunk partial sums
+// combined, in chunk order, by the chunk where the run starts. The rounding therefore depends
+// only on the tokens, never on timing (it differs from the CPU's strictly sequential order
+// within fp32 rounding).
+template <typename Act>
+void embedding_backward(const Context& ctx, float* dwte, float* dwpe, const Act* dout,
+                        const int* tokens, int B, int T, int C, void* scratch);
+
+}  // namespace loom::kernels::cuda
