@@ -311,6 +311,16 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
       optimizer.step = full.step;
     }
     step = state.step;
+    if (groups.is_distributed()) {
+      // Every rank chose its checkpoint itself; a rank that could not read the newest (or saw
+      // another listing) would silently train from another step.
+      int64_t seen[2] = {state.step, -state.step};
+      groups.world->all_reduce_async(seen, 2, DataType::kInt64, ReduceOp::kMax)->wait();
+      if (seen[0] != -seen[1])
+        throw Error("--resume: the ranks loaded different checkpoints (steps " +
+                    std::to_string(-seen[1]) + " to " + std::to_string(seen[0]) +
+                    "); check that every rank sees the same " + checkpoints_dir.string());
+    }
     loader.position = state.data_position;
     rng.state = state.rng_state;
     tokens_seen = state.tokens_seen;

@@ -49,6 +49,7 @@ void on_stop_signal(int signal) { stop_request.store(signal); }
 void install_stop_handler() {
   struct sigaction action {};
   action.sa_handler = on_stop_signal;
+  action.sa_flags = SA_RESTART;
   sigemptyset(&action.sa_mask);
   sigaction(SIGUSR1, &action, nullptr);
 }
@@ -77,6 +78,7 @@ std::string default_run_dir(const std::string& config_path) {
 // whole job (MPI_Abort) after printing which rank failed and why; nothing is left hanging.
 int train_worker(const config::RunConfig& cfg, const std::string& config_path, const Args& args,
                  const Mesh& mesh) {
+  install_stop_handler();  // before MPI starts: a SIGUSR1 now must not kill the rank
   MpiRuntimeOptions mpi_options;
   mpi_options.timeout_s = cfg.parallel().collective_timeout_s();
   const char* fault = std::getenv("LOOM_FAULT");
@@ -98,7 +100,6 @@ int train_worker(const config::RunConfig& cfg, const std::string& config_path, c
     options.resume = args.flag("--resume");
     options.groups = &groups;
     options.stop_request = &stop_request;
-    install_stop_handler();
     const TrainSummary summary = train(cfg, options);
     groups.world->barrier();  // rank 0's last checkpoint is written before anyone reports done
     const int status = groups.rank == 0 ? print_done(summary) : 0;

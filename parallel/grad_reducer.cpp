@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
 
 #include "core/error.h"
 
@@ -16,6 +17,21 @@ void launch(GradReducer& r, GradBucket& b) {
                                           DataType::kFloat32, ReduceOp::kAvg);
   else
     b.work = r.comm->all_reduce_async(data, b.range.size(), DataType::kFloat32, ReduceOp::kAvg);
+}
+
+// Waits for every handle before reporting the first failure, so no operation is left touching
+// the buffers while the caller unwinds.
+void wait_all(std::vector<WorkPtr>& works) {
+  std::exception_ptr first;
+  for (WorkPtr& w : works) {
+    try {
+      if (w) w->wait();
+    } catch (const CommError&) {
+      if (!first) first = std::current_exception();
+    }
+    w.reset();
+  }
+  if (first) std::rethrow_exception(first);
 }
 
 }  // namespace
@@ -72,10 +88,9 @@ void grad_reducer_finish(GradReducer& r) {
     if (!b.work) launch(r, b);
   }
   const auto start = std::chrono::steady_clock::now();
-  for (GradBucket& b : r.buckets) {
-    b.work->wait();
-    b.work.reset();
-  }
+  std::vector<WorkPtr> works;
+  for (GradBucket& b : r.buckets) works.push_back(std::move(b.work));
+  wait_all(works);
   r.wait_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
@@ -92,7 +107,7 @@ void grad_reducer_gather(GradReducer& r, const float* compact, float* full) {
   for (const GradBucket& b : r.buckets)
     works.push_back(r.comm->all_gather_async(compact + b.compact, full + b.range.begin,
                                              b.range.size(), DataType::kFloat32));
-  for (WorkPtr& w : works) w->wait();
+  wait_all(works);
 }
 
 void grad_reducer_gather_in_place(GradReducer& r, float* params) {
@@ -101,7 +116,7 @@ void grad_reducer_gather_in_place(GradReducer& r, float* params) {
   for (const GradBucket& b : r.buckets)
     works.push_back(r.comm->all_gather_async(params + b.own.begin, params + b.range.begin,
                                              b.range.size(), DataType::kFloat32));
-  for (WorkPtr& w : works) w->wait();
+  wait_all(works);
 }
 
 }  // namespace loom

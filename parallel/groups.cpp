@@ -22,13 +22,18 @@ ProcessGroups process_groups_create(MpiRuntime* mpi, const Mesh& mesh) {
     return g;
   }
   const int world = mpi_world_size(*mpi);
-  if (world != mesh.world_size())
+  if (world != mesh.world_size()) {
+    const int others = mesh.pp * mesh.sp * mesh.tp;
     throw Error("the job has " + std::to_string(world) + " ranks but the config's layout needs " +
                 "dp × pp × sp × tp = " + std::to_string(mesh.dp) + " × " + std::to_string(mesh.pp) +
                 " × " + std::to_string(mesh.sp) + " × " + std::to_string(mesh.tp) + " = " +
                 std::to_string(mesh.world_size()) + "; start " + std::to_string(mesh.world_size()) +
-                " ranks or change parallel.dp (e.g. --set parallel.dp=" +
-                std::to_string(world / (mesh.pp * mesh.sp * mesh.tp)) + ")");
+                " ranks, or set parallel.dp" +
+                (world % others == 0 ? " to " + std::to_string(world / others) +
+                                           " (with a train.global_batch it divides)"
+                                     : " (and tp, pp, sp) so that their product is " +
+                                           std::to_string(world)));
+  }
   g.rank = mpi_world_rank(*mpi);
   g.local_ranks = mpi_local_size(*mpi);
   g.coord = mesh_coord(mesh, g.rank);

@@ -4,6 +4,7 @@
 #pragma once
 #include <mpi.h>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -84,6 +85,9 @@ struct GroupState {
   std::vector<int> global_ranks;
   long issued = 0;  // operations issued by the caller (assigns PendingOp::index)
   long posted = 0;  // operations handed to MPI (what peers are told on a timeout query)
+  // A posted operation with stages still to post (a chunked all-reduce): the group's later
+  // operations wait for it, so every rank hands the group's collectives to MPI in one order.
+  const PendingOp* unfinished = nullptr;
 };
 
 class MpiRuntime {
@@ -106,6 +110,7 @@ class MpiRuntime {
   bool post_ready(MpiClock::time_point now);
   bool test_posted(MpiClock::time_point now);
   bool serve_control();
+  void fail_all(const std::string& why);  // records `why` unless a failure came first
   std::string diagnose(const PendingOp& op, double waited_s);
 
   MPI_Comm control_ = MPI_COMM_NULL;  // a duplicate of the world for control messages
@@ -115,10 +120,12 @@ class MpiRuntime {
   std::deque<std::unique_ptr<PendingOp>> incoming_;  // guarded by mutex_
   bool stopping_ = false;                            // guarded by mutex_
   // Progress thread only:
-  std::deque<std::unique_ptr<PendingOp>> waiting_;   // issued, not yet posted (order kept)
-  // A posted operation with stages still to post: later operations wait for it, so every rank
-  // hands its collectives to MPI in the same order.
-  const PendingOp* unfinished_ = nullptr;
+  std::list<std::unique_ptr<PendingOp>> waiting_;    // issued, not yet posted (order kept)
+  // Set by the first operation that fails (error, timeout, injected failure). From then on no
+  // MPI call is made for the caller's operations — their buffers may be freed while the job
+  // aborts — and every open or later operation fails at once.
+  std::atomic<bool> failed_{false};
+  std::string first_failure_;  // guarded by mutex_: the message of that first failure
   std::list<std::unique_ptr<PendingOp>> posted_;
   int64_t query_in_[2] = {0, 0};
   MPI_Request query_request_ = MPI_REQUEST_NULL;

@@ -57,6 +57,8 @@ MpiRuntime::~MpiRuntime() {
   }
   wake_.notify_all();
   thread_.join();
+  // After a failure the job is meant to abort: abandoned requests make MPI_Finalize invalid.
+  if (failed_) return;
   // Peers may still query us while they finish: keep answering until everybody is here.
   MPI_Request barrier;
   MPI_Ibarrier(control_, &barrier);
@@ -99,8 +101,12 @@ void MpiRuntime::enqueue(std::unique_ptr<PendingOp> op) {
         f.group == op->group->name && f.op == op->index) {
       if (f.action == FaultInjection::Action::kKill) raise(SIGKILL);
       if (f.action == FaultInjection::Action::kFail) {
-        op->work->complete("injected failure of " + op->what + " #" + std::to_string(op->index) +
-                           " on group " + op->group->name + " (LOOM_FAULT)");
+        const std::string error = "injected failure of " + op->what + " #" +
+                                  std::to_string(op->index) + " on group " + op->group->name +
+                                  " (LOOM_FAULT)";
+        op->work->complete(error);
+        failed_ = true;
+        if (first_failure_.empty()) first_failure_ = error;
         return;
       }
       op->due += std::chrono::duration_cast<MpiClock::duration>(
@@ -126,6 +132,13 @@ void MpiRuntime::run() {
         incoming_.pop_front();
       }
     }
+    if (failed_) {
+      fail_all("");
+      std::unique_lock lock(mutex_);
+      if (stopping_) return;
+      wake_.wait_for(lock, std::chrono::milliseconds(5));
+      continue;
+    }
     const MpiClock::time_point now = MpiClock::now();
     bool progress = post_ready(now);
     progress |= test_posted(now);
@@ -144,25 +157,53 @@ void MpiRuntime::run() {
   }
 }
 
-// Posts waiting operations in issue order; a delayed one (fault injection) holds back the rest.
+// Posts waiting operations in issue order within each group: an operation waits while an
+// earlier one of its group is unposted, delayed (fault injection) or still posting chunks.
 bool MpiRuntime::post_ready(MpiClock::time_point now) {
   bool progress = false;
-  while (!unfinished_ && !waiting_.empty() && waiting_.front()->due <= now) {
-    std::unique_ptr<PendingOp> op = std::move(waiting_.front());
-    waiting_.pop_front();
-    op->posted_at = now;
-    try {
-      op->stages[0](&op->request);
-    } catch (const CommError& e) {
-      op->work->complete(std::string(e.what()) + " (" + op->what + " on group " + op->group->name + ")");
+  std::vector<const GroupState*> held;
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    PendingOp& op = **it;
+    GroupState* group = op.group;
+    if (group->unfinished || op.due > now ||
+        std::find(held.begin(), held.end(), group) != held.end()) {
+      held.push_back(group);
+      ++it;
       continue;
     }
-    ++op->group->posted;
-    if (op->stages.size() > 1) unfinished_ = op.get();
-    posted_.push_back(std::move(op));
+    std::unique_ptr<PendingOp> owned = std::move(*it);
+    it = waiting_.erase(it);
+    owned->posted_at = now;
+    try {
+      owned->stages[0](&owned->request);
+    } catch (const CommError& e) {
+      const std::string error =
+          std::string(e.what()) + " (" + owned->what + " on group " + group->name + ")";
+      owned->work->complete(error);
+      fail_all(error);
+      return true;
+    }
+    ++group->posted;
+    if (owned->stages.size() > 1) group->unfinished = owned.get();
+    posted_.push_back(std::move(owned));
     progress = true;
   }
   return progress;
+}
+
+void MpiRuntime::fail_all(const std::string& why) {
+  std::lock_guard lock(mutex_);
+  failed_ = true;
+  if (first_failure_.empty()) first_failure_ = why;
+  // Every open operation reports the first failure: whichever the caller waits on first says
+  // what went wrong.
+  const std::string error = "not completed because an earlier operation failed: " + first_failure_;
+  for (auto& op : posted_) op->work->complete(error);  // their MPI requests are abandoned
+  for (auto& op : waiting_) op->work->complete(error);
+  for (auto& op : incoming_) op->work->complete(error);
+  posted_.clear();
+  waiting_.clear();
+  incoming_.clear();
 }
 
 bool MpiRuntime::test_posted(MpiClock::time_point now) {
@@ -188,7 +229,7 @@ bool MpiRuntime::test_posted(MpiClock::time_point now) {
     if (done && error.empty() && op.stage + 1 < op.stages.size()) {
       try {
         op.stages[++op.stage](&op.request);
-        if (op.stage + 1 == op.stages.size()) unfinished_ = nullptr;
+        if (op.stage + 1 == op.stages.size()) op.group->unfinished = nullptr;
         progress = true;
         done = 0;
       } catch (const CommError& e) {
@@ -199,9 +240,14 @@ bool MpiRuntime::test_posted(MpiClock::time_point now) {
       ++it;
       continue;
     }
-    if (&op == unfinished_) unfinished_ = nullptr;  // failed midway
-    if (error.empty() && op.finish) op.finish();
-    op.work->complete(error);
+    if (!error.empty()) {
+      op.work->complete(error);
+      posted_.erase(it);
+      fail_all(error);
+      return true;
+    }
+    if (op.finish) op.finish();
+    op.work->complete("");
     it = posted_.erase(it);
     progress = true;
   }

@@ -54,10 +54,15 @@ expect_job() {
 LOOM_FAULT="rank=1,group=dp_sp,op=5,action=kill" expect_job killed-rank 30 \
   "rank 1" "signal 9" -- "$loom" train tiny.textproto --run-dir run-kill
 
-# A rank whose operation fails: that rank reports it and the job ends.
-LOOM_FAULT="rank=1,group=dp_sp,op=3,action=fail" expect_job failing-rank 30 \
+# A rank whose operation fails while other buckets are in flight: that rank reports it (not a
+# later symptom) and the job ends, without touching buffers that are being freed.
+LOOM_FAULT="rank=1,group=dp_sp,op=5,action=fail" expect_job failing-rank 30 \
   "[rank 1 dp=1 pp=0 sp=0 tp=0]" "injected failure of all_reduce" -- \
-  "${mpirun[@]}" -x LOOM_FAULT "$loom" train tiny.textproto --run-dir run-fail
+  "${mpirun[@]}" -x LOOM_FAULT "$loom" train tiny.textproto --set parallel.bucket_mb=0.01 \
+  --run-dir run-fail
+if grep -qE "Segmentation|signal 11|Address not mapped" failing-rank.out; then
+  fail "failing-rank: a rank crashed while the job aborted: $(grep -m1 -E 'Segmentation|signal 11|Address' failing-rank.out)"
+fi
 
 # A rank that is late by far more than the timeout: the others report who they waited for.
 LOOM_FAULT="rank=1,group=dp_sp,op=3,action=delay,seconds=600" expect_job timeout 30 \
