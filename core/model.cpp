@@ -2,24 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
+#include "core/backend.h"
 #include "core/error.h"
 #include "core/rng.h"
-#include "kernels/cpu/attention.h"
-#include "kernels/cpu/cross_entropy.h"
-#include "kernels/cpu/embedding.h"
-#include "kernels/cpu/gelu.h"
-#include "kernels/cpu/matmul.h"
-#include "kernels/cpu/norm.h"
-#include "kernels/cpu/rope.h"
-#include "kernels/cpu/threads.h"
-#include "kernels/cpu/vector.h"
 
 namespace loom {
 namespace {
 
-namespace k = kernels::cpu;
 using config::ModelConfig;
 
 bool is_layernorm(const Model& m) { return m.config.norm() == ModelConfig::LAYERNORM; }
@@ -62,86 +52,99 @@ struct ArenaPlan {
   }
 };
 
-float* at(Model& m, size_t offset) { return m.arena.data() + offset; }
-float* param(Model& m, size_t offset) { return m.params.data() + offset; }
+const kernels::KernelBackend& kb(const Model& m) { return *m.backend; }
+
+// Arena regions: activations (the backend's type) and fp32 statistics or tables.
+void* act(Model& m, size_t offset) { return m.arena.data() + offset; }
+float* stat(Model& m, size_t offset) { return m.arena.data() + offset; }
+// The activation `elements` past `base`.
+void* act_offset(const Model& m, void* base, size_t elements) {
+  return static_cast<char*>(base) + elements * kb(m).activation_bytes();
+}
+// The weights forward reads (the fp32 master copy on the CPU).
+const void* weight(Model& m, size_t offset) { return m.params.data() + offset; }
 float* grad(Model& m, size_t offset) { return m.grads.data() + offset; }
 
-const float* lm_head_weight(Model& m) {
-  return param(m, m.config.tie_embeddings() ? m.wte : m.lm_head);
+const void* lm_head_weight(Model& m) {
+  return weight(m, m.config.tie_embeddings() ? m.wte : m.lm_head);
 }
 float* lm_head_grad(Model& m) { return grad(m, m.config.tie_embeddings() ? m.wte : m.lm_head); }
 
 void norm_forward(Model& m, size_t w, size_t b, const SublayerActs& a, int N) {
   if (is_layernorm(m))
-    k::layernorm_forward(at(m, a.normed), at(m, a.mean), at(m, a.rstd), at(m, a.input),
-                         param(m, w), param(m, b), N, m.C, m.config.norm_eps());
+    kb(m).layernorm_forward(act(m, a.normed), stat(m, a.mean), stat(m, a.rstd), act(m, a.input),
+                            weight(m, w), weight(m, b), N, m.C, m.config.norm_eps());
   else
-    k::rmsnorm_forward(at(m, a.normed), at(m, a.rstd), at(m, a.input), param(m, w), N, m.C,
-                       m.config.norm_eps());
+    kb(m).rmsnorm_forward(act(m, a.normed), stat(m, a.rstd), act(m, a.input), weight(m, w), N, m.C,
+                          m.config.norm_eps());
 }
 
 // d_input += backward of the pre-norm, from the gradient of its output in d_normed.
-void norm_backward(Model& m, size_t w, size_t b, const SublayerActs& a, int N, float* d_input) {
+void norm_backward(Model& m, size_t w, size_t b, const SublayerActs& a, int N, void* d_input) {
   if (is_layernorm(m))
-    k::layernorm_backward(d_input, grad(m, w), grad(m, b), at(m, m.d_normed), at(m, a.input),
-                          param(m, w), at(m, a.mean), at(m, a.rstd), N, m.C);
+    kb(m).layernorm_backward(d_input, grad(m, w), grad(m, b), act(m, m.d_normed), act(m, a.input),
+                             weight(m, w), stat(m, a.mean), stat(m, a.rstd), N, m.C,
+                             act(m, m.norm_scratch));
   else
-    k::rmsnorm_backward(d_input, grad(m, w), at(m, m.d_normed), at(m, a.input), param(m, w),
-                        at(m, a.rstd), N, m.C);
+    kb(m).rmsnorm_backward(d_input, grad(m, w), act(m, m.d_normed), act(m, a.input), weight(m, w),
+                           stat(m, a.rstd), N, m.C, act(m, m.norm_scratch));
 }
 
 // h (B, T, C) = Attn(norm1(input)).
 void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
-                                int T, float* h) {
+                                int T, void* h) {
   const int N = B * T, C = m.C;
   norm_forward(m, o.norm1_w, o.norm1_b, a, N);
-  k::matmul_forward(at(m, a.hidden), at(m, a.normed), param(m, o.qkv_w), param(m, o.qkv_b), N, C,
-                    3 * C);
+  kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.qkv_w), weight(m, o.qkv_b),
+                       N, C, 3 * C);
   if (is_rotary(m))
-    k::rope_apply(at(m, a.hidden), at(m, m.rope_cos), at(m, m.rope_sin), B, T, C, m.H, false);
-  k::attention_forward(at(m, a.hidden2), at(m, a.lse), at(m, a.hidden), B, T, C, m.H,
-                       at(m, m.attention_scratch));
-  k::matmul_forward(h, at(m, a.hidden2), param(m, o.attn_proj_w), param(m, o.attn_proj_b), N, C,
-                    C);
+    kb(m).rope_apply(act(m, a.hidden), stat(m, m.rope_cos), stat(m, m.rope_sin), B, T, C, m.H,
+                     false);
+  kb(m).attention_forward(act(m, a.hidden2), stat(m, a.lse), act(m, a.hidden), B, T, C, m.H,
+                          act(m, m.attention_scratch));
+  kb(m).matmul_forward(h, act(m, a.hidden2), weight(m, o.attn_proj_w), weight(m, o.attn_proj_b), N,
+                       C, C);
 }
 
 // h (B, T, C) = MLP(norm2(input)).
 void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
-                          float* h) {
+                          void* h) {
   const int N = B * T, C = m.C, F = m.F;
   norm_forward(m, o.norm2_w, o.norm2_b, a, N);
-  k::matmul_forward(at(m, a.hidden), at(m, a.normed), param(m, o.fc_w), param(m, o.fc_b), N, C, F);
-  k::gelu_forward(at(m, a.hidden2), at(m, a.hidden), static_cast<size_t>(N) * F);
-  k::matmul_forward(h, at(m, a.hidden2), param(m, o.mlp_proj_w), param(m, o.mlp_proj_b), N, F, C);
+  kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.fc_w), weight(m, o.fc_b), N,
+                       C, F);
+  kb(m).gelu_forward(act(m, a.hidden2), act(m, a.hidden), static_cast<size_t>(N) * F);
+  kb(m).matmul_forward(h, act(m, a.hidden2), weight(m, o.mlp_proj_w), weight(m, o.mlp_proj_b), N, F,
+                       C);
 }
 
 // d_input += Jᵀ dh for the attention sub-layer.
 void attention_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
-                                 int T, const float* dh, float* d_input) {
+                                 int T, const void* dh, void* d_input) {
   const int N = B * T, C = m.C;
-  float* d_attn = at(m, m.d_hidden2);  // (B, T, C)
-  float* d_qkv = at(m, m.d_hidden);    // (B, T, 3C)
-  k::matmul_backward(d_attn, grad(m, o.attn_proj_w), grad(m, o.attn_proj_b), dh,
-                     at(m, a.hidden2), param(m, o.attn_proj_w), N, C, C);
-  k::attention_backward(d_qkv, d_attn, at(m, a.hidden), at(m, a.hidden2), at(m, a.lse), B, T, C,
-                        m.H, at(m, m.attention_scratch));
+  void* d_attn = act(m, m.d_hidden2);  // (B, T, C)
+  void* d_qkv = act(m, m.d_hidden);    // (B, T, 3C)
+  kb(m).matmul_backward(d_attn, grad(m, o.attn_proj_w), grad(m, o.attn_proj_b), dh,
+                        act(m, a.hidden2), weight(m, o.attn_proj_w), N, C, C);
+  kb(m).attention_backward(d_qkv, d_attn, act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B, T,
+                           C, m.H, act(m, m.attention_scratch));
   if (is_rotary(m))
-    k::rope_apply(d_qkv, at(m, m.rope_cos), at(m, m.rope_sin), B, T, C, m.H, true);
-  k::matmul_backward(at(m, m.d_normed), grad(m, o.qkv_w), grad(m, o.qkv_b), d_qkv,
-                     at(m, a.normed), param(m, o.qkv_w), N, C, 3 * C);
+    kb(m).rope_apply(d_qkv, stat(m, m.rope_cos), stat(m, m.rope_sin), B, T, C, m.H, true);
+  kb(m).matmul_backward(act(m, m.d_normed), grad(m, o.qkv_w), grad(m, o.qkv_b), d_qkv,
+                        act(m, a.normed), weight(m, o.qkv_w), N, C, 3 * C);
   norm_backward(m, o.norm1_w, o.norm1_b, a, N, d_input);
 }
 
 // d_input += Jᵀ dh for the MLP sub-layer.
 void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
-                           const float* dh, float* d_input) {
+                           const void* dh, void* d_input) {
   const int N = B * T, C = m.C, F = m.F;
-  float* d_hidden = at(m, m.d_hidden);  // (B, T, F)
-  k::matmul_backward(d_hidden, grad(m, o.mlp_proj_w), grad(m, o.mlp_proj_b), dh,
-                     at(m, a.hidden2), param(m, o.mlp_proj_w), N, F, C);
-  k::gelu_backward(d_hidden, at(m, a.hidden), d_hidden, static_cast<size_t>(N) * F);
-  k::matmul_backward(at(m, m.d_normed), grad(m, o.fc_w), grad(m, o.fc_b), d_hidden,
-                     at(m, a.normed), param(m, o.fc_w), N, C, F);
+  void* d_hidden = act(m, m.d_hidden);  // (B, T, F)
+  kb(m).matmul_backward(d_hidden, grad(m, o.mlp_proj_w), grad(m, o.mlp_proj_b), dh,
+                        act(m, a.hidden2), weight(m, o.mlp_proj_w), N, F, C);
+  kb(m).gelu_backward(d_hidden, act(m, a.hidden), d_hidden, static_cast<size_t>(N) * F);
+  kb(m).matmul_backward(act(m, m.d_normed), grad(m, o.fc_w), grad(m, o.fc_b), d_hidden,
+                        act(m, a.normed), weight(m, o.fc_w), N, C, F);
   norm_backward(m, o.norm2_w, o.norm2_b, a, N, d_input);
 }
 
@@ -153,9 +156,10 @@ bool starts_loop_iteration(const Model& m, int position) {
 
 }  // namespace
 
-Model model_layout(const ModelConfig& cfg) {
+Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::KernelBackend> backend) {
   Model m;
   m.config = cfg;
+  m.backend = backend ? std::move(backend) : make_backend(config::RuntimeConfig::CPU);
   m.V = cfg.vocab_size();
   m.C = cfg.d_model();
   m.H = cfg.n_heads();
@@ -182,8 +186,8 @@ Model model_layout(const ModelConfig& cfg) {
   return m;
 }
 
-Model model_create(const ModelConfig& cfg) {
-  Model m = model_layout(cfg);
+Model model_create(const ModelConfig& cfg, std::shared_ptr<const kernels::KernelBackend> backend) {
+  Model m = model_layout(cfg, std::move(backend));
   m.params.assign(m.num_params, 0.0f);
   m.grads.assign(m.num_params, 0.0f);
   return m;
@@ -194,7 +198,7 @@ void model_init(Model& m, uint64_t seed) {
   const double std_w = m.config.init_std();
   const double std_proj = std_w / std::sqrt(2.0 * static_cast<double>(m.unrolled.size()));
   for (const ParamTensor& t : m.tensors) {
-    float* p = param(m, t.offset);
+    float* p = m.params.data() + t.offset;
     const std::string& n = t.name;
     auto ends_with = [&](const std::string& s) {
       return n.size() >= s.size() && n.compare(n.size() - s.size(), s.size(), s) == 0;
@@ -211,6 +215,8 @@ void model_init(Model& m, uint64_t seed) {
 }
 
 namespace {
+
+size_t floats_for(size_t bytes) { return (bytes + sizeof(float) - 1) / sizeof(float); }
 
 // Lays the arena out for (B, T) into m's offsets; returns its size in floats.
 size_t plan_arena(Model& m, int B, int T) {
@@ -251,17 +257,23 @@ size_t plan_arena(Model& m, int B, int T) {
   const int hd = m.C / m.H;
   m.rope_cos = plan.take(static_cast<size_t>(m.max_T) * hd / 2);
   m.rope_sin = plan.take(static_cast<size_t>(m.max_T) * hd / 2);
-  m.attention_scratch = plan.take(k::attention_scratch_floats(T, m.plan_threads));
+  const kernels::KernelBackend& be = kb(m);
+  m.plan_attention_scratch_bytes = be.attention_scratch_bytes(B, T, m.C, m.H);
+  m.attention_scratch = plan.take(floats_for(m.plan_attention_scratch_bytes));
   const int chunk = std::min<int>(m.config.lm_head_chunk(), static_cast<int>(N));
-  m.lm_head_scratch = plan.take(k::lm_head_scratch_floats(chunk, m.V));
+  m.lm_head_scratch = plan.take(floats_for(be.lm_head_scratch_bytes(chunk, m.V)));
+  // One scratch serves every norm backward (one kind per model) and the embedding backward.
+  const size_t norm_bytes = is_layernorm(m) ? be.layernorm_backward_scratch_bytes(B * T, m.C)
+                                            : be.rmsnorm_backward_scratch_bytes(B * T, m.C);
+  m.norm_scratch = plan.take(floats_for(norm_bytes));
+  m.embedding_scratch = plan.take(floats_for(be.embedding_backward_scratch_bytes(B, T, m.C)));
   return plan.used;
 }
 
 }  // namespace
 
 size_t model_arena_floats(const Model& model, int B, int T) {
-  Model copy = model_layout(model.config);
-  copy.plan_threads = k::thread_count();  // attention scratch is per thread
+  Model copy = model_layout(model.config, model.backend);
   return plan_arena(copy, B, T);
 }
 
@@ -270,12 +282,11 @@ void model_plan(Model& m, int B, int T) {
   LOOM_CHECK(T <= m.max_T);
   m.plan_B = B;
   m.plan_T = T;
-  m.plan_threads = k::thread_count();
   m.arena.assign(plan_arena(m, B, T), 0.0f);
   const int hd = m.C / m.H;
   const size_t N = static_cast<size_t>(B) * T;
   if (is_rotary(m))
-    k::rope_table(at(m, m.rope_cos), at(m, m.rope_sin), m.max_T, hd, m.config.rope_theta());
+    kb(m).rope_table(stat(m, m.rope_cos), stat(m, m.rope_sin), m.max_T, hd, m.config.rope_theta());
   m.inputs.assign(N, 0);
   m.targets.assign(N, 0);
 }
@@ -283,16 +294,21 @@ void model_plan(Model& m, int B, int T) {
 double model_forward(Model& m, const int* inputs, const int* targets, int B, int T,
                      float loss_grad_scale) {
   LOOM_CHECK(B <= m.plan_B && T <= m.plan_T);
-  LOOM_CHECK(k::thread_count() == m.plan_threads);
+  // On the CPU the attention scratch is per thread: the thread count must not have grown.
+  LOOM_CHECK(kb(m).attention_scratch_bytes(m.plan_B, m.plan_T, m.C, m.H) <=
+             m.plan_attention_scratch_bytes);
+  const kernels::KernelBackend& be = kb(m);
   const int N = B * T, d = m.delay;
   const size_t NC = static_cast<size_t>(N) * m.C;
   std::copy(inputs, inputs + N, m.inputs.begin());
   if (targets) std::copy(targets, targets + N, m.targets.begin());
 
-  float* r = at(m, m.stream);
-  auto pending_slot = [&](int sublayer) { return at(m, m.pending) + (sublayer % d) * NC; };
-  k::embedding_forward(r, m.inputs.data(), param(m, m.wte), is_rotary(m) ? nullptr : param(m, m.wpe),
-                       B, T, m.C);
+  void* r = act(m, m.stream);
+  auto pending_slot = [&](int sublayer) {
+    return act_offset(m, act(m, m.pending), (sublayer % d) * NC);
+  };
+  be.embedding_forward(r, m.inputs.data(), weight(m, m.wte),
+                       is_rotary(m) ? nullptr : weight(m, m.wpe), B, T, m.C);
 
   const int positions = static_cast<int>(m.unrolled.size());
   for (int p = 0; p < positions; ++p) {
@@ -300,17 +316,17 @@ double model_forward(Model& m, const int* inputs, const int* targets, int B, int
     const int first = 2 * p;
     if (m.config.input_injection() && p == m.loop_begin) {
       // The prelude's output is the stream with its pending sub-layer outputs added.
-      float* e = at(m, m.injected);
-      std::memcpy(e, r, NC * sizeof(float));
-      for (int j = std::max(0, first - d); j < first; ++j) k::vector_add(e, pending_slot(j), NC);
+      void* e = act(m, m.injected);
+      be.copy(e, r, NC);
+      for (int j = std::max(0, first - d); j < first; ++j) be.vector_add(e, pending_slot(j), NC);
     } else if (m.config.input_injection() && starts_loop_iteration(m, p)) {
-      k::vector_add(r, at(m, m.injected), NC);
+      be.vector_add(r, act(m, m.injected), NC);
     }
     for (int sub = 0; sub < 2; ++sub) {
       const int i = first + sub;
-      if (i >= d) k::vector_add(r, pending_slot(i - d), NC);
+      if (i >= d) be.vector_add(r, pending_slot(i - d), NC);
       const SublayerActs& a = m.acts[i];
-      std::memcpy(at(m, a.input), r, NC * sizeof(float));
+      be.copy(act(m, a.input), r, NC);
       // Slot i % d held h_{i−d}, just added to r: free for h_i.
       if (sub == 0)
         attention_sublayer_forward(m, o, a, B, T, pending_slot(i));
@@ -319,40 +335,43 @@ double model_forward(Model& m, const int* inputs, const int* targets, int B, int
     }
   }
   const int n = 2 * positions;
-  for (int j = std::max(0, n - d); j < n; ++j) k::vector_add(r, pending_slot(j), NC);
+  for (int j = std::max(0, n - d); j < n; ++j) be.vector_add(r, pending_slot(j), NC);
 
   if (is_layernorm(m))
-    k::layernorm_forward(at(m, m.normed_f), at(m, m.mean_f), at(m, m.rstd_f), r,
-                         param(m, m.norm_f_w), param(m, m.norm_f_b), N, m.C, m.config.norm_eps());
+    be.layernorm_forward(act(m, m.normed_f), stat(m, m.mean_f), stat(m, m.rstd_f), r,
+                         weight(m, m.norm_f_w), weight(m, m.norm_f_b), N, m.C, m.config.norm_eps());
   else
-    k::rmsnorm_forward(at(m, m.normed_f), at(m, m.rstd_f), r, param(m, m.norm_f_w), N, m.C,
+    be.rmsnorm_forward(act(m, m.normed_f), stat(m, m.rstd_f), r, weight(m, m.norm_f_w), N, m.C,
                        m.config.norm_eps());
   if (!targets) return 0.0;
   const bool want_grad = loss_grad_scale > 0.0f;
   const int chunk = std::min<int>(m.config.lm_head_chunk(), N);
-  const double loss_sum = k::lm_head_cross_entropy(
-      want_grad ? at(m, m.d_normed_f) : nullptr, want_grad ? lm_head_grad(m) : nullptr,
-      at(m, m.normed_f), lm_head_weight(m), m.targets.data(), N, m.C, m.V, loss_grad_scale,
-      at(m, m.lm_head_scratch), chunk);
+  const double loss_sum = be.lm_head_cross_entropy(
+      want_grad ? act(m, m.d_normed_f) : nullptr, want_grad ? lm_head_grad(m) : nullptr,
+      act(m, m.normed_f), lm_head_weight(m), m.targets.data(), N, m.C, m.V, loss_grad_scale,
+      act(m, m.lm_head_scratch), chunk);
   return loss_sum / N;
 }
 
 void model_backward(Model& m, int B, int T, const GradsFinalFn& on_grads_final) {
+  const kernels::KernelBackend& be = kb(m);
   const int N = B * T, d = m.delay;
   const size_t NC = static_cast<size_t>(N) * m.C;
-  float* dr = at(m, m.d_stream);
-  float* de = at(m, m.d_injected);
-  auto d_pending_slot = [&](int sublayer) { return at(m, m.d_pending) + (sublayer % d) * NC; };
+  void* dr = act(m, m.d_stream);
+  void* de = act(m, m.d_injected);
+  auto d_pending_slot = [&](int sublayer) {
+    return act_offset(m, act(m, m.d_pending), (sublayer % d) * NC);
+  };
 
-  std::fill(dr, dr + NC, 0.0f);
+  be.zero(dr, NC);
   if (is_layernorm(m))
-    k::layernorm_backward(dr, grad(m, m.norm_f_w), grad(m, m.norm_f_b), at(m, m.d_normed_f),
-                          at(m, m.stream), param(m, m.norm_f_w), at(m, m.mean_f), at(m, m.rstd_f),
-                          N, m.C);
+    be.layernorm_backward(dr, grad(m, m.norm_f_w), grad(m, m.norm_f_b), act(m, m.d_normed_f),
+                          act(m, m.stream), weight(m, m.norm_f_w), stat(m, m.mean_f),
+                          stat(m, m.rstd_f), N, m.C, act(m, m.norm_scratch));
   else
-    k::rmsnorm_backward(dr, grad(m, m.norm_f_w), at(m, m.d_normed_f), at(m, m.stream),
-                        param(m, m.norm_f_w), at(m, m.rstd_f), N, m.C);
-  if (m.config.input_injection()) std::fill(de, de + NC, 0.0f);
+    be.rmsnorm_backward(dr, grad(m, m.norm_f_w), act(m, m.d_normed_f), act(m, m.stream),
+                        weight(m, m.norm_f_w), stat(m, m.rstd_f), N, m.C, act(m, m.norm_scratch));
+  if (m.config.input_injection()) be.zero(de, NC);
   // The final norm and the untied LM head (its gradient came from the forward) are done.
   auto layer_begin = [&](int u) { return m.layers[u].norm1_w; };
   auto layer_end = [&](int u) { return u + 1 < m.unique_layers ? layer_begin(u + 1) : m.norm_f_w; };
@@ -364,8 +383,7 @@ void model_backward(Model& m, int B, int T, const GradsFinalFn& on_grads_final) 
   // Reverse of the forward's final additions: every still-pending output sees dr.
   const int positions = static_cast<int>(m.unrolled.size());
   const int n = 2 * positions;
-  for (int j = std::max(0, n - d); j < n; ++j)
-    std::memcpy(d_pending_slot(j), dr, NC * sizeof(float));
+  for (int j = std::max(0, n - d); j < n; ++j) be.copy(d_pending_slot(j), dr, NC);
 
   for (int p = positions - 1; p >= 0; --p) {
     const LayerOffsets& o = m.layers[m.unrolled[p]];
@@ -378,28 +396,30 @@ void model_backward(Model& m, int B, int T, const GradsFinalFn& on_grads_final) 
       else
         mlp_sublayer_backward(m, o, a, B, T, d_pending_slot(i), dr);
       // Reverse of "r += h_{i−d}": h_{i−d} reached everything r reached from here on.
-      if (i >= d) std::memcpy(d_pending_slot(i - d), dr, NC * sizeof(float));
+      if (i >= d) be.copy(d_pending_slot(i - d), dr, NC);
     }
     if (m.config.input_injection() && p == m.loop_begin) {
       // Reverse of e = r + Σ pending: e's gradient flows to the stream and to those outputs.
-      k::vector_add(dr, de, NC);
-      for (int j = std::max(0, first - d); j < first; ++j) k::vector_add(d_pending_slot(j), de, NC);
+      be.vector_add(dr, de, NC);
+      for (int j = std::max(0, first - d); j < first; ++j) be.vector_add(d_pending_slot(j), de, NC);
     } else if (m.config.input_injection() && starts_loop_iteration(m, p)) {
-      k::vector_add(de, dr, NC);
+      be.vector_add(de, dr, NC);
     }
     const int u = m.unrolled[p];
     if (on_grads_final && first_use[u] == p) on_grads_final(layer_begin(u), layer_end(u) - layer_begin(u));
   }
-  k::embedding_backward(grad(m, m.wte), is_rotary(m) ? nullptr : grad(m, m.wpe), dr,
-                        m.inputs.data(), B, T, m.C);
+  be.embedding_backward(grad(m, m.wte), is_rotary(m) ? nullptr : grad(m, m.wpe), dr,
+                        m.inputs.data(), B, T, m.C, act(m, m.embedding_scratch));
   if (on_grads_final) on_grads_final(0, layer_begin(0));
 }
 
 void model_last_logits(Model& m, int B, int T, float* logits) {
+  // The matmul writes activations: float logits need an fp32 backend (host memory, for now).
+  LOOM_CHECK(kb(m).activation_bytes() == sizeof(float));
   for (int b = 0; b < B; ++b) {
-    const float* row = at(m, m.normed_f) + (static_cast<size_t>(b) * T + T - 1) * m.C;
-    k::matmul_forward(logits + static_cast<size_t>(b) * m.V, row, lm_head_weight(m), nullptr, 1,
-                      m.C, m.V);
+    const void* row = act_offset(m, act(m, m.normed_f), (static_cast<size_t>(b) * T + T - 1) * m.C);
+    kb(m).matmul_forward(logits + static_cast<size_t>(b) * m.V, row, lm_head_weight(m), nullptr, 1,
+                         m.C, m.V);
   }
 }
 

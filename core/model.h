@@ -6,8 +6,10 @@
 // `r` receives sub-layer i's output h_i right before sub-layer i + delay runs (delay 1: standard;
 // delay 2: Ladder Residual), so between sub-layers the state is the stream plus `delay` pending
 // outputs. The shared block's gradients accumulate over every iteration that used it.
+// Every kernel runs through the model's KernelBackend (kernels/backend.h); the model's code
+// does not depend on which backend, nor on its activation type.
 //
-//   loom::Model model = loom::model_create(cfg.model());
+//   loom::Model model = loom::model_create(cfg.model());   // or (cfg.model(), make_backend(…))
 //   loom::model_init(model, seed);
 //   loom::model_plan(model, B, T);                    // activation arena, once
 //   double loss = loom::model_forward(model, inputs, targets, B, T, 1.0f / (B * T));
@@ -16,9 +18,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "loom.pb.h"
 
 namespace loom {
@@ -39,7 +43,8 @@ struct LayerOffsets {
   size_t norm2_w, norm2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b;
 };
 
-// Saved activations of one sub-layer application (offsets into the arena, in floats).
+// Saved activations of one sub-layer application (offsets into the arena, in floats). Regions
+// are planned at 4 bytes per element, so they also hold narrower (bf16) activations.
 struct SublayerActs {
   size_t input;     // (B, T, C) the stream this sub-layer read
   size_t normed;    // (B, T, C) its pre-norm's output
@@ -52,6 +57,10 @@ struct SublayerActs {
 
 struct Model {
   config::ModelConfig config;
+  // Runs every kernel. Shared, not owned: Model is a copyable value (model_arena_floats copies
+  // it), and models on one device share its backend (stream, handles). Never null after
+  // model_layout / model_create.
+  std::shared_ptr<const kernels::KernelBackend> backend;
   int V = 0, C = 0, H = 0, F = 0, max_T = 0;
   int delay = 1;                     // 1 standard, 2 ladder
   int unique_layers = 0;             // prelude + block + coda
@@ -66,7 +75,7 @@ struct Model {
 
   // Activation arena, sized by model_plan for at most plan_B × plan_T tokens.
   int plan_B = 0, plan_T = 0;
-  int plan_threads = 0;              // attention scratch is per thread: the count must not change
+  size_t plan_attention_scratch_bytes = 0;  // planned; the backend's need must not grow
   std::vector<float> arena;
   std::vector<SublayerActs> acts;    // per sub-layer application, 2 per unrolled position
   size_t stream = 0;                 // (B, T, C) residual stream r
@@ -77,17 +86,22 @@ struct Model {
   size_t d_stream = 0, d_pending = 0, d_injected = 0;  // gradients of the above
   size_t d_normed = 0, d_hidden = 0, d_hidden2 = 0;    // per-sub-layer backward temporaries
   size_t rope_cos = 0, rope_sin = 0;  // (max_T, hd/2)
-  size_t attention_scratch = 0, lm_head_scratch = 0;
+  size_t attention_scratch = 0, lm_head_scratch = 0;  // sized by the backend (0 bytes: unused)
+  size_t norm_scratch = 0, embedding_scratch = 0;
   std::vector<int> inputs, targets;  // (B, T) of the last forward
 };
 
-// Builds the parameter layout for `cfg` (validated) with zeroed buffers.
-Model model_create(const config::ModelConfig& cfg);
+// Builds the parameter layout for `cfg` (validated) with zeroed buffers. A null backend means
+// the CPU backend.
+Model model_create(const config::ModelConfig& cfg,
+                   std::shared_ptr<const kernels::KernelBackend> backend = nullptr);
 
 // The parameter layout alone (tensors, offsets, num_params), with no buffers: for planning.
-Model model_layout(const config::ModelConfig& cfg);
+Model model_layout(const config::ModelConfig& cfg,
+                   std::shared_ptr<const kernels::KernelBackend> backend = nullptr);
 
-// Floats model_plan(B, T) would allocate for the activation arena at the current thread count.
+// Floats model_plan(B, T) would allocate for the activation arena with the model's backend (on
+// the CPU: at the current thread count).
 size_t model_arena_floats(const Model& model, int B, int T);
 
 // GPT-2 initialisation from a seeded generator: weights N(0, init_std), output projections

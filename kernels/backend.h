@@ -1,0 +1,123 @@
+// The kernel backend: the one seam between the model's math and the kernels that run it.
+//
+// kernels/cpu/ and kernels/cuda/ implement the same kernels as free functions; the CUDA ones are
+// templated on the activation type (float or __nv_bfloat16) and take a Context first. A
+// KernelBackend binds one implementation, its activation type and (on a GPU) its context behind
+// one virtual method per kernel the model uses, so core/model.cpp computes the same layers on any
+// backend. Backends are created in one place, loom::make_backend (core/backend.h).
+//
+// Pointer kinds, the same on every backend:
+//   activations (`void*` / `const void*`): elements of activation_bytes() each (4: fp32 on the
+//     CPU; 2 for a bf16 GPU backend), in the backend's memory. The weights a kernel reads (matmul
+//     and norm weights and biases, embedding tables, the LM head) are passed the same way: a
+//     low-precision backend reads a copy of the fp32 master weights in its activation type.
+//   statistics (`float*`): mean, rstd (N) of the norms, lse (B, H, T) of attention, the rotary
+//     cos/sin tables (T, hd/2). Always fp32.
+//   parameter gradients (`float*`): always fp32, always accumulated (+=).
+//   tokens and targets (`const int*`).
+//   scratch (`void*`): at least the number of bytes the matching *_scratch_bytes method returns.
+// Overwrite / accumulate contracts are those of the kernels/cpu headers and are repeated below.
+// Kernels may run asynchronously on a device; only lm_head_cross_entropy returns a value (and so
+// waits for its own work).
+//
+//   std::shared_ptr<const loom::kernels::KernelBackend> be = loom::make_backend(device);
+//   std::vector<char> scratch(be->attention_scratch_bytes(B, T, C, H));
+//   be->attention_forward(out, lse, qkv, B, T, C, H, scratch.data());
+#pragma once
+#include <cstddef>
+
+namespace loom::kernels {
+
+class KernelBackend {
+ public:
+  virtual ~KernelBackend() = default;
+
+  // Short name for logs and errors ("cpu", "cuda-bf16", ...).
+  virtual const char* name() const = 0;
+  // Bytes of one activation element: 4 for fp32, 2 for bf16.
+  virtual size_t activation_bytes() const = 0;
+
+  // --- memory of activations (may live on a device) ---
+  // dst (n) = src (n), n activation elements; the ranges do not overlap.
+  virtual void copy(void* dst, const void* src, size_t n) const = 0;
+  // x (n) = 0.
+  virtual void zero(void* x, size_t n) const = 0;
+
+  // --- embedding ---
+  // out (B, T, C) = wte[tokens[b, t]] + wpe[t] — overwritten. wpe may be null (rotary models).
+  virtual void embedding_forward(void* out, const int* tokens, const void* wte, const void* wpe,
+                                 int B, int T, int C) const = 0;
+  virtual size_t embedding_backward_scratch_bytes(int B, int T, int C) const = 0;
+  // dwte (V, C) += scatter of dout rows by token; dwpe (T, C) += Σ_b dout (skipped when null).
+  // Deterministic.
+  virtual void embedding_backward(float* dwte, float* dwpe, const void* dout, const int* tokens,
+                                  int B, int T, int C, void* scratch) const = 0;
+
+  // --- pre-norms over the last dimension C of N rows ---
+  // out (N, C) = (inp − mean) · rstd · weight + bias — overwritten; mean, rstd (N) saved.
+  virtual void layernorm_forward(void* out, float* mean, float* rstd, const void* inp,
+                                 const void* weight, const void* bias, int N, int C,
+                                 float eps) const = 0;
+  virtual size_t layernorm_backward_scratch_bytes(int N, int C) const = 0;
+  // dinp (N, C) +=; dweight (C) +=; dbias (C) +=.
+  virtual void layernorm_backward(void* dinp, float* dweight, float* dbias, const void* dout,
+                                  const void* inp, const void* weight, const float* mean,
+                                  const float* rstd, int N, int C, void* scratch) const = 0;
+  // out (N, C) = inp · rstd · weight, rstd = 1/sqrt(mean(inp²) + eps) — overwritten; rstd saved.
+  virtual void rmsnorm_forward(void* out, float* rstd, const void* inp, const void* weight, int N,
+                               int C, float eps) const = 0;
+  virtual size_t rmsnorm_backward_scratch_bytes(int N, int C) const = 0;
+  // dinp (N, C) +=; dweight (C) +=.
+  virtual void rmsnorm_backward(void* dinp, float* dweight, const void* dout, const void* inp,
+                                const void* weight, const float* rstd, int N, int C,
+                                void* scratch) const = 0;
+
+  // --- dense layers, weights (OC, IC) as torch.nn.Linear ---
+  // out (N, OC) = inp (N, IC) · weight (OC, IC)ᵀ + bias (OC) — overwritten. bias may be null.
+  virtual void matmul_forward(void* out, const void* inp, const void* weight, const void* bias,
+                              int N, int IC, int OC) const = 0;
+  // dinp (N, IC) = dout · weight — overwritten; skipped when null.
+  // dweight (OC, IC) += doutᵀ · inp; dbias (OC) += Σ_n dout[n] (skipped when null).
+  virtual void matmul_backward(void* dinp, float* dweight, float* dbias, const void* dout,
+                               const void* inp, const void* weight, int N, int IC,
+                               int OC) const = 0;
+
+  // --- causal multi-head attention over qkv (B, T, 3C), H heads of hd = C / H ---
+  virtual size_t attention_scratch_bytes(int B, int T, int C, int H) const = 0;
+  // out (B, T, C) and lse (B, H, T) — overwritten.
+  virtual void attention_forward(void* out, float* lse, const void* qkv, int B, int T, int C, int H,
+                                 void* scratch) const = 0;
+  // dqkv (B, T, 3C) — overwritten — from dout (B, T, C) and the forward's qkv, out, lse.
+  virtual void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
+                                  const float* lse, int B, int T, int C, int H,
+                                  void* scratch) const = 0;
+
+  // --- rotary position embedding ---
+  // cos, sin (T, hd/2) — overwritten — for positions 0..T−1.
+  virtual void rope_table(float* cos, float* sin, int T, int hd, float theta) const = 0;
+  // Rotates q and k of qkv (B, T, 3C) in place; inverse applies −θ (the backward).
+  virtual void rope_apply(void* qkv, const float* cos, const float* sin, int B, int T, int C, int H,
+                          bool inverse) const = 0;
+
+  // --- elementwise ---
+  // out (n) = gelu(inp), tanh approximation — overwritten. out may alias inp.
+  virtual void gelu_forward(void* out, const void* inp, size_t n) const = 0;
+  // dinp (n) = gelu'(inp) · dout — overwritten. dinp may alias dout.
+  virtual void gelu_backward(void* dinp, const void* inp, const void* dout, size_t n) const = 0;
+  // y (n) += x (n).
+  virtual void vector_add(void* y, const void* x, size_t n) const = 0;
+  // y (n) = a (n) + b (n). y may alias a or b.
+  virtual void vector_sum(void* y, const void* a, const void* b, size_t n) const = 0;
+
+  // --- fused LM head + cross-entropy, in row chunks of the (N, V) logits ---
+  virtual size_t lm_head_scratch_bytes(int chunk, int V) const = 0;
+  // logits = x (N, C) · weight (V, C)ᵀ; returns Σ_n logsumexp(logits_n) − logits_n[targets[n]]
+  // (summed in double). When dx is non-null, with dlogits = (softmax − onehot) · grad_scale:
+  // dx (N, C) = dlogits · weight — overwritten; dweight (V, C) += dlogitsᵀ · x (skipped when
+  // null). Waits for the result.
+  virtual double lm_head_cross_entropy(void* dx, float* dweight, const void* x, const void* weight,
+                                       const int* targets, int N, int C, int V, float grad_scale,
+                                       void* scratch, int chunk) const = 0;
+};
+
+}  // namespace loom::kernels

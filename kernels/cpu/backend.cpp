@@ -1,0 +1,121 @@
+#include "kernels/cpu/backend.h"
+
+#include <cstring>
+
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/gelu.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/norm.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/threads.h"
+#include "kernels/cpu/vector.h"
+
+namespace loom::kernels::cpu {
+namespace {
+
+// Activations are fp32 on the CPU: the void pointers of the interface are float pointers.
+float* f(void* p) { return static_cast<float*>(p); }
+const float* f(const void* p) { return static_cast<const float*>(p); }
+
+class CpuBackend final : public KernelBackend {
+ public:
+  const char* name() const override { return "cpu"; }
+  size_t activation_bytes() const override { return sizeof(float); }
+
+  void copy(void* dst, const void* src, size_t n) const override {
+    std::memcpy(dst, src, n * sizeof(float));
+  }
+  void zero(void* x, size_t n) const override { std::memset(x, 0, n * sizeof(float)); }
+
+  void embedding_forward(void* out, const int* tokens, const void* wte, const void* wpe, int B,
+                         int T, int C) const override {
+    cpu::embedding_forward(f(out), tokens, f(wte), f(wpe), B, T, C);
+  }
+  size_t embedding_backward_scratch_bytes(int, int, int) const override { return 0; }
+  void embedding_backward(float* dwte, float* dwpe, const void* dout, const int* tokens, int B,
+                          int T, int C, void*) const override {
+    cpu::embedding_backward(dwte, dwpe, f(dout), tokens, B, T, C);
+  }
+
+  void layernorm_forward(void* out, float* mean, float* rstd, const void* inp, const void* weight,
+                         const void* bias, int N, int C, float eps) const override {
+    cpu::layernorm_forward(f(out), mean, rstd, f(inp), f(weight), f(bias), N, C, eps);
+  }
+  size_t layernorm_backward_scratch_bytes(int, int) const override { return 0; }
+  void layernorm_backward(void* dinp, float* dweight, float* dbias, const void* dout,
+                          const void* inp, const void* weight, const float* mean, const float* rstd,
+                          int N, int C, void*) const override {
+    cpu::layernorm_backward(f(dinp), dweight, dbias, f(dout), f(inp), f(weight), mean, rstd, N, C);
+  }
+  void rmsnorm_forward(void* out, float* rstd, const void* inp, const void* weight, int N, int C,
+                       float eps) const override {
+    cpu::rmsnorm_forward(f(out), rstd, f(inp), f(weight), N, C, eps);
+  }
+  size_t rmsnorm_backward_scratch_bytes(int, int) const override { return 0; }
+  void rmsnorm_backward(void* dinp, float* dweight, const void* dout, const void* inp,
+                        const void* weight, const float* rstd, int N, int C, void*) const override {
+    cpu::rmsnorm_backward(f(dinp), dweight, f(dout), f(inp), f(weight), rstd, N, C);
+  }
+
+  void matmul_forward(void* out, const void* inp, const void* weight, const void* bias, int N,
+                      int IC, int OC) const override {
+    cpu::matmul_forward(f(out), f(inp), f(weight), f(bias), N, IC, OC);
+  }
+  void matmul_backward(void* dinp, float* dweight, float* dbias, const void* dout, const void* inp,
+                       const void* weight, int N, int IC, int OC) const override {
+    cpu::matmul_backward(f(dinp), dweight, dbias, f(dout), f(inp), f(weight), N, IC, OC);
+  }
+
+  // Per-thread scratch: sized for the thread count in effect now.
+  size_t attention_scratch_bytes(int, int T, int, int) const override {
+    return attention_scratch_floats(T, thread_count()) * sizeof(float);
+  }
+  void attention_forward(void* out, float* lse, const void* qkv, int B, int T, int C, int H,
+                         void* scratch) const override {
+    cpu::attention_forward(f(out), lse, f(qkv), B, T, C, H, f(scratch));
+  }
+  void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
+                          const float* lse, int B, int T, int C, int H,
+                          void* scratch) const override {
+    cpu::attention_backward(f(dqkv), f(dout), f(qkv), f(out), lse, B, T, C, H, f(scratch));
+  }
+
+  void rope_table(float* cos, float* sin, int T, int hd, float theta) const override {
+    cpu::rope_table(cos, sin, T, hd, theta);
+  }
+  void rope_apply(void* qkv, const float* cos, const float* sin, int B, int T, int C, int H,
+                  bool inverse) const override {
+    cpu::rope_apply(f(qkv), cos, sin, B, T, C, H, inverse);
+  }
+
+  void gelu_forward(void* out, const void* inp, size_t n) const override {
+    cpu::gelu_forward(f(out), f(inp), n);
+  }
+  void gelu_backward(void* dinp, const void* inp, const void* dout, size_t n) const override {
+    cpu::gelu_backward(f(dinp), f(inp), f(dout), n);
+  }
+  void vector_add(void* y, const void* x, size_t n) const override {
+    cpu::vector_add(f(y), f(x), n);
+  }
+  void vector_sum(void* y, const void* a, const void* b, size_t n) const override {
+    cpu::vector_sum(f(y), f(a), f(b), n);
+  }
+
+  size_t lm_head_scratch_bytes(int chunk, int V) const override {
+    return lm_head_scratch_floats(chunk, V) * sizeof(float);
+  }
+  double lm_head_cross_entropy(void* dx, float* dweight, const void* x, const void* weight,
+                               const int* targets, int N, int C, int V, float grad_scale,
+                               void* scratch, int chunk) const override {
+    return cpu::lm_head_cross_entropy(f(dx), dweight, f(x), f(weight), targets, N, C, V, grad_scale,
+                                      f(scratch), chunk);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<KernelBackend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+}  // namespace loom::kernels::cpu

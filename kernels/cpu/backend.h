@@ -1,0 +1,16 @@
+// The CPU kernel backend: fp32 activations in host memory, forwarding to the kernels::cpu
+// functions (OpenBLAS + OpenMP). Stateless apart from the process's thread count
+// (kernels/cpu/threads.h), which sizes the attention scratch: plan with the count you compute with.
+//
+//   std::unique_ptr<loom::kernels::KernelBackend> cpu = loom::kernels::cpu::make_cpu_backend();
+//   cpu->matmul_forward(out, inp, weight, bias, N, IC, OC);
+#pragma once
+#include <memory>
+
+#include "kernels/backend.h"
+
+namespace loom::kernels::cpu {
+
+std::unique_ptr<KernelBackend> make_cpu_backend();
+
+}  // namespace loom::kernels::cpu
