@@ -183,6 +183,8 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   for (int r = 0; r < cfg.loops(); ++r)
     for (int j = 0; j < K; ++j) m.unrolled.push_back(P + j);
   for (int i = 0; i < Q; ++i) m.unrolled.push_back(P + K + i);
+  m.first_use.assign(m.unique_layers, -1);
+  for (int p = static_cast<int>(m.unrolled.size()) - 1; p >= 0; --p) m.first_use[m.unrolled[p]] = p;
   return m;
 }
 
@@ -376,9 +378,6 @@ void model_backward(Model& m, int B, int T, const GradsFinalFn& on_grads_final) 
   auto layer_begin = [&](int u) { return m.layers[u].norm1_w; };
   auto layer_end = [&](int u) { return u + 1 < m.unique_layers ? layer_begin(u + 1) : m.norm_f_w; };
   if (on_grads_final) on_grads_final(m.norm_f_w, m.num_params - m.norm_f_w);
-  // A unique layer's gradients are final after the backward of its first application.
-  std::vector<int> first_use(m.unique_layers, -1);
-  for (int p = static_cast<int>(m.unrolled.size()) - 1; p >= 0; --p) first_use[m.unrolled[p]] = p;
 
   // Reverse of the forward's final additions: every still-pending output sees dr.
   const int positions = static_cast<int>(m.unrolled.size());
@@ -406,7 +405,8 @@ void model_backward(Model& m, int B, int T, const GradsFinalFn& on_grads_final) 
       be.vector_add(de, dr, NC);
     }
     const int u = m.unrolled[p];
-    if (on_grads_final && first_use[u] == p) on_grads_final(layer_begin(u), layer_end(u) - layer_begin(u));
+    // A unique layer's gradients are final after the backward of its first application.
+    if (on_grads_final && m.first_use[u] == p) on_grads_final(layer_begin(u), layer_end(u) - layer_begin(u));
   }
   be.embedding_backward(grad(m, m.wte), is_rotary(m) ? nullptr : grad(m, m.wpe), dr,
                         m.inputs.data(), B, T, m.C, act(m, m.embedding_scratch));

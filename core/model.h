@@ -66,6 +66,7 @@ struct Model {
   int unique_layers = 0;             // prelude + block + coda
   std::vector<int> unrolled;         // unique layer of each unrolled position
   int loop_begin = 0;                // first unrolled position of loop iteration 0
+  std::vector<int> first_use;        // unrolled position of each unique layer's first application
 
   std::vector<ParamTensor> tensors;  // in buffer order
   std::vector<LayerOffsets> layers;  // per unique layer

@@ -289,7 +289,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
                                   cfg.parallel().zero_stage() == 1,
                                   cfg.parallel().overlap_grad_reduce());
   }
-  const bool zero = distributed && reducer.zero;
+  const bool zero = reducer.zero;  // only set for a distributed run
   Optimizer optimizer = zero ? optimizer_create(model, grad_reducer_owned(reducer))
                              : optimizer_create(model);
   DataLoader loader{&train_data, t.seed(), t.shuffle()};

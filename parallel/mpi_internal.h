@@ -121,6 +121,7 @@ class MpiRuntime {
   bool stopping_ = false;                            // guarded by mutex_
   // Progress thread only:
   std::list<std::unique_ptr<PendingOp>> waiting_;    // issued, not yet posted (order kept)
+  std::vector<const GroupState*> held_;              // post_ready's groups held back this poll
   // Set by the first operation that fails (error, timeout, injected failure). From then on no
   // MPI call is made for the caller's operations — their buffers may be freed while the job
   // aborts — and every open or later operation fails at once.

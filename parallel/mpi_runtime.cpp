@@ -161,7 +161,8 @@ void MpiRuntime::run() {
 // earlier one of its group is unposted, delayed (fault injection) or still posting chunks.
 bool MpiRuntime::post_ready(MpiClock::time_point now) {
   bool progress = false;
-  std::vector<const GroupState*> held;
+  std::vector<const GroupState*>& held = held_;  // reused: this runs on every poll
+  held.clear();
   for (auto it = waiting_.begin(); it != waiting_.end();) {
     PendingOp& op = **it;
     GroupState* group = op.group;
