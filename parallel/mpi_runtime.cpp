@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 
 #include "core/error.h"
@@ -97,8 +98,7 @@ void MpiRuntime::enqueue(std::unique_ptr<PendingOp> op) {
   {
     std::lock_guard lock(mutex_);
     op->index = op->group->issued++;
-    if (f.action != FaultInjection::Action::kNone && f.rank == world_rank &&
-        f.group == op->group->name && f.op == op->index) {
+    if (f.applies_to(world_rank, op->group->name, op->index)) {
       if (f.action == FaultInjection::Action::kKill) raise(SIGKILL);
       if (f.action == FaultInjection::Action::kFail) {
         const std::string error = "injected failure of " + op->what + " #" +
@@ -146,6 +146,15 @@ void MpiRuntime::run() {
     // Back off while operations are open but nothing moves, so ranks that share cores with
     // their computing peers do not steal them.
     if (progress) {
+      idle_rounds = 0;
+    } else if (posted_.empty() && !waiting_.empty()) {
+      // Only operations that are not due yet (LOOM_FAULT delay) are open: sleep until the first
+      // is due instead of polling, so an emulated link latency costs the ranks no compute time.
+      MpiClock::time_point first_due = MpiClock::time_point::max();
+      for (const auto& op : waiting_) first_due = std::min(first_due, op->due);
+      std::unique_lock lock(mutex_);
+      wake_.wait_until(lock, std::min(first_due, now + std::chrono::milliseconds(5)),
+                       [&] { return !incoming_.empty(); });
       idle_rounds = 0;
     } else if (!posted_.empty() || !waiting_.empty()) {
       ++idle_rounds;
@@ -357,6 +366,11 @@ std::string MpiRuntime::diagnose(const PendingOp& op, double waited_s) {
   return out.str();
 }
 
+bool FaultInjection::applies_to(int global_rank, const std::string& group_name, long index) const {
+  return action != Action::kNone && (rank == kEveryRank || rank == global_rank) &&
+         group == group_name && (op == kEveryOp || op == index);
+}
+
 FaultInjection parse_fault_injection(const std::string& spec) {
   FaultInjection f;
   if (spec.empty()) return f;
@@ -368,25 +382,32 @@ FaultInjection parse_fault_injection(const std::string& spec) {
     const std::string key = item.substr(0, eq), value = eq == std::string::npos ? "" : item.substr(eq + 1);
     auto bad = [&] {
       return Error("LOOM_FAULT \"" + spec + "\": bad item \"" + item +
-                   "\"; expected rank=R,group=G,op=K,action=delay|fail|kill[,seconds=S]");
+                   "\"; expected rank=R|*,group=G,op=K|*,action=delay|fail|kill[,seconds=S] "
+                   "(* = every rank or every operation)");
     };
     // The whole value must be the number: "rank=1x" or "op=3.5" is a typo, not rank 1 or op 3.
+    // Negative numbers are typos too (and -1 would read as "every").
     auto whole = [&](auto parse) {
       size_t used = 0;
       const auto number = parse(value, &used);
-      if (used != value.size()) throw bad();
+      if (used != value.size() || !(number >= 0)) throw bad();
       return number;
     };
     try {
       if (key == "rank") {
-        f.rank = whole([](const std::string& v, size_t* used) { return std::stoi(v, used); });
+        f.rank = value == "*"
+                     ? FaultInjection::kEveryRank
+                     : whole([](const std::string& v, size_t* used) { return std::stoi(v, used); });
         has_rank = true;
       } else if (key == "group") {
         f.group = value;
       } else if (key == "op") {
-        f.op = whole([](const std::string& v, size_t* used) { return std::stol(v, used); });
+        f.op = value == "*"
+                   ? FaultInjection::kEveryOp
+                   : whole([](const std::string& v, size_t* used) { return std::stol(v, used); });
       } else if (key == "seconds") {
         f.seconds = whole([](const std::string& v, size_t* used) { return std::stod(v, used); });
+        if (!std::isfinite(f.seconds)) throw bad();
       } else if (key == "action") {
         has_action = true;
         if (value == "delay") f.action = FaultInjection::Action::kDelay;
@@ -401,7 +422,8 @@ FaultInjection parse_fault_injection(const std::string& spec) {
     }
   }
   if (!has_rank || !has_action || f.group.empty())
-    throw Error("LOOM_FAULT \"" + spec + "\" needs rank=, group= and action=");
+    throw Error("LOOM_FAULT \"" + spec + "\" needs rank=, group= and action= (syntax: "
+                "rank=R|*,group=G,op=K|*,action=delay|fail|kill[,seconds=S])");
   return f;
 }
 

@@ -21,17 +21,26 @@ namespace loom {
 
 // Makes a chosen rank's operation misbehave, so timeouts and dead ranks are tested rather than
 // hoped for. Operations are counted per group, from 0, in the order they are issued.
+// With op = kEveryOp every operation of the group misbehaves: for kDelay that is a fixed latency
+// added to each operation (each is posted `seconds` after it was issued; a group's operations
+// still post in issue order, so operations issued close together complete close together, as
+// over a slow link), for kFail and kKill the group's first operation.
 struct FaultInjection {
   enum class Action { kNone, kDelay, kFail, kKill };
+  static constexpr int kEveryRank = -1;  // rank=*
+  static constexpr long kEveryOp = -1;   // op=*
   Action action = Action::kNone;
-  int rank = -1;        // global rank that misbehaves
-  std::string group;    // group name ("world", "dp", ...)
-  long op = 0;          // index of the operation on that group
-  double seconds = 0;   // kDelay: the operation is posted this much later
+  int rank = 0;        // global rank that misbehaves, or kEveryRank
+  std::string group;   // group name ("world", "dp", ...)
+  long op = 0;         // index of the operation on that group, or kEveryOp
+  double seconds = 0;  // kDelay: the operation is posted this much later
+
+  // Whether operation `index` of group `group_name`, issued on `global_rank`, misbehaves.
+  bool applies_to(int global_rank, const std::string& group_name, long index) const;
 };
 
-// Parses "rank=R,group=G,op=K,action=delay|fail|kill[,seconds=S]" (LOOM_FAULT); "" = none.
-// Throws loom::Error naming the bad part.
+// Parses "rank=R|*,group=G,op=K|*,action=delay|fail|kill[,seconds=S]" (LOOM_FAULT); "" = none.
+// "*" means every rank or every operation. Throws loom::Error naming the bad part.
 FaultInjection parse_fault_injection(const std::string& spec);
 
 struct MpiRuntimeOptions {

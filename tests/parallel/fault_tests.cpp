@@ -9,9 +9,16 @@
 //          waited for ("global rank 1"), and not rank 2, which had posted it.
 // fail:    global rank 1's world operation #3 fails at once (action=fail): its wait() throws
 //          CommError; rank 0 times out waiting for global rank 1.
+// latency: every world operation of every rank is posted 0.05 s after it was issued
+//          (rank=*,group=world,op=*,action=delay: a slow link's latency). Four all-reduces issued
+//          back to back all complete about 0.05 s after they were issued — pipelined, not one
+//          after the other (which would take 0.2 s) — and another group is not delayed. This
+//          scenario ends normally (any number of ranks ≥ 2).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -55,9 +62,74 @@ void verdict(const std::string& scenario, int rank, const std::string& failure,
   std::_Exit(1);
 }
 
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+int run_latency_test() {
+  const std::string scenario = "latency";
+  constexpr double kLatency = 0.05;
+  constexpr int kOps = 4;
+  MpiRuntimeOptions options;
+  options.timeout_s = 30;
+  options.fault = parse_fault_injection("rank=*,group=world,op=*,action=delay,seconds=0.05");
+  std::unique_ptr<MpiRuntime> mpi = mpi_runtime_init(options);
+  const int rank = mpi_world_rank(*mpi);
+  std::unique_ptr<Communicator> world = mpi_world(*mpi);
+  std::unique_ptr<Communicator> other = mpi_split(*mpi, "other", 0, rank);
+  const int p = world->size();
+  std::string failure;
+  std::ostringstream detail;
+  detail.precision(3);
+
+  // Line the ranks up (this all-reduce is delayed too), then time one on the undelayed group.
+  float x = 1;
+  world->all_reduce(&x, 1);
+  auto start = std::chrono::steady_clock::now();
+  x = 1;
+  other->all_reduce(&x, 1);
+  const double undelayed = seconds_since(start);
+  detail << "group other: " << undelayed << " s; world:";
+  if (x != static_cast<float>(p)) failure = "the all-reduce on group other gave a wrong sum";
+  if (failure.empty() && undelayed > 0.8 * kLatency)
+    failure = "the all-reduce on group other was delayed too";
+
+  std::vector<float> values(kOps);
+  std::vector<WorkPtr> works;
+  start = std::chrono::steady_clock::now();
+  for (int k = 0; k < kOps; ++k) {
+    values[k] = static_cast<float>(rank + k);
+    works.push_back(world->all_reduce_async(&values[k], 1, DataType::kFloat32, ReduceOp::kSum));
+  }
+  if (works[0]->is_completed()) failure = "the first all-reduce completed before its latency";
+  std::vector<double> done_after(kOps);
+  for (int k = 0; k < kOps; ++k) {
+    try {
+      works[k]->wait();
+    } catch (const CommError& e) {
+      if (failure.empty()) failure = std::string("wait() threw: ") + e.what();
+    }
+    done_after[k] = seconds_since(start);
+    detail << ' ' << done_after[k];
+    if (values[k] != static_cast<float>(p * (p - 1) / 2 + p * k) && failure.empty())
+      failure = "all-reduce " + std::to_string(k) + " gave a wrong sum";
+  }
+  detail << " s after issue";
+  if (failure.empty() && done_after[0] < 0.9 * kLatency)
+    failure = "the first all-reduce completed before the injected latency";
+  // One after the other they would need kOps × kLatency = 0.2 s.
+  if (failure.empty() && done_after[kOps - 1] > 3 * kLatency)
+    failure = "the all-reduces were not pipelined: the last completed after " +
+              std::to_string(done_after[kOps - 1]) + " s";
+  verdict(scenario, rank, failure, detail.str());
+  world->barrier();
+  return failure.empty() ? 0 : 1;
+}
+
 }  // namespace
 
 int run_fault_test(const std::string& scenario) {
+  if (scenario == "latency") return run_latency_test();
   MpiRuntimeOptions options;
   options.timeout_s = 2;
   if (scenario == "timeout")
@@ -65,7 +137,7 @@ int run_fault_test(const std::string& scenario) {
   else if (scenario == "fail")
     options.fault = parse_fault_injection("rank=1,group=world,op=3,action=fail");
   else {
-    std::fprintf(stderr, "unknown --fault-test=%s (timeout or fail)\n", scenario.c_str());
+    std::fprintf(stderr, "unknown --fault-test=%s (timeout, fail or latency)\n", scenario.c_str());
     return 2;
   }
   std::unique_ptr<MpiRuntime> mpi = mpi_runtime_init(options);

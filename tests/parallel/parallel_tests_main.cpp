@@ -2,9 +2,9 @@
 // process; only rank 0 prints gtest's report, other ranks print their failures; every rank exits
 // non-zero when any rank failed.
 //
-// `--fault-test=timeout` and `--fault-test=fail` run a fault-injection scenario instead of the
-// tests (see fault_tests.cpp): a timed-out collective leaves MPI unusable, so those scenarios end
-// the job with MPI_Abort and are judged by their output (run_fault_test.sh).
+// `--fault-test=timeout|fail|latency` runs a fault-injection scenario instead of the tests (see
+// fault_tests.cpp): a timed-out collective leaves MPI unusable, so timeout and fail end the job
+// with MPI_Abort; every scenario is judged by its output (run_fault_test.sh).
 #include <gtest/gtest.h>
 
 #include <cstdio>

@@ -45,6 +45,36 @@ TEST(FaultInjection, ParsesGoodSpecs) {
   EXPECT_EQ(f.op, 0);
   EXPECT_EQ(parse_fault_injection("rank=2,group=tp,op=0,action=kill").action,
             FaultInjection::Action::kKill);
+  f = parse_fault_injection("rank=*,group=tp,op=*,action=delay,seconds=0.02");
+  EXPECT_EQ(f.rank, FaultInjection::kEveryRank);
+  EXPECT_EQ(f.op, FaultInjection::kEveryOp);
+  EXPECT_DOUBLE_EQ(f.seconds, 0.02);
+}
+
+TEST(FaultInjection, AppliesToTheChosenRanksGroupAndOperations) {
+  const FaultInjection none;
+  EXPECT_FALSE(none.applies_to(0, "", 0));
+
+  const FaultInjection one = parse_fault_injection("rank=1,group=dp,op=3,action=fail");
+  EXPECT_TRUE(one.applies_to(1, "dp", 3));
+  EXPECT_FALSE(one.applies_to(0, "dp", 3));
+  EXPECT_FALSE(one.applies_to(1, "dp", 2));
+  EXPECT_FALSE(one.applies_to(1, "tp", 3));
+
+  // A per-operation latency on every rank: every operation of tp, nothing else.
+  const FaultInjection every = parse_fault_injection("rank=*,group=tp,op=*,action=delay,seconds=1");
+  for (int rank : {0, 1, 7})
+    for (long op : {0L, 1L, 1000L}) {
+      EXPECT_TRUE(every.applies_to(rank, "tp", op)) << "rank " << rank << " op " << op;
+      EXPECT_FALSE(every.applies_to(rank, "dp", op)) << "rank " << rank << " op " << op;
+    }
+
+  const FaultInjection every_op = parse_fault_injection("rank=2,group=world,op=*,action=delay");
+  EXPECT_TRUE(every_op.applies_to(2, "world", 5));
+  EXPECT_FALSE(every_op.applies_to(1, "world", 5));
+  const FaultInjection every_rank = parse_fault_injection("rank=*,group=world,op=4,action=kill");
+  EXPECT_TRUE(every_rank.applies_to(3, "world", 4));
+  EXPECT_FALSE(every_rank.applies_to(3, "world", 5));
 }
 
 TEST(FaultInjection, RejectsBadSpecsNamingThePart) {
@@ -59,6 +89,13 @@ TEST(FaultInjection, RejectsBadSpecsNamingThePart) {
       {"rank=1,action=fail", "group="},                // missing group
       {"rank=1x,group=world,action=fail", "rank=1x"},  // trailing junk after a number
       {"rank=1,group=world,op=3.5,action=fail", "op=3.5"},
+      // Negative numbers are not a spelling of "every" (*).
+      {"rank=-1,group=world,action=fail", "rank=-1"},
+      {"rank=1,group=world,op=-1,action=fail", "op=-1"},
+      {"rank=1,group=world,action=delay,seconds=-2", "seconds=-2"},
+      {"rank=1,group=world,action=delay,seconds=inf", "seconds=inf"},
+      {"rank=**,group=world,action=fail", "rank=**"},
+      {"rank=1,group=world,op=*3,action=fail", "op=*3"},
   };
   for (const auto& [spec, named] : bad) {
     try {
@@ -67,6 +104,9 @@ TEST(FaultInjection, RejectsBadSpecsNamingThePart) {
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find(named), std::string::npos)
           << "the message for \"" << spec << "\" does not name \"" << named << "\": " << e.what();
+      EXPECT_NE(std::string(e.what()).find("rank=R|*,group=G,op=K|*,action=delay|fail|kill"),
+                std::string::npos)
+          << "the message for \"" << spec << "\" does not show the syntax: " << e.what();
     }
   }
 }
