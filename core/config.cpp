@@ -319,10 +319,10 @@ void validate_config(const config::RunConfig& cfg) {
 
 void validate_trainable(const config::RunConfig& cfg) {
   const auto& p = cfg.parallel();
-  for (auto [name, size] : {std::pair{"tp", p.tp()}, {"pp", p.pp()}, {"sp", p.sp()}})
+  for (auto [name, size] : {std::pair{"pp", p.pp()}, {"sp", p.sp()}})
     require(size == 1, std::string("parallel.") + name + " = " + num(size) +
-                           ": this version of loom trains data-parallel layouts only; tensor, "
-                           "pipeline and sequence parallelism are not implemented yet (set "
+                           ": this version of loom trains data- and tensor-parallel layouts "
+                           "only; pipeline and sequence parallelism are not implemented yet (set "
                            "parallel." + name + "=1; `loom plan` shows such layouts)");
 }
 

@@ -1,11 +1,13 @@
 #include "core/model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "core/backend.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/tensor_parallel.h"
 
 namespace loom {
 namespace {
@@ -15,10 +17,20 @@ using config::ModelConfig;
 bool is_layernorm(const Model& m) { return m.config.norm() == ModelConfig::LAYERNORM; }
 bool is_rotary(const Model& m) { return m.config.position() == ModelConfig::ROTARY; }
 
-size_t add_tensor(Model& m, std::string name, std::vector<int64_t> shape, bool decay) {
+// Adds a tensor of global shape `shape`; with shard_dim ≥ 0 this rank holds its slice of that
+// dimension (seen as `groups` groups, each cut into tp slices; see ParamTensor).
+size_t add_tensor(Model& m, std::string name, std::vector<int64_t> shape, bool decay,
+                  int shard_dim = -1, int groups = 1) {
+  std::vector<int64_t> local = shape;
+  if (shard_dim >= 0) {
+    const int64_t group = shape[shard_dim] / groups;
+    // A vocabulary (the only dimension tp need not divide) is padded to a multiple of tp.
+    local[shard_dim] = groups * ((group + m.tp.size - 1) / m.tp.size);
+  }
   size_t size = 1;
-  for (int64_t d : shape) size *= static_cast<size_t>(d);
-  m.tensors.push_back({std::move(name), std::move(shape), m.num_params, size, decay});
+  for (int64_t d : local) size *= static_cast<size_t>(d);
+  m.tensors.push_back({std::move(name), std::move(local), m.num_params, size, decay,
+                       std::move(shape), shard_dim, groups});
   m.num_params += size;
   return m.tensors.back().offset;
 }
@@ -29,15 +41,17 @@ void add_layer(Model& m, const std::string& prefix) {
   LayerOffsets o{};
   o.norm1_w = add_tensor(m, prefix + "norm1.weight", {C}, false);
   if (ln) o.norm1_b = add_tensor(m, prefix + "norm1.bias", {C}, false);
-  o.qkv_w = add_tensor(m, prefix + "attn.qkv.weight", {3 * C, C}, true);
-  o.qkv_b = add_tensor(m, prefix + "attn.qkv.bias", {3 * C}, false);
-  o.attn_proj_w = add_tensor(m, prefix + "attn.proj.weight", {C, C}, true);
+  // Column-parallel: this rank's heads' rows of q, k and v.
+  o.qkv_w = add_tensor(m, prefix + "attn.qkv.weight", {3 * C, C}, true, 0, 3);
+  o.qkv_b = add_tensor(m, prefix + "attn.qkv.bias", {3 * C}, false, 0, 3);
+  // Row-parallel: the input columns of this rank's heads; the bias is added once, by tp rank 0.
+  o.attn_proj_w = add_tensor(m, prefix + "attn.proj.weight", {C, C}, true, 1);
   o.attn_proj_b = add_tensor(m, prefix + "attn.proj.bias", {C}, false);
   o.norm2_w = add_tensor(m, prefix + "norm2.weight", {C}, false);
   if (ln) o.norm2_b = add_tensor(m, prefix + "norm2.bias", {C}, false);
-  o.fc_w = add_tensor(m, prefix + "mlp.fc.weight", {F, C}, true);
-  o.fc_b = add_tensor(m, prefix + "mlp.fc.bias", {F}, false);
-  o.mlp_proj_w = add_tensor(m, prefix + "mlp.proj.weight", {C, F}, true);
+  o.fc_w = add_tensor(m, prefix + "mlp.fc.weight", {F, C}, true, 0);
+  o.fc_b = add_tensor(m, prefix + "mlp.fc.bias", {F}, false, 0);
+  o.mlp_proj_w = add_tensor(m, prefix + "mlp.proj.weight", {C, F}, true, 1);
   o.mlp_proj_b = add_tensor(m, prefix + "mlp.proj.bias", {C}, false);
   m.layers.push_back(o);
 }
@@ -65,6 +79,31 @@ void* act_offset(const Model& m, void* base, size_t elements) {
 const void* weight(Model& m, size_t offset) { return m.params.data() + offset; }
 float* grad(Model& m, size_t offset) { return m.grads.data() + offset; }
 
+// A row-parallel layer's bias: added by tp rank 0 only, so the all-reduced sum holds it once.
+const void* row_parallel_bias(Model& m, size_t offset) {
+  return m.tp.rank == 0 ? weight(m, offset) : nullptr;
+}
+
+// Starts completing a sub-layer's partial sum x (n activations) over the tensor-parallel group;
+// null when tp = 1 (nothing to complete).
+WorkPtr tp_sum_start(Model& m, void* x, size_t n) {
+  if (!m.tp.comm) return nullptr;
+  // Host fp32 activations (the MPI backend); a device backend brings its own communicator.
+  LOOM_CHECK(kb(m).activation_bytes() == sizeof(float));
+  return m.tp.comm->all_reduce_async(x, n, DataType::kFloat32, ReduceOp::kSum);
+}
+
+// Waits for (and clears) an all-reduce started by tp_sum_start; the time blocked is exposed
+// communication.
+void tp_wait(Model& m, WorkPtr& work) {
+  if (!work) return;
+  const auto start = std::chrono::steady_clock::now();
+  work->wait();
+  m.tp_wait_seconds +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  work.reset();
+}
+
 const void* lm_head_weight(Model& m) {
   return weight(m, m.config.tie_embeddings() ? m.wte : m.lm_head);
 }
@@ -79,73 +118,74 @@ void norm_forward(Model& m, size_t w, size_t b, const SublayerActs& a, int N) {
                           m.config.norm_eps());
 }
 
-// d_input += backward of the pre-norm, from the gradient of its output in d_normed.
-void norm_backward(Model& m, size_t w, size_t b, const SublayerActs& a, int N, void* d_input) {
+// d_input += backward of the pre-norm, from the (complete) gradient of its output.
+void norm_backward(Model& m, size_t w, size_t b, const SublayerActs& a, int N, const void* d_normed,
+                   void* d_input) {
   if (is_layernorm(m))
-    kb(m).layernorm_backward(d_input, grad(m, w), grad(m, b), act(m, m.d_normed), act(m, a.input),
+    kb(m).layernorm_backward(d_input, grad(m, w), grad(m, b), d_normed, act(m, a.input),
                              weight(m, w), stat(m, a.mean), stat(m, a.rstd), N, m.C,
                              act(m, m.norm_scratch));
   else
-    kb(m).rmsnorm_backward(d_input, grad(m, w), act(m, m.d_normed), act(m, a.input), weight(m, w),
+    kb(m).rmsnorm_backward(d_input, grad(m, w), d_normed, act(m, a.input), weight(m, w),
                            stat(m, a.rstd), N, m.C, act(m, m.norm_scratch));
 }
 
-// h (B, T, C) = Attn(norm1(input)).
+// h (B, T, C) = Attn(norm1(input)): this rank's heads' part of it (all of it when tp = 1).
 void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
                                 int T, void* h) {
-  const int N = B * T, C = m.C;
+  const int N = B * T, C = m.C, Cl = m.Cl;
   norm_forward(m, o.norm1_w, o.norm1_b, a, N);
   kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.qkv_w), weight(m, o.qkv_b),
-                       N, C, 3 * C);
+                       N, C, 3 * Cl);
   if (is_rotary(m))
-    kb(m).rope_apply(act(m, a.hidden), stat(m, m.rope_cos), stat(m, m.rope_sin), B, T, C, m.H,
+    kb(m).rope_apply(act(m, a.hidden), stat(m, m.rope_cos), stat(m, m.rope_sin), B, T, Cl, m.Hl,
                      false);
-  kb(m).attention_forward(act(m, a.hidden2), stat(m, a.lse), act(m, a.hidden), B, T, C, m.H,
+  kb(m).attention_forward(act(m, a.hidden2), stat(m, a.lse), act(m, a.hidden), B, T, Cl, m.Hl,
                           act(m, m.attention_scratch));
-  kb(m).matmul_forward(h, act(m, a.hidden2), weight(m, o.attn_proj_w), weight(m, o.attn_proj_b), N,
-                       C, C);
+  kb(m).matmul_forward(h, act(m, a.hidden2), weight(m, o.attn_proj_w),
+                       row_parallel_bias(m, o.attn_proj_b), N, Cl, C);
 }
 
-// h (B, T, C) = MLP(norm2(input)).
+// h (B, T, C) = MLP(norm2(input)): this rank's part of it.
 void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
                           void* h) {
-  const int N = B * T, C = m.C, F = m.F;
+  const int N = B * T, C = m.C, Fl = m.Fl;
   norm_forward(m, o.norm2_w, o.norm2_b, a, N);
   kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.fc_w), weight(m, o.fc_b), N,
-                       C, F);
-  kb(m).gelu_forward(act(m, a.hidden2), act(m, a.hidden), static_cast<size_t>(N) * F);
-  kb(m).matmul_forward(h, act(m, a.hidden2), weight(m, o.mlp_proj_w), weight(m, o.mlp_proj_b), N, F,
-                       C);
+                       C, Fl);
+  kb(m).gelu_forward(act(m, a.hidden2), act(m, a.hidden), static_cast<size_t>(N) * Fl);
+  kb(m).matmul_forward(h, act(m, a.hidden2), weight(m, o.mlp_proj_w),
+                       row_parallel_bias(m, o.mlp_proj_b), N, Fl, C);
 }
 
-// d_input += Jᵀ dh for the attention sub-layer.
+// d_normed (B, T, C) = this rank's part of the gradient of the attention sub-layer's pre-norm
+// output, from dh (complete on every rank) — overwritten. The pre-norm's own backward waits
+// until the tensor-parallel sum has completed it (backward_finish).
 void attention_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
-                                 int T, const void* dh, void* d_input) {
-  const int N = B * T, C = m.C;
-  void* d_attn = act(m, m.d_hidden2);  // (B, T, C)
-  void* d_qkv = act(m, m.d_hidden);    // (B, T, 3C)
+                                 int T, const void* dh, void* d_normed) {
+  const int N = B * T, C = m.C, Cl = m.Cl;
+  void* d_attn = act(m, m.d_hidden2);  // (B, T, Cl)
+  void* d_qkv = act(m, m.d_hidden);    // (B, T, 3Cl)
   kb(m).matmul_backward(d_attn, grad(m, o.attn_proj_w), grad(m, o.attn_proj_b), dh,
-                        act(m, a.hidden2), weight(m, o.attn_proj_w), N, C, C);
+                        act(m, a.hidden2), weight(m, o.attn_proj_w), N, Cl, C);
   kb(m).attention_backward(d_qkv, d_attn, act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B, T,
-                           C, m.H, act(m, m.attention_scratch));
+                           Cl, m.Hl, act(m, m.attention_scratch));
   if (is_rotary(m))
-    kb(m).rope_apply(d_qkv, stat(m, m.rope_cos), stat(m, m.rope_sin), B, T, C, m.H, true);
-  kb(m).matmul_backward(act(m, m.d_normed), grad(m, o.qkv_w), grad(m, o.qkv_b), d_qkv,
-                        act(m, a.normed), weight(m, o.qkv_w), N, C, 3 * C);
-  norm_backward(m, o.norm1_w, o.norm1_b, a, N, d_input);
+    kb(m).rope_apply(d_qkv, stat(m, m.rope_cos), stat(m, m.rope_sin), B, T, Cl, m.Hl, true);
+  kb(m).matmul_backward(d_normed, grad(m, o.qkv_w), grad(m, o.qkv_b), d_qkv, act(m, a.normed),
+                        weight(m, o.qkv_w), N, C, 3 * Cl);
 }
 
-// d_input += Jᵀ dh for the MLP sub-layer.
+// The MLP's counterpart of attention_sublayer_backward.
 void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
-                           const void* dh, void* d_input) {
-  const int N = B * T, C = m.C, F = m.F;
-  void* d_hidden = act(m, m.d_hidden);  // (B, T, F)
+                           const void* dh, void* d_normed) {
+  const int N = B * T, C = m.C, Fl = m.Fl;
+  void* d_hidden = act(m, m.d_hidden);  // (B, T, Fl)
   kb(m).matmul_backward(d_hidden, grad(m, o.mlp_proj_w), grad(m, o.mlp_proj_b), dh,
-                        act(m, a.hidden2), weight(m, o.mlp_proj_w), N, F, C);
-  kb(m).gelu_backward(d_hidden, act(m, a.hidden), d_hidden, static_cast<size_t>(N) * F);
-  kb(m).matmul_backward(act(m, m.d_normed), grad(m, o.fc_w), grad(m, o.fc_b), d_hidden,
-                        act(m, a.normed), weight(m, o.fc_w), N, C, F);
-  norm_backward(m, o.norm2_w, o.norm2_b, a, N, d_input);
+                        act(m, a.hidden2), weight(m, o.mlp_proj_w), N, Fl, C);
+  kb(m).gelu_backward(d_hidden, act(m, a.hidden), d_hidden, static_cast<size_t>(N) * Fl);
+  kb(m).matmul_backward(d_normed, grad(m, o.fc_w), grad(m, o.fc_b), d_hidden, act(m, a.normed),
+                        weight(m, o.fc_w), N, C, Fl);
 }
 
 bool starts_loop_iteration(const Model& m, int position) {
@@ -156,7 +196,8 @@ bool starts_loop_iteration(const Model& m, int position) {
 
 }  // namespace
 
-Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::KernelBackend> backend) {
+Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::KernelBackend> backend,
+                   TensorParallel tp) {
   Model m;
   m.config = cfg;
   m.backend = backend ? std::move(backend) : make_backend(config::RuntimeConfig::CPU);
@@ -166,15 +207,27 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   m.F = cfg.d_mlp();
   m.max_T = cfg.max_seq_len();
   m.delay = cfg.residual() == ModelConfig::LADDER ? 2 : 1;
+  LOOM_CHECK(tp.size >= 1 && tp.rank >= 0 && tp.rank < tp.size);
+  LOOM_CHECK(!tp.comm || tp.comm->size() == tp.size);  // no comm: a layout for planning
+  LOOM_CHECK(m.H % tp.size == 0 && m.F % tp.size == 0);  // validate_config says so to users
+  if (tp.size == 1) tp.comm = nullptr;
+  m.tp = tp;
+  m.Hl = m.H / tp.size;
+  m.Cl = m.Hl * (m.C / m.H);
+  m.Fl = m.F / tp.size;
+  m.vocab = vocab_shard(m.V, tp.size, tp.rank);
+  m.pending_work.resize(m.delay);
+  m.d_pending_work.resize(m.delay);
 
-  m.wte = add_tensor(m, "wte", {m.V, m.C}, true);
+  // Vocab-parallel: this rank's rows of the padded vocabulary.
+  m.wte = add_tensor(m, "wte", {m.V, m.C}, true, 0);
   if (!is_rotary(m)) m.wpe = add_tensor(m, "wpe", {m.max_T, m.C}, true);
   for (int i = 0; i < cfg.prelude_layers(); ++i) add_layer(m, "prelude." + std::to_string(i) + ".");
   for (int i = 0; i < cfg.block_layers(); ++i) add_layer(m, "block." + std::to_string(i) + ".");
   for (int i = 0; i < cfg.coda_layers(); ++i) add_layer(m, "coda." + std::to_string(i) + ".");
   m.norm_f_w = add_tensor(m, "norm_f.weight", {m.C}, false);
   if (is_layernorm(m)) m.norm_f_b = add_tensor(m, "norm_f.bias", {m.C}, false);
-  if (!cfg.tie_embeddings()) m.lm_head = add_tensor(m, "lm_head.weight", {m.V, m.C}, true);
+  if (!cfg.tie_embeddings()) m.lm_head = add_tensor(m, "lm_head.weight", {m.V, m.C}, true, 0);
   m.unique_layers = static_cast<int>(m.layers.size());
 
   const int P = cfg.prelude_layers(), K = cfg.block_layers(), Q = cfg.coda_layers();
@@ -188,8 +241,9 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   return m;
 }
 
-Model model_create(const ModelConfig& cfg, std::shared_ptr<const kernels::KernelBackend> backend) {
-  Model m = model_layout(cfg, std::move(backend));
+Model model_create(const ModelConfig& cfg, std::shared_ptr<const kernels::KernelBackend> backend,
+                   TensorParallel tp) {
+  Model m = model_layout(cfg, std::move(backend), tp);
   m.params.assign(m.num_params, 0.0f);
   m.grads.assign(m.num_params, 0.0f);
   return m;
@@ -199,20 +253,24 @@ void model_init(Model& m, uint64_t seed) {
   Rng rng{seed};
   const double std_w = m.config.init_std();
   const double std_proj = std_w / std::sqrt(2.0 * static_cast<double>(m.unrolled.size()));
+  std::vector<float> whole;  // one global tensor at a time
   for (const ParamTensor& t : m.tensors) {
-    float* p = m.params.data() + t.offset;
+    size_t global_size = 1;
+    for (int64_t d : t.global_shape) global_size *= static_cast<size_t>(d);
+    whole.resize(global_size);
     const std::string& n = t.name;
     auto ends_with = [&](const std::string& s) {
       return n.size() >= s.size() && n.compare(n.size() - s.size(), s.size(), s) == 0;
     };
     if (t.shape.size() >= 2) {
       const double std = ends_with("proj.weight") ? std_proj : std_w;
-      for (size_t i = 0; i < t.size; ++i) p[i] = static_cast<float>(rng.normal() * std);
+      for (float& x : whole) x = static_cast<float>(rng.normal() * std);
     } else {
       const bool norm_weight = ends_with("norm1.weight") || ends_with("norm2.weight") ||
                                ends_with("norm_f.weight");
-      std::fill(p, p + t.size, norm_weight ? 1.0f : 0.0f);
+      std::fill(whole.begin(), whole.end(), norm_weight ? 1.0f : 0.0f);
     }
+    tensor_shard_extract(t, m.tp.rank, whole.data(), m.params.data() + t.offset);
   }
 }
 
@@ -222,7 +280,7 @@ size_t floats_for(size_t bytes) { return (bytes + sizeof(float) - 1) / sizeof(fl
 
 // Lays the arena out for (B, T) into m's offsets; returns its size in floats.
 size_t plan_arena(Model& m, int B, int T) {
-  const size_t N = static_cast<size_t>(B) * T, C = m.C, F = m.F, H = m.H;
+  const size_t N = static_cast<size_t>(B) * T, C = m.C, Cl = m.Cl, F = m.Fl, H = m.Hl;
   ArenaPlan plan;
   const int positions = static_cast<int>(m.unrolled.size());
   for (int p = 0; p < positions; ++p) {
@@ -233,8 +291,8 @@ size_t plan_arena(Model& m, int B, int T) {
       a.mean = plan.take(N);
       a.rstd = plan.take(N);
       if (sub == 0) {
-        a.hidden = plan.take(N * 3 * C);
-        a.hidden2 = plan.take(N * C);
+        a.hidden = plan.take(N * 3 * Cl);
+        a.hidden2 = plan.take(N * Cl);
         a.lse = plan.take(B * H * T);
       } else {
         a.hidden = plan.take(N * F);
@@ -253,17 +311,19 @@ size_t plan_arena(Model& m, int B, int T) {
   m.d_stream = plan.take(N * C);
   m.d_pending = plan.take(m.delay * N * C);
   m.d_injected = plan.take(N * C);
-  m.d_normed = plan.take(N * C);
-  m.d_hidden = plan.take(N * std::max(3 * C, F));
-  m.d_hidden2 = plan.take(N * std::max(C, F));
+  m.d_normed = plan.take(m.delay * N * C);
+  m.d_hidden = plan.take(N * std::max(3 * Cl, F));
+  m.d_hidden2 = plan.take(N * std::max(Cl, F));
   const int hd = m.C / m.H;
   m.rope_cos = plan.take(static_cast<size_t>(m.max_T) * hd / 2);
   m.rope_sin = plan.take(static_cast<size_t>(m.max_T) * hd / 2);
   const kernels::KernelBackend& be = kb(m);
-  m.plan_attention_scratch_bytes = be.attention_scratch_bytes(B, T, m.C, m.H);
+  m.plan_attention_scratch_bytes = be.attention_scratch_bytes(B, T, m.Cl, m.Hl);
   m.attention_scratch = plan.take(floats_for(m.plan_attention_scratch_bytes));
   const int chunk = std::min<int>(m.config.lm_head_chunk(), static_cast<int>(N));
-  m.lm_head_scratch = plan.take(floats_for(be.lm_head_scratch_bytes(chunk, m.V)));
+  m.lm_head_scratch = plan.take(floats_for(
+      m.tp.comm ? vocab_parallel_scratch_bytes(be, chunk, m.vocab.rows)
+                : be.lm_head_scratch_bytes(chunk, m.V)));
   // One scratch serves every norm backward (one kind per model) and the embedding backward.
   const size_t norm_bytes = is_layernorm(m) ? be.layernorm_backward_scratch_bytes(B * T, m.C)
                                             : be.rmsnorm_backward_scratch_bytes(B * T, m.C);
@@ -275,7 +335,7 @@ size_t plan_arena(Model& m, int B, int T) {
 }  // namespace
 
 size_t model_arena_floats(const Model& model, int B, int T) {
-  Model copy = model_layout(model.config, model.backend);
+  Model copy = model_layout(model.config, model.backend, model.tp);
   return plan_arena(copy, B, T);
 }
 
@@ -296,8 +356,9 @@ void model_plan(Model& m, int B, int T) {
 double model_forward(Model& m, const int* inputs, const int* targets, int B, int T,
                      float loss_grad_scale) {
   LOOM_CHECK(B <= m.plan_B && T <= m.plan_T);
+  LOOM_CHECK(m.tp.size == 1 || m.tp.comm);
   // On the CPU the attention scratch is per thread: the thread count must not have grown.
-  LOOM_CHECK(kb(m).attention_scratch_bytes(m.plan_B, m.plan_T, m.C, m.H) <=
+  LOOM_CHECK(kb(m).attention_scratch_bytes(m.plan_B, m.plan_T, m.Cl, m.Hl) <=
              m.plan_attention_scratch_bytes);
   const kernels::KernelBackend& be = kb(m);
   const int N = B * T, d = m.delay;
@@ -309,8 +370,17 @@ double model_forward(Model& m, const int* inputs, const int* targets, int B, int
   auto pending_slot = [&](int sublayer) {
     return act_offset(m, act(m, m.pending), (sublayer % d) * NC);
   };
+  // h_j, complete: its tensor-parallel sum has arrived.
+  auto pending_output = [&](int sublayer) {
+    tp_wait(m, m.pending_work[sublayer % d]);
+    return pending_slot(sublayer);
+  };
+  // Each rank looks up its vocabulary rows (zeros for the others); tp rank 0 adds positions.
   be.embedding_forward(r, m.inputs.data(), weight(m, m.wte),
-                       is_rotary(m) ? nullptr : weight(m, m.wpe), B, T, m.C);
+                       is_rotary(m) ? nullptr : row_parallel_bias(m, m.wpe), B, T, m.C,
+                       m.vocab.vocab_begin, m.vocab.rows);
+  WorkPtr embedded = tp_sum_start(m, r, NC);
+  tp_wait(m, embedded);
 
   const int positions = static_cast<int>(m.unrolled.size());
   for (int p = 0; p < positions; ++p) {
@@ -320,13 +390,15 @@ double model_forward(Model& m, const int* inputs, const int* targets, int B, int
       // The prelude's output is the stream with its pending sub-layer outputs added.
       void* e = act(m, m.injected);
       be.copy(e, r, NC);
-      for (int j = std::max(0, first - d); j < first; ++j) be.vector_add(e, pending_slot(j), NC);
+      for (int j = std::max(0, first - d); j < first; ++j) be.vector_add(e, pending_output(j), NC);
     } else if (m.config.input_injection() && starts_loop_iteration(m, p)) {
       be.vector_add(r, act(m, m.injected), NC);
     }
     for (int sub = 0; sub < 2; ++sub) {
       const int i = first + sub;
-      if (i >= d) be.vector_add(r, pending_slot(i - d), NC);
+      // Ladder: h_{i−2} is waited on here, after h_{i−1}'s all-reduce was started, so each
+      // all-reduce runs while the next sub-layer computes.
+      if (i >= d) be.vector_add(r, pending_output(i - d), NC);
       const SublayerActs& a = m.acts[i];
       be.copy(act(m, a.input), r, NC);
       // Slot i % d held h_{i−d}, just added to r: free for h_i.
@@ -334,10 +406,11 @@ double model_forward(Model& m, const int* inputs, const int* targets, int B, int
         attention_sublayer_forward(m, o, a, B, T, pending_slot(i));
       else
         mlp_sublayer_forward(m, o, a, B, T, pending_slot(i));
+      m.pending_work[i % d] = tp_sum_start(m, pending_slot(i), NC);
     }
   }
   const int n = 2 * positions;
-  for (int j = std::max(0, n - d); j < n; ++j) be.vector_add(r, pending_slot(j), NC);
+  for (int j = std::max(0, n - d); j < n; ++j) be.vector_add(r, pending_output(j), NC);
 
   if (is_layernorm(m))
     be.layernorm_forward(act(m, m.normed_f), stat(m, m.mean_f), stat(m, m.rstd_f), r,
@@ -348,10 +421,20 @@ double model_forward(Model& m, const int* inputs, const int* targets, int B, int
   if (!targets) return 0.0;
   const bool want_grad = loss_grad_scale > 0.0f;
   const int chunk = std::min<int>(m.config.lm_head_chunk(), N);
-  const double loss_sum = be.lm_head_cross_entropy(
-      want_grad ? act(m, m.d_normed_f) : nullptr, want_grad ? lm_head_grad(m) : nullptr,
-      act(m, m.normed_f), lm_head_weight(m), m.targets.data(), N, m.C, m.V, loss_grad_scale,
-      act(m, m.lm_head_scratch), chunk);
+  double loss_sum = 0.0;
+  if (m.tp.comm) {
+    // Vocabulary-parallel: full-vocabulary logits never exist on one rank; d_normed_f comes
+    // back complete (all-reduced).
+    loss_sum = vocab_parallel_cross_entropy(
+        be, *m.tp.comm, want_grad ? act(m, m.d_normed_f) : nullptr,
+        want_grad ? lm_head_grad(m) : nullptr, act(m, m.normed_f), lm_head_weight(m),
+        m.targets.data(), N, m.C, m.vocab, loss_grad_scale, act(m, m.lm_head_scratch), chunk);
+  } else {
+    loss_sum = be.lm_head_cross_entropy(
+        want_grad ? act(m, m.d_normed_f) : nullptr, want_grad ? lm_head_grad(m) : nullptr,
+        act(m, m.normed_f), lm_head_weight(m), m.targets.data(), N, m.C, m.V, loss_grad_scale,
+        act(m, m.lm_head_scratch), chunk);
+  }
   return loss_sum / N;
 }
 
@@ -363,6 +446,9 @@ void model_backward(Model& m, int B, int T, const GradsFinalFn& on_grads_final) 
   void* de = act(m, m.d_injected);
   auto d_pending_slot = [&](int sublayer) {
     return act_offset(m, act(m, m.d_pending), (sublayer % d) * NC);
+  };
+  auto d_normed_slot = [&](int sublayer) {
+    return act_offset(m, act(m, m.d_normed), (sublayer % d) * NC);
   };
 
   be.zero(dr, NC);
@@ -379,47 +465,82 @@ void model_backward(Model& m, int B, int T, const GradsFinalFn& on_grads_final) 
   auto layer_end = [&](int u) { return u + 1 < m.unique_layers ? layer_begin(u + 1) : m.norm_f_w; };
   if (on_grads_final) on_grads_final(m.norm_f_w, m.num_params - m.norm_f_w);
 
-  // Reverse of the forward's final additions: every still-pending output sees dr.
   const int positions = static_cast<int>(m.unrolled.size());
   const int n = 2 * positions;
-  for (int j = std::max(0, n - d); j < n; ++j) be.copy(d_pending_slot(j), dr, NC);
+  const int loop_begin_sublayer = m.config.input_injection() ? 2 * m.loop_begin : -1;
 
-  for (int p = positions - 1; p >= 0; --p) {
+  // Completes sub-layer j's backward: waits for its input gradient's tensor-parallel sum, runs
+  // its pre-norm's backward into dr — which then is the gradient of the stream as sub-layer j
+  // read it — and reverses what the forward did to the stream right before sub-layer j.
+  auto finish = [&](int j) {
+    const int p = j / 2;
     const LayerOffsets& o = m.layers[m.unrolled[p]];
-    const int first = 2 * p;
-    for (int sub = 1; sub >= 0; --sub) {
-      const int i = first + sub;
-      const SublayerActs& a = m.acts[i];
-      if (sub == 0)
-        attention_sublayer_backward(m, o, a, B, T, d_pending_slot(i), dr);
-      else
-        mlp_sublayer_backward(m, o, a, B, T, d_pending_slot(i), dr);
-      // Reverse of "r += h_{i−d}": h_{i−d} reached everything r reached from here on.
-      if (i >= d) be.copy(d_pending_slot(i - d), dr, NC);
-    }
-    if (m.config.input_injection() && p == m.loop_begin) {
-      // Reverse of e = r + Σ pending: e's gradient flows to the stream and to those outputs.
+    tp_wait(m, m.d_pending_work[j % d]);
+    if (j % 2 == 0)
+      norm_backward(m, o.norm1_w, o.norm1_b, m.acts[j], N, d_normed_slot(j), dr);
+    else
+      norm_backward(m, o.norm2_w, o.norm2_b, m.acts[j], N, d_normed_slot(j), dr);
+    if (j % 2 != 0) return;
+    if (j == loop_begin_sublayer) {
+      // Reverse of e = r + Σ pending: e's gradient flows to the stream (here) and to those
+      // outputs (when their gradients are set, below).
       be.vector_add(dr, de, NC);
-      for (int j = std::max(0, first - d); j < first; ++j) be.vector_add(d_pending_slot(j), de, NC);
     } else if (m.config.input_injection() && starts_loop_iteration(m, p)) {
       be.vector_add(de, dr, NC);
     }
     const int u = m.unrolled[p];
     // A unique layer's gradients are final after the backward of its first application.
-    if (on_grads_final && m.first_use[u] == p) on_grads_final(layer_begin(u), layer_end(u) - layer_begin(u));
+    if (on_grads_final && m.first_use[u] == p)
+      on_grads_final(layer_begin(u), layer_end(u) - layer_begin(u));
+  };
+
+  // Reverse of the forward's final additions: every still-pending output sees dr.
+  for (int j = std::max(0, n - d); j < n; ++j) be.copy(d_pending_slot(j), dr, NC);
+  // Sub-layer i's output h_i joined the stream right before sub-layer i + d, so its gradient is
+  // dr once sub-layer i + d is finished. Sub-layer i's own input-gradient all-reduce is started
+  // after its compute and waited on only when sub-layer i − d begins: with the ladder (d = 2)
+  // it runs during sub-layer i − 1's backward.
+  for (int i = n - 1; i >= -d; --i) {
+    if (i + d < n) finish(i + d);
+    if (i < 0) continue;
+    if (i + d < n) be.copy(d_pending_slot(i), dr, NC);
+    if (i > loop_begin_sublayer - d && i < loop_begin_sublayer)
+      be.vector_add(d_pending_slot(i), de, NC);  // pending outputs that joined e
+    const int p = i / 2;
+    const LayerOffsets& o = m.layers[m.unrolled[p]];
+    if (i % 2 == 0)
+      attention_sublayer_backward(m, o, m.acts[i], B, T, d_pending_slot(i), d_normed_slot(i));
+    else
+      mlp_sublayer_backward(m, o, m.acts[i], B, T, d_pending_slot(i), d_normed_slot(i));
+    m.d_pending_work[i % d] = tp_sum_start(m, d_normed_slot(i), NC);
   }
   be.embedding_backward(grad(m, m.wte), is_rotary(m) ? nullptr : grad(m, m.wpe), dr,
-                        m.inputs.data(), B, T, m.C, act(m, m.embedding_scratch));
+                        m.inputs.data(), B, T, m.C, m.vocab.vocab_begin, m.vocab.rows,
+                        act(m, m.embedding_scratch));
   if (on_grads_final) on_grads_final(0, layer_begin(0));
 }
 
 void model_last_logits(Model& m, int B, int T, float* logits) {
   // The matmul writes activations: float logits need an fp32 backend (host memory, for now).
   LOOM_CHECK(kb(m).activation_bytes() == sizeof(float));
+  const int rows = m.vocab.rows;
+  // (B, rows) of this rank's vocabulary, then (tp, B, rows) of every rank's.
+  std::vector<float> local(static_cast<size_t>(B) * rows);
   for (int b = 0; b < B; ++b) {
     const void* row = act_offset(m, act(m, m.normed_f), (static_cast<size_t>(b) * T + T - 1) * m.C);
-    kb(m).matmul_forward(logits + static_cast<size_t>(b) * m.V, row, lm_head_weight(m), nullptr, 1,
-                         m.C, m.V);
+    kb(m).matmul_forward(local.data() + static_cast<size_t>(b) * rows, row, lm_head_weight(m),
+                         nullptr, 1, m.C, rows);
+  }
+  std::vector<float> all(local.size() * m.tp.size);
+  if (m.tp.comm)
+    m.tp.comm->all_gather(local.data(), all.data(), all.size());
+  else
+    all = local;
+  for (int r = 0; r < m.tp.size; ++r) {
+    const VocabShard shard = vocab_shard(m.V, m.tp.size, r);
+    for (int b = 0; b < B; ++b)
+      std::copy_n(all.data() + (static_cast<size_t>(r) * B + b) * rows, shard.valid,
+                  logits + static_cast<size_t>(b) * m.V + shard.vocab_begin);
   }
 }
 

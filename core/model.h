@@ -9,6 +9,14 @@
 // Every kernel runs through the model's KernelBackend (kernels/backend.h); the model's code
 // does not depend on which backend, nor on its activation type.
 //
+// Tensor parallelism (Megatron): with tp ranks each holds 1/tp of the heads (column-parallel
+// QKV, row-parallel attention projection), of the MLP (column-parallel fc, row-parallel
+// projection) and of the padded vocabulary (embedding and LM head rows). Each sub-layer's output
+// is a partial sum that one all-reduce completes; in backward each sub-layer's partial input
+// gradient (of its pre-norm's output) is completed the same way. Those all-reduces are async and
+// waited on only when the result is first needed: with the standard residual at once, with Ladder
+// Residual one sub-layer later, so each hides behind a sub-layer of compute (DESIGN.md).
+//
 //   loom::Model model = loom::model_create(cfg.model());   // or (cfg.model(), make_backend(…))
 //   loom::model_init(model, seed);
 //   loom::model_plan(model, B, T);                    // activation arena, once
@@ -24,17 +32,31 @@
 
 #include "kernels/backend.h"
 #include "loom.pb.h"
+#include "parallel/communicator.h"
+#include "parallel/vocab_parallel.h"
 
 namespace loom {
 
+// This rank's place in the tensor-parallel group. comm is null when size is 1.
+struct TensorParallel {
+  int size = 1, rank = 0;
+  Communicator* comm = nullptr;  // not owned
+};
+
 // One named tensor inside the flat parameter buffer (and, at the same offset, the gradient and
-// optimizer buffers).
+// optimizer buffers). Under tensor parallelism the buffer holds this rank's shard of it: the
+// global tensor's dimension shard_dim, seen as shard_groups equal groups (3 for the fused QKV:
+// q, k, v), has each group cut into tp equal slices, this rank holding slice `rank` of every
+// group. A vocabulary dimension is padded up to a multiple of tp; padding rows stay zero.
 struct ParamTensor {
-  std::string name;            // e.g. "block.0.attn.qkv.weight" (docs/checkpoint-format.md)
-  std::vector<int64_t> shape;  // row-major
-  size_t offset = 0;           // in floats, into the flat buffer
-  size_t size = 0;             // elements
-  bool decay = false;          // AdamW weight decay applies (matrices and embeddings)
+  std::string name;                   // e.g. "block.0.attn.qkv.weight" (docs/checkpoint-format.md)
+  std::vector<int64_t> shape;         // this rank's piece, row-major
+  size_t offset = 0;                  // in floats, into the flat buffer
+  size_t size = 0;                    // elements of this rank's piece
+  bool decay = false;                 // AdamW weight decay applies (matrices and embeddings)
+  std::vector<int64_t> global_shape;  // the whole tensor (checkpoints store it)
+  int shard_dim = -1;                 // −1: replicated on every tensor-parallel rank
+  int shard_groups = 1;
 };
 
 // Offsets (in floats) of one unique layer's tensors. Bias offsets of RMSNorm layers are unused.
@@ -61,7 +83,10 @@ struct Model {
   // it), and models on one device share its backend (stream, handles). Never null after
   // model_layout / model_create.
   std::shared_ptr<const kernels::KernelBackend> backend;
-  int V = 0, C = 0, H = 0, F = 0, max_T = 0;
+  int V = 0, C = 0, H = 0, F = 0, max_T = 0;  // global sizes
+  TensorParallel tp;
+  int Cl = 0, Hl = 0, Fl = 0;        // this rank's attention width, heads and MLP width (÷ tp)
+  VocabShard vocab;                  // this rank's rows of the (padded) vocabulary
   int delay = 1;                     // 1 standard, 2 ladder
   int unique_layers = 0;             // prelude + block + coda
   std::vector<int> unrolled;         // unique layer of each unrolled position
@@ -85,28 +110,39 @@ struct Model {
   size_t normed_f = 0, mean_f = 0, rstd_f = 0;  // final norm: (B, T, C), (B, T), (B, T)
   size_t d_normed_f = 0;             // (B, T, C) ∂loss/∂normed_f from the fused LM head
   size_t d_stream = 0, d_pending = 0, d_injected = 0;  // gradients of the above
-  size_t d_normed = 0, d_hidden = 0, d_hidden2 = 0;    // per-sub-layer backward temporaries
+  size_t d_normed = 0;               // (delay, B, T, C) partial pre-norm output gradients
+  size_t d_hidden = 0, d_hidden2 = 0;  // per-sub-layer backward temporaries
   size_t rope_cos = 0, rope_sin = 0;  // (max_T, hd/2)
   size_t attention_scratch = 0, lm_head_scratch = 0;  // sized by the backend (0 bytes: unused)
   size_t norm_scratch = 0, embedding_scratch = 0;
   std::vector<int> inputs, targets;  // (B, T) of the last forward
+
+  // Tensor-parallel all-reduces in flight: forward outputs and backward input gradients, one per
+  // pending slot (at most `delay` each).
+  std::vector<WorkPtr> pending_work, d_pending_work;
+  double tp_wait_seconds = 0.0;      // time blocked on them, accumulated (reset by the caller)
 };
 
-// Builds the parameter layout for `cfg` (validated) with zeroed buffers. A null backend means
-// the CPU backend.
+// Builds the parameter layout for `cfg` (validated) with zeroed buffers: this rank's shards when
+// tp.size > 1 (tp.size must divide n_heads and d_mlp). A null backend means the CPU backend.
+// Forward, backward and model_last_logits are then collective over tp.comm.
 Model model_create(const config::ModelConfig& cfg,
-                   std::shared_ptr<const kernels::KernelBackend> backend = nullptr);
+                   std::shared_ptr<const kernels::KernelBackend> backend = nullptr,
+                   TensorParallel tp = {});
 
 // The parameter layout alone (tensors, offsets, num_params), with no buffers: for planning.
 Model model_layout(const config::ModelConfig& cfg,
-                   std::shared_ptr<const kernels::KernelBackend> backend = nullptr);
+                   std::shared_ptr<const kernels::KernelBackend> backend = nullptr,
+                   TensorParallel tp = {});
 
 // Floats model_plan(B, T) would allocate for the activation arena with the model's backend (on
 // the CPU: at the current thread count).
 size_t model_arena_floats(const Model& model, int B, int T);
 
 // GPT-2 initialisation from a seeded generator: weights N(0, init_std), output projections
-// N(0, init_std / sqrt(2 · unrolled layers)), biases 0, norm weights 1.
+// N(0, init_std / sqrt(2 · unrolled layers)), biases 0, norm weights 1. Each tensor is drawn
+// whole and this rank keeps its shard, so every tensor-parallel layout starts from the same
+// global weights.
 void model_init(Model& model, uint64_t seed);
 
 // Sizes the activation arena for micro-batches of up to B sequences of up to T tokens. Called
@@ -127,7 +163,8 @@ using GradsFinalFn = std::function<void(size_t offset, size_t count)>;
 // Accumulates parameter gradients of the last forward (which must have had loss_grad_scale > 0).
 void model_backward(Model& model, int B, int T, const GradsFinalFn& on_grads_final = {});
 
-// Logits (B, V) at the last position of each sequence, after model_forward without targets.
+// Logits (B, V) at the last position of each sequence, after model_forward without targets
+// (collective over tp: every rank gets all V).
 void model_last_logits(Model& model, int B, int T, float* logits);
 
 // Floating-point operations of one training step per token (forward + backward = 3 × forward

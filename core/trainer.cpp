@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/sample.h"
+#include "core/tensor_parallel.h"
 #include "kernels/cpu/threads.h"
 #include "kernels/cpu/vector.h"
 
@@ -204,6 +205,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, const config::RunConfi
   const size_t tokens = static_cast<size_t>(B) * T;
   GradReducer* reducer = parallel.reducer;
   std::fill(model.grads.begin(), model.grads.end(), 0.0f);
+  model.tp_wait_seconds = 0.0;
   StepResult result;
   // Each rank's gradients are the mean over its tokens; the reduction averages over ranks.
   const float scale = 1.0f / static_cast<float>(tokens * micro_batches);
@@ -224,20 +226,23 @@ StepResult train_step(Model& model, Optimizer& optimizer, const config::RunConfi
     }
   }
   const bool zero = reducer && reducer->zero;
+  // Σ g² of this rank's part of the global gradient: its ZeRO shard or its whole buffer, each
+  // global element counted on one tensor-parallel rank.
+  double squares = zero ? grad_sum_squares(model, optimizer.owned, reducer->shard.data())
+                        : grad_sum_squares(model, {ShardRange{0, model.num_params}},
+                                           model.grads.data());
+  const auto start = Clock::now();
+  if (model.tp.comm) model.tp.comm->all_reduce(&squares, 1);
   if (parallel.dp) {
-    const auto start = Clock::now();
     // Loss and, under ZeRO, the squared norms of the shards, in one all-reduce.
-    double sums[2] = {result.loss,
-                      zero ? kernels::cpu::vector_sum_squares(reducer->shard.data(),
-                                                              reducer->shard.size())
-                           : 0.0};
+    double sums[2] = {result.loss, zero ? squares : 0.0};
     parallel.dp->all_reduce(sums, 2, ReduceOp::kSum);
     result.loss = sums[0] / parallel.dp->size();
-    result.grad_norm = zero ? std::sqrt(sums[1]) : grad_norm(model);
-    result.comm_wait_s += std::chrono::duration<double>(Clock::now() - start).count();
-  } else {
-    result.grad_norm = grad_norm(model);
+    if (zero) squares = sums[1];
   }
+  result.grad_norm = std::sqrt(squares);
+  result.comm_wait_s += model.tp_wait_seconds +
+                        std::chrono::duration<double>(Clock::now() - start).count();
   result.finite = std::isfinite(result.loss) && std::isfinite(result.grad_norm);
   if (!result.finite) return result;
   optimizer_step(optimizer, model, cfg.optim(), lr,
@@ -277,7 +282,8 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / groups.local_ranks);
   threads = kernels::cpu::init_threads(threads);
 
-  Model model = model_create(cfg.model());
+  const TensorParallel tp{groups.mesh.tp, groups.coord.tp, groups.tp.get()};
+  Model model = model_create(cfg.model(), nullptr, tp);
   Rng rng{t.seed()};
   model_init(model, rng.next_u64());
   model_plan(model, B, T);
@@ -298,18 +304,33 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
 
   RunLog log(run_dir / "train.log", options.quiet, writer,
              groups.is_distributed() ? groups.label() + " " : "");
+  const bool tensor_parallel = tp.size > 1;
   if (options.resume) {
     CheckpointState state;
-    // Every rank reads the checkpoint (the run directory is on a shared file system); ZeRO
-    // ranks keep their shards of the global optimizer state.
-    Optimizer full = zero ? optimizer_create(model) : Optimizer{};
-    const std::string latest = resume_from(checkpoints_dir.string(), cfg, model,
-                                           zero ? &full : &optimizer, state, log);
-    if (zero) {
+    // Every rank reads the checkpoint (the run directory is on a shared file system), which
+    // holds global tensors; tensor-parallel ranks keep their shards of them, ZeRO ranks their
+    // shards of the optimizer state.
+    Model global = tensor_parallel ? model_create(cfg.model()) : Model{};
+    Model& loaded = tensor_parallel ? global : model;
+    Optimizer full = zero || tensor_parallel ? optimizer_create(loaded) : Optimizer{};
+    const std::string latest = resume_from(checkpoints_dir.string(), cfg, loaded,
+                                           zero || tensor_parallel ? &full : &optimizer, state,
+                                           log);
+    if (tensor_parallel) {
+      model_scatter_global(model, global.params.data(), model.params.data());
+      std::vector<float> local(model.num_params);
+      for (auto [from, to] : {std::pair{&full.m, &optimizer.m}, {&full.v, &optimizer.v}}) {
+        model_scatter_global(model, from->data(), local.data());
+        if (zero)
+          optimizer_scatter(optimizer, local.data(), to->data());
+        else
+          *to = local;
+      }
+    } else if (zero) {
       optimizer_scatter(optimizer, full.m.data(), optimizer.m.data());
       optimizer_scatter(optimizer, full.v.data(), optimizer.v.data());
-      optimizer.step = full.step;
     }
+    if (zero || tensor_parallel) optimizer.step = full.step;
     step = state.step;
     if (groups.is_distributed()) {
       // Every rank chose its checkpoint itself; a rank that could not read the newest (or saw
@@ -334,9 +355,12 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     metrics.open(run_dir / "metrics.jsonl", std::ios::app);
   }
 
-  log.line(format("loom: %zu parameters, %zu unrolled layers (%d prelude + %d × %d loops + %d "
+  log.line(format("loom: %zu parameters%s, %zu unrolled layers (%d prelude + %d × %d loops + %d "
                   "coda), %s residual, %d threads%s",
-                  model.num_params, model.unrolled.size(), cfg.model().prelude_layers(),
+                  tensor_parallel ? model_global_floats(model) : model.num_params,
+                  tensor_parallel ? format(" (%zu per tensor-parallel rank)", model.num_params).c_str()
+                                  : "",
+                  model.unrolled.size(), cfg.model().prelude_layers(),
                   cfg.model().block_layers(), cfg.model().loops(), cfg.model().coda_layers(),
                   model.delay == 2 ? "ladder" : "standard", threads,
                   distributed ? " per rank" : ""));
@@ -365,7 +389,9 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   auto save = [&]() {
     CheckpointState state{cfg, step, loader.position, rng.state, tokens_seen};
     const Optimizer* to_save = &optimizer;
+    const Model* model_to_save = &model;
     Optimizer full;
+    Model global;
     if (zero) {  // collective: every rank takes part, rank 0 writes
       full = optimizer_create(model);
       full.step = optimizer.step;
@@ -373,10 +399,21 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
       grad_reducer_gather(reducer, optimizer.v.data(), full.v.data());
       to_save = &full;
     }
+    if (tensor_parallel) {  // global tensors, assembled from every tensor-parallel rank's shards
+      global = model_layout(cfg.model());
+      Optimizer global_opt;
+      global_opt.step = to_save->step;
+      model_gather_global(model, model.params.data(), global.params);
+      model_gather_global(model, to_save->m.data(), global_opt.m);
+      model_gather_global(model, to_save->v.data(), global_opt.v);
+      full = std::move(global_opt);
+      to_save = &full;
+      model_to_save = &global;
+    }
     const std::string path = (checkpoints_dir / format("step_%07ld", step)).string();
     if (writer)
-      summary.last_checkpoint = checkpoint_save(checkpoints_dir.string(), state, model, *to_save,
-                                                cfg.checkpoint().keep_last());
+      summary.last_checkpoint = checkpoint_save(checkpoints_dir.string(), state, *model_to_save,
+                                                *to_save, cfg.checkpoint().keep_last());
     else
       summary.last_checkpoint = path;
   };
@@ -455,7 +492,9 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     return summary;
   }
 
-  if (writer && cfg.logging().sample_tokens() > 0) {
+  // Sampling is collective over the tensor-parallel group of rank 0.
+  const bool samples = groups.coord.dp == 0 && groups.coord.pp == 0 && groups.coord.sp == 0;
+  if (samples && cfg.logging().sample_tokens() > 0) {
     Rng sample_rng{rng.state ^ 0x5EEDull};
     const std::vector<int> prompt = encode_bytes(cfg.logging().sample_prompt());
     const std::vector<int> out =

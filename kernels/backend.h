@@ -43,15 +43,17 @@ class KernelBackend {
   // x (n) = 0.
   virtual void zero(void* x, size_t n) const = 0;
 
-  // --- embedding ---
-  // out (B, T, C) = wte[tokens[b, t]] + wpe[t] — overwritten. wpe may be null (rotary models).
+  // --- embedding; wte holds vocabulary rows [vocab_begin, vocab_begin + vocab_rows) ---
+  // out (B, T, C) = wte[tokens[b, t] − vocab_begin] (0 for tokens outside the range) + wpe[t] —
+  // overwritten. wpe may be null (rotary models).
   virtual void embedding_forward(void* out, const int* tokens, const void* wte, const void* wpe,
-                                 int B, int T, int C) const = 0;
+                                 int B, int T, int C, int vocab_begin, int vocab_rows) const = 0;
   virtual size_t embedding_backward_scratch_bytes(int B, int T, int C) const = 0;
-  // dwte (V, C) += scatter of dout rows by token; dwpe (T, C) += Σ_b dout (skipped when null).
-  // Deterministic.
+  // dwte (vocab_rows, C) += scatter of dout rows by token (in range only); dwpe (T, C) +=
+  // Σ_b dout (skipped when null). Deterministic.
   virtual void embedding_backward(float* dwte, float* dwpe, const void* dout, const int* tokens,
-                                  int B, int T, int C, void* scratch) const = 0;
+                                  int B, int T, int C, int vocab_begin, int vocab_rows,
+                                  void* scratch) const = 0;
 
   // --- pre-norms over the last dimension C of N rows ---
   // out (N, C) = (inp − mean) · rstd · weight + bias — overwritten; mean, rstd (N) saved.
@@ -118,6 +120,25 @@ class KernelBackend {
   virtual double lm_head_cross_entropy(void* dx, float* dweight, const void* x, const void* weight,
                                        const int* targets, int N, int C, int V, float grad_scale,
                                        void* scratch, int chunk) const = 0;
+
+  // --- vocabulary-parallel cross-entropy over a block of logits (n, Vl) holding vocabulary
+  // columns [vocab_begin, vocab_begin + Vl), the first `valid` real, the rest padding (ignored);
+  // parallel/vocab_parallel.cpp reduces the statistics over the tensor-parallel ranks ---
+  // row_max (n) = max over the valid columns (−∞ when valid = 0) — overwritten.
+  virtual void cross_entropy_local_max(float* row_max, const void* logits, int n, int Vl,
+                                       int valid) const = 0;
+  // sums (n, 2) = [Σ_valid exp(logit − row_max), the target's logit if held here else 0] —
+  // overwritten.
+  virtual void cross_entropy_local_sums(float* sums, const void* logits, const float* row_max,
+                                        const int* targets, int n, int Vl, int valid,
+                                        int vocab_begin) const = 0;
+  // Σ_i log(sums[i, 0]) + row_max[i] − sums[i, 1] in double. Waits for the result.
+  virtual double cross_entropy_local_loss(const float* row_max, const float* sums,
+                                          int n) const = 0;
+  // logits ← (softmax − onehot) · grad_scale on valid columns, 0 on padding — in place.
+  virtual void cross_entropy_local_grad(void* logits, const float* row_max, const float* sums,
+                                        const int* targets, int n, int Vl, int valid,
+                                        int vocab_begin, float grad_scale) const = 0;
 };
 
 }  // namespace loom::kernels

@@ -120,25 +120,6 @@ void print_groups(const Mesh& mesh) {
   }
 }
 
-// Floats one rank holds of tensor `t` under tensor parallelism of degree tp (Megatron):
-// column-parallel QKV and MLP-in (weights and biases), row-parallel attention-out and MLP-out
-// weights, and the vocab-parallel embedding / LM head are split; norms, row-parallel biases and
-// the learned position table are replicated. Rows of the vocabulary split round up.
-size_t tp_share(const ParamTensor& t, int tp) {
-  auto ends_with = [&](const std::string& suffix) {
-    return t.name.size() >= suffix.size() &&
-           t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
-  if (t.name == "wte" || t.name == "lm_head.weight") {
-    const size_t rows = static_cast<size_t>(t.shape[0]);
-    return (rows + tp - 1) / tp * (t.size / rows);
-  }
-  for (const char* split : {"attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "mlp.fc.weight",
-                            "mlp.fc.bias", "mlp.proj.weight"})
-    if (ends_with(split)) return t.size / tp;
-  return t.size;
-}
-
 // The name prefix of unique layer u ("prelude.0.", "block.1.", "coda.0.").
 std::string layer_prefix(const config::ModelConfig& m, int u) {
   if (u < m.prelude_layers()) return "prelude." + std::to_string(u) + ".";
@@ -156,12 +137,12 @@ struct StagePlan {
 // layer list and holds every unique layer it runs (a shared block used by several stages is
 // replicated on each); stage 0 holds the embeddings, the last stage the final norm and the LM
 // head (with tied embeddings, a copy of the token embedding when pp > 1, as Megatron does).
-std::vector<StagePlan> plan_stages(const Model& model, int pp, int tp) {
+std::vector<StagePlan> plan_stages(const Model& model, int pp) {
   const config::ModelConfig& m = model.config;
   std::vector<size_t> layer_floats(model.unique_layers, 0);
   size_t embedding = 0, head = 0, wte = 0;
   for (const ParamTensor& t : model.tensors) {
-    const size_t share = tp_share(t, tp);
+    const size_t share = t.size;  // this tensor-parallel rank's shard
     if (t.name == "wte") wte = share;
     if (t.name == "wte" || t.name == "wpe") {
       embedding += share;
@@ -200,8 +181,9 @@ std::string mib(double bytes) {
 }
 
 void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
-  const Model model = model_layout(cfg.model());
-  const std::vector<StagePlan> stages = plan_stages(model, mesh.pp, mesh.tp);
+  // Tensor-parallel rank 0's shards (the vocabulary padding makes it the largest).
+  const Model model = model_layout(cfg.model(), nullptr, TensorParallel{mesh.tp, 0, nullptr});
+  const std::vector<StagePlan> stages = plan_stages(model, mesh.pp);
   size_t largest = 0;
   for (size_t s = 1; s < stages.size(); ++s)
     if (stages[s].floats > stages[largest].floats) largest = s;
@@ -210,11 +192,12 @@ void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
   const double optimizer = 2.0 * params / (zero ? mesh.dp : 1);
   const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
   const double arena = 4.0 * static_cast<double>(model_arena_floats(model, B, T));
-  // Tensor and sequence parallelism cut every (B, T, ·) activation; a pipeline stage keeps its
-  // own layers' activations for up to min(pp, micro-batches) micro-batches in flight (1F1B).
+  // The arena is this tensor-parallel rank's. Sequence parallelism cuts every (B, T, ·)
+  // activation; a pipeline stage keeps its own layers' activations for up to min(pp,
+  // micro-batches) micro-batches in flight (1F1B).
   const int in_flight = std::min(mesh.pp, grad_accum_steps(cfg));
-  const double activations = arena / (mesh.tp * mesh.sp) / mesh.pp * in_flight;
-  const bool exact = mesh.tp == 1 && mesh.pp == 1 && mesh.sp == 1;
+  const double activations = arena / mesh.sp / mesh.pp * in_flight;
+  const bool exact = mesh.pp == 1 && mesh.sp == 1;
 
   std::printf("\nmemory per rank (fp32, MiB%s)\n", exact ? "" : ", estimate");
   std::printf("  parameters       %s   %zu floats\n", mib(params).c_str(), stages[largest].floats);
@@ -231,8 +214,8 @@ void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
         "        row-parallel biases replicated\n",
         mesh.tp);
   if (!exact)
-    std::printf("  activations: the single-rank arena (%.1f MiB) ÷ tp·sp %d%s\n", arena / kMiB,
-                mesh.tp * mesh.sp,
+    std::printf("  activations: the tensor-parallel rank's arena (%.1f MiB) ÷ sp %d%s\n",
+                arena / kMiB, mesh.sp,
                 mesh.pp > 1 ? (", × " + std::to_string(in_flight) + "/" + std::to_string(mesh.pp) +
                                " (1F1B: micro-batches in flight / stages)")
                                   .c_str()

@@ -30,13 +30,13 @@ class CpuBackend final : public KernelBackend {
   void zero(void* x, size_t n) const override { std::memset(x, 0, n * sizeof(float)); }
 
   void embedding_forward(void* out, const int* tokens, const void* wte, const void* wpe, int B,
-                         int T, int C) const override {
-    cpu::embedding_forward(f(out), tokens, f(wte), f(wpe), B, T, C);
+                         int T, int C, int vocab_begin, int vocab_rows) const override {
+    cpu::embedding_forward(f(out), tokens, f(wte), f(wpe), B, T, C, vocab_begin, vocab_rows);
   }
   size_t embedding_backward_scratch_bytes(int, int, int) const override { return 0; }
   void embedding_backward(float* dwte, float* dwpe, const void* dout, const int* tokens, int B,
-                          int T, int C, void*) const override {
-    cpu::embedding_backward(dwte, dwpe, f(dout), tokens, B, T, C);
+                          int T, int C, int vocab_begin, int vocab_rows, void*) const override {
+    cpu::embedding_backward(dwte, dwpe, f(dout), tokens, B, T, C, vocab_begin, vocab_rows);
   }
 
   void layernorm_forward(void* out, float* mean, float* rstd, const void* inp, const void* weight,
@@ -111,6 +111,24 @@ class CpuBackend final : public KernelBackend {
                                void* scratch, int chunk) const override {
     return cpu::lm_head_cross_entropy(f(dx), dweight, f(x), f(weight), targets, N, C, V, grad_scale,
                                       f(scratch), chunk);
+  }
+  void cross_entropy_local_max(float* row_max, const void* logits, int n, int Vl,
+                               int valid) const override {
+    cpu::cross_entropy_local_max(row_max, f(logits), n, Vl, valid);
+  }
+  void cross_entropy_local_sums(float* sums, const void* logits, const float* row_max,
+                                const int* targets, int n, int Vl, int valid,
+                                int vocab_begin) const override {
+    cpu::cross_entropy_local_sums(sums, f(logits), row_max, targets, n, Vl, valid, vocab_begin);
+  }
+  double cross_entropy_local_loss(const float* row_max, const float* sums, int n) const override {
+    return cpu::cross_entropy_local_loss(row_max, sums, n);
+  }
+  void cross_entropy_local_grad(void* logits, const float* row_max, const float* sums,
+                                const int* targets, int n, int Vl, int valid, int vocab_begin,
+                                float grad_scale) const override {
+    cpu::cross_entropy_local_grad(f(logits), row_max, sums, targets, n, Vl, valid, vocab_begin,
+                                  grad_scale);
   }
 };
 

@@ -55,4 +55,54 @@ double lm_head_cross_entropy(float* dx, float* dweight, const float* x, const fl
   return loss_sum;
 }
 
+void cross_entropy_local_max(float* row_max, const float* logits, int n, int Vl, int valid) {
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < n; i++) {
+    const float* row = logits + static_cast<size_t>(i) * Vl;
+    float max = -INFINITY;
+#pragma omp simd reduction(max : max)
+    for (int v = 0; v < valid; v++) max = row[v] > max ? row[v] : max;
+    row_max[i] = max;
+  }
+}
+
+void cross_entropy_local_sums(float* sums, const float* logits, const float* row_max,
+                              const int* targets, int n, int Vl, int valid, int vocab_begin) {
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < n; i++) {
+    const float* row = logits + static_cast<size_t>(i) * Vl;
+    const float max = row_max[i];
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int v = 0; v < valid; v++) sum += fast_exp(row[v] - max);
+    const int target = targets[i] - vocab_begin;
+    sums[2 * i] = sum;
+    sums[2 * i + 1] = target >= 0 && target < valid ? row[target] : 0.0f;
+  }
+}
+
+double cross_entropy_local_loss(const float* row_max, const float* sums, int n) {
+  double total = 0.0;
+  for (int i = 0; i < n; i++)
+    total += static_cast<double>(row_max[i]) + std::log(static_cast<double>(sums[2 * i])) -
+             sums[2 * i + 1];
+  return total;
+}
+
+void cross_entropy_local_grad(float* logits, const float* row_max, const float* sums,
+                              const int* targets, int n, int Vl, int valid, int vocab_begin,
+                              float grad_scale) {
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < n; i++) {
+    float* row = logits + static_cast<size_t>(i) * Vl;
+    const float max = row_max[i];
+    const float factor = grad_scale / sums[2 * i];
+#pragma omp simd
+    for (int v = 0; v < valid; v++) row[v] = fast_exp(row[v] - max) * factor;
+    std::fill(row + valid, row + Vl, 0.0f);
+    const int target = targets[i] - vocab_begin;
+    if (target >= 0 && target < valid) row[target] -= grad_scale;
+  }
+}
+
 }  // namespace loom::kernels::cpu

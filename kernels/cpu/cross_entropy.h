@@ -21,4 +21,25 @@ double lm_head_cross_entropy(float* dx, float* dweight, const float* x, const fl
                              const int* targets, int N, int C, int V, float grad_scale,
                              float* scratch, int chunk);
 
+// --- vocabulary-parallel pieces (parallel/vocab_parallel.cpp runs them around its reductions)
+// A block of logits (n, Vl) holds vocabulary columns [vocab_begin, vocab_begin + Vl) of which
+// the first `valid` (0 ≤ valid ≤ Vl) are real tokens; the rest is padding and is ignored.
+
+// row_max (n) = max over the valid columns; −∞ when valid = 0 — overwritten.
+void cross_entropy_local_max(float* row_max, const float* logits, int n, int Vl, int valid);
+
+// With the global row_max: sums (n, 2) — overwritten — [Σ_valid exp(logit − row_max), the
+// target's logit when this block holds it, else 0].
+void cross_entropy_local_sums(float* sums, const float* logits, const float* row_max,
+                              const int* targets, int n, int Vl, int valid, int vocab_begin);
+
+// With the global sums: Σ_i log(sums[i, 0]) + row_max[i] − sums[i, 1], in double, row order.
+double cross_entropy_local_loss(const float* row_max, const float* sums, int n);
+
+// logits ← dlogits = (exp(logit − row_max) / sums[i, 0] − [column is the target]) · grad_scale
+// on valid columns, 0 on padding — in place.
+void cross_entropy_local_grad(float* logits, const float* row_max, const float* sums,
+                              const int* targets, int n, int Vl, int valid, int vocab_begin,
+                              float grad_scale);
+
 }  // namespace loom::kernels::cpu

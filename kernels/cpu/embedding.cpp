@@ -13,11 +13,19 @@ constexpr int kColumnBlock = 16;
 }  // namespace
 
 void embedding_forward(float* out, const int* tokens, const float* wte, const float* wpe, int B,
-                       int T, int C) {
+                       int T, int C, int vocab_begin, int vocab_rows) {
 #pragma omp parallel for schedule(static)
   for (int bt = 0; bt < B * T; bt++) {
-    const float* token_row = wte + static_cast<size_t>(tokens[bt]) * C;
+    const int row = tokens[bt] - vocab_begin;
     float* y = out + static_cast<size_t>(bt) * C;
+    if (row < 0 || row >= vocab_rows) {  // another rank's token
+      if (wpe == nullptr)
+        std::fill(y, y + C, 0.0f);
+      else
+        std::copy_n(wpe + static_cast<size_t>(bt % T) * C, C, y);
+      continue;
+    }
+    const float* token_row = wte + static_cast<size_t>(row) * C;
     if (wpe == nullptr) {
       std::copy(token_row, token_row + C, y);
       continue;
@@ -29,7 +37,7 @@ void embedding_forward(float* out, const int* tokens, const float* wte, const fl
 }
 
 void embedding_backward(float* dwte, float* dwpe, const float* dout, const int* tokens, int B,
-                        int T, int C) {
+                        int T, int C, int vocab_begin, int vocab_rows) {
   // Repeated tokens make the scatter a reduction. Splitting over columns instead of tokens
   // gives each dwte element one owner that adds its contributions in token order.
   const int blocks = (C + kColumnBlock - 1) / kColumnBlock;
@@ -38,7 +46,9 @@ void embedding_backward(float* dwte, float* dwpe, const float* dout, const int* 
     const int c0 = block * kColumnBlock;
     const int width = std::min(kColumnBlock, C - c0);
     for (int bt = 0; bt < B * T; bt++) {
-      float* dst = dwte + static_cast<size_t>(tokens[bt]) * C + c0;
+      const int row = tokens[bt] - vocab_begin;
+      if (row < 0 || row >= vocab_rows) continue;
+      float* dst = dwte + static_cast<size_t>(row) * C + c0;
       const float* src = dout + static_cast<size_t>(bt) * C + c0;
 #pragma omp simd
       for (int c = 0; c < width; c++) dst[c] += src[c];

@@ -13,21 +13,23 @@ usage: dp_overlap.py LOOM_BINARY SOURCE_DIR [--dp 2,4] [--steps 12] [--zero]
                      [--set key=value ...] [--slow-link RATE]
 """
 import argparse
-import json
 import os
 import shutil
-import statistics
-import subprocess
+import sys
 import tempfile
 
+import bench_common
+
 MODELS = {
-    # 6 layers applied per step in both; the looped one has 4 unique layers (its 2-layer block
-    # runs twice), so its block's gradients are final only near the end of backward.
+    # plain: 8 unique layers (the default prelude and coda layer around a block of 6); looped: 6
+    # layers applied per step from 4 unique ones (its 2-layer block runs twice), so its block's
+    # gradients are final only near the end of backward.
     "plain": "model { vocab_size: 257 d_model: 384 n_heads: 6 d_mlp: 1536 max_seq_len: 64 "
              "block_layers: 6 loops: 1 tie_embeddings: false }",
     "looped": "model { vocab_size: 257 d_model: 384 n_heads: 6 d_mlp: 1536 max_seq_len: 64 "
               "prelude_layers: 1 block_layers: 2 loops: 2 coda_layers: 1 tie_embeddings: false }",
 }
+LAYERS_APPLIED = {"plain": 8, "looped": 6}
 COMMON = """
 train { micro_batch: 1 seq_len: 64 eval_interval: 0 }
 optim { lr: 1e-3 warmup_steps: 2 }
@@ -52,65 +54,46 @@ def main():
     args = ap.parse_args()
     loom = os.path.abspath(args.loom)
     args.source = os.path.abspath(args.source)
+    bench_common.exit_on_sigterm()
     work = tempfile.mkdtemp(prefix="loom-dpbench-")
     os.chdir(work)
-    namespace = f"loom-bench-{os.getpid()}"
-    prefix, transport = [], []
-    if args.slow_link:
-        ip = ["ip", "netns", "exec", namespace]
-        subprocess.run(["ip", "netns", "add", namespace], check=True)
-        subprocess.run(ip + ["ip", "link", "set", "lo", "up"], check=True)
-        subprocess.run(ip + ["tc", "qdisc", "replace", "dev", "lo", "root", "tbf", "rate",
-                             args.slow_link, "burst", "256kb", "latency", "100ms"], check=True)
-        prefix, transport = ip, ["--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "lo"]
     try:
-        subprocess.run([loom, "prepare", "--input", os.path.join(args.source, "core"),
-                        "--input", os.path.join(args.source, "kernels"), "--output", "data"],
-                       check=True, capture_output=True)
-        with open("bench.textproto", "w") as f:
-            f.write(MODELS[args.model] + COMMON)
+        with bench_common.slow_link(args.slow_link) as link:
+            bench_common.prepare_data(loom, args.source)
+            with open("bench.textproto", "w") as f:
+                f.write(MODELS[args.model] + COMMON)
 
-        def run(dp, overlap):
-            run_dir = f"run-dp{dp}-{overlap}"
-            sets = [f"train.global_batch={dp}", f"train.steps={args.steps}",
-                    f"parallel.dp={dp}", f"parallel.overlap_grad_reduce={str(overlap).lower()}",
-                    f"parallel.zero_stage={1 if args.zero else 0}"] + args.set
-            cmd = [loom, "train", "bench.textproto", "--run-dir", run_dir]
-            if dp > 1:
-                cmd = ["mpirun", "-np", str(dp), "--oversubscribe"] + \
-                    (["--allow-run-as-root"] if os.geteuid() == 0 else []) + \
-                    transport + cmd
-            for s in sets:
-                cmd += ["--set", s]
-            env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-            subprocess.run(prefix + cmd, check=True, capture_output=True, env=env)
-            with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-                rows = [json.loads(line) for line in f][2:]  # the first steps warm up
-            return (statistics.median(r["ms_per_step"] for r in rows),
-                    statistics.median(r["comm_wait_ms"] for r in rows))
+            def run(dp, overlap):
+                sets = [f"train.global_batch={dp}", f"train.steps={args.steps}",
+                        f"parallel.dp={dp}",
+                        f"parallel.overlap_grad_reduce={str(overlap).lower()}",
+                        f"parallel.zero_stage={1 if args.zero else 0}"] + args.set
+                run_dir = bench_common.train(loom, "bench.textproto", f"run-dp{dp}-{overlap}",
+                                             sets, ranks=dp, link=link)
+                return bench_common.step_medians(run_dir, warmup=2)
 
-        base_ms, _ = run(1, True)
-        print(f"model: {args.model}, 6 layers applied per step (d_model 384, 6 heads, d_mlp 1536), "
-              f"{args.steps} steps (medians after 2 warm-up steps), micro-batch 1 × 64 tokens "
-              f"per rank, 1 thread per rank{', ZeRO-1' if args.zero else ''}"
-              f"{', ranks over TCP on a ' + args.slow_link + '/s link' if args.slow_link else ''}")
-        print(f"single process: {base_ms:.1f} ms/step\n")
-        print("| dp | overlap | ms/step | exposed comm ms | step / single | exposed share |")
-        print("|---|---|---|---|---|---|")
-        for dp in [int(x) for x in args.dp.split(",")]:
-            results = {}
-            for overlap in (False, True):
-                ms, comm = run(dp, overlap)
-                results[overlap] = (ms, comm)
-                print(f"| {dp} | {'on' if overlap else 'off'} | {ms:.1f} | {comm:.1f} | "
-                      f"{ms / base_ms:.2f} | {comm / ms:.0%} |")
-            (off_ms, off_comm), (on_ms, on_comm) = results[False], results[True]
-            print(f"| {dp} | on vs off | {off_ms / on_ms:.2f}× faster | "
-                  f"{on_comm / off_comm if off_comm else 0:.2f}× the exposed time | | |")
+            base_ms, _ = run(1, True)
+            print(f"model: {args.model}, {LAYERS_APPLIED[args.model]} layers applied per step "
+                  f"(d_model 384, 6 heads, d_mlp 1536), {args.steps} steps (medians after 2 warm-up steps), micro-batch "
+                  f"1 × 64 tokens per rank, 1 thread per rank{', ZeRO-1' if args.zero else ''}"
+                  f"{', ' + link.description if link.description else ''}")
+            print(f"single process: {base_ms:.1f} ms/step\n")
+            print("| dp | overlap | ms/step | exposed comm ms | step / single | exposed share |")
+            print("|---|---|---|---|---|---|")
+            for dp in [int(x) for x in args.dp.split(",")]:
+                results = {}
+                for overlap in (False, True):
+                    ms, comm = run(dp, overlap)
+                    results[overlap] = (ms, comm)
+                    print(f"| {dp} | {'on' if overlap else 'off'} | {ms:.1f} | {comm:.1f} | "
+                          f"{ms / base_ms:.2f} | {comm / ms:.0%} |")
+                (off_ms, off_comm), (on_ms, on_comm) = results[False], results[True]
+                print(f"| {dp} | on vs off | {off_ms / on_ms:.2f}× faster | "
+                      f"{on_comm / off_comm if off_comm else 0:.2f}× the exposed time | | |")
+    except bench_common.BenchError as e:
+        sys.exit(f"dp_overlap: {e}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        if args.slow_link:
-            subprocess.run(["ip", "netns", "delete", namespace])
 
 
 if __name__ == "__main__":

@@ -82,10 +82,13 @@ TEST(Config, InvariantsNameTheFields) {
             std::string::npos);
   EXPECT_NE(violation("parallel.zero_stage=2").find("parallel.zero_stage must be 0 or 1"),
             std::string::npos);
-  EXPECT_EQ(violation("parallel.tp=2"), "");  // plannable; `loom train` rejects it:
-  config::RunConfig tp2;
+  EXPECT_EQ(violation("parallel.pp=2"), "");  // plannable; `loom train` rejects it:
+  config::RunConfig pp2;
+  apply_override(pp2, "parallel.pp=2");
+  EXPECT_NE(error_of([&] { validate_trainable(pp2); }).find("parallel.pp = 2"), std::string::npos);
+  config::RunConfig tp2;  // tensor parallelism trains
   apply_override(tp2, "parallel.tp=2");
-  EXPECT_NE(error_of([&] { validate_trainable(tp2); }).find("parallel.tp = 2"), std::string::npos);
+  EXPECT_EQ(error_of([&] { validate_trainable(tp2); }), "");
   EXPECT_NE(violation("model.loops=0").find("model.loops"), std::string::npos);
   EXPECT_NE(violation("runtime.device=CUDA").find("runtime.device"), std::string::npos);
 }

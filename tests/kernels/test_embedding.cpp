@@ -1,6 +1,7 @@
 // Token + position embedding against a double reference, repeated tokens included.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <ostream>
 #include <vector>
@@ -85,7 +86,7 @@ TEST_P(EmbeddingTest, ForwardOverwritesWithAndWithoutPositions) {
     SCOPED_TRACE(with_wpe ? "with wpe" : "without wpe");
     auto out = nan_filled(static_cast<size_t>(s.B) * s.T * s.C);
     cpu::embedding_forward(out.data(), tokens.data(), wte.data(), with_wpe ? wpe.data() : nullptr,
-                           s.B, s.T, s.C);
+                           s.B, s.T, s.C, 0, s.V);
     const auto want = reference_forward(tokens, to_double(wte),
                                         with_wpe ? to_double(wpe) : std::vector<double>{}, s);
     EXPECT_TRUE(close(out, want, 1e-7));
@@ -101,14 +102,16 @@ TEST_P(EmbeddingTest, BackwardAccumulates) {
   const auto dwpe_before = random_floats(rng, s.T * s.C);
   auto dwte = dwte_before;
   auto dwpe = dwpe_before;
-  cpu::embedding_backward(dwte.data(), dwpe.data(), dout.data(), tokens.data(), s.B, s.T, s.C);
+  cpu::embedding_backward(dwte.data(), dwpe.data(), dout.data(), tokens.data(), s.B, s.T, s.C, 0,
+                          s.V);
   const Grads g = reference_backward(to_double(dout), tokens, s);
   // dwte rows gather up to B·T float additions in place.
   EXPECT_TRUE(close(dwte, plus(dwte_before, g.dwte), 3e-6));
   EXPECT_TRUE(close(dwpe, plus(dwpe_before, g.dwpe), 3e-6));
 
   auto dwte_only = dwte_before;
-  cpu::embedding_backward(dwte_only.data(), nullptr, dout.data(), tokens.data(), s.B, s.T, s.C);
+  cpu::embedding_backward(dwte_only.data(), nullptr, dout.data(), tokens.data(), s.B, s.T, s.C, 0,
+                          s.V);
   EXPECT_EQ(dwte, dwte_only);
 }
 
@@ -116,6 +119,44 @@ TEST_P(EmbeddingTest, BackwardAccumulates) {
 INSTANTIATE_TEST_SUITE_P(Shapes, EmbeddingTest,
                          ::testing::Values(Shape{1, 1, 3, 2}, Shape{2, 13, 12, 5},
                                            Shape{4, 64, 40, 3}, Shape{3, 50, 100, 17}));
+
+// A tensor-parallel rank's slice of the vocabulary: rows [begin, begin + rows). Its tokens look
+// up their rows, others zeros (plus positions); only its rows get gradients. The slices of all
+// ranks sum to the whole embedding and tile its gradient.
+TEST_P(EmbeddingTest, VocabularySlicesTileTheWhole) {
+  const Shape s = GetParam();
+  std::mt19937 rng(54);
+  const auto tokens = random_tokens(rng, s);
+  const auto wte = random_floats(rng, s.V * s.C);
+  const auto wpe = random_floats(rng, s.T * s.C);
+  const auto dout = random_floats(rng, static_cast<size_t>(s.B) * s.T * s.C);
+  const size_t BTC = static_cast<size_t>(s.B) * s.T * s.C;
+  for (int parts : {2, 3}) {
+    const int rows = (s.V + parts - 1) / parts;  // the last slice may be partly padding
+    std::vector<double> sum(BTC, 0.0);
+    std::vector<float> dwte(static_cast<size_t>(s.V) * s.C, 0.0f);
+    for (int r = 0; r < parts; ++r) {
+      const int begin = r * rows, valid = std::clamp(s.V - begin, 0, rows);
+      std::vector<float> slice(static_cast<size_t>(rows) * s.C, 0.0f);
+      std::copy_n(wte.begin() + static_cast<size_t>(begin) * s.C, static_cast<size_t>(valid) * s.C,
+                  slice.begin());
+      auto out = nan_filled(BTC);
+      // Positions are added by one slice only, as tensor-parallel rank 0 does.
+      cpu::embedding_forward(out.data(), tokens.data(), slice.data(), r == 0 ? wpe.data() : nullptr,
+                             s.B, s.T, s.C, begin, rows);
+      for (size_t i = 0; i < BTC; ++i) sum[i] += out[i];
+      std::vector<float> dslice(slice.size(), 0.0f);
+      cpu::embedding_backward(dslice.data(), nullptr, dout.data(), tokens.data(), s.B, s.T, s.C,
+                              begin, rows);
+      for (size_t i = static_cast<size_t>(valid) * s.C; i < dslice.size(); ++i)
+        EXPECT_EQ(dslice[i], 0.0f);  // padding rows never receive gradient
+      std::copy_n(dslice.begin(), static_cast<size_t>(valid) * s.C,
+                  dwte.begin() + static_cast<size_t>(begin) * s.C);
+    }
+    EXPECT_TRUE(close(sum, reference_forward(tokens, to_double(wte), to_double(wpe), s), 1e-7));
+    EXPECT_TRUE(close(dwte, reference_backward(to_double(dout), tokens, s).dwte, 3e-6));
+  }
+}
 
 TEST(EmbeddingDeterminism, BackwardIsBitwiseRepeatable) {
   const Shape s{8, 128, 48, 5};
@@ -127,7 +168,7 @@ TEST(EmbeddingDeterminism, BackwardIsBitwiseRepeatable) {
     dwte[run].assign(static_cast<size_t>(s.V) * s.C, 0.0f);
     dwpe[run].assign(static_cast<size_t>(s.T) * s.C, 0.0f);
     cpu::embedding_backward(dwte[run].data(), dwpe[run].data(), dout.data(), tokens.data(), s.B,
-                            s.T, s.C);
+                            s.T, s.C, 0, s.V);
   }
   EXPECT_EQ(0, std::memcmp(dwte[0].data(), dwte[1].data(), dwte[0].size() * sizeof(float)));
   EXPECT_EQ(0, std::memcmp(dwpe[0].data(), dwpe[1].data(), dwpe[0].size() * sizeof(float)));

@@ -47,7 +47,7 @@ TYPED_TEST(EmbeddingCuda, ForwardMatchesCpuWithAndWithoutPositions) {
       const std::vector<float> wpe = as_type<T>(random_floats(rng, static_cast<size_t>(s.T) * s.C));
       std::vector<float> want(size);
       cpu::embedding_forward(want.data(), tokens.data(), wte.data(),
-                             positions ? wpe.data() : nullptr, s.B, s.T, s.C);
+                             positions ? wpe.data() : nullptr, s.B, s.T, s.C, 0, s.V);
       DeviceBuffer<int> d_tokens(this->ctx, tokens);
       DeviceBuffer<T> d_wte(this->ctx, wte), d_wpe(this->ctx, wpe);
       DeviceBuffer<T> d_out(this->ctx, size);
@@ -73,7 +73,7 @@ TYPED_TEST(EmbeddingCuda, BackwardAccumulatesLikeCpuAndIsDeterministic) {
       const std::vector<float> dwpe0 = random_floats(rng, static_cast<size_t>(s.T) * s.C);
       std::vector<float> want_dwte = dwte0, want_dwpe = dwpe0;
       cpu::embedding_backward(want_dwte.data(), positions ? want_dwpe.data() : nullptr, dout.data(),
-                              tokens.data(), s.B, s.T, s.C);
+                              tokens.data(), s.B, s.T, s.C, 0, s.V);
 
       gpu::DeviceMemory scratch =
           gpu::device_alloc(gpu::embedding_backward_scratch_bytes(s.B, s.T, s.C));
@@ -116,7 +116,7 @@ TEST_F(EmbeddingRowsCuda, BackwardLeavesUnusedRowsUntouched) {
                           d_tokens.data(), B, T, C, scratch.get());
   const std::vector<float> got = d_dwte.download();
   std::vector<float> want = dwte0;
-  cpu::embedding_backward(want.data(), nullptr, dout.data(), tokens.data(), B, T, C);
+  cpu::embedding_backward(want.data(), nullptr, dout.data(), tokens.data(), B, T, C, 0, V);
   EXPECT_TRUE(norm_close(got, want, 1e-5));
   for (int v = 0; v < V; v++) {
     if (v == 2 || v == 7) continue;

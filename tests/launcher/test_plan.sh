@@ -68,10 +68,10 @@ expect tp2dp2-world '^  world size  4 = dp 2 × pp 1 × sp 1 × tp 2$'
 expect tp2dp2-tp '^  tp +2 groups of 2 +\{0,1\} \{2,3\}$'
 expect tp2dp2-dp '^  dp +2 groups of 2 +\{0,2\} \{1,3\}$'
 expect tp2dp2-dpsp '^  dp×sp +2 groups of 2 +\{0,2\} \{1,3\}$'
-expect tp2dp2-estimate '^memory per rank \(fp32, MiB, estimate\)$'
-# Per rank: wte 129·128 (257 rows split, rounded up) + wpe 16384 + 4·99520 + 256 = 431232.
+expect tp2dp2-exact '^memory per rank \(fp32, MiB\)$'
+# Per rank: wte 129·128 (257 rows split, padded to 258) + wpe 16384 + 4·99520 + 256 = 431232.
 expect tp2dp2-params '^  parameters +1\.6 +431232 floats$'
-expect tp2dp2-not-trainable '^loom train: cannot run this layout in this version: .*parallel\.tp = 2'
+expect tp2dp2-trainable '^loom train: can run this layout \(4 ranks\)$'
 
 # --- pp = 2, dp = 2: the 10 unrolled layers split 5 / 5 ---
 plan pp2 --set parallel.pp=2 --set parallel.dp=2 --set train.micro_batch=4

@@ -7,16 +7,15 @@ own launcher; and checkpoints: a ZeRO-1 run resumed (also at another dp) continu
 
 usage: dp_equivalence.py LOOM_BINARY SOURCE_DIR
 """
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from equivalence_common import compare, finish, metrics, mpirun, prepare_data, run  # noqa: E402
+
 LOOM, SRC = sys.argv[1], sys.argv[2]
-TOLERANCE = 1e-5
-failures = []
 
 MODELS = {
     "plain": "model { vocab_size: 257 d_model: 32 n_heads: 2 d_mlp: 64 max_seq_len: 32 "
@@ -35,54 +34,11 @@ runtime { threads: 1 }
 """
 
 
-def mpirun(ranks):
-    cmd = ["mpirun", "-np", str(ranks), "--oversubscribe"]
-    if os.geteuid() == 0:
-        cmd.append("--allow-run-as-root")
-    return cmd
-
-
-def run(cmd, name):
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    if proc.returncode != 0:
-        failures.append(f"{name}: exit {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-        return False
-    return True
-
-
-def metrics(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def compare(name, reference, got, first_step=1):
-    ref = {m["step"]: m for m in reference}
-    if [m["step"] for m in got] != list(range(first_step, len(reference) + 1)):
-        failures.append(f"{name}: steps {[m['step'] for m in got]}")
-        return
-    worst = 0.0
-    for m in got:
-        for key in ("loss", "val_loss"):
-            if key in ref[m["step"]]:
-                a, b = ref[m["step"]][key], m.get(key)
-                if b is None:
-                    failures.append(f"{name}: step {m['step']} lacks {key}")
-                    return
-                worst = max(worst, abs(a - b) / abs(a))
-    status = "ok" if worst <= TOLERANCE else "FAIL"
-    print(f"{status}: {name}: worst relative loss difference {worst:.2e} over {len(got)} steps")
-    if worst > TOLERANCE:
-        failures.append(f"{name}: relative loss difference {worst:.3e} > {TOLERANCE}")
-
-
 def main():
     work = tempfile.mkdtemp(prefix="loom-dp-")
     os.chdir(work)
     try:
-        subprocess.run([LOOM, "prepare", "--input", os.path.join(SRC, "core"), "--input",
-                        os.path.join(SRC, "kernels"), "--output", "data", "--val-fraction", "0.2"],
-                       check=True, capture_output=True)
+        prepare_data(LOOM, SRC)
         for model_name, model in MODELS.items():
             config = f"{model_name}.textproto"
             with open(config, "w") as f:
@@ -133,9 +89,7 @@ def main():
                     compare(name, reference, metrics(resumed)[3:], first_step=4)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for f in failures:
-        print("FAIL:", f)
-    sys.exit(1 if failures else 0)
+    finish()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,111 @@
+#include "core/tensor_parallel.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "kernels/cpu/vector.h"
+
+namespace loom {
+namespace {
+
+size_t elements(const std::vector<int64_t>& shape) {
+  size_t n = 1;
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  return n;
+}
+
+// Visits each run of contiguous elements rank `rank` holds: fn(global_index, local_index, count,
+// is_padding). Global dimension shard_dim = groups × G; the shard's is groups × L; local slice l
+// of a group is global slice rank·L + l (padding when that is ≥ G).
+template <typename Fn>
+void for_each_run(const ParamTensor& t, int rank, Fn fn) {
+  if (t.shard_dim < 0) {
+    fn(size_t{0}, size_t{0}, t.size, false);
+    return;
+  }
+  const int d = t.shard_dim;
+  size_t outer = 1, inner = 1;
+  for (int i = 0; i < d; ++i) outer *= static_cast<size_t>(t.global_shape[i]);
+  for (size_t i = d + 1; i < t.global_shape.size(); ++i) inner *= static_cast<size_t>(t.global_shape[i]);
+  const size_t groups = static_cast<size_t>(t.shard_groups);
+  const size_t G = static_cast<size_t>(t.global_shape[d]) / groups;
+  const size_t L = static_cast<size_t>(t.shape[d]) / groups;
+  for (size_t o = 0; o < outer; ++o)
+    for (size_t g = 0; g < groups; ++g) {
+      const size_t first = static_cast<size_t>(rank) * L;
+      const size_t real = first >= G ? 0 : std::min(L, G - first);
+      const size_t local = ((o * groups + g) * L) * inner;
+      if (real > 0) fn(((o * groups + g) * G + first) * inner, local, real * inner, false);
+      if (real < L) fn(size_t{0}, local + real * inner, (L - real) * inner, true);
+    }
+}
+
+}  // namespace
+
+void tensor_shard_extract(const ParamTensor& t, int rank, const float* global, float* local) {
+  for_each_run(t, rank, [&](size_t g, size_t l, size_t n, bool padding) {
+    if (padding)
+      std::fill_n(local + l, n, 0.0f);
+    else
+      std::copy_n(global + g, n, local + l);
+  });
+}
+
+void tensor_shard_insert(const ParamTensor& t, int rank, const float* local, float* global) {
+  for_each_run(t, rank, [&](size_t g, size_t l, size_t n, bool padding) {
+    if (!padding) std::copy_n(local + l, n, global + g);
+  });
+}
+
+size_t model_global_floats(const Model& m) {
+  size_t n = 0;
+  for (const ParamTensor& t : m.tensors) n += elements(t.global_shape);
+  return n;
+}
+
+void model_gather_global(const Model& m, const float* local, std::vector<float>& global) {
+  global.assign(model_global_floats(m), 0.0f);
+  std::vector<float> all;
+  const float* ranks = local;
+  if (m.tp.comm) {
+    all.resize(m.num_params * m.tp.size);
+    m.tp.comm->all_gather(local, all.data(), all.size());
+    ranks = all.data();
+  }
+  for (int r = 0; r < m.tp.size; ++r) {
+    size_t at = 0;
+    for (const ParamTensor& t : m.tensors) {
+      // Replicated tensors are the same on every rank: rank 0's copy.
+      if (t.shard_dim >= 0 || r == 0)
+        tensor_shard_insert(t, r, ranks + r * m.num_params + t.offset, global.data() + at);
+      at += elements(t.global_shape);
+    }
+  }
+}
+
+void model_scatter_global(const Model& m, const float* global, float* local) {
+  size_t at = 0;
+  for (const ParamTensor& t : m.tensors) {
+    tensor_shard_extract(t, m.tp.rank, global + at, local + t.offset);
+    at += elements(t.global_shape);
+  }
+}
+
+double grad_sum_squares(const Model& m, const std::vector<ShardRange>& owned, const float* grads) {
+  size_t total = 0;
+  for (const ShardRange& r : owned) total += r.size();
+  if (m.tp.size == 1) return kernels::cpu::vector_sum_squares(grads, total);
+  double sum = 0.0;
+  size_t compact = 0;
+  for (const ShardRange& r : owned) {
+    for (const ParamTensor& t : m.tensors) {
+      if (t.shard_dim < 0 && m.tp.rank != 0) continue;
+      const size_t lo = std::max(r.begin, t.offset), hi = std::min(r.end, t.offset + t.size);
+      if (lo < hi) sum += kernels::cpu::vector_sum_squares(grads + compact + (lo - r.begin), hi - lo);
+    }
+    compact += r.size();
+  }
+  return sum;
+}
+
+}  // namespace loom

@@ -1,0 +1,39 @@
+// Tensor-parallel parameter shards and their global form.
+//
+// Under tensor parallelism each rank's flat buffers (parameters, gradients, Adam moments) hold
+// its shards (ParamTensor in core/model.h says how a tensor is cut). Checkpoints, init and export
+// see global tensors: the buffer of the same model at tp = 1, tensors in the same order. These
+// functions move between the two.
+//
+//   std::vector<float> global;
+//   loom::model_gather_global(model, model.params.data(), global);   // collective over tp
+//   loom::model_scatter_global(model, global.data(), model.params.data());
+#pragma once
+#include <vector>
+
+#include "core/model.h"
+
+namespace loom {
+
+// this rank's shard (t.shape) ← the global tensor (t.global_shape, row-major); padding rows of a
+// padded vocabulary become 0.
+void tensor_shard_extract(const ParamTensor& t, int rank, const float* global, float* local);
+// The global tensor's elements that rank `rank` holds ← its shard; padding rows are dropped.
+void tensor_shard_insert(const ParamTensor& t, int rank, const float* local, float* global);
+
+// Floats of the global buffer (the model's layout at tp = 1).
+size_t model_global_floats(const Model& m);
+
+// global (model_global_floats) ← every tensor-parallel rank's `local` buffer (laid out as
+// m.params). Collective over m.tp.comm (an all-gather); every rank gets the whole.
+void model_gather_global(const Model& m, const float* local, std::vector<float>& global);
+// local (m.num_params) ← this rank's shards of `global`. No communication.
+void model_scatter_global(const Model& m, const float* global, float* local);
+
+// This rank's share of Σ g² over the global gradient: its shards of sharded tensors, and the
+// replicated tensors (identical on every tensor-parallel rank) on tp rank 0 only, so a sum over
+// the tp group counts every global element once. `grads` holds the `owned` ranges of the flat
+// buffer compactly (Optimizer's layout).
+double grad_sum_squares(const Model& m, const std::vector<ShardRange>& owned, const float* grads);
+
+}  // namespace loom

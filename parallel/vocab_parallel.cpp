@@ -1,0 +1,58 @@
+#include "parallel/vocab_parallel.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace loom {
+
+VocabShard vocab_shard(int V, int parts, int rank) {
+  VocabShard s;
+  s.rows = (V + parts - 1) / parts;
+  s.vocab_begin = rank * s.rows;
+  s.valid = std::clamp(V - s.vocab_begin, 0, s.rows);
+  return s;
+}
+
+// Layout: the (chunk, rows) logits block in the backend's activation type, then row_max (chunk)
+// and sums (chunk, 2) in fp32.
+size_t vocab_parallel_scratch_bytes(const kernels::KernelBackend& be, int chunk, int rows) {
+  const size_t logits = (static_cast<size_t>(chunk) * rows * be.activation_bytes() + 15) / 16 * 16;
+  return logits + 3 * static_cast<size_t>(chunk) * sizeof(float);
+}
+
+double vocab_parallel_cross_entropy(const kernels::KernelBackend& be, Communicator& tp, void* dx,
+                                    float* dweight, const void* x, const void* weight,
+                                    const int* targets, int N, int C, const VocabShard& shard,
+                                    float grad_scale, void* scratch, int chunk) {
+  // The reductions below run on host fp32 (the MPI backend).
+  LOOM_CHECK(be.activation_bytes() == sizeof(float));
+  LOOM_CHECK(!dx || dweight);
+  const size_t bytes = be.activation_bytes();
+  void* logits = scratch;
+  float* row_max = reinterpret_cast<float*>(
+      static_cast<char*>(scratch) + (static_cast<size_t>(chunk) * shard.rows * bytes + 15) / 16 * 16);
+  float* sums = row_max + chunk;
+  double loss_sum = 0.0;
+  for (int n0 = 0; n0 < N; n0 += chunk) {
+    const int n = std::min(chunk, N - n0);
+    const void* x_chunk = static_cast<const char*>(x) + static_cast<size_t>(n0) * C * bytes;
+    be.matmul_forward(logits, x_chunk, weight, nullptr, n, C, shard.rows);
+    be.cross_entropy_local_max(row_max, logits, n, shard.rows, shard.valid);
+    tp.all_reduce(row_max, n, ReduceOp::kMax);
+    be.cross_entropy_local_sums(sums, logits, row_max, targets + n0, n, shard.rows, shard.valid,
+                                shard.vocab_begin);
+    tp.all_reduce(sums, 2 * static_cast<size_t>(n), ReduceOp::kSum);
+    loss_sum += be.cross_entropy_local_loss(row_max, sums, n);
+    if (!dx) continue;
+    be.cross_entropy_local_grad(logits, row_max, sums, targets + n0, n, shard.rows, shard.valid,
+                                shard.vocab_begin, grad_scale);
+    // dx_chunk (n, C) = dlogits · weight (this rank's part); dweight += dlogitsᵀ · x_chunk.
+    void* dx_chunk = static_cast<char*>(dx) + static_cast<size_t>(n0) * C * bytes;
+    be.matmul_backward(dx_chunk, dweight, nullptr, logits, x_chunk, weight, n, C, shard.rows);
+  }
+  if (dx) tp.all_reduce(static_cast<float*>(dx), static_cast<size_t>(N) * C, ReduceOp::kSum);
+  return loss_sum;
+}
+
+}  // namespace loom

@@ -1,0 +1,153 @@
+"""What the training benchmarks (dp_overlap.py, tp_ladder.py) and the overlap test
+(tests/parallel/tp_overlap_test.py) share: the training data, an emulated slow link, launching
+`loom train` alone or under mpirun, and the medians of its metrics.jsonl.
+
+    link = bench_common.Link()                       # the machine as it is
+    with bench_common.slow_link("1gbit") as link:    # ranks over a rate-limited TCP loopback
+        bench_common.prepare_data(loom, source)
+        run_dir = bench_common.train(loom, "bench.textproto", "run-a", ["parallel.tp=2"],
+                                     ranks=2, link=link)
+        ms, comm_ms = bench_common.step_medians(run_dir, warmup=2)
+
+A failed run raises BenchError carrying the command and what it printed (the "error:" lines
+first), so a benchmark stops with loom's own message.
+"""
+import contextlib
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+
+
+class BenchError(Exception):
+    """A command the benchmark needs failed; the message says which and what it printed."""
+
+
+@dataclasses.dataclass
+class Link:
+    """How ranks reach each other: a command prefix (entering a network namespace) and the
+    options mpirun needs for that transport. Empty: the machine as it is (shared memory)."""
+    prefix: list = dataclasses.field(default_factory=list)
+    mpirun_options: list = dataclasses.field(default_factory=list)
+    description: str = ""
+
+
+def exit_on_sigterm():
+    """SIGTERM ends the benchmark through the normal exception path, so `finally` blocks (the
+    namespace's removal, the temporary folder's) run, as they do for Ctrl-C."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def run_command(cmd, what, env=None, timeout=None):
+    """Runs cmd, returns its output (stdout and stderr together). Raises BenchError naming `what`
+    when it fails. If the benchmark is interrupted meanwhile, cmd (mpirun passes it on to the
+    ranks) is asked to stop, then killed."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    if proc.returncode != 0:
+        lines = output.splitlines()
+        errors = list(dict.fromkeys(line for line in lines if "error:" in line))
+        raise BenchError(f"{what} failed (exit status {proc.returncode})\n"
+                         + "".join(f"  {line}\n" for line in errors[:5])
+                         + f"command: {shlex.join(cmd)}\nlast lines of its output:\n"
+                         + "\n".join(lines[-25:]))
+    return output
+
+
+@contextlib.contextmanager
+def slow_link(rate):
+    """Yields the Link for `rate` (e.g. "1gbit"; "" = the machine as it is). With a rate, every
+    rank runs inside a network namespace created here (needs root) whose loopback is limited to
+    `rate` by a token bucket (tc tbf), and talks to the others over TCP through it, as between
+    machines. The namespace is removed on the way out, also after an error or Ctrl-C."""
+    if not rate:
+        yield Link()
+        return
+    namespace = f"loom-bench-{os.getpid()}"
+    enter = ["ip", "netns", "exec", namespace]
+    run_command(["ip", "netns", "add", namespace], "creating network namespace " + namespace)
+    try:
+        run_command(enter + ["ip", "link", "set", "lo", "up"], "bringing up its loopback")
+        run_command(enter + ["tc", "qdisc", "replace", "dev", "lo", "root", "tbf", "rate", rate,
+                             "burst", "256kb", "latency", "100ms"],
+                    f"limiting its loopback to {rate} (tc tbf)")
+        yield Link(prefix=enter,
+                   mpirun_options=["--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "lo"],
+                   description=f"ranks over TCP on a {rate}/s link")
+    finally:
+        subprocess.run(["ip", "netns", "delete", namespace])
+
+
+def prepare_data(loom, source, inputs=("core", "kernels"), output="data"):
+    """Tokenises the source folders `inputs` of the loom checkout `source` into `output`."""
+    cmd = [loom, "prepare"]
+    for folder in inputs:
+        cmd += ["--input", os.path.join(source, folder)]
+    run_command(cmd + ["--output", output], "loom prepare")
+
+
+def mpirun_command(ranks, link=None, exported=()):
+    """mpirun for `ranks` ranks on this machine, over `link`, passing the environment variables
+    named in `exported` to every rank."""
+    cmd = ["mpirun", "-np", str(ranks), "--oversubscribe"]
+    if os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")
+    cmd += (link or Link()).mpirun_options
+    for name in exported:
+        cmd += ["-x", name]
+    return cmd
+
+
+def train(loom, config, run_dir, sets, ranks=1, link=None, env=None, timeout=None):
+    """Runs `loom train config --run-dir run_dir --set ...` (one process, or `ranks` ranks under
+    mpirun over `link`) and returns run_dir. `env`: extra environment variables, passed on to
+    every rank. Ranks that share cores wait passively (OMP_WAIT_POLICY=PASSIVE)."""
+    link = link or Link()
+    cmd = [loom, "train", config, "--run-dir", run_dir]
+    for assignment in sets:
+        cmd += ["--set", assignment]
+    extra = dict(env or {})
+    if ranks > 1:
+        cmd = mpirun_command(ranks, link, exported=sorted(extra)) + cmd
+    full_env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", **extra)
+    run_command(link.prefix + cmd, f"loom train ({run_dir})", env=full_env, timeout=timeout)
+    return run_dir
+
+
+def step_medians(run_dir, warmup=2):
+    """(median ms per step, median exposed communication ms per step) over the steps of
+    run_dir/metrics.jsonl after the first `warmup` ones."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f][warmup:]
+    if not rows:
+        raise BenchError(f"{run_dir}: no step after the {warmup} warm-up steps in metrics.jsonl")
+    return (statistics.median(r["ms_per_step"] for r in rows),
+            statistics.median(r["comm_wait_ms"] for r in rows))
+
+
+def cpu_description():
+    """"<CPU model> (<n> cores)" from /proc/cpuinfo, for the record of a measurement."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model} ({os.cpu_count()} cores)"

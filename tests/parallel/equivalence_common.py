@@ -1,0 +1,66 @@
+"""Shared pieces of the layout-equivalence tests (dp_equivalence.py, tp_equivalence.py): running
+loom under mpirun, reading metrics.jsonl, and comparing losses step by step against the
+single-process run."""
+import json
+import os
+import subprocess
+
+TOLERANCE = 1e-5
+failures = []
+
+
+def mpirun(ranks):
+    cmd = ["mpirun", "-np", str(ranks), "--oversubscribe"]
+    if os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")
+    return cmd
+
+
+def run(cmd, name):
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    if proc.returncode != 0:
+        failures.append(f"{name}: exit {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        return False
+    return True
+
+
+def metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def compare(name, reference, got, first_step=1):
+    ref = {m["step"]: m for m in reference}
+    if [m["step"] for m in got] != list(range(first_step, len(reference) + 1)):
+        failures.append(f"{name}: steps {[m['step'] for m in got]}")
+        return
+    worst = 0.0
+    for m in got:
+        for key in ("loss", "val_loss"):
+            if key in ref[m["step"]]:
+                a, b = ref[m["step"]][key], m.get(key)
+                if b is None:
+                    failures.append(f"{name}: step {m['step']} lacks {key}")
+                    return
+                worst = max(worst, abs(a - b) / abs(a))
+    status = "ok" if worst <= TOLERANCE else "FAIL"
+    print(f"{status}: {name}: worst relative loss difference {worst:.2e} over {len(got)} steps")
+    if worst > TOLERANCE:
+        failures.append(f"{name}: relative loss difference {worst:.3e} > {TOLERANCE}")
+
+
+def prepare_data(loom, src):
+    subprocess.run([loom, "prepare", "--input", os.path.join(src, "core"), "--input",
+                    os.path.join(src, "kernels"), "--output", "data", "--val-fraction", "0.2"],
+                   check=True, capture_output=True)
+
+
+def sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def finish():
+    for f in failures:
+        print("FAIL:", f)
+    raise SystemExit(1 if failures else 0)
