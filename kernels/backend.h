@@ -17,8 +17,8 @@
 //   tokens and targets (`const int*`).
 //   scratch (`void*`): at least the number of bytes the matching *_scratch_bytes method returns.
 // Overwrite / accumulate contracts are those of the kernels/cpu headers and are repeated below.
-// Kernels may run asynchronously on a device; only lm_head_cross_entropy returns a value (and so
-// waits for its own work).
+// Kernels may run asynchronously on a device; only lm_head_cross_entropy and
+// cross_entropy_local_loss return a value (and so wait for their own work).
 //
 //   std::shared_ptr<const loom::kernels::KernelBackend> be = loom::make_backend(device);
 //   std::vector<char> scratch(be->attention_scratch_bytes(B, T, C, H));
@@ -79,7 +79,8 @@ class KernelBackend {
   virtual void matmul_forward(void* out, const void* inp, const void* weight, const void* bias,
                               int N, int IC, int OC) const = 0;
   // dinp (N, IC) = dout · weight — overwritten; skipped when null.
-  // dweight (OC, IC) += doutᵀ · inp; dbias (OC) += Σ_n dout[n] (skipped when null).
+  // dweight (OC, IC) += doutᵀ · inp (skipped when null); dbias (OC) += Σ_n dout[n] (skipped
+  // when null).
   virtual void matmul_backward(void* dinp, float* dweight, float* dbias, const void* dout,
                                const void* inp, const void* weight, int N, int IC,
                                int OC) const = 0;

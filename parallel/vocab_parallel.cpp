@@ -1,6 +1,7 @@
 #include "parallel/vocab_parallel.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "core/error.h"
 
@@ -34,6 +35,7 @@ double vocab_parallel_cross_entropy(const kernels::KernelBackend& be, Communicat
       static_cast<char*>(scratch) + (static_cast<size_t>(chunk) * shard.rows * bytes + 15) / 16 * 16);
   float* sums = row_max + chunk;
   double loss_sum = 0.0;
+  std::vector<WorkPtr> dx_sums;  // one per chunk
   for (int n0 = 0; n0 < N; n0 += chunk) {
     const int n = std::min(chunk, N - n0);
     const void* x_chunk = static_cast<const char*>(x) + static_cast<size_t>(n0) * C * bytes;
@@ -47,11 +49,15 @@ double vocab_parallel_cross_entropy(const kernels::KernelBackend& be, Communicat
     if (!dx) continue;
     be.cross_entropy_local_grad(logits, row_max, sums, targets + n0, n, shard.rows, shard.valid,
                                 shard.vocab_begin, grad_scale);
-    // dx_chunk (n, C) = dlogits · weight (this rank's part); dweight += dlogitsᵀ · x_chunk.
+    // dx_chunk (n, C) = dlogits · weight, this rank's part: its sum over the group runs while
+    // dweight += dlogitsᵀ · x_chunk computes (and the next chunk).
     void* dx_chunk = static_cast<char*>(dx) + static_cast<size_t>(n0) * C * bytes;
-    be.matmul_backward(dx_chunk, dweight, nullptr, logits, x_chunk, weight, n, C, shard.rows);
+    be.matmul_backward(dx_chunk, nullptr, nullptr, logits, x_chunk, weight, n, C, shard.rows);
+    dx_sums.push_back(tp.all_reduce_async(dx_chunk, static_cast<size_t>(n) * C,
+                                          DataType::kFloat32, ReduceOp::kSum));
+    be.matmul_backward(nullptr, dweight, nullptr, logits, x_chunk, weight, n, C, shard.rows);
   }
-  if (dx) tp.all_reduce(static_cast<float*>(dx), static_cast<size_t>(N) * C, ReduceOp::kSum);
+  for (WorkPtr& w : dx_sums) w->wait();
   return loss_sum;
 }
 

@@ -72,11 +72,13 @@ void cross_entropy_local_sums(float* sums, const float* logits, const float* row
   for (int i = 0; i < n; i++) {
     const float* row = logits + static_cast<size_t>(i) * Vl;
     const float max = row_max[i];
-    float sum = 0.0f;
+    // Summed in double as row_exp does for the whole vocabulary, so a slice's Σ exp is exact to
+    // float rounding however many columns it has.
+    double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
     for (int v = 0; v < valid; v++) sum += fast_exp(row[v] - max);
     const int target = targets[i] - vocab_begin;
-    sums[2 * i] = sum;
+    sums[2 * i] = static_cast<float>(sum);
     sums[2 * i + 1] = target >= 0 && target < valid ? row[target] : 0.0f;
   }
 }

@@ -11,7 +11,7 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
                     int IC, int OC);
 
 // dinp (N, IC) = dout (N, OC) · weight (OC, IC)       — overwritten; skipped when dinp is null
-// dweight (OC, IC) += dout ᵀ · inp                    — accumulated
+// dweight (OC, IC) += dout ᵀ · inp                    — accumulated; skipped when null
 // dbias (OC) += Σ_n dout[n]                           — accumulated; skipped when dbias is null
 void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
                      const float* inp, const float* weight, int N, int IC, int OC);

@@ -18,9 +18,10 @@ Conditions of the link between ranks:
                      latency, which the ladder residual can hide and the standard one cannot.
 The two options combine.
 
-With --write-docs FILE (docs/benchmarks.md) the table, the command and the machine replace the
-section "## Tensor parallelism and Ladder Residual" of FILE (appended when missing), and a bar
-chart of the step times is written to tp_ladder.svg beside FILE.
+With --write-docs FILE (docs/benchmarks.md) the table, the command and the machine replace this
+condition's subsection of the section "## Tensor parallelism and Ladder Residual" of FILE (other
+conditions' subsections are kept; the section is appended when missing), and a bar chart of the
+step times is written beside FILE (tp_ladder.svg; tp_ladder-<condition>.svg for the others).
 
 usage: tp_ladder.py LOOM_BINARY SOURCE_DIR [--tp 2,4] [--dp 1] [--steps 10] [--set key=value ...]
                     [--slow-link RATE] [--latency SECONDS] [--write-docs FILE]
@@ -39,8 +40,9 @@ import bench_common
 
 SECTION = "## Tensor parallelism and Ladder Residual"
 CHART = "tp_ladder.svg"
+PLAIN_CONDITION = "ranks over shared memory"
 WARMUP = 2
-LAYERS = 4
+LAYERS = 8
 MODEL = (f"model {{ vocab_size: 257 d_model: 384 n_heads: 8 d_mlp: 1536 max_seq_len: 128 "
          f"prelude_layers: 0 block_layers: {LAYERS} loops: 1 coda_layers: 0 "
          f"tie_embeddings: false lm_head_chunk: 512 }}")
@@ -91,7 +93,7 @@ def table(results, tps, dp):
             ms, comm = results[(tp, residual)]
             base_ms = results[(1, residual)][0]
             ratios = "| | |"
-            if residual == "LADDER":
+            if residual == "LADDER" and tp > 1:
                 comm_ratio = f"{comm / std_comm:.2f}×" if std_comm > 0 else "–"
                 ratios = f"| {comm_ratio} | **{ms / std_ms:.2f}×** |"
             rows.append(f"| {tp}{'*' if tp * dp > os.cpu_count() else ''} | {residual.lower()} | "
@@ -248,7 +250,7 @@ def main():
 
     conditions = [c for c in (link.description, args.latency and
                               f"{args.latency * 1000:g} ms added to every tp operation "
-                              "(LOOM_FAULT op=*)") if c] or ["ranks over shared memory"]
+                              "(LOOM_FAULT op=*)") if c] or [PLAIN_CONDITION]
     condition = ", ".join(conditions)
     report = report_text(results, args, condition)
     print(report)
@@ -271,22 +273,36 @@ def report_text(results, args, condition):
 
 
 def write_docs(docs, results, tps, condition, report, command):
-    """Replaces the benchmark's section of `docs` and writes its chart beside it."""
-    chart = os.path.join(os.path.dirname(docs), CHART)
-    with open(chart, "w") as f:
+    """Writes this condition's subsection (### condition) of the benchmark's section of `docs`,
+    keeping the other conditions' subsections, and its chart beside it."""
+    chart = CHART if condition == PLAIN_CONDITION else (
+        "tp_ladder-" + "".join(c if c.isalnum() else "-" for c in condition.lower())[:40]
+        .strip("-") + ".svg")
+    with open(os.path.join(os.path.dirname(docs), chart), "w") as f:
         f.write(svg_chart(results, tps, f"{MODEL_TEXT}; {BATCH_TEXT}; {condition}; "
                                         f"{bench_common.cpu_description()}"))
     intro = ("`tests/bench/tp_ladder.py` trains the same model with `parallel.tp` = 1 (one "
              "process, no communication: the compute-only baseline) and each tp, with "
              "`model.residual` STANDARD and LADDER. Exposed communication = time a rank blocks "
              "on communication (`comm_wait_ms` in metrics.jsonl), mostly the tensor-parallel "
-             "all-reduces after each attention and MLP sub-layer. Measured "
-             f"{datetime.date.today().isoformat()}.")
-    body = (f"{textwrap.fill(intro, 100)}\n\n{report}\n\n"
-            f"![ms per step, exposed communication on top]({CHART})\n\n"
-            f"```\n{command}\n```\n")
+             "all-reduces after each attention and MLP sub-layer. One subsection per condition "
+             "of the link between the ranks.")
+    subsections = {}
+    text = open(docs).read() if os.path.exists(docs) else ""
+    start = text.find(SECTION + "\n")
+    if start >= 0:
+        end = text.find("\n## ", start + len(SECTION))
+        old = text[start:end if end >= 0 else len(text)]
+        for part in old.split("\n### ")[1:]:
+            subsections[part.split("\n", 1)[0]] = "### " + part.rstrip("\n") + "\n"
+    subsections[condition] = (f"### {condition}\n\nMeasured {datetime.date.today().isoformat()}"
+                              f" with\n\n```\n{command}\n```\n\n{report}\n\n"
+                              f"![ms per step, exposed communication on top]({chart})\n")
+    order = sorted(subsections, key=lambda c: (c != PLAIN_CONDITION, c))
+    body = textwrap.fill(intro, 100) + "\n\n" + "\n".join(subsections[c] for c in order)
     replace_section(docs, SECTION, body)
-    print(f"\nwrote the section \"{SECTION[3:]}\" of {docs} and {chart}", file=sys.stderr)
+    print(f"\nwrote \"{condition}\" in the section \"{SECTION[3:]}\" of {docs} and {chart}",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

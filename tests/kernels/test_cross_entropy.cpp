@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <ostream>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernel_test_util.h"
@@ -126,6 +128,71 @@ INSTANTIATE_TEST_SUITE_P(Cases, CrossEntropyTest,
                                            Case{50, 32, 101, 16, 1.0f, 1e-6},
                                            // logits in the hundreds
                                            Case{13, 16, 37, 5, 60.0f, 1e-5}));
+
+// The vocabulary-parallel pieces over V split into `parts` padded blocks, with the reductions
+// over the blocks done here as the tensor-parallel all-reduces would (MAX, then SUM): loss and
+// dlogits against the double reference; padding columns (filled with garbage) ignored and their
+// gradient 0; a block with no valid column (V = 5 over 4 parts) contributes nothing.
+TEST(CrossEntropyVocabParallel, BlocksReducedGiveTheFullLossAndGradient) {
+  std::mt19937 rng(62);
+  for (auto [N, V, parts, scale] : {std::tuple{6, 19, 2, 1.0f}, {6, 19, 3, 1.0f}, {5, 5, 4, 1.0f},
+                                    {9, 37, 4, 40.0f}}) {
+    SCOPED_TRACE("N=" + std::to_string(N) + " V=" + std::to_string(V) + " parts=" +
+                 std::to_string(parts));
+    auto logits = random_floats(rng, static_cast<size_t>(N) * V);
+    for (float& l : logits) l *= scale;
+    const auto targets = random_targets(rng, N, V);
+    const float grad_scale = 0.25f;
+    const int rows = (V + parts - 1) / parts;
+    std::vector<std::vector<float>> blocks(parts);
+    std::vector<float> row_max(N, -INFINITY), sums(2 * N, 0.0f);
+    for (int p = 0; p < parts; ++p) {
+      const int begin = p * rows, valid = std::clamp(V - begin, 0, rows);
+      blocks[p].assign(static_cast<size_t>(N) * rows, 1e30f);  // padding: must be ignored
+      for (int n = 0; n < N; ++n)
+        std::copy_n(logits.begin() + static_cast<size_t>(n) * V + begin, valid,
+                    blocks[p].begin() + static_cast<size_t>(n) * rows);
+      std::vector<float> local_max(N, 7.0f);
+      cpu::cross_entropy_local_max(local_max.data(), blocks[p].data(), N, rows, valid);
+      for (int n = 0; n < N; ++n) row_max[n] = std::max(row_max[n], local_max[n]);
+      if (valid == 0) {
+        for (float m : local_max) EXPECT_EQ(m, -INFINITY);
+      }
+    }
+    for (int p = 0; p < parts; ++p) {
+      const int begin = p * rows, valid = std::clamp(V - begin, 0, rows);
+      auto local = nan_filled(2 * N);
+      cpu::cross_entropy_local_sums(local.data(), blocks[p].data(), row_max.data(), targets.data(),
+                                    N, rows, valid, begin);
+      for (int i = 0; i < 2 * N; ++i) sums[i] += local[i];
+    }
+    double want_loss = 0.0;
+    std::vector<double> want_grad(static_cast<size_t>(N) * V);
+    for (int n = 0; n < N; ++n) {
+      double max = -INFINITY, sum = 0.0;
+      for (int v = 0; v < V; ++v) max = std::max<double>(max, logits[n * V + v]);
+      for (int v = 0; v < V; ++v) sum += std::exp(logits[n * V + v] - max);
+      const double lse = max + std::log(sum);
+      want_loss += lse - logits[n * V + targets[n]];
+      for (int v = 0; v < V; ++v)
+        want_grad[n * V + v] = (std::exp(logits[n * V + v] - lse) - (v == targets[n])) * grad_scale;
+    }
+    const double loss = cpu::cross_entropy_local_loss(row_max.data(), sums.data(), N);
+    EXPECT_NEAR(loss, want_loss, 2e-6 * std::max(1.0, want_loss));
+    std::vector<float> grad(static_cast<size_t>(N) * V);
+    for (int p = 0; p < parts; ++p) {
+      const int begin = p * rows, valid = std::clamp(V - begin, 0, rows);
+      cpu::cross_entropy_local_grad(blocks[p].data(), row_max.data(), sums.data(), targets.data(), N,
+                                    rows, valid, begin, grad_scale);
+      for (int n = 0; n < N; ++n) {
+        std::copy_n(blocks[p].begin() + static_cast<size_t>(n) * rows, valid,
+                    grad.begin() + static_cast<size_t>(n) * V + begin);
+        for (int j = valid; j < rows; ++j) EXPECT_EQ(blocks[p][n * rows + j], 0.0f);
+      }
+    }
+    EXPECT_TRUE(close(grad, want_grad, 1e-6));
+  }
+}
 
 }  // namespace
 }  // namespace loom::kernels::test
