@@ -364,13 +364,21 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
                   cfg.model().block_layers(), cfg.model().loops(), cfg.model().coda_layers(),
                   model.delay == 2 ? "ladder" : "standard", threads,
                   distributed ? " per rank" : ""));
-  if (groups.is_distributed())
-    log.line(format("mesh: %d ranks = dp %d × pp %d × sp %d × tp %d; gradients averaged over %d "
-                    "ranks in %zu bucket(s)%s%s",
-                    groups.mesh.world_size(), groups.mesh.dp, groups.mesh.pp, groups.mesh.sp,
-                    groups.mesh.tp, dp.size(), reducer.buckets.size(),
-                    cfg.parallel().overlap_grad_reduce() ? " overlapped with backward" : "",
-                    zero ? ", ZeRO-1 optimizer shards" : ""));
+  if (groups.is_distributed()) {
+    std::string line = format("mesh: %d ranks = dp %d × pp %d × sp %d × tp %d",
+                              groups.mesh.world_size(), groups.mesh.dp, groups.mesh.pp,
+                              groups.mesh.sp, groups.mesh.tp);
+    if (tensor_parallel)
+      line += format("; heads, MLP and vocabulary (%d rows per rank) split over tp, all-reduces %s",
+                     model.vocab.rows,
+                     model.delay == 2 ? "overlapped by the ladder residual" : "waited at once");
+    if (distributed)
+      line += format("; gradients averaged over %d ranks in %zu bucket(s)%s%s", dp.size(),
+                     reducer.buckets.size(),
+                     cfg.parallel().overlap_grad_reduce() ? " overlapped with backward" : "",
+                     zero ? ", ZeRO-1 optimizer shards" : "");
+    log.line(line);
+  }
   log.line(format("data: %lld training sequences of %d tokens; %d micro-batch(es) of %d "
                   "sequences per step%s; run directory %s",
                   static_cast<long long>(train_data.num_sequences()), T, accum, B,

@@ -68,6 +68,12 @@ int bench_sgemm(const Args& args) {
 int bench_step(const Args& args) {
   if (args.positional.size() != 2) throw Error("bench step needs one CONFIG (see loom bench --help)");
   const config::RunConfig cfg = load_config(args.positional[1], args.values("--set"));
+  const auto& p = cfg.parallel();
+  if (p.dp() * p.tp() * p.pp() * p.sp() != 1)
+    throw Error("bench step times one process; this config asks for " +
+                std::to_string(p.dp() * p.tp() * p.pp() * p.sp()) +
+                " ranks (parallel.*): time parallel layouts with loom train (ms_per_step and "
+                "comm_wait_ms in metrics.jsonl) or tests/bench/dp_overlap.py and tp_ladder.py");
   const int steps = static_cast<int>(args.integer("--steps", 10));
   const int warmup = static_cast<int>(args.integer("--warmup", 2));
   if (steps < 1 || warmup < 0) throw Error("--steps must be ≥ 1 and --warmup ≥ 0");

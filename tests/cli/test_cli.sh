@@ -109,6 +109,7 @@ expect_error bad-override 'no field "nope" in model' -- "$loom" train "$src/conf
 expect_error bad-override-value "is not a valid number" -- "$loom" train "$src/configs/default.textproto" --set optim.lr=fast
 expect_error invariant "model.n_heads (3) must divide model.d_model (128)" -- "$loom" train "$src/configs/default.textproto" --set model.n_heads=3
 expect_error parallel-not-yet "parallel.pp = 2" -- "$loom" train "$src/configs/default.textproto" --set parallel.pp=2
+expect_error bench-step-parallel "bench step times one process" -- "$loom" bench step "$src/configs/default.textproto" --set parallel.tp=2
 expect_error parallel-divide "multiple of train.micro_batch × parallel.dp" -- "$loom" train "$src/configs/default.textproto" --set parallel.dp=3
 expect_error missing-config "cannot read config" -- "$loom" train nowhere.textproto
 expect_error bad-flag "unknown option --rundir" -- "$loom" train "$src/configs/default.textproto" --rundir x
