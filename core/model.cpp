@@ -194,6 +194,13 @@ bool starts_loop_iteration(const Model& m, int position) {
   return position >= m.loop_begin && position < end && (position - m.loop_begin) % block == 0;
 }
 
+// With input injection, the sub-layer at which the prelude's output e is taken: right after the
+// prelude's last output h_{P−1} joins the stream (P = the loop's first sub-layer), which is when
+// sub-layer P − 1 + delay reads it, so no all-reduce has to be waited on early. −1 without.
+int injection_sublayer(const Model& m) {
+  return m.config.input_injection() ? 2 * m.loop_begin + m.delay - 1 : -1;
+}
+
 }  // namespace
 
 Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::KernelBackend> backend,
@@ -383,22 +390,18 @@ double model_forward(Model& m, const int* inputs, const int* targets, int B, int
   tp_wait(m, embedded);
 
   const int positions = static_cast<int>(m.unrolled.size());
+  const int injection = injection_sublayer(m);
   for (int p = 0; p < positions; ++p) {
     const LayerOffsets& o = m.layers[m.unrolled[p]];
     const int first = 2 * p;
-    if (m.config.input_injection() && p == m.loop_begin) {
-      // The prelude's output is the stream with its pending sub-layer outputs added.
-      void* e = act(m, m.injected);
-      be.copy(e, r, NC);
-      for (int j = std::max(0, first - d); j < first; ++j) be.vector_add(e, pending_output(j), NC);
-    } else if (m.config.input_injection() && starts_loop_iteration(m, p)) {
+    if (m.config.input_injection() && p != m.loop_begin && starts_loop_iteration(m, p))
       be.vector_add(r, act(m, m.injected), NC);
-    }
     for (int sub = 0; sub < 2; ++sub) {
       const int i = first + sub;
       // Ladder: h_{i−2} is waited on here, after h_{i−1}'s all-reduce was started, so each
       // all-reduce runs while the next sub-layer computes.
       if (i >= d) be.vector_add(r, pending_output(i - d), NC);
+      if (i == injection) be.copy(act(m, m.injected), r, NC);
       const SublayerActs& a = m.acts[i];
       be.copy(act(m, a.input), r, NC);
       // Slot i % d held h_{i−d}, just added to r: free for h_i.
@@ -467,7 +470,7 @@ void model_backward(Model& m, int B, int T, const GradsFinalFn& on_grads_final) 
 
   const int positions = static_cast<int>(m.unrolled.size());
   const int n = 2 * positions;
-  const int loop_begin_sublayer = m.config.input_injection() ? 2 * m.loop_begin : -1;
+  const int injection = injection_sublayer(m);
 
   // Completes sub-layer j's backward: waits for its input gradient's tensor-parallel sum, runs
   // its pre-norm's backward into dr — which then is the gradient of the stream as sub-layer j
@@ -480,14 +483,10 @@ void model_backward(Model& m, int B, int T, const GradsFinalFn& on_grads_final) 
       norm_backward(m, o.norm1_w, o.norm1_b, m.acts[j], N, d_normed_slot(j), dr);
     else
       norm_backward(m, o.norm2_w, o.norm2_b, m.acts[j], N, d_normed_slot(j), dr);
+    if (j == injection) be.vector_add(dr, de, NC);  // reverse of e = r
     if (j % 2 != 0) return;
-    if (j == loop_begin_sublayer) {
-      // Reverse of e = r + Σ pending: e's gradient flows to the stream (here) and to those
-      // outputs (when their gradients are set, below).
-      be.vector_add(dr, de, NC);
-    } else if (m.config.input_injection() && starts_loop_iteration(m, p)) {
-      be.vector_add(de, dr, NC);
-    }
+    if (m.config.input_injection() && p != m.loop_begin && starts_loop_iteration(m, p))
+      be.vector_add(de, dr, NC);  // reverse of r += e
     const int u = m.unrolled[p];
     // A unique layer's gradients are final after the backward of its first application.
     if (on_grads_final && m.first_use[u] == p)
@@ -504,8 +503,6 @@ void model_backward(Model& m, int B, int T, const GradsFinalFn& on_grads_final) 
     if (i + d < n) finish(i + d);
     if (i < 0) continue;
     if (i + d < n) be.copy(d_pending_slot(i), dr, NC);
-    if (i > loop_begin_sublayer - d && i < loop_begin_sublayer)
-      be.vector_add(d_pending_slot(i), de, NC);  // pending outputs that joined e
     const int p = i / 2;
     const LayerOffsets& o = m.layers[m.unrolled[p]];
     if (i % 2 == 0)
