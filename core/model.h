@@ -5,7 +5,10 @@
 // Each layer is two sub-layers (attention, MLP), each with its own pre-norm. The residual stream
 // `r` receives sub-layer i's output h_i right before sub-layer i + delay runs (delay 1: standard;
 // delay 2: Ladder Residual), so between sub-layers the state is the stream plus `delay` pending
-// outputs. The shared block's gradients accumulate over every iteration that used it.
+// outputs (under tensor parallelism each may still be an all-reduce in flight: pending_work).
+// That pair — stream and pending outputs — is what a pipeline stage boundary or an activation
+// checkpoint has to carry; the ladder continues across loop iterations. The shared block's
+// gradients accumulate over every iteration that used it.
 // Every kernel runs through the model's KernelBackend (kernels/backend.h); the model's code
 // does not depend on which backend, nor on its activation type.
 //
