@@ -32,8 +32,9 @@ size_t vocab_parallel_scratch_bytes(const kernels::KernelBackend& be, int chunk,
 // Returns Σ_n (logsumexp over the whole vocabulary − the target's logit), the same on every rank.
 // When dx is non-null, with dlogits = (softmax − onehot) · grad_scale: dx (N, C) = dlogits ·
 // weight summed over the group — overwritten, complete on every rank on return; dweight (rows,
-// C) += dlogitsᵀ · x for this rank's rows (padding rows get 0; required with dx). Collective
-// over tp (every rank calls it with the same N, C, chunk and targets).
+// C) += dlogitsᵀ · x for this rank's rows (padding rows get 0; skipped when null). Collective
+// over tp (every rank calls it with the same N, C, chunk and targets). scratch holds
+// vocab_parallel_scratch_bytes(be, chunk, shard.rows) bytes.
 double vocab_parallel_cross_entropy(const kernels::KernelBackend& be, Communicator& tp, void* dx,
                                     float* dweight, const void* x, const void* weight,
                                     const int* targets, int N, int C, const VocabShard& shard,

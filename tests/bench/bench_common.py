@@ -36,6 +36,19 @@ class Link:
     description: str = ""
 
 
+def bench_config(model, micro_batch, seq_len, extra=""):
+    """A benchmark run's config: `model` (a `model { ... }` text) trained on the prepared data
+    with one thread per rank, no validation, checkpoints or samples."""
+    return f"""{model}
+train {{ micro_batch: {micro_batch} seq_len: {seq_len} eval_interval: 0 }}
+optim {{ lr: 1e-3 warmup_steps: 2 }}
+data {{ train_shards: "data/train_*.bin" val_shards: "" }}
+checkpoint {{ interval: 0 }}
+logging {{ interval: 1000 sample_tokens: 0 }}
+runtime {{ threads: 1 }}
+{extra}"""
+
+
 def exit_on_sigterm():
     """SIGTERM ends the benchmark through the normal exception path, so `finally` blocks (the
     namespace's removal, the temporary folder's) run, as they do for Ctrl-C."""

@@ -30,15 +30,6 @@ MODELS = {
               "prelude_layers: 1 block_layers: 2 loops: 2 coda_layers: 1 tie_embeddings: false }",
 }
 LAYERS_APPLIED = {"plain": 8, "looped": 6}
-COMMON = """
-train { micro_batch: 1 seq_len: 64 eval_interval: 0 }
-optim { lr: 1e-3 warmup_steps: 2 }
-data { train_shards: "data/train_*.bin" val_shards: "" }
-checkpoint { interval: 0 }
-logging { interval: 1000 sample_tokens: 0 }
-runtime { threads: 1 }
-parallel { bucket_mb: 4 }
-"""
 
 
 def main():
@@ -61,7 +52,7 @@ def main():
         with bench_common.slow_link(args.slow_link) as link:
             bench_common.prepare_data(loom, args.source)
             with open("bench.textproto", "w") as f:
-                f.write(MODELS[args.model] + COMMON)
+                f.write(bench_common.bench_config(MODELS[args.model], 1, 64, "parallel { bucket_mb: 4 }"))
 
             def run(dp, overlap):
                 sets = [f"train.global_batch={dp}", f"train.steps={args.steps}",

@@ -49,14 +49,6 @@ MODEL = (f"model {{ vocab_size: 257 d_model: 384 n_heads: 8 d_mlp: 1536 max_seq_
 MODEL_TEXT = (f"plain GPT, {LAYERS} layers, d_model 384, 8 heads, d_mlp 1536, vocab 257 "
               "(untied head)")
 MICRO_BATCH = 4
-COMMON = f"""
-train {{ micro_batch: {MICRO_BATCH} seq_len: 128 eval_interval: 0 }}
-optim {{ lr: 1e-3 warmup_steps: 2 }}
-data {{ train_shards: "data/train_*.bin" val_shards: "" }}
-checkpoint {{ interval: 0 }}
-logging {{ interval: 1000 sample_tokens: 0 }}
-runtime {{ threads: 1 }}
-"""
 BATCH_TEXT = f"micro-batch {MICRO_BATCH} × 128 tokens, 1 thread per rank"
 RESIDUALS = ("STANDARD", "LADDER")
 
@@ -238,7 +230,7 @@ def main():
         with bench_common.slow_link(args.slow_link) as link:
             bench_common.prepare_data(loom, source)
             with open("bench.textproto", "w") as f:
-                f.write(MODEL + COMMON)
+                f.write(bench_common.bench_config(MODEL, MICRO_BATCH, 128))
             results = measure(loom, args, link)
     except bench_common.BenchError as e:
         sys.exit(f"tp_ladder: {e}")

@@ -158,6 +158,42 @@ TEST_P(EmbeddingTest, VocabularySlicesTileTheWhole) {
   }
 }
 
+// One slice alone, the middle one of three, with positions: tokens outside it look up zeros plus
+// their position; backward accumulates onto prefilled dwte rows (its own tokens only) and dwpe
+// (every token).
+TEST_P(EmbeddingTest, VocabularySliceWithPositionsAccumulates) {
+  const Shape s = GetParam();
+  std::mt19937 rng(55);
+  const auto tokens = random_tokens(rng, s);
+  const auto wte = random_floats(rng, s.V * s.C);
+  const auto wpe = random_floats(rng, s.T * s.C);
+  const auto dout = random_floats(rng, static_cast<size_t>(s.B) * s.T * s.C);
+  const int rows = (s.V + 2) / 3, begin = rows, valid = std::clamp(s.V - begin, 0, rows);
+  const size_t C = s.C;
+  std::vector<float> slice(rows * C, 0.0f);
+  std::copy_n(wte.begin() + begin * C, valid * C, slice.begin());
+  // The global table with every row outside the slice zeroed: what the slice looks up.
+  std::vector<double> seen(wte.size(), 0.0);
+  std::copy_n(wte.begin() + begin * C, valid * C, seen.begin() + begin * C);
+
+  auto out = nan_filled(static_cast<size_t>(s.B) * s.T * C);
+  cpu::embedding_forward(out.data(), tokens.data(), slice.data(), wpe.data(), s.B, s.T, s.C, begin,
+                         rows);
+  EXPECT_TRUE(close(out, reference_forward(tokens, seen, to_double(wpe), s), 1e-7));
+
+  const auto dslice_before = random_floats(rng, rows * C);
+  const auto dwpe_before = random_floats(rng, s.T * C);
+  auto dslice = dslice_before;
+  auto dwpe = dwpe_before;
+  cpu::embedding_backward(dslice.data(), dwpe.data(), dout.data(), tokens.data(), s.B, s.T, s.C,
+                          begin, rows);
+  const Grads g = reference_backward(to_double(dout), tokens, s);
+  std::vector<double> want_dslice(rows * C, 0.0);
+  std::copy_n(g.dwte.begin() + begin * C, valid * C, want_dslice.begin());
+  EXPECT_TRUE(close(dslice, plus(dslice_before, want_dslice), 3e-6));
+  EXPECT_TRUE(close(dwpe, plus(dwpe_before, g.dwpe), 3e-6));
+}
+
 TEST(EmbeddingDeterminism, BackwardIsBitwiseRepeatable) {
   const Shape s{8, 128, 48, 5};
   std::mt19937 rng(53);

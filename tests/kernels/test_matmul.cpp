@@ -132,6 +132,23 @@ TEST_P(MatmulTest, BackwardSkipsNullDinpAndDbias) {
   EXPECT_TRUE(close(dweight, g.dweight, kTol));
 }
 
+// dinp alone (the vocabulary-parallel head computes dweight separately): the same dinp; the
+// bias gradient is still accumulated.
+TEST_P(MatmulTest, BackwardSkipsNullDweight) {
+  const Shape s = GetParam();
+  std::mt19937 rng(5);
+  const auto inp = random_floats(rng, s.N * s.IC);
+  const auto weight = random_floats(rng, s.OC * s.IC);
+  const auto dout = random_floats(rng, s.N * s.OC);
+  auto dinp = nan_filled(static_cast<size_t>(s.N) * s.IC);
+  std::vector<float> dbias(s.OC, 0.0f);
+  matmul_backward(dinp.data(), nullptr, dbias.data(), dout.data(), inp.data(), weight.data(), s.N,
+                  s.IC, s.OC);
+  const Grads g = reference_backward(to_double(dout), to_double(inp), to_double(weight), s);
+  EXPECT_TRUE(close(dinp, g.dinp, kTol));
+  EXPECT_TRUE(close(dbias, g.dbias, kTol));
+}
+
 TEST(MatmulDeterminism, BiasGradientIsBitwiseRepeatable) {
   const Shape s{513, 8, 100};
   std::mt19937 rng(5);

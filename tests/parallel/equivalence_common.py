@@ -56,6 +56,18 @@ def prepare_data(loom, src):
                    check=True, capture_output=True)
 
 
+def reference_run(loom, name, config_text):
+    """Writes NAME.textproto and trains it in one process; returns (config path, its metrics),
+    or (config path, None) when the run failed (recorded in failures)."""
+    config = f"{name}.textproto"
+    with open(config, "w") as f:
+        f.write(config_text)
+    ref_dir = f"ref-{name}"
+    if not run([loom, "train", config, "--run-dir", ref_dir], f"{name} single"):
+        return config, None
+    return config, metrics(ref_dir)
+
+
 def sets(overrides):
     return [a for o in overrides for a in ("--set", o)]
 

@@ -1,5 +1,6 @@
 // Single-process tests of parallel/ (no MPI started): shard_range, parse_fault_injection, the
-// self communicator, and GradReducer over a group of one, including its LOOM_CHECK invariants.
+// self communicator, GradReducer over a group of one, including its LOOM_CHECK invariants, and
+// the vocabulary-parallel cross-entropy over a group of one.
 #include <gtest/gtest.h>
 
 #include <numeric>
@@ -8,6 +9,8 @@
 #include "parallel/communicator.h"
 #include "parallel/grad_reducer.h"
 #include "parallel/mpi_runtime.h"
+#include "parallel/vocab_parallel.h"
+#include "tests/parallel/vocab_parallel_check.h"
 
 namespace loom {
 namespace {
@@ -220,6 +223,22 @@ TEST(GradReducerSelfDeathTest, ChecksItsInvariants) {
   EXPECT_DEATH(grad_reducer_gather_in_place(red, grads.data()), "r.zero");
   grad_reducer_ready(red, 6, 1);  // completes [6, 10): launched, not yet finished
   EXPECT_DEATH(grad_reducer_begin(red), "!b.work");
+}
+
+// One rank holds the whole vocabulary, unpadded (vocab_shard) and with padding rows past it that
+// must be ignored; several chunks, one chunk, and a chunk larger than N.
+TEST(VocabParallelSelf, MatchesTheFullCrossEntropy) {
+  std::unique_ptr<Communicator> self = make_self_communicator("tp", 0);
+  for (const test::VocabParallelCase& k :
+       {test::VocabParallelCase{13, 8, 37, 5}, test::VocabParallelCase{13, 8, 37, 13},
+        test::VocabParallelCase{7, 8, 64, 16}}) {
+    const VocabShard whole = vocab_shard(k.V, 1, 0);
+    EXPECT_EQ(whole.vocab_begin, 0);
+    EXPECT_EQ(whole.rows, k.V);
+    EXPECT_EQ(whole.valid, k.V);
+    test::expect_vocab_parallel_matches_full(*self, whole, k);
+    test::expect_vocab_parallel_matches_full(*self, VocabShard{0, k.V + 3, k.V}, k);
+  }
 }
 
 }  // namespace

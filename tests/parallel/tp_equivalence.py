@@ -14,7 +14,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from equivalence_common import compare, finish, metrics, mpirun, prepare_data, run, sets  # noqa: E402
+from equivalence_common import (compare, finish, metrics, mpirun, prepare_data,  # noqa: E402
+                                reference_run, run, sets)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 
@@ -44,13 +45,9 @@ def main():
     try:
         prepare_data(LOOM, SRC)
         for model_name, model in MODELS.items():
-            config = f"{model_name}.textproto"
-            with open(config, "w") as f:
-                f.write(model + COMMON)
-            ref_dir = f"ref-{model_name}"
-            if not run([LOOM, "train", config, "--run-dir", ref_dir], f"{model_name} single"):
+            config, reference = reference_run(LOOM, model_name, model + COMMON)
+            if reference is None:
                 continue
-            reference = metrics(ref_dir)
             cases = [(2, 1, []), (4, 1, []), (2, 2, [])]
             if model_name.startswith("looped"):
                 cases.append((2, 2, ["parallel.zero_stage=1", "parallel.bucket_mb=0.01"]))

@@ -28,16 +28,10 @@ import bench_common  # noqa: E402  (tests/bench/bench_common.py)
 
 LAYERS = 4
 MICRO_BATCH = 4
-CONFIG = f"""
-model {{ vocab_size: 257 d_model: 512 n_heads: 8 d_mlp: 2048 max_seq_len: 128 prelude_layers: 0
-        block_layers: {LAYERS} loops: 1 coda_layers: 0 tie_embeddings: false lm_head_chunk: 512 }}
-train {{ micro_batch: {MICRO_BATCH} seq_len: 128 eval_interval: 0 }}
-optim {{ lr: 1e-3 warmup_steps: 2 }}
-data {{ train_shards: "data/train_*.bin" val_shards: "" }}
-checkpoint {{ interval: 0 }}
-logging {{ interval: 1000 sample_tokens: 0 }}
-runtime {{ threads: 1 }}
-"""
+CONFIG = bench_common.bench_config(
+    f"model {{ vocab_size: 257 d_model: 512 n_heads: 8 d_mlp: 2048 max_seq_len: 128 "
+    f"prelude_layers: 0 block_layers: {LAYERS} loops: 1 coda_layers: 0 tie_embeddings: false "
+    f"lm_head_chunk: 512 }}", MICRO_BATCH, 128)
 # Operations on the tp group per step that the standard residual exposes at least: one
 # all-reduce after each attention and MLP sub-layer in forward and one for each in backward.
 MIN_TP_OPERATIONS = 4 * LAYERS
