@@ -212,6 +212,109 @@ void lm_head_cross_entropy(const Context& ctx, double* loss_sum, Act* dx, float*
   }
 }
 
+namespace {
+
+constexpr int kLocalThreads = 256;
+
+template <typename Act>
+__global__ void __launch_bounds__(kLocalThreads)
+    local_max_kernel(float* row_max, const Act* logits, int Vl, int valid) {
+  const Act* row = logits + static_cast<size_t>(blockIdx.x) * Vl;
+  float max = -INFINITY;
+  for (int v = threadIdx.x; v < valid; v += blockDim.x) max = fmaxf(max, to_float(row[v]));
+  max = block_max(max, -INFINITY);
+  if (threadIdx.x == 0) row_max[blockIdx.x] = max;
+}
+
+template <typename Act>
+__global__ void __launch_bounds__(kLocalThreads)
+    local_sums_kernel(float* sums, const Act* logits, const float* row_max, const int* targets,
+                      int Vl, int valid, int vocab_begin) {
+  const Act* row = logits + static_cast<size_t>(blockIdx.x) * Vl;
+  const float max = row_max[blockIdx.x];
+  float sum = 0.0f;
+  for (int v = threadIdx.x; v < valid; v += blockDim.x) sum += expf(to_float(row[v]) - max);
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) {
+    const int target = targets[blockIdx.x] - vocab_begin;
+    sums[2 * blockIdx.x] = sum;
+    sums[2 * blockIdx.x + 1] = target >= 0 && target < valid ? to_float(row[target]) : 0.0f;
+  }
+}
+
+__global__ void __launch_bounds__(kLocalThreads)
+    local_loss_kernel(double* loss_sum, const float* row_max, const float* sums, int n) {
+  double sum = 0.0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+    sum += static_cast<double>(row_max[i]) + log(static_cast<double>(sums[2 * i])) - sums[2 * i + 1];
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) *loss_sum = sum;
+}
+
+template <typename Act>
+__global__ void __launch_bounds__(kLocalThreads)
+    local_grad_kernel(Act* logits, const float* row_max, const float* sums, const int* targets,
+                      int Vl, int valid, int vocab_begin, float grad_scale) {
+  Act* row = logits + static_cast<size_t>(blockIdx.x) * Vl;
+  const float max = row_max[blockIdx.x];
+  const float factor = grad_scale / sums[2 * blockIdx.x];
+  const int target = targets[blockIdx.x] - vocab_begin;
+  for (int v = threadIdx.x; v < Vl; v += blockDim.x) {
+    float g = 0.0f;
+    if (v < valid) {
+      g = expf(to_float(row[v]) - max) * factor;
+      if (v == target) g -= grad_scale;
+    }
+    row[v] = from_float<Act>(g);
+  }
+}
+
+}  // namespace
+
+template <typename Act>
+void cross_entropy_local_max(const Context& ctx, float* row_max, const Act* logits, int n, int Vl,
+                             int valid) {
+  if (n == 0) return;
+  local_max_kernel<<<n, kLocalThreads, 0, ctx.stream>>>(row_max, logits, Vl, valid);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <typename Act>
+void cross_entropy_local_sums(const Context& ctx, float* sums, const Act* logits,
+                              const float* row_max, const int* targets, int n, int Vl, int valid,
+                              int vocab_begin) {
+  if (n == 0) return;
+  local_sums_kernel<<<n, kLocalThreads, 0, ctx.stream>>>(sums, logits, row_max, targets, Vl, valid,
+                                                         vocab_begin);
+  CUDA_CHECK_LAUNCH();
+}
+
+void cross_entropy_local_loss(const Context& ctx, double* loss_sum, const float* row_max,
+                              const float* sums, int n) {
+  local_loss_kernel<<<1, kLocalThreads, 0, ctx.stream>>>(loss_sum, row_max, sums, n);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <typename Act>
+void cross_entropy_local_grad(const Context& ctx, Act* logits, const float* row_max,
+                              const float* sums, const int* targets, int n, int Vl, int valid,
+                              int vocab_begin, float grad_scale) {
+  if (n == 0) return;
+  local_grad_kernel<<<n, kLocalThreads, 0, ctx.stream>>>(logits, row_max, sums, targets, Vl, valid,
+                                                         vocab_begin, grad_scale);
+  CUDA_CHECK_LAUNCH();
+}
+
+#define LOOM_LOCAL_CE(Act)                                                                      \
+  template void cross_entropy_local_max<Act>(const Context&, float*, const Act*, int, int, int); \
+  template void cross_entropy_local_sums<Act>(const Context&, float*, const Act*, const float*,  \
+                                              const int*, int, int, int, int);                   \
+  template void cross_entropy_local_grad<Act>(const Context&, Act*, const float*, const float*,  \
+                                              const int*, int, int, int, int, float);
+LOOM_LOCAL_CE(float)
+LOOM_LOCAL_CE(__nv_bfloat16)
+#undef LOOM_LOCAL_CE
+
 template void lm_head_cross_entropy<float>(const Context&, double*, float*, float*, const float*,
                                            const float*, const int*, int, int, int, float, void*,
                                            int, MatmulCache*);

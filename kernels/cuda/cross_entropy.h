@@ -38,4 +38,28 @@ void lm_head_cross_entropy(const Context& ctx, double* loss_sum, Act* dx, float*
                            float grad_scale, void* scratch, int chunk,
                            MatmulCache* cache = nullptr);
 
+// --- vocabulary-parallel pieces: the contracts of kernels/cpu/cross_entropy.h on device memory.
+// A block of logits (n, Vl) holds vocabulary columns [vocab_begin, vocab_begin + Vl), the first
+// `valid` real, the rest padding (ignored). One block per row; fixed reduction orders.
+
+// row_max (n) = max over the valid columns (−∞ when valid = 0) — overwritten.
+template <typename Act>
+void cross_entropy_local_max(const Context& ctx, float* row_max, const Act* logits, int n, int Vl,
+                             int valid);
+// sums (n, 2) = [Σ_valid exp(logit − row_max), the target's logit if held here else 0] —
+// overwritten; targets (n) device ints.
+template <typename Act>
+void cross_entropy_local_sums(const Context& ctx, float* sums, const Act* logits,
+                              const float* row_max, const int* targets, int n, int Vl, int valid,
+                              int vocab_begin);
+// *loss_sum (device double) = Σ_i log(sums[i, 0]) + row_max[i] − sums[i, 1] — overwritten.
+void cross_entropy_local_loss(const Context& ctx, double* loss_sum, const float* row_max,
+                              const float* sums, int n);
+// logits ← (exp(logit − row_max) / sums[i, 0] − [column is the target]) · grad_scale on valid
+// columns, 0 on padding — in place.
+template <typename Act>
+void cross_entropy_local_grad(const Context& ctx, Act* logits, const float* row_max,
+                              const float* sums, const int* targets, int n, int Vl, int valid,
+                              int vocab_begin, float grad_scale);
+
 }  // namespace loom::kernels::cuda

@@ -55,15 +55,23 @@ ScratchLayout scratch_layout(void* base, int N, int C) {
   return layout;
 }
 
+// Row of wte holding `token`, or −1 when another tensor-parallel rank holds it.
+__device__ __forceinline__ int vocab_row(int token, int vocab_begin, int vocab_rows) {
+  const int row = token - vocab_begin;
+  return row >= 0 && row < vocab_rows ? row : -1;
+}
+
 template <typename Act>
 __global__ void embedding_forward_scalar(Act* __restrict__ out, const int* __restrict__ tokens,
                                          const Act* __restrict__ wte, const Act* __restrict__ wpe,
-                                         int T, int C, size_t total) {
+                                         int T, int C, size_t total, int vocab_begin,
+                                         int vocab_rows) {
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < total;
        i += size_t{gridDim.x} * blockDim.x) {
     const size_t row = i / C;
     const int c = static_cast<int>(i % C);
-    float x = to_float(wte[static_cast<size_t>(tokens[row]) * C + c]);
+    const int token_row = vocab_row(tokens[row], vocab_begin, vocab_rows);
+    float x = token_row < 0 ? 0.0f : to_float(wte[static_cast<size_t>(token_row) * C + c]);
     if (wpe != nullptr) x += to_float(wpe[(row % T) * C + c]);
     out[i] = from_float<Act>(x);
   }
@@ -72,14 +80,22 @@ __global__ void embedding_forward_scalar(Act* __restrict__ out, const int* __res
 template <typename Act>
 __global__ void embedding_forward_packed(Act* __restrict__ out, const int* __restrict__ tokens,
                                          const Act* __restrict__ wte, const Act* __restrict__ wpe,
-                                         int T, int C, size_t total_packs) {
+                                         int T, int C, size_t total_packs, int vocab_begin,
+                                         int vocab_rows) {
   using P = Pack<Act>;
   const int row_packs = C / P::kSize;
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < total_packs;
        i += size_t{gridDim.x} * blockDim.x) {
     const size_t row = i / row_packs;
     const int c = static_cast<int>(i % row_packs) * P::kSize;
-    P x = load_pack_readonly(wte + static_cast<size_t>(tokens[row]) * C + c);
+    const int token_row = vocab_row(tokens[row], vocab_begin, vocab_rows);
+    P x;
+    if (token_row < 0) {
+#pragma unroll
+      for (int k = 0; k < P::kSize; k++) x.v[k] = from_float<Act>(0.0f);
+    } else {
+      x = load_pack_readonly(wte + static_cast<size_t>(token_row) * C + c);
+    }
     if (wpe != nullptr) {
       const P position = load_pack_readonly(wpe + (row % T) * C + c);
 #pragma unroll
@@ -103,7 +119,8 @@ __global__ void fill_iota(int* __restrict__ out, int n) {
 template <typename Act>
 __global__ void dwte_chunk_sums(float* __restrict__ dwte, float* __restrict__ partials,
                                 const Act* __restrict__ dout, const int* __restrict__ sorted_tokens,
-                                const int* __restrict__ sorted_positions, int N, int C) {
+                                const int* __restrict__ sorted_positions, int N, int C,
+                                int vocab_begin, int vocab_rows) {
   __shared__ int keys[kChunk];
   __shared__ int rows[kChunk];
   const int chunk = blockIdx.x;
@@ -129,7 +146,8 @@ __global__ void dwte_chunk_sums(float* __restrict__ dwte, float* __restrict__ pa
     const bool crosses_before = at_chunk_start && continues_from_before;
     const bool crosses_after = i + 1 == count && continues_after;
     if (!crosses_before && !crosses_after) {
-      dwte[static_cast<size_t>(keys[i]) * C + c] += sum;
+      const int token_row = vocab_row(keys[i], vocab_begin, vocab_rows);
+      if (token_row >= 0) dwte[static_cast<size_t>(token_row) * C + c] += sum;
     } else if (at_chunk_start) {
       head[c] = sum;
     } else {
@@ -144,7 +162,8 @@ __global__ void dwte_chunk_sums(float* __restrict__ dwte, float* __restrict__ pa
 // the next, sums its partials in chunk order and adds the total to dwte (sole writer: the run's
 // rows, and so its token, belong to no other run).
 __global__ void dwte_combine_runs(float* __restrict__ dwte, const float* __restrict__ partials,
-                                  const int* __restrict__ sorted_tokens, int N, int C) {
+                                  const int* __restrict__ sorted_tokens, int N, int C,
+                                  int vocab_begin, int vocab_rows) {
   const int chunk = blockIdx.x;
   const int c = blockIdx.y * blockDim.x + threadIdx.x;
   if (c >= C) return;
@@ -152,6 +171,8 @@ __global__ void dwte_combine_runs(float* __restrict__ dwte, const float* __restr
   const int end = min(N, begin + kChunk);
   const int token = sorted_tokens[end - 1];
   if (end >= N || sorted_tokens[end] != token) return;         // the last run ends in this chunk
+  const int token_row = vocab_row(token, vocab_begin, vocab_rows);
+  if (token_row < 0) return;                                   // another rank's token
   if (begin > 0 && sorted_tokens[begin - 1] == token) return;  // it started in an earlier chunk
   // The run fills the whole chunk (head slot) or starts inside it (tail slot).
   const bool whole_chunk = sorted_tokens[begin] == token;
@@ -161,7 +182,7 @@ __global__ void dwte_combine_runs(float* __restrict__ dwte, const float* __restr
     const int next_end = min(N, (next + 1) * kChunk);
     if (next_end >= N || sorted_tokens[next_end] != token) break;
   }
-  dwte[static_cast<size_t>(token) * C + c] += total;
+  dwte[static_cast<size_t>(token_row) * C + c] += total;
 }
 
 // dwpe[t, c] += dout[0, t, c], then dout[1, t, c], ... — the CPU kernel's order.
@@ -181,7 +202,7 @@ __global__ void dwpe_accumulate(float* __restrict__ dwpe, const Act* __restrict_
 
 template <typename Act>
 void embedding_forward(const Context& ctx, Act* out, const int* tokens, const Act* wte,
-                       const Act* wpe, int B, int T, int C) {
+                       const Act* wpe, int B, int T, int C, int vocab_begin, int vocab_rows) {
   const size_t total = static_cast<size_t>(B) * T * C;
   if (total == 0) return;
   const bool packed =
@@ -189,10 +210,10 @@ void embedding_forward(const Context& ctx, Act* out, const int* tokens, const Ac
   if (packed) {
     const size_t packs = total / Pack<Act>::kSize;
     embedding_forward_packed<<<grid_stride_blocks(packs, kBlockSize), kBlockSize, 0, ctx.stream>>>(
-        out, tokens, wte, wpe, T, C, packs);
+        out, tokens, wte, wpe, T, C, packs, vocab_begin, vocab_rows);
   } else {
     embedding_forward_scalar<<<grid_stride_blocks(total, kBlockSize), kBlockSize, 0, ctx.stream>>>(
-        out, tokens, wte, wpe, T, C, total);
+        out, tokens, wte, wpe, T, C, total, vocab_begin, vocab_rows);
   }
   CUDA_CHECK_LAUNCH();
 }
@@ -203,7 +224,8 @@ size_t embedding_backward_scratch_bytes(int B, int T, int C) {
 
 template <typename Act>
 void embedding_backward(const Context& ctx, float* dwte, float* dwpe, const Act* dout,
-                        const int* tokens, int B, int T, int C, void* scratch) {
+                        const int* tokens, int B, int T, int C, int vocab_begin, int vocab_rows,
+                        void* scratch) {
   const int N = B * T;
   if (N == 0 || C == 0) return;
   const ScratchLayout s = scratch_layout(scratch, N, C);
@@ -217,9 +239,11 @@ void embedding_backward(const Context& ctx, float* dwte, float* dwpe, const Act*
   const dim3 grid(static_cast<unsigned>(ceil_div(N, kChunk)),
                   static_cast<unsigned>(ceil_div(C, kColumns)));
   dwte_chunk_sums<<<grid, kColumns, 0, ctx.stream>>>(dwte, s.partials, dout, s.sorted_tokens,
-                                                     s.sorted_positions, N, C);
+                                                     s.sorted_positions, N, C, vocab_begin,
+                                                     vocab_rows);
   CUDA_CHECK_LAUNCH();
-  dwte_combine_runs<<<grid, kColumns, 0, ctx.stream>>>(dwte, s.partials, s.sorted_tokens, N, C);
+  dwte_combine_runs<<<grid, kColumns, 0, ctx.stream>>>(dwte, s.partials, s.sorted_tokens, N, C,
+                                                       vocab_begin, vocab_rows);
   CUDA_CHECK_LAUNCH();
   if (dwpe != nullptr) {
     const dim3 position_grid(static_cast<unsigned>(T),
@@ -230,14 +254,14 @@ void embedding_backward(const Context& ctx, float* dwte, float* dwpe, const Act*
 }
 
 template void embedding_forward<float>(const Context&, float*, const int*, const float*,
-                                       const float*, int, int, int);
+                                       const float*, int, int, int, int, int);
 template void embedding_forward<__nv_bfloat16>(const Context&, __nv_bfloat16*, const int*,
                                                const __nv_bfloat16*, const __nv_bfloat16*, int, int,
-                                               int);
+                                               int, int, int);
 template void embedding_backward<float>(const Context&, float*, float*, const float*, const int*,
-                                        int, int, int, void*);
+                                        int, int, int, int, int, void*);
 template void embedding_backward<__nv_bfloat16>(const Context&, float*, float*,
                                                 const __nv_bfloat16*, const int*, int, int, int,
-                                                void*);
+                                                int, int, void*);
 
 }  // namespace loom::kernels::cuda

@@ -3,8 +3,8 @@
 // pointers; every call is queued on ctx.stream (no allocation, no synchronisation).
 //
 //   DeviceMemory scratch = device_alloc(embedding_backward_scratch_bytes(B, T, C));
-//   embedding_forward<__nv_bfloat16>(ctx, x, tokens, wte_bf16, wpe_bf16, B, T, C);
-//   embedding_backward<__nv_bfloat16>(ctx, dwte, dwpe, dx, tokens, B, T, C, scratch.get());
+//   embedding_forward<__nv_bfloat16>(ctx, x, tokens, wte_bf16, wpe_bf16, B, T, C, 0, V);
+//   embedding_backward<__nv_bfloat16>(ctx, dwte, dwpe, dx, tokens, B, T, C, 0, V, scratch.get());
 //
 // The activation type is called Act here (float or __nv_bfloat16) because T is the sequence
 // length. Weights read by the forward are Act (the working copy); gradients are fp32.
@@ -17,17 +17,20 @@
 
 namespace loom::kernels::cuda {
 
-// out (B, T, C) = wte[tokens[b, t]] + wpe[t] — overwritten; the sum is formed in fp32.
-// tokens (B, T) int, each in [0, V); wte (V, C); wpe (T, C) or null (rotary models).
+// wte holds the vocabulary rows [vocab_begin, vocab_begin + vocab_rows) (all of it: 0, V; a
+// tensor-parallel rank: its slice); tokens outside look up zeros and get no gradient.
+
+// out (B, T, C) = wte[tokens[b, t] − vocab_begin] (0 outside the range) + wpe[t] — overwritten;
+// the sum is formed in fp32. tokens (B, T) int; wte (vocab_rows, C); wpe (T, C) or null (rotary).
 template <typename Act>
 void embedding_forward(const Context& ctx, Act* out, const int* tokens, const Act* wte,
-                       const Act* wpe, int B, int T, int C);
+                       const Act* wpe, int B, int T, int C, int vocab_begin, int vocab_rows);
 
 // Bytes of device scratch embedding_backward needs for these shapes (asks CUB for its sort's
 // temporary storage, so it needs the device that will run the backward to be current).
 size_t embedding_backward_scratch_bytes(int B, int T, int C);
 
-// dwte (V, C) float += scatter of dout (B, T, C) rows by token.
+// dwte (vocab_rows, C) float += scatter of dout (B, T, C) rows by token (tokens in range only).
 // dwpe (T, C) float += Σ_b dout[b] (skipped when null).
 // scratch: embedding_backward_scratch_bytes(B, T, C) bytes of device memory (256-byte aligned,
 // as device_alloc returns); its contents on entry do not matter.
@@ -41,6 +44,7 @@ size_t embedding_backward_scratch_bytes(int B, int T, int C);
 // within fp32 rounding).
 template <typename Act>
 void embedding_backward(const Context& ctx, float* dwte, float* dwpe, const Act* dout,
-                        const int* tokens, int B, int T, int C, void* scratch);
+                        const int* tokens, int B, int T, int C, int vocab_begin, int vocab_rows,
+                        void* scratch);
 
 }  // namespace loom::kernels::cuda

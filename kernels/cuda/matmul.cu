@@ -214,22 +214,24 @@ void matmul_backward(const Context& ctx, T* dinp, float* dweight, float* dbias, 
     g.ab_type = g.d_type = type;
     gemm(ctx, g, cache);
   }
-  // dweight (OC, IC) += dout (N, OC)ᵀ · inp (N, IC), accumulated in the float buffer by beta = 1.
-  Gemm g;
-  g.M = OC;
-  g.N = IC;
-  g.K = N;
-  g.a = dout;
-  g.lda = OC;
-  g.trans_a = true;
-  g.b = inp;
-  g.ldb = IC;
-  g.d = dweight;
-  g.ldd = IC;
-  g.ab_type = type;
-  g.d_type = CUDA_R_32F;
-  g.beta = 1.0f;
-  gemm(ctx, g, cache);
+  if (dweight != nullptr) {
+    // dweight (OC, IC) += dout (N, OC)ᵀ · inp (N, IC), accumulated in the float buffer by beta = 1.
+    Gemm g;
+    g.M = OC;
+    g.N = IC;
+    g.K = N;
+    g.a = dout;
+    g.lda = OC;
+    g.trans_a = true;
+    g.b = inp;
+    g.ldb = IC;
+    g.d = dweight;
+    g.ldd = IC;
+    g.ab_type = type;
+    g.d_type = CUDA_R_32F;
+    g.beta = 1.0f;
+    gemm(ctx, g, cache);
+  }
   if (dbias != nullptr && OC > 0) {
     const dim3 block(kBiasColumns, kBiasRows);
     const int blocks = (OC + kBiasColumns - 1) / kBiasColumns;

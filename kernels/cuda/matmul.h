@@ -80,7 +80,7 @@ void matmul_forward(const Context& ctx, T* out, const T* inp, const T* weight, c
                     int IC, int OC, MatmulCache* cache = nullptr);
 
 // dinp (N, IC) = dout (N, OC) · weight (OC, IC)  — overwritten; skipped when dinp is null
-// dweight (OC, IC) += doutᵀ · inp                — accumulated (float)
+// dweight (OC, IC) += doutᵀ · inp                — accumulated (float); skipped when null
 // dbias (OC) += Σ_n dout[n]                      — accumulated (float); skipped when dbias is null
 // dbias is a column sum with a fixed reduction order (no atomics, no scratch): bitwise
 // deterministic.

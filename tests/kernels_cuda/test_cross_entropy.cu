@@ -173,5 +173,59 @@ TYPED_TEST(CrossEntropyTest, BadTargetGivesNanLoss) {
   EXPECT_TRUE(std::isnan(device.loss.template download<double>()[0]));
 }
 
+// The vocabulary-parallel pieces against the CPU pieces on the same block of logits (n, Vl)
+// whose last Vl − valid columns are padding (filled with large values that must be ignored):
+// row max, sums, the loss and the in-place gradient; outputs poisoned first.
+template <typename T>
+class VocabParallelCrossEntropyCuda : public CudaKernelTest {};
+TYPED_TEST_SUITE(VocabParallelCrossEntropyCuda, ActivationTypes);
+
+TYPED_TEST(VocabParallelCrossEntropyCuda, PiecesMatchCpu) {
+  using T = TypeParam;
+  struct Block {
+    int n, Vl, valid, vocab_begin;
+  };
+  for (const Block& b : {Block{1, 7, 7, 0}, Block{19, 130, 101, 260}, Block{33, 1000, 999, 1000}}) {
+    SCOPED_TRACE("n=" + std::to_string(b.n) + " Vl=" + std::to_string(b.Vl) +
+                 " valid=" + std::to_string(b.valid));
+    std::mt19937 rng(b.n + b.Vl);
+    std::vector<float> logits = random_floats(rng, static_cast<size_t>(b.n) * b.Vl, -4.0f, 4.0f);
+    for (int i = 0; i < b.n; i++)
+      for (int v = b.valid; v < b.Vl; v++) logits[static_cast<size_t>(i) * b.Vl + v] = 1e4f;
+    logits = as_type<T>(logits);
+    // Targets inside and outside this block.
+    const std::vector<int> local = random_ints(rng, b.n, 2 * b.valid);
+    std::vector<int> targets(b.n);
+    for (int i = 0; i < b.n; i++) targets[i] = b.vocab_begin + local[i];
+    const float grad_scale = 0.125f;
+
+    std::vector<float> want_max(b.n), want_sums(2 * b.n), want_grad = logits;
+    cpu::cross_entropy_local_max(want_max.data(), logits.data(), b.n, b.Vl, b.valid);
+    cpu::cross_entropy_local_sums(want_sums.data(), logits.data(), want_max.data(), targets.data(),
+                                  b.n, b.Vl, b.valid, b.vocab_begin);
+    const double want_loss = cpu::cross_entropy_local_loss(want_max.data(), want_sums.data(), b.n);
+    cpu::cross_entropy_local_grad(want_grad.data(), want_max.data(), want_sums.data(),
+                                  targets.data(), b.n, b.Vl, b.valid, b.vocab_begin, grad_scale);
+
+    DeviceBuffer<T> d_logits(this->ctx, logits);
+    DeviceBuffer<int> d_targets(this->ctx, targets);
+    DeviceBuffer<float> d_max(this->ctx, static_cast<size_t>(b.n)), d_sums(this->ctx, 2 * b.n);
+    DeviceBuffer<double> d_loss(this->ctx, 1);
+    d_max.poison();
+    d_sums.poison();
+    d_loss.poison();
+    cuda::cross_entropy_local_max(this->ctx, d_max.data(), d_logits.data(), b.n, b.Vl, b.valid);
+    EXPECT_TRUE(norm_close(d_max.download(), want_max, 1e-6));
+    cuda::cross_entropy_local_sums(this->ctx, d_sums.data(), d_logits.data(), d_max.data(),
+                                  d_targets.data(), b.n, b.Vl, b.valid, b.vocab_begin);
+    EXPECT_TRUE(norm_close(d_sums.download(), want_sums, 1e-5));
+    cuda::cross_entropy_local_loss(this->ctx, d_loss.data(), d_max.data(), d_sums.data(), b.n);
+    EXPECT_NEAR(d_loss.template download<double>()[0], want_loss, 1e-5 * std::fabs(want_loss));
+    cuda::cross_entropy_local_grad(this->ctx, d_logits.data(), d_max.data(), d_sums.data(),
+                                  d_targets.data(), b.n, b.Vl, b.valid, b.vocab_begin, grad_scale);
+    EXPECT_TRUE(norm_close(d_logits.download(), want_grad, tolerance<T>()));
+  }
+}
+
 }  // namespace
 }  // namespace loom::kernels::cuda_test

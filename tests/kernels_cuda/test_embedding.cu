@@ -53,7 +53,7 @@ TYPED_TEST(EmbeddingCuda, ForwardMatchesCpuWithAndWithoutPositions) {
       DeviceBuffer<T> d_out(this->ctx, size);
       d_out.poison();
       gpu::embedding_forward(this->ctx, d_out.data(), d_tokens.data(), d_wte.data(),
-                             positions ? d_wpe.data() : nullptr, s.B, s.T, s.C);
+                             positions ? d_wpe.data() : nullptr, s.B, s.T, s.C, 0, s.V);
       EXPECT_TRUE(norm_close(d_out.download(), want, tolerance<T>()));
     }
   }
@@ -84,7 +84,8 @@ TYPED_TEST(EmbeddingCuda, BackwardAccumulatesLikeCpuAndIsDeterministic) {
         d_dwte.upload(dwte0);
         d_dwpe.upload(dwpe0);
         gpu::embedding_backward(this->ctx, d_dwte.data(), positions ? d_dwpe.data() : nullptr,
-                                d_dout.data(), d_tokens.data(), s.B, s.T, s.C, scratch.get());
+                                d_dout.data(), d_tokens.data(), s.B, s.T, s.C, 0, s.V,
+                                scratch.get());
       };
       run();
       // Both sides sum the same (rounded) dout values in fp32; only the order differs.
@@ -96,6 +97,43 @@ TYPED_TEST(EmbeddingCuda, BackwardAccumulatesLikeCpuAndIsDeterministic) {
       EXPECT_TRUE(bitwise_equal(d_dwte.download_bytes(), first_dwte));
       EXPECT_TRUE(bitwise_equal(d_dwpe.download_bytes(), first_dwpe));
     }
+  }
+}
+
+// A tensor-parallel rank's slice of the vocabulary (rows [V/3, V/3 + ⌈V/2⌉), past V as padding):
+// tokens outside look up zeros and leave dwte alone; forward and backward against the CPU kernel
+// with the same range.
+TYPED_TEST(EmbeddingCuda, VocabularySliceMatchesCpu) {
+  using T = TypeParam;
+  for (const EmbeddingShape& s : kShapes) {
+    SCOPED_TRACE(s.name());
+    const int begin = s.V / 3, rows = (s.V + 1) / 2;
+    std::mt19937 rng(s.B * 7 + s.T * 13 + s.C + s.V + 2);
+    const size_t size = static_cast<size_t>(s.B) * s.T * s.C;
+    const std::vector<int> tokens = random_ints(rng, static_cast<size_t>(s.B) * s.T, s.V);
+    const std::vector<float> wte = as_type<T>(random_floats(rng, static_cast<size_t>(rows) * s.C));
+    const std::vector<float> wpe = as_type<T>(random_floats(rng, static_cast<size_t>(s.T) * s.C));
+    const std::vector<float> dout = as_type<T>(random_floats(rng, size));
+    const std::vector<float> dwte0 = random_floats(rng, static_cast<size_t>(rows) * s.C);
+    std::vector<float> want(size), want_dwte = dwte0;
+    cpu::embedding_forward(want.data(), tokens.data(), wte.data(), wpe.data(), s.B, s.T, s.C,
+                           begin, rows);
+    cpu::embedding_backward(want_dwte.data(), nullptr, dout.data(), tokens.data(), s.B, s.T, s.C,
+                            begin, rows);
+    DeviceBuffer<int> d_tokens(this->ctx, tokens);
+    DeviceBuffer<T> d_wte(this->ctx, wte), d_wpe(this->ctx, wpe), d_dout(this->ctx, dout);
+    DeviceBuffer<T> d_out(this->ctx, size);
+    DeviceBuffer<float> d_dwte(this->ctx, dwte0);
+    d_out.poison();
+    gpu::embedding_forward(this->ctx, d_out.data(), d_tokens.data(), d_wte.data(), d_wpe.data(),
+                           s.B, s.T, s.C, begin, rows);
+    EXPECT_TRUE(norm_close(d_out.download(), want, tolerance<T>()));
+    gpu::DeviceMemory scratch =
+        gpu::device_alloc(gpu::embedding_backward_scratch_bytes(s.B, s.T, s.C));
+    gpu::embedding_backward(this->ctx, d_dwte.data(), static_cast<float*>(nullptr),
+                            d_dout.data(), d_tokens.data(), s.B, s.T, s.C, begin, rows,
+                            scratch.get());
+    EXPECT_TRUE(norm_close(d_dwte.download(), want_dwte, 1e-5));
   }
 }
 
@@ -113,7 +151,7 @@ TEST_F(EmbeddingRowsCuda, BackwardLeavesUnusedRowsUntouched) {
   DeviceBuffer<int> d_tokens(ctx, tokens);
   DeviceBuffer<float> d_dout(ctx, dout), d_dwte(ctx, dwte0);
   gpu::embedding_backward(ctx, d_dwte.data(), static_cast<float*>(nullptr), d_dout.data(),
-                          d_tokens.data(), B, T, C, scratch.get());
+                          d_tokens.data(), B, T, C, 0, V, scratch.get());
   const std::vector<float> got = d_dwte.download();
   std::vector<float> want = dwte0;
   cpu::embedding_backward(want.data(), nullptr, dout.data(), tokens.data(), B, T, C, 0, V);

@@ -151,6 +151,24 @@ TYPED_TEST(MatmulTest, BackwardWithoutDinpAndDbias) {
   EXPECT_TRUE(norm_close(dweight.download(), want_dweight, tolerance<T>()));
 }
 
+// dweight null (the vocabulary-parallel head computes it separately): dinp and dbias as with it.
+TYPED_TEST(MatmulTest, BackwardWithoutDweight) {
+  using T = TypeParam;
+  const Shape s{33, 37, 53};
+  const Inputs in = make_inputs<T>(s, 7);
+  std::vector<float> want_dinp(static_cast<size_t>(s.N) * s.IC), want_dbias = in.dbias0;
+  cpu::matmul_backward(want_dinp.data(), nullptr, want_dbias.data(), in.dout.data(), in.inp.data(),
+                       in.weight.data(), s.N, s.IC, s.OC);
+  DeviceBuffer<T> inp(this->ctx, in.inp), weight(this->ctx, in.weight), dout(this->ctx, in.dout);
+  DeviceBuffer<T> dinp(this->ctx, static_cast<size_t>(s.N) * s.IC);
+  DeviceBuffer<float> dbias(this->ctx, in.dbias0);
+  dinp.poison();
+  cuda::matmul_backward<T>(this->ctx, dinp.data(), nullptr, dbias.data(), dout.data(), inp.data(),
+                           weight.data(), s.N, s.IC, s.OC);
+  EXPECT_TRUE(norm_close(dinp.download(), want_dinp, tolerance<T>()));
+  EXPECT_TRUE(norm_close(dbias.download(), want_dbias, 1e-5));
+}
+
 TYPED_TEST(MatmulTest, BackwardIsDeterministic) {
   using T = TypeParam;
   const Shape s{130, 256, 129};
