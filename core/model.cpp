@@ -93,6 +93,21 @@ WorkPtr tp_sum_start(Model& m, void* x, size_t n) {
   return m.tp.comm->all_reduce_async(x, n, DataType::kFloat32, ReduceOp::kSum);
 }
 
+// After a failed collective (its error already thrown to the caller) a later forward or backward
+// must not leave the operations still in flight writing into the arena: they are waited for
+// (after a failure they complete at once, failed) and cleared.
+void tp_drain(Model& m) {
+  for (std::vector<WorkPtr>* works : {&m.pending_work, &m.d_pending_work})
+    for (WorkPtr& work : *works) {
+      if (!work) continue;
+      try {
+        work->wait();
+      } catch (const CommError&) {
+      }
+      work.reset();
+    }
+}
+
 // Waits for (and clears) an all-reduce started by tp_sum_start; the time blocked is exposed
 // communication.
 void tp_wait(Model& m, WorkPtr& work) {
@@ -215,7 +230,8 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   m.max_T = cfg.max_seq_len();
   m.delay = cfg.residual() == ModelConfig::LADDER ? 2 : 1;
   LOOM_CHECK(tp.size >= 1 && tp.rank >= 0 && tp.rank < tp.size);
-  LOOM_CHECK(!tp.comm || tp.comm->size() == tp.size);  // no comm: a layout for planning
+  // No comm: a layout for planning. The shard arithmetic takes the group rank as tp coordinate.
+  LOOM_CHECK(!tp.comm || (tp.comm->size() == tp.size && tp.comm->rank() == tp.rank));
   LOOM_CHECK(m.H % tp.size == 0 && m.F % tp.size == 0);  // validate_config says so to users
   if (tp.size == 1) tp.comm = nullptr;
   m.tp = tp;
@@ -329,7 +345,7 @@ size_t plan_arena(Model& m, int B, int T) {
   m.attention_scratch = plan.take(floats_for(m.plan_attention_scratch_bytes));
   const int chunk = std::min<int>(m.config.lm_head_chunk(), static_cast<int>(N));
   m.lm_head_scratch = plan.take(floats_for(
-      m.tp.comm ? vocab_parallel_scratch_bytes(be, chunk, m.vocab.rows)
+      m.tp.size > 1 ? vocab_parallel_scratch_bytes(be, chunk, m.vocab.rows)
                 : be.lm_head_scratch_bytes(chunk, m.V)));
   // One scratch serves every norm backward (one kind per model) and the embedding backward.
   const size_t norm_bytes = is_layernorm(m) ? be.layernorm_backward_scratch_bytes(B * T, m.C)
@@ -364,6 +380,7 @@ double model_forward(Model& m, const int* inputs, const int* targets, int B, int
                      float loss_grad_scale) {
   LOOM_CHECK(B <= m.plan_B && T <= m.plan_T);
   LOOM_CHECK(m.tp.size == 1 || m.tp.comm);
+  tp_drain(m);
   // On the CPU the attention scratch is per thread: the thread count must not have grown.
   LOOM_CHECK(kb(m).attention_scratch_bytes(m.plan_B, m.plan_T, m.Cl, m.Hl) <=
              m.plan_attention_scratch_bytes);
@@ -431,7 +448,8 @@ double model_forward(Model& m, const int* inputs, const int* targets, int B, int
     loss_sum = vocab_parallel_cross_entropy(
         be, *m.tp.comm, want_grad ? act(m, m.d_normed_f) : nullptr,
         want_grad ? lm_head_grad(m) : nullptr, act(m, m.normed_f), lm_head_weight(m),
-        m.targets.data(), N, m.C, m.vocab, loss_grad_scale, act(m, m.lm_head_scratch), chunk);
+        m.targets.data(), N, m.C, m.vocab, loss_grad_scale, act(m, m.lm_head_scratch), chunk,
+        &m.tp_wait_seconds);
   } else {
     loss_sum = be.lm_head_cross_entropy(
         want_grad ? act(m, m.d_normed_f) : nullptr, want_grad ? lm_head_grad(m) : nullptr,
@@ -453,6 +471,7 @@ void model_backward(Model& m, int B, int T, const GradsFinalFn& on_grads_final) 
   auto d_normed_slot = [&](int sublayer) {
     return act_offset(m, act(m, m.d_normed), (sublayer % d) * NC);
   };
+  tp_drain(m);
 
   be.zero(dr, NC);
   if (is_layernorm(m))

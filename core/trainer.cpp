@@ -310,7 +310,11 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     // Every rank reads the checkpoint (the run directory is on a shared file system), which
     // holds global tensors; tensor-parallel ranks keep their shards of them, ZeRO ranks their
     // shards of the optimizer state.
-    Model global = tensor_parallel ? model_create(cfg.model()) : Model{};
+    Model global;
+    if (tensor_parallel) {  // parameters only: no gradients or activations for the global model
+      global = model_layout(cfg.model());
+      global.params.assign(model_global_floats(model), 0.0f);
+    }
     Model& loaded = tensor_parallel ? global : model;
     Optimizer full = zero || tensor_parallel ? optimizer_create(loaded) : Optimizer{};
     const std::string latest = resume_from(checkpoints_dir.string(), cfg, loaded,
@@ -363,7 +367,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
                   model.unrolled.size(), cfg.model().prelude_layers(),
                   cfg.model().block_layers(), cfg.model().loops(), cfg.model().coda_layers(),
                   model.delay == 2 ? "ladder" : "standard", threads,
-                  distributed ? " per rank" : ""));
+                  groups.is_distributed() ? " per rank" : ""));
   if (groups.is_distributed()) {
     std::string line = format("mesh: %d ranks = dp %d × pp %d × sp %d × tp %d",
                               groups.mesh.world_size(), groups.mesh.dp, groups.mesh.pp,
@@ -475,7 +479,8 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
                                 "| %.0f ms/step | ETA %s",
                                 step, static_cast<long>(t.steps()), result.loss, lr,
                                 result.grad_norm, tokens_per_s, ms, duration(eta).c_str());
-      if (distributed) line += format(" | comm wait %.0f ms", result.comm_wait_s * 1000.0);
+      if (groups.is_distributed())
+        line += format(" | comm wait %.0f ms", result.comm_wait_s * 1000.0);
       if (val_loss >= 0) line += format(" | val_loss %.4f", val_loss);
       log.line(line);
     }
@@ -492,6 +497,9 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
                                              format("step_%07ld", step)))
     save();
   log.line("checkpoint: " + summary.last_checkpoint);
+  // Rank 0's last checkpoint is written before any rank goes on; the sampling below can take
+  // longer than a collective timeout, and nothing waits for it.
+  if (groups.is_distributed()) groups.world->barrier();
   summary.steps = step;
   if (summary.stopped_by_signal) {
     log.line(format("stopped at step %ld of %ld on signal %d; continue with --resume --run-dir %s",

@@ -100,8 +100,9 @@ int train_worker(const config::RunConfig& cfg, const std::string& config_path, c
     options.resume = args.flag("--resume");
     options.groups = &groups;
     options.stop_request = &stop_request;
+    // train() returns once every rank has seen the last checkpoint written (then rank 0's tensor
+    // group may still be sampling; MPI_Finalize waits for it without a timeout).
     const TrainSummary summary = train(cfg, options);
-    groups.world->barrier();  // rank 0's last checkpoint is written before anyone reports done
     const int status = groups.rank == 0 ? print_done(summary) : 0;
     return summary.stopped_by_signal ? kExitStopped : status;
   } catch (const std::exception& e) {

@@ -1,6 +1,7 @@
 #include "parallel/vocab_parallel.h"
 
 #include <algorithm>
+#include <chrono>
 #include <vector>
 
 #include "core/error.h"
@@ -25,7 +26,8 @@ size_t vocab_parallel_scratch_bytes(const kernels::KernelBackend& be, int chunk,
 double vocab_parallel_cross_entropy(const kernels::KernelBackend& be, Communicator& tp, void* dx,
                                     float* dweight, const void* x, const void* weight,
                                     const int* targets, int N, int C, const VocabShard& shard,
-                                    float grad_scale, void* scratch, int chunk) {
+                                    float grad_scale, void* scratch, int chunk,
+                                    double* wait_seconds) {
   // The reductions below run on host fp32 (the MPI backend).
   LOOM_CHECK(be.activation_bytes() == sizeof(float));
   const size_t bytes = be.activation_bytes();
@@ -33,6 +35,14 @@ double vocab_parallel_cross_entropy(const kernels::KernelBackend& be, Communicat
   float* row_max = reinterpret_cast<float*>(
       static_cast<char*>(scratch) + (static_cast<size_t>(chunk) * shard.rows * bytes + 15) / 16 * 16);
   float* sums = row_max + chunk;
+  // Blocking on the group: timed, as exposed communication.
+  auto wait = [wait_seconds](const WorkPtr& work) {
+    const auto start = std::chrono::steady_clock::now();
+    work->wait();
+    if (wait_seconds)
+      *wait_seconds +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
   double loss_sum = 0.0;
   std::vector<WorkPtr> dx_sums;  // one per chunk
   for (int n0 = 0; n0 < N; n0 += chunk) {
@@ -40,10 +50,10 @@ double vocab_parallel_cross_entropy(const kernels::KernelBackend& be, Communicat
     const void* x_chunk = static_cast<const char*>(x) + static_cast<size_t>(n0) * C * bytes;
     be.matmul_forward(logits, x_chunk, weight, nullptr, n, C, shard.rows);
     be.cross_entropy_local_max(row_max, logits, n, shard.rows, shard.valid);
-    tp.all_reduce(row_max, n, ReduceOp::kMax);
+    wait(tp.all_reduce_async(row_max, n, DataType::kFloat32, ReduceOp::kMax));
     be.cross_entropy_local_sums(sums, logits, row_max, targets + n0, n, shard.rows, shard.valid,
                                 shard.vocab_begin);
-    tp.all_reduce(sums, 2 * static_cast<size_t>(n), ReduceOp::kSum);
+    wait(tp.all_reduce_async(sums, 2 * static_cast<size_t>(n), DataType::kFloat32, ReduceOp::kSum));
     loss_sum += be.cross_entropy_local_loss(row_max, sums, n);
     if (!dx) continue;
     be.cross_entropy_local_grad(logits, row_max, sums, targets + n0, n, shard.rows, shard.valid,
@@ -56,7 +66,7 @@ double vocab_parallel_cross_entropy(const kernels::KernelBackend& be, Communicat
                                           DataType::kFloat32, ReduceOp::kSum));
     be.matmul_backward(nullptr, dweight, nullptr, logits, x_chunk, weight, n, C, shard.rows);
   }
-  for (WorkPtr& w : dx_sums) w->wait();
+  for (const WorkPtr& w : dx_sums) wait(w);
   return loss_sum;
 }
 

@@ -33,11 +33,13 @@ size_t vocab_parallel_scratch_bytes(const kernels::KernelBackend& be, int chunk,
 // When dx is non-null, with dlogits = (softmax − onehot) · grad_scale: dx (N, C) = dlogits ·
 // weight summed over the group — overwritten, complete on every rank on return; dweight (rows,
 // C) += dlogitsᵀ · x for this rank's rows (padding rows get 0; skipped when null). Collective
-// over tp (every rank calls it with the same N, C, chunk and targets). scratch holds
+// over tp (every rank calls it with the same N, C, chunk and targets). When wait_seconds is
+// non-null, the time blocked on the group's reductions is added to it. scratch holds
 // vocab_parallel_scratch_bytes(be, chunk, shard.rows) bytes.
 double vocab_parallel_cross_entropy(const kernels::KernelBackend& be, Communicator& tp, void* dx,
                                     float* dweight, const void* x, const void* weight,
                                     const int* targets, int N, int C, const VocabShard& shard,
-                                    float grad_scale, void* scratch, int chunk);
+                                    float grad_scale, void* scratch, int chunk,
+                                    double* wait_seconds = nullptr);
 
 }  // namespace loom

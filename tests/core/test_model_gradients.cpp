@@ -79,6 +79,15 @@ TEST(ModelGradients, StandardWithInputInjectionNoPrelude) {
                               "model.block_layers=2"}));
 }
 
+// The prelude's output is taken at sub-layer 1 (no prelude: the embedding, once h_0 would join
+// the stream under the standard residual; with the ladder nothing has joined yet) and the block
+// has two layers, so the loop's edges fall inside the ladder's one-sub-layer delay.
+TEST(ModelGradients, LadderWithInputInjectionNoPreludeTwoLayerBlock) {
+  check_gradients(tiny_model({"model.residual=LADDER", "model.input_injection=true",
+                              "model.prelude_layers=0", "model.block_layers=2",
+                              "model.coda_layers=0", "model.loops=3"}));
+}
+
 TEST(ModelGradients, RmsNormRotary) {
   check_gradients(tiny_model({"model.norm=RMSNORM", "model.position=ROTARY"}));
 }

@@ -64,6 +64,13 @@ if grep -qE "Segmentation|signal 11|Address not mapped" failing-rank.out; then
   fail "failing-rank: a rank crashed while the job aborted: $(grep -m1 -E 'Segmentation|signal 11|Address' failing-rank.out)"
 fi
 
+# Tensor parallelism (the same 2 ranks as tp = 2): a failing tensor-parallel all-reduce in the
+# middle of a ladder step ends the job with a message naming the tp group.
+LOOM_FAULT="rank=1,group=tp,op=40,action=fail" expect_job failing-tp-rank 30 \
+  "[rank 1 dp=0 pp=0 sp=0 tp=1]" "injected failure of all_reduce" "on group tp" -- \
+  "${mpirun[@]}" -x LOOM_FAULT "$loom" train tiny.textproto --set parallel.dp=1 \
+  --set parallel.tp=2 --set train.micro_batch=4 --set model.residual=LADDER --run-dir run-tp-fail
+
 # A rank that is late by far more than the timeout: the others report who they waited for.
 LOOM_FAULT="rank=1,group=dp_sp,op=3,action=delay,seconds=600" expect_job timeout 30 \
   "timeout: all_reduce" "group dp_sp" "waiting for global rank 1" -- \

@@ -4,7 +4,7 @@ seed -> the same training and validation losses (relative difference <= 1e-5 at 
 standard and Ladder Residual models, plain and looped, learned and rotary positions, at tp = 2
 and 4 (vocabulary 257 is padded to 258 and 260), tp x dp = 2 x 2 with and without ZeRO-1; and
 checkpoints: a tp = 2 run cut back to its step-3 checkpoint resumes at tp = 1 and at tp = 4 and
-continues exactly.
+continues exactly; and greedy sampling at the end of a tp = 2 run gives tp = 1's text.
 
 usage: tp_equivalence.py LOOM_BINARY SOURCE_DIR
 """
@@ -14,8 +14,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from equivalence_common import (compare, finish, metrics, mpirun, prepare_data,  # noqa: E402
-                                reference_run, run, sets)
+from equivalence_common import (compare, failures, finish, metrics, mpirun,  # noqa: E402
+                                prepare_data, reference_run, run, sets)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 
@@ -37,6 +37,32 @@ checkpoint { interval: 3 }
 logging { interval: 1 sample_tokens: 0 }
 runtime { threads: 1 }
 """
+
+
+def sample_text(run_dir):
+    """The sample written at the end of a run (the text after "sample:" in train.log)."""
+    with open(os.path.join(run_dir, "train.log")) as f:
+        log = f.read()
+    return log.split("sample:\n", 1)[1] if "sample:\n" in log else None
+
+
+def check_sampling():
+    """Greedy sampling at the end of a run is collective over rank 0's tensor-parallel group and
+    gives the same text as at tp = 1."""
+    texts = {}
+    for tp in (1, 2):
+        run_dir = f"sample-tp{tp}"
+        cmd = [LOOM, "train", "plain-ladder.textproto", "--run-dir", run_dir,
+               *sets(["train.steps=2", "logging.sample_tokens=24", "logging.sample_temperature=0",
+                      f"parallel.tp={tp}"])]
+        if run((mpirun(tp) if tp > 1 else []) + cmd, f"sampling at tp={tp}"):
+            texts[tp] = sample_text(run_dir)
+    if len(texts) == 2:
+        same = texts[1] is not None and texts[1] == texts[2]
+        print(f"{'ok' if same else 'FAIL'}: greedy sample at tp=2 {'equals' if same else 'differs from'}"
+              f" tp=1's ({len(texts[1] or '')} characters)")
+        if not same:
+            failures.append(f"sampling: tp=2 gave {texts[2]!r}, tp=1 {texts[1]!r}")
 
 
 def main():
@@ -71,6 +97,7 @@ def main():
                             cmd = mpirun(new_tp) + cmd
                         if run(cmd, rename):
                             compare(rename, reference, metrics(resumed)[3:], first_step=4)
+        check_sampling()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     finish()
