@@ -14,7 +14,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from equivalence_common import (compare, finish, metrics, mpirun, prepare_data,  # noqa: E402
-                                reference_run, run)
+                                reference_run, run, training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 
@@ -25,14 +25,7 @@ MODELS = {
               "prelude_layers: 1 block_layers: 1 loops: 3 coda_layers: 1 input_injection: true "
               "residual: LADDER tie_embeddings: false }",
 }
-COMMON = """
-train { global_batch: 16 micro_batch: 2 seq_len: 32 steps: 6 eval_interval: 3 eval_batches: 4 shuffle: true }
-optim { lr: 3e-3 warmup_steps: 2 }
-data { train_shards: "data/train_*.bin" val_shards: "data/val_*.bin" }
-checkpoint { interval: 3 }
-logging { interval: 1 sample_tokens: 0 }
-runtime { threads: 1 }
-"""
+COMMON = training_config(global_batch=16, eval_batches=4)
 
 
 def main():

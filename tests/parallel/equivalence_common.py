@@ -56,6 +56,19 @@ def prepare_data(loom, src):
                    check=True, capture_output=True)
 
 
+def training_config(global_batch, eval_batches):
+    """The training part of an equivalence run's config (the model section comes first): 6 steps
+    of micro-batches of 2 × 32 tokens with shuffling, validation and a checkpoint every 3 steps."""
+    return f"""
+train {{ global_batch: {global_batch} micro_batch: 2 seq_len: 32 steps: 6 eval_interval: 3 eval_batches: {eval_batches} shuffle: true }}
+optim {{ lr: 3e-3 warmup_steps: 2 }}
+data {{ train_shards: "data/train_*.bin" val_shards: "data/val_*.bin" }}
+checkpoint {{ interval: 3 }}
+logging {{ interval: 1 sample_tokens: 0 }}
+runtime {{ threads: 1 }}
+"""
+
+
 def reference_run(loom, name, config_text):
     """Writes NAME.textproto and trains it in one process; returns (config path, its metrics),
     or (config path, None) when the run failed (recorded in failures)."""

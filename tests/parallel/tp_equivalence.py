@@ -15,7 +15,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from equivalence_common import (compare, failures, finish, metrics, mpirun,  # noqa: E402
-                                prepare_data, reference_run, run, sets)
+                                prepare_data, reference_run, run, sets, training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 
@@ -29,14 +29,7 @@ MODELS = {
     "looped-ladder": f"model {{ {SHAPE} prelude_layers: 1 block_layers: 2 loops: 2 coda_layers: 1 "
                      "input_injection: true residual: LADDER tie_embeddings: false }",
 }
-COMMON = """
-train { global_batch: 8 micro_batch: 2 seq_len: 32 steps: 6 eval_interval: 3 eval_batches: 2 shuffle: true }
-optim { lr: 3e-3 warmup_steps: 2 }
-data { train_shards: "data/train_*.bin" val_shards: "data/val_*.bin" }
-checkpoint { interval: 3 }
-logging { interval: 1 sample_tokens: 0 }
-runtime { threads: 1 }
-"""
+COMMON = training_config(global_batch=8, eval_batches=2)
 
 
 def sample_text(run_dir):
