@@ -64,20 +64,24 @@ size_t model_global_floats(const Model& m) {
 }
 
 void model_gather_global(const Model& m, const float* local, std::vector<float>& global) {
-  global.assign(model_global_floats(m), 0.0f);
-  std::vector<float> all;
-  const float* ranks = local;
-  if (m.tp.comm) {
-    all.resize(m.num_params * m.tp.size);
-    m.tp.comm->all_gather(local, all.data(), all.size());
-    ranks = all.data();
+  if (m.tp.rank != 0) {  // sends its shards to rank 0 of the group
+    m.tp.comm->send(local, m.num_params, DataType::kFloat32, 0);
+    global.clear();
+    return;
   }
+  global.assign(model_global_floats(m), 0.0f);
+  // One rank's buffer at a time: rank 0 holds the global buffer and one local buffer more.
+  std::vector<float> received(m.tp.size > 1 ? m.num_params : 0);
   for (int r = 0; r < m.tp.size; ++r) {
+    const float* from = local;
+    if (r > 0) {
+      m.tp.comm->recv(received.data(), m.num_params, DataType::kFloat32, r);
+      from = received.data();
+    }
     size_t at = 0;
     for (const ParamTensor& t : m.tensors) {
       // Replicated tensors are the same on every rank: rank 0's copy.
-      if (t.shard_dim >= 0 || r == 0)
-        tensor_shard_insert(t, r, ranks + r * m.num_params + t.offset, global.data() + at);
+      if (t.shard_dim >= 0 || r == 0) tensor_shard_insert(t, r, from + t.offset, global.data() + at);
       at += elements(t.global_shape);
     }
   }

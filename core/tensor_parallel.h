@@ -6,7 +6,7 @@
 // functions move between the two.
 //
 //   std::vector<float> global;
-//   loom::model_gather_global(model, model.params.data(), global);   // collective over tp
+//   loom::model_gather_global(model, model.params.data(), global);   // on tp rank 0; collective
 //   loom::model_scatter_global(model, global.data(), model.params.data());
 #pragma once
 #include <vector>
@@ -24,8 +24,9 @@ void tensor_shard_insert(const ParamTensor& t, int rank, const float* local, flo
 // Floats of the global buffer (the model's layout at tp = 1).
 size_t model_global_floats(const Model& m);
 
-// global (model_global_floats) ← every tensor-parallel rank's `local` buffer (laid out as
-// m.params). Collective over m.tp.comm (an all-gather); every rank gets the whole.
+// On tensor-parallel rank 0: global (model_global_floats) ← every rank's `local` buffer (laid out
+// as m.params), received one rank at a time; on the other ranks global is left empty. Collective
+// over m.tp.comm (every rank calls it).
 void model_gather_global(const Model& m, const float* local, std::vector<float>& global);
 // local (m.num_params) ← this rank's shards of `global`. No communication.
 void model_scatter_global(const Model& m, const float* global, float* local);

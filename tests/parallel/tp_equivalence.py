@@ -8,13 +8,15 @@ continues exactly; and greedy sampling at the end of a tp = 2 run gives tp = 1's
 
 usage: tp_equivalence.py LOOM_BINARY SOURCE_DIR
 """
+import array
+import math
 import os
 import shutil
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from equivalence_common import (compare, failures, finish, metrics, mpirun,  # noqa: E402
+from equivalence_common import (TOLERANCE, compare, failures, finish, metrics, mpirun,  # noqa: E402
                                 prepare_data, reference_run, run, sets, training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
@@ -30,6 +32,25 @@ MODELS = {
                      "input_injection: true residual: LADDER tie_embeddings: false }",
 }
 COMMON = training_config(global_batch=8, eval_batches=2)
+
+
+def compare_checkpoints(name, ref_dir, run_dir):
+    """The final checkpoint's global tensors (parameters and Adam moments, gathered from every
+    rank's shards) equal the single-process run's within 1e-5 relative (norm of the difference)."""
+    for file in ("params.bin", "adam_m.bin", "adam_v.bin"):
+        a, b = array.array("f"), array.array("f")
+        for buf, d in ((a, ref_dir), (b, run_dir)):
+            with open(os.path.join(d, "checkpoints", "step_0000006", file), "rb") as f:
+                buf.frombytes(f.read())
+        if len(a) != len(b):
+            failures.append(f"{name}: {file} has {len(b)} floats, the single process {len(a)}")
+            continue
+        diff = math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
+        rel = diff / max(math.sqrt(sum(x * x for x in a)), 1e-30)
+        print(f"{'ok' if rel <= TOLERANCE else 'FAIL'}: {name}: checkpoint {file} relative "
+              f"difference {rel:.1e}")
+        if rel > TOLERANCE:
+            failures.append(f"{name}: checkpoint {file} differs by {rel:.2e}")
 
 
 def sample_text(run_dir):
@@ -77,6 +98,8 @@ def main():
                                          *sets([f"parallel.tp={tp}", f"parallel.dp={dp}"] + overrides)]
                 if run(cmd, name):
                     compare(name, reference, metrics(run_dir))
+                    if overrides:  # ZeRO-1 × tp: moments sharded two ways, gathered to save
+                        compare_checkpoints(name, f"ref-{model_name}", run_dir)
                 if model_name == "looped-ladder" and tp == 2 and dp == 1 and not overrides:
                     # Resharding: its step-3 checkpoint (global tensors) resumes at tp 1 and 4.
                     for new_tp in (1, 4):
