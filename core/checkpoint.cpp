@@ -15,6 +15,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/tensor_parallel.h"
 
 namespace loom {
 namespace {
@@ -60,33 +61,40 @@ void write_buffer(const fs::path& dir, const std::string& file, const Model& mod
   if (!out.flush()) throw Error("writing " + (dir / file).string() + " failed");
 }
 
-// Reads every tensor described by `entries` into `buffer`, checking it against the model.
+// Reads every tensor described by `entries`, checking it against the model, into `buffer` (laid
+// out as the model's parameters): the whole tensor, one at a time, then this rank's shard of it
+// (all of it without tensor parallelism).
 void read_buffer(const fs::path& dir, const Model& model,
                  const google::protobuf::RepeatedPtrField<Meta::Tensor>& entries,
                  std::vector<float>& buffer) {
   if (static_cast<size_t>(entries.size()) != model.tensors.size())
     throw Error("checkpoint " + dir.string() + " has " + std::to_string(entries.size()) +
                 " tensors where the model has " + std::to_string(model.tensors.size()));
+  std::vector<float> whole;
   for (size_t i = 0; i < model.tensors.size(); ++i) {
     const ParamTensor& t = model.tensors[i];
     const Meta::Tensor& e = entries[static_cast<int>(i)];
     const std::vector<int64_t> shape(e.global_shape().begin(), e.global_shape().end());
     const std::vector<int64_t> piece(e.shard_shape().begin(), e.shard_shape().end());
-    if (e.name() != t.name || shape != t.shape || piece != t.shape)
+    if (e.name() != t.name || shape != t.global_shape || piece != t.global_shape)
       throw Error("checkpoint " + dir.string() + " does not fit this model: tensor " +
                   std::to_string(i) + " is \"" + e.name() + "\" there and \"" + t.name +
                   "\" here, or their shapes differ");
+    size_t elements = 1;
+    for (int64_t d : shape) elements *= static_cast<size_t>(d);
+    whole.resize(elements);
     std::ifstream in(dir / e.file(), std::ios::binary);
     if (!in) throw Error("checkpoint " + dir.string() + " lacks " + e.file());
     in.seekg(e.offset());
-    in.read(reinterpret_cast<char*>(buffer.data() + t.offset),
-            static_cast<std::streamsize>(t.size * sizeof(float)));
+    in.read(reinterpret_cast<char*>(whole.data()),
+            static_cast<std::streamsize>(elements * sizeof(float)));
     if (!in)
       throw Error("checkpoint file " + (dir / e.file()).string() + " is truncated at tensor " +
                   t.name);
-    if (crc_of(buffer.data() + t.offset, t.size) != e.crc32())
+    if (crc_of(whole.data(), elements) != e.crc32())
       throw Error("checkpoint file " + (dir / e.file()).string() + " is corrupt: checksum of " +
                   t.name + " does not match");
+    tensor_shard_extract(t, model.tp.rank, whole.data(), buffer.data() + t.offset);
   }
 }
 

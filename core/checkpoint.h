@@ -40,8 +40,10 @@ std::string checkpoint_latest(const std::string& checkpoints_dir);
 // Reads only the metadata (config included); throws loom::Error when it is missing or corrupt.
 CheckpointState checkpoint_read_state(const std::string& checkpoint_dir);
 
-// Loads parameters (and, when optimizer is non-null, the Adam moments and step) into a model
-// created from the checkpoint's model config. Verifies names, shapes and checksums.
+// Loads parameters (and, when optimizer is non-null, the Adam moments and step; the optimizer
+// must own the whole buffer) into a model created from the checkpoint's model config: under
+// tensor parallelism this rank's shards of the saved global tensors, so a checkpoint resumes at
+// any tp. Verifies names, global shapes and checksums.
 CheckpointState checkpoint_load(const std::string& checkpoint_dir, Model& model,
                                 Optimizer* optimizer);
 

@@ -308,33 +308,16 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   if (options.resume) {
     CheckpointState state;
     // Every rank reads the checkpoint (the run directory is on a shared file system), which
-    // holds global tensors; tensor-parallel ranks keep their shards of them, ZeRO ranks their
+    // holds global tensors: each rank keeps its tensor-parallel shards, ZeRO ranks then their
     // shards of the optimizer state.
-    Model global;
-    if (tensor_parallel) {  // parameters only: no gradients or activations for the global model
-      global = model_layout(cfg.model());
-      global.params.assign(model_global_floats(model), 0.0f);
-    }
-    Model& loaded = tensor_parallel ? global : model;
-    Optimizer full = zero || tensor_parallel ? optimizer_create(loaded) : Optimizer{};
-    const std::string latest = resume_from(checkpoints_dir.string(), cfg, loaded,
-                                           zero || tensor_parallel ? &full : &optimizer, state,
-                                           log);
-    if (tensor_parallel) {
-      model_scatter_global(model, global.params.data(), model.params.data());
-      std::vector<float> local(model.num_params);
-      for (auto [from, to] : {std::pair{&full.m, &optimizer.m}, {&full.v, &optimizer.v}}) {
-        model_scatter_global(model, from->data(), local.data());
-        if (zero)
-          optimizer_scatter(optimizer, local.data(), to->data());
-        else
-          *to = local;
-      }
-    } else if (zero) {
+    Optimizer full = zero ? optimizer_create(model) : Optimizer{};
+    const std::string latest = resume_from(checkpoints_dir.string(), cfg, model,
+                                           zero ? &full : &optimizer, state, log);
+    if (zero) {
       optimizer_scatter(optimizer, full.m.data(), optimizer.m.data());
       optimizer_scatter(optimizer, full.v.data(), optimizer.v.data());
+      optimizer.step = full.step;
     }
-    if (zero || tensor_parallel) optimizer.step = full.step;
     step = state.step;
     if (groups.is_distributed()) {
       // Every rank chose its checkpoint itself; a rank that could not read the newest (or saw

@@ -3,8 +3,8 @@
 seed -> the same training and validation losses (relative difference <= 1e-5 at every step), for
 standard and Ladder Residual models, plain and looped, learned and rotary positions, at tp = 2
 and 4 (vocabulary 257 is padded to 258 and 260), tp x dp = 2 x 2 with and without ZeRO-1; and
-checkpoints: a tp = 2 run cut back to its step-3 checkpoint resumes at tp = 1 and at tp = 4 and
-continues exactly; and greedy sampling at the end of a tp = 2 run gives tp = 1's text.
+checkpoints: a tp = 2 run cut back to its step-3 checkpoint resumes at tp = 1, at tp = 4 and at
+tp = 2 x dp = 2 with ZeRO-1 and continues exactly; and greedy sampling at the end of a tp = 2 run gives tp = 1's text.
 
 usage: tp_equivalence.py LOOM_BINARY SOURCE_DIR
 """
@@ -101,16 +101,19 @@ def main():
                     if overrides:  # ZeRO-1 × tp: moments sharded two ways, gathered to save
                         compare_checkpoints(name, f"ref-{model_name}", run_dir)
                 if model_name == "looped-ladder" and tp == 2 and dp == 1 and not overrides:
-                    # Resharding: its step-3 checkpoint (global tensors) resumes at tp 1 and 4.
-                    for new_tp in (1, 4):
-                        resumed = f"{run_dir}-resumed-tp{new_tp}"
+                    # Resharding: its step-3 checkpoint (global tensors) resumes at tp 1, at
+                    # tp 4, and at tp 2 × dp 2 with ZeRO-1.
+                    for new_tp, new_dp, extra in ((1, 1, []), (4, 1, []),
+                                                  (2, 2, ["parallel.zero_stage=1"])):
+                        resumed = f"{run_dir}-resumed-tp{new_tp}-dp{new_dp}"
                         shutil.copytree(run_dir, resumed)
                         shutil.rmtree(os.path.join(resumed, "checkpoints", "step_0000006"))
-                        rename = f"{model_name} tp=2 resumed from step 3 at tp={new_tp}"
+                        rename = (f"{model_name} tp=2 resumed from step 3 at tp={new_tp} "
+                                  f"dp={new_dp} {' '.join(extra)}")
                         cmd = [LOOM, "train", config, "--run-dir", resumed, "--resume",
-                               *sets([f"parallel.tp={new_tp}"])]
-                        if new_tp > 1:
-                            cmd = mpirun(new_tp) + cmd
+                               *sets([f"parallel.tp={new_tp}", f"parallel.dp={new_dp}"] + extra)]
+                        if new_tp * new_dp > 1:
+                            cmd = mpirun(new_tp * new_dp) + cmd
                         if run(cmd, rename):
                             compare(rename, reference, metrics(resumed)[3:], first_step=4)
         check_sampling()
