@@ -80,8 +80,7 @@ void read_buffer(const fs::path& dir, const Model& model,
       throw Error("checkpoint " + dir.string() + " does not fit this model: tensor " +
                   std::to_string(i) + " is \"" + e.name() + "\" there and \"" + t.name +
                   "\" here, or their shapes differ");
-    size_t elements = 1;
-    for (int64_t d : shape) elements *= static_cast<size_t>(d);
+    const size_t elements = tensor_global_size(t);
     whole.resize(elements);
     std::ifstream in(dir / e.file(), std::ios::binary);
     if (!in) throw Error("checkpoint " + dir.string() + " lacks " + e.file());

@@ -175,7 +175,7 @@ void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a
 
 // d_normed (B, T, C) = this rank's part of the gradient of the attention sub-layer's pre-norm
 // output, from dh (complete on every rank) — overwritten. The pre-norm's own backward waits
-// until the tensor-parallel sum has completed it (backward_finish).
+// until the tensor-parallel sum has completed it (`finish` in model_backward).
 void attention_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
                                  int T, const void* dh, void* d_normed) {
   const int N = B * T, C = m.C, Cl = m.Cl;
@@ -278,9 +278,7 @@ void model_init(Model& m, uint64_t seed) {
   const double std_proj = std_w / std::sqrt(2.0 * static_cast<double>(m.unrolled.size()));
   std::vector<float> whole;  // one global tensor at a time
   for (const ParamTensor& t : m.tensors) {
-    size_t global_size = 1;
-    for (int64_t d : t.global_shape) global_size *= static_cast<size_t>(d);
-    whole.resize(global_size);
+    whole.resize(tensor_global_size(t));
     const std::string& n = t.name;
     auto ends_with = [&](const std::string& s) {
       return n.size() >= s.size() && n.compare(n.size() - s.size(), s.size(), s) == 0;

@@ -8,12 +8,6 @@
 namespace loom {
 namespace {
 
-size_t elements(const std::vector<int64_t>& shape) {
-  size_t n = 1;
-  for (int64_t d : shape) n *= static_cast<size_t>(d);
-  return n;
-}
-
 // Visits each run of contiguous elements rank `rank` holds: fn(global_index, local_index, count,
 // is_padding). Global dimension shard_dim = groups × G; the shard's is groups × L; local slice l
 // of a group is global slice rank·L + l (padding when that is ≥ G).
@@ -42,6 +36,12 @@ void for_each_run(const ParamTensor& t, int rank, Fn fn) {
 
 }  // namespace
 
+size_t tensor_global_size(const ParamTensor& t) {
+  size_t n = 1;
+  for (int64_t d : t.global_shape) n *= static_cast<size_t>(d);
+  return n;
+}
+
 void tensor_shard_extract(const ParamTensor& t, int rank, const float* global, float* local) {
   for_each_run(t, rank, [&](size_t g, size_t l, size_t n, bool padding) {
     if (padding)
@@ -59,7 +59,7 @@ void tensor_shard_insert(const ParamTensor& t, int rank, const float* local, flo
 
 size_t model_global_floats(const Model& m) {
   size_t n = 0;
-  for (const ParamTensor& t : m.tensors) n += elements(t.global_shape);
+  for (const ParamTensor& t : m.tensors) n += tensor_global_size(t);
   return n;
 }
 
@@ -82,16 +82,8 @@ void model_gather_global(const Model& m, const float* local, std::vector<float>&
     for (const ParamTensor& t : m.tensors) {
       // Replicated tensors are the same on every rank: rank 0's copy.
       if (t.shard_dim >= 0 || r == 0) tensor_shard_insert(t, r, from + t.offset, global.data() + at);
-      at += elements(t.global_shape);
+      at += tensor_global_size(t);
     }
-  }
-}
-
-void model_scatter_global(const Model& m, const float* global, float* local) {
-  size_t at = 0;
-  for (const ParamTensor& t : m.tensors) {
-    tensor_shard_extract(t, m.tp.rank, global + at, local + t.offset);
-    at += elements(t.global_shape);
   }
 }
 

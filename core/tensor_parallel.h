@@ -7,13 +7,16 @@
 //
 //   std::vector<float> global;
 //   loom::model_gather_global(model, model.params.data(), global);   // on tp rank 0; collective
-//   loom::model_scatter_global(model, global.data(), model.params.data());
+//   loom::tensor_shard_extract(t, model.tp.rank, whole_tensor, model.params.data() + t.offset);
 #pragma once
 #include <vector>
 
 #include "core/model.h"
 
 namespace loom {
+
+// Elements of the global tensor (t.global_shape).
+size_t tensor_global_size(const ParamTensor& t);
 
 // this rank's shard (t.shape) ← the global tensor (t.global_shape, row-major); padding rows of a
 // padded vocabulary become 0.
@@ -28,8 +31,6 @@ size_t model_global_floats(const Model& m);
 // as m.params), received one rank at a time; on the other ranks global is left empty. Collective
 // over m.tp.comm (every rank calls it).
 void model_gather_global(const Model& m, const float* local, std::vector<float>& global);
-// local (m.num_params) ← this rank's shards of `global`. No communication.
-void model_scatter_global(const Model& m, const float* global, float* local);
 
 // This rank's share of Σ g² over the global gradient: its shards of sharded tensors, and the
 // replicated tensors (identical on every tensor-parallel rank) on tp rank 0 only, so a sum over

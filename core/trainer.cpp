@@ -228,9 +228,8 @@ StepResult train_step(Model& model, Optimizer& optimizer, const config::RunConfi
   const bool zero = reducer && reducer->zero;
   // Σ g² of this rank's part of the global gradient: its ZeRO shard or its whole buffer, each
   // global element counted on one tensor-parallel rank.
-  double squares = zero ? grad_sum_squares(model, optimizer.owned, reducer->shard.data())
-                        : grad_sum_squares(model, {ShardRange{0, model.num_params}},
-                                           model.grads.data());
+  double squares = grad_sum_squares(model, optimizer.owned,
+                                    zero ? reducer->shard.data() : model.grads.data());
   const auto start = Clock::now();
   if (model.tp.comm) model.tp.comm->all_reduce(&squares, 1);
   if (parallel.dp) {
@@ -385,7 +384,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     CheckpointState state{cfg, step, loader.position, rng.state, tokens_seen};
     const Optimizer* to_save = &optimizer;
     const Model* model_to_save = &model;
-    Optimizer full;
+    Optimizer full, global_opt;
     Model global;
     if (zero) {  // collective: every rank takes part, rank 0 writes
       full = optimizer_create(model);
@@ -396,13 +395,11 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     }
     if (tensor_parallel) {  // global tensors, assembled from every tensor-parallel rank's shards
       global = model_layout(cfg.model());
-      Optimizer global_opt;
       global_opt.step = to_save->step;
       model_gather_global(model, model.params.data(), global.params);
       model_gather_global(model, to_save->m.data(), global_opt.m);
       model_gather_global(model, to_save->v.data(), global_opt.v);
-      full = std::move(global_opt);
-      to_save = &full;
+      to_save = &global_opt;
       model_to_save = &global;
     }
     const std::string path = (checkpoints_dir / format("step_%07ld", step)).string();

@@ -16,11 +16,18 @@ VocabShard vocab_shard(int V, int parts, int rank) {
   return s;
 }
 
-// Layout: the (chunk, rows) logits block in the backend's activation type, then row_max (chunk)
-// and sums (chunk, 2) in fp32.
+// Scratch layout: the (chunk, rows) logits block in the backend's activation type, padded to 16
+// bytes, then row_max (chunk) and sums (chunk, 2) in fp32.
+namespace {
+
+size_t logits_block_bytes(const kernels::KernelBackend& be, int chunk, int rows) {
+  return (static_cast<size_t>(chunk) * rows * be.activation_bytes() + 15) / 16 * 16;
+}
+
+}  // namespace
+
 size_t vocab_parallel_scratch_bytes(const kernels::KernelBackend& be, int chunk, int rows) {
-  const size_t logits = (static_cast<size_t>(chunk) * rows * be.activation_bytes() + 15) / 16 * 16;
-  return logits + 3 * static_cast<size_t>(chunk) * sizeof(float);
+  return logits_block_bytes(be, chunk, rows) + 3 * static_cast<size_t>(chunk) * sizeof(float);
 }
 
 double vocab_parallel_cross_entropy(const kernels::KernelBackend& be, Communicator& tp, void* dx,
@@ -32,8 +39,8 @@ double vocab_parallel_cross_entropy(const kernels::KernelBackend& be, Communicat
   LOOM_CHECK(be.activation_bytes() == sizeof(float));
   const size_t bytes = be.activation_bytes();
   void* logits = scratch;
-  float* row_max = reinterpret_cast<float*>(
-      static_cast<char*>(scratch) + (static_cast<size_t>(chunk) * shard.rows * bytes + 15) / 16 * 16);
+  float* row_max = reinterpret_cast<float*>(static_cast<char*>(scratch) +
+                                            logits_block_bytes(be, chunk, shard.rows));
   float* sums = row_max + chunk;
   // Blocking on the group: timed, as exposed communication.
   auto wait = [wait_seconds](const WorkPtr& work) {

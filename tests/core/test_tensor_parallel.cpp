@@ -20,6 +20,14 @@ config::ModelConfig small_model() {
   return cfg.model();
 }
 
+// local (m.num_params) ← this rank's shards of the global buffer (tensors in order).
+void scatter_global(const Model& m, const float* global, float* local) {
+  for (const ParamTensor& t : m.tensors) {
+    tensor_shard_extract(t, m.tp.rank, global, local + t.offset);
+    global += tensor_global_size(t);
+  }
+}
+
 const ParamTensor& tensor(const Model& m, const std::string& name) {
   for (const ParamTensor& t : m.tensors)
     if (t.name == name) return t;
@@ -37,9 +45,7 @@ size_t global_offset(const Model& m, const std::string& name) {
   size_t at = 0;
   for (const ParamTensor& t : m.tensors) {
     if (t.name == name) return at;
-    size_t n = 1;
-    for (int64_t d : t.global_shape) n *= static_cast<size_t>(d);
-    at += n;
+    at += tensor_global_size(t);
   }
   throw std::runtime_error("no tensor " + name);
 }
@@ -65,7 +71,7 @@ TEST(TensorParallel, ShardsHoldTheRightGlobalElements) {
   const Model m = model_layout(small_model(), nullptr, TensorParallel{4, 1, nullptr});
   const std::vector<float> global = iota_global(m);
   std::vector<float> local(m.num_params, -1.0f);
-  model_scatter_global(m, global.data(), local.data());
+  scatter_global(m, global.data(), local.data());
   const int C = 8;
   // QKV rows of head 1 (rows 2, 3) in each of q, k and v.
   const ParamTensor& qkv = tensor(m, "block.0.attn.qkv.weight");
@@ -94,13 +100,11 @@ TEST(TensorParallel, AllShardsRebuildTheGlobalBuffer) {
     for (int r = 0; r < tp; ++r) {
       const Model m = model_layout(small_model(), nullptr, TensorParallel{tp, r, nullptr});
       std::vector<float> local(m.num_params, -1.0f);
-      model_scatter_global(m, global.data(), local.data());
+      scatter_global(m, global.data(), local.data());
       size_t at = 0;
       for (const ParamTensor& t : m.tensors) {
         tensor_shard_insert(t, r, local.data() + t.offset, rebuilt.data() + at);
-        size_t n = 1;
-        for (int64_t d : t.global_shape) n *= static_cast<size_t>(d);
-        at += n;
+        at += tensor_global_size(t);
       }
       // The last rank's padding rows (vocabulary 13 over 4 ranks: rows 13..15) are zero.
       if (tp == 4 && r == 3) {
@@ -120,7 +124,7 @@ TEST(TensorParallel, InitDrawsTheSameGlobalWeightsAtAnyTp) {
       Model m = model_create(small_model(), nullptr, TensorParallel{tp, r, nullptr});
       model_init(m, 7);
       std::vector<float> expected(m.num_params);
-      model_scatter_global(m, whole.params.data(), expected.data());
+      scatter_global(m, whole.params.data(), expected.data());
       EXPECT_EQ(m.params, expected) << "tp " << tp << " rank " << r;
     }
 }

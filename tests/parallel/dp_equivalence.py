@@ -14,7 +14,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from equivalence_common import (compare, finish, metrics, mpirun, prepare_data,  # noqa: E402
-                                reference_run, run, training_config)
+                                reference_run, resume_case, run, training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 
@@ -69,14 +69,9 @@ def main():
                        f"{model_name} zero run"):
                 continue
             for ranks, overrides in ((2, ["parallel.zero_stage=1"]), (4, [])):
-                resumed = f"{full}-resumed-dp{ranks}"
-                shutil.copytree(full, resumed)
-                shutil.rmtree(os.path.join(resumed, "checkpoints", "step_0000006"))
-                sets = [a for o in [f"parallel.dp={ranks}"] + overrides for a in ("--set", o)]
-                name = f"{model_name} resumed from step 3 at dp={ranks} {' '.join(overrides)}"
-                if run(mpirun(ranks) + [LOOM, "train", config, *sets, "--run-dir", resumed,
-                                        "--resume"], name):
-                    compare(name, reference, metrics(resumed)[3:], first_step=4)
+                resume_case(LOOM, config, full,
+                            f"{model_name} resumed from step 3 at dp={ranks} {' '.join(overrides)}",
+                            ranks, [f"parallel.dp={ranks}"] + overrides, reference)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     finish()

@@ -3,6 +3,7 @@ loom under mpirun, reading metrics.jsonl, and comparing losses step by step agai
 single-process run."""
 import json
 import os
+import shutil
 import subprocess
 
 TOLERANCE = 1e-5
@@ -79,6 +80,17 @@ def reference_run(loom, name, config_text):
     if not run([loom, "train", config, "--run-dir", ref_dir], f"{name} single"):
         return config, None
     return config, metrics(ref_dir)
+
+
+def resume_case(loom, config, run_dir, name, ranks, overrides, reference):
+    """A copy of run_dir cut back to its step-3 checkpoint, resumed with `overrides` on `ranks`
+    ranks, continues the reference run exactly (steps 4–6)."""
+    resumed = f"{run_dir}-resumed-{'-'.join(o.replace('=', '') for o in overrides) or 'same'}"
+    shutil.copytree(run_dir, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "step_0000006"))
+    cmd = [loom, "train", config, "--run-dir", resumed, "--resume", *sets(overrides)]
+    if run((mpirun(ranks) if ranks > 1 else []) + cmd, name):
+        compare(name, reference, metrics(resumed)[3:], first_step=4)
 
 
 def sets(overrides):

@@ -17,7 +17,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from equivalence_common import (TOLERANCE, compare, failures, finish, metrics, mpirun,  # noqa: E402
-                                prepare_data, reference_run, run, sets, training_config)
+                                prepare_data, reference_run, resume_case, run, sets,
+                                training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 
@@ -105,17 +106,11 @@ def main():
                     # tp 4, and at tp 2 × dp 2 with ZeRO-1.
                     for new_tp, new_dp, extra in ((1, 1, []), (4, 1, []),
                                                   (2, 2, ["parallel.zero_stage=1"])):
-                        resumed = f"{run_dir}-resumed-tp{new_tp}-dp{new_dp}"
-                        shutil.copytree(run_dir, resumed)
-                        shutil.rmtree(os.path.join(resumed, "checkpoints", "step_0000006"))
-                        rename = (f"{model_name} tp=2 resumed from step 3 at tp={new_tp} "
-                                  f"dp={new_dp} {' '.join(extra)}")
-                        cmd = [LOOM, "train", config, "--run-dir", resumed, "--resume",
-                               *sets([f"parallel.tp={new_tp}", f"parallel.dp={new_dp}"] + extra)]
-                        if new_tp * new_dp > 1:
-                            cmd = mpirun(new_tp * new_dp) + cmd
-                        if run(cmd, rename):
-                            compare(rename, reference, metrics(resumed)[3:], first_step=4)
+                        resume_case(LOOM, config, run_dir,
+                                    f"{model_name} tp=2 resumed from step 3 at tp={new_tp} "
+                                    f"dp={new_dp} {' '.join(extra)}", new_tp * new_dp,
+                                    [f"parallel.tp={new_tp}", f"parallel.dp={new_dp}"] + extra,
+                                    reference)
         check_sampling()
     finally:
         shutil.rmtree(work, ignore_errors=True)
