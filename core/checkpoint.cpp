@@ -61,19 +61,20 @@ void write_buffer(const fs::path& dir, const std::string& file, const Model& mod
   if (!out.flush()) throw Error("writing " + (dir / file).string() + " failed");
 }
 
-// Reads every tensor described by `entries`, checking it against the model, into `buffer` (laid
-// out as the model's parameters): the whole tensor, one at a time, then this rank's shard of it
-// (all of it without tensor parallelism).
+// Reads every tensor of the model (this pipeline rank's) from `entries` (all global tensors, in
+// global order), checking it against the model, into `buffer` (laid out as the model's
+// parameters): the whole tensor, one at a time, then this rank's shard of it (all of it without
+// tensor parallelism).
 void read_buffer(const fs::path& dir, const Model& model,
                  const google::protobuf::RepeatedPtrField<Meta::Tensor>& entries,
                  std::vector<float>& buffer) {
-  if (static_cast<size_t>(entries.size()) != model.tensors.size())
+  if (static_cast<size_t>(entries.size()) != model.global_tensors)
     throw Error("checkpoint " + dir.string() + " has " + std::to_string(entries.size()) +
-                " tensors where the model has " + std::to_string(model.tensors.size()));
+                " tensors where the model has " + std::to_string(model.global_tensors));
   std::vector<float> whole;
-  for (size_t i = 0; i < model.tensors.size(); ++i) {
-    const ParamTensor& t = model.tensors[i];
-    const Meta::Tensor& e = entries[static_cast<int>(i)];
+  for (const ParamTensor& t : model.tensors) {  // this pipeline rank's, by global index
+    const int i = t.global_index;
+    const Meta::Tensor& e = entries[i];
     const std::vector<int64_t> shape(e.global_shape().begin(), e.global_shape().end());
     const std::vector<int64_t> piece(e.shard_shape().begin(), e.shard_shape().end());
     if (e.name() != t.name || shape != t.global_shape || piece != t.global_shape)
@@ -180,6 +181,7 @@ std::string checkpoint_save(const std::string& checkpoints_dir, const Checkpoint
   meta.set_tokens_seen(state.tokens_seen);
   *meta.mutable_config() = resolve_defaults(state.config);
   LOOM_CHECK(optimizer.m.size() == model.num_params);  // ZeRO shards are gathered first
+  LOOM_CHECK(model.tensors.size() == model.global_tensors);  // the whole model
   meta.set_optimizer_step(optimizer.step);
   write_buffer(tmp_dir, "params.bin", model, model.params, meta.mutable_params());
   write_buffer(tmp_dir, "adam_m.bin", model, optimizer.m, meta.mutable_adam_m());

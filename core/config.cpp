@@ -12,6 +12,8 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/pipeline.h"
+#include "core/stage_plan.h"
 
 namespace loom {
 namespace {
@@ -307,10 +309,19 @@ void validate_config(const config::RunConfig& cfg) {
   require(t.seq_len() % (2 * p.sp()) == 0,
           "2 × parallel.sp (" + num(2 * p.sp()) + ") must divide train.seq_len (" +
               num(t.seq_len()) + "): ring attention cuts the sequence into 2·sp chunks");
-  const int unrolled = m.prelude_layers() + m.block_layers() * m.loops() + m.coda_layers();
-  require(unrolled % p.pp() == 0,
-          "parallel.pp (" + num(p.pp()) + ") must divide the unrolled layer count (" +
-              num(unrolled) + " = prelude_layers + block_layers × loops + coda_layers)");
+  require(p.virtual_stages() >= 1, "parallel.virtual_stages must be at least 1");
+  require(p.virtual_stages() == 1 || p.pp() > 1,
+          "parallel.virtual_stages (" + num(p.virtual_stages()) + ") needs parallel.pp > 1: "
+          "virtual stages are chunks of a pipeline rank");
+  require(p.pipeline_layout().empty() || p.pp() > 1,
+          "parallel.pipeline_layout is set but parallel.pp is 1: there is nothing to cut");
+  try {
+    if (p.pp() > 1)
+      pipeline_check(pipeline_kind(cfg), p.pp(), grad_accum_steps(cfg), p.virtual_stages());
+    stage_plan_create(cfg);
+  } catch (const Error& e) {
+    throw Error(std::string("invalid config: ") + e.what());
+  }
   require(p.zero_stage() == 0 || p.zero_stage() == 1,
           "parallel.zero_stage must be 0 or 1 (got " + num(p.zero_stage()) + ")");
   require(p.bucket_mb() > 0, "parallel.bucket_mb must be positive");
@@ -319,11 +330,10 @@ void validate_config(const config::RunConfig& cfg) {
 
 void validate_trainable(const config::RunConfig& cfg) {
   const auto& p = cfg.parallel();
-  for (auto [name, size] : {std::pair{"pp", p.pp()}, {"sp", p.sp()}})
-    require(size == 1, std::string("parallel.") + name + " = " + num(size) +
-                           ": this version of loom trains data- and tensor-parallel layouts "
-                           "only; pipeline and sequence parallelism are not implemented yet (set "
-                           "parallel." + name + "=1; `loom plan` shows such layouts)");
+  require(p.sp() == 1, "parallel.sp = " + num(p.sp()) +
+                           ": this version of loom trains data-, tensor- and pipeline-parallel "
+                           "layouts; sequence parallelism is not implemented yet (set "
+                           "parallel.sp=1; `loom plan` shows such layouts)");
 }
 
 int grad_accum_steps(const config::RunConfig& cfg) {

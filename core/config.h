@@ -27,8 +27,7 @@ void apply_override(config::RunConfig& cfg, const std::string& assignment);
 // Checks every invariant a run relies on; throws loom::Error naming the fields involved.
 void validate_config(const config::RunConfig& cfg);
 
-// Rejects layouts this version cannot train (tensor, pipeline or sequence parallel > 1), naming
-// the field. validate_config accepts them so that `loom plan` can show them.
+// Rejects layouts this version cannot train (sequence parallel > 1), naming the field. validate_config accepts them so that `loom plan` can show them.
 void validate_trainable(const config::RunConfig& cfg);
 
 // The config with every unset scalar field set to its schema default, so that what is stored in

@@ -1,14 +1,16 @@
 // The looped GPT: parameter layout in one flat buffer, activation memory planned once, and
-// hand-written forward and backward.
+// hand-written forward and backward over a range of the unrolled layer list.
 //
 // Unrolled layer list: prelude layers, `loops` iterations of the shared block, coda layers.
 // Each layer is two sub-layers (attention, MLP), each with its own pre-norm. The residual stream
 // `r` receives sub-layer i's output h_i right before sub-layer i + delay runs (delay 1: standard;
 // delay 2: Ladder Residual), so between sub-layers the state is the stream plus `delay` pending
-// outputs (under tensor parallelism each may still be an all-reduce in flight: pending_work).
-// That pair — stream and pending outputs — is what a pipeline stage boundary or an activation
-// checkpoint has to carry; the ladder continues across loop iterations. The shared block's
-// gradients accumulate over every iteration that used it.
+// outputs (under tensor parallelism each may still be an all-reduce in flight: pending_work),
+// plus, with input injection, the prelude's output e. That is the *boundary state*: a rank runs
+// its *chunks* (contiguous ranges of unrolled positions: the whole list, or its pipeline pieces)
+// from a boundary state it is given and hands one back, and backward does the same with the
+// state's gradient (docs/architecture.md). The ladder continues across loop iterations and
+// chunks. The shared block's gradients accumulate over every iteration that used it.
 // Every kernel runs through the model's KernelBackend (kernels/backend.h); the model's code
 // does not depend on which backend, nor on its activation type.
 //
@@ -18,9 +20,13 @@
 // is a partial sum that one all-reduce completes; in backward each sub-layer's partial input
 // gradient (of its pre-norm's output) is completed the same way. Those all-reduces are async and
 // waited on only when the result is first needed: with the standard residual at once, with Ladder
-// Residual one sub-layer later, so each hides behind a sub-layer of compute (DESIGN.md).
+// Residual one sub-layer later, so each hides behind a sub-layer of compute.
 //
-//   loom::Model model = loom::model_create(cfg.model());   // or (cfg.model(), make_backend(…))
+// Pipeline parallelism: a rank's model holds only the tensors its chunks use (the shared block
+// once, however many iterations it runs); every tensor keeps its global index, so checkpoints
+// and initialisation see the same global tensors at any layout.
+//
+//   loom::Model model = loom::model_create(cfg.model());   // or (cfg.model(), backend, tp, stage)
 //   loom::model_init(model, seed);
 //   loom::model_plan(model, B, T);                    // activation arena, once
 //   double loss = loom::model_forward(model, inputs, targets, B, T, 1.0f / (B * T));
@@ -33,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "core/stage_plan.h"
 #include "kernels/backend.h"
 #include "loom.pb.h"
 #include "parallel/communicator.h"
@@ -45,6 +52,16 @@ struct TensorParallel {
   int size = 1, rank = 0;
   Communicator* comm = nullptr;  // not owned
 };
+
+// This rank's place in the pipeline: the stage plan and its pipeline coordinate.
+struct PipelineStage {
+  StagePlan plan;  // empty bounds: the whole model on one rank
+  int rank = 0;
+};
+
+// What a parameter tensor is, so that no decision is made from its name.
+enum class ParamRole { kTokenEmbedding, kPositionEmbedding, kLayer, kFinalNorm, kLmHead };
+enum class ParamInit { kNormal, kNormalScaled, kOnes, kZeros };  // kNormalScaled: output projections
 
 // One named tensor inside the flat parameter buffer (and, at the same offset, the gradient and
 // optimizer buffers). Under tensor parallelism the buffer holds this rank's shard of it: the
@@ -60,6 +77,14 @@ struct ParamTensor {
   std::vector<int64_t> global_shape;  // the whole tensor (checkpoints store it)
   int shard_dim = -1;                 // −1: replicated on every tensor-parallel rank
   int shard_groups = 1;
+  ParamRole role = ParamRole::kLayer;
+  int layer = -1;                     // unique layer index (kLayer only)
+  ParamInit init = ParamInit::kZeros;
+  int global_index = 0;               // position in the whole model's tensor list
+  // Pipeline ranks holding a replica (the shared block on every stage that runs it, a tied
+  // embedding on the first and last); their gradients are summed across them. The lowest holds
+  // the copy counted in the gradient norm.
+  std::vector<int> pp_holders;
 };
 
 // Offsets (in floats) of one unique layer's tensors. Bias offsets of RMSNorm layers are unused.
@@ -68,7 +93,7 @@ struct LayerOffsets {
   size_t norm2_w, norm2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b;
 };
 
-// Saved activations of one sub-layer application (offsets into the arena, in floats). Regions
+// Saved activations of one sub-layer application (offsets in floats into its slot). Regions
 // are planned at 4 bytes per element, so they also hold narrower (bf16) activations.
 struct SublayerActs {
   size_t input;     // (B, T, C) the stream this sub-layer read
@@ -78,6 +103,20 @@ struct SublayerActs {
   size_t hidden;    // attention: qkv (B, T, 3C) after rotary; MLP: fc output (B, T, F)
   size_t hidden2;   // attention: pre-projection output (B, T, C); MLP: GELU output (B, T, F)
   size_t lse;       // attention: (B, H, T)
+};
+
+// A contiguous range of unrolled positions this rank runs (a pipeline piece), with the layout of
+// its saved activations inside an activation slot.
+struct ModelChunk {
+  int begin = 0, end = 0;  // unrolled positions [begin, end)
+  int piece = 0;           // global pipeline stage
+  bool first = false;      // starts at position 0: runs the embedding
+  bool last = false;       // ends the list: runs the final norm, LM head and cross-entropy
+  // The boundary state at the chunk's start / end includes e (input injection).
+  bool injected_in = false, injected_out = false;
+  std::vector<SublayerActs> acts;  // sub-layers 2·begin .. 2·end − 1, offsets within a slot
+  size_t final_input = 0, mean_f = 0, rstd_f = 0, d_normed_f = 0;  // within a slot (last only)
+  size_t slot_floats = 0;  // the chunk's saved activations
 };
 
 struct Model {
@@ -94,31 +133,37 @@ struct Model {
   int unique_layers = 0;             // prelude + block + coda
   std::vector<int> unrolled;         // unique layer of each unrolled position
   int loop_begin = 0;                // first unrolled position of loop iteration 0
-  std::vector<int> first_use;        // unrolled position of each unique layer's first application
+  PipelineStage stage;
+  std::vector<ModelChunk> chunks;    // this rank's, in unrolled order
+  // Per unique layer: the lowest position this rank runs it at (−1: not held here). Its
+  // gradients are final after that position's backward in the step's last micro-batch.
+  std::vector<int> first_use;
 
-  std::vector<ParamTensor> tensors;  // in buffer order
-  std::vector<LayerOffsets> layers;  // per unique layer
+  std::vector<ParamTensor> tensors;  // this rank's, in buffer order (global order, a subset)
+  size_t global_tensors = 0;         // tensors of the whole model
+  std::vector<LayerOffsets> layers;  // per unique layer (offsets unused where not held)
+  std::vector<ShardRange> layer_ranges;  // per unique layer, its tensors in the buffer (or empty)
+  ShardRange embedding_range, head_range;  // wte (+ wpe); norm_f (+ lm_head)
   size_t wte = 0, wpe = 0, norm_f_w = 0, norm_f_b = 0, lm_head = 0;
+  bool has_wte = false;
   size_t num_params = 0;
   std::vector<float> params, grads;  // (num_params)
 
-  // Activation arena, sized by model_plan for at most plan_B × plan_T tokens.
-  int plan_B = 0, plan_T = 0;
+  // Activation arena, sized by model_plan for at most plan_B × plan_T tokens: `slots` activation
+  // slots (one micro-batch's saved activations of one chunk), `boundaries` boundary buffers
+  // (a boundary state or its gradient, in flight or being worked on) and shared temporaries.
+  int plan_B = 0, plan_T = 0, slots = 0, boundaries = 0;
   size_t plan_attention_scratch_bytes = 0;  // planned; the backend's need must not grow
   std::vector<float> arena;
-  std::vector<SublayerActs> acts;    // per sub-layer application, 2 per unrolled position
-  size_t stream = 0;                 // (B, T, C) residual stream r
-  size_t pending = 0;                // (delay, B, T, C) outputs not yet added to r
-  size_t injected = 0;               // (B, T, C) prelude output e (input injection)
-  size_t normed_f = 0, mean_f = 0, rstd_f = 0;  // final norm: (B, T, C), (B, T), (B, T)
-  size_t d_normed_f = 0;             // (B, T, C) ∂loss/∂normed_f from the fused LM head
-  size_t d_stream = 0, d_pending = 0, d_injected = 0;  // gradients of the above
+  size_t slot_floats = 0, slots_base = 0, boundary_floats = 0, boundaries_base = 0;
+  size_t shared_floats = 0;          // everything else in the arena
+  std::vector<int> slot_tokens;      // (slots, B, T) inputs of each slot's micro-batch
+  size_t normed_f = 0;               // (B, T, C) final norm output (the LM head's input)
   size_t d_normed = 0;               // (delay, B, T, C) partial pre-norm output gradients
   size_t d_hidden = 0, d_hidden2 = 0;  // per-sub-layer backward temporaries
   size_t rope_cos = 0, rope_sin = 0;  // (max_T, hd/2)
   size_t attention_scratch = 0, lm_head_scratch = 0;  // sized by the backend (0 bytes: unused)
   size_t norm_scratch = 0, embedding_scratch = 0;
-  std::vector<int> inputs, targets;  // (B, T) of the last forward
 
   // Tensor-parallel all-reduces in flight: forward outputs and backward input gradients, one per
   // pending slot (at most `delay` each).
@@ -127,43 +172,65 @@ struct Model {
 };
 
 // Builds the parameter layout for `cfg` (validated) with zeroed buffers: this rank's shards when
-// tp.size > 1 (tp.size must divide n_heads and d_mlp). A null backend means the CPU backend.
-// Forward, backward and model_last_logits are then collective over tp.comm.
+// tp.size > 1 (tp.size must divide n_heads and d_mlp), and only the tensors of this pipeline
+// rank's chunks. A null backend means the CPU backend. Forward, backward and model_last_logits
+// are then collective over tp.comm.
 Model model_create(const config::ModelConfig& cfg,
                    std::shared_ptr<const kernels::KernelBackend> backend = nullptr,
-                   TensorParallel tp = {});
+                   TensorParallel tp = {}, PipelineStage stage = {});
 
 // The parameter layout alone (tensors, offsets, num_params), with no buffers: for planning.
 Model model_layout(const config::ModelConfig& cfg,
                    std::shared_ptr<const kernels::KernelBackend> backend = nullptr,
-                   TensorParallel tp = {});
+                   TensorParallel tp = {}, PipelineStage stage = {});
 
-// Floats model_plan(B, T) would allocate for the activation arena with the model's backend (on
-// the CPU: at the current thread count).
-size_t model_arena_floats(const Model& model, int B, int T);
+// Floats model_plan(B, T, slots, boundaries) would allocate for the activation arena with the
+// model's backend (on the CPU: at the current thread count).
+size_t model_arena_floats(const Model& model, int B, int T, int slots = 1, int boundaries = 1);
 
 // GPT-2 initialisation from a seeded generator: weights N(0, init_std), output projections
-// N(0, init_std / sqrt(2 · unrolled layers)), biases 0, norm weights 1. Each tensor is drawn
-// whole and this rank keeps its shard, so every tensor-parallel layout starts from the same
-// global weights.
+// N(0, init_std / sqrt(2 · unrolled layers)), biases 0, norm weights 1. Each global tensor is
+// drawn whole, in global order, and this rank keeps its shard of the ones it holds, so every
+// layout starts from the same global weights.
 void model_init(Model& model, uint64_t seed);
 
-// Sizes the activation arena for micro-batches of up to B sequences of up to T tokens. Called
-// once; forward and backward then allocate nothing.
-void model_plan(Model& model, int B, int T);
+// Sizes the activation arena for micro-batches of up to B sequences of up to T tokens, with
+// `slots` micro-batches' activations in flight and `boundaries` boundary buffers. Called once;
+// forward and backward then allocate nothing.
+void model_plan(Model& model, int B, int T, int slots = 1, int boundaries = 1);
 
-// Forward of a (B, T) micro-batch. With targets, returns the mean cross-entropy; when
-// loss_grad_scale > 0 the LM head also stores ∂(loss_sum · loss_grad_scale)/∂normed_f and
-// accumulates the head's weight gradient, ready for model_backward. Without targets returns 0.
-double model_forward(Model& model, const int* inputs, const int* targets, int B, int T,
-                     float loss_grad_scale);
+// Floats of one boundary state of `chunk`'s start (at_end false) or end, for (B, T) tokens: the
+// stream, `delay` pending outputs and, when the boundary carries it, e. Sent and received whole.
+size_t model_boundary_count(const Model& model, int chunk, bool at_end, int B, int T);
+// Boundary buffer `index` (model_boundary_count floats are used).
+float* model_boundary(Model& model, int index);
 
-// Called by model_backward when the gradients [offset, offset + count) of the flat buffer have
+// Forward of chunk `chunk` over a (B, T) micro-batch, saving its activations in slot `slot`.
+// Boundary buffer `boundary` holds the state at the chunk's start (ignored for the first chunk,
+// which embeds `inputs`) and the state at its end afterwards (to be sent on). For the last
+// chunk, with targets, returns the mean cross-entropy; when loss_grad_scale > 0 the LM head also
+// stores ∂(loss_sum · loss_grad_scale)/∂normed_f and accumulates the head's weight gradient,
+// ready for backward. Otherwise returns 0.
+double model_forward_chunk(Model& model, int chunk, int slot, int boundary, const int* inputs,
+                           const int* targets, int B, int T, float loss_grad_scale);
+
+// Called by backward when the gradients [offset, offset + count) of the flat buffer have
 // received their last contribution of this backward (data-parallel buckets start reducing then).
-// Ranges come in a fixed order, cover the buffer exactly once, and end with the embeddings.
+// Ranges come in a fixed order and never overlap.
 using GradsFinalFn = std::function<void(size_t offset, size_t count)>;
 
-// Accumulates parameter gradients of the last forward (which must have had loss_grad_scale > 0).
+// Backward of chunk `chunk` from slot `slot`: accumulates parameter gradients. Boundary buffer
+// `boundary` holds the gradient of the chunk's end state (ignored for the last chunk, which
+// starts from the loss) and the gradient of its start state afterwards. With on_grads_final
+// (the step's last micro-batch), reports each range once it is final on this rank.
+void model_backward_chunk(Model& model, int chunk, int slot, int boundary, int B, int T,
+                          const GradsFinalFn& on_grads_final = {});
+
+// The whole model on one rank (a single chunk, slot 0, boundary 0): forward of a (B, T)
+// micro-batch, returning the mean cross-entropy with targets (0 without), and its backward,
+// which reports ranges covering the buffer exactly once, ending with the embeddings.
+double model_forward(Model& model, const int* inputs, const int* targets, int B, int T,
+                     float loss_grad_scale);
 void model_backward(Model& model, int B, int T, const GradsFinalFn& on_grads_final = {});
 
 // Logits (B, V) at the last position of each sequence, after model_forward without targets

@@ -90,12 +90,14 @@ void model_gather_global(const Model& m, const float* local, std::vector<float>&
 double grad_sum_squares(const Model& m, const std::vector<ShardRange>& owned, const float* grads) {
   size_t total = 0;
   for (const ShardRange& r : owned) total += r.size();
-  if (m.tp.size == 1) return kernels::cpu::vector_sum_squares(grads, total);
+  const bool replicas = m.stage.plan.pp > 1;
+  if (m.tp.size == 1 && !replicas) return kernels::cpu::vector_sum_squares(grads, total);
   double sum = 0.0;
   size_t compact = 0;
   for (const ShardRange& r : owned) {
     for (const ParamTensor& t : m.tensors) {
       if (t.shard_dim < 0 && m.tp.rank != 0) continue;
+      if (t.pp_holders.front() != m.stage.rank) continue;  // another stage's replica counts it
       const size_t lo = std::max(r.begin, t.offset), hi = std::min(r.end, t.offset + t.size);
       if (lo < hi) sum += kernels::cpu::vector_sum_squares(grads + compact + (lo - r.begin), hi - lo);
     }

@@ -32,9 +32,10 @@ size_t model_global_floats(const Model& m);
 // over m.tp.comm (every rank calls it).
 void model_gather_global(const Model& m, const float* local, std::vector<float>& global);
 
-// This rank's share of Σ g² over the global gradient: its shards of sharded tensors, and the
-// replicated tensors (identical on every tensor-parallel rank) on tp rank 0 only, so a sum over
-// the tp group counts every global element once. `grads` holds the `owned` ranges of the flat
+// This rank's share of Σ g² over the global gradient: its shards of sharded tensors, the
+// replicated tensors (identical on every tensor-parallel rank) on tp rank 0 only, and a tensor
+// held by several pipeline stages (summed across them) on the lowest only, so a sum over the tp
+// and pp groups counts every global element once. `grads` holds the `owned` ranges of the flat
 // buffer compactly (Optimizer's layout).
 double grad_sum_squares(const Model& m, const std::vector<ShardRange>& owned, const float* grads);
 

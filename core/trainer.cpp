@@ -7,21 +7,20 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <iostream>
 #include <sstream>
 #include <thread>
-
-#include <google/protobuf/util/message_differencer.h>
 
 #include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/data.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/run_dir.h"
 #include "core/sample.h"
 #include "core/tensor_parallel.h"
 #include "kernels/cpu/threads.h"
-#include "kernels/cpu/vector.h"
 
 namespace loom {
 namespace {
@@ -29,168 +28,15 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-// Terminal lines, mirrored into run_dir/train.log. Rank 0 writes the log and prints progress;
-// other ranks print warnings only. In a multi-rank run every line carries the rank's label.
-class RunLog {
- public:
-  RunLog(const fs::path& path, bool quiet, bool writer, std::string prefix)
-      : quiet_(quiet), writer_(writer), prefix_(std::move(prefix)) {
-    if (writer_) file_.open(path, std::ios::app);
-  }
-  void line(const std::string& text) {
-    if (!writer_) return;
-    const std::string out = prefix_ + text;
-    if (!quiet_) std::cout << out << std::endl;
-    file_ << out << '\n';
-    file_.flush();
-  }
-  void warn(const std::string& text) {
-    if (writer_) return line("warning: " + text);
-    if (!quiet_) std::cerr << prefix_ << "warning: " << text << std::endl;
-  }
-
- private:
-  std::ofstream file_;
-  bool quiet_, writer_;
-  std::string prefix_;
-};
-
-std::string format(const char* fmt, auto... args) {
-  char buffer[512];
-  std::snprintf(buffer, sizeof(buffer), fmt, args...);
-  return buffer;
-}
-
-std::string duration(double seconds) {
-  const long s = std::lround(std::max(0.0, seconds));
-  return s >= 3600 ? format("%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60)
-                   : format("%ld:%02ld", s / 60, s % 60);
-}
-
-// A run directory that already has results is never overwritten.
-void prepare_run_dir(const fs::path& dir, bool resume) {
-  std::error_code ec;
-  if (resume) {
-    if (!fs::is_directory(dir, ec))
-      throw Error("--resume: run directory " + dir.string() + " does not exist");
-    return;
-  }
-  if (fs::exists(dir / "metrics.jsonl", ec) || fs::exists(dir / "checkpoints", ec))
-    throw Error("run directory " + dir.string() +
-                " already holds a run; pass --resume to continue it, or choose another "
-                "--run-dir");
-  fs::create_directories(dir, ec);
-  if (ec) throw Error("cannot create run directory " + dir.string() + ": " + ec.message());
-}
-
-// A resumed run must read the same model and the same data stream as the run it continues;
-// steps, learning rate, logging and checkpointing may change.
-void check_resumable(const config::RunConfig& saved, const config::RunConfig& now,
-                     const std::string& checkpoint) {
-  const std::string where = "--resume from " + checkpoint + ": ";
-  if (!google::protobuf::util::MessageDifferencer::Equivalent(saved.model(), now.model()))
-    throw Error(where + "the model section of the config differs from the one the run was "
-                        "trained with; resume with the run's own config.textproto");
-  const auto& a = saved.train();
-  const auto& b = now.train();
-  for (auto [name, same] : {std::pair{"train.seq_len", a.seq_len() == b.seq_len()},
-                            {"train.global_batch", a.global_batch() == b.global_batch()},
-                            {"train.seed", a.seed() == b.seed()},
-                            {"train.shuffle", a.shuffle() == b.shuffle()},
-                            {"data.train_shards",
-                             saved.data().train_shards() == now.data().train_shards()}})
-    if (!same)
-      throw Error(where + std::string(name) +
-                  " differs from the run's: the resumed run would read other data than the "
-                  "uninterrupted one; keep the run's value");
-}
-
-// Loads the newest usable checkpoint. One that cannot be read or fails its checksums (a disk
-// that lost it) falls back to the one before, and says so; a config that does not fit the run
-// is the user's to fix, so it stops the resume.
-std::string resume_from(const std::string& checkpoints_dir, const config::RunConfig& cfg,
-                        Model& model, Optimizer* optimizer, CheckpointState& state, RunLog& log) {
-  const std::vector<std::string> saved = checkpoint_list(checkpoints_dir);
-  if (saved.empty()) throw Error("--resume: no complete checkpoint in " + checkpoints_dir);
-  for (auto it = saved.rbegin(); it != saved.rend(); ++it) {
-    const bool last_chance = std::next(it) == saved.rend();
-    auto usable = [&](const std::function<void()>& read) {
-      try {
-        read();
-        return true;
-      } catch (const Error& e) {
-        if (last_chance) throw;
-        log.warn(std::string(e.what()) + "; trying the checkpoint before it");
-        return false;
-      }
-    };
-    config::RunConfig saved_cfg;
-    if (!usable([&] { saved_cfg = checkpoint_read_state(*it).config; })) continue;
-    check_resumable(saved_cfg, cfg, *it);
-    if (!usable([&] { state = checkpoint_load(*it, model, optimizer); })) continue;
-    if (state.step >= cfg.train().steps())
-      throw Error("--resume from " + *it + ": the run has already completed " +
-                  std::to_string(state.step) + " steps of train.steps = " +
-                  std::to_string(cfg.train().steps()) + "; raise train.steps to train further");
-    return *it;
-  }
-  LOOM_CHECK(false);
-}
-
-// On resume, metrics of steps after the checkpoint are dropped: they will be recomputed.
-void truncate_metrics(const fs::path& path, long last_step) {
-  std::ifstream in(path);
-  if (!in) return;
-  std::string line, kept;
-  while (std::getline(in, line)) {
-    long step = 0;
-    if (std::sscanf(line.c_str(), "{\"step\":%ld", &step) == 1 && step <= last_step)
-      kept += line + '\n';
-  }
-  in.close();
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << kept;
-    if (!out.flush()) throw Error("cannot rewrite " + path.string() + " (disk full?); it is unchanged");
-  }
-  fs::rename(tmp, path);
-}
-
-// Mean loss over the first `batches` global batches of the validation set (so the same
-// sequences whatever the micro-batch size and dp), in micro-batches of B shared out over the dp
-// ranks.
-double evaluate(Model& model, const TokenDataset& val, int batches, int global_batch, int B, int T,
-                std::vector<int>& inputs, std::vector<int>& targets, Communicator& dp) {
-  DataLoader loader{&val, 0, false};
-  const int micro_batches = batches * (global_batch / B);
-  double total = 0.0;
-  for (int i = dp.rank(); i < micro_batches; i += dp.size()) {
-    loader.position = static_cast<int64_t>(i) * B;
-    loader_next(loader, inputs.data(), targets.data(), B);
-    total += model_forward(model, inputs.data(), targets.data(), B, T, 0.0f);
-  }
-  dp.all_reduce(&total, 1, ReduceOp::kSum);
-  return total / micro_batches;
-}
-
-// JSON has no NaN or Infinity: a non-finite value is written as null.
-std::string json_number(double v) {
-  if (!std::isfinite(v)) return "null";
-  std::ostringstream out;
-  out.precision(8);
-  out << v;
-  return out.str();
-}
-
 std::string metrics_line(long step, const StepResult& r, float lr, double tokens_per_s,
-                         double ms, double val_loss, bool skipped) {
+                         double ms, double val_loss, bool skipped, double activation_bytes) {
   std::ostringstream out;
   out.precision(8);
   out << "{\"step\":" << step << ",\"loss\":" << json_number(r.loss) << ",\"lr\":" << lr
       << ",\"grad_norm\":" << json_number(r.grad_norm) << ",\"tokens_per_s\":" << tokens_per_s
       << ",\"ms_per_step\":" << ms << ",\"comm_wait_ms\":" << r.comm_wait_s * 1000.0;
   if (val_loss >= 0 || std::isnan(val_loss)) out << ",\"val_loss\":" << json_number(val_loss);
+  out << ",\"activation_peak_mib\":" << activation_bytes / (1024.0 * 1024.0);
   if (skipped) out << ",\"skipped\":true";
   out << "}";
   return out.str();
@@ -198,62 +44,167 @@ std::string metrics_line(long step, const StepResult& r, float lr, double tokens
 
 }  // namespace
 
-StepResult train_step(Model& model, Optimizer& optimizer, const config::RunConfig& cfg, float lr,
-                      const int* inputs, const int* targets, int micro_batches,
-                      const DataParallelStep& parallel) {
-  const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
-  const size_t tokens = static_cast<size_t>(B) * T;
-  GradReducer* reducer = parallel.reducer;
-  std::fill(model.grads.begin(), model.grads.end(), 0.0f);
-  model.tp_wait_seconds = 0.0;
-  StepResult result;
-  // Each rank's gradients are the mean over its tokens; the reduction averages over ranks.
-  const float scale = 1.0f / static_cast<float>(tokens * micro_batches);
-  for (int micro = 0; micro < micro_batches; ++micro) {
-    const double loss = model_forward(model, inputs + micro * tokens, targets + micro * tokens, B,
-                                      T, scale);
-    result.loss += loss / micro_batches;
-    // Gradients are reduced once, during the last micro-batch's backward.
-    if (reducer && micro == micro_batches - 1) {
-      grad_reducer_begin(*reducer);
-      model_backward(model, B, T, [reducer](size_t offset, size_t count) {
-        grad_reducer_ready(*reducer, offset, count);
-      });
-      grad_reducer_finish(*reducer);
-      result.comm_wait_s += reducer->wait_seconds;
-    } else {
-      model_backward(model, B, T);
-    }
-  }
-  const bool zero = reducer && reducer->zero;
-  // Σ g² of this rank's part of the global gradient: its ZeRO shard or its whole buffer, each
-  // global element counted on one tensor-parallel rank.
-  double squares = grad_sum_squares(model, optimizer.owned,
-                                    zero ? reducer->shard.data() : model.grads.data());
-  const auto start = Clock::now();
-  if (model.tp.comm) model.tp.comm->all_reduce(&squares, 1);
-  if (parallel.dp) {
-    // Loss and, under ZeRO, the squared norms of the shards, in one all-reduce.
-    double sums[2] = {result.loss, zero ? squares : 0.0};
-    parallel.dp->all_reduce(sums, 2, ReduceOp::kSum);
-    result.loss = sums[0] / parallel.dp->size();
-    if (zero) squares = sums[1];
-  }
-  result.grad_norm = std::sqrt(squares);
-  result.comm_wait_s += model.tp_wait_seconds +
-                        std::chrono::duration<double>(Clock::now() - start).count();
-  result.finite = std::isfinite(result.loss) && std::isfinite(result.grad_norm);
-  if (!result.finite) return result;
-  optimizer_step(optimizer, model, cfg.optim(), lr,
-                 clip_scale(result.grad_norm, cfg.train().grad_clip()),
-                 zero ? reducer->shard.data() : nullptr);
-  if (zero) {
-    const auto start = Clock::now();
-    grad_reducer_gather_in_place(*reducer, model.params.data());
-    result.comm_wait_s += std::chrono::duration<double>(Clock::now() - start).count();
-  }
-  return result;
+namespace {
+
+// Everything one rank trains with, built once by train().
+struct Run {
+  const config::RunConfig& cfg;
+  ProcessGroups& groups;
+  Model model;
+  Pipeline pipe;
+  GradReducer reducer;
+  bool zero = false;
+  Optimizer optimizer;
+  std::vector<ReplicaGroup> replica_groups;
+  ReplicaSync replicas;
+  TraceRecorder trace;
+};
+
+// The model's layout on this rank: its tensor-parallel shards and its pipeline pieces.
+Model create_model(const config::RunConfig& cfg, ProcessGroups& groups) {
+  const TensorParallel tp{groups.mesh.tp, groups.coord.tp, groups.tp.get()};
+  return model_create(cfg.model(), nullptr, tp, {stage_plan_create(cfg), groups.coord.pp});
 }
+
+// Groups for the tensors several stages hold; collective over the world, the same order on every
+// rank.
+std::vector<ReplicaGroup> create_replica_groups(const Model& model, ProcessGroups& groups) {
+  std::vector<ReplicaGroup> out;
+  if (!groups.mpi) return out;
+  for (const std::vector<int>& holders : pipeline_replica_sets(model)) {
+    std::string name = "replica";
+    for (int s : holders) name += "_" + std::to_string(s);
+    out.push_back({holders, process_groups_pipeline_subset(groups, holders, name)});
+  }
+  return out;
+}
+
+// The whole model's global parameters and Adam moments (on global rank 0; empty elsewhere):
+// ZeRO shards gathered over dp, tensor-parallel shards over tp, pipeline stages over pp.
+// Collective: every rank takes part.
+struct GlobalState {
+  Model model;
+  Optimizer optimizer;
+};
+GlobalState gather_global(Run& run) {
+  const Model& model = run.model;
+  Optimizer full;
+  const Optimizer* opt = &run.optimizer;
+  if (run.zero) {
+    full = optimizer_create(model);
+    full.step = run.optimizer.step;
+    grad_reducer_gather(run.reducer, run.optimizer.m.data(), full.m.data());
+    grad_reducer_gather(run.reducer, run.optimizer.v.data(), full.v.data());
+    opt = &full;
+  }
+  // This stage's tensors at global size (laid out as its tp = 1 layout), on tp rank 0.
+  std::vector<float> stage[3];
+  const float* local[3] = {model.params.data(), opt->m.data(), opt->v.data()};
+  for (int i = 0; i < 3; ++i) {
+    if (model.tp.size > 1)
+      model_gather_global(model, local[i], stage[i]);
+    else
+      stage[i].assign(local[i], local[i] + model.num_params);
+  }
+  GlobalState global{model_layout(run.cfg.model()), {}};
+  global.optimizer.step = opt->step;
+  std::vector<float>* out[3] = {&global.model.params, &global.optimizer.m, &global.optimizer.v};
+  const MeshCoord& c = run.groups.coord;
+  if (c.dp != 0 || c.sp != 0 || c.tp != 0) return global;
+  for (int i = 0; i < 3; ++i) {
+    if (run.groups.mesh.pp > 1)
+      pipeline_gather_global(model, stage[i], *run.groups.pp, *out[i]);
+    else
+      *out[i] = std::move(stage[i]);
+  }
+  return global;
+}
+
+void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) {
+  const config::RunConfig& cfg = run.cfg;
+  const Model& model = run.model;
+  const ProcessGroups& groups = run.groups;
+  const bool tensor_parallel = model.tp.size > 1;
+  log.line(format("loom: %zu parameters%s, %zu unrolled layers (%d prelude + %d × %d loops + %d "
+                  "coda), %s residual, %d threads%s",
+                  global_params,
+                  groups.is_distributed()
+                      ? format(" (%zu on this rank)", model.num_params).c_str()
+                      : "",
+                  model.unrolled.size(), cfg.model().prelude_layers(),
+                  cfg.model().block_layers(), cfg.model().loops(), cfg.model().coda_layers(),
+                  model.delay == 2 ? "ladder" : "standard", threads,
+                  groups.is_distributed() ? " per rank" : ""));
+  if (!groups.is_distributed()) return;
+  std::string line = format("mesh: %d ranks = dp %d × pp %d × sp %d × tp %d",
+                            groups.mesh.world_size(), groups.mesh.dp, groups.mesh.pp,
+                            groups.mesh.sp, groups.mesh.tp);
+  if (tensor_parallel)
+    line += format("; heads, MLP and vocabulary (%d rows per rank) split over tp, all-reduces %s",
+                   model.vocab.rows,
+                   model.delay == 2 ? "overlapped by the ladder residual" : "waited at once");
+  if (groups.mesh.pp > 1) {
+    const char* kinds[] = {"GPipe", "1F1B", "interleaved 1F1B"};
+    line += format("; pipeline %s over %d stages × %d chunks, %d micro-batches, bubble %.1f%%",
+                   kinds[static_cast<int>(pipeline_kind(cfg))], groups.mesh.pp,
+                   cfg.parallel().virtual_stages(), run.pipe.micro_batches,
+                   100.0 * pipeline_bubble_fraction(pipeline_kind(cfg), groups.mesh.pp,
+                                                    run.pipe.micro_batches,
+                                                    cfg.parallel().virtual_stages()));
+  }
+  if (run.reducer.comm)
+    line += format("; gradients averaged over %d ranks in %zu bucket(s)%s%s",
+                   run.reducer.comm->size(), run.reducer.buckets.size(),
+                   cfg.parallel().overlap_grad_reduce() ? " overlapped with backward" : "",
+                   run.zero ? ", ZeRO-1 optimizer shards" : "");
+  log.line(line);
+  if (groups.mesh.pp > 1) {
+    std::string mine;
+    for (const ModelChunk& c : model.chunks)
+      mine += (mine.empty() ? "" : "; ") +
+              stage_plan_describe(cfg.model(), c.begin, c.end);
+    log.line(format("pipeline stage %d runs %s", groups.coord.pp, mine.c_str()));
+  }
+}
+
+// Generates logging.sample_tokens tokens at the end of training: collective over the
+// tensor-parallel group of rank 0 (pp = 1), or on rank 0 alone from the gathered global model.
+void sample_at_end(Run& run, const GlobalState* global, uint64_t rng_state, RunLog& log) {
+  const auto& l = run.cfg.logging();
+  if (l.sample_tokens() == 0) return;
+  const MeshCoord& c = run.groups.coord;
+  if (c.dp != 0 || c.pp != 0 || c.sp != 0) return;
+  Rng sample_rng{rng_state ^ 0x5EEDull};
+  const std::vector<int> prompt = encode_bytes(l.sample_prompt());
+  std::vector<int> out;
+  if (!global) {
+    out = sample_tokens(run.model, prompt, l.sample_tokens(), l.sample_temperature(),
+                        l.sample_top_k(), sample_rng);
+  } else {
+    if (run.groups.rank != 0) return;
+    Model whole = model_create(run.cfg.model());
+    whole.params = global->model.params;
+    model_plan(whole, 1, run.cfg.train().seq_len());
+    out = sample_tokens(whole, prompt, l.sample_tokens(), l.sample_temperature(),
+                        l.sample_top_k(), sample_rng);
+  }
+  log.line("sample:\n" + l.sample_prompt() + decode_bytes(out));
+}
+
+// Chrome trace of the first logging.trace_steps steps, written collectively by every rank.
+void write_trace(Run& run, const fs::path& run_dir, RunLog& log) {
+  std::vector<std::string> labels;
+  for (int r = 0; r < run.groups.mesh.world_size(); ++r) {
+    const MeshCoord c = mesh_coord(run.groups.mesh, r);
+    labels.push_back(format("rank %d (pp %d, dp %d, sp %d, tp %d)", r, c.pp, c.dp, c.sp, c.tp));
+  }
+  trace_write(run.trace, *run.groups.world, labels, (run_dir / "trace.json").string());
+  run.trace.enabled = false;
+  log.line("trace of the first " + std::to_string(run.cfg.logging().trace_steps()) +
+           " steps: " + (run_dir / "trace.json").string() + " (loom trace FILE --svg OUT)");
+}
+
+}  // namespace
 
 TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   validate_trainable(cfg);
@@ -281,34 +232,38 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / groups.local_ranks);
   threads = kernels::cpu::init_threads(threads);
 
-  const TensorParallel tp{groups.mesh.tp, groups.coord.tp, groups.tp.get()};
-  Model model = model_create(cfg.model(), nullptr, tp);
+  Run run{cfg, groups, create_model(cfg, groups),
+          pipeline_create(cfg, groups.pp.get(), groups.coord.pp), {}, false, {}, {}, {}, {}};
+  Model& model = run.model;
   Rng rng{t.seed()};
   model_init(model, rng.next_u64());
-  model_plan(model, B, T);
-  GradReducer reducer;
+  model_plan(model, B, T, run.pipe.slots, run.pipe.boundaries);
+  run.replica_groups = create_replica_groups(model, groups);
+  run.replicas = replica_sync_create(model, run.replica_groups);
+  run.replicas.trace = &run.trace;
   if (distributed) {
     const size_t bucket_floats =
         std::max<size_t>(1, static_cast<size_t>(cfg.parallel().bucket_mb() * (1 << 20) / 4));
-    reducer = grad_reducer_create(dp, model.grads.data(), model.num_params, bucket_floats,
-                                  cfg.parallel().zero_stage() == 1,
-                                  cfg.parallel().overlap_grad_reduce());
+    run.reducer = grad_reducer_create(dp, model.grads.data(), model.num_params, bucket_floats,
+                                      cfg.parallel().zero_stage() == 1,
+                                      cfg.parallel().overlap_grad_reduce());
   }
-  const bool zero = reducer.zero;  // only set for a distributed run
-  Optimizer optimizer = zero ? optimizer_create(model, grad_reducer_owned(reducer))
-                             : optimizer_create(model);
+  run.zero = run.reducer.zero;  // only set for a distributed run
+  const bool zero = run.zero;
+  run.optimizer = zero ? optimizer_create(model, grad_reducer_owned(run.reducer))
+                       : optimizer_create(model);
+  Optimizer& optimizer = run.optimizer;
   DataLoader loader{&train_data, t.seed(), t.shuffle()};
   long step = 0;
   int64_t tokens_seen = 0;
 
   RunLog log(run_dir / "train.log", options.quiet, writer,
              groups.is_distributed() ? groups.label() + " " : "");
-  const bool tensor_parallel = tp.size > 1;
   if (options.resume) {
     CheckpointState state;
     // Every rank reads the checkpoint (the run directory is on a shared file system), which
-    // holds global tensors: each rank keeps its tensor-parallel shards, ZeRO ranks then their
-    // shards of the optimizer state.
+    // holds global tensors: each rank keeps its tensors and tensor-parallel shards, ZeRO ranks
+    // then their shards of the optimizer state.
     Optimizer full = zero ? optimizer_create(model) : Optimizer{};
     const std::string latest = resume_from(checkpoints_dir.string(), cfg, model,
                                            zero ? &full : &optimizer, state, log);
@@ -340,31 +295,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     out << config_to_text(cfg);
     metrics.open(run_dir / "metrics.jsonl", std::ios::app);
   }
-
-  log.line(format("loom: %zu parameters%s, %zu unrolled layers (%d prelude + %d × %d loops + %d "
-                  "coda), %s residual, %d threads%s",
-                  tensor_parallel ? model_global_floats(model) : model.num_params,
-                  tensor_parallel ? format(" (%zu per tensor-parallel rank)", model.num_params).c_str()
-                                  : "",
-                  model.unrolled.size(), cfg.model().prelude_layers(),
-                  cfg.model().block_layers(), cfg.model().loops(), cfg.model().coda_layers(),
-                  model.delay == 2 ? "ladder" : "standard", threads,
-                  groups.is_distributed() ? " per rank" : ""));
-  if (groups.is_distributed()) {
-    std::string line = format("mesh: %d ranks = dp %d × pp %d × sp %d × tp %d",
-                              groups.mesh.world_size(), groups.mesh.dp, groups.mesh.pp,
-                              groups.mesh.sp, groups.mesh.tp);
-    if (tensor_parallel)
-      line += format("; heads, MLP and vocabulary (%d rows per rank) split over tp, all-reduces %s",
-                     model.vocab.rows,
-                     model.delay == 2 ? "overlapped by the ladder residual" : "waited at once");
-    if (distributed)
-      line += format("; gradients averaged over %d ranks in %zu bucket(s)%s%s", dp.size(),
-                     reducer.buckets.size(),
-                     cfg.parallel().overlap_grad_reduce() ? " overlapped with backward" : "",
-                     zero ? ", ZeRO-1 optimizer shards" : "");
-    log.line(line);
-  }
+  log_layout(log, run, threads, model_global_floats(model_layout(cfg.model())));
   log.line(format("data: %lld training sequences of %d tokens; %d micro-batch(es) of %d "
                   "sequences per step%s; run directory %s",
                   static_cast<long long>(train_data.num_sequences()), T, accum, B,
@@ -375,45 +306,39 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   const size_t step_tokens = static_cast<size_t>(global_batch) * T;
   std::vector<int> inputs(static_cast<size_t>(local_sequences) * T),
       targets(static_cast<size_t>(local_sequences) * T);
-  std::vector<int> val_inputs(static_cast<size_t>(B) * T), val_targets(static_cast<size_t>(B) * T);
   TrainSummary summary;
   summary.run_dir = run_dir.string();
   const auto started = Clock::now();
   const long first_step = step;
+  std::optional<GlobalState> last_global;  // kept for sampling after the final save
   auto save = [&]() {
     CheckpointState state{cfg, step, loader.position, rng.state, tokens_seen};
-    const Optimizer* to_save = &optimizer;
-    const Model* model_to_save = &model;
-    Optimizer full, global_opt;
-    Model global;
-    if (zero) {  // collective: every rank takes part, rank 0 writes
-      full = optimizer_create(model);
-      full.step = optimizer.step;
-      grad_reducer_gather(reducer, optimizer.m.data(), full.m.data());
-      grad_reducer_gather(reducer, optimizer.v.data(), full.v.data());
-      to_save = &full;
-    }
-    if (tensor_parallel) {  // global tensors, assembled from every tensor-parallel rank's shards
-      global = model_layout(cfg.model());
-      global_opt.step = to_save->step;
-      model_gather_global(model, model.params.data(), global.params);
-      model_gather_global(model, to_save->m.data(), global_opt.m);
-      model_gather_global(model, to_save->v.data(), global_opt.v);
-      to_save = &global_opt;
-      model_to_save = &global;
-    }
+    GlobalState global = gather_global(run);
     const std::string path = (checkpoints_dir / format("step_%07ld", step)).string();
     if (writer)
-      summary.last_checkpoint = checkpoint_save(checkpoints_dir.string(), state, *model_to_save,
-                                                *to_save, cfg.checkpoint().keep_last());
+      summary.last_checkpoint = checkpoint_save(checkpoints_dir.string(), state, global.model,
+                                                global.optimizer, cfg.checkpoint().keep_last());
     else
       summary.last_checkpoint = path;
+    if (groups.mesh.pp > 1) last_global = std::move(global);
   };
-  DataParallelStep parallel;
-  if (distributed) parallel = {&dp, &reducer};
+  StepParallel parallel;
+  if (distributed) parallel = {&dp, &run.reducer};
+  if (groups.mesh.pp > 1) {
+    parallel.pp = groups.pp.get();
+    parallel.replicas = &run.replicas;
+  }
+  const int trace_steps = cfg.logging().trace_steps();
+  if (trace_steps > 0) {
+    if (groups.is_distributed()) groups.world->barrier();  // one time 0 for every rank
+    trace_start(run.trace);
+  }
 
   while (step < t.steps()) {
     const auto step_start = Clock::now();
+    run.trace.step = static_cast<int>(step - first_step);
+    const bool tracing = run.trace.enabled;
+    parallel.trace = tracing ? &run.trace : nullptr;
     // This rank's contiguous part of the global batch, in micro-batches.
     const int64_t batch_start = loader.position;
     loader.position = batch_start + dp.rank() * local_sequences;
@@ -423,7 +348,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     loader.position = batch_start + global_batch;
     const float lr = learning_rate(cfg.optim(), t.steps(), step);
     StepResult result =
-        train_step(model, optimizer, cfg, lr, inputs.data(), targets.data(), accum, parallel);
+        train_step(model, optimizer, run.pipe, cfg, lr, inputs.data(), targets.data(), parallel);
     if (!result.finite) {
       const std::string what = format("non-finite %s at step %ld (loss %g, gradient norm %g)",
                                       std::isfinite(result.loss) ? "gradient" : "loss", step + 1,
@@ -441,12 +366,19 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
 
     double val_loss = -1.0;
     if (validate && (step % t.eval_interval() == 0 || step == t.steps())) {
-      val_loss = evaluate(model, val_data, t.eval_batches(), t.global_batch(), B, T, val_inputs,
-                          val_targets, dp);
+      val_loss = evaluate(model, run.pipe, val_data, t.eval_batches(), t.global_batch(), B, T,
+                          dp, groups.pp.get());
       summary.last_val_loss = val_loss;
     }
+    if (tracing && step - first_step == trace_steps) write_trace(run, run_dir, log);
+    // Every rank's activation peak; rank 0 writes the largest.
+    double activation = pipeline_activation_memory(run.pipe, model).peak;
+    if (groups.is_distributed())
+      groups.world->all_reduce_async(&activation, 1, DataType::kFloat64, ReduceOp::kMax)->wait();
     if (writer) {
-      metrics << metrics_line(step, result, lr, tokens_per_s, ms, val_loss, !result.finite) << '\n';
+      metrics << metrics_line(step, result, lr, tokens_per_s, ms, val_loss, !result.finite,
+                              activation)
+              << '\n';
       metrics.flush();
     }
     summary.last_loss = result.loss;
@@ -473,6 +405,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
       break;
     }
   }
+  if (run.trace.enabled) write_trace(run, run_dir, log);  // fewer steps than trace_steps
   if (summary.last_checkpoint.empty() || !summary.last_checkpoint.ends_with(
                                              format("step_%07ld", step)))
     save();
@@ -487,17 +420,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
                     run_dir.string().c_str()));
     return summary;
   }
-
-  // Sampling is collective over the tensor-parallel group of rank 0.
-  const bool samples = groups.coord.dp == 0 && groups.coord.pp == 0 && groups.coord.sp == 0;
-  if (samples && cfg.logging().sample_tokens() > 0) {
-    Rng sample_rng{rng.state ^ 0x5EEDull};
-    const std::vector<int> prompt = encode_bytes(cfg.logging().sample_prompt());
-    const std::vector<int> out =
-        sample_tokens(model, prompt, cfg.logging().sample_tokens(),
-                      cfg.logging().sample_temperature(), cfg.logging().sample_top_k(), sample_rng);
-    log.line("sample:\n" + cfg.logging().sample_prompt() + decode_bytes(out));
-  }
+  sample_at_end(run, last_global ? &*last_global : nullptr, rng.state, log);
   return summary;
 }
 

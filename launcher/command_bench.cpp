@@ -82,7 +82,8 @@ int bench_step(const Args& args) {
 
   Model model = model_create(cfg.model());
   model_init(model, cfg.train().seed());
-  model_plan(model, B, T);
+  Pipeline pipe = pipeline_single(1);
+  model_plan(model, B, T, pipe.slots, pipe.boundaries);
   Optimizer optimizer = optimizer_create(model);
   Rng rng{cfg.train().seed()};
   std::vector<int> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
@@ -92,7 +93,7 @@ int bench_step(const Args& args) {
   std::vector<double> times;
   for (int i = 0; i < warmup + steps; ++i) {
     const auto start = Clock::now();
-    train_step(model, optimizer, cfg, cfg.optim().lr(), inputs.data(), targets.data(), 1);
+    train_step(model, optimizer, pipe, cfg, cfg.optim().lr(), inputs.data(), targets.data());
     const double s = std::chrono::duration<double>(Clock::now() - start).count();
     if (i >= warmup) times.push_back(s);
   }

@@ -11,5 +11,6 @@ int command_export(int argc, char** argv);
 int command_bench(int argc, char** argv);
 int command_bench_comm(int argc, char** argv);  // argv: the arguments after "comm"
 int command_plan(int argc, char** argv);
+int command_trace(int argc, char** argv);
 
 }  // namespace loom

@@ -21,6 +21,7 @@ commands:
   sample CHECKPOINT [--prompt TEXT] [--tokens N]            generate text from a checkpoint
   export CHECKPOINT --safetensors FILE                      write the weights as safetensors
   bench step CONFIG | bench sgemm                           time training steps / OpenBLAS sgemm
+  trace FILE --svg OUT [--steps A-B]                        draw a run's trace.json as SVG
 )";
 
 }  // namespace
@@ -38,6 +39,7 @@ int main(int argc, char** argv) {
     if (command == "sample") return loom::command_sample(argc - 2, argv + 2);
     if (command == "export") return loom::command_export(argc - 2, argv + 2);
     if (command == "bench") return loom::command_bench(argc - 2, argv + 2);
+    if (command == "trace") return loom::command_trace(argc - 2, argv + 2);
     std::cerr << "loom: unknown command \"" << command << "\"\n\n" << kUsage;
     return 2;
   } catch (const loom::Error& e) {

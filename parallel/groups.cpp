@@ -1,5 +1,7 @@
 #include "parallel/groups.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 
 namespace loom {
@@ -50,6 +52,19 @@ ProcessGroups process_groups_create(MpiRuntime* mpi, const Mesh& mesh) {
   // dp × sp: same pp and tp coordinates.
   g.dp_sp = mpi_split(*mpi, "dp_sp", c.pp * mesh.tp + c.tp, c.dp * mesh.sp + c.sp);
   return g;
+}
+
+std::unique_ptr<Communicator> process_groups_pipeline_subset(ProcessGroups& g,
+                                                              const std::vector<int>& pp_members,
+                                                              const std::string& name) {
+  LOOM_CHECK(g.mpi);
+  const bool member = std::find(pp_members.begin(), pp_members.end(), g.coord.pp) != pp_members.end();
+  MeshCoord first = g.coord;
+  first.pp = pp_members.front();
+  // Members share the color of the group's first rank; every other rank gets a group of its own.
+  const int color = member ? mesh_rank(g.mesh, first) : g.mesh.world_size() + g.rank;
+  std::unique_ptr<Communicator> comm = mpi_split(*g.mpi, name, color, g.coord.pp);
+  return member ? std::move(comm) : nullptr;
 }
 
 }  // namespace loom

@@ -10,6 +10,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "parallel/communicator.h"
 #include "parallel/mesh.h"
@@ -34,5 +35,13 @@ struct ProcessGroups {
 // the job's world size equals mesh.world_size() (throws loom::Error saying which to change) and
 // creates every group; collective over the world.
 ProcessGroups process_groups_create(MpiRuntime* mpi, const Mesh& mesh);
+
+// The ranks that share this rank's dp, sp and tp coordinates and whose pipeline coordinate is in
+// `pp_members` (ascending), ordered by it: the holders of one replicated tensor. Null on a rank
+// outside it. Collective over the world: every rank calls it with the same members, in the same
+// order as the other splits.
+std::unique_ptr<Communicator> process_groups_pipeline_subset(ProcessGroups& groups,
+                                                              const std::vector<int>& pp_members,
+                                                              const std::string& name);
 
 }  // namespace loom

@@ -82,10 +82,41 @@ TEST(Config, InvariantsNameTheFields) {
             std::string::npos);
   EXPECT_NE(violation("parallel.zero_stage=2").find("parallel.zero_stage must be 0 or 1"),
             std::string::npos);
-  EXPECT_EQ(violation("parallel.pp=2"), "");  // plannable; `loom train` rejects it:
+  EXPECT_EQ(violation("parallel.pp=2"), "");  // pipeline parallelism trains
   config::RunConfig pp2;
   apply_override(pp2, "parallel.pp=2");
-  EXPECT_NE(error_of([&] { validate_trainable(pp2); }).find("parallel.pp = 2"), std::string::npos);
+  EXPECT_EQ(error_of([&] { validate_trainable(pp2); }), "");
+  config::RunConfig sp2;  // plannable; `loom train` rejects it
+  apply_override(sp2, "parallel.sp=2");
+  EXPECT_NE(error_of([&] { validate_trainable(sp2); }).find("parallel.sp = 2"), std::string::npos);
+  EXPECT_NE(violation("parallel.pp=4").find("= 2) must be at least parallel.pp (4)"),
+            std::string::npos);
+  auto violations = [&](std::vector<std::string> sets) {
+    config::RunConfig cfg;
+    for (const std::string& s : sets) apply_override(cfg, s);
+    return error_of([&] { validate_config(cfg); });
+  };
+  EXPECT_NE(violations({"parallel.pp=2", "parallel.virtual_stages=2"})
+                .find("parallel.virtual_stages (2) applies to INTERLEAVED_1F1B only"),
+            std::string::npos);
+  EXPECT_NE(violations({"parallel.pp=2", "parallel.pipeline_schedule=INTERLEAVED_1F1B",
+                        "parallel.virtual_stages=2", "train.micro_batch=16"})
+                .find("= 1) must be at least parallel.pp (2)"),
+            std::string::npos);
+  EXPECT_EQ(violations({"parallel.pp=2", "parallel.pipeline_schedule=INTERLEAVED_1F1B",
+                        "parallel.virtual_stages=2", "train.micro_batch=4"}),
+            "");
+  EXPECT_NE(violations({"parallel.pp=2", "parallel.pipeline_layout=3,3,3"})
+                .find("has 3 numbers but the pipeline has 2 pieces"),
+            std::string::npos);
+  EXPECT_NE(violations({"parallel.pp=2", "parallel.pipeline_layout=3,x"})
+                .find("\"x\" is not a number of layers"),
+            std::string::npos);
+  EXPECT_NE(violations({"parallel.virtual_stages=2"}).find("needs parallel.pp > 1"),
+            std::string::npos);
+  EXPECT_NE(violations({"parallel.pp=11", "train.micro_batch=1"})
+                .find("more pipeline pieces than the model's 10 unrolled layers"),
+            std::string::npos);
   config::RunConfig tp2;  // tensor parallelism trains
   apply_override(tp2, "parallel.tp=2");
   EXPECT_EQ(error_of([&] { validate_trainable(tp2); }), "");

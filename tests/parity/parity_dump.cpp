@@ -42,7 +42,8 @@ int run(int argc, char** argv) {
 
   loom::Model model = loom::model_create(cfg.model());
   loom::model_init(model, cfg.train().seed());
-  loom::model_plan(model, B, T);
+  loom::Pipeline pipe = loom::pipeline_single(1);
+  loom::model_plan(model, B, T, pipe.slots, pipe.boundaries);
   loom::Optimizer optimizer = loom::optimizer_create(model);
   loom::safetensors_write(out + "/init.safetensors", named(model, model.params), {});
 
@@ -67,7 +68,7 @@ int run(int argc, char** argv) {
     const float lr = loom::learning_rate(cfg.optim(), S, s);
     lrs.push_back(lr);
     const loom::StepResult r =
-        loom::train_step(model, optimizer, cfg, lr, inputs.data(), targets.data(), 1);
+        loom::train_step(model, optimizer, pipe, cfg, lr, inputs.data(), targets.data());
     if (!r.finite) throw loom::Error("non-finite loss in the parity run");
     losses << r.loss << "\n";
     // AdamW leaves the gradients as they were: step 0's are still there, unclipped.

@@ -1,0 +1,74 @@
+// Pieces the model's files share (core/model_layout.cpp, core/model_sublayers.cpp,
+// core/model.cpp): arena access, the tensor-parallel sums, and the sub-layers' forward and
+// backward. Not a public interface.
+#pragma once
+#include "core/model.h"
+
+namespace loom::model_detail {
+
+inline bool is_layernorm(const Model& m) { return m.config.norm() == config::ModelConfig::LAYERNORM; }
+inline bool is_rotary(const Model& m) { return m.config.position() == config::ModelConfig::ROTARY; }
+inline const kernels::KernelBackend& kb(const Model& m) { return *m.backend; }
+
+// Arena regions: activations (the backend's type) and fp32 statistics or tables.
+inline void* act(Model& m, size_t offset) { return m.arena.data() + offset; }
+inline float* stat(Model& m, size_t offset) { return m.arena.data() + offset; }
+// The activation `elements` past `base`.
+inline void* act_offset(const Model& m, void* base, size_t elements) {
+  return static_cast<char*>(base) + elements * kb(m).activation_bytes();
+}
+// The weights forward reads (the fp32 master copy on the CPU).
+inline const void* weight(Model& m, size_t offset) { return m.params.data() + offset; }
+inline float* grad(Model& m, size_t offset) { return m.grads.data() + offset; }
+
+// A row-parallel layer's bias: added by tp rank 0 only, so the all-reduced sum holds it once.
+const void* row_parallel_bias(Model& m, size_t offset);
+
+// Arena offset of slot `slot`'s start.
+inline size_t slot_base(const Model& m, int slot) { return m.slots_base + slot * m.slot_floats; }
+// A sub-layer's saved activations in slot `slot` (absolute arena offsets).
+SublayerActs acts_in_slot(const Model& m, const SublayerActs& a, int slot);
+
+// Starts completing a sub-layer's partial sum x (n activations) over the tensor-parallel group;
+// null when tp = 1 (nothing to complete).
+WorkPtr tp_sum_start(Model& m, void* x, size_t n);
+// Waits for (and clears) an all-reduce started by tp_sum_start; the time blocked is exposed
+// communication.
+void tp_wait(Model& m, WorkPtr& work);
+// After a failed collective (its error already thrown to the caller) a later forward or backward
+// must not leave the operations still in flight writing into the arena: they are waited for
+// (after a failure they complete at once, failed) and cleared.
+void tp_drain(Model& m);
+
+void norm_forward(Model& m, size_t w, size_t b, const SublayerActs& a, int N);
+// d_input += backward of the pre-norm, from the (complete) gradient of its output.
+void norm_backward(Model& m, size_t w, size_t b, const SublayerActs& a, int N,
+                   const void* d_normed, void* d_input);
+// h (B, T, C) = Attn(norm1(input)) / MLP(norm2(input)): this rank's part of it (all of it when
+// tp = 1).
+void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
+                                int T, void* h);
+void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
+                          void* h);
+// d_normed (B, T, C) = this rank's part of the gradient of the sub-layer's pre-norm output,
+// from dh (complete on every rank) — overwritten. The pre-norm's own backward waits until the
+// tensor-parallel sum has completed it.
+void attention_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
+                                 int T, const void* dh, void* d_normed);
+void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
+                           const void* dh, void* d_normed);
+
+// The LM head's weight (the token embedding when tied) and its gradient.
+const void* lm_head_weight(Model& m);
+float* lm_head_grad(Model& m);
+
+bool starts_loop_iteration(const Model& m, int position);
+// With input injection, the sub-layer at which the prelude's output e is taken: right after the
+// prelude's last output h_{P−1} joins the stream (P = the loop's first sub-layer), which is when
+// sub-layer P − 1 + delay reads it, so no all-reduce has to be waited on early. −1 without.
+int injection_sublayer(const Model& m);
+// Whether the boundary state before sub-layer `sublayer` carries e: it was taken earlier and a
+// later loop iteration still adds it.
+bool boundary_carries_injected(const Model& m, int sublayer);
+
+}  // namespace loom::model_detail

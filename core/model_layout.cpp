@@ -1,0 +1,334 @@
+// The model's parameter layout (which tensors this rank holds, where in the flat buffer), its
+// initialisation, and the activation arena's plan.
+#include <algorithm>
+#include <cmath>
+
+#include "core/backend.h"
+#include "core/error.h"
+#include "core/model_internal.h"
+#include "core/rng.h"
+#include "core/tensor_parallel.h"
+
+namespace loom {
+namespace {
+
+using config::ModelConfig;
+using namespace model_detail;
+
+// Builds the tensor list in global order; `holds(t)` says whether this rank keeps tensor t.
+struct LayoutBuilder {
+  Model& m;
+  std::function<std::vector<int>(ParamRole, int)> holders;  // pipeline ranks holding it
+  int global_index = 0;
+
+  // Adds a tensor of global shape `shape`; with shard_dim ≥ 0 this rank holds its slice of that
+  // dimension (seen as `groups` groups, each cut into tp slices; see ParamTensor). Returns its
+  // offset, or 0 when this pipeline rank does not hold it.
+  size_t add(std::string name, std::vector<int64_t> shape, bool decay, ParamRole role, int layer,
+             ParamInit init, int shard_dim = -1, int groups = 1) {
+    const int index = global_index++;
+    std::vector<int> held_by = holders(role, layer);
+    if (std::find(held_by.begin(), held_by.end(), m.stage.rank) == held_by.end()) return 0;
+    std::vector<int64_t> local = shape;
+    if (shard_dim >= 0) {
+      const int64_t group = shape[shard_dim] / groups;
+      // A vocabulary (the only dimension tp need not divide) is padded to a multiple of tp.
+      local[shard_dim] = groups * ((group + m.tp.size - 1) / m.tp.size);
+    }
+    size_t size = 1;
+    for (int64_t d : local) size *= static_cast<size_t>(d);
+    m.tensors.push_back({std::move(name), std::move(local), m.num_params, size, decay,
+                         std::move(shape), shard_dim, groups, role, layer, init, index,
+                         std::move(held_by)});
+    m.num_params += size;
+    return m.tensors.back().offset;
+  }
+
+  void add_layer(const std::string& prefix, int u) {
+    const int64_t C = m.C, F = m.F;
+    const bool ln = is_layernorm(m);
+    const ParamRole L = ParamRole::kLayer;
+    LayerOffsets o{};
+    o.norm1_w = add(prefix + "norm1.weight", {C}, false, L, u, ParamInit::kOnes);
+    if (ln) o.norm1_b = add(prefix + "norm1.bias", {C}, false, L, u, ParamInit::kZeros);
+    // Column-parallel: this rank's heads' rows of q, k and v.
+    o.qkv_w = add(prefix + "attn.qkv.weight", {3 * C, C}, true, L, u, ParamInit::kNormal, 0, 3);
+    o.qkv_b = add(prefix + "attn.qkv.bias", {3 * C}, false, L, u, ParamInit::kZeros, 0, 3);
+    // Row-parallel: the input columns of this rank's heads; the bias is added once, by tp rank 0.
+    o.attn_proj_w =
+        add(prefix + "attn.proj.weight", {C, C}, true, L, u, ParamInit::kNormalScaled, 1);
+    o.attn_proj_b = add(prefix + "attn.proj.bias", {C}, false, L, u, ParamInit::kZeros);
+    o.norm2_w = add(prefix + "norm2.weight", {C}, false, L, u, ParamInit::kOnes);
+    if (ln) o.norm2_b = add(prefix + "norm2.bias", {C}, false, L, u, ParamInit::kZeros);
+    o.fc_w = add(prefix + "mlp.fc.weight", {F, C}, true, L, u, ParamInit::kNormal, 0);
+    o.fc_b = add(prefix + "mlp.fc.bias", {F}, false, L, u, ParamInit::kZeros, 0);
+    o.mlp_proj_w =
+        add(prefix + "mlp.proj.weight", {C, F}, true, L, u, ParamInit::kNormalScaled, 1);
+    o.mlp_proj_b = add(prefix + "mlp.proj.bias", {C}, false, L, u, ParamInit::kZeros);
+    m.layers.push_back(o);
+  }
+};
+
+// The unrolled list, this rank's chunks and where it first runs each unique layer.
+void lay_out_positions(Model& m) {
+  const ModelConfig& cfg = m.config;
+  const int P = cfg.prelude_layers(), K = cfg.block_layers(), Q = cfg.coda_layers();
+  for (int i = 0; i < P; ++i) m.unrolled.push_back(i);
+  m.loop_begin = P;
+  for (int r = 0; r < cfg.loops(); ++r)
+    for (int j = 0; j < K; ++j) m.unrolled.push_back(P + j);
+  for (int i = 0; i < Q; ++i) m.unrolled.push_back(P + K + i);
+  const int n = static_cast<int>(m.unrolled.size());
+  if (m.stage.plan.bounds.empty()) m.stage.plan = stage_plan_single(cfg);
+  LOOM_CHECK(m.stage.plan.positions() == n && m.stage.rank < m.stage.plan.pp);
+  m.first_use.assign(m.unique_layers, -1);
+  for (int piece : stage_plan_pieces(m.stage.plan, m.stage.rank)) {
+    ModelChunk c;
+    c.begin = m.stage.plan.bounds[piece];
+    c.end = m.stage.plan.bounds[piece + 1];
+    c.piece = piece;
+    c.first = c.begin == 0;
+    c.last = c.end == n;
+    c.injected_in = boundary_carries_injected(m, 2 * c.begin);
+    c.injected_out = !c.last && boundary_carries_injected(m, 2 * c.end);
+    for (int p = c.begin; p < c.end; ++p)
+      if (m.first_use[m.unrolled[p]] < 0) m.first_use[m.unrolled[p]] = p;
+    m.chunks.push_back(c);
+  }
+}
+
+// Pipeline ranks that hold a tensor of this role (and unique layer).
+std::vector<int> holders_of(const Model& m, ParamRole role, int layer) {
+  const StagePlan& plan = m.stage.plan;
+  const int last_rank = (plan.pieces() - 1) % plan.pp;
+  std::vector<int> out;
+  switch (role) {
+    case ParamRole::kTokenEmbedding:
+      out.push_back(0);
+      if (m.config.tie_embeddings() && last_rank != 0) out.push_back(last_rank);
+      break;
+    case ParamRole::kPositionEmbedding: out.push_back(0); break;
+    case ParamRole::kFinalNorm:
+    case ParamRole::kLmHead: out.push_back(last_rank); break;
+    case ParamRole::kLayer:
+      for (int r = 0; r < plan.pp; ++r)
+        if (stage_plan_runs_layer(m.config, plan, r, layer)) out.push_back(r);
+      break;
+  }
+  return out;
+}
+
+// Ranges of each unique layer's tensors, of the embeddings and of the head.
+void lay_out_ranges(Model& m) {
+  m.layer_ranges.assign(m.unique_layers, ShardRange{});
+  m.embedding_range = m.head_range = ShardRange{};
+  for (const ParamTensor& t : m.tensors) {
+    ShardRange& r = t.role == ParamRole::kLayer ? m.layer_ranges[t.layer]
+                    : (t.role == ParamRole::kFinalNorm || t.role == ParamRole::kLmHead)
+                        ? m.head_range
+                        : m.embedding_range;
+    if (r.size() == 0) r = {t.offset, t.offset};
+    LOOM_CHECK(r.end == t.offset);  // contiguous
+    r.end = t.offset + t.size;
+  }
+}
+
+}  // namespace
+
+Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::KernelBackend> backend,
+                   TensorParallel tp, PipelineStage stage) {
+  Model m;
+  m.config = cfg;
+  m.backend = backend ? std::move(backend) : make_backend(config::RuntimeConfig::CPU);
+  m.V = cfg.vocab_size();
+  m.C = cfg.d_model();
+  m.H = cfg.n_heads();
+  m.F = cfg.d_mlp();
+  m.max_T = cfg.max_seq_len();
+  m.delay = cfg.residual() == ModelConfig::LADDER ? 2 : 1;
+  LOOM_CHECK(tp.size >= 1 && tp.rank >= 0 && tp.rank < tp.size);
+  // No comm: a layout for planning. The shard arithmetic takes the group rank as tp coordinate.
+  LOOM_CHECK(!tp.comm || (tp.comm->size() == tp.size && tp.comm->rank() == tp.rank));
+  LOOM_CHECK(m.H % tp.size == 0 && m.F % tp.size == 0);  // validate_config says so to users
+  if (tp.size == 1) tp.comm = nullptr;
+  m.tp = tp;
+  m.stage = std::move(stage);
+  m.Hl = m.H / tp.size;
+  m.Cl = m.Hl * (m.C / m.H);
+  m.Fl = m.F / tp.size;
+  m.vocab = vocab_shard(m.V, tp.size, tp.rank);
+  m.pending_work.resize(m.delay);
+  m.d_pending_work.resize(m.delay);
+  m.unique_layers = cfg.prelude_layers() + cfg.block_layers() + cfg.coda_layers();
+  lay_out_positions(m);
+
+  LayoutBuilder b{m, [&m](ParamRole role, int layer) { return holders_of(m, role, layer); }};
+  // Vocab-parallel: this rank's rows of the padded vocabulary.
+  m.wte = b.add("wte", {m.V, m.C}, true, ParamRole::kTokenEmbedding, -1, ParamInit::kNormal, 0);
+  m.has_wte = !m.tensors.empty();
+  if (!is_rotary(m))
+    m.wpe = b.add("wpe", {m.max_T, m.C}, true, ParamRole::kPositionEmbedding, -1,
+                  ParamInit::kNormal);
+  for (int i = 0; i < cfg.prelude_layers(); ++i)
+    b.add_layer("prelude." + std::to_string(i) + ".", i);
+  for (int i = 0; i < cfg.block_layers(); ++i)
+    b.add_layer("block." + std::to_string(i) + ".", cfg.prelude_layers() + i);
+  for (int i = 0; i < cfg.coda_layers(); ++i)
+    b.add_layer("coda." + std::to_string(i) + ".", cfg.prelude_layers() + cfg.block_layers() + i);
+  m.norm_f_w = b.add("norm_f.weight", {m.C}, false, ParamRole::kFinalNorm, -1, ParamInit::kOnes);
+  if (is_layernorm(m))
+    m.norm_f_b = b.add("norm_f.bias", {m.C}, false, ParamRole::kFinalNorm, -1, ParamInit::kZeros);
+  if (!cfg.tie_embeddings())
+    m.lm_head = b.add("lm_head.weight", {m.V, m.C}, true, ParamRole::kLmHead, -1,
+                      ParamInit::kNormal, 0);
+  m.global_tensors = static_cast<size_t>(b.global_index);
+  lay_out_ranges(m);
+  return m;
+}
+
+Model model_create(const ModelConfig& cfg, std::shared_ptr<const kernels::KernelBackend> backend,
+                   TensorParallel tp, PipelineStage stage) {
+  Model m = model_layout(cfg, std::move(backend), tp, std::move(stage));
+  m.params.assign(m.num_params, 0.0f);
+  m.grads.assign(m.num_params, 0.0f);
+  return m;
+}
+
+void model_init(Model& m, uint64_t seed) {
+  Rng rng{seed};
+  const double std_w = m.config.init_std();
+  const double std_proj = std_w / std::sqrt(2.0 * static_cast<double>(m.unrolled.size()));
+  // Every global tensor in global order (the whole model's layout), so the generator's sequence
+  // does not depend on which tensors this rank holds.
+  const Model whole = model_layout(m.config, m.backend, {m.tp.size, m.tp.rank, nullptr});
+  std::vector<const ParamTensor*> held(whole.tensors.size(), nullptr);
+  for (const ParamTensor& t : m.tensors) held[t.global_index] = &t;
+  std::vector<float> values;  // one global tensor at a time
+  for (const ParamTensor& t : whole.tensors) {
+    values.resize(tensor_global_size(t));
+    switch (t.init) {
+      case ParamInit::kNormal:
+      case ParamInit::kNormalScaled: {
+        const double std = t.init == ParamInit::kNormalScaled ? std_proj : std_w;
+        for (float& x : values) x = static_cast<float>(rng.normal() * std);
+        break;
+      }
+      case ParamInit::kOnes: std::fill(values.begin(), values.end(), 1.0f); break;
+      case ParamInit::kZeros: std::fill(values.begin(), values.end(), 0.0f); break;
+    }
+    if (const ParamTensor* mine = held[t.global_index])
+      tensor_shard_extract(*mine, m.tp.rank, values.data(), m.params.data() + mine->offset);
+  }
+}
+
+namespace {
+
+size_t floats_for(size_t bytes) { return (bytes + sizeof(float) - 1) / sizeof(float); }
+
+// Bump allocator over the arena, in floats; every offset is a multiple of 16 floats.
+struct ArenaPlan {
+  size_t used = 0;
+  size_t take(size_t n) {
+    size_t at = used;
+    used += (n + 15) / 16 * 16;
+    return at;
+  }
+};
+
+// Lays out one slot of `c`: its sub-layers' saved activations, and for the last chunk the final
+// norm's input and statistics and the LM head's output gradient. Offsets within the slot.
+void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T) {
+  const size_t N = static_cast<size_t>(B) * T, C = m.C, Cl = m.Cl, F = m.Fl, H = m.Hl;
+  ArenaPlan plan;
+  c.acts.clear();
+  for (int p = c.begin; p < c.end; ++p)
+    for (int sub = 0; sub < 2; ++sub) {
+      SublayerActs a{};
+      a.input = plan.take(N * C);
+      a.normed = plan.take(N * C);
+      a.mean = plan.take(N);
+      a.rstd = plan.take(N);
+      a.hidden = plan.take(N * (sub == 0 ? 3 * Cl : F));
+      a.hidden2 = plan.take(N * (sub == 0 ? Cl : F));
+      if (sub == 0) a.lse = plan.take(B * H * T);
+      c.acts.push_back(a);
+    }
+  if (c.last) {
+    c.final_input = plan.take(N * C);
+    c.mean_f = plan.take(N);
+    c.rstd_f = plan.take(N);
+    c.d_normed_f = plan.take(N * C);
+  }
+  c.slot_floats = plan.used;
+}
+
+// Lays the arena out for (B, T) into m's offsets; returns its size in floats.
+size_t plan_arena(Model& m, int B, int T, int slots, int boundaries) {
+  const size_t N = static_cast<size_t>(B) * T, C = m.C, Cl = m.Cl, F = m.Fl;
+  ArenaPlan plan;
+  m.slot_floats = 0;
+  for (ModelChunk& c : m.chunks) {
+    plan_chunk_slot(m, c, B, T);
+    m.slot_floats = std::max(m.slot_floats, c.slot_floats);
+  }
+  m.slots = slots;
+  m.boundaries = boundaries;
+  m.slots_base = plan.take(m.slot_floats * slots);
+  // Stream, `delay` pending outputs, e: (2 + delay) × (B, T, C), each rounded like the slots.
+  m.boundary_floats = (2 + m.delay) * ((N * C + 15) / 16 * 16);
+  m.boundaries_base = plan.take(m.boundary_floats * boundaries);
+  m.normed_f = plan.take(N * C);
+  m.d_normed = plan.take(m.delay * N * C);
+  m.d_hidden = plan.take(N * std::max(3 * Cl, F));
+  m.d_hidden2 = plan.take(N * std::max(Cl, F));
+  const int hd = m.C / m.H;
+  m.rope_cos = plan.take(static_cast<size_t>(m.max_T) * hd / 2);
+  m.rope_sin = plan.take(static_cast<size_t>(m.max_T) * hd / 2);
+  const kernels::KernelBackend& be = kb(m);
+  m.plan_attention_scratch_bytes = be.attention_scratch_bytes(B, T, m.Cl, m.Hl);
+  m.attention_scratch = plan.take(floats_for(m.plan_attention_scratch_bytes));
+  const int chunk = std::min<int>(m.config.lm_head_chunk(), static_cast<int>(N));
+  m.lm_head_scratch = plan.take(floats_for(
+      m.tp.size > 1 ? vocab_parallel_scratch_bytes(be, chunk, m.vocab.rows)
+                    : be.lm_head_scratch_bytes(chunk, m.V)));
+  // One scratch serves every norm backward (one kind per model) and the embedding backward.
+  const size_t norm_bytes = is_layernorm(m) ? be.layernorm_backward_scratch_bytes(B * T, m.C)
+                                            : be.rmsnorm_backward_scratch_bytes(B * T, m.C);
+  m.norm_scratch = plan.take(floats_for(norm_bytes));
+  m.embedding_scratch = plan.take(floats_for(be.embedding_backward_scratch_bytes(B, T, m.C)));
+  m.shared_floats = plan.used - m.slots_base - m.slot_floats * slots -
+                    m.boundary_floats * boundaries;
+  return plan.used;
+}
+
+}  // namespace
+
+size_t model_arena_floats(const Model& model, int B, int T, int slots, int boundaries) {
+  Model copy = model_layout(model.config, model.backend, model.tp, model.stage);
+  return plan_arena(copy, B, T, slots, boundaries);
+}
+
+void model_plan(Model& m, int B, int T, int slots, int boundaries) {
+  LOOM_CHECK(m.plan_B == 0);  // planned once
+  LOOM_CHECK(T <= m.max_T && slots >= 1 && boundaries >= 1);
+  m.plan_B = B;
+  m.plan_T = T;
+  m.arena.assign(plan_arena(m, B, T, slots, boundaries), 0.0f);
+  const int hd = m.C / m.H;
+  if (is_rotary(m))
+    kb(m).rope_table(stat(m, m.rope_cos), stat(m, m.rope_sin), m.max_T, hd, m.config.rope_theta());
+  m.slot_tokens.assign(static_cast<size_t>(slots) * B * T, 0);
+}
+
+size_t model_boundary_count(const Model& m, int chunk, bool at_end, int B, int T) {
+  const ModelChunk& c = m.chunks[chunk];
+  const bool injected = at_end ? c.injected_out : c.injected_in;
+  return (1 + m.delay + (injected ? 1 : 0)) * static_cast<size_t>(B) * T * m.C;
+}
+
+float* model_boundary(Model& m, int index) {
+  LOOM_CHECK(index >= 0 && index < m.boundaries);
+  return m.arena.data() + m.boundaries_base + index * m.boundary_floats;
+}
+
+}  // namespace loom

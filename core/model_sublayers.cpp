@@ -1,0 +1,162 @@
+#include <algorithm>
+#include <chrono>
+
+#include "core/error.h"
+#include "core/model_internal.h"
+
+namespace loom::model_detail {
+
+// A row-parallel layer's bias: added by tp rank 0 only, so the all-reduced sum holds it once.
+const void* row_parallel_bias(Model& m, size_t offset) {
+  return m.tp.rank == 0 ? weight(m, offset) : nullptr;
+}
+
+SublayerActs acts_in_slot(const Model& m, const SublayerActs& a, int slot) {
+  const size_t base = slot_base(m, slot);
+  return {a.input + base, a.normed + base, a.mean + base,   a.rstd + base,
+          a.hidden + base, a.hidden2 + base, a.lse + base};
+}
+
+// Starts completing a sub-layer's partial sum x (n activations) over the tensor-parallel group;
+// null when tp = 1 (nothing to complete).
+WorkPtr tp_sum_start(Model& m, void* x, size_t n) {
+  if (!m.tp.comm) return nullptr;
+  // Host fp32 activations (the MPI backend); a device backend brings its own communicator.
+  LOOM_CHECK(kb(m).activation_bytes() == sizeof(float));
+  return m.tp.comm->all_reduce_async(x, n, DataType::kFloat32, ReduceOp::kSum);
+}
+
+// After a failed collective (its error already thrown to the caller) a later forward or backward
+// must not leave the operations still in flight writing into the arena: they are waited for
+// (after a failure they complete at once, failed) and cleared.
+void tp_drain(Model& m) {
+  for (std::vector<WorkPtr>* works : {&m.pending_work, &m.d_pending_work})
+    for (WorkPtr& work : *works) {
+      if (!work) continue;
+      try {
+        work->wait();
+      } catch (const CommError&) {
+      }
+      work.reset();
+    }
+}
+
+// Waits for (and clears) an all-reduce started by tp_sum_start; the time blocked is exposed
+// communication.
+void tp_wait(Model& m, WorkPtr& work) {
+  if (!work) return;
+  const auto start = std::chrono::steady_clock::now();
+  work->wait();
+  m.tp_wait_seconds +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  work.reset();
+}
+
+const void* lm_head_weight(Model& m) {
+  return weight(m, m.config.tie_embeddings() ? m.wte : m.lm_head);
+}
+float* lm_head_grad(Model& m) { return grad(m, m.config.tie_embeddings() ? m.wte : m.lm_head); }
+
+void norm_forward(Model& m, size_t w, size_t b, const SublayerActs& a, int N) {
+  if (is_layernorm(m))
+    kb(m).layernorm_forward(act(m, a.normed), stat(m, a.mean), stat(m, a.rstd), act(m, a.input),
+                            weight(m, w), weight(m, b), N, m.C, m.config.norm_eps());
+  else
+    kb(m).rmsnorm_forward(act(m, a.normed), stat(m, a.rstd), act(m, a.input), weight(m, w), N, m.C,
+                          m.config.norm_eps());
+}
+
+// d_input += backward of the pre-norm, from the (complete) gradient of its output.
+void norm_backward(Model& m, size_t w, size_t b, const SublayerActs& a, int N, const void* d_normed,
+                   void* d_input) {
+  if (is_layernorm(m))
+    kb(m).layernorm_backward(d_input, grad(m, w), grad(m, b), d_normed, act(m, a.input),
+                             weight(m, w), stat(m, a.mean), stat(m, a.rstd), N, m.C,
+                             act(m, m.norm_scratch));
+  else
+    kb(m).rmsnorm_backward(d_input, grad(m, w), d_normed, act(m, a.input), weight(m, w),
+                           stat(m, a.rstd), N, m.C, act(m, m.norm_scratch));
+}
+
+// h (B, T, C) = Attn(norm1(input)): this rank's heads' part of it (all of it when tp = 1).
+void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
+                                int T, void* h) {
+  const int N = B * T, C = m.C, Cl = m.Cl;
+  norm_forward(m, o.norm1_w, o.norm1_b, a, N);
+  kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.qkv_w), weight(m, o.qkv_b),
+                       N, C, 3 * Cl);
+  if (is_rotary(m))
+    kb(m).rope_apply(act(m, a.hidden), stat(m, m.rope_cos), stat(m, m.rope_sin), B, T, Cl, m.Hl,
+                     false);
+  kb(m).attention_forward(act(m, a.hidden2), stat(m, a.lse), act(m, a.hidden), B, T, Cl, m.Hl,
+                          act(m, m.attention_scratch));
+  kb(m).matmul_forward(h, act(m, a.hidden2), weight(m, o.attn_proj_w),
+                       row_parallel_bias(m, o.attn_proj_b), N, Cl, C);
+}
+
+// h (B, T, C) = MLP(norm2(input)): this rank's part of it.
+void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
+                          void* h) {
+  const int N = B * T, C = m.C, Fl = m.Fl;
+  norm_forward(m, o.norm2_w, o.norm2_b, a, N);
+  kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.fc_w), weight(m, o.fc_b), N,
+                       C, Fl);
+  kb(m).gelu_forward(act(m, a.hidden2), act(m, a.hidden), static_cast<size_t>(N) * Fl);
+  kb(m).matmul_forward(h, act(m, a.hidden2), weight(m, o.mlp_proj_w),
+                       row_parallel_bias(m, o.mlp_proj_b), N, Fl, C);
+}
+
+// d_normed (B, T, C) = this rank's part of the gradient of the attention sub-layer's pre-norm
+// output, from dh (complete on every rank) — overwritten. The pre-norm's own backward waits
+// until the tensor-parallel sum has completed it (`finish` in model_backward).
+void attention_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
+                                 int T, const void* dh, void* d_normed) {
+  const int N = B * T, C = m.C, Cl = m.Cl;
+  void* d_attn = act(m, m.d_hidden2);  // (B, T, Cl)
+  void* d_qkv = act(m, m.d_hidden);    // (B, T, 3Cl)
+  kb(m).matmul_backward(d_attn, grad(m, o.attn_proj_w), grad(m, o.attn_proj_b), dh,
+                        act(m, a.hidden2), weight(m, o.attn_proj_w), N, Cl, C);
+  kb(m).attention_backward(d_qkv, d_attn, act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B, T,
+                           Cl, m.Hl, act(m, m.attention_scratch));
+  if (is_rotary(m))
+    kb(m).rope_apply(d_qkv, stat(m, m.rope_cos), stat(m, m.rope_sin), B, T, Cl, m.Hl, true);
+  kb(m).matmul_backward(d_normed, grad(m, o.qkv_w), grad(m, o.qkv_b), d_qkv, act(m, a.normed),
+                        weight(m, o.qkv_w), N, C, 3 * Cl);
+}
+
+// The MLP's counterpart of attention_sublayer_backward.
+void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
+                           const void* dh, void* d_normed) {
+  const int N = B * T, C = m.C, Fl = m.Fl;
+  void* d_hidden = act(m, m.d_hidden);  // (B, T, Fl)
+  kb(m).matmul_backward(d_hidden, grad(m, o.mlp_proj_w), grad(m, o.mlp_proj_b), dh,
+                        act(m, a.hidden2), weight(m, o.mlp_proj_w), N, Fl, C);
+  kb(m).gelu_backward(d_hidden, act(m, a.hidden), d_hidden, static_cast<size_t>(N) * Fl);
+  kb(m).matmul_backward(d_normed, grad(m, o.fc_w), grad(m, o.fc_b), d_hidden, act(m, a.normed),
+                        weight(m, o.fc_w), N, C, Fl);
+}
+
+bool starts_loop_iteration(const Model& m, int position) {
+  const int block = m.config.block_layers();
+  const int end = m.loop_begin + block * m.config.loops();
+  return position >= m.loop_begin && position < end && (position - m.loop_begin) % block == 0;
+}
+
+// With input injection, the sub-layer at which the prelude's output e is taken: right after the
+// prelude's last output h_{P−1} joins the stream (P = the loop's first sub-layer), which is when
+// sub-layer P − 1 + delay reads it, so no all-reduce has to be waited on early. −1 without.
+int injection_sublayer(const Model& m) {
+  return m.config.input_injection() ? 2 * m.loop_begin + m.delay - 1 : -1;
+}
+
+
+bool boundary_carries_injected(const Model& m, int sublayer) {
+  const int injection = injection_sublayer(m);
+  if (injection < 0 || injection >= sublayer) return false;
+  // A loop iteration after the first that starts at or after this boundary adds e.
+  const int block = m.config.block_layers();
+  const int last_start = m.loop_begin + block * (m.config.loops() - 1);
+  return 2 * last_start >= sublayer;
+}
+
+}  // namespace loom::model_detail

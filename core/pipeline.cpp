@@ -1,0 +1,323 @@
+#include "core/pipeline.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/tensor_parallel.h"
+
+namespace loom {
+namespace {
+
+using Type = PipelineAction::Type;
+using Clock = std::chrono::steady_clock;
+
+// A send or receive in flight may hold a buffer beyond the schedule's open receives; two sends
+// (one each way) are the most a step keeps before it needs one back.
+constexpr int kSendBuffers = 2;
+
+struct Runner {
+  Pipeline& pipe;
+  Model& model;
+  const MicroBatches& batch;
+  bool backward;
+  const GradsFinalFn& on_grads_final;
+  double loss = 0;
+
+  int next_rank() const { return (pipe.rank + 1) % pipe.size; }
+  int prev_rank() const { return (pipe.rank - 1 + pipe.size) % pipe.size; }
+
+  // Blocks on a transfer; the time is exposed pipeline communication. A failure names this
+  // stage, the peer and what was being waited for.
+  void wait(const WorkPtr& work, const std::string& what) {
+    TraceSpan span(pipe.trace, "wait", "p2p_wait");
+    const auto start = Clock::now();
+    try {
+      work->wait();
+    } catch (const CommError& e) {
+      throw CommError("pipeline stage " + std::to_string(pipe.rank) + " " + what + ": " +
+                      e.what());
+    }
+    pipe.wait_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+  }
+
+  // The oldest send's buffer, once that send has completed.
+  int finish_oldest_send() {
+    LOOM_CHECK(!pipe.sending.empty());  // pipeline_create sized the pool for the schedule
+    auto [buffer, work] = pipe.sending.front();
+    pipe.sending.erase(pipe.sending.begin());
+    wait(work, "sending to stage " + std::to_string(next_rank()) + " or " +
+                   std::to_string(prev_rank()));
+    return buffer;
+  }
+
+  // A free boundary buffer; when none is, the oldest send's.
+  int take_buffer() {
+    if (pipe.free_buffers.empty()) return finish_oldest_send();
+    const int buffer = pipe.free_buffers.back();
+    pipe.free_buffers.pop_back();
+    return buffer;
+  }
+
+  size_t count(int chunk, bool at_end) const {
+    return model_boundary_count(model, chunk, at_end, batch.B, batch.T);
+  }
+
+  void post_receive(const PipelineAction& a) {
+    const bool forward = a.type == Type::kRecvForward;
+    const int buffer = take_buffer();
+    WorkPtr work = pipe.pp->recv_async(model_boundary(model, buffer), count(a.chunk, !forward),
+                                       DataType::kFloat32, forward ? prev_rank() : next_rank());
+    pipe.receiving[{static_cast<int>(a.type), a.micro, a.chunk}] = {buffer, std::move(work)};
+  }
+
+  int received(Type type, const PipelineAction& a) {
+    auto it = pipe.receiving.find({static_cast<int>(type), a.micro, a.chunk});
+    LOOM_CHECK(it != pipe.receiving.end());  // the schedule posts every receive first
+    auto [buffer, work] = it->second;
+    pipe.receiving.erase(it);
+    const bool forward = type == Type::kRecvForward;
+    wait(work, std::string("waiting for micro-batch ") + std::to_string(a.micro) +
+                   (forward ? "'s activations from stage " + std::to_string(prev_rank())
+                            : "'s gradients from stage " + std::to_string(next_rank())));
+    return buffer;
+  }
+
+  void send(int buffer, size_t count, int peer) {
+    pipe.sending.emplace_back(buffer, pipe.pp->send_async(model_boundary(model, buffer), count,
+                                                          DataType::kFloat32, peer));
+  }
+
+  int take_slot(const PipelineAction& a) {
+    LOOM_CHECK(!pipe.free_slots.empty());  // sized by the schedule's activations in flight
+    const int slot = pipe.free_slots.back();
+    pipe.free_slots.pop_back();
+    pipe.slot_of[{a.micro, a.chunk}] = slot;
+    pipe.slots_peak = std::max(pipe.slots_peak, static_cast<int>(pipe.slot_of.size()));
+    return slot;
+  }
+
+  void give_slot(const PipelineAction& a) {
+    auto it = pipe.slot_of.find({a.micro, a.chunk});
+    pipe.free_slots.push_back(it->second);
+    pipe.slot_of.erase(it);
+  }
+
+  void forward(const PipelineAction& a) {
+    const ModelChunk& c = model.chunks[a.chunk];
+    const int buffer = c.first ? take_buffer() : received(Type::kRecvForward, a);
+    const int slot = take_slot(a);
+    const size_t tokens = static_cast<size_t>(a.micro) * batch.B * batch.T;
+    {
+      TraceSpan span(pipe.trace, "F", "forward", a.micro, a.chunk);
+      loss += model_forward_chunk(model, a.chunk, slot, buffer, batch.inputs + tokens,
+                                  batch.targets ? batch.targets + tokens : nullptr, batch.B,
+                                  batch.T, batch.loss_grad_scale);
+    }
+    if (!backward) give_slot(a);
+    if (c.last)
+      pipe.free_buffers.push_back(buffer);
+    else
+      send(buffer, count(a.chunk, true), next_rank());
+  }
+
+  void backward_of(const PipelineAction& a) {
+    const ModelChunk& c = model.chunks[a.chunk];
+    const int buffer = c.last ? take_buffer() : received(Type::kRecvBackward, a);
+    {
+      TraceSpan span(pipe.trace, "B", "backward", a.micro, a.chunk);
+      const bool last_micro = a.micro == batch.count - 1;
+      model_backward_chunk(model, a.chunk, pipe.slot_of.at({a.micro, a.chunk}), buffer, batch.B,
+                           batch.T, last_micro ? on_grads_final : GradsFinalFn{});
+    }
+    give_slot(a);
+    if (c.first)
+      pipe.free_buffers.push_back(buffer);
+    else
+      send(buffer, count(a.chunk, false), prev_rank());
+  }
+
+  void run(const std::vector<PipelineAction>& actions) {
+    for (const PipelineAction& a : actions) switch (a.type) {
+        case Type::kRecvForward:
+        case Type::kRecvBackward: post_receive(a); break;
+        case Type::kForward: forward(a); break;
+        case Type::kBackward: backward_of(a); break;
+      }
+    LOOM_CHECK(pipe.receiving.empty() && pipe.slot_of.empty());
+    while (!pipe.sending.empty()) pipe.free_buffers.push_back(finish_oldest_send());
+  }
+};
+
+}  // namespace
+
+PipelineKind pipeline_kind(const config::RunConfig& cfg) {
+  switch (cfg.parallel().pipeline_schedule()) {
+    case config::ParallelConfig::GPIPE: return PipelineKind::kGPipe;
+    case config::ParallelConfig::ONE_F_ONE_B: return PipelineKind::kOneFOneB;
+    case config::ParallelConfig::INTERLEAVED_1F1B: return PipelineKind::kInterleaved1F1B;
+  }
+  LOOM_CHECK(false);
+}
+
+namespace {
+
+Pipeline pipeline_with(PipelineKind kind, Communicator* pp, int size, int rank, int m, int v) {
+  Pipeline pipe;
+  pipe.pp = pp;
+  pipe.size = size;
+  pipe.rank = rank;
+  LOOM_CHECK(!pp || (pp->size() == size && pp->rank() == rank));
+  pipe.micro_batches = m;
+  pipeline_check(kind, size, m, v);
+  pipe.train = pipeline_schedule(kind, size, m, v, rank);
+  pipe.slots = pipeline_max_in_flight(pipe.train);
+  // Evaluation's forward-only schedule opens at most two receives (one compute ahead) and the
+  // buffer its compute works in.
+  pipe.boundaries = std::max(pipeline_max_open_receives(pipe.train), 3) + kSendBuffers;
+  for (int s = pipe.slots - 1; s >= 0; --s) pipe.free_slots.push_back(s);
+  for (int b = pipe.boundaries - 1; b >= 0; --b) pipe.free_buffers.push_back(b);
+  return pipe;
+}
+
+}  // namespace
+
+Pipeline pipeline_create(const config::RunConfig& cfg, Communicator* pp, int rank) {
+  return pipeline_with(pipeline_kind(cfg), pp, cfg.parallel().pp(), rank, grad_accum_steps(cfg),
+                       cfg.parallel().virtual_stages());
+}
+
+Pipeline pipeline_single(int micro_batches) {
+  return pipeline_with(PipelineKind::kOneFOneB, nullptr, 1, 0, micro_batches, 1);
+}
+
+double pipeline_run(Pipeline& pipe, Model& model, const std::vector<PipelineAction>& actions,
+                    const MicroBatches& batch, bool backward, const GradsFinalFn& on_grads_final) {
+  LOOM_CHECK(model.slots == pipe.slots && model.boundaries == pipe.boundaries);
+  LOOM_CHECK(pipe.size == 1 || pipe.pp);
+  Runner runner{pipe, model, batch, backward, on_grads_final};
+  runner.run(actions);
+  return runner.loss;
+}
+
+ActivationMemory pipeline_activation_memory(const Pipeline& pipe, const Model& model) {
+  const double fixed = 4.0 * (model.shared_floats + model.boundary_floats * model.boundaries);
+  return {fixed + 4.0 * model.slot_floats * model.slots,
+          fixed + 4.0 * model.slot_floats * pipe.slots_peak};
+}
+
+std::vector<std::vector<int>> pipeline_replica_sets(const Model& model) {
+  std::vector<std::vector<int>> sets;
+  for (int r = 0; r < model.stage.plan.pp; ++r)
+    for (const ParamTensor& t : model_layout(model.config, model.backend, {},
+                                             {model.stage.plan, r}).tensors)
+      if (t.pp_holders.size() > 1 &&
+          std::find(sets.begin(), sets.end(), t.pp_holders) == sets.end())
+        sets.push_back(t.pp_holders);
+  std::sort(sets.begin(), sets.end());
+  return sets;
+}
+
+ReplicaSync replica_sync_create(Model& model, std::vector<ReplicaGroup>& groups) {
+  ReplicaSync sync;
+  sync.grads = model.grads.data();
+  const ParamTensor* prev = nullptr;
+  for (const ParamTensor& t : model.tensors) {  // buffer order
+    Communicator* comm = nullptr;
+    for (ReplicaGroup& g : groups)
+      if (t.pp_holders.size() > 1 && g.holders == t.pp_holders) comm = g.comm.get();
+    LOOM_CHECK(comm || t.pp_holders.size() < 2);
+    // One range per run of tensors of one unique layer (or role) with the same holders.
+    if (comm && prev && !sync.ranges.empty() && sync.ranges.back().range.end == t.offset &&
+        sync.ranges.back().comm == comm && prev->role == t.role && prev->layer == t.layer)
+      sync.ranges.back().range.end = t.offset + t.size;
+    else if (comm)
+      sync.ranges.push_back({{t.offset, t.offset + t.size}, comm, t.global_index, false, nullptr});
+    prev = &t;
+  }
+  std::sort(sync.ranges.begin(), sync.ranges.end(),
+            [](const auto& a, const auto& b) { return a.key > b.key; });
+  return sync;
+}
+
+void replica_sync_begin(ReplicaSync& sync) {
+  for (ReplicaSync::Range& r : sync.ranges) {
+    r.ready = false;
+    r.work.reset();
+  }
+  sync.wait_seconds = 0;
+}
+
+void replica_sync_ready(ReplicaSync& sync, size_t offset, size_t count,
+                        const GradsFinalFn& forward_ready) {
+  const size_t end = offset + count;
+  std::vector<ShardRange> replicated;  // inside [offset, end), ascending
+  for (ReplicaSync::Range& r : sync.ranges)
+    if (r.range.begin >= offset && r.range.end <= end) {
+      r.ready = true;
+      replicated.push_back(r.range);
+    }
+  std::sort(replicated.begin(), replicated.end(),
+            [](const ShardRange& a, const ShardRange& b) { return a.begin < b.begin; });
+  // The parts not replicated go on at once.
+  size_t at = offset;
+  for (const ShardRange& r : replicated) {
+    if (r.begin > at && forward_ready) forward_ready(at, r.begin - at);
+    at = r.end;
+  }
+  if (end > at && forward_ready) forward_ready(at, end - at);
+  // Each group's sums start in the shared order, as far as their gradients are final.
+  for (size_t i = 0; i < sync.ranges.size(); ++i) {
+    ReplicaSync::Range& r = sync.ranges[i];
+    if (r.work || !r.ready) continue;
+    bool blocked = false;  // an earlier range of the same group has not started
+    for (size_t j = 0; j < i; ++j) blocked |= sync.ranges[j].comm == r.comm && !sync.ranges[j].work;
+    if (!blocked)
+      r.work = r.comm->all_reduce_async(sync.grads + r.range.begin, r.range.size(),
+                                        DataType::kFloat32, ReduceOp::kSum);
+  }
+}
+
+void replica_sync_finish(ReplicaSync& sync, const GradsFinalFn& forward_ready) {
+  TraceSpan span(sync.trace, "replica sum", "replica_reduce");
+  const auto start = Clock::now();
+  for (ReplicaSync::Range& r : sync.ranges) {
+    LOOM_CHECK(r.ready && r.work);  // every replicated gradient was reported, in order
+    r.work->wait();
+    if (forward_ready) forward_ready(r.range.begin, r.range.size());
+  }
+  sync.wait_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+void pipeline_gather_global(const Model& model, const std::vector<float>& stage_global,
+                            Communicator& pp, std::vector<float>& global) {
+  if (pp.rank() != 0) {
+    pp.send(stage_global.data(), stage_global.size(), DataType::kFloat32, 0);
+    global.clear();
+    return;
+  }
+  const Model whole = model_layout(model.config, model.backend);
+  std::vector<size_t> global_offset;  // of each global tensor
+  size_t total = 0;
+  for (const ParamTensor& t : whole.tensors) {
+    global_offset.push_back(total);
+    total += tensor_global_size(t);
+  }
+  global.assign(total, 0.0f);
+  std::vector<float> received;
+  for (int s = 0; s < pp.size(); ++s) {
+    const Model stage = model_layout(model.config, model.backend, {}, {model.stage.plan, s});
+    const float* from = stage_global.data();
+    if (s > 0) {
+      received.resize(stage.num_params);  // at tp = 1: the stage's tensors at global size
+      pp.recv(received.data(), received.size(), DataType::kFloat32, s);
+      from = received.data();
+    }
+    for (const ParamTensor& t : stage.tensors)
+      if (t.pp_holders.front() == s)
+        std::copy_n(from + t.offset, t.size, global.data() + global_offset[t.global_index]);
+  }
+}
+
+}  // namespace loom

@@ -1,0 +1,124 @@
+// Running a pipeline schedule (parallel/pipeline_schedule.h) on this rank: each action's forward
+// or backward of one micro-batch through one of the model's chunks, the boundary states and
+// their gradients sent to and received from the neighbouring stages, activation slots and
+// boundary buffers taken and given back (docs/architecture.md, "Pipeline parallelism").
+//
+// Receives are posted when the schedule says (one compute ahead, so transfers hide behind
+// compute); a send is started right after its compute and waited on only when its buffer is
+// needed again. A single-stage run goes through the same code with no communication.
+//
+//   loom::Pipeline pipe = loom::pipeline_create(cfg, groups.pp.get(), groups.coord.pp);
+//   loom::model_plan(model, B, T, pipe.slots, pipe.boundaries);
+//   double loss_sum = loom::pipeline_run(pipe, model, pipe.train, batch, true, on_final);
+#pragma once
+#include <map>
+#include <memory>
+#include <tuple>
+#include <vector>
+
+#include "core/model.h"
+#include "core/trace.h"
+#include "loom.pb.h"
+#include "parallel/communicator.h"
+#include "parallel/pipeline_schedule.h"
+
+namespace loom {
+
+struct Pipeline {
+  Communicator* pp = nullptr;  // the pipeline group (size 1: a single stage)
+  int rank = 0, size = 1;
+  int micro_batches = 0;                 // per optimizer step on this rank
+  std::vector<PipelineAction> train;     // this rank's training schedule
+  int slots = 1, boundaries = 1;         // what model_plan must provide
+  // Activation slots: free ones, and the one each (micro-batch, chunk) in flight holds.
+  std::vector<int> free_slots;
+  std::map<std::pair<int, int>, int> slot_of;
+  int slots_peak = 0;                    // most slots held at once since pipeline_create
+  // Boundary buffers: free, receiving (keyed by action), or sending (oldest first).
+  std::vector<int> free_buffers;
+  std::map<std::tuple<int, int, int>, std::pair<int, WorkPtr>> receiving;
+  std::vector<std::pair<int, WorkPtr>> sending;
+  double wait_seconds = 0;               // blocked on transfers (exposed), reset by the caller
+  TraceRecorder* trace = nullptr;        // optional
+};
+
+// Micro-batches of (B, T) tokens stored one after the other.
+struct MicroBatches {
+  const int* inputs = nullptr;
+  const int* targets = nullptr;
+  int count = 0, B = 0, T = 0;
+  float loss_grad_scale = 0.0f;  // > 0: training (the LM head prepares backward)
+};
+
+PipelineKind pipeline_kind(const config::RunConfig& cfg);
+
+// This rank's schedules and the slot and buffer counts they need: micro-batches per step
+// m = global_batch / (micro_batch · dp). pp may be null for a single stage. Throws loom::Error
+// when m is too small for the schedule.
+Pipeline pipeline_create(const config::RunConfig& cfg, Communicator* pp, int rank);
+
+// A single stage running m micro-batches one after the other (forward, backward): the step
+// benchmark's and the parity tool's.
+Pipeline pipeline_single(int micro_batches);
+
+// Runs `actions` (pipe.train, or pipeline_forward_schedule for evaluation with backward false,
+// which gives each micro-batch's slot back right after its forward). on_grads_final goes to the
+// backward of the last micro-batch of each chunk. Returns the sum of the micro-batches' mean
+// losses computed on this rank (the last stage; 0 elsewhere). Every transfer has completed when
+// it returns.
+double pipeline_run(Pipeline& pipe, Model& model, const std::vector<PipelineAction>& actions,
+                    const MicroBatches& batch, bool backward, const GradsFinalFn& on_grads_final);
+
+// Activation memory of this rank in bytes as planned (slots, boundary buffers, shared
+// temporaries) and as used at the peak (slots held at most at once instead of all slots).
+struct ActivationMemory {
+  double planned = 0, peak = 0;
+};
+ActivationMemory pipeline_activation_memory(const Pipeline& pipe, const Model& model);
+
+// The pipeline-rank sets that hold a replica of some tensor (the shared block on the stages that
+// run it, a tied embedding on the first and last), over every stage, ascending: every rank gets
+// the same list, so the groups for them are created in the same order everywhere.
+std::vector<std::vector<int>> pipeline_replica_sets(const Model& model);
+
+// One replica set's group; comm is null on a rank outside it.
+struct ReplicaGroup {
+  std::vector<int> holders;
+  std::unique_ptr<Communicator> comm;
+};
+
+// Summing the gradients of replicated tensors across the stages holding them, during the step's
+// last backward: each range's all-reduce starts as soon as its gradients are final here, in one
+// order every holder shares (descending global tensor index), so it overlaps the rest of
+// backward. The gradients that are not replicated go to `forward_ready` at once (the
+// data-parallel buckets); replicated ones after their sum, in replica_sync_finish.
+struct ReplicaSync {
+  struct Range {
+    ShardRange range;            // in the flat buffer
+    Communicator* comm = nullptr;
+    int key = 0;                 // global index of its first tensor (the shared order)
+    bool ready = false;
+    WorkPtr work;
+  };
+  std::vector<Range> ranges;     // in launch order
+  float* grads = nullptr;        // the model's gradient buffer
+  double wait_seconds = 0;       // blocked on the sums at the end of backward (exposed)
+  TraceRecorder* trace = nullptr;
+};
+ReplicaSync replica_sync_create(Model& model, std::vector<ReplicaGroup>& groups);
+// Before a step's last backward: no gradient is final yet.
+void replica_sync_begin(ReplicaSync& sync);
+// Gradients [offset, offset + count) are final on this rank.
+void replica_sync_ready(ReplicaSync& sync, size_t offset, size_t count,
+                        const GradsFinalFn& forward_ready);
+// Waits for every sum (all must have started) and passes each range to forward_ready.
+void replica_sync_finish(ReplicaSync& sync, const GradsFinalFn& forward_ready);
+
+// On the rank holding pipeline coordinate 0: the whole model's global buffer (every tensor at
+// global size, in global order) ← each stage's `stage_global` (its tensors at global size, in its
+// buffer order; model_gather_global's result), each tensor taken from its lowest holder. Other
+// ranks send theirs and get `global` cleared. Collective over `pp`.
+void pipeline_gather_global(const Model& model, const std::vector<float>& stage_global,
+                            Communicator& pp, std::vector<float>& global);
+
+}  // namespace loom

@@ -1,0 +1,124 @@
+#include "core/run_dir.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <sstream>
+
+#include <google/protobuf/util/message_differencer.h>
+
+#include "core/error.h"
+
+namespace loom {
+
+namespace fs = std::filesystem;
+
+std::string duration(double seconds) {
+  const long s = std::lround(std::max(0.0, seconds));
+  return s >= 3600 ? format("%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60)
+                   : format("%ld:%02ld", s / 60, s % 60);
+}
+
+// A run directory that already has results is never overwritten.
+void prepare_run_dir(const fs::path& dir, bool resume) {
+  std::error_code ec;
+  if (resume) {
+    if (!fs::is_directory(dir, ec))
+      throw Error("--resume: run directory " + dir.string() + " does not exist");
+    return;
+  }
+  if (fs::exists(dir / "metrics.jsonl", ec) || fs::exists(dir / "checkpoints", ec))
+    throw Error("run directory " + dir.string() +
+                " already holds a run; pass --resume to continue it, or choose another "
+                "--run-dir");
+  fs::create_directories(dir, ec);
+  if (ec) throw Error("cannot create run directory " + dir.string() + ": " + ec.message());
+}
+
+// A resumed run must read the same model and the same data stream as the run it continues;
+// steps, learning rate, logging and checkpointing may change.
+void check_resumable(const config::RunConfig& saved, const config::RunConfig& now,
+                     const std::string& checkpoint) {
+  const std::string where = "--resume from " + checkpoint + ": ";
+  if (!google::protobuf::util::MessageDifferencer::Equivalent(saved.model(), now.model()))
+    throw Error(where + "the model section of the config differs from the one the run was "
+                        "trained with; resume with the run's own config.textproto");
+  const auto& a = saved.train();
+  const auto& b = now.train();
+  for (auto [name, same] : {std::pair{"train.seq_len", a.seq_len() == b.seq_len()},
+                            {"train.global_batch", a.global_batch() == b.global_batch()},
+                            {"train.seed", a.seed() == b.seed()},
+                            {"train.shuffle", a.shuffle() == b.shuffle()},
+                            {"data.train_shards",
+                             saved.data().train_shards() == now.data().train_shards()}})
+    if (!same)
+      throw Error(where + std::string(name) +
+                  " differs from the run's: the resumed run would read other data than the "
+                  "uninterrupted one; keep the run's value");
+}
+
+// Loads the newest usable checkpoint. One that cannot be read or fails its checksums (a disk
+// that lost it) falls back to the one before, and says so; a config that does not fit the run
+// is the user's to fix, so it stops the resume.
+std::string resume_from(const std::string& checkpoints_dir, const config::RunConfig& cfg,
+                        Model& model, Optimizer* optimizer, CheckpointState& state, RunLog& log) {
+  const std::vector<std::string> saved = checkpoint_list(checkpoints_dir);
+  if (saved.empty()) throw Error("--resume: no complete checkpoint in " + checkpoints_dir);
+  for (auto it = saved.rbegin(); it != saved.rend(); ++it) {
+    const bool last_chance = std::next(it) == saved.rend();
+    auto usable = [&](const std::function<void()>& read) {
+      try {
+        read();
+        return true;
+      } catch (const Error& e) {
+        if (last_chance) throw;
+        log.warn(std::string(e.what()) + "; trying the checkpoint before it");
+        return false;
+      }
+    };
+    config::RunConfig saved_cfg;
+    if (!usable([&] { saved_cfg = checkpoint_read_state(*it).config; })) continue;
+    check_resumable(saved_cfg, cfg, *it);
+    if (!usable([&] { state = checkpoint_load(*it, model, optimizer); })) continue;
+    if (state.step >= cfg.train().steps())
+      throw Error("--resume from " + *it + ": the run has already completed " +
+                  std::to_string(state.step) + " steps of train.steps = " +
+                  std::to_string(cfg.train().steps()) + "; raise train.steps to train further");
+    return *it;
+  }
+  LOOM_CHECK(false);
+}
+
+// On resume, metrics of steps after the checkpoint are dropped: they will be recomputed.
+void truncate_metrics(const fs::path& path, long last_step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    long step = 0;
+    if (std::sscanf(line.c_str(), "{\"step\":%ld", &step) == 1 && step <= last_step)
+      kept += line + '\n';
+  }
+  in.close();
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << kept;
+    if (!out.flush()) throw Error("cannot rewrite " + path.string() + " (disk full?); it is unchanged");
+  }
+  fs::rename(tmp, path);
+}
+
+
+// JSON has no NaN or Infinity: a non-finite value is written as null.
+std::string json_number(double v) {
+  if (!std::isfinite(v)) return "null";
+  std::ostringstream out;
+  out.precision(8);
+  out << v;
+  return out.str();
+}
+
+
+
+}  // namespace loom

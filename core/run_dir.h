@@ -1,0 +1,80 @@
+// A run directory on disk and the terminal: the log (train.log, mirrored on the terminal),
+// creating or resuming a run directory, choosing the checkpoint to resume from, and metrics
+// lines (metrics.jsonl). What train() (core/trainer.cpp) needs besides the training itself.
+//
+//   loom::RunLog log(dir / "train.log", quiet, rank == 0, "[rank 0 ...] ");
+//   loom::prepare_run_dir(dir, resume);
+//   log.line(loom::format("step %ld", step));
+#pragma once
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+
+#include "core/checkpoint.h"
+#include "core/model.h"
+#include "core/optimizer.h"
+#include "loom.pb.h"
+
+namespace loom {
+
+// Terminal lines, mirrored into run_dir/train.log. Rank 0 writes the log and prints progress;
+// other ranks print warnings only. In a multi-rank run every line carries the rank's label.
+class RunLog {
+ public:
+  RunLog(const std::filesystem::path& path, bool quiet, bool writer, std::string prefix)
+      : quiet_(quiet), writer_(writer), prefix_(std::move(prefix)) {
+    if (writer_) file_.open(path, std::ios::app);
+  }
+  void line(const std::string& text) {
+    if (!writer_) return;
+    const std::string out = prefix_ + text;
+    if (!quiet_) std::cout << out << std::endl;
+    file_ << out << '\n';
+    file_.flush();
+  }
+  void warn(const std::string& text) {
+    if (writer_) return line("warning: " + text);
+    if (!quiet_) std::cerr << prefix_ << "warning: " << text << std::endl;
+  }
+
+ private:
+  std::ofstream file_;
+  bool quiet_, writer_;
+  std::string prefix_;
+};
+
+
+// printf into a std::string (at most 511 characters).
+std::string format(const char* fmt, auto... args) {
+  char buffer[512];
+  std::snprintf(buffer, sizeof(buffer), fmt, args...);
+  return buffer;
+}
+
+// "M:SS" or "H:MM:SS".
+std::string duration(double seconds);
+
+// A run directory that already has results is never overwritten (throws loom::Error).
+void prepare_run_dir(const std::filesystem::path& dir, bool resume);
+
+// A resumed run must read the same model and the same data stream as the run it continues;
+// steps, learning rate, logging and checkpointing may change.
+void check_resumable(const config::RunConfig& saved, const config::RunConfig& now,
+                     const std::string& checkpoint);
+
+// Loads the newest usable checkpoint into model (and optimizer, when non-null) and returns its
+// folder. One that cannot be read or fails its checksums (a disk that lost it) falls back to the
+// one before, and says so; a config that does not fit the run is the user's to fix, so it stops
+// the resume.
+std::string resume_from(const std::string& checkpoints_dir, const config::RunConfig& cfg,
+                        Model& model, Optimizer* optimizer, CheckpointState& state, RunLog& log);
+
+// On resume, metrics of steps after the checkpoint are dropped: they will be recomputed.
+void truncate_metrics(const std::filesystem::path& path, long last_step);
+
+// JSON has no NaN or Infinity: a non-finite value is written as null.
+std::string json_number(double v);
+
+}  // namespace loom

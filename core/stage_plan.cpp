@@ -1,0 +1,183 @@
+#include "core/stage_plan.h"
+
+#include <algorithm>
+#include <limits>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace loom {
+namespace {
+
+using config::ModelConfig;
+
+std::string num(long v) { return std::to_string(v); }
+
+// FLOPs per token of forward + backward (3 × forward): one layer's matmuls and causal attention;
+// the LM head's matmul (cross-entropy's softmax is a few operations per logit more); the
+// embedding's look-up and its gradient's scatter-add.
+struct Costs {
+  double layer, head, embedding;
+};
+
+Costs costs_of(const config::RunConfig& cfg) {
+  const ModelConfig& m = cfg.model();
+  const double C = m.d_model(), F = m.d_mlp(), V = m.vocab_size(), T = cfg.train().seq_len();
+  const double matmul = 2.0 * (4 * C * C + 2 * C * F);
+  const double attention = 2.0 * 2.0 * C * (T + 1) / 2.0;
+  return {3.0 * (matmul + attention), 3.0 * (2.0 * C * V + 5.0 * V), 3.0 * 2.0 * C};
+}
+
+double piece_cost(const Costs& c, int begin, int end, int positions) {
+  return (end - begin) * c.layer + (begin == 0 ? c.embedding : 0.0) +
+         (end == positions ? c.head : 0.0);
+}
+
+// Contiguous pieces minimising the largest cost, then the sum of squared costs (so equal layers
+// spread evenly): dynamic programming over (pieces used, positions covered).
+std::vector<int> balanced_bounds(const Costs& c, int positions, int pieces) {
+  struct Best {
+    double max = std::numeric_limits<double>::infinity(), squares = 0;
+    int from = -1;
+    bool operator<(const Best& o) const {
+      return max < o.max * (1 - 1e-12) || (max <= o.max * (1 + 1e-12) && squares < o.squares);
+    }
+  };
+  // best[k][i]: the first i positions in k pieces.
+  std::vector<std::vector<Best>> best(pieces + 1, std::vector<Best>(positions + 1));
+  best[0][0] = {0.0, 0.0, 0};
+  for (int k = 1; k <= pieces; ++k)
+    for (int i = k; i <= positions - (pieces - k); ++i)
+      for (int j = k - 1; j < i; ++j) {
+        const Best& prev = best[k - 1][j];
+        if (prev.from < 0) continue;
+        const double cost = piece_cost(c, j, i, positions);
+        const Best candidate{std::max(prev.max, cost), prev.squares + cost * cost, j};
+        if (candidate < best[k][i]) best[k][i] = candidate;
+      }
+  std::vector<int> bounds(pieces + 1);
+  bounds[pieces] = positions;
+  for (int k = pieces, i = positions; k > 0; --k) {
+    i = best[k][i].from;
+    bounds[k - 1] = i;
+  }
+  return bounds;
+}
+
+std::vector<int> explicit_bounds(const std::string& layout, int positions, int pieces) {
+  const std::string where = "parallel.pipeline_layout \"" + layout + "\": ";
+  std::vector<int> bounds{0};
+  std::stringstream in(layout);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    size_t used = 0;
+    int layers = 0;
+    try {
+      layers = std::stoi(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || item.find_first_not_of(" 0123456789", used) != std::string::npos)
+      throw Error(where + "\"" + item + "\" is not a number of layers; write e.g. \"3,4,4,3\"");
+    if (layers < 1) throw Error(where + "every piece needs at least one unrolled layer");
+    bounds.push_back(bounds.back() + layers);
+  }
+  if (static_cast<int>(bounds.size()) - 1 != pieces)
+    throw Error(where + "has " + num(bounds.size() - 1) + " numbers but the pipeline has " +
+                num(pieces) + " pieces (parallel.pp × parallel.virtual_stages)");
+  if (bounds.back() != positions)
+    throw Error(where + "sums to " + num(bounds.back()) + " but the model has " + num(positions) +
+                " unrolled layers (prelude_layers + block_layers × loops + coda_layers)");
+  return bounds;
+}
+
+// "block.0–1" or "block.1".
+std::string layer_span(const char* part, int first, int last) {
+  std::string s = std::string(part) + "." + num(first);
+  if (last > first) s += "–" + num(last);
+  return s;
+}
+
+}  // namespace
+
+int unrolled_layers(const ModelConfig& m) {
+  return m.prelude_layers() + m.block_layers() * m.loops() + m.coda_layers();
+}
+
+StagePlan stage_plan_single(const ModelConfig& model) {
+  return StagePlan{1, 1, {0, unrolled_layers(model)}};
+}
+
+StagePlan stage_plan_create(const config::RunConfig& cfg) {
+  const auto& p = cfg.parallel();
+  StagePlan plan{p.pp(), p.virtual_stages(), {}};
+  const int positions = unrolled_layers(cfg.model());
+  if (plan.pieces() > positions)
+    throw Error("parallel.pp × parallel.virtual_stages (" + num(p.pp()) + " × " +
+                num(p.virtual_stages()) + ") is more pipeline pieces than the model's " +
+                num(positions) + " unrolled layers; every piece runs at least one layer");
+  plan.bounds = p.pipeline_layout().empty()
+                    ? balanced_bounds(costs_of(cfg), positions, plan.pieces())
+                    : explicit_bounds(p.pipeline_layout(), positions, plan.pieces());
+  return plan;
+}
+
+std::vector<double> stage_plan_costs(const config::RunConfig& cfg, const StagePlan& plan) {
+  const Costs c = costs_of(cfg);
+  std::vector<double> out;
+  for (int g = 0; g < plan.pieces(); ++g)
+    out.push_back(piece_cost(c, plan.bounds[g], plan.bounds[g + 1], plan.positions()));
+  return out;
+}
+
+std::vector<int> stage_plan_pieces(const StagePlan& plan, int rank) {
+  LOOM_CHECK(rank >= 0 && rank < plan.pp);
+  std::vector<int> pieces;
+  for (int c = 0; c < plan.virtual_stages; ++c) pieces.push_back(c * plan.pp + rank);
+  return pieces;
+}
+
+bool stage_plan_runs_layer(const ModelConfig& m, const StagePlan& plan, int rank, int layer) {
+  const int P = m.prelude_layers(), K = m.block_layers();
+  for (int g : stage_plan_pieces(plan, rank))
+    for (int pos = plan.bounds[g]; pos < plan.bounds[g + 1]; ++pos) {
+      const int loop_end = P + K * m.loops();
+      const int u = pos < P ? pos : pos < loop_end ? P + (pos - P) % K : pos - loop_end + P + K;
+      if (u == layer) return true;
+    }
+  return false;
+}
+
+std::string stage_plan_describe(const ModelConfig& m, int begin, int end) {
+  const int P = m.prelude_layers(), K = m.block_layers(), R = m.loops();
+  const int loop_end = P + K * R;
+  std::vector<std::string> parts;
+  if (begin < P) parts.push_back(layer_span("prelude", begin, std::min(end, P) - 1));
+  const int a = std::max(begin, P), b = std::min(end, loop_end);  // loop positions [a, b)
+  if (a < b) {
+    const int i0 = (a - P) / K, j0 = (a - P) % K, i1 = (b - 1 - P) / K, j1 = (b - 1 - P) % K;
+    const char* block = R == 1 ? "layers" : "block";
+    auto iteration = [&](int i) { return R == 1 ? std::string() : " of iteration " + num(i); };
+    if (i0 == i1) {
+      parts.push_back(layer_span(block, j0, j1) + iteration(i0));
+    } else {
+      int full_first = i0, full_last = i1;
+      if (j0 > 0) parts.push_back(layer_span(block, j0, K - 1) + iteration(full_first++));
+      std::string tail;
+      if (j1 < K - 1) tail = layer_span(block, 0, j1) + iteration(full_last--);
+      if (full_first <= full_last)
+        parts.push_back(layer_span(block, 0, K - 1) +
+                        (full_first == full_last ? " of iteration " + num(full_first)
+                                                 : " × iterations " + num(full_first) + "–" +
+                                                       num(full_last)));
+      if (!tail.empty()) parts.push_back(tail);
+    }
+  }
+  if (end > loop_end) parts.push_back(layer_span("coda", std::max(begin, loop_end) - loop_end,
+                                                 end - 1 - loop_end));
+  std::string out;
+  for (const std::string& p : parts) out += (out.empty() ? "" : ", ") + p;
+  return out;
+}
+
+}  // namespace loom

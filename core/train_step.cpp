@@ -1,0 +1,124 @@
+#include "core/train_step.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include "core/error.h"
+#include "core/tensor_parallel.h"
+
+namespace loom {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+}  // namespace
+
+StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
+                      const config::RunConfig& cfg, float lr, const int* inputs,
+                      const int* targets, const StepParallel& parallel) {
+  const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
+  const int m = pipe.micro_batches;
+  GradReducer* reducer = parallel.reducer;
+  ReplicaSync* replicas = parallel.replicas;
+  std::fill(model.grads.begin(), model.grads.end(), 0.0f);
+  model.tp_wait_seconds = 0.0;
+  pipe.wait_seconds = 0.0;
+  pipe.trace = parallel.trace;
+  StepResult result;
+  // Each rank's gradients are the mean over its tokens; the reduction averages over ranks.
+  const float scale = 1.0f / static_cast<float>(static_cast<size_t>(B) * T * m);
+  // Gradients are reduced once, during the last micro-batch's backward: data-parallel buckets
+  // start as soon as their gradients are final; replicated ones after their sum over stages.
+  const GradsFinalFn to_reducer =
+      reducer ? GradsFinalFn([reducer](size_t offset, size_t count) {
+        grad_reducer_ready(*reducer, offset, count);
+      })
+              : GradsFinalFn{};
+  GradsFinalFn on_final = to_reducer;
+  if (replicas)
+    on_final = [&](size_t offset, size_t count) {
+      replica_sync_ready(*replicas, offset, count, to_reducer);
+    };
+  if (reducer) grad_reducer_begin(*reducer);
+  if (replicas) replica_sync_begin(*replicas);
+  const MicroBatches batch{inputs, targets, m, B, T, scale};
+  const double loss_sum = pipeline_run(pipe, model, pipe.train, batch, true, on_final);
+  result.loss = loss_sum / m;
+  if (replicas) {
+    replica_sync_finish(*replicas, to_reducer);
+    result.comm_wait_s += replicas->wait_seconds;
+  }
+  if (reducer) {
+    TraceSpan span(parallel.trace, "dp reduce", "dp_reduce");
+    grad_reducer_finish(*reducer);
+    result.comm_wait_s += reducer->wait_seconds;
+  }
+  const bool zero = reducer && reducer->zero;
+  // Σ g² of this rank's part of the global gradient: its ZeRO shard or its whole buffer, each
+  // global element counted on one tensor-parallel rank and one pipeline stage.
+  double squares = grad_sum_squares(model, optimizer.owned,
+                                    zero ? reducer->shard.data() : model.grads.data());
+  const auto start = Clock::now();
+  if (model.tp.comm) model.tp.comm->all_reduce(&squares, 1);
+  if (parallel.pp && parallel.pp->size() > 1) {
+    // The last stage's loss and every stage's squares, in one all-reduce.
+    double sums[2] = {result.loss, squares};
+    parallel.pp->all_reduce(sums, 2, ReduceOp::kSum);
+    result.loss = sums[0];
+    squares = sums[1];
+  }
+  if (parallel.dp) {
+    // Loss and, under ZeRO, the squared norms of the shards, in one all-reduce.
+    double sums[2] = {result.loss, zero ? squares : 0.0};
+    parallel.dp->all_reduce(sums, 2, ReduceOp::kSum);
+    result.loss = sums[0] / parallel.dp->size();
+    if (zero) squares = sums[1];
+  }
+  result.grad_norm = std::sqrt(squares);
+  result.comm_wait_s += model.tp_wait_seconds + pipe.wait_seconds + seconds_since(start);
+  result.finite = std::isfinite(result.loss) && std::isfinite(result.grad_norm);
+  if (!result.finite) return result;
+  TraceSpan span(parallel.trace, "optimizer", "optimizer");
+  optimizer_step(optimizer, model, cfg.optim(), lr,
+                 clip_scale(result.grad_norm, cfg.train().grad_clip()),
+                 zero ? reducer->shard.data() : nullptr);
+  if (zero) {
+    const auto start = Clock::now();
+    grad_reducer_gather_in_place(*reducer, model.params.data());
+    result.comm_wait_s += seconds_since(start);
+  }
+  return result;
+}
+
+double evaluate(Model& model, Pipeline& pipe, const TokenDataset& val, int batches,
+                int global_batch, int B, int T, Communicator& dp, Communicator* pp) {
+  DataLoader loader{&val, 0, false};
+  const int micro_batches = batches * (global_batch / B);
+  const size_t tokens = static_cast<size_t>(B) * T;
+  // This dp rank's micro-batches: every dp.size()-th, from its rank.
+  const int mine = micro_batches > dp.rank() ? (micro_batches - 1 - dp.rank()) / dp.size() + 1 : 0;
+  std::vector<int> inputs(mine * tokens), targets(mine * tokens);
+  for (int k = 0; k < mine; ++k) {
+    loader.position = static_cast<int64_t>(dp.rank() + k * dp.size()) * B;
+    loader_next(loader, inputs.data() + k * tokens, targets.data() + k * tokens, B);
+  }
+  double total = 0.0;
+  if (mine > 0) {
+    const int v = static_cast<int>(model.chunks.size());
+    const std::vector<PipelineAction> forwards =
+        pipeline_forward_schedule(pipe.size, mine, v, pipe.rank);
+    pipe.trace = nullptr;
+    total = pipeline_run(pipe, model, forwards, {inputs.data(), targets.data(), mine, B, T, 0.0f},
+                         false, {});
+  }
+  if (pp && pp->size() > 1) pp->all_reduce(&total, 1, ReduceOp::kSum);  // the last stage's
+  dp.all_reduce(&total, 1, ReduceOp::kSum);
+  return total / micro_batches;
+}
+
+}  // namespace loom

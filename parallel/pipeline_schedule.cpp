@@ -1,0 +1,404 @@
+#include "parallel/pipeline_schedule.h"
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <tuple>
+
+#include "core/error.h"
+
+namespace loom {
+namespace {
+
+using Type = PipelineAction::Type;
+using Key = std::tuple<int, int, int>;  // (type, micro, chunk)
+
+Key key_of(const PipelineAction& a) { return {static_cast<int>(a.type), a.micro, a.chunk}; }
+
+bool is_compute(const PipelineAction& a) {
+  return a.type == Type::kForward || a.type == Type::kBackward;
+}
+
+// The receive compute `c` of `rank` consumes; false when it needs none: the forward of global
+// stage 0 reads the batch, the backward of the last stage starts from its own loss.
+bool input_of(const PipelineAction& c, int p, int v, int rank, PipelineAction* recv) {
+  const int g = c.chunk * p + rank;
+  if (c.type == Type::kForward && g > 0) {
+    *recv = {Type::kRecvForward, c.micro, c.chunk};
+    return true;
+  }
+  if (c.type == Type::kBackward && g < p * v - 1) {
+    *recv = {Type::kRecvBackward, c.micro, c.chunk};
+    return true;
+  }
+  return false;
+}
+
+// The rank a receive posted by `rank` is matched with.
+int source_of(const PipelineAction& recv, int p, int rank) {
+  return recv.type == Type::kRecvForward ? (rank - 1 + p) % p : (rank + 1) % p;
+}
+
+// What compute `c` of `rank` sends, if anything: to *dest, described as the receive *dest posts.
+bool output_of(const PipelineAction& c, int p, int v, int rank, int* dest, PipelineAction* recv) {
+  const int g = c.chunk * p + rank;
+  if (c.type == Type::kForward && g < p * v - 1) {
+    *dest = (rank + 1) % p;
+    *recv = {Type::kRecvForward, c.micro, (g + 1) / p};
+    return true;
+  }
+  if (c.type == Type::kBackward && g > 0) {
+    *dest = (rank - 1 + p) % p;
+    *recv = {Type::kRecvBackward, c.micro, (g - 1) / p};
+    return true;
+  }
+  return false;
+}
+
+// The compute a receive feeds, e.g. recvF3.1 → F3.1.
+PipelineAction consumer_of(const PipelineAction& recv) {
+  return {recv.type == Type::kRecvForward ? Type::kForward : Type::kBackward, recv.micro,
+          recv.chunk};
+}
+
+// Megatron's k-th forward (backward) of a step: micro-batches go in groups of p, each group
+// through chunks 0, 1, ... (backward v − 1, ..., 0) before the next group. With v = 1 it is
+// micro-batch k.
+PipelineAction nth_compute(Type type, int k, int p, int v) {
+  const int in_group = k % (p * v);
+  const int chunk = type == Type::kForward ? in_group / p : v - 1 - in_group / p;
+  return {type, k / (p * v) * p + k % p, chunk};
+}
+
+// `warmup` forwards, then forward / backward pairs, then the remaining backwards.
+std::vector<PipelineAction> one_f_one_b(int p, int total, int v, int warmup) {
+  std::vector<PipelineAction> out;
+  for (int k = 0; k < warmup; ++k) out.push_back(nth_compute(Type::kForward, k, p, v));
+  for (int k = 0; k < total - warmup; ++k) {
+    out.push_back(nth_compute(Type::kForward, warmup + k, p, v));
+    out.push_back(nth_compute(Type::kBackward, k, p, v));
+  }
+  for (int k = total - warmup; k < total; ++k) out.push_back(nth_compute(Type::kBackward, k, p, v));
+  return out;
+}
+
+// One rank's list. Before compute k the receives of computes k and k + 1 are posted. Untagged
+// sends and receives between two ranks match in issue order, so a receive from peer a goes after
+// every earlier message in a's send order (`incoming`): those are posted with it if need be.
+std::vector<PipelineAction> with_receives(const std::vector<PipelineAction>& order,
+                                          const std::vector<std::vector<PipelineAction>>& incoming,
+                                          int p, int v, int rank) {
+  std::vector<PipelineAction> out;
+  std::vector<size_t> next(p, 0);  // incoming[a][0 .. next[a]) are posted
+  std::set<Key> posted;
+  auto post = [&](const PipelineAction& recv) {
+    if (posted.count(key_of(recv))) return;
+    const std::vector<PipelineAction>& from = incoming[source_of(recv, p, rank)];
+    size_t& n = next[source_of(recv, p, rank)];
+    const auto it = std::find(from.begin() + n, from.end(), recv);
+    if (it == from.end()) {  // never sent: pipeline_simulate reports the schedule
+      posted.insert(key_of(recv));
+      out.push_back(recv);
+      return;
+    }
+    for (const size_t upto = it - from.begin(); n <= upto; ++n) {
+      posted.insert(key_of(from[n]));
+      out.push_back(from[n]);
+    }
+  };
+  for (size_t k = 0; k < order.size(); ++k) {
+    for (size_t j = k; j < std::min(k + 2, order.size()); ++j) {
+      LOOM_CHECK(is_compute(order[j]));
+      PipelineAction recv;
+      if (input_of(order[j], p, v, rank, &recv)) post(recv);
+    }
+    out.push_back(order[k]);
+  }
+  return out;
+}
+
+std::vector<std::vector<PipelineAction>> all_compute_orders(PipelineKind kind, int p, int m,
+                                                            int v) {
+  std::vector<std::vector<PipelineAction>> orders;
+  for (int r = 0; r < p; ++r) orders.push_back(pipeline_compute_order(kind, p, m, v, r));
+  return orders;
+}
+
+}  // namespace
+
+const char* pipeline_kind_name(PipelineKind kind) {
+  static const char* const kNames[] = {"GPIPE", "ONE_F_ONE_B", "INTERLEAVED_1F1B"};
+  return kNames[static_cast<int>(kind)];
+}
+
+std::string pipeline_action_string(const PipelineAction& a) {
+  static const char* const kPrefix[] = {"recvF", "recvB", "F", "B"};
+  return kPrefix[static_cast<int>(a.type)] + std::to_string(a.micro) + "." +
+         std::to_string(a.chunk);
+}
+
+void pipeline_check(PipelineKind kind, int p, int m, int v) {
+  const std::string m_is = "(m = global_batch / (micro_batch · dp) = " + std::to_string(m) + ")";
+  const std::string micro_batches = "the micro-batches per step " + m_is;
+  if (p < 1) throw Error("parallel.pp must be at least 1, got " + std::to_string(p));
+  if (m < 1) throw Error(micro_batches + " must be at least 1");
+  if (v < 1) throw Error("parallel.virtual_stages must be at least 1, got " + std::to_string(v));
+  // With fewer micro-batches than stages the pipeline never fills: over half the step is idle,
+  // and Megatron's interleaved order is defined only for whole groups of p.
+  if (p > 1 && m < p)
+    throw Error("pipeline parallel: " + micro_batches + " must be at least parallel.pp (" +
+                std::to_string(p) + "); raise global_batch or lower micro_batch");
+  const std::string kind_text =
+      "parallel.pipeline_schedule " + std::string(pipeline_kind_name(kind));
+  if (kind == PipelineKind::kInterleaved1F1B && v < 2)
+    throw Error(kind_text + " needs parallel.virtual_stages of at least 2, got " +
+                std::to_string(v) + "; use ONE_F_ONE_B for one chunk per rank");
+  if (kind == PipelineKind::kInterleaved1F1B && m % p != 0)
+    throw Error(kind_text + ": " + micro_batches + " must be a multiple of parallel.pp (" +
+                std::to_string(p) + ")");
+  if (kind != PipelineKind::kInterleaved1F1B && v != 1)
+    throw Error("parallel.virtual_stages (" + std::to_string(v) +
+                ") applies to INTERLEAVED_1F1B only; " + kind_text + " needs 1");
+}
+
+std::vector<PipelineAction> pipeline_compute_order(PipelineKind kind, int p, int m, int v,
+                                                   int rank) {
+  pipeline_check(kind, p, m, v);
+  LOOM_CHECK(0 <= rank && rank < p);
+  if (kind == PipelineKind::kGPipe) {
+    std::vector<PipelineAction> out;
+    for (int i = 0; i < m; ++i) out.push_back({Type::kForward, i, 0});
+    for (int i = 0; i < m; ++i) out.push_back({Type::kBackward, i, 0});
+    return out;
+  }
+  if (kind == PipelineKind::kOneFOneB) return one_f_one_b(p, m, 1, std::min(p - rank - 1, m));
+  // Megatron-LM's forward_backward_pipelining_with_interleaving; with m == p there is no steady
+  // state to reach, so it runs every forward first.
+  const int total = m * v;
+  const int warmup = m == p ? total : std::min((p - rank - 1) * 2 + (v - 1) * p, total);
+  return one_f_one_b(p, total, v, warmup);
+}
+
+std::vector<std::vector<PipelineAction>> pipeline_with_receives(
+    const std::vector<std::vector<PipelineAction>>& compute_orders, int p, int v) {
+  LOOM_CHECK(static_cast<int>(compute_orders.size()) == p);
+  // incoming[r][a]: what rank a sends rank r, in a's compute order, as the receives r posts.
+  std::vector<std::vector<std::vector<PipelineAction>>> incoming(
+      p, std::vector<std::vector<PipelineAction>>(p));
+  for (int a = 0; a < p; ++a)
+    for (const PipelineAction& c : compute_orders[a]) {
+      int dest = 0;
+      PipelineAction recv{};
+      if (output_of(c, p, v, a, &dest, &recv)) incoming[dest][a].push_back(recv);
+    }
+  std::vector<std::vector<PipelineAction>> out(p);
+  for (int r = 0; r < p; ++r) out[r] = with_receives(compute_orders[r], incoming[r], p, v, r);
+  return out;
+}
+
+std::vector<PipelineAction> pipeline_schedule(PipelineKind kind, int p, int m, int v, int rank) {
+  LOOM_CHECK(0 <= rank && rank < p);
+  return pipeline_with_receives(all_compute_orders(kind, p, m, v), p, v)[rank];
+}
+
+std::vector<PipelineAction> pipeline_forward_schedule(int p, int m, int v, int rank) {
+  // Any m ≥ 1 (a rank's share of the validation batches need not divide p): groups of p
+  // micro-batches, each through chunk 0, 1, ... — Megatron's interleaved forward order when
+  // p | m, GPipe's when v = 1. Every rank runs the same order, so none waits on a later one.
+  LOOM_CHECK(p >= 1 && m >= 1 && v >= 1 && 0 <= rank && rank < p);
+  std::vector<PipelineAction> order;
+  for (int group = 0; group < m; group += p)
+    for (int chunk = 0; chunk < v; ++chunk)
+      for (int micro = group; micro < std::min(m, group + p); ++micro)
+        order.push_back({Type::kForward, micro, chunk});
+  return pipeline_with_receives(std::vector<std::vector<PipelineAction>>(p, order), p, v)[rank];
+}
+
+int pipeline_max_in_flight(const std::vector<PipelineAction>& actions) {
+  std::set<std::pair<int, int>> live;
+  size_t most = 0;
+  for (const PipelineAction& a : actions) {
+    if (a.type == Type::kForward) {
+      live.insert({a.micro, a.chunk});
+      most = std::max(most, live.size());
+    } else if (a.type == Type::kBackward) {
+      live.erase({a.micro, a.chunk});
+    }
+  }
+  return static_cast<int>(most);
+}
+
+int pipeline_max_open_receives(const std::vector<PipelineAction>& actions) {
+  std::multiset<Key> open;
+  size_t most = 0;
+  for (const PipelineAction& a : actions) {
+    if (!is_compute(a)) {
+      open.insert(key_of(a));
+      continue;
+    }
+    const Type recv = a.type == Type::kForward ? Type::kRecvForward : Type::kRecvBackward;
+    const auto it = open.find(key_of({recv, a.micro, a.chunk}));
+    if (it != open.end()) open.erase(it);  // now the running compute's buffer, the "+ 1"
+    most = std::max(most, open.size() + 1);
+  }
+  return static_cast<int>(most);
+}
+
+double pipeline_bubble_fraction(PipelineKind kind, int p, int m, int v) {
+  pipeline_check(kind, p, m, v);
+  // Each rank idles p − 1 compute slots of the step's work + p − 1; interleaving makes the slots
+  // v times shorter, as if there were v·m micro-batches.
+  const double work = kind == PipelineKind::kInterleaved1F1B ? double(v) * m : double(m);
+  return (p - 1) / (work + p - 1);
+}
+
+namespace {  // the simulator
+
+struct Channel {  // rank a → rank b; messages described as the receive b posts for them
+  std::vector<PipelineAction> sent, posted;
+};
+
+struct SimRank {
+  size_t pc = 0;
+  std::vector<int> state;         // micro · v + chunk: 0 none, 1 forward done, 2 backward
+  std::map<Key, size_t> waiting;  // receive posted, not consumed → its index in the channel
+};
+
+struct Sim {
+  int p = 0, m = 0, v = 0;
+  const std::vector<std::vector<PipelineAction>>* lists = nullptr;
+  std::vector<Channel> channels;  // a · p + b
+  std::vector<SimRank> ranks;
+};
+
+std::string at(const Sim& s, int rank) {
+  const size_t pc = s.ranks[rank].pc;
+  return "rank " + std::to_string(rank) + " action #" + std::to_string(pc) + " (" +
+         pipeline_action_string((*s.lists)[rank][pc]) + ")";
+}
+
+// Message i from a to b against b's i-th receive posted from a.
+std::string compare(const Sim& s, int a, int b, size_t i) {
+  const Channel& ch = s.channels[a * s.p + b];
+  if (ch.sent[i] == ch.posted[i]) return "";
+  return "message #" + std::to_string(i) + " from rank " + std::to_string(a) + " to rank " +
+         std::to_string(b) + " is the input of " + pipeline_action_string(consumer_of(ch.sent[i])) +
+         " but rank " + std::to_string(b) + " posted " + pipeline_action_string(ch.posted[i]) +
+         " as its receive #" + std::to_string(i) + " from rank " + std::to_string(a);
+}
+
+// Rank r posts the receive it is at.
+std::string post(Sim& s, int r) {
+  SimRank& me = s.ranks[r];
+  const PipelineAction& a = (*s.lists)[r][me.pc];
+  PipelineAction needed{};
+  if (!input_of(consumer_of(a), s.p, s.v, r, &needed))
+    return at(s, r) + ": " + pipeline_action_string(consumer_of(a)) + " takes no input";
+  if (me.waiting.count(key_of(a))) return at(s, r) + ": posted twice";
+  const int src = source_of(a, s.p, r);
+  Channel& ch = s.channels[src * s.p + r];
+  me.waiting[key_of(a)] = ch.posted.size();
+  ch.posted.push_back(a);
+  ++me.pc;
+  return ch.posted.size() <= ch.sent.size() ? compare(s, src, r, ch.posted.size() - 1) : "";
+}
+
+// Rank r runs the compute it is at, if its input has arrived (*blocked otherwise), and sends.
+std::string compute(Sim& s, int r, bool* blocked) {
+  SimRank& me = s.ranks[r];
+  const PipelineAction& a = (*s.lists)[r][me.pc];
+  int& state = me.state[a.micro * s.v + a.chunk];
+  const bool forward = a.type == Type::kForward;
+  if (forward && state != 0) return at(s, r) + ": forward runs twice";
+  if (!forward && state != 1)
+    return at(s, r) + (state == 0 ? ": backward before its forward" : ": backward runs twice");
+  PipelineAction recv{};
+  if (input_of(a, s.p, s.v, r, &recv)) {
+    const auto it = me.waiting.find(key_of(recv));
+    if (it == me.waiting.end()) return at(s, r) + ": its input's receive was never posted";
+    if (s.channels[source_of(recv, s.p, r) * s.p + r].sent.size() <= it->second) {
+      *blocked = true;  // the peer has not sent it yet
+      return "";
+    }
+    me.waiting.erase(it);
+  }
+  ++state;
+  ++me.pc;
+  int dest = 0;
+  PipelineAction out{};
+  if (!output_of(a, s.p, s.v, r, &dest, &out)) return "";
+  Channel& ch = s.channels[r * s.p + dest];
+  ch.sent.push_back(out);
+  return ch.sent.size() <= ch.posted.size() ? compare(s, r, dest, ch.sent.size() - 1) : "";
+}
+
+std::string deadlock(const Sim& s) {
+  std::string out = "deadlock:";
+  for (int r = 0; r < s.p; ++r) {
+    if (s.ranks[r].pc >= (*s.lists)[r].size()) continue;
+    PipelineAction recv{};
+    input_of((*s.lists)[r][s.ranks[r].pc], s.p, s.v, r, &recv);
+    out += " " + at(s, r) + " waits for rank " + std::to_string(source_of(recv, s.p, r)) + ";";
+  }
+  out.pop_back();
+  return out;
+}
+
+// After every list ran: every compute done, every message received.
+std::string final_check(const Sim& s, bool with_backward) {
+  for (int r = 0; r < s.p; ++r)
+    for (int i = 0; i < s.m * s.v; ++i) {
+      const int state = s.ranks[r].state[i];
+      const std::string what = std::to_string(i / s.v) + "." + std::to_string(i % s.v);
+      if (state == 0) return "rank " + std::to_string(r) + " never ran F" + what;
+      if (state == 1 && with_backward) return "rank " + std::to_string(r) + " never ran B" + what;
+      if (state == 2 && !with_backward)
+        return "rank " + std::to_string(r) + " ran B" + what + " in a forward-only schedule";
+    }
+  for (int a = 0; a < s.p; ++a)
+    for (int b = 0; b < s.p; ++b) {
+      const Channel& ch = s.channels[a * s.p + b];
+      if (ch.sent.size() != ch.posted.size())
+        return "rank " + std::to_string(a) + " sent " + std::to_string(ch.sent.size()) +
+               " messages to rank " + std::to_string(b) + ", which posted " +
+               std::to_string(ch.posted.size()) + " receives from it";
+    }
+  return "";
+}
+
+}  // namespace
+
+std::string pipeline_simulate(const std::vector<std::vector<PipelineAction>>& per_rank, int p,
+                              int m, int v, bool with_backward) {
+  if (p < 1 || m < 1 || v < 1 || static_cast<int>(per_rank.size()) != p)
+    return "bad layout: p " + std::to_string(p) + ", m " + std::to_string(m) + ", v " +
+           std::to_string(v) + ", " + std::to_string(per_rank.size()) + " lists";
+  Sim s{p, m, v, &per_rank, std::vector<Channel>(p * p), std::vector<SimRank>(p)};
+  for (SimRank& rank : s.ranks) rank.state.assign(m * v, 0);
+  for (bool finished = false; !finished;) {
+    bool advanced = false;
+    finished = true;
+    for (int r = 0; r < p; ++r) {
+      while (s.ranks[r].pc < per_rank[r].size()) {
+        const PipelineAction& a = per_rank[r][s.ranks[r].pc];
+        if (a.micro < 0 || a.micro >= m || a.chunk < 0 || a.chunk >= v)
+          return at(s, r) + ": micro-batch or chunk out of range";
+        bool blocked = false;
+        const std::string problem = is_compute(a) ? compute(s, r, &blocked) : post(s, r);
+        if (!problem.empty()) return problem;
+        if (blocked) break;
+        advanced = true;
+      }
+      finished = finished && s.ranks[r].pc == per_rank[r].size();
+    }
+    if (!finished && !advanced) return deadlock(s);
+  }
+  return final_check(s, with_backward);
+}
+
+std::string pipeline_simulate(PipelineKind kind, int p, int m, int v) {
+  return pipeline_simulate(pipeline_with_receives(all_compute_orders(kind, p, m, v), p, v), p, m,
+                           v);
+}
+
+}  // namespace loom

@@ -1,0 +1,72 @@
+// Pipeline-parallel schedules as data: the ordered list of receives and computes each pipeline
+// rank runs in one optimizer step (GPipe, 1F1B, Megatron's interleaved 1F1B), plus a simulator
+// that runs every rank's list against the others, so schedules are tested without MPI.
+//
+// p ranks, m micro-batches per step, v model chunks per rank. Global stage g = chunk · p + rank
+// (Megatron's interleaved assignment); stage g sends its forward output to g + 1 and its input
+// gradient to g − 1. Sends are not actions: the executor issues each right after its compute.
+// Sends and receives between two ranks match in the order they are issued (no tags), so a rank
+// posts its receives from a peer in that peer's send order. Receives are posted one compute
+// ahead: before compute k runs, those of computes k and k + 1 are posted, so a transfer hides
+// behind the compute before its consumer.
+//
+//   loom::pipeline_check(loom::PipelineKind::kOneFOneB, pp, m, 1);   // loom::Error if it can't run
+//   for (const loom::PipelineAction& a : loom::pipeline_schedule(kind, pp, m, 1, pp_rank))
+//     execute(a);   // kRecv*: post the irecv; kForward / kBackward: wait for its input, run, send
+#pragma once
+#include <string>
+#include <vector>
+
+namespace loom {
+
+// The order matches configs/loom.proto's ParallelConfig.PipelineSchedule.
+enum class PipelineKind { kGPipe, kOneFOneB, kInterleaved1F1B };
+
+struct PipelineAction {
+  enum class Type { kRecvForward, kRecvBackward, kForward, kBackward };
+  Type type;
+  int micro = 0;  // 0 .. m − 1
+  int chunk = 0;  // this rank's chunk 0 .. v − 1 (a receive names the chunk that consumes it)
+  bool operator==(const PipelineAction&) const = default;
+};
+
+// The config name: "GPIPE", "ONE_F_ONE_B", "INTERLEAVED_1F1B".
+const char* pipeline_kind_name(PipelineKind kind);
+// E.g. "F3.1" (forward of micro-batch 3, chunk 1), "B0.0", "recvF3.1", "recvB0.0".
+std::string pipeline_action_string(const PipelineAction& action);
+
+// Throws loom::Error naming the fields and numbers when the layout can't run: p, m, v ≥ 1;
+// m ≥ p when p > 1; INTERLEAVED_1F1B needs v ≥ 2 and m % p == 0; the other kinds v == 1.
+void pipeline_check(PipelineKind kind, int p, int m, int v);
+
+// The computes of `rank` alone, in order (no receives).
+std::vector<PipelineAction> pipeline_compute_order(PipelineKind kind, int p, int m, int v,
+                                                   int rank);
+// Every rank's list: compute_orders[r] (computes only) with its receives inserted by the
+// one-ahead, peer-send-order rule. Public so that tests can build deliberately bad schedules.
+std::vector<std::vector<PipelineAction>> pipeline_with_receives(
+    const std::vector<std::vector<PipelineAction>>& compute_orders, int p, int v);
+
+// The ordered action list of `rank` for one training step.
+std::vector<PipelineAction> pipeline_schedule(PipelineKind kind, int p, int m, int v, int rank);
+// Evaluation: forwards only, in GPipe's order (Megatron's interleaved forward order when v > 1),
+// with their receives; any m ≥ 1.
+std::vector<PipelineAction> pipeline_forward_schedule(int p, int m, int v, int rank);
+
+// Activation slots needed: the most (micro, chunk) whose forward is done and backward is not.
+int pipeline_max_in_flight(const std::vector<PipelineAction>& actions);
+// Receive buffers needed: the most receives posted and not yet consumed by their compute while a
+// compute runs, plus 1 for the buffer that compute works in.
+int pipeline_max_open_receives(const std::vector<PipelineAction>& actions);
+// Theory: the idle fraction of a step, (p − 1) / (m + p − 1); interleaved (p − 1) / (v·m + p − 1).
+double pipeline_bubble_fraction(PipelineKind kind, int p, int m, int v);
+
+// Runs all p ranks' lists: a receive only posts; a compute waits until the peer sent its input;
+// sends never block. Returns "" when every (micro, chunk) ran forward then backward exactly once
+// on every rank (forward only when with_backward is false), the sends between each ordered pair
+// of ranks matched the receives posted in order, and nothing deadlocked; else the first problem.
+std::string pipeline_simulate(PipelineKind kind, int p, int m, int v);
+std::string pipeline_simulate(const std::vector<std::vector<PipelineAction>>& per_rank, int p,
+                              int m, int v, bool with_backward = true);
+
+}  // namespace loom

@@ -1,0 +1,191 @@
+// The stage planner (balanced and explicit cuts, layers in words, who holds what) and the model's
+// chunk interface: a model cut into pipeline pieces, run piece by piece in one process with the
+// boundary states copied between them, gives the whole model's loss and gradients.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "core/config.h"
+#include "core/error.h"
+#include "core/model.h"
+#include "core/rng.h"
+#include "core/stage_plan.h"
+
+namespace loom {
+namespace {
+
+config::RunConfig run_config(const std::vector<std::string>& sets) {
+  config::RunConfig cfg;
+  for (const char* s : {"model.vocab_size=261", "model.d_model=16", "model.n_heads=2",
+                        "model.d_mlp=32", "model.max_seq_len=8", "train.seq_len=8",
+                        "train.micro_batch=2", "train.global_batch=8"})
+    apply_override(cfg, s);
+  for (const std::string& s : sets) apply_override(cfg, s);
+  validate_config(cfg);
+  return cfg;
+}
+
+TEST(StagePlan, BalancedByCostWithTheHeadOnTheLastPiece) {
+  // 12 equal layers in 4 pieces: 3 each when the head is cheap.
+  config::RunConfig cfg = run_config({"model.prelude_layers=0", "model.block_layers=12",
+                                      "model.loops=1", "model.coda_layers=0", "parallel.pp=4",
+                                      "model.vocab_size=16", "logging.sample_tokens=0"});
+  EXPECT_EQ(stage_plan_create(cfg).bounds, (std::vector<int>{0, 3, 6, 9, 12}));
+  // A vocabulary as costly as several layers moves layers off the last piece.
+  apply_override(cfg, "model.vocab_size=4000");
+  const StagePlan plan = stage_plan_create(cfg);
+  const std::vector<double> costs = stage_plan_costs(cfg, plan);
+  EXPECT_LT(plan.bounds[4] - plan.bounds[3], 3);
+  const double largest = *std::max_element(costs.begin(), costs.end());
+  for (double c : costs) EXPECT_GT(c, 0.0);
+  // No other contiguous cut has a smaller largest piece.
+  for (int a = 1; a < 12; ++a)
+    for (int b = a + 1; b < 12; ++b)
+      for (int c = b + 1; c < 12; ++c) {
+        const StagePlan other{4, 1, {0, a, b, c, 12}};
+        const std::vector<double> k = stage_plan_costs(cfg, other);
+        EXPECT_GE(*std::max_element(k.begin(), k.end()), largest * (1 - 1e-12));
+      }
+}
+
+TEST(StagePlan, ExplicitLayoutAndInterleavedPieces) {
+  const config::RunConfig cfg = run_config(
+      {"parallel.pp=2", "parallel.pipeline_schedule=INTERLEAVED_1F1B", "parallel.virtual_stages=2",
+       "parallel.pipeline_layout=3,2,3,2"});
+  const StagePlan plan = stage_plan_create(cfg);
+  EXPECT_EQ(plan.bounds, (std::vector<int>{0, 3, 5, 8, 10}));
+  EXPECT_EQ(stage_plan_pieces(plan, 0), (std::vector<int>{0, 2}));
+  EXPECT_EQ(stage_plan_pieces(plan, 1), (std::vector<int>{1, 3}));
+}
+
+TEST(StagePlan, DescribesLayersInWords) {
+  const config::ModelConfig m = run_config({"model.loops=6"}).model();  // 1 + 2 × 6 + 1
+  EXPECT_EQ(stage_plan_describe(m, 0, 14),
+            "prelude.0, block.0–1 × iterations 0–5, coda.0");
+  EXPECT_EQ(stage_plan_describe(m, 2, 8), "block.1 of iteration 0, block.0–1 × iterations 1–2, "
+                                          "block.0 of iteration 3");
+  EXPECT_EQ(stage_plan_describe(m, 3, 5), "block.0–1 of iteration 1");
+  EXPECT_EQ(stage_plan_describe(m, 12, 14), "block.1 of iteration 5, coda.0");
+  const config::ModelConfig plain =
+      run_config({"model.prelude_layers=0", "model.block_layers=6", "model.loops=1",
+                  "model.coda_layers=0"}).model();
+  EXPECT_EQ(stage_plan_describe(plain, 2, 4), "layers.2–3");
+}
+
+TEST(StagePlan, EachStageHoldsTheSharedBlockOnce) {
+  const config::RunConfig cfg = run_config({"parallel.pp=2", "parallel.pipeline_layout=4,6"});
+  const StagePlan plan = stage_plan_create(cfg);
+  const Model whole = model_layout(cfg.model());
+  const Model first = model_layout(cfg.model(), nullptr, {}, {plan, 0});
+  const Model second = model_layout(cfg.model(), nullptr, {}, {plan, 1});
+  // Stage 0: embeddings, prelude, the block; stage 1: the block, coda, final norm (and the tied
+  // embedding as its LM head).
+  size_t block = 0;
+  for (const ParamTensor& t : whole.tensors)
+    if (t.role == ParamRole::kLayer && t.layer == 1) block += t.size;
+  EXPECT_GT(block, 0u);
+  EXPECT_EQ(first.first_use[1], 1);
+  EXPECT_EQ(second.first_use[1], 5);  // iteration 2 of the block
+  EXPECT_EQ(first.first_use[3], -1);  // the coda is not on stage 0
+  for (const Model* m : {&first, &second})
+    for (const ParamTensor& t : m->tensors) {
+      if (t.role == ParamRole::kLayer && (t.layer == 1 || t.layer == 2))
+        EXPECT_EQ(t.pp_holders, (std::vector<int>{0, 1})) << t.name;
+      if (t.role == ParamRole::kTokenEmbedding)
+        EXPECT_EQ(t.pp_holders, (std::vector<int>{0, 1}));
+    }
+  EXPECT_EQ(first.num_params + second.num_params,
+            whole.num_params + block * 2 / 2 + whole.tensors[0].size +
+                [&] {  // the block's second layer, also held twice
+                  size_t n = 0;
+                  for (const ParamTensor& t : whole.tensors)
+                    if (t.role == ParamRole::kLayer && t.layer == 2) n += t.size;
+                  return n;
+                }());
+}
+
+// Runs `cfg` cut into its pipeline pieces, piece by piece in one process, and compares the loss
+// and every gradient with the whole model's.
+void expect_pieces_equal_whole(const config::RunConfig& cfg) {
+  const int B = 2, T = cfg.train().seq_len();
+  Rng rng{7};
+  std::vector<int> inputs(B * T), targets(B * T);
+  for (int& x : inputs) x = static_cast<int>(rng.below(cfg.model().vocab_size()));
+  for (int& x : targets) x = static_cast<int>(rng.below(cfg.model().vocab_size()));
+  const float scale = 1.0f / (B * T);
+
+  Model whole = model_create(cfg.model());
+  model_init(whole, 11);
+  model_plan(whole, B, T);
+  const double loss = model_forward(whole, inputs.data(), targets.data(), B, T, scale);
+  model_backward(whole, B, T);
+
+  const StagePlan plan = stage_plan_create(cfg);
+  std::vector<Model> stages;
+  for (int r = 0; r < plan.pp; ++r) {
+    stages.push_back(model_create(cfg.model(), nullptr, {}, {plan, r}));
+    model_init(stages.back(), 11);
+    model_plan(stages.back(), B, T, plan.virtual_stages, 1);
+  }
+  // Forward in piece order, handing each boundary state on; then backward in reverse.
+  auto run = [&](int piece) -> std::pair<Model&, int> {
+    return {stages[piece % plan.pp], piece / plan.pp};
+  };
+  std::vector<float> boundary;
+  double piece_loss = 0;
+  for (int g = 0; g < plan.pieces(); ++g) {
+    auto [m, c] = run(g);
+    if (g > 0) std::memcpy(model_boundary(m, 0), boundary.data(), boundary.size() * 4);
+    piece_loss = model_forward_chunk(m, c, c, 0, inputs.data(), targets.data(), B, T, scale);
+    boundary.assign(model_boundary(m, 0),
+                    model_boundary(m, 0) + model_boundary_count(m, c, true, B, T));
+  }
+  EXPECT_EQ(piece_loss, loss);
+  for (int g = plan.pieces() - 1; g >= 0; --g) {
+    auto [m, c] = run(g);
+    if (g + 1 < plan.pieces()) std::memcpy(model_boundary(m, 0), boundary.data(), boundary.size() * 4);
+    model_backward_chunk(m, c, c, 0, B, T);
+    boundary.assign(model_boundary(m, 0),
+                    model_boundary(m, 0) + model_boundary_count(m, c, false, B, T));
+  }
+  // Replicas' gradients summed over the stages holding them equal the whole model's.
+  for (const ParamTensor& t : whole.tensors) {
+    std::vector<double> sum(t.size, 0.0);
+    int held = 0;
+    for (const Model& m : stages)
+      for (const ParamTensor& s : m.tensors)
+        if (s.global_index == t.global_index) {
+          ++held;
+          for (size_t i = 0; i < t.size; ++i) sum[i] += m.grads[s.offset + i];
+        }
+    ASSERT_GE(held, 1) << t.name;
+    for (size_t i = 0; i < t.size; ++i) {
+      const double want = whole.grads[t.offset + i];
+      if (held == 1)
+        ASSERT_EQ(sum[i], want) << t.name << "[" << i << "]";  // the same operations
+      else
+        ASSERT_NEAR(sum[i], want, 1e-6 * (1.0 + std::abs(want))) << t.name << "[" << i << "]";
+    }
+  }
+}
+
+TEST(StagePlan, PiecesGiveTheWholeModelsLossAndGradients) {
+  expect_pieces_equal_whole(run_config({"parallel.pp=3", "model.prelude_layers=0",
+                                        "model.block_layers=4", "model.loops=1",
+                                        "model.coda_layers=0", "model.tie_embeddings=false",
+                                        "parallel.pipeline_layout=1,2,1"}));
+  // Looped, input injection, boundaries inside loop iterations.
+  expect_pieces_equal_whole(run_config({"parallel.pp=2", "model.input_injection=true",
+                                        "parallel.pipeline_layout=4,6"}));
+  // Ladder with injection; the first boundary falls right after the injection point (inside
+  // the ladder's delay) and pieces interleave over two ranks.
+  expect_pieces_equal_whole(run_config(
+      {"parallel.pp=2", "model.input_injection=true", "model.residual=LADDER",
+       "parallel.pipeline_schedule=INTERLEAVED_1F1B", "parallel.virtual_stages=2",
+       "parallel.pipeline_layout=2,3,2,3", "model.norm=RMSNORM", "model.position=ROTARY"}));
+  expect_pieces_equal_whole(run_config({"parallel.pp=2", "model.residual=LADDER",
+                                        "parallel.pipeline_layout=1,9"}));
+}
+
+}  // namespace
+}  // namespace loom
