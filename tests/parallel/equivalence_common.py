@@ -1,7 +1,9 @@
 """Shared pieces of the layout-equivalence tests (dp_equivalence.py, tp_equivalence.py): running
 loom under mpirun, reading metrics.jsonl, and comparing losses step by step against the
 single-process run."""
+import array
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -91,6 +93,25 @@ def resume_case(loom, config, run_dir, name, ranks, overrides, reference):
     cmd = [loom, "train", config, "--run-dir", resumed, "--resume", *sets(overrides)]
     if run((mpirun(ranks) if ranks > 1 else []) + cmd, name):
         compare(name, reference, metrics(resumed)[3:], first_step=4)
+
+
+def compare_checkpoints(name, ref_dir, run_dir):
+    """The final checkpoint's global tensors (parameters and Adam moments, gathered from every
+    rank's shards) equal the single-process run's within 1e-5 relative (norm of the difference)."""
+    for file in ("params.bin", "adam_m.bin", "adam_v.bin"):
+        a, b = array.array("f"), array.array("f")
+        for buf, d in ((a, ref_dir), (b, run_dir)):
+            with open(os.path.join(d, "checkpoints", "step_0000006", file), "rb") as f:
+                buf.frombytes(f.read())
+        if len(a) != len(b):
+            failures.append(f"{name}: {file} has {len(b)} floats, the single process {len(a)}")
+            continue
+        diff = math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
+        rel = diff / max(math.sqrt(sum(x * x for x in a)), 1e-30)
+        print(f"{'ok' if rel <= TOLERANCE else 'FAIL'}: {name}: checkpoint {file} relative "
+              f"difference {rel:.1e}")
+        if rel > TOLERANCE:
+            failures.append(f"{name}: checkpoint {file} differs by {rel:.2e}")
 
 
 def sets(overrides):

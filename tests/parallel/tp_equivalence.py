@@ -8,17 +8,15 @@ tp = 2 x dp = 2 with ZeRO-1 and continues exactly; and greedy sampling at the en
 
 usage: tp_equivalence.py LOOM_BINARY SOURCE_DIR
 """
-import array
-import math
 import os
 import shutil
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from equivalence_common import (TOLERANCE, compare, failures, finish, metrics, mpirun,  # noqa: E402
-                                prepare_data, reference_run, resume_case, run, sets,
-                                training_config)
+from equivalence_common import (compare, compare_checkpoints, failures, finish,  # noqa: E402
+                                metrics, mpirun, prepare_data, reference_run, resume_case, run,
+                                sets, training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 
@@ -33,25 +31,6 @@ MODELS = {
                      "input_injection: true residual: LADDER tie_embeddings: false }",
 }
 COMMON = training_config(global_batch=8, eval_batches=2)
-
-
-def compare_checkpoints(name, ref_dir, run_dir):
-    """The final checkpoint's global tensors (parameters and Adam moments, gathered from every
-    rank's shards) equal the single-process run's within 1e-5 relative (norm of the difference)."""
-    for file in ("params.bin", "adam_m.bin", "adam_v.bin"):
-        a, b = array.array("f"), array.array("f")
-        for buf, d in ((a, ref_dir), (b, run_dir)):
-            with open(os.path.join(d, "checkpoints", "step_0000006", file), "rb") as f:
-                buf.frombytes(f.read())
-        if len(a) != len(b):
-            failures.append(f"{name}: {file} has {len(b)} floats, the single process {len(a)}")
-            continue
-        diff = math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
-        rel = diff / max(math.sqrt(sum(x * x for x in a)), 1e-30)
-        print(f"{'ok' if rel <= TOLERANCE else 'FAIL'}: {name}: checkpoint {file} relative "
-              f"difference {rel:.1e}")
-        if rel > TOLERANCE:
-            failures.append(f"{name}: checkpoint {file} differs by {rel:.2e}")
 
 
 def sample_text(run_dir):
