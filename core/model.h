@@ -121,7 +121,7 @@ struct ModelChunk {
 
 struct Model {
   config::ModelConfig config;
-  // Runs every kernel. Shared, not owned: Model is a copyable value (model_arena_floats copies
+  // Runs every kernel. Shared, not owned: Model is a copyable value (model_arena_sizes copies
   // it), and models on one device share its backend (stream, handles). Never null after
   // model_layout / model_create.
   std::shared_ptr<const kernels::KernelBackend> backend;
@@ -185,8 +185,12 @@ Model model_layout(const config::ModelConfig& cfg,
                    TensorParallel tp = {}, PipelineStage stage = {});
 
 // Floats model_plan(B, T, slots, boundaries) would allocate for the activation arena with the
-// model's backend (on the CPU: at the current thread count).
-size_t model_arena_floats(const Model& model, int B, int T, int slots = 1, int boundaries = 1);
+// model's backend (on the CPU: at the current thread count): in all, per slot, per boundary
+// buffer, and the shared temporaries.
+struct ArenaSizes {
+  size_t total = 0, slot = 0, boundary = 0, shared = 0;
+};
+ArenaSizes model_arena_sizes(const Model& model, int B, int T, int slots = 1, int boundaries = 1);
 
 // GPT-2 initialisation from a seeded generator: weights N(0, init_std), output projections
 // N(0, init_std / sqrt(2 · unrolled layers)), biases 0, norm weights 1. Each global tensor is

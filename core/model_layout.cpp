@@ -303,9 +303,10 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries) {
 
 }  // namespace
 
-size_t model_arena_floats(const Model& model, int B, int T, int slots, int boundaries) {
+ArenaSizes model_arena_sizes(const Model& model, int B, int T, int slots, int boundaries) {
   Model copy = model_layout(model.config, model.backend, model.tp, model.stage);
-  return plan_arena(copy, B, T, slots, boundaries);
+  const size_t total = plan_arena(copy, B, T, slots, boundaries);
+  return {total, copy.slot_floats, copy.boundary_floats, copy.shared_floats};
 }
 
 void model_plan(Model& m, int B, int T, int slots, int boundaries) {

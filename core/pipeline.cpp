@@ -6,6 +6,7 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/tensor_parallel.h"
+#include "parallel/grad_reducer.h"
 
 namespace loom {
 namespace {
@@ -288,6 +289,25 @@ void replica_sync_finish(ReplicaSync& sync, const GradsFinalFn& forward_ready) {
     if (forward_ready) forward_ready(r.range.begin, r.range.size());
   }
   sync.wait_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+StageMemory stage_memory(const config::RunConfig& cfg, int rank) {
+  const auto& p = cfg.parallel();
+  const Model model = model_layout(cfg.model(), nullptr, {p.tp(), 0, nullptr},
+                                   {stage_plan_create(cfg), rank});
+  const Pipeline pipe = pipeline_create(cfg, nullptr, rank);
+  StageMemory out;
+  out.params = model.num_params;
+  const bool zero = p.zero_stage() == 1 && p.dp() * p.sp() > 1;
+  const size_t bucket = std::max<size_t>(1, static_cast<size_t>(p.bucket_mb() * (1 << 20) / 4));
+  out.optimizer = 2 * (zero ? grad_reducer_shard_floats(model.num_params, bucket,
+                                                        p.dp() * p.sp(), 0)
+                            : model.num_params);
+  out.slots = pipe.slots;
+  out.boundaries = pipe.boundaries;
+  out.arena = model_arena_sizes(model, cfg.train().micro_batch(), cfg.train().seq_len(),
+                                pipe.slots, pipe.boundaries);
+  return out;
 }
 
 void pipeline_gather_global(const Model& model, const std::vector<float>& stage_global,

@@ -114,6 +114,17 @@ void replica_sync_ready(ReplicaSync& sync, size_t offset, size_t count,
 // Waits for every sum (all must have started) and passes each range to forward_ready.
 void replica_sync_finish(ReplicaSync& sync, const GradsFinalFn& forward_ready);
 
+// What one rank of pipeline coordinate `rank` holds, as `loom train` allocates it (at the current
+// thread count; tensor-parallel rank 0, whose padded vocabulary makes it the largest): the
+// planner and memory model `loom plan` prints.
+struct StageMemory {
+  size_t params = 0;           // floats of parameters (as many of gradients)
+  size_t optimizer = 0;        // floats of AdamW m and v (under ZeRO-1: the dp rank's shards)
+  ArenaSizes arena;            // activation arena, floats
+  int slots = 0, boundaries = 0;
+};
+StageMemory stage_memory(const config::RunConfig& cfg, int rank);
+
 // On the rank holding pipeline coordinate 0: the whole model's global buffer (every tensor at
 // global size, in global order) ← each stage's `stage_global` (its tensors at global size, in its
 // buffer order; model_gather_global's result), each tensor taken from its lowest holder. Other

@@ -10,6 +10,8 @@
 #include "core/config.h"
 #include "core/error.h"
 #include "core/model.h"
+#include "core/pipeline.h"
+#include "core/stage_plan.h"
 #include "kernels/cpu/threads.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
@@ -27,8 +29,12 @@ Shows what CONFIG's parallel layout (parallel.dp, tp, pp, sp) means, without sta
     lists of global ranks (rank = ((pp·DP + dp)·SP + sp)·TP + tp; first groups only for > 64
     ranks),
   - the batch: micro-batches accumulated per optimizer step on each rank,
-  - an estimate of memory per rank in MiB: parameters, gradients, AdamW state (sharded over dp
-    with parallel.zero_stage=1), activations, total,
+  - memory per rank in MiB, as `loom train` allocates it: parameters, gradients, AdamW state
+    (sharded over dp with parallel.zero_stage=1), activations (for the pipeline schedule's
+    micro-batches in flight), total,
+  - with pp > 1: the schedule and its bubble fraction, and for each stage its unrolled layers in
+    words ("block.0–1 × iterations 3–5"), parameters (a shared block once), gradients,
+    optimizer state and activations,
   - whether `loom train` in this version can run the layout.
 The config is validated as `loom train` does: a layout that does not divide the model or the
 batch is an error (exit status 1).
@@ -120,113 +126,83 @@ void print_groups(const Mesh& mesh) {
   }
 }
 
-// The name prefix of unique layer u ("prelude.0.", "block.1.", "coda.0.").
-std::string layer_prefix(const config::ModelConfig& m, int u) {
-  if (u < m.prelude_layers()) return "prelude." + std::to_string(u) + ".";
-  u -= m.prelude_layers();
-  if (u < m.block_layers()) return "block." + std::to_string(u) + ".";
-  return "coda." + std::to_string(u - m.block_layers()) + ".";
-}
-
-struct StagePlan {
-  int first = 0, last = 0;  // unrolled positions [first, last]
-  size_t floats = 0;        // parameters one rank of this stage holds
-};
-
-// Parameters per rank of each pipeline stage. A stage owns a contiguous slice of the unrolled
-// layer list and holds every unique layer it runs (a shared block used by several stages is
-// replicated on each); stage 0 holds the embeddings, the last stage the final norm and the LM
-// head (with tied embeddings, a copy of the token embedding when pp > 1, as Megatron does).
-std::vector<StagePlan> plan_stages(const Model& model, int pp) {
-  const config::ModelConfig& m = model.config;
-  std::vector<size_t> layer_floats(model.unique_layers, 0);
-  size_t embedding = 0, head = 0, wte = 0;
-  for (const ParamTensor& t : model.tensors) {
-    const size_t share = t.size;  // this tensor-parallel rank's shard
-    if (t.name == "wte") wte = share;
-    if (t.name == "wte" || t.name == "wpe") {
-      embedding += share;
-    } else if (t.name.rfind("norm_f.", 0) == 0 || t.name == "lm_head.weight") {
-      head += share;
-    } else {
-      bool found = false;
-      for (int u = 0; u < model.unique_layers && !found; ++u)
-        if (t.name.rfind(layer_prefix(m, u), 0) == 0) {
-          layer_floats[u] += share;
-          found = true;
-        }
-      LOOM_CHECK(found);
-    }
-  }
-  const int positions = static_cast<int>(model.unrolled.size());
-  const int per_stage = positions / pp;
-  std::vector<StagePlan> stages(pp);
-  for (int s = 0; s < pp; ++s) {
-    StagePlan& stage = stages[s];
-    stage.first = s * per_stage;
-    stage.last = stage.first + per_stage - 1;
-    std::set<int> unique(model.unrolled.begin() + stage.first,
-                         model.unrolled.begin() + stage.last + 1);
-    for (int u : unique) stage.floats += layer_floats[u];
-    if (s == 0) stage.floats += embedding;
-    if (s == pp - 1) stage.floats += head + (m.tie_embeddings() && pp > 1 ? wte : 0);
-  }
-  return stages;
-}
-
 std::string mib(double bytes) {
   char buffer[32];
   std::snprintf(buffer, sizeof(buffer), "%8.1f", bytes / kMiB);
   return buffer;
 }
 
-void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
-  // Tensor-parallel rank 0's shards (the vocabulary padding makes it the largest).
-  const Model model = model_layout(cfg.model(), nullptr, TensorParallel{mesh.tp, 0, nullptr});
-  const std::vector<StagePlan> stages = plan_stages(model, mesh.pp);
-  size_t largest = 0;
-  for (size_t s = 1; s < stages.size(); ++s)
-    if (stages[s].floats > stages[largest].floats) largest = s;
-  const double params = 4.0 * static_cast<double>(stages[largest].floats);
-  const bool zero = cfg.parallel().zero_stage() == 1;
-  const double optimizer = 2.0 * params / (zero ? mesh.dp : 1);
-  const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
-  const double arena = 4.0 * static_cast<double>(model_arena_floats(model, B, T));
-  // The arena is this tensor-parallel rank's. Sequence parallelism cuts every (B, T, ·)
-  // activation; a pipeline stage keeps its own layers' activations for up to min(pp,
-  // micro-batches) micro-batches in flight (1F1B).
-  const int in_flight = std::min(mesh.pp, grad_accum_steps(cfg));
-  const double activations = arena / mesh.sp / mesh.pp * in_flight;
-  const bool exact = mesh.pp == 1 && mesh.sp == 1;
+// The schedule, its bubble, and each stage: its unrolled layers in words, what it holds, and its
+// activations under the schedule (slots of saved activations in flight, boundary buffers for
+// transfers, shared temporaries) — exactly what `loom train` allocates.
+void print_pipeline(const config::RunConfig& cfg, const Mesh& mesh,
+                    const std::vector<StageMemory>& stages) {
+  const StagePlan plan = stage_plan_create(cfg);
+  const PipelineKind kind = pipeline_kind(cfg);
+  const int m = grad_accum_steps(cfg), v = plan.virtual_stages;
+  std::printf("\npipeline %s: %d stages × %d chunk%s, %d micro-batches per step; bubble %.1f%% "
+              "(%s)\n",
+              pipeline_kind_name(kind), mesh.pp, v, v == 1 ? "" : "s", m,
+              100.0 * pipeline_bubble_fraction(kind, mesh.pp, m, v),
+              kind == PipelineKind::kInterleaved1F1B ? "(p−1)/(v·m+p−1)" : "(p−1)/(m+p−1)");
+  const std::vector<double> costs = stage_plan_costs(cfg, plan);
+  const double most = *std::max_element(costs.begin(), costs.end());
+  for (int r = 0; r < mesh.pp; ++r) {
+    const StageMemory& s = stages[r];
+    std::printf("  stage %d\n", r);
+    for (int g : stage_plan_pieces(plan, r))
+      std::printf("    unrolled layers %d–%d: %s (cost %.2f of the largest piece)\n",
+                  plan.bounds[g], plan.bounds[g + 1] - 1,
+                  stage_plan_describe(cfg.model(), plan.bounds[g], plan.bounds[g + 1]).c_str(),
+                  costs[g] / most);
+    std::printf("    MiB: parameters %.1f, gradients %.1f, optimizer %.1f, activations %.2f "
+                "(%d × %.1f slots, %d × %.2f boundary buffers, %.1f shared)\n",
+                4.0 * s.params / kMiB, 4.0 * s.params / kMiB, 4.0 * s.optimizer / kMiB,
+                4.0 * s.arena.total / kMiB, s.slots, 4.0 * s.arena.slot / kMiB, s.boundaries,
+                4.0 * s.arena.boundary / kMiB, 4.0 * s.arena.shared / kMiB);
+  }
+}
 
+// Memory of every pipeline stage as `loom train` allocates it (core/pipeline.h stage_memory),
+// the largest stage's in the summary lines; with pp > 1 each stage's layers and figures.
+void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
+  std::vector<StageMemory> stages;
+  size_t largest = 0;
+  auto total = [](const StageMemory& s) {
+    return 4.0 * (2.0 * s.params + s.optimizer + s.arena.total);
+  };
+  for (int r = 0; r < mesh.pp; ++r) {
+    stages.push_back(stage_memory(cfg, r));
+    if (total(stages.back()) > total(stages[largest])) largest = stages.size() - 1;
+  }
+  const StageMemory& big = stages[largest];
+  const bool zero = cfg.parallel().zero_stage() == 1 && mesh.dp * mesh.sp > 1;
+  const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
+  const bool exact = mesh.sp == 1;
   std::printf("\nmemory per rank (fp32, MiB%s)\n", exact ? "" : ", estimate");
-  std::printf("  parameters       %s   %zu floats\n", mib(params).c_str(), stages[largest].floats);
-  std::printf("  gradients        %s   as many as the parameters\n", mib(params).c_str());
-  std::printf("  optimizer state  %s   AdamW m and v%s\n", mib(optimizer).c_str(),
-              zero ? (", sharded over dp " + std::to_string(mesh.dp) + " (ZeRO-1)").c_str()
+  std::printf("  parameters       %s   %zu floats%s\n", mib(4.0 * big.params).c_str(), big.params,
+              mesh.pp > 1 ? (" (stage " + std::to_string(largest) + ", the largest)").c_str() : "");
+  std::printf("  gradients        %s   as many as the parameters\n", mib(4.0 * big.params).c_str());
+  std::printf("  optimizer state  %s   AdamW m and v%s\n", mib(4.0 * big.optimizer).c_str(),
+              zero ? (", sharded over dp " + std::to_string(mesh.dp * mesh.sp) + " (ZeRO-1)").c_str()
                    : ", not sharded (parallel.zero_stage=0)");
-  std::printf("  activations      %s   micro_batch %d × seq_len %d at %d thread%s\n",
-              mib(activations).c_str(), B, T, threads, threads == 1 ? "" : "s");
-  std::printf("  total            %s\n", mib(2 * params + optimizer + activations).c_str());
+  // Sequence parallelism is not trained yet: its cut of every (B, T, ·) activation is estimated.
+  const double activations = 4.0 * big.arena.total / mesh.sp;
+  std::printf("  activations      %s   micro_batch %d × seq_len %d at %d thread%s; %d "
+              "micro-batch%s in flight\n",
+              mib(activations).c_str(), B, T, threads, threads == 1 ? "" : "s", big.slots,
+              big.slots == 1 ? "" : "es");
+  std::printf("  total            %s\n",
+              mib(4.0 * (2.0 * big.params + big.optimizer) + activations).c_str());
   if (mesh.tp > 1)
     std::printf(
         "  tp %d: QKV, MLP and output matrices and the vocabulary split; norms and\n"
         "        row-parallel biases replicated\n",
         mesh.tp);
   if (!exact)
-    std::printf("  activations: the tensor-parallel rank's arena (%.1f MiB) ÷ sp %d%s\n",
-                arena / kMiB, mesh.sp,
-                mesh.pp > 1 ? (", × " + std::to_string(in_flight) + "/" + std::to_string(mesh.pp) +
-                               " (1F1B: micro-batches in flight / stages)")
-                                  .c_str()
-                            : "");
-  if (mesh.pp > 1) {
-    std::printf("  pp %d: parameters per rank of each stage (the largest is counted above)\n",
-                mesh.pp);
-    for (size_t s = 0; s < stages.size(); ++s)
-      std::printf("    stage %-3zu unrolled layers %d–%d %s MiB\n", s, stages[s].first,
-                  stages[s].last, mib(4.0 * stages[s].floats).c_str());
-  }
+    std::printf("  activations: the rank's arena (%.1f MiB) ÷ sp %d\n", 4.0 * big.arena.total / kMiB,
+                mesh.sp);
+  if (mesh.pp > 1) print_pipeline(cfg, mesh, stages);
 }
 
 }  // namespace

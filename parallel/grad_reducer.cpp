@@ -36,6 +36,17 @@ void wait_all(std::vector<WorkPtr>& works) {
 
 }  // namespace
 
+size_t grad_reducer_shard_floats(size_t n, size_t bucket_floats, int parts, int rank) {
+  LOOM_CHECK(bucket_floats > 0);
+  size_t total = 0;
+  for (size_t end = n; end > 0;) {
+    const size_t begin = end > bucket_floats ? end - bucket_floats : 0;
+    total += shard_range(end - begin, parts, rank).size();
+    end = begin;
+  }
+  return total;
+}
+
 GradReducer grad_reducer_create(Communicator& comm, float* grads, size_t n, size_t bucket_floats,
                                 bool zero, bool overlap) {
   LOOM_CHECK(bucket_floats > 0);

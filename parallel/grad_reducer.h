@@ -43,6 +43,10 @@ struct GradReducer {
 GradReducer grad_reducer_create(Communicator& comm, float* grads, size_t n, size_t bucket_floats,
                                 bool zero, bool overlap);
 
+// Floats of rank `rank`'s ZeRO shard (its `shard` buffer) over a group of `parts` ranks, as
+// grad_reducer_create cuts the buckets: for planning memory without a communicator.
+size_t grad_reducer_shard_floats(size_t n, size_t bucket_floats, int parts, int rank);
+
 // Starts a step's reduction: no gradient is final yet.
 void grad_reducer_begin(GradReducer& reducer);
 

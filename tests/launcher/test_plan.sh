@@ -77,8 +77,23 @@ expect tp2dp2-trainable '^loom train: can run this layout \(4 ranks\)$'
 plan pp2 --set parallel.pp=2 --set parallel.dp=2 --set train.micro_batch=4
 expect pp2-pp '^  pp +2 groups of 2 +\{0,2\} \{1,3\}$'
 expect pp2-dp '^  dp +2 groups of 2 +\{0,1\} \{2,3\}$'
-expect pp2-stage0 '^    stage 0 +unrolled layers 0–4 '
-expect pp2-stage1 '^    stage 1 +unrolled layers 5–9 '
+expect pp2-schedule '^pipeline ONE_F_ONE_B: 2 stages × 1 chunk, 2 micro-batches per step; bubble 33\.3%'
+expect pp2-stage0 '^    unrolled layers 0–4: prelude\.0, block\.0–1 × iterations 0–1 '
+expect pp2-stage1 '^    unrolled layers 5–9: block\.0–1 × iterations 2–3, coda\.0 '
+# 1F1B: stage 0 keeps 2 micro-batches' activations, stage 1 one.
+expect pp2-slots0 '^    MiB: .*activations [0-9.]+ \(2 × [0-9.]+ slots'
+expect pp2-slots1 '^    MiB: .*activations [0-9.]+ \(1 × [0-9.]+ slots'
+# Stage 0 holds the embeddings (wte 257·128 + wpe 128·128), the prelude and the block:
+# 32896 + 16384 + 3 · 198272 = 644096 floats: the block once however many iterations it runs.
+expect pp2-params '^  parameters +2\.5 +'"$((257 * 128 + 128 * 128 + 3 * 198272))"' floats \(stage 0'
+plan gpipe --set parallel.pp=2 --set train.micro_batch=2 --set parallel.pipeline_schedule=GPIPE
+expect gpipe-slots '^    MiB: .*activations [0-9.]+ \(8 × [0-9.]+ slots'
+plan interleaved --set parallel.pp=2 --set train.micro_batch=2 \
+  --set parallel.pipeline_schedule=INTERLEAVED_1F1B --set parallel.virtual_stages=2
+expect interleaved-bubble 'INTERLEAVED_1F1B: 2 stages × 2 chunks, 8 micro-batches per step; bubble 5\.9%'
+expect interleaved-chunk '^    unrolled layers [0-9]+–[0-9]+: block'
+err=$("$loom" plan "$config" --set parallel.pp=4 2>&1 >/dev/null)
+grep -qF "must be at least parallel.pp (4)" <<<"$err" && pass || fail "pp=4, m=1: $err"
 
 # --- sp = 2, tp = 2: ranks with the same pp and tp coordinates form dp×sp ---
 plan sp2 --set parallel.sp=2 --set parallel.tp=2 --set parallel.dp=2 --set train.micro_batch=8
