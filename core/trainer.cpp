@@ -145,7 +145,7 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
                    model.delay == 2 ? "overlapped by the ladder residual" : "waited at once");
   if (groups.mesh.pp > 1) {
     const char* kinds[] = {"GPipe", "1F1B", "interleaved 1F1B"};
-    line += format("; pipeline %s over %d stages × %d chunks, %d micro-batches, bubble %.1f%%",
+    line += format("; pipeline %s over %d stages × %d chunk(s), %d micro-batches, bubble %.1f%%",
                    kinds[static_cast<int>(pipeline_kind(cfg))], groups.mesh.pp,
                    cfg.parallel().virtual_stages(), run.pipe.micro_batches,
                    100.0 * pipeline_bubble_fraction(pipeline_kind(cfg), groups.mesh.pp,

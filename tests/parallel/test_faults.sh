@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A multi-rank job never hangs: a rank killed (by a fault or by kill -9), a rank that throws, a
-# collective that times out, and Ctrl-C each end the whole job quickly, with a non-zero exit and
+# collective or pipeline transfer that times out, and Ctrl-C each end the whole job quickly, with a non-zero exit and
 # a message naming the rank (and, for a timeout, the group and the operation).
 #
 # usage: test_faults.sh LOOM_BINARY SOURCE_DIR
@@ -76,6 +76,17 @@ LOOM_FAULT="rank=1,group=dp_sp,op=3,action=delay,seconds=600" expect_job timeout
   "timeout: all_reduce" "group dp_sp" "waiting for global rank 1" -- \
   "${mpirun[@]}" -x LOOM_FAULT "$loom" train tiny.textproto --set parallel.collective_timeout_s=2 \
   --run-dir run-timeout
+
+# Pipeline parallelism (the same 2 ranks as 2 stages, 4 micro-batches a step): stage 1 killed in
+# the middle of a step (its 9th transfer) ends the job naming the rank; stage 1 stuck on a
+# transfer ends it after the timeout, stage 0 naming itself, its peer and what it waited for.
+LOOM_FAULT="rank=1,group=pp,op=9,action=kill" expect_job killed-pipeline-stage 30 \
+  "rank 1" "signal 9" -- "$loom" train tiny.textproto --set parallel.dp=1 --set parallel.pp=2 \
+  --set train.micro_batch=1 --run-dir run-pp-kill
+LOOM_FAULT="rank=1,group=pp,op=9,action=delay,seconds=600" expect_job stuck-pipeline-stage 30 \
+  "pipeline stage 0 waiting for micro-batch" "from stage 1" "group pp" "waiting for global rank 1" -- \
+  "${mpirun[@]}" -x LOOM_FAULT "$loom" train tiny.textproto --set parallel.dp=1 --set parallel.pp=2 \
+  --set train.micro_batch=1 --set parallel.collective_timeout_s=2 --run-dir run-pp-timeout
 
 # kill -9 from outside, once the run is training.
 start_job() {  # start_job DIR: loom train through mpirun in the background; sets job_pid
