@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "core/stage_plan.h"
+#include "core/trace.h"
 #include "kernels/backend.h"
 #include "loom.pb.h"
 #include "parallel/communicator.h"
@@ -169,6 +170,7 @@ struct Model {
   // pending slot (at most `delay` each).
   std::vector<WorkPtr> pending_work, d_pending_work;
   double tp_wait_seconds = 0.0;      // time blocked on them, accumulated (reset by the caller)
+  TraceRecorder* trace = nullptr;    // optional, not owned: records the waits that blocked
 };
 
 // Builds the parameter layout for `cfg` (validated) with zeroed buffers: this rank's shards when

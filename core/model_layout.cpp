@@ -15,7 +15,8 @@ namespace {
 using config::ModelConfig;
 using namespace model_detail;
 
-// Builds the tensor list in global order; `holds(t)` says whether this rank keeps tensor t.
+// Builds the tensor list in global order, keeping the tensors this pipeline rank is among the
+// `holders` of.
 struct LayoutBuilder {
   Model& m;
   std::function<std::vector<int>(ParamRole, int)> holders;  // pipeline ranks holding it

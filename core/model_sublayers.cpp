@@ -47,8 +47,11 @@ void tp_wait(Model& m, WorkPtr& work) {
   if (!work) return;
   const auto start = std::chrono::steady_clock::now();
   work->wait();
-  m.tp_wait_seconds +=
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto end = std::chrono::steady_clock::now();
+  m.tp_wait_seconds += std::chrono::duration<double>(end - start).count();
+  // Only waits that blocked (a trace of every completed handle would be mostly noise).
+  if (m.trace && m.trace->enabled && end - start > std::chrono::microseconds(20))
+    trace_record(*m.trace, "tp wait", "tp_wait", start, end);
   work.reset();
 }
 

@@ -29,6 +29,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   model.tp_wait_seconds = 0.0;
   pipe.wait_seconds = 0.0;
   pipe.trace = parallel.trace;
+  model.trace = parallel.trace;
   StepResult result;
   // Each rank's gradients are the mean over its tokens; the reduction averages over ranks.
   const float scale = 1.0f / static_cast<float>(static_cast<size_t>(B) * T * m);
@@ -113,6 +114,7 @@ double evaluate(Model& model, Pipeline& pipe, const TokenDataset& val, int batch
     const std::vector<PipelineAction> forwards =
         pipeline_forward_schedule(pipe.size, mine, v, pipe.rank);
     pipe.trace = nullptr;
+    model.trace = nullptr;
     total = pipeline_run(pipe, model, forwards, {inputs.data(), targets.data(), mine, B, T, 0.0f},
                          false, {});
   }

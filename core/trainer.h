@@ -1,5 +1,6 @@
 // The training loop: data, gradient accumulation, clipping, AdamW, validation, metrics,
-// checkpoints and resume — on one process or as one rank of a data-parallel job.
+// checkpoints and resume — on one process or as one rank of a data-, tensor- and
+// pipeline-parallel job.
 //
 // With dp > 1 each rank reads its contiguous part of every global batch (the union is the
 // single-process batch, in order), gradients are averaged over the dp × sp group in buckets while

@@ -1,5 +1,6 @@
 // `loom plan`: what a config's parallel layout means, without starting anything: the mesh, every
-// process group as global ranks, gradient accumulation, and an estimate of memory per rank.
+// process group as global ranks, gradient accumulation, the pipeline stages, and memory per rank
+// as `loom train` allocates it (core/pipeline.h stage_memory; an estimate only with sp > 1).
 #include <algorithm>
 #include <cstdio>
 #include <iostream>

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Pipeline bubble measured from the timeline against the schedule's theory, and activation memory
+of 1F1B against GPipe.
+
+Trains the same model with parallel.pp = P (one thread per rank) for each schedule and number of
+micro-batches m, records a trace of the first steps (logging.trace_steps) and measures, in each
+traced step after the first, each stage's idle fraction: 1 − (its forward and backward time) ÷
+(the pipeline's span of that step, first forward to last backward on any rank) — the time a stage
+waits for its neighbours. Printed beside the theory, (p−1)/(m+p−1) for GPipe and 1F1B and
+(p−1)/(v·m+p−1) interleaved, as the difference in percentage points; plus the activation peak of
+each run (metrics.jsonl) and the ratio GPipe ÷ 1F1B. With --write-docs it writes its section of
+docs/benchmarks.md and SVG timelines of one 1F1B step and one interleaved step beside it.
+
+usage: pipeline_bubble.py LOOM SOURCE [--pp 2] [--micro-batches 4,8,16] [--write-docs FILE]
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common  # noqa: E402
+
+MODEL = ("model { vocab_size: 257 d_model: 128 n_heads: 4 d_mlp: 512 max_seq_len: 128 "
+         "prelude_layers: 1 block_layers: 2 loops: 4 coda_layers: 1 }")
+MODEL_TEXT = "looped GPT, 1 + 2 × 4 + 1 = 10 unrolled layers, d_model 128, d_mlp 512, vocab 257"
+MICRO_BATCH, SEQ_LEN, STEPS, TRACED = 2, 128, 4, 4
+SCHEDULES = [("GPIPE", 1), ("ONE_F_ONE_B", 1), ("INTERLEAVED_1F1B", 2)]
+SECTION = "## Pipeline parallelism: bubble and activation memory"
+
+
+def theory(schedule, p, m, v):
+    return (p - 1) / ((v if schedule == "INTERLEAVED_1F1B" else 1) * m + p - 1)
+
+
+def measured_bubble(trace_path):
+    """Mean over ranks and over traced steps 1.. of each rank's idle fraction of the step's span."""
+    with open(trace_path) as f:
+        events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
+    ranks = sorted({e["pid"] for e in events})
+    fractions = []
+    for step in range(1, TRACED):
+        compute = [e for e in events if e.get("args", {}).get("step") == step
+                   and e["cat"] in ("forward", "backward")]
+        if not compute:
+            continue
+        start = min(e["ts"] for e in compute)
+        span = max(e["ts"] + e["dur"] for e in compute) - start
+        for r in ranks:
+            busy = sum(e["dur"] for e in compute if e["pid"] == r)
+            fractions.append(1 - busy / span)
+    if not fractions:
+        raise bench_common.BenchError(f"{trace_path}: no traced step after the first")
+    return statistics.mean(fractions)
+
+
+def measure(loom, args):
+    rows = []
+    for m in args.micro_batches:
+        for schedule, v in SCHEDULES:
+            if schedule == "INTERLEAVED_1F1B" and m % args.pp:
+                continue
+            run_dir = f"run-{schedule}-m{m}"
+            sets = [f"parallel.pp={args.pp}", f"parallel.pipeline_schedule={schedule}",
+                    f"parallel.virtual_stages={v}", f"train.global_batch={MICRO_BATCH * m}",
+                    f"train.steps={STEPS}", f"logging.trace_steps={TRACED}"]
+            bench_common.train(loom, "bench.textproto", run_dir, sets, ranks=args.pp)
+            with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+                peak = max(json.loads(line)["activation_peak_mib"] for line in f)
+            rows.append({"schedule": schedule, "v": v, "m": m, "run_dir": run_dir,
+                         "bubble": measured_bubble(os.path.join(run_dir, "trace.json")),
+                         "theory": theory(schedule, args.pp, m, v), "peak_mib": peak})
+            r = rows[-1]
+            print(f"pp={args.pp} {schedule:16} v={v} m={m:2}: bubble {100 * r['bubble']:5.1f}% "
+                  f"(theory {100 * r['theory']:5.1f}%, {100 * (r['bubble'] - r['theory']):+5.1f} "
+                  f"points), activation peak {peak:.2f} MiB", flush=True)
+    return rows
+
+
+def table(rows, pp):
+    lines = [f"| pp | schedule | m | measured bubble | theory | difference (points) | "
+             f"activation peak (MiB) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = r["schedule"] + (f" (v = {r['v']})" if r["v"] > 1 else "")
+        lines.append(f"| {pp} | {name} | {r['m']} | {100 * r['bubble']:.1f}% | "
+                     f"{100 * r['theory']:.1f}% | {100 * (r['bubble'] - r['theory']):+.1f} | "
+                     f"{r['peak_mib']:.2f} |")
+    return "\n".join(lines)
+
+
+def memory_ratio(rows):
+    peaks = {(r["schedule"], r["m"]): r["peak_mib"] for r in rows}
+    m = max(r["m"] for r in rows)
+    if ("GPIPE", m) in peaks and ("ONE_F_ONE_B", m) in peaks:
+        return m, peaks[("GPIPE", m)] / peaks[("ONE_F_ONE_B", m)]
+    return m, None
+
+
+def write_docs(docs, loom, rows_by_pp, command):
+    folder = os.path.dirname(docs)
+    charts = []
+    for schedule, name in (("ONE_F_ONE_B", "pipeline_1f1b.svg"),
+                           ("INTERLEAVED_1F1B", "pipeline_interleaved.svg")):
+        rows = [r for r in rows_by_pp[min(rows_by_pp)] if r["schedule"] == schedule]
+        if rows:
+            r = rows[0]
+            bench_common.run_command([loom, "trace", os.path.join(r["run_dir"], "trace.json"),
+                                      "--svg", os.path.join(folder, name), "--steps", "2"],
+                                     "loom trace")
+            charts.append(f"![{schedule}, pp = {min(rows_by_pp)}, m = {r['m']}, step 2]({name})")
+    body = [SECTION, "",
+            f"`{command}` — {MODEL_TEXT}; micro-batch {MICRO_BATCH} × {SEQ_LEN} tokens; one "
+            f"thread per rank; {STEPS} steps traced, bubbles averaged over steps 1–{TRACED - 1} "
+            f"and every rank. Device: {bench_common.cpu_description()}.", ""]
+    for pp, rows in sorted(rows_by_pp.items()):
+        body += [table(rows, pp), ""]
+        m, ratio = memory_ratio(rows)
+        if ratio:
+            body += [f"Activation peak at pp = {pp}, m = {m}: GPipe {ratio:.2f}× 1F1B's.", ""]
+    body += charts + [""]
+    text = open(docs).read() if os.path.exists(docs) else "# Benchmarks\n"
+    if SECTION in text:
+        before, rest = text.split(SECTION, 1)
+        after = rest[rest.find("\n## "):] if "\n## " in rest else ""
+        text = before + "\n".join(body) + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(body)
+    with open(docs, "w") as f:
+        f.write(text)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("loom")
+    ap.add_argument("source")
+    ap.add_argument("--pp", default="2", help="pipeline sizes, e.g. 2,4")
+    ap.add_argument("--micro-batches", default="4,8,16")
+    ap.add_argument("--write-docs", default="")
+    args = ap.parse_args()
+    loom, source = os.path.abspath(args.loom), os.path.abspath(args.source)
+    docs = os.path.abspath(args.write_docs) if args.write_docs else ""
+    pps = [int(x) for x in args.pp.split(",")]
+    args.micro_batches = [int(x) for x in args.micro_batches.split(",")]
+    bench_common.exit_on_sigterm()
+    work = tempfile.mkdtemp(prefix="loom-ppbench-")
+    os.chdir(work)
+    try:
+        bench_common.prepare_data(loom, source)
+        with open("bench.textproto", "w") as f:
+            f.write(bench_common.bench_config(MODEL, MICRO_BATCH, SEQ_LEN))
+        rows_by_pp = {}
+        for pp in pps:
+            args.pp = pp
+            rows_by_pp[pp] = measure(loom, args)
+        if docs:
+            command = "python3 tests/bench/pipeline_bubble.py build/loom . " + " ".join(
+                a for a in sys.argv[3:] if not a.startswith("--write-docs")
+                and a != args.write_docs)
+            write_docs(docs, loom, rows_by_pp, command.strip())
+    except bench_common.BenchError as e:
+        sys.exit(f"pipeline_bubble: {e}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
