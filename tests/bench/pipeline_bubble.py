@@ -27,7 +27,7 @@ import bench_common  # noqa: E402
 MODEL = ("model { vocab_size: 257 d_model: 128 n_heads: 4 d_mlp: 512 max_seq_len: 128 "
          "prelude_layers: 1 block_layers: 2 loops: 4 coda_layers: 1 }")
 MODEL_TEXT = "looped GPT, 1 + 2 × 4 + 1 = 10 unrolled layers, d_model 128, d_mlp 512, vocab 257"
-MICRO_BATCH, SEQ_LEN, STEPS, TRACED = 2, 128, 4, 4
+MICRO_BATCH, SEQ_LEN, STEPS, TRACED = 2, 128, 8, 8
 SCHEDULES = [("GPIPE", 1), ("ONE_F_ONE_B", 1), ("INTERLEAVED_1F1B", 2)]
 SECTION = "## Pipeline parallelism: bubble and activation memory"
 
@@ -37,11 +37,12 @@ def theory(schedule, p, m, v):
 
 
 def measured_bubble(trace_path):
-    """Mean over ranks and over traced steps 1.. of each rank's idle fraction of the step's span."""
+    """Median over traced steps 1.. (step 0 warms up) of the ranks' mean idle fraction of the
+    step's span: a step that a shared core's other work stretched does not move it."""
     with open(trace_path) as f:
         events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
     ranks = sorted({e["pid"] for e in events})
-    fractions = []
+    per_step = []
     for step in range(1, TRACED):
         compute = [e for e in events if e.get("args", {}).get("step") == step
                    and e["cat"] in ("forward", "backward")]
@@ -49,12 +50,11 @@ def measured_bubble(trace_path):
             continue
         start = min(e["ts"] for e in compute)
         span = max(e["ts"] + e["dur"] for e in compute) - start
-        for r in ranks:
-            busy = sum(e["dur"] for e in compute if e["pid"] == r)
-            fractions.append(1 - busy / span)
-    if not fractions:
+        per_step.append(statistics.mean(
+            1 - sum(e["dur"] for e in compute if e["pid"] == r) / span for r in ranks))
+    if not per_step:
         raise bench_common.BenchError(f"{trace_path}: no traced step after the first")
-    return statistics.mean(fractions)
+    return statistics.median(per_step)
 
 
 def measure(loom, args):
@@ -63,7 +63,7 @@ def measure(loom, args):
         for schedule, v in SCHEDULES:
             if schedule == "INTERLEAVED_1F1B" and m % args.pp:
                 continue
-            run_dir = f"run-{schedule}-m{m}"
+            run_dir = f"run-pp{args.pp}-{schedule}-m{m}"
             sets = [f"parallel.pp={args.pp}", f"parallel.pipeline_schedule={schedule}",
                     f"parallel.virtual_stages={v}", f"train.global_batch={MICRO_BATCH * m}",
                     f"train.steps={STEPS}", f"logging.trace_steps={TRACED}"]
@@ -113,13 +113,23 @@ def write_docs(docs, loom, rows_by_pp, command):
             charts.append(f"![{schedule}, pp = {min(rows_by_pp)}, m = {r['m']}, step 2]({name})")
     body = [SECTION, "",
             f"`{command}` — {MODEL_TEXT}; micro-batch {MICRO_BATCH} × {SEQ_LEN} tokens; one "
-            f"thread per rank; {STEPS} steps traced, bubbles averaged over steps 1–{TRACED - 1} "
-            f"and every rank. Device: {bench_common.cpu_description()}.", ""]
+            f"thread per rank; {STEPS} steps traced; a step's bubble is the mean over ranks of "
+            f"1 − (the rank's forward and backward time) ÷ (the step's span, first forward to "
+            f"last backward on any rank); the median over steps 1–{TRACED - 1}. Device: {bench_common.cpu_description()}.", ""]
     for pp, rows in sorted(rows_by_pp.items()):
         body += [table(rows, pp), ""]
+        worst = max(abs(r["bubble"] - r["theory"]) for r in rows)
+        note = (f"At pp = {pp} every measured bubble is within {100 * worst:.1f} percentage "
+                f"points of the theory.")
+        if pp > (os.cpu_count() or 1):
+            note += (f" {pp} ranks share {os.cpu_count()} cores here, so a rank often waits for "
+                     "a core rather than for its neighbour: these figures say how the schedules "
+                     "run oversubscribed, not what their bubble is; measure pp = 4 with a core "
+                     "(or GPU) per rank.")
         m, ratio = memory_ratio(rows)
         if ratio:
-            body += [f"Activation peak at pp = {pp}, m = {m}: GPipe {ratio:.2f}× 1F1B's.", ""]
+            note += f" Activation peak at m = {m}: GPipe {ratio:.2f}× 1F1B's."
+        body += [note, ""]
     body += charts + [""]
     text = open(docs).read() if os.path.exists(docs) else "# Benchmarks\n"
     if SECTION in text:
