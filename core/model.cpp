@@ -13,21 +13,6 @@ namespace {
 
 using namespace model_detail;
 
-// The boundary state inside a boundary buffer, for N tokens: the stream r (N, C), `delay`
-// pending outputs, one per slot i % delay, and e; contiguous, so that it is sent as one message.
-struct Boundary {
-  Model& m;
-  void* base;
-  size_t NC;
-  void* stream() const { return base; }
-  void* pending(int sublayer) const { return act_offset(m, base, (1 + sublayer % m.delay) * NC); }
-  void* injected() const { return act_offset(m, base, (1 + m.delay) * NC); }
-};
-
-Boundary boundary_of(Model& m, int index, int B, int T) {
-  return {m, model_boundary(m, index), static_cast<size_t>(B) * T * m.C};
-}
-
 void check_run(Model& m, int chunk, int slot, int B, int T) {
   LOOM_CHECK(B <= m.plan_B && T <= m.plan_T);
   LOOM_CHECK(chunk >= 0 && chunk < static_cast<int>(m.chunks.size()));
@@ -76,7 +61,7 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
   const ModelChunk& c = m.chunks[chunk];
   const kernels::KernelBackend& be = kb(m);
   const int N = B * T, d = m.delay;
-  const Boundary state = boundary_of(m, boundary, B, T);
+  const BoundaryState state = model_boundary_state(m, boundary, B, T);
   const size_t NC = state.NC;
   void* r = state.stream();
   // h_j, complete: its tensor-parallel sum has arrived.
@@ -133,7 +118,7 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
   const ModelChunk& c = m.chunks[chunk];
   const kernels::KernelBackend& be = kb(m);
   const int N = B * T, d = m.delay;
-  const Boundary grad_state = boundary_of(m, boundary, B, T);
+  const BoundaryState grad_state = model_boundary_state(m, boundary, B, T);
   const size_t NC = grad_state.NC, base = slot_base(m, slot);
   void* dr = grad_state.stream();
   void* de = grad_state.injected();

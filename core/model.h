@@ -205,10 +205,30 @@ void model_init(Model& model, uint64_t seed);
 // forward and backward then allocate nothing.
 void model_plan(Model& model, int B, int T, int slots = 1, int boundaries = 1);
 
-// Floats of one boundary state of `chunk`'s start (at_end false) or end, for (B, T) tokens: the
-// stream, `delay` pending outputs and, when the boundary carries it, e. Sent and received whole.
+// The boundary state between two unrolled positions — what a pipeline stage hands on, and what
+// activation recomputation will keep — inside a boundary buffer, for N = B·T tokens, laid out
+// contiguously so that it is sent as one message: the stream r (N, C) before the next sub-layer
+// adds its pending input; `delay` pending sub-layer outputs, h_i in slot i % delay (complete:
+// their tensor-parallel sums done); and e (N, C), the prelude output input injection adds, where
+// the boundary carries it. Backward uses the same layout for their gradients.
+struct BoundaryState {
+  void* base = nullptr;
+  size_t NC = 0;           // elements of one (B, T, C) tensor
+  int delay = 1;
+  size_t element_bytes = 4;
+  void* stream() const { return base; }
+  void* pending(int sublayer) const { return at(1 + sublayer % delay); }
+  void* injected() const { return at(1 + delay); }
+
+ private:
+  void* at(size_t tensor) const { return static_cast<char*>(base) + tensor * NC * element_bytes; }
+};
+BoundaryState model_boundary_state(Model& model, int index, int B, int T);
+
+// Elements of the boundary state at `chunk`'s start (at_end false) or end, for (B, T) tokens:
+// the stream, `delay` pending outputs and, when the boundary carries it, e.
 size_t model_boundary_count(const Model& model, int chunk, bool at_end, int B, int T);
-// Boundary buffer `index` (model_boundary_count floats are used).
+// Boundary buffer `index` (model_boundary_count elements from here are sent or received).
 float* model_boundary(Model& model, int index);
 
 // Forward of chunk `chunk` over a (B, T) micro-batch, saving its activations in slot `slot`.

@@ -328,6 +328,11 @@ size_t model_boundary_count(const Model& m, int chunk, bool at_end, int B, int T
   return (1 + m.delay + (injected ? 1 : 0)) * static_cast<size_t>(B) * T * m.C;
 }
 
+BoundaryState model_boundary_state(Model& m, int index, int B, int T) {
+  return {model_boundary(m, index), static_cast<size_t>(B) * T * m.C, m.delay,
+          kb(m).activation_bytes()};
+}
+
 float* model_boundary(Model& m, int index) {
   LOOM_CHECK(index >= 0 && index < m.boundaries);
   return m.arena.data() + m.boundaries_base + index * m.boundary_floats;
