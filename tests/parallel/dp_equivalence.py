@@ -8,13 +8,11 @@ own launcher; and checkpoints: a ZeRO-1 run resumed (also at another dp) continu
 usage: dp_equivalence.py LOOM_BINARY SOURCE_DIR
 """
 import os
-import shutil
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from equivalence_common import (compare, finish, metrics, mpirun, prepare_data,  # noqa: E402
-                                reference_run, resume_case, run, training_config)
+from equivalence_common import (compare, metrics, mpirun, resume_case, run,  # noqa: E402
+                                run_models, training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 
@@ -28,53 +26,46 @@ MODELS = {
 COMMON = training_config(global_batch=16, eval_batches=4)
 
 
-def main():
-    work = tempfile.mkdtemp(prefix="loom-dp-")
-    os.chdir(work)
-    try:
-        prepare_data(LOOM, SRC)
-        for model_name, model in MODELS.items():
-            config, reference = reference_run(LOOM, model_name, model + COMMON)
-            if reference is None:
-                continue
-            cases = [
-                # (ranks, extra overrides, through loom's own launcher)
-                (2, [], False),
-                (2, ["train.micro_batch=1"], False),  # 8 micro-batches per rank
-                (2, ["parallel.zero_stage=1"], True),
-                (4, ["parallel.bucket_mb=0.01"], False),
-                (4, ["parallel.zero_stage=1", "parallel.bucket_mb=0.01"], False),
-                (4, ["parallel.overlap_grad_reduce=false", "parallel.bucket_mb=0.02"], True),
-            ]
-            if model_name == "looped":
-                cases.append((8, ["parallel.zero_stage=1", "parallel.bucket_mb=0.01"], False))
-                cases.append((2, ["parallel.zero_stage=1", "parallel.bucket_mb=0.01"], "tcp"))
-            for ranks, overrides, own_launcher in cases:
-                name = f"{model_name} dp={ranks} {' '.join(overrides)}" + {
-                    True: " (loom launcher)", False: " (mpirun)",
-                    "tcp": " (mpirun, ranks over TCP as between machines)"}[own_launcher]
-                run_dir = f"{model_name}-dp{ranks}-{len(overrides)}-{own_launcher}"
-                sets = [a for o in [f"parallel.dp={ranks}"] + overrides for a in ("--set", o)]
-                launcher = {True: [], False: mpirun(ranks),
-                            "tcp": mpirun(ranks) + ["--mca", "btl", "tcp,self"]}[own_launcher]
-                cmd = launcher + [LOOM, "train", config, *sets, "--run-dir", run_dir]
-                if run(cmd, name):
-                    compare(name, reference, metrics(run_dir))
+def cases(model_name, config, reference):
+    cases = [
+        # (ranks, extra overrides, through loom's own launcher)
+        (2, [], False),
+        (2, ["train.micro_batch=1"], False),  # 8 micro-batches per rank
+        (2, ["parallel.zero_stage=1"], True),
+        (4, ["parallel.bucket_mb=0.01"], False),
+        (4, ["parallel.zero_stage=1", "parallel.bucket_mb=0.01"], False),
+        (4, ["parallel.overlap_grad_reduce=false", "parallel.bucket_mb=0.02"], True),
+    ]
+    if model_name == "looped":
+        cases.append((8, ["parallel.zero_stage=1", "parallel.bucket_mb=0.01"], False))
+        cases.append((2, ["parallel.zero_stage=1", "parallel.bucket_mb=0.01"], "tcp"))
+    for ranks, overrides, own_launcher in cases:
+        name = f"{model_name} dp={ranks} {' '.join(overrides)}" + {
+            True: " (loom launcher)", False: " (mpirun)",
+            "tcp": " (mpirun, ranks over TCP as between machines)"}[own_launcher]
+        run_dir = f"{model_name}-dp{ranks}-{len(overrides)}-{own_launcher}"
+        sets = [a for o in [f"parallel.dp={ranks}"] + overrides for a in ("--set", o)]
+        launcher = {True: [], False: mpirun(ranks),
+                    "tcp": mpirun(ranks) + ["--mca", "btl", "tcp,self"]}[own_launcher]
+        cmd = launcher + [LOOM, "train", config, *sets, "--run-dir", run_dir]
+        if run(cmd, name):
+            compare(name, reference, metrics(run_dir))
 
-            # Resume: a ZeRO-1 run cut back to its step-3 checkpoint continues exactly, at the
-            # same dp (ZeRO) and at another (dp = 4 without ZeRO).
-            full = f"{model_name}-zero-full"
-            sets = ["--set", "parallel.dp=2", "--set", "parallel.zero_stage=1"]
-            if not run(mpirun(2) + [LOOM, "train", config, *sets, "--run-dir", full],
-                       f"{model_name} zero run"):
-                continue
-            for ranks, overrides in ((2, ["parallel.zero_stage=1"]), (4, [])):
-                resume_case(LOOM, config, full,
-                            f"{model_name} resumed from step 3 at dp={ranks} {' '.join(overrides)}",
-                            ranks, [f"parallel.dp={ranks}"] + overrides, reference)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    finish()
+    # Resume: a ZeRO-1 run cut back to its step-3 checkpoint continues exactly, at the same dp
+    # (ZeRO) and at another (dp = 4 without ZeRO).
+    full = f"{model_name}-zero-full"
+    sets = ["--set", "parallel.dp=2", "--set", "parallel.zero_stage=1"]
+    if not run(mpirun(2) + [LOOM, "train", config, *sets, "--run-dir", full],
+               f"{model_name} zero run"):
+        return
+    for ranks, overrides in ((2, ["parallel.zero_stage=1"]), (4, [])):
+        resume_case(LOOM, config, full,
+                    f"{model_name} resumed from step 3 at dp={ranks} {' '.join(overrides)}",
+                    ranks, [f"parallel.dp={ranks}"] + overrides, reference)
+
+
+def main():
+    run_models(LOOM, SRC, "loom-dp-", MODELS, COMMON, cases)
 
 
 if __name__ == "__main__":

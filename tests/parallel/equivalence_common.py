@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import subprocess
+import tempfile
 
 TOLERANCE = 1e-5
 failures = []
@@ -116,6 +117,23 @@ def compare_checkpoints(name, ref_dir, run_dir):
 
 def sets(overrides):
     return [a for o in overrides for a in ("--set", o)]
+
+
+def run_models(loom, src, prefix, models, common, cases):
+    """In a temporary folder with data prepared from src: for each of `models` (name → model
+    text), the single-process reference run of model + common, then cases(name, config,
+    reference) — the layouts compared against it. Exits with the verdict."""
+    work = tempfile.mkdtemp(prefix=prefix)
+    os.chdir(work)
+    try:
+        prepare_data(loom, src)
+        for model_name, model in models.items():
+            config, reference = reference_run(loom, model_name, model + common)
+            if reference is not None:
+                cases(model_name, config, reference)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    finish()
 
 
 def finish():

@@ -12,14 +12,11 @@ pp 2 x tp 2, and the single process's, pp = 4's and pp 2 x tp 2's resume at pp =
 usage: pp_equivalence.py LOOM_BINARY SOURCE_DIR
 """
 import os
-import shutil
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from equivalence_common import (compare, compare_checkpoints, failures, finish,  # noqa: E402
-                                metrics, mpirun, prepare_data, reference_run, resume_case, run, sets,
-                                training_config)
+from equivalence_common import (compare, compare_checkpoints, failures, metrics,  # noqa: E402
+                                mpirun, resume_case, run, run_models, sets, training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 
@@ -102,21 +99,14 @@ def combined_cases(model_name, config, reference):
                         ranks, overrides, reference)
 
 
+def cases(model_name, config, reference):
+    schedule_cases(model_name, config, reference)
+    if model_name != "plain":
+        combined_cases(model_name, config, reference)
+
+
 def main():
-    work = tempfile.mkdtemp(prefix="loom-pp-")
-    os.chdir(work)
-    try:
-        prepare_data(LOOM, SRC)
-        for model_name, model in MODELS.items():
-            config, reference = reference_run(LOOM, model_name, model + COMMON)
-            if reference is None:
-                continue
-            schedule_cases(model_name, config, reference)
-            if model_name != "plain":
-                combined_cases(model_name, config, reference)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    finish()
+    run_models(LOOM, SRC, "loom-pp-", MODELS, COMMON, cases)
 
 
 if __name__ == "__main__":

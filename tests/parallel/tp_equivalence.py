@@ -9,14 +9,11 @@ tp = 2 x dp = 2 with ZeRO-1 and continues exactly; and greedy sampling at the en
 usage: tp_equivalence.py LOOM_BINARY SOURCE_DIR
 """
 import os
-import shutil
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from equivalence_common import (compare, compare_checkpoints, failures, finish,  # noqa: E402
-                                metrics, mpirun, prepare_data, reference_run, resume_case, run,
-                                sets, training_config)
+from equivalence_common import (compare, compare_checkpoints, failures, metrics,  # noqa: E402
+                                mpirun, resume_case, run, run_models, sets, training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 
@@ -59,41 +56,35 @@ def check_sampling():
             failures.append(f"sampling: tp=2 gave {texts[2]!r}, tp=1 {texts[1]!r}")
 
 
-def main():
-    work = tempfile.mkdtemp(prefix="loom-tp-")
-    os.chdir(work)
-    try:
-        prepare_data(LOOM, SRC)
-        for model_name, model in MODELS.items():
-            config, reference = reference_run(LOOM, model_name, model + COMMON)
-            if reference is None:
-                continue
-            cases = [(2, 1, []), (4, 1, []), (2, 2, [])]
-            if model_name.startswith("looped"):
-                cases.append((2, 2, ["parallel.zero_stage=1", "parallel.bucket_mb=0.01"]))
-            for tp, dp, overrides in cases:
-                name = f"{model_name} tp={tp} dp={dp} {' '.join(overrides)}"
-                run_dir = f"{model_name}-tp{tp}-dp{dp}-{len(overrides)}"
-                cmd = mpirun(tp * dp) + [LOOM, "train", config, "--run-dir", run_dir,
-                                         *sets([f"parallel.tp={tp}", f"parallel.dp={dp}"] + overrides)]
-                if run(cmd, name):
-                    compare(name, reference, metrics(run_dir))
-                    if overrides:  # ZeRO-1 × tp: moments sharded two ways, gathered to save
-                        compare_checkpoints(name, f"ref-{model_name}", run_dir)
-                if model_name == "looped-ladder" and tp == 2 and dp == 1 and not overrides:
-                    # Resharding: its step-3 checkpoint (global tensors) resumes at tp 1, at
-                    # tp 4, and at tp 2 × dp 2 with ZeRO-1.
-                    for new_tp, new_dp, extra in ((1, 1, []), (4, 1, []),
-                                                  (2, 2, ["parallel.zero_stage=1"])):
-                        resume_case(LOOM, config, run_dir,
-                                    f"{model_name} tp=2 resumed from step 3 at tp={new_tp} "
-                                    f"dp={new_dp} {' '.join(extra)}", new_tp * new_dp,
-                                    [f"parallel.tp={new_tp}", f"parallel.dp={new_dp}"] + extra,
-                                    reference)
+def cases(model_name, config, reference):
+    cases = [(2, 1, []), (4, 1, []), (2, 2, [])]
+    if model_name.startswith("looped"):
+        cases.append((2, 2, ["parallel.zero_stage=1", "parallel.bucket_mb=0.01"]))
+    for tp, dp, overrides in cases:
+        name = f"{model_name} tp={tp} dp={dp} {' '.join(overrides)}"
+        run_dir = f"{model_name}-tp{tp}-dp{dp}-{len(overrides)}"
+        cmd = mpirun(tp * dp) + [LOOM, "train", config, "--run-dir", run_dir,
+                                 *sets([f"parallel.tp={tp}", f"parallel.dp={dp}"] + overrides)]
+        if run(cmd, name):
+            compare(name, reference, metrics(run_dir))
+            if overrides:  # ZeRO-1 × tp: moments sharded two ways, gathered to save
+                compare_checkpoints(name, f"ref-{model_name}", run_dir)
+        if model_name == "looped-ladder" and tp == 2 and dp == 1 and not overrides:
+            # Resharding: its step-3 checkpoint (global tensors) resumes at tp 1, at tp 4, and
+            # at tp 2 × dp 2 with ZeRO-1.
+            for new_tp, new_dp, extra in ((1, 1, []), (4, 1, []),
+                                          (2, 2, ["parallel.zero_stage=1"])):
+                resume_case(LOOM, config, run_dir,
+                            f"{model_name} tp=2 resumed from step 3 at tp={new_tp} "
+                            f"dp={new_dp} {' '.join(extra)}", new_tp * new_dp,
+                            [f"parallel.tp={new_tp}", f"parallel.dp={new_dp}"] + extra,
+                            reference)
+    if model_name == "plain-ladder":
         check_sampling()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    finish()
+
+
+def main():
+    run_models(LOOM, SRC, "loom-tp-", MODELS, COMMON, cases)
 
 
 if __name__ == "__main__":
