@@ -332,7 +332,7 @@ void draw_legend(std::ostringstream& svg, const std::vector<std::string>& catego
 std::string bar_label(const Event& e) {
   if ((e.category() != "forward" && e.category() != "backward") || !e.args().has_micro()) return "";
   std::string label = std::to_string(e.args().micro());
-  if (e.args().chunk() > 0) label += "c" + std::to_string(e.args().chunk());
+  if (e.args().chunk() > 0) label.append("c").append(std::to_string(e.args().chunk()));
   return label;
 }
 

@@ -73,7 +73,7 @@ std::vector<ReplicaGroup> create_replica_groups(const Model& model, ProcessGroup
   if (!groups.mpi) return out;
   for (const std::vector<int>& holders : pipeline_replica_sets(model)) {
     std::string name = "replica";
-    for (int s : holders) name += "_" + std::to_string(s);
+    for (int s : holders) name.append("_").append(std::to_string(s));
     out.push_back({holders, process_groups_pipeline_subset(groups, holders, name)});
   }
   return out;
@@ -328,6 +328,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     parallel.pp = groups.pp.get();
     parallel.replicas = &run.replicas;
   }
+  double activation_peak = -1;  // bytes
   const int trace_steps = cfg.logging().trace_steps();
   if (trace_steps > 0) {
     if (groups.is_distributed()) groups.world->barrier();  // one time 0 for every rank
@@ -371,13 +372,17 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
       summary.last_val_loss = val_loss;
     }
     if (tracing && step - first_step == trace_steps) write_trace(run, run_dir, log);
-    // Every rank's activation peak; rank 0 writes the largest.
-    double activation = pipeline_activation_memory(run.pipe, model).peak;
-    if (groups.is_distributed())
-      groups.world->all_reduce_async(&activation, 1, DataType::kFloat64, ReduceOp::kMax)->wait();
+    // The largest activation peak of any rank, reached in the first step (every step runs
+    // the same schedule).
+    if (activation_peak < 0) {
+      activation_peak = pipeline_activation_memory(run.pipe, model).peak;
+      if (groups.is_distributed())
+        groups.world->all_reduce_async(&activation_peak, 1, DataType::kFloat64, ReduceOp::kMax)
+            ->wait();
+    }
     if (writer) {
       metrics << metrics_line(step, result, lr, tokens_per_s, ms, val_loss, !result.finite,
-                              activation)
+                              activation_peak)
               << '\n';
       metrics.flush();
     }
