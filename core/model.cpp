@@ -111,9 +111,42 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
   return head_forward(m, c, slot, targets, N, loss_grad_scale) / N;
 }
 
+namespace {
+
+// The weight pass of a split backward: the matrices' gradients from the output gradients the
+// input pass kept, sub-layer by sub-layer in the same order; each range reported once final.
+void backward_weights(Model& m, const ModelChunk& c, int slot, int N,
+                      const GradsFinalFn& on_grads_final) {
+  auto report = [&](const ShardRange& r) {
+    if (on_grads_final && r.size() > 0) on_grads_final(r.begin, r.size());
+  };
+  if (c.last) {
+    report(m.head_range);
+    if (m.has_wte && m.chunks.front().begin != 0) report(m.embedding_range);
+  }
+  const int s = 2 * c.begin;
+  for (int i = 2 * c.end - 1; i >= s; --i) {
+    const int p = i / 2, u = m.unrolled[p];
+    const SublayerActs a = acts_in_slot(m, c.acts[i - s], slot);
+    if (i % 2 == 0) {
+      attention_sublayer_weights(m, m.layers[u], a, N);
+      if (m.first_use[u] == p) report(m.layer_ranges[u]);
+    } else {
+      mlp_sublayer_weights(m, m.layers[u], a, N);
+    }
+  }
+  if (c.first) report(m.embedding_range);
+}
+
+}  // namespace
+
 void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, int T,
-                          const GradsFinalFn& on_grads_final) {
+                          const GradsFinalFn& on_grads_final, BackwardPart part) {
   check_run(m, chunk, slot, B, T);
+  LOOM_CHECK(part == BackwardPart::kAll || m.split_backward);
+  if (part == BackwardPart::kWeight)
+    return backward_weights(m, m.chunks[chunk], slot, B * T, on_grads_final);
+  const bool defer = part == BackwardPart::kInput;  // the weight pass reports the ranges
   tp_drain(m);
   const ModelChunk& c = m.chunks[chunk];
   const kernels::KernelBackend& be = kb(m);
@@ -126,7 +159,7 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
     return act_offset(m, act(m, m.d_normed), (sublayer % d) * NC);
   };
   auto report = [&](const ShardRange& r) {
-    if (on_grads_final && r.size() > 0) on_grads_final(r.begin, r.size());
+    if (on_grads_final && !defer && r.size() > 0) on_grads_final(r.begin, r.size());
   };
   const int s = 2 * c.begin, e = 2 * c.end;
   if (m.config.input_injection() && !c.injected_out) be.zero(de, NC);
@@ -185,9 +218,9 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
     const LayerOffsets& o = m.layers[m.unrolled[i / 2]];
     const SublayerActs a = acts_in_slot(m, c.acts[i - s], slot);
     if (i % 2 == 0)
-      attention_sublayer_backward(m, o, a, B, T, grad_state.pending(i), d_normed_slot(i));
+      attention_sublayer_backward(m, o, a, B, T, grad_state.pending(i), d_normed_slot(i), defer);
     else
-      mlp_sublayer_backward(m, o, a, B, T, grad_state.pending(i), d_normed_slot(i));
+      mlp_sublayer_backward(m, o, a, B, T, grad_state.pending(i), d_normed_slot(i), defer);
     m.d_pending_work[i % d] = tp_sum_start(m, d_normed_slot(i), NC);
   }
   if (!c.first) return;

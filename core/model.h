@@ -104,6 +104,9 @@ struct SublayerActs {
   size_t hidden;    // attention: qkv (B, T, 3C) after rotary; MLP: fc output (B, T, F)
   size_t hidden2;   // attention: pre-projection output (B, T, C); MLP: GELU output (B, T, F)
   size_t lse;       // attention: (B, H, T)
+  // With backward split (B now, W later): what the weight gradients need besides the above.
+  size_t d_out;     // (B, T, C) the gradient of the sub-layer's output h
+  size_t d_mid;     // attention: of qkv (B, T, 3C) after rotary; MLP: of the fc output (B, T, F)
 };
 
 // A contiguous range of unrolled positions this rank runs (a pipeline piece), with the layout of
@@ -154,6 +157,7 @@ struct Model {
   // slots (one micro-batch's saved activations of one chunk), `boundaries` boundary buffers
   // (a boundary state or its gradient, in flight or being worked on) and shared temporaries.
   int plan_B = 0, plan_T = 0, slots = 0, boundaries = 0;
+  bool split_backward = false;       // slots also keep what a later weight-gradient pass needs
   size_t plan_attention_scratch_bytes = 0;  // planned; the backend's need must not grow
   std::vector<float> arena;
   size_t slot_floats = 0, slots_base = 0, boundary_floats = 0, boundaries_base = 0;
@@ -192,7 +196,8 @@ Model model_layout(const config::ModelConfig& cfg,
 struct ArenaSizes {
   size_t total = 0, slot = 0, boundary = 0, shared = 0;
 };
-ArenaSizes model_arena_sizes(const Model& model, int B, int T, int slots = 1, int boundaries = 1);
+ArenaSizes model_arena_sizes(const Model& model, int B, int T, int slots = 1, int boundaries = 1,
+                             bool split_backward = false);
 
 // GPT-2 initialisation from a seeded generator: weights N(0, init_std), output projections
 // N(0, init_std / sqrt(2 · unrolled layers)), biases 0, norm weights 1. Each global tensor is
@@ -201,9 +206,11 @@ ArenaSizes model_arena_sizes(const Model& model, int B, int T, int slots = 1, in
 void model_init(Model& model, uint64_t seed);
 
 // Sizes the activation arena for micro-batches of up to B sequences of up to T tokens, with
-// `slots` micro-batches' activations in flight and `boundaries` boundary buffers. Called once;
-// forward and backward then allocate nothing.
-void model_plan(Model& model, int B, int T, int slots = 1, int boundaries = 1);
+// `slots` micro-batches' activations in flight and `boundaries` boundary buffers; with
+// split_backward each slot also keeps the output gradients a later weight-gradient pass needs
+// (BackwardPart). Called once; forward and backward then allocate nothing.
+void model_plan(Model& model, int B, int T, int slots = 1, int boundaries = 1,
+                bool split_backward = false);
 
 // The boundary state between two unrolled positions — what a pipeline stage hands on, and what
 // activation recomputation will keep — inside a boundary buffer, for N = B·T tokens, laid out
@@ -245,12 +252,19 @@ double model_forward_chunk(Model& model, int chunk, int slot, int boundary, cons
 // Ranges come in a fixed order and never overlap.
 using GradsFinalFn = std::function<void(size_t offset, size_t count)>;
 
+// What a backward call computes: everything; or (the model planned with split_backward) the
+// input gradients (with the norms' and embeddings' parameter gradients, which are cheap), and
+// later, from what that left in the slot, the matrices' and their biases' weight gradients.
+enum class BackwardPart { kAll, kInput, kWeight };
+
 // Backward of chunk `chunk` from slot `slot`: accumulates parameter gradients. Boundary buffer
 // `boundary` holds the gradient of the chunk's end state (ignored for the last chunk, which
-// starts from the loss) and the gradient of its start state afterwards. With on_grads_final
-// (the step's last micro-batch), reports each range once it is final on this rank.
+// starts from the loss) and the gradient of its start state afterwards (kWeight uses none).
+// With on_grads_final (the step's last micro-batch), kAll and kWeight report each range once it
+// is final on this rank (kInput reports nothing: the ranges are final only after kWeight).
 void model_backward_chunk(Model& model, int chunk, int slot, int boundary, int B, int T,
-                          const GradsFinalFn& on_grads_final = {});
+                          const GradsFinalFn& on_grads_final = {},
+                          BackwardPart part = BackwardPart::kAll);
 
 // The whole model on one rank (a single chunk, slot 0, boundary 0): forward of a (B, T)
 // micro-batch, returning the mean cross-entropy with targets (0 without), and its backward,

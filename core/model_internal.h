@@ -52,11 +52,15 @@ void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a
                           void* h);
 // d_normed (B, T, C) = this rank's part of the gradient of the sub-layer's pre-norm output,
 // from dh (complete on every rank) — overwritten. The pre-norm's own backward waits until the
-// tensor-parallel sum has completed it.
+// tensor-parallel sum has completed it. With defer_weights the matrices' gradients are left
+// for *_sublayer_weights, and what they need (dh, the middle gradient) stays in a's slot.
 void attention_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
-                                 int T, const void* dh, void* d_normed);
+                                 int T, const void* dh, void* d_normed, bool defer_weights);
 void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
-                           const void* dh, void* d_normed);
+                           const void* dh, void* d_normed, bool defer_weights);
+// The weight gradients a deferring backward left (N = B·T tokens).
+void attention_sublayer_weights(Model& m, const LayerOffsets& o, const SublayerActs& a, int N);
+void mlp_sublayer_weights(Model& m, const LayerOffsets& o, const SublayerActs& a, int N);
 
 // The LM head's weight (the token embedding when tied) and its gradient.
 const void* lm_head_weight(Model& m);

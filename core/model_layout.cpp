@@ -236,9 +236,10 @@ struct ArenaPlan {
   }
 };
 
-// Lays out one slot of `c`: its sub-layers' saved activations, and for the last chunk the final
-// norm's input and statistics and the LM head's output gradient. Offsets within the slot.
-void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T) {
+// Lays out one slot of `c`: its sub-layers' saved activations (with split backward also their
+// output gradients), and for the last chunk the final norm's input and statistics and the LM
+// head's output gradient. Offsets within the slot.
+void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T, bool split) {
   const size_t N = static_cast<size_t>(B) * T, C = m.C, Cl = m.Cl, F = m.Fl, H = m.Hl;
   ArenaPlan plan;
   c.acts.clear();
@@ -252,6 +253,10 @@ void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T) {
       a.hidden = plan.take(N * (sub == 0 ? 3 * Cl : F));
       a.hidden2 = plan.take(N * (sub == 0 ? Cl : F));
       if (sub == 0) a.lse = plan.take(B * H * T);
+      if (split) {
+        a.d_out = plan.take(N * C);
+        a.d_mid = plan.take(N * (sub == 0 ? 3 * Cl : F));
+      }
       c.acts.push_back(a);
     }
   if (c.last) {
@@ -264,12 +269,12 @@ void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T) {
 }
 
 // Lays the arena out for (B, T) into m's offsets; returns its size in floats.
-size_t plan_arena(Model& m, int B, int T, int slots, int boundaries) {
+size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split) {
   const size_t N = static_cast<size_t>(B) * T, C = m.C, Cl = m.Cl, F = m.Fl;
   ArenaPlan plan;
   m.slot_floats = 0;
   for (ModelChunk& c : m.chunks) {
-    plan_chunk_slot(m, c, B, T);
+    plan_chunk_slot(m, c, B, T, split);
     m.slot_floats = std::max(m.slot_floats, c.slot_floats);
   }
   m.slots = slots;
@@ -304,18 +309,20 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries) {
 
 }  // namespace
 
-ArenaSizes model_arena_sizes(const Model& model, int B, int T, int slots, int boundaries) {
+ArenaSizes model_arena_sizes(const Model& model, int B, int T, int slots, int boundaries,
+                             bool split_backward) {
   Model copy = model_layout(model.config, model.backend, model.tp, model.stage);
-  const size_t total = plan_arena(copy, B, T, slots, boundaries);
+  const size_t total = plan_arena(copy, B, T, slots, boundaries, split_backward);
   return {total, copy.slot_floats, copy.boundary_floats, copy.shared_floats};
 }
 
-void model_plan(Model& m, int B, int T, int slots, int boundaries) {
+void model_plan(Model& m, int B, int T, int slots, int boundaries, bool split_backward) {
   LOOM_CHECK(m.plan_B == 0);  // planned once
   LOOM_CHECK(T <= m.max_T && slots >= 1 && boundaries >= 1);
   m.plan_B = B;
   m.plan_T = T;
-  m.arena.assign(plan_arena(m, B, T, slots, boundaries), 0.0f);
+  m.split_backward = split_backward;
+  m.arena.assign(plan_arena(m, B, T, slots, boundaries, split_backward), 0.0f);
   const int hd = m.C / m.H;
   if (is_rotary(m))
     kb(m).rope_table(stat(m, m.rope_cos), stat(m, m.rope_sin), m.max_T, hd, m.config.rope_theta());

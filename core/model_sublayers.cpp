@@ -13,8 +13,8 @@ const void* row_parallel_bias(Model& m, size_t offset) {
 
 SublayerActs acts_in_slot(const Model& m, const SublayerActs& a, int slot) {
   const size_t base = slot_base(m, slot);
-  return {a.input + base, a.normed + base, a.mean + base,   a.rstd + base,
-          a.hidden + base, a.hidden2 + base, a.lse + base};
+  return {a.input + base,   a.normed + base, a.mean + base,  a.rstd + base, a.hidden + base,
+          a.hidden2 + base, a.lse + base,    a.d_out + base, a.d_mid + base};
 }
 
 // Starts completing a sub-layer's partial sum x (n activations) over the tensor-parallel group;
@@ -109,34 +109,59 @@ void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a
                        row_parallel_bias(m, o.mlp_proj_b), N, Fl, C);
 }
 
-// d_normed (B, T, C) = this rank's part of the gradient of the attention sub-layer's pre-norm
-// output, from dh (complete on every rank) — overwritten. The pre-norm's own backward waits
-// until the tensor-parallel sum has completed it (`finish` in model_backward).
+namespace {
+
+// A matrix's parameter gradients now (nullptr: none), or (defer) none: the weight pass computes
+// them later from the output gradient kept in the slot.
+float* now(Model& m, size_t offset, bool defer) { return defer ? nullptr : grad(m, offset); }
+
+}  // namespace
+
 void attention_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
-                                 int T, const void* dh, void* d_normed) {
+                                 int T, const void* dh, void* d_normed, bool defer_weights) {
   const int N = B * T, C = m.C, Cl = m.Cl;
-  void* d_attn = act(m, m.d_hidden2);  // (B, T, Cl)
-  void* d_qkv = act(m, m.d_hidden);    // (B, T, 3Cl)
-  kb(m).matmul_backward(d_attn, grad(m, o.attn_proj_w), grad(m, o.attn_proj_b), dh,
+  const bool defer = defer_weights;
+  void* d_attn = act(m, m.d_hidden2);                             // (B, T, Cl)
+  void* d_qkv = act(m, defer ? a.d_mid : m.d_hidden);             // (B, T, 3Cl)
+  if (defer) kb(m).copy(act(m, a.d_out), dh, static_cast<size_t>(N) * C);
+  kb(m).matmul_backward(d_attn, now(m, o.attn_proj_w, defer), now(m, o.attn_proj_b, defer), dh,
                         act(m, a.hidden2), weight(m, o.attn_proj_w), N, Cl, C);
   kb(m).attention_backward(d_qkv, d_attn, act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B, T,
                            Cl, m.Hl, act(m, m.attention_scratch));
   if (is_rotary(m))
     kb(m).rope_apply(d_qkv, stat(m, m.rope_cos), stat(m, m.rope_sin), B, T, Cl, m.Hl, true);
-  kb(m).matmul_backward(d_normed, grad(m, o.qkv_w), grad(m, o.qkv_b), d_qkv, act(m, a.normed),
-                        weight(m, o.qkv_w), N, C, 3 * Cl);
+  kb(m).matmul_backward(d_normed, now(m, o.qkv_w, defer), now(m, o.qkv_b, defer), d_qkv,
+                        act(m, a.normed), weight(m, o.qkv_w), N, C, 3 * Cl);
 }
 
-// The MLP's counterpart of attention_sublayer_backward.
 void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
-                           const void* dh, void* d_normed) {
+                           const void* dh, void* d_normed, bool defer_weights) {
   const int N = B * T, C = m.C, Fl = m.Fl;
-  void* d_hidden = act(m, m.d_hidden);  // (B, T, Fl)
-  kb(m).matmul_backward(d_hidden, grad(m, o.mlp_proj_w), grad(m, o.mlp_proj_b), dh,
+  const bool defer = defer_weights;
+  void* d_hidden = act(m, defer ? a.d_mid : m.d_hidden);  // (B, T, Fl)
+  if (defer) kb(m).copy(act(m, a.d_out), dh, static_cast<size_t>(N) * C);
+  kb(m).matmul_backward(d_hidden, now(m, o.mlp_proj_w, defer), now(m, o.mlp_proj_b, defer), dh,
                         act(m, a.hidden2), weight(m, o.mlp_proj_w), N, Fl, C);
   kb(m).gelu_backward(d_hidden, act(m, a.hidden), d_hidden, static_cast<size_t>(N) * Fl);
-  kb(m).matmul_backward(d_normed, grad(m, o.fc_w), grad(m, o.fc_b), d_hidden, act(m, a.normed),
-                        weight(m, o.fc_w), N, C, Fl);
+  kb(m).matmul_backward(d_normed, now(m, o.fc_w, defer), now(m, o.fc_b, defer), d_hidden,
+                        act(m, a.normed), weight(m, o.fc_w), N, C, Fl);
+}
+
+// The same matrices' gradients, in the same order, as the backward without defer_weights adds.
+void attention_sublayer_weights(Model& m, const LayerOffsets& o, const SublayerActs& a, int N) {
+  const int C = m.C, Cl = m.Cl;
+  kb(m).matmul_backward(nullptr, grad(m, o.attn_proj_w), grad(m, o.attn_proj_b), act(m, a.d_out),
+                        act(m, a.hidden2), weight(m, o.attn_proj_w), N, Cl, C);
+  kb(m).matmul_backward(nullptr, grad(m, o.qkv_w), grad(m, o.qkv_b), act(m, a.d_mid),
+                        act(m, a.normed), weight(m, o.qkv_w), N, C, 3 * Cl);
+}
+
+void mlp_sublayer_weights(Model& m, const LayerOffsets& o, const SublayerActs& a, int N) {
+  const int C = m.C, Fl = m.Fl;
+  kb(m).matmul_backward(nullptr, grad(m, o.mlp_proj_w), grad(m, o.mlp_proj_b), act(m, a.d_out),
+                        act(m, a.hidden2), weight(m, o.mlp_proj_w), N, Fl, C);
+  kb(m).matmul_backward(nullptr, grad(m, o.fc_w), grad(m, o.fc_b), act(m, a.d_mid),
+                        act(m, a.normed), weight(m, o.fc_w), N, C, Fl);
 }
 
 bool starts_loop_iteration(const Model& m, int position) {

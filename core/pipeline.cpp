@@ -128,15 +128,30 @@ struct Runner {
     const int buffer = c.last ? take_buffer() : received(Type::kRecvBackward, a);
     {
       TraceSpan span(pipe.trace, "B", "backward", a.micro, a.chunk);
-      const bool last_micro = a.micro == batch.count - 1;
       model_backward_chunk(model, a.chunk, pipe.slot_of.at({a.micro, a.chunk}), buffer, batch.B,
-                           batch.T, last_micro ? on_grads_final : GradsFinalFn{});
+                           batch.T, final_of(a),
+                           pipe.split_backward ? BackwardPart::kInput : BackwardPart::kAll);
     }
-    give_slot(a);
+    if (!pipe.split_backward) give_slot(a);  // else its weight pass still reads it
     if (c.first)
       pipe.free_buffers.push_back(buffer);
     else
       send(buffer, count(a.chunk, false), prev_rank());
+  }
+
+  // The weight-gradient pass of a split backward: no transfer; frees the slot.
+  void weights_of(const PipelineAction& a) {
+    {
+      TraceSpan span(pipe.trace, "W", "backward", a.micro, a.chunk);
+      model_backward_chunk(model, a.chunk, pipe.slot_of.at({a.micro, a.chunk}), 0, batch.B,
+                           batch.T, final_of(a), BackwardPart::kWeight);
+    }
+    give_slot(a);
+  }
+
+  // Ranges become final in the backward (its weight pass) of the step's last micro-batch.
+  GradsFinalFn final_of(const PipelineAction& a) const {
+    return a.micro == batch.count - 1 ? on_grads_final : GradsFinalFn{};
   }
 
   void run(const std::vector<PipelineAction>& actions) {
@@ -145,6 +160,7 @@ struct Runner {
         case Type::kRecvBackward: post_receive(a); break;
         case Type::kForward: forward(a); break;
         case Type::kBackward: backward_of(a); break;
+        case Type::kWeight: weights_of(a); break;
       }
     LOOM_CHECK(pipe.receiving.empty() && pipe.slot_of.empty());
     while (!pipe.sending.empty()) pipe.free_buffers.push_back(finish_oldest_send());
@@ -158,6 +174,7 @@ PipelineKind pipeline_kind(const config::RunConfig& cfg) {
     case config::ParallelConfig::GPIPE: return PipelineKind::kGPipe;
     case config::ParallelConfig::ONE_F_ONE_B: return PipelineKind::kOneFOneB;
     case config::ParallelConfig::INTERLEAVED_1F1B: return PipelineKind::kInterleaved1F1B;
+    case config::ParallelConfig::ZERO_BUBBLE_H1: return PipelineKind::kZeroBubbleH1;
   }
   LOOM_CHECK(false);
 }
@@ -173,6 +190,7 @@ Pipeline pipeline_with(PipelineKind kind, Communicator* pp, int size, int rank, 
   pipe.micro_batches = m;
   pipeline_check(kind, size, m, v);
   pipe.train = pipeline_schedule(kind, size, m, v, rank);
+  pipe.split_backward = kind == PipelineKind::kZeroBubbleH1;
   pipe.slots = pipeline_max_in_flight(pipe.train);
   // Evaluation's forward-only schedule opens at most two receives (one compute ahead) and the
   // buffer its compute works in.
@@ -195,7 +213,8 @@ Pipeline pipeline_single(int micro_batches) {
 
 double pipeline_run(Pipeline& pipe, Model& model, const std::vector<PipelineAction>& actions,
                     const MicroBatches& batch, bool backward, const GradsFinalFn& on_grads_final) {
-  LOOM_CHECK(model.slots == pipe.slots && model.boundaries == pipe.boundaries);
+  LOOM_CHECK(model.slots == pipe.slots && model.boundaries == pipe.boundaries &&
+             model.split_backward == pipe.split_backward);
   LOOM_CHECK(pipe.size == 1 || pipe.pp);
   Runner runner{pipe, model, batch, backward, on_grads_final};
   runner.run(actions);
@@ -306,7 +325,7 @@ StageMemory stage_memory(const config::RunConfig& cfg, int rank) {
   out.slots = pipe.slots;
   out.boundaries = pipe.boundaries;
   out.arena = model_arena_sizes(model, cfg.train().micro_batch(), cfg.train().seq_len(),
-                                pipe.slots, pipe.boundaries);
+                                pipe.slots, pipe.boundaries, pipe.split_backward);
   return out;
 }
 

@@ -8,7 +8,7 @@
 // needed again. A single-stage run goes through the same code with no communication.
 //
 //   loom::Pipeline pipe = loom::pipeline_create(cfg, groups.pp.get(), groups.coord.pp);
-//   loom::model_plan(model, B, T, pipe.slots, pipe.boundaries);
+//   loom::model_plan(model, B, T, pipe.slots, pipe.boundaries, pipe.split_backward);
 //   double loss_sum = loom::pipeline_run(pipe, model, pipe.train, batch, true, on_final);
 #pragma once
 #include <map>
@@ -30,6 +30,7 @@ struct Pipeline {
   int micro_batches = 0;                 // per optimizer step on this rank
   std::vector<PipelineAction> train;     // this rank's training schedule
   int slots = 1, boundaries = 1;         // what model_plan must provide
+  bool split_backward = false;           // ZB-H1: backward's weight gradients in a later pass
   // Activation slots: free ones, and the one each (micro-batch, chunk) in flight holds.
   std::vector<int> free_slots;
   std::map<std::pair<int, int>, int> slot_of;

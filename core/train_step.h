@@ -5,7 +5,7 @@
 // the step benchmark and the parity tool (docs/architecture.md, "The data path of a step").
 //
 //   loom::Pipeline pipe = loom::pipeline_create(cfg, nullptr, 0);
-//   loom::model_plan(model, B, T, pipe.slots, pipe.boundaries);
+//   loom::model_plan(model, B, T, pipe.slots, pipe.boundaries, pipe.split_backward);
 //   loom::StepResult r = loom::train_step(model, optimizer, pipe, cfg, lr, inputs, targets);
 #pragma once
 #include <vector>

@@ -144,7 +144,7 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
                    model.vocab.rows,
                    model.delay == 2 ? "overlapped by the ladder residual" : "waited at once");
   if (groups.mesh.pp > 1) {
-    const char* kinds[] = {"GPipe", "1F1B", "interleaved 1F1B"};
+    const char* kinds[] = {"GPipe", "1F1B", "interleaved 1F1B", "zero-bubble H1"};
     line += format("; pipeline %s over %d stages × %d chunk(s), %d micro-batches, bubble %.1f%%",
                    kinds[static_cast<int>(pipeline_kind(cfg))], groups.mesh.pp,
                    cfg.parallel().virtual_stages(), run.pipe.micro_batches,
@@ -237,7 +237,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   Model& model = run.model;
   Rng rng{t.seed()};
   model_init(model, rng.next_u64());
-  model_plan(model, B, T, run.pipe.slots, run.pipe.boundaries);
+  model_plan(model, B, T, run.pipe.slots, run.pipe.boundaries, run.pipe.split_backward);
   run.replica_groups = create_replica_groups(model, groups);
   run.replicas = replica_sync_create(model, run.replica_groups);
   run.replicas.trace = &run.trace;

@@ -145,7 +145,9 @@ void print_pipeline(const config::RunConfig& cfg, const Mesh& mesh,
               "(%s)\n",
               pipeline_kind_name(kind), mesh.pp, v, v == 1 ? "" : "s", m,
               100.0 * pipeline_bubble_fraction(kind, mesh.pp, m, v),
-              kind == PipelineKind::kInterleaved1F1B ? "(p−1)/(v·m+p−1)" : "(p−1)/(m+p−1)");
+              kind == PipelineKind::kInterleaved1F1B ? "(p−1)/(v·m+p−1)"
+              : kind == PipelineKind::kZeroBubbleH1  ? "simulated with F = B = W"
+                                                     : "(p−1)/(m+p−1)");
   const std::vector<double> costs = stage_plan_costs(cfg, plan);
   const double most = *std::max_element(costs.begin(), costs.end());
   for (int r = 0; r < mesh.pp; ++r) {

@@ -16,7 +16,7 @@ using Key = std::tuple<int, int, int>;  // (type, micro, chunk)
 Key key_of(const PipelineAction& a) { return {static_cast<int>(a.type), a.micro, a.chunk}; }
 
 bool is_compute(const PipelineAction& a) {
-  return a.type == Type::kForward || a.type == Type::kBackward;
+  return a.type == Type::kForward || a.type == Type::kBackward || a.type == Type::kWeight;
 }
 
 // The receive compute `c` of `rank` consumes; false when it needs none: the forward of global
@@ -117,8 +117,62 @@ std::vector<PipelineAction> with_receives(const std::vector<PipelineAction>& ord
   return out;
 }
 
+// ZB-H1's orders of every rank (pipeline_schedule.h): a simulation of all stages with unit
+// times. ready_f[r][i] / ready_b[r][i]: when F(i) / B(i) of stage r can start (its input arrived).
+struct ZeroBubble {
+  std::vector<std::vector<PipelineAction>> orders;
+  int span = 0;  // units of time until the last stage finishes
+};
+
+ZeroBubble zero_bubble(int p, int m) {
+  constexpr int kNever = 1 << 30;
+  std::vector<std::vector<int>> ready_f(p, std::vector<int>(m, kNever)),
+      ready_b(p, std::vector<int>(m, kNever));
+  for (int i = 0; i < m; ++i) ready_f[0][i] = 0;
+  struct Stage {
+    int next_f = 0, next_b = 0, in_flight = 0, busy_until = 0;
+    std::vector<int> pending_w;  // micro-batches whose B ran, oldest first
+  };
+  std::vector<Stage> stages(p);
+  std::vector<std::vector<PipelineAction>> orders(p);
+  auto done = [&](const Stage& s) { return s.next_b == m && s.pending_w.empty(); };
+  int t = 0;
+  for (; !std::all_of(stages.begin(), stages.end(), done); ++t) {
+    for (int r = 0; r < p; ++r) {
+      Stage& s = stages[r];
+      if (s.busy_until > t || done(s)) continue;
+      if (s.next_b < s.next_f && ready_b[r][s.next_b] <= t) {
+        const int i = s.next_b++;
+        orders[r].push_back({Type::kBackward, i, 0});
+        if (r > 0) ready_b[r - 1][i] = t + 1;
+        s.pending_w.push_back(i);
+      } else if (s.next_f < m && ready_f[r][s.next_f] <= t && s.in_flight < p - r) {
+        const int i = s.next_f++;
+        orders[r].push_back({Type::kForward, i, 0});
+        ++s.in_flight;
+        (r + 1 < p ? ready_f[r + 1][i] : ready_b[r][i]) = t + 1;
+      } else if (!s.pending_w.empty()) {
+        orders[r].push_back({Type::kWeight, s.pending_w.front(), 0});
+        s.pending_w.erase(s.pending_w.begin());
+        --s.in_flight;
+      } else {
+        continue;  // idle: waiting for a neighbour
+      }
+      s.busy_until = t + 1;
+    }
+    LOOM_CHECK(t < 4 * m * p + 16);  // every stage can always free memory with a W
+  }
+  int span = 0;
+  for (const Stage& s : stages) span = std::max(span, s.busy_until);
+  return {std::move(orders), span};
+}
+
 std::vector<std::vector<PipelineAction>> all_compute_orders(PipelineKind kind, int p, int m,
                                                             int v) {
+  if (kind == PipelineKind::kZeroBubbleH1) {
+    pipeline_check(kind, p, m, v);
+    return zero_bubble(p, m).orders;
+  }
   std::vector<std::vector<PipelineAction>> orders;
   for (int r = 0; r < p; ++r) orders.push_back(pipeline_compute_order(kind, p, m, v, r));
   return orders;
@@ -127,12 +181,13 @@ std::vector<std::vector<PipelineAction>> all_compute_orders(PipelineKind kind, i
 }  // namespace
 
 const char* pipeline_kind_name(PipelineKind kind) {
-  static const char* const kNames[] = {"GPIPE", "ONE_F_ONE_B", "INTERLEAVED_1F1B"};
+  static const char* const kNames[] = {"GPIPE", "ONE_F_ONE_B", "INTERLEAVED_1F1B",
+                                       "ZERO_BUBBLE_H1"};
   return kNames[static_cast<int>(kind)];
 }
 
 std::string pipeline_action_string(const PipelineAction& a) {
-  static const char* const kPrefix[] = {"recvF", "recvB", "F", "B"};
+  static const char* const kPrefix[] = {"recvF", "recvB", "F", "B", "W"};
   return kPrefix[static_cast<int>(a.type)] + std::to_string(a.micro) + "." +
          std::to_string(a.chunk);
 }
@@ -172,6 +227,7 @@ std::vector<PipelineAction> pipeline_compute_order(PipelineKind kind, int p, int
     return out;
   }
   if (kind == PipelineKind::kOneFOneB) return one_f_one_b(p, m, 1, std::min(p - rank - 1, m));
+  if (kind == PipelineKind::kZeroBubbleH1) return zero_bubble(p, m).orders[rank];
   // Megatron-LM's forward_backward_pipelining_with_interleaving; with m == p there is no steady
   // state to reach, so it runs every forward first.
   const int total = m * v;
@@ -215,13 +271,15 @@ std::vector<PipelineAction> pipeline_forward_schedule(int p, int m, int v, int r
 }
 
 int pipeline_max_in_flight(const std::vector<PipelineAction>& actions) {
-  std::set<std::pair<int, int>> live;
+  std::set<std::pair<int, int>> live, weighed;  // weighed: backward split, freed by its W
+  for (const PipelineAction& a : actions)
+    if (a.type == Type::kWeight) weighed.insert({a.micro, a.chunk});
   size_t most = 0;
   for (const PipelineAction& a : actions) {
     if (a.type == Type::kForward) {
       live.insert({a.micro, a.chunk});
       most = std::max(most, live.size());
-    } else if (a.type == Type::kBackward) {
+    } else if (a.type == (weighed.count({a.micro, a.chunk}) ? Type::kWeight : Type::kBackward)) {
       live.erase({a.micro, a.chunk});
     }
   }
@@ -236,6 +294,7 @@ int pipeline_max_open_receives(const std::vector<PipelineAction>& actions) {
       open.insert(key_of(a));
       continue;
     }
+    if (a.type == Type::kWeight) continue;  // no boundary buffer
     const Type recv = a.type == Type::kForward ? Type::kRecvForward : Type::kRecvBackward;
     const auto it = open.find(key_of({recv, a.micro, a.chunk}));
     if (it != open.end()) open.erase(it);  // now the running compute's buffer, the "+ 1"
@@ -248,6 +307,8 @@ double pipeline_bubble_fraction(PipelineKind kind, int p, int m, int v) {
   pipeline_check(kind, p, m, v);
   // Each rank idles p − 1 compute slots of the step's work + p − 1; interleaving makes the slots
   // v times shorter, as if there were v·m micro-batches.
+  // ZB-H1: what its own unit-time simulation leaves idle (3m units of work per stage).
+  if (kind == PipelineKind::kZeroBubbleH1) return 1.0 - 3.0 * m / zero_bubble(p, m).span;
   const double work = kind == PipelineKind::kInterleaved1F1B ? double(v) * m : double(m);
   return (p - 1) / (work + p - 1);
 }
@@ -260,7 +321,7 @@ struct Channel {  // rank a → rank b; messages described as the receive b post
 
 struct SimRank {
   size_t pc = 0;
-  std::vector<int> state;         // micro · v + chunk: 0 none, 1 forward done, 2 backward
+  std::vector<int> state;         // micro · v + chunk: 0 none, 1 F done, 2 B done, 3 W done
   std::map<Key, size_t> waiting;  // receive posted, not consumed → its index in the channel
 };
 
@@ -308,6 +369,12 @@ std::string compute(Sim& s, int r, bool* blocked) {
   SimRank& me = s.ranks[r];
   const PipelineAction& a = (*s.lists)[r][me.pc];
   int& state = me.state[a.micro * s.v + a.chunk];
+  if (a.type == Type::kWeight) {  // after its B; no communication
+    if (state != 2) return at(s, r) + ": W " + (state < 2 ? "before its backward" : "runs twice");
+    ++state;
+    ++me.pc;
+    return "";
+  }
   const bool forward = a.type == Type::kForward;
   if (forward && state != 0) return at(s, r) + ": forward runs twice";
   if (!forward && state != 1)
@@ -346,15 +413,19 @@ std::string deadlock(const Sim& s) {
 
 // After every list ran: every compute done, every message received.
 std::string final_check(const Sim& s, bool with_backward) {
-  for (int r = 0; r < s.p; ++r)
+  for (int r = 0; r < s.p; ++r) {
+    const bool split = std::any_of((*s.lists)[r].begin(), (*s.lists)[r].end(),
+                                   [](const PipelineAction& a) { return a.type == Type::kWeight; });
     for (int i = 0; i < s.m * s.v; ++i) {
       const int state = s.ranks[r].state[i];
       const std::string what = std::to_string(i / s.v) + "." + std::to_string(i % s.v);
       if (state == 0) return "rank " + std::to_string(r) + " never ran F" + what;
       if (state == 1 && with_backward) return "rank " + std::to_string(r) + " never ran B" + what;
-      if (state == 2 && !with_backward)
+      if (state == 2 && split) return "rank " + std::to_string(r) + " never ran W" + what;
+      if (state >= 2 && !with_backward)
         return "rank " + std::to_string(r) + " ran B" + what + " in a forward-only schedule";
     }
+  }
   for (int a = 0; a < s.p; ++a)
     for (int b = 0; b < s.p; ++b) {
       const Channel& ch = s.channels[a * s.p + b];

@@ -20,23 +20,33 @@
 namespace loom {
 
 // The order matches configs/loom.proto's ParallelConfig.PipelineSchedule.
-enum class PipelineKind { kGPipe, kOneFOneB, kInterleaved1F1B };
+enum class PipelineKind { kGPipe, kOneFOneB, kInterleaved1F1B, kZeroBubbleH1 };
 
 struct PipelineAction {
-  enum class Type { kRecvForward, kRecvBackward, kForward, kBackward };
+  // kBackward: the whole backward, or with kZeroBubbleH1 its input-gradient part, whose weight
+  // gradients a later kWeight of the same micro-batch and chunk computes.
+  enum class Type { kRecvForward, kRecvBackward, kForward, kBackward, kWeight };
   Type type;
   int micro = 0;  // 0 .. m − 1
   int chunk = 0;  // this rank's chunk 0 .. v − 1 (a receive names the chunk that consumes it)
   bool operator==(const PipelineAction&) const = default;
 };
 
-// The config name: "GPIPE", "ONE_F_ONE_B", "INTERLEAVED_1F1B".
+// The config name: "GPIPE", "ONE_F_ONE_B", "INTERLEAVED_1F1B", "ZERO_BUBBLE_H1".
 const char* pipeline_kind_name(PipelineKind kind);
-// E.g. "F3.1" (forward of micro-batch 3, chunk 1), "B0.0", "recvF3.1", "recvB0.0".
+// E.g. "F3.1" (forward of micro-batch 3, chunk 1), "B0.0", "W0.0", "recvF3.1", "recvB0.0".
 std::string pipeline_action_string(const PipelineAction& action);
 
 // Throws loom::Error naming the fields and numbers when the layout can't run: p, m, v ≥ 1;
 // m ≥ p when p > 1; INTERLEAVED_1F1B needs v ≥ 2 and m % p == 0; the other kinds v == 1.
+//
+// ZERO_BUBBLE_H1 (Qi et al., "Zero Bubble Pipeline Parallelism", 2023): backward is split into
+// B (input gradients: on the critical path between stages) and W (weight gradients: needed by
+// nobody until the step ends), and W fills the time a stage would wait. The order comes from
+// simulating every stage at once with F = B = W = one unit of time and ZB-H1's rules: a stage
+// runs a B whose gradient has arrived; else an F whose input has arrived while fewer than p − r
+// micro-batches are in flight on stage r (1F1B's activation memory; a micro-batch stays in flight
+// until its W); else its oldest pending W.
 void pipeline_check(PipelineKind kind, int p, int m, int v);
 
 // The computes of `rank` alone, in order (no receives).
@@ -53,17 +63,20 @@ std::vector<PipelineAction> pipeline_schedule(PipelineKind kind, int p, int m, i
 // with their receives; any m ≥ 1.
 std::vector<PipelineAction> pipeline_forward_schedule(int p, int m, int v, int rank);
 
-// Activation slots needed: the most (micro, chunk) whose forward is done and backward is not.
+// Activation slots needed: the most (micro, chunk) whose forward is done and backward (its W,
+// when there is one) is not.
 int pipeline_max_in_flight(const std::vector<PipelineAction>& actions);
 // Receive buffers needed: the most receives posted and not yet consumed by their compute while a
 // compute runs, plus 1 for the buffer that compute works in.
 int pipeline_max_open_receives(const std::vector<PipelineAction>& actions);
-// Theory: the idle fraction of a step, (p − 1) / (m + p − 1); interleaved (p − 1) / (v·m + p − 1).
+// Theory: the idle fraction of a step, (p − 1) / (m + p − 1); interleaved (p − 1) / (v·m + p − 1);
+// ZB-H1 what its unit-time simulation leaves idle (F = B = W; 1F1B's is then the formula above).
 double pipeline_bubble_fraction(PipelineKind kind, int p, int m, int v);
 
 // Runs all p ranks' lists: a receive only posts; a compute waits until the peer sent its input;
 // sends never block. Returns "" when every (micro, chunk) ran forward then backward exactly once
-// on every rank (forward only when with_backward is false), the sends between each ordered pair
+// on every rank (forward only when with_backward is false; and then its W when the lists split
+// backward), the sends between each ordered pair
 // of ranks matched the receives posted in order, and nothing deadlocked; else the first problem.
 std::string pipeline_simulate(PipelineKind kind, int p, int m, int v);
 std::string pipeline_simulate(const std::vector<std::vector<PipelineAction>>& per_rank, int p,

@@ -6,8 +6,9 @@ Trains the same model with parallel.pp = P (one thread per rank) for each schedu
 micro-batches m, records a trace of the first steps (logging.trace_steps) and measures, in each
 traced step after the first, each stage's idle fraction: 1 − (its forward and backward time) ÷
 (the pipeline's span of that step, first forward to last backward on any rank) — the time a stage
-waits for its neighbours. Printed beside the theory, (p−1)/(m+p−1) for GPipe and 1F1B and
-(p−1)/(v·m+p−1) interleaved, as the difference in percentage points; plus the activation peak of
+waits for its neighbours. Printed beside the theory, (p−1)/(m+p−1) for GPipe and 1F1B,
+(p−1)/(v·m+p−1) interleaved, and for zero-bubble H1 what the schedule's own simulation with
+F = B = W leaves idle (as `loom plan` prints them), as the difference in percentage points; plus the activation peak of
 each run (metrics.jsonl) and the ratio GPipe ÷ 1F1B. With --write-docs it writes its section of
 docs/benchmarks.md and SVG timelines of one 1F1B step and one interleaved step beside it.
 
@@ -28,12 +29,17 @@ MODEL = ("model { vocab_size: 257 d_model: 128 n_heads: 4 d_mlp: 512 max_seq_len
          "prelude_layers: 1 block_layers: 2 loops: 4 coda_layers: 1 }")
 MODEL_TEXT = "looped GPT, 1 + 2 × 4 + 1 = 10 unrolled layers, d_model 128, d_mlp 512, vocab 257"
 MICRO_BATCH, SEQ_LEN, STEPS, TRACED = 2, 128, 8, 8
-SCHEDULES = [("GPIPE", 1), ("ONE_F_ONE_B", 1), ("INTERLEAVED_1F1B", 2)]
+SCHEDULES = [("GPIPE", 1), ("ONE_F_ONE_B", 1), ("INTERLEAVED_1F1B", 2), ("ZERO_BUBBLE_H1", 1)]
 SECTION = "## Pipeline parallelism: bubble and activation memory"
 
 
-def theory(schedule, p, m, v):
-    return (p - 1) / ((v if schedule == "INTERLEAVED_1F1B" else 1) * m + p - 1)
+def theory(schedule, p, m, v, plan_text):
+    """The schedule's bubble as `loom plan` prints it (ZB-H1: its unit-time simulation)."""
+    import re
+    found = re.search(r"bubble ([0-9.]+)%", plan_text)
+    if not found:
+        raise bench_common.BenchError(f"loom plan printed no bubble for {schedule} p={p} m={m}")
+    return float(found.group(1)) / 100
 
 
 def measured_bubble(trace_path):
@@ -68,11 +74,14 @@ def measure(loom, args):
                     f"parallel.virtual_stages={v}", f"train.global_batch={MICRO_BATCH * m}",
                     f"train.steps={STEPS}", f"logging.trace_steps={TRACED}"]
             bench_common.train(loom, "bench.textproto", run_dir, sets, ranks=args.pp)
+            plan = bench_common.run_command(
+                [loom, "plan", "bench.textproto", *[a for s in sets for a in ("--set", s)]],
+                "loom plan")
             with open(os.path.join(run_dir, "metrics.jsonl")) as f:
                 peak = max(json.loads(line)["activation_peak_mib"] for line in f)
             rows.append({"schedule": schedule, "v": v, "m": m, "run_dir": run_dir,
                          "bubble": measured_bubble(os.path.join(run_dir, "trace.json")),
-                         "theory": theory(schedule, args.pp, m, v), "peak_mib": peak})
+                         "theory": theory(schedule, args.pp, m, v, plan), "peak_mib": peak})
             r = rows[-1]
             print(f"pp={args.pp} {schedule:16} v={v} m={m:2}: bubble {100 * r['bubble']:5.1f}% "
                   f"(theory {100 * r['theory']:5.1f}%, {100 * (r['bubble'] - r['theory']):+5.1f} "

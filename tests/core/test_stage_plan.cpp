@@ -89,10 +89,11 @@ TEST(StagePlan, EachStageHoldsTheSharedBlockOnce) {
   EXPECT_EQ(first.first_use[3], -1);  // the coda is not on stage 0
   for (const Model* m : {&first, &second})
     for (const ParamTensor& t : m->tensors) {
-      if (t.role == ParamRole::kLayer && (t.layer == 1 || t.layer == 2))
+      const bool replicated = t.role == ParamRole::kTokenEmbedding ||
+                              (t.role == ParamRole::kLayer && (t.layer == 1 || t.layer == 2));
+      if (replicated) {
         EXPECT_EQ(t.pp_holders, (std::vector<int>{0, 1})) << t.name;
-      if (t.role == ParamRole::kTokenEmbedding)
-        EXPECT_EQ(t.pp_holders, (std::vector<int>{0, 1}));
+      }
     }
   EXPECT_EQ(first.num_params + second.num_params,
             whole.num_params + block * 2 / 2 + whole.tensors[0].size +
@@ -105,8 +106,9 @@ TEST(StagePlan, EachStageHoldsTheSharedBlockOnce) {
 }
 
 // Runs `cfg` cut into its pipeline pieces, piece by piece in one process, and compares the loss
-// and every gradient with the whole model's.
-void expect_pieces_equal_whole(const config::RunConfig& cfg) {
+// and every gradient with the whole model's. With split, each piece's backward runs as an input
+// pass (in piece order, reversed) and, after all of them, a weight pass (zero-bubble schedules).
+void expect_pieces_equal_whole(const config::RunConfig& cfg, bool split = false) {
   const int B = 2, T = cfg.train().seq_len();
   Rng rng{7};
   std::vector<int> inputs(B * T), targets(B * T);
@@ -125,7 +127,7 @@ void expect_pieces_equal_whole(const config::RunConfig& cfg) {
   for (int r = 0; r < plan.pp; ++r) {
     stages.push_back(model_create(cfg.model(), nullptr, {}, {plan, r}));
     model_init(stages.back(), 11);
-    model_plan(stages.back(), B, T, plan.virtual_stages, 1);
+    model_plan(stages.back(), B, T, plan.virtual_stages, 1, split);
   }
   // Forward in piece order, handing each boundary state on; then backward in reverse.
   auto run = [&](int piece) -> std::pair<Model&, int> {
@@ -144,10 +146,16 @@ void expect_pieces_equal_whole(const config::RunConfig& cfg) {
   for (int g = plan.pieces() - 1; g >= 0; --g) {
     auto [m, c] = run(g);
     if (g + 1 < plan.pieces()) std::memcpy(model_boundary(m, 0), boundary.data(), boundary.size() * 4);
-    model_backward_chunk(m, c, c, 0, B, T);
+    model_backward_chunk(m, c, c, 0, B, T, {},
+                         split ? BackwardPart::kInput : BackwardPart::kAll);
     boundary.assign(model_boundary(m, 0),
                     model_boundary(m, 0) + model_boundary_count(m, c, false, B, T));
   }
+  if (split)
+    for (int g = 0; g < plan.pieces(); ++g) {
+      auto [m, c] = run(g);
+      model_backward_chunk(m, c, c, 0, B, T, {}, BackwardPart::kWeight);
+    }
   // Replicas' gradients summed over the stages holding them equal the whole model's.
   for (const ParamTensor& t : whole.tensors) {
     std::vector<double> sum(t.size, 0.0);
@@ -185,6 +193,18 @@ TEST(StagePlan, PiecesGiveTheWholeModelsLossAndGradients) {
        "parallel.pipeline_layout=2,3,2,3", "model.norm=RMSNORM", "model.position=ROTARY"}));
   expect_pieces_equal_whole(run_config({"parallel.pp=2", "model.residual=LADDER",
                                         "parallel.pipeline_layout=1,9"}));
+}
+
+TEST(StagePlan, SplitBackwardGivesTheSameGradients) {
+  expect_pieces_equal_whole(run_config({"parallel.pp=2", "model.input_injection=true",
+                                        "parallel.pipeline_layout=4,6",
+                                        "parallel.pipeline_schedule=ZERO_BUBBLE_H1"}),
+                            true);
+  expect_pieces_equal_whole(
+      run_config({"parallel.pp=3", "model.residual=LADDER", "model.tie_embeddings=false",
+                  "parallel.pipeline_layout=3,3,4", "parallel.pipeline_schedule=ZERO_BUBBLE_H1",
+                  "model.norm=RMSNORM", "model.position=ROTARY"}),
+      true);
 }
 
 }  // namespace

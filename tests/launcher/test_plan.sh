@@ -92,6 +92,11 @@ plan interleaved --set parallel.pp=2 --set train.micro_batch=2 \
   --set parallel.pipeline_schedule=INTERLEAVED_1F1B --set parallel.virtual_stages=2
 expect interleaved-bubble 'INTERLEAVED_1F1B: 2 stages × 2 chunks, 8 micro-batches per step; bubble 5\.9%'
 expect interleaved-chunk '^    unrolled layers [0-9]+–[0-9]+: block'
+# Zero-bubble H1: 1F1B's slots (2 on stage 0), each larger by the output gradients W needs;
+# the bubble its own simulation leaves (1F1B's at m = 8 would be 11.1%).
+plan zb --set parallel.pp=2 --set train.micro_batch=2 --set parallel.pipeline_schedule=ZERO_BUBBLE_H1
+expect zb-bubble '^pipeline ZERO_BUBBLE_H1: 2 stages × 1 chunk, 8 micro-batches per step; bubble 7\.7% \(simulated'
+expect zb-slots '^    MiB: .*activations [0-9.]+ \(2 × [0-9.]+ slots'
 err=$("$loom" plan "$config" --set parallel.pp=4 2>&1 >/dev/null)
 grep -qF "must be at least parallel.pp (4)" <<<"$err" && pass || fail "pp=4, m=1: $err"
 

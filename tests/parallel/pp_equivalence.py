@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Pipeline-parallel runs against the single-process run: same config, same global batch, same
 seed -> the same training and validation losses (relative difference <= 1e-5 at every step), at
-pp = 2 and 4 with GPIPE, ONE_F_ONE_B and INTERLEAVED_1F1B (2 chunks per rank), for a plain GPT
+pp = 2 and 4 with GPIPE, ONE_F_ONE_B, INTERLEAVED_1F1B (2 chunks per rank) and ZERO_BUBBLE_H1, for a plain GPT
 (tied embeddings: the token embedding held by the first and last stage), a looped model with
 input injection and an untied head whose stage boundaries cut loop iterations, and a ladder looped
 model with injection whose first boundary falls right after the injection point; pp 2 x tp 2 x
@@ -33,7 +33,7 @@ MODELS = {
 }
 # pipeline_layout per model and pp (pieces of unrolled layers), where a cut is wanted exactly.
 LAYOUTS = {("looped-ladder", 2): "2,8", ("looped", 2): "4,6"}
-SCHEDULES = [("GPIPE", 1), ("ONE_F_ONE_B", 1), ("INTERLEAVED_1F1B", 2)]
+SCHEDULES = [("GPIPE", 1), ("ONE_F_ONE_B", 1), ("INTERLEAVED_1F1B", 2), ("ZERO_BUBBLE_H1", 1)]
 COMMON = training_config(global_batch=8, eval_batches=2)  # 4 micro-batches of 2 at dp = 1
 
 

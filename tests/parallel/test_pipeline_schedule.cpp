@@ -22,8 +22,11 @@ using Kind = PipelineKind;
 std::string joined(const std::vector<PipelineAction>& actions, bool computes_only) {
   std::string out;
   for (const PipelineAction& a : actions) {
-    if (computes_only && a.type != Type::kForward && a.type != Type::kBackward) continue;
-    out += (out.empty() ? "" : " ") + pipeline_action_string(a);
+    if (computes_only && a.type != Type::kForward && a.type != Type::kBackward &&
+        a.type != Type::kWeight)
+      continue;
+    if (!out.empty()) out.push_back(' ');
+    out.append(pipeline_action_string(a));
   }
   return out;
 }
@@ -328,6 +331,60 @@ TEST(PipelineSchedule, SimulatorReportsDeadlock) {
   EXPECT_EQ(problem.rfind("deadlock:", 0), 0u) << problem;
   EXPECT_NE(problem.find("rank 0 action #2 (B0.0) waits for rank 1"), std::string::npos) << problem;
   EXPECT_NE(problem.find("(F1.0) waits for rank 0"), std::string::npos) << problem;
+}
+
+}  // namespace
+}  // namespace loom
+
+namespace loom {
+namespace {
+
+// Zero-bubble H1: F, then B, then W for every micro-batch on every stage, 1F1B's activations in
+// flight at most, a deadlock-free exchange, and less idle time than 1F1B by its own measure.
+TEST(PipelineSchedule, ZeroBubbleH1) {
+  for (int p = 2; p <= 8; ++p)
+    for (int m = p; m <= 4 * p; ++m) {
+      SCOPED_TRACE("p " + std::to_string(p) + " m " + std::to_string(m));
+      EXPECT_EQ(pipeline_simulate(Kind::kZeroBubbleH1, p, m, 1), "");
+      for (int rank = 0; rank < p; ++rank) {
+        const std::vector<PipelineAction> actions =
+            pipeline_schedule(Kind::kZeroBubbleH1, p, m, 1, rank);
+        std::vector<int> state(m, 0);
+        for (const PipelineAction& a : actions) {
+          const int expected = a.type == Type::kForward    ? 0
+                               : a.type == Type::kBackward ? 1
+                               : a.type == Type::kWeight   ? 2
+                                                           : -1;
+          if (expected >= 0) {
+            EXPECT_EQ(state[a.micro]++, expected) << pipeline_action_string(a);
+          }
+        }
+        for (int s : state) EXPECT_EQ(s, 3);
+        EXPECT_LE(pipeline_max_in_flight(actions), p - rank);
+        EXPECT_LE(pipeline_max_open_receives(actions), 2);
+      }
+      EXPECT_LT(pipeline_bubble_fraction(Kind::kZeroBubbleH1, p, m, 1),
+                pipeline_bubble_fraction(Kind::kOneFOneB, p, m, 1));
+    }
+  // p = 2, m = 4 by hand (one unit each): stage 1 starts its F1 only once W0 freed its slot.
+  EXPECT_EQ(computes(pipeline_schedule(Kind::kZeroBubbleH1, 2, 4, 1, 0)),
+            "F0.0 F1.0 B0.0 W0.0 F2.0 B1.0 W1.0 F3.0 B2.0 W2.0 B3.0 W3.0");
+  EXPECT_EQ(computes(pipeline_schedule(Kind::kZeroBubbleH1, 2, 4, 1, 1)),
+            "F0.0 B0.0 W0.0 F1.0 B1.0 W1.0 F2.0 B2.0 W2.0 F3.0 B3.0 W3.0");
+  // 14 units for 12 of work on each stage.
+  EXPECT_DOUBLE_EQ(pipeline_bubble_fraction(Kind::kZeroBubbleH1, 2, 4, 1), 2.0 / 14);
+  // A W before its B, and a missing W, are caught.
+  std::vector<std::vector<PipelineAction>> lists;
+  for (int r = 0; r < 2; ++r) lists.push_back(pipeline_schedule(Kind::kZeroBubbleH1, 2, 4, 1, r));
+  auto swapped = lists;
+  auto& l1 = swapped[1];
+  std::iter_swap(std::find(l1.begin(), l1.end(), PipelineAction{Type::kBackward, 0, 0}),
+                 std::find(l1.begin(), l1.end(), PipelineAction{Type::kWeight, 0, 0}));
+  EXPECT_NE(pipeline_simulate(swapped, 2, 4, 1).find("W before its backward"), std::string::npos);
+  auto dropped = lists;
+  std::erase(dropped[0], PipelineAction{Type::kWeight, 3, 0});
+  EXPECT_NE(pipeline_simulate(dropped, 2, 4, 1).find("never ran W3.0"), std::string::npos);
+  EXPECT_THROW(pipeline_check(Kind::kZeroBubbleH1, 2, 4, 2), Error);
 }
 
 }  // namespace
