@@ -65,19 +65,27 @@ struct Runner {
     return model_boundary_count(model, chunk, at_end, batch.B, batch.T);
   }
 
+  int chunks() const { return static_cast<int>(model.chunks.size()); }
+  std::pair<int, WorkPtr>& receive_of(Type type, const PipelineAction& a) {
+    const int kind = type == Type::kRecvForward ? 0 : 1;
+    return pipe.receiving[(static_cast<size_t>(kind) * batch.count + a.micro) * chunks() + a.chunk];
+  }
+  int& slot_of(const PipelineAction& a) { return pipe.slot_of[a.micro * chunks() + a.chunk]; }
+
   void post_receive(const PipelineAction& a) {
     const bool forward = a.type == Type::kRecvForward;
     const int buffer = take_buffer();
     WorkPtr work = pipe.pp->recv_async(model_boundary(model, buffer), count(a.chunk, !forward),
                                        DataType::kFloat32, forward ? prev_rank() : next_rank());
-    pipe.receiving[{static_cast<int>(a.type), a.micro, a.chunk}] = {buffer, std::move(work)};
+    receive_of(a.type, a) = {buffer, std::move(work)};
   }
 
   int received(Type type, const PipelineAction& a) {
-    auto it = pipe.receiving.find({static_cast<int>(type), a.micro, a.chunk});
-    LOOM_CHECK(it != pipe.receiving.end());  // the schedule posts every receive first
-    auto [buffer, work] = it->second;
-    pipe.receiving.erase(it);
+    std::pair<int, WorkPtr>& entry = receive_of(type, a);
+    LOOM_CHECK(entry.first >= 0);  // the schedule posts every receive first
+    const int buffer = entry.first;
+    const WorkPtr work = std::move(entry.second);
+    entry = {-1, nullptr};
     const bool forward = type == Type::kRecvForward;
     wait(work, std::string("waiting for micro-batch ") + std::to_string(a.micro) +
                    (forward ? "'s activations from stage " + std::to_string(prev_rank())
@@ -94,15 +102,15 @@ struct Runner {
     LOOM_CHECK(!pipe.free_slots.empty());  // sized by the schedule's activations in flight
     const int slot = pipe.free_slots.back();
     pipe.free_slots.pop_back();
-    pipe.slot_of[{a.micro, a.chunk}] = slot;
-    pipe.slots_peak = std::max(pipe.slots_peak, static_cast<int>(pipe.slot_of.size()));
+    slot_of(a) = slot;
+    pipe.slots_peak = std::max(pipe.slots_peak, ++pipe.slots_held);
     return slot;
   }
 
   void give_slot(const PipelineAction& a) {
-    auto it = pipe.slot_of.find({a.micro, a.chunk});
-    pipe.free_slots.push_back(it->second);
-    pipe.slot_of.erase(it);
+    pipe.free_slots.push_back(slot_of(a));
+    slot_of(a) = -1;
+    --pipe.slots_held;
   }
 
   void forward(const PipelineAction& a) {
@@ -128,7 +136,7 @@ struct Runner {
     const int buffer = c.last ? take_buffer() : received(Type::kRecvBackward, a);
     {
       TraceSpan span(pipe.trace, "B", "backward", a.micro, a.chunk);
-      model_backward_chunk(model, a.chunk, pipe.slot_of.at({a.micro, a.chunk}), buffer, batch.B,
+      model_backward_chunk(model, a.chunk, slot_of(a), buffer, batch.B,
                            batch.T, final_of(a),
                            pipe.split_backward ? BackwardPart::kInput : BackwardPart::kAll);
     }
@@ -143,7 +151,7 @@ struct Runner {
   void weights_of(const PipelineAction& a) {
     {
       TraceSpan span(pipe.trace, "W", "backward", a.micro, a.chunk);
-      model_backward_chunk(model, a.chunk, pipe.slot_of.at({a.micro, a.chunk}), 0, batch.B,
+      model_backward_chunk(model, a.chunk, slot_of(a), 0, batch.B,
                            batch.T, final_of(a), BackwardPart::kWeight);
     }
     give_slot(a);
@@ -155,6 +163,9 @@ struct Runner {
   }
 
   void run(const std::vector<PipelineAction>& actions) {
+    const size_t entries = static_cast<size_t>(batch.count) * chunks();
+    if (pipe.slot_of.size() < entries) pipe.slot_of.assign(entries, -1);
+    if (pipe.receiving.size() < 2 * entries) pipe.receiving.assign(2 * entries, {-1, nullptr});
     for (const PipelineAction& a : actions) switch (a.type) {
         case Type::kRecvForward:
         case Type::kRecvBackward: post_receive(a); break;
@@ -162,7 +173,7 @@ struct Runner {
         case Type::kBackward: backward_of(a); break;
         case Type::kWeight: weights_of(a); break;
       }
-    LOOM_CHECK(pipe.receiving.empty() && pipe.slot_of.empty());
+    LOOM_CHECK(pipe.slots_held == 0);  // every receive consumed: received() checks each
     while (!pipe.sending.empty()) pipe.free_buffers.push_back(finish_oldest_send());
   }
 };

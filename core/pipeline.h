@@ -11,9 +11,7 @@
 //   loom::model_plan(model, B, T, pipe.slots, pipe.boundaries, pipe.split_backward);
 //   double loss_sum = loom::pipeline_run(pipe, model, pipe.train, batch, true, on_final);
 #pragma once
-#include <map>
 #include <memory>
-#include <tuple>
 #include <vector>
 
 #include "core/model.h"
@@ -31,13 +29,16 @@ struct Pipeline {
   std::vector<PipelineAction> train;     // this rank's training schedule
   int slots = 1, boundaries = 1;         // what model_plan must provide
   bool split_backward = false;           // ZB-H1: backward's weight gradients in a later pass
-  // Activation slots: free ones, and the one each (micro-batch, chunk) in flight holds.
+  // Activation slots: free ones, and the one each (micro-batch, chunk) in flight holds (−1:
+  // none), at micro · chunks + chunk.
   std::vector<int> free_slots;
-  std::map<std::pair<int, int>, int> slot_of;
-  int slots_peak = 0;                    // most slots held at once since pipeline_create
-  // Boundary buffers: free, receiving (keyed by action), or sending (oldest first).
+  std::vector<int> slot_of;
+  int slots_held = 0, slots_peak = 0;    // now, and most at once since pipeline_create
+  // Boundary buffers: free; receiving, with the receive's handle, at ((kind · micro-batches +
+  // micro) · chunks + chunk) (kind 0: forward, 1: backward; buffer −1: none); or sending, oldest
+  // first. Sized for the largest run so far: a step allocates nothing.
   std::vector<int> free_buffers;
-  std::map<std::tuple<int, int, int>, std::pair<int, WorkPtr>> receiving;
+  std::vector<std::pair<int, WorkPtr>> receiving;
   std::vector<std::pair<int, WorkPtr>> sending;
   double wait_seconds = 0;               // blocked on transfers (exposed), reset by the caller
   TraceRecorder* trace = nullptr;        // optional
