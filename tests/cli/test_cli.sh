@@ -59,6 +59,21 @@ grep -q 'd_model: 32' run/config.textproto && pass || fail "config.textproto lac
 [ -f run/checkpoints/step_0000006/checkpoint.textproto ] && pass || fail "no final checkpoint"
 grep -q "sample:" run/train.log && pass || fail "no sample printed"
 
+# --- a traced run through the pipeline (2 stages), drawn by loom trace ---
+expect_ok train-traced "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --run-dir run-pp \
+  --set parallel.pp=2 --set train.micro_batch=1 --set logging.trace_steps=2 \
+  --set runtime.threads=1
+grep -q '"activation_peak_mib"' run-pp/metrics.jsonl && pass || fail "metrics.jsonl lacks activation_peak_mib"
+grep -q "pipeline stage 0 runs prelude.0, block.0–1 × iterations 0–1" run-pp/train.log && pass ||
+  fail "the log does not say what stage 0 runs: $(grep pipeline run-pp/train.log)"
+expect_ok trace "$loom" trace run-pp/trace.json --svg trace.svg --steps 1
+[ "$(grep -c '<rect class="event"' trace.svg)" -ge 16 ] && pass ||
+  fail "trace.svg: $(grep -c '<rect class="event"' trace.svg) bars for 4 micro-batches × 2 stages"
+grep -qE '^rank 1 \(pp 1, dp 0, sp 0, tp 0\) +[0-9.]+ ' "$tmp/out.txt" && pass ||
+  fail "loom trace printed no line for rank 1: $(cat "$tmp/out.txt")"
+expect_error trace-missing "cannot open trace nope.json" -- "$loom" trace nope.json --svg x.svg
+expect_error trace-steps "it holds steps 0-1" -- "$loom" trace run-pp/trace.json --svg x.svg --steps 5
+
 expect_error existing-run "already holds a run" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --run-dir run
 expect_ok resume "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=8 --run-dir run --resume
 grep -q "resumed from" "$tmp/out.txt" && pass || fail "resume did not say where it resumed from"
