@@ -316,8 +316,7 @@ void validate_config(const config::RunConfig& cfg) {
   require(p.pipeline_layout().empty() || p.pp() > 1,
           "parallel.pipeline_layout is set but parallel.pp is 1: there is nothing to cut");
   try {
-    if (p.pp() > 1)
-      pipeline_check(pipeline_kind(cfg), p.pp(), grad_accum_steps(cfg), p.virtual_stages());
+    pipeline_check(pipeline_kind(cfg), p.pp(), grad_accum_steps(cfg), p.virtual_stages());
     stage_plan_create(cfg);
   } catch (const Error& e) {
     throw Error(std::string("invalid config: ") + e.what());

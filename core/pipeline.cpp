@@ -321,6 +321,25 @@ void replica_sync_finish(ReplicaSync& sync, const GradsFinalFn& forward_ready) {
   sync.wait_seconds += std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+void replica_sync_broadcast(ReplicaSync& sync, float* params) {
+  TraceSpan span(sync.trace, "replica broadcast", "replica_reduce");
+  const auto start = Clock::now();
+  std::vector<WorkPtr> works;
+  for (const ReplicaSync::Range& r : sync.ranges)  // the shared order; rank 0: the lowest holder
+    works.push_back(r.comm->broadcast_async(params + r.range.begin, r.range.size(),
+                                            DataType::kFloat32, 0));
+  for (WorkPtr& w : works) w->wait();
+  sync.wait_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+void replica_sync_broadcast(const ReplicaSync& sync, float* buffer) {
+  std::vector<WorkPtr> works;
+  for (const ReplicaSync::Range& r : sync.ranges)  // the shared order; rank 0: the lowest holder
+    works.push_back(r.comm->broadcast_async(buffer + r.range.begin, r.range.size(),
+                                            DataType::kFloat32, 0));
+  for (WorkPtr& w : works) w->wait();
+}
+
 StageMemory stage_memory(const config::RunConfig& cfg, int rank) {
   const auto& p = cfg.parallel();
   const Model model = model_layout(cfg.model(), nullptr, {p.tp(), 0, nullptr},
@@ -340,10 +359,10 @@ StageMemory stage_memory(const config::RunConfig& cfg, int rank) {
   return out;
 }
 
-void pipeline_gather_global(const Model& model, const std::vector<float>& stage_global,
-                            Communicator& pp, std::vector<float>& global) {
+void pipeline_gather_global(const Model& model, const float* stage_global, Communicator& pp,
+                            std::vector<float>& global) {
   if (pp.rank() != 0) {
-    pp.send(stage_global.data(), stage_global.size(), DataType::kFloat32, 0);
+    pp.send(stage_global, model_global_floats(model), DataType::kFloat32, 0);
     global.clear();
     return;
   }
@@ -358,7 +377,7 @@ void pipeline_gather_global(const Model& model, const std::vector<float>& stage_
   std::vector<float> received;
   for (int s = 0; s < pp.size(); ++s) {
     const Model stage = model_layout(model.config, model.backend, {}, {model.stage.plan, s});
-    const float* from = stage_global.data();
+    const float* from = stage_global;
     if (s > 0) {
       received.resize(stage.num_params);  // at tp = 1: the stage's tensors at global size
       pp.recv(received.data(), received.size(), DataType::kFloat32, s);

@@ -115,6 +115,13 @@ void replica_sync_ready(ReplicaSync& sync, size_t offset, size_t count,
                         const GradsFinalFn& forward_ready);
 // Waits for every sum (all must have started) and passes each range to forward_ready.
 void replica_sync_finish(ReplicaSync& sync, const GradsFinalFn& forward_ready);
+// buffer's replicated ranges (laid out as the parameters: parameters or Adam moments) ← the
+// lowest holder's; collective over every replica group. Replicas get the same summed gradient,
+// but the data-parallel average that follows adds its elements in an order that may depend on
+// where the range sits in each holder's buffer ((a + b) + c is not a + (b + c) in the last
+// bit), so replicas could drift apart by rounding; a checkpoint resynchronises them first, so
+// that what it saves is what every replica holds and a resumed run continues bit for bit.
+void replica_sync_broadcast(const ReplicaSync& sync, float* buffer);
 
 // What one rank of pipeline coordinate `rank` holds, as `loom train` allocates it (at the current
 // thread count; tensor-parallel rank 0, whose padded vocabulary makes it the largest): the
@@ -128,10 +135,11 @@ struct StageMemory {
 StageMemory stage_memory(const config::RunConfig& cfg, int rank);
 
 // On the rank holding pipeline coordinate 0: the whole model's global buffer (every tensor at
-// global size, in global order) ← each stage's `stage_global` (its tensors at global size, in its
-// buffer order; model_gather_global's result), each tensor taken from its lowest holder. Other
-// ranks send theirs and get `global` cleared. Collective over `pp`.
-void pipeline_gather_global(const Model& model, const std::vector<float>& stage_global,
-                            Communicator& pp, std::vector<float>& global);
+// global size, in global order) ← each stage's `stage_global` (model_global_floats(model)
+// floats: its tensors at global size, in its buffer order; model_gather_global's result), each
+// tensor taken from its lowest holder. Other ranks send theirs and get `global` cleared.
+// Collective over `pp`.
+void pipeline_gather_global(const Model& model, const float* stage_global, Communicator& pp,
+                            std::vector<float>& global);
 
 }  // namespace loom

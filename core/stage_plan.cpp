@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <limits>
-#include <sstream>
 
 #include "core/error.h"
 
@@ -67,20 +66,19 @@ std::vector<int> balanced_bounds(const Costs& c, int positions, int pieces) {
 std::vector<int> explicit_bounds(const std::string& layout, int positions, int pieces) {
   const std::string where = "parallel.pipeline_layout \"" + layout + "\": ";
   std::vector<int> bounds{0};
-  std::stringstream in(layout);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    size_t used = 0;
-    int layers = 0;
-    try {
-      layers = std::stoi(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || item.find_first_not_of(" 0123456789", used) != std::string::npos)
+  size_t at = 0;
+  while (at <= layout.size()) {  // each item: spaces, digits, spaces
+    const size_t comma = std::min(layout.find(',', at), layout.size());
+    const std::string item = layout.substr(at, comma - at);
+    const size_t first = item.find_first_not_of(' '), last = item.find_last_not_of(' ');
+    const std::string digits = first == std::string::npos ? "" : item.substr(first, last - first + 1);
+    if (digits.empty() || digits.size() > 6 ||
+        digits.find_first_not_of("0123456789") != std::string::npos)
       throw Error(where + "\"" + item + "\" is not a number of layers; write e.g. \"3,4,4,3\"");
+    const int layers = std::stoi(digits);
     if (layers < 1) throw Error(where + "every piece needs at least one unrolled layer");
     bounds.push_back(bounds.back() + layers);
+    at = comma + 1;
   }
   if (static_cast<int>(bounds.size()) - 1 != pieces)
     throw Error(where + "has " + num(bounds.size() - 1) + " numbers but the pipeline has " +

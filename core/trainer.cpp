@@ -7,7 +7,6 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <optional>
 #include <iostream>
 #include <sstream>
 #include <thread>
@@ -79,17 +78,19 @@ std::vector<ReplicaGroup> create_replica_groups(const Model& model, ProcessGroup
   return out;
 }
 
-// The whole model's global parameters and Adam moments (on global rank 0; empty elsewhere):
-// ZeRO shards gathered over dp, tensor-parallel shards over tp, pipeline stages over pp.
-// Collective: every rank takes part.
-struct GlobalState {
-  Model model;
-  Optimizer optimizer;
-};
-GlobalState gather_global(Run& run) {
+// Writes a checkpoint of the whole model's global tensors; collective, rank 0 writes: ZeRO
+// shards gathered over dp, replicas of shared weights set to the lowest stage's (their rounding
+// may have drifted: replica_sync_broadcast), tensor-parallel shards to tp rank 0, pipeline
+// stages to rank 0. A
+// layout without tp and pp writes the model's own buffers, uncopied. With keep_params (pp > 1)
+// rank 0 keeps the whole model's parameters, for sampling.
+void save_checkpoint(Run& run, const CheckpointState& state, const std::string& checkpoints_dir,
+                     std::vector<float>* keep_params) {
   const Model& model = run.model;
+  const bool writer = run.groups.rank == 0;
+  const int keep_last = run.cfg.checkpoint().keep_last();
   Optimizer full;
-  const Optimizer* opt = &run.optimizer;
+  Optimizer* opt = &run.optimizer;
   if (run.zero) {
     full = optimizer_create(model);
     full.step = run.optimizer.step;
@@ -97,27 +98,40 @@ GlobalState gather_global(Run& run) {
     grad_reducer_gather(run.reducer, run.optimizer.v.data(), full.v.data());
     opt = &full;
   }
-  // This stage's tensors at global size (laid out as its tp = 1 layout), on tp rank 0.
-  std::vector<float> stage[3];
-  const float* local[3] = {model.params.data(), opt->m.data(), opt->v.data()};
-  for (int i = 0; i < 3; ++i) {
-    if (model.tp.size > 1)
-      model_gather_global(model, local[i], stage[i]);
-    else
-      stage[i].assign(local[i], local[i] + model.num_params);
+  if (!run.replicas.ranges.empty()) {  // what is saved is what every replica holds
+    for (float* buffer : {run.model.params.data(), opt->m.data(), opt->v.data()})
+      replica_sync_broadcast(run.replicas, buffer);
+    if (run.zero) {
+      optimizer_scatter(run.optimizer, full.m.data(), run.optimizer.m.data());
+      optimizer_scatter(run.optimizer, full.v.data(), run.optimizer.v.data());
+    }
   }
-  GlobalState global{model_layout(run.cfg.model()), {}};
-  global.optimizer.step = opt->step;
-  std::vector<float>* out[3] = {&global.model.params, &global.optimizer.m, &global.optimizer.v};
+  if (model.tp.size == 1 && run.groups.mesh.pp == 1) {
+    if (writer) checkpoint_save(checkpoints_dir, state, model, *opt, keep_last);
+    return;
+  }
+  // This stage's tensors at global size (its tp = 1 layout), on tp rank 0.
+  const float* local[3] = {model.params.data(), opt->m.data(), opt->v.data()};
+  std::vector<float> stage[3];
+  if (model.tp.size > 1)
+    for (int i = 0; i < 3; ++i) model_gather_global(model, local[i], stage[i]);
   const MeshCoord& c = run.groups.coord;
-  if (c.dp != 0 || c.sp != 0 || c.tp != 0) return global;
+  if (c.dp != 0 || c.sp != 0 || c.tp != 0) return;
+  Model global = model_layout(run.cfg.model());
+  Optimizer global_opt;
+  global_opt.step = opt->step;
+  std::vector<float>* out[3] = {&global.params, &global_opt.m, &global_opt.v};
   for (int i = 0; i < 3; ++i) {
+    const float* from = model.tp.size > 1 ? stage[i].data() : local[i];
     if (run.groups.mesh.pp > 1)
-      pipeline_gather_global(model, stage[i], *run.groups.pp, *out[i]);
+      pipeline_gather_global(model, from, *run.groups.pp, *out[i]);
     else
       *out[i] = std::move(stage[i]);
+    stage[i] = {};
   }
-  return global;
+  if (!writer) return;
+  checkpoint_save(checkpoints_dir, state, global, global_opt, keep_last);
+  if (keep_params) *keep_params = std::move(global.params);
 }
 
 void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) {
@@ -169,7 +183,8 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
 
 // Generates logging.sample_tokens tokens at the end of training: collective over the
 // tensor-parallel group of rank 0 (pp = 1), or on rank 0 alone from the gathered global model.
-void sample_at_end(Run& run, const GlobalState* global, uint64_t rng_state, RunLog& log) {
+void sample_at_end(Run& run, const std::vector<float>* global_params, uint64_t rng_state,
+                   RunLog& log) {
   const auto& l = run.cfg.logging();
   if (l.sample_tokens() == 0) return;
   const MeshCoord& c = run.groups.coord;
@@ -177,13 +192,13 @@ void sample_at_end(Run& run, const GlobalState* global, uint64_t rng_state, RunL
   Rng sample_rng{rng_state ^ 0x5EEDull};
   const std::vector<int> prompt = encode_bytes(l.sample_prompt());
   std::vector<int> out;
-  if (!global) {
+  if (!global_params) {
     out = sample_tokens(run.model, prompt, l.sample_tokens(), l.sample_temperature(),
                         l.sample_top_k(), sample_rng);
   } else {
     if (run.groups.rank != 0) return;
     Model whole = model_create(run.cfg.model());
-    whole.params = global->model.params;
+    whole.params = *global_params;
     model_plan(whole, 1, run.cfg.train().seq_len());
     out = sample_tokens(whole, prompt, l.sample_tokens(), l.sample_temperature(),
                         l.sample_top_k(), sample_rng);
@@ -310,17 +325,12 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   summary.run_dir = run_dir.string();
   const auto started = Clock::now();
   const long first_step = step;
-  std::optional<GlobalState> last_global;  // kept for sampling after the final save
-  auto save = [&]() {
+  std::vector<float> final_params;  // pp > 1: the whole model's, on rank 0, for sampling
+  auto save = [&](bool final) {
     CheckpointState state{cfg, step, loader.position, rng.state, tokens_seen};
-    GlobalState global = gather_global(run);
-    const std::string path = (checkpoints_dir / format("step_%07ld", step)).string();
-    if (writer)
-      summary.last_checkpoint = checkpoint_save(checkpoints_dir.string(), state, global.model,
-                                                global.optimizer, cfg.checkpoint().keep_last());
-    else
-      summary.last_checkpoint = path;
-    if (groups.mesh.pp > 1) last_global = std::move(global);
+    save_checkpoint(run, state, checkpoints_dir.string(),
+                    final && groups.mesh.pp > 1 ? &final_params : nullptr);
+    summary.last_checkpoint = (checkpoints_dir / format("step_%07ld", step)).string();
   };
   StepParallel parallel;
   if (distributed) parallel = {&dp, &run.reducer};
@@ -401,7 +411,8 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
       if (val_loss >= 0) line += format(" | val_loss %.4f", val_loss);
       log.line(line);
     }
-    if (cfg.checkpoint().interval() > 0 && step % cfg.checkpoint().interval() == 0) save();
+    if (cfg.checkpoint().interval() > 0 && step % cfg.checkpoint().interval() == 0)
+      save(step == t.steps());
     // A stop request on any rank stops every rank after the same step.
     int64_t stop = options.stop_request ? options.stop_request->load() : 0;
     if (groups.is_distributed()) groups.world->all_reduce_async(&stop, 1, DataType::kInt64, ReduceOp::kMax)->wait();
@@ -413,7 +424,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   if (run.trace.enabled) write_trace(run, run_dir, log);  // fewer steps than trace_steps
   if (summary.last_checkpoint.empty() || !summary.last_checkpoint.ends_with(
                                              format("step_%07ld", step)))
-    save();
+    save(true);
   log.line("checkpoint: " + summary.last_checkpoint);
   // Rank 0's last checkpoint is written before any rank goes on; the sampling below can take
   // longer than a collective timeout, and nothing waits for it.
@@ -425,7 +436,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
                     run_dir.string().c_str()));
     return summary;
   }
-  sample_at_end(run, last_global ? &*last_global : nullptr, rng.state, log);
+  sample_at_end(run, groups.mesh.pp > 1 ? &final_params : nullptr, rng.state, log);
   return summary;
 }
 

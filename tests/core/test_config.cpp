@@ -114,6 +114,15 @@ TEST(Config, InvariantsNameTheFields) {
             std::string::npos);
   EXPECT_NE(violations({"parallel.virtual_stages=2"}).find("needs parallel.pp > 1"),
             std::string::npos);
+  EXPECT_NE(violations({"parallel.pipeline_schedule=INTERLEAVED_1F1B"})
+                .find("needs parallel.virtual_stages of at least 2"),
+            std::string::npos);
+  for (const char* layout : {"3 4,6", "2,8,", ",2,8", "2,,8", "2,+8", "-2,12", "2,8000000"})
+    EXPECT_NE(violations({"parallel.pp=2", std::string("parallel.pipeline_layout=") + layout})
+                  .find("is not a number of layers"),
+              std::string::npos)
+        << layout;
+  EXPECT_EQ(violations({"parallel.pp=2", "parallel.pipeline_layout= 2 , 8 "}), "");
   EXPECT_NE(violations({"parallel.pp=11", "train.micro_batch=1"})
                 .find("more pipeline pieces than the model's 10 unrolled layers"),
             std::string::npos);
