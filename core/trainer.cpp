@@ -134,6 +134,55 @@ void save_checkpoint(Run& run, const CheckpointState& state, const std::string& 
   if (keep_params) *keep_params = std::move(global.params);
 }
 
+// The rest of a run's state once the model is initialised: activation arena, replica groups,
+// data-parallel buckets, optimizer.
+void set_up_run(Run& run) {
+  const config::RunConfig& cfg = run.cfg;
+  Model& model = run.model;
+  model_plan(model, cfg.train().micro_batch(), cfg.train().seq_len(), run.pipe.slots,
+             run.pipe.boundaries, run.pipe.split_backward);
+  run.replica_groups = create_replica_groups(model, run.groups);
+  run.replicas = replica_sync_create(model, run.replica_groups);
+  run.replicas.trace = &run.trace;
+  if (run.groups.dp_sp->size() > 1) {
+    const size_t bucket_floats =
+        std::max<size_t>(1, static_cast<size_t>(cfg.parallel().bucket_mb() * (1 << 20) / 4));
+    run.reducer = grad_reducer_create(*run.groups.dp_sp, model.grads.data(), model.num_params,
+                                      bucket_floats, cfg.parallel().zero_stage() == 1,
+                                      cfg.parallel().overlap_grad_reduce());
+  }
+  run.zero = run.reducer.zero;  // only set for a distributed run
+  run.optimizer = run.zero ? optimizer_create(model, grad_reducer_owned(run.reducer))
+                           : optimizer_create(model);
+}
+
+// Loads the newest usable checkpoint into the run on every rank (the run directory is on a
+// shared file system). It holds global tensors: each rank keeps its tensors and tensor-parallel
+// shards, ZeRO ranks then their shards of the optimizer state.
+CheckpointState resume_run(Run& run, const std::string& checkpoints_dir, RunLog& log) {
+  CheckpointState state;
+  Optimizer full = run.zero ? optimizer_create(run.model) : Optimizer{};
+  const std::string latest = resume_from(checkpoints_dir, run.cfg, run.model,
+                                         run.zero ? &full : &run.optimizer, state, log);
+  if (run.zero) {
+    optimizer_scatter(run.optimizer, full.m.data(), run.optimizer.m.data());
+    optimizer_scatter(run.optimizer, full.v.data(), run.optimizer.v.data());
+    run.optimizer.step = full.step;
+  }
+  if (run.groups.is_distributed()) {
+    // Every rank chose its checkpoint itself; a rank that could not read the newest (or saw
+    // another listing) would silently train from another step.
+    int64_t seen[2] = {state.step, -state.step};
+    run.groups.world->all_reduce_async(seen, 2, DataType::kInt64, ReduceOp::kMax)->wait();
+    if (seen[0] != -seen[1])
+      throw Error("--resume: the ranks loaded different checkpoints (steps " +
+                  std::to_string(-seen[1]) + " to " + std::to_string(seen[0]) +
+                  "); check that every rank sees the same " + checkpoints_dir);
+  }
+  log.line("resumed from " + latest + " at step " + std::to_string(state.step));
+  return state;
+}
+
 void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) {
   const config::RunConfig& cfg = run.cfg;
   const Model& model = run.model;
@@ -252,21 +301,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   Model& model = run.model;
   Rng rng{t.seed()};
   model_init(model, rng.next_u64());
-  model_plan(model, B, T, run.pipe.slots, run.pipe.boundaries, run.pipe.split_backward);
-  run.replica_groups = create_replica_groups(model, groups);
-  run.replicas = replica_sync_create(model, run.replica_groups);
-  run.replicas.trace = &run.trace;
-  if (distributed) {
-    const size_t bucket_floats =
-        std::max<size_t>(1, static_cast<size_t>(cfg.parallel().bucket_mb() * (1 << 20) / 4));
-    run.reducer = grad_reducer_create(dp, model.grads.data(), model.num_params, bucket_floats,
-                                      cfg.parallel().zero_stage() == 1,
-                                      cfg.parallel().overlap_grad_reduce());
-  }
-  run.zero = run.reducer.zero;  // only set for a distributed run
-  const bool zero = run.zero;
-  run.optimizer = zero ? optimizer_create(model, grad_reducer_owned(run.reducer))
-                       : optimizer_create(model);
+  set_up_run(run);
   Optimizer& optimizer = run.optimizer;
   DataLoader loader{&train_data, t.seed(), t.shuffle()};
   long step = 0;
@@ -275,34 +310,12 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   RunLog log(run_dir / "train.log", options.quiet, writer,
              groups.is_distributed() ? groups.label() + " " : "");
   if (options.resume) {
-    CheckpointState state;
-    // Every rank reads the checkpoint (the run directory is on a shared file system), which
-    // holds global tensors: each rank keeps its tensors and tensor-parallel shards, ZeRO ranks
-    // then their shards of the optimizer state.
-    Optimizer full = zero ? optimizer_create(model) : Optimizer{};
-    const std::string latest = resume_from(checkpoints_dir.string(), cfg, model,
-                                           zero ? &full : &optimizer, state, log);
-    if (zero) {
-      optimizer_scatter(optimizer, full.m.data(), optimizer.m.data());
-      optimizer_scatter(optimizer, full.v.data(), optimizer.v.data());
-      optimizer.step = full.step;
-    }
+    const CheckpointState state = resume_run(run, checkpoints_dir.string(), log);
     step = state.step;
-    if (groups.is_distributed()) {
-      // Every rank chose its checkpoint itself; a rank that could not read the newest (or saw
-      // another listing) would silently train from another step.
-      int64_t seen[2] = {state.step, -state.step};
-      groups.world->all_reduce_async(seen, 2, DataType::kInt64, ReduceOp::kMax)->wait();
-      if (seen[0] != -seen[1])
-        throw Error("--resume: the ranks loaded different checkpoints (steps " +
-                    std::to_string(-seen[1]) + " to " + std::to_string(seen[0]) +
-                    "); check that every rank sees the same " + checkpoints_dir.string());
-    }
     loader.position = state.data_position;
     rng.state = state.rng_state;
     tokens_seen = state.tokens_seen;
     if (writer) truncate_metrics(run_dir / "metrics.jsonl", step);
-    log.line("resumed from " + latest + " at step " + std::to_string(step));
   }
   std::ofstream metrics;
   if (writer) {

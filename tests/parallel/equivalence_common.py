@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 
 TOLERANCE = 1e-5
+CHECKPOINT_TOLERANCE = 1e-4
 failures = []
 
 
@@ -98,7 +99,12 @@ def resume_case(loom, config, run_dir, name, ranks, overrides, reference):
 
 def compare_checkpoints(name, ref_dir, run_dir):
     """The final checkpoint's global tensors (parameters and Adam moments, gathered from every
-    rank's shards) equal the single-process run's within 1e-5 relative (norm of the difference)."""
+    rank's shards) equal the single-process run's within CHECKPOINT_TOLERANCE relative (norm of
+    the difference). Looser than the losses': in AdamW's first steps v ≈ g², so an element whose
+    gradient is near zero moves by ±lr whatever its size, and the rounding of a reordered sum
+    (tensor-parallel partial sums, the vocabulary-parallel cross-entropy) decides its sign — a
+    tp = 2 run's parameters differ from the single process's by up to about 1e-5 after six
+    steps while its losses agree to 1e-7."""
     for file in ("params.bin", "adam_m.bin", "adam_v.bin"):
         a, b = array.array("f"), array.array("f")
         for buf, d in ((a, ref_dir), (b, run_dir)):
@@ -109,9 +115,9 @@ def compare_checkpoints(name, ref_dir, run_dir):
             continue
         diff = math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
         rel = diff / max(math.sqrt(sum(x * x for x in a)), 1e-30)
-        print(f"{'ok' if rel <= TOLERANCE else 'FAIL'}: {name}: checkpoint {file} relative "
+        print(f"{'ok' if rel <= CHECKPOINT_TOLERANCE else 'FAIL'}: {name}: checkpoint {file} relative "
               f"difference {rel:.1e}")
-        if rel > TOLERANCE:
+        if rel > CHECKPOINT_TOLERANCE:
             failures.append(f"{name}: checkpoint {file} differs by {rel:.2e}")
 
 
