@@ -81,15 +81,18 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
   }
 
   const int injection = injection_sublayer(m);
+  const int s = 2 * c.begin;
   for (int p = c.begin; p < c.end; ++p) {
     const LayerOffsets& o = m.layers[m.unrolled[p]];
-    if (m.config.input_injection() && p != m.loop_begin && starts_loop_iteration(m, p))
-      be.vector_add(r, state.injected(), NC);
     for (int sub = 0; sub < 2; ++sub) {
       const int i = 2 * p + sub;
       // Ladder: h_{i−2} is waited on here, after h_{i−1}'s all-reduce was started, so each
-      // all-reduce runs while the next sub-layer computes.
-      if (i >= d) be.vector_add(r, pending_output(i - d), NC);
+      // all-reduce runs while the next sub-layer computes. At the chunk's start the previous
+      // chunk has added it (the boundary state).
+      if (i >= d && !(i == s && !c.first)) be.vector_add(r, pending_output(i - d), NC);
+      if (sub == 0 && m.config.input_injection() && p != m.loop_begin &&
+          starts_loop_iteration(m, p))
+        be.vector_add(r, state.injected(), NC);
       if (i == injection) be.copy(state.injected(), r, NC);
       const SublayerActs a = acts_in_slot(m, c.acts[i - 2 * c.begin], slot);
       be.copy(act(m, a.input), r, NC);
@@ -102,8 +105,9 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
     }
   }
   const int e = 2 * c.end;
-  if (!c.last) {  // the boundary goes on complete: every pending output summed
-    for (int j = std::max(0, e - d); j < e; ++j) pending_output(j);
+  if (!c.last) {  // the boundary state: h_{e−d} added (as sub-layer e would), the rest complete
+    be.vector_add(r, pending_output(e - d), NC);
+    for (int j = e - d + 1; j < e; ++j) pending_output(j);
     return 0.0;
   }
   for (int j = std::max(0, e - d); j < e; ++j) be.vector_add(r, pending_output(j), NC);
@@ -180,6 +184,10 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
     if (m.has_wte && m.chunks.front().begin != 0) report(m.embedding_range);
     // Reverse of the forward's final additions: every still-pending output sees dr.
     for (int j = std::max(0, e - d); j < e; ++j) be.copy(grad_state.pending(j), dr, NC);
+  } else {
+    // The next chunk sent the gradient of the stream (h_{e−d} included: its gradient is dr) and
+    // of the outputs still pending.
+    be.copy(grad_state.pending(e - d), dr, NC);
   }
   const int injection = injection_sublayer(m);
 

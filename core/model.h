@@ -213,18 +213,24 @@ void model_plan(Model& model, int B, int T, int slots = 1, int boundaries = 1,
                 bool split_backward = false);
 
 // The boundary state between two unrolled positions — what a pipeline stage hands on, and what
-// activation recomputation will keep — inside a boundary buffer, for N = B·T tokens, laid out
-// contiguously so that it is sent as one message: the stream r (N, C) before the next sub-layer
-// adds its pending input; `delay` pending sub-layer outputs, h_i in slot i % delay (complete:
-// their tensor-parallel sums done); and e (N, C), the prelude output input injection adds, where
-// the boundary carries it. Backward uses the same layout for their gradients.
+// activation recomputation will keep — inside a boundary buffer, for N = B·T tokens. Between
+// sub-layers s − 1 and s (s even: a position's start) it is the stream r (N, C) with h_{s−delay}
+// already added; the delay − 1 outputs still pending, h_i in slot i % delay (complete: their
+// tensor-parallel sums done; none for the standard residual, h_{s−1} for the ladder); and e
+// (N, C), the prelude output input injection adds, where the boundary carries it. Backward uses
+// the same layout for their gradients. Slot 0, which the walk uses for h_{s−delay}, comes first
+// in the buffer, so the state itself (the *message*: stream, slots 1 .. delay − 1, e) is
+// contiguous and travels as one send.
 struct BoundaryState {
   void* base = nullptr;
   size_t NC = 0;           // elements of one (B, T, C) tensor
   int delay = 1;
   size_t element_bytes = 4;
-  void* stream() const { return base; }
-  void* pending(int sublayer) const { return at(1 + sublayer % delay); }
+  void* stream() const { return at(1); }
+  void* pending(int sublayer) const {
+    const int slot = sublayer % delay;
+    return at(slot == 0 ? 0 : 1 + slot);
+  }
   void* injected() const { return at(1 + delay); }
 
  private:
@@ -233,10 +239,11 @@ struct BoundaryState {
 BoundaryState model_boundary_state(Model& model, int index, int B, int T);
 
 // Elements of the boundary state at `chunk`'s start (at_end false) or end, for (B, T) tokens:
-// the stream, `delay` pending outputs and, when the boundary carries it, e.
+// the stream, delay − 1 pending outputs and, when the boundary carries it, e.
 size_t model_boundary_count(const Model& model, int chunk, bool at_end, int B, int T);
-// Boundary buffer `index` (model_boundary_count elements from here are sent or received).
-float* model_boundary(Model& model, int index);
+// The boundary state in boundary buffer `index` for (B, T) tokens: model_boundary_count elements
+// from here are sent or received (BoundaryState::stream()).
+float* model_boundary(Model& model, int index, int B, int T);
 
 // Forward of chunk `chunk` over a (B, T) micro-batch, saving its activations in slot `slot`.
 // Boundary buffer `boundary` holds the state at the chunk's start (ignored for the first chunk,

@@ -332,17 +332,25 @@ void model_plan(Model& m, int B, int T, int slots, int boundaries, bool split_ba
 size_t model_boundary_count(const Model& m, int chunk, bool at_end, int B, int T) {
   const ModelChunk& c = m.chunks[chunk];
   const bool injected = at_end ? c.injected_out : c.injected_in;
-  return (1 + m.delay + (injected ? 1 : 0)) * static_cast<size_t>(B) * T * m.C;
+  return (m.delay + (injected ? 1 : 0)) * static_cast<size_t>(B) * T * m.C;
 }
 
+namespace {
+
+float* boundary_buffer(Model& m, int index) {
+  LOOM_CHECK(index >= 0 && index < m.boundaries);
+  return m.arena.data() + m.boundaries_base + index * m.boundary_floats;
+}
+
+}  // namespace
+
 BoundaryState model_boundary_state(Model& m, int index, int B, int T) {
-  return {model_boundary(m, index), static_cast<size_t>(B) * T * m.C, m.delay,
+  return {boundary_buffer(m, index), static_cast<size_t>(B) * T * m.C, m.delay,
           kb(m).activation_bytes()};
 }
 
-float* model_boundary(Model& m, int index) {
-  LOOM_CHECK(index >= 0 && index < m.boundaries);
-  return m.arena.data() + m.boundaries_base + index * m.boundary_floats;
+float* model_boundary(Model& m, int index, int B, int T) {
+  return static_cast<float*>(model_boundary_state(m, index, B, T).stream());
 }
 
 }  // namespace loom

@@ -75,7 +75,7 @@ struct Runner {
   void post_receive(const PipelineAction& a) {
     const bool forward = a.type == Type::kRecvForward;
     const int buffer = take_buffer();
-    WorkPtr work = pipe.pp->recv_async(model_boundary(model, buffer), count(a.chunk, !forward),
+    WorkPtr work = pipe.pp->recv_async(model_boundary(model, buffer, batch.B, batch.T), count(a.chunk, !forward),
                                        DataType::kFloat32, forward ? prev_rank() : next_rank());
     receive_of(a.type, a) = {buffer, std::move(work)};
   }
@@ -94,7 +94,7 @@ struct Runner {
   }
 
   void send(int buffer, size_t count, int peer) {
-    pipe.sending.emplace_back(buffer, pipe.pp->send_async(model_boundary(model, buffer), count,
+    pipe.sending.emplace_back(buffer, pipe.pp->send_async(model_boundary(model, buffer, batch.B, batch.T), count,
                                                           DataType::kFloat32, peer));
   }
 

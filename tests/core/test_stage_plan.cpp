@@ -137,19 +137,19 @@ void expect_pieces_equal_whole(const config::RunConfig& cfg, bool split = false)
   double piece_loss = 0;
   for (int g = 0; g < plan.pieces(); ++g) {
     auto [m, c] = run(g);
-    if (g > 0) std::memcpy(model_boundary(m, 0), boundary.data(), boundary.size() * 4);
+    if (g > 0) std::memcpy(model_boundary(m, 0, B, T), boundary.data(), boundary.size() * 4);
     piece_loss = model_forward_chunk(m, c, c, 0, inputs.data(), targets.data(), B, T, scale);
-    boundary.assign(model_boundary(m, 0),
-                    model_boundary(m, 0) + model_boundary_count(m, c, true, B, T));
+    boundary.assign(model_boundary(m, 0, B, T),
+                    model_boundary(m, 0, B, T) + model_boundary_count(m, c, true, B, T));
   }
   EXPECT_EQ(piece_loss, loss);
   for (int g = plan.pieces() - 1; g >= 0; --g) {
     auto [m, c] = run(g);
-    if (g + 1 < plan.pieces()) std::memcpy(model_boundary(m, 0), boundary.data(), boundary.size() * 4);
+    if (g + 1 < plan.pieces()) std::memcpy(model_boundary(m, 0, B, T), boundary.data(), boundary.size() * 4);
     model_backward_chunk(m, c, c, 0, B, T, {},
                          split ? BackwardPart::kInput : BackwardPart::kAll);
-    boundary.assign(model_boundary(m, 0),
-                    model_boundary(m, 0) + model_boundary_count(m, c, false, B, T));
+    boundary.assign(model_boundary(m, 0, B, T),
+                    model_boundary(m, 0, B, T) + model_boundary_count(m, c, false, B, T));
   }
   if (split)
     for (int g = 0; g < plan.pieces(); ++g) {
