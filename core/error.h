@@ -1,4 +1,4 @@
-// The two kinds of failure (STYLE.md §6).
+// The two kinds of failure (docs/architecture.md, "Failure handling").
 //
 // loom::Error: something a user caused or a system suffered (bad config, missing file, corrupt
 // shard, non-finite loss). Its message names the thing and says what to do; the CLI prints it and
