@@ -324,6 +324,13 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     metrics.open(run_dir / "metrics.jsonl", std::ios::app);
   }
   log_layout(log, run, threads, model_global_floats(model_layout(cfg.model())));
+  if (groups.mesh.pp == 1 && pipeline_kind(cfg) != PipelineKind::kOneFOneB)
+    log.warn(std::string("parallel.pipeline_schedule ") + pipeline_kind_name(pipeline_kind(cfg)) +
+             " with parallel.pp = 1 only costs memory (" +
+             (pipeline_kind(cfg) == PipelineKind::kGPipe
+                  ? "every micro-batch's activations are kept"
+                  : "each slot keeps the weight pass's output gradients") +
+             "); ONE_F_ONE_B runs one micro-batch at a time");
   log.line(format("data: %lld training sequences of %d tokens; %d micro-batch(es) of %d "
                   "sequences per step%s; run directory %s",
                   static_cast<long long>(train_data.num_sequences()), T, accum, B,
