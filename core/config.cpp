@@ -4,6 +4,7 @@
 #include <google/protobuf/text_format.h>
 #include <google/protobuf/util/json_util.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -333,6 +334,10 @@ void validate_trainable(const config::RunConfig& cfg) {
                            ": this version of loom trains data-, tensor- and pipeline-parallel "
                            "layouts; sequence parallelism is not implemented yet (set "
                            "parallel.sp=1; `loom plan` shows such layouts)");
+}
+
+size_t grad_bucket_floats(const config::ParallelConfig& parallel) {
+  return std::max<size_t>(1, static_cast<size_t>(parallel.bucket_mb() * (1 << 20) / 4));
 }
 
 int grad_accum_steps(const config::RunConfig& cfg) {

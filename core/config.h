@@ -44,4 +44,7 @@ std::string model_config_json(const config::ModelConfig& model);
 // Optimizer steps' micro-batches on one rank: global_batch / (micro_batch · dp).
 int grad_accum_steps(const config::RunConfig& cfg);
 
+// Floats of fp32 gradients per data-parallel bucket (parallel.bucket_mb), at least 1.
+size_t grad_bucket_floats(const config::ParallelConfig& parallel);
+
 }  // namespace loom

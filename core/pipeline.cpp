@@ -348,7 +348,7 @@ StageMemory stage_memory(const config::RunConfig& cfg, int rank) {
   StageMemory out;
   out.params = model.num_params;
   const bool zero = p.zero_stage() == 1 && p.dp() * p.sp() > 1;
-  const size_t bucket = std::max<size_t>(1, static_cast<size_t>(p.bucket_mb() * (1 << 20) / 4));
+  const size_t bucket = grad_bucket_floats(p);
   out.optimizer = 2 * (zero ? grad_reducer_shard_floats(model.num_params, bucket,
                                                         p.dp() * p.sp(), 0)
                             : model.num_params);

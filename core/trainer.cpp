@@ -145,10 +145,9 @@ void set_up_run(Run& run) {
   run.replicas = replica_sync_create(model, run.replica_groups);
   run.replicas.trace = &run.trace;
   if (run.groups.dp_sp->size() > 1) {
-    const size_t bucket_floats =
-        std::max<size_t>(1, static_cast<size_t>(cfg.parallel().bucket_mb() * (1 << 20) / 4));
     run.reducer = grad_reducer_create(*run.groups.dp_sp, model.grads.data(), model.num_params,
-                                      bucket_floats, cfg.parallel().zero_stage() == 1,
+                                      grad_bucket_floats(cfg.parallel()),
+                                      cfg.parallel().zero_stage() == 1,
                                       cfg.parallel().overlap_grad_reduce());
   }
   run.zero = run.reducer.zero;  // only set for a distributed run

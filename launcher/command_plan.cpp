@@ -224,7 +224,7 @@ int command_plan(int argc, char** argv) {
   const Mesh mesh{.dp = p.dp(), .pp = p.pp(), .sp = p.sp(), .tp = p.tp()};
   const config::ModelConfig& m = cfg.model();
   const config::TrainConfig& t = cfg.train();
-  const int unrolled = m.prelude_layers() + m.block_layers() * m.loops() + m.coda_layers();
+  const int unrolled = unrolled_layers(m);
   const Model model = model_layout(m);
 
   // Threads a rank would use: runtime.threads, or (0) its share of this host's cores, as
