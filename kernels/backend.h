@@ -26,6 +26,8 @@
 #pragma once
 #include <cstddef>
 
+#include "kernels/attention_block.h"
+
 namespace loom::kernels {
 
 class KernelBackend {
@@ -42,6 +44,10 @@ class KernelBackend {
   virtual void copy(void* dst, const void* src, size_t n) const = 0;
   // x (n) = 0.
   virtual void zero(void* x, size_t n) const = 0;
+  // dst (rows, cols), rows dst_ld apart = src (rows, cols), rows src_ld apart: a column range
+  // of a row-major tensor. The ranges do not overlap.
+  virtual void copy_rows(void* dst, size_t dst_ld, const void* src, size_t src_ld, size_t rows,
+                         size_t cols) const = 0;
 
   // --- embedding; wte holds vocabulary rows [vocab_begin, vocab_begin + vocab_rows) ---
   // out (B, T, C) = wte[tokens[b, t] − vocab_begin] (0 for tokens outside the range) + wpe[t] —
@@ -94,6 +100,21 @@ class KernelBackend {
   virtual void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
                                   const float* lse, int B, int T, int C, int H,
                                   void* scratch) const = 0;
+
+  // --- blocks of ring (sequence-parallel) attention; shapes in kernels/attention_block.h ---
+  virtual size_t attention_block_scratch_bytes(int kv_rows) const = 0;
+  // The block's rows of out and lse — overwritten (a row that sees no key: out 0, lse −∞).
+  virtual void attention_block_forward(void* out, float* lse, const void* q, const void* kv,
+                                       const AttentionBlock& blk, void* scratch) const = 0;
+  // out, lse ← the log-sum-exp merge of (out, lse) and (block_out, block_lse) over the block's
+  // query rows, in fp32.
+  virtual void attention_merge(void* out, float* lse, const void* block_out,
+                               const float* block_lse, const AttentionBlock& blk) const = 0;
+  // dq (layout of q) += and dkv (layout of kv) += the block's share of the gradient, from dout
+  // and the merged out and lse of the whole attention.
+  virtual void attention_block_backward(void* dq, void* dkv, const void* dout, const void* q,
+                                        const void* kv, const void* out, const float* lse,
+                                        const AttentionBlock& blk, void* scratch) const = 0;
 
   // --- rotary position embedding ---
   // cos, sin (T, hd/2) — overwritten — for positions 0..T−1.

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/attention_block.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/gelu.h"
@@ -28,6 +29,11 @@ class CpuBackend final : public KernelBackend {
     std::memcpy(dst, src, n * sizeof(float));
   }
   void zero(void* x, size_t n) const override { std::memset(x, 0, n * sizeof(float)); }
+  void copy_rows(void* dst, size_t dst_ld, const void* src, size_t src_ld, size_t rows,
+                 size_t cols) const override {
+    for (size_t r = 0; r < rows; ++r)
+      std::memcpy(f(dst) + r * dst_ld, f(src) + r * src_ld, cols * sizeof(float));
+  }
 
   void embedding_forward(void* out, const int* tokens, const void* wte, const void* wpe, int B,
                          int T, int C, int vocab_begin, int vocab_rows) const override {
@@ -80,6 +86,24 @@ class CpuBackend final : public KernelBackend {
                           const float* lse, int B, int T, int C, int H,
                           void* scratch) const override {
     cpu::attention_backward(f(dqkv), f(dout), f(qkv), f(out), lse, B, T, C, H, f(scratch));
+  }
+
+  size_t attention_block_scratch_bytes(int kv_rows) const override {
+    return attention_block_scratch_floats(kv_rows, thread_count()) * sizeof(float);
+  }
+  void attention_block_forward(void* out, float* lse, const void* q, const void* kv,
+                               const AttentionBlock& blk, void* scratch) const override {
+    cpu::attention_block_forward(f(out), lse, f(q), f(kv), blk, f(scratch));
+  }
+  void attention_merge(void* out, float* lse, const void* block_out, const float* block_lse,
+                       const AttentionBlock& blk) const override {
+    cpu::attention_merge(f(out), lse, f(block_out), block_lse, blk);
+  }
+  void attention_block_backward(void* dq, void* dkv, const void* dout, const void* q,
+                                const void* kv, const void* out, const float* lse,
+                                const AttentionBlock& blk, void* scratch) const override {
+    cpu::attention_block_backward(f(dq), f(dkv), f(dout), f(q), f(kv), f(out), lse, blk,
+                                  f(scratch));
   }
 
   void rope_table(float* cos, float* sin, int T, int hd, float theta) const override {

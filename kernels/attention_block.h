@@ -1,0 +1,36 @@
+// The shape of one block of ring attention, shared by the CPU and CUDA kernels: a range of
+// query rows of this rank's part of the sequences against a range of key/value rows (this
+// rank's or another's), with the tokens' global positions deciding the causal mask.
+//
+// Layouts (per sequence b of B; H heads of hd; out rows are H·hd wide):
+//   q   (B, q_len, q_ld):   head h's query of row t at q[(b·q_len + t)·q_ld + h·hd]
+//   kv  (B, kv_len, kv_ld): head h's key at column h·hd, its value at v_offset + h·hd
+//   out (B, q_len, H·hd), lse (B, H, q_len): the block's rows [q_begin, q_begin + q_rows)
+// A packed qkv (B, T, 3C) is q with q_ld = 3C and kv = qkv + C with kv_ld = 3C, v_offset = C.
+//
+//   AttentionBlock blk{B, H, hd, T, 0, T, 3 * C, T, 0, T, 3 * C, C, true, 0, 0};
+//   attention_block_forward(out, lse, qkv, qkv + C, blk, scratch);   // = causal attention
+#pragma once
+
+namespace loom::kernels {
+
+struct AttentionBlock {
+  int B = 0, H = 0, hd = 0;
+  // Query rows [q_begin, q_begin + q_rows) of sequences of q_len rows, q_ld elements apart.
+  int q_len = 0, q_begin = 0, q_rows = 0, q_ld = 0;
+  // Key/value rows [kv_begin, kv_begin + kv_rows) of sequences of kv_len rows, kv_ld apart.
+  int kv_len = 0, kv_begin = 0, kv_rows = 0, kv_ld = 0, v_offset = 0;
+  // Causal: query row q_begin + i (global position q_position + i) sees key row kv_begin + j
+  // only if kv_position + j ≤ q_position + i. Otherwise (a full block) every key.
+  bool causal = false;
+  int q_position = 0, kv_position = 0;
+
+  // Keys query row i (0-based within the block) sees: a prefix of the block's key rows.
+  int visible(int i) const {
+    if (!causal) return kv_rows;
+    const int n = q_position + i - kv_position + 1;
+    return n < 0 ? 0 : (n > kv_rows ? kv_rows : n);
+  }
+};
+
+}  // namespace loom::kernels

@@ -1,0 +1,121 @@
+// Ring attention (parallel/ring_attention.h) over sp groups of 2, 3 and 4 ranks (cut out of the
+// job's world) against whole causal attention computed on every rank: each rank's output, lse
+// and qkv gradient rows must equal the whole attention's at the rank's global positions, for
+// the zigzag and the contiguous layouts.
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/backend.h"
+#include "kernels/cpu/threads.h"
+#include "parallel/ring_attention.h"
+#include "tests/parallel/parallel_test_env.h"
+
+namespace loom::test {
+namespace {
+
+std::vector<float> random_vector(size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// The rows of (B, T, width) at `positions`, per sequence.
+std::vector<float> rows_at(const std::vector<float>& x, const std::vector<int>& positions, int B,
+                           int T, int width) {
+  std::vector<float> out;
+  for (int b = 0; b < B; ++b)
+    for (int p : positions)
+      out.insert(out.end(), x.begin() + (static_cast<size_t>(b) * T + p) * width,
+                 x.begin() + (static_cast<size_t>(b) * T + p + 1) * width);
+  return out;
+}
+
+struct RingCase {
+  int B, T, C, H;
+  SequenceLayout layout;
+};
+
+void expect_ring_matches_whole(Communicator& sp, const RingCase& k) {
+  const int B = k.B, T = k.T, C = k.C, H = k.H, Tl = T / sp.size();
+  const auto be = kernels::cpu::make_cpu_backend();
+  const std::vector<float> qkv = random_vector(static_cast<size_t>(B) * T * 3 * C, 5);
+  const std::vector<float> dout = random_vector(static_cast<size_t>(B) * T * C, 6);
+  std::vector<float> out(static_cast<size_t>(B) * T * C), lse(static_cast<size_t>(B) * H * T);
+  std::vector<float> dqkv(qkv.size());
+  std::vector<float> scratch(kernels::cpu::attention_scratch_floats(T, kernels::cpu::thread_count()));
+  kernels::cpu::attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, H, scratch.data());
+  kernels::cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B,
+                                   T, C, H, scratch.data());
+
+  const std::vector<int> positions = sequence_positions(k.layout, T, sp.size(), sp.rank());
+  const std::vector<float> my_qkv = rows_at(qkv, positions, B, T, 3 * C);
+  const std::vector<float> my_dout = rows_at(dout, positions, B, T, C);
+  std::vector<float> work(ring_workspace_activations(B, Tl, C));
+  std::vector<float> block_lse(ring_workspace_lse_floats(B, Tl, H));
+  std::vector<char> block_scratch(be->attention_block_scratch_bytes(Tl));
+  const size_t kv = static_cast<size_t>(B) * Tl * 2 * C;
+  RingWorkspace ws;
+  ws.kv[0] = work.data(), ws.kv[1] = work.data() + kv;
+  for (int i = 0; i < 3; ++i) ws.dkv[i] = work.data() + (2 + i) * kv;
+  ws.block_out = ws.dkv[0], ws.block_lse = block_lse.data(), ws.scratch = block_scratch.data();
+
+  RingAttention ring{&sp, k.layout};
+  std::vector<float> my_out(static_cast<size_t>(B) * Tl * C), my_lse(static_cast<size_t>(B) * H * Tl);
+  ring_attention_forward(ring, *be, ws, my_out.data(), my_lse.data(), my_qkv.data(), B, Tl, C, H);
+  std::vector<float> my_dqkv(my_qkv.size());
+  ring_attention_backward(ring, *be, ws, my_dqkv.data(), my_dout.data(), my_qkv.data(),
+                          my_out.data(), my_lse.data(), B, Tl, C, H);
+  EXPECT_GT(ring.compute_seconds, 0.0);
+
+  EXPECT_TRUE(same_values(my_out, rows_at(out, positions, B, T, C), "ring attention out", 1e-5));
+  std::vector<float> want_lse;
+  for (int bh = 0; bh < B * H; ++bh)
+    for (int p : positions) want_lse.push_back(lse[static_cast<size_t>(bh) * T + p]);
+  EXPECT_TRUE(same_values(my_lse, want_lse, "ring attention lse", 1e-5));
+  EXPECT_TRUE(same_values(my_dqkv, rows_at(dqkv, positions, B, T, 3 * C), "ring attention dqkv", 1e-5));
+}
+
+TEST(RingAttention, ZigzagPiecesAreBalancedAndCoverTheSequence) {
+  const std::vector<SequencePiece> p = sequence_pieces(SequenceLayout::kZigzag, 16, 4, 1);
+  ASSERT_EQ(p.size(), 2u);
+  EXPECT_EQ(p[0].position, 2);
+  EXPECT_EQ(p[1].position, 12);
+  EXPECT_EQ(p[1].row, 2);
+  std::vector<int> seen(16, 0);
+  for (int r = 0; r < 4; ++r)
+    for (int pos : sequence_positions(SequenceLayout::kZigzag, 16, 4, r)) seen[pos]++;
+  for (int s : seen) EXPECT_EQ(s, 1);
+  const int global[2 * 8] = {0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17};
+  int local[2 * 4];
+  sequence_select(SequenceLayout::kZigzag, 2, 1, global, local, 2, 8);
+  const int want[8] = {2, 3, 4, 5, 12, 13, 14, 15};
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(local[i], want[i]) << i;
+}
+
+TEST(RingAttention, MatchesWholeAttentionOverGroupsOf2To4) {
+  ParallelTestContext& ctx = context();
+  const int world = ctx.world->size(), rank = ctx.world->rank();
+  for (int sp = 2; sp <= 4; ++sp) {
+    if (sp > world) break;
+    // Groups of sp consecutive ranks; the remainder forms a smaller group.
+    std::unique_ptr<Communicator> group =
+        mpi_split(*ctx.mpi, "sp" + std::to_string(sp), rank / sp, rank);
+    if (group->size() < 2) continue;
+    const int n = group->size();
+    for (const RingCase& k : {RingCase{2, 8 * n, 16, 2, SequenceLayout::kZigzag},
+                              RingCase{1, 24 * n, 24, 3, SequenceLayout::kZigzag},
+                              RingCase{2, 4 * n, 8, 1, SequenceLayout::kContiguous}}) {
+      SCOPED_TRACE("sp " + std::to_string(n) + " T " + std::to_string(k.T));
+      expect_ring_matches_whole(*group, k);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace loom::test
