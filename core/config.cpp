@@ -307,9 +307,14 @@ void validate_config(const config::RunConfig& cfg) {
                                          "): each tensor-parallel rank holds whole heads");
   require(m.d_mlp() % p.tp() == 0, "parallel.tp (" + num(p.tp()) + ") must divide model.d_mlp (" +
                                        num(m.d_mlp()) + ")");
-  require(t.seq_len() % (2 * p.sp()) == 0,
-          "2 × parallel.sp (" + num(2 * p.sp()) + ") must divide train.seq_len (" +
-              num(t.seq_len()) + "): ring attention cuts the sequence into 2·sp chunks");
+  if (p.sequence_layout() == config::ParallelConfig::ZIGZAG)
+    require(t.seq_len() % (2 * p.sp()) == 0,
+            "train.seq_len (" + num(t.seq_len()) + ") must be divisible by 2 × parallel.sp (" +
+                num(2 * p.sp()) + "): the zigzag layout cuts each sequence into 2·sp chunks");
+  else
+    require(t.seq_len() % p.sp() == 0,
+            "train.seq_len (" + num(t.seq_len()) + ") must be divisible by parallel.sp (" +
+                num(p.sp()) + ") for the contiguous sequence layout");
   require(p.virtual_stages() >= 1, "parallel.virtual_stages must be at least 1");
   require(p.virtual_stages() == 1 || p.pp() > 1,
           "parallel.virtual_stages (" + num(p.virtual_stages()) + ") needs parallel.pp > 1: "
@@ -328,12 +333,10 @@ void validate_config(const config::RunConfig& cfg) {
   require(p.collective_timeout_s() > 0, "parallel.collective_timeout_s must be positive");
 }
 
-void validate_trainable(const config::RunConfig& cfg) {
-  const auto& p = cfg.parallel();
-  require(p.sp() == 1, "parallel.sp = " + num(p.sp()) +
-                           ": this version of loom trains data-, tensor- and pipeline-parallel "
-                           "layouts; sequence parallelism is not implemented yet (set "
-                           "parallel.sp=1; `loom plan` shows such layouts)");
+SequenceLayout sequence_layout(const config::ParallelConfig& parallel) {
+  return parallel.sequence_layout() == config::ParallelConfig::CONTIGUOUS
+             ? SequenceLayout::kContiguous
+             : SequenceLayout::kZigzag;
 }
 
 size_t grad_bucket_floats(const config::ParallelConfig& parallel) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "loom.pb.h"
+#include "parallel/ring_attention.h"
 
 namespace loom {
 
@@ -26,9 +27,6 @@ void apply_override(config::RunConfig& cfg, const std::string& assignment);
 
 // Checks every invariant a run relies on; throws loom::Error naming the fields involved.
 void validate_config(const config::RunConfig& cfg);
-
-// Rejects layouts this version cannot train (sequence parallel > 1), naming the field. validate_config accepts them so that `loom plan` can show them.
-void validate_trainable(const config::RunConfig& cfg);
 
 // The config with every unset scalar field set to its schema default, so that what is stored in
 // a run directory or checkpoint keeps meaning the same model if a default changes later.
@@ -46,5 +44,8 @@ int grad_accum_steps(const config::RunConfig& cfg);
 
 // Floats of fp32 gradients per data-parallel bucket (parallel.bucket_mb), at least 1.
 size_t grad_bucket_floats(const config::ParallelConfig& parallel);
+
+// How sequences are cut over the sp ranks (parallel.sequence_layout).
+SequenceLayout sequence_layout(const config::ParallelConfig& parallel);
 
 }  // namespace loom

@@ -19,8 +19,10 @@ void check_run(Model& m, int chunk, int slot, int B, int T) {
   LOOM_CHECK(slot >= 0 && slot < m.slots);
   LOOM_CHECK(m.tp.size == 1 || m.tp.comm);
   // On the CPU the attention scratch is per thread: the thread count must not have grown.
-  LOOM_CHECK(kb(m).attention_scratch_bytes(m.plan_B, m.plan_T, m.Cl, m.Hl) <=
+  LOOM_CHECK((m.sp.comm ? kb(m).attention_block_scratch_bytes(m.plan_B, m.Hl, m.plan_T, m.plan_T)
+                        : kb(m).attention_scratch_bytes(m.plan_B, m.plan_T, m.Cl, m.Hl)) <=
              m.plan_attention_scratch_bytes);
+  LOOM_CHECK(!m.sp.comm || T == m.plan_T);  // the positions are planned for plan_T rows
 }
 
 // The final norm and the LM head with cross-entropy over the last chunk's stream; returns the
@@ -52,6 +54,35 @@ double head_forward(Model& m, const ModelChunk& c, int slot, const int* targets,
                                   loss_grad_scale, act(m, m.lm_head_scratch), chunk);
 }
 
+// The learned position rows the embedding adds to this rank's T tokens (tp rank 0 only; null
+// otherwise or for rotary models): wpe itself, or with sp > 1 its rows at the rank's positions.
+const void* position_rows(Model& m, int T) {
+  if (is_rotary(m) || !row_parallel_bias(m, m.wpe)) return nullptr;
+  if (!m.sp.comm) return weight(m, m.wpe);
+  for (int t = 0; t < T; ++t)
+    std::copy_n(m.params.data() + m.wpe + static_cast<size_t>(m.positions[t]) * m.C, m.C,
+                stat(m, m.wpe_local) + static_cast<size_t>(t) * m.C);
+  return stat(m, m.wpe_local);
+}
+
+// The embedding's backward: the token rows' gradients, and the position rows' (with sp > 1
+// computed for the local rows, then added to wpe's gradient at their positions).
+void embedding_backward(Model& m, const void* dr, const int* tokens, int B, int T) {
+  float* dwpe = is_rotary(m) ? nullptr : grad(m, m.wpe);
+  if (dwpe && m.sp.comm) {
+    dwpe = stat(m, m.dwpe_local);
+    std::fill_n(dwpe, static_cast<size_t>(T) * m.C, 0.0f);
+  }
+  kb(m).embedding_backward(grad(m, m.wte), dwpe, dr, tokens, B, T, m.C, m.vocab.vocab_begin,
+                           m.vocab.rows, act(m, m.embedding_scratch));
+  if (!dwpe || !m.sp.comm) return;
+  for (int t = 0; t < T; ++t) {
+    float* to = grad(m, m.wpe) + static_cast<size_t>(m.positions[t]) * m.C;
+    const float* from = dwpe + static_cast<size_t>(t) * m.C;
+    for (int c = 0; c < m.C; ++c) to[c] += from[c];
+  }
+}
+
 }  // namespace
 
 double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const int* inputs,
@@ -73,8 +104,7 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
     int* tokens = m.slot_tokens.data() + static_cast<size_t>(slot) * m.plan_B * m.plan_T;
     std::copy(inputs, inputs + N, tokens);
     // Each rank looks up its vocabulary rows (zeros for the others); tp rank 0 adds positions.
-    be.embedding_forward(r, tokens, weight(m, m.wte),
-                         is_rotary(m) ? nullptr : row_parallel_bias(m, m.wpe), B, T, m.C,
+    be.embedding_forward(r, tokens, weight(m, m.wte), position_rows(m, T), B, T, m.C,
                          m.vocab.vocab_begin, m.vocab.rows);
     WorkPtr embedded = tp_sum_start(m, r, NC);
     tp_wait(m, embedded);
@@ -233,8 +263,7 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
   }
   if (!c.first) return;
   const int* tokens = m.slot_tokens.data() + static_cast<size_t>(slot) * m.plan_B * m.plan_T;
-  be.embedding_backward(grad(m, m.wte), is_rotary(m) ? nullptr : grad(m, m.wpe), dr, tokens, B,
-                        T, m.C, m.vocab.vocab_begin, m.vocab.rows, act(m, m.embedding_scratch));
+  embedding_backward(m, dr, tokens, B, T);
   report(m.embedding_range);
 }
 

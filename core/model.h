@@ -44,6 +44,7 @@
 #include "kernels/backend.h"
 #include "loom.pb.h"
 #include "parallel/communicator.h"
+#include "parallel/ring_attention.h"
 #include "parallel/vocab_parallel.h"
 
 namespace loom {
@@ -52,6 +53,15 @@ namespace loom {
 struct TensorParallel {
   int size = 1, rank = 0;
   Communicator* comm = nullptr;  // not owned
+};
+
+// This rank's place in the sequence-parallel group: the model runs T / size rows of every
+// sequence, at the global positions `layout` gives them (parallel/ring_attention.h), and
+// attention rings over comm. comm is null when size is 1.
+struct SequenceParallel {
+  int size = 1, rank = 0;
+  Communicator* comm = nullptr;  // not owned
+  SequenceLayout layout = SequenceLayout::kZigzag;
 };
 
 // This rank's place in the pipeline: the stage plan and its pipeline coordinate.
@@ -131,6 +141,8 @@ struct Model {
   std::shared_ptr<const kernels::KernelBackend> backend;
   int V = 0, C = 0, H = 0, F = 0, max_T = 0;  // global sizes
   TensorParallel tp;
+  SequenceParallel sp;
+  RingAttention ring;                // sp > 1: attention's ring over sp.comm, and its timers
   int Cl = 0, Hl = 0, Fl = 0;        // this rank's attention width, heads and MLP width (÷ tp)
   VocabShard vocab;                  // this rank's rows of the (padded) vocabulary
   int delay = 1;                     // 1 standard, 2 ladder
@@ -166,7 +178,12 @@ struct Model {
   size_t normed_f = 0;               // (B, T, C) final norm output (the LM head's input)
   size_t d_normed = 0;               // (delay, B, T, C) partial pre-norm output gradients
   size_t d_hidden = 0, d_hidden2 = 0;  // per-sub-layer backward temporaries
-  size_t rope_cos = 0, rope_sin = 0;  // (max_T, hd/2)
+  size_t rope_cos = 0, rope_sin = 0;  // (max_T, hd/2); with sp > 1 rows t < plan_T: positions[t]
+  // sp > 1: the global position of each local row (planned for plan_T rows), the ring's
+  // workspace (RingWorkspace: key/value blocks and gradients, then the block lse) and, for
+  // learned positions, wpe's rows at `positions` and their gradient, (plan_T, C) each.
+  std::vector<int> positions;
+  size_t ring_work = 0, ring_lse = 0, wpe_local = 0, dwpe_local = 0;
   size_t attention_scratch = 0, lm_head_scratch = 0;  // sized by the backend (0 bytes: unused)
   size_t norm_scratch = 0, embedding_scratch = 0;
 
@@ -180,15 +197,16 @@ struct Model {
 // Builds the parameter layout for `cfg` (validated) with zeroed buffers: this rank's shards when
 // tp.size > 1 (tp.size must divide n_heads and d_mlp), and only the tensors of this pipeline
 // rank's chunks. A null backend means the CPU backend. Forward, backward and model_last_logits
-// are then collective over tp.comm.
+// are then collective over tp.comm, and with sp.size > 1 forward and backward over sp.comm:
+// they take this rank's T = seq_len / sp rows of each sequence (sequence_select).
 Model model_create(const config::ModelConfig& cfg,
                    std::shared_ptr<const kernels::KernelBackend> backend = nullptr,
-                   TensorParallel tp = {}, PipelineStage stage = {});
+                   TensorParallel tp = {}, PipelineStage stage = {}, SequenceParallel sp = {});
 
 // The parameter layout alone (tensors, offsets, num_params), with no buffers: for planning.
 Model model_layout(const config::ModelConfig& cfg,
                    std::shared_ptr<const kernels::KernelBackend> backend = nullptr,
-                   TensorParallel tp = {}, PipelineStage stage = {});
+                   TensorParallel tp = {}, PipelineStage stage = {}, SequenceParallel sp = {});
 
 // Floats model_plan(B, T, slots, boundaries) would allocate for the activation arena with the
 // model's backend (on the CPU: at the current thread count): in all, per slot, per boundary
@@ -205,7 +223,8 @@ ArenaSizes model_arena_sizes(const Model& model, int B, int T, int slots = 1, in
 // layout starts from the same global weights.
 void model_init(Model& model, uint64_t seed);
 
-// Sizes the activation arena for micro-batches of up to B sequences of up to T tokens, with
+// Sizes the activation arena for micro-batches of up to B sequences of up to T tokens (with
+// sp > 1: exactly T, this rank's rows of sequences of T · sp tokens), with
 // `slots` micro-batches' activations in flight and `boundaries` boundary buffers; with
 // split_backward each slot also keeps the output gradients a later weight-gradient pass needs
 // (BackwardPart). Called once; forward and backward then allocate nothing.

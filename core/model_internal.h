@@ -21,6 +21,9 @@ inline void* act_offset(const Model& m, void* base, size_t elements) {
 inline const void* weight(Model& m, size_t offset) { return m.params.data() + offset; }
 inline float* grad(Model& m, size_t offset) { return m.grads.data() + offset; }
 
+// sp > 1: the ring's buffers in the arena for (B, T) local tokens.
+RingWorkspace ring_workspace(Model& m, int B, int T);
+
 // A row-parallel layer's bias: added by tp rank 0 only, so the all-reduced sum holds it once.
 const void* row_parallel_bias(Model& m, size_t offset);
 

@@ -137,7 +137,7 @@ void lay_out_ranges(Model& m) {
 }  // namespace
 
 Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::KernelBackend> backend,
-                   TensorParallel tp, PipelineStage stage) {
+                   TensorParallel tp, PipelineStage stage, SequenceParallel sp) {
   Model m;
   m.config = cfg;
   m.backend = backend ? std::move(backend) : make_backend(config::RuntimeConfig::CPU);
@@ -153,6 +153,11 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   LOOM_CHECK(m.H % tp.size == 0 && m.F % tp.size == 0);  // validate_config says so to users
   if (tp.size == 1) tp.comm = nullptr;
   m.tp = tp;
+  LOOM_CHECK(sp.size >= 1 && sp.rank >= 0 && sp.rank < sp.size);
+  LOOM_CHECK(!sp.comm || (sp.comm->size() == sp.size && sp.comm->rank() == sp.rank));
+  if (sp.size == 1) sp.comm = nullptr;
+  m.sp = sp;
+  m.ring = {sp.comm, sp.layout};
   m.stage = std::move(stage);
   m.Hl = m.H / tp.size;
   m.Cl = m.Hl * (m.C / m.H);
@@ -188,8 +193,8 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
 }
 
 Model model_create(const ModelConfig& cfg, std::shared_ptr<const kernels::KernelBackend> backend,
-                   TensorParallel tp, PipelineStage stage) {
-  Model m = model_layout(cfg, std::move(backend), tp, std::move(stage));
+                   TensorParallel tp, PipelineStage stage, SequenceParallel sp) {
+  Model m = model_layout(cfg, std::move(backend), tp, std::move(stage), sp);
   m.params.assign(m.num_params, 0.0f);
   m.grads.assign(m.num_params, 0.0f);
   return m;
@@ -291,7 +296,17 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
   m.rope_cos = plan.take(static_cast<size_t>(m.max_T) * hd / 2);
   m.rope_sin = plan.take(static_cast<size_t>(m.max_T) * hd / 2);
   const kernels::KernelBackend& be = kb(m);
-  m.plan_attention_scratch_bytes = be.attention_scratch_bytes(B, T, m.Cl, m.Hl);
+  if (m.sp.size > 1) {  // ring attention's blocks instead of whole-sequence attention
+    m.ring_work = plan.take(floats_for(ring_workspace_activations(B, T, m.Cl) *
+                                       be.activation_bytes()));
+    m.ring_lse = plan.take(ring_workspace_lse_floats(B, T, m.Hl));
+    if (!is_rotary(m)) {
+      m.wpe_local = plan.take(static_cast<size_t>(T) * C);
+      m.dwpe_local = plan.take(static_cast<size_t>(T) * C);
+    }
+  }
+  m.plan_attention_scratch_bytes = m.sp.size > 1 ? be.attention_block_scratch_bytes(B, m.Hl, T, T)
+                                                 : be.attention_scratch_bytes(B, T, m.Cl, m.Hl);
   m.attention_scratch = plan.take(floats_for(m.plan_attention_scratch_bytes));
   const int chunk = std::min<int>(m.config.lm_head_chunk(), static_cast<int>(N));
   m.lm_head_scratch = plan.take(floats_for(
@@ -311,21 +326,31 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
 
 ArenaSizes model_arena_sizes(const Model& model, int B, int T, int slots, int boundaries,
                              bool split_backward) {
-  Model copy = model_layout(model.config, model.backend, model.tp, model.stage);
+  Model copy = model_layout(model.config, model.backend, model.tp, model.stage, model.sp);
   const size_t total = plan_arena(copy, B, T, slots, boundaries, split_backward);
   return {total, copy.slot_floats, copy.boundary_floats, copy.shared_floats};
 }
 
 void model_plan(Model& m, int B, int T, int slots, int boundaries, bool split_backward) {
   LOOM_CHECK(m.plan_B == 0);  // planned once
-  LOOM_CHECK(T <= m.max_T && slots >= 1 && boundaries >= 1);
+  LOOM_CHECK(T * m.sp.size <= m.max_T && slots >= 1 && boundaries >= 1);
   m.plan_B = B;
   m.plan_T = T;
   m.split_backward = split_backward;
   m.arena.assign(plan_arena(m, B, T, slots, boundaries, split_backward), 0.0f);
   const int hd = m.C / m.H;
-  if (is_rotary(m))
+  if (m.sp.size > 1) m.positions = sequence_positions(m.sp.layout, T * m.sp.size, m.sp.size, m.sp.rank);
+  if (is_rotary(m)) {
     kb(m).rope_table(stat(m, m.rope_cos), stat(m, m.rope_sin), m.max_T, hd, m.config.rope_theta());
+    if (m.sp.size > 1) {  // row t: the angles of global position positions[t]
+      const size_t row = hd / 2;
+      for (size_t table : {m.rope_cos, m.rope_sin}) {
+        const std::vector<float> whole(stat(m, table), stat(m, table) + m.max_T * row);
+        for (size_t t = 0; t < m.positions.size(); ++t)
+          std::copy_n(whole.data() + m.positions[t] * row, row, stat(m, table) + t * row);
+      }
+    }
+  }
   m.slot_tokens.assign(static_cast<size_t>(slots) * B * T, 0);
 }
 

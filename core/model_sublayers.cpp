@@ -11,6 +11,19 @@ const void* row_parallel_bias(Model& m, size_t offset) {
   return m.tp.rank == 0 ? weight(m, offset) : nullptr;
 }
 
+RingWorkspace ring_workspace(Model& m, int B, int T) {
+  const size_t kv = static_cast<size_t>(B) * T * 2 * m.Cl;
+  RingWorkspace ws;
+  void* base = act(m, m.ring_work);
+  ws.kv[0] = base;
+  ws.kv[1] = act_offset(m, base, kv);
+  for (int i = 0; i < 3; ++i) ws.dkv[i] = act_offset(m, base, (2 + i) * kv);
+  ws.block_out = ws.dkv[0];  // forward only; the gradients are backward's
+  ws.block_lse = stat(m, m.ring_lse);
+  ws.scratch = act(m, m.attention_scratch);
+  return ws;
+}
+
 SublayerActs acts_in_slot(const Model& m, const SublayerActs& a, int slot) {
   const size_t base = slot_base(m, slot);
   return {a.input + base,   a.normed + base, a.mean + base,  a.rstd + base, a.hidden + base,
@@ -91,8 +104,12 @@ void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerA
   if (is_rotary(m))
     kb(m).rope_apply(act(m, a.hidden), stat(m, m.rope_cos), stat(m, m.rope_sin), B, T, Cl, m.Hl,
                      false);
-  kb(m).attention_forward(act(m, a.hidden2), stat(m, a.lse), act(m, a.hidden), B, T, Cl, m.Hl,
-                          act(m, m.attention_scratch));
+  if (m.sp.comm)  // this rank's rows attend to the whole sequence around the sp ring
+    ring_attention_forward(m.ring, kb(m), ring_workspace(m, B, T), act(m, a.hidden2),
+                           stat(m, a.lse), act(m, a.hidden), B, T, Cl, m.Hl);
+  else
+    kb(m).attention_forward(act(m, a.hidden2), stat(m, a.lse), act(m, a.hidden), B, T, Cl, m.Hl,
+                            act(m, m.attention_scratch));
   kb(m).matmul_forward(h, act(m, a.hidden2), weight(m, o.attn_proj_w),
                        row_parallel_bias(m, o.attn_proj_b), N, Cl, C);
 }
@@ -126,8 +143,12 @@ void attention_sublayer_backward(Model& m, const LayerOffsets& o, const Sublayer
   if (defer) kb(m).copy(act(m, a.d_out), dh, static_cast<size_t>(N) * C);
   kb(m).matmul_backward(d_attn, now(m, o.attn_proj_w, defer), now(m, o.attn_proj_b, defer), dh,
                         act(m, a.hidden2), weight(m, o.attn_proj_w), N, Cl, C);
-  kb(m).attention_backward(d_qkv, d_attn, act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B, T,
-                           Cl, m.Hl, act(m, m.attention_scratch));
+  if (m.sp.comm)
+    ring_attention_backward(m.ring, kb(m), ring_workspace(m, B, T), d_qkv, d_attn,
+                            act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B, T, Cl, m.Hl);
+  else
+    kb(m).attention_backward(d_qkv, d_attn, act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse),
+                             B, T, Cl, m.Hl, act(m, m.attention_scratch));
   if (is_rotary(m))
     kb(m).rope_apply(d_qkv, stat(m, m.rope_cos), stat(m, m.rope_sin), B, T, Cl, m.Hl, true);
   kb(m).matmul_backward(d_normed, now(m, o.qkv_w, defer), now(m, o.qkv_b, defer), d_qkv,

@@ -343,7 +343,8 @@ void replica_sync_broadcast(const ReplicaSync& sync, float* buffer) {
 StageMemory stage_memory(const config::RunConfig& cfg, int rank) {
   const auto& p = cfg.parallel();
   const Model model = model_layout(cfg.model(), nullptr, {p.tp(), 0, nullptr},
-                                   {stage_plan_create(cfg), rank});
+                                   {stage_plan_create(cfg), rank},
+                                   {p.sp(), 0, nullptr, sequence_layout(p)});
   const Pipeline pipe = pipeline_create(cfg, nullptr, rank);
   StageMemory out;
   out.params = model.num_params;
@@ -354,7 +355,7 @@ StageMemory stage_memory(const config::RunConfig& cfg, int rank) {
                             : model.num_params);
   out.slots = pipe.slots;
   out.boundaries = pipe.boundaries;
-  out.arena = model_arena_sizes(model, cfg.train().micro_batch(), cfg.train().seq_len(),
+  out.arena = model_arena_sizes(model, cfg.train().micro_batch(), cfg.train().seq_len() / p.sp(),
                                 pipe.slots, pipe.boundaries, pipe.split_backward);
   return out;
 }

@@ -16,22 +16,46 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// With sequence parallelism the model takes this rank's rows of each sequence: the micro-batches'
+// (B, T) inputs and targets cut to (B, T / sp) in `local`; T becomes the local length.
+MicroBatches sequence_part(const Model& model, MicroBatches batch, std::vector<int>& local) {
+  if (model.sp.size == 1) return batch;
+  const int Tl = batch.T / model.sp.size;
+  const size_t tokens = static_cast<size_t>(batch.B) * Tl, whole = static_cast<size_t>(batch.B) * batch.T;
+  local.resize(2 * tokens * batch.count);
+  int* inputs = local.data();
+  int* targets = local.data() + tokens * batch.count;
+  for (int k = 0; k < batch.count; ++k) {
+    sequence_select(model.sp.layout, model.sp.size, model.sp.rank, batch.inputs + k * whole,
+                    inputs + k * tokens, batch.B, batch.T);
+    if (batch.targets)
+      sequence_select(model.sp.layout, model.sp.size, model.sp.rank, batch.targets + k * whole,
+                      targets + k * tokens, batch.B, batch.T);
+  }
+  batch.inputs = inputs;
+  if (batch.targets) batch.targets = targets;
+  batch.T = Tl;
+  return batch;
+}
+
 }  // namespace
 
 StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
                       const config::RunConfig& cfg, float lr, const int* inputs,
                       const int* targets, const StepParallel& parallel) {
-  const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
+  const int B = cfg.train().micro_batch(), T = cfg.train().seq_len() / model.sp.size;
   const int m = pipe.micro_batches;
   GradReducer* reducer = parallel.reducer;
   ReplicaSync* replicas = parallel.replicas;
   std::fill(model.grads.begin(), model.grads.end(), 0.0f);
   model.tp_wait_seconds = 0.0;
+  model.ring.wait_seconds = model.ring.compute_seconds = 0.0;
   pipe.wait_seconds = 0.0;
   pipe.trace = parallel.trace;
   model.trace = parallel.trace;
   StepResult result;
-  // Each rank's gradients are the mean over its tokens; the reduction averages over ranks.
+  // Each rank's gradients are the mean over its tokens (its part of the sequences with sp > 1);
+  // the reduction averages over the dp × sp ranks, which hold equally many.
   const float scale = 1.0f / static_cast<float>(static_cast<size_t>(B) * T * m);
   // Gradients are reduced once, during the last micro-batch's backward: data-parallel buckets
   // start as soon as their gradients are final; replicated ones after their sum over stages.
@@ -47,7 +71,9 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
     };
   if (reducer) grad_reducer_begin(*reducer);
   if (replicas) replica_sync_begin(*replicas);
-  const MicroBatches batch{inputs, targets, m, B, T, scale};
+  std::vector<int> local;
+  const MicroBatches batch =
+      sequence_part(model, {inputs, targets, m, B, cfg.train().seq_len(), scale}, local);
   const double loss_sum = pipeline_run(pipe, model, pipe.train, batch, true, on_final);
   result.loss = loss_sum / m;
   if (replicas) {
@@ -81,7 +107,8 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
     if (zero) squares = sums[1];
   }
   result.grad_norm = std::sqrt(squares);
-  result.comm_wait_s += model.tp_wait_seconds + pipe.wait_seconds + seconds_since(start);
+  result.comm_wait_s +=
+      model.tp_wait_seconds + model.ring.wait_seconds + pipe.wait_seconds + seconds_since(start);
   result.finite = std::isfinite(result.loss) && std::isfinite(result.grad_norm);
   if (!result.finite) return result;
   TraceSpan span(parallel.trace, "optimizer", "optimizer");
@@ -97,15 +124,17 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
 }
 
 double evaluate(Model& model, Pipeline& pipe, const TokenDataset& val, int batches,
-                int global_batch, int B, int T, Communicator& dp, Communicator* pp) {
+                int global_batch, int B, int T, const DataShare& share, Communicator& dp_sp,
+                Communicator* pp) {
   DataLoader loader{&val, 0, false};
   const int micro_batches = batches * (global_batch / B);
   const size_t tokens = static_cast<size_t>(B) * T;
-  // This dp rank's micro-batches: every dp.size()-th, from its rank.
-  const int mine = micro_batches > dp.rank() ? (micro_batches - 1 - dp.rank()) / dp.size() + 1 : 0;
+  // This dp rank's micro-batches: every share.size-th, from its rank.
+  const int mine =
+      micro_batches > share.rank ? (micro_batches - 1 - share.rank) / share.size + 1 : 0;
   std::vector<int> inputs(mine * tokens), targets(mine * tokens);
   for (int k = 0; k < mine; ++k) {
-    loader.position = static_cast<int64_t>(dp.rank() + k * dp.size()) * B;
+    loader.position = static_cast<int64_t>(share.rank + k * share.size) * B;
     loader_next(loader, inputs.data() + k * tokens, targets.data() + k * tokens, B);
   }
   double total = 0.0;
@@ -115,12 +144,16 @@ double evaluate(Model& model, Pipeline& pipe, const TokenDataset& val, int batch
         pipeline_forward_schedule(pipe.size, mine, v, pipe.rank);
     pipe.trace = nullptr;
     model.trace = nullptr;
-    total = pipeline_run(pipe, model, forwards, {inputs.data(), targets.data(), mine, B, T, 0.0f},
+    std::vector<int> local;
+    total = pipeline_run(pipe, model, forwards,
+                         sequence_part(model, {inputs.data(), targets.data(), mine, B, T, 0.0f},
+                                       local),
                          false, {});
   }
   if (pp && pp->size() > 1) pp->all_reduce(&total, 1, ReduceOp::kSum);  // the last stage's
-  dp.all_reduce(&total, 1, ReduceOp::kSum);
-  return total / micro_batches;
+  // Each sp rank's loss is the mean over its part of the tokens: their mean is the sequences'.
+  dp_sp.all_reduce(&total, 1, ReduceOp::kSum);
+  return total / micro_batches / model.sp.size;
 }
 
 }  // namespace loom

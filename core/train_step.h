@@ -37,18 +37,26 @@ struct StepParallel {
 };
 
 // One optimizer step over pipe.micro_batches micro-batches of (B, T) tokens stored one after
-// the other in inputs and targets (every rank passes the same; the first stage reads inputs, the
-// last targets): zero grads, the schedule's forwards and backwards (loss scaled so gradients are
+// the other in inputs and targets (every rank passes the same whole sequences; the first stage
+// reads inputs, the last targets; with sp > 1 the model takes its rows of them): zero grads, the schedule's forwards and backwards (loss scaled so gradients are
 // those of the mean over all tokens), the reductions (during the last micro-batch's backward),
 // clip, AdamW with learning rate lr.
 StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
                       const config::RunConfig& cfg, float lr, const int* inputs,
                       const int* targets, const StepParallel& parallel = {});
 
+// Which part of the data a rank reads: its data-parallel coordinate and the dp size (sequence-
+// and tensor-parallel ranks with the same coordinate read the same sequences).
+struct DataShare {
+  int rank = 0, size = 1;
+};
+
 // Mean loss over the first `batches` global batches of the validation set (so the same
-// sequences whatever the micro-batch size, dp and pp), in micro-batches of B shared out over
-// the dp ranks and run through the pipeline forward only. `pp` may be null for one stage.
+// sequences whatever the micro-batch size, dp, pp and sp), in micro-batches of B sequences of
+// T tokens shared out over the dp ranks and run through the pipeline forward only; the losses
+// are summed over dp_sp. `pp` may be null for one stage.
 double evaluate(Model& model, Pipeline& pipe, const TokenDataset& val, int batches,
-                int global_batch, int B, int T, Communicator& dp, Communicator* pp);
+                int global_batch, int B, int T, const DataShare& share, Communicator& dp_sp,
+                Communicator* pp);
 
 }  // namespace loom

@@ -59,10 +59,13 @@ struct Run {
   TraceRecorder trace;
 };
 
-// The model's layout on this rank: its tensor-parallel shards and its pipeline pieces.
+// The model's layout on this rank: its tensor-parallel shards, its pipeline pieces and its part
+// of every sequence.
 Model create_model(const config::RunConfig& cfg, ProcessGroups& groups) {
   const TensorParallel tp{groups.mesh.tp, groups.coord.tp, groups.tp.get()};
-  return model_create(cfg.model(), nullptr, tp, {stage_plan_create(cfg), groups.coord.pp});
+  const SequenceParallel sp{groups.mesh.sp, groups.coord.sp, groups.sp.get(),
+                            sequence_layout(cfg.parallel())};
+  return model_create(cfg.model(), nullptr, tp, {stage_plan_create(cfg), groups.coord.pp}, sp);
 }
 
 // Groups for the tensors several stages hold; collective over the world, the same order on every
@@ -81,9 +84,8 @@ std::vector<ReplicaGroup> create_replica_groups(const Model& model, ProcessGroup
 // Writes a checkpoint of the whole model's global tensors; collective, rank 0 writes: ZeRO
 // shards gathered over dp, replicas of shared weights set to the lowest stage's (their rounding
 // may have drifted: replica_sync_broadcast), tensor-parallel shards to tp rank 0, pipeline
-// stages to rank 0. A
-// layout without tp and pp writes the model's own buffers, uncopied. With keep_params (pp > 1)
-// rank 0 keeps the whole model's parameters, for sampling.
+// stages to rank 0. A layout without tp and pp writes the model's own buffers, uncopied. With
+// keep_params rank 0 keeps the whole model's parameters, for sampling.
 void save_checkpoint(Run& run, const CheckpointState& state, const std::string& checkpoints_dir,
                      std::vector<float>* keep_params) {
   const Model& model = run.model;
@@ -106,8 +108,9 @@ void save_checkpoint(Run& run, const CheckpointState& state, const std::string& 
       optimizer_scatter(run.optimizer, full.v.data(), run.optimizer.v.data());
     }
   }
-  if (model.tp.size == 1 && run.groups.mesh.pp == 1) {
+  if (model.tp.size == 1 && run.groups.mesh.pp == 1) {  // sp ranks hold the same weights
     if (writer) checkpoint_save(checkpoints_dir, state, model, *opt, keep_last);
+    if (writer && keep_params) *keep_params = model.params;
     return;
   }
   // This stage's tensors at global size (its tp = 1 layout), on tp rank 0.
@@ -139,8 +142,8 @@ void save_checkpoint(Run& run, const CheckpointState& state, const std::string& 
 void set_up_run(Run& run) {
   const config::RunConfig& cfg = run.cfg;
   Model& model = run.model;
-  model_plan(model, cfg.train().micro_batch(), cfg.train().seq_len(), run.pipe.slots,
-             run.pipe.boundaries, run.pipe.split_backward);
+  model_plan(model, cfg.train().micro_batch(), cfg.train().seq_len() / model.sp.size,
+             run.pipe.slots, run.pipe.boundaries, run.pipe.split_backward);
   run.replica_groups = create_replica_groups(model, run.groups);
   run.replicas = replica_sync_create(model, run.replica_groups);
   run.replicas.trace = &run.trace;
@@ -214,6 +217,13 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
                                                     run.pipe.micro_batches,
                                                     cfg.parallel().virtual_stages()));
   }
+  if (groups.mesh.sp > 1)
+    line += format("; sequences of %d tokens cut %s over sp (%d rows per rank), attention "
+                   "over the sp ring",
+                   cfg.train().seq_len(),
+                   sequence_layout(cfg.parallel()) == SequenceLayout::kZigzag ? "zigzag"
+                                                                              : "contiguously",
+                   cfg.train().seq_len() / groups.mesh.sp);
   if (run.reducer.comm)
     line += format("; gradients averaged over %d ranks in %zu bucket(s)%s%s",
                    run.reducer.comm->size(), run.reducer.buckets.size(),
@@ -230,7 +240,8 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
 }
 
 // Generates logging.sample_tokens tokens at the end of training: collective over the
-// tensor-parallel group of rank 0 (pp = 1), or on rank 0 alone from the gathered global model.
+// tensor-parallel group of rank 0 (pp = sp = 1), or on rank 0 alone from the gathered global
+// model.
 void sample_at_end(Run& run, const std::vector<float>* global_params, uint64_t rng_state,
                    RunLog& log) {
   const auto& l = run.cfg.logging();
@@ -270,7 +281,6 @@ void write_trace(Run& run, const fs::path& run_dir, RunLog& log) {
 }  // namespace
 
 TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
-  validate_trainable(cfg);
   ProcessGroups single;
   ProcessGroups& groups = options.groups ? *options.groups : single;
   if (!options.groups) single = process_groups_create(nullptr, Mesh{});
@@ -344,11 +354,13 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   summary.run_dir = run_dir.string();
   const auto started = Clock::now();
   const long first_step = step;
-  std::vector<float> final_params;  // pp > 1: the whole model's, on rank 0, for sampling
+  // pp or sp > 1: the whole model's parameters, on rank 0, for sampling on one rank.
+  const bool sample_whole = groups.mesh.pp > 1 || groups.mesh.sp > 1;
+  std::vector<float> final_params;
   auto save = [&](bool final) {
     CheckpointState state{cfg, step, loader.position, rng.state, tokens_seen};
     save_checkpoint(run, state, checkpoints_dir.string(),
-                    final && groups.mesh.pp > 1 ? &final_params : nullptr);
+                    final && sample_whole ? &final_params : nullptr);
     summary.last_checkpoint = (checkpoints_dir / format("step_%07ld", step)).string();
   };
   StepParallel parallel;
@@ -371,7 +383,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     parallel.trace = tracing ? &run.trace : nullptr;
     // This rank's contiguous part of the global batch, in micro-batches.
     const int64_t batch_start = loader.position;
-    loader.position = batch_start + dp.rank() * local_sequences;
+    loader.position = batch_start + groups.coord.dp * local_sequences;
     for (int micro = 0; micro < accum; ++micro)
       loader_next(loader, inputs.data() + static_cast<size_t>(micro) * B * T,
                   targets.data() + static_cast<size_t>(micro) * B * T, B);
@@ -397,7 +409,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     double val_loss = -1.0;
     if (validate && (step % t.eval_interval() == 0 || step == t.steps())) {
       val_loss = evaluate(model, run.pipe, val_data, t.eval_batches(), t.global_batch(), B, T,
-                          dp, groups.pp.get());
+                          {groups.coord.dp, groups.mesh.dp}, dp, groups.pp.get());
       summary.last_val_loss = val_loss;
     }
     if (tracing && step - first_step == trace_steps) write_trace(run, run_dir, log);
@@ -455,7 +467,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
                     run_dir.string().c_str()));
     return summary;
   }
-  sample_at_end(run, groups.mesh.pp > 1 ? &final_params : nullptr, rng.state, log);
+  sample_at_end(run, sample_whole ? &final_params : nullptr, rng.state, log);
   return summary;
 }
 

@@ -102,7 +102,8 @@ class KernelBackend {
                                   void* scratch) const = 0;
 
   // --- blocks of ring (sequence-parallel) attention; shapes in kernels/attention_block.h ---
-  virtual size_t attention_block_scratch_bytes(int kv_rows) const = 0;
+  // Scratch for blocks of up to q_len query rows (per sequence and head) and kv_rows key rows.
+  virtual size_t attention_block_scratch_bytes(int B, int H, int q_len, int kv_rows) const = 0;
   // The block's rows of out and lse — overwritten (a row that sees no key: out 0, lse −∞).
   virtual void attention_block_forward(void* out, float* lse, const void* q, const void* kv,
                                        const AttentionBlock& blk, void* scratch) const = 0;

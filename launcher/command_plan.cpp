@@ -1,8 +1,10 @@
 // `loom plan`: what a config's parallel layout means, without starting anything: the mesh, every
 // process group as global ranks, gradient accumulation, the pipeline stages, and memory per rank
-// as `loom train` allocates it (core/pipeline.h stage_memory; an estimate only with sp > 1).
+// as `loom train` allocates it (core/pipeline.h stage_memory), and the longest sequence a memory
+// budget allows.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <set>
 #include <string>
@@ -22,7 +24,7 @@
 namespace loom {
 namespace {
 
-constexpr const char* kHelp = R"(usage: loom plan CONFIG [--set path.to.field=value]...
+constexpr const char* kHelp = R"(usage: loom plan CONFIG [--set path.to.field=value]... [--memory-gb X]
 
 Shows what CONFIG's parallel layout (parallel.dp, tp, pp, sp) means, without starting anything:
   - the world size and dp × pp × sp × tp,
@@ -32,15 +34,19 @@ Shows what CONFIG's parallel layout (parallel.dp, tp, pp, sp) means, without sta
   - the batch: micro-batches accumulated per optimizer step on each rank,
   - memory per rank in MiB, as `loom train` allocates it: parameters, gradients, AdamW state
     (sharded over dp with parallel.zero_stage=1), activations (for the pipeline schedule's
-    micro-batches in flight), total,
+    micro-batches in flight; with sp > 1 the rank's T / sp rows of each sequence and ring
+    attention's buffers), total,
   - with pp > 1: the schedule and its bubble fraction, and for each stage its unrolled layers in
     words ("block.0–1 × iterations 3–5"), parameters (a shared block once), gradients,
     optimizer state and activations,
-  - whether `loom train` in this version can run the layout.
+  - with --memory-gb X: the longest train.seq_len this layout trains within X GiB per rank
+    (every stage; learned position tables grown to it), in steps of what sp requires.
 The config is validated as `loom train` does: a layout that does not divide the model or the
 batch is an error (exit status 1).
 
-  --set k=v   override one config field, e.g. --set parallel.tp=2 (repeatable, applied in order)
+  --set k=v        override one config field, e.g. --set parallel.tp=2 (repeatable, applied in
+                   order)
+  --memory-gb X    a memory budget per rank in GiB (2^30 bytes) for the longest-sequence search
 )";
 
 constexpr int kMaxListedRanks = 64;  // larger worlds list only their first groups
@@ -181,20 +187,19 @@ void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
   const StageMemory& big = stages[largest];
   const bool zero = cfg.parallel().zero_stage() == 1 && mesh.dp * mesh.sp > 1;
   const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
-  const bool exact = mesh.sp == 1;
-  std::printf("\nmemory per rank (fp32, MiB%s)\n", exact ? "" : ", estimate");
+  std::printf("\nmemory per rank (fp32, MiB)\n");
   std::printf("  parameters       %s   %zu floats%s\n", mib(4.0 * big.params).c_str(), big.params,
               mesh.pp > 1 ? (" (stage " + std::to_string(largest) + ", the largest)").c_str() : "");
   std::printf("  gradients        %s   as many as the parameters\n", mib(4.0 * big.params).c_str());
   std::printf("  optimizer state  %s   AdamW m and v%s\n", mib(4.0 * big.optimizer).c_str(),
               zero ? (", sharded over dp " + std::to_string(mesh.dp * mesh.sp) + " (ZeRO-1)").c_str()
                    : ", not sharded (parallel.zero_stage=0)");
-  // Sequence parallelism is not trained yet: its cut of every (B, T, ·) activation is estimated.
-  const double activations = 4.0 * big.arena.total / mesh.sp;
-  std::printf("  activations      %s   micro_batch %d × seq_len %d at %d thread%s; %d "
+  const double activations = 4.0 * big.arena.total;
+  std::printf("  activations      %s   micro_batch %d × seq_len %d%s at %d thread%s; %d "
               "micro-batch%s in flight\n",
-              mib(activations).c_str(), B, T, threads, threads == 1 ? "" : "s", big.slots,
-              big.slots == 1 ? "" : "es");
+              mib(activations).c_str(), B, T,
+              mesh.sp > 1 ? (" (" + std::to_string(T / mesh.sp) + " rows per sp rank)").c_str() : "",
+              threads, threads == 1 ? "" : "s", big.slots, big.slots == 1 ? "" : "es");
   std::printf("  total            %s\n",
               mib(4.0 * (2.0 * big.params + big.optimizer) + activations).c_str());
   if (mesh.tp > 1)
@@ -202,16 +207,71 @@ void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
         "  tp %d: QKV, MLP and output matrices and the vocabulary split; norms and\n"
         "        row-parallel biases replicated\n",
         mesh.tp);
-  if (!exact)
-    std::printf("  activations: the rank's arena (%.1f MiB) ÷ sp %d\n", 4.0 * big.arena.total / kMiB,
-                mesh.sp);
+  if (mesh.sp > 1)
+    std::printf("  sp %d: activations of the rank's rows; ring attention's key/value blocks and\n"
+                "        gradients in flight (%.2f MiB of the shared temporaries)\n",
+                mesh.sp,
+                4.0 * ring_workspace_activations(B, T / mesh.sp, cfg.model().d_model() / mesh.tp) /
+                    kMiB);
   if (mesh.pp > 1) print_pipeline(cfg, mesh, stages);
+}
+
+// Bytes per rank of the layout's largest stage: parameters, gradients, optimizer, activations.
+double rank_bytes(const config::RunConfig& cfg) {
+  double most = 0;
+  for (int r = 0; r < cfg.parallel().pp(); ++r) {
+    const StageMemory s = stage_memory(cfg, r);
+    most = std::max(most, 4.0 * (2.0 * s.params + s.optimizer + s.arena.total));
+  }
+  return most;
+}
+
+// The config at sequence length T (learned position tables grown to T when shorter).
+config::RunConfig at_seq_len(config::RunConfig cfg, long T) {
+  cfg.mutable_train()->set_seq_len(static_cast<int>(T));
+  if (cfg.model().max_seq_len() < T) cfg.mutable_model()->set_max_seq_len(static_cast<int>(T));
+  return cfg;
+}
+
+// The longest train.seq_len (a multiple of what the sequence layout needs) whose memory per
+// rank is within `budget` bytes, by bisection (memory grows with T); 0 if even the shortest
+// does not fit.
+void print_longest_sequence(const config::RunConfig& cfg, double budget_gib) {
+  const auto& p = cfg.parallel();
+  const long unit = sequence_layout(p) == SequenceLayout::kZigzag ? 2L * p.sp() : p.sp();
+  const double budget = budget_gib * 1024.0 * kMiB;
+  constexpr long kMaxTokens = 1L << 24;
+  auto fits = [&](long k) { return rank_bytes(at_seq_len(cfg, k * unit)) <= budget; };
+  long lo = 0, hi = 1;  // fits(lo) (or lo = 0), !fits(hi) once found
+  while (hi * unit <= kMaxTokens && fits(hi)) {
+    lo = hi;
+    hi *= 2;
+  }
+  if (hi * unit > kMaxTokens) hi = kMaxTokens / unit + 1;
+  while (hi - lo > 1) {
+    const long mid = lo + (hi - lo) / 2;
+    (fits(mid) ? lo : hi) = mid;
+  }
+  std::printf("\nlongest sequence within %.3g GiB per rank\n", budget_gib);
+  if (lo == 0) {
+    std::printf("  none: even train.seq_len %ld needs %.1f MiB per rank\n", unit,
+                rank_bytes(at_seq_len(cfg, unit)) / kMiB);
+    return;
+  }
+  const long T = lo * unit;
+  std::printf("  train.seq_len %ld (%ld tokens per sp rank): %.1f MiB per rank%s%s\n", T,
+              T / p.sp(), rank_bytes(at_seq_len(cfg, T)) / kMiB,
+              lo * unit >= kMaxTokens ? " (the search stops at 2^24 tokens)" : "",
+              cfg.model().position() == config::ModelConfig::LEARNED &&
+                      cfg.model().max_seq_len() < T
+                  ? "; model.max_seq_len raised to it"
+                  : "");
 }
 
 }  // namespace
 
 int command_plan(int argc, char** argv) {
-  const Args args = parse_args("plan", argv, argc, {{"--set", true}}, {});
+  const Args args = parse_args("plan", argv, argc, {{"--set", true}, {"--memory-gb", false}}, {});
   if (args.flag("--help")) {
     std::cout << kHelp;
     return 0;
@@ -250,15 +310,17 @@ int command_plan(int argc, char** argv) {
   std::printf("\n");
   print_groups(mesh);
   print_memory(cfg, mesh, threads);
-
-  std::printf("\n");
-  try {
-    validate_trainable(cfg);
-    std::printf("loom train: can run this layout (%d rank%s)\n", mesh.world_size(),
-                mesh.world_size() == 1 ? "" : "s");
-  } catch (const Error& e) {
-    std::printf("loom train: cannot run this layout in this version: %s\n", e.what());
+  if (args.has("--memory-gb")) {
+    const std::string text = args.value("--memory-gb", "");
+    char* end = nullptr;
+    const double gib = std::strtod(text.c_str(), &end);
+    if (text.empty() || *end != '\0' || !(gib > 0))
+      throw Error("--memory-gb: \"" + text + "\" is not a positive number of GiB");
+    print_longest_sequence(cfg, gib);
   }
+
+  std::printf("\nloom train: can run this layout (%d rank%s)\n", mesh.world_size(),
+              mesh.world_size() == 1 ? "" : "s");
   return 0;
 }
 

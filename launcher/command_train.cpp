@@ -125,7 +125,6 @@ int command_train(int argc, char** argv) {
   const LaunchEnvironment env = detect_launch_environment(process_environment());
   const std::string config_path = args.positional[0];
   const config::RunConfig cfg = load_config(config_path, args.values("--set"));
-  validate_trainable(cfg);
   if (args.flag("--resume") && !args.has("--run-dir"))
     throw Error("--resume needs --run-dir naming the run to continue");
   const auto& p = cfg.parallel();

@@ -63,7 +63,7 @@ struct RingWorkspace {
   void* dkv[3] = {};       // (B, Tl, 2·Cl) dK/dV: computed into, arriving, leaving
   void* block_out = nullptr;   // (B, Tl, Cl) one block's output (forward; may alias dkv[0])
   float* block_lse = nullptr;  // (B, Hl, Tl) fp32
-  void* scratch = nullptr;     // attention_block_scratch_bytes(Tl) bytes
+  void* scratch = nullptr;     // attention_block_scratch_bytes(B, Hl, Tl, Tl) bytes
 };
 
 // Activation elements of kv + dkv (block_out aliases dkv[0]) and the fp32 lse floats.

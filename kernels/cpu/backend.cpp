@@ -88,7 +88,8 @@ class CpuBackend final : public KernelBackend {
     cpu::attention_backward(f(dqkv), f(dout), f(qkv), f(out), lse, B, T, C, H, f(scratch));
   }
 
-  size_t attention_block_scratch_bytes(int kv_rows) const override {
+  // Per-thread score buffers; B, H and q_len do not matter on the CPU.
+  size_t attention_block_scratch_bytes(int, int, int, int kv_rows) const override {
     return attention_block_scratch_floats(kv_rows, thread_count()) * sizeof(float);
   }
   void attention_block_forward(void* out, float* lse, const void* q, const void* kv,

@@ -78,17 +78,23 @@ TEST(Config, InvariantsNameTheFields) {
             std::string::npos);
   EXPECT_NE(violation("parallel.tp=3").find("parallel.tp (3) must divide model.n_heads (4)"),
             std::string::npos);
-  EXPECT_NE(violation("parallel.sp=3").find("2 × parallel.sp (6) must divide train.seq_len"),
+  EXPECT_NE(violation("parallel.sp=3").find(
+                "train.seq_len (256) must be divisible by 2 × parallel.sp (6)"),
+            std::string::npos);
+  EXPECT_NE(violation("parallel.sp=3").find("zigzag"), std::string::npos);
+  EXPECT_EQ(violation("parallel.sp=4"), "");  // sequence parallelism trains
+  config::RunConfig contiguous;
+  apply_override(contiguous, "parallel.sequence_layout=CONTIGUOUS");
+  apply_override(contiguous, "parallel.sp=4");
+  apply_override(contiguous, "train.seq_len=36");
+  EXPECT_EQ(error_of([&] { validate_config(contiguous); }), "");
+  apply_override(contiguous, "train.seq_len=38");
+  EXPECT_NE(error_of([&] { validate_config(contiguous); })
+                .find("train.seq_len (38) must be divisible by parallel.sp (4)"),
             std::string::npos);
   EXPECT_NE(violation("parallel.zero_stage=2").find("parallel.zero_stage must be 0 or 1"),
             std::string::npos);
   EXPECT_EQ(violation("parallel.pp=2"), "");  // pipeline parallelism trains
-  config::RunConfig pp2;
-  apply_override(pp2, "parallel.pp=2");
-  EXPECT_EQ(error_of([&] { validate_trainable(pp2); }), "");
-  config::RunConfig sp2;  // plannable; `loom train` rejects it
-  apply_override(sp2, "parallel.sp=2");
-  EXPECT_NE(error_of([&] { validate_trainable(sp2); }).find("parallel.sp = 2"), std::string::npos);
   EXPECT_NE(violation("parallel.pp=4").find("= 2) must be at least parallel.pp (4)"),
             std::string::npos);
   auto violations = [&](std::vector<std::string> sets) {
@@ -126,9 +132,7 @@ TEST(Config, InvariantsNameTheFields) {
   EXPECT_NE(violations({"parallel.pp=11", "train.micro_batch=1"})
                 .find("more pipeline pieces than the model's 10 unrolled layers"),
             std::string::npos);
-  config::RunConfig tp2;  // tensor parallelism trains
-  apply_override(tp2, "parallel.tp=2");
-  EXPECT_EQ(error_of([&] { validate_trainable(tp2); }), "");
+  EXPECT_EQ(violation("parallel.tp=2"), "");  // tensor parallelism trains
   EXPECT_NE(violation("model.loops=0").find("model.loops"), std::string::npos);
   EXPECT_NE(violation("runtime.device=CUDA").find("runtime.device"), std::string::npos);
 }

@@ -58,7 +58,7 @@ void expect_ring_matches_whole(Communicator& sp, const RingCase& k) {
   const std::vector<float> my_dout = rows_at(dout, positions, B, T, C);
   std::vector<float> work(ring_workspace_activations(B, Tl, C));
   std::vector<float> block_lse(ring_workspace_lse_floats(B, Tl, H));
-  std::vector<char> block_scratch(be->attention_block_scratch_bytes(Tl));
+  std::vector<char> block_scratch(be->attention_block_scratch_bytes(B, H, Tl, Tl));
   const size_t kv = static_cast<size_t>(B) * Tl * 2 * C;
   RingWorkspace ws;
   ws.kv[0] = work.data(), ws.kv[1] = work.data() + kv;
