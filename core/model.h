@@ -178,7 +178,8 @@ struct Model {
   size_t normed_f = 0;               // (B, T, C) final norm output (the LM head's input)
   size_t d_normed = 0;               // (delay, B, T, C) partial pre-norm output gradients
   size_t d_hidden = 0, d_hidden2 = 0;  // per-sub-layer backward temporaries
-  size_t rope_cos = 0, rope_sin = 0;  // (max_T, hd/2); with sp > 1 rows t < plan_T: positions[t]
+  size_t rope_cos = 0, rope_sin = 0;  // (plan_T, hd/2), row t: the angles of position t
+                                      // (with sp > 1: of positions[t])
   // sp > 1: the global position of each local row (planned for plan_T rows), the ring's
   // workspace (RingWorkspace: key/value blocks and gradients, then the block lse) and, for
   // learned positions, wpe's rows at `positions` and their gradient, (plan_T, C) each.

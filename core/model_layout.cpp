@@ -293,8 +293,10 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
   m.d_hidden = plan.take(N * std::max(3 * Cl, F));
   m.d_hidden2 = plan.take(N * std::max(Cl, F));
   const int hd = m.C / m.H;
-  m.rope_cos = plan.take(static_cast<size_t>(m.max_T) * hd / 2);
-  m.rope_sin = plan.take(static_cast<size_t>(m.max_T) * hd / 2);
+  // Rotary angles of the (local) rows 0 .. T − 1; none for learned positions.
+  const size_t rope_floats = is_rotary(m) ? static_cast<size_t>(T) * hd / 2 : 0;
+  m.rope_cos = plan.take(rope_floats);
+  m.rope_sin = plan.take(rope_floats);
   const kernels::KernelBackend& be = kb(m);
   if (m.sp.size > 1) {  // ring attention's blocks instead of whole-sequence attention
     m.ring_work = plan.take(floats_for(ring_workspace_activations(B, T, m.Cl) *
@@ -340,15 +342,16 @@ void model_plan(Model& m, int B, int T, int slots, int boundaries, bool split_ba
   m.arena.assign(plan_arena(m, B, T, slots, boundaries, split_backward), 0.0f);
   const int hd = m.C / m.H;
   if (m.sp.size > 1) m.positions = sequence_positions(m.sp.layout, T * m.sp.size, m.sp.size, m.sp.rank);
-  if (is_rotary(m)) {
-    kb(m).rope_table(stat(m, m.rope_cos), stat(m, m.rope_sin), m.max_T, hd, m.config.rope_theta());
-    if (m.sp.size > 1) {  // row t: the angles of global position positions[t]
-      const size_t row = hd / 2;
-      for (size_t table : {m.rope_cos, m.rope_sin}) {
-        const std::vector<float> whole(stat(m, table), stat(m, table) + m.max_T * row);
-        for (size_t t = 0; t < m.positions.size(); ++t)
-          std::copy_n(whole.data() + m.positions[t] * row, row, stat(m, table) + t * row);
-      }
+  if (is_rotary(m) && m.sp.size == 1)
+    kb(m).rope_table(stat(m, m.rope_cos), stat(m, m.rope_sin), T, hd, m.config.rope_theta());
+  if (is_rotary(m) && m.sp.size > 1) {  // row t: the angles of global position positions[t]
+    const int whole_T = T * m.sp.size;
+    const size_t row = hd / 2;
+    std::vector<float> cos(whole_T * row), sin(whole_T * row);
+    kb(m).rope_table(cos.data(), sin.data(), whole_T, hd, m.config.rope_theta());
+    for (int t = 0; t < T; ++t) {
+      std::copy_n(cos.data() + m.positions[t] * row, row, stat(m, m.rope_cos) + t * row);
+      std::copy_n(sin.data() + m.positions[t] * row, row, stat(m, m.rope_sin) + t * row);
     }
   }
   m.slot_tokens.assign(static_cast<size_t>(slots) * B * T, 0);

@@ -23,6 +23,7 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kHelp = R"(usage: loom bench step CONFIG [--set k=v]... [--steps N] [--warmup N] [--json]
        loom bench sgemm [--size N] [--threads N]
        mpirun -np N loom bench comm [--min 1K] [--max 256M] [--ops ...]   (see bench comm --help)
+       mpirun -np SP loom bench ring [--seq-len 4096] ...                (see bench ring --help)
 
 step:  times whole training steps (forward, backward, clipping, AdamW) of CONFIG's model on one
        micro-batch of random tokens, after warm-up; prints the median step time, tokens/s, the
@@ -31,6 +32,8 @@ step:  times whole training steps (forward, backward, clipping, AdamW) of CONFIG
 sgemm: the OpenBLAS sgemm rate on N×N×N (default 2048), best of 5.
 comm:  all-reduce / reduce-scatter / all-gather time, algorithm and bus bandwidth over sizes, as
        nccl-tests reports them, for the MPI backend; run under mpirun.
+ring:  ring attention over the job's ranks against one rank's whole-sequence attention: per-rank
+       compute and exposed wait, balance (zigzag vs contiguous) and efficiency; run under mpirun.
 
   --steps N   timed steps (default 10)        --warmup N   untimed steps first (default 2)
   --json      print one JSON object instead of the table
@@ -123,6 +126,7 @@ int bench_step(const Args& args) {
 int command_bench(int argc, char** argv) {
   // `bench comm` runs as an MPI job and has options of its own.
   if (argc > 0 && std::string(argv[0]) == "comm") return command_bench_comm(argc - 1, argv + 1);
+  if (argc > 0 && std::string(argv[0]) == "ring") return command_bench_ring(argc - 1, argv + 1);
   const Args args = parse_args("bench", argv, argc,
                                {{"--set", true}, {"--steps", false}, {"--warmup", false},
                                 {"--size", false}, {"--threads", false}},

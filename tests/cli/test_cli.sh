@@ -123,7 +123,7 @@ expect_error bad-enum "Valid values: STANDARD, LADDER" -- "$loom" train enum.tex
 expect_error bad-override 'no field "nope" in model' -- "$loom" train "$src/configs/default.textproto" --set model.nope=1
 expect_error bad-override-value "is not a valid number" -- "$loom" train "$src/configs/default.textproto" --set optim.lr=fast
 expect_error invariant "model.n_heads (3) must divide model.d_model (128)" -- "$loom" train "$src/configs/default.textproto" --set model.n_heads=3
-expect_error parallel-not-yet "parallel.sp = 2" -- "$loom" train "$src/configs/default.textproto" --set parallel.sp=2
+expect_error sp-does-not-divide "must be divisible by 2 × parallel.sp (6)" -- "$loom" train "$src/configs/default.textproto" --set parallel.sp=3
 expect_error pipeline-too-few-micro-batches "(m = global_batch / (micro_batch · dp) = 1) must be at least parallel.pp (4)" -- "$loom" train "$src/configs/default.textproto" --set parallel.pp=4
 expect_error pipeline-layout-sum "sums to 5 but the model has 10 unrolled layers" -- "$loom" train "$src/configs/default.textproto" --set parallel.pp=2 --set train.micro_batch=4 --set parallel.pipeline_layout=2,3
 expect_error pipeline-virtual-stages "parallel.virtual_stages (2) applies to INTERLEAVED_1F1B only" -- "$loom" train "$src/configs/default.textproto" --set parallel.pp=2 --set train.micro_batch=4 --set parallel.virtual_stages=2

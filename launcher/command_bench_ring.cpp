@@ -1,0 +1,220 @@
+// `loom bench ring`: ring attention (parallel/ring_attention.h) over the world as one sp group,
+// against whole-sequence attention on one rank. Run as an MPI job, one thread per rank. Every
+// rank first times the whole sequence's causal attention (forward + backward) alone — the
+// single-rank baseline, measured on every rank at once so each has the same share of the
+// machine — then its part of ring attention under each layout. Rank 0 prints per rank the
+// block compute time, the exposed ring wait and the whole ring time (medians over --iters), and
+// the ratios: balance (max ÷ min compute over ranks), efficiency (baseline ÷ sp over the slowest
+// rank's ring time: 1 is ideal) and exposed wait (the slowest rank's wait ÷ its ring time).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/backend.h"
+#include "kernels/cpu/threads.h"
+#include "launcher/args.h"
+#include "launcher/commands.h"
+#include "parallel/mpi_runtime.h"
+#include "parallel/ring_attention.h"
+
+namespace loom {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kHelp =
+    R"(usage: mpirun -np SP loom bench ring [--seq-len 4096] [--batch 1] [--d-model 128]
+                                 [--heads 4] [--iters 5] [--layouts zigzag,contiguous] [--json]
+
+Times causal attention over sequences of --seq-len tokens (forward + backward; B = --batch,
+C = --d-model, H = --heads) cut over the job's SP ranks, one thread each:
+  whole   every rank computes the whole sequence's attention alone: the single-rank time;
+  ring    each rank's part through ring attention, for each --layouts entry (zigzag: chunks r
+          and 2·SP−1−r; contiguous: chunk r).
+Per layout it prints, per rank, the block kernels' time (compute), the time blocked on ring
+transfers (wait) and the whole ring attention time (medians over --iters), then
+  balance     max ÷ min compute over the ranks (1: every rank does the same work),
+  efficiency  (whole ÷ SP) ÷ the slowest rank's ring time (1: ideal speed-up),
+  exposed     the slowest rank's wait ÷ its ring time.
+--json prints one JSON object instead (for tests/bench/ring_attention.py).
+)";
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::vector<float> random_vector(size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+struct Shape {
+  int B, T, C, H;
+};
+
+// Median seconds of the whole sequence's attention forward + backward on this rank.
+double time_whole(const Shape& s, int iters) {
+  const auto qkv = random_vector(static_cast<size_t>(s.B) * s.T * 3 * s.C, 1);
+  const auto dout = random_vector(static_cast<size_t>(s.B) * s.T * s.C, 2);
+  std::vector<float> out(dout.size()), lse(static_cast<size_t>(s.B) * s.H * s.T), dqkv(qkv.size());
+  std::vector<float> scratch(kernels::cpu::attention_scratch_floats(s.T, 1));
+  std::vector<double> times;
+  for (int i = 0; i <= iters; ++i) {  // the first is warm-up
+    const auto start = Clock::now();
+    kernels::cpu::attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.H,
+                                    scratch.data());
+    kernels::cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(),
+                                     s.B, s.T, s.C, s.H, scratch.data());
+    if (i > 0) times.push_back(seconds_since(start));
+  }
+  return median(times);
+}
+
+struct RingTimes {
+  double compute = 0, wait = 0, total = 0;  // medians, seconds
+};
+
+RingTimes time_ring(Communicator& sp, SequenceLayout layout, const Shape& s, int iters) {
+  const auto be = kernels::cpu::make_cpu_backend();
+  const int Tl = s.T / sp.size();
+  const auto qkv = random_vector(static_cast<size_t>(s.B) * Tl * 3 * s.C, 10 + sp.rank());
+  const auto dout = random_vector(static_cast<size_t>(s.B) * Tl * s.C, 20 + sp.rank());
+  std::vector<float> out(dout.size()), lse(static_cast<size_t>(s.B) * s.H * Tl), dqkv(qkv.size());
+  std::vector<float> work(ring_workspace_activations(s.B, Tl, s.C));
+  std::vector<float> block_lse(ring_workspace_lse_floats(s.B, Tl, s.H));
+  std::vector<char> scratch(be->attention_block_scratch_bytes(s.B, s.H, Tl, Tl));
+  const size_t kv = static_cast<size_t>(s.B) * Tl * 2 * s.C;
+  RingWorkspace ws;
+  ws.kv[0] = work.data(), ws.kv[1] = work.data() + kv;
+  for (int i = 0; i < 3; ++i) ws.dkv[i] = work.data() + (2 + i) * kv;
+  ws.block_out = ws.dkv[0], ws.block_lse = block_lse.data(), ws.scratch = scratch.data();
+  std::vector<double> compute, wait, total;
+  for (int i = 0; i <= iters; ++i) {
+    RingAttention ring{&sp, layout};
+    sp.barrier();
+    const auto start = Clock::now();
+    ring_attention_forward(ring, *be, ws, out.data(), lse.data(), qkv.data(), s.B, Tl, s.C, s.H);
+    ring_attention_backward(ring, *be, ws, dqkv.data(), dout.data(), qkv.data(), out.data(),
+                            lse.data(), s.B, Tl, s.C, s.H);
+    if (i == 0) continue;  // warm-up
+    total.push_back(seconds_since(start));
+    compute.push_back(ring.compute_seconds);
+    wait.push_back(ring.wait_seconds);
+  }
+  return {median(compute), median(wait), median(total)};
+}
+
+// Every rank's value, on every rank.
+std::vector<double> all_ranks(Communicator& comm, double value) {
+  std::vector<double> v(comm.size(), 0.0);
+  v[comm.rank()] = value;
+  comm.all_reduce(v.data(), v.size(), ReduceOp::kSum);
+  return v;
+}
+
+}  // namespace
+
+int command_bench_ring(int argc, char** argv) {
+  const Args args = parse_args("bench ring", argv, argc,
+                               {{"--seq-len", false},
+                                {"--batch", false},
+                                {"--d-model", false},
+                                {"--heads", false},
+                                {"--iters", false},
+                                {"--layouts", false}},
+                               {"--json"});
+  if (args.flag("--help")) {
+    std::cout << kHelp;
+    return 0;
+  }
+  if (!args.positional.empty())
+    throw Error("bench ring takes no positional arguments (got \"" + args.positional[0] + "\")");
+  const Shape s{static_cast<int>(args.integer("--batch", 1)),
+                static_cast<int>(args.integer("--seq-len", 4096)),
+                static_cast<int>(args.integer("--d-model", 128)),
+                static_cast<int>(args.integer("--heads", 4))};
+  const int iters = static_cast<int>(args.integer("--iters", 5));
+  if (s.B < 1 || s.T < 1 || s.C < 1 || s.H < 1 || s.C % s.H != 0 || iters < 1)
+    throw Error("bench ring: --batch, --seq-len, --d-model, --heads and --iters must be positive "
+                "and --heads must divide --d-model");
+  std::vector<std::pair<std::string, SequenceLayout>> layouts;
+  const std::string list = args.value("--layouts", "zigzag,contiguous");
+  for (size_t at = 0; at <= list.size();) {
+    const size_t comma = std::min(list.find(',', at), list.size());
+    const std::string name = list.substr(at, comma - at);
+    if (name == "zigzag")
+      layouts.emplace_back(name, SequenceLayout::kZigzag);
+    else if (name == "contiguous")
+      layouts.emplace_back(name, SequenceLayout::kContiguous);
+    else
+      throw Error("--layouts: unknown layout \"" + name + "\" (zigzag, contiguous)");
+    at = comma + 1;
+  }
+
+  std::unique_ptr<MpiRuntime> mpi = mpi_runtime_init({});
+  std::unique_ptr<Communicator> world = mpi_world(*mpi);
+  const int sp = world->size();
+  if (s.T % (2 * sp) != 0)
+    throw Error("bench ring: --seq-len (" + std::to_string(s.T) + ") must be divisible by 2 × " +
+                std::to_string(sp) + " ranks");
+  kernels::cpu::init_threads(1);
+  const bool json = args.flag("--json"), printer = world->rank() == 0;
+  world->barrier();
+  const std::vector<double> whole = all_ranks(*world, time_whole(s, iters));
+  const double baseline = median(whole);
+  if (printer && json)
+    std::printf("{\"sp\":%d,\"B\":%d,\"T\":%d,\"C\":%d,\"H\":%d,\"whole_ms\":%.4f,\"layouts\":{",
+                sp, s.B, s.T, s.C, s.H, baseline * 1e3);
+  if (printer && !json)
+    std::printf("# loom bench ring: sp %d ranks × 1 thread, B %d, T %d, C %d, H %d\n"
+                "whole sequence on one rank: %.2f ms (forward + backward); ideal at sp %d: "
+                "%.2f ms\n",
+                sp, s.B, s.T, s.C, s.H, baseline * 1e3, sp, baseline * 1e3 / sp);
+  for (size_t l = 0; l < layouts.size(); ++l) {
+    const RingTimes t = time_ring(*world, layouts[l].second, s, iters);
+    const std::vector<double> compute = all_ranks(*world, t.compute);
+    const std::vector<double> wait = all_ranks(*world, t.wait);
+    const std::vector<double> total = all_ranks(*world, t.total);
+    if (!printer) continue;
+    const size_t slowest = std::max_element(total.begin(), total.end()) - total.begin();
+    const double balance = *std::max_element(compute.begin(), compute.end()) /
+                           *std::min_element(compute.begin(), compute.end());
+    const double efficiency = baseline / sp / total[slowest];
+    const double exposed = wait[slowest] / total[slowest];
+    if (json) {
+      std::printf("%s\"%s\":{\"balance\":%.4f,\"efficiency\":%.4f,\"exposed\":%.4f,\"ranks\":[",
+                  l ? "," : "", layouts[l].first.c_str(), balance, efficiency, exposed);
+      for (int r = 0; r < sp; ++r)
+        std::printf("%s{\"compute_ms\":%.4f,\"wait_ms\":%.4f,\"ring_ms\":%.4f}", r ? "," : "",
+                    compute[r] * 1e3, wait[r] * 1e3, total[r] * 1e3);
+      std::printf("]}");
+      continue;
+    }
+    std::printf("\n%s layout\n  rank   compute ms   wait ms   ring ms\n", layouts[l].first.c_str());
+    for (int r = 0; r < sp; ++r)
+      std::printf("  %4d   %10.2f   %7.2f   %7.2f\n", r, compute[r] * 1e3, wait[r] * 1e3,
+                  total[r] * 1e3);
+    std::printf("  balance %.2f (max ÷ min compute), efficiency %.2f (ideal ÷ slowest ring), "
+                "exposed wait %.1f%%\n",
+                balance, efficiency, 100 * exposed);
+  }
+  if (printer && json) std::printf("}}\n");
+  return 0;
+}
+
+}  // namespace loom

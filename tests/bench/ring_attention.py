@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Ring sequence parallelism: balance of the zigzag layout, efficiency of the ring, and the
+longest sequence that trains within a fixed memory budget.
+
+(1) balance and (2) efficiency come from `loom bench ring` under mpirun (one thread per rank):
+each rank's block-kernel time per step (forward + backward of attention over --seq-len tokens),
+max ÷ min over the ranks, for the zigzag layout and the contiguous one; and the ring's time on
+the slowest rank against the ideal, the whole sequence's attention on one rank ÷ sp, with the
+time blocked on ring transfers (exposed wait) as a share of it. (3) For sp = 1, 2, 4, `loom plan
+--memory-gb` finds the longest train.seq_len whose memory per rank (parameters, gradients, AdamW
+state, activation arena) fits the budget; one training step at that length then runs under
+mpirun, and its measured activation peak is compared with the plan. With --write-docs it writes
+its section of docs/benchmarks.md and an SVG chart beside it.
+
+usage: ring_attention.py LOOM SOURCE [--seq-len 4096] [--budget-mib 48] [--write-docs FILE]
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_common  # noqa: E402
+
+SECTION = "## Ring sequence parallelism: balance, efficiency and the longest sequence"
+MODEL = ("model {{ vocab_size: 257 d_model: 64 n_heads: 4 d_mlp: 256 max_seq_len: {T} "
+         "position: ROTARY norm: RMSNORM prelude_layers: 1 block_layers: 2 loops: 3 "
+         "coda_layers: 0 }}")
+MODEL_TEXT = ("looped GPT with rotary positions, 1 + 2 × 3 = 7 unrolled layers, d_model 64, "
+              "4 heads, d_mlp 256")
+
+
+def bench_ring(loom, sp, seq_len):
+    out = bench_common.run_command(
+        bench_common.mpirun_command(sp) + [loom, "bench", "ring", "--seq-len", str(seq_len),
+                                           "--iters", "5", "--json"],
+        f"loom bench ring (sp {sp})", env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
+    line = next(l for l in out.splitlines() if l.startswith("{"))
+    return json.loads(line)
+
+
+def longest(loom, sp, budget_mib):
+    """(seq_len, planned MiB per rank, planned activation MiB) from `loom plan --memory-gb`."""
+    with open("plan.textproto", "w") as f:
+        f.write(bench_common.bench_config(MODEL.format(T=256), 1, 2 * sp,
+                                          "parallel { sp: %d }" % sp))
+    out = bench_common.run_command(
+        [loom, "plan", "plan.textproto", "--memory-gb", str(budget_mib / 1024)], "loom plan")
+    found = re.search(r"train\.seq_len (\d+) \(\d+ tokens per sp rank\): ([0-9.]+) MiB", out)
+    if not found:
+        raise bench_common.BenchError(f"loom plan printed no longest sequence:\n{out}")
+    T = int(found.group(1))
+    with open("at.textproto", "w") as f:
+        f.write(bench_common.bench_config(MODEL.format(T=T), 1, T, "parallel { sp: %d }" % sp))
+    plan = bench_common.run_command([loom, "plan", "at.textproto"], "loom plan")
+    activations = float(re.search(r"^  activations\s+([0-9.]+)", plan, re.M).group(1))
+    return T, float(found.group(2)), activations
+
+
+def train_at(loom, sp, T):
+    """One training step at seq_len T on sp ranks; the measured activation peak (MiB)."""
+    with open("at.textproto", "w") as f:
+        f.write(bench_common.bench_config(MODEL.format(T=T), 1, T, "parallel { sp: %d }" % sp))
+    run_dir = bench_common.train(loom, "at.textproto", f"run-sp{sp}",
+                                 ["train.steps=1", "train.global_batch=1"], ranks=sp, timeout=900)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return json.loads(f.readline())["activation_peak_mib"]
+
+
+def chart_svg(ring2, memory):
+    """Two panels: per-rank compute at sp 2 by layout; the longest sequence by sp."""
+    w, h, pad = 640, 260, 40
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+             'font-family="sans-serif" font-size="11">',
+             f'<rect width="{w}" height="{h}" fill="white"/>']
+    # Left: compute ms per rank, zigzag and contiguous.
+    bars = [(f"{name} r{r}", rank["compute_ms"], color)
+            for name, color in (("zigzag", "#3b7dd8"), ("contiguous", "#d8833b"))
+            for r, rank in enumerate(ring2["layouts"][name]["ranks"])]
+    top = max(b[1] for b in bars)
+    x0, width = pad, (w / 2 - 2 * pad) / len(bars)
+    parts.append(f'<text x="{x0}" y="16">attention compute per rank, sp 2 (ms)</text>')
+    for i, (label, value, color) in enumerate(bars):
+        bh = (h - 2 * pad) * value / top
+        x = x0 + i * width
+        parts.append(f'<rect x="{x + 4:.1f}" y="{h - pad - bh:.1f}" width="{width - 8:.1f}" '
+                     f'height="{bh:.1f}" fill="{color}"/>')
+        parts.append(f'<text x="{x + width / 2:.1f}" y="{h - pad + 14}" text-anchor="middle">'
+                     f'{label}</text>')
+        parts.append(f'<text x="{x + width / 2:.1f}" y="{h - pad - bh - 4:.1f}" '
+                     f'text-anchor="middle">{value:.0f}</text>')
+    # Right: longest seq_len by sp, with the ∝ sp line from sp 1.
+    x0 = w / 2 + pad
+    width = (w / 2 - 2 * pad) / len(memory)
+    top = max(max(m["T"] for m in memory), memory[0]["T"] * memory[-1]["sp"])
+    parts.append(f'<text x="{x0}" y="16">longest seq_len in the budget (tokens)</text>')
+    for i, m in enumerate(memory):
+        bh = (h - 2 * pad) * m["T"] / top
+        ideal = (h - 2 * pad) * memory[0]["T"] * m["sp"] / top
+        x = x0 + i * width
+        parts.append(f'<rect x="{x + 8:.1f}" y="{h - pad - bh:.1f}" width="{width - 16:.1f}" '
+                     f'height="{bh:.1f}" fill="#3b7dd8"/>')
+        parts.append(f'<line x1="{x + 4:.1f}" x2="{x + width - 4:.1f}" y1="{h - pad - ideal:.1f}" '
+                     f'y2="{h - pad - ideal:.1f}" stroke="black" stroke-dasharray="4 3"/>')
+        parts.append(f'<text x="{x + width / 2:.1f}" y="{h - pad + 14}" text-anchor="middle">'
+                     f'sp {m["sp"]}</text>')
+        parts.append(f'<text x="{x + width / 2:.1f}" y="{h - pad - bh - 4:.1f}" '
+                     f'text-anchor="middle">{m["T"]}</text>')
+    parts.append(f'<text x="{x0}" y="{h - 6}">dashed: sp × the sp 1 length</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def write_docs(docs, rings, memory, budget_mib, command):
+    ring2 = rings[2]
+    lines = [SECTION, "",
+             f"Measured on {bench_common.cpu_description()}, one thread per rank, MPI over shared "
+             f"memory, with `{command}`.", "",
+             f"Attention (forward + backward) over one sequence of {ring2['T']} tokens, "
+             f"C = {ring2['C']}, {ring2['H']} heads (`loom bench ring`); whole = the whole "
+             "sequence on one rank; compute = each rank's block kernels; balance = max ÷ min "
+             "compute; efficiency = (whole ÷ sp) ÷ the slowest rank's ring time; exposed = its "
+             "time blocked on ring transfers ÷ its ring time.", "",
+             "| sp | layout | compute per rank (ms) | balance | ring time (ms) | efficiency | exposed wait |",
+             "|---:|---|---|---:|---:|---:|---:|"]
+    for sp, ring in sorted(rings.items()):
+        for name in ("zigzag", "contiguous"):
+            r = ring["layouts"][name]
+            computes = ", ".join(f"{x['compute_ms']:.0f}" for x in r["ranks"])
+            slowest = max(x["ring_ms"] for x in r["ranks"])
+            lines.append(f"| {sp} | {name} | {computes} | {r['balance']:.2f} | {slowest:.0f} "
+                         f"(whole {ring['whole_ms']:.0f}) | {r['efficiency']:.2f} | "
+                         f"{100 * r['exposed']:.1f}% |")
+    over = [sp for sp in rings if sp > (os.cpu_count() or 1)]
+    if over:
+        lines += ["", f"sp {', '.join(map(str, over))}: more ranks than the machine's "
+                  f"{os.cpu_count()} cores, so ranks share cores and the times (not the balance "
+                  "of work) are the machine's, not the ring's."]
+    lines += ["", f"Longest sequence within {budget_mib} MiB per rank ({MODEL_TEXT}; micro-batch 1; "
+              "`loom plan --memory-gb`), then one training step at that length under mpirun:", "",
+              "| sp | longest seq_len | × sp 1 | planned MiB per rank | activations planned (MiB) | activation peak measured (MiB) |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for m in memory:
+        lines.append(f"| {m['sp']} | {m['T']} | {m['T'] / memory[0]['T']:.2f} | {m['mib']:.1f} | "
+                     f"{m['activations']:.1f} | {m['measured']:.1f} |")
+    lines += ["", "Parameters, gradients and AdamW state are the same on every sp rank, and the "
+              "rotary table covers the whole sequence on each, so the length grows a little less "
+              "than ∝ sp.", "", "![ring attention](ring_attention.svg)", ""]
+    with open(os.path.join(os.path.dirname(docs), "ring_attention.svg"), "w") as f:
+        f.write(chart_svg(ring2, memory))
+    text = open(docs).read() if os.path.exists(docs) else "# Benchmarks\n"
+    if SECTION in text:
+        before, rest = text.split(SECTION, 1)
+        after = rest[rest.find("\n## "):] if "\n## " in rest else ""
+        text = before + "\n".join(lines) + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(lines)
+    with open(docs, "w") as f:
+        f.write(text)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("loom")
+    ap.add_argument("source")
+    ap.add_argument("--seq-len", type=int, default=4096)
+    ap.add_argument("--sp", default="2,4", help="sp sizes for the balance and efficiency runs")
+    ap.add_argument("--budget-mib", type=float, default=48)
+    ap.add_argument("--write-docs", default="")
+    args = ap.parse_args()
+    loom, source = os.path.abspath(args.loom), os.path.abspath(args.source)
+    docs = os.path.abspath(args.write_docs) if args.write_docs else ""
+    bench_common.exit_on_sigterm()
+    work = tempfile.mkdtemp(prefix="loom-ringbench-")
+    os.chdir(work)
+    try:
+        rings = {}
+        for sp in (int(x) for x in args.sp.split(",")):
+            rings[sp] = bench_ring(loom, sp, args.seq_len)
+            for name, r in rings[sp]["layouts"].items():
+                print(f"sp {sp} {name}: compute per rank "
+                      f"{[round(x['compute_ms']) for x in r['ranks']]} ms, balance "
+                      f"{r['balance']:.2f}, efficiency {r['efficiency']:.2f}, exposed wait "
+                      f"{100 * r['exposed']:.1f}% (whole {rings[sp]['whole_ms']:.0f} ms)")
+        bench_common.prepare_data(loom, source)
+        memory = []
+        for sp in (1, 2, 4):
+            T, mib, activations = longest(loom, sp, args.budget_mib)
+            measured = train_at(loom, sp, T)
+            memory.append({"sp": sp, "T": T, "mib": mib, "activations": activations,
+                           "measured": measured})
+            print(f"sp {sp}: longest seq_len {T} in {args.budget_mib} MiB per rank "
+                  f"(planned {mib:.1f} MiB; activations {activations:.1f} MiB planned, "
+                  f"{measured:.1f} MiB measured in one training step)")
+        if docs:
+            command = "python3 tests/bench/ring_attention.py build/loom . " + " ".join(
+                a for a in sys.argv[3:] if not a.startswith("--write-docs") and a != args.write_docs)
+            write_docs(docs, rings, memory, args.budget_mib, command.strip())
+    except bench_common.BenchError as e:
+        sys.exit(f"ring_attention: {e}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
