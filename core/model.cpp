@@ -18,6 +18,8 @@ void check_run(Model& m, int chunk, int slot, int B, int T) {
   LOOM_CHECK(chunk >= 0 && chunk < static_cast<int>(m.chunks.size()));
   LOOM_CHECK(slot >= 0 && slot < m.slots);
   LOOM_CHECK(m.tp.size == 1 || m.tp.comm);
+  // The sums over tp and the ring over sp move host fp32 (the MPI backend).
+  LOOM_CHECK((m.tp.size == 1 && m.sp.size == 1) || kb(m).activation_bytes() == sizeof(float));
   // On the CPU the attention scratch is per thread: the thread count must not have grown.
   LOOM_CHECK((m.sp.comm ? kb(m).attention_block_scratch_bytes(m.plan_B, m.Hl, m.plan_T, m.plan_T)
                         : kb(m).attention_scratch_bytes(m.plan_B, m.plan_T, m.Cl, m.Hl)) <=
@@ -48,7 +50,7 @@ double head_forward(Model& m, const ModelChunk& c, int slot, const int* targets,
                                         want_grad ? lm_head_grad(m) : nullptr, act(m, m.normed_f),
                                         lm_head_weight(m), targets, N, m.C, m.vocab,
                                         loss_grad_scale, act(m, m.lm_head_scratch), chunk,
-                                        &m.tp_wait_seconds);
+                                        &m.tp_sums.wait_seconds);
   return be.lm_head_cross_entropy(d_normed_f, want_grad ? lm_head_grad(m) : nullptr,
                                   act(m, m.normed_f), lm_head_weight(m), targets, N, m.C, m.V,
                                   loss_grad_scale, act(m, m.lm_head_scratch), chunk);
@@ -88,7 +90,7 @@ void embedding_backward(Model& m, const void* dr, const int* tokens, int B, int 
 double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const int* inputs,
                            const int* targets, int B, int T, float loss_grad_scale) {
   check_run(m, chunk, slot, B, T);
-  tp_drain(m);
+  tp_drain(m.tp_sums);
   const ModelChunk& c = m.chunks[chunk];
   const kernels::KernelBackend& be = kb(m);
   const int N = B * T, d = m.delay;
@@ -97,7 +99,7 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
   void* r = state.stream();
   // h_j, complete: its tensor-parallel sum has arrived.
   auto pending_output = [&](int sublayer) {
-    tp_wait(m, m.pending_work[sublayer % d]);
+    tp_wait(m, m.tp_sums.forward[sublayer % d]);
     return state.pending(sublayer);
   };
   if (c.first) {
@@ -106,7 +108,7 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
     // Each rank looks up its vocabulary rows (zeros for the others); tp rank 0 adds positions.
     be.embedding_forward(r, tokens, weight(m, m.wte), position_rows(m, T), B, T, m.C,
                          m.vocab.vocab_begin, m.vocab.rows);
-    WorkPtr embedded = tp_sum_start(m, r, NC);
+    WorkPtr embedded = tp_sum_start(m.tp, r, NC);
     tp_wait(m, embedded);
   }
 
@@ -131,7 +133,7 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
         attention_sublayer_forward(m, o, a, B, T, state.pending(i));
       else
         mlp_sublayer_forward(m, o, a, B, T, state.pending(i));
-      m.pending_work[i % d] = tp_sum_start(m, state.pending(i), NC);
+      m.tp_sums.forward[i % d] = tp_sum_start(m.tp, state.pending(i), NC);
     }
   }
   const int e = 2 * c.end;
@@ -181,7 +183,7 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
   if (part == BackwardPart::kWeight)
     return backward_weights(m, m.chunks[chunk], slot, B * T, on_grads_final);
   const bool defer = part == BackwardPart::kInput;  // the weight pass reports the ranges
-  tp_drain(m);
+  tp_drain(m.tp_sums);
   const ModelChunk& c = m.chunks[chunk];
   const kernels::KernelBackend& be = kb(m);
   const int N = B * T, d = m.delay;
@@ -228,7 +230,7 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
     const int p = j / 2;
     const LayerOffsets& o = m.layers[m.unrolled[p]];
     const SublayerActs a = acts_in_slot(m, c.acts[j - s], slot);
-    tp_wait(m, m.d_pending_work[j % d]);
+    tp_wait(m, m.tp_sums.backward[j % d]);
     if (j % 2 == 0)
       norm_backward(m, o.norm1_w, o.norm1_b, a, N, d_normed_slot(j), dr);
     else
@@ -259,7 +261,7 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
       attention_sublayer_backward(m, o, a, B, T, grad_state.pending(i), d_normed_slot(i), defer);
     else
       mlp_sublayer_backward(m, o, a, B, T, grad_state.pending(i), d_normed_slot(i), defer);
-    m.d_pending_work[i % d] = tp_sum_start(m, d_normed_slot(i), NC);
+    m.tp_sums.backward[i % d] = tp_sum_start(m.tp, d_normed_slot(i), NC);
   }
   if (!c.first) return;
   const int* tokens = m.slot_tokens.data() + static_cast<size_t>(slot) * m.plan_B * m.plan_T;

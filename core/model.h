@@ -5,7 +5,7 @@
 // Each layer is two sub-layers (attention, MLP), each with its own pre-norm. The residual stream
 // `r` receives sub-layer i's output h_i right before sub-layer i + delay runs (delay 1: standard;
 // delay 2: Ladder Residual), so between sub-layers the state is the stream plus `delay` pending
-// outputs (under tensor parallelism each may still be an all-reduce in flight: pending_work),
+// outputs (under tensor parallelism each may still be an all-reduce in flight: tp_sums),
 // plus, with input injection, the prelude's output e. That is the *boundary state*: a rank runs
 // its *chunks* (contiguous ranges of unrolled positions: the whole list, or its pipeline pieces)
 // from a boundary state it is given and hands one back, and backward does the same with the
@@ -45,15 +45,10 @@
 #include "loom.pb.h"
 #include "parallel/communicator.h"
 #include "parallel/ring_attention.h"
+#include "parallel/tensor_parallel.h"
 #include "parallel/vocab_parallel.h"
 
 namespace loom {
-
-// This rank's place in the tensor-parallel group. comm is null when size is 1.
-struct TensorParallel {
-  int size = 1, rank = 0;
-  Communicator* comm = nullptr;  // not owned
-};
 
 // This rank's place in the sequence-parallel group: the model runs T / size rows of every
 // sequence, at the global positions `layout` gives them (parallel/ring_attention.h), and
@@ -190,8 +185,7 @@ struct Model {
 
   // Tensor-parallel all-reduces in flight: forward outputs and backward input gradients, one per
   // pending slot (at most `delay` each).
-  std::vector<WorkPtr> pending_work, d_pending_work;
-  double tp_wait_seconds = 0.0;      // time blocked on them, accumulated (reset by the caller)
+  TensorParallelSums tp_sums;
   TraceRecorder* trace = nullptr;    // optional, not owned: records the waits that blocked
 };
 

@@ -32,16 +32,9 @@ inline size_t slot_base(const Model& m, int slot) { return m.slots_base + slot *
 // A sub-layer's saved activations in slot `slot` (absolute arena offsets).
 SublayerActs acts_in_slot(const Model& m, const SublayerActs& a, int slot);
 
-// Starts completing a sub-layer's partial sum x (n activations) over the tensor-parallel group;
-// null when tp = 1 (nothing to complete).
-WorkPtr tp_sum_start(Model& m, void* x, size_t n);
-// Waits for (and clears) an all-reduce started by tp_sum_start; the time blocked is exposed
-// communication.
+// tp_wait (parallel/tensor_parallel.h) on the model's sums, recording in the trace the waits
+// that blocked.
 void tp_wait(Model& m, WorkPtr& work);
-// After a failed collective (its error already thrown to the caller) a later forward or backward
-// must not leave the operations still in flight writing into the arena: they are waited for
-// (after a failure they complete at once, failed) and cleared.
-void tp_drain(Model& m);
 
 void norm_forward(Model& m, size_t w, size_t b, const SublayerActs& a, int N);
 // d_input += backward of the pre-norm, from the (complete) gradient of its output.

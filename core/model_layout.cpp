@@ -163,8 +163,8 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   m.Cl = m.Hl * (m.C / m.H);
   m.Fl = m.F / tp.size;
   m.vocab = vocab_shard(m.V, tp.size, tp.rank);
-  m.pending_work.resize(m.delay);
-  m.d_pending_work.resize(m.delay);
+  m.tp_sums.forward.resize(m.delay);
+  m.tp_sums.backward.resize(m.delay);
   m.unique_layers = cfg.prelude_layers() + cfg.block_layers() + cfg.coda_layers();
   lay_out_positions(m);
 

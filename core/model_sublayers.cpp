@@ -30,42 +30,13 @@ SublayerActs acts_in_slot(const Model& m, const SublayerActs& a, int slot) {
           a.hidden2 + base, a.lse + base,    a.d_out + base, a.d_mid + base};
 }
 
-// Starts completing a sub-layer's partial sum x (n activations) over the tensor-parallel group;
-// null when tp = 1 (nothing to complete).
-WorkPtr tp_sum_start(Model& m, void* x, size_t n) {
-  if (!m.tp.comm) return nullptr;
-  // Host fp32 activations (the MPI backend); a device backend brings its own communicator.
-  LOOM_CHECK(kb(m).activation_bytes() == sizeof(float));
-  return m.tp.comm->all_reduce_async(x, n, DataType::kFloat32, ReduceOp::kSum);
-}
-
-// After a failed collective (its error already thrown to the caller) a later forward or backward
-// must not leave the operations still in flight writing into the arena: they are waited for
-// (after a failure they complete at once, failed) and cleared.
-void tp_drain(Model& m) {
-  for (std::vector<WorkPtr>* works : {&m.pending_work, &m.d_pending_work})
-    for (WorkPtr& work : *works) {
-      if (!work) continue;
-      try {
-        work->wait();
-      } catch (const CommError&) {
-      }
-      work.reset();
-    }
-}
-
-// Waits for (and clears) an all-reduce started by tp_sum_start; the time blocked is exposed
-// communication.
 void tp_wait(Model& m, WorkPtr& work) {
   if (!work) return;
   const auto start = std::chrono::steady_clock::now();
-  work->wait();
-  const auto end = std::chrono::steady_clock::now();
-  m.tp_wait_seconds += std::chrono::duration<double>(end - start).count();
+  const double blocked = tp_wait(m.tp_sums, work);
   // Only waits that blocked (a trace of every completed handle would be mostly noise).
-  if (m.trace && m.trace->enabled && end - start > std::chrono::microseconds(20))
-    trace_record(*m.trace, "tp wait", "tp_wait", start, end);
-  work.reset();
+  if (m.trace && m.trace->enabled && blocked > 20e-6)
+    trace_record(*m.trace, "tp wait", "tp_wait", start, std::chrono::steady_clock::now());
 }
 
 const void* lm_head_weight(Model& m) {

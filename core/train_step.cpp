@@ -48,7 +48,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   GradReducer* reducer = parallel.reducer;
   ReplicaSync* replicas = parallel.replicas;
   std::fill(model.grads.begin(), model.grads.end(), 0.0f);
-  model.tp_wait_seconds = 0.0;
+  model.tp_sums.wait_seconds = 0.0;
   model.ring.wait_seconds = model.ring.compute_seconds = 0.0;
   pipe.wait_seconds = 0.0;
   pipe.trace = parallel.trace;
@@ -108,7 +108,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   }
   result.grad_norm = std::sqrt(squares);
   result.comm_wait_s +=
-      model.tp_wait_seconds + model.ring.wait_seconds + pipe.wait_seconds + seconds_since(start);
+      model.tp_sums.wait_seconds + model.ring.wait_seconds + pipe.wait_seconds + seconds_since(start);
   result.finite = std::isfinite(result.loss) && std::isfinite(result.grad_norm);
   if (!result.finite) return result;
   TraceSpan span(parallel.trace, "optimizer", "optimizer");

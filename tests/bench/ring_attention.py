@@ -77,12 +77,14 @@ def chart_svg(ring2, memory):
              'font-family="sans-serif" font-size="11">',
              f'<rect width="{w}" height="{h}" fill="white"/>']
     # Left: compute ms per rank, zigzag and contiguous.
-    bars = [(f"{name} r{r}", rank["compute_ms"], color)
+    bars = [(f"rank {r}", rank["compute_ms"], color)
             for name, color in (("zigzag", "#3b7dd8"), ("contiguous", "#d8833b"))
             for r, rank in enumerate(ring2["layouts"][name]["ranks"])]
     top = max(b[1] for b in bars)
     x0, width = pad, (w / 2 - 2 * pad) / len(bars)
     parts.append(f'<text x="{x0}" y="16">attention compute per rank, sp 2 (ms)</text>')
+    parts.append(f'<text x="{x0}" y="30"><tspan fill="#3b7dd8">zigzag</tspan>, '
+                 '<tspan fill="#d8833b">contiguous</tspan></text>')
     for i, (label, value, color) in enumerate(bars):
         bh = (h - 2 * pad) * value / top
         x = x0 + i * width
@@ -107,8 +109,8 @@ def chart_svg(ring2, memory):
                      f'y2="{h - pad - ideal:.1f}" stroke="black" stroke-dasharray="4 3"/>')
         parts.append(f'<text x="{x + width / 2:.1f}" y="{h - pad + 14}" text-anchor="middle">'
                      f'sp {m["sp"]}</text>')
-        parts.append(f'<text x="{x + width / 2:.1f}" y="{h - pad - bh - 4:.1f}" '
-                     f'text-anchor="middle">{m["T"]}</text>')
+        parts.append(f'<text x="{x + width / 2:.1f}" y="{h - pad - bh + 14:.1f}" '
+                     f'text-anchor="middle" fill="white">{m["T"]}</text>')
     parts.append(f'<text x="{x0}" y="{h - 6}">dashed: sp × the sp 1 length</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
@@ -146,9 +148,10 @@ def write_docs(docs, rings, memory, budget_mib, command):
     for m in memory:
         lines.append(f"| {m['sp']} | {m['T']} | {m['T'] / memory[0]['T']:.2f} | {m['mib']:.1f} | "
                      f"{m['activations']:.1f} | {m['measured']:.1f} |")
-    lines += ["", "Parameters, gradients and AdamW state are the same on every sp rank, and the "
-              "rotary table covers the whole sequence on each, so the length grows a little less "
-              "than ∝ sp.", "", "![ring attention](ring_attention.svg)", ""]
+    lines += ["", "Parameters, gradients and AdamW state are the same on every sp rank, and each "
+              "rank also holds ring attention's key/value blocks and their gradients in flight "
+              "(10·C values per local token, shared by the layers), so the length grows a little "
+              "less than ∝ sp.", "", "![ring attention](ring_attention.svg)", ""]
     with open(os.path.join(os.path.dirname(docs), "ring_attention.svg"), "w") as f:
         f.write(chart_svg(ring2, memory))
     text = open(docs).read() if os.path.exists(docs) else "# Benchmarks\n"
