@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <limits>
+#include <string>
 
 #include "core/error.h"
 
@@ -45,11 +46,20 @@ std::vector<kernels::AttentionBlock> ring_blocks(const RingAttention& ring, int 
   return blocks;
 }
 
-// Waits for a transfer; the time blocked is exposed communication.
-void wait(RingAttention& ring, WorkPtr& work) {
+// Waits for a transfer; the time blocked is exposed communication. A failure names the ring
+// step and what was being sent or received.
+void wait(RingAttention& ring, WorkPtr& work, const char* pass, int step, const char* what,
+          int peer) {
   if (!work) return;
   const auto start = Clock::now();
-  work->wait();
+  try {
+    work->wait();
+  } catch (const CommError& e) {
+    throw CommError(std::string("ring attention ") + pass + ", sp rank " +
+                    std::to_string(ring.comm->rank()) + " of " +
+                    std::to_string(ring.comm->size()) + ", step " + std::to_string(step) + ": " +
+                    what + " sp rank " + std::to_string(peer) + ": " + e.what());
+  }
   ring.wait_seconds += seconds_since(start);
   work.reset();
 }
@@ -123,8 +133,8 @@ void ring_attention_forward(RingAttention& ring, const kernels::KernelBackend& b
       }
     }
     ring.compute_seconds += seconds_since(start);
-    wait(ring, receiving);
-    wait(ring, sending);
+    wait(ring, receiving, "forward", step, "receiving keys and values from", prev);
+    wait(ring, sending, "forward", step, "sending keys and values to", next);
   }
 }
 
@@ -150,7 +160,7 @@ void ring_attention_backward(RingAttention& ring, const kernels::KernelBackend& 
     // at the end of its last step, then the block it sends at the start of this one.
     WorkPtr dkv_receiving, kv_receiving, kv_sending;
     if (step > 0) {
-      wait(ring, dkv_sends[arriving]);
+      wait(ring, dkv_sends[arriving], "backward", step, "sending dK/dV to", next);
       dkv_receiving = comm.recv_async(ws.dkv[arriving], kv_count, DataType::kFloat32, prev);
     }
     if (step + 1 < sp) {
@@ -164,7 +174,7 @@ void ring_attention_backward(RingAttention& ring, const kernels::KernelBackend& 
                                   ws.scratch);
     ring.compute_seconds += seconds_since(start);
     if (step > 0) {
-      wait(ring, dkv_receiving);
+      wait(ring, dkv_receiving, "backward", step, "receiving dK/dV from", prev);
       be.vector_add(ws.dkv[computing], ws.dkv[arriving], kv_count);
     }
     dkv_sends[computing] = comm.send_async(ws.dkv[computing], kv_count, DataType::kFloat32, next);
@@ -173,15 +183,15 @@ void ring_attention_backward(RingAttention& ring, const kernels::KernelBackend& 
     computing = arriving;
     arriving = leaving;
     leaving = sent;
-    wait(ring, kv_receiving);
-    wait(ring, kv_sending);
+    wait(ring, kv_receiving, "backward", step, "receiving keys and values from", prev);
+    wait(ring, kv_sending, "backward", step, "sending keys and values to", next);
   }
   // This rank's own block comes home with every rank's share.
-  wait(ring, dkv_sends[arriving]);
+  wait(ring, dkv_sends[arriving], "backward", sp, "sending dK/dV to", next);
   WorkPtr home = comm.recv_async(ws.dkv[arriving], kv_count, DataType::kFloat32, prev);
-  wait(ring, home);
+  wait(ring, home, "backward", sp, "receiving its own dK/dV home from", prev);
   be.copy_rows(offset(dqkv, Cl, be), 3 * Cl, ws.dkv[arriving], 2 * Cl, rows, 2 * Cl);
-  for (WorkPtr& work : dkv_sends) wait(ring, work);
+  for (WorkPtr& work : dkv_sends) wait(ring, work, "backward", sp, "sending dK/dV to", next);
 }
 
 }  // namespace loom

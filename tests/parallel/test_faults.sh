@@ -88,6 +88,17 @@ LOOM_FAULT="rank=1,group=pp,op=9,action=delay,seconds=600" expect_job stuck-pipe
   "${mpirun[@]}" -x LOOM_FAULT "$loom" train tiny.textproto --set parallel.dp=1 --set parallel.pp=2 \
   --set train.micro_batch=1 --set parallel.collective_timeout_s=2 --run-dir run-pp-timeout
 
+# Sequence parallelism (the same 2 ranks as one sp ring): a rank killed in the middle of a ring
+# ends the job naming it; a rank stuck on a ring transfer ends it after the timeout, the other
+# naming the ring step and the peer it waited for.
+LOOM_FAULT="rank=1,group=sp,op=7,action=kill" expect_job killed-sequence-rank 30 \
+  "rank 1" "signal 9" -- "$loom" train tiny.textproto --set parallel.dp=1 --set parallel.sp=2 \
+  --run-dir run-sp-kill
+LOOM_FAULT="rank=1,group=sp,op=7,action=delay,seconds=600" expect_job stuck-sequence-rank 30 \
+  "ring attention" "sp rank 0 of 2" "group sp" "waiting for global rank 1" -- \
+  "${mpirun[@]}" -x LOOM_FAULT "$loom" train tiny.textproto --set parallel.dp=1 --set parallel.sp=2 \
+  --set parallel.collective_timeout_s=2 --run-dir run-sp-timeout
+
 # kill -9 from outside, once the run is training.
 start_job() {  # start_job DIR: loom train through mpirun in the background; sets job_pid
   "${mpirun[@]}" "$loom" train tiny.textproto --set logging.interval=1 --run-dir "$1" \
