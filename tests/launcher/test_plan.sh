@@ -107,6 +107,34 @@ expect sp2-dp '^  dp +4 groups of 2 +\{0,4\} \{1,5\} \{2,6\} \{3,7\}$'
 expect sp2-dpsp '^  dp×sp +2 groups of 4 +\{0,2,4,6\} \{1,3,5,7\}$'
 expect sp2-tokens 'seq_len 128 \(64 tokens per sp rank\)'
 
+# --- sp = 4: exact memory (the rank's 32 rows of each sequence and the ring's buffers), less
+# activation memory than sp = 1, and the longest sequence in a budget growing with sp ---
+plan sp1-budget --set runtime.threads=1 --memory-gb 0.25
+expect sp1-longest '^  train\.seq_len [0-9]+ \([0-9]+ tokens per sp rank\): [0-9.]+ MiB per rank'
+longest_sp1=$(grep -oE 'train\.seq_len [0-9]+' <<<"$out" | grep -oE '[0-9]+')
+activations_sp1=$(grep -oE '^  activations +[0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
+plan sp4 --set parallel.sp=4 --set runtime.threads=1 --memory-gb 0.25
+expect sp4-exact '^memory per rank \(fp32, MiB\)$'
+expect sp4-rows 'micro_batch 16 × seq_len 128 \(32 rows per sp rank\)'
+expect sp4-ring '^  sp 4: activations of the rank.s rows; ring attention'
+longest_sp4=$(grep -oE 'train\.seq_len [0-9]+' <<<"$out" | grep -oE '[0-9]+')
+activations_sp4=$(grep -oE '^  activations +[0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
+if [ -n "${longest_sp1:-}" ] && [ -n "${longest_sp4:-}" ] &&
+   [ $((longest_sp4 % 8)) -eq 0 ] && [ "$longest_sp4" -gt $((2 * longest_sp1)) ]; then
+  pass
+else
+  fail "longest sequence: sp 1 ${longest_sp1:-?}, sp 4 ${longest_sp4:-?} (expected a multiple of 8, over twice sp 1's)"
+fi
+if awk -v a="${activations_sp4:-0}" -v b="${activations_sp1:-0}" 'BEGIN { exit !(a > 0 && a < 0.3 * b) }'; then
+  pass
+else
+  fail "activations: sp 4 ${activations_sp4:-?} MiB, not under 0.3 × sp 1's ${activations_sp1:-?}"
+fi
+err=$("$loom" plan "$config" --memory-gb lots 2>&1 >/dev/null)
+rc=$?
+[ "$rc" -eq 1 ] && grep -qF -- '--memory-gb: "lots" is not a positive number of GiB' <<<"$err" && pass ||
+  fail "--memory-gb lots: exit status $rc, message: $err"
+
 # --- a big world lists only its first groups ---
 plan big --set parallel.dp=32 --set parallel.tp=4 --set train.micro_batch=1 --set train.global_batch=32
 expect big-world '^  world size  128 = dp 32 × pp 1 × sp 1 × tp 4$'
