@@ -12,6 +12,13 @@
 //   attention_block_forward(out, lse, qkv, qkv + C, blk, scratch);   // = causal attention
 #pragma once
 
+// visible() runs on the host and, compiled by nvcc, in kernels.
+#if defined(__CUDACC__)
+#define LOOM_HOST_DEVICE __host__ __device__
+#else
+#define LOOM_HOST_DEVICE
+#endif
+
 namespace loom::kernels {
 
 struct AttentionBlock {
@@ -26,7 +33,7 @@ struct AttentionBlock {
   int q_position = 0, kv_position = 0;
 
   // Keys query row i (0-based within the block) sees: a prefix of the block's key rows.
-  int visible(int i) const {
+  LOOM_HOST_DEVICE int visible(int i) const {
     if (!causal) return kv_rows;
     const int n = q_position + i - kv_position + 1;
     return n < 0 ? 0 : (n > kv_rows ? kv_rows : n);

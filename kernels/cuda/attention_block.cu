@@ -8,34 +8,17 @@
 
 #include "kernels/cuda/attention_block.h"
 #include "kernels/cuda/check.h"
+#include "kernels/cuda/attention_tiles.cuh"
 #include "kernels/cuda/common.cuh"
 
 namespace loom::kernels::cuda {
 namespace {
 
-// The work decomposition of kernels/cuda/attention.cu, whose helpers live in that file's
-// anonymous namespace and are repeated here. A block of kWarps warps owns kBlockRows rows of one
-// (b, h) pair — queries in forward and dQ, keys in dK/dV — kRowsPerWarp per warp, held in shared
-// memory with their fp32 accumulators in registers (lane l keeps head dims l, l + 32, …). The
-// other side streams through shared memory in tiles of kTile = 32 rows, one per lane: lane l
-// computes the scores of tile row l against the warp's kRowsPerWarp rows, the warp shares them
-// through shared memory and every lane folds all 32 into its head dims.
-constexpr int kWarps = 4;
-constexpr int kRowsPerWarp = 4;  // the float4 score exchange below depends on this being 4
-constexpr int kBlockRows = kWarps * kRowsPerWarp;
-constexpr int kTile = 32;
-constexpr int kThreads = kWarps * 32;
-constexpr int kMaxHeadDim = 128;
+// The tiling of kernels/cuda/attention.cu (kernels/cuda/attention_tiles.cuh): a block of kWarps
+// warps owns kBlockRows rows of one (b, h) pair — queries in forward and dQ, keys in dK/dV — and
+// the other side streams through shared memory in tiles of kTile rows.
+using namespace attention_tiles;
 constexpr int kMaxGridY = 65535;
-static_assert(kRowsPerWarp == 4, "scores are exchanged as one float4 per tile row");
-
-// AttentionBlock::visible is a host function; the same rule for device code. Keys query row i
-// (0-based within the block) sees: a prefix of the block's key rows.
-__device__ __forceinline__ int visible_keys(const AttentionBlock& blk, int i) {
-  if (!blk.causal) return blk.kv_rows;
-  const int n = blk.q_position + i - blk.kv_position + 1;
-  return n < 0 ? 0 : (n > blk.kv_rows ? blk.kv_rows : n);
-}
 
 // The first query row (0-based within the block) that sees key row j < kv_rows, q_rows or more
 // when none does: visible(i) > j ⇔ q_position + i − kv_position ≥ j, and visible grows with i.
@@ -57,80 +40,6 @@ __device__ __forceinline__ BlockHead block_head(const AttentionBlock& blk, int p
           (b * blk.kv_len + blk.kv_begin) * blk.kv_ld + h * hd,
           (b * blk.q_len + blk.q_begin) * C + h * hd,
           static_cast<int64_t>(pair) * blk.q_len + blk.q_begin};
-}
-
-// Shared rows are padded by 4 floats: 16-byte aligned for float4 reads, and a warp reading 32
-// different rows as float4 (8 lanes per phase) touches 32 different banks.
-template <int HD>
-constexpr int pitch() {
-  return HD + 4;
-}
-
-// tile (kRows, pitch) ← rows t0 … t0 + kRows − 1 of one head: base points at row 0's first head
-// column, rows are ld elements apart. Rows from `rows` on and columns past hd are zero, so
-// padded dot products add nothing.
-template <typename Act, int HD, int kRows>
-__device__ void load_rows(float* tile, const Act* base, int64_t ld, int t0, int rows, int hd) {
-  for (int idx = threadIdx.x; idx < kRows * HD; idx += blockDim.x) {
-    const int r = idx / HD;
-    const int d = idx % HD;
-    const int t = t0 + r;
-    float value = 0.0f;
-    if (t < rows && d < hd) value = to_float(base[static_cast<int64_t>(t) * ld + d]);
-    tile[r * pitch<HD>() + d] = value;
-  }
-}
-
-// out[r] += rows[r] · other for the warp's kRowsPerWarp shared rows against one other row.
-template <int HD>
-__device__ __forceinline__ void dot_rows(float (&out)[kRowsPerWarp], const float* rows,
-                                         const float* other) {
-  for (int d = 0; d < HD; d += 4) {
-    const float4 o = *reinterpret_cast<const float4*>(other + d);
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; r++) {
-      const float4 x = *reinterpret_cast<const float4*>(rows + r * pitch<HD>() + d);
-      out[r] = fmaf(x.x, o.x, out[r]);
-      out[r] = fmaf(x.y, o.y, out[r]);
-      out[r] = fmaf(x.z, o.z, out[r]);
-      out[r] = fmaf(x.w, o.w, out[r]);
-    }
-  }
-}
-
-// acc[r][c] += Σ_j weights[j][r] · tile[j][lane + 32c] over the kTile rows j of tile, in order.
-// weights is the warp's (kTile, kRowsPerWarp) exchange buffer.
-template <int HD>
-__device__ __forceinline__ void accumulate_rows(float (&acc)[kRowsPerWarp][(HD + 31) / 32],
-                                                const float* weights, const float* tile, int lane) {
-  constexpr int kDims = (HD + 31) / 32;
-  for (int j = 0; j < kTile; j++) {
-    const float4 w = *reinterpret_cast<const float4*>(weights + j * kRowsPerWarp);
-#pragma unroll
-    for (int c = 0; c < kDims; c++) {
-      const int d = lane + 32 * c;
-      if (HD % 32 != 0 && d >= HD) continue;  // HD = 16: lanes 16–31 own no dimension
-      const float x = tile[j * pitch<HD>() + d];
-      acc[0][c] = fmaf(w.x, x, acc[0][c]);
-      acc[1][c] = fmaf(w.y, x, acc[1][c]);
-      acc[2][c] = fmaf(w.z, x, acc[2][c]);
-      acc[3][c] = fmaf(w.w, x, acc[3][c]);
-    }
-  }
-}
-
-// Floats of dynamic shared memory per kernel.
-template <int HD>
-constexpr int forward_shared_floats() {
-  return (kBlockRows + 2 * kTile) * pitch<HD>() + kWarps * kTile * kRowsPerWarp;
-}
-template <int HD>
-constexpr int backward_dq_shared_floats() {
-  return (2 * kBlockRows + 2 * kTile) * pitch<HD>() + kWarps * kTile * kRowsPerWarp;
-}
-template <int HD>
-constexpr int backward_dkv_shared_floats() {
-  return (2 * kBlockRows + 2 * kTile) * pitch<HD>() + 2 * kWarps * kTile * kRowsPerWarp;
 }
 
 // Grid: x = b·H + h, y = block of kBlockRows query rows, reversed so that in a causal block the
@@ -166,7 +75,7 @@ __global__ void __launch_bounds__(kThreads)
   float row_max[kRowsPerWarp], row_sum[kRowsPerWarp], acc[kRowsPerWarp][kDims];
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; r++) {
-    visible[r] = visible_keys(blk, min(q0 + warp * kRowsPerWarp + r, blk.q_rows - 1));
+    visible[r] = blk.visible(min(q0 + warp * kRowsPerWarp + r, blk.q_rows - 1));
     row_max[r] = -INFINITY;
     row_sum[r] = 0.0f;
 #pragma unroll
@@ -174,7 +83,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   // visible grows with the row: the block's last row sees the most keys.
-  const int key_end = visible_keys(blk, min(q0 + kBlockRows, blk.q_rows) - 1);
+  const int key_end = blk.visible(min(q0 + kBlockRows, blk.q_rows) - 1);
   for (int kv0 = 0; kv0 < key_end; kv0 += kTile) {
     __syncthreads();  // the previous tile is consumed (and q_tile written, the first time)
     load_rows<Act, HD, kTile>(k_tile, k_base, blk.kv_ld, kv0, blk.kv_rows, hd);
@@ -304,14 +213,14 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; r++) {
     const int query = min(q0 + warp * kRowsPerWarp + r, blk.q_rows - 1);
-    visible[r] = visible_keys(blk, query);
+    visible[r] = blk.visible(query);
     row_lse[r] = lse[head.lse + query];
     row_dsum[r] = dsum[head.lse + query];
 #pragma unroll
     for (int c = 0; c < kDims; c++) acc[r][c] = 0.0f;
   }
 
-  const int key_end = visible_keys(blk, min(q0 + kBlockRows, blk.q_rows) - 1);
+  const int key_end = blk.visible(min(q0 + kBlockRows, blk.q_rows) - 1);
   for (int kv0 = 0; kv0 < key_end; kv0 += kTile) {
     __syncthreads();
     load_rows<Act, HD, kTile>(k_tile, k_base, blk.kv_ld, kv0, blk.kv_rows, hd);
@@ -396,7 +305,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     const int query = qt0 + lane;
     const bool valid = query < blk.q_rows;
-    const int query_visible = valid ? visible_keys(blk, query) : 0;
+    const int query_visible = valid ? blk.visible(query) : 0;
     const float query_lse = valid ? lse[head.lse + query] : 0.0f;
     const float query_dsum = valid ? dsum[head.lse + query] : 0.0f;
     float score[kRowsPerWarp] = {};

@@ -152,6 +152,20 @@ def step_medians(run_dir, warmup=2):
             statistics.median(r["comm_wait_ms"] for r in rows))
 
 
+def replace_section(docs, section, lines):
+    """Writes `lines` (a section starting with its `section` heading) into the Markdown file
+    docs in place of that section (up to the next "## " heading), or appends it."""
+    text = open(docs).read() if os.path.exists(docs) else "# Benchmarks\n"
+    if section in text:
+        before, rest = text.split(section, 1)
+        after = rest[rest.find("\n## "):] if "\n## " in rest else ""
+        text = before + "\n".join(lines) + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(lines)
+    with open(docs, "w") as f:
+        f.write(text)
+
+
 def cpu_description():
     """"<CPU model> (<n> cores)" from /proc/cpuinfo, for the record of a measurement."""
     model = "unknown CPU"

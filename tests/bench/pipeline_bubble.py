@@ -143,15 +143,7 @@ def write_docs(docs, loom, rows_by_pp, command):
             note += f" Activation peak at m = {m}: GPipe {ratio:.2f}× 1F1B's."
         body += [note, ""]
     body += charts + [""]
-    text = open(docs).read() if os.path.exists(docs) else "# Benchmarks\n"
-    if SECTION in text:
-        before, rest = text.split(SECTION, 1)
-        after = rest[rest.find("\n## "):] if "\n## " in rest else ""
-        text = before + "\n".join(body) + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(body)
-    with open(docs, "w") as f:
-        f.write(text)
+    bench_common.replace_section(docs, SECTION, body)
 
 
 def main():

@@ -154,15 +154,7 @@ def write_docs(docs, rings, memory, budget_mib, command):
               "less than ∝ sp.", "", "![ring attention](ring_attention.svg)", ""]
     with open(os.path.join(os.path.dirname(docs), "ring_attention.svg"), "w") as f:
         f.write(chart_svg(ring2, memory))
-    text = open(docs).read() if os.path.exists(docs) else "# Benchmarks\n"
-    if SECTION in text:
-        before, rest = text.split(SECTION, 1)
-        after = rest[rest.find("\n## "):] if "\n## " in rest else ""
-        text = before + "\n".join(lines) + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(lines)
-    with open(docs, "w") as f:
-        f.write(text)
+    bench_common.replace_section(docs, SECTION, lines)
 
 
 def main():
