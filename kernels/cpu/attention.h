@@ -4,7 +4,8 @@
 // Forward keeps only the log-sum-exp of each score row, lse (B, H, T); backward recomputes the
 // probabilities from it (as FlashAttention does), so saved memory is linear in T. Work is split
 // over (b, h) pairs across OpenMP threads; each thread uses its own slice of `scratch` and calls
-// single-threaded sgemm on row blocks that stop at the causal diagonal.
+// single-threaded sgemm on row blocks that stop at the causal diagonal. The whole sequence is run
+// as one block of ring attention (kernels/cpu/attention_block.h, causal from position 0).
 //
 //   std::vector<float> scratch(attention_scratch_floats(T, thread_count()));
 //   attention_forward(out, lse, qkv, B, T, C, H, scratch.data());

@@ -124,8 +124,8 @@ def write_docs(docs, rings, memory, budget_mib, command):
              f"Attention (forward + backward) over one sequence of {ring2['T']} tokens, "
              f"C = {ring2['C']}, {ring2['H']} heads (`loom bench ring`); whole = the whole "
              "sequence on one rank; compute = each rank's block kernels; balance = max ÷ min "
-             "compute; efficiency = (whole ÷ sp) ÷ the slowest rank's ring time; exposed = its "
-             "time blocked on ring transfers ÷ its ring time.", "",
+             "compute; efficiency = (whole ÷ sp) ÷ the slowest rank's ring time; exposed = the "
+             "largest share of a rank's ring time spent blocked on ring transfers.", "",
              "| sp | layout | compute per rank (ms) | balance | ring time (ms) | efficiency | exposed wait |",
              "|---:|---|---|---:|---:|---:|---:|"]
     for sp, ring in sorted(rings.items()):
