@@ -157,7 +157,7 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   LOOM_CHECK(!sp.comm || (sp.comm->size() == sp.size && sp.comm->rank() == sp.rank));
   if (sp.size == 1) sp.comm = nullptr;
   m.sp = sp;
-  m.ring = {sp.comm, sp.layout};
+  m.ring = RingAttention(sp.comm, sp.layout);
   m.stage = std::move(stage);
   m.Hl = m.H / tp.size;
   m.Cl = m.Hl * (m.C / m.H);

@@ -53,6 +53,12 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   pipe.wait_seconds = 0.0;
   pipe.trace = parallel.trace;
   model.trace = parallel.trace;
+  model.ring.on_blocked = {};
+  if (TraceRecorder* trace = parallel.trace; trace && model.sp.comm)
+    model.ring.on_blocked = [trace](RingAttention::Clock::time_point start,
+                                    RingAttention::Clock::time_point end) {
+      trace_record(*trace, "sp wait", "sp_wait", start, end);
+    };
   StepResult result;
   // Each rank's gradients are the mean over its tokens (its part of the sequences with sp > 1);
   // the reduction averages over the dp × sp ranks, which hold equally many.
@@ -144,6 +150,7 @@ double evaluate(Model& model, Pipeline& pipe, const TokenDataset& val, int batch
         pipeline_forward_schedule(pipe.size, mine, v, pipe.rank);
     pipe.trace = nullptr;
     model.trace = nullptr;
+    model.ring.on_blocked = {};
     std::vector<int> local;
     total = pipeline_run(pipe, model, forwards,
                          sequence_part(model, {inputs.data(), targets.data(), mine, B, T, 0.0f},

@@ -106,7 +106,7 @@ RingTimes time_ring(Communicator& sp, SequenceLayout layout, const Shape& s, int
   ws.block_out = ws.dkv[0], ws.block_lse = block_lse.data(), ws.scratch = scratch.data();
   std::vector<double> compute, wait, total;
   for (int i = 0; i <= iters; ++i) {
-    RingAttention ring{&sp, layout};
+    RingAttention ring(&sp, layout);
     sp.barrier();
     const auto start = Clock::now();
     ring_attention_forward(ring, *be, ws, out.data(), lse.data(), qkv.data(), s.B, Tl, s.C, s.H);

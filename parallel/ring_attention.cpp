@@ -60,7 +60,9 @@ void wait(RingAttention& ring, WorkPtr& work, const char* pass, int step, const 
                     std::to_string(ring.comm->size()) + ", step " + std::to_string(step) + ": " +
                     what + " sp rank " + std::to_string(peer) + ": " + e.what());
   }
-  ring.wait_seconds += seconds_since(start);
+  const auto end = Clock::now();
+  ring.wait_seconds += std::chrono::duration<double>(end - start).count();
+  if (ring.on_blocked && end - start > std::chrono::microseconds(20)) ring.on_blocked(start, end);
   work.reset();
 }
 

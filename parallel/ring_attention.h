@@ -20,11 +20,13 @@
 // Collective over the sp group: every rank calls forward and backward with the same shapes, in
 // the same order. Buffers are the caller's (RingWorkspace, sized by ring_workspace_floats).
 //
-//   loom::RingAttention ring{&sp_comm, loom::SequenceLayout::kZigzag};
+//   loom::RingAttention ring(&sp_comm, loom::SequenceLayout::kZigzag);
 //   loom::ring_attention_forward(ring, be, ws, out, lse, qkv, B, Tl, C, H);
 //   loom::ring_attention_backward(ring, be, ws, dqkv, dout, qkv, out, lse, B, Tl, C, H);
 #pragma once
+#include <chrono>
 #include <cstddef>
+#include <functional>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -50,10 +52,15 @@ void sequence_select(SequenceLayout layout, int sp, int rank, const int* global,
 
 // One rank's ring: its sp group (size > 1), the layout, and time counters the caller resets.
 struct RingAttention {
+  using Clock = std::chrono::steady_clock;
+  RingAttention() = default;
+  RingAttention(Communicator* comm, SequenceLayout layout) : comm(comm), layout(layout) {}
   Communicator* comm = nullptr;  // the sp group; not owned
   SequenceLayout layout = SequenceLayout::kZigzag;
   double compute_seconds = 0;    // in the block kernels and merges
   double wait_seconds = 0;       // blocked on ring transfers (exposed communication)
+  // Optional: told of every wait that blocked for more than 20 µs (a timeline's "sp wait").
+  std::function<void(Clock::time_point start, Clock::time_point end)> on_blocked;
 };
 
 // Buffers of one rank, in the backend's memory (activations unless noted), for micro-batches of

@@ -74,6 +74,21 @@ grep -qE '^rank 1 \(pp 1, dp 0, sp 0, tp 0\) +[0-9.]+ ' "$tmp/out.txt" && pass |
 expect_error trace-missing "cannot open trace nope.json" -- "$loom" trace nope.json --svg x.svg
 expect_error trace-steps "it holds steps 0-1" -- "$loom" trace run-pp/trace.json --svg x.svg --steps 5
 
+# --- a traced run with ring sequence parallelism (sp = 2): the same losses and sample text as the
+# single process, ring waits in the trace ---
+expect_ok train-sp "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --run-dir run-sp \
+  --set parallel.sp=2 --set logging.trace_steps=2 --set runtime.threads=1
+grep -q "sequences of 32 tokens cut zigzag over sp (16 rows per rank)" run-sp/train.log && pass ||
+  fail "the log does not describe the sp layout: $(grep mesh run-sp/train.log)"
+losses() { grep -oE '"loss":[0-9.e+-]+' "$1" | cut -d: -f2 | head -6; }
+paste <(losses run/metrics.jsonl) <(losses run-sp/metrics.jsonl) |
+  awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 1e-5 * $1) bad = 1; n++ } END { exit bad || n != 6 }' &&
+  pass || fail "sp = 2 losses differ from the single process's: $(losses run-sp/metrics.jsonl | head -2)"
+[ "$(sed -n '/^sample:/,$p' run/train.log | head -2)" = "$(sed -n '/sample:/,$p' run-sp/train.log | sed 's/^\[rank [^]]*\] //' | head -2)" ] && pass ||
+  fail "sp = 2 sample differs: $(sed -n '/sample:/,$p' run-sp/train.log | head -2)"
+expect_ok trace-sp "$loom" trace run-sp/trace.json --svg trace-sp.svg --steps 1
+grep -q "sp_wait" "$tmp/out.txt" && pass || fail "loom trace shows no sp_wait: $(cat "$tmp/out.txt")"
+
 expect_error existing-run "already holds a run" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --run-dir run
 expect_ok resume "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=8 --run-dir run --resume
 grep -q "resumed from" "$tmp/out.txt" && pass || fail "resume did not say where it resumed from"

@@ -65,7 +65,7 @@ void expect_ring_matches_whole(Communicator& sp, const RingCase& k) {
   for (int i = 0; i < 3; ++i) ws.dkv[i] = work.data() + (2 + i) * kv;
   ws.block_out = ws.dkv[0], ws.block_lse = block_lse.data(), ws.scratch = block_scratch.data();
 
-  RingAttention ring{&sp, k.layout};
+  RingAttention ring(&sp, k.layout);
   std::vector<float> my_out(static_cast<size_t>(B) * Tl * C), my_lse(static_cast<size_t>(B) * H * Tl);
   ring_attention_forward(ring, *be, ws, my_out.data(), my_lse.data(), my_qkv.data(), B, Tl, C, H);
   std::vector<float> my_dqkv(my_qkv.size());
