@@ -135,7 +135,7 @@ void print_groups(const Mesh& mesh) {
 
 std::string mib(double bytes) {
   char buffer[32];
-  std::snprintf(buffer, sizeof(buffer), "%8.1f", bytes / kMiB);
+  std::snprintf(buffer, sizeof(buffer), "%8.2f", bytes / kMiB);
   return buffer;
 }
 

@@ -5,6 +5,7 @@ import array
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -119,6 +120,22 @@ def compare_checkpoints(name, ref_dir, run_dir):
               f"difference {rel:.1e}")
         if rel > CHECKPOINT_TOLERANCE:
             failures.append(f"{name}: checkpoint {file} differs by {rel:.2e}")
+
+
+def check_activation_memory(loom, name, config, run_dir, overrides):
+    """The activation peak each rank measured (metrics.jsonl: the largest over ranks) is what
+    `loom plan` says the largest stage (or rank) allocates."""
+    out = subprocess.run([loom, "plan", config, *sets(overrides)], capture_output=True,
+                         text=True).stdout
+    planned = [float(x) for x in re.findall(r"^    MiB: .*activations ([0-9.]+) \(", out, re.M)]
+    if not planned:  # one stage: the summary's figure
+        planned = [float(x) for x in re.findall(r"^  activations +([0-9.]+) ", out, re.M)]
+    measured = max(m["activation_peak_mib"] for m in metrics(run_dir))
+    ok = bool(planned) and abs(max(planned) - measured) <= 0.006  # two decimals
+    print(f"{'ok' if ok else 'FAIL'}: {name}: activation peak {measured:.2f} MiB measured, "
+          f"{max(planned or [0]):.2f} MiB planned")
+    if not ok:
+        failures.append(f"{name}: activation peak {measured} MiB, plan {planned}")
 
 
 def sets(overrides):

@@ -15,9 +15,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from equivalence_common import (compare, compare_checkpoints, failures, metrics,  # noqa: E402
-                                mpirun, reference_run, resume_case, run, run_models, sets,
-                                training_config)
+from equivalence_common import (check_activation_memory, compare,  # noqa: E402
+                                compare_checkpoints, failures, metrics, mpirun, reference_run,
+                                resume_case, run, run_models, sets, training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 
@@ -48,22 +48,6 @@ def train(config, run_dir, name, ranks, overrides):
     return run((mpirun(ranks) if ranks > 1 else []) + cmd, name)
 
 
-def check_activation_memory(name, config, run_dir, overrides):
-    """The activation peak each rank measured (metrics.jsonl: the largest over ranks) is what
-    `loom plan` says the largest stage allocates under the schedule."""
-    import re
-    import subprocess
-    out = subprocess.run([LOOM, "plan", config, *sets(overrides)], capture_output=True,
-                         text=True).stdout
-    planned = [float(x) for x in re.findall(r"^    MiB: .*activations ([0-9.]+) \(", out, re.M)]
-    measured = max(m["activation_peak_mib"] for m in metrics(run_dir))
-    ok = bool(planned) and abs(max(planned) - measured) <= 0.006
-    print(f"{'ok' if ok else 'FAIL'}: {name}: activation peak {measured:.2f} MiB measured, "
-          f"{max(planned or [0]):.2f} MiB planned")
-    if not ok:
-        failures.append(f"{name}: activation peak {measured} MiB, plan {planned}")
-
-
 def schedule_cases(model_name, config, reference):
     for pp in (2, 4):
         for schedule, v in SCHEDULES:
@@ -73,7 +57,7 @@ def schedule_cases(model_name, config, reference):
             run_dir = f"{model_name}-pp{pp}-{schedule}"
             if train(config, run_dir, name, pp, overrides):
                 compare(name, reference, metrics(run_dir))
-                check_activation_memory(name, config, run_dir, overrides)
+                check_activation_memory(LOOM, name, config, run_dir, overrides)
 
 
 def combined_cases(model_name, config, reference):

@@ -5,7 +5,8 @@ step). sp = 2 and 4 (zigzag) for a plain GPT with learned positions, a looped mo
 injection and an untied head, and a ladder looped model with rotary positions and injection; the
 contiguous layout at sp = 2; sp 2 x tp 2; sp 2 x dp 2 with ZeRO-1 (its final checkpoint equal to
 the single process's); the 8-rank 4-D layouts pp 2 x sp 2 x tp 2 and dp 2 x pp 2 x sp 2; and a
-sp = 2 run cut back to its step-3 checkpoint resumes at sp = 1 and sp = 4, exactly.
+sp = 2 run cut back to its step-3 checkpoint resumes at sp = 1 and sp = 4, exactly. Every run's
+measured activation peak is what `loom plan` says the layout allocates.
 
 usage: sp_equivalence.py LOOM_BINARY SOURCE_DIR
 """
@@ -13,8 +14,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from equivalence_common import (compare, compare_checkpoints, metrics, mpirun,  # noqa: E402
-                                resume_case, run, run_models, sets, training_config)
+from equivalence_common import (check_activation_memory, compare,  # noqa: E402
+                                compare_checkpoints, metrics, mpirun, resume_case, run,
+                                run_models, sets, training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 
@@ -30,11 +32,14 @@ COMMON = training_config(global_batch=8, eval_batches=2)  # 4 micro-batches of 2
 
 
 def train_and_compare(model_name, config, reference, tag, ranks, overrides, checkpoint=False):
+    """The layout's losses against the single process's; its measured activation peak against
+    `loom plan`'s figure; with `checkpoint`, its final checkpoint against the single process's."""
     run_dir = f"{model_name}-{tag}"
     name = f"{model_name} {' '.join(overrides)}"
     cmd = [LOOM, "train", config, "--run-dir", run_dir, *sets(overrides)]
     if run((mpirun(ranks) if ranks > 1 else []) + cmd, name):
         compare(name, reference, metrics(run_dir))
+        check_activation_memory(LOOM, name, config, run_dir, overrides)
         if checkpoint:
             compare_checkpoints(name, f"ref-{model_name}", run_dir)
     return run_dir
