@@ -315,6 +315,20 @@ void validate_config(const config::RunConfig& cfg) {
     require(t.seq_len() % p.sp() == 0,
             "train.seq_len (" + num(t.seq_len()) + ") must be divisible by parallel.sp (" +
                 num(p.sp()) + ") for the contiguous sequence layout");
+  // One MPI message carries at most INT32_MAX elements: ring attention's key/value block and a
+  // pipeline boundary state are each sent whole.
+  const double local_tokens = static_cast<double>(t.micro_batch()) * t.seq_len() / p.sp();
+  const double ring_message = local_tokens * 2.0 * m.d_model() / p.tp();
+  require(p.sp() == 1 || ring_message <= 2147483647.0,
+          "ring attention would send " + std::to_string(static_cast<long long>(ring_message)) +
+              " floats in one message (micro_batch × seq_len / sp × 2 × d_model / tp), more than "
+              "MPI's 2^31 − 1: raise parallel.sp or parallel.tp, or lower train.micro_batch");
+  const double boundary_message = local_tokens * 3.0 * m.d_model();  // stream, ladder output, e
+  require(p.pp() == 1 || boundary_message <= 2147483647.0,
+          "a pipeline boundary would send up to " +
+              std::to_string(static_cast<long long>(boundary_message)) +
+              " floats in one message (3 × micro_batch × seq_len / sp × d_model), more than "
+              "MPI's 2^31 − 1: raise parallel.sp or lower train.micro_batch");
   require(p.virtual_stages() >= 1, "parallel.virtual_stages must be at least 1");
   require(p.virtual_stages() == 1 || p.pp() > 1,
           "parallel.virtual_stages (" + num(p.virtual_stages()) + ") needs parallel.pp > 1: "

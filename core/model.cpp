@@ -18,6 +18,7 @@ void check_run(Model& m, int chunk, int slot, int B, int T) {
   LOOM_CHECK(chunk >= 0 && chunk < static_cast<int>(m.chunks.size()));
   LOOM_CHECK(slot >= 0 && slot < m.slots);
   LOOM_CHECK(m.tp.size == 1 || m.tp.comm);
+  LOOM_CHECK(m.sp.size == 1 || m.sp.comm);  // a layout-only model (planning) does not run
   // The sums over tp and the ring over sp move host fp32 (the MPI backend).
   LOOM_CHECK((m.tp.size == 1 && m.sp.size == 1) || kb(m).activation_bytes() == sizeof(float));
   // On the CPU the attention scratch is per thread: the thread count must not have grown.
@@ -281,6 +282,8 @@ void model_backward(Model& m, int B, int T, const GradsFinalFn& on_grads_final) 
 }
 
 void model_last_logits(Model& m, int B, int T, float* logits) {
+  // With sp > 1 the last local row is not the sequence's last token: sample with sp = 1.
+  LOOM_CHECK(m.sp.size == 1);
   // The matmul writes activations: float logits need an fp32 backend (host memory, for now).
   LOOM_CHECK(kb(m).activation_bytes() == sizeof(float));
   const int rows = m.vocab.rows;

@@ -342,18 +342,16 @@ void model_plan(Model& m, int B, int T, int slots, int boundaries, bool split_ba
   m.arena.assign(plan_arena(m, B, T, slots, boundaries, split_backward), 0.0f);
   const int hd = m.C / m.H;
   if (m.sp.size > 1) m.positions = sequence_positions(m.sp.layout, T * m.sp.size, m.sp.size, m.sp.rank);
-  if (is_rotary(m) && m.sp.size == 1)
-    kb(m).rope_table(stat(m, m.rope_cos), stat(m, m.rope_sin), T, hd, m.config.rope_theta());
-  if (is_rotary(m) && m.sp.size > 1) {  // row t: the angles of global position positions[t]
-    const int whole_T = T * m.sp.size;
-    const size_t row = hd / 2;
-    std::vector<float> cos(whole_T * row), sin(whole_T * row);
-    kb(m).rope_table(cos.data(), sin.data(), whole_T, hd, m.config.rope_theta());
-    for (int t = 0; t < T; ++t) {
-      std::copy_n(cos.data() + m.positions[t] * row, row, stat(m, m.rope_cos) + t * row);
-      std::copy_n(sin.data() + m.positions[t] * row, row, stat(m, m.rope_sin) + t * row);
+  // Row t: the angles of position t, or with sp > 1 of the global position of local row t.
+  const std::vector<SequencePiece> pieces =
+      m.sp.size > 1 ? sequence_pieces(m.sp.layout, T * m.sp.size, m.sp.size, m.sp.rank)
+                    : std::vector<SequencePiece>{{0, T, 0}};
+  if (is_rotary(m))
+    for (const SequencePiece& p : pieces) {
+      const size_t row = static_cast<size_t>(p.row) * hd / 2;
+      kb(m).rope_table(stat(m, m.rope_cos) + row, stat(m, m.rope_sin) + row, p.rows, hd,
+                       m.config.rope_theta(), p.position);
     }
-  }
   m.slot_tokens.assign(static_cast<size_t>(slots) * B * T, 0);
 }
 

@@ -118,8 +118,9 @@ class KernelBackend {
                                         const AttentionBlock& blk, void* scratch) const = 0;
 
   // --- rotary position embedding ---
-  // cos, sin (T, hd/2) — overwritten — for positions 0..T−1.
-  virtual void rope_table(float* cos, float* sin, int T, int hd, float theta) const = 0;
+  // cos, sin (T, hd/2) — overwritten — for positions first_position .. first_position + T − 1.
+  virtual void rope_table(float* cos, float* sin, int T, int hd, float theta,
+                          int first_position) const = 0;
   // Rotates q and k of qkv (B, T, 3C) in place; inverse applies −θ (the backward).
   virtual void rope_apply(void* qkv, const float* cos, const float* sin, int B, int T, int C, int H,
                           bool inverse) const = 0;

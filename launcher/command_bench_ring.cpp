@@ -170,6 +170,9 @@ int command_bench_ring(int argc, char** argv) {
   std::unique_ptr<MpiRuntime> mpi = mpi_runtime_init({});
   std::unique_ptr<Communicator> world = mpi_world(*mpi);
   const int sp = world->size();
+  if (sp < 2)
+    throw Error("bench ring runs ring attention over the job's ranks: start it with mpirun -np "
+                "SP, SP ≥ 2");
   if (s.T % (2 * sp) != 0)
     throw Error("bench ring: --seq-len (" + std::to_string(s.T) + ") must be divisible by 2 × " +
                 std::to_string(sp) + " ranks");

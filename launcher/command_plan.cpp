@@ -40,7 +40,8 @@ Shows what CONFIG's parallel layout (parallel.dp, tp, pp, sp) means, without sta
     words ("block.0–1 × iterations 3–5"), parameters (a shared block once), gradients,
     optimizer state and activations,
   - with --memory-gb X: the longest train.seq_len this layout trains within X GiB per rank
-    (every stage; learned position tables grown to it), in steps of what sp requires.
+    (every stage; model.max_seq_len, and a learned position table, grown to it), in steps of
+    what sp requires.
 The config is validated as `loom train` does: a layout that does not divide the model or the
 batch is an error (exit status 1).
 
@@ -233,24 +234,33 @@ config::RunConfig at_seq_len(config::RunConfig cfg, long T) {
   return cfg;
 }
 
-// The longest train.seq_len (a multiple of what the sequence layout needs) whose memory per
-// rank is within `budget` bytes, by bisection (memory grows with T); 0 if even the shortest
-// does not fit.
+// The longest train.seq_len (a multiple of what the sequence layout needs) that the config's
+// validation accepts (model.max_seq_len raised to it) and whose memory per rank is within the
+// budget, by bisection (memory grows with T); 0 if even the shortest does not fit.
 void print_longest_sequence(const config::RunConfig& cfg, double budget_gib) {
   const auto& p = cfg.parallel();
   const long unit = sequence_layout(p) == SequenceLayout::kZigzag ? 2L * p.sp() : p.sp();
   const double budget = budget_gib * 1024.0 * kMiB;
   constexpr long kMaxTokens = 1L << 24;
-  auto fits = [&](long k) { return rank_bytes(at_seq_len(cfg, k * unit)) <= budget; };
-  long lo = 0, hi = 1;  // fits(lo) (or lo = 0), !fits(hi) once found
-  while (hi * unit <= kMaxTokens && fits(hi)) {
+  const long max_k = kMaxTokens / unit;
+  auto fits = [&](long k) {
+    const config::RunConfig at = at_seq_len(cfg, k * unit);
+    try {
+      validate_config(at);
+    } catch (const Error&) {
+      return false;
+    }
+    return rank_bytes(at) <= budget;
+  };
+  long lo = 0, hi = 1;  // fits(lo) (or lo = 0); !fits(hi) or hi past max_k
+  while (hi <= max_k && fits(hi)) {
     lo = hi;
     hi *= 2;
   }
-  if (hi * unit > kMaxTokens) hi = kMaxTokens / unit + 1;
+  hi = std::min(hi, max_k + 1);
   while (hi - lo > 1) {
     const long mid = lo + (hi - lo) / 2;
-    (fits(mid) ? lo : hi) = mid;
+    (mid <= max_k && fits(mid) ? lo : hi) = mid;
   }
   std::printf("\nlongest sequence within %.3g GiB per rank\n", budget_gib);
   if (lo == 0) {
@@ -261,11 +271,8 @@ void print_longest_sequence(const config::RunConfig& cfg, double budget_gib) {
   const long T = lo * unit;
   std::printf("  train.seq_len %ld (%ld tokens per sp rank): %.1f MiB per rank%s%s\n", T,
               T / p.sp(), rank_bytes(at_seq_len(cfg, T)) / kMiB,
-              lo * unit >= kMaxTokens ? " (the search stops at 2^24 tokens)" : "",
-              cfg.model().position() == config::ModelConfig::LEARNED &&
-                      cfg.model().max_seq_len() < T
-                  ? "; model.max_seq_len raised to it"
-                  : "");
+              cfg.model().max_seq_len() < T ? "; with model.max_seq_len raised to it" : "",
+              lo == max_k ? " (the search stops at 2^24 tokens)" : "");
 }
 
 }  // namespace

@@ -66,6 +66,12 @@ void wait(RingAttention& ring, WorkPtr& work, const char* pass, int step, const 
   work.reset();
 }
 
+// A ring of two or more ranks moving fp32 host activations (the MPI communicator).
+void check_ring(const RingAttention& ring, const kernels::KernelBackend& be) {
+  LOOM_CHECK(ring.comm && ring.comm->size() > 1);
+  LOOM_CHECK(be.activation_bytes() == sizeof(float));
+}
+
 }  // namespace
 
 std::vector<SequencePiece> sequence_pieces(SequenceLayout layout, int T, int sp, int rank) {
@@ -107,6 +113,7 @@ size_t ring_workspace_lse_floats(int B, int Tl, int Hl) {
 void ring_attention_forward(RingAttention& ring, const kernels::KernelBackend& be,
                             const RingWorkspace& ws, void* out, float* lse, const void* qkv,
                             int B, int Tl, int Cl, int Hl) {
+  check_ring(ring, be);
   Communicator& comm = *ring.comm;
   const int sp = comm.size(), rank = comm.rank();
   const int next = (rank + 1) % sp, prev = (rank + sp - 1) % sp;
@@ -144,6 +151,7 @@ void ring_attention_backward(RingAttention& ring, const kernels::KernelBackend& 
                              const RingWorkspace& ws, void* dqkv, const void* dout,
                              const void* qkv, const void* out, const float* lse, int B, int Tl,
                              int Cl, int Hl) {
+  check_ring(ring, be);
   Communicator& comm = *ring.comm;
   const int sp = comm.size(), rank = comm.rank();
   const int next = (rank + 1) % sp, prev = (rank + sp - 1) % sp;

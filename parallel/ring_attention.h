@@ -17,8 +17,12 @@
 // computes its share into a fresh buffer while the accumulator arrives, so that transfer also
 // hides behind compute.
 //
-// Collective over the sp group: every rank calls forward and backward with the same shapes, in
-// the same order. Buffers are the caller's (RingWorkspace, sized by ring_workspace_floats).
+// Collective over the sp group (two or more ranks): every rank calls forward and backward with
+// the same shapes, in the same order. Buffers are the caller's (RingWorkspace, sized by
+// ring_workspace_activations and ring_workspace_lse_floats); activations are fp32 in host
+// memory (the MPI communicator). A failed transfer throws CommError naming the pass, the step
+// and the peer; the other transfers of the call may still be in flight, so the caller ends the
+// job (as train_worker does) rather than reuse the group or the buffers.
 //
 //   loom::RingAttention ring(&sp_comm, loom::SequenceLayout::kZigzag);
 //   loom::ring_attention_forward(ring, be, ws, out, lse, qkv, B, Tl, C, H);

@@ -107,8 +107,9 @@ class CpuBackend final : public KernelBackend {
                                   f(scratch));
   }
 
-  void rope_table(float* cos, float* sin, int T, int hd, float theta) const override {
-    cpu::rope_table(cos, sin, T, hd, theta);
+  void rope_table(float* cos, float* sin, int T, int hd, float theta,
+                  int first_position) const override {
+    cpu::rope_table(cos, sin, T, hd, theta, first_position);
   }
   void rope_apply(void* qkv, const float* cos, const float* sin, int B, int T, int C, int H,
                   bool inverse) const override {

@@ -5,7 +5,7 @@
 
 namespace loom::kernels::cpu {
 
-void rope_table(float* cos, float* sin, int T, int hd, float theta) {
+void rope_table(float* cos, float* sin, int T, int hd, float theta, int first_position) {
   const int half = hd / 2;
   // Double because at t in the thousands the angle is thousands of radians, where a float
   // product is already ~1e-3 rad off; the table is made once, so the cost does not matter.
@@ -13,7 +13,7 @@ void rope_table(float* cos, float* sin, int T, int hd, float theta) {
   for (int t = 0; t < T; t++) {
     for (int d = 0; d < half; d++) {
       const double frequency = std::pow(static_cast<double>(theta), -2.0 * d / hd);
-      const double angle = t * frequency;
+      const double angle = (static_cast<double>(first_position) + t) * frequency;
       cos[static_cast<size_t>(t) * half + d] = static_cast<float>(std::cos(angle));
       sin[static_cast<size_t>(t) * half + d] = static_cast<float>(std::sin(angle));
     }

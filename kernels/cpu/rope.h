@@ -7,8 +7,9 @@
 
 namespace loom::kernels::cpu {
 
-// cos, sin (T, hd/2) for positions 0..T−1 (computed in double, stored as float). hd is even.
-void rope_table(float* cos, float* sin, int T, int hd, float theta);
+// cos, sin (T, hd/2) for positions first_position .. first_position + T − 1 (computed in double,
+// stored as float). hd is even.
+void rope_table(float* cos, float* sin, int T, int hd, float theta, int first_position = 0);
 
 // Rotates q and k of qkv (B, T, 3C) in place; v is untouched. cos and sin come from rope_table
 // with at least T rows and hd = C / H. inverse = true applies the transposed rotation (−θ),

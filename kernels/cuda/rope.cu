@@ -8,7 +8,7 @@ namespace {
 constexpr int kBlockSize = 256;
 
 __global__ void rope_table_kernel(float* __restrict__ cos_table, float* __restrict__ sin_table,
-                                  int T, int hd, float theta) {
+                                  int T, int hd, float theta, int first_position) {
   const int half = hd / 2;
   const size_t total = static_cast<size_t>(T) * half;
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < total;
@@ -17,7 +17,7 @@ __global__ void rope_table_kernel(float* __restrict__ cos_table, float* __restri
     const int d = static_cast<int>(i % half);
     // Double: at t in the thousands the angle is thousands of radians (see kernels/cpu/rope.cpp).
     const double frequency = pow(static_cast<double>(theta), -2.0 * d / hd);
-    const double angle = t * frequency;
+    const double angle = (static_cast<double>(first_position) + t) * frequency;
     cos_table[i] = static_cast<float>(cos(angle));
     sin_table[i] = static_cast<float>(sin(angle));
   }
@@ -61,11 +61,12 @@ __global__ void rope_apply_kernel(Act* __restrict__ qkv, const float* __restrict
 
 }  // namespace
 
-void rope_table(const Context& ctx, float* cos, float* sin, int T, int hd, float theta) {
+void rope_table(const Context& ctx, float* cos, float* sin, int T, int hd, float theta,
+                int first_position) {
   const size_t total = static_cast<size_t>(T) * (hd / 2);
   if (total == 0) return;
   rope_table_kernel<<<grid_stride_blocks(total, kBlockSize), kBlockSize, 0, ctx.stream>>>(
-      cos, sin, T, hd, theta);
+      cos, sin, T, hd, theta, first_position);
   CUDA_CHECK_LAUNCH();
 }
 

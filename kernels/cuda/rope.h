@@ -21,7 +21,8 @@ namespace loom::kernels::cuda {
 
 // cos, sin (T, hd/2) float for positions 0..T−1 — overwritten; computed in double on the
 // device and rounded to float, as the CPU kernel. hd is even.
-void rope_table(const Context& ctx, float* cos, float* sin, int T, int hd, float theta);
+void rope_table(const Context& ctx, float* cos, float* sin, int T, int hd, float theta,
+                int first_position = 0);
 
 // Rotates q and k of qkv (B, T, 3C) in place; v is untouched. cos and sin come from rope_table
 // with at least T rows and hd = C / H. inverse = true applies the transposed rotation (−θ),

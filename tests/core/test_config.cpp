@@ -102,6 +102,10 @@ TEST(Config, InvariantsNameTheFields) {
     for (const std::string& s : sets) apply_override(cfg, s);
     return error_of([&] { validate_config(cfg); });
   };
+  EXPECT_NE(violations({"parallel.sp=2", "model.position=ROTARY", "model.max_seq_len=16777216",
+                        "train.seq_len=16777216"})
+                .find("floats in one message (micro_batch × seq_len / sp × 2 × d_model / tp)"),
+            std::string::npos);
   EXPECT_NE(violations({"parallel.pp=2", "parallel.virtual_stages=2"})
                 .find("parallel.virtual_stages (2) applies to INTERLEAVED_1F1B only"),
             std::string::npos);

@@ -76,6 +76,18 @@ TEST(RopeTable, MatchesDefinition) {
   EXPECT_FLOAT_EQ(small.sin[3], static_cast<float>(std::sin(0.01)));
 }
 
+TEST(RopeTable, FromALaterPositionAreThoseRows) {
+  // A sequence-parallel rank's rows: the table from position 600 is rows 600… of the whole one.
+  const int hd = 64, first = 600, rows = 100;
+  const Table whole = make_table(first + rows, hd);
+  std::vector<float> cos(rows * hd / 2), sin(rows * hd / 2);
+  cpu::rope_table(cos.data(), sin.data(), rows, hd, kTheta, first);
+  for (size_t i = 0; i < cos.size(); i++) {
+    EXPECT_EQ(cos[i], whole.cos[first * hd / 2 + i]) << i;
+    EXPECT_EQ(sin[i], whole.sin[first * hd / 2 + i]) << i;
+  }
+}
+
 TEST(RopeReference, InverseIsTheBackwardByFiniteDifferences) {
   std::mt19937 rng(40);
   const Shape s{2, 3, 8, 2};

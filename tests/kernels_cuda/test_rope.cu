@@ -22,14 +22,16 @@ class RopeTableCuda : public CudaKernelTest {};
 TEST_F(RopeTableCuda, MatchesCpuTable) {
   for (int T : {1, 7, 2048}) {
     for (int hd : {2, 12, 64, 128}) {
+      // Tables from position 0, and from a later one (a sequence-parallel rank's rows).
+      const int first = T == 7 ? 4093 : 0;
       SCOPED_TRACE("T=" + std::to_string(T) + " hd=" + std::to_string(hd));
       const size_t size = static_cast<size_t>(T) * (hd / 2);
       std::vector<float> want_cos(size), want_sin(size);
-      cpu::rope_table(want_cos.data(), want_sin.data(), T, hd, kTheta);
+      cpu::rope_table(want_cos.data(), want_sin.data(), T, hd, kTheta, first);
       DeviceBuffer<float> d_cos(ctx, size), d_sin(ctx, size);
       d_cos.poison();
       d_sin.poison();
-      gpu::rope_table(ctx, d_cos.data(), d_sin.data(), T, hd, kTheta);
+      gpu::rope_table(ctx, d_cos.data(), d_sin.data(), T, hd, kTheta, first);
       // Both are double evaluations rounded to float: at most an ulp apart.
       EXPECT_TRUE(elementwise_close(d_cos.download(), want_cos, 1e-6, 1.0));
       EXPECT_TRUE(elementwise_close(d_sin.download(), want_sin, 1e-6, 1.0));
