@@ -36,7 +36,7 @@ MODEL_TEXT = ("looped GPT with rotary positions, 1 + 2 × 3 = 7 unrolled layers,
 def bench_ring(loom, sp, seq_len):
     out = bench_common.run_command(
         bench_common.mpirun_command(sp) + [loom, "bench", "ring", "--seq-len", str(seq_len),
-                                           "--iters", "5", "--json"],
+                                           "--iters", "9", "--json"],
         f"loom bench ring (sp {sp})", env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
     line = next(l for l in out.splitlines() if l.startswith("{"))
     return json.loads(line)
@@ -136,6 +136,9 @@ def write_docs(docs, rings, memory, budget_mib, command):
             lines.append(f"| {sp} | {name} | {computes} | {r['balance']:.2f} | {slowest:.0f} "
                          f"(whole {ring['whole_ms']:.0f}) | {r['efficiency']:.2f} | "
                          f"{100 * r['exposed']:.1f}% |")
+    lines += ["", "Medians of 9 iterations per rank. On a small shared VM the times move by 10–20 % "
+              "from run to run (a slower core skews one rank's compute); rerun the command to see "
+              "the spread."]
     over = [sp for sp in rings if sp > (os.cpu_count() or 1)]
     if over:
         lines += ["", f"sp {', '.join(map(str, over))}: more ranks than the machine's "
