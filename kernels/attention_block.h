@@ -40,4 +40,15 @@ struct AttentionBlock {
   }
 };
 
+// Whole causal attention over a packed qkv (B, T, 3C) as one block: every row against every row,
+// causal from position 0, with q = qkv and kv = qkv + C.
+inline AttentionBlock attention_whole_sequence(int B, int T, int C, int H) {
+  AttentionBlock blk;
+  blk.B = B, blk.H = H, blk.hd = C / H;
+  blk.q_len = T, blk.q_begin = 0, blk.q_rows = T, blk.q_ld = 3 * C;
+  blk.kv_len = T, blk.kv_begin = 0, blk.kv_rows = T, blk.kv_ld = 3 * C, blk.v_offset = C;
+  blk.causal = true;
+  return blk;
+}
+
 }  // namespace loom::kernels

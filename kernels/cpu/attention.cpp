@@ -4,21 +4,8 @@
 
 #include "kernels/cpu/attention_block.h"
 
+// The whole sequence is one ring-attention block (kernels/attention_block.h).
 namespace loom::kernels::cpu {
-namespace {
-
-// The whole sequence as one ring-attention block (kernels/cpu/attention_block.h): queries and
-// keys are every row of qkv, causal from position 0.
-AttentionBlock whole_sequence(int B, int T, int C, int H) {
-  AttentionBlock blk;
-  blk.B = B, blk.H = H, blk.hd = C / H;
-  blk.q_len = T, blk.q_begin = 0, blk.q_rows = T, blk.q_ld = 3 * C;
-  blk.kv_len = T, blk.kv_begin = 0, blk.kv_rows = T, blk.kv_ld = 3 * C, blk.v_offset = C;
-  blk.causal = true;
-  return blk;
-}
-
-}  // namespace
 
 size_t attention_scratch_floats(int T, int threads) {
   return attention_block_scratch_floats(T, threads);
@@ -26,7 +13,7 @@ size_t attention_scratch_floats(int T, int threads) {
 
 void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int H,
                        float* scratch) {
-  attention_block_forward(out, lse, qkv, qkv + C, whole_sequence(B, T, C, H), scratch);
+  attention_block_forward(out, lse, qkv, qkv + C, attention_whole_sequence(B, T, C, H), scratch);
 }
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
@@ -34,7 +21,7 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   // The block backward accumulates dq and dk, dv (the q, k and v columns of dqkv).
   std::memset(dqkv, 0, static_cast<size_t>(B) * T * 3 * C * sizeof(float));
   attention_block_backward(dqkv, dqkv + C, dout, qkv, qkv + C, out, lse,
-                           whole_sequence(B, T, C, H), scratch);
+                           attention_whole_sequence(B, T, C, H), scratch);
 }
 
 }  // namespace loom::kernels::cpu

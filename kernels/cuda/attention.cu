@@ -23,15 +23,6 @@ void check_shape(int B, int T, int C, int H, const char* function) {
         " T=" + std::to_string(T) + " C=" + std::to_string(C) + " H=" + std::to_string(H) + ")");
 }
 
-AttentionBlock whole_sequence(int B, int T, int C, int H) {
-  AttentionBlock blk;
-  blk.B = B, blk.H = H, blk.hd = C / H;
-  blk.q_len = T, blk.q_begin = 0, blk.q_rows = T, blk.q_ld = 3 * C;
-  blk.kv_len = T, blk.kv_begin = 0, blk.kv_rows = T, blk.kv_ld = 3 * C, blk.v_offset = C;
-  blk.causal = true;
-  return blk;
-}
-
 }  // namespace
 
 size_t attention_scratch_bytes(int B, int T, int C, int H) {
@@ -44,7 +35,7 @@ void attention_forward(const Context& ctx, Act* out, float* lse, const Act* qkv,
                        int C, int H, void* scratch) {
   check_shape(B, T, C, H, "attention_forward");
   if (B == 0 || T == 0 || C == 0) return;
-  attention_block_forward<Act>(ctx, out, lse, qkv, qkv + C, whole_sequence(B, T, C, H), scratch);
+  attention_block_forward<Act>(ctx, out, lse, qkv, qkv + C, attention_whole_sequence(B, T, C, H), scratch);
 }
 
 template <typename Act>
@@ -57,7 +48,7 @@ void attention_backward(const Context& ctx, Act* dqkv, const Act* dout, const Ac
   CUDA_CHECK(cudaMemsetAsync(dqkv, 0, static_cast<size_t>(B) * T * 3 * C * sizeof(Act),
                              ctx.stream));
   attention_block_backward<Act>(ctx, dqkv, dqkv + C, dout, qkv, qkv + C, out, lse,
-                                whole_sequence(B, T, C, H), scratch);
+                                attention_whole_sequence(B, T, C, H), scratch);
 }
 
 template void attention_forward<float>(const Context&, float*, float*, const float*, int, int, int,
