@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 packages=(build-essential cmake ninja-build pkg-config libprotobuf-dev protobuf-compiler
-          libopenblas-openmp-dev libopenmpi-dev openmpi-bin libgtest-dev zlib1g-dev python3)
+          libopenblas-openmp-dev libopenmpi-dev openmpi-bin libgtest-dev zlib1g-dev
+          libsentencepiece-dev python3)
 [ -n "${LOOM_EXTRA_PACKAGES:-}" ] && read -r -a extra <<<"$LOOM_EXTRA_PACKAGES" && packages+=("${extra[@]}")
 
 install_missing() {

@@ -284,13 +284,6 @@ void validate_config(const config::RunConfig& cfg) {
   require(cfg.logging().sample_temperature() >= 0,
           "logging.sample_temperature must not be negative");
   require(cfg.logging().sample_top_k() >= 0, "logging.sample_top_k must not be negative");
-  require(cfg.logging().sample_tokens() == 0 || !cfg.logging().sample_prompt().empty() ||
-              m.vocab_size() > 256,
-          "logging.sample_prompt is empty and model.vocab_size (" + num(m.vocab_size()) +
-              ") has no end-of-text token (256) to start from; give a prompt");
-  for (unsigned char c : cfg.logging().sample_prompt())
-    require(cfg.logging().sample_tokens() == 0 || c < m.vocab_size(), "logging.sample_prompt has byte " + num(c) +
-                                    ", not below model.vocab_size (" + num(m.vocab_size()) + ")");
   require(cfg.runtime().threads() >= 0, "runtime.threads must not be negative (0 = all cores)");
   require(cfg.runtime().device() == config::RuntimeConfig::CPU,
           "runtime.device CUDA is not available yet: this build trains on the CPU only "

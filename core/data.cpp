@@ -13,9 +13,11 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "core/tokenizer.h"
 
 namespace loom {
 namespace {
@@ -184,15 +186,12 @@ void loader_next(DataLoader& loader, int* inputs, int* targets, int B) {
   loader.position += B;
 }
 
-PrepareResult prepare_text(const std::vector<std::string>& inputs,
-                           const std::vector<std::string>& extensions,
-                           const std::string& output_dir, double val_fraction,
-                           int64_t shard_tokens) {
-  if (inputs.empty()) throw Error("prepare: no --input given");
-  if (val_fraction < 0 || val_fraction >= 1)
-    throw Error("prepare: --val-fraction must be in [0, 1), got " + std::to_string(val_fraction));
-  if (shard_tokens <= 0) throw Error("prepare: --shard-tokens must be positive");
+namespace {
 
+// The files `loom prepare` reads: files given, and directories' files (recursively) whose names
+// end in one of `extensions` (all when empty), sorted, each once.
+std::vector<std::string> list_files(const std::vector<std::string>& inputs,
+                                    const std::vector<std::string>& extensions) {
   std::vector<std::string> files;
   for (const std::string& input : inputs) {
     std::error_code ec;
@@ -213,39 +212,112 @@ PrepareResult prepare_text(const std::vector<std::string>& inputs,
   std::sort(files.begin(), files.end());
   files.erase(std::unique(files.begin(), files.end()), files.end());
   if (files.empty()) throw Error("prepare: the inputs hold no matching files");
+  return files;
+}
+
+std::string read_document(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("prepare: cannot read " + path + ": " + errno_text());
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Document d goes to validation when ⌊(d + 1)·f⌋ > ⌊d·f⌋: exactly ⌊n·f⌋ of the first n.
+bool is_validation(int64_t d, double val_fraction) {
+  return std::floor((d + 1) * val_fraction) > std::floor(d * val_fraction);
+}
+
+// The tokenizer the shards will hold: bytes; a given SentencePiece model (copied beside the
+// shards); or one trained on the training documents' non-empty lines.
+Tokenizer prepare_tokenizer(const PrepareOptions& o, const std::vector<std::string>& files) {
+  if (o.tokenizer == config::DataInfo::BYTES) return tokenizer_bytes();
+  const std::string model_path = (fs::path(o.output_dir) / "tokenizer.model").string();
+  if (!o.tokenizer_model.empty()) {
+    const Tokenizer given = tokenizer_sentencepiece(o.tokenizer_model);  // fails early if bad
+    fs::copy_file(o.tokenizer_model, model_path, fs::copy_options::overwrite_existing);
+  } else {
+    std::vector<std::string> lines;
+    for (size_t d = 0; d < files.size(); ++d) {
+      if (is_validation(static_cast<int64_t>(d), o.val_fraction)) continue;
+      std::istringstream text(read_document(files[d]));
+      for (std::string line; std::getline(text, line);)
+        if (!line.empty()) lines.push_back(std::move(line));
+    }
+    const std::string model = sentencepiece_train(lines, o.vocab_size, o.model_type);
+    std::ofstream out(model_path, std::ios::binary | std::ios::trunc);
+    out.write(model.data(), static_cast<std::streamsize>(model.size()));
+    if (!out) throw Error("prepare: cannot write " + model_path);
+  }
+  const Tokenizer tok = tokenizer_sentencepiece(model_path);
+  if (tok.vocab_size > kMaxShardVocabulary)
+    throw Error("prepare: the SentencePiece model has " + std::to_string(tok.vocab_size) +
+                " pieces, but shards store uint16 ids: at most " +
+                std::to_string(kMaxShardVocabulary));
+  return tok;
+}
+
+}  // namespace
+
+PrepareResult prepare_text(const PrepareOptions& o) {
+  if (o.inputs.empty()) throw Error("prepare: no --input given");
+  if (o.val_fraction < 0 || o.val_fraction >= 1)
+    throw Error("prepare: --val-fraction must be in [0, 1), got " + std::to_string(o.val_fraction));
+  if (o.shard_tokens <= 0) throw Error("prepare: --shard-tokens must be positive");
+  if (o.tokenizer == config::DataInfo::SENTENCEPIECE && o.tokenizer_model.empty()) {
+    if (o.vocab_size > kMaxShardVocabulary)
+      throw Error("prepare: --vocab-size " + std::to_string(o.vocab_size) +
+                  " is more than shards can hold: they store uint16 ids, at most " +
+                  std::to_string(kMaxShardVocabulary));
+    if (o.model_type != "bpe" && o.model_type != "unigram")
+      throw Error("prepare: --model-type must be bpe or unigram, got \"" + o.model_type + "\"");
+  }
+  const std::vector<std::string> files = list_files(o.inputs, o.extensions);
 
   std::error_code ec;
-  if (fs::is_directory(output_dir, ec))
-    for (const auto& entry : fs::directory_iterator(output_dir))
+  if (fs::is_directory(o.output_dir, ec))
+    for (const auto& entry : fs::directory_iterator(o.output_dir))
       if (entry.path().extension() == ".bin")
-        throw Error("prepare: " + output_dir + " already holds shards (" +
+        throw Error("prepare: " + o.output_dir + " already holds shards (" +
                     entry.path().filename().string() +
                     "); remove them or choose another --output, so old and new data never mix");
-  fs::create_directories(output_dir);
+  fs::create_directories(o.output_dir);
+  const Tokenizer tok = prepare_tokenizer(o, files);
+
   PrepareResult result;
+  result.vocab_size = tok.vocab_size;
+  result.end_of_text = tok.end_of_text;
   std::vector<uint16_t> train, val;
   auto flush = [&](std::vector<uint16_t>& tokens, const char* split, int& count, bool force) {
-    if (tokens.empty() || (!force && static_cast<int64_t>(tokens.size()) < shard_tokens)) return;
-    shard_write(shard_name(output_dir, split, count++), tokens);
+    if (tokens.empty() || (!force && static_cast<int64_t>(tokens.size()) < o.shard_tokens)) return;
+    shard_write(shard_name(o.output_dir, split, count++), tokens);
     tokens.clear();
   };
   for (const std::string& path : files) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw Error("prepare: cannot read " + path + ": " + errno_text());
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    // Document d goes to validation when ⌊(d + 1)·f⌋ > ⌊d·f⌋: exactly ⌊n·f⌋ of the first n.
-    const int64_t d = result.documents;
-    const bool to_val = std::floor((d + 1) * val_fraction) > std::floor(d * val_fraction);
+    const std::string text = read_document(path);
+    const bool to_val = is_validation(result.documents, o.val_fraction);
     std::vector<uint16_t>& out = to_val ? val : train;
-    for (unsigned char c : bytes) out.push_back(c);
-    out.push_back(kEndOfText);
-    (to_val ? result.val_tokens : result.train_tokens) += static_cast<int64_t>(bytes.size()) + 1;
+    const std::vector<int> ids = tokenizer_encode(tok, text);
+    for (int id : ids) out.push_back(static_cast<uint16_t>(id));
+    out.push_back(static_cast<uint16_t>(tok.end_of_text));
+    // A document's bytes, plus one for its end (so bytes and tokens match at byte level).
+    (to_val ? result.val_tokens : result.train_tokens) += static_cast<int64_t>(ids.size()) + 1;
+    (to_val ? result.val_bytes : result.train_bytes) += static_cast<int64_t>(text.size()) + 1;
     ++result.documents;
     flush(train, "train", result.train_shards, false);
     flush(val, "val", result.val_shards, false);
   }
   flush(train, "train", result.train_shards, true);
   flush(val, "val", result.val_shards, true);
+
+  config::DataInfo info;
+  info.set_tokenizer(o.tokenizer);
+  info.set_vocab_size(tok.vocab_size);
+  info.set_end_of_text(tok.end_of_text);
+  if (o.tokenizer == config::DataInfo::SENTENCEPIECE) info.set_tokenizer_file("tokenizer.model");
+  info.set_train_tokens(result.train_tokens);
+  info.set_train_bytes(result.train_bytes);
+  info.set_val_tokens(result.val_tokens);
+  info.set_val_bytes(result.val_bytes);
+  data_info_write((fs::path(o.output_dir) / kDataInfoFile).string(), info);
   return result;
 }
 

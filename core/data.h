@@ -16,12 +16,15 @@
 #include <string>
 #include <vector>
 
+#include "loom.pb.h"
+
 namespace loom {
 
 constexpr int32_t kShardMagic = 20240520;
 constexpr int32_t kShardVersion = 1;
 constexpr int kShardHeaderInts = 256;
 constexpr int kEndOfText = 256;  // byte-level tokenizer: tokens 0..255 are bytes
+constexpr int kMaxShardVocabulary = 65536;  // shards store uint16 ids
 
 // A read-only memory-mapped shard; validated on open (header and size).
 struct Shard {
@@ -75,17 +78,27 @@ void loader_next(DataLoader& loader, int* inputs, int* targets, int B);
 int64_t loader_sequence_at(DataLoader& loader, int64_t position);
 
 // `loom prepare`: reads text files (directories recursively, keeping files whose names end in
-// one of `extensions`, or all when empty), tokenizes bytes with an end-of-text token after each
-// document, and writes train_NNNNNN.bin and val_NNNNNN.bin shards into output_dir (which must
-// hold no shards yet). Documents are taken in sorted path order; ⌊n · val_fraction⌋ of every
-// first n go to validation, spread evenly.
-struct PrepareResult {
-  int64_t documents = 0, train_tokens = 0, val_tokens = 0;
-  int train_shards = 0, val_shards = 0;
+// one of `extensions`, or all when empty), tokenizes each with an end-of-text id after it, and
+// writes train_NNNNNN.bin and val_NNNNNN.bin shards into output_dir (which must hold no shards
+// yet), with data.textproto (DataInfo) and, for SentencePiece, tokenizer.model beside them.
+// Documents are taken in sorted path order; ⌊n · val_fraction⌋ of every first n go to
+// validation, spread evenly. A SentencePiece model is trained on the training documents' lines
+// unless tokenizer_model names one.
+struct PrepareOptions {
+  std::vector<std::string> inputs, extensions;
+  std::string output_dir;
+  double val_fraction = 0.05;
+  int64_t shard_tokens = 100000000;
+  config::DataInfo::Tokenizer tokenizer = config::DataInfo::BYTES;
+  int vocab_size = 8192;           // SENTENCEPIECE trained here: pieces, ≤ kMaxShardVocabulary
+  std::string model_type = "bpe";  // bpe or unigram
+  std::string tokenizer_model;     // SENTENCEPIECE: an existing .model instead of training one
 };
-PrepareResult prepare_text(const std::vector<std::string>& inputs,
-                           const std::vector<std::string>& extensions,
-                           const std::string& output_dir, double val_fraction,
-                           int64_t shard_tokens);
+struct PrepareResult {
+  int64_t documents = 0, train_tokens = 0, val_tokens = 0, train_bytes = 0, val_bytes = 0;
+  int train_shards = 0, val_shards = 0;
+  int vocab_size = 0, end_of_text = 0;
+};
+PrepareResult prepare_text(const PrepareOptions& options);
 
 }  // namespace loom

@@ -3,31 +3,13 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/data.h"
 #include "core/error.h"
 
 namespace loom {
 
-std::vector<int> encode_bytes(const std::string& text) {
-  std::vector<int> tokens;
-  for (unsigned char c : text) tokens.push_back(c);
-  return tokens;
-}
-
-std::string decode_bytes(const std::vector<int>& tokens) {
-  std::string text;
-  for (int t : tokens) {
-    if (t == kEndOfText)
-      text += "\n<|endoftext|>\n";
-    else if (t >= 0 && t < 256)
-      text += static_cast<char>(t);
-  }
-  return text;
-}
-
-std::vector<int> sample_tokens(Model& model, const std::vector<int>& prompt, int count,
-                               float temperature, int top_k, Rng& rng) {
-  std::vector<int> context = prompt.empty() ? std::vector<int>{kEndOfText} : prompt;
+std::vector<int> sample_tokens(Model& model, const std::vector<int>& prompt, int end_of_text,
+                               int count, float temperature, int top_k, Rng& rng) {
+  std::vector<int> context = prompt.empty() ? std::vector<int>{end_of_text} : prompt;
   for (int token : context)
     if (token < 0 || token >= model.V)
       throw Error("prompt token " + std::to_string(token) + " is outside the model's vocabulary of " +

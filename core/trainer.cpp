@@ -8,6 +8,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -19,6 +20,7 @@
 #include "core/run_dir.h"
 #include "core/sample.h"
 #include "core/tensor_parallel.h"
+#include "core/tokenizer.h"
 #include "kernels/cpu/threads.h"
 
 namespace loom {
@@ -27,14 +29,23 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
+// Bits per byte of the training and validation losses, when the data says how many bytes of
+// text its tokens hold (negative: unknown).
+struct BitsPerByte {
+  double train = -1, val = -1;
+};
+
 std::string metrics_line(long step, const StepResult& r, float lr, double tokens_per_s,
-                         double ms, double val_loss, bool skipped, double activation_bytes) {
+                         double ms, double val_loss, bool skipped, double activation_bytes,
+                         const BitsPerByte& bpb) {
   std::ostringstream out;
   out.precision(8);
   out << "{\"step\":" << step << ",\"loss\":" << json_number(r.loss) << ",\"lr\":" << lr
       << ",\"grad_norm\":" << json_number(r.grad_norm) << ",\"tokens_per_s\":" << tokens_per_s
       << ",\"ms_per_step\":" << ms << ",\"comm_wait_ms\":" << r.comm_wait_s * 1000.0;
+  if (bpb.train >= 0 || std::isnan(bpb.train)) out << ",\"bpb\":" << json_number(bpb.train);
   if (val_loss >= 0 || std::isnan(val_loss)) out << ",\"val_loss\":" << json_number(val_loss);
+  if (bpb.val >= 0 || std::isnan(bpb.val)) out << ",\"val_bpb\":" << json_number(bpb.val);
   out << ",\"activation_peak_mib\":" << activation_bytes / (1024.0 * 1024.0);
   if (skipped) out << ",\"skipped\":true";
   out << "}";
@@ -239,30 +250,59 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
   }
 }
 
+// What the training shards hold (data.textproto beside them; none for shards made elsewhere),
+// checked against the model's vocabulary.
+std::optional<config::DataInfo> training_data_info(const config::RunConfig& cfg,
+                                                   std::string* dir) {
+  const std::optional<config::DataInfo> info =
+      data_info_for_shards(cfg.data().train_shards(), dir);
+  if (info && cfg.model().vocab_size() < info->vocab_size())
+    throw Error("model.vocab_size (" + std::to_string(cfg.model().vocab_size()) +
+                ") is smaller than the data's vocabulary (" +
+                std::to_string(info->vocab_size()) + " ids, " + *dir + "/" + kDataInfoFile +
+                "): set model.vocab_size=" + std::to_string(info->vocab_size()));
+  return info;
+}
+
+// The tokenizer samples are decoded with: the data's, or bytes for shards without a description
+// and a byte-sized vocabulary; none otherwise.
+std::optional<Tokenizer> run_tokenizer(const config::RunConfig& cfg,
+                                       const std::optional<config::DataInfo>& info,
+                                       const std::string& dir) {
+  if (info) return tokenizer_from_info(*info, dir);
+  if (cfg.model().vocab_size() == kEndOfText + 1) return tokenizer_bytes();
+  return std::nullopt;
+}
+
 // Generates logging.sample_tokens tokens at the end of training: collective over the
 // tensor-parallel group of rank 0 (pp = sp = 1), or on rank 0 alone from the gathered global
 // model.
 void sample_at_end(Run& run, const std::vector<float>* global_params, uint64_t rng_state,
-                   RunLog& log) {
+                   const std::optional<Tokenizer>& tokenizer, RunLog& log) {
   const auto& l = run.cfg.logging();
   if (l.sample_tokens() == 0) return;
   const MeshCoord& c = run.groups.coord;
   if (c.dp != 0 || c.pp != 0 || c.sp != 0) return;
+  if (!tokenizer) {
+    log.line("no sample: the data has no data.textproto saying how to decode it (shards made "
+             "elsewhere?); use loom sample --tokenizer-file");
+    return;
+  }
   Rng sample_rng{rng_state ^ 0x5EEDull};
-  const std::vector<int> prompt = encode_bytes(l.sample_prompt());
+  const std::vector<int> prompt = tokenizer_encode(*tokenizer, l.sample_prompt());
   std::vector<int> out;
   if (!global_params) {
-    out = sample_tokens(run.model, prompt, l.sample_tokens(), l.sample_temperature(),
+    out = sample_tokens(run.model, prompt, tokenizer->end_of_text, l.sample_tokens(), l.sample_temperature(),
                         l.sample_top_k(), sample_rng);
   } else {
     if (run.groups.rank != 0) return;
     Model whole = model_create(run.cfg.model());
     whole.params = *global_params;
     model_plan(whole, 1, run.cfg.train().seq_len());
-    out = sample_tokens(whole, prompt, l.sample_tokens(), l.sample_temperature(),
+    out = sample_tokens(whole, prompt, tokenizer->end_of_text, l.sample_tokens(), l.sample_temperature(),
                         l.sample_top_k(), sample_rng);
   }
-  log.line("sample:\n" + l.sample_prompt() + decode_bytes(out));
+  log.line("sample:\n" + l.sample_prompt() + tokenizer_decode(*tokenizer, out));
 }
 
 // Chrome trace of the first logging.trace_steps steps, written collectively by every rank.
@@ -291,6 +331,9 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   const auto& t = cfg.train();
   const int B = t.micro_batch(), T = t.seq_len(), accum = grad_accum_steps(cfg);
   // Data first: a run that cannot start leaves no run directory behind.
+  std::string data_dir;
+  const std::optional<config::DataInfo> data_info = training_data_info(cfg, &data_dir);
+  const std::optional<Tokenizer> tokenizer = run_tokenizer(cfg, data_info, data_dir);
   TokenDataset train_data = dataset_open(cfg.data().train_shards(), T, cfg.model().vocab_size());
   const bool validate = t.eval_interval() > 0 && !cfg.data().val_shards().empty();
   TokenDataset val_data;
@@ -298,6 +341,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
 
   const fs::path run_dir = options.run_dir;
   if (writer) prepare_run_dir(run_dir, options.resume);
+  if (writer && data_info) data_info_copy(*data_info, data_dir, run_dir.string());
   const fs::path checkpoints_dir = run_dir / cfg.checkpoint().directory();
   // Ranks that share a node share its cores.
   int threads = cfg.runtime().threads();
@@ -344,6 +388,13 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
                   "sequences per step%s; run directory %s",
                   static_cast<long long>(train_data.num_sequences()), T, accum, B,
                   distributed ? " per rank" : "", run_dir.string().c_str()));
+  if (data_info)
+    log.line(format("tokens: %s, vocabulary %d (end-of-text %d), %.2f bytes of text per token",
+                    data_info->tokenizer() == config::DataInfo::SENTENCEPIECE
+                        ? ("SentencePiece " + data_dir + "/" + data_info->tokenizer_file()).c_str()
+                        : "bytes",
+                    data_info->vocab_size(), data_info->end_of_text(),
+                    static_cast<double>(data_info->train_bytes()) / data_info->train_tokens()));
 
   const int64_t global_batch = t.global_batch();
   const int64_t local_sequences = static_cast<int64_t>(B) * accum;
@@ -422,8 +473,14 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
             ->wait();
     }
     if (writer) {
+      BitsPerByte bpb;
+      if (data_info) {
+        bpb.train = bits_per_byte(result.loss, data_info->train_tokens(), data_info->train_bytes());
+        if (val_loss >= 0 || std::isnan(val_loss))
+          bpb.val = bits_per_byte(val_loss, data_info->val_tokens(), data_info->val_bytes());
+      }
       metrics << metrics_line(step, result, lr, tokens_per_s, ms, val_loss, !result.finite,
-                              activation_peak)
+                              activation_peak, bpb)
               << '\n';
       metrics.flush();
     }
@@ -467,7 +524,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
                     run_dir.string().c_str()));
     return summary;
   }
-  sample_at_end(run, sample_whole ? &final_params : nullptr, rng.state, log);
+  sample_at_end(run, sample_whole ? &final_params : nullptr, rng.state, tokenizer, log);
   return summary;
 }
 

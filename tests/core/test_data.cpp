@@ -1,4 +1,6 @@
 #include <gtest/gtest.h>
+
+#include <cmath>
 #include <unistd.h>
 
 #include <fstream>
@@ -7,6 +9,7 @@
 #include <set>
 
 #include "core/data.h"
+#include "core/tokenizer.h"
 #include "core/error.h"
 #include "tests/core/test_util.h"
 
@@ -97,13 +100,31 @@ TEST(Data, PrepareSplitsDocumentsAndEndsEachWithEndOfText) {
   for (int i = 0; i < 10; ++i)
     std::ofstream(dir / ("text/sub/doc" + std::to_string(i) + ".py")) << "print(" << i << ")\n";
   std::ofstream(dir / "text/skip.txt") << "not python";
-  const PrepareResult r = prepare_text({dir / "text"}, {".py"}, dir / "out", 0.2, 1000);
+  PrepareOptions options;
+  options.inputs = {dir / "text"};
+  options.extensions = {".py"};
+  options.output_dir = dir / "out";
+  options.val_fraction = 0.2;
+  options.shard_tokens = 1000;
+  const PrepareResult r = prepare_text(options);
   EXPECT_EQ(r.documents, 10);
   EXPECT_EQ(r.val_tokens, 2 * 10);  // "print(N)\n" is 9 bytes + end-of-text
   EXPECT_EQ(r.train_tokens, 8 * 10);
+  EXPECT_EQ(r.train_bytes, r.train_tokens);  // bytes: one token per byte (and per end)
   const Shard val = shard_open(dir / "out/val_000000.bin");
   EXPECT_EQ(val.tokens[9], kEndOfText);
   EXPECT_EQ(val.tokens[0], 'p');
+  // What the shards hold, beside them.
+  const config::DataInfo info = data_info_read(dir / "out/data.textproto");
+  EXPECT_EQ(info.tokenizer(), config::DataInfo::BYTES);
+  EXPECT_EQ(info.vocab_size(), 257);
+  EXPECT_EQ(info.end_of_text(), kEndOfText);
+  EXPECT_EQ(info.val_tokens(), 20);
+  EXPECT_EQ(info.val_bytes(), 20);
+  ASSERT_TRUE(data_info_for_shards(dir / "out/train_*.bin").has_value());
+  EXPECT_FALSE(data_info_for_shards(dir / "text/train_*.bin").has_value());
+  // Bits per byte of a byte-level loss: the loss in bits.
+  EXPECT_DOUBLE_EQ(bits_per_byte(2.0, info.val_tokens(), info.val_bytes()), 2.0 / std::log(2.0));
 }
 
 }  // namespace

@@ -1,0 +1,80 @@
+// Tokenizers: what turns text into a data set's ids and ids back into text.
+//
+// SentencePiece runs in a module of its own, libloom_sentencepiece.so, loaded on first use (the
+// reason is in core/sentencepiece_module.cpp).
+//
+// Three kinds. BYTES: ids 0..255 are bytes and 256 is end-of-text (the default data set).
+// SENTENCEPIECE: a subword model trained by `loom prepare` (or given to it) through Debian's
+// libsentencepiece, configured so that decoding gives the text back exactly (identity
+// normalisation, whitespace kept, unknown bytes as byte pieces). LLMC_FILE: llm.c's tokenizer
+// file (gpt2_tokenizer.bin: a 256 × uint32 header — magic 20240328, version 1 or 2, vocabulary
+// size, end-of-text id from version 2 on — then each token's bytes, length-prefixed), which can
+// only decode: it holds no merges.
+//
+// A data set's tokenizer is described by its DataInfo (configs/loom.proto), written by
+// `loom prepare` as data.textproto beside the shards and copied into every run directory.
+//
+//   loom::Tokenizer tok = loom::tokenizer_for_data("data/sp8k");   // reads data.textproto
+//   std::vector<int> ids = loom::tokenizer_encode(tok, "def main():\n");
+//   std::string text = loom::tokenizer_decode(tok, ids);           // "def main():\n"
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "loom.pb.h"
+
+namespace loom {
+
+struct SentencePieceModel;  // a loaded model (core/tokenizer.cpp)
+
+struct Tokenizer {
+  enum class Kind { kBytes, kSentencePiece, kLlmcFile };
+  Kind kind = Kind::kBytes;
+  int vocab_size = 257, end_of_text = 256;
+  std::string source;  // the model or tokenizer file (for messages); "" for bytes
+  std::shared_ptr<const SentencePieceModel> sentencepiece;
+  std::vector<std::string> token_bytes;  // LLMC_FILE: each id's bytes
+};
+
+Tokenizer tokenizer_bytes();
+// Loads a SentencePiece model file; throws loom::Error naming it when it cannot.
+Tokenizer tokenizer_sentencepiece(const std::string& model_path);
+// Reads llm.c's tokenizer file; throws loom::Error naming the file and what is wrong.
+Tokenizer tokenizer_llmc_file(const std::string& path);
+// The tokenizer `info` describes; its files are relative to `dir`.
+Tokenizer tokenizer_from_info(const config::DataInfo& info, const std::string& dir);
+
+// Text → ids, without an end-of-text. Throws for an llm.c file (it cannot encode).
+std::vector<int> tokenizer_encode(const Tokenizer& tok, const std::string& text);
+// Ids → text; the end-of-text id becomes a line "<|endoftext|>", an id outside the tokenizer's
+// vocabulary (a model's vocabulary may be padded past it) "<|id|>".
+std::string tokenizer_decode(const Tokenizer& tok, const std::vector<int>& ids);
+
+// Trains a SentencePiece model (model_type "bpe" or "unigram") of vocab_size pieces on `lines`
+// and returns it serialized (the bytes of a .model file). Throws loom::Error with
+// SentencePiece's message when it fails (e.g. a vocabulary too small for the text's characters).
+std::string sentencepiece_train(const std::vector<std::string>& lines, int vocab_size,
+                                const std::string& model_type);
+
+// The DataInfo file beside a data set's shards.
+constexpr const char* kDataInfoFile = "data.textproto";
+void data_info_write(const std::string& path, const config::DataInfo& info);
+// Throws loom::Error naming the file when it cannot be read or parsed.
+config::DataInfo data_info_read(const std::string& path);
+// The DataInfo in the folder of a shard pattern ("data/sp8k/train_*.bin" → data/sp8k), or none
+// (shards made elsewhere, e.g. by llm.c).
+std::optional<config::DataInfo> data_info_for_shards(const std::string& pattern,
+                                                     std::string* dir = nullptr);
+
+// Copies a data set's description (and its tokenizer file) from its folder into a run directory,
+// so the run keeps what it was trained on.
+void data_info_copy(const config::DataInfo& info, const std::string& from_dir,
+                    const std::string& to_dir);
+
+// Bits per byte of a mean loss (nats per token) over a split with `tokens` tokens holding
+// `bytes` bytes of text: loss · tokens / (bytes · ln 2).
+double bits_per_byte(double loss, int64_t tokens, int64_t bytes);
+
+}  // namespace loom
