@@ -150,6 +150,7 @@ Tokenizer tokenizer_from_info(const config::DataInfo& info, const std::string& d
 }
 
 std::vector<int> tokenizer_encode(const Tokenizer& tok, const std::string& text) {
+  if (text.empty()) return {};
   switch (tok.kind) {
     case Tokenizer::Kind::kBytes:
       return std::vector<int>(reinterpret_cast<const unsigned char*>(text.data()),

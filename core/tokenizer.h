@@ -46,7 +46,8 @@ Tokenizer tokenizer_llmc_file(const std::string& path);
 // The tokenizer `info` describes; its files are relative to `dir`.
 Tokenizer tokenizer_from_info(const config::DataInfo& info, const std::string& dir);
 
-// Text → ids, without an end-of-text. Throws for an llm.c file (it cannot encode).
+// Text → ids, without an end-of-text. Throws for non-empty text with an llm.c file (it cannot
+// encode).
 std::vector<int> tokenizer_encode(const Tokenizer& tok, const std::string& text);
 // Ids → text; the end-of-text id becomes a line "<|endoftext|>", an id outside the tokenizer's
 // vocabulary (a model's vocabulary may be padded past it) "<|id|>".

@@ -125,6 +125,74 @@ PY
 expect_ok sample "$loom" sample run/checkpoints/step_0000008 --prompt "def " --tokens 30
 expect_error sample-missing "no checkpoint at" -- "$loom" sample run/checkpoints/step_9999999
 
+# --- bits per byte: at byte level, the loss in bits ---
+/usr/bin/python3 - run/metrics.jsonl <<'PY' && pass || fail "byte-level bpb is not loss / ln 2"
+import json, math, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+assert all(abs(r["bpb"] - r["loss"] / math.log(2)) <= 1e-6 * r["bpb"] for r in rows), rows[0]
+assert any("val_bpb" in r for r in rows)
+PY
+
+# --- SentencePiece: prepare (trained on the repository's Python and C++), train, sample ---
+expect_ok prepare-sp "$loom" prepare --input "$src/tests" --input "$src/core" --ext .py --ext .cpp \
+  --output sp --val-fraction 0.1 --tokenizer sentencepiece --vocab-size 400
+grep -q "SentencePiece, vocabulary 400" "$tmp/out.txt" && [ -f sp/tokenizer.model ] &&
+  grep -q "tokenizer: SENTENCEPIECE" sp/data.textproto && pass ||
+  fail "prepare-sp: $(cat "$tmp/out.txt"; cat sp/data.textproto)"
+sp_data=(--set "data.train_shards=$tmp/sp/train_*.bin" --set "data.val_shards=$tmp/sp/val_*.bin")
+expect_error sp-vocabulary "model.vocab_size (257) is smaller than the data's vocabulary (400 ids" -- \
+  "$loom" train "$src/configs/default.textproto" "${tiny[@]}" "${sp_data[@]}" --run-dir r-sp-small
+expect_ok train-sp-tokens "$loom" train "$src/configs/default.textproto" "${tiny[@]}" "${sp_data[@]}" \
+  --set model.vocab_size=400 --set train.steps=30 --set logging.sample_prompt="def " --run-dir run-spm
+[ -f run-spm/tokenizer.model ] && grep -q "vocab_size: 400" run-spm/data.textproto && pass ||
+  fail "the run directory lacks its tokenizer"
+grep -q '"val_bpb"' run-spm/metrics.jsonl && pass || fail "SentencePiece run has no val_bpb"
+grep -q "tokens: SentencePiece" run-spm/train.log && pass || fail "train.log does not name the tokenizer"
+expect_ok sample-sp "$loom" sample run-spm/checkpoints/step_0000030 --prompt "def " --tokens 40
+/usr/bin/python3 - "$tmp/out.txt" <<'PY' && pass || fail "sample-sp is not text: $(cat "$tmp/out.txt")"
+import sys
+text = open(sys.argv[1], "rb").read().decode("utf-8")  # valid UTF-8 …
+assert text.startswith("def ") and len(text) > 40, text
+body = text.replace("\n<|endoftext|>\n", "")
+assert "<|" not in body, text                          # … every id decoded …
+assert all(c.isprintable() or c in "\n\t" for c in body), text  # … to printable text
+PY
+expect_error prepare-vocab-too-big "at most 65536" -- "$loom" prepare --input "$src/tests" --output sp2 \
+  --tokenizer sentencepiece --vocab-size 70000
+expect_error prepare-vocab-bytes "applies to --tokenizer sentencepiece only" -- \
+  "$loom" prepare --input "$src/tests" --output sp3 --vocab-size 400
+expect_error prepare-bad-model "cannot load the SentencePiece model" -- "$loom" prepare \
+  --input "$src/tests" --output sp4 --tokenizer sentencepiece --tokenizer-model nowhere.model
+
+# --- llm.c's GPT-2 shards train as they are; llm.c's tokenizer file decodes the samples ---
+mkdir llmc
+/usr/bin/python3 - llmc <<'PY' && pass || fail "could not write llm.c-layout files"
+import os, random, struct, sys
+out = sys.argv[1]
+random.seed(1)
+def shard(name, n):  # llm.c's data scripts: 256 int32 header (20240520, 1, n), then uint16 ids
+    ids = [random.randrange(50256) if i % 200 else 50256 for i in range(n)]
+    with open(os.path.join(out, name), "wb") as f:
+        f.write(struct.pack("<256i", 20240520, 1, n, *([0] * 253)))
+        f.write(struct.pack(f"<{n}H", *ids))
+shard("train_000000.bin", 20000)
+shard("val_000000.bin", 4000)
+with open(os.path.join(out, "gpt2_tokenizer.bin"), "wb") as f:  # version 2, 50257 tokens
+    f.write(struct.pack("<256I", 20240328, 2, 50257, 50256, *([0] * 252)))
+    for i in range(50257):
+        token = b"<|endoftext|>" if i == 50256 else f" t{i}".encode()
+        f.write(bytes([len(token)]) + token)
+PY
+expect_ok train-llmc "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set model.vocab_size=50257 \
+  --set "data.train_shards=$tmp/llmc/train_*.bin" --set "data.val_shards=$tmp/llmc/val_*.bin" --run-dir run-llmc
+grep -q "no sample: the data has no data.textproto" run-llmc/train.log && pass ||
+  fail "train-llmc: $(tail -3 run-llmc/train.log)"
+expect_ok sample-llmc "$loom" sample run-llmc/checkpoints/step_0000006 --tokens 8 --tokenizer-file llmc/gpt2_tokenizer.bin
+grep -qE '^( t[0-9]+|\n|<\|endoftext\|>)+' "$tmp/out.txt" && pass || fail "sample-llmc: $(cat "$tmp/out.txt")"
+expect_error sample-llmc-prompt "cannot encode text" -- "$loom" sample run-llmc/checkpoints/step_0000006 \
+  --tokenizer-file llmc/gpt2_tokenizer.bin --prompt hi
+expect_error sample-llmc-none "pass --tokenizer-file" -- "$loom" sample run-llmc/checkpoints/step_0000006
+
 # --- help ---
 for cmd in train prepare sample export bench; do
   "$loom" $cmd --help | grep -q "usage: loom $cmd" && pass || fail "loom $cmd --help"
