@@ -37,8 +37,10 @@ install_missing
 build
 [ "${1:-}" = "--setup-only" ] && exit 0
 
-if ! ls data/pystdlib/train_*.bin data/pystdlib/val_*.bin >/dev/null 2>&1; then
-  rm -rf data/pystdlib  # an interrupted earlier prepare
+# Prepared once; again when interrupted, or made before shards carried data.textproto.
+if ! ls data/pystdlib/train_*.bin data/pystdlib/val_*.bin data/pystdlib/data.textproto \
+     >/dev/null 2>&1; then
+  rm -rf data/pystdlib
   inputs=()
   for dir in /usr/lib/python3.[0-9]*; do [ -d "$dir" ] && inputs+=(--input "$dir"); done
   [ ${#inputs[@]} -gt 0 ] || { echo "run.sh: no /usr/lib/python3.* to make data from" >&2; exit 1; }
