@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what is missing (Debian packages), builds loom into build/, prepares a byte-level data
-# set from the Python standard library's sources, and trains configs/default.textproto on the CPU.
+# Installs what is missing (Debian packages), builds loom into build/, prepares data sets from
+# the Python standard library's sources (bytes, and SentencePiece tokens), and trains
+# configs/sentencepiece.textproto on the CPU.
 #
 #   ./run.sh                       the default run
 #   ./run.sh --set train.steps=50  extra arguments go to `loom train`
@@ -37,13 +38,18 @@ install_missing
 build
 [ "${1:-}" = "--setup-only" ] && exit 0
 
-# Prepared once; again when interrupted, or made before shards carried data.textproto.
-if ! ls data/pystdlib/train_*.bin data/pystdlib/val_*.bin data/pystdlib/data.textproto \
-     >/dev/null 2>&1; then
-  rm -rf data/pystdlib
-  inputs=()
-  for dir in /usr/lib/python3.[0-9]*; do [ -d "$dir" ] && inputs+=(--input "$dir"); done
+# Prepared once (again when interrupted): SentencePiece tokens for the run below, and bytes for
+# configs/default.textproto and the README's other examples.
+prepare() {  # prepare DIR [loom prepare options...]
+  local dir=$1
+  shift
+  ls "$dir"/train_*.bin "$dir"/val_*.bin "$dir"/data.textproto >/dev/null 2>&1 && return
+  rm -rf "$dir"
+  local inputs=()
+  for python in /usr/lib/python3.[0-9]*; do [ -d "$python" ] && inputs+=(--input "$python"); done
   [ ${#inputs[@]} -gt 0 ] || { echo "run.sh: no /usr/lib/python3.* to make data from" >&2; exit 1; }
-  build/loom prepare "${inputs[@]}" --ext .py --output data/pystdlib --val-fraction 0.05
-fi
-exec build/loom train configs/default.textproto "$@"
+  build/loom prepare "${inputs[@]}" --ext .py --output "$dir" --val-fraction 0.05 "$@"
+}
+prepare data/pystdlib
+prepare data/pystdlib-sp4k --tokenizer sentencepiece --vocab-size 4096
+exec build/loom train configs/sentencepiece.textproto "$@"
