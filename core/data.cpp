@@ -233,7 +233,9 @@ Tokenizer prepare_tokenizer(const PrepareOptions& o, const std::vector<std::stri
   const std::string model_path = (fs::path(o.output_dir) / "tokenizer.model").string();
   if (!o.tokenizer_model.empty()) {
     const Tokenizer given = tokenizer_sentencepiece(o.tokenizer_model);  // fails early if bad
-    fs::copy_file(o.tokenizer_model, model_path, fs::copy_options::overwrite_existing);
+    std::error_code ec;
+    if (!fs::equivalent(o.tokenizer_model, model_path, ec))
+      fs::copy_file(o.tokenizer_model, model_path, fs::copy_options::overwrite_existing);
   } else {
     std::vector<std::string> lines;
     for (size_t d = 0; d < files.size(); ++d) {
@@ -296,6 +298,12 @@ PrepareResult prepare_text(const PrepareOptions& o) {
     const bool to_val = is_validation(result.documents, o.val_fraction);
     std::vector<uint16_t>& out = to_val ? val : train;
     const std::vector<int> ids = tokenizer_encode(tok, text);
+    // The data must be the text: SentencePiece replaces invalid UTF-8, and a given model may
+    // normalise.
+    if (o.tokenizer == config::DataInfo::SENTENCEPIECE && tokenizer_decode(tok, ids) != text)
+      throw Error("prepare: the SentencePiece model does not give " + path +
+                  " back exactly (is it valid UTF-8? a --tokenizer-model may also normalise "
+                  "text); convert the file, leave it out (--ext), or use --tokenizer bytes");
     for (int id : ids) out.push_back(static_cast<uint16_t>(id));
     out.push_back(static_cast<uint16_t>(tok.end_of_text));
     // A document's bytes, plus one for its end (so bytes and tokens match at byte level).

@@ -3,7 +3,9 @@
 // carries its own copy of protobuf 3.14 with exported symbols; linked into loom, which uses the
 // system protobuf, its calls would bind to the other version and abort at start-up. Loaded this
 // way the library's own symbols come first. The functions are extern "C" so tokenizer.cpp finds
-// them by name; both sides share one libstdc++, so they pass std types.
+// them by name; both sides share one libstdc++, so they pass std types, and no exception crosses
+// back. (Executables are built with -fPIC so that this libstdc++'s std::cerr, which SentencePiece
+// logs to, is the constructed one: CMakeLists.txt.)
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
@@ -31,6 +33,19 @@ bool check(const sentencepiece::util::Status& status, std::string* error) {
   return status.ok();
 }
 
+// No exception crosses back into loom: each becomes an error message.
+template <typename F>
+bool guarded(std::string* error, F&& f) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    *error = e.what();
+  } catch (...) {
+    *error = "unknown exception";
+  }
+  return false;
+}
+
 using Processor = sentencepiece::SentencePieceProcessor;
 
 }  // namespace
@@ -40,13 +55,21 @@ extern "C" {
 bool loom_spm_train(const std::vector<std::string>* lines,
                     const std::unordered_map<std::string, std::string>* options,
                     std::string* model, std::string* error) {
-  LineIterator it(*lines);
-  return check(sentencepiece::SentencePieceTrainer::Train(*options, &it, model), error);
+  return guarded(error, [&] {
+    // Sampling and shuffling of the training lines: the same model from the same text.
+    sentencepiece::SetRandomGeneratorSeed(20240520);
+    LineIterator it(*lines);
+    return check(sentencepiece::SentencePieceTrainer::Train(*options, &it, model), error);
+  });
 }
 
 void* loom_spm_load(const std::string* path, std::string* error) {
-  auto* processor = new Processor();
-  if (check(processor->Load(*path), error)) return processor;
+  Processor* processor = nullptr;
+  const bool loaded = guarded(error, [&] {
+    processor = new Processor();
+    return check(processor->Load(*path), error);
+  });
+  if (loaded) return processor;
   delete processor;
   return nullptr;
 }
@@ -61,12 +84,16 @@ int loom_spm_eos(const void* processor) { return static_cast<const Processor*>(p
 
 bool loom_spm_encode(const void* processor, const std::string* text, std::vector<int>* ids,
                      std::string* error) {
-  return check(static_cast<const Processor*>(processor)->Encode(*text, ids), error);
+  return guarded(error, [&] {
+    return check(static_cast<const Processor*>(processor)->Encode(*text, ids), error);
+  });
 }
 
 bool loom_spm_decode(const void* processor, const std::vector<int>* ids, std::string* text,
                      std::string* error) {
-  return check(static_cast<const Processor*>(processor)->Decode(*ids, text), error);
+  return guarded(error, [&] {
+    return check(static_cast<const Processor*>(processor)->Decode(*ids, text), error);
+  });
 }
 
 }  // extern "C"

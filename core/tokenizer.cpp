@@ -123,7 +123,10 @@ Tokenizer tokenizer_llmc_file(const std::string& path) {
   tok.vocab_size = static_cast<int>(header[2]);
   // Version 1 files are GPT-2's and name no end-of-text: it is GPT-2's last id.
   tok.end_of_text = header[1] == 2 ? static_cast<int>(header[3]) : 50256;
-  if (tok.vocab_size <= 0 || tok.end_of_text < 0 || tok.end_of_text >= tok.vocab_size)
+  // Each token takes at least 2 bytes (length and one byte): a corrupt count fails here, not in
+  // an allocation.
+  if (tok.vocab_size <= 0 || tok.end_of_text < 0 || tok.end_of_text >= tok.vocab_size ||
+      static_cast<size_t>(tok.vocab_size) * 2 > bytes.size() - sizeof(header))
     throw fail("vocabulary " + std::to_string(tok.vocab_size) + " with end-of-text " +
                std::to_string(tok.end_of_text));
   size_t at = sizeof(header);
@@ -240,9 +243,15 @@ std::string sentencepiece_train(const std::vector<std::string>& lines, int vocab
 void data_info_write(const std::string& path, const config::DataInfo& info) {
   std::string text;
   google::protobuf::TextFormat::PrintToString(info, &text);
-  std::ofstream out(path, std::ios::trunc);
-  out << "# What the shards beside this file hold (configs/loom.proto, DataInfo).\n" << text;
-  if (!out) throw Error("cannot write " + path);
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::trunc);
+    out << "# What the shards beside this file hold (configs/loom.proto, DataInfo).\n" << text;
+    if (!out.flush()) throw Error("cannot write " + temporary);
+  }
+  std::error_code ec;
+  fs::rename(temporary, path, ec);
+  if (ec) throw Error("cannot write " + path + ": " + ec.message());
 }
 
 config::DataInfo data_info_read(const std::string& path) {
@@ -261,6 +270,16 @@ std::optional<config::DataInfo> data_info_for_shards(const std::string& pattern,
   if (!fs::exists(file, ec)) return std::nullopt;
   if (dir) *dir = folder.string();
   return data_info_read(file.string());
+}
+
+bool data_info_same_tokens(const config::DataInfo& a, const std::string& a_dir,
+                           const config::DataInfo& b, const std::string& b_dir) {
+  if (a.tokenizer() != b.tokenizer() || a.vocab_size() != b.vocab_size() ||
+      a.end_of_text() != b.end_of_text() || a.tokenizer_file().empty() != b.tokenizer_file().empty())
+    return false;
+  if (a.tokenizer_file().empty()) return true;
+  return read_file((fs::path(a_dir) / a.tokenizer_file()).string(), "the tokenizer") ==
+         read_file((fs::path(b_dir) / b.tokenizer_file()).string(), "the tokenizer");
 }
 
 void data_info_copy(const config::DataInfo& info, const std::string& from_dir,

@@ -69,6 +69,11 @@ config::DataInfo data_info_read(const std::string& path);
 std::optional<config::DataInfo> data_info_for_shards(const std::string& pattern,
                                                      std::string* dir = nullptr);
 
+// Whether two data descriptions (in folders a_dir and b_dir) describe the same tokens: the same
+// kind, vocabulary, end-of-text and tokenizer file contents.
+bool data_info_same_tokens(const config::DataInfo& a, const std::string& a_dir,
+                           const config::DataInfo& b, const std::string& b_dir);
+
 // Copies a data set's description (and its tokenizer file) from its folder into a run directory,
 // so the run keeps what it was trained on.
 void data_info_copy(const config::DataInfo& info, const std::string& from_dir,

@@ -264,6 +264,37 @@ std::optional<config::DataInfo> training_data_info(const config::RunConfig& cfg,
   return info;
 }
 
+// What the validation shards hold, when described: the same tokens as the training data's.
+std::optional<config::DataInfo> validation_data_info(const config::RunConfig& cfg,
+                                                     const std::optional<config::DataInfo>& train,
+                                                     const std::string& train_dir,
+                                                     std::string* dir) {
+  if (cfg.data().val_shards().empty()) return std::nullopt;
+  const std::optional<config::DataInfo> val = data_info_for_shards(cfg.data().val_shards(), dir);
+  if (val && train && !data_info_same_tokens(*train, train_dir, *val, *dir))
+    throw Error("data.val_shards (" + *dir + "/" + kDataInfoFile +
+                ") hold other tokens than data.train_shards (" + train_dir + "/" +
+                kDataInfoFile + "): validate on shards made with the same tokenizer");
+  return val;
+}
+
+// Keeps the data's description (and tokenizer) in the run directory, for loom sample. A resumed
+// run must go on with the same tokens: what the run recorded must match the data's.
+void record_data(const config::DataInfo& info, const std::string& data_dir,
+                 const fs::path& run_dir, bool resume) {
+  const fs::path recorded = run_dir / kDataInfoFile;
+  std::error_code ec;
+  if (resume && fs::exists(recorded, ec)) {
+    if (!data_info_same_tokens(data_info_read(recorded.string()), run_dir.string(), info,
+                               data_dir))
+      throw Error("--resume: the data's tokens (" + data_dir + "/" + kDataInfoFile +
+                  ") are not the ones the run was trained on (" + recorded.string() +
+                  "): resume with the run's data");
+    return;
+  }
+  data_info_copy(info, data_dir, run_dir.string());
+}
+
 // The tokenizer samples are decoded with: the data's, or bytes for shards without a description
 // and a byte-sized vocabulary; none otherwise.
 std::optional<Tokenizer> run_tokenizer(const config::RunConfig& cfg,
@@ -302,7 +333,10 @@ void sample_at_end(Run& run, const std::vector<float>* global_params, uint64_t r
     out = sample_tokens(whole, prompt, tokenizer->end_of_text, l.sample_tokens(), l.sample_temperature(),
                         l.sample_top_k(), sample_rng);
   }
-  log.line("sample:\n" + l.sample_prompt() + tokenizer_decode(*tokenizer, out));
+  // Decoded together: a subword tokenizer joins the prompt's last piece and the first new one.
+  std::vector<int> all = prompt;
+  all.insert(all.end(), out.begin(), out.end());
+  log.line("sample:\n" + tokenizer_decode(*tokenizer, all));
 }
 
 // Chrome trace of the first logging.trace_steps steps, written collectively by every rank.
@@ -331,8 +365,10 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   const auto& t = cfg.train();
   const int B = t.micro_batch(), T = t.seq_len(), accum = grad_accum_steps(cfg);
   // Data first: a run that cannot start leaves no run directory behind.
-  std::string data_dir;
+  std::string data_dir, val_dir;
   const std::optional<config::DataInfo> data_info = training_data_info(cfg, &data_dir);
+  const std::optional<config::DataInfo> val_info =
+      validation_data_info(cfg, data_info, data_dir, &val_dir);
   const std::optional<Tokenizer> tokenizer = run_tokenizer(cfg, data_info, data_dir);
   TokenDataset train_data = dataset_open(cfg.data().train_shards(), T, cfg.model().vocab_size());
   const bool validate = t.eval_interval() > 0 && !cfg.data().val_shards().empty();
@@ -341,7 +377,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
 
   const fs::path run_dir = options.run_dir;
   if (writer) prepare_run_dir(run_dir, options.resume);
-  if (writer && data_info) data_info_copy(*data_info, data_dir, run_dir.string());
+  if (writer && data_info) record_data(*data_info, data_dir, run_dir, options.resume);
   const fs::path checkpoints_dir = run_dir / cfg.checkpoint().directory();
   // Ranks that share a node share its cores.
   int threads = cfg.runtime().threads();
@@ -476,8 +512,8 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
       BitsPerByte bpb;
       if (data_info) {
         bpb.train = bits_per_byte(result.loss, data_info->train_tokens(), data_info->train_bytes());
-        if (val_loss >= 0 || std::isnan(val_loss))
-          bpb.val = bits_per_byte(val_loss, data_info->val_tokens(), data_info->val_bytes());
+        if (val_info && (val_loss >= 0 || std::isnan(val_loss)))
+          bpb.val = bits_per_byte(val_loss, val_info->val_tokens(), val_info->val_bytes());
       }
       metrics << metrics_line(step, result, lr, tokens_per_s, ms, val_loss, !result.finite,
                               activation_peak, bpb)

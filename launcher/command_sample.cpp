@@ -33,18 +33,22 @@ data.textproto: bytes or SentencePiece).
                       llm.c's shards; it cannot encode, so no --prompt
 )";
 
-// The tokenizer of the run that wrote `checkpoint` (RUN/checkpoints/step_N): RUN/data.textproto,
-// or bytes for a byte-sized model without one.
+// The tokenizer of the run that wrote `checkpoint`: the data.textproto nearest above it (the run
+// directory's, for RUN/checkpoints/step_N), or bytes for a byte-sized model without one.
 Tokenizer tokenizer_of_run(const std::string& checkpoint, const config::RunConfig& cfg) {
   namespace fs = std::filesystem;
-  const fs::path run_dir = fs::absolute(checkpoint).lexically_normal().parent_path().parent_path();
-  const fs::path info = run_dir / kDataInfoFile;
-  std::error_code ec;
-  if (fs::exists(info, ec)) return tokenizer_from_info(data_info_read(info.string()), run_dir.string());
+  fs::path dir = fs::absolute(checkpoint).lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();  // a trailing '/'
+  for (int up = 0; up < 4 && dir.has_relative_path(); ++up, dir = dir.parent_path()) {
+    std::error_code ec;
+    if (fs::exists(dir / kDataInfoFile, ec))
+      return tokenizer_from_info(data_info_read((dir / kDataInfoFile).string()), dir.string());
+  }
   if (cfg.model().vocab_size() == kEndOfText + 1) return tokenizer_bytes();
-  throw Error("the run " + run_dir.string() + " has no " + kDataInfoFile +
-              " saying how its tokens decode (trained on shards made elsewhere?): pass "
-              "--tokenizer-file, e.g. llm.c's gpt2_tokenizer.bin");
+  throw Error("no " + std::string(kDataInfoFile) + " above " + checkpoint +
+              " says how the run's tokens decode (trained on shards made elsewhere, or by an "
+              "older loom prepare?): pass --tokenizer-file for llm.c's GPT-2 shards, or copy "
+              "the data's data.textproto into the run directory");
 }
 
 }  // namespace
@@ -76,14 +80,17 @@ int command_sample(int argc, char** argv) {
                 " (model.vocab_size): not the tokenizer this model was trained with");
   Rng rng{static_cast<uint64_t>(args.integer("--seed", 1))};
   const std::string prompt = args.value("--prompt", "");
-  const std::vector<int> out =
-      sample_tokens(model, tokenizer_encode(tokenizer, prompt), tokenizer.end_of_text,
+  const std::vector<int> prompt_ids = tokenizer_encode(tokenizer, prompt);
+  std::vector<int> out =
+      sample_tokens(model, prompt_ids, tokenizer.end_of_text,
                     static_cast<int>(tokens),
                     static_cast<float>(args.number("--temperature",
                                                    state.config.logging().sample_temperature())),
                     static_cast<int>(args.integer("--top-k", state.config.logging().sample_top_k())),
                     rng);
-  std::cout << prompt << tokenizer_decode(tokenizer, out) << std::endl;
+  // Decoded together: a subword tokenizer joins the prompt's last piece and the first new one.
+  out.insert(out.begin(), prompt_ids.begin(), prompt_ids.end());
+  std::cout << tokenizer_decode(tokenizer, out) << std::endl;
   return 0;
 }
 

@@ -405,7 +405,9 @@ std::string deadlock(const Sim& s) {
     if (s.ranks[r].pc >= (*s.lists)[r].size()) continue;
     PipelineAction recv{};
     input_of((*s.lists)[r][s.ranks[r].pc], s.p, s.v, r, &recv);
-    out += " " + at(s, r) + " waits for rank " + std::to_string(source_of(recv, s.p, r)) + ";";
+    // Appended piece by piece: GCC 12 warns (-Wrestrict) on " " + std::string temporaries here.
+    out.append(" ").append(at(s, r)).append(" waits for rank ");
+    out.append(std::to_string(source_of(recv, s.p, r))).append(";");
   }
   out.pop_back();
   return out;

@@ -157,6 +157,17 @@ body = text.replace("\n<|endoftext|>\n", "")
 assert "<|" not in body, text                          # … every id decoded …
 assert all(c.isprintable() or c in "\n\t" for c in body), text  # … to printable text
 PY
+expect_ok sample-sp-slash "$loom" sample run-spm/checkpoints/step_0000030/ --tokens 5
+expect_error sp-val-other-tokens "hold other tokens than data.train_shards" -- \
+  "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set model.vocab_size=400 \
+  --set "data.train_shards=$tmp/sp/train_*.bin" --set "data.val_shards=$tmp/data/val_*.bin" --run-dir r-sp-val
+# The data re-made under the same path with another tokenizer: resume refuses to go on.
+rm -rf sp
+expect_ok prepare-sp-again "$loom" prepare --input "$src/tests" --ext .py --output sp --val-fraction 0.2 \
+  --tokenizer sentencepiece --vocab-size 380
+expect_error sp-resume-other-tokens "--resume: the data's tokens" -- "$loom" train \
+  "$src/configs/default.textproto" "${tiny[@]}" "${sp_data[@]}" --set model.vocab_size=400 \
+  --set train.steps=32 --run-dir run-spm --resume
 expect_error prepare-vocab-too-big "at most 65536" -- "$loom" prepare --input "$src/tests" --output sp2 \
   --tokenizer sentencepiece --vocab-size 70000
 expect_error prepare-vocab-bytes "applies to --tokenizer sentencepiece only" -- \

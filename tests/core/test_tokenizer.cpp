@@ -159,7 +159,15 @@ TEST(Tokenizer, PrepareWithSentencePieceWritesShardsAndTheirDescription) {
   o.vocab_size = 70000;
   EXPECT_NE(error_of([&] { prepare_text(o); }).find("they store uint16 ids, at most 65536"),
             std::string::npos);
+  // A file that is not UTF-8 would not come back exactly: refused, naming it.
+  fs::create_directories(dir / "latin");
+  std::ofstream(dir / "latin/zz.py", std::ios::binary) << "caf\xe9 = 1\n";
+  o.inputs = {LOOM_SOURCE_DIR "/tests", dir / "latin"};
+  o.output_dir = dir / "latin-out";
   o.vocab_size = 500;
+  const std::string latin = error_of([&] { prepare_text(o); });
+  EXPECT_NE(latin.find("does not give"), std::string::npos) << latin;
+  EXPECT_NE(latin.find("zz.py"), std::string::npos) << latin;
   o.model_type = "wordpiece";
   EXPECT_NE(error_of([&] { prepare_text(o); }).find("--model-type must be bpe or unigram"),
             std::string::npos);
