@@ -123,12 +123,14 @@ Tokenizer tokenizer_llmc_file(const std::string& path) {
   tok.vocab_size = static_cast<int>(header[2]);
   // Version 1 files are GPT-2's and name no end-of-text: it is GPT-2's last id.
   tok.end_of_text = header[1] == 2 ? static_cast<int>(header[3]) : 50256;
-  // Each token takes at least 2 bytes (length and one byte): a corrupt count fails here, not in
-  // an allocation.
-  if (tok.vocab_size <= 0 || tok.end_of_text < 0 || tok.end_of_text >= tok.vocab_size ||
-      static_cast<size_t>(tok.vocab_size) * 2 > bytes.size() - sizeof(header))
+  if (tok.vocab_size <= 0 || tok.end_of_text < 0 || tok.end_of_text >= tok.vocab_size)
     throw fail("vocabulary " + std::to_string(tok.vocab_size) + " with end-of-text " +
                std::to_string(tok.end_of_text));
+  // Each token takes at least 2 bytes (its length and one byte): a corrupt count fails here, not
+  // in an allocation.
+  if (static_cast<size_t>(tok.vocab_size) * 2 > bytes.size() - sizeof(header))
+    throw fail("the header promises " + std::to_string(tok.vocab_size) + " tokens but " +
+               std::to_string(bytes.size() - sizeof(header)) + " bytes follow it");
   size_t at = sizeof(header);
   tok.token_bytes.reserve(tok.vocab_size);
   for (int i = 0; i < tok.vocab_size; ++i) {

@@ -114,9 +114,18 @@ TEST(Tokenizer, ReadsLlmcTokenizerFiles) {
   write_llmc_tokenizer(dir / "magic.bin", 7, {"a"}, 0);
   EXPECT_NE(error_of([&] { tokenizer_llmc_file(dir / "magic.bin"); }).find("version 7"),
             std::string::npos);
-  write_llmc_tokenizer(dir / "cut.bin", 2, {"a", "b"}, 1);
+  write_llmc_tokenizer(dir / "cut.bin", 2, {"a", "bcd"}, 1);
   fs::resize_file(dir / "cut.bin", fs::file_size(dir / "cut.bin") - 1);
-  EXPECT_NE(error_of([&] { tokenizer_llmc_file(dir / "cut.bin"); }).find("token 1"),
+  EXPECT_NE(error_of([&] { tokenizer_llmc_file(dir / "cut.bin"); }).find("token 1 has a bad length"),
+            std::string::npos);
+  write_llmc_tokenizer(dir / "count.bin", 2, {"a"}, 0);
+  std::fstream patch(dir / "count.bin", std::ios::in | std::ios::out | std::ios::binary);
+  const uint32_t huge = 1u << 30;
+  patch.seekp(2 * sizeof(uint32_t));
+  patch.write(reinterpret_cast<const char*>(&huge), sizeof(huge));
+  patch.close();
+  EXPECT_NE(error_of([&] { tokenizer_llmc_file(dir / "count.bin"); })
+                .find("the header promises 1073741824 tokens but 2 bytes follow it"),
             std::string::npos);
 }
 
