@@ -39,11 +39,19 @@ struct SentencePieceLibrary {
   SentencePieceApi api{};
   SentencePieceLibrary() {
     // RTLD_DEEPBIND: the library's symbols (its own protobuf among them) before the process's.
-    handle = dlopen(LOOM_SENTENCEPIECE_MODULE, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    // Where the build put it; else beside the running program (a copied build folder).
+    const fs::path exe_dir = fs::read_symlink("/proc/self/exe").parent_path();
+    std::string tried;
+    for (const fs::path& path : {fs::path(LOOM_SENTENCEPIECE_MODULE),
+                                 exe_dir / "core" / "libloom_sentencepiece.so",
+                                 exe_dir / "libloom_sentencepiece.so"}) {
+      handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      if (handle) break;
+      tried += std::string(tried.empty() ? "" : "; ") + dlerror();
+    }
     if (!handle)
-      throw Error(std::string("cannot load the SentencePiece module " LOOM_SENTENCEPIECE_MODULE
-                              " (rebuild loom: ./run.sh --setup-only): ") +
-                  dlerror());
+      throw Error("cannot load loom's SentencePiece module libloom_sentencepiece.so (rebuild "
+                  "loom: ./run.sh --setup-only): " + tried);
     auto find = [&](const char* name) {
       void* symbol = dlsym(handle, name);
       if (!symbol) throw Error(std::string("the SentencePiece module lacks ") + name);
