@@ -40,7 +40,8 @@ struct SentencePieceLibrary {
   SentencePieceLibrary() {
     // RTLD_DEEPBIND: the library's symbols (its own protobuf among them) before the process's.
     // Where the build put it; else beside the running program (a copied build folder).
-    const fs::path exe_dir = fs::read_symlink("/proc/self/exe").parent_path();
+    std::error_code ec;
+    const fs::path exe_dir = fs::read_symlink("/proc/self/exe", ec).parent_path();
     std::string tried;
     for (const fs::path& path : {fs::path(LOOM_SENTENCEPIECE_MODULE),
                                  exe_dir / "core" / "libloom_sentencepiece.so",
