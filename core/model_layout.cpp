@@ -343,9 +343,9 @@ void model_plan(Model& m, int B, int T, int slots, int boundaries, bool split_ba
   const int hd = m.C / m.H;
   if (m.sp.size > 1) m.positions = sequence_positions(m.sp.layout, T * m.sp.size, m.sp.size, m.sp.rank);
   // Row t: the angles of position t, or with sp > 1 of the global position of local row t.
-  const std::vector<SequencePiece> pieces =
+  const SequencePieces pieces =
       m.sp.size > 1 ? sequence_pieces(m.sp.layout, T * m.sp.size, m.sp.size, m.sp.rank)
-                    : std::vector<SequencePiece>{{0, T, 0}};
+                    : sequence_pieces(SequenceLayout::kContiguous, T, 1, 0);  // rows 0 .. T − 1
   if (is_rotary(m))
     for (const SequencePiece& p : pieces) {
       const size_t row = static_cast<size_t>(p.row) * hd / 2;

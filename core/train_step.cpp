@@ -25,12 +25,13 @@ MicroBatches sequence_part(const Model& model, MicroBatches batch, std::vector<i
   local.resize(2 * tokens * batch.count);
   int* inputs = local.data();
   int* targets = local.data() + tokens * batch.count;
+  LOOM_CHECK(static_cast<int>(model.positions.size()) == Tl);  // planned for this length
   for (int k = 0; k < batch.count; ++k) {
-    sequence_select(model.sp.layout, model.sp.size, model.sp.rank, batch.inputs + k * whole,
-                    inputs + k * tokens, batch.B, batch.T);
+    sequence_select(model.positions, batch.inputs + k * whole, inputs + k * tokens, batch.B,
+                    batch.T);
     if (batch.targets)
-      sequence_select(model.sp.layout, model.sp.size, model.sp.rank, batch.targets + k * whole,
-                      targets + k * tokens, batch.B, batch.T);
+      sequence_select(model.positions, batch.targets + k * whole, targets + k * tokens, batch.B,
+                      batch.T);
   }
   batch.inputs = inputs;
   if (batch.targets) batch.targets = targets;

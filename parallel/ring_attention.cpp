@@ -26,12 +26,12 @@ const void* offset(const void* base, size_t elements, const kernels::KernelBacke
 // The blocks of this rank's queries against rank `source`'s keys that the causal mask leaves
 // anything of: a key piece entirely after a query piece is skipped, one entirely before it is a
 // full block, the rest (the diagonal) causal by position.
-std::vector<kernels::AttentionBlock> ring_blocks(const RingAttention& ring, int source, int B,
-                                                 int Tl, int Cl, int Hl) {
+FixedList<kernels::AttentionBlock, 4> ring_blocks(const RingAttention& ring, int source, int B,
+                                                  int Tl, int Cl, int Hl) {
   const int sp = ring.comm->size(), T = Tl * sp;
-  const std::vector<SequencePiece> queries = sequence_pieces(ring.layout, T, sp, ring.comm->rank());
-  const std::vector<SequencePiece> keys = sequence_pieces(ring.layout, T, sp, source);
-  std::vector<kernels::AttentionBlock> blocks;
+  const SequencePieces queries = sequence_pieces(ring.layout, T, sp, ring.comm->rank());
+  const SequencePieces keys = sequence_pieces(ring.layout, T, sp, source);
+  FixedList<kernels::AttentionBlock, 4> blocks;
   for (const SequencePiece& q : queries)
     for (const SequencePiece& k : keys) {
       if (k.position > q.position + q.rows - 1) continue;
@@ -66,24 +66,40 @@ void wait(RingAttention& ring, WorkPtr& work, const char* pass, int step, const 
   work.reset();
 }
 
-// A ring of two or more ranks moving fp32 host activations (the MPI communicator).
-void check_ring(const RingAttention& ring, const kernels::KernelBackend& be) {
+// Where a pass starts: the ring's peers and sizes, this rank's keys and values packed out of qkv
+// into the first block buffer (the block that travels). A ring of two or more ranks moving fp32
+// host activations (the MPI communicator).
+struct RingPass {
+  int sp, rank, next, prev;
+  size_t rows, kv_count;  // B · Tl, and the elements of one key/value block
+};
+
+RingPass ring_pass_start(const RingAttention& ring, const kernels::KernelBackend& be,
+                         const RingWorkspace& ws, const void* qkv, int B, int Tl, int Cl) {
   LOOM_CHECK(ring.comm && ring.comm->size() > 1);
   LOOM_CHECK(be.activation_bytes() == sizeof(float));
+  const int sp = ring.comm->size(), rank = ring.comm->rank();
+  const size_t rows = static_cast<size_t>(B) * Tl;
+  be.copy_rows(ws.kv[0], 2 * Cl, offset(qkv, Cl, be), 3 * Cl, rows, 2 * Cl);
+  return {sp, rank, (rank + 1) % sp, (rank + sp - 1) % sp, rows, rows * 2 * Cl};
 }
 
 }  // namespace
 
-std::vector<SequencePiece> sequence_pieces(SequenceLayout layout, int T, int sp, int rank) {
+SequencePieces sequence_pieces(SequenceLayout layout, int T, int sp, int rank) {
   LOOM_CHECK(sp >= 1 && rank >= 0 && rank < sp);
+  SequencePieces pieces;
   if (layout == SequenceLayout::kContiguous) {
     LOOM_CHECK(T % sp == 0);
     const int rows = T / sp;
-    return {{0, rows, rank * rows}};
+    pieces.push_back({0, rows, rank * rows});
+    return pieces;
   }
   LOOM_CHECK(T % (2 * sp) == 0);
   const int chunk = T / (2 * sp);
-  return {{0, chunk, rank * chunk}, {chunk, chunk, (2 * sp - 1 - rank) * chunk}};
+  pieces.push_back({0, chunk, rank * chunk});
+  pieces.push_back({chunk, chunk, (2 * sp - 1 - rank) * chunk});
+  return pieces;
 }
 
 std::vector<int> sequence_positions(SequenceLayout layout, int T, int sp, int rank) {
@@ -93,9 +109,8 @@ std::vector<int> sequence_positions(SequenceLayout layout, int T, int sp, int ra
   return positions;
 }
 
-void sequence_select(SequenceLayout layout, int sp, int rank, const int* global, int* local,
-                     int B, int T) {
-  const std::vector<int> positions = sequence_positions(layout, T, sp, rank);
+void sequence_select(const std::vector<int>& positions, const int* global, int* local, int B,
+                     int T) {
   const size_t Tl = positions.size();
   for (int b = 0; b < B; ++b)
     for (size_t t = 0; t < Tl; ++t)
@@ -113,16 +128,11 @@ size_t ring_workspace_lse_floats(int B, int Tl, int Hl) {
 void ring_attention_forward(RingAttention& ring, const kernels::KernelBackend& be,
                             const RingWorkspace& ws, void* out, float* lse, const void* qkv,
                             int B, int Tl, int Cl, int Hl) {
-  check_ring(ring, be);
+  const auto [sp, rank, next, prev, rows, kv_count] = ring_pass_start(ring, be, ws, qkv, B, Tl, Cl);
   Communicator& comm = *ring.comm;
-  const int sp = comm.size(), rank = comm.rank();
-  const int next = (rank + 1) % sp, prev = (rank + sp - 1) % sp;
-  const size_t kv_count = static_cast<size_t>(B) * Tl * 2 * Cl;
-  const size_t rows = static_cast<size_t>(B) * Tl;
-  // This rank's keys and values, out of the packed qkv: the block that travels.
-  be.copy_rows(ws.kv[0], 2 * Cl, offset(qkv, Cl, be), 3 * Cl, rows, 2 * Cl);
-  // A query piece's first block writes out and lse; the later ones are merged into them.
-  std::vector<int> written;  // q_begin of the pieces written
+  // A query piece's first block writes out and lse; the later ones are merged into them. The
+  // pieces are told apart by their first row (the first piece starts at row 0).
+  bool written[2] = {false, false};
   for (int step = 0; step < sp; ++step) {
     const int source = (rank + sp - step) % sp;
     void* current = ws.kv[step % 2];
@@ -133,9 +143,10 @@ void ring_attention_forward(RingAttention& ring, const kernels::KernelBackend& b
     }
     const auto start = Clock::now();
     for (const kernels::AttentionBlock& blk : ring_blocks(ring, source, B, Tl, Cl, Hl)) {
-      if (std::find(written.begin(), written.end(), blk.q_begin) == written.end()) {
+      bool& first = written[blk.q_begin == 0 ? 0 : 1];
+      if (!first) {
         be.attention_block_forward(out, lse, qkv, current, blk, ws.scratch);
-        written.push_back(blk.q_begin);
+        first = true;
       } else {
         be.attention_block_forward(ws.block_out, ws.block_lse, qkv, current, blk, ws.scratch);
         be.attention_merge(out, lse, ws.block_out, ws.block_lse, blk);
@@ -151,14 +162,9 @@ void ring_attention_backward(RingAttention& ring, const kernels::KernelBackend& 
                              const RingWorkspace& ws, void* dqkv, const void* dout,
                              const void* qkv, const void* out, const float* lse, int B, int Tl,
                              int Cl, int Hl) {
-  check_ring(ring, be);
+  const auto [sp, rank, next, prev, rows, kv_count] = ring_pass_start(ring, be, ws, qkv, B, Tl, Cl);
   Communicator& comm = *ring.comm;
-  const int sp = comm.size(), rank = comm.rank();
-  const int next = (rank + 1) % sp, prev = (rank + sp - 1) % sp;
-  const size_t kv_count = static_cast<size_t>(B) * Tl * 2 * Cl;
-  const size_t rows = static_cast<size_t>(B) * Tl;
   be.zero(dqkv, rows * 3 * Cl);  // dq accumulates over the steps; dk, dv are written at the end
-  be.copy_rows(ws.kv[0], 2 * Cl, offset(qkv, Cl, be), 3 * Cl, rows, 2 * Cl);
   // dK/dV buffers rotate: `computing` takes this step's share, `arriving` the accumulator of
   // the same block from the previous rank, `leaving` the sum sent on (its send in flight).
   int computing = 0, arriving = 1, leaving = 2;

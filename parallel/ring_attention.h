@@ -28,6 +28,7 @@
 //   loom::ring_attention_forward(ring, be, ws, out, lse, qkv, B, Tl, C, H);
 //   loom::ring_attention_backward(ring, be, ws, dqkv, dout, qkv, out, lse, B, Tl, C, H);
 #pragma once
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <functional>
@@ -45,14 +46,28 @@ struct SequencePiece {
   int row = 0, rows = 0, position = 0;
 };
 
+// At most N values in place: what the ring computes per step allocates nothing.
+template <typename Value, int N>
+struct FixedList {
+  std::array<Value, N> values{};
+  int count = 0;
+  void push_back(const Value& v) { values[count++] = v; }
+  int size() const { return count; }
+  const Value& operator[](int i) const { return values[i]; }
+  const Value* begin() const { return values.data(); }
+  const Value* end() const { return values.data() + count; }
+};
+using SequencePieces = FixedList<SequencePiece, 2>;
+
 // The pieces of rank `rank`'s local rows for global sequences of T tokens over sp ranks: two
 // chunks of T / (2·sp) (zigzag) or one of T / sp (contiguous). T must divide accordingly.
-std::vector<SequencePiece> sequence_pieces(SequenceLayout layout, int T, int sp, int rank);
+SequencePieces sequence_pieces(SequenceLayout layout, int T, int sp, int rank);
 // The global position of each of the rank's T / sp local rows.
 std::vector<int> sequence_positions(SequenceLayout layout, int T, int sp, int rank);
-// local (B, T / sp) ← the rank's columns of global (B, T), e.g. of token ids.
-void sequence_select(SequenceLayout layout, int sp, int rank, const int* global, int* local,
-                     int B, int T);
+// local (B, Tl) ← the columns `positions` (Tl of them, from sequence_positions) of global (B, T),
+// e.g. of token ids.
+void sequence_select(const std::vector<int>& positions, const int* global, int* local, int B,
+                     int T);
 
 // One rank's ring: its sp group (size > 1), the layout, and time counters the caller resets.
 struct RingAttention {

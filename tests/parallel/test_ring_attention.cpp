@@ -82,8 +82,8 @@ void expect_ring_matches_whole(Communicator& sp, const RingCase& k) {
 }
 
 TEST(RingAttention, ZigzagPiecesAreBalancedAndCoverTheSequence) {
-  const std::vector<SequencePiece> p = sequence_pieces(SequenceLayout::kZigzag, 16, 4, 1);
-  ASSERT_EQ(p.size(), 2u);
+  const SequencePieces p = sequence_pieces(SequenceLayout::kZigzag, 16, 4, 1);
+  ASSERT_EQ(p.size(), 2);
   EXPECT_EQ(p[0].position, 2);
   EXPECT_EQ(p[1].position, 12);
   EXPECT_EQ(p[1].row, 2);
@@ -93,7 +93,7 @@ TEST(RingAttention, ZigzagPiecesAreBalancedAndCoverTheSequence) {
   for (int s : seen) EXPECT_EQ(s, 1);
   const int global[2 * 8] = {0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 15, 16, 17};
   int local[2 * 4];
-  sequence_select(SequenceLayout::kZigzag, 2, 1, global, local, 2, 8);
+  sequence_select(sequence_positions(SequenceLayout::kZigzag, 8, 2, 1), global, local, 2, 8);
   const int want[8] = {2, 3, 4, 5, 12, 13, 14, 15};
   for (int i = 0; i < 8; ++i) EXPECT_EQ(local[i], want[i]) << i;
 }
