@@ -232,7 +232,7 @@ Tokenizer prepare_tokenizer(const PrepareOptions& o, const std::vector<std::stri
   if (o.tokenizer == config::DataInfo::BYTES) return tokenizer_bytes();
   const std::string model_path = (fs::path(o.output_dir) / "tokenizer.model").string();
   if (!o.tokenizer_model.empty()) {
-    const Tokenizer given = tokenizer_sentencepiece(o.tokenizer_model);  // fails early if bad
+    tokenizer_sentencepiece(o.tokenizer_model);  // a file that is not a model fails here
     std::error_code ec;
     if (!fs::equivalent(o.tokenizer_model, model_path, ec))
       fs::copy_file(o.tokenizer_model, model_path, fs::copy_options::overwrite_existing);

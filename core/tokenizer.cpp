@@ -163,6 +163,13 @@ Tokenizer tokenizer_from_info(const config::DataInfo& info, const std::string& d
   throw Error("unknown tokenizer in " + (fs::path(dir) / kDataInfoFile).string());
 }
 
+std::optional<Tokenizer> tokenizer_for_run(const std::optional<config::DataInfo>& info,
+                                           const std::string& dir, int model_vocab_size) {
+  if (info) return tokenizer_from_info(*info, dir);
+  if (model_vocab_size == tokenizer_bytes().vocab_size) return tokenizer_bytes();
+  return std::nullopt;
+}
+
 std::vector<int> tokenizer_encode(const Tokenizer& tok, const std::string& text) {
   if (text.empty()) return {};
   switch (tok.kind) {

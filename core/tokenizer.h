@@ -46,6 +46,11 @@ Tokenizer tokenizer_llmc_file(const std::string& path);
 // The tokenizer `info` describes; its files are relative to `dir`.
 Tokenizer tokenizer_from_info(const config::DataInfo& info, const std::string& dir);
 
+// The tokenizer a run decodes with: the one `info` (in `dir`) describes; without a description,
+// bytes for a model of the byte vocabulary (257); otherwise none (e.g. llm.c's shards).
+std::optional<Tokenizer> tokenizer_for_run(const std::optional<config::DataInfo>& info,
+                                           const std::string& dir, int model_vocab_size);
+
 // Text → ids, without an end-of-text. Throws for non-empty text with an llm.c file (it cannot
 // encode).
 std::vector<int> tokenizer_encode(const Tokenizer& tok, const std::string& text);

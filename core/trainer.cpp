@@ -295,16 +295,6 @@ void record_data(const config::DataInfo& info, const std::string& data_dir,
   data_info_copy(info, data_dir, run_dir.string());
 }
 
-// The tokenizer samples are decoded with: the data's, or bytes for shards without a description
-// and a byte-sized vocabulary; none otherwise.
-std::optional<Tokenizer> run_tokenizer(const config::RunConfig& cfg,
-                                       const std::optional<config::DataInfo>& info,
-                                       const std::string& dir) {
-  if (info) return tokenizer_from_info(*info, dir);
-  if (cfg.model().vocab_size() == kEndOfText + 1) return tokenizer_bytes();
-  return std::nullopt;
-}
-
 // Generates logging.sample_tokens tokens at the end of training: collective over the
 // tensor-parallel group of rank 0 (pp = sp = 1), or on rank 0 alone from the gathered global
 // model.
@@ -369,7 +359,8 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   const std::optional<config::DataInfo> data_info = training_data_info(cfg, &data_dir);
   const std::optional<config::DataInfo> val_info =
       validation_data_info(cfg, data_info, data_dir, &val_dir);
-  const std::optional<Tokenizer> tokenizer = run_tokenizer(cfg, data_info, data_dir);
+  const std::optional<Tokenizer> tokenizer =
+      tokenizer_for_run(data_info, data_dir, cfg.model().vocab_size());
   TokenDataset train_data = dataset_open(cfg.data().train_shards(), T, cfg.model().vocab_size());
   const bool validate = t.eval_interval() > 0 && !cfg.data().val_shards().empty();
   TokenDataset val_data;

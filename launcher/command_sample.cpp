@@ -3,7 +3,6 @@
 
 #include "core/checkpoint.h"
 #include "core/config.h"
-#include "core/data.h"
 #include "core/model.h"
 #include "core/sample.h"
 #include "core/tokenizer.h"
@@ -39,12 +38,16 @@ Tokenizer tokenizer_of_run(const std::string& checkpoint, const config::RunConfi
   namespace fs = std::filesystem;
   fs::path dir = fs::absolute(checkpoint).lexically_normal();
   if (!dir.has_filename()) dir = dir.parent_path();  // a trailing '/'
-  for (int up = 0; up < 4 && dir.has_relative_path(); ++up, dir = dir.parent_path()) {
+  std::optional<config::DataInfo> info;
+  for (int up = 0; up < 4 && dir.has_relative_path() && !info; ++up) {
     std::error_code ec;
     if (fs::exists(dir / kDataInfoFile, ec))
-      return tokenizer_from_info(data_info_read((dir / kDataInfoFile).string()), dir.string());
+      info = data_info_read((dir / kDataInfoFile).string());
+    else
+      dir = dir.parent_path();
   }
-  if (cfg.model().vocab_size() == kEndOfText + 1) return tokenizer_bytes();
+  if (std::optional<Tokenizer> tok = tokenizer_for_run(info, dir.string(), cfg.model().vocab_size()))
+    return *tok;
   throw Error("no " + std::string(kDataInfoFile) + " above " + checkpoint +
               " says how the run's tokens decode (trained on shards made elsewhere, or by an "
               "older loom prepare?): pass --tokenizer-file for llm.c's GPT-2 shards, or copy "
