@@ -223,6 +223,56 @@ void apply_override(config::RunConfig& cfg, const std::string& assignment) {
   }
 }
 
+namespace {
+
+// The loop-count options: truncated backprop, sampling, evaluation depth and recomputation.
+void validate_loops(const config::RunConfig& cfg) {
+  const auto& m = cfg.model();
+  const auto& s = m.loops_sampling();
+  const auto& p = cfg.parallel();
+  using Sampling = config::LoopsSampling;
+  const bool sampled = s.kind() != Sampling::FIXED;
+  if (!sampled) {
+    require(s.max() == 0 && s.mean() == 0,
+            "model.loops_sampling.max and .mean are set but its kind is FIXED (model.loops "
+            "every step): set model.loops_sampling.kind=UNIFORM or POISSON_LOGNORMAL");
+  } else {
+    const int least = m.input_injection() ? 2 : 1;
+    require(s.min() >= least,
+            "model.loops_sampling.min (" + num(s.min()) + ") must be at least " + num(least) +
+                (least == 2 ? " with model.input_injection" : ""));
+    require(s.max() >= s.min(), "model.loops_sampling.max (" + num(s.max()) +
+                                    ") must be at least its min (" + num(s.min()) + ")");
+    require(s.kind() != Sampling::POISSON_LOGNORMAL || (s.mean() >= 1 && s.mean() <= s.max()),
+            "model.loops_sampling.mean (" + num(s.mean()) + ") must be in [1, max = " +
+                num(s.max()) + "] for POISSON_LOGNORMAL");
+    require(s.sigma() >= 0, "model.loops_sampling.sigma must not be negative");
+    require(p.pp() == 1, "model.loops_sampling needs parallel.pp = 1: pipeline stages cut the "
+                         "unrolled layers of one loop count");
+  }
+  const int most = sampled ? s.max() : m.loops();
+  require(m.backprop_loops() >= 0 && m.backprop_loops() <= most,
+          "model.backprop_loops (" + num(m.backprop_loops()) + ") must be in [0, " + num(most) +
+              "] (0: every iteration gets gradient)");
+  const int eval = cfg.train().eval_loops();
+  require(eval >= 0, "train.eval_loops must not be negative (0: model.loops)");
+  require(eval == 0 || eval == m.loops() || p.pp() == 1,
+          "train.eval_loops (" + num(eval) + ") differs from model.loops (" + num(m.loops()) +
+              ") but parallel.pp is " + num(p.pp()) +
+              ": pipeline stages cut the unrolled layers of one loop count");
+  require(eval == 0 || !m.input_injection() || eval >= 2,
+          "train.eval_loops must be at least 2 with model.input_injection");
+  const bool split = p.pipeline_schedule() == config::ParallelConfig::ZERO_BUBBLE_H1;
+  require(!split || cfg.train().recompute() == config::TrainConfig::NONE,
+          "train.recompute " + config::TrainConfig::Recompute_Name(cfg.train().recompute()) +
+              " cannot run with parallel.pipeline_schedule ZERO_BUBBLE_H1: its later weight "
+              "pass needs the activations recomputation does not keep");
+  require(!split || m.backprop_loops() == 0,
+          "model.backprop_loops cannot run with parallel.pipeline_schedule ZERO_BUBBLE_H1");
+}
+
+}  // namespace
+
 void validate_config(const config::RunConfig& cfg) {
   const auto& m = cfg.model();
   const auto& t = cfg.train();
@@ -252,6 +302,7 @@ void validate_config(const config::RunConfig& cfg) {
   require(!m.input_injection() || m.loops() >= 2,
           "model.input_injection needs model.loops >= 2: it adds the prelude output at the "
           "start of every iteration after the first");
+  validate_loops(cfg);
   require(m.init_std() > 0, "model.init_std must be positive");
   require(m.lm_head_chunk() > 0, "model.lm_head_chunk must be positive");
 
@@ -338,6 +389,15 @@ void validate_config(const config::RunConfig& cfg) {
           "parallel.zero_stage must be 0 or 1 (got " + num(p.zero_stage()) + ")");
   require(p.bucket_mb() > 0, "parallel.bucket_mb must be positive");
   require(p.collective_timeout_s() > 0, "parallel.collective_timeout_s must be positive");
+}
+
+Recompute recompute_policy(const config::TrainConfig& train) {
+  switch (train.recompute()) {
+    case config::TrainConfig::NONE: return Recompute::kNone;
+    case config::TrainConfig::LOOP_BOUNDARY: return Recompute::kLoopBoundary;
+    case config::TrainConfig::SQRT: return Recompute::kSqrt;
+  }
+  LOOM_CHECK(false);
 }
 
 SequenceLayout sequence_layout(const config::ParallelConfig& parallel) {

@@ -48,4 +48,8 @@ size_t grad_bucket_floats(const config::ParallelConfig& parallel);
 // How sequences are cut over the sp ranks (parallel.sequence_layout).
 SequenceLayout sequence_layout(const config::ParallelConfig& parallel);
 
+// What backward recomputes instead of keeping (train.recompute; core/model.h, ChunkSegment).
+enum class Recompute { kNone, kLoopBoundary, kSqrt };
+Recompute recompute_policy(const config::TrainConfig& train);
+
 }  // namespace loom

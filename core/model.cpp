@@ -4,6 +4,7 @@
 #include "core/model.h"
 
 #include <algorithm>
+#include <functional>
 
 #include "core/error.h"
 #include "core/model_internal.h"
@@ -86,6 +87,89 @@ void embedding_backward(Model& m, const void* dr, const int* tokens, int B, int 
   }
 }
 
+// Where sub-layer i of chunk c keeps its activations while it runs from slot `slot`: in the slot
+// for a kept segment, else in the shared workspace at its place within its unit.
+SublayerActs acts_of(const Model& m, const ModelChunk& c, int slot, int i) {
+  const int p = i / 2 - c.begin;
+  if (c.segments[c.segment_of[p]].kind == ChunkSegment::kKept)
+    return acts_in_slot(m, c.acts[i - 2 * c.begin], slot);
+  return m.work_acts[i - 2 * c.unit_of[p]];
+}
+
+// How a forward walk ends: kBoundary leaves the boundary state at its end (h_{e−d} added, the
+// pending outputs complete); kOpen leaves every output pending for the caller (the LM head);
+// kDiscard starts no tensor-parallel sum of the last `delay` outputs, which only the state at
+// the end would need (a recomputation keeps the activations and nothing else).
+enum class WalkEnd { kBoundary, kOpen, kDiscard };
+
+// One forward pass over positions [begin, end) from the boundary state in `state` (or, at
+// position 0, the embedded stream).
+struct Walk {
+  int begin = 0, end = 0, B = 0, T = 0;
+  std::function<SublayerActs(int sublayer)> acts;  // where each sub-layer's activations go
+  // Where the boundary state at a position's start is kept (null: nowhere): the stream, then the
+  // delay − 1 outputs still pending (checkpoint_tensor).
+  std::function<void*(int position)> checkpoint;
+  WalkEnd end_as = WalkEnd::kBoundary;
+};
+
+// Pending output h_j of the boundary state at position p's start, inside a checkpoint of it.
+void* checkpoint_tensor(const Model& m, void* checkpoint, int p, int j, size_t NC) {
+  return act_offset(m, checkpoint, (j - 2 * p + m.delay) * NC);
+}
+
+void forward_walk(Model& m, const BoundaryState& state, const Walk& w) {
+  const kernels::KernelBackend& be = kb(m);
+  const int d = m.delay, s = 2 * w.begin, e = 2 * w.end;
+  const size_t NC = state.NC;
+  void* r = state.stream();
+  const int injection = injection_sublayer(m);
+  // Checkpointed pending outputs, copied once their sum completes (by pending slot).
+  void* keep_pending[2] = {nullptr, nullptr};
+  auto pending_output = [&](int sublayer) {  // h_j, complete: its tensor-parallel sum arrived
+    tp_wait(m, m.tp_sums.forward[sublayer % d]);
+    return state.pending(sublayer);
+  };
+  for (int i = s; i < e; ++i) {
+    const int p = i / 2, sub = i % 2;
+    // Ladder: h_{i−2} is waited on here, after h_{i−1}'s all-reduce was started, so each
+    // all-reduce runs while the next sub-layer computes. At the walk's start the boundary state
+    // has it added.
+    if (i >= d && i != s) {
+      void* h = pending_output(i - d);
+      be.vector_add(r, h, NC);
+      if (void*& to = keep_pending[(i - d) % d]) {
+        be.copy(to, h, NC);
+        to = nullptr;
+      }
+    }
+    if (sub == 0) {
+      if (void* kept = w.checkpoint ? w.checkpoint(p) : nullptr) {
+        be.copy(kept, r, NC);
+        for (int j = std::max(0, i - d + 1); j < i; ++j)  // complete at sub-layer j + d
+          keep_pending[j % d] = checkpoint_tensor(m, kept, p, j, NC);
+      }
+      if (m.config.input_injection() && p != m.loop_begin && starts_loop_iteration(m, p))
+        be.vector_add(r, state.injected(), NC);
+    }
+    if (i == injection) be.copy(state.injected(), r, NC);
+    const SublayerActs a = w.acts(i);
+    be.copy(act(m, a.input), r, NC);
+    // Slot i % d held h_{i−d}, just added to r: free for h_i.
+    const LayerOffsets& o = m.layers[m.unrolled[p]];
+    if (sub == 0)
+      attention_sublayer_forward(m, o, a, w.B, w.T, state.pending(i));
+    else
+      mlp_sublayer_forward(m, o, a, w.B, w.T, state.pending(i));
+    if (w.end_as != WalkEnd::kDiscard || i < e - d)
+      m.tp_sums.forward[i % d] = tp_sum_start(m.tp, state.pending(i), NC);
+  }
+  if (w.end_as != WalkEnd::kBoundary) return;
+  // The boundary state: h_{e−d} added (as sub-layer e would), the rest complete.
+  be.vector_add(r, pending_output(e - d), NC);
+  for (int j = e - d + 1; j < e; ++j) pending_output(j);
+}
+
 }  // namespace
 
 double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const int* inputs,
@@ -96,13 +180,8 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
   const kernels::KernelBackend& be = kb(m);
   const int N = B * T, d = m.delay;
   const BoundaryState state = model_boundary_state(m, boundary, B, T);
-  const size_t NC = state.NC;
+  const size_t NC = state.NC, base = slot_base(m, slot);
   void* r = state.stream();
-  // h_j, complete: its tensor-parallel sum has arrived.
-  auto pending_output = [&](int sublayer) {
-    tp_wait(m, m.tp_sums.forward[sublayer % d]);
-    return state.pending(sublayer);
-  };
   if (c.first) {
     int* tokens = m.slot_tokens.data() + static_cast<size_t>(slot) * m.plan_B * m.plan_T;
     std::copy(inputs, inputs + N, tokens);
@@ -112,39 +191,22 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
     WorkPtr embedded = tp_sum_start(m.tp, r, NC);
     tp_wait(m, embedded);
   }
-
-  const int injection = injection_sublayer(m);
-  const int s = 2 * c.begin;
-  for (int p = c.begin; p < c.end; ++p) {
-    const LayerOffsets& o = m.layers[m.unrolled[p]];
-    for (int sub = 0; sub < 2; ++sub) {
-      const int i = 2 * p + sub;
-      // Ladder: h_{i−2} is waited on here, after h_{i−1}'s all-reduce was started, so each
-      // all-reduce runs while the next sub-layer computes. At the chunk's start the previous
-      // chunk has added it (the boundary state).
-      if (i >= d && !(i == s && !c.first)) be.vector_add(r, pending_output(i - d), NC);
-      if (sub == 0 && m.config.input_injection() && p != m.loop_begin &&
-          starts_loop_iteration(m, p))
-        be.vector_add(r, state.injected(), NC);
-      if (i == injection) be.copy(state.injected(), r, NC);
-      const SublayerActs a = acts_in_slot(m, c.acts[i - 2 * c.begin], slot);
-      be.copy(act(m, a.input), r, NC);
-      // Slot i % d held h_{i−d}, just added to r: free for h_i.
-      if (sub == 0)
-        attention_sublayer_forward(m, o, a, B, T, state.pending(i));
-      else
-        mlp_sublayer_forward(m, o, a, B, T, state.pending(i));
-      m.tp_sums.forward[i % d] = tp_sum_start(m.tp, state.pending(i), NC);
-    }
-  }
+  Walk w{c.begin, c.end, B, T, [&](int i) { return acts_of(m, c, slot, i); },
+         [&](int p) -> void* {
+           const ChunkSegment& g = c.segments[c.segment_of[p - c.begin]];
+           return g.kind == ChunkSegment::kRecomputed && g.begin == p ? act(m, base + g.checkpoint)
+                                                                      : nullptr;
+         },
+         c.last ? WalkEnd::kOpen : WalkEnd::kBoundary};
+  forward_walk(m, state, w);
+  if (c.keeps_injected) be.copy(act(m, base + c.injected_kept), state.injected(), NC);
+  if (!c.last) return 0.0;
   const int e = 2 * c.end;
-  if (!c.last) {  // the boundary state: h_{e−d} added (as sub-layer e would), the rest complete
-    be.vector_add(r, pending_output(e - d), NC);
-    for (int j = e - d + 1; j < e; ++j) pending_output(j);
-    return 0.0;
+  for (int j = std::max(0, e - d); j < e; ++j) {
+    tp_wait(m, m.tp_sums.forward[j % d]);
+    be.vector_add(r, state.pending(j), NC);
   }
-  for (int j = std::max(0, e - d); j < e; ++j) be.vector_add(r, pending_output(j), NC);
-  be.copy(act(m, slot_base(m, slot) + c.final_input), r, NC);
+  be.copy(act(m, base + c.final_input), r, NC);
   return head_forward(m, c, slot, targets, N, loss_grad_scale) / N;
 }
 
@@ -175,6 +237,139 @@ void backward_weights(Model& m, const ModelChunk& c, int slot, int N,
   if (c.first) report(m.embedding_range);
 }
 
+// What the backward of one chunk shares across its segments.
+struct BackwardRun {
+  Model& m;
+  const ModelChunk& c;
+  int slot, B, T;
+  BoundaryState grad_state;  // the gradient of the state at the end of what is still to do
+  bool defer;                // BackwardPart::kInput
+  std::function<void(const ShardRange&)> report;
+};
+
+// Backward of positions [a, b) of the chunk, whose activations `acts` gives, from the gradient
+// of the state at b in run.grad_state to that of the state at a. Sub-layer i's output h_i
+// joined the stream right before sub-layer i + d, so its gradient is dr once sub-layer i + d is
+// finished; for i + d ≥ 2b that was done before (a later segment, or the next chunk, whose
+// gradient arrived in the boundary). Sub-layer i's own input-gradient all-reduce is started after
+// its compute and waited on only when sub-layer i − d begins: with the ladder (d = 2) it runs
+// during sub-layer i − 1's backward. Sub-layers below 2a are earlier: their output gradients are
+// left in the state, with dr.
+void backward_range(BackwardRun& run, int a, int b,
+                    const std::function<SublayerActs(int)>& acts) {
+  Model& m = run.m;
+  const ModelChunk& c = run.c;
+  const kernels::KernelBackend& be = kb(m);
+  const int N = run.B * run.T, d = m.delay, s = 2 * a, e = 2 * b;
+  const BoundaryState& gs = run.grad_state;
+  const size_t NC = gs.NC;
+  void* dr = gs.stream();
+  void* de = gs.injected();
+  auto d_normed_slot = [&](int sublayer) {
+    return act_offset(m, act(m, m.d_normed), (sublayer % d) * NC);
+  };
+  if (b == c.end && c.last)  // reverse of the forward's final additions: every pending output
+    for (int j = std::max(0, e - d); j < e; ++j) be.copy(gs.pending(j), dr, NC);
+  else  // the gradient of the stream, h_{e−d} included: its gradient is dr
+    be.copy(gs.pending(e - d), dr, NC);
+  const int injection = injection_sublayer(m);
+
+  // Completes sub-layer j's backward: waits for its input gradient's tensor-parallel sum, runs
+  // its pre-norm's backward into dr — which then is the gradient of the stream as sub-layer j
+  // read it — and reverses what the forward did to the stream right before sub-layer j.
+  auto finish = [&](int j) {
+    const int p = j / 2;
+    const LayerOffsets& o = m.layers[m.unrolled[p]];
+    const SublayerActs act_j = acts(j);
+    tp_wait(m, m.tp_sums.backward[j % d]);
+    if (j % 2 == 0)
+      norm_backward(m, o.norm1_w, o.norm1_b, act_j, N, d_normed_slot(j), dr);
+    else
+      norm_backward(m, o.norm2_w, o.norm2_b, act_j, N, d_normed_slot(j), dr);
+    if (j == injection) be.vector_add(dr, de, NC);  // reverse of e = r
+    if (j % 2 != 0) return;
+    if (m.config.input_injection() && p != m.loop_begin && starts_loop_iteration(m, p))
+      be.vector_add(de, dr, NC);  // reverse of r += e
+    const int u = m.unrolled[p];
+    // A unique layer's gradients are final after the backward of its first application here.
+    if (m.first_use[u] == p) run.report(m.layer_ranges[u]);
+  };
+
+  for (int i = e - 1; i >= s - d; --i) {
+    if (i + d < e) finish(i + d);
+    if (i < 0) continue;
+    if (i + d < e) be.copy(gs.pending(i), dr, NC);
+    if (i < s) continue;
+    const LayerOffsets& o = m.layers[m.unrolled[i / 2]];
+    const SublayerActs act_i = acts(i);
+    if (i % 2 == 0)
+      attention_sublayer_backward(m, o, act_i, run.B, run.T, gs.pending(i), d_normed_slot(i),
+                                  run.defer);
+    else
+      mlp_sublayer_backward(m, o, act_i, run.B, run.T, gs.pending(i), d_normed_slot(i),
+                            run.defer);
+    m.tp_sums.backward[i % d] = tp_sum_start(m.tp, d_normed_slot(i), NC);
+  }
+}
+
+// Copies the boundary state at position p kept in `checkpoint` into `live`.
+void restore(Model& m, const void* checkpoint, int p, const BoundaryState& live) {
+  const kernels::KernelBackend& be = kb(m);
+  be.copy(live.stream(), checkpoint, live.NC);
+  for (int j = std::max(0, 2 * p - m.delay + 1); j < 2 * p; ++j)
+    be.copy(live.pending(j), checkpoint_tensor(m, const_cast<void*>(checkpoint), p, j, live.NC),
+            live.NC);
+}
+
+// A recomputed segment's backward: its forward again from the state its slot kept, then its
+// backward. One unit runs through the workspace at once; with several (kSqrt) the segment runs
+// first to keep each unit's start state, then each unit again just before its backward.
+void recompute_backward(BackwardRun& run, int chunk, const ChunkSegment& g) {
+  Model& m = run.m;
+  const ModelChunk& c = run.c;
+  TraceSpan span(m.trace, "R", "recompute", -1, chunk);
+  const BoundaryState live{act(m, m.recompute_state), run.grad_state.NC, m.delay,
+                           kb(m).activation_bytes()};
+  restore(m, act(m, slot_base(m, run.slot) + g.checkpoint), g.begin, live);
+  if (boundary_carries_injected(m, 2 * g.begin))
+    kb(m).copy(live.injected(), act(m, slot_base(m, run.slot) + c.injected_kept), live.NC);
+  auto work = [&m, &c](int i) { return m.work_acts[i - 2 * c.unit_of[i / 2 - c.begin]]; };
+  const int units = static_cast<int>(g.units.size());
+  auto inner = [&m](int k) { return act(m, m.inner_checkpoints + k * m.checkpoint_floats); };
+  if (units > 1)  // up to the last unit's start, which `live` then holds
+    forward_walk(m, live, {g.begin, g.units.back(), run.B, run.T, work,
+                           [&](int p) -> void* {
+                             const auto at = std::find(g.units.begin(), g.units.end(), p);
+                             return at == g.units.end() ? nullptr : inner(at - g.units.begin());
+                           },
+                           WalkEnd::kBoundary});
+  for (int k = units - 1; k >= 0; --k) {
+    const int begin = g.units[k], end = k + 1 < units ? g.units[k + 1] : g.end;
+    if (k < units - 1) restore(m, inner(k), begin, live);
+    forward_walk(m, live, {begin, end, run.B, run.T, work, {}, WalkEnd::kDiscard});
+    backward_range(run, begin, end, work);
+  }
+}
+
+// Iterations before model.backprop_loops' cut: their final state is a constant, so the state at
+// their start gets no gradient through them — except through e where they take it (the
+// injection sub-layer: e = r there, so e's gradient flows on into the stream and the output
+// still pending). Their layers' ranges are reported here if no later position used them.
+void no_grad_backward(BackwardRun& run, const ChunkSegment& g) {
+  Model& m = run.m;
+  const kernels::KernelBackend& be = kb(m);
+  const BoundaryState& gs = run.grad_state;
+  const int injection = injection_sublayer(m);
+  if (injection >= 2 * g.begin && injection < 2 * g.end)
+    be.copy(gs.stream(), gs.injected(), gs.NC);
+  else
+    be.zero(gs.stream(), gs.NC);
+  for (int j = std::max(0, 2 * g.begin - m.delay + 1); j < 2 * g.begin; ++j)
+    be.copy(gs.pending(j), gs.stream(), gs.NC);
+  for (int p = g.end - 1; p >= g.begin; --p)
+    if (m.first_use[m.unrolled[p]] == p) run.report(m.layer_ranges[m.unrolled[p]]);
+}
+
 }  // namespace
 
 void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, int T,
@@ -183,23 +378,19 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
   LOOM_CHECK(part == BackwardPart::kAll || m.split_backward);
   if (part == BackwardPart::kWeight)
     return backward_weights(m, m.chunks[chunk], slot, B * T, on_grads_final);
-  const bool defer = part == BackwardPart::kInput;  // the weight pass reports the ranges
   tp_drain(m.tp_sums);
   const ModelChunk& c = m.chunks[chunk];
   const kernels::KernelBackend& be = kb(m);
-  const int N = B * T, d = m.delay;
-  const BoundaryState grad_state = model_boundary_state(m, boundary, B, T);
-  const size_t NC = grad_state.NC, base = slot_base(m, slot);
-  void* dr = grad_state.stream();
-  void* de = grad_state.injected();
-  auto d_normed_slot = [&](int sublayer) {
-    return act_offset(m, act(m, m.d_normed), (sublayer % d) * NC);
-  };
-  auto report = [&](const ShardRange& r) {
-    if (on_grads_final && !defer && r.size() > 0) on_grads_final(r.begin, r.size());
-  };
-  const int s = 2 * c.begin, e = 2 * c.end;
-  if (m.config.input_injection() && !c.injected_out) be.zero(de, NC);
+  const int N = B * T;
+  const bool defer = part == BackwardPart::kInput;  // the weight pass reports the ranges
+  BackwardRun run{m, c, slot, B, T, model_boundary_state(m, boundary, B, T), defer,
+                  [&](const ShardRange& r) {
+                    if (on_grads_final && !defer && r.size() > 0)
+                      on_grads_final(r.begin, r.size());
+                  }};
+  const size_t NC = run.grad_state.NC, base = slot_base(m, slot);
+  void* dr = run.grad_state.stream();
+  if (m.config.input_injection() && !c.injected_out) be.zero(run.grad_state.injected(), NC);
   if (c.last) {
     be.zero(dr, NC);
     const void* x = act(m, base + c.final_input);
@@ -213,61 +404,21 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
                           stat(m, base + c.rstd_f), N, m.C, act(m, m.norm_scratch));
     // The final norm and the untied LM head (its gradient came from the forward) are done; so
     // is a tied embedding held here only as the head (its look-up runs on another rank).
-    report(m.head_range);
-    if (m.has_wte && m.chunks.front().begin != 0) report(m.embedding_range);
-    // Reverse of the forward's final additions: every still-pending output sees dr.
-    for (int j = std::max(0, e - d); j < e; ++j) be.copy(grad_state.pending(j), dr, NC);
-  } else {
-    // The next chunk sent the gradient of the stream (h_{e−d} included: its gradient is dr) and
-    // of the outputs still pending.
-    be.copy(grad_state.pending(e - d), dr, NC);
+    run.report(m.head_range);
+    if (m.has_wte && m.chunks.front().begin != 0) run.report(m.embedding_range);
   }
-  const int injection = injection_sublayer(m);
-
-  // Completes sub-layer j's backward: waits for its input gradient's tensor-parallel sum, runs
-  // its pre-norm's backward into dr — which then is the gradient of the stream as sub-layer j
-  // read it — and reverses what the forward did to the stream right before sub-layer j.
-  auto finish = [&](int j) {
-    const int p = j / 2;
-    const LayerOffsets& o = m.layers[m.unrolled[p]];
-    const SublayerActs a = acts_in_slot(m, c.acts[j - s], slot);
-    tp_wait(m, m.tp_sums.backward[j % d]);
-    if (j % 2 == 0)
-      norm_backward(m, o.norm1_w, o.norm1_b, a, N, d_normed_slot(j), dr);
-    else
-      norm_backward(m, o.norm2_w, o.norm2_b, a, N, d_normed_slot(j), dr);
-    if (j == injection) be.vector_add(dr, de, NC);  // reverse of e = r
-    if (j % 2 != 0) return;
-    if (m.config.input_injection() && p != m.loop_begin && starts_loop_iteration(m, p))
-      be.vector_add(de, dr, NC);  // reverse of r += e
-    const int u = m.unrolled[p];
-    // A unique layer's gradients are final after the backward of its first application here.
-    if (m.first_use[u] == p) report(m.layer_ranges[u]);
-  };
-
-  // Sub-layer i's output h_i joined the stream right before sub-layer i + d, so its gradient is
-  // dr once sub-layer i + d is finished; for i + d ≥ e that was the next chunk's work, and the
-  // gradient arrived in the boundary. Sub-layer i's own input-gradient all-reduce is started
-  // after its compute and waited on only when sub-layer i − d begins: with the ladder (d = 2)
-  // it runs during sub-layer i − 1's backward. Sub-layers below s are the previous chunk's: their
-  // output gradients leave in the boundary, with dr.
-  for (int i = e - 1; i >= s - d; --i) {
-    if (i + d < e) finish(i + d);
-    if (i < 0) continue;
-    if (i + d < e) be.copy(grad_state.pending(i), dr, NC);
-    if (i < s) continue;
-    const LayerOffsets& o = m.layers[m.unrolled[i / 2]];
-    const SublayerActs a = acts_in_slot(m, c.acts[i - s], slot);
-    if (i % 2 == 0)
-      attention_sublayer_backward(m, o, a, B, T, grad_state.pending(i), d_normed_slot(i), defer);
-    else
-      mlp_sublayer_backward(m, o, a, B, T, grad_state.pending(i), d_normed_slot(i), defer);
-    m.tp_sums.backward[i % d] = tp_sum_start(m.tp, d_normed_slot(i), NC);
-  }
+  for (auto g = c.segments.rbegin(); g != c.segments.rend(); ++g) switch (g->kind) {
+      case ChunkSegment::kKept:
+        backward_range(run, g->begin, g->end,
+                       [&m, &c, slot](int i) { return acts_of(m, c, slot, i); });
+        break;
+      case ChunkSegment::kRecomputed: recompute_backward(run, chunk, *g); break;
+      case ChunkSegment::kNoGrad: no_grad_backward(run, *g); break;
+    }
   if (!c.first) return;
   const int* tokens = m.slot_tokens.data() + static_cast<size_t>(slot) * m.plan_B * m.plan_T;
   embedding_backward(m, dr, tokens, B, T);
-  report(m.embedding_range);
+  run.report(m.embedding_range);
 }
 
 double model_forward(Model& m, const int* inputs, const int* targets, int B, int T,

@@ -39,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "core/config.h"
 #include "core/stage_plan.h"
 #include "core/trace.h"
 #include "kernels/backend.h"
@@ -114,6 +115,23 @@ struct SublayerActs {
   size_t d_mid;     // attention: of qkv (B, T, 3C) after rotary; MLP: of the fc output (B, T, F)
 };
 
+// A run of a chunk's unrolled positions under one rule. Its *units* are the ranges recomputation
+// works in: one prelude or coda layer, or one loop iteration (cut by the chunk's edges).
+//   kKept:       every sub-layer's activations stay in the slot (Recompute::kNone).
+//   kRecomputed: only the boundary state at its start stays in the slot; backward runs its
+//                forward again, unit by unit through the shared workspace, right before its
+//                backward — with more than one unit (kSqrt) first the segment once, keeping each
+//                unit's start state in the shared inner checkpoints.
+//   kNoGrad:     iterations before model.backprop_loops' cut: forward through the workspace,
+//                nothing kept; backward gives them no gradient (their end state is a constant).
+struct ChunkSegment {
+  enum Kind { kKept, kRecomputed, kNoGrad };
+  Kind kind = kKept;
+  int begin = 0, end = 0;       // unrolled positions [begin, end)
+  std::vector<int> units;       // where each unit starts, ascending (units[0] = begin)
+  size_t checkpoint = 0;        // kRecomputed: its start's boundary state, within the slot
+};
+
 // A contiguous range of unrolled positions this rank runs (a pipeline piece), with the layout of
 // its saved activations inside an activation slot.
 struct ModelChunk {
@@ -124,6 +142,12 @@ struct ModelChunk {
   // The boundary state at the chunk's start / end includes e (input injection).
   bool injected_in = false, injected_out = false;
   std::vector<SublayerActs> acts;  // sub-layers 2·begin .. 2·end − 1, offsets within a slot
+                                   // (of kKept segments' sub-layers; the others are unused)
+  std::vector<ChunkSegment> segments;  // covering [begin, end) in order
+  std::vector<int> segment_of;     // per position (from begin): its segment
+  std::vector<int> unit_of;        // per position (from begin): its unit's start position
+  bool keeps_injected = false;     // a recomputed segment needs e: kept once, at injected_kept
+  size_t injected_kept = 0;        // within a slot
   size_t final_input = 0, mean_f = 0, rstd_f = 0, d_normed_f = 0;  // within a slot (last only)
   size_t slot_floats = 0;  // the chunk's saved activations
 };
@@ -142,6 +166,10 @@ struct Model {
   VocabShard vocab;                  // this rank's rows of the (padded) vocabulary
   int delay = 1;                     // 1 standard, 2 ladder
   int unique_layers = 0;             // prelude + block + coda
+  // Iterations of the block the model runs now (model.loops unless model_set_loops changed it),
+  // and the range the arena is planned for.
+  int loops = 0, plan_loops_min = 0, plan_loops_max = 0;
+  Recompute recompute = Recompute::kNone;
   std::vector<int> unrolled;         // unique layer of each unrolled position
   int loop_begin = 0;                // first unrolled position of loop iteration 0
   PipelineStage stage;
@@ -169,6 +197,13 @@ struct Model {
   std::vector<float> arena;
   size_t slot_floats = 0, slots_base = 0, boundary_floats = 0, boundaries_base = 0;
   size_t shared_floats = 0;          // everything else in the arena
+  // Recomputation (shared by every slot): one unit's activations (work_acts, per sub-layer from
+  // the unit's start, absolute offsets), the live state a recomputation runs from (a boundary
+  // buffer's size) and kSqrt's inner checkpoints (inner_capacity of them, checkpoint_floats each:
+  // the stream and delay − 1 pending outputs).
+  std::vector<SublayerActs> work_acts;
+  size_t recompute_state = 0, inner_checkpoints = 0, checkpoint_floats = 0;
+  int inner_capacity = 0;
   std::vector<int> slot_tokens;      // (slots, B, T) inputs of each slot's micro-batch
   size_t normed_f = 0;               // (B, T, C) final norm output (the LM head's input)
   size_t d_normed = 0;               // (delay, B, T, C) partial pre-norm output gradients
@@ -210,7 +245,7 @@ struct ArenaSizes {
   size_t total = 0, slot = 0, boundary = 0, shared = 0;
 };
 ArenaSizes model_arena_sizes(const Model& model, int B, int T, int slots = 1, int boundaries = 1,
-                             bool split_backward = false);
+                             bool split_backward = false, Recompute recompute = Recompute::kNone);
 
 // GPT-2 initialisation from a seeded generator: weights N(0, init_std), output projections
 // N(0, init_std / sqrt(2 · unrolled layers)), biases 0, norm weights 1. Each global tensor is
@@ -223,8 +258,18 @@ void model_init(Model& model, uint64_t seed);
 // `slots` micro-batches' activations in flight and `boundaries` boundary buffers; with
 // split_backward each slot also keeps the output gradients a later weight-gradient pass needs
 // (BackwardPart). Called once; forward and backward then allocate nothing.
+// With `recompute` a slot keeps boundary states instead of activations where the policy says
+// (split_backward needs kNone), and the arena holds one unit's activations for recomputation.
+// Planned for every loop count in [plan_loops_min, plan_loops_max] (model_set_loop_range).
 void model_plan(Model& model, int B, int T, int slots = 1, int boundaries = 1,
-                bool split_backward = false);
+                bool split_backward = false, Recompute recompute = Recompute::kNone);
+
+// Before model_plan: the loop counts the arena must serve (default: model.loops only). The model
+// then runs max_loops until model_set_loops says otherwise.
+void model_set_loop_range(Model& model, int min_loops, int max_loops);
+// The model runs `loops` iterations of the block from now on (a single pipeline stage; after
+// model_plan within the planned range). Parameters are per unique layer, so nothing else changes.
+void model_set_loops(Model& model, int loops);
 
 // The boundary state between two unrolled positions — what a pipeline stage hands on, and what
 // activation recomputation will keep — inside a boundary buffer, for N = B·T tokens. Between

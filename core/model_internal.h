@@ -71,4 +71,14 @@ int injection_sublayer(const Model& m);
 // later loop iteration still adds it.
 bool boundary_carries_injected(const Model& m, int sublayer);
 
+// The unrolled list at model.loops iterations and this rank's chunks with their segments
+// (core/model_layout.cpp).
+void lay_out_chunks(Model& m);
+// Cuts chunk c (begin, end set) into segments under m.recompute and model.backprop_loops, with
+// its units (core/model_segments.cpp).
+void plan_segments(const Model& m, ModelChunk& c);
+// Positions [loop_begin, no_grad_end) are the iterations model.backprop_loops leaves without
+// gradient (none: loop_begin).
+int no_grad_end(const Model& m);
+
 }  // namespace loom::model_detail

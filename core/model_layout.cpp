@@ -70,17 +70,23 @@ struct LayoutBuilder {
   }
 };
 
-// The unrolled list, this rank's chunks and where it first runs each unique layer.
-void lay_out_positions(Model& m) {
+}  // namespace
+
+// The unrolled list at m.loops iterations, this rank's chunks (with their segments under the
+// model's recomputation policy) and where it first runs each unique layer.
+void model_detail::lay_out_chunks(Model& m) {
   const ModelConfig& cfg = m.config;
   const int P = cfg.prelude_layers(), K = cfg.block_layers(), Q = cfg.coda_layers();
+  m.unrolled.clear();
+  m.chunks.clear();
   for (int i = 0; i < P; ++i) m.unrolled.push_back(i);
   m.loop_begin = P;
-  for (int r = 0; r < cfg.loops(); ++r)
+  for (int r = 0; r < m.loops; ++r)
     for (int j = 0; j < K; ++j) m.unrolled.push_back(P + j);
   for (int i = 0; i < Q; ++i) m.unrolled.push_back(P + K + i);
   const int n = static_cast<int>(m.unrolled.size());
-  if (m.stage.plan.bounds.empty()) m.stage.plan = stage_plan_single(cfg);
+  // A single stage runs the whole list, however deep (model_set_loops).
+  if (m.stage.plan.pp == 1 && m.stage.plan.virtual_stages == 1) m.stage.plan = {1, 1, {0, n}};
   LOOM_CHECK(m.stage.plan.positions() == n && m.stage.rank < m.stage.plan.pp);
   m.first_use.assign(m.unique_layers, -1);
   for (int piece : stage_plan_pieces(m.stage.plan, m.stage.rank)) {
@@ -94,9 +100,12 @@ void lay_out_positions(Model& m) {
     c.injected_out = !c.last && boundary_carries_injected(m, 2 * c.end);
     for (int p = c.begin; p < c.end; ++p)
       if (m.first_use[m.unrolled[p]] < 0) m.first_use[m.unrolled[p]] = p;
-    m.chunks.push_back(c);
+    plan_segments(m, c);
+    m.chunks.push_back(std::move(c));
   }
 }
+
+namespace {
 
 // Pipeline ranks that hold a tensor of this role (and unique layer).
 std::vector<int> holders_of(const Model& m, ParamRole role, int layer) {
@@ -166,7 +175,8 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   m.tp_sums.forward.resize(m.delay);
   m.tp_sums.backward.resize(m.delay);
   m.unique_layers = cfg.prelude_layers() + cfg.block_layers() + cfg.coda_layers();
-  lay_out_positions(m);
+  m.loops = m.plan_loops_min = m.plan_loops_max = cfg.loops();
+  lay_out_chunks(m);
 
   LayoutBuilder b{m, [&m](ParamRole role, int layer) { return holders_of(m, role, layer); }};
   // Vocab-parallel: this rank's rows of the padded vocabulary.
@@ -203,7 +213,8 @@ Model model_create(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
 void model_init(Model& m, uint64_t seed) {
   Rng rng{seed};
   const double std_w = m.config.init_std();
-  const double std_proj = std_w / std::sqrt(2.0 * static_cast<double>(m.unrolled.size()));
+  // The configured depth (model.loops), whatever depth the model runs now.
+  const double std_proj = std_w / std::sqrt(2.0 * static_cast<double>(unrolled_layers(m.config)));
   // Every global tensor in global order (the whole model's layout), so the generator's sequence
   // does not depend on which tensors this rank holds.
   const Model whole = model_layout(m.config, m.backend, {m.tp.size, m.tp.rank, nullptr});
@@ -241,29 +252,42 @@ struct ArenaPlan {
   }
 };
 
-// Lays out one slot of `c`: its sub-layers' saved activations (with split backward also their
-// output gradients), and for the last chunk the final norm's input and statistics and the LM
-// head's output gradient. Offsets within the slot.
-void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T, bool split) {
+// One sub-layer's saved activations (with split backward also its output gradients).
+SublayerActs plan_sublayer(const Model& m, ArenaPlan& plan, int sub, int B, int T, bool split) {
   const size_t N = static_cast<size_t>(B) * T, C = m.C, Cl = m.Cl, F = m.Fl, H = m.Hl;
+  SublayerActs a{};
+  a.input = plan.take(N * C);
+  a.normed = plan.take(N * C);
+  a.mean = plan.take(N);
+  a.rstd = plan.take(N);
+  a.hidden = plan.take(N * (sub == 0 ? 3 * Cl : F));
+  a.hidden2 = plan.take(N * (sub == 0 ? Cl : F));
+  if (sub == 0) a.lse = plan.take(B * H * T);
+  if (split) {
+    a.d_out = plan.take(N * C);
+    a.d_mid = plan.take(N * (sub == 0 ? 3 * Cl : F));
+  }
+  return a;
+}
+
+// Lays out one slot of `c`: the saved activations of its kept segments' sub-layers, the boundary
+// state at each recomputed segment's start and e once if one of them needs it, and for the last
+// chunk the final norm's input and statistics and the LM head's output gradient. Offsets within
+// the slot.
+void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T, bool split) {
+  const size_t N = static_cast<size_t>(B) * T, C = m.C;
   ArenaPlan plan;
-  c.acts.clear();
-  for (int p = c.begin; p < c.end; ++p)
-    for (int sub = 0; sub < 2; ++sub) {
-      SublayerActs a{};
-      a.input = plan.take(N * C);
-      a.normed = plan.take(N * C);
-      a.mean = plan.take(N);
-      a.rstd = plan.take(N);
-      a.hidden = plan.take(N * (sub == 0 ? 3 * Cl : F));
-      a.hidden2 = plan.take(N * (sub == 0 ? Cl : F));
-      if (sub == 0) a.lse = plan.take(B * H * T);
-      if (split) {
-        a.d_out = plan.take(N * C);
-        a.d_mid = plan.take(N * (sub == 0 ? 3 * Cl : F));
-      }
-      c.acts.push_back(a);
-    }
+  c.acts.assign(2 * (c.end - c.begin), SublayerActs{});
+  c.keeps_injected = false;
+  for (ChunkSegment& g : c.segments) {
+    if (g.kind == ChunkSegment::kKept)
+      for (int i = 2 * g.begin; i < 2 * g.end; ++i)
+        c.acts[i - 2 * c.begin] = plan_sublayer(m, plan, i % 2, B, T, split);
+    if (g.kind != ChunkSegment::kRecomputed) continue;
+    g.checkpoint = plan.take(m.checkpoint_floats);
+    c.keeps_injected |= boundary_carries_injected(m, 2 * g.begin);
+  }
+  if (c.keeps_injected) c.injected_kept = plan.take(N * C);
   if (c.last) {
     c.final_input = plan.take(N * C);
     c.mean_f = plan.take(N);
@@ -273,21 +297,62 @@ void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T, bool split) {
   c.slot_floats = plan.used;
 }
 
+// What recomputation shares across slots at the current loop count: the largest unit (in
+// positions) and the most units of one recomputed segment.
+struct RecomputeNeeds {
+  int unit_positions = 0, units = 0;
+};
+RecomputeNeeds recompute_needs(const Model& m) {
+  RecomputeNeeds need;
+  for (const ModelChunk& c : m.chunks)
+    for (const ChunkSegment& g : c.segments) {
+      if (g.kind == ChunkSegment::kKept) continue;
+      for (size_t u = 0; u < g.units.size(); ++u) {
+        const int end = u + 1 < g.units.size() ? g.units[u + 1] : g.end;
+        need.unit_positions = std::max(need.unit_positions, end - g.units[u]);
+      }
+      if (g.kind == ChunkSegment::kRecomputed)
+        need.units = std::max(need.units, static_cast<int>(g.units.size()));
+    }
+  return need;
+}
+
 // Lays the arena out for (B, T) into m's offsets; returns its size in floats.
 size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split) {
   const size_t N = static_cast<size_t>(B) * T, C = m.C, Cl = m.Cl, F = m.Fl;
+  const size_t NC = (N * C + 15) / 16 * 16;  // one (B, T, C) tensor, rounded like the slots
   ArenaPlan plan;
+  m.checkpoint_floats = m.delay * NC;  // the stream and delay − 1 pending outputs
+  // The largest slot and recomputation needs over every loop count the model may run.
   m.slot_floats = 0;
-  for (ModelChunk& c : m.chunks) {
-    plan_chunk_slot(m, c, B, T, split);
-    m.slot_floats = std::max(m.slot_floats, c.slot_floats);
+  RecomputeNeeds need;
+  const int running = m.loops;
+  for (int loops = m.plan_loops_min; loops <= m.plan_loops_max; ++loops) {
+    m.loops = loops;
+    lay_out_chunks(m);
+    for (ModelChunk& c : m.chunks) {
+      plan_chunk_slot(m, c, B, T, split);
+      m.slot_floats = std::max(m.slot_floats, c.slot_floats);
+    }
+    const RecomputeNeeds n = recompute_needs(m);
+    need.unit_positions = std::max(need.unit_positions, n.unit_positions);
+    need.units = std::max(need.units, n.units);
   }
+  m.loops = running;
+  lay_out_chunks(m);
+  for (ModelChunk& c : m.chunks) plan_chunk_slot(m, c, B, T, split);
   m.slots = slots;
   m.boundaries = boundaries;
   m.slots_base = plan.take(m.slot_floats * slots);
-  // Stream, `delay` pending outputs, e: (2 + delay) × (B, T, C), each rounded like the slots.
-  m.boundary_floats = (2 + m.delay) * ((N * C + 15) / 16 * 16);
+  // Stream, `delay` pending outputs, e: (2 + delay) × (B, T, C).
+  m.boundary_floats = (2 + m.delay) * NC;
   m.boundaries_base = plan.take(m.boundary_floats * boundaries);
+  m.work_acts.clear();
+  for (int i = 0; i < 2 * need.unit_positions; ++i)
+    m.work_acts.push_back(plan_sublayer(m, plan, i % 2, B, T, false));
+  m.recompute_state = need.unit_positions > 0 ? plan.take(m.boundary_floats) : 0;
+  m.inner_capacity = need.units > 1 ? need.units : 0;
+  m.inner_checkpoints = plan.take(m.checkpoint_floats * m.inner_capacity);
   m.normed_f = plan.take(N * C);
   m.d_normed = plan.take(m.delay * N * C);
   m.d_hidden = plan.take(N * std::max(3 * Cl, F));
@@ -327,18 +392,26 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
 }  // namespace
 
 ArenaSizes model_arena_sizes(const Model& model, int B, int T, int slots, int boundaries,
-                             bool split_backward) {
+                             bool split_backward, Recompute recompute) {
   Model copy = model_layout(model.config, model.backend, model.tp, model.stage, model.sp);
+  copy.loops = model.loops;
+  copy.plan_loops_min = model.plan_loops_min;
+  copy.plan_loops_max = model.plan_loops_max;
+  copy.recompute = recompute;
   const size_t total = plan_arena(copy, B, T, slots, boundaries, split_backward);
   return {total, copy.slot_floats, copy.boundary_floats, copy.shared_floats};
 }
 
-void model_plan(Model& m, int B, int T, int slots, int boundaries, bool split_backward) {
+void model_plan(Model& m, int B, int T, int slots, int boundaries, bool split_backward,
+                Recompute recompute) {
   LOOM_CHECK(m.plan_B == 0);  // planned once
   LOOM_CHECK(T * m.sp.size <= m.max_T && slots >= 1 && boundaries >= 1);
+  // A split backward's weight pass reads the activations recomputation does not keep.
+  LOOM_CHECK(!split_backward || (recompute == Recompute::kNone && m.config.backprop_loops() == 0));
   m.plan_B = B;
   m.plan_T = T;
   m.split_backward = split_backward;
+  m.recompute = recompute;
   m.arena.assign(plan_arena(m, B, T, slots, boundaries, split_backward), 0.0f);
   const int hd = m.C / m.H;
   if (m.sp.size > 1) m.positions = sequence_positions(m.sp.layout, T * m.sp.size, m.sp.size, m.sp.rank);
@@ -353,6 +426,31 @@ void model_plan(Model& m, int B, int T, int slots, int boundaries, bool split_ba
                        m.config.rope_theta(), p.position);
     }
   m.slot_tokens.assign(static_cast<size_t>(slots) * B * T, 0);
+}
+
+void model_set_loop_range(Model& m, int min_loops, int max_loops) {
+  LOOM_CHECK(m.plan_B == 0 && min_loops >= 1 && min_loops <= max_loops);
+  LOOM_CHECK(min_loops == max_loops || m.stage.plan.pieces() == 1);
+  m.plan_loops_min = min_loops;
+  m.plan_loops_max = max_loops;
+  model_set_loops(m, max_loops);
+}
+
+void model_set_loops(Model& m, int loops) {
+  if (loops == m.loops) return;
+  // Pipeline stages cut a fixed unrolled list; a planned arena serves its planned range.
+  LOOM_CHECK(m.stage.plan.pieces() == 1);
+  LOOM_CHECK(m.plan_B == 0 || (loops >= m.plan_loops_min && loops <= m.plan_loops_max));
+  m.loops = loops;
+  lay_out_chunks(m);
+  if (m.plan_B == 0) return;
+  for (ModelChunk& c : m.chunks) {
+    plan_chunk_slot(m, c, m.plan_B, m.plan_T, m.split_backward);
+    LOOM_CHECK(c.slot_floats <= m.slot_floats);
+  }
+  const RecomputeNeeds need = recompute_needs(m);
+  LOOM_CHECK(2 * need.unit_positions <= static_cast<int>(m.work_acts.size()));
+  LOOM_CHECK(need.units <= 1 || need.units <= m.inner_capacity);
 }
 
 size_t model_boundary_count(const Model& m, int chunk, bool at_end, int B, int T) {

@@ -158,7 +158,7 @@ void mlp_sublayer_weights(Model& m, const LayerOffsets& o, const SublayerActs& a
 
 bool starts_loop_iteration(const Model& m, int position) {
   const int block = m.config.block_layers();
-  const int end = m.loop_begin + block * m.config.loops();
+  const int end = m.loop_begin + block * m.loops;
   return position >= m.loop_begin && position < end && (position - m.loop_begin) % block == 0;
 }
 
@@ -175,7 +175,7 @@ bool boundary_carries_injected(const Model& m, int sublayer) {
   if (injection < 0 || injection >= sublayer) return false;
   // A loop iteration after the first that starts at or after this boundary adds e.
   const int block = m.config.block_layers();
-  const int last_start = m.loop_begin + block * (m.config.loops() - 1);
+  const int last_start = m.loop_begin + block * (m.loops - 1);
   return 2 * last_start >= sublayer;
 }
 

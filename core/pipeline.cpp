@@ -5,6 +5,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/loop_sampling.h"
 #include "core/tensor_parallel.h"
 #include "parallel/grad_reducer.h"
 
@@ -342,7 +343,7 @@ void replica_sync_broadcast(const ReplicaSync& sync, float* buffer) {
 
 StageMemory stage_memory(const config::RunConfig& cfg, int rank) {
   const auto& p = cfg.parallel();
-  const Model model = model_layout(cfg.model(), nullptr, {p.tp(), 0, nullptr},
+  Model model = model_layout(cfg.model(), nullptr, {p.tp(), 0, nullptr},
                                    {stage_plan_create(cfg), rank},
                                    {p.sp(), 0, nullptr, sequence_layout(p)});
   const Pipeline pipe = pipeline_create(cfg, nullptr, rank);
@@ -355,8 +356,11 @@ StageMemory stage_memory(const config::RunConfig& cfg, int rank) {
                             : model.num_params);
   out.slots = pipe.slots;
   out.boundaries = pipe.boundaries;
+  const LoopCounts loops = run_loop_counts(cfg);
+  model_set_loop_range(model, loops.min, loops.max);
   out.arena = model_arena_sizes(model, cfg.train().micro_batch(), cfg.train().seq_len() / p.sp(),
-                                pipe.slots, pipe.boundaries, pipe.split_backward);
+                                pipe.slots, pipe.boundaries, pipe.split_backward,
+                                recompute_policy(cfg.train()));
   return out;
 }
 

@@ -16,6 +16,7 @@
 #include "core/config.h"
 #include "core/data.h"
 #include "core/error.h"
+#include "core/loop_sampling.h"
 #include "core/rng.h"
 #include "core/run_dir.h"
 #include "core/sample.h"
@@ -35,12 +36,13 @@ struct BitsPerByte {
   double train = -1, val = -1;
 };
 
-std::string metrics_line(long step, const StepResult& r, float lr, double tokens_per_s,
+std::string metrics_line(long step, int loops, const StepResult& r, float lr, double tokens_per_s,
                          double ms, double val_loss, bool skipped, double activation_bytes,
                          const BitsPerByte& bpb) {
   std::ostringstream out;
   out.precision(8);
-  out << "{\"step\":" << step << ",\"loss\":" << json_number(r.loss) << ",\"lr\":" << lr
+  out << "{\"step\":" << step << ",\"loops\":" << loops << ",\"loss\":" << json_number(r.loss)
+      << ",\"lr\":" << lr
       << ",\"grad_norm\":" << json_number(r.grad_norm) << ",\"tokens_per_s\":" << tokens_per_s
       << ",\"ms_per_step\":" << ms << ",\"comm_wait_ms\":" << r.comm_wait_s * 1000.0;
   if (bpb.train >= 0 || std::isnan(bpb.train)) out << ",\"bpb\":" << json_number(bpb.train);
@@ -153,8 +155,11 @@ void save_checkpoint(Run& run, const CheckpointState& state, const std::string& 
 void set_up_run(Run& run) {
   const config::RunConfig& cfg = run.cfg;
   Model& model = run.model;
+  const LoopCounts loops = run_loop_counts(cfg);
+  model_set_loop_range(model, loops.min, loops.max);
   model_plan(model, cfg.train().micro_batch(), cfg.train().seq_len() / model.sp.size,
-             run.pipe.slots, run.pipe.boundaries, run.pipe.split_backward);
+             run.pipe.slots, run.pipe.boundaries, run.pipe.split_backward,
+             recompute_policy(cfg.train()));
   run.replica_groups = create_replica_groups(model, run.groups);
   run.replicas = replica_sync_create(model, run.replica_groups);
   run.replicas.trace = &run.trace;
@@ -313,11 +318,14 @@ void sample_at_end(Run& run, const std::vector<float>* global_params, uint64_t r
   const std::vector<int> prompt = tokenizer_encode(*tokenizer, l.sample_prompt());
   std::vector<int> out;
   if (!global_params) {
+    model_set_loops(run.model, eval_loops(run.cfg));
     out = sample_tokens(run.model, prompt, tokenizer->end_of_text, l.sample_tokens(), l.sample_temperature(),
                         l.sample_top_k(), sample_rng);
   } else {
     if (run.groups.rank != 0) return;
-    Model whole = model_create(run.cfg.model());
+    config::ModelConfig model_cfg = run.cfg.model();
+    model_cfg.set_loops(eval_loops(run.cfg));
+    Model whole = model_create(model_cfg);
     whole.params = *global_params;
     model_plan(whole, 1, run.cfg.train().seq_len());
     out = sample_tokens(whole, prompt, tokenizer->end_of_text, l.sample_tokens(), l.sample_temperature(),
@@ -467,6 +475,8 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
                   targets.data() + static_cast<size_t>(micro) * B * T, B);
     loader.position = batch_start + global_batch;
     const float lr = learning_rate(cfg.optim(), t.steps(), step);
+    const int loops = draw_loops(cfg, step);
+    model_set_loops(model, loops);
     StepResult result =
         train_step(model, optimizer, run.pipe, cfg, lr, inputs.data(), targets.data(), parallel);
     if (!result.finite) {
@@ -486,6 +496,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
 
     double val_loss = -1.0;
     if (validate && (step % t.eval_interval() == 0 || step == t.steps())) {
+      model_set_loops(model, eval_loops(cfg));
       val_loss = evaluate(model, run.pipe, val_data, t.eval_batches(), t.global_batch(), B, T,
                           {groups.coord.dp, groups.mesh.dp}, dp, groups.pp.get());
       summary.last_val_loss = val_loss;
@@ -506,7 +517,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
         if (val_info && (val_loss >= 0 || std::isnan(val_loss)))
           bpb.val = bits_per_byte(val_loss, val_info->val_tokens(), val_info->val_bytes());
       }
-      metrics << metrics_line(step, result, lr, tokens_per_s, ms, val_loss, !result.finite,
+      metrics << metrics_line(step, loops, result, lr, tokens_per_s, ms, val_loss, !result.finite,
                               activation_peak, bpb)
               << '\n';
       metrics.flush();

@@ -86,7 +86,7 @@ int bench_step(const Args& args) {
   Model model = model_create(cfg.model());
   model_init(model, cfg.train().seed());
   Pipeline pipe = pipeline_single(1);
-  model_plan(model, B, T, pipe.slots, pipe.boundaries);
+  model_plan(model, B, T, pipe.slots, pipe.boundaries, false, recompute_policy(cfg.train()));
   Optimizer optimizer = optimizer_create(model);
   Rng rng{cfg.train().seed()};
   std::vector<int> inputs(static_cast<size_t>(B) * T), targets(inputs.size());

@@ -12,8 +12,10 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/loop_sampling.h"
 #include "core/model.h"
 #include "core/pipeline.h"
+#include "core/run_dir.h"
 #include "core/stage_plan.h"
 #include "kernels/cpu/threads.h"
 #include "launcher/args.h"
@@ -173,6 +175,35 @@ void print_pipeline(const config::RunConfig& cfg, const Mesh& mesh,
   }
 }
 
+// The largest stage's activation arena under each train.recompute policy the layout can run,
+// and the loop counts it is planned for when they vary.
+void print_recompute(const config::RunConfig& cfg, const Mesh& mesh) {
+  std::string line;
+  for (auto policy : {config::TrainConfig::NONE, config::TrainConfig::LOOP_BOUNDARY,
+                      config::TrainConfig::SQRT}) {
+    config::RunConfig with = cfg;
+    with.mutable_train()->set_recompute(policy);
+    try {
+      validate_config(with);
+    } catch (const Error&) {
+      continue;  // e.g. ZERO_BUBBLE_H1 keeps what recomputation would drop
+    }
+    double most = 0;
+    for (int r = 0; r < mesh.pp; ++r) most = std::max(most, 4.0 * stage_memory(with, r).arena.total);
+    line += format("    %-14s %s", config::TrainConfig::Recompute_Name(policy).c_str(),
+                   mib(most).c_str());
+    if (policy == cfg.train().recompute()) line += "  (this run)";
+    line += "\n";
+  }
+  std::printf("  activations by train.recompute%s:\n%s", mesh.pp > 1 ? " (largest stage)" : "",
+              line.c_str());
+  const LoopCounts loops = run_loop_counts(cfg);
+  if (loops.min != loops.max)
+    std::printf("  planned for every loop count from %d to %d (model.loops_sampling, "
+                "train.eval_loops)\n",
+                loops.min, loops.max);
+}
+
 // Memory of every pipeline stage as `loom train` allocates it (core/pipeline.h stage_memory),
 // the largest stage's in the summary lines; with pp > 1 each stage's layers and figures.
 void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
@@ -203,6 +234,7 @@ void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
               threads, threads == 1 ? "" : "s", big.slots, big.slots == 1 ? "" : "es");
   std::printf("  total            %s\n",
               mib(4.0 * (2.0 * big.params + big.optimizer) + activations).c_str());
+  print_recompute(cfg, mesh);
   if (mesh.tp > 1)
     std::printf(
         "  tp %d: QKV, MLP and output matrices and the vocabulary split; norms and\n"

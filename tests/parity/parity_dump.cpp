@@ -43,7 +43,8 @@ int run(int argc, char** argv) {
   loom::Model model = loom::model_create(cfg.model());
   loom::model_init(model, cfg.train().seed());
   loom::Pipeline pipe = loom::pipeline_single(1);
-  loom::model_plan(model, B, T, pipe.slots, pipe.boundaries);
+  loom::model_plan(model, B, T, pipe.slots, pipe.boundaries, false,
+                   loom::recompute_policy(cfg.train()));
   loom::Optimizer optimizer = loom::optimizer_create(model);
   loom::safetensors_write(out + "/init.safetensors", named(model, model.params), {});
 

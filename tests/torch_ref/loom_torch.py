@@ -269,7 +269,14 @@ class LoomModel(nn.Module):
         delay = _RESIDUAL_DELAY[cfg["residual"]]
         pending = []  # sub-layer outputs not yet added to the stream, oldest first
         injected = None
+        # Truncated backprop: the state entering iteration `cut` is a constant (stop-gradient);
+        # the injected prelude output keeps its gradient through the later iterations.
+        kept = int(cfg.get("backprop_loops", 0))
+        cut = cfg["loops"] - kept if 0 < kept < cfg["loops"] else 0
         for layer, iteration, index in self.unrolled_layers():
+            if cut and iteration == cut and index == 0:
+                stream = stream.detach()
+                pending = [p.detach() for p in pending]
             if cfg["input_injection"] and index == 0:
                 if iteration == 0:
                     injected = stream + sum(pending)  # the prelude's output, fixed from here on
