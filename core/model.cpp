@@ -180,6 +180,9 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
   const kernels::KernelBackend& be = kb(m);
   const int N = B * T, d = m.delay;
   const BoundaryState state = model_boundary_state(m, boundary, B, T);
+  // A recomputed last segment leaves its last unit in the workspace, ready for backward.
+  const bool leaves_work = c.segments.back().kind == ChunkSegment::kRecomputed;
+  m.work_slot = m.work_chunk = -1;
   const size_t NC = state.NC, base = slot_base(m, slot);
   void* r = state.stream();
   if (c.first) {
@@ -199,6 +202,10 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
          },
          c.last ? WalkEnd::kOpen : WalkEnd::kBoundary};
   forward_walk(m, state, w);
+  if (leaves_work) {
+    m.work_slot = slot;
+    m.work_chunk = chunk;
+  }
   if (c.keeps_injected) be.copy(act(m, base + c.injected_kept), state.injected(), NC);
   if (!c.last) return 0.0;
   const int e = 2 * c.end;
@@ -323,29 +330,34 @@ void restore(Model& m, const void* checkpoint, int p, const BoundaryState& live)
 
 // A recomputed segment's backward: its forward again from the state its slot kept, then its
 // backward. One unit runs through the workspace at once; with several (kSqrt) the segment runs
-// first to keep each unit's start state, then each unit again just before its backward.
-void recompute_backward(BackwardRun& run, int chunk, const ChunkSegment& g) {
+// first to keep each unit's start state, then each unit again just before its backward. With
+// `last_in_work` the forward's own activations of the last unit are still in the workspace, so
+// that unit is not run again.
+void recompute_backward(BackwardRun& run, int chunk, const ChunkSegment& g, bool last_in_work) {
   Model& m = run.m;
   const ModelChunk& c = run.c;
+  auto work = [&m, &c](int i) { return m.work_acts[i - 2 * c.unit_of[i / 2 - c.begin]]; };
+  const int units = static_cast<int>(g.units.size());
+  if (last_in_work) backward_range(run, g.units.back(), g.end, work);
+  const int top = units - 1 - (last_in_work ? 1 : 0);  // the last unit still to recompute
+  if (top < 0) return;
   TraceSpan span(m.trace, "R", "recompute", -1, chunk);
   const BoundaryState live{act(m, m.recompute_state), run.grad_state.NC, m.delay,
                            kb(m).activation_bytes()};
   restore(m, act(m, slot_base(m, run.slot) + g.checkpoint), g.begin, live);
   if (boundary_carries_injected(m, 2 * g.begin))
     kb(m).copy(live.injected(), act(m, slot_base(m, run.slot) + c.injected_kept), live.NC);
-  auto work = [&m, &c](int i) { return m.work_acts[i - 2 * c.unit_of[i / 2 - c.begin]]; };
-  const int units = static_cast<int>(g.units.size());
   auto inner = [&m](int k) { return act(m, m.inner_checkpoints + k * m.checkpoint_floats); };
-  if (units > 1)  // up to the last unit's start, which `live` then holds
-    forward_walk(m, live, {g.begin, g.units.back(), run.B, run.T, work,
+  if (top > 0)  // up to unit top's start, which `live` then holds
+    forward_walk(m, live, {g.begin, g.units[top], run.B, run.T, work,
                            [&](int p) -> void* {
                              const auto at = std::find(g.units.begin(), g.units.end(), p);
                              return at == g.units.end() ? nullptr : inner(at - g.units.begin());
                            },
                            WalkEnd::kBoundary});
-  for (int k = units - 1; k >= 0; --k) {
+  for (int k = top; k >= 0; --k) {
     const int begin = g.units[k], end = k + 1 < units ? g.units[k + 1] : g.end;
-    if (k < units - 1) restore(m, inner(k), begin, live);
+    if (k < top) restore(m, inner(k), begin, live);
     forward_walk(m, live, {begin, end, run.B, run.T, work, {}, WalkEnd::kDiscard});
     backward_range(run, begin, end, work);
   }
@@ -407,12 +419,17 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
     run.report(m.head_range);
     if (m.has_wte && m.chunks.front().begin != 0) run.report(m.embedding_range);
   }
+  bool last_in_work = m.work_slot == slot && m.work_chunk == chunk;
+  m.work_slot = m.work_chunk = -1;
   for (auto g = c.segments.rbegin(); g != c.segments.rend(); ++g) switch (g->kind) {
       case ChunkSegment::kKept:
         backward_range(run, g->begin, g->end,
                        [&m, &c, slot](int i) { return acts_of(m, c, slot, i); });
         break;
-      case ChunkSegment::kRecomputed: recompute_backward(run, chunk, *g); break;
+      case ChunkSegment::kRecomputed:
+        recompute_backward(run, chunk, *g, last_in_work);
+        last_in_work = false;  // only the chunk's last segment
+        break;
       case ChunkSegment::kNoGrad: no_grad_backward(run, *g); break;
     }
   if (!c.first) return;

@@ -204,6 +204,9 @@ struct Model {
   std::vector<SublayerActs> work_acts;
   size_t recompute_state = 0, inner_checkpoints = 0, checkpoint_floats = 0;
   int inner_capacity = 0;
+  // The (slot, chunk) whose forward left its last unit's activations in the workspace, untouched
+  // since (−1: none): its backward uses them instead of recomputing that unit.
+  int work_slot = -1, work_chunk = -1;
   std::vector<int> slot_tokens;      // (slots, B, T) inputs of each slot's micro-batch
   size_t normed_f = 0;               // (B, T, C) final norm output (the LM head's input)
   size_t d_normed = 0;               // (delay, B, T, C) partial pre-norm output gradients

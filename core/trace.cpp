@@ -29,7 +29,8 @@ struct CategoryStyle {
 constexpr CategoryStyle kCategories[] = {
     {"forward", "#4e79a7"},   {"backward", "#f28e2b"},       {"p2p_wait", "#e15759"},
     {"dp_reduce", "#76b7b2"}, {"replica_reduce", "#59a14f"}, {"tp_wait", "#edc948"},
-    {"optimizer", "#b07aa1"}, {"sp_wait", "#ff9da7"}, {"other", "#bab0ac"},
+    {"optimizer", "#b07aa1"}, {"sp_wait", "#ff9da7"}, {"recompute", "#8cd17d"},
+    {"other", "#bab0ac"},
 };
 constexpr const char* kUnknownColour = "#9c755f";
 

@@ -1,5 +1,7 @@
 #include <algorithm>
 #include <chrono>
+
+#include <sys/resource.h>
 #include <cstdio>
 #include <iostream>
 #include <vector>
@@ -105,15 +107,25 @@ int bench_step(const Args& args) {
   const double flops = model_train_flops_per_token(model, T) * tokens;
   const double gflops = flops / step_s / 1e9;
   const double peak = sgemm_gflops(2048);
+  // The activation arena (what loom plan prints) and the process's peak resident memory.
+  const double arena_mib = pipeline_activation_memory(pipe, model).peak / (1024.0 * 1024.0);
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const double rss_mib = usage.ru_maxrss / 1024.0;  // kilobytes on Linux
+  const std::string recompute = config::TrainConfig::Recompute_Name(cfg.train().recompute());
   if (args.flag("--json")) {
     std::printf("{\"model\":%s,\"batch\":%d,\"seq_len\":%d,\"threads\":%d,\"params\":%zu,"
                 "\"ms_per_step\":%.3f,\"tokens_per_s\":%.1f,\"flops_per_step\":%.6g,"
-                "\"gflops\":%.2f,\"sgemm_peak_gflops\":%.2f}\n",
+                "\"gflops\":%.2f,\"sgemm_peak_gflops\":%.2f,\"recompute\":\"%s\","
+                "\"activation_mib\":%.2f,\"max_rss_mib\":%.1f}\n",
                 model_config_json(cfg.model()).c_str(), B, T, threads, model.num_params,
-                step_s * 1e3, tokens / step_s, flops, gflops, peak);
+                step_s * 1e3, tokens / step_s, flops, gflops, peak, recompute.c_str(), arena_mib,
+                rss_mib);
   } else {
     std::printf("model: %zu parameters, %zu unrolled layers, micro-batch %d × %d tokens, %d threads\n",
                 model.num_params, model.unrolled.size(), B, T, threads);
+    std::printf("activations: %.2f MiB (train.recompute %s); peak resident memory %.1f MiB\n",
+                arena_mib, recompute.c_str(), rss_mib);
     std::printf("step (median of %d): %.1f ms, %.0f tokens/s\n", steps, step_s * 1e3, tokens / step_s);
     std::printf("compute: %.1f GFLOP/s = %.1f%% of sgemm %.1f GFLOP/s (FLOPs/step %.3g)\n", gflops,
                 100.0 * gflops / peak, peak, flops);

@@ -3,6 +3,7 @@
 
 #include "core/checkpoint.h"
 #include "core/config.h"
+#include "core/loop_sampling.h"
 #include "core/model.h"
 #include "core/sample.h"
 #include "core/tokenizer.h"
@@ -15,7 +16,7 @@ namespace loom {
 namespace {
 
 constexpr const char* kHelp = R"(usage: loom sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
-                   [--seed S] [--tokenizer-file FILE]
+                   [--seed S] [--loops N] [--tokenizer-file FILE]
 
 Generates text with the model saved in CHECKPOINT (a runs/.../checkpoints/step_NNNNNNN folder),
 encoding the prompt and decoding with the tokenizer the run was trained on (the run directory's
@@ -28,6 +29,8 @@ data.textproto: bytes or SentencePiece).
   --top-k K           sample among the K most likely tokens; 0 = all
                       (default: the run's logging.sample_top_k)
   --seed S            random seed (default 1)
+  --loops N           run the looped block N times, deeper or shallower than it was trained
+                      (default: the run's train.eval_loops, else model.loops)
   --tokenizer-file F  decode with llm.c's tokenizer file (gpt2_tokenizer.bin), for runs on
                       llm.c's shards; it cannot encode, so no --prompt
 )";
@@ -59,7 +62,8 @@ Tokenizer tokenizer_of_run(const std::string& checkpoint, const config::RunConfi
 int command_sample(int argc, char** argv) {
   const Args args = parse_args("sample", argv, argc,
                                {{"--prompt", false}, {"--tokens", false}, {"--temperature", false},
-                                {"--top-k", false}, {"--seed", false}, {"--tokenizer-file", false}},
+                                {"--top-k", false}, {"--seed", false}, {"--loops", false},
+                                 {"--tokenizer-file", false}},
                                {});
   if (args.flag("--help")) {
     std::cout << kHelp;
@@ -71,7 +75,14 @@ int command_sample(int argc, char** argv) {
   const CheckpointState state = checkpoint_read_state(args.positional[0]);
   validate_config(state.config);
   kernels::cpu::init_threads(state.config.runtime().threads());
-  Model model = model_create(state.config.model());
+  config::ModelConfig model_cfg = state.config.model();
+  const long loops = args.integer("--loops", eval_loops(state.config));
+  const int least = model_cfg.input_injection() ? 2 : 1;
+  if (loops < least || loops > 1000000)
+    throw Error("--loops " + std::to_string(loops) + " is outside [" + std::to_string(least) +
+                ", 1000000]" + (least == 2 ? " (input injection needs 2 iterations)" : ""));
+  model_cfg.set_loops(static_cast<int>(loops));  // the weights are per unique layer
+  Model model = model_create(model_cfg);
   checkpoint_load(args.positional[0], model, nullptr);
   model_plan(model, 1, state.config.train().seq_len());
   const Tokenizer tokenizer = args.has("--tokenizer-file")

@@ -2,7 +2,8 @@
 // into one scalar libm call per element unless -ffast-math is on (glibc declares its vector
 // variants only then), and those calls were a quarter of a small model's step. These inline
 // versions use only arithmetic, rounding and bit operations, so `#pragma omp simd` loops
-// vectorise them.
+// vectorise them (kernels/CMakeLists.txt also compiles them with -fno-trapping-math, without
+// which GCC keeps the clamps and std::floor scalar).
 //
 // exp: x = n·ln2 + r with |r| ≤ ln2/2, exp(r) by its degree-7 Taylor polynomial (truncation
 // error below 6e-9 relative, under float's rounding), 2ⁿ built in the exponent bits. Inputs are
