@@ -216,6 +216,20 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
                   cfg.model().block_layers(), cfg.model().loops(), cfg.model().coda_layers(),
                   model.delay == 2 ? "ladder" : "standard", threads,
                   groups.is_distributed() ? " per rank" : ""));
+  const config::ModelConfig& m = cfg.model();
+  if (cfg.train().recompute() != config::TrainConfig::NONE || m.backprop_loops() > 0 ||
+      m.loops_sampling().kind() != config::LoopsSampling::FIXED) {
+    std::string deep = "train.recompute " + config::TrainConfig::Recompute_Name(cfg.train().recompute());
+    if (m.backprop_loops() > 0)
+      deep += format("; gradient through the last %d loop iterations", m.backprop_loops());
+    if (m.loops_sampling().kind() != config::LoopsSampling::FIXED)
+      deep += format("; each step's loop count drawn %s from [%d, %d], validation at %d",
+                     config::LoopsSampling::Kind_Name(m.loops_sampling().kind()).c_str(),
+                     m.loops_sampling().min(), m.loops_sampling().max(), eval_loops(cfg));
+    log.line(format("deep loops: %s; activation arena %.2f MiB%s", deep.c_str(),
+                    pipeline_activation_memory(run.pipe, model).planned / (1024.0 * 1024.0),
+                    groups.is_distributed() ? " per rank" : ""));
+  }
   if (!groups.is_distributed()) return;
   std::string line = format("mesh: %d ranks = dp %d × pp %d × sp %d × tp %d",
                             groups.mesh.world_size(), groups.mesh.dp, groups.mesh.pp,

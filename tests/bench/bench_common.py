@@ -152,6 +152,13 @@ def step_medians(run_dir, warmup=2):
             statistics.median(r["comm_wait_ms"] for r in rows))
 
 
+def rerun_command(script, write_docs):
+    """The command line that reruns this benchmark from the repository root: its options as
+    given, without --write-docs and its file."""
+    kept = [a for a in sys.argv[3:] if not a.startswith("--write-docs") and a != write_docs]
+    return " ".join([f"python3 tests/bench/{script} build/loom ."] + kept)
+
+
 def replace_section(docs, section, lines):
     """Writes `lines` (a section starting with its `section` heading) into the Markdown file
     docs in place of that section (up to the next "## " heading), or appends it."""

@@ -222,9 +222,8 @@ def main():
         for m in curve:
             print(f"1000 loops step {m['step']}: loss {m['loss']:.4f} ({m['ms_per_step'] / 1000:.1f} s)")
         if docs:
-            command = "python3 tests/bench/deep_loops.py build/loom . " + " ".join(
-                a for a in sys.argv[3:] if not a.startswith("--write-docs") and a != args.write_docs)
-            write_docs(docs, reference, rows, curve, args, command.strip())
+            command = bench_common.rerun_command("deep_loops.py", args.write_docs)
+            write_docs(docs, reference, rows, curve, args, command)
     except bench_common.BenchError as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         sys.exit(1)

@@ -170,10 +170,8 @@ def main():
             args.pp = pp
             rows_by_pp[pp] = measure(loom, args)
         if docs:
-            command = "python3 tests/bench/pipeline_bubble.py build/loom . " + " ".join(
-                a for a in sys.argv[3:] if not a.startswith("--write-docs")
-                and a != args.write_docs)
-            write_docs(docs, loom, rows_by_pp, command.strip())
+            command = bench_common.rerun_command("pipeline_bubble.py", args.write_docs)
+            write_docs(docs, loom, rows_by_pp, command)
     except bench_common.BenchError as e:
         sys.exit(f"pipeline_bubble: {e}")
     finally:

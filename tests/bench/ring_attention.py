@@ -194,9 +194,8 @@ def main():
                   f"(planned {mib:.1f} MiB; activations {activations:.1f} MiB planned, "
                   f"{measured:.1f} MiB measured in one training step)")
         if docs:
-            command = "python3 tests/bench/ring_attention.py build/loom . " + " ".join(
-                a for a in sys.argv[3:] if not a.startswith("--write-docs") and a != args.write_docs)
-            write_docs(docs, rings, memory, args.budget_mib, command.strip())
+            command = bench_common.rerun_command("ring_attention.py", args.write_docs)
+            write_docs(docs, rings, memory, args.budget_mib, command)
     except bench_common.BenchError as e:
         sys.exit(f"ring_attention: {e}")
     finally:

@@ -124,6 +124,16 @@ assert 8 + n + end == len(data)
 PY
 expect_ok sample "$loom" sample run/checkpoints/step_0000008 --prompt "def " --tokens 30
 expect_error sample-missing "no checkpoint at" -- "$loom" sample run/checkpoints/step_9999999
+expect_ok train-deep-loops "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --run-dir run-deep \
+  --set train.steps=3 --set train.recompute=SQRT --set model.loops_sampling.kind=UNIFORM \
+  --set model.loops_sampling.min=2 --set model.loops_sampling.max=6 --set train.eval_loops=8
+grep -q "deep loops: train.recompute SQRT; each step's loop count drawn UNIFORM from \[2, 6\], validation at 8" \
+  run-deep/train.log && pass || fail "train.log does not describe the deep-loop options"
+grep -q '"loops":' run-deep/metrics.jsonl && grep -q '"val_loss"' run-deep/metrics.jsonl && pass ||
+  fail "metrics.jsonl of the deep-loop run lacks loops or val_loss"
+expect_ok sample-deeper "$loom" sample run/checkpoints/step_0000008 --prompt "def " --tokens 10 --loops 9
+expect_error sample-loops "--loops 1 is outside [2, 1000000] (input injection needs 2 iterations)" -- \
+  "$loom" sample run/checkpoints/step_0000008 --loops 1
 
 # --- bits per byte: at byte level, the loss in bits ---
 /usr/bin/python3 - run/metrics.jsonl <<'PY' && pass || fail "byte-level bpb is not loss / ln 2"
@@ -223,6 +233,11 @@ expect_error pipeline-layout-sum "sums to 5 but the model has 10 unrolled layers
 expect_error pipeline-virtual-stages "parallel.virtual_stages (2) applies to INTERLEAVED_1F1B only" -- "$loom" train "$src/configs/default.textproto" --set parallel.pp=2 --set train.micro_batch=4 --set parallel.virtual_stages=2
 expect_error bench-step-parallel "bench step times one process" -- "$loom" bench step "$src/configs/default.textproto" --set parallel.tp=2
 expect_error parallel-divide "multiple of train.micro_batch × parallel.dp" -- "$loom" train "$src/configs/default.textproto" --set parallel.dp=3
+expect_error recompute-zero-bubble "train.recompute SQRT cannot run with parallel.pipeline_schedule ZERO_BUBBLE_H1" -- "$loom" train "$src/configs/default.textproto" --set parallel.pp=2 --set train.micro_batch=4 --set parallel.pipeline_schedule=ZERO_BUBBLE_H1 --set train.recompute=SQRT
+expect_error backprop-loops "model.backprop_loops (5) must be in [0, 4]" -- "$loom" train "$src/configs/default.textproto" --set model.backprop_loops=5
+expect_error loops-sampling-pp "model.loops_sampling needs parallel.pp = 1" -- "$loom" train "$src/configs/default.textproto" --set model.loops_sampling.kind=UNIFORM --set model.loops_sampling.min=2 --set model.loops_sampling.max=6 --set parallel.pp=2 --set train.micro_batch=4
+expect_error loops-sampling-fixed "kind is FIXED" -- "$loom" train "$src/configs/default.textproto" --set model.loops_sampling.max=6
+expect_error loops-sampling-mean "model.loops_sampling.mean (0) must be in [1, max = 8]" -- "$loom" train "$src/configs/default.textproto" --set model.loops_sampling.kind=POISSON_LOGNORMAL --set model.loops_sampling.min=2 --set model.loops_sampling.max=8
 expect_error missing-config "cannot read config" -- "$loom" train nowhere.textproto
 expect_error bad-flag "unknown option --rundir" -- "$loom" train "$src/configs/default.textproto" --rundir x
 expect_error resume-needs-dir "--resume needs --run-dir" -- "$loom" train "$src/configs/default.textproto" --resume
