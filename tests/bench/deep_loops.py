@@ -182,19 +182,41 @@ def write_docs(docs, reference, rows, curve, args, command):
         lines += ["", f"R = 1000 under SQRT: arena {sqrt1000['arena']:.1f} MiB against the 12-layer "
                   f"model's {reference['arena']:.1f} MiB "
                   f"({sqrt1000['arena'] / reference['arena']:.2f}×)."]
-    lines += ["", "![activation memory against R](deep_loops.svg)", ""]
+    # Where NONE did not fit: its time extrapolated from the deepest NONE that ran, per layer.
+    ran = [r for r in rows if r["policy"] == "NONE" and "ms" in r]
+    for R in sorted({r["R"] for r in rows if r["policy"] == "NONE" and r.get("skipped")}):
+        if not ran:
+            break
+        base = max(ran, key=lambda r: r["R"])
+        none_ms = base["ms"] / (2 * base["R"] + 2) * (2 * R + 2)
+        ratios = ", ".join(f"{p} {by[(R, p)]['ms'] / none_ms:.2f}×" for p in POLICIES[1:]
+                           if "ms" in by.get((R, p), {}))
+        lines += ["", f"R = {R} under NONE would need {by[(R, 'NONE')]['planned'] / 1024:.1f} GiB; "
+                  f"its step, extrapolated from R = {base['R']} per unrolled layer, would take about "
+                  f"{none_ms / 1000:.0f} s: {ratios} (estimates)."]
+    lines += ["", "What each policy costs: LOOP_BOUNDARY runs every unit's forward twice (except the "
+              "chunk's last unit, whose activations are still in the workspace when its backward "
+              "starts), about one forward more per step, or less at large R, where NONE's arena no "
+              "longer stays in cache; SQRT also walks each segment up to its last unit once more "
+              "to keep the unit states, close to a second extra forward, for O(√R) memory. Step "
+              "times move by 10–20 % between runs on this shared VM.",
+              "", "![activation memory against R](deep_loops.svg)", ""]
     if curve:
         first, last = curve[0], curve[-1]
+        windows = [curve[i:i + 10] for i in range(0, len(curve), 10)]
         lines += [f"End to end: the R = 1000 model (2002 unrolled layers, the same width) trained "
                   f"{len(curve)} steps under SQRT on byte-level Python source, micro-batch "
                   f"{args.train_shape[0]} × {args.train_shape[1]} tokens (smaller than above so "
                   "that 50 steps take minutes, not hours); activation peak "
                   f"{last['activation_peak_mib']:.1f} MiB; median "
                   f"{sorted(m['ms_per_step'] for m in curve)[len(curve) // 2] / 1000:.1f} s per step.",
-                  "", "| step | " + " | ".join(str(m["step"]) for m in curve[::5] + [last]) + " |",
-                  "|---|" + "---:|" * (len(curve[::5]) + 1),
-                  "| loss | " + " | ".join(f"{m['loss']:.3f}" for m in curve[::5] + [last]) + " |",
-                  "", f"Loss {first['loss']:.3f} → {last['loss']:.3f}.", ""]
+                  "", "Mean training loss (nats per token; each step's loss is one batch of "
+                  f"{args.train_shape[0] * args.train_shape[1]} tokens, so single steps are noisy):",
+                  "", "| steps | " + " | ".join(f"{w[0]['step']}–{w[-1]['step']}" for w in windows) + " |",
+                  "|---|" + "---:|" * len(windows),
+                  "| loss | " + " | ".join(f"{sum(m['loss'] for m in w) / len(w):.3f}"
+                                           for w in windows) + " |",
+                  "", f"First step {first['loss']:.3f}, last {last['loss']:.3f}.", ""]
     with open(os.path.join(os.path.dirname(docs), "deep_loops.svg"), "w") as f:
         f.write(chart_svg(reference, rows))
     bench_common.replace_section(docs, SECTION, lines)
