@@ -38,12 +38,30 @@ uint32_t crc_of(const float* data, size_t n) {
   return static_cast<uint32_t>(crc);
 }
 
+// Writes `bytes` bytes to a new file at `path`; errors say what the system said (no space left
+// on device, read-only file system, ...).
+void write_file(const fs::path& path, const void* data, size_t bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error("cannot write " + path.string() + ": " + std::strerror(errno));
+  const char* at = static_cast<const char*>(data);
+  while (bytes > 0) {
+    const ssize_t n = ::write(fd, at, std::min<size_t>(bytes, size_t{1} << 30));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int error = n < 0 ? errno : EIO;
+      ::close(fd);
+      throw Error("cannot write " + path.string() + ": " + std::strerror(error));
+    }
+    at += n;
+    bytes -= static_cast<size_t>(n);
+  }
+  if (::close(fd) != 0) throw Error("cannot write " + path.string() + ": " + std::strerror(errno));
+}
+
 // Writes one buffer (laid out as the model's parameters) to `file` and describes each tensor.
 void write_buffer(const fs::path& dir, const std::string& file, const Model& model,
                   const std::vector<float>& buffer,
                   google::protobuf::RepeatedPtrField<Meta::Tensor>* entries) {
-  std::ofstream out(dir / file, std::ios::binary | std::ios::trunc);
-  if (!out) throw Error("cannot write " + (dir / file).string() + ": " + std::strerror(errno));
   for (const ParamTensor& t : model.tensors) {
     Meta::Tensor* e = entries->Add();
     e->set_name(t.name);
@@ -56,9 +74,7 @@ void write_buffer(const fs::path& dir, const std::string& file, const Model& mod
     e->set_offset(static_cast<int64_t>(t.offset * sizeof(float)));
     e->set_crc32(crc_of(buffer.data() + t.offset, t.size));
   }
-  out.write(reinterpret_cast<const char*>(buffer.data()),
-            static_cast<std::streamsize>(buffer.size() * sizeof(float)));
-  if (!out.flush()) throw Error("writing " + (dir / file).string() + " failed");
+  write_file(dir / file, buffer.data(), buffer.size() * sizeof(float));
 }
 
 // Reads every tensor of the model (this pipeline rank's) from `entries` (all global tensors, in
@@ -160,6 +176,29 @@ CheckpointState state_of(const Meta& meta) {
   return state;
 }
 
+// The checkpoint's files, synced, in `dir`.
+void write_checkpoint_files(const fs::path& dir, const CheckpointState& state, const Model& model,
+                            const Optimizer& optimizer) {
+  Meta meta;
+  meta.set_step(state.step);
+  meta.set_data_position(state.data_position);
+  meta.set_rng_state(state.rng_state);
+  meta.set_tokens_seen(state.tokens_seen);
+  *meta.mutable_config() = resolve_defaults(state.config);
+  LOOM_CHECK(optimizer.m.size() == model.num_params);  // ZeRO shards are gathered first
+  LOOM_CHECK(model.tensors.size() == model.global_tensors);  // the whole model
+  meta.set_optimizer_step(optimizer.step);
+  write_buffer(dir, "params.bin", model, model.params, meta.mutable_params());
+  write_buffer(dir, "adam_m.bin", model, optimizer.m, meta.mutable_adam_m());
+  write_buffer(dir, "adam_v.bin", model, optimizer.v, meta.mutable_adam_v());
+  std::string text;
+  google::protobuf::TextFormat::PrintToString(meta, &text);
+  write_file(dir / kMetaFile, text.data(), text.size());
+  for (const char* file : {"params.bin", "adam_m.bin", "adam_v.bin", kMetaFile})
+    sync_path(dir / file);
+  sync_path(dir);
+}
+
 }  // namespace
 
 std::string checkpoint_save(const std::string& checkpoints_dir, const CheckpointState& state,
@@ -172,30 +211,15 @@ std::string checkpoint_save(const std::string& checkpoints_dir, const Checkpoint
   if (fs::is_directory(checkpoints_dir, ec))
     for (const auto& entry : fs::directory_iterator(checkpoints_dir))
       if (entry.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(entry.path());
-  fs::create_directories(tmp_dir);
-
-  Meta meta;
-  meta.set_step(state.step);
-  meta.set_data_position(state.data_position);
-  meta.set_rng_state(state.rng_state);
-  meta.set_tokens_seen(state.tokens_seen);
-  *meta.mutable_config() = resolve_defaults(state.config);
-  LOOM_CHECK(optimizer.m.size() == model.num_params);  // ZeRO shards are gathered first
-  LOOM_CHECK(model.tensors.size() == model.global_tensors);  // the whole model
-  meta.set_optimizer_step(optimizer.step);
-  write_buffer(tmp_dir, "params.bin", model, model.params, meta.mutable_params());
-  write_buffer(tmp_dir, "adam_m.bin", model, optimizer.m, meta.mutable_adam_m());
-  write_buffer(tmp_dir, "adam_v.bin", model, optimizer.v, meta.mutable_adam_v());
-  std::string text;
-  google::protobuf::TextFormat::PrintToString(meta, &text);
-  {
-    std::ofstream out(tmp_dir / kMetaFile, std::ios::trunc);
-    out << text;
-    if (!out.flush()) throw Error("writing " + (tmp_dir / kMetaFile).string() + " failed");
+  fs::create_directories(tmp_dir, ec);
+  if (ec) throw Error("cannot create " + tmp_dir.string() + ": " + ec.message());
+  try {
+    write_checkpoint_files(tmp_dir, state, model, optimizer);
+  } catch (...) {
+    fs::remove_all(tmp_dir, ec);  // a failed save leaves nothing behind to fill the disk
+    throw;
   }
-  for (const char* file : {"params.bin", "adam_m.bin", "adam_v.bin", kMetaFile})
-    sync_path(tmp_dir / file);
-  sync_path(tmp_dir);
+
   // A checkpoint of the same step (a re-save) is replaced only once the new one is complete.
   const fs::path old_dir = fs::path(checkpoints_dir) / (".old-" + final_dir.filename().string());
   fs::remove_all(old_dir);

@@ -10,7 +10,10 @@
 #include <cstring>
 #include <cstdlib>
 #include <fstream>
+#include <filesystem>
 #include <sstream>
+#include <thread>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/pipeline.h"
@@ -77,12 +80,37 @@ class Collector : public pb::io::ErrorCollector {
   std::string errors_;
 };
 
+// A config is a regular file of at most this many bytes (a directory, a device or /proc file is
+// refused before anything is read from it).
+constexpr uintmax_t kMaxConfigBytes = 1 << 20;
+
 std::string read_file(const std::string& path) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec) throw Error("cannot read config " + path + ": " + ec.message());
+  if (!std::filesystem::is_regular_file(status))
+    throw Error("config " + path + " is not a regular file (a " +
+                (std::filesystem::is_directory(status) ? std::string("directory")
+                                                       : std::string("device or special file")) +
+                "); name a .textproto file");
+  const uintmax_t size = std::filesystem::file_size(path, ec);
+  if (ec) throw Error("cannot read config " + path + ": " + ec.message());
+  if (size > kMaxConfigBytes)
+    throw Error("config " + path + " is " + std::to_string(size) + " bytes; a config is at most " +
+                std::to_string(kMaxConfigBytes) + " (is it the right file?)");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error("cannot read config " + path + ": " + std::strerror(errno));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
+  std::string text(kMaxConfigBytes + 1, '\0');
+  errno = 0;
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  if (in.bad())
+    throw Error("cannot read config " + path + ": " +
+                (errno != 0 ? std::strerror(errno) : "read error"));
+  text.resize(static_cast<size_t>(in.gcount()));
+  if (text.size() > kMaxConfigBytes)
+    throw Error("config " + path + " grew past " + std::to_string(kMaxConfigBytes) +
+                " bytes while it was read");
+  return text;
 }
 
 template <typename T>
@@ -225,6 +253,55 @@ void apply_override(config::RunConfig& cfg, const std::string& assignment) {
 
 namespace {
 
+// Upper bounds far beyond any model this code can train, so that no size product overflows an
+// int (or a size_t) before the memory check can name what is too big.
+void check_sizes(const config::RunConfig& cfg) {
+  const auto& m = cfg.model();
+  const auto& t = cfg.train();
+  for (auto [name, value, most] :
+       {std::tuple{"model.d_model", static_cast<long>(m.d_model()), 1L << 16},
+        {"model.n_heads", m.n_heads(), 1L << 12},
+        {"model.d_mlp", m.d_mlp(), 1L << 18},
+        {"model.max_seq_len", m.max_seq_len(), 1L << 24},
+        {"model.prelude_layers", m.prelude_layers(), 1L << 12},
+        {"model.block_layers", m.block_layers(), 1L << 12},
+        {"model.coda_layers", m.coda_layers(), 1L << 12},
+        {"model.loops", m.loops(), 1L << 20},
+        {"model.loops_sampling.max", m.loops_sampling().max(), 1L << 20},
+        {"model.lm_head_chunk", m.lm_head_chunk(), 1L << 24},
+        {"train.micro_batch", t.micro_batch(), 1L << 20},
+        {"train.global_batch", t.global_batch(), 1L << 30},
+        {"train.seq_len", t.seq_len(), 1L << 24},
+        {"train.eval_loops", t.eval_loops(), 1L << 20},
+        {"train.eval_batches", t.eval_batches(), 1L << 24},
+        {"runtime.threads", cfg.runtime().threads(), 1L << 12}})
+    require(value <= most, std::string(name) + " (" + std::to_string(value) +
+                               ") is larger than loom accepts (at most " +
+                               std::to_string(most) + ")");
+  const long positions = static_cast<long>(m.prelude_layers()) + m.coda_layers() +
+                         static_cast<long>(m.block_layers()) *
+                             std::max(m.loops(), m.loops_sampling().max());
+  require(positions <= (1L << 22),
+          "the model unrolls to " + std::to_string(positions) +
+              " layers (prelude_layers + block_layers × loops + coda_layers), more than loom "
+              "accepts (4194304)");
+  const auto& o = cfg.optim();
+  for (auto [name, value] :
+       {std::pair{"optim.lr", static_cast<double>(o.lr())}, {"optim.beta1", o.beta1()},
+        {"optim.beta2", o.beta2()}, {"optim.eps", o.eps()},
+        {"optim.weight_decay", o.weight_decay()}, {"optim.lr_min_ratio", o.lr_min_ratio()},
+        {"train.grad_clip", t.grad_clip()}, {"model.init_std", m.init_std()},
+        {"model.norm_eps", m.norm_eps()}, {"model.rope_theta", m.rope_theta()},
+        {"model.loops_sampling.mean", m.loops_sampling().mean()},
+        {"model.loops_sampling.sigma", m.loops_sampling().sigma()},
+        {"logging.sample_temperature", cfg.logging().sample_temperature()}})
+    require(std::isfinite(value), std::string(name) + " must be a finite number (got " +
+                                      std::to_string(value) + ")");
+  const long tokens = static_cast<long>(t.micro_batch()) * t.seq_len();
+  require(tokens <= (1L << 26), "train.micro_batch × train.seq_len (" + std::to_string(tokens) +
+                                    " tokens) is larger than loom accepts (67108864)");
+}
+
 // The loop-count options: truncated backprop, sampling, evaluation depth and recomputation.
 void validate_loops(const config::RunConfig& cfg) {
   const auto& m = cfg.model();
@@ -278,6 +355,7 @@ void validate_config(const config::RunConfig& cfg) {
   const auto& t = cfg.train();
   const auto& o = cfg.optim();
   const auto& p = cfg.parallel();
+  check_sizes(cfg);
   require(m.vocab_size() >= 2 && m.vocab_size() <= 65536,
           "model.vocab_size (" + num(m.vocab_size()) +
               ") must be in [2, 65536]: shard tokens are uint16");
@@ -336,6 +414,10 @@ void validate_config(const config::RunConfig& cfg) {
           "logging.sample_temperature must not be negative");
   require(cfg.logging().sample_top_k() >= 0, "logging.sample_top_k must not be negative");
   require(cfg.runtime().threads() >= 0, "runtime.threads must not be negative (0 = all cores)");
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  require(cfg.runtime().threads() <= 4 * cores,
+          "runtime.threads (" + num(cfg.runtime().threads()) + ") is more than 4× this machine's " +
+              num(cores) + " cores; use 0 for one thread per core");
   require(cfg.runtime().device() == config::RuntimeConfig::CPU,
           "runtime.device CUDA is not available yet: this build trains on the CPU only "
           "(set runtime.device=CPU)");

@@ -261,7 +261,7 @@ Tokenizer prepare_tokenizer(const PrepareOptions& o, const std::vector<std::stri
 
 PrepareResult prepare_text(const PrepareOptions& o) {
   if (o.inputs.empty()) throw Error("prepare: no --input given");
-  if (o.val_fraction < 0 || o.val_fraction >= 1)
+  if (!(o.val_fraction >= 0 && o.val_fraction < 1))  // NaN too
     throw Error("prepare: --val-fraction must be in [0, 1), got " + std::to_string(o.val_fraction));
   if (o.shard_tokens <= 0) throw Error("prepare: --shard-tokens must be positive");
   if (o.tokenizer == config::DataInfo::SENTENCEPIECE && o.tokenizer_model.empty()) {

@@ -323,11 +323,14 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
   const size_t NC = (N * C + 15) / 16 * 16;  // one (B, T, C) tensor, rounded like the slots
   ArenaPlan plan;
   m.checkpoint_floats = m.delay * NC;  // the stream and delay − 1 pending outputs
-  // The largest slot and recomputation needs over every loop count the model may run.
+  // The largest slot and recomputation needs over every loop count the model may run. Each grows
+  // with the loop count under every policy (more iterations keep more; SQRT's ⌈R/⌈√R⌉⌉
+  // segments and ⌈√R⌉ units per segment never shrink as R grows), so the range's ends decide;
+  // model_set_loops checks it.
   m.slot_floats = 0;
   RecomputeNeeds need;
   const int running = m.loops;
-  for (int loops = m.plan_loops_min; loops <= m.plan_loops_max; ++loops) {
+  for (int loops : {m.plan_loops_min, m.plan_loops_max}) {
     m.loops = loops;
     lay_out_chunks(m);
     for (ModelChunk& c : m.chunks) {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <fstream>
 
 #include "core/config.h"
 #include "core/error.h"
@@ -362,6 +364,49 @@ StageMemory stage_memory(const config::RunConfig& cfg, int rank) {
                                 pipe.slots, pipe.boundaries, pipe.split_backward,
                                 recompute_policy(cfg.train()));
   return out;
+}
+
+namespace {
+
+std::string gib(double bytes) {
+  char out[32];
+  std::snprintf(out, sizeof(out), "%.1f GiB", bytes / (1024.0 * 1024.0 * 1024.0));
+  return out;
+}
+
+}  // namespace
+
+std::string memory_problem(const config::RunConfig& cfg, int ranks, double available) {
+  StageMemory most;
+  double most_bytes = -1;
+  for (int r = 0; r < cfg.parallel().pp(); ++r) {
+    const StageMemory s = stage_memory(cfg, r);
+    const double bytes = 4.0 * (2.0 * s.params + s.optimizer + s.arena.total);
+    if (bytes > most_bytes) {
+      most = s;
+      most_bytes = bytes;
+    }
+  }
+  if (available <= 0 || most_bytes * ranks <= available) return "";
+  return "this layout needs " + gib(most_bytes) + " per rank × " + std::to_string(ranks) +
+         " rank(s) but this machine has " + gib(available) + " available: parameters and "
+         "gradients " + gib(8.0 * most.params) + " (model.vocab_size, d_model, d_mlp and the "
+         "unique layers: prelude_layers, block_layers, coda_layers; ÷ parallel.tp and pp), AdamW "
+         "state " + gib(4.0 * most.optimizer) + " (as the parameters; ÷ dp with "
+         "parallel.zero_stage=1), activations " + gib(4.0 * most.arena.total) +
+         " (train.micro_batch × train.seq_len × d_model × unrolled layers, loops included; "
+         "train.recompute shrinks them). Shrink the largest, or spread the model over more ranks "
+         "or machines (loom plan shows the layout's memory)";
+}
+
+double host_available_bytes() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  double kib = 0;
+  std::string unit;
+  while (in >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024.0;
+  return 0;
 }
 
 void pipeline_gather_global(const Model& model, const float* stage_global, Communicator& pp,

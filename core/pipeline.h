@@ -134,6 +134,15 @@ struct StageMemory {
 };
 StageMemory stage_memory(const config::RunConfig& cfg, int rank);
 
+// Whether `ranks` ranks of this layout fit in `available` bytes (each rank as its largest
+// stage): empty when they do, else a message giving the need per rank, what it is made of and
+// the config fields each part grows with. loom plan and loom train ask it before anything is
+// allocated.
+std::string memory_problem(const config::RunConfig& cfg, int ranks, double available);
+
+// Memory this host can still give (MemAvailable of /proc/meminfo), in bytes; 0 if unknown.
+double host_available_bytes();
+
 // On the rank holding pipeline coordinate 0: the whole model's global buffer (every tensor at
 // global size, in global order) ← each stage's `stage_global` (model_global_floats(model)
 // floats: its tensors at global size, in its buffer order; model_gather_global's result), each

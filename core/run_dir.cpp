@@ -5,6 +5,13 @@
 #include <functional>
 #include <sstream>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
 #include <google/protobuf/util/message_differencer.h>
 
 #include "core/error.h"
@@ -19,20 +26,62 @@ std::string duration(double seconds) {
                    : format("%ld:%02ld", s / 60, s % 60);
 }
 
-// A run directory that already has results is never overwritten.
-void prepare_run_dir(const fs::path& dir, bool resume) {
+RunDirLock& RunDirLock::operator=(RunDirLock&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) close(fd_);
+    fd_ = std::exchange(other.fd_, -1);
+  }
+  return *this;
+}
+
+RunDirLock::~RunDirLock() {
+  if (fd_ >= 0) close(fd_);
+}
+
+namespace {
+
+// Takes DIR/run.lock (flock: released by the kernel when the process dies) and writes this
+// process's pid into it; a lock another process holds is refused, naming it.
+RunDirLock lock_run_dir(const fs::path& dir) {
+  const fs::path path = dir / "run.lock";
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error("cannot open " + path.string() + ": " + std::strerror(errno));
+  RunDirLock lock(fd);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int error = errno;
+    char pid[32] = {};
+    if (pread(fd, pid, sizeof(pid) - 1, 0) < 0) pid[0] = '\0';
+    if (error == EWOULDBLOCK)
+      throw Error("run directory " + dir.string() + " is in use by another loom train (pid " +
+                  std::string(pid[0] ? pid : "unknown") +
+                  "); wait for it to end, or choose another --run-dir");
+    throw Error("cannot lock " + path.string() + ": " + std::strerror(error));
+  }
+  const std::string me = std::to_string(getpid());
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, me.data(), me.size(), 0) < 0)
+    throw Error("cannot write " + path.string() + ": " + std::strerror(errno));
+  return lock;
+}
+
+}  // namespace
+
+// A run directory that already has results is never overwritten; it is locked before it is
+// looked at, so two runs started at once cannot both pass the check.
+RunDirLock prepare_run_dir(const fs::path& dir, bool resume) {
   std::error_code ec;
   if (resume) {
     if (!fs::is_directory(dir, ec))
       throw Error("--resume: run directory " + dir.string() + " does not exist");
-    return;
+    return lock_run_dir(dir);
   }
+  fs::create_directories(dir, ec);
+  if (ec) throw Error("cannot create run directory " + dir.string() + ": " + ec.message());
+  RunDirLock lock = lock_run_dir(dir);
   if (fs::exists(dir / "metrics.jsonl", ec) || fs::exists(dir / "checkpoints", ec))
     throw Error("run directory " + dir.string() +
                 " already holds a run; pass --resume to continue it, or choose another "
                 "--run-dir");
-  fs::create_directories(dir, ec);
-  if (ec) throw Error("cannot create run directory " + dir.string() + ": " + ec.message());
+  return lock;
 }
 
 // A resumed run must read the same model and the same data stream as the run it continues;
@@ -104,7 +153,9 @@ void truncate_metrics(const fs::path& path, long last_step) {
   {
     std::ofstream out(tmp, std::ios::trunc);
     out << kept;
-    if (!out.flush()) throw Error("cannot rewrite " + path.string() + " (disk full?); it is unchanged");
+    if (!out.flush())
+      throw Error("cannot rewrite " + path.string() + ": " + std::strerror(errno) +
+                  "; it is unchanged");
   }
   fs::rename(tmp, path);
 }

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <utility>
 
 #include "core/checkpoint.h"
 #include "core/model.h"
@@ -56,8 +57,26 @@ std::string format(const char* fmt, auto... args) {
 // "M:SS" or "H:MM:SS".
 std::string duration(double seconds);
 
-// A run directory that already has results is never overwritten (throws loom::Error).
-void prepare_run_dir(const std::filesystem::path& dir, bool resume);
+// An exclusive lock on a run directory (flock on DIR/run.lock), released when this is destroyed
+// or the process ends, however it ends.
+class RunDirLock {
+ public:
+  RunDirLock() = default;
+  explicit RunDirLock(int fd) : fd_(fd) {}
+  RunDirLock(RunDirLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  RunDirLock& operator=(RunDirLock&& other) noexcept;
+  RunDirLock(const RunDirLock&) = delete;
+  RunDirLock& operator=(const RunDirLock&) = delete;
+  ~RunDirLock();
+
+ private:
+  int fd_ = -1;
+};
+
+// Creates (or, with resume, opens) the run directory and locks it for this run: a directory
+// another loom train holds is refused, naming its pid; one that already has results is never
+// overwritten without resume (throws loom::Error).
+RunDirLock prepare_run_dir(const std::filesystem::path& dir, bool resume);
 
 // A resumed run must read the same model and the same data stream as the run it continues;
 // steps, learning rate, logging and checkpointing may change.

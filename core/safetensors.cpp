@@ -77,7 +77,13 @@ void safetensors_write(const std::string& path, const std::vector<NamedTensor>& 
       out.write(reinterpret_cast<const char*>(t.data),
                 static_cast<std::streamsize>(elements * sizeof(float)));
     }
-    if (!out.flush()) throw Error("writing " + tmp + " failed: " + std::strerror(errno));
+    if (!out.flush()) {
+      const int error = errno;
+      out.close();
+      std::error_code ec;
+      std::filesystem::remove(tmp, ec);
+      throw Error("cannot write " + tmp + ": " + std::strerror(error));
+    }
   }
   std::filesystem::rename(tmp, path);
 }

@@ -68,8 +68,7 @@ void write_file_atomically(const std::string& path, const std::string& text) {
     if (!out) throw Error("cannot write trace " + tmp + ": " + std::strerror(errno));
     out << text << "\n";
     if (!out.flush())
-      throw Error("cannot write trace " + tmp + ": " + std::strerror(errno) +
-                  " (is the disk full?)");
+      throw Error("cannot write trace " + tmp + ": " + std::strerror(errno));
   }
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -11,6 +12,8 @@
 #include <optional>
 #include <sstream>
 #include <thread>
+
+#include <unistd.h>
 
 #include "core/checkpoint.h"
 #include "core/config.h"
@@ -376,7 +379,11 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
 
   const auto& t = cfg.train();
   const int B = t.micro_batch(), T = t.seq_len(), accum = grad_accum_steps(cfg);
-  // Data first: a run that cannot start leaves no run directory behind.
+  // Memory, then data, first: a run that cannot start leaves no run directory behind, and a
+  // layout this machine cannot hold is refused before anything is allocated.
+  const std::string too_big =
+      memory_problem(cfg, std::max(1, groups.local_ranks), host_available_bytes());
+  if (!too_big.empty()) throw Error(too_big);
   std::string data_dir, val_dir;
   const std::optional<config::DataInfo> data_info = training_data_info(cfg, &data_dir);
   const std::optional<config::DataInfo> val_info =
@@ -389,9 +396,17 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   if (validate) val_data = dataset_open(cfg.data().val_shards(), T, cfg.model().vocab_size());
 
   const fs::path run_dir = options.run_dir;
-  if (writer) prepare_run_dir(run_dir, options.resume);
+  RunDirLock lock;  // held until train() returns; the kernel releases it if the process dies
+  if (writer) lock = prepare_run_dir(run_dir, options.resume);
   if (writer && data_info) record_data(*data_info, data_dir, run_dir, options.resume);
   const fs::path checkpoints_dir = run_dir / cfg.checkpoint().directory();
+  if (writer) {  // a folder checkpoints cannot be written to is found now, not after training
+    std::error_code ec;
+    fs::create_directories(checkpoints_dir, ec);
+    if (ec || access(checkpoints_dir.c_str(), W_OK) != 0)
+      throw Error("checkpoint.directory " + checkpoints_dir.string() + " cannot be written: " +
+                  (ec ? ec.message() : std::string(std::strerror(errno))));
+  }
   // Ranks that share a node share its cores.
   int threads = cfg.runtime().threads();
   if (threads == 0 && groups.local_ranks > 1)

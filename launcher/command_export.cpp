@@ -1,3 +1,4 @@
+#include <filesystem>
 #include <iostream>
 
 #include "core/checkpoint.h"
@@ -11,23 +12,43 @@
 namespace loom {
 namespace {
 
-constexpr const char* kHelp = R"(usage: loom export CHECKPOINT --safetensors FILE
+constexpr const char* kHelp = R"(usage: loom export CHECKPOINT --safetensors FILE [--force]
 
 Writes the model weights of CHECKPOINT as a safetensors file (F32, loom's tensor names; see
 docs/checkpoint-format.md). The resolved run config is stored in the file's metadata under
-"loom.config".
+"loom.config". The file is written beside FILE and renamed onto it once complete.
+
+  --force   replace FILE if it exists (only a regular file, never inside a checkpoint)
 )";
+
+// FILE may be a new path, or with --force an existing regular file outside any checkpoint.
+void check_target(const std::filesystem::path& path, bool force) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status status = fs::symlink_status(path, ec);
+  const fs::path folder = path.has_parent_path() ? path.parent_path() : fs::path(".");
+  if (fs::exists(folder / "checkpoint.textproto", ec))
+    throw Error("--safetensors " + path.string() + " is inside a checkpoint folder; write it "
+                "elsewhere");
+  if (!fs::exists(status)) return;
+  if (!fs::is_regular_file(status))
+    throw Error("--safetensors " + path.string() + " exists and is not a regular file; name a "
+                "new file");
+  if (!force)
+    throw Error("--safetensors " + path.string() + " exists; pass --force to replace it");
+}
 
 }  // namespace
 
 int command_export(int argc, char** argv) {
-  const Args args = parse_args("export", argv, argc, {{"--safetensors", false}}, {});
+  const Args args = parse_args("export", argv, argc, {{"--safetensors", false}}, {"--force"});
   if (args.flag("--help")) {
     std::cout << kHelp;
     return 0;
   }
   if (args.positional.size() != 1 || !args.has("--safetensors"))
     throw Error("expected CHECKPOINT and --safetensors FILE (see loom export --help)");
+  check_target(args.value("--safetensors", ""), args.flag("--force"));
   const CheckpointState state = checkpoint_read_state(args.positional[0]);
   validate_config(state.config);
   Model model = model_create(state.config.model());

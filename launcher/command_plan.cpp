@@ -358,6 +358,12 @@ int command_plan(int argc, char** argv) {
     print_longest_sequence(cfg, gib);
   }
 
+  // On one machine every rank shares its memory (on several, each node holds its share).
+  const std::string problem = memory_problem(cfg, mesh.world_size(), host_available_bytes());
+  if (!problem.empty()) {
+    std::printf("\nloom train: cannot run this layout on this machine: %s\n", problem.c_str());
+    return 1;
+  }
   std::printf("\nloom train: can run this layout (%d rank%s)\n", mesh.world_size(),
               mesh.world_size() == 1 ? "" : "s");
   return 0;

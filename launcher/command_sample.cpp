@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 
@@ -92,15 +93,19 @@ int command_sample(int argc, char** argv) {
     throw Error("the tokenizer has " + std::to_string(tokenizer.vocab_size) +
                 " ids but the model only " + std::to_string(model.V) +
                 " (model.vocab_size): not the tokenizer this model was trained with");
+  const double temperature =
+      args.number("--temperature", state.config.logging().sample_temperature());
+  if (!(temperature >= 0 && temperature <= 1e6))  // NaN too
+    throw Error("--temperature must be a number ≥ 0 (0: always the most likely token)");
+  const long top_k = args.integer("--top-k", state.config.logging().sample_top_k());
+  if (top_k < 0) throw Error("--top-k must not be negative (0: all tokens)");
   Rng rng{static_cast<uint64_t>(args.integer("--seed", 1))};
   const std::string prompt = args.value("--prompt", "");
   const std::vector<int> prompt_ids = tokenizer_encode(tokenizer, prompt);
   std::vector<int> out =
       sample_tokens(model, prompt_ids, tokenizer.end_of_text,
                     static_cast<int>(tokens),
-                    static_cast<float>(args.number("--temperature",
-                                                   state.config.logging().sample_temperature())),
-                    static_cast<int>(args.integer("--top-k", state.config.logging().sample_top_k())),
+                    static_cast<float>(temperature), static_cast<int>(std::min<long>(top_k, 1 << 30)),
                     rng);
   // Decoded together: a subword tokenizer joins the prompt's last piece and the first new one.
   out.insert(out.begin(), prompt_ids.begin(), prompt_ids.end());

@@ -1,4 +1,5 @@
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -81,9 +82,9 @@ int command_trace(int argc, char** argv) {
 
   const std::string out_path = args.value("--svg", "");
   std::ofstream out(out_path, std::ios::binary | std::ios::trunc);
-  if (!out) throw Error("cannot write " + out_path + ": check that its folder exists");
+  if (!out) throw Error("cannot write " + out_path + ": " + std::strerror(errno));
   out << trace_svg(trace, window);
-  if (!out.flush()) throw Error("cannot write " + out_path + " (is the disk full?)");
+  if (!out.flush()) throw Error("cannot write " + out_path + ": " + std::strerror(errno));
 
   std::printf("%s: %s, %.3f ms; wrote %s\n", path.c_str(), trace_steps_text(window).c_str(),
               (window.to_us - window.from_us) / 1000, out_path.c_str());

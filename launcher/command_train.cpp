@@ -27,6 +27,9 @@ Trains the model CONFIG (a text-format loom.config.RunConfig, see configs/loom.p
   --run-dir DIR  where config.textproto, metrics.jsonl, train.log and checkpoints/ go
                  (default: runs/<config name>-<date>-<time>); never overwritten without --resume
   --resume       continue the run in --run-dir from its newest checkpoint
+  --oversubscribe  start the layout's ranks even when they are more than 8 per core of this
+                 machine (without it such a layout is refused: it would crawl, and thousands
+                 of ranks exhaust memory and process limits)
 
 SIGUSR1 stops the run after the current step with a checkpoint (exit status 75); continue it
 with --resume. Under `loom train`'s own launcher, mpirun or srun, every rank receives it.
@@ -35,6 +38,9 @@ With parallel.dp (× tp × pp × sp) > 1, loom starts that many ranks itself: th
 Slurm allocation, else through mpirun. Started by mpirun or srun directly (mpirun -np N loom train
 CONFIG ...), each process is one rank and takes its rank from MPI; N must equal the layout's size.
 )";
+
+// Ranks per core beyond which loom train refuses to start a layout without --oversubscribe.
+constexpr int kMaxRanksPerCore = 8;
 
 // Exit status of a run stopped early by SIGUSR1 (EX_TEMPFAIL: continue it with --resume).
 constexpr int kExitStopped = 75;
@@ -115,7 +121,7 @@ int train_worker(const config::RunConfig& cfg, const std::string& config_path, c
 
 int command_train(int argc, char** argv) {
   const Args args = parse_args("train", argv, argc, {{"--set", true}, {"--run-dir", false}},
-                               {"--resume"});
+                               {"--resume", "--oversubscribe"});
   if (args.flag("--help")) {
     std::cout << kHelp;
     return 0;
@@ -149,6 +155,15 @@ int command_train(int argc, char** argv) {
   worker_args.insert(worker_args.end(), {"--run-dir", run_dir});
   if (args.flag("--resume")) worker_args.push_back("--resume");
   const LaunchHost host = this_host();
+  if (!env.in_slurm_allocation && mesh.world_size() > kMaxRanksPerCore * host.cores &&
+      !args.flag("--oversubscribe"))
+    throw Error("the layout needs " + std::to_string(mesh.world_size()) +
+                " ranks (parallel.dp × tp × pp × sp) but this machine has " +
+                std::to_string(host.cores) + " cores; more than " +
+                std::to_string(kMaxRanksPerCore) +
+                " ranks per core would crawl and can exhaust memory and process limits. Lower "
+                "the layout, run it in a Slurm allocation, or pass --oversubscribe to start "
+                "them anyway");
   // OpenMP threads of ranks that share cores must sleep, not spin, while they wait (read by
   // each rank's OpenMP runtime at start-up).
   if (mesh.world_size() > host.cores) setenv("OMP_WAIT_POLICY", "PASSIVE", 0);

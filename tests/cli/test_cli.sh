@@ -254,5 +254,62 @@ expect_error no-shards "no shard matches" -- "$loom" train "$src/configs/default
 
 [ ! -e r2 ] && [ ! -e r4 ] && pass || fail "a run that could not start left a run directory"
 
+# --- hostile input: each ends with a message and status 1, nothing started or overwritten ---
+expect_error config-directory "config / is not a regular file (a directory)" -- "$loom" train /
+expect_error config-device "config /dev/zero is not a regular file (a device or special file)" -- "$loom" train /dev/zero
+expect_error config-proc-mem "cannot read config /proc/self/mem: Input/output error" -- "$loom" train /proc/self/mem
+head -c 2000000 /dev/zero | tr '\0' ' ' >huge.textproto
+expect_error config-huge "config huge.textproto is 2000000 bytes; a config is at most 1048576" -- "$loom" train huge.textproto
+expect_error threads-huge "runtime.threads (100000) is larger than loom accepts" -- "$loom" train "$src/configs/default.textproto" --set runtime.threads=100000
+expect_error threads-max "runtime.threads (2147483647) is larger than loom accepts" -- "$loom" train "$src/configs/default.textproto" --set runtime.threads=2147483647
+expect_error loops-huge "model.loops (2147483647) is larger than loom accepts" -- "$loom" train "$src/configs/default.textproto" --set model.loops=2147483647
+expect_error layers-huge "model.block_layers (2147483647) is larger than loom accepts" -- "$loom" train "$src/configs/default.textproto" --set model.block_layers=2147483647
+expect_error lr-inf '"inf" is not a valid number' -- "$loom" train "$src/configs/default.textproto" --set optim.lr=inf
+expect_error too-big-for-memory "parameters and gradients" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" \
+  --set model.d_model=65536 --set model.n_heads=64 --set model.d_mlp=262144 --run-dir r5
+[ ! -e r5 ] && pass || fail "a layout too big for memory left a run directory"
+if "$loom" plan "$src/configs/default.textproto" --set model.d_model=65536 --set model.n_heads=64 \
+     --set model.d_mlp=262144 >plan.txt 2>&1; then fail "loom plan accepted a 3 TiB layout"
+elif grep -qF "cannot run this layout on this machine" plan.txt; then pass
+else fail "loom plan of a 3 TiB layout: $(tail -2 plan.txt)"; fi
+expect_error world-huge "more than 8 ranks per core" -- "$loom" train "$src/configs/default.textproto" --set parallel.dp=100000 --set train.global_batch=1600000
+expect_error checkpoint-dir-unwritable "checkpoint.directory /proc/loom-checkpoints cannot be written" -- \
+  "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set checkpoint.directory=/proc/loom-checkpoints --run-dir r6
+# Two runs into one directory: the second is refused while the first holds it (the first runs
+# until SIGUSR1 stops it with a checkpoint: exit status 75).
+"$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=100000 --run-dir locked >locked.txt 2>&1 &
+first=$!
+sleep 1
+expect_error run-dir-locked "is in use by another loom train (pid" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --run-dir locked
+kill -USR1 "$first"
+wait "$first"
+[ $? -eq 75 ] && pass || fail "the run holding the directory did not stop with 75: $(tail -2 locked.txt)"
+"$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=100000 --resume --run-dir locked >locked.txt 2>&1 &
+first=$!
+sleep 1
+expect_error resume-locked "is in use by another loom train (pid" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=100000 --resume --run-dir locked
+kill -USR1 "$first"
+wait "$first"
+[ $? -eq 75 ] && pass || fail "the resumed run holding the directory did not stop with 75: $(tail -2 locked.txt)"
+# Export never replaces a device, a checkpoint's own file, or an existing file without --force.
+expect_error export-device "--safetensors /dev/full exists and is not a regular file" -- "$loom" export run/checkpoints/step_0000008 --safetensors /dev/full
+[ -c /dev/full ] && pass || fail "/dev/full is no longer a device"
+expect_error export-into-checkpoint "is inside a checkpoint folder" -- "$loom" export run/checkpoints/step_0000008 --safetensors run/checkpoints/step_0000008/params.bin --force
+expect_error export-existing "model.safetensors exists; pass --force" -- "$loom" export run/checkpoints/step_0000008 --safetensors model.safetensors
+expect_ok export-force "$loom" export run/checkpoints/step_0000008 --safetensors model.safetensors --force
+expect_error sample-temperature "--temperature must be a number ≥ 0" -- "$loom" sample run/checkpoints/step_0000008 --temperature nan
+expect_error sample-temperature-negative "--temperature must be a number ≥ 0" -- "$loom" sample run/checkpoints/step_0000008 --temperature -1
+expect_error sample-top-k "--top-k must not be negative" -- "$loom" sample run/checkpoints/step_0000008 --top-k -1
+expect_error prepare-val-fraction "--val-fraction must be in [0, 1), got nan" -- "$loom" prepare --input "$src/core" --output vf --val-fraction nan
+# A full disk: the failed save says why and leaves no partial folder behind (root: a small tmpfs).
+if [ "$(id -u)" -eq 0 ] && mkdir -p full && mount -t tmpfs -o size=2M tmpfs full 2>/dev/null; then
+  expect_error disk-full "No space left on device" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" \
+    --set model.d_model=128 --set model.n_heads=4 --set model.d_mlp=512 --run-dir full/run
+  [ -z "$(ls -A full/run/checkpoints)" ] && pass || fail "a failed save left $(ls -A full/run/checkpoints)"
+  umount full
+else
+  echo "skipped: disk-full case (needs root to mount a small tmpfs)"
+fi
+
 echo "$passes passed, $failures failed"
 [ "$failures" -eq 0 ]
