@@ -298,8 +298,8 @@ void check_sizes(const config::RunConfig& cfg) {
     require(std::isfinite(value), std::string(name) + " must be a finite number (got " +
                                       std::to_string(value) + ")");
   const long tokens = static_cast<long>(t.micro_batch()) * t.seq_len();
-  require(tokens <= (1L << 26), "train.micro_batch × train.seq_len (" + std::to_string(tokens) +
-                                    " tokens) is larger than loom accepts (67108864)");
+  require(tokens <= 2147483647L, "train.micro_batch × train.seq_len (" + std::to_string(tokens) +
+                                    " tokens) is larger than loom accepts (2^31 − 1)");
 }
 
 // The loop-count options: truncated backprop, sampling, evaluation depth and recomputation.

@@ -58,8 +58,15 @@ Shard shard_open(const std::string& path) {
                 " bytes, shorter than its 1024-byte header");
   }
   void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (map == MAP_FAILED) throw Error("cannot map shard " + path + ": " + errno_text());
+  if (map == MAP_FAILED) {
+    const std::string why = errno_text();
+    ::close(fd);
+    throw Error("cannot map shard " + path + ": " + why);
+  }
+  std::shared_ptr<int> file(new int(fd), [](int* f) {
+    ::close(*f);
+    delete f;
+  });
   std::shared_ptr<void> mapping(map, [size](void* p) { ::munmap(p, size); });
 
   const int32_t* header = static_cast<const int32_t*>(map);
@@ -82,6 +89,7 @@ Shard shard_open(const std::string& path) {
   shard.num_tokens = static_cast<size_t>(header[2]);
   shard.tokens = reinterpret_cast<const uint16_t*>(static_cast<const char*>(map) + header_bytes);
   shard.mapping = std::move(mapping);
+  shard.fd = std::move(file);
   return shard;
 }
 
@@ -152,10 +160,35 @@ void dataset_read_sequence(const TokenDataset& data, int64_t index, int* inputs,
   const size_t s = static_cast<size_t>(it - data.first_sequence.begin()) - 1;
   const Shard& shard = data.shards[s];
   const size_t start = static_cast<size_t>(index - data.first_sequence[s]) * data.T;
-  const uint16_t* tokens = shard.tokens + start;  // checked against vocab_size by dataset_open
-  for (int t = 0; t < data.T; ++t) {
-    inputs[t] = tokens[t];
-    targets[t] = tokens[t + 1];
+  // T + 1 tokens from the file, a block at a time; checked again, as the file may have changed.
+  constexpr size_t kBlock = 4096;
+  uint16_t block[kBlock];
+  const size_t count = static_cast<size_t>(data.T) + 1;
+  const off_t first = static_cast<off_t>(kShardHeaderInts * sizeof(int32_t) +
+                                         start * sizeof(uint16_t));
+  for (size_t done = 0; done < count;) {
+    const size_t want = std::min(kBlock, count - done);
+    const ssize_t got = ::pread(*shard.fd, block, want * sizeof(uint16_t),
+                                first + static_cast<off_t>(done * sizeof(uint16_t)));
+    if (got < 0 && errno == EINTR) continue;
+    if (got != static_cast<ssize_t>(want * sizeof(uint16_t)))
+      throw Error("shard " + shard.path + " changed while the run read it: " +
+                  (got < 0 ? "read error: " + errno_text()
+                           : "it is now shorter than when it was opened (truncated?)") +
+                  "; restore it, then --resume from the last checkpoint");
+    for (size_t i = 0; i < want; ++i) {
+      const int token = block[i];
+      if (token >= data.vocab_size)
+        throw Error("shard " + shard.path + " changed while the run read it: token " +
+                    std::to_string(token) + " at position " + std::to_string(start + done + i) +
+                    " is not below model.vocab_size " + std::to_string(data.vocab_size) +
+                    " (it was when the shard was opened); restore it, then --resume from the "
+                    "last checkpoint");
+      const size_t t = done + i;
+      if (t < static_cast<size_t>(data.T)) inputs[t] = token;
+      if (t > 0) targets[t - 1] = token;
+    }
+    done += want;
   }
 }
 

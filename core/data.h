@@ -30,8 +30,11 @@ constexpr int kMaxShardVocabulary = 65536;  // shards store uint16 ids
 struct Shard {
   std::string path;
   size_t num_tokens = 0;
-  const uint16_t* tokens = nullptr;
+  const uint16_t* tokens = nullptr;  // the tokens as they were when opened (validation)
   std::shared_ptr<void> mapping;  // unmaps when the last copy goes
+  // Training reads through the file, not the mapping: a shard truncated or rewritten while a run
+  // reads it is then an error naming it (a mapping would end the process with SIGBUS).
+  std::shared_ptr<int> fd;        // closes when the last copy goes
 };
 
 struct TokenDataset {
@@ -53,7 +56,9 @@ void shard_write(const std::string& path, const std::vector<uint16_t>& tokens);
 // none match, a token is out of range, or no shard holds a sequence of T+1.
 TokenDataset dataset_open(const std::string& pattern, int T, int vocab_size);
 
-// Copies sequence `index` (0 ≤ index < num_sequences) as T inputs and T targets.
+// Copies sequence `index` (0 ≤ index < num_sequences) as T inputs and T targets, read from the
+// shard's file; throws loom::Error naming the shard when it has changed since it was opened
+// (shorter, or a token not below vocab_size).
 void dataset_read_sequence(const TokenDataset& data, int64_t index, int* inputs, int* targets);
 
 struct DataLoader {

@@ -499,9 +499,19 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     // This rank's contiguous part of the global batch, in micro-batches.
     const int64_t batch_start = loader.position;
     loader.position = batch_start + groups.coord.dp * local_sequences;
-    for (int micro = 0; micro < accum; ++micro)
-      loader_next(loader, inputs.data() + static_cast<size_t>(micro) * B * T,
-                  targets.data() + static_cast<size_t>(micro) * B * T, B);
+    try {
+      for (int micro = 0; micro < accum; ++micro)
+        loader_next(loader, inputs.data() + static_cast<size_t>(micro) * B * T,
+                    targets.data() + static_cast<size_t>(micro) * B * T, B);
+    } catch (const Error& e) {
+      // A shard that changed under the run: the state after the last step is sound, so one
+      // process keeps it (ranks of a job cannot all be reached for the collective save).
+      loader.position = batch_start;
+      if (groups.is_distributed() || step == 0) throw;
+      save(false);
+      throw Error(std::string(e.what()) + " (a checkpoint of step " + std::to_string(step) +
+                  " was saved)");
+    }
     loader.position = batch_start + global_batch;
     const float lr = learning_rate(cfg.optim(), t.steps(), step);
     const int loops = draw_loops(cfg, step);

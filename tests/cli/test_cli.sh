@@ -301,6 +301,26 @@ expect_error sample-temperature "--temperature must be a number ≥ 0" -- "$loom
 expect_error sample-temperature-negative "--temperature must be a number ≥ 0" -- "$loom" sample run/checkpoints/step_0000008 --temperature -1
 expect_error sample-top-k "--top-k must not be negative" -- "$loom" sample run/checkpoints/step_0000008 --top-k -1
 expect_error prepare-val-fraction "--val-fraction must be in [0, 1), got nan" -- "$loom" prepare --input "$src/core" --output vf --val-fraction nan
+# A shard truncated, or overwritten with random bytes, while a run reads it: an error naming it,
+# and (one process) a checkpoint of the last sound step.
+for damage in truncate overwrite; do
+  mkdir -p "changing-$damage"
+  cp data/train_000000.bin "changing-$damage/"
+  "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=100000 \
+    --set checkpoint.interval=0 --set train.eval_interval=0 --set logging.sample_tokens=0 \
+    --set "data.train_shards=$tmp/changing-$damage/train_*.bin" --run-dir "run-$damage" >"$damage.txt" 2>&1 &
+  job=$!
+  sleep 1.5
+  shard="changing-$damage/train_000000.bin"
+  if [ "$damage" = truncate ]; then truncate -s 3000 "$shard"
+  else head -c 200000 /dev/urandom | dd of="$shard" bs=1024 seek=1 conv=notrunc status=none; fi
+  wait "$job"
+  rc=$?
+  if [ "$rc" -eq 1 ] && grep -qF "changed while the run read it" "$damage.txt" &&
+     grep -qF "was saved)" "$damage.txt" && [ -n "$(ls "run-$damage/checkpoints")" ]; then pass
+  else fail "shard $damage during a run: exit $rc, $(tail -1 "$damage.txt")"; fi
+done
+
 # A full disk: the failed save says why and leaves no partial folder behind (root: a small tmpfs).
 if [ "$(id -u)" -eq 0 ] && mkdir -p full && mount -t tmpfs -o size=2M tmpfs full 2>/dev/null; then
   expect_error disk-full "No space left on device" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" \
