@@ -163,6 +163,16 @@ Meta read_meta(const std::string& checkpoint_dir) {
   Meta meta;
   if (!google::protobuf::TextFormat::ParseFromString(text.str(), &meta))
     throw Error("checkpoint metadata " + path.string() + " is corrupt (cannot parse it)");
+  if (!meta.has_step() || !meta.has_config() || meta.params_size() == 0)
+    throw Error("checkpoint metadata " + path.string() +
+                " is incomplete (no step, config or tensors: empty or cut short)");
+  // The metadata, not the folder's name, says which step it holds; a folder renamed to a later
+  // step would otherwise shadow the real newest checkpoint.
+  const std::string name = fs::path(checkpoint_dir).lexically_normal().filename().string();
+  if (name.rfind("step_", 0) == 0 && name.find_first_not_of("0123456789", 5) == std::string::npos &&
+      name.size() > 5 && std::stol(name.substr(5)) != static_cast<long>(meta.step()))
+    throw Error("checkpoint " + checkpoint_dir + " holds step " + std::to_string(meta.step()) +
+                ", not the step its name says (renamed?)");
   return meta;
 }
 

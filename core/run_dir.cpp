@@ -112,7 +112,7 @@ void check_resumable(const config::RunConfig& saved, const config::RunConfig& no
 std::string resume_from(const std::string& checkpoints_dir, const config::RunConfig& cfg,
                         Model& model, Optimizer* optimizer, CheckpointState& state, RunLog& log) {
   const std::vector<std::string> saved = checkpoint_list(checkpoints_dir);
-  if (saved.empty()) throw Error("--resume: no complete checkpoint in " + checkpoints_dir);
+  if (saved.empty()) return "";  // stopped before its first checkpoint: the caller starts over
   for (auto it = saved.rbegin(); it != saved.rend(); ++it) {
     const bool last_chance = std::next(it) == saved.rend();
     auto usable = [&](const std::function<void()>& read) {

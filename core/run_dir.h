@@ -84,9 +84,10 @@ void check_resumable(const config::RunConfig& saved, const config::RunConfig& no
                      const std::string& checkpoint);
 
 // Loads the newest usable checkpoint into model (and optimizer, when non-null) and returns its
-// folder. One that cannot be read or fails its checksums (a disk that lost it) falls back to the
-// one before, and says so; a config that does not fit the run is the user's to fix, so it stops
-// the resume.
+// folder ("" when there is none: the run stopped before its first). One that cannot be read,
+// whose metadata is incomplete or names another step, or that fails its checksums (a disk that
+// lost it) falls back to the one before, and says so; a config that does not fit the run is the
+// user's to fix, so it stops the resume.
 std::string resume_from(const std::string& checkpoints_dir, const config::RunConfig& cfg,
                         Model& model, Optimizer* optimizer, CheckpointState& state, RunLog& log);
 

@@ -180,11 +180,17 @@ void set_up_run(Run& run) {
 // Loads the newest usable checkpoint into the run on every rank (the run directory is on a
 // shared file system). It holds global tensors: each rank keeps its tensors and tensor-parallel
 // shards, ZeRO ranks then their shards of the optimizer state.
-CheckpointState resume_run(Run& run, const std::string& checkpoints_dir, RunLog& log) {
+std::optional<CheckpointState> resume_run(Run& run, const std::string& checkpoints_dir,
+                                          RunLog& log) {
   CheckpointState state;
   Optimizer full = run.zero ? optimizer_create(run.model) : Optimizer{};
   const std::string latest = resume_from(checkpoints_dir, run.cfg, run.model,
                                          run.zero ? &full : &run.optimizer, state, log);
+  if (latest.empty()) {  // every rank sees the same (shared) folder
+    log.warn("--resume: no checkpoint in " + checkpoints_dir +
+             " yet (the run stopped before its first); starting it again from step 0");
+    return std::nullopt;
+  }
   if (run.zero) {
     optimizer_scatter(run.optimizer, full.m.data(), run.optimizer.m.data());
     optimizer_scatter(run.optimizer, full.v.data(), run.optimizer.v.data());
@@ -427,11 +433,13 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   RunLog log(run_dir / "train.log", options.quiet, writer,
              groups.is_distributed() ? groups.label() + " " : "");
   if (options.resume) {
-    const CheckpointState state = resume_run(run, checkpoints_dir.string(), log);
-    step = state.step;
-    loader.position = state.data_position;
-    rng.state = state.rng_state;
-    tokens_seen = state.tokens_seen;
+    if (const std::optional<CheckpointState> state =
+            resume_run(run, checkpoints_dir.string(), log)) {
+      step = state->step;
+      loader.position = state->data_position;
+      rng.state = state->rng_state;
+      tokens_seen = state->tokens_seen;
+    }
     if (writer) truncate_metrics(run_dir / "metrics.jsonl", step);
   }
   std::ofstream metrics;

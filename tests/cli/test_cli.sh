@@ -321,6 +321,22 @@ for damage in truncate overwrite; do
   else fail "shard $damage during a run: exit $rc, $(tail -1 "$damage.txt")"; fi
 done
 
+# Checkpoints that lie: empty metadata, a folder renamed to a later step; a run stopped before its
+# first checkpoint resumes from the start.
+expect_ok lying-run "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set checkpoint.interval=2 \
+  --set checkpoint.keep_last=0 --set logging.sample_tokens=0 --run-dir lying
+: >lying/checkpoints/step_0000006/checkpoint.textproto
+mv lying/checkpoints/step_0000002 lying/checkpoints/step_0000010
+expect_ok lying-resume "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set checkpoint.interval=2 \
+  --set checkpoint.keep_last=0 --set logging.sample_tokens=0 --set train.steps=8 --run-dir lying --resume
+grep -qF "holds step 2, not the step its name says" lying/train.log && grep -qF "is incomplete" lying/train.log &&
+  grep -qF "resumed from lying/checkpoints/step_0000004 at step 4" lying/train.log && pass ||
+  fail "resume did not skip the lying checkpoints: $(grep -E 'warning|resumed' lying/train.log)"
+mkdir -p early/checkpoints && echo '{"step":1}' >early/metrics.jsonl
+expect_ok resume-before-first "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --run-dir early --resume
+grep -qF "no checkpoint in early/checkpoints yet" early/train.log && [ "$(wc -l <early/metrics.jsonl)" -eq 6 ] &&
+  pass || fail "a run stopped before its first checkpoint did not start again"
+
 # A full disk: the failed save says why and leaves no partial folder behind (root: a small tmpfs).
 if [ "$(id -u)" -eq 0 ] && mkdir -p full && mount -t tmpfs -o size=2M tmpfs full 2>/dev/null; then
   expect_error disk-full "No space left on device" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" \
