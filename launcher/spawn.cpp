@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <iostream>
 #include <system_error>
 #include <thread>
 
@@ -139,6 +140,9 @@ constexpr int kForwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2
 std::atomic<pid_t> g_child{0};
 std::atomic<unsigned> g_pending{0};
 std::atomic<bool> g_busy{false};
+// The last SIGINT or SIGTERM received (0: none): the job's exit status says it, as a single
+// process's would.
+std::atomic<int> g_stopped_by{0};
 static_assert(std::atomic<pid_t>::is_always_lock_free);
 static_assert(std::atomic<unsigned>::is_always_lock_free);
 
@@ -146,6 +150,7 @@ static_assert(std::atomic<unsigned>::is_always_lock_free);
 // rank themselves (the ranks run in process groups of their own), and mpirun turns a second
 // SIGINT into an immediate abort, so each received signal must reach it exactly once.
 void forward_signal(int sig) {
+  if (sig == SIGINT || sig == SIGTERM) g_stopped_by.store(sig);
   const unsigned bit = 1u << sig;
   pid_t child = g_child.load();
   if (child <= 0) {
@@ -333,9 +338,17 @@ int run_job(const std::vector<std::string>& argv) {
   if (got == static_cast<ssize_t>(sizeof(exec_error)))
     throw Error("cannot start " + argv[0] + " (" + file + "): " + std::strerror(exec_error) + " (" +
                 install_hint(argv[0]) + ")");
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return 1;
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status)
+                   : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
+                                         : 1;
+  // Stopped by Ctrl-C or SIGTERM: say so and end as the signal would (130, 143), not with the
+  // launcher's own failure status.
+  if (const int sig = g_stopped_by.exchange(0); sig != 0 && code != 0) {
+    std::cerr << "loom: stopped by " << (sig == SIGINT ? "SIGINT" : "SIGTERM")
+              << " (passed on to every rank)" << std::endl;
+    return 128 + sig;
+  }
+  return code;
 }
 
 }  // namespace loom

@@ -153,8 +153,9 @@ kill "$watchdog" 2>/dev/null
 elapsed=$((SECONDS - start))
 sleep 1
 left=$(pgrep -f "run-dir run-int" | wc -l)
-if [ "$rc" -eq 0 ] || [ "$elapsed" -gt 30 ] || [ "$left" -ne 0 ]; then
-  fail "ctrl-c: exit $rc after ${elapsed} s, $left processes left"
+if [ "$rc" -ne 130 ] || [ "$elapsed" -gt 30 ] || [ "$left" -ne 0 ] ||
+   ! grep -q "stopped by SIGINT" run-int.out; then
+  fail "ctrl-c: exit $rc (expected 130 and a message) after ${elapsed} s, $left processes left"
 else
   pass "ctrl-c: exit $rc after ${elapsed} s, no process left"
 fi
