@@ -294,7 +294,8 @@ void check_sizes(const config::RunConfig& cfg) {
         {"model.norm_eps", m.norm_eps()}, {"model.rope_theta", m.rope_theta()},
         {"model.loops_sampling.mean", m.loops_sampling().mean()},
         {"model.loops_sampling.sigma", m.loops_sampling().sigma()},
-        {"logging.sample_temperature", cfg.logging().sample_temperature()}})
+        {"logging.sample_temperature", cfg.logging().sample_temperature()},
+        {"logging.straggler_pct", cfg.logging().straggler_pct()}})
     require(std::isfinite(value), std::string(name) + " must be a finite number (got " +
                                       std::to_string(value) + ")");
   const long tokens = static_cast<long>(t.micro_batch()) * t.seq_len();
@@ -413,6 +414,8 @@ void validate_config(const config::RunConfig& cfg) {
   require(cfg.logging().sample_temperature() >= 0,
           "logging.sample_temperature must not be negative");
   require(cfg.logging().sample_top_k() >= 0, "logging.sample_top_k must not be negative");
+  require(cfg.logging().straggler_pct() >= 0,
+          "logging.straggler_pct must not be negative (0: no straggler warning)");
   require(cfg.runtime().threads() >= 0, "runtime.threads must not be negative (0 = all cores)");
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   require(cfg.runtime().threads() <= 4 * cores,

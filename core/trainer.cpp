@@ -20,6 +20,7 @@
 #include "core/data.h"
 #include "core/error.h"
 #include "core/loop_sampling.h"
+#include "core/rank_health.h"
 #include "core/rng.h"
 #include "core/run_dir.h"
 #include "core/sample.h"
@@ -41,7 +42,7 @@ struct BitsPerByte {
 
 std::string metrics_line(long step, int loops, const StepResult& r, float lr, double tokens_per_s,
                          double ms, double val_loss, bool skipped, double activation_bytes,
-                         const BitsPerByte& bpb) {
+                         const BitsPerByte& bpb, const RankHealth* health) {
   std::ostringstream out;
   out.precision(8);
   out << "{\"step\":" << step << ",\"loops\":" << loops << ",\"loss\":" << json_number(r.loss)
@@ -52,6 +53,10 @@ std::string metrics_line(long step, int loops, const StepResult& r, float lr, do
   if (val_loss >= 0 || std::isnan(val_loss)) out << ",\"val_loss\":" << json_number(val_loss);
   if (bpb.val >= 0 || std::isnan(bpb.val)) out << ",\"val_bpb\":" << json_number(bpb.val);
   out << ",\"activation_peak_mib\":" << activation_bytes / (1024.0 * 1024.0);
+  if (health)
+    out << ",\"rank_busy_ms_min\":" << health->min_ms << ",\"rank_busy_ms_median\":"
+        << health->median_ms << ",\"rank_busy_ms_max\":" << health->max_ms
+        << ",\"slowest_rank\":" << health->slowest;
   if (skipped) out << ",\"skipped\":true";
   out << "}";
   return out.str();
@@ -493,6 +498,9 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     parallel.replicas = &run.replicas;
   }
   double activation_peak = -1;  // bytes
+  double busy_ms = 0;           // this rank's, since the last logging interval
+  int busy_steps = 0;
+  StragglerWatch straggler;
   const int trace_steps = cfg.logging().trace_steps();
   if (trace_steps > 0) {
     if (groups.is_distributed()) groups.world->barrier();  // one time 0 for every rank
@@ -557,6 +565,18 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
         groups.world->all_reduce_async(&activation_peak, 1, DataType::kFloat64, ReduceOp::kMax)
             ->wait();
     }
+    // Every logging interval (the same steps on every rank): each rank's mean busy time.
+    busy_ms += ms - result.comm_wait_s * 1000.0;
+    ++busy_steps;
+    std::optional<RankHealth> health;
+    if (groups.is_distributed() && (step % cfg.logging().interval() == 0 || step == t.steps())) {
+      health = rank_health_gather(*groups.world, busy_ms / busy_steps);
+      busy_ms = 0;
+      busy_steps = 0;
+      const std::string warning =
+          straggler_check(straggler, *health, cfg.logging().straggler_pct());
+      if (!warning.empty() && writer) log.warn(warning);
+    }
     if (writer) {
       BitsPerByte bpb;
       if (data_info) {
@@ -565,7 +585,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
           bpb.val = bits_per_byte(val_loss, val_info->val_tokens(), val_info->val_bytes());
       }
       metrics << metrics_line(step, loops, result, lr, tokens_per_s, ms, val_loss, !result.finite,
-                              activation_peak, bpb)
+                              activation_peak, bpb, health ? &*health : nullptr)
               << '\n';
       metrics.flush();
     }
