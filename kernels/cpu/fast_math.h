@@ -31,7 +31,9 @@ inline float fast_exp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  // A NaN x gives a NaN n, whose conversion to int is undefined: convert 0 instead (p is NaN,
+  // so the result still is).
+  const float scale = std::bit_cast<float>((static_cast<int32_t>(n == n ? n : 0.0f) + 127) << 23);
   return p * scale;
 }
 

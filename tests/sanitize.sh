@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Sanitizers and fuzzing (run by .ci/run after ./test.sh), in build trees of their own (clang, no
+# CUDA), every finding fatal:
+#  - build-sanitize, AddressSanitizer + UndefinedBehaviorSanitizer: the unit tests, two-rank
+#    training runs (ZeRO-1, recomputation, a checkpoint, resumes at dp 2 and tp 2), then each
+#    libFuzzer target (tests/fuzz) for FUZZ_SECONDS (default 30) from its seed corpus. A crash a
+#    fuzzer finds is saved under build-sanitize/fuzz-crashes/ and fails the script; add it to the
+#    target's corpus once fixed, as a regression test.
+#  - build-tsan, ThreadSanitizer: the communicator tests (the MPI progress thread, async work
+#    handles) under mpirun with 2 and 4 ranks; tests/tsan.supp silences Open MPI's internals only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${FUZZ_SECONDS:-30}
+build=build-sanitize
+started=$SECONDS
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
+  -DCMAKE_CXX_COMPILER=clang++ -DLOOM_CUDA=OFF -DLOOM_SANITIZE=address,undefined -DLOOM_FUZZ=ON \
+  >/dev/null
+cmake --build "$build" -j "$(nproc)" --target core_tests kernel_tests parallel_unit_tests loom \
+  fuzz_config fuzz_shard fuzz_checkpoint_meta
+echo "sanitize: built in $((SECONDS - started)) s"
+
+# MPI and OpenBLAS keep allocations for the process's life: leaks are not findings here.
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export OMP_WAIT_POLICY=PASSIVE
+step=$SECONDS
+# SentencePiece is loaded with RTLD_DEEPBIND (its own protobuf), which the sanitizer runtimes
+# refuse; its tests run in the normal build only.
+"$build/tests/core_tests" --gtest_brief=1 --gtest_filter=-*SentencePiece*
+"$build/tests/kernels/kernel_tests" --gtest_brief=1
+"$build/tests/parallel/parallel_unit_tests" --gtest_brief=1 --gtest_filter=-*DeathTest*
+echo "sanitize: unit tests in $((SECONDS - step)) s"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+step=$SECONDS
+loom=$PWD/$build/loom
+(
+  cd "$work"
+  "$loom" prepare --input "$OLDPWD/core" --output data >/dev/null
+  run=(train "$OLDPWD/configs/default.textproto" --set model.d_model=32 --set model.n_heads=2
+       --set model.d_mlp=64 --set train.seq_len=32 --set train.micro_batch=2
+       --set train.global_batch=8 --set train.eval_interval=2 --set train.eval_batches=1
+       --set checkpoint.interval=2 --set logging.sample_tokens=16 --set runtime.threads=1
+       --set parallel.dp=2 --set parallel.zero_stage=1 --set train.recompute=SQRT
+       --set "data.train_shards=data/train_*.bin" --set "data.val_shards=data/val_*.bin")
+  "$loom" "${run[@]}" --set train.steps=3 --run-dir run
+  "$loom" "${run[@]}" --set train.steps=4 --run-dir run --resume
+  "$loom" "${run[@]}" --set parallel.dp=1 --set parallel.tp=2 --set train.steps=5 --run-dir run --resume
+)
+echo "sanitize: multi-rank runs in $((SECONDS - step)) s"
+
+mkdir -p "$build/fuzz-crashes"
+for target in config shard checkpoint_meta; do
+  corpus="$work/corpus-$target"
+  cp -r "tests/fuzz/corpus/$target" "$corpus"
+  "$build/tests/fuzz/fuzz_$target" "$corpus" -max_total_time="$seconds" -timeout=10 \
+    -rss_limit_mb=3072 -print_final_stats=1 -artifact_prefix="$build/fuzz-crashes/$target-" \
+    2>"$work/fuzz-$target.log" || {
+      tail -40 "$work/fuzz-$target.log"
+      echo "sanitize: fuzz_$target found a crash (saved in $build/fuzz-crashes/)"
+      exit 1
+    }
+  echo "sanitize: fuzz_$target: $(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$work/fuzz-$target.log" | grep -o '[0-9]*$') inputs in $seconds s, no crash"
+done
+step=$SECONDS
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
+  -DCMAKE_CXX_COMPILER=clang++ -DLOOM_CUDA=OFF -DLOOM_SANITIZE=thread >/dev/null
+cmake --build build-tsan -j "$(nproc)" --target parallel_tests
+export TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp halt_on_error=1 ignore_noninstrumented_modules=1"
+mpirun=(mpirun --oversubscribe -x TSAN_OPTIONS -x OMP_WAIT_POLICY)
+[ "$(id -u)" = 0 ] && mpirun+=(--allow-run-as-root)
+for ranks in 2 4; do
+  "${mpirun[@]}" -np "$ranks" build-tsan/tests/parallel/parallel_tests --gtest_brief=1
+done
+echo "sanitize: ThreadSanitizer communicator tests (build and run) in $((SECONDS - step)) s"
+echo "sanitize: passed in $((SECONDS - started)) s"
