@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <utility>
 
 #include "core/config.h"
 #include "core/error.h"
@@ -243,6 +244,38 @@ std::string checkpoint_save(const std::string& checkpoints_dir, const Checkpoint
     for (size_t i = 0; i + keep_last < folders.size(); ++i) fs::remove_all(folders[i]);
   }
   return final_dir.string();
+}
+
+CheckpointWriter::~CheckpointWriter() {
+  if (!thread_.joinable()) return;
+  thread_.join();
+  if (error_) try {
+      std::rethrow_exception(error_);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "loom: the last checkpoint write failed: %s\n", e.what());
+    }
+}
+
+void CheckpointWriter::wait() {
+  if (thread_.joinable()) thread_.join();
+  if (std::exception_ptr error = std::exchange(error_, nullptr)) std::rethrow_exception(error);
+}
+
+void CheckpointWriter::write(std::string checkpoints_dir, CheckpointState state, Model model,
+                             Optimizer optimizer, int keep_last) {
+  wait();
+  if (!background_) {
+    checkpoint_save(checkpoints_dir, state, model, optimizer, keep_last);
+    return;
+  }
+  thread_ = std::thread([this, dir = std::move(checkpoints_dir), state = std::move(state),
+                         model = std::move(model), optimizer = std::move(optimizer), keep_last] {
+    try {
+      checkpoint_save(dir, state, model, optimizer, keep_last);
+    } catch (...) {
+      error_ = std::current_exception();
+    }
+  });
 }
 
 std::vector<std::string> checkpoint_list(const std::string& checkpoints_dir) {

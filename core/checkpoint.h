@@ -9,7 +9,9 @@
 //   loom::CheckpointState s = loom::checkpoint_load(newest, model, &opt);
 #pragma once
 #include <cstdint>
+#include <exception>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/model.h"
@@ -30,6 +32,29 @@ struct CheckpointState {
 // all). Returns the folder written.
 std::string checkpoint_save(const std::string& checkpoints_dir, const CheckpointState& state,
                             const Model& model, const Optimizer& optimizer, int keep_last);
+
+// Writes checkpoints one at a time, either at once or (checkpoint.async) on a thread of its own
+// while training goes on. A write first waits for the previous one; an error of a background write
+// is thrown by the next write or wait. The folder appears only complete (checkpoint_save), so a
+// process that dies mid-write leaves the previous checkpoint as the newest.
+class CheckpointWriter {
+ public:
+  explicit CheckpointWriter(bool background = false) : background_(background) {}
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+  ~CheckpointWriter();  // waits for a write in progress (its error is printed, not thrown)
+
+  // `model` holds the whole model's layout and parameters (model_layout + params; no arena),
+  // `optimizer` the whole moments: both are the writer's from here on.
+  void write(std::string checkpoints_dir, CheckpointState state, Model model, Optimizer optimizer,
+             int keep_last);
+  void wait();
+
+ private:
+  bool background_;
+  std::thread thread_;
+  std::exception_ptr error_;
+};
 
 // Complete checkpoint folders in checkpoints_dir, oldest first.
 std::vector<std::string> checkpoint_list(const std::string& checkpoints_dir);

@@ -78,6 +78,7 @@ struct Run {
   std::vector<ReplicaGroup> replica_groups;
   ReplicaSync replicas;
   TraceRecorder trace;
+  CheckpointWriter checkpoints;  // rank 0's (checkpoint.async: in the background)
 };
 
 // The model's layout on this rank: its tensor-parallel shards, its pipeline pieces and its part
@@ -130,8 +131,12 @@ void save_checkpoint(Run& run, const CheckpointState& state, const std::string& 
     }
   }
   if (model.tp.size == 1 && run.groups.mesh.pp == 1) {  // sp ranks hold the same weights
-    if (writer) checkpoint_save(checkpoints_dir, state, model, *opt, keep_last);
-    if (writer && keep_params) *keep_params = model.params;
+    if (!writer) return;
+    Model copy = model_layout(run.cfg.model());  // the writer's own copy of the state
+    copy.params = model.params;
+    if (keep_params) *keep_params = model.params;
+    run.checkpoints.write(checkpoints_dir, state, std::move(copy),
+                          opt == &full ? std::move(full) : *opt, keep_last);
     return;
   }
   // This stage's tensors at global size (its tp = 1 layout), on tp rank 0.
@@ -154,8 +159,9 @@ void save_checkpoint(Run& run, const CheckpointState& state, const std::string& 
     stage[i] = {};
   }
   if (!writer) return;
-  checkpoint_save(checkpoints_dir, state, global, global_opt, keep_last);
-  if (keep_params) *keep_params = std::move(global.params);
+  if (keep_params) *keep_params = global.params;
+  run.checkpoints.write(checkpoints_dir, state, std::move(global), std::move(global_opt),
+                        keep_last);
 }
 
 // The rest of a run's state once the model is initialised: activation arena, replica groups,
@@ -424,8 +430,17 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / groups.local_ranks);
   threads = kernels::cpu::init_threads(threads);
 
-  Run run{cfg, groups, create_model(cfg, groups),
-          pipeline_create(cfg, groups.pp.get(), groups.coord.pp), {}, false, {}, {}, {}, {}};
+  Run run{cfg,
+          groups,
+          create_model(cfg, groups),
+          pipeline_create(cfg, groups.pp.get(), groups.coord.pp),
+          {},
+          false,
+          {},
+          {},
+          {},
+          {},
+          CheckpointWriter(cfg.checkpoint().async())};
   Model& model = run.model;
   Rng rng{t.seed()};
   model_init(model, rng.next_u64());
@@ -487,9 +502,13 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   std::vector<float> final_params;
   auto save = [&](bool final) {
     CheckpointState state{cfg, step, loader.position, rng.state, tokens_seen};
+    const auto start = Clock::now();
     save_checkpoint(run, state, checkpoints_dir.string(),
                     final && sample_whole ? &final_params : nullptr);
     summary.last_checkpoint = (checkpoints_dir / format("step_%07ld", step)).string();
+    const double stall = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+    log.line(format("checkpoint of step %ld: training stalled %.1f ms%s", step, stall,
+                    cfg.checkpoint().async() ? " (written in the background)" : ""));
   };
   StepParallel parallel;
   if (distributed) parallel = {&dp, &run.reducer};
@@ -618,6 +637,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   if (summary.last_checkpoint.empty() || !summary.last_checkpoint.ends_with(
                                              format("step_%07ld", step)))
     save(true);
+  if (writer) run.checkpoints.wait();  // the run's last checkpoint is on disk when it ends
   log.line("checkpoint: " + summary.last_checkpoint);
   // Rank 0's last checkpoint is written before any rank goes on; the sampling below can take
   // longer than a collective timeout, and nothing waits for it.

@@ -337,6 +337,35 @@ expect_ok resume-before-first "$loom" train "$src/configs/default.textproto" "${
 grep -qF "no checkpoint in early/checkpoints yet" early/train.log && [ "$(wc -l <early/metrics.jsonl)" -eq 6 ] &&
   pass || fail "a run stopped before its first checkpoint did not start again"
 
+# Asynchronous checkpoints: the same bytes as synchronous ones; kill -9 at random moments while
+# they are written in the background, then --resume: the newest complete checkpoint loads and the
+# run ends exactly as an uninterrupted one.
+async=("${tiny[@]}" --set model.d_model=256 --set model.n_heads=4 --set model.d_mlp=1024
+       --set checkpoint.interval=1 --set checkpoint.keep_last=2 --set logging.sample_tokens=0
+       --set train.eval_interval=0 --set train.steps=12)
+expect_ok async-reference "$loom" train "$src/configs/default.textproto" "${async[@]}" --run-dir async-sync
+expect_ok async-run "$loom" train "$src/configs/default.textproto" "${async[@]}" --set checkpoint.async=true --run-dir async-bg
+cmp -s async-sync/checkpoints/step_0000012/params.bin async-bg/checkpoints/step_0000012/params.bin &&
+  cmp -s async-sync/checkpoints/step_0000012/adam_v.bin async-bg/checkpoints/step_0000012/adam_v.bin &&
+  grep -q "written in the background" async-bg/train.log && pass || fail "async checkpoints differ from synchronous ones"
+for trial in 1 2 3 4 5; do
+  rm -rf async-kill
+  "$loom" train "$src/configs/default.textproto" "${async[@]}" --set checkpoint.async=true --run-dir async-kill >/dev/null 2>&1 &
+  job=$!
+  tenths=$((RANDOM % 15 + 10))  # 1.0–2.4 s: within the run's 12 steps of a checkpoint each
+  sleep "$((tenths / 10)).$((tenths % 10))"
+  kill -9 "$job" 2>/dev/null
+  wait "$job" 2>/dev/null
+  if [ -z "$(ls async-kill/checkpoints 2>/dev/null | grep step_)" ]; then  # killed before the first
+    echo "async kill trial $trial: no checkpoint yet"
+    continue
+  fi
+  if { [ -d async-kill/checkpoints/step_0000012 ] ||  # it finished before the kill
+       "$loom" train "$src/configs/default.textproto" "${async[@]}" --set checkpoint.async=true \
+         --run-dir async-kill --resume >async-kill.txt 2>&1; } && cmp -s async-sync/checkpoints/step_0000012/params.bin async-kill/checkpoints/step_0000012/params.bin; then pass
+  else fail "async kill trial $trial: $(grep -E 'resumed|error' async-kill.txt | head -2)"; fi
+done
+
 # A full disk: the failed save says why and leaves no partial folder behind (root: a small tmpfs).
 if [ "$(id -u)" -eq 0 ] && mkdir -p full && mount -t tmpfs -o size=2M tmpfs full 2>/dev/null; then
   expect_error disk-full "No space left on device" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" \
