@@ -342,8 +342,8 @@ int run_job(const std::vector<std::string>& argv) {
                    : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
                                          : 1;
   // Stopped by Ctrl-C or SIGTERM: say so and end as the signal would (130, 143), not with the
-  // launcher's own failure status.
-  if (const int sig = g_stopped_by.exchange(0); sig != 0 && code != 0) {
+  // launcher's generic failure status (mpirun exits 1 once it has stopped the ranks).
+  if (const int sig = g_stopped_by.exchange(0); sig != 0 && (code == 1 || code >= 128)) {
     std::cerr << "loom: stopped by " << (sig == SIGINT ? "SIGINT" : "SIGTERM")
               << " (passed on to every rank)" << std::endl;
     return 128 + sig;
