@@ -159,6 +159,14 @@ def rerun_command(script, write_docs):
     return " ".join([f"python3 tests/bench/{script} build/loom ."] + kept)
 
 
+def write_section(docs, section, lines, charts):
+    """replace_section, with the SVG charts (file name → text) written beside docs."""
+    for name, svg in charts.items():
+        with open(os.path.join(os.path.dirname(docs), name), "w") as f:
+            f.write(svg)
+    replace_section(docs, section, lines)
+
+
 def replace_section(docs, section, lines):
     """Writes `lines` (a section starting with its `section` heading) into the Markdown file
     docs in place of that section (up to the next "## " heading), or appends it."""

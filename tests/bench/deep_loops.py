@@ -217,9 +217,7 @@ def write_docs(docs, reference, rows, curve, args, command):
                   "| loss | " + " | ".join(f"{sum(m['loss'] for m in w) / len(w):.3f}"
                                            for w in windows) + " |",
                   "", f"First step {first['loss']:.3f}, last {last['loss']:.3f}.", ""]
-    with open(os.path.join(os.path.dirname(docs), "deep_loops.svg"), "w") as f:
-        f.write(chart_svg(reference, rows))
-    bench_common.replace_section(docs, SECTION, lines)
+    bench_common.write_section(docs, SECTION, lines, {"deep_loops.svg": chart_svg(reference, rows)})
 
 
 def main():

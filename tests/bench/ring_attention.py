@@ -155,9 +155,7 @@ def write_docs(docs, rings, memory, budget_mib, command):
               "rank also holds ring attention's key/value blocks and their gradients in flight "
               "(10·C values per local token, shared by the layers), so the length grows a little "
               "less than ∝ sp.", "", "![ring attention](ring_attention.svg)", ""]
-    with open(os.path.join(os.path.dirname(docs), "ring_attention.svg"), "w") as f:
-        f.write(chart_svg(ring2, memory))
-    bench_common.replace_section(docs, SECTION, lines)
+    bench_common.write_section(docs, SECTION, lines, {"ring_attention.svg": chart_svg(ring2, memory)})
 
 
 def main():
