@@ -5,13 +5,42 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
+#include <cmath>
 
 #include "core/error.h"
+
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
 
 namespace loom {
 namespace {
 
+// Whether s is well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF),
+// as JSON requires.
+bool valid_utf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    const int extra = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xE ? 2 : (c >> 3) == 0x1E ? 3 : -1;
+    if (extra < 0 || i + extra >= s.size() + (extra == 0 ? 1 : 0)) return false;
+    uint32_t code = extra == 0 ? c : c & (0x3F >> extra);
+    for (int k = 1; k <= extra; ++k) {
+      const unsigned char next = static_cast<unsigned char>(s[i + k]);
+      if ((next >> 6) != 0x2) return false;
+      code = (code << 6) | (next & 0x3F);
+    }
+    static constexpr uint32_t kLeast[] = {0, 0x80, 0x800, 0x10000};
+    if (code < kLeast[extra] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return false;
+    i += 1 + extra;
+  }
+  return true;
+}
+
 std::string json_string(const std::string& s) {
+  if (!valid_utf8(s))
+    throw Error("safetensors: \"" + s.substr(0, 40) +
+                "\" (a tensor name or metadata) is not valid UTF-8, which the format's JSON header "
+                "needs");
   std::string out = "\"";
   for (char c : s) {
     if (c == '"' || c == '\\') {
@@ -86,6 +115,90 @@ void safetensors_write(const std::string& path, const std::vector<NamedTensor>& 
     }
   }
   std::filesystem::rename(tmp, path);
+}
+
+namespace {
+
+// A JSON number that is a whole count in [0, limit].
+uint64_t whole_number(const google::protobuf::Value& v, double limit, const std::string& what) {
+  if (v.kind_case() != google::protobuf::Value::kNumberValue || !(v.number_value() >= 0) ||
+      v.number_value() > limit || std::floor(v.number_value()) != v.number_value())
+    throw Error(what + " is not a whole number in [0, " + std::to_string(limit) + "]");
+  return static_cast<uint64_t>(v.number_value());
+}
+
+}  // namespace
+
+SafetensorsFile safetensors_read(const std::string& path) {
+  using google::protobuf::Value;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot read " + path + ": " + std::strerror(errno));
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string where = "safetensors file " + path + ": ";
+  uint64_t header_size = 0;
+  if (bytes.size() < sizeof(header_size)) throw Error(where + "shorter than its 8-byte header size");
+  std::memcpy(&header_size, bytes.data(), sizeof(header_size));
+  if (header_size > bytes.size() - sizeof(header_size))
+    throw Error(where + "its header claims " + std::to_string(header_size) + " bytes, more than the file has");
+  google::protobuf::Struct header;
+  if (!google::protobuf::util::JsonStringToMessage(bytes.substr(sizeof(header_size), header_size),
+                                                   &header)
+           .ok())
+    throw Error(where + "its header is not a JSON object");
+  const size_t data_begin = sizeof(header_size) + header_size;
+  const uint64_t data_size = bytes.size() - data_begin;
+  SafetensorsFile file;
+  std::vector<std::pair<uint64_t, SafetensorsTensor>> found;
+  for (const auto& [name, entry] : header.fields()) {
+    const std::string what = where + "\"" + name + "\"";
+    if (entry.kind_case() != Value::kStructValue) throw Error(what + " is not an object");
+    const auto& fields = entry.struct_value().fields();
+    if (name == "__metadata__") {
+      for (const auto& [key, value] : fields) {
+        if (value.kind_case() != Value::kStringValue)
+          throw Error(what + "." + key + " is not a string");
+        file.metadata[key] = value.string_value();
+      }
+      continue;
+    }
+    const auto dtype = fields.find("dtype"), shape = fields.find("shape"),
+               offsets = fields.find("data_offsets");
+    if (dtype == fields.end() || shape == fields.end() || offsets == fields.end())
+      throw Error(what + " lacks dtype, shape or data_offsets");
+    if (dtype->second.string_value() != "F32")
+      throw Error(what + " has dtype " + dtype->second.string_value() + "; loom reads F32 only");
+    if (shape->second.kind_case() != Value::kListValue ||
+        offsets->second.kind_case() != Value::kListValue ||
+        offsets->second.list_value().values_size() != 2)
+      throw Error(what + ": shape must be a list and data_offsets a list of two numbers");
+    SafetensorsTensor t;
+    t.name = name;
+    uint64_t elements = 1;
+    for (const Value& d : shape->second.list_value().values()) {
+      const uint64_t dim = whole_number(d, 1e12, what + " shape dimension");
+      elements = dim == 0 ? 0 : elements;
+      if (dim > 0 && elements > (uint64_t{1} << 40) / dim)
+        throw Error(what + " has more elements than any file can hold");
+      elements *= dim;
+      t.shape.push_back(static_cast<int64_t>(dim));
+    }
+    const uint64_t begin = whole_number(offsets->second.list_value().values(0), 1e15, what + " data_offsets[0]");
+    const uint64_t end = whole_number(offsets->second.list_value().values(1), 1e15, what + " data_offsets[1]");
+    if (begin > end || end > data_size)
+      throw Error(what + " has data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+                  "] outside the " + std::to_string(data_size) + " bytes of data");
+    if (end - begin != elements * sizeof(float))
+      throw Error(what + ": its shape holds " + std::to_string(elements) + " floats but its data " +
+                  std::to_string(end - begin) + " bytes");
+    t.values.resize(elements);
+    if (elements > 0) std::memcpy(t.values.data(), bytes.data() + data_begin + begin, end - begin);
+    found.emplace_back(begin, std::move(t));
+  }
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first < b.first : a.second.name < b.second.name;
+  });
+  for (auto& [begin, t] : found) file.tensors.push_back(std::move(t));
+  return file;
 }
 
 }  // namespace loom

@@ -1,7 +1,8 @@
-// Writing safetensors files: an 8-byte little-endian header length, a JSON header naming each
-// tensor's dtype, shape and byte range, then the raw data. loom writes F32 only.
+// Writing and reading safetensors files: an 8-byte little-endian header length, a JSON header
+// naming each tensor's dtype, shape and byte range, then the raw data. loom writes F32 only.
 //
 //   loom::safetensors_write("model.safetensors", {{"wte", {V, C}, wte_ptr}}, {{"format", "pt"}});
+//   const loom::SafetensorsFile f = loom::safetensors_read("model.safetensors");
 #pragma once
 #include <cstdint>
 #include <map>
@@ -19,5 +20,20 @@ struct NamedTensor {
 // Writes to a temporary name and renames, so a reader never sees a partial file.
 void safetensors_write(const std::string& path, const std::vector<NamedTensor>& tensors,
                        const std::map<std::string, std::string>& metadata);
+
+struct SafetensorsTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::vector<float> values;
+};
+struct SafetensorsFile {
+  std::map<std::string, std::string> metadata;
+  std::vector<SafetensorsTensor> tensors;  // in the order of their data
+};
+
+// Reads an F32 safetensors file whole, checking everything the header claims against the file
+// (sizes, offsets inside the data, shapes matching byte ranges); throws loom::Error naming the
+// file and what is wrong.
+SafetensorsFile safetensors_read(const std::string& path);
 
 }  // namespace loom

@@ -17,7 +17,7 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMP
   -DCMAKE_CXX_COMPILER=clang++ -DLOOM_CUDA=OFF -DLOOM_SANITIZE=address,undefined -DLOOM_FUZZ=ON \
   >/dev/null
 cmake --build "$build" -j "$(nproc)" --target core_tests kernel_tests parallel_unit_tests loom \
-  fuzz_config fuzz_shard fuzz_checkpoint_meta
+  fuzz_config fuzz_shard fuzz_checkpoint_meta fuzz_safetensors
 echo "sanitize: built in $((SECONDS - started)) s"
 
 # MPI and OpenBLAS keep allocations for the process's life: leaks are not findings here.
@@ -52,7 +52,7 @@ loom=$PWD/$build/loom
 echo "sanitize: multi-rank runs in $((SECONDS - step)) s"
 
 mkdir -p "$build/fuzz-crashes"
-for target in config shard checkpoint_meta; do
+for target in config shard checkpoint_meta safetensors; do
   corpus="$work/corpus-$target"
   cp -r "tests/fuzz/corpus/$target" "$corpus"
   "$build/tests/fuzz/fuzz_$target" "$corpus" -max_total_time="$seconds" -timeout=10 \

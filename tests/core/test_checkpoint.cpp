@@ -9,6 +9,7 @@
 #include "core/config.h"
 #include "core/data.h"
 #include "core/error.h"
+#include "core/safetensors.h"
 #include "core/trainer.h"
 #include "kernels/cpu/threads.h"
 #include "tests/core/test_util.h"
@@ -174,6 +175,76 @@ TEST(Checkpoint, RoundTripIsExactAndCorruptionIsDetected) {
             std::string::npos);
   EXPECT_NE(error_of([&] { checkpoint_read_state(dir / "nowhere"); }).find("no checkpoint at"),
             std::string::npos);
+}
+
+}  // namespace
+}  // namespace loom
+
+namespace loom {
+namespace {
+
+TEST(Safetensors, WriteThenReadGivesTheSameTensorsAndMetadata) {
+  const std::string dir = ::testing::TempDir() + "/loom-safetensors-test";
+  std::filesystem::create_directories(dir);
+  const std::vector<float> a{1.5f, -2.0f, 3.25f, 0.0f, 5.0f, 6.0f}, b{7.0f};
+  safetensors_write(dir + "/x.safetensors", {{"a", {2, 3}, a.data()}, {"b", {1}, b.data()}},
+                    {{"format", "pt"}, {"note", "quote \" and \\ backslash"}});
+  const SafetensorsFile f = safetensors_read(dir + "/x.safetensors");
+  ASSERT_EQ(f.tensors.size(), 2u);
+  EXPECT_EQ(f.tensors[0].name, "a");
+  EXPECT_EQ(f.tensors[0].shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(f.tensors[0].values, a);
+  EXPECT_EQ(f.tensors[1].values, b);
+  EXPECT_EQ(f.metadata.at("note"), "quote \" and \\ backslash");
+}
+
+TEST(Safetensors, ReadNamesWhatIsWrong) {
+  const std::string dir = ::testing::TempDir() + "/loom-safetensors-bad";
+  std::filesystem::create_directories(dir);
+  auto write = [&](const std::string& name, const std::string& header, size_t data_bytes) {
+    std::ofstream out(dir + "/" + name, std::ios::binary);
+    const uint64_t n = header.size();
+    out.write(reinterpret_cast<const char*>(&n), sizeof(n));
+    out << header << std::string(data_bytes, '\0');
+    return dir + "/" + name;
+  };
+  auto error_of = [](const std::string& path) {
+    try {
+      safetensors_read(path);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error_of(write("json.st", "{nope", 0)).find("is not a JSON object"), std::string::npos);
+  EXPECT_NE(error_of(write("out.st", R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4))
+                .find("outside the 4 bytes of data"),
+            std::string::npos);
+  EXPECT_NE(error_of(write("shape.st", R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8))
+                .find("its shape holds 3 floats but its data 8 bytes"),
+            std::string::npos);
+  EXPECT_NE(error_of(write("dtype.st", R"({"t":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}})", 4))
+                .find("loom reads F32 only"),
+            std::string::npos);
+  EXPECT_NE(error_of(write("neg.st", R"({"t":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4))
+                .find("not a whole number"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace loom
+
+namespace loom {
+namespace {
+
+// Found by fuzz_safetensors: metadata that is not UTF-8 made a header no JSON reader accepts.
+TEST(Safetensors, RefusesNamesAndMetadataThatAreNotUtf8) {
+  const std::string path = ::testing::TempDir() + "/loom-safetensors-utf8.safetensors";
+  const float x = 1.0f;
+  EXPECT_THROW(safetensors_write(path, {{"a", {1}, &x}}, {{"loom.config", "caf\xe9"}}), Error);
+  EXPECT_THROW(safetensors_write(path, {{"\xc0\xaf", {1}, &x}}, {}), Error);  // overlong '/'
+  safetensors_write(path, {{"caf\xc3\xa9", {1}, &x}}, {{"emoji", "\xf0\x9f\x98\x80"}});
+  EXPECT_EQ(safetensors_read(path).tensors.at(0).name, "caf\xc3\xa9");
 }
 
 }  // namespace
