@@ -261,17 +261,20 @@ void CheckpointWriter::wait() {
   if (std::exception_ptr error = std::exchange(error_, nullptr)) std::rethrow_exception(error);
 }
 
-void CheckpointWriter::write(std::string checkpoints_dir, CheckpointState state, Model model,
-                             Optimizer optimizer, int keep_last) {
+void CheckpointWriter::write(const std::string& checkpoints_dir, const CheckpointState& state,
+                             const Model& model, const Optimizer& optimizer, int keep_last) {
   wait();
   if (!background_) {
     checkpoint_save(checkpoints_dir, state, model, optimizer, keep_last);
     return;
   }
-  thread_ = std::thread([this, dir = std::move(checkpoints_dir), state = std::move(state),
-                         model = std::move(model), optimizer = std::move(optimizer), keep_last] {
+  // The host copy the background thread writes from: the layout and parameters (no arena).
+  Model copy = model_layout(model.config);
+  copy.params = model.params;
+  thread_ = std::thread([this, dir = checkpoints_dir, state, copy = std::move(copy), optimizer,
+                         keep_last] {
     try {
-      checkpoint_save(dir, state, model, optimizer, keep_last);
+      checkpoint_save(dir, state, copy, optimizer, keep_last);
     } catch (...) {
       error_ = std::current_exception();
     }

@@ -44,10 +44,11 @@ class CheckpointWriter {
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
   ~CheckpointWriter();  // waits for a write in progress (its error is printed, not thrown)
 
-  // `model` holds the whole model's layout and parameters (model_layout + params; no arena),
-  // `optimizer` the whole moments: both are the writer's from here on.
-  void write(std::string checkpoints_dir, CheckpointState state, Model model, Optimizer optimizer,
-             int keep_last);
+  // `model` has the whole model's layout (every global tensor) and parameters, `optimizer` the
+  // whole moments. A background write copies them first (the only copy); a direct one writes
+  // from them.
+  void write(const std::string& checkpoints_dir, const CheckpointState& state, const Model& model,
+             const Optimizer& optimizer, int keep_last);
   void wait();
 
  private:

@@ -330,7 +330,9 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
   m.slot_floats = 0;
   RecomputeNeeds need;
   const int running = m.loops;
-  for (int loops : {m.plan_loops_min, m.plan_loops_max}) {
+  std::vector<int> counts{m.plan_loops_min};
+  if (m.plan_loops_max != m.plan_loops_min) counts.push_back(m.plan_loops_max);
+  for (int loops : counts) {
     m.loops = loops;
     lay_out_chunks(m);
     for (ModelChunk& c : m.chunks) {
@@ -341,9 +343,11 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
     need.unit_positions = std::max(need.unit_positions, n.unit_positions);
     need.units = std::max(need.units, n.units);
   }
-  m.loops = running;
-  lay_out_chunks(m);
-  for (ModelChunk& c : m.chunks) plan_chunk_slot(m, c, B, T, split);
+  if (m.loops != running) {  // the chunks laid out for the count the model runs now
+    m.loops = running;
+    lay_out_chunks(m);
+    for (ModelChunk& c : m.chunks) plan_chunk_slot(m, c, B, T, split);
+  }
   m.slots = slots;
   m.boundaries = boundaries;
   m.slots_base = plan.take(m.slot_floats * slots);

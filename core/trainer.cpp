@@ -132,11 +132,8 @@ void save_checkpoint(Run& run, const CheckpointState& state, const std::string& 
   }
   if (model.tp.size == 1 && run.groups.mesh.pp == 1) {  // sp ranks hold the same weights
     if (!writer) return;
-    Model copy = model_layout(run.cfg.model());  // the writer's own copy of the state
-    copy.params = model.params;
     if (keep_params) *keep_params = model.params;
-    run.checkpoints.write(checkpoints_dir, state, std::move(copy),
-                          opt == &full ? std::move(full) : *opt, keep_last);
+    run.checkpoints.write(checkpoints_dir, state, model, *opt, keep_last);
     return;
   }
   // This stage's tensors at global size (its tp = 1 layout), on tp rank 0.
@@ -159,9 +156,8 @@ void save_checkpoint(Run& run, const CheckpointState& state, const std::string& 
     stage[i] = {};
   }
   if (!writer) return;
-  if (keep_params) *keep_params = global.params;
-  run.checkpoints.write(checkpoints_dir, state, std::move(global), std::move(global_opt),
-                        keep_last);
+  run.checkpoints.write(checkpoints_dir, state, global, global_opt, keep_last);
+  if (keep_params) *keep_params = std::move(global.params);
 }
 
 // The rest of a run's state once the model is initialised: activation arena, replica groups,

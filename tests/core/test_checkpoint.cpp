@@ -216,19 +216,24 @@ TEST(Safetensors, ReadNamesWhatIsWrong) {
     }
     return std::string("no error");
   };
-  EXPECT_NE(error_of(write("json.st", "{nope", 0)).find("is not a JSON object"), std::string::npos);
-  EXPECT_NE(error_of(write("out.st", R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4))
-                .find("outside the 4 bytes of data"),
-            std::string::npos);
-  EXPECT_NE(error_of(write("shape.st", R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8))
-                .find("its shape holds 3 floats but its data 8 bytes"),
-            std::string::npos);
-  EXPECT_NE(error_of(write("dtype.st", R"({"t":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}})", 4))
-                .find("loom reads F32 only"),
-            std::string::npos);
-  EXPECT_NE(error_of(write("neg.st", R"({"t":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4))
-                .find("not a whole number"),
-            std::string::npos);
+  const struct {
+    const char* header;
+    size_t data_bytes;
+    const char* error;
+  } cases[] = {
+      {"{nope", 0, "is not a JSON object"},
+      {R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4, "outside the 4 bytes of data"},
+      {R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8,
+       "its shape holds 3 floats but its data 8 bytes"},
+      {R"({"t":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}})", 4, "loom reads F32 only"},
+      {R"({"t":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4, "not a whole number"},
+  };
+  int index = 0;
+  for (const auto& c : cases)
+    EXPECT_NE(error_of(write("bad" + std::to_string(index++) + ".st", c.header, c.data_bytes))
+                  .find(c.error),
+              std::string::npos)
+        << c.header;
 }
 
 }  // namespace
