@@ -48,6 +48,62 @@ TEST(StagePlan, BalancedByCostWithTheHeadOnTheLastPiece) {
       }
 }
 
+// The (largest, sum of squares) cost of the best cut of `n` layers into `pieces`, by trying every
+// cut: what the planner's shortcut must match.
+std::pair<double, double> best_by_search(const config::RunConfig& cfg, int n, int pieces) {
+  std::pair<double, double> best{1e300, 0};
+  StagePlan plan{pieces, 1, std::vector<int>(pieces + 1, 0)};
+  plan.bounds[pieces] = n;
+  auto visit = [&](auto& self, int k) -> void {
+    if (k == pieces) {
+      double largest = 0, squares = 0;
+      for (double c : stage_plan_costs(cfg, plan)) largest = std::max(largest, c), squares += c * c;
+      if (largest < best.first * (1 - 1e-12) ||
+          (largest <= best.first * (1 + 1e-12) && squares < best.second))
+        best = {largest, squares};
+      return;
+    }
+    for (int b = plan.bounds[k - 1] + 1; b <= n - (pieces - k); ++b) {
+      plan.bounds[k] = b;
+      self(self, k + 1);
+    }
+  };
+  visit(visit, 1);
+  return best;
+}
+
+TEST(StagePlan, BalancedCutMatchesAnExhaustiveSearch) {
+  for (const char* vocab : {"model.vocab_size=16", "model.vocab_size=700", "model.vocab_size=9000"})
+    for (int layers : {4, 7, 11, 14})
+      for (int pp : {2, 3, 4}) {
+        if (pp > layers) continue;
+        config::RunConfig cfg = run_config(
+            {vocab, "model.prelude_layers=0", "model.block_layers=" + std::to_string(layers),
+             "model.loops=1", "model.coda_layers=0", "parallel.pp=" + std::to_string(pp),
+             "logging.sample_tokens=0"});
+        const StagePlan plan = stage_plan_create(cfg);
+        double largest = 0, squares = 0;
+        for (double c : stage_plan_costs(cfg, plan)) largest = std::max(largest, c), squares += c * c;
+        const auto [want_largest, want_squares] = best_by_search(cfg, layers, pp);
+        SCOPED_TRACE(std::string(vocab) + " layers " + std::to_string(layers) + " pp " +
+                     std::to_string(pp));
+        EXPECT_NEAR(largest, want_largest, want_largest * 1e-12);
+        EXPECT_NEAR(squares, want_squares, want_squares * 1e-9);
+      }
+}
+
+TEST(StagePlan, PlansAMillionUnrolledLayers) {
+  // The fuzzer's find: a dynamic programme over (pieces, layers²) did not finish at this size.
+  const config::RunConfig cfg =
+      run_config({"model.loops=524288", "parallel.pp=4", "logging.sample_tokens=0"});
+  const StagePlan plan = stage_plan_create(cfg);
+  ASSERT_EQ(plan.bounds.size(), 5u);
+  for (int g = 0; g < 4; ++g) {
+    EXPECT_GT(plan.bounds[g + 1] - plan.bounds[g], 262140);
+    EXPECT_LT(plan.bounds[g + 1] - plan.bounds[g], 262148);
+  }
+}
+
 TEST(StagePlan, ExplicitLayoutAndInterleavedPieces) {
   const config::RunConfig cfg = run_config(
       {"parallel.pp=2", "parallel.pipeline_schedule=INTERLEAVED_1F1B", "parallel.virtual_stages=2",
