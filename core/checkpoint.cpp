@@ -3,9 +3,9 @@
 #include <google/protobuf/text_format.h>
 #include <fcntl.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -16,7 +16,8 @@
 
 #include "core/config.h"
 #include "core/error.h"
-#include "core/tensor_parallel.h"
+#include "core/checkpoint_pieces.h"
+#include "core/file_io.h"
 
 namespace loom {
 namespace {
@@ -25,95 +26,6 @@ namespace fs = std::filesystem;
 using Meta = config::CheckpointMeta;
 
 constexpr const char* kMetaFile = "checkpoint.textproto";
-
-uint32_t crc_of(const float* data, size_t n) {
-  uLong crc = crc32(0L, Z_NULL, 0);
-  const Bytef* bytes = reinterpret_cast<const Bytef*>(data);
-  size_t left = n * sizeof(float);
-  while (left > 0) {  // zlib takes a 32-bit length
-    const uInt len = static_cast<uInt>(std::min<size_t>(left, 1u << 30));
-    crc = crc32(crc, bytes, len);
-    bytes += len;
-    left -= len;
-  }
-  return static_cast<uint32_t>(crc);
-}
-
-// Writes `bytes` bytes to a new file at `path`; errors say what the system said (no space left
-// on device, read-only file system, ...).
-void write_file(const fs::path& path, const void* data, size_t bytes) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error("cannot write " + path.string() + ": " + std::strerror(errno));
-  const char* at = static_cast<const char*>(data);
-  while (bytes > 0) {
-    const ssize_t n = ::write(fd, at, std::min<size_t>(bytes, size_t{1} << 30));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int error = n < 0 ? errno : EIO;
-      ::close(fd);
-      throw Error("cannot write " + path.string() + ": " + std::strerror(error));
-    }
-    at += n;
-    bytes -= static_cast<size_t>(n);
-  }
-  if (::close(fd) != 0) throw Error("cannot write " + path.string() + ": " + std::strerror(errno));
-}
-
-// Writes one buffer (laid out as the model's parameters) to `file` and describes each tensor.
-void write_buffer(const fs::path& dir, const std::string& file, const Model& model,
-                  const std::vector<float>& buffer,
-                  google::protobuf::RepeatedPtrField<Meta::Tensor>* entries) {
-  for (const ParamTensor& t : model.tensors) {
-    Meta::Tensor* e = entries->Add();
-    e->set_name(t.name);
-    for (int64_t d : t.shape) {
-      e->add_global_shape(d);
-      e->add_shard_offset(0);
-      e->add_shard_shape(d);
-    }
-    e->set_file(file);
-    e->set_offset(static_cast<int64_t>(t.offset * sizeof(float)));
-    e->set_crc32(crc_of(buffer.data() + t.offset, t.size));
-  }
-  write_file(dir / file, buffer.data(), buffer.size() * sizeof(float));
-}
-
-// Reads every tensor of the model (this pipeline rank's) from `entries` (all global tensors, in
-// global order), checking it against the model, into `buffer` (laid out as the model's
-// parameters): the whole tensor, one at a time, then this rank's shard of it (all of it without
-// tensor parallelism).
-void read_buffer(const fs::path& dir, const Model& model,
-                 const google::protobuf::RepeatedPtrField<Meta::Tensor>& entries,
-                 std::vector<float>& buffer) {
-  if (static_cast<size_t>(entries.size()) != model.global_tensors)
-    throw Error("checkpoint " + dir.string() + " has " + std::to_string(entries.size()) +
-                " tensors where the model has " + std::to_string(model.global_tensors));
-  std::vector<float> whole;
-  for (const ParamTensor& t : model.tensors) {  // this pipeline rank's, by global index
-    const int i = t.global_index;
-    const Meta::Tensor& e = entries[i];
-    const std::vector<int64_t> shape(e.global_shape().begin(), e.global_shape().end());
-    const std::vector<int64_t> piece(e.shard_shape().begin(), e.shard_shape().end());
-    if (e.name() != t.name || shape != t.global_shape || piece != t.global_shape)
-      throw Error("checkpoint " + dir.string() + " does not fit this model: tensor " +
-                  std::to_string(i) + " is \"" + e.name() + "\" there and \"" + t.name +
-                  "\" here, or their shapes differ");
-    const size_t elements = tensor_global_size(t);
-    whole.resize(elements);
-    std::ifstream in(dir / e.file(), std::ios::binary);
-    if (!in) throw Error("checkpoint " + dir.string() + " lacks " + e.file());
-    in.seekg(e.offset());
-    in.read(reinterpret_cast<char*>(whole.data()),
-            static_cast<std::streamsize>(elements * sizeof(float)));
-    if (!in)
-      throw Error("checkpoint file " + (dir / e.file()).string() + " is truncated at tensor " +
-                  t.name);
-    if (crc_of(whole.data(), elements) != e.crc32())
-      throw Error("checkpoint file " + (dir / e.file()).string() + " is corrupt: checksum of " +
-                  t.name + " does not match");
-    tensor_shard_extract(t, model.tp.rank, whole.data(), buffer.data() + t.offset);
-  }
-}
 
 std::string step_name(long step) {
   char name[32];
@@ -140,17 +52,6 @@ std::vector<fs::path> step_folders(const std::string& checkpoints_dir) {
   std::sort(out.begin(), out.end(),
             [](const fs::path& a, const fs::path& b) { return step_of(a) < step_of(b); });
   return out;
-}
-
-// Flushes a file's or a folder's contents to the device, so a rename that follows cannot be
-// seen before the data it names (a power loss would otherwise leave complete-looking folders
-// of empty files).
-void sync_path(const fs::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw Error("cannot open " + path.string() + " to sync it: " + std::strerror(errno));
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) throw Error("cannot sync " + path.string() + ": " + std::strerror(errno));
 }
 
 Meta read_meta(const std::string& checkpoint_dir) {
@@ -187,98 +88,212 @@ CheckpointState state_of(const Meta& meta) {
   return state;
 }
 
-// The checkpoint's files, synced, in `dir`.
-void write_checkpoint_files(const fs::path& dir, const CheckpointState& state, const Model& model,
-                            const Optimizer& optimizer) {
+// checkpoint.textproto of a checkpoint whose data files are all synced in `dir`: the state, and
+// every rank's entries (`parts`).
+void write_meta(const fs::path& dir, const CheckpointState& state, long optimizer_step,
+                const std::vector<Meta>& parts) {
   Meta meta;
   meta.set_step(state.step);
   meta.set_data_position(state.data_position);
   meta.set_rng_state(state.rng_state);
   meta.set_tokens_seen(state.tokens_seen);
+  meta.set_optimizer_step(optimizer_step);
   *meta.mutable_config() = resolve_defaults(state.config);
-  LOOM_CHECK(optimizer.m.size() == model.num_params);  // ZeRO shards are gathered first
-  LOOM_CHECK(model.tensors.size() == model.global_tensors);  // the whole model
-  meta.set_optimizer_step(optimizer.step);
-  write_buffer(dir, "params.bin", model, model.params, meta.mutable_params());
-  write_buffer(dir, "adam_m.bin", model, optimizer.m, meta.mutable_adam_m());
-  write_buffer(dir, "adam_v.bin", model, optimizer.v, meta.mutable_adam_v());
+  for (const Meta& part : parts) {
+    meta.mutable_params()->MergeFrom(part.params());
+    meta.mutable_adam_m()->MergeFrom(part.adam_m());
+    meta.mutable_adam_v()->MergeFrom(part.adam_v());
+    if (part.has_crc_block_bytes()) meta.set_crc_block_bytes(part.crc_block_bytes());
+  }
   std::string text;
   google::protobuf::TextFormat::PrintToString(meta, &text);
-  write_file(dir / kMetaFile, text.data(), text.size());
-  for (const char* file : {"params.bin", "adam_m.bin", "adam_v.bin", kMetaFile})
-    sync_path(dir / file);
-  sync_path(dir);
+  write_file((dir / kMetaFile).string(), text.data(), text.size());
+  sync_path(dir.string());
 }
 
-}  // namespace
+// Creates the folder a checkpoint is written into, after removing the partial folders of saves
+// that died midway (nothing refers to them).
+fs::path tmp_folder(const std::string& checkpoints_dir, long step, int64_t pid) {
+  return fs::path(checkpoints_dir) / (".tmp-" + step_name(step) + "-" + std::to_string(pid));
+}
 
-std::string checkpoint_save(const std::string& checkpoints_dir, const CheckpointState& state,
-                            const Model& model, const Optimizer& optimizer, int keep_last) {
-  const fs::path final_dir = fs::path(checkpoints_dir) / step_name(state.step);
-  const fs::path tmp_dir =
-      fs::path(checkpoints_dir) / (".tmp-" + step_name(state.step) + "-" + std::to_string(getpid()));
-  // Partial folders of a save that died midway are left-overs: nothing refers to them.
+void create_tmp_folder(const std::string& checkpoints_dir, long step) {
   std::error_code ec;
   if (fs::is_directory(checkpoints_dir, ec))
     for (const auto& entry : fs::directory_iterator(checkpoints_dir))
       if (entry.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(entry.path());
-  fs::create_directories(tmp_dir, ec);
-  if (ec) throw Error("cannot create " + tmp_dir.string() + ": " + ec.message());
-  try {
-    write_checkpoint_files(tmp_dir, state, model, optimizer);
-  } catch (...) {
-    fs::remove_all(tmp_dir, ec);  // a failed save leaves nothing behind to fill the disk
-    throw;
-  }
+  const fs::path tmp = tmp_folder(checkpoints_dir, step, getpid());
+  fs::create_directories(tmp, ec);
+  if (ec) throw Error("cannot create " + tmp.string() + ": " + ec.message());
+}
 
-  // A checkpoint of the same step (a re-save) is replaced only once the new one is complete.
-  const fs::path old_dir = fs::path(checkpoints_dir) / (".old-" + final_dir.filename().string());
+// Renames the complete folder to step_NNNNNNN (replacing a checkpoint of the same step only
+// then) and keeps the newest keep_last.
+fs::path publish(const fs::path& tmp, const std::string& checkpoints_dir, long step,
+                 int keep_last) {
+  const fs::path final_dir = fs::path(checkpoints_dir) / step_name(step);
+  const fs::path old_dir = fs::path(checkpoints_dir) / (".old-" + step_name(step));
   fs::remove_all(old_dir);
   if (fs::exists(final_dir)) fs::rename(final_dir, old_dir);
-  fs::rename(tmp_dir, final_dir);
+  fs::rename(tmp, final_dir);
   sync_path(checkpoints_dir);
   fs::remove_all(old_dir);
-
   if (keep_last > 0) {
     std::vector<fs::path> folders = step_folders(checkpoints_dir);
     for (size_t i = 0; i + keep_last < folders.size(); ++i) fs::remove_all(folders[i]);
   }
-  return final_dir.string();
+  return final_dir;
+}
+
+std::string rank_file(int rank) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "rank_%05d.bin", rank);
+  return name;
+}
+
+}  // namespace
+
+struct CheckpointWriter::Pending {
+  std::string checkpoints_dir;
+  fs::path tmp;
+  CheckpointState state;
+  long optimizer_step = 0;
+  int keep_last = 0;
+  std::thread thread;
+  std::atomic<bool> done{false};
+  std::exception_ptr error;
+  Meta part;  // this rank's entries, once written
+};
+
+CheckpointWriter::CheckpointWriter(Communicator* world, bool background)
+    : world_(world), background_(background) {
+  LOOM_CHECK(world_);
 }
 
 CheckpointWriter::~CheckpointWriter() {
-  if (!thread_.joinable()) return;
-  thread_.join();
-  if (error_) try {
-      std::rethrow_exception(error_);
+  if (!pending_ || !pending_->thread.joinable()) return;
+  pending_->thread.join();
+  if (pending_->error) try {
+      std::rethrow_exception(pending_->error);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "loom: the last checkpoint write failed: %s\n", e.what());
     }
 }
 
-void CheckpointWriter::wait() {
-  if (thread_.joinable()) thread_.join();
-  if (std::exception_ptr error = std::exchange(error_, nullptr)) std::rethrow_exception(error);
+std::string CheckpointWriter::write(const std::string& checkpoints_dir,
+                                    const CheckpointState& state, const Model& model,
+                                    const Optimizer& optimizer, bool first_replica,
+                                    int keep_last) {
+  wait();
+  // Rank 0 makes the folder; its pid (or −1) tells every rank the name (or that it failed).
+  int64_t pid = 0;
+  std::string error;
+  if (world_->rank() == 0) try {
+      create_tmp_folder(checkpoints_dir, state.step);
+      pid = getpid();
+    } catch (const std::exception& e) {
+      error = e.what();
+      pid = -1;
+    }
+  world_->broadcast(&pid, 1, DataType::kInt64, 0);
+  if (pid < 0)
+    throw Error(world_->rank() == 0 ? error
+                                    : "checkpoint of step " + std::to_string(state.step) +
+                                          ": rank 0 could not create its folder in " +
+                                          checkpoints_dir);
+  auto p = std::make_unique<Pending>();
+  p->checkpoints_dir = checkpoints_dir;
+  p->tmp = tmp_folder(checkpoints_dir, state.step, pid);
+  p->state = state;
+  p->optimizer_step = optimizer.step;
+  p->keep_last = keep_last;
+  const CheckpointPieces pieces = checkpoint_pieces_written(model, optimizer, first_replica);
+  const std::string file = rank_file(world_->rank());
+  if (!background_) {
+    try {
+      p->part = checkpoint_pieces_write(p->tmp.string(), file, model.tensors, model.params.data(),
+                                        optimizer.m.data(), optimizer.v.data(), pieces);
+    } catch (...) {
+      p->error = std::current_exception();
+    }
+    pending_ = std::move(p);
+    return wait();
+  }
+  // The copy the thread writes from: this rank's own state, nothing gathered.
+  Pending* raw = p.get();
+  raw->thread = std::thread([raw, file, pieces, tensors = model.tensors, params = model.params,
+                             m = optimizer.m, v = optimizer.v] {
+    try {
+      raw->part = checkpoint_pieces_write(raw->tmp.string(), file, tensors, params.data(),
+                                          m.data(), v.data(), pieces);
+    } catch (...) {
+      raw->error = std::current_exception();
+    }
+    raw->done = true;
+  });
+  pending_ = std::move(p);
+  return "";
 }
 
-void CheckpointWriter::write(const std::string& checkpoints_dir, const CheckpointState& state,
-                             const Model& model, const Optimizer& optimizer, int keep_last) {
-  wait();
-  if (!background_) {
-    checkpoint_save(checkpoints_dir, state, model, optimizer, keep_last);
-    return;
-  }
-  // The host copy the background thread writes from: the layout and parameters (no arena).
-  Model copy = model_layout(model.config);
-  copy.params = model.params;
-  thread_ = std::thread([this, dir = checkpoints_dir, state, copy = std::move(copy), optimizer,
-                         keep_last] {
-    try {
-      checkpoint_save(dir, state, copy, optimizer, keep_last);
-    } catch (...) {
-      error_ = std::current_exception();
+void CheckpointWriter::poll() {
+  if (!pending_) return;
+  int64_t busy = pending_->done ? 0 : 1;
+  world_->all_reduce_async(&busy, 1, DataType::kInt64, ReduceOp::kMax)->wait();
+  if (busy == 0) commit();
+}
+
+std::string CheckpointWriter::wait() { return pending_ ? commit() : ""; }
+
+// Every rank sends rank 0 its entries (or its error); rank 0 writes the metadata and publishes
+// the folder once all are on disk.
+std::string CheckpointWriter::commit() {
+  std::unique_ptr<Pending> p = std::move(pending_);
+  if (p->thread.joinable()) p->thread.join();
+  std::string mine;
+  if (p->error) try {
+      std::rethrow_exception(p->error);
+    } catch (const std::exception& e) {
+      mine = e.what();
     }
-  });
+  const bool failed = static_cast<bool>(p->error);
+  if (!failed) p->part.SerializeToString(&mine);
+  if (world_->rank() != 0) {
+    int64_t header[2] = {failed ? 1 : 0, static_cast<int64_t>(mine.size())};
+    world_->send(header, 2, DataType::kInt64, 0);
+    if (!mine.empty()) world_->send(mine.data(), mine.size(), DataType::kByte, 0);
+    if (failed) std::rethrow_exception(p->error);
+    return "";
+  }
+  std::vector<Meta> parts{p->part};
+  std::string failures = failed ? "rank 0: " + mine : "";
+  for (int r = 1; r < world_->size(); ++r) {
+    int64_t header[2] = {0, 0};
+    world_->recv(header, 2, DataType::kInt64, r);
+    std::string bytes(static_cast<size_t>(header[1]), '\0');
+    if (!bytes.empty()) world_->recv(bytes.data(), bytes.size(), DataType::kByte, r);
+    if (header[0] != 0)
+      failures += (failures.empty() ? "" : "; ") + ("rank " + std::to_string(r) + ": " + bytes);
+    else if (!parts.emplace_back().ParseFromString(bytes))
+      failures += (failures.empty() ? "" : "; ") + ("rank " + std::to_string(r) + ": unreadable entries");
+  }
+  std::error_code ec;
+  try {
+    if (!failures.empty())
+      throw Error("checkpoint of step " + std::to_string(p->state.step) +
+                  " could not be written (the previous checkpoint is intact): " + failures);
+    write_meta(p->tmp, p->state, p->optimizer_step, parts);
+    return publish(p->tmp, p->checkpoints_dir, p->state.step, p->keep_last).string();
+  } catch (...) {
+    fs::remove_all(p->tmp, ec);  // a failed save leaves nothing behind to fill the disk
+    throw;
+  }
+}
+
+std::string checkpoint_save(const std::string& checkpoints_dir, const CheckpointState& state,
+                            const Model& model, const Optimizer& optimizer, int keep_last) {
+  const std::unique_ptr<Communicator> self = make_self_communicator("world", 0);
+  CheckpointWriter writer(self.get(), false);
+  return writer.write(checkpoints_dir, state, model, optimizer, true, keep_last);
 }
 
 std::vector<std::string> checkpoint_list(const std::string& checkpoints_dir) {
@@ -299,14 +314,12 @@ CheckpointState checkpoint_read_state(const std::string& checkpoint_dir) {
 CheckpointState checkpoint_load(const std::string& checkpoint_dir, Model& model,
                                 Optimizer* optimizer) {
   const Meta meta = read_meta(checkpoint_dir);
-  read_buffer(checkpoint_dir, model, meta.params(), model.params);
-  if (optimizer) {
-    LOOM_CHECK(optimizer->m.size() == model.num_params);
-    read_buffer(checkpoint_dir, model, meta.adam_m(), optimizer->m);
-    read_buffer(checkpoint_dir, model, meta.adam_v(), optimizer->v);
-    optimizer->step = static_cast<long>(meta.optimizer_step());
-  }
-  return state_of(meta);
+  const PiecesReadStats read = checkpoint_pieces_read(checkpoint_dir, meta, model, optimizer);
+  if (optimizer) optimizer->step = static_cast<long>(meta.optimizer_step());
+  CheckpointState state = state_of(meta);
+  state.bytes_read = read.bytes_read;
+  state.bytes_stored = read.bytes_stored;
+  return state;
 }
 
 }  // namespace loom

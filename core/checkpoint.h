@@ -1,15 +1,19 @@
 // Checkpoints: a folder `step_NNNNNNN/` per save holding checkpoint.textproto (CheckpointMeta in
-// configs/loom.proto: step, data position, RNG state, resolved config, and for every tensor its
-// global shape, this piece's offsets, file, byte offset and CRC-32) plus params.bin, adam_m.bin
-// and adam_v.bin (fp32). The folder is written under a temporary name, synced to the device and
-// renamed, so a folder named step_* is always complete. Format: docs/checkpoint-format.md.
+// configs/loom.proto: step, data position, RNG state, resolved config, and every piece of every
+// tensor: its place in the global tensor, file, byte offset and CRC-32) plus one data file per
+// rank that holds pieces (rank_RRRRR.bin, fp32). Every rank writes its own pieces at once
+// (core/checkpoint_pieces.h says which); rank 0 writes the metadata only once every rank's file
+// is synced, then renames the folder, so a folder named step_* is always complete. Resume reads
+// on every rank only what overlaps its own shard, at any layout. Format:
+// docs/checkpoint-format.md.
 //
-//   loom::checkpoint_save(dir, state, model, opt, keep_last);
-//   std::string newest = loom::checkpoint_latest(dir);   // "" when none
-//   loom::CheckpointState s = loom::checkpoint_load(newest, model, &opt);
+//   loom::CheckpointWriter writer(world, /*background=*/false);
+//   writer.write(dir, state, model, opt, first_replica, keep_last);   // collective
+//   loom::CheckpointState s = loom::checkpoint_load(loom::checkpoint_latest(dir), model, &opt);
 #pragma once
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,6 +21,7 @@
 #include "core/model.h"
 #include "core/optimizer.h"
 #include "loom.pb.h"
+#include "parallel/communicator.h"
 
 namespace loom {
 
@@ -26,35 +31,46 @@ struct CheckpointState {
   int64_t data_position = 0;   // training sequences consumed
   uint64_t rng_state = 0;
   int64_t tokens_seen = 0;
+  // Set by checkpoint_load: what this rank read, and what the checkpoint's pieces hold.
+  int64_t bytes_read = 0, bytes_stored = 0;
 };
 
-// Writes `checkpoints_dir/step_NNNNNNN` and then deletes all but the newest keep_last (0 = keep
-// all). Returns the folder written.
+// A single process's checkpoint: writes `checkpoints_dir/step_NNNNNNN` and then deletes all but
+// the newest keep_last (0 = keep all). Returns the folder written.
 std::string checkpoint_save(const std::string& checkpoints_dir, const CheckpointState& state,
                             const Model& model, const Optimizer& optimizer, int keep_last);
 
-// Writes checkpoints one at a time, either at once or (checkpoint.async) on a thread of its own
-// while training goes on. A write first waits for the previous one; an error of a background write
-// is thrown by the next write or wait. The folder appears only complete (checkpoint_save), so a
-// process that dies mid-write leaves the previous checkpoint as the newest.
+// Writes checkpoints one at a time, on every rank of `world` together, either at once or
+// (checkpoint.async) on a thread of each rank's own while training goes on. Every call is
+// collective: every rank calls it at the same step. A write first finishes the previous one.
+// The folder appears only complete, so a job that dies mid-write leaves the previous checkpoint
+// as the newest; an error of a background write is thrown by the poll or wait that commits it.
 class CheckpointWriter {
  public:
-  explicit CheckpointWriter(bool background = false) : background_(background) {}
+  CheckpointWriter(Communicator* world, bool background);
   CheckpointWriter(const CheckpointWriter&) = delete;
   CheckpointWriter& operator=(const CheckpointWriter&) = delete;
-  ~CheckpointWriter();  // waits for a write in progress (its error is printed, not thrown)
+  ~CheckpointWriter();  // joins a write in progress without committing it (as a crash would)
 
-  // `model` has the whole model's layout (every global tensor) and parameters, `optimizer` the
-  // whole moments. A background write copies them first (the only copy); a direct one writes
-  // from them.
-  void write(const std::string& checkpoints_dir, const CheckpointState& state, const Model& model,
-             const Optimizer& optimizer, int keep_last);
-  void wait();
+  // Starts the checkpoint of `state.step`: this rank's pieces of `model`'s parameters and
+  // `optimizer`'s moments (first_replica: this rank has dp = sp = 0). A background write copies
+  // them first (this rank's state only); a direct one writes from them and commits before it
+  // returns the folder ("" for a background write).
+  std::string write(const std::string& checkpoints_dir, const CheckpointState& state,
+                    const Model& model, const Optimizer& optimizer, bool first_replica,
+                    int keep_last);
+  // Commits a background write once every rank's pieces are on disk; returns at once otherwise.
+  // Costs one small all-reduce while a write is pending. Call it at the same points everywhere.
+  void poll();
+  // Finishes and commits the pending write, if any; returns its folder ("" when none).
+  std::string wait();
 
  private:
+  struct Pending;
+  std::string commit();
+  Communicator* world_;
   bool background_;
-  std::thread thread_;
-  std::exception_ptr error_;
+  std::unique_ptr<Pending> pending_;
 };
 
 // Complete checkpoint folders in checkpoints_dir, oldest first.
@@ -66,10 +82,10 @@ std::string checkpoint_latest(const std::string& checkpoints_dir);
 // Reads only the metadata (config included); throws loom::Error when it is missing or corrupt.
 CheckpointState checkpoint_read_state(const std::string& checkpoint_dir);
 
-// Loads parameters (and, when optimizer is non-null, the Adam moments and step; the optimizer
-// must own the whole buffer) into a model created from the checkpoint's model config: under
-// tensor parallelism this rank's shards of the saved global tensors, so a checkpoint resumes at
-// any tp. Verifies names, global shapes and checksums.
+// Loads parameters (and, when optimizer is non-null, its owned ranges of the Adam moments, and
+// its step) into a model created from the checkpoint's model config, at any layout: this rank's
+// tensors and shards, read from whichever pieces overlap them. Verifies names, global shapes,
+// coverage and the checksums of what it reads. Reads checkpoints of any loom version.
 CheckpointState checkpoint_load(const std::string& checkpoint_dir, Model& model,
                                 Optimizer* optimizer);
 

@@ -36,6 +36,14 @@ void for_each_run(const ParamTensor& t, int rank, Fn fn) {
 
 }  // namespace
 
+std::vector<ShardRun> tensor_shard_runs(const ParamTensor& t, int rank) {
+  std::vector<ShardRun> runs;
+  for_each_run(t, rank, [&](size_t g, size_t l, size_t n, bool padding) {
+    runs.push_back({g, l, n, padding});
+  });
+  return runs;
+}
+
 size_t tensor_global_size(const ParamTensor& t) {
   size_t n = 1;
   for (int64_t d : t.global_shape) n *= static_cast<size_t>(d);

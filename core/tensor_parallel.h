@@ -24,6 +24,15 @@ void tensor_shard_extract(const ParamTensor& t, int rank, const float* global, f
 // The global tensor's elements that rank `rank` holds ← its shard; padding rows are dropped.
 void tensor_shard_insert(const ParamTensor& t, int rank, const float* local, float* global);
 
+// A run of elements contiguous both in the global tensor and in rank `rank`'s shard: global
+// index (row-major in t.global_shape), index into the shard, length; padding runs (a padded
+// vocabulary's rows past the end) have no global place.
+struct ShardRun {
+  size_t global = 0, local = 0, count = 0;
+  bool padding = false;
+};
+std::vector<ShardRun> tensor_shard_runs(const ParamTensor& t, int rank);
+
 // Floats of the global buffer (the model's layout at tp = 1).
 size_t model_global_floats(const Model& m);
 

@@ -78,7 +78,7 @@ struct Run {
   std::vector<ReplicaGroup> replica_groups;
   ReplicaSync replicas;
   TraceRecorder trace;
-  CheckpointWriter checkpoints;  // rank 0's (checkpoint.async: in the background)
+  CheckpointWriter checkpoints;  // every rank writes its pieces (checkpoint.async: in the background)
 };
 
 // The model's layout on this rank: its tensor-parallel shards, its pipeline pieces and its part
@@ -103,61 +103,45 @@ std::vector<ReplicaGroup> create_replica_groups(const Model& model, ProcessGroup
   return out;
 }
 
-// Writes a checkpoint of the whole model's global tensors; collective, rank 0 writes: ZeRO
-// shards gathered over dp, replicas of shared weights set to the lowest stage's (their rounding
-// may have drifted: replica_sync_broadcast), tensor-parallel shards to tp rank 0, pipeline
-// stages to rank 0. A layout without tp and pp writes the model's own buffers, uncopied. With
-// keep_params rank 0 keeps the whole model's parameters, for sampling.
-void save_checkpoint(Run& run, const CheckpointState& state, const std::string& checkpoints_dir,
-                     std::vector<float>* keep_params) {
-  const Model& model = run.model;
-  const bool writer = run.groups.rank == 0;
-  const int keep_last = run.cfg.checkpoint().keep_last();
-  Optimizer full;
-  Optimizer* opt = &run.optimizer;
-  if (run.zero) {
-    full = optimizer_create(model);
-    full.step = run.optimizer.step;
-    grad_reducer_gather(run.reducer, run.optimizer.m.data(), full.m.data());
-    grad_reducer_gather(run.reducer, run.optimizer.v.data(), full.v.data());
-    opt = &full;
-  }
-  if (!run.replicas.ranges.empty()) {  // what is saved is what every replica holds
-    for (float* buffer : {run.model.params.data(), opt->m.data(), opt->v.data()})
-      replica_sync_broadcast(run.replicas, buffer);
-    if (run.zero) {
-      optimizer_scatter(run.optimizer, full.m.data(), run.optimizer.m.data());
-      optimizer_scatter(run.optimizer, full.v.data(), run.optimizer.v.data());
+// Writes a checkpoint; collective, every rank writes its own pieces (core/checkpoint_pieces.h).
+// Replicas of shared weights are first set to the lowest stage's (their rounding may have
+// drifted: replica_sync_broadcast), so the run goes on from exactly what is saved.
+void save_checkpoint(Run& run, const CheckpointState& state, const std::string& checkpoints_dir) {
+  if (!run.replicas.ranges.empty()) {
+    replica_sync_broadcast(run.replicas, run.model.params.data());
+    if (!run.zero) {
+      replica_sync_broadcast(run.replicas, run.optimizer.m.data());
+      replica_sync_broadcast(run.replicas, run.optimizer.v.data());
+    } else {  // the replica ranges are flat: the moments are whole here for a moment
+      Optimizer full = optimizer_create(run.model);
+      for (auto [compact, flat] : {std::pair{&run.optimizer.m, &full.m}, {&run.optimizer.v, &full.v}}) {
+        grad_reducer_gather(run.reducer, compact->data(), flat->data());
+        replica_sync_broadcast(run.replicas, flat->data());
+        optimizer_scatter(run.optimizer, flat->data(), compact->data());
+      }
     }
   }
+  const MeshCoord& c = run.groups.coord;
+  run.checkpoints.write(checkpoints_dir, state, run.model, run.optimizer, c.dp == 0 && c.sp == 0,
+                        run.cfg.checkpoint().keep_last());
+}
+
+// The whole model's parameters on rank 0 (pp or sp > 1), for sampling on one rank; collective.
+void gather_whole_params(Run& run, std::vector<float>& out) {
+  const Model& model = run.model;
   if (model.tp.size == 1 && run.groups.mesh.pp == 1) {  // sp ranks hold the same weights
-    if (!writer) return;
-    if (keep_params) *keep_params = model.params;
-    run.checkpoints.write(checkpoints_dir, state, model, *opt, keep_last);
+    if (run.groups.rank == 0) out = model.params;
     return;
   }
-  // This stage's tensors at global size (its tp = 1 layout), on tp rank 0.
-  const float* local[3] = {model.params.data(), opt->m.data(), opt->v.data()};
-  std::vector<float> stage[3];
-  if (model.tp.size > 1)
-    for (int i = 0; i < 3; ++i) model_gather_global(model, local[i], stage[i]);
+  std::vector<float> stage;
+  if (model.tp.size > 1) model_gather_global(model, model.params.data(), stage);
   const MeshCoord& c = run.groups.coord;
   if (c.dp != 0 || c.sp != 0 || c.tp != 0) return;
-  Model global = model_layout(run.cfg.model());
-  Optimizer global_opt;
-  global_opt.step = opt->step;
-  std::vector<float>* out[3] = {&global.params, &global_opt.m, &global_opt.v};
-  for (int i = 0; i < 3; ++i) {
-    const float* from = model.tp.size > 1 ? stage[i].data() : local[i];
-    if (run.groups.mesh.pp > 1)
-      pipeline_gather_global(model, from, *run.groups.pp, *out[i]);
-    else
-      *out[i] = std::move(stage[i]);
-    stage[i] = {};
-  }
-  if (!writer) return;
-  run.checkpoints.write(checkpoints_dir, state, global, global_opt, keep_last);
-  if (keep_params) *keep_params = std::move(global.params);
+  const float* from = model.tp.size > 1 ? stage.data() : model.params.data();
+  if (run.groups.mesh.pp > 1)
+    pipeline_gather_global(model, from, *run.groups.pp, out);
+  else
+    out = std::move(stage);
 }
 
 // The rest of a run's state once the model is initialised: activation arena, replica groups,
@@ -185,23 +169,17 @@ void set_up_run(Run& run) {
 }
 
 // Loads the newest usable checkpoint into the run on every rank (the run directory is on a
-// shared file system). It holds global tensors: each rank keeps its tensors and tensor-parallel
-// shards, ZeRO ranks then their shards of the optimizer state.
+// shared file system): each rank reads only the pieces that overlap its tensors, its
+// tensor-parallel shards and its ZeRO-1 shard of the moments.
 std::optional<CheckpointState> resume_run(Run& run, const std::string& checkpoints_dir,
                                           RunLog& log) {
   CheckpointState state;
-  Optimizer full = run.zero ? optimizer_create(run.model) : Optimizer{};
-  const std::string latest = resume_from(checkpoints_dir, run.cfg, run.model,
-                                         run.zero ? &full : &run.optimizer, state, log);
+  const std::string latest =
+      resume_from(checkpoints_dir, run.cfg, run.model, &run.optimizer, state, log);
   if (latest.empty()) {  // every rank sees the same (shared) folder
     log.warn("--resume: no checkpoint in " + checkpoints_dir +
              " yet (the run stopped before its first); starting it again from step 0");
     return std::nullopt;
-  }
-  if (run.zero) {
-    optimizer_scatter(run.optimizer, full.m.data(), run.optimizer.m.data());
-    optimizer_scatter(run.optimizer, full.v.data(), run.optimizer.v.data());
-    run.optimizer.step = full.step;
   }
   if (run.groups.is_distributed()) {
     // Every rank chose its checkpoint itself; a rank that could not read the newest (or saw
@@ -213,7 +191,9 @@ std::optional<CheckpointState> resume_run(Run& run, const std::string& checkpoin
                   std::to_string(-seen[1]) + " to " + std::to_string(seen[0]) +
                   "); check that every rank sees the same " + checkpoints_dir);
   }
-  log.line("resumed from " + latest + " at step " + std::to_string(state.step));
+  log.line(format("resumed from %s at step %ld (this rank read %.2f MiB of the checkpoint's %.2f MiB)",
+                  latest.c_str(), state.step, state.bytes_read / 1048576.0,
+                  state.bytes_stored / 1048576.0));
   return state;
 }
 
@@ -436,7 +416,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
           {},
           {},
           {},
-          CheckpointWriter(cfg.checkpoint().async())};
+          CheckpointWriter(groups.world.get(), cfg.checkpoint().async())};
   Model& model = run.model;
   Rng rng{t.seed()};
   model_init(model, rng.next_u64());
@@ -499,8 +479,8 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   auto save = [&](bool final) {
     CheckpointState state{cfg, step, loader.position, rng.state, tokens_seen};
     const auto start = Clock::now();
-    save_checkpoint(run, state, checkpoints_dir.string(),
-                    final && sample_whole ? &final_params : nullptr);
+    save_checkpoint(run, state, checkpoints_dir.string());
+    if (final && sample_whole) gather_whole_params(run, final_params);
     summary.last_checkpoint = (checkpoints_dir / format("step_%07ld", step)).string();
     const double stall = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
     log.line(format("checkpoint of step %ld: training stalled %.1f ms%s", step, stall,
@@ -621,6 +601,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     }
     if (cfg.checkpoint().interval() > 0 && step % cfg.checkpoint().interval() == 0)
       save(step == t.steps());
+    run.checkpoints.poll();  // publishes a background checkpoint once every rank has written it
     // A stop request on any rank stops every rank after the same step.
     int64_t stop = options.stop_request ? options.stop_request->load() : 0;
     if (groups.is_distributed()) groups.world->all_reduce_async(&stop, 1, DataType::kInt64, ReduceOp::kMax)->wait();
@@ -633,9 +614,9 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   if (summary.last_checkpoint.empty() || !summary.last_checkpoint.ends_with(
                                              format("step_%07ld", step)))
     save(true);
-  if (writer) run.checkpoints.wait();  // the run's last checkpoint is on disk when it ends
+  run.checkpoints.wait();  // the run's last checkpoint is on disk when it ends
   log.line("checkpoint: " + summary.last_checkpoint);
-  // Rank 0's last checkpoint is written before any rank goes on; the sampling below can take
+  // The last checkpoint is published before any rank goes on; the sampling below can take
   // longer than a collective timeout, and nothing waits for it.
   if (groups.is_distributed()) groups.world->barrier();
   summary.steps = step;

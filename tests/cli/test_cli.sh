@@ -294,7 +294,7 @@ wait "$first"
 # Export never replaces a device, a checkpoint's own file, or an existing file without --force.
 expect_error export-device "--safetensors /dev/full exists and is not a regular file" -- "$loom" export run/checkpoints/step_0000008 --safetensors /dev/full
 [ -c /dev/full ] && pass || fail "/dev/full is no longer a device"
-expect_error export-into-checkpoint "is inside a checkpoint folder" -- "$loom" export run/checkpoints/step_0000008 --safetensors run/checkpoints/step_0000008/params.bin --force
+expect_error export-into-checkpoint "is inside a checkpoint folder" -- "$loom" export run/checkpoints/step_0000008 --safetensors run/checkpoints/step_0000008/rank_00000.bin --force
 expect_error export-existing "model.safetensors exists; pass --force" -- "$loom" export run/checkpoints/step_0000008 --safetensors model.safetensors
 expect_ok export-force "$loom" export run/checkpoints/step_0000008 --safetensors model.safetensors --force
 expect_error sample-temperature "--temperature must be a number ≥ 0" -- "$loom" sample run/checkpoints/step_0000008 --temperature nan
@@ -345,8 +345,7 @@ async=("${tiny[@]}" --set model.d_model=256 --set model.n_heads=4 --set model.d_
        --set train.eval_interval=0 --set train.steps=12)
 expect_ok async-reference "$loom" train "$src/configs/default.textproto" "${async[@]}" --run-dir async-sync
 expect_ok async-run "$loom" train "$src/configs/default.textproto" "${async[@]}" --set checkpoint.async=true --run-dir async-bg
-cmp -s async-sync/checkpoints/step_0000012/params.bin async-bg/checkpoints/step_0000012/params.bin &&
-  cmp -s async-sync/checkpoints/step_0000012/adam_v.bin async-bg/checkpoints/step_0000012/adam_v.bin &&
+cmp -s async-sync/checkpoints/step_0000012/rank_00000.bin async-bg/checkpoints/step_0000012/rank_00000.bin &&
   grep -q "written in the background" async-bg/train.log && pass || fail "async checkpoints differ from synchronous ones"
 for trial in 1 2 3 4 5; do
   rm -rf async-kill
@@ -362,7 +361,7 @@ for trial in 1 2 3 4 5; do
   fi
   if { [ -d async-kill/checkpoints/step_0000012 ] ||  # it finished before the kill
        "$loom" train "$src/configs/default.textproto" "${async[@]}" --set checkpoint.async=true \
-         --run-dir async-kill --resume >async-kill.txt 2>&1; } && cmp -s async-sync/checkpoints/step_0000012/params.bin async-kill/checkpoints/step_0000012/params.bin; then pass
+         --run-dir async-kill --resume >async-kill.txt 2>&1; } && cmp -s async-sync/checkpoints/step_0000012/rank_00000.bin async-kill/checkpoints/step_0000012/rank_00000.bin; then pass
   else fail "async kill trial $trial: $(grep -E 'resumed|error' async-kill.txt | head -2)"; fi
 done
 

@@ -85,7 +85,7 @@ TEST(Checkpoint, ResumeFallsBackPastADamagedCheckpoint) {
   apply_override(shorter, "checkpoint.interval=2");
   train(shorter, b);
   {  // the step-6 checkpoint loses a byte of its parameters
-    std::fstream f(dir / "b/checkpoints/step_0000006/params.bin",
+    std::fstream f(dir / "b/checkpoints/step_0000006/rank_00000.bin",
                    std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(100);
     f.put('\x55');
@@ -154,7 +154,7 @@ TEST(Checkpoint, RoundTripIsExactAndCorruptionIsDetected) {
   EXPECT_EQ(back.tokens_seen, 9000);
 
   {  // flip one byte inside the first tensor
-    std::fstream f(latest + "/params.bin", std::ios::in | std::ios::out | std::ios::binary);
+    std::fstream f(latest + "/rank_00000.bin", std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(10);
     f.put('\x7f');
   }
@@ -162,7 +162,7 @@ TEST(Checkpoint, RoundTripIsExactAndCorruptionIsDetected) {
             std::string::npos);
   EXPECT_EQ(error_of([&] { checkpoint_load(dir / "ckpt/step_0000008", loaded, &loaded_opt); }), "")
       << "an older intact checkpoint still loads";
-  fs::resize_file(dir / "ckpt/step_0000008/adam_v.bin", 100);
+  fs::resize_file(dir / "ckpt/step_0000008/rank_00000.bin", 100);
   EXPECT_NE(error_of([&] { checkpoint_load(dir / "ckpt/step_0000008", loaded, &loaded_opt); })
                 .find("is truncated"),
             std::string::npos);

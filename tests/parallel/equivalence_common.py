@@ -98,6 +98,34 @@ def resume_case(loom, config, run_dir, name, ranks, overrides, reference):
         compare(name, reference, metrics(resumed)[3:], first_step=4)
 
 
+def checkpoint_tensors(checkpoint):
+    """{"params" | "adam_m" | "adam_v": array of floats}: every tensor of a checkpoint folder
+    assembled from its pieces (docs/checkpoint-format.md), tensors in name order, so that
+    checkpoints of any two layouts compare element by element."""
+    with open(os.path.join(checkpoint, "checkpoint.textproto")) as f:
+        text = f.read()
+    tensors = {"params": {}, "adam_m": {}, "adam_v": {}}
+    for kind, body in re.findall(r"^(params|adam_m|adam_v) \{\n(.*?)^\}", text, re.M | re.S):
+        fields = {}
+        for key, value in re.findall(r"^\s*(\w+): (.*)$", body, re.M):
+            fields.setdefault(key, []).append(value.strip('"'))
+        shape, at, size = ([int(x) for x in fields[k]]
+                           for k in ("global_shape", "shard_offset", "shard_shape"))
+        if len(shape) == 1:
+            shape, at, size = [1] + shape, [0] + at, [1] + size
+        whole = tensors[kind].setdefault(fields["name"][0],
+                                         array.array("f", bytes(4 * shape[0] * shape[1])))
+        piece = array.array("f")
+        with open(os.path.join(checkpoint, fields["file"][0]), "rb") as f:
+            f.seek(int(fields["offset"][0]))
+            piece.frombytes(f.read(4 * size[0] * size[1]))
+        for r in range(size[0]):
+            row = (at[0] + r) * shape[1] + at[1]
+            whole[row:row + size[1]] = piece[r * size[1]:(r + 1) * size[1]]
+    return {kind: array.array("f", b"".join(t[n].tobytes() for n in sorted(t)))
+            for kind, t in tensors.items()}
+
+
 def compare_checkpoints(name, ref_dir, run_dir):
     """The final checkpoint's global tensors (parameters and Adam moments, gathered from every
     rank's shards) equal the single-process run's within CHECKPOINT_TOLERANCE relative (norm of
@@ -106,11 +134,10 @@ def compare_checkpoints(name, ref_dir, run_dir):
     (tensor-parallel partial sums, the vocabulary-parallel cross-entropy) decides its sign — a
     tp = 2 run's parameters differ from the single process's by up to about 1e-5 after six
     steps while its losses agree to 1e-7."""
-    for file in ("params.bin", "adam_m.bin", "adam_v.bin"):
-        a, b = array.array("f"), array.array("f")
-        for buf, d in ((a, ref_dir), (b, run_dir)):
-            with open(os.path.join(d, "checkpoints", "step_0000006", file), "rb") as f:
-                buf.frombytes(f.read())
+    ref, got = (checkpoint_tensors(os.path.join(d, "checkpoints", "step_0000006"))
+                for d in (ref_dir, run_dir))
+    for file in ("params", "adam_m", "adam_v"):
+        a, b = ref[file], got[file]
         if len(a) != len(b):
             failures.append(f"{name}: {file} has {len(b)} floats, the single process {len(a)}")
             continue

@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from equivalence_common import (check_activation_memory, compare,  # noqa: E402
+from equivalence_common import (checkpoint_tensors, check_activation_memory, compare,  # noqa: E402
                                 compare_checkpoints, failures, metrics, mpirun, reference_run,
                                 resume_case, run, run_models, sets, training_config)
 
@@ -102,9 +102,10 @@ def three_data_parallel_ranks():
     resume_case(LOOM, config, run_dir, f"{name} resumed from step 3", 6,
                 ["parallel.pp=2", "parallel.dp=3"], reference)
     resumed = f"{run_dir}-resumed-parallel.pp2-parallel.dp3"
-    for file in ("params.bin", "adam_m.bin", "adam_v.bin"):
-        paths = [os.path.join(d, "checkpoints", "step_0000006", file) for d in (run_dir, resumed)]
-        same = all(os.path.exists(p) for p in paths) and len({open(p, "rb").read() for p in paths}) == 1
+    saved = [checkpoint_tensors(os.path.join(d, "checkpoints", "step_0000006"))
+             for d in (run_dir, resumed)]
+    for file in ("params", "adam_m", "adam_v"):
+        same = saved[0][file] == saved[1][file]
         print(f"{'ok' if same else 'FAIL'}: {name}: resumed run's final {file} "
               f"{'equals' if same else 'differs from'} the uninterrupted run's")
         if not same:

@@ -16,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from equivalence_common import (check_activation_memory, compare, failures,  # noqa: E402
+from equivalence_common import (checkpoint_tensors, check_activation_memory, compare, failures,  # noqa: E402
                                 metrics, mpirun, resume_case, run, run_models, sets,
                                 training_config)
 
@@ -36,11 +36,8 @@ POLICIES = ("LOOP_BOUNDARY", "SQRT")
 
 
 def checkpoint_bytes(run_dir):
-    out = {}
-    for file in ("params.bin", "adam_m.bin", "adam_v.bin"):
-        with open(os.path.join(run_dir, "checkpoints", "step_0000006", file), "rb") as f:
-            out[file] = f.read()
-    return out
+    saved = checkpoint_tensors(os.path.join(run_dir, "checkpoints", "step_0000006"))
+    return {kind: values.tobytes() for kind, values in saved.items()}
 
 
 def train(config, tag, ranks, overrides):

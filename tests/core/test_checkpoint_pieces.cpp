@@ -1,0 +1,222 @@
+// Sharded checkpoint pieces, without MPI: the ranks of a tp = 2 × ZeRO-1 over 2 layout write
+// their pieces by the rule; other layouts (tp 1, 2, 4; whole or sharded moments) read back
+// exactly their shards of the global tensors, reading only what overlaps them. Also the single
+// file format of earlier versions.
+#include <google/protobuf/text_format.h>
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "core/checkpoint.h"
+#include "core/checkpoint_pieces.h"
+#include "core/config.h"
+#include "core/rng.h"
+#include "core/tensor_parallel.h"
+#include "tests/core/test_util.h"
+
+namespace loom {
+namespace {
+
+namespace fs = std::filesystem;
+using Meta = config::CheckpointMeta;
+using testing::error_of;
+using testing::TempDir;
+
+config::RunConfig wide_config() {
+  config::RunConfig cfg;
+  // The vocabulary pads at tp = 4; wte's pieces span several 256 KiB checksum blocks.
+  for (const char* o : {"model.vocab_size=9001", "model.d_model=64", "model.n_heads=4",
+                        "model.d_mlp=128", "model.max_seq_len=8", "model.prelude_layers=0",
+                        "model.block_layers=1", "model.loops=1", "model.coda_layers=0",
+                        "train.seq_len=8", "train.micro_batch=1", "train.global_batch=1"})
+    apply_override(cfg, o);
+  return cfg;
+}
+
+// The whole model's buffers (global tensors back to back, as a tp = 1 layout holds them).
+struct Global {
+  Model layout;
+  std::vector<float> params, m, v;
+  std::map<std::string, size_t> offset;  // of each tensor
+};
+
+Global make_global(const config::RunConfig& cfg) {
+  Global g{model_layout(cfg.model()), {}, {}, {}, {}};
+  Rng rng{3};
+  for (std::vector<float>* b : {&g.params, &g.m, &g.v}) {
+    b->resize(g.layout.num_params);
+    for (float& x : *b) x = static_cast<float>(rng.next_u64() % 100000) * 1e-5f - 0.5f;
+  }
+  for (const ParamTensor& t : g.layout.tensors) g.offset[t.name] = t.offset;
+  return g;
+}
+
+// A layout's buffer (laid out as `local`) cut from a global one; padding is 0.
+std::vector<float> shard_of(const Global& g, const Model& local, const std::vector<float>& global) {
+  std::vector<float> out(local.num_params);
+  for (const ParamTensor& t : local.tensors)
+    tensor_shard_extract(t, local.tp.rank, global.data() + g.offset.at(t.name), out.data() + t.offset);
+  return out;
+}
+
+std::vector<float> compact(const std::vector<float>& flat, const std::vector<ShardRange>& owned) {
+  std::vector<float> out;
+  for (const ShardRange& r : owned) out.insert(out.end(), flat.begin() + r.begin, flat.begin() + r.end);
+  return out;
+}
+
+void write_meta(const fs::path& dir, const config::RunConfig& cfg, const Meta& pieces) {
+  Meta meta = pieces;
+  meta.set_step(1);
+  *meta.mutable_config() = cfg;
+  std::string text;
+  google::protobuf::TextFormat::PrintToString(meta, &text);
+  std::ofstream(dir / "checkpoint.textproto") << text;
+}
+
+// Writes step_0000001 as four ranks of tp 2 × dp 2 with ZeRO-1 would.
+fs::path write_sharded(const TempDir& tmp, const config::RunConfig& cfg, const Global& g) {
+  const fs::path dir = tmp / "step_0000001";
+  fs::create_directories(dir);
+  Meta all;
+  for (int tp = 0; tp < 2; ++tp)
+    for (int dp = 0; dp < 2; ++dp) {
+      Model local = model_layout(cfg.model(), nullptr, {2, tp, nullptr});
+      Optimizer opt;
+      opt.owned = {shard_range(local.num_params, 2, dp)};
+      opt.m = compact(shard_of(g, local, g.m), opt.owned);
+      opt.v = compact(shard_of(g, local, g.v), opt.owned);
+      const std::vector<float> params = shard_of(g, local, g.params);
+      const CheckpointPieces pieces = checkpoint_pieces_written(local, opt, dp == 0);
+      const Meta part = checkpoint_pieces_write(dir, "rank_0000" + std::to_string(tp * 2 + dp) + ".bin",
+                                                local.tensors, params.data(), opt.m.data(),
+                                                opt.v.data(), pieces);
+      all.MergeFrom(part);
+    }
+  write_meta(dir, cfg, all);
+  return dir;
+}
+
+TEST(CheckpointPieces, EveryLayoutReadsItsShardsOfAShardedCheckpoint) {
+  TempDir tmp;
+  const config::RunConfig cfg = wide_config();
+  const Global g = make_global(cfg);
+  const fs::path dir = write_sharded(tmp, cfg, g);
+  int64_t stored = 0;
+  for (const auto& f : fs::directory_iterator(dir))
+    if (f.path().extension() == ".bin") stored += static_cast<int64_t>(fs::file_size(f.path()));
+  EXPECT_EQ(stored, static_cast<int64_t>(3 * g.layout.num_params * 4))
+      << "every global element of params, m and v is written exactly once";
+
+  for (int tp_size : {1, 2, 4})
+    for (int zero : {1, 2, 3})
+      for (int tp = 0; tp < tp_size; ++tp) {
+        SCOPED_TRACE("tp " + std::to_string(tp) + " of " + std::to_string(tp_size) + ", ZeRO over " +
+                     std::to_string(zero));
+        Model local = model_layout(cfg.model(), nullptr, {tp_size, tp, nullptr});
+        local.params.assign(local.num_params, 7.0f);
+        Optimizer opt = optimizer_create(local, {shard_range(local.num_params, zero, zero - 1)});
+        const CheckpointState s = checkpoint_load(dir.string(), local, &opt);
+        EXPECT_EQ(local.params, shard_of(g, local, g.params));
+        EXPECT_EQ(opt.m, compact(shard_of(g, local, g.m), opt.owned));
+        EXPECT_EQ(opt.v, compact(shard_of(g, local, g.v), opt.owned));
+        EXPECT_EQ(s.bytes_stored, stored);
+        // At the layout that wrote it, a rank reads its own bytes (rounded out to the 256 KiB
+        // checksum blocks); at another, the blocks of the pieces that overlap it, and never all.
+        const int64_t own = static_cast<int64_t>(local.num_params + 2 * opt.m.size()) * 4;
+        if (tp_size == 2 && zero == 2) EXPECT_LT(s.bytes_read, own + 6 * (int64_t{1} << 18));
+        if (tp_size > 1) EXPECT_LT(s.bytes_read, stored * 3 / 4);
+        EXPECT_GE(s.bytes_read, own - 4 * 9001 * 64);  // (the padding is not read)
+      }
+}
+
+TEST(CheckpointPieces, DamageIsFoundWhereItIsRead) {
+  TempDir tmp;
+  const config::RunConfig cfg = wide_config();
+  const Global g = make_global(cfg);
+  const fs::path dir = write_sharded(tmp, cfg, g);
+  {  // a byte of the last 256 KiB block of rank 0's wte piece (rows 0–4500 of 9001)
+    std::fstream f(dir / "rank_00000.bin", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(4500 * 64 * 4 - 8);
+    f.put('\x11');
+  }
+  Model whole = model_layout(cfg.model());
+  whole.params.resize(whole.num_params);
+  EXPECT_NE(error_of([&] { checkpoint_load(dir.string(), whole, nullptr); }).find("checksum of wte"),
+            std::string::npos);
+  // tp rank 0 of 4 reads rows 0–2250 of wte: the first blocks only, which are intact.
+  Model quarter = model_layout(cfg.model(), nullptr, {4, 0, nullptr});
+  quarter.params.resize(quarter.num_params);
+  EXPECT_EQ(error_of([&] { checkpoint_load(dir.string(), quarter, nullptr); }), "");
+
+  // Metadata that claims a piece outside its tensor, or two pieces of the same elements.
+  std::ifstream in(dir / "checkpoint.textproto");
+  std::stringstream text;
+  text << in.rdbuf();
+  Meta meta;
+  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(text.str(), &meta));
+  Meta outside = meta;
+  outside.mutable_params(0)->set_shard_offset(0, 9000);
+  write_meta(dir, cfg, outside);
+  EXPECT_NE(error_of([&] { checkpoint_load(dir.string(), quarter, nullptr); }).find("outside the tensor"),
+            std::string::npos);
+  Meta twice = meta;
+  *twice.add_params() = meta.params(0);
+  write_meta(dir, cfg, twice);
+  EXPECT_NE(error_of([&] { checkpoint_load(dir.string(), quarter, nullptr); }).find("overlapping"),
+            std::string::npos);
+  Meta escape = meta;
+  escape.mutable_params(0)->set_file("../../etc/passwd");
+  write_meta(dir, cfg, escape);
+  EXPECT_NE(error_of([&] { checkpoint_load(dir.string(), quarter, nullptr); }).find("not a file name"),
+            std::string::npos);
+}
+
+uint32_t crc_of(const float* data, size_t n) {
+  return static_cast<uint32_t>(crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(data),
+                                     static_cast<uInt>(n * 4)));
+}
+
+TEST(CheckpointPieces, SingleFileCheckpointsOfEarlierVersionsLoad) {
+  // Before sharded checkpoints rank 0 wrote params.bin, adam_m.bin and adam_v.bin, each the
+  // global tensors back to back, one entry per tensor covering it whole.
+  TempDir tmp;
+  const config::RunConfig cfg = wide_config();
+  const Global g = make_global(cfg);
+  const fs::path dir = tmp / "step_0000001";
+  fs::create_directories(dir);
+  Meta meta;
+  for (auto [file, buffer, entries] :
+       {std::tuple{"params.bin", &g.params, meta.mutable_params()},
+        std::tuple{"adam_m.bin", &g.m, meta.mutable_adam_m()},
+        std::tuple{"adam_v.bin", &g.v, meta.mutable_adam_v()}}) {
+    std::ofstream(dir / file, std::ios::binary)
+        .write(reinterpret_cast<const char*>(buffer->data()),
+               static_cast<std::streamsize>(buffer->size() * 4));
+    for (const ParamTensor& t : g.layout.tensors) {
+      Meta::Tensor* e = entries->Add();
+      e->set_name(t.name);
+      for (int64_t d : t.global_shape) {
+        e->add_global_shape(d);
+        e->add_shard_offset(0);
+        e->add_shard_shape(d);
+      }
+      e->set_file(file);
+      e->set_offset(static_cast<int64_t>(t.offset * 4));
+      e->set_crc32(crc_of(buffer->data() + t.offset, t.size));
+    }
+  }
+  write_meta(dir, cfg, meta);
+  Model half = model_layout(cfg.model(), nullptr, {2, 1, nullptr});
+  half.params.resize(half.num_params);
+  Optimizer opt = optimizer_create(half, {shard_range(half.num_params, 2, 1)});
+  checkpoint_load(dir.string(), half, &opt);
+  EXPECT_EQ(half.params, shard_of(g, half, g.params));
+  EXPECT_EQ(opt.v, compact(shard_of(g, half, g.v), opt.owned));
+}
+
+}  // namespace
+}  // namespace loom
