@@ -23,11 +23,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     return root + "/step_0000001";
   }();
-  // A model of 16 tokens, width 8, one layer, cut in two over tp (rank 1), whose optimizer holds a
-  // ZeRO slice of the moments.
+  // The model of the seed corpus's sharded-* checkpoint (257 tokens, width 8, one layer), cut in
+  // two over tp (rank 1), whose optimizer holds a ZeRO slice of the moments.
   static loom::Model model = [] {
     loom::config::ModelConfig m;
-    m.set_vocab_size(16);
+    m.set_vocab_size(257);
     m.set_d_model(8);
     m.set_n_heads(2);
     m.set_d_mlp(16);
