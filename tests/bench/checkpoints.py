@@ -27,23 +27,23 @@ import bench_common  # noqa: E402
 SECTION = "## Sharded checkpoints: rank 0's memory, the stall, what a resume reads"
 LAYOUT = ["parallel.tp=2", "parallel.dp=2", "parallel.zero_stage=1"]
 COMMON = ["checkpoint.interval=1", "checkpoint.keep_last=2", "train.global_batch=8"]
-# Runs the rank and prints its peak resident memory (KiB) with its rank.
-PEAK = ("import os, resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
-        "print('peak rss', os.environ.get('OMPI_COMM_WORLD_RANK'), "
-        "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True); sys.exit(rc)")
+# Runs the rank (argv[2:]) and writes its peak resident memory (KiB) to argv[1].RANK.
+PEAK = ("import os, resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
+        "open(sys.argv[1] + '.' + os.environ['OMPI_COMM_WORLD_RANK'], 'w').write("
+        "str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(rc)")
 
 
 def run(loom, config, run_dir, sets, resume=False):
     """(output, {rank: peak MiB}) of a 4-rank run."""
     cmd = bench_common.mpirun_command(4, exported=["OMP_WAIT_POLICY"]) + [
-        sys.executable, "-c", PEAK, loom, "train", config, "--run-dir", run_dir]
+        sys.executable, "-c", PEAK, f"peak-{run_dir}", loom, "train", config, "--run-dir", run_dir]
     for s in sets:
         cmd += ["--set", s]
     if resume:
         cmd.append("--resume")
     out = bench_common.run_command(cmd, f"loom train ({run_dir})",
                                    env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
-    peaks = {int(r): int(kib) / 1024 for r, kib in re.findall(r"^peak rss (\d+) (\d+)$", out, re.M)}
+    peaks = {r: int(open(f"peak-{run_dir}.{r}").read()) / 1024 for r in range(4)}
     return out, peaks
 
 
@@ -89,7 +89,9 @@ def write_docs(docs, rows, reads, args, command):
              f"`{command}` ({bench_common.cpu_description()}): 4 ranks, tp 2 × dp 2 with ZeRO-1, "
              f"d_model {args.d_model}, a checkpoint after each of {args.steps} steps. Peak "
              "resident memory of each rank (MiB; the model, its arena and the checkpoint), the "
-             "median training stall per checkpoint (rank 0's `train.log`) and the median step.",
+             "median training stall per checkpoint (rank 0's `train.log`) and the median step. "
+             "OLD_LOOM: `build/loom` of commit 169ceaf, the last where rank 0 gathered and wrote "
+             "the whole checkpoint.",
              "", "| writer | async | rank 0 peak | other ranks' peak | stall | step |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     for name, background, peaks, stall, ms in rows:
@@ -104,7 +106,9 @@ def write_docs(docs, rows, reads, args, command):
               "state while it wrote, and the other ranks waited; now each rank writes its own "
               "pieces and rank 0's peak is the others'. A resume at the writing layout reads a "
               "rank's own share (rounded out to 256 KiB checksum blocks); at another layout, the "
-              "blocks of the pieces that overlap it.", ""]
+              "blocks of the pieces that overlap it. Four ranks share two cores here, with each "
+              "checkpoint's fsync, so the stall and step columns move by up to ±30 % between "
+              "runs; the memory columns repeat.", ""]
     bench_common.write_section(docs, SECTION, lines, {})
 
 
@@ -118,12 +122,13 @@ def main():
     ap.add_argument("--write-docs", default="")
     args = ap.parse_args()
     loom, baseline = os.path.abspath(args.loom), os.path.abspath(args.baseline)
+    source = os.path.abspath(args.source)
     docs = os.path.abspath(args.write_docs) if args.write_docs else ""
     bench_common.exit_on_sigterm()
     work = tempfile.mkdtemp(prefix="loom-ckptbench-")
     os.chdir(work)
     try:
-        bench_common.prepare_data(loom, os.path.abspath(args.source))
+        bench_common.prepare_data(loom, source)
         rows, reads = measure(loom, baseline, args)
         if docs:
             kept = [a for a in sys.argv[3:] if a not in (args.write_docs, "--write-docs", args.baseline)]
