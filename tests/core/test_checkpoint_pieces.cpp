@@ -1,7 +1,7 @@
-// Sharded checkpoint pieces, without MPI: the ranks of a tp = 2 × ZeRO-1 over 2 layout write
-// their pieces by the rule; other layouts (tp 1, 2, 4; whole or sharded moments) read back
-// exactly their shards of the global tensors, reading only what overlaps them. Also the single
-// file format of earlier versions.
+// Sharded checkpoint pieces, without MPI: the ranks of pp × tp × ZeRO-1 layouts write their
+// pieces by the rule; every other layout (pp 1, 2, 4 × tp 1, 2, 4 × whole or sharded moments)
+// reads back exactly its shards of the global tensors, reading only what overlaps them. Also the
+// single-file format of earlier versions.
 #include <google/protobuf/text_format.h>
 #include <gtest/gtest.h>
 #include <zlib.h>
@@ -14,6 +14,7 @@
 #include "core/checkpoint_pieces.h"
 #include "core/config.h"
 #include "core/rng.h"
+#include "core/stage_plan.h"
 #include "core/tensor_parallel.h"
 #include "tests/core/test_util.h"
 
@@ -30,7 +31,7 @@ config::RunConfig wide_config() {
   // The vocabulary pads at tp = 4; wte's pieces span several 256 KiB checksum blocks.
   for (const char* o : {"model.vocab_size=9001", "model.d_model=64", "model.n_heads=4",
                         "model.d_mlp=128", "model.max_seq_len=8", "model.prelude_layers=0",
-                        "model.block_layers=1", "model.loops=1", "model.coda_layers=0",
+                        "model.block_layers=2", "model.loops=2", "model.coda_layers=0",
                         "train.seq_len=8", "train.micro_batch=1", "train.global_batch=1"})
     apply_override(cfg, o);
   return cfg;
@@ -77,60 +78,89 @@ void write_meta(const fs::path& dir, const config::RunConfig& cfg, const Meta& p
   std::ofstream(dir / "checkpoint.textproto") << text;
 }
 
-// Writes step_0000001 as four ranks of tp 2 × dp 2 with ZeRO-1 would.
-fs::path write_sharded(const TempDir& tmp, const config::RunConfig& cfg, const Global& g) {
-  const fs::path dir = tmp / "step_0000001";
+struct Layout {
+  int pp = 1, tp = 1, zero = 1;  // zero: ranks the moments are sharded over (1: whole)
+  std::string name() const {
+    return "pp " + std::to_string(pp) + " × tp " + std::to_string(tp) + " × ZeRO over " +
+           std::to_string(zero);
+  }
+};
+
+// The buffers' layout of pipeline rank `pp` and tensor-parallel rank `tp` of `l`.
+Model layout_of(const config::RunConfig& cfg, const Layout& l, int pp, int tp) {
+  config::RunConfig c = cfg;
+  c.mutable_parallel()->set_pp(l.pp);
+  return model_layout(c.model(), nullptr, {l.tp, tp, nullptr}, {stage_plan_create(c), pp});
+}
+
+// Writes step_0000001 as the ranks of `l` would (its dp = the ZeRO group).
+fs::path write_sharded(const fs::path& root, const config::RunConfig& cfg, const Global& g,
+                       const Layout& l) {
+  const fs::path dir = root / "step_0000001";
   fs::create_directories(dir);
   Meta all;
-  for (int tp = 0; tp < 2; ++tp)
-    for (int dp = 0; dp < 2; ++dp) {
-      Model local = model_layout(cfg.model(), nullptr, {2, tp, nullptr});
-      Optimizer opt;
-      opt.owned = {shard_range(local.num_params, 2, dp)};
-      opt.m = compact(shard_of(g, local, g.m), opt.owned);
-      opt.v = compact(shard_of(g, local, g.v), opt.owned);
-      const std::vector<float> params = shard_of(g, local, g.params);
-      const CheckpointPieces pieces = checkpoint_pieces_written(local, opt, dp == 0);
-      const Meta part = checkpoint_pieces_write(dir, "rank_0000" + std::to_string(tp * 2 + dp) + ".bin",
-                                                local.tensors, params.data(), opt.m.data(),
-                                                opt.v.data(), pieces);
-      all.MergeFrom(part);
-    }
+  int rank = 0;
+  for (int pp = 0; pp < l.pp; ++pp)
+    for (int dp = 0; dp < l.zero; ++dp)
+      for (int tp = 0; tp < l.tp; ++tp, ++rank) {
+        const Model local = layout_of(cfg, l, pp, tp);
+        Optimizer opt;
+        opt.owned = {shard_range(local.num_params, l.zero, dp)};
+        opt.m = compact(shard_of(g, local, g.m), opt.owned);
+        opt.v = compact(shard_of(g, local, g.v), opt.owned);
+        const std::vector<float> params = shard_of(g, local, g.params);
+        const CheckpointPieces pieces = checkpoint_pieces_written(local, opt, dp == 0);
+        all.MergeFrom(checkpoint_pieces_write(dir, "rank_" + std::to_string(100000 + rank).substr(1) + ".bin",
+                                              local.tensors, params.data(), opt.m.data(),
+                                              opt.v.data(), pieces));
+      }
   write_meta(dir, cfg, all);
   return dir;
+}
+
+fs::path write_sharded(const TempDir& tmp, const config::RunConfig& cfg, const Global& g) {
+  return write_sharded(fs::path(tmp.str()), cfg, g, {1, 2, 2});
 }
 
 TEST(CheckpointPieces, EveryLayoutReadsItsShardsOfAShardedCheckpoint) {
   TempDir tmp;
   const config::RunConfig cfg = wide_config();
   const Global g = make_global(cfg);
-  const fs::path dir = write_sharded(tmp, cfg, g);
-  int64_t stored = 0;
-  for (const auto& f : fs::directory_iterator(dir))
-    if (f.path().extension() == ".bin") stored += static_cast<int64_t>(fs::file_size(f.path()));
-  EXPECT_EQ(stored, static_cast<int64_t>(3 * g.layout.num_params * 4))
-      << "every global element of params, m and v is written exactly once";
-
-  for (int tp_size : {1, 2, 4})
-    for (int zero : {1, 2, 3})
-      for (int tp = 0; tp < tp_size; ++tp) {
-        SCOPED_TRACE("tp " + std::to_string(tp) + " of " + std::to_string(tp_size) + ", ZeRO over " +
-                     std::to_string(zero));
-        Model local = model_layout(cfg.model(), nullptr, {tp_size, tp, nullptr});
-        local.params.assign(local.num_params, 7.0f);
-        Optimizer opt = optimizer_create(local, {shard_range(local.num_params, zero, zero - 1)});
-        const CheckpointState s = checkpoint_load(dir.string(), local, &opt);
-        EXPECT_EQ(local.params, shard_of(g, local, g.params));
-        EXPECT_EQ(opt.m, compact(shard_of(g, local, g.m), opt.owned));
-        EXPECT_EQ(opt.v, compact(shard_of(g, local, g.v), opt.owned));
-        EXPECT_EQ(s.bytes_stored, stored);
-        // At the layout that wrote it, a rank reads its own bytes (rounded out to the 256 KiB
-        // checksum blocks); at another, the blocks of the pieces that overlap it, and never all.
-        const int64_t own = static_cast<int64_t>(local.num_params + 2 * opt.m.size()) * 4;
-        if (tp_size == 2 && zero == 2) EXPECT_LT(s.bytes_read, own + 6 * (int64_t{1} << 18));
-        if (tp_size > 1) EXPECT_LT(s.bytes_read, stored * 3 / 4);
-        EXPECT_GE(s.bytes_read, own - 4 * 9001 * 64);  // (the padding is not read)
-      }
+  for (const Layout& written : {Layout{1, 2, 2}, Layout{2, 2, 1}, Layout{4, 1, 2}}) {
+    const fs::path dir = write_sharded(fs::path(tmp.str()) / written.name(), cfg, g, written);
+    int64_t stored = 0;
+    for (const auto& f : fs::directory_iterator(dir))
+      if (f.path().extension() == ".bin") stored += static_cast<int64_t>(fs::file_size(f.path()));
+    EXPECT_EQ(stored, static_cast<int64_t>(3 * g.layout.num_params * 4))
+        << written.name() << ": every global element of params, m and v is written exactly once";
+    for (int pp_size : {1, 2, 4})
+      for (int tp_size : {1, 2, 4})
+        for (int zero : {1, 3}) {
+          const Layout reader{pp_size, tp_size, zero};
+          for (int pp = 0; pp < pp_size; ++pp)
+            for (int tp = 0; tp < tp_size; ++tp) {
+              SCOPED_TRACE("written at " + written.name() + ", read at " + reader.name() +
+                           " by pp rank " + std::to_string(pp) + ", tp rank " + std::to_string(tp));
+              Model local = layout_of(cfg, reader, pp, tp);
+              local.params.assign(local.num_params, 7.0f);
+              Optimizer opt = optimizer_create(local, {shard_range(local.num_params, zero, zero - 1)});
+              const CheckpointState s = checkpoint_load(dir.string(), local, &opt);
+              EXPECT_EQ(local.params, shard_of(g, local, g.params));
+              EXPECT_EQ(opt.m, compact(shard_of(g, local, g.m), opt.owned));
+              EXPECT_EQ(opt.v, compact(shard_of(g, local, g.v), opt.owned));
+              EXPECT_EQ(s.bytes_stored, stored);
+              // At the layout that wrote it, a rank reads its own bytes (rounded out to the 256
+              // KiB checksum blocks); at another, the blocks of the pieces that overlap it: at
+              // most all rows of a column-cut piece of which it needs some columns.
+              const int64_t own = static_cast<int64_t>(local.num_params + 2 * opt.m.size()) * 4;
+              const int64_t blocks = 8 * (int64_t{1} << 18);
+              if (pp_size == written.pp && tp_size == written.tp && zero == written.zero)
+                EXPECT_LT(s.bytes_read, own + blocks);
+              EXPECT_LT(s.bytes_read, 2 * own + blocks);
+              EXPECT_GE(s.bytes_read, own - 4 * 9001 * 64);  // (the padding is not read)
+            }
+        }
+  }
 }
 
 TEST(CheckpointPieces, DamageIsFoundWhereItIsRead) {
