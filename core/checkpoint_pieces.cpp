@@ -124,8 +124,14 @@ std::map<std::string, std::vector<const Meta::Tensor*>> index_entries(const std:
     const std::vector<int64_t> shape(e.global_shape().begin(), e.global_shape().end());
     const std::string where = "checkpoint " + dir + ": tensor \"" + e.name() + "\": ";
     if (shape.empty() || shape.size() > 2 || e.shard_offset_size() != e.global_shape_size() ||
-        e.shard_shape_size() != e.global_shape_size())
+        e.shard_shape_size() != e.global_shape_size() ||
+        std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 1 || d >= (1L << 31); }))
       throw Error(where + "its shapes are not 1-D or 2-D of one rank (corrupt metadata)");
+    if (auto seen = index.find(e.name());
+        seen != index.end() && !std::equal(shape.begin(), shape.end(),
+                                           seen->second.front()->global_shape().begin(),
+                                           seen->second.front()->global_shape().end()))
+      throw Error(where + "its pieces disagree on the tensor's shape (corrupt metadata)");
     const PieceRect r = rect_of(e);
     const int64_t rows = shape.size() == 2 ? shape[0] : 1, cols = cols_of(shape);
     if (r.row < 0 || r.rows < 1 || r.row > rows - r.rows || r.col < 0 || r.cols < 1 ||
@@ -139,6 +145,15 @@ std::map<std::string, std::vector<const Meta::Tensor*>> index_entries(const std:
       throw Error("checkpoint " + dir + " does not fit this model: tensor \"" + e.name() +
                   "\" has another shape there");
     index[e.name()].push_back(&e);
+  }
+  for (const auto& [name, pieces] : index) {  // pieces cover their tensor once: their areas add up
+    int64_t area = 0, size = 1;
+    for (const Meta::Tensor* e : pieces) area = std::min(area + rect_of(*e).size(), int64_t{1} << 62);
+    for (int64_t d : pieces.front()->global_shape()) size *= d;
+    if (area != size)
+      throw Error("checkpoint " + dir + ": the pieces of tensor \"" + name + "\" hold " +
+                  std::to_string(area) + " elements, the tensor " + std::to_string(size) +
+                  " (missing or overlapping pieces: corrupt metadata)");
   }
   if (index.size() != model.global_tensors)
     throw Error("checkpoint " + dir + " has " + std::to_string(index.size()) +
