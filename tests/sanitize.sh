@@ -3,7 +3,8 @@
 # CUDA), every finding fatal:
 #  - build-sanitize, AddressSanitizer + UndefinedBehaviorSanitizer: the unit tests, two-rank
 #    training runs (ZeRO-1, recomputation, a checkpoint, resumes at dp 2 and tp 2), then each
-#    libFuzzer target (tests/fuzz) for FUZZ_SECONDS (default 30) from its seed corpus. A crash a
+#    libFuzzer target (tests/fuzz) for FUZZ_SECONDS (default 30) from its seed corpus, with
+#    libFuzzer's -seed=FUZZ_SEED (default 1, so CI repeats its inputs; 0 = a new seed). A crash a
 #    fuzzer finds is saved under build-sanitize/fuzz-crashes/ and fails the script; add it to the
 #    target's corpus once fixed, as a regression test.
 #  - build-tsan, ThreadSanitizer: the communicator tests (the MPI progress thread, async work
@@ -11,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-30}
+fuzz_seed=${FUZZ_SEED:-1}
 build=build-sanitize
 started=$SECONDS
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
@@ -55,7 +57,7 @@ mkdir -p "$build/fuzz-crashes"
 for target in config shard checkpoint_meta safetensors; do
   corpus="$work/corpus-$target"
   cp -r "tests/fuzz/corpus/$target" "$corpus"
-  "$build/tests/fuzz/fuzz_$target" "$corpus" -max_total_time="$seconds" -timeout=10 \
+  "$build/tests/fuzz/fuzz_$target" "$corpus" -max_total_time="$seconds" -seed="$fuzz_seed" -timeout=10 \
     -rss_limit_mb=3072 -print_final_stats=1 -artifact_prefix="$build/fuzz-crashes/$target-" \
     2>"$work/fuzz-$target.log" || {
       tail -40 "$work/fuzz-$target.log"
