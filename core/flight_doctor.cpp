@@ -124,8 +124,9 @@ std::string signature(const Entry& e) {
 
 // "step 5, backward of micro-batch 1 (chunk 0)".
 std::string phase_text(const Dump::Phase& p, bool chunks) {
+  if (p.name().empty()) return "an unknown phase";
   std::string out = p.step() >= 0 ? "step " + std::to_string(p.step()) + ", " : "";
-  out += p.name().empty() ? "an unnamed phase" : p.name();
+  out += p.name();
   if (p.micro() >= 0) out += " of micro-batch " + std::to_string(p.micro());
   if (chunks && p.chunk() >= 0) out += " (chunk " + std::to_string(p.chunk()) + ")";
   return out;
@@ -315,11 +316,15 @@ void describe_not_issued(const Analysis& a, int rank, const GroupView& g,
 
 // What a rank that others wait for is doing.
 void describe_behind(const Analysis& a, int rank, std::ostringstream& text) {
-  // The waits it blocks, by group.
-  std::map<const GroupView*, std::vector<const Wait*>> blocked;
-  for (const Wait& w : a.waits)
-    if (std::find(w.blockers.begin(), w.blockers.end(), rank) != w.blockers.end())
-      blocked[w.group].push_back(&w);
+  // The waits it blocks, by group, the oldest first.
+  std::vector<std::pair<const GroupView*, std::vector<const Wait*>>> blocked;
+  for (const Wait& w : a.waits) {
+    if (std::find(w.blockers.begin(), w.blockers.end(), rank) == w.blockers.end()) continue;
+    auto same = std::find_if(blocked.begin(), blocked.end(),
+                             [&](const auto& b) { return b.first == w.group; });
+    if (same == blocked.end()) same = blocked.insert(blocked.end(), {w.group, {}});
+    same->second.push_back(&w);
+  }
   const auto dump = a.dumps.find(rank);
   text << rank_label(a, rank)
        << (dump == a.dumps.end()

@@ -20,7 +20,7 @@
 //
 //   loom::FlightRecorder rec(4096);
 //   int g = loom::flight_add_group(rec, "dp", {0, 1});
-//   uint64_t id = loom::flight_issue(rec, g, index, {.op = loom::FlightOp::kBarrier});
+//   uint64_t id = loom::flight_issue(rec, g, index, info);  // info: the op, type, count, ...
 //   loom::flight_start(rec, id);  loom::flight_finish(rec, id, loom::FlightState::kCompleted);
 #pragma once
 #include <atomic>
