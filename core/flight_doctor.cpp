@@ -372,7 +372,8 @@ void report_waits(const Analysis& a, std::ostringstream& text) {
     else
       lines.push_back({line.str(), {w.rank}});
   }
-  for (const auto& [line, ranks] : lines) {
+  for (auto& [line, ranks] : lines) {
+    std::sort(ranks.begin(), ranks.end());
     double longest = 0;
     for (const Wait& w : a.waits)
       if (std::find(ranks.begin(), ranks.end(), w.rank) != ranks.end())

@@ -206,6 +206,8 @@ int command_train(int argc, char** argv) {
 
   const std::string run_dir = args.value("--run-dir", default_run_dir(config_path));
   if (mesh.world_size() == 1) {
+    // One process dumps its recorder (its phase) on SIGUSR2 only: on an error its message says
+    // all a dump could, there being no other rank to line up with.
     install_signal_handlers();
     Flight flight = flight_create(cfg);
     TrainOptions options;
@@ -218,15 +220,7 @@ int command_train(int argc, char** argv) {
       target.path = flight_dump_path(run_dir, 0);
       flight_set_target(*flight.recorder, target);
     }
-    try {
-      return print_done(train(cfg, options));
-    } catch (const std::exception& e) {
-      if (flight.recorder) {
-        flight_set_error(*flight.recorder, e.what());
-        flight_dump(*flight.recorder, "error");
-      }
-      throw;
-    }
+    return print_done(train(cfg, options));
   }
   // Several ranks: start them with this very command line, the run directory made explicit.
   std::vector<std::string> worker_args = {"train", config_path};

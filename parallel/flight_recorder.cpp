@@ -88,9 +88,8 @@ struct UnixTime {
   }
 };
 
-void append_entry(std::string& out, const FlightEntry& e, const FlightRecorder& rec,
+void append_entry(std::string& out, const FlightEntry& e, const FlightGroup& g,
                   const UnixTime& now) {
-  const FlightGroup& g = rec.groups[e.group];
   out += "{";
   append_field(out, "id", static_cast<long long>(e.id));
   out += ",";
@@ -270,9 +269,24 @@ void flight_set_error(FlightRecorder& rec, const std::string& error) {
 }
 
 std::string flight_dump_json(const FlightRecorder& rec, const std::string& trigger) {
-  std::lock_guard lock(rec.mutex);
-  const UnixTime now;
-  const FlightDumpTarget target = rec.target.value_or(FlightDumpTarget{});
+  // A copy, so that the backends' progress threads wait for a memcpy, not for the formatting.
+  UnixTime now;
+  FlightPhase phase;
+  std::vector<FlightGroup> groups;
+  std::vector<FlightEntry> ring;
+  uint64_t next_id = 0;
+  FlightDumpTarget target;
+  std::string error;
+  {
+    std::lock_guard lock(rec.mutex);
+    now = UnixTime{};
+    phase = rec.phase;
+    groups = rec.groups;
+    ring = rec.ring;
+    next_id = rec.next_id;
+    target = rec.target.value_or(FlightDumpTarget{});
+    error = rec.error;
+  }
   std::string out = "{";
   append_field(out, "version", 1);
   out += ",";
@@ -298,19 +312,19 @@ std::string flight_dump_json(const FlightRecorder& rec, const std::string& trigg
   append_time(out, "time_unix", now.unix_s);
   out += ",";
   append_field(out, "trigger", trigger);
-  if (!rec.error.empty()) {
+  if (!error.empty()) {
     out += ",";
-    append_field(out, "error", rec.error);
+    append_field(out, "error", error);
   }
   out += ",\"phase\":";
-  append_phase(out, rec.phase);
+  append_phase(out, phase);
   out += ",";
-  append_field(out, "capacity", static_cast<long long>(rec.ring.size()));
+  append_field(out, "capacity", static_cast<long long>(ring.size()));
   out += ",";
-  append_field(out, "recorded", static_cast<long long>(rec.next_id));
+  append_field(out, "recorded", static_cast<long long>(next_id));
   out += ",\"groups\":[";
-  for (size_t i = 0; i < rec.groups.size(); ++i) {
-    const FlightGroup& g = rec.groups[i];
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const FlightGroup& g = groups[i];
     out += i ? ",{" : "{";
     append_field(out, "name", g.name);
     out += ",";
@@ -328,10 +342,10 @@ std::string flight_dump_json(const FlightRecorder& rec, const std::string& trigg
     out += "}";
   }
   out += "],\"entries\":[";
-  const uint64_t first = rec.next_id > rec.ring.size() ? rec.next_id - rec.ring.size() : 0;
-  for (uint64_t id = first; id < rec.next_id; ++id) {
+  const uint64_t first = next_id > ring.size() ? next_id - ring.size() : 0;
+  for (uint64_t id = first; id < next_id; ++id) {
     out += id > first ? "," : "";
-    append_entry(out, rec.ring[id % rec.ring.size()], rec, now);
+    append_entry(out, ring[id % ring.size()], groups[ring[id % ring.size()].group], now);
   }
   out += "]}\n";
   return out;
