@@ -133,6 +133,24 @@ void append_entry(std::string& out, const FlightEntry& e, const FlightGroup& g,
   out += "}";
 }
 
+void append_group(std::string& out, const FlightGroup& g) {
+  out += "{";
+  append_field(out, "name", g.name);
+  out += ",";
+  append_numbers(out, "ranks", g.ranks);
+  out += ",";
+  append_field(out, "operations", g.operations);
+  out += ",";
+  append_field(out, "collectives", g.collectives);
+  out += ",";
+  append_field(out, "completed", g.completed);
+  out += ",";
+  append_numbers(out, "sent", g.sent);
+  out += ",";
+  append_numbers(out, "received", g.received);
+  out += "}";
+}
+
 FlightEntry* find_entry(FlightRecorder& rec, uint64_t id) {
   if (rec.ring.empty()) return nullptr;
   FlightEntry& e = rec.ring[id % rec.ring.size()];
@@ -324,22 +342,8 @@ std::string flight_dump_json(const FlightRecorder& rec, const std::string& trigg
   append_field(out, "recorded", static_cast<long long>(next_id));
   out += ",\"groups\":[";
   for (size_t i = 0; i < groups.size(); ++i) {
-    const FlightGroup& g = groups[i];
-    out += i ? ",{" : "{";
-    append_field(out, "name", g.name);
-    out += ",";
-    append_numbers(out, "ranks", g.ranks);
-    out += ",";
-    append_field(out, "operations", g.operations);
-    out += ",";
-    append_field(out, "collectives", g.collectives);
-    out += ",";
-    append_field(out, "completed", g.completed);
-    out += ",";
-    append_numbers(out, "sent", g.sent);
-    out += ",";
-    append_numbers(out, "received", g.received);
-    out += "}";
+    out += i ? "," : "";
+    append_group(out, groups[i]);
   }
   out += "],\"entries\":[";
   const uint64_t first = next_id > ring.size() ? next_id - ring.size() : 0;
