@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -228,8 +229,10 @@ void find_waits(Analysis& a) {
   });
 }
 
-// Ranks that others wait for and that wait for nobody (or left no dump); in a cycle of waits,
-// the ranks that the least advanced wait is waiting for — they went on past it.
+// Ranks that others wait for and that wait for nobody (or left no dump). In a cycle of waits
+// (a skipped operation, groups called in different orders) every rank waits; then the ones to
+// name went on past a wait: blockers of the least advanced wait that are themselves further
+// in their step than that wait (by step and phase); failing that, all its blockers.
 std::vector<int> find_behind(const Analysis& a, bool* cycle) {
   std::set<int> waiting, blockers;
   for (const Wait& w : a.waits) {
@@ -242,11 +245,22 @@ std::vector<int> find_behind(const Analysis& a, bool* cycle) {
     if (!waiting.count(b) || !a.dumps.count(b)) roots.push_back(b);
   *cycle = roots.empty() && !blockers.empty();
   if (!*cycle) return roots;
+  std::optional<std::pair<int64_t, int>> least;  // the least advanced wait with a rank past it
+  std::set<int> past;
   const Wait* first = nullptr;
   for (const Wait& w : a.waits) {
     if (w.blockers.empty()) continue;
-    if (!first || progress(w.entry->phase()) < progress(first->entry->phase())) first = &w;
+    const auto at = progress(w.entry->phase());
+    if (!first || at < progress(first->entry->phase())) first = &w;
+    std::set<int> ahead;
+    for (int b : w.blockers)
+      if (progress(a.dumps.at(b)->phase()) > at) ahead.insert(b);
+    if (ahead.empty() || (least && at > *least)) continue;
+    if (!least || at < *least) past.clear();
+    least = at;
+    past.insert(ahead.begin(), ahead.end());
   }
+  if (!past.empty()) return {past.begin(), past.end()};
   return first->blockers;
 }
 
@@ -458,8 +472,8 @@ FlightDiagnosis flight_diagnose(const std::vector<config::FlightDump>& dumps) {
   out.behind = find_behind(a, &cycle);
   out.stuck = !a.waits.empty();
   if (cycle)
-    text << "The waits form a cycle: each of these ranks waits for another. The least advanced "
-            "wait is for "
+    text << "The waits form a cycle: every rank in it waits for another, so one went on past an "
+            "operation the others wait in: "
          << ranks_text(out.behind) << ".\n\n";
   for (int rank : out.behind) describe_behind(a, rank, text);
   if (!a.waits.empty()) {

@@ -164,6 +164,36 @@ TEST(FlightDoctor, ARankThatSkippedAnOperationWentOnPastIt) {
     EXPECT_TRUE(contains(d.text, part)) << "missing: " << part << "\n" << d.text;
 }
 
+TEST(FlightDoctor, InACycleTheRankNamedIsTheOneThatWentFurther) {
+  // dp = 2 × tp = 2: rank 3 skipped tp #62 and waits in world #5 (end of step) with rank 1;
+  // rank 2 waits in tp #62 for rank 3, rank 0 in dp_sp #5 for rank 2 — both in the same phase,
+  // rank 0's wait the older. Rank 2 is waited for but is no further than rank 0: rank 3 is named.
+  Job job(2, 1, 2, {0, 1, 2, 3});
+  const char* kEnd = "end of step (trace, metrics, stop check)";
+  const int dp0 = job.group(0, "dp_sp", {0, 2}, 6, 5);
+  job.group(2, "dp_sp", {0, 2}, 5, 5);
+  const int tp2 = job.group(2, "tp", {2, 3}, 63, 62);
+  job.group(3, "tp", {2, 3}, 62, 62);
+  for (int r : {0, 1, 2, 3}) {
+    const bool ahead = r == 1 || r == 3;
+    const int w = job.group(r, "world", {0, 1, 2, 3}, ahead ? 6 : 5, 5);
+    if (ahead)
+      Job::set_phase(job.collective(r, w, 5, "all_reduce", 1, "timed_out", 2.0).mutable_phase(), 3,
+                     kEnd);
+    job.phase(r, 3, ahead ? kEnd : "loss and gradient norm");
+  }
+  Job::set_phase(job.collective(0, dp0, 5, "all_reduce", 2, "timed_out", 2.2).mutable_phase(), 3,
+                 "loss and gradient norm");
+  Job::set_phase(job.collective(2, tp2, 62, "all_reduce", 1, "timed_out", 2.1).mutable_phase(), 3,
+                 "loss and gradient norm");
+  const FlightDiagnosis d = flight_diagnose(job.dumps);
+  EXPECT_EQ(d.behind, std::vector<int>{3}) << d.text;
+  EXPECT_TRUE(contains(d.text,
+                       "rank 3 (dp=1 tp=1) is behind. In group tp [ranks 2 3] it never "
+                       "issued #62"))
+      << d.text;
+}
+
 TEST(FlightDoctor, FindsCollectivesCalledInDifferentOrders) {
   // dp = 2: rank 1 issued buckets #13 and #14 the other way round.
   Job job(2, 1, 1, {0, 1});
