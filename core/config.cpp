@@ -274,6 +274,7 @@ void check_sizes(const config::RunConfig& cfg) {
         {"train.seq_len", t.seq_len(), 1L << 24},
         {"train.eval_loops", t.eval_loops(), 1L << 20},
         {"train.eval_batches", t.eval_batches(), 1L << 24},
+        {"logging.flight_entries", cfg.logging().flight_entries(), 1L << 24},
         {"runtime.threads", cfg.runtime().threads(), 1L << 12}})
     require(value <= most, std::string(name) + " (" + std::to_string(value) +
                                ") is larger than loom accepts (at most " +
@@ -416,6 +417,8 @@ void validate_config(const config::RunConfig& cfg) {
   require(cfg.logging().sample_top_k() >= 0, "logging.sample_top_k must not be negative");
   require(cfg.logging().straggler_pct() >= 0,
           "logging.straggler_pct must not be negative (0: no straggler warning)");
+  require(cfg.logging().flight_entries() >= 0,
+          "logging.flight_entries must not be negative (0: no flight recorder)");
   require(cfg.runtime().threads() >= 0, "runtime.threads must not be negative (0 = all cores)");
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   require(cfg.runtime().threads() <= 4 * cores,

@@ -121,6 +121,7 @@ struct Runner {
     const int buffer = c.first ? take_buffer() : received(Type::kRecvForward, a);
     const int slot = take_slot(a);
     const size_t tokens = static_cast<size_t>(a.micro) * batch.B * batch.T;
+    flight_phase(pipe.flight, "forward", a.micro, a.chunk);
     {
       TraceSpan span(pipe.trace, "F", "forward", a.micro, a.chunk);
       loss += model_forward_chunk(model, a.chunk, slot, buffer, batch.inputs + tokens,
@@ -137,6 +138,8 @@ struct Runner {
   void backward_of(const PipelineAction& a) {
     const ModelChunk& c = model.chunks[a.chunk];
     const int buffer = c.last ? take_buffer() : received(Type::kRecvBackward, a);
+    flight_phase(pipe.flight, pipe.split_backward ? "backward (input gradients)" : "backward",
+                 a.micro, a.chunk);
     {
       TraceSpan span(pipe.trace, "B", "backward", a.micro, a.chunk);
       model_backward_chunk(model, a.chunk, slot_of(a), buffer, batch.B,
@@ -152,6 +155,7 @@ struct Runner {
 
   // The weight-gradient pass of a split backward: no transfer; frees the slot.
   void weights_of(const PipelineAction& a) {
+    flight_phase(pipe.flight, "backward (weight gradients)", a.micro, a.chunk);
     {
       TraceSpan span(pipe.trace, "W", "backward", a.micro, a.chunk);
       model_backward_chunk(model, a.chunk, slot_of(a), 0, batch.B,

@@ -18,6 +18,7 @@
 #include "core/trace.h"
 #include "loom.pb.h"
 #include "parallel/communicator.h"
+#include "parallel/flight_recorder.h"
 #include "parallel/pipeline_schedule.h"
 
 namespace loom {
@@ -42,6 +43,7 @@ struct Pipeline {
   std::vector<std::pair<int, WorkPtr>> sending;
   double wait_seconds = 0;               // blocked on transfers (exposed), reset by the caller
   TraceRecorder* trace = nullptr;        // optional
+  FlightRecorder* flight = nullptr;      // optional: each compute marks its phase
 };
 
 // Micro-batches of (B, T) tokens stored one after the other.

@@ -53,6 +53,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   model.ring.wait_seconds = model.ring.compute_seconds = 0.0;
   pipe.wait_seconds = 0.0;
   pipe.trace = parallel.trace;
+  pipe.flight = parallel.flight;
   model.trace = parallel.trace;
   model.ring.on_blocked = {};
   if (TraceRecorder* trace = parallel.trace; trace && model.sp.comm)
@@ -83,6 +84,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
       sequence_part(model, {inputs, targets, m, B, cfg.train().seq_len(), scale}, local);
   const double loss_sum = pipeline_run(pipe, model, pipe.train, batch, true, on_final);
   result.loss = loss_sum / m;
+  flight_phase(parallel.flight, "gradient reduction");
   if (replicas) {
     replica_sync_finish(*replicas, to_reducer);
     result.comm_wait_s += replicas->wait_seconds;
@@ -97,6 +99,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   // global element counted on one tensor-parallel rank and one pipeline stage.
   double squares = grad_sum_squares(model, optimizer.owned,
                                     zero ? reducer->shard.data() : model.grads.data());
+  flight_phase(parallel.flight, "loss and gradient norm");
   const auto start = Clock::now();
   if (model.tp.comm) model.tp.comm->all_reduce(&squares, 1);
   if (parallel.pp && parallel.pp->size() > 1) {
@@ -118,6 +121,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
       model.tp_sums.wait_seconds + model.ring.wait_seconds + pipe.wait_seconds + seconds_since(start);
   result.finite = std::isfinite(result.loss) && std::isfinite(result.grad_norm);
   if (!result.finite) return result;
+  flight_phase(parallel.flight, "optimizer");
   TraceSpan span(parallel.trace, "optimizer", "optimizer");
   optimizer_step(optimizer, model, cfg.optim(), lr,
                  clip_scale(result.grad_norm, cfg.train().grad_clip()),
@@ -150,6 +154,7 @@ double evaluate(Model& model, Pipeline& pipe, const TokenDataset& val, int batch
     const std::vector<PipelineAction> forwards =
         pipeline_forward_schedule(pipe.size, mine, v, pipe.rank);
     pipe.trace = nullptr;
+    pipe.flight = nullptr;  // the caller's phase ("evaluation") stands
     model.trace = nullptr;
     model.ring.on_blocked = {};
     std::vector<int> local;

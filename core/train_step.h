@@ -34,6 +34,7 @@ struct StepParallel {
   Communicator* pp = nullptr;        // the pipeline group: losses and gradient norms
   ReplicaSync* replicas = nullptr;   // shared-weight gradients summed across stages
   TraceRecorder* trace = nullptr;
+  FlightRecorder* flight = nullptr;  // phases of the step (parallel/flight_recorder.h)
 };
 
 // One optimizer step over pipe.micro_batches micro-batches of (B, T) tokens stored one after

@@ -476,7 +476,9 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   // pp or sp > 1: the whole model's parameters, on rank 0, for sampling on one rank.
   const bool sample_whole = groups.mesh.pp > 1 || groups.mesh.sp > 1;
   std::vector<float> final_params;
+  FlightRecorder* flight = options.flight;
   auto save = [&](bool final) {
+    flight_phase(flight, "checkpoint");
     CheckpointState state{cfg, step, loader.position, rng.state, tokens_seen};
     const auto start = Clock::now();
     save_checkpoint(run, state, checkpoints_dir.string());
@@ -488,6 +490,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   };
   StepParallel parallel;
   if (distributed) parallel = {&dp, &run.reducer};
+  parallel.flight = flight;
   if (groups.mesh.pp > 1) {
     parallel.pp = groups.pp.get();
     parallel.replicas = &run.replicas;
@@ -504,6 +507,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
 
   while (step < t.steps()) {
     const auto step_start = Clock::now();
+    flight_step(flight, step + 1, "loading data");
     run.trace.step = static_cast<int>(step - first_step);
     const bool tracing = run.trace.enabled;
     parallel.trace = tracing ? &run.trace : nullptr;
@@ -547,10 +551,12 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
     double val_loss = -1.0;
     if (validate && (step % t.eval_interval() == 0 || step == t.steps())) {
       model_set_loops(model, eval_loops(cfg));
+      flight_phase(flight, "evaluation");
       val_loss = evaluate(model, run.pipe, val_data, t.eval_batches(), t.global_batch(), B, T,
                           {groups.coord.dp, groups.mesh.dp}, dp, groups.pp.get());
       summary.last_val_loss = val_loss;
     }
+    flight_phase(flight, "end of step (trace, metrics, stop check)");
     if (tracing && step - first_step == trace_steps) write_trace(run, run_dir, log);
     // The largest activation peak of any rank, reached in the first step (every step runs
     // the same schedule).
@@ -618,6 +624,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   log.line("checkpoint: " + summary.last_checkpoint);
   // The last checkpoint is published before any rank goes on; the sampling below can take
   // longer than a collective timeout, and nothing waits for it.
+  flight_phase(flight, "finishing");
   if (groups.is_distributed()) groups.world->barrier();
   summary.steps = step;
   if (summary.stopped_by_signal) {
@@ -626,7 +633,9 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
                     run_dir.string().c_str()));
     return summary;
   }
+  flight_phase(flight, "sampling");
   sample_at_end(run, sample_whole ? &final_params : nullptr, rng.state, tokenizer, log);
+  flight_phase(flight, "done");
   return summary;
 }
 

@@ -20,6 +20,7 @@
 
 #include "core/train_step.h"
 #include "loom.pb.h"
+#include "parallel/flight_recorder.h"
 #include "parallel/grad_reducer.h"
 #include "parallel/groups.h"
 
@@ -33,6 +34,9 @@ struct TrainOptions {
   // Set (to a signal number) by a signal handler to stop cleanly: every rank finishes its step,
   // a checkpoint is written, and train returns with stopped_by_signal set.
   const std::atomic<int>* stop_request = nullptr;
+  // This rank's flight recorder, whose step phase train marks (parallel/flight_recorder.h);
+  // null: none.
+  FlightRecorder* flight = nullptr;
 };
 
 struct TrainSummary {

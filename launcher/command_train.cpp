@@ -8,18 +8,20 @@
 #include <iostream>
 
 #include "core/config.h"
-#include "core/trainer.h"
 #include "core/error.h"
+#include "core/trainer.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
 #include "launcher/spawn.h"
+#include "parallel/flight_recorder.h"
 #include "parallel/groups.h"
 #include "parallel/mpi_runtime.h"
 
 namespace loom {
 namespace {
 
-constexpr const char* kHelp = R"(usage: loom train CONFIG [--set path.to.field=value]... [--run-dir DIR] [--resume]
+constexpr const char* kHelp =
+    R"(usage: loom train CONFIG [--set path.to.field=value]... [--run-dir DIR] [--resume]
 
 Trains the model CONFIG (a text-format loom.config.RunConfig, see configs/loom.proto) describes.
 
@@ -32,7 +34,10 @@ Trains the model CONFIG (a text-format loom.config.RunConfig, see configs/loom.p
                  of ranks exhaust memory and process limits)
 
 SIGUSR1 stops the run after the current step with a checkpoint (exit status 75); continue it
-with --resume. Under `loom train`'s own launcher, mpirun or srun, every rank receives it.
+with --resume. SIGUSR2 makes every rank dump its flight recorder (its last communication
+operations and step phase, logging.flight_entries) to RUN_DIR/flight/rank_R.json and go on;
+ranks dump by themselves on a collective timeout or a fatal error. `loom doctor RUN_DIR` reads
+the dumps. Under `loom train`'s own launcher, mpirun or srun, every rank receives the signals.
 
 With parallel.dp (× tp × pp × sp) > 1, loom starts that many ranks itself: through srun inside a
 Slurm allocation, else through mpirun. Started by mpirun or srun directly (mpirun -np N loom train
@@ -45,19 +50,71 @@ constexpr int kMaxRanksPerCore = 8;
 // Exit status of a run stopped early by SIGUSR1 (EX_TEMPFAIL: continue it with --resume).
 constexpr int kExitStopped = 75;
 
+// How long a failing rank waits for the other ranks' flight dumps before it ends the job (it
+// stops waiting as soon as all are written; a dead or stopped rank writes none).
+constexpr double kFlightDumpGraceS = 5;
+
 // SIGUSR1 asks a run to stop cleanly after the current step, with a checkpoint (Slurm's
 // `--signal=B:USR1@SECONDS` before a time limit or preemption; mpirun and srun pass it on to
 // every rank). The flag is process-global because a signal handler can reach nothing else.
 std::atomic<int> stop_request{0};
+// SIGUSR2 asks for a flight dump: the handler only counts, a FlightDumper thread writes.
+std::atomic<int> flight_signals{0};
 
 void on_stop_signal(int signal) { stop_request.store(signal); }
+void on_flight_signal(int) { flight_signals.fetch_add(1); }
 
-void install_stop_handler() {
+void install_signal_handlers() {
   struct sigaction action {};
-  action.sa_handler = on_stop_signal;
   action.sa_flags = SA_RESTART;
   sigemptyset(&action.sa_mask);
+  action.sa_handler = on_stop_signal;
   sigaction(SIGUSR1, &action, nullptr);
+  action.sa_handler = on_flight_signal;
+  sigaction(SIGUSR2, &action, nullptr);
+}
+
+// This process's flight recorder and the thread that dumps it on request (none when
+// logging.flight_entries is 0). The recorder outlives the MPI runtime that records into it.
+struct Flight {
+  std::unique_ptr<FlightRecorder> recorder;
+  std::unique_ptr<FlightDumper> dumper;
+};
+
+Flight flight_create(const config::RunConfig& cfg) {
+  Flight flight;
+  if (cfg.logging().flight_entries() == 0) return flight;
+  flight.recorder = std::make_unique<FlightRecorder>(cfg.logging().flight_entries());
+  flight.dumper = std::make_unique<FlightDumper>(*flight.recorder, &flight_signals);
+  return flight;
+}
+
+void flight_set_rank(FlightRecorder& rec, const std::string& run_dir, const ProcessGroups& g) {
+  FlightDumpTarget target;
+  target.path = flight_dump_path(run_dir, g.rank);
+  target.rank = g.rank;
+  target.world_size = g.mesh.world_size();
+  const int mesh[4] = {g.mesh.dp, g.mesh.pp, g.mesh.sp, g.mesh.tp};
+  const int coord[4] = {g.coord.dp, g.coord.pp, g.coord.sp, g.coord.tp};
+  std::copy(mesh, mesh + 4, target.mesh);
+  std::copy(coord, coord + 4, target.coord);
+  flight_set_target(rec, target);
+}
+
+// A rank that failed: dumps its recorder, asks every other rank to dump theirs and waits a
+// little for them, so `loom doctor` sees the whole job before MPI_Abort ends it.
+void flight_dump_on_failure(FlightRecorder& rec, MpiRuntime& mpi, const std::string& run_dir,
+                            const std::string& label, const std::string& what) {
+  if (!std::filesystem::is_directory(run_dir)) return;  // failed before the run began
+  flight_set_error(rec, what);
+  const std::string error = flight_dump(rec, "error");
+  const auto since = mpi_request_flight_dumps(mpi);
+  const int world = mpi_world_size(mpi);
+  const int written = flight_wait_for_dumps(run_dir, world, since, kFlightDumpGraceS);
+  std::cerr << "loom train: " << label << " flight recorder: "
+            << (error.empty() ? "" : "this rank's dump failed (" + error + "); ") << written
+            << " of " << world << " ranks' dumps in " << flight_dump_dir(run_dir)
+            << "; explain them with: loom doctor " << run_dir << std::endl;
 }
 
 int print_done(const TrainSummary& summary) {
@@ -84,13 +141,16 @@ std::string default_run_dir(const std::string& config_path) {
 // whole job (MPI_Abort) after printing which rank failed and why; nothing is left hanging.
 int train_worker(const config::RunConfig& cfg, const std::string& config_path, const Args& args,
                  const Mesh& mesh) {
-  install_stop_handler();  // before MPI starts: a SIGUSR1 now must not kill the rank
+  install_signal_handlers();  // before MPI starts: a SIGUSR1 now must not kill the rank
+  Flight flight = flight_create(cfg);
   MpiRuntimeOptions mpi_options;
   mpi_options.timeout_s = cfg.parallel().collective_timeout_s();
   const char* fault = std::getenv("LOOM_FAULT");
   mpi_options.fault = parse_fault_injection(fault ? fault : "");
+  mpi_options.flight = flight.recorder.get();
   std::unique_ptr<MpiRuntime> mpi = mpi_runtime_init(mpi_options);
   std::string label = "[rank " + std::to_string(mpi_world_rank(*mpi)) + "]";
+  std::string flight_run_dir;  // set once the run directory is known: dumps go there
   try {
     ProcessGroups groups = process_groups_create(mpi.get(), mesh);
     label = groups.label();
@@ -101,11 +161,16 @@ int train_worker(const config::RunConfig& cfg, const std::string& config_path, c
     groups.world->broadcast(&length, 1, DataType::kInt64, 0);
     run_dir.resize(static_cast<size_t>(length));
     groups.world->broadcast(run_dir.data(), run_dir.size(), DataType::kByte, 0);
+    if (flight.recorder) {
+      flight_set_rank(*flight.recorder, run_dir, groups);
+      flight_run_dir = run_dir;
+    }
     TrainOptions options;
     options.run_dir = run_dir;
     options.resume = args.flag("--resume");
     options.groups = &groups;
     options.stop_request = &stop_request;
+    options.flight = flight.recorder.get();
     // train() returns once every rank has seen the last checkpoint written (then rank 0's tensor
     // group may still be sampling; MPI_Finalize waits for it without a timeout).
     const TrainSummary summary = train(cfg, options);
@@ -113,6 +178,8 @@ int train_worker(const config::RunConfig& cfg, const std::string& config_path, c
     return summary.stopped_by_signal ? kExitStopped : status;
   } catch (const std::exception& e) {
     std::cerr << "loom train: error: " << label << " " << e.what() << std::endl;
+    if (!flight_run_dir.empty())
+      flight_dump_on_failure(*flight.recorder, *mpi, flight_run_dir, label, e.what());
     mpi_abort(*mpi, 1);
   }
 }
@@ -139,11 +206,20 @@ int command_train(int argc, char** argv) {
 
   const std::string run_dir = args.value("--run-dir", default_run_dir(config_path));
   if (mesh.world_size() == 1) {
+    // One process dumps its recorder (its phase) on SIGUSR2 only: on an error its message says
+    // all a dump could, there being no other rank to line up with.
+    install_signal_handlers();
+    Flight flight = flight_create(cfg);
     TrainOptions options;
     options.run_dir = run_dir;
     options.resume = args.flag("--resume");
     options.stop_request = &stop_request;
-    install_stop_handler();
+    options.flight = flight.recorder.get();
+    if (flight.recorder) {
+      FlightDumpTarget target;
+      target.path = flight_dump_path(run_dir, 0);
+      flight_set_target(*flight.recorder, target);
+    }
     return print_done(train(cfg, options));
   }
   // Several ranks: start them with this very command line, the run directory made explicit.

@@ -13,5 +13,6 @@ int command_bench_comm(int argc, char** argv);  // argv: the arguments after "co
 int command_bench_ring(int argc, char** argv);  // argv: the arguments after "ring"
 int command_plan(int argc, char** argv);
 int command_trace(int argc, char** argv);
+int command_doctor(int argc, char** argv);
 
 }  // namespace loom

@@ -22,6 +22,7 @@ commands:
   export CHECKPOINT --safetensors FILE                      write the weights as safetensors
   bench step CONFIG | bench sgemm                           time training steps / OpenBLAS sgemm
   trace FILE --svg OUT [--steps A-B]                        draw a run's trace.json as SVG
+  doctor RUN_DIR                                            explain a hung or failed run
 )";
 
 }  // namespace
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
     if (command == "export") return loom::command_export(argc - 2, argv + 2);
     if (command == "bench") return loom::command_bench(argc - 2, argv + 2);
     if (command == "trace") return loom::command_trace(argc - 2, argv + 2);
+    if (command == "doctor") return loom::command_doctor(argc - 2, argv + 2);
     std::cerr << "loom: unknown command \"" << command << "\"\n\n" << kUsage;
     return 2;
   } catch (const loom::Error& e) {

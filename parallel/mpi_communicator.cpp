@@ -60,7 +60,7 @@ class MpiCommunicator : public Communicator {
 
   WorkPtr all_reduce_async(void* data, size_t count, DataType type, ReduceOp op) override {
     check_reduction(type, op);
-    auto p = make_op("all_reduce", count, type, op);
+    auto p = make_op(FlightOp::kAllReduce, count, type, op);
     MPI_Comm comm = group_->comm;
     const size_t bytes = data_type_size(type), chunk = kAllReduceChunkBytes / bytes;
     for (size_t begin = 0; begin == 0 || begin < count; begin += chunk) {
@@ -77,7 +77,7 @@ class MpiCommunicator : public Communicator {
   WorkPtr reduce_scatter_async(const void* in, void* out, size_t count, DataType type,
                                ReduceOp op) override {
     check_reduction(type, op);
-    auto p = make_op("reduce_scatter", count, type, op);
+    auto p = make_op(FlightOp::kReduceScatter, count, type, op);
     for (int r = 0; r < size_; ++r) p->counts.push_back(mpi_count(shard_range(count, size_, r).size()));
     const int* counts = p->counts.data();
     const size_t mine = shard_range(count, size_, rank_).size();
@@ -90,7 +90,7 @@ class MpiCommunicator : public Communicator {
   }
 
   WorkPtr all_gather_async(const void* shard, void* out, size_t count, DataType type) override {
-    auto p = make_op("all_gather", count, type, std::nullopt);
+    auto p = make_op(FlightOp::kAllGather, count, type, std::nullopt);
     for (int r = 0; r < size_; ++r) {
       const ShardRange s = shard_range(count, size_, r);
       p->counts.push_back(mpi_count(s.size()));
@@ -112,7 +112,8 @@ class MpiCommunicator : public Communicator {
 
   WorkPtr broadcast_async(void* data, size_t count, DataType type, int root) override {
     LOOM_CHECK(root >= 0 && root < size_);
-    auto p = make_op("broadcast", count, type, std::nullopt);
+    auto p = make_op(FlightOp::kBroadcast, count, type, std::nullopt);
+    p->flight.peer = root;
     const int n = mpi_count(count);
     MPI_Comm comm = group_->comm;
     p->stages.emplace_back([=](MPI_Request* r) { MPI_CHECK(MPI_Ibcast(data, n, mpi_type(type), root, comm, r)); });
@@ -120,14 +121,14 @@ class MpiCommunicator : public Communicator {
   }
 
   WorkPtr send_async(const void* data, size_t count, DataType type, int peer) override {
-    return point_to_point("send", const_cast<void*>(data), count, type, peer, true);
+    return point_to_point(FlightOp::kSend, const_cast<void*>(data), count, type, peer);
   }
   WorkPtr recv_async(void* data, size_t count, DataType type, int peer) override {
-    return point_to_point("recv", data, count, type, peer, false);
+    return point_to_point(FlightOp::kRecv, data, count, type, peer);
   }
 
   WorkPtr barrier_async() override {
-    auto p = make_op("barrier", 0, DataType::kByte, std::nullopt);
+    auto p = make_op(FlightOp::kBarrier, 0, DataType::kByte, std::nullopt);
     MPI_Comm comm = group_->comm;
     p->stages.emplace_back([=](MPI_Request* r) { MPI_CHECK(MPI_Ibarrier(comm, r)); });
     return submit(std::move(p));
@@ -139,21 +140,24 @@ class MpiCommunicator : public Communicator {
     LOOM_CHECK(op != ReduceOp::kAvg || type == DataType::kFloat32 || type == DataType::kFloat64);
   }
 
-  std::unique_ptr<PendingOp> make_op(const char* name, size_t count, DataType type,
+  std::unique_ptr<PendingOp> make_op(FlightOp kind, size_t count, DataType type,
                                      std::optional<ReduceOp> op) {
     auto p = std::make_unique<PendingOp>();
     p->work = std::make_shared<MpiWork>();
     p->group = group_;
     static const char* kTypeNames[] = {"float32", "float64", "int64", "bytes"};
-    p->what = std::string(name) + " of " + std::to_string(count) + " " +
-              kTypeNames[static_cast<int>(type)] + (op ? std::string(" (") + reduce_op_name(*op) + ")" : "");
+    p->what = std::string(flight_op_name(kind)) + " of " + std::to_string(count) + " " +
+              kTypeNames[static_cast<int>(type)] +
+              (op ? std::string(" (") + reduce_op_name(*op) + ")" : "");
+    p->flight = {.op = kind, .type = type, .count = count, .reduce = op};
     return p;
   }
 
-  WorkPtr point_to_point(const char* name, void* data, size_t count, DataType type, int peer,
-                         bool send) {
+  WorkPtr point_to_point(FlightOp kind, void* data, size_t count, DataType type, int peer) {
     LOOM_CHECK(peer >= 0 && peer < size_ && peer != rank_);
-    auto p = make_op(name, count, type, std::nullopt);
+    const bool send = kind == FlightOp::kSend;
+    auto p = make_op(kind, count, type, std::nullopt);
+    p->flight.peer = peer;
     p->what += std::string(send ? " to" : " from") + " group rank " + std::to_string(peer);
     p->collective = false;
     p->peer = peer;

@@ -13,11 +13,13 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "parallel/flight_recorder.h"
 #include "parallel/mpi_runtime.h"
 
 namespace loom {
@@ -76,6 +78,8 @@ struct PendingOp {
   MpiClock::time_point due;         // fault injection: not posted before
   MpiClock::time_point posted_at;
   MPI_Request request = MPI_REQUEST_NULL;
+  FlightOpInfo flight;                // what the flight recorder records
+  std::optional<uint64_t> flight_id;  // its entry, once issued with a recorder
 };
 
 struct GroupState {
@@ -85,6 +89,7 @@ struct GroupState {
   std::vector<int> global_ranks;
   long issued = 0;  // operations issued by the caller (assigns PendingOp::index)
   long posted = 0;  // operations handed to MPI (what peers are told on a timeout query)
+  int flight_group = -1;  // in the flight recorder, when there is one
   // A posted operation with stages still to post (a chunked all-reduce): the group's later
   // operations wait for it, so every rank hands the group's collectives to MPI in one order.
   const PendingOp* unfinished = nullptr;
@@ -100,6 +105,7 @@ class MpiRuntime {
 
   GroupState* add_group(const std::string& name, MPI_Comm comm);
   void enqueue(std::unique_ptr<PendingOp> op);
+  std::chrono::system_clock::time_point request_flight_dumps(int reason);
   [[noreturn]] void abort_job(int code) {
     MPI_Abort(MPI_COMM_WORLD, code);
     std::_Exit(code);
@@ -112,6 +118,9 @@ class MpiRuntime {
   bool serve_control();
   void fail_all(const std::string& why);  // records `why` unless a failure came first
   std::string diagnose(const PendingOp& op, double waited_s);
+  void number_locked(PendingOp& op);  // its index in the group; recorded as issued
+  void record_finish(const PendingOp& op, FlightState state);
+  void send_dump_requests();
 
   MPI_Comm control_ = MPI_COMM_NULL;  // a duplicate of the world for control messages
   std::list<GroupState> groups_;      // stable addresses
@@ -131,6 +140,16 @@ class MpiRuntime {
   int64_t query_in_[2] = {0, 0};
   MPI_Request query_request_ = MPI_REQUEST_NULL;
   std::list<std::pair<MPI_Request, std::unique_ptr<int64_t[]>>> replies_;
+  // Flight dumps: a peer's request {reason, its rank}, and ours to send (a kDump* reason; 0:
+  // none) at most once, made at dump_requested_at_ (guarded by mutex_).
+  int64_t dump_in_[2] = {0, 0};
+  MPI_Request dump_request_ = MPI_REQUEST_NULL;
+  std::atomic<int> dump_reason_{0};
+  bool dump_requests_sent_ = false;  // progress thread only
+  std::optional<std::chrono::system_clock::time_point> dump_requested_at_;
+  // LOOM_FAULT hang, skip and swap act once (guarded by mutex_); swap's held-back operation.
+  bool fault_fired_ = false;
+  std::unique_ptr<PendingOp> swapped_;
   std::thread thread_;
 };
 

@@ -14,7 +14,18 @@ namespace loom {
 namespace {
 
 // Control messages between progress threads: "how many operations have you posted on group g?"
-constexpr int kQueryTag = 1, kReplyTag = 2;
+// and "dump your flight recorder" ({reason, sender}).
+constexpr int kQueryTag = 1, kReplyTag = 2, kDumpTag = 3;
+constexpr int kDumpTimeout = 1, kDumpError = 2;
+
+// LOOM_FAULT hang: the caller stops here, outside any MPI call, its progress thread still
+// answering peers.
+void hang_for(double seconds) {
+  const auto until = MpiClock::now() + std::chrono::duration_cast<MpiClock::duration>(
+                                           std::chrono::duration<double>(seconds));
+  while (seconds <= 0 || MpiClock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+}
 
 }  // namespace
 
@@ -54,6 +65,8 @@ MpiRuntime::MpiRuntime(const MpiRuntimeOptions& opts) : options(opts) {
   MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &control_));
   MPI_CHECK(MPI_Irecv(query_in_, 2, MPI_INT64_T, MPI_ANY_SOURCE, kQueryTag, control_,
                       &query_request_));
+  MPI_CHECK(
+      MPI_Irecv(dump_in_, 2, MPI_INT64_T, MPI_ANY_SOURCE, kDumpTag, control_, &dump_request_));
   thread_ = std::thread([this] { run(); });
 }
 
@@ -74,8 +87,10 @@ MpiRuntime::~MpiRuntime() {
     serve_control();
     if (!done) std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
-  MPI_Cancel(&query_request_);
-  MPI_Wait(&query_request_, MPI_STATUS_IGNORE);
+  for (MPI_Request* r : {&query_request_, &dump_request_}) {
+    MPI_Cancel(r);
+    MPI_Wait(r, MPI_STATUS_IGNORE);
+  }
   for (auto& [request, buffer] : replies_) MPI_Wait(&request, MPI_STATUS_IGNORE);
   for (GroupState& g : groups_)
     if (g.comm != MPI_COMM_WORLD) MPI_Comm_free(&g.comm);
@@ -93,34 +108,102 @@ GroupState* MpiRuntime::add_group(const std::string& name, MPI_Comm comm) {
   MPI_CHECK(MPI_Comm_size(comm, &size));
   g.global_ranks.resize(size);
   MPI_CHECK(MPI_Allgather(&world_rank, 1, MPI_INT, g.global_ranks.data(), 1, MPI_INT, comm));
+  if (options.flight) g.flight_group = flight_add_group(*options.flight, name, g.global_ranks);
   std::lock_guard lock(mutex_);
   groups_.push_back(std::move(g));
   return &groups_.back();
 }
 
 void MpiRuntime::enqueue(std::unique_ptr<PendingOp> op) {
+  using Action = FaultInjection::Action;
   const FaultInjection& f = options.fault;
   op->due = MpiClock::now();
   {
-    std::lock_guard lock(mutex_);
-    op->index = op->group->issued++;
-    if (f.applies_to(world_rank, op->group->name, op->index)) {
-      if (f.action == FaultInjection::Action::kKill) raise(SIGKILL);
-      if (f.action == FaultInjection::Action::kFail) {
-        const std::string error = "injected failure of " + op->what + " #" +
-                                  std::to_string(op->index) + " on group " + op->group->name +
-                                  " (LOOM_FAULT)";
-        op->work->complete(error);
-        failed_ = true;
-        if (first_failure_.empty()) first_failure_ = error;
-        return;
+    std::unique_lock lock(mutex_);
+    GroupState* group = op->group;
+    if (!fault_fired_ && f.applies_to(world_rank, group->name, group->issued)) {
+      switch (f.action) {
+        case Action::kKill:
+          raise(SIGKILL);
+          break;
+        case Action::kFail: {
+          number_locked(*op);
+          const std::string error = "injected failure of " + op->what + " #" +
+                                    std::to_string(op->index) + " on group " + group->name +
+                                    " (LOOM_FAULT)";
+          record_finish(*op, FlightState::kFailed);
+          op->work->complete(error);
+          failed_ = true;
+          if (first_failure_.empty()) first_failure_ = error;
+          return;
+        }
+        case Action::kDelay:
+          op->due += std::chrono::duration_cast<MpiClock::duration>(
+              std::chrono::duration<double>(f.seconds));
+          break;
+        case Action::kHang:
+          fault_fired_ = true;
+          lock.unlock();
+          hang_for(f.seconds);
+          lock.lock();
+          break;
+        case Action::kSkip:
+          fault_fired_ = true;
+          op->work->complete("");
+          return;
+        case Action::kSwap:
+          fault_fired_ = true;
+          swapped_ = std::move(op);
+          return;
+        case Action::kNone:
+          break;
       }
-      op->due += std::chrono::duration_cast<MpiClock::duration>(
-          std::chrono::duration<double>(f.seconds));
     }
+    number_locked(*op);
     incoming_.push_back(std::move(op));
+    if (swapped_ && swapped_->group == group) {
+      number_locked(*swapped_);
+      incoming_.push_back(std::move(swapped_));
+    }
   }
   wake_.notify_all();
+}
+
+void MpiRuntime::number_locked(PendingOp& op) {
+  op.index = op.group->issued++;
+  if (options.flight)
+    op.flight_id = flight_issue(*options.flight, op.group->flight_group, op.index, op.flight);
+}
+
+// Before the Work completes: its waiter may dump the recorder at once.
+void MpiRuntime::record_finish(const PendingOp& op, FlightState state) {
+  if (options.flight && op.flight_id) flight_finish(*options.flight, *op.flight_id, state);
+}
+
+std::chrono::system_clock::time_point MpiRuntime::request_flight_dumps(int reason) {
+  std::lock_guard lock(mutex_);
+  if (!dump_requested_at_) {
+    dump_requested_at_ = std::chrono::system_clock::now();
+    dump_reason_ = reason;
+  }
+  return *dump_requested_at_;
+}
+
+// Sends the flight-dump request to every other rank, once; their progress threads answer it
+// even when their callers are stuck. The sends' buffers live in replies_ until they complete.
+void MpiRuntime::send_dump_requests() {
+  const int reason = dump_reason_.load();
+  if (reason == 0 || dump_requests_sent_) return;
+  dump_requests_sent_ = true;
+  for (int peer = 0; peer < world_size; ++peer) {
+    if (peer == world_rank) continue;
+    auto message = std::make_unique<int64_t[]>(2);
+    message[0] = reason;
+    message[1] = world_rank;
+    MPI_Request send;
+    if (MPI_Isend(message.get(), 2, MPI_INT64_T, peer, kDumpTag, control_, &send) == MPI_SUCCESS)
+      replies_.emplace_back(send, std::move(message));
+  }
 }
 
 void MpiRuntime::run() {
@@ -140,6 +223,9 @@ void MpiRuntime::run() {
     }
     if (failed_) {
       fail_all("");
+      // Only control messages now (their own buffers): peers' dump requests, and ours.
+      send_dump_requests();
+      serve_control();
       std::unique_lock lock(mutex_);
       if (stopping_) return;
       wake_.wait_for(lock, std::chrono::milliseconds(5));
@@ -148,6 +234,7 @@ void MpiRuntime::run() {
     const MpiClock::time_point now = MpiClock::now();
     bool progress = post_ready(now);
     progress |= test_posted(now);
+    send_dump_requests();
     progress |= serve_control();
     // Back off while operations are open but nothing moves, so ranks that share cores with
     // their computing peers do not steal them.
@@ -195,10 +282,12 @@ bool MpiRuntime::post_ready(MpiClock::time_point now) {
     } catch (const CommError& e) {
       const std::string error =
           std::string(e.what()) + " (" + owned->what + " on group " + group->name + ")";
+      record_finish(*owned, FlightState::kFailed);
       owned->work->complete(error);
       fail_all(error);
       return true;
     }
+    if (options.flight && owned->flight_id) flight_start(*options.flight, *owned->flight_id);
     ++group->posted;
     if (owned->stages.size() > 1) group->unfinished = owned.get();
     posted_.push_back(std::move(owned));
@@ -214,9 +303,15 @@ void MpiRuntime::fail_all(const std::string& why) {
   // Every open operation reports the first failure: whichever the caller waits on first says
   // what went wrong.
   const std::string error = "not completed because an earlier operation failed: " + first_failure_;
-  for (auto& op : posted_) op->work->complete(error);  // their MPI requests are abandoned
-  for (auto& op : waiting_) op->work->complete(error);
-  for (auto& op : incoming_) op->work->complete(error);
+  auto fail = [&](auto& ops) {
+    for (auto& op : ops) {  // posted ones' MPI requests are abandoned
+      record_finish(*op, FlightState::kFailed);
+      op->work->complete(error);
+    }
+  };
+  fail(posted_);
+  fail(waiting_);
+  fail(incoming_);
   posted_.clear();
   waiting_.clear();
   incoming_.clear();
@@ -229,6 +324,7 @@ bool MpiRuntime::test_posted(MpiClock::time_point now) {
     int done = 0;
     const int code = MPI_Test(&op.request, &done, MPI_STATUS_IGNORE);
     std::string error;
+    bool timed_out = false;
     if (code != MPI_SUCCESS) {
       char text[MPI_MAX_ERROR_STRING];
       int length = 0;
@@ -240,6 +336,8 @@ bool MpiRuntime::test_posted(MpiClock::time_point now) {
       if (waited > options.timeout_s) {
         error = diagnose(op, waited);
         done = 1;
+        timed_out = true;
+        request_flight_dumps(kDumpTimeout);
       }
     }
     if (done && error.empty() && op.stage + 1 < op.stages.size()) {
@@ -257,12 +355,14 @@ bool MpiRuntime::test_posted(MpiClock::time_point now) {
       continue;
     }
     if (!error.empty()) {
+      record_finish(op, timed_out ? FlightState::kTimedOut : FlightState::kFailed);
       op.work->complete(error);
       posted_.erase(it);
       fail_all(error);
       return true;
     }
     if (op.finish) op.finish();
+    record_finish(op, FlightState::kCompleted);
     op.work->complete("");
     it = posted_.erase(it);
     progress = true;
@@ -291,6 +391,17 @@ bool MpiRuntime::serve_control() {
     MPI_Isend(reply.get(), 2, MPI_INT64_T, status.MPI_SOURCE, kReplyTag, control_, &request);
     replies_.emplace_back(request, std::move(reply));
     MPI_Irecv(query_in_, 2, MPI_INT64_T, MPI_ANY_SOURCE, kQueryTag, control_, &query_request_);
+  }
+  for (int arrived = 0;;) {
+    MPI_Test(&dump_request_, &arrived, MPI_STATUS_IGNORE);
+    if (!arrived) break;
+    progress = true;
+    if (options.flight)
+      flight_request_dump(
+          *options.flight,
+          "asked by rank " + std::to_string(dump_in_[1]) +
+              (dump_in_[0] == kDumpTimeout ? " (its collective timed out)" : " (it failed)"));
+    MPI_Irecv(dump_in_, 2, MPI_INT64_T, MPI_ANY_SOURCE, kDumpTag, control_, &dump_request_);
   }
   for (auto it = replies_.begin(); it != replies_.end();) {
     int done = 0;
@@ -387,9 +498,10 @@ FaultInjection parse_fault_injection(const std::string& spec) {
     const size_t eq = item.find('=');
     const std::string key = item.substr(0, eq), value = eq == std::string::npos ? "" : item.substr(eq + 1);
     auto bad = [&] {
-      return Error("LOOM_FAULT \"" + spec + "\": bad item \"" + item +
-                   "\"; expected rank=R|*,group=G,op=K|*,action=delay|fail|kill[,seconds=S] "
-                   "(* = every rank or every operation)");
+      return Error(
+          "LOOM_FAULT \"" + spec + "\": bad item \"" + item +
+          "\"; expected rank=R|*,group=G,op=K|*,action=delay|fail|kill|hang|skip|swap[,seconds=S] "
+          "(* = every rank or every operation)");
     };
     // The whole value must be the number: "rank=1x" or "op=3.5" is a typo, not rank 1 or op 3.
     // Negative numbers are typos too (and -1 would read as "every").
@@ -419,6 +531,12 @@ FaultInjection parse_fault_injection(const std::string& spec) {
         if (value == "delay") f.action = FaultInjection::Action::kDelay;
         else if (value == "fail") f.action = FaultInjection::Action::kFail;
         else if (value == "kill") f.action = FaultInjection::Action::kKill;
+        else if (value == "hang")
+          f.action = FaultInjection::Action::kHang;
+        else if (value == "skip")
+          f.action = FaultInjection::Action::kSkip;
+        else if (value == "swap")
+          f.action = FaultInjection::Action::kSwap;
         else throw bad();
       } else {
         throw bad();
@@ -427,9 +545,17 @@ FaultInjection parse_fault_injection(const std::string& spec) {
       throw bad();
     }
   }
+  const bool once = f.action == FaultInjection::Action::kHang ||
+                    f.action == FaultInjection::Action::kSkip ||
+                    f.action == FaultInjection::Action::kSwap;
+  if (once && f.op == FaultInjection::kEveryOp)
+    throw Error("LOOM_FAULT \"" + spec +
+                "\": action=hang, skip and swap act on one operation; "
+                "give op=K, not op=*");
   if (!has_rank || !has_action || f.group.empty())
-    throw Error("LOOM_FAULT \"" + spec + "\" needs rank=, group= and action= (syntax: "
-                "rank=R|*,group=G,op=K|*,action=delay|fail|kill[,seconds=S])");
+    throw Error("LOOM_FAULT \"" + spec +
+                "\" needs rank=, group= and action= (syntax: "
+                "rank=R|*,group=G,op=K|*,action=delay|fail|kill|hang|skip|swap[,seconds=S])");
   return f;
 }
 
@@ -442,6 +568,10 @@ void mpi_runtime_destroy(MpiRuntime* runtime) { delete runtime; }
 int mpi_world_rank(const MpiRuntime& runtime) { return runtime.world_rank; }
 int mpi_world_size(const MpiRuntime& runtime) { return runtime.world_size; }
 int mpi_local_size(const MpiRuntime& runtime) { return runtime.local_size; }
+
+std::chrono::system_clock::time_point mpi_request_flight_dumps(MpiRuntime& runtime) {
+  return runtime.request_flight_dumps(kDumpError);
+}
 
 void mpi_abort(MpiRuntime& runtime, int code) { runtime.abort_job(code); }
 

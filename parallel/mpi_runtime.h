@@ -12,6 +12,7 @@
 //   std::unique_ptr<loom::Communicator> world = loom::mpi_world(*mpi);
 //   world->all_reduce(&x, 1, loom::ReduceOp::kSum);
 #pragma once
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -19,14 +20,20 @@
 
 namespace loom {
 
-// Makes a chosen rank's operation misbehave, so timeouts and dead ranks are tested rather than
-// hoped for. Operations are counted per group, from 0, in the order they are issued.
+// Makes a chosen rank's operation misbehave, so timeouts, dead ranks and hangs are tested rather
+// than hoped for. Operations are counted per group, from 0, in the order they are issued.
 // With op = kEveryOp every operation of the group misbehaves: for kDelay that is a fixed latency
 // added to each operation (each is posted `seconds` after it was issued; a group's operations
 // still post in issue order, so operations issued close together complete close together, as
 // over a slow link), for kFail and kKill the group's first operation.
+// The hangs act once, at operation `op` (kEveryOp is refused): kHang stops the calling thread
+// before it issues the operation, for `seconds` (0: until the job ends) — a rank stuck outside
+// communication; kSkip does not issue it (its Work completes at once, untouched, and the group's
+// next operation takes its number); kSwap holds it back and issues it right after the group's
+// next operation, so this rank's #op is the others' #op + 1 (a caller that waits on it before
+// issuing another operation on the group then never gets it).
 struct FaultInjection {
-  enum class Action { kNone, kDelay, kFail, kKill };
+  enum class Action { kNone, kDelay, kFail, kKill, kHang, kSkip, kSwap };
   static constexpr int kEveryRank = -1;  // rank=*
   static constexpr long kEveryOp = -1;   // op=*
   Action action = Action::kNone;
@@ -39,13 +46,20 @@ struct FaultInjection {
   bool applies_to(int global_rank, const std::string& group_name, long index) const;
 };
 
-// Parses "rank=R|*,group=G,op=K|*,action=delay|fail|kill[,seconds=S]" (LOOM_FAULT); "" = none.
-// "*" means every rank or every operation. Throws loom::Error naming the bad part.
+// Parses "rank=R|*,group=G,op=K|*,action=delay|fail|kill|hang|skip|swap[,seconds=S]"
+// (LOOM_FAULT); "" = none. "*" means every rank or every operation. Throws loom::Error naming the
+// bad part.
 FaultInjection parse_fault_injection(const std::string& spec);
+
+struct FlightRecorder;  // parallel/flight_recorder.h
 
 struct MpiRuntimeOptions {
   double timeout_s = 300;  // parallel.collective_timeout_s
   FaultInjection fault;
+  // Records every operation (issued, posted, finished) when set; must outlive the runtime. A
+  // collective timeout asks every rank to dump it (flight_request_dump), and so does
+  // mpi_request_flight_dumps.
+  FlightRecorder* flight = nullptr;
 };
 
 class MpiRuntime;  // opaque: owns MPI (initialised once per process) and the progress thread
@@ -67,6 +81,11 @@ std::unique_ptr<Communicator> mpi_world(MpiRuntime& runtime);
 // over the world: every rank calls it, in the same order as the other splits.
 std::unique_ptr<Communicator> mpi_split(MpiRuntime& runtime, const std::string& name, int color,
                                         int key);
+
+// Asks every other rank's flight recorder to dump (a control message its progress thread
+// answers, even while its caller is stuck), once per process: a collective timeout has already
+// asked. Returns when the request was first made, for flight_wait_for_dumps. Any thread.
+std::chrono::system_clock::time_point mpi_request_flight_dumps(MpiRuntime& runtime);
 
 // Ends the whole job (MPI_Abort on the world) with `code`. Call after printing why.
 [[noreturn]] void mpi_abort(MpiRuntime& runtime, int code);

@@ -7,12 +7,14 @@
 #include <chrono>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "core/error.h"
+#include "parallel/flight_recorder.h"
 
 namespace loom {
 namespace {
@@ -116,8 +118,10 @@ struct NcclState {
   EventPtr input_ready;
   DeviceMemory staging, scratch;
   size_t staging_bytes = 0;
-  long issued = 0;  // operations issued, for messages
+  long issued = 0;  // operations issued, for messages and the flight recorder's sequence
   std::vector<PendingPointToPoint> pending;
+  FlightRecorder* flight = nullptr;  // optional
+  int flight_group = -1;
 
   std::string context(const std::string& what) const {
     return what + " on NCCL group " + name + " (group rank " + std::to_string(rank) + " of " +
@@ -163,10 +167,16 @@ class NcclWorkImpl : public NcclWork {
                     state_->context(what_));
     done_.reset(event);
     LOOM_CUDA_CHECK(cudaEventRecord(event, state_->stream.get()), state_->context(what_));
+    if (state_->flight && flight_id_) flight_start(*state_->flight, *flight_id_);
   }
   void fail(std::string error) {
+    finish_flight(error.empty() ? FlightState::kCompleted : FlightState::kFailed);
     finished_ = true;
     error_ = std::move(error);
+  }
+  // Records it as issued (operation `seq` of the group) in the state's flight recorder.
+  void issue_flight(long seq, const FlightOpInfo& info) {
+    if (state_->flight) flight_id_ = flight_issue(*state_->flight, state_->flight_group, seq, info);
   }
 
   bool is_completed() override {
@@ -180,6 +190,7 @@ class NcclWorkImpl : public NcclWork {
     }
     const cudaError_t query = cudaEventQuery(done_.get());
     if (query == cudaSuccess) {
+      finish_flight(FlightState::kCompleted);
       finished_ = true;
       return true;
     }
@@ -216,6 +227,7 @@ class NcclWorkImpl : public NcclWork {
         for (int r : state_->global_ranks) out << ' ' << r;
         out << " has not reached it or is stuck; the NCCL communicator was aborted";
         std::lock_guard lock(state_->mutex);
+        finish_flight(FlightState::kTimedOut);
         fail(out.str());
         state_->abort(error_);
         break;
@@ -238,8 +250,14 @@ class NcclWorkImpl : public NcclWork {
   }
 
  private:
+  void finish_flight(FlightState state) {
+    if (state_->flight && flight_id_ && !finished_)
+      flight_finish(*state_->flight, *flight_id_, state);
+  }
+
   std::shared_ptr<NcclState> state_;
   std::string what_;
+  std::optional<uint64_t> flight_id_;
   Clock::time_point issued_at_;
   EventPtr done_;  // recorded after the operation on the communication stream
   bool finished_ = false;
@@ -304,7 +322,8 @@ class NcclCommunicator : public Communicator {
 
   WorkPtr all_reduce_async(void* data, size_t count, DataType type, ReduceOp op) override {
     LOOM_CHECK(op != ReduceOp::kAvg || type == DataType::kFloat32 || type == DataType::kFloat64);
-    return enqueue(describe("all_reduce", count, type, reduce_op_name(op)), count,
+    return enqueue(describe("all_reduce", count, type, reduce_op_name(op)),
+                   {.op = FlightOp::kAllReduce, .type = type, .count = count, .reduce = op},
                    [&](ncclComm_t comm, cudaStream_t stream, const std::string& what) {
                      LOOM_NCCL_CHECK(ncclAllReduce(data, data, count, nccl_type(type), nccl_op(op),
                                                    comm, stream),
@@ -316,7 +335,8 @@ class NcclCommunicator : public Communicator {
                                ReduceOp op) override {
     LOOM_CHECK(op != ReduceOp::kAvg || type == DataType::kFloat32 || type == DataType::kFloat64);
     return enqueue(
-        describe("reduce_scatter", count, type, reduce_op_name(op)), count,
+        describe("reduce_scatter", count, type, reduce_op_name(op)),
+        {.op = FlightOp::kReduceScatter, .type = type, .count = count, .reduce = op},
         [&](ncclComm_t comm, cudaStream_t stream, const std::string& what) {
           const size_t p = static_cast<size_t>(size()), chunk = (count + p - 1) / p;
           if (count % p == 0) {
@@ -350,7 +370,8 @@ class NcclCommunicator : public Communicator {
 
   WorkPtr all_gather_async(const void* shard, void* out, size_t count, DataType type) override {
     return enqueue(
-        describe("all_gather", count, type, nullptr), count,
+        describe("all_gather", count, type, nullptr),
+        {.op = FlightOp::kAllGather, .type = type, .count = count, .reduce = std::nullopt},
         [&](ncclComm_t comm, cudaStream_t stream, const std::string& what) {
           const size_t p = static_cast<size_t>(size()), chunk = (count + p - 1) / p;
           if (count % p == 0) {  // in place too, when shard == out + rank · chunk
@@ -384,7 +405,12 @@ class NcclCommunicator : public Communicator {
 
   WorkPtr broadcast_async(void* data, size_t count, DataType type, int root) override {
     LOOM_CHECK(root >= 0 && root < size());
-    return enqueue(describe("broadcast", count, type, nullptr), count,
+    return enqueue(describe("broadcast", count, type, nullptr),
+                   {.op = FlightOp::kBroadcast,
+                    .type = type,
+                    .count = count,
+                    .reduce = std::nullopt,
+                    .peer = root},
                    [&](ncclComm_t comm, cudaStream_t stream, const std::string& what) {
                      LOOM_NCCL_CHECK(
                          ncclBroadcast(data, data, count, nccl_type(type), root, comm, stream),
@@ -401,12 +427,14 @@ class NcclCommunicator : public Communicator {
 
   // NCCL has no barrier: an all-reduce of one float on a scratch word.
   WorkPtr barrier_async() override {
-    return enqueue("barrier", 1,
-                   [&](ncclComm_t comm, cudaStream_t stream, const std::string& what) {
-                     LOOM_NCCL_CHECK(ncclAllReduce(state_->scratch.get(), state_->scratch.get(), 1,
-                                                   ncclFloat32, ncclSum, comm, stream),
-                                     comm, what);
-                   });
+    return enqueue(
+        "barrier",
+        {.op = FlightOp::kBarrier, .type = DataType::kFloat32, .count = 1, .reduce = std::nullopt},
+        [&](ncclComm_t comm, cudaStream_t stream, const std::string& what) {
+          LOOM_NCCL_CHECK(ncclAllReduce(state_->scratch.get(), state_->scratch.get(), 1,
+                                        ncclFloat32, ncclSum, comm, stream),
+                          comm, what);
+        });
   }
 
  private:
@@ -419,11 +447,12 @@ class NcclCommunicator : public Communicator {
 
   // Puts one collective on the communication stream after the input stream's current work.
   // Errors while enqueueing are reported by the Work's wait(), as the MPI backend does.
-  WorkPtr enqueue(const std::string& what, size_t count, const Body& body) {
+  WorkPtr enqueue(const std::string& what, const FlightOpInfo& info, const Body& body) {
+    const size_t count = info.count;
     std::lock_guard lock(state_->mutex);
-    ++state_->issued;
     state_->flush();  // collected send/recv go first, in issue order
     auto work = std::make_shared<NcclWorkImpl>(state_, what);
+    work->issue_flight(state_->issued++, info);
     const std::string context = state_->context(what);
     try {
       if (!state_->comm)
@@ -450,8 +479,12 @@ class NcclCommunicator : public Communicator {
     std::lock_guard lock(state_->mutex);
     const std::string what = describe(send ? "send" : "recv", count, type, nullptr) +
                              (send ? " to" : " from") + " group rank " + std::to_string(peer);
-    ++state_->issued;
     auto work = std::make_shared<NcclWorkImpl>(state_, what);
+    work->issue_flight(state_->issued++, {.op = send ? FlightOp::kSend : FlightOp::kRecv,
+                                          .type = type,
+                                          .count = count,
+                                          .reduce = std::nullopt,
+                                          .peer = peer});
     if (!state_->comm) {
       work->fail(state_->context(what) + ": the communicator was aborted: " + state_->abort_reason);
       return work;
@@ -492,6 +525,10 @@ std::unique_ptr<Communicator> nccl_communicator_create(Communicator& bootstrap,
   state->rank = bootstrap.rank();
   state->size = bootstrap.size();
   state->timeout_s = options.timeout_s;
+  state->flight = options.flight;
+  if (state->flight)
+    state->flight_group =
+        flight_add_group(*state->flight, state->name + ".nccl", state->global_ranks);
   state->input_stream = static_cast<cudaStream_t>(options.input_stream);
   const std::string context = state->context("creating the NCCL communicator");
 

@@ -34,11 +34,16 @@
 
 namespace loom {
 
+struct FlightRecorder;
+
 struct NcclOptions {
   double timeout_s = 300;        // parallel.collective_timeout_s
   int device = -1;               // CUDA device of every buffer; -1: the caller's current device
   void* input_stream = nullptr;  // cudaStream_t operations wait for; null: the legacy stream
   size_t staging_bytes = 0;      // initial staging for uneven reduce-scatter / all-gather
+  // Records every operation (issued, enqueued on the stream, finished) under the group name
+  // "<name>.nccl" when set; must outlive the communicator (parallel/flight_recorder.h).
+  FlightRecorder* flight = nullptr;
 };
 
 // What every Work of an NCCL communicator is.

@@ -215,9 +215,15 @@ expect_error sample-llmc-prompt "cannot encode text" -- "$loom" sample run-llmc/
 expect_error sample-llmc-none "pass --tokenizer-file" -- "$loom" sample run-llmc/checkpoints/step_0000006
 
 # --- help ---
-for cmd in train prepare sample export bench; do
+for cmd in train prepare sample export bench doctor; do
   "$loom" $cmd --help | grep -q "usage: loom $cmd" && pass || fail "loom $cmd --help"
 done
+
+# --- loom doctor: a run that went well left no flight dumps (tests/parallel/test_flight.sh has
+# the hung ones) ---
+[ ! -e run/flight ] && pass || fail "a healthy run wrote flight dumps: $(ls run/flight)"
+expect_error doctor-no-dumps "no flight-recorder dumps in run/flight" -- "$loom" doctor run
+expect_error doctor-no-dir "expected exactly one RUN_DIR" -- "$loom" doctor
 
 # --- config errors ---
 printf 'model {\n  d_modle: 3\n}\n' >unknown.textproto
@@ -226,6 +232,7 @@ printf 'model { residual: LADDR }\n' >enum.textproto
 expect_error bad-enum "Valid values: STANDARD, LADDER" -- "$loom" train enum.textproto
 expect_error bad-override 'no field "nope" in model' -- "$loom" train "$src/configs/default.textproto" --set model.nope=1
 expect_error bad-override-value "is not a valid number" -- "$loom" train "$src/configs/default.textproto" --set optim.lr=fast
+expect_error flight-entries "logging.flight_entries must not be negative" -- "$loom" train "$src/configs/default.textproto" --set logging.flight_entries=-1
 expect_error invariant "model.n_heads (3) must divide model.d_model (128)" -- "$loom" train "$src/configs/default.textproto" --set model.n_heads=3
 expect_error sp-does-not-divide "must be divisible by 2 × parallel.sp (6)" -- "$loom" train "$src/configs/default.textproto" --set parallel.sp=3
 expect_error pipeline-too-few-micro-batches "(m = global_batch / (micro_batch · dp) = 1) must be at least parallel.pp (4)" -- "$loom" train "$src/configs/default.textproto" --set parallel.pp=4

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "parallel/flight_recorder.h"
 #include "parallel/groups.h"
 #include "parallel/mpi_runtime.h"
 
@@ -26,7 +27,8 @@ struct ParallelTestContext {
   MpiRuntime* mpi = nullptr;
   ProcessGroups* groups = nullptr;  // Mesh{dp = 2, tp = world / 2}: real sub-groups
   Communicator* world = nullptr;
-  Communicator* delayed = nullptr;  // every rank; op 2 of global rank 1 is held back (LOOM_FAULT)
+  Communicator* delayed = nullptr;   // every rank; op 2 of global rank 1 is held back (LOOM_FAULT)
+  FlightRecorder* flight = nullptr;  // records every operation of every group
 };
 ParallelTestContext& context();
 

@@ -52,7 +52,7 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
   int rank_;
 };
 
-int run_tests(MpiRuntime& mpi) {
+int run_tests(MpiRuntime& mpi, FlightRecorder& flight) {
   const int rank = mpi_world_rank(mpi), size = mpi_world_size(mpi);
   ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
   if (rank != 0) {
@@ -62,8 +62,11 @@ int run_tests(MpiRuntime& mpi) {
   const int dp = size % 2 == 0 ? 2 : 1;
   ProcessGroups groups = process_groups_create(&mpi, Mesh{.dp = dp, .tp = size / dp});
   std::unique_ptr<Communicator> delayed = mpi_split(mpi, "delayed", 0, rank);
-  context() = {
-      .mpi = &mpi, .groups = &groups, .world = groups.world.get(), .delayed = delayed.get()};
+  context() = {.mpi = &mpi,
+               .groups = &groups,
+               .world = groups.world.get(),
+               .delayed = delayed.get(),
+               .flight = &flight};
 
   const int result = RUN_ALL_TESTS();
   // Every rank learns whether any rank failed, so mpirun's status and each rank's agree.
@@ -95,6 +98,8 @@ int main(int argc, char** argv) {
   // Global rank 1 posts its third operation on the "delayed" group half a second late
   // (test_async.cpp, DelayedRankInjected).
   options.fault = loom::parse_fault_injection("rank=1,group=delayed,op=2,action=delay,seconds=0.5");
+  loom::FlightRecorder flight(4096);  // test_flight_mpi.cpp; outlives the runtime
+  options.flight = &flight;
   std::unique_ptr<loom::MpiRuntime> mpi;
   try {
     mpi = loom::mpi_runtime_init(options);
@@ -102,5 +107,5 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "parallel_tests: cannot start MPI: %s\n", e.what());
     return 1;
   }
-  return loom::test::run_tests(*mpi);
+  return loom::test::run_tests(*mpi, flight);
 }

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <memory>
 
+#include "parallel/flight_recorder.h"
 #include "parallel/mpi_runtime.h"
 #include "parallel/nccl_communicator.h"
 #include "tests/parallel/parallel_test_env.h"
@@ -15,7 +16,8 @@
 namespace loom::test {
 namespace {
 
-Communicator* g_nccl = nullptr;  // null on ranks outside the tested group
+Communicator* g_nccl = nullptr;      // null on ranks outside the tested group
+FlightRecorder* g_flight = nullptr;  // what g_nccl records into
 
 // Device memory holding a copy of a host vector.
 template <typename T>
@@ -175,6 +177,46 @@ TEST(Nccl, ManyInFlightWaitedInReverse) {
                             "in flight #" + std::to_string(k)));
 }
 
+// The communicator records each operation (group "nccl_test.nccl"): collectives numbered in
+// order and completed once waited on, send/recv counted by peer.
+TEST(Nccl, FlightRecorderSeesEveryOperation) {
+  if (!g_nccl) return;
+  Communicator& c = *g_nccl;
+  auto group_state = [] {
+    std::lock_guard lock(g_flight->mutex);
+    for (const FlightGroup& g : g_flight->groups)
+      if (g.name == "nccl_test.nccl") return g;
+    return FlightGroup{};
+  };
+  const FlightGroup before = group_state();
+  ASSERT_EQ(before.ranks, c.global_ranks());
+  DeviceVector<float> data(input_vector<float>(c.rank(), 64));
+  c.all_reduce_async(data.data(), 64, DataType::kFloat32, ReduceOp::kSum)->wait();
+  const int p = c.size();
+  if (p > 1) {
+    DeviceVector<float> in(std::vector<float>(8, 0)), out(input_vector<float>(c.rank(), 8));
+    WorkPtr recv = c.recv_async(in.data(), 8, DataType::kFloat32, (c.rank() + p - 1) % p);
+    WorkPtr send = c.send_async(out.data(), 8, DataType::kFloat32, (c.rank() + 1) % p);
+    recv->wait();
+    send->wait();
+  }
+  c.barrier();
+  const FlightGroup after = group_state();
+  EXPECT_EQ(after.collectives - before.collectives, 2);
+  EXPECT_EQ(after.completed - before.completed, 2);
+  EXPECT_EQ(after.operations - before.operations, p > 1 ? 4 : 2);
+  if (p > 1) {
+    EXPECT_EQ(after.sent[(c.rank() + 1) % p] - before.sent[(c.rank() + 1) % p], 1);
+  }
+  std::lock_guard lock(g_flight->mutex);
+  const FlightEntry& last = g_flight->ring[(g_flight->next_id - 1) % g_flight->ring.size()];
+  EXPECT_EQ(last.info.op, FlightOp::kBarrier);
+  EXPECT_EQ(last.seq, after.collectives - 1);
+  EXPECT_EQ(last.state, FlightState::kCompleted);
+  EXPECT_LE(last.issued, last.started);
+  EXPECT_LE(last.started, last.finished);
+}
+
 }  // namespace
 }  // namespace loom::test
 
@@ -196,9 +238,14 @@ int main(int argc, char** argv) {
   if (rank == 0 && devices < world->size())
     std::printf("note: %d CUDA devices for %d ranks; testing NCCL over the first %d ranks\n",
                 devices, world->size(), devices);
+  loom::FlightRecorder flight(1024);
+  loom::NcclOptions options;
+  options.device = rank;
+  options.flight = &flight;
   std::unique_ptr<loom::Communicator> nccl;
-  if (member) nccl = loom::nccl_communicator_create(*group, {.device = rank});
+  if (member) nccl = loom::nccl_communicator_create(*group, options);
   loom::test::g_nccl = nccl.get();
+  loom::test::g_flight = &flight;
   ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
   if (rank != 0) delete listeners.Release(listeners.default_result_printer());
   double failed = RUN_ALL_TESTS() != 0;
