@@ -70,7 +70,7 @@ def train(run_dir, layout, background, resume=False):
         cmd.append("--resume")
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
+                            errors="replace", env=env)
 
 
 def final_tensors(run_dir):
@@ -130,7 +130,7 @@ def export_matches(layout):
     checkpoint = os.path.join(f"ref-{layout}", "checkpoints", f"step_{STEPS:07d}")
     for cmd in ([LOOM, "export", checkpoint, "--safetensors", f"{layout}.safetensors"],
                 [LOOM, "sample", checkpoint, "--tokens", "4"]):
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
         if proc.returncode != 0:
             failures.append(f"{' '.join(cmd[1:3])} of a {layout} checkpoint failed: {proc.stderr[-500:]}")
             return

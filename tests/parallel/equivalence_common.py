@@ -24,7 +24,7 @@ def mpirun(ranks):
 
 def run(cmd, name):
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env, timeout=300)
     if proc.returncode != 0:
         failures.append(f"{name}: exit {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
         return False
