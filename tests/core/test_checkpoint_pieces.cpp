@@ -154,8 +154,9 @@ TEST(CheckpointPieces, EveryLayoutReadsItsShardsOfAShardedCheckpoint) {
               // most all rows of a column-cut piece of which it needs some columns.
               const int64_t own = static_cast<int64_t>(local.num_params + 2 * opt.m.size()) * 4;
               const int64_t blocks = 8 * (int64_t{1} << 18);
-              if (pp_size == written.pp && tp_size == written.tp && zero == written.zero)
+              if (pp_size == written.pp && tp_size == written.tp && zero == written.zero) {
                 EXPECT_LT(s.bytes_read, own + blocks);
+              }
               EXPECT_LT(s.bytes_read, 2 * own + blocks);
               EXPECT_GE(s.bytes_read, own - 4 * 9001 * 64);  // (the padding is not read)
             }

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "launcher/cpu_features.h"
 #include "launcher/spawn.h"
 
 namespace loom {
@@ -402,6 +403,16 @@ TEST(RunJob, ChildGetsSigtermWhenLoomDies) {
     return WIFSIGNALED(child_status) && WTERMSIG(child_status) == SIGTERM ? 0 : 13;
   });
   EXPECT_EQ(exit_code(status), 0);
+}
+
+TEST(CpuFeatures, NamesWhatTheCpuLacks) {
+  const auto has = [](const std::string& name) { return name == "avx2" || name == "fma"; };
+  EXPECT_EQ(cpu_features_missing("avx,avx2,fma,avx512f", has), "avx,avx512f");
+  EXPECT_EQ(cpu_features_missing("avx2,fma", has), "");
+  EXPECT_EQ(cpu_features_missing("", has), "");
+  // This machine runs this test, so it has what the build uses; an unknown name it has not.
+  EXPECT_TRUE(cpu_supports("sse4.2"));
+  EXPECT_FALSE(cpu_supports("no-such-extension"));
 }
 
 }  // namespace
