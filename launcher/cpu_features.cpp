@@ -2,6 +2,10 @@
 
 #include <sstream>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 namespace loom {
 
 std::string cpu_features_missing(const std::string& required,
@@ -27,7 +31,10 @@ bool cpu_supports(const std::string& name) {
   LOOM_FEATURE("avx2")
   LOOM_FEATURE("fma")
   LOOM_FEATURE("bmi2")
-  LOOM_FEATURE("f16c")
+  if (name == "f16c") {  // not a name clang's __builtin_cpu_supports knows: CPUID leaf 1, ECX bit 29
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+  }
   LOOM_FEATURE("avx512f")
   LOOM_FEATURE("avx512bw")
   LOOM_FEATURE("avx512vl")

@@ -412,6 +412,8 @@ TEST(CpuFeatures, NamesWhatTheCpuLacks) {
   EXPECT_EQ(cpu_features_missing("", has), "");
   // This machine runs this test, so it has what the build uses; an unknown name it has not.
   EXPECT_TRUE(cpu_supports("sse4.2"));
+  EXPECT_TRUE(cpu_supports("avx2"));  // the default build's level: this machine runs it
+  EXPECT_TRUE(cpu_supports("f16c"));
   EXPECT_FALSE(cpu_supports("no-such-extension"));
 }
 
