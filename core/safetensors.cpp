@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/json_text.h"
 
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
@@ -41,20 +42,7 @@ std::string json_string(const std::string& s) {
     throw Error("safetensors: \"" + s.substr(0, 40) +
                 "\" (a tensor name or metadata) is not valid UTF-8, which the format's JSON header "
                 "needs");
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char escaped[8];
-      std::snprintf(escaped, sizeof(escaped), "\\u%04x", c);
-      out += escaped;
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
+  return json_quote(s);
 }
 
 }  // namespace

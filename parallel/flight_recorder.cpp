@@ -11,6 +11,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "core/json_text.h"
 
 namespace loom {
 namespace {
@@ -25,26 +26,9 @@ const char* type_name(DataType type) {
   return kNames[static_cast<int>(type)];
 }
 
-void append_escaped(std::string& out, const std::string& text) {
-  out += '"';
-  for (const char c : text) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char code[8];
-      std::snprintf(code, sizeof(code), "\\u%04x", c);
-      out += code;
-    } else {
-      out += c;
-    }
-  }
-  out += '"';
-}
-
 void append_field(std::string& out, const char* key, const std::string& value) {
   out.append("\"").append(key).append("\":");
-  append_escaped(out, value);
+  out += json_quote(value);
 }
 
 void append_field(std::string& out, const char* key, long long value) {
