@@ -23,6 +23,7 @@
 #include "core/rank_health.h"
 #include "core/rng.h"
 #include "core/run_dir.h"
+#include "core/shared_files.h"
 #include "core/sample.h"
 #include "core/tensor_parallel.h"
 #include "core/tokenizer.h"
@@ -387,6 +388,12 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   const bool validate = t.eval_interval() > 0 && !cfg.data().val_shards().empty();
   TokenDataset val_data;
   if (validate) val_data = dataset_open(cfg.data().val_shards(), T, cfg.model().vocab_size());
+  if (groups.is_distributed()) {  // every node must read the same data (core/shared_files.h)
+    std::vector<std::pair<std::string, const TokenDataset*>> sets = {
+        {"data.train_shards", &train_data}};
+    if (validate) sets.push_back({"data.val_shards", &val_data});
+    check_same_data(*groups.world, groups.placement, sets);
+  }
 
   const fs::path run_dir = options.run_dir;
   RunDirLock lock;  // held until train() returns; the kernel releases it if the process dies
@@ -400,6 +407,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
       throw Error("checkpoint.directory " + checkpoints_dir.string() + " cannot be written: " +
                   (ec ? ec.message() : std::string(std::strerror(errno))));
   }
+  if (groups.is_distributed()) check_same_run_dir(*groups.world, groups.placement, run_dir);
   // Ranks that share a node share its cores.
   int threads = cfg.runtime().threads();
   if (threads == 0 && groups.local_ranks > 1)

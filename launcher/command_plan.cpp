@@ -20,13 +20,16 @@
 #include "kernels/cpu/threads.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
+#include "launcher/hosts.h"
 #include "launcher/spawn.h"
 #include "parallel/mesh.h"
+#include "parallel/placement.h"
 
 namespace loom {
 namespace {
 
 constexpr const char* kHelp = R"(usage: loom plan CONFIG [--set path.to.field=value]... [--memory-gb X]
+                 [--hostfile FILE | --hosts a:4,b:4] [--allow-cross-node-tp]
 
 Shows what CONFIG's parallel layout (parallel.dp, tp, pp, sp) means, without starting anything:
   - the world size and dp × pp × sp × tp,
@@ -43,13 +46,19 @@ Shows what CONFIG's parallel layout (parallel.dp, tp, pp, sp) means, without sta
     optimizer state and activations,
   - with --memory-gb X: the longest train.seq_len this layout trains within X GiB per rank
     (every stage; model.max_seq_len, and a learned position table, grown to it), in steps of
-    what sp requires.
+    what sp requires,
+  - with --hostfile or --hosts (as for `loom train`): the node each rank lands on (ranks fill
+    one node's slots, then the next) and the groups that span nodes; a tp group across nodes
+    is an error, as for `loom train`, unless --allow-cross-node-tp.
 The config is validated as `loom train` does: a layout that does not divide the model or the
 batch is an error (exit status 1).
 
   --set k=v        override one config field, e.g. --set parallel.tp=2 (repeatable, applied in
                    order)
   --memory-gb X    a memory budget per rank in GiB (2^30 bytes) for the longest-sequence search
+  --hostfile FILE  an Open MPI hostfile (`host slots=N` lines)
+  --hosts LIST     nodes and slots, e.g. node1:4,node2:4
+  --allow-cross-node-tp  accept tp groups that span nodes
 )";
 
 constexpr int kMaxListedRanks = 64;  // larger worlds list only their first groups
@@ -249,6 +258,28 @@ void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
   if (mesh.pp > 1) print_pipeline(cfg, mesh, stages);
 }
 
+// Which node each rank lands on and which groups span nodes; returns the most ranks on one node.
+int print_placement(const Mesh& mesh, const Placement& placement) {
+  std::printf("\nplacement (ranks fill one node's slots, then the next)\n");
+  std::vector<int> per_node(placement.nodes.size(), 0);
+  for (int node : placement.node_of_rank) ++per_node[static_cast<size_t>(node)];
+  std::printf("  %s\n", placement_summary(placement).c_str());
+  std::printf("  groups across nodes:\n");
+  for (const auto& [name, axis] : {std::pair{"tp", Axis::kTensor}, {"sp", Axis::kSequence},
+                                   {"dp", Axis::kData}, {"pp", Axis::kPipeline}}) {
+    const std::vector<std::vector<int>> crossing = groups_across_nodes(mesh, placement, axis);
+    const size_t groups = static_cast<size_t>(mesh.world_size()) / mesh_group(mesh, 0, axis).size();
+    std::string line = crossing.empty() ? "none" : std::to_string(crossing.size()) + " of " +
+                                                        std::to_string(groups);
+    for (size_t i = 0; i < crossing.size() && i < kListedGroups; ++i)
+      line += (i == 0 ? ": " : "; ") + format_group(crossing[i]) + " on " +
+              group_nodes(placement, crossing[i]);
+    if (crossing.size() > kListedGroups) line += "; …";
+    std::printf("    %s  %s\n", name, line.c_str());
+  }
+  return *std::max_element(per_node.begin(), per_node.end());
+}
+
 // Bytes per rank of the layout's largest stage: parameters, gradients, optimizer, activations.
 double rank_bytes(const config::RunConfig& cfg) {
   double most = 0;
@@ -310,7 +341,10 @@ void print_longest_sequence(const config::RunConfig& cfg, double budget_gib) {
 }  // namespace
 
 int command_plan(int argc, char** argv) {
-  const Args args = parse_args("plan", argv, argc, {{"--set", true}, {"--memory-gb", false}}, {});
+  const Args args = parse_args(
+      "plan", argv, argc,
+      {{"--set", true}, {"--memory-gb", false}, {"--hostfile", false}, {"--hosts", false}},
+      {"--allow-cross-node-tp"});
   if (args.flag("--help")) {
     std::cout << kHelp;
     return 0;
@@ -358,8 +392,23 @@ int command_plan(int argc, char** argv) {
     print_longest_sequence(cfg, gib);
   }
 
-  // On one machine every rank shares its memory (on several, each node holds its share).
-  const std::string problem = memory_problem(cfg, mesh.world_size(), host_available_bytes());
+  if (args.has("--hostfile") && args.has("--hosts"))
+    throw Error("give either --hostfile or --hosts, not both");
+  int ranks_here = mesh.world_size();  // ranks sharing one machine's memory
+  if (args.has("--hostfile") || args.has("--hosts")) {
+    const Placement placement =
+        placement_fill(args.has("--hostfile") ? hostfile_read(args.value("--hostfile", ""))
+                                              : hosts_parse(args.value("--hosts", "")),
+                       mesh.world_size());
+    ranks_here = print_placement(mesh, placement);
+    const std::string tp_problem = cross_node_tp_problem(mesh, placement);
+    if (!tp_problem.empty() && !args.flag("--allow-cross-node-tp")) {
+      std::printf("\nloom train: refuses this placement: %s\n", tp_problem.c_str());
+      return 1;
+    }
+  }
+  // Ranks on one machine share its memory (with hosts: the fullest node, assumed like this one).
+  const std::string problem = memory_problem(cfg, ranks_here, host_available_bytes());
   if (!problem.empty()) {
     std::printf("\nloom train: cannot run this layout on this machine: %s\n", problem.c_str());
     return 1;

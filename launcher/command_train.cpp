@@ -1,4 +1,5 @@
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -12,16 +13,19 @@
 #include "core/trainer.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
+#include "launcher/hosts.h"
 #include "launcher/spawn.h"
 #include "parallel/flight_recorder.h"
 #include "parallel/groups.h"
 #include "parallel/mpi_runtime.h"
+#include "parallel/placement.h"
 
 namespace loom {
 namespace {
 
 constexpr const char* kHelp =
     R"(usage: loom train CONFIG [--set path.to.field=value]... [--run-dir DIR] [--resume]
+                  [--hostfile FILE | --hosts a:4,b:4] [--allow-cross-node-tp]
 
 Trains the model CONFIG (a text-format loom.config.RunConfig, see configs/loom.proto) describes.
 
@@ -32,6 +36,11 @@ Trains the model CONFIG (a text-format loom.config.RunConfig, see configs/loom.p
   --oversubscribe  start the layout's ranks even when they are more than 8 per core of this
                  machine (without it such a layout is refused: it would crawl, and thousands
                  of ranks exhaust memory and process limits)
+  --hostfile FILE  start the ranks on the nodes of an Open MPI hostfile (`host slots=N` lines)
+                 through mpirun; ranks fill one node's slots, then the next
+  --hosts LIST     the same from a list, e.g. --hosts node1:4,node2:4
+  --allow-cross-node-tp  start even when a tensor-parallel group spans nodes (refused without
+                 it: tp all-reduces every layer's activations, and belongs inside a node)
 
 SIGUSR1 stops the run after the current step with a checkpoint (exit status 75); continue it
 with --resume. SIGUSR2 makes every rank dump its flight recorder (its last communication
@@ -42,6 +51,8 @@ the dumps. Under `loom train`'s own launcher, mpirun or srun, every rank receive
 With parallel.dp (× tp × pp × sp) > 1, loom starts that many ranks itself: through srun inside a
 Slurm allocation, else through mpirun. Started by mpirun or srun directly (mpirun -np N loom train
 CONFIG ...), each process is one rank and takes its rank from MPI; N must equal the layout's size.
+Every rank must see the same data set (checked at start: shard names, sizes and the first
+header's checksum) and the same run directory, on a file system every node shares.
 )";
 
 // Ranks per core beyond which loom train refuses to start a layout without --oversubscribe.
@@ -154,6 +165,11 @@ int train_worker(const config::RunConfig& cfg, const std::string& config_path, c
   try {
     ProcessGroups groups = process_groups_create(mpi.get(), mesh);
     label = groups.label();
+    // Placement as the ranks found it: mpirun or srun started by hand may put a tp group across
+    // nodes even where loom's own launch would have refused.
+    if (const std::string problem = cross_node_tp_problem(mesh, groups.placement);
+        !problem.empty() && !args.flag("--allow-cross-node-tp"))
+      throw Error(problem + " (placement: " + placement_summary(groups.placement) + ")");
     // Every rank must write to the same run directory: rank 0's choice (a default one carries
     // the time) is broadcast.
     std::string run_dir = args.value("--run-dir", default_run_dir(config_path));
@@ -184,11 +200,40 @@ int train_worker(const config::RunConfig& cfg, const std::string& config_path, c
   }
 }
 
+// The nodes `loom train` will start ranks on (--hostfile, --hosts, or the Slurm allocation; empty:
+// this host alone), checked against the layout before anything starts: enough slots, and no tp
+// group across nodes unless --allow-cross-node-tp.
+std::vector<NodeSlots> job_nodes(const Args& args, const LaunchEnvironment& env, const Mesh& mesh) {
+  if (args.has("--hostfile") && args.has("--hosts"))
+    throw Error("give either --hostfile or --hosts, not both");
+  const bool named = args.has("--hostfile") || args.has("--hosts");
+  if (named && env.in_slurm_allocation)
+    throw Error("inside a Slurm allocation the ranks go on the allocation's nodes through srun; "
+                "drop --hostfile/--hosts (or choose the nodes with sbatch/salloc -N, -w)");
+  if (named && mesh.world_size() == 1)
+    throw Error("--hostfile/--hosts start ranks on several nodes, but this layout is a single "
+                "rank (parallel.dp × tp × pp × sp = 1)");
+  const std::vector<NodeSlots> nodes =
+      args.has("--hostfile") ? hostfile_read(args.value("--hostfile", ""))
+      : args.has("--hosts")  ? hosts_parse(args.value("--hosts", ""))
+      : env.in_slurm_allocation && mesh.world_size() > 1 ? slurm_allocation_nodes(process_environment())
+                                                         : std::vector<NodeSlots>{};
+  if (nodes.empty()) return nodes;
+  const Placement placement = placement_fill(nodes, mesh.world_size());
+  const std::string problem = cross_node_tp_problem(mesh, placement);
+  if (!problem.empty() && !args.flag("--allow-cross-node-tp"))
+    throw Error(problem + " (placement: " + placement_summary(placement) + ")");
+  std::cerr << "loom: placement " << placement_summary(placement) << std::endl;
+  return nodes;
+}
+
 }  // namespace
 
 int command_train(int argc, char** argv) {
-  const Args args = parse_args("train", argv, argc, {{"--set", true}, {"--run-dir", false}},
-                               {"--resume", "--oversubscribe"});
+  const Args args = parse_args(
+      "train", argv, argc,
+      {{"--set", true}, {"--run-dir", false}, {"--hostfile", false}, {"--hosts", false}},
+      {"--resume", "--oversubscribe", "--allow-cross-node-tp"});
   if (args.flag("--help")) {
     std::cout << kHelp;
     return 0;
@@ -202,7 +247,14 @@ int command_train(int argc, char** argv) {
     throw Error("--resume needs --run-dir naming the run to continue");
   const auto& p = cfg.parallel();
   const Mesh mesh{.dp = p.dp(), .pp = p.pp(), .sp = p.sp(), .tp = p.tp()};
-  if (env.is_worker) return train_worker(cfg, config_path, args, mesh);
+  if (env.is_worker) {
+    if (args.has("--hostfile") || args.has("--hosts"))
+      throw Error("--hostfile and --hosts are for `loom train` starting the ranks itself; this "
+                  "process is already a rank (started by mpirun or srun): give the hosts to "
+                  "mpirun instead");
+    return train_worker(cfg, config_path, args, mesh);
+  }
+  const std::vector<NodeSlots> nodes = job_nodes(args, env, mesh);
 
   const std::string run_dir = args.value("--run-dir", default_run_dir(config_path));
   if (mesh.world_size() == 1) {
@@ -230,8 +282,9 @@ int command_train(int argc, char** argv) {
   }
   worker_args.insert(worker_args.end(), {"--run-dir", run_dir});
   if (args.flag("--resume")) worker_args.push_back("--resume");
+  if (args.flag("--allow-cross-node-tp")) worker_args.push_back("--allow-cross-node-tp");
   const LaunchHost host = this_host();
-  if (!env.in_slurm_allocation && mesh.world_size() > kMaxRanksPerCore * host.cores &&
+  if (nodes.empty() && mesh.world_size() > kMaxRanksPerCore * host.cores &&
       !args.flag("--oversubscribe"))
     throw Error("the layout needs " + std::to_string(mesh.world_size()) +
                 " ranks (parallel.dp × tp × pp × sp) but this machine has " +
@@ -243,7 +296,15 @@ int command_train(int argc, char** argv) {
   // OpenMP threads of ranks that share cores must sleep, not spin, while they wait (read by
   // each rank's OpenMP runtime at start-up).
   if (mesh.world_size() > host.cores) setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
-  const std::vector<std::string> command = launch_command(mesh.world_size(), worker_args, env, host);
+  LaunchHosts hosts;
+  if (!env.in_slurm_allocation && !nodes.empty()) {
+    hosts.hostfile = args.value("--hostfile", "");
+    hosts.hosts = args.value("--hosts", "");
+    hosts.workdir = std::filesystem::current_path().string();
+    hosts.forward_env = rank_environment(environ);
+  }
+  const std::vector<std::string> command =
+      launch_command(mesh.world_size(), worker_args, env, host, hosts);
   std::string shown;
   for (const std::string& a : command) shown += (shown.empty() ? "" : " ") + a;
   std::cerr << "loom: starting " << mesh.world_size() << " ranks: " << shown << std::endl;

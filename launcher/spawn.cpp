@@ -80,7 +80,10 @@ LaunchEnvironment detect_launch_environment(const GetEnv& env) {
                 "each would run alone; start the ranks with `srun --mpi=pmix`, or run `loom train` "
                 "once inside the allocation and let it start them");
   out.in_slurm_allocation = is_set(env, "SLURM_JOB_ID") && !step;
-  if (out.in_slurm_allocation) out.slurm_cpus_per_task = positive_int(env, "SLURM_CPUS_PER_TASK");
+  if (out.in_slurm_allocation) {
+    out.slurm_cpus_per_task = positive_int(env, "SLURM_CPUS_PER_TASK");
+    out.slurm_ntasks_per_node = positive_int(env, "SLURM_NTASKS_PER_NODE");
+  }
   return out;
 }
 
@@ -104,7 +107,8 @@ LaunchHost this_host() {
 }
 
 std::vector<std::string> launch_command(int world, const std::vector<std::string>& worker_args,
-                                        const LaunchEnvironment& env, const LaunchHost& host) {
+                                        const LaunchEnvironment& env, const LaunchHost& host,
+                                        const LaunchHosts& hosts) {
   LOOM_CHECK(world >= 1);
   LOOM_CHECK(!host.executable.empty());
   const std::string n = std::to_string(world);
@@ -113,6 +117,21 @@ std::vector<std::string> launch_command(int world, const std::vector<std::string
     argv = {"srun", "--ntasks=" + n, "--kill-on-bad-exit=1", "--quit-on-interrupt", "--mpi=pmix"};
     if (env.slurm_cpus_per_task > 0)
       argv.push_back("--cpus-per-task=" + std::to_string(env.slurm_cpus_per_task));
+    if (env.slurm_ntasks_per_node > 0)
+      argv.insert(argv.end(), {"--ntasks-per-node=" + std::to_string(env.slurm_ntasks_per_node),
+                               "--distribution=block"});
+  } else if (!hosts.empty()) {
+    argv = {"mpirun", "-np", n};
+    if (host.is_root) argv.push_back("--allow-run-as-root");
+    if (!hosts.hostfile.empty())
+      argv.insert(argv.end(), {"--hostfile", hosts.hostfile});
+    else
+      argv.insert(argv.end(), {"--host", hosts.hosts});
+    // The other nodes' cores are not known here: each rank sizes its threads by its node's
+    // cores and ranks (core/trainer.cpp), unbound.
+    argv.insert(argv.end(), {"--map-by", "slot", "--bind-to", "none"});
+    if (!hosts.workdir.empty()) argv.insert(argv.end(), {"--wdir", hosts.workdir});
+    for (const std::string& name : hosts.forward_env) argv.insert(argv.end(), {"-x", name});
   } else {
     argv = {"mpirun", "-np", n};
     if (host.is_root) argv.push_back("--allow-run-as-root");
@@ -126,6 +145,19 @@ std::vector<std::string> launch_command(int world, const std::vector<std::string
   argv.push_back(host.executable);
   argv.insert(argv.end(), worker_args.begin(), worker_args.end());
   return argv;
+}
+
+std::vector<std::string> rank_environment(char** entries) {
+  std::vector<std::string> names;
+  for (char** e = entries; e && *e; ++e) {
+    const std::string entry = *e;
+    const size_t eq = entry.find('=');
+    if (eq == std::string::npos) continue;
+    const std::string name = entry.substr(0, eq);
+    for (const char* prefix : {"LOOM_", "OMP_", "OPENBLAS_"})
+      if (name.rfind(prefix, 0) == 0) names.push_back(name);
+  }
+  return names;
 }
 
 namespace {

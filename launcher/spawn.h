@@ -13,6 +13,7 @@
 //   SLURM_STEP_NUM_TASKS
 //   SLURM_JOB_ID, SLURM_STEP_ID                 inside a Slurm allocation / inside a job step
 //   SLURM_CPUS_PER_TASK                         CPUs per task to request again from srun
+//   SLURM_NTASKS_PER_NODE                       tasks per node to request again from srun
 #pragma once
 #include <functional>
 #include <string>
@@ -37,6 +38,9 @@ struct LaunchEnvironment {
   // SLURM_CPUS_PER_TASK of the allocation (0 when unset). Since Slurm 22.05 srun does not
   // inherit --cpus-per-task from sbatch/salloc, so launch_command passes it again.
   int slurm_cpus_per_task = 0;
+  // SLURM_NTASKS_PER_NODE of the allocation (0 when unset: sbatch sets it for --ntasks-per-node),
+  // passed to srun so that ranks fill each node's tasks before the next node's.
+  int slurm_ntasks_per_node = 0;
 };
 
 // Throws loom::Error for a launch that cannot work: srun started several tasks without an MPI
@@ -51,17 +55,38 @@ struct LaunchHost {
 };
 LaunchHost this_host();
 
+// The nodes to start ranks on with mpirun (empty: this host alone). Ranks fill one node's slots,
+// then the next (--map-by slot).
+struct LaunchHosts {
+  std::string hostfile;  // an Open MPI hostfile, passed as --hostfile
+  std::string hosts;     // "a:4,b:4", passed as --host
+  std::string workdir;   // the directory the ranks start in on every node (--wdir)
+  // Environment variables to pass to ranks on other nodes (-x NAME): mpirun's ssh starts them
+  // with its own environment, not the caller's.
+  std::vector<std::string> forward_env;
+  bool empty() const { return hostfile.empty() && hosts.empty(); }
+};
+
+// The names of the environment variables loom's ranks read (LOOM_*, OMP_*, OPENBLAS_*) that are
+// set in `environ`-style `entries` ("NAME=value").
+std::vector<std::string> rank_environment(char** entries);
+
 // The argument vector that starts `world` ranks each running `executable worker_args...`.
 // Inside a Slurm allocation:
 //   srun --ntasks=N --kill-on-bad-exit=1 --quit-on-interrupt --mpi=pmix [--cpus-per-task=K]
+//        [--ntasks-per-node=K --distribution=block]
 // (one SIGINT stops the step: without --quit-on-interrupt srun only prints its status).
+// With hosts, on them:
+//   mpirun -np N [--allow-run-as-root] (--hostfile F | --host a:4,b:4) --map-by slot
+//          --bind-to none --wdir DIR [-x NAME]...
 // Otherwise, on this host:
 //   mpirun -np N [--allow-run-as-root] --oversubscribe --bind-to none        when N > cores
 //   mpirun -np N [--allow-run-as-root] --map-by slot:PE=cores/N --bind-to core   otherwise
 // (each rank then owns cores/N cores, so runtime.threads = 0 gives it that many threads;
 // Open MPI's default would bind every rank to a single core for N ≤ 2). Never a shell string.
 std::vector<std::string> launch_command(int world, const std::vector<std::string>& worker_args,
-                                        const LaunchEnvironment& env, const LaunchHost& host);
+                                        const LaunchEnvironment& env, const LaunchHost& host,
+                                        const LaunchHosts& hosts = {});
 
 // Runs argv[0] (looked up on PATH) with argv and returns its exit status, 128 + signal when a
 // signal killed it. The child runs in its own process group with stdin from /dev/null (so a

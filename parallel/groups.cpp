@@ -1,6 +1,9 @@
 #include "parallel/groups.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <climits>
 
 #include "core/error.h"
 
@@ -9,8 +12,10 @@ namespace loom {
 std::string ProcessGroups::label() const {
   return "[rank " + std::to_string(rank) + " dp=" + std::to_string(coord.dp) +
          " pp=" + std::to_string(coord.pp) + " sp=" + std::to_string(coord.sp) +
-         " tp=" + std::to_string(coord.tp) + "]";
+         " tp=" + std::to_string(coord.tp) +
+         (placement.nodes.size() > 1 ? " node=" + node() : std::string()) + "]";
 }
+
 
 ProcessGroups process_groups_create(MpiRuntime* mpi, const Mesh& mesh) {
   ProcessGroups g;
@@ -21,6 +26,8 @@ ProcessGroups process_groups_create(MpiRuntime* mpi, const Mesh& mesh) {
     for (auto [slot, name] : {std::pair{&g.world, "world"}, {&g.dp, "dp"}, {&g.pp, "pp"},
                                {&g.sp, "sp"}, {&g.tp, "tp"}, {&g.dp_sp, "dp_sp"}})
       *slot = make_self_communicator(name, 0);
+    char name[HOST_NAME_MAX + 1] = {};
+    g.placement = placement_of_hosts({gethostname(name, HOST_NAME_MAX) == 0 ? name : "localhost"});
     return g;
   }
   const int world = mpi_world_size(*mpi);
@@ -38,6 +45,7 @@ ProcessGroups process_groups_create(MpiRuntime* mpi, const Mesh& mesh) {
   }
   g.rank = mpi_world_rank(*mpi);
   g.local_ranks = mpi_local_size(*mpi);
+  g.placement = placement_of_hosts(mpi_host_names(*mpi));
   g.coord = mesh_coord(mesh, g.rank);
   const MeshCoord c = g.coord;
   // A group's color is the rank of its first member; the key orders members by the coordinate.

@@ -15,6 +15,7 @@
 #include "parallel/communicator.h"
 #include "parallel/mesh.h"
 #include "parallel/mpi_runtime.h"
+#include "parallel/placement.h"
 
 namespace loom {
 
@@ -23,17 +24,21 @@ struct ProcessGroups {
   int rank = 0;  // global
   MeshCoord coord;
   int local_ranks = 1;  // ranks of the job on this node
+  // The node (host name) of every rank, as the ranks reported it at start-up.
+  Placement placement;
   std::unique_ptr<Communicator> world, dp, pp, sp, tp, dp_sp;
   MpiRuntime* mpi = nullptr;  // null in a single-process run
 
   bool is_distributed() const { return mesh.world_size() > 1; }
-  // "[rank R dp=.. pp=.. sp=.. tp=..]", the prefix of this rank's log lines.
+  const std::string& node() const { return placement.nodes[placement.node_of_rank[rank]]; }
+  // "[rank R dp=.. pp=.. sp=.. tp=..]", the prefix of this rank's log lines; a job on several
+  // nodes adds " node=NAME".
   std::string label() const;
 };
 
 // With mpi null: the single-process groups (mesh must have world size 1). With MPI: checks that
 // the job's world size equals mesh.world_size() (throws loom::Error saying which to change) and
-// creates every group; collective over the world.
+// creates every group, after gathering every rank's host name; collective over the world.
 ProcessGroups process_groups_create(MpiRuntime* mpi, const Mesh& mesh);
 
 // The ranks that share this rank's dp, sp and tp coordinates and whose pipeline coordinate is in

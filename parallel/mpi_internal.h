@@ -101,6 +101,7 @@ class MpiRuntime {
   ~MpiRuntime();
 
   int world_rank = 0, world_size = 1, local_size = 1;
+  std::vector<std::string> host_names;  // of every rank (MPI_Get_processor_name)
   MpiRuntimeOptions options;
 
   GroupState* add_group(const std::string& name, MPI_Comm comm);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cmath>
+#include <cstring>
 #include <sstream>
 
 #include "core/error.h"
@@ -62,6 +63,17 @@ MpiRuntime::MpiRuntime(const MpiRuntimeOptions& opts) : options(opts) {
                                 &node));
   MPI_CHECK(MPI_Comm_size(node, &local_size));
   MPI_Comm_free(&node);
+  // Every rank's host name, for placement checks and messages that name a rank's node.
+  char name[MPI_MAX_PROCESSOR_NAME] = {};
+  int length = 0;
+  MPI_CHECK(MPI_Get_processor_name(name, &length));
+  std::vector<char> names(static_cast<size_t>(MPI_MAX_PROCESSOR_NAME) * world_size);
+  MPI_CHECK(MPI_Allgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, names.data(),
+                          MPI_MAX_PROCESSOR_NAME, MPI_CHAR, MPI_COMM_WORLD));
+  for (int r = 0; r < world_size; ++r) {
+    const char* begin = names.data() + static_cast<size_t>(r) * MPI_MAX_PROCESSOR_NAME;
+    host_names.emplace_back(begin, strnlen(begin, MPI_MAX_PROCESSOR_NAME));
+  }
   MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &control_));
   MPI_CHECK(MPI_Irecv(query_in_, 2, MPI_INT64_T, MPI_ANY_SOURCE, kQueryTag, control_,
                       &query_request_));
@@ -568,6 +580,9 @@ void mpi_runtime_destroy(MpiRuntime* runtime) { delete runtime; }
 int mpi_world_rank(const MpiRuntime& runtime) { return runtime.world_rank; }
 int mpi_world_size(const MpiRuntime& runtime) { return runtime.world_size; }
 int mpi_local_size(const MpiRuntime& runtime) { return runtime.local_size; }
+const std::vector<std::string>& mpi_host_names(const MpiRuntime& runtime) {
+  return runtime.host_names;
+}
 
 std::chrono::system_clock::time_point mpi_request_flight_dumps(MpiRuntime& runtime) {
   return runtime.request_flight_dumps(kDumpError);

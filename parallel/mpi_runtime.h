@@ -15,6 +15,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "parallel/communicator.h"
 
@@ -73,6 +74,8 @@ int mpi_world_rank(const MpiRuntime& runtime);
 int mpi_world_size(const MpiRuntime& runtime);
 // Ranks of this job on this node (sharing its memory and cores).
 int mpi_local_size(const MpiRuntime& runtime);
+// The host name of every rank (MPI_Get_processor_name), gathered when MPI started.
+const std::vector<std::string>& mpi_host_names(const MpiRuntime& runtime);
 
 // The communicator over all ranks.
 std::unique_ptr<Communicator> mpi_world(MpiRuntime& runtime);
