@@ -302,6 +302,12 @@ int command_train(int argc, char** argv) {
     hosts.hosts = args.value("--hosts", "");
     hosts.workdir = std::filesystem::current_path().string();
     hosts.forward_env = rank_environment(environ);
+    // mpirun's daemons on the other nodes notice within seconds that their connection to mpirun
+    // is dead (a node cut off) and kill their ranks; Open MPI's default gives up after minutes,
+    // leaving ranks behind. A site's or user's own setting wins.
+    setenv("OMPI_MCA_oob_tcp_keepalive_time", "2", 0);
+    setenv("OMPI_MCA_oob_tcp_keepalive_intvl", "1", 0);
+    setenv("OMPI_MCA_oob_tcp_keepalive_probes", "3", 0);
   }
   const std::vector<std::string> command =
       launch_command(mesh.world_size(), worker_args, env, host, hosts);

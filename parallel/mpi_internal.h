@@ -119,6 +119,7 @@ class MpiRuntime {
   bool serve_control();
   void fail_all(const std::string& why);  // records `why` unless a failure came first
   std::string diagnose(const PendingOp& op, double waited_s);
+  std::string rank_name(int rank) const;
   void number_locked(PendingOp& op);  // its index in the group; recorded as issued
   void record_finish(const PendingOp& op, FlightState state);
   void send_dump_requests();

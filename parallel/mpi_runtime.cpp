@@ -423,6 +423,14 @@ bool MpiRuntime::serve_control() {
   return progress;
 }
 
+// "global rank R", and its node when the job spans several.
+std::string MpiRuntime::rank_name(int rank) const {
+  std::string name = "global rank " + std::to_string(rank);
+  for (const std::string& host : host_names)
+    if (host != host_names.front()) return name + " on " + host_names[rank];
+  return name;
+}
+
 // An operation timed out: ask the group's members how many operations they have posted on it,
 // and name those that had not reached this one.
 std::string MpiRuntime::diagnose(const PendingOp& op, double waited_s) {
@@ -432,9 +440,9 @@ std::string MpiRuntime::diagnose(const PendingOp& op, double waited_s) {
       << ", global ranks";
   for (int r : op.group->global_ranks) out << ' ' << r;
   out << ") did not complete within " << waited_s << " s (parallel.collective_timeout_s = "
-      << options.timeout_s << ") on global rank " << world_rank << "; ";
+      << options.timeout_s << ") on " << rank_name(world_rank) << "; ";
   if (!op.collective) {
-    out << "waiting for global rank " << op.group->global_ranks[op.peer];
+    out << "waiting for " << rank_name(op.group->global_ranks[op.peer]);
     return out.str();
   }
   const int n = static_cast<int>(op.group->global_ranks.size());
@@ -471,9 +479,9 @@ std::string MpiRuntime::diagnose(const PendingOp& op, double waited_s) {
     if (peer == world_rank) continue;
     const int64_t posted = answers[i][1];
     if (posted == -2)
-      behind.push_back("global rank " + std::to_string(peer) + " (did not answer: hung or dead)");
+      behind.push_back(rank_name(peer) + " (did not answer: hung, dead or unreachable)");
     else if (posted <= op.index)
-      behind.push_back("global rank " + std::to_string(peer) + " (has posted only " +
+      behind.push_back(rank_name(peer) + " (has posted only " +
                        std::to_string(posted) + " operations on this group)");
   }
   for (int i = 0; i < n; ++i) {
