@@ -96,6 +96,13 @@ grep -q "resumed from" "$tmp/out.txt" && pass || fail "resume did not say where 
 expect_error resume-other-model "model section of the config differs" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set model.d_mlp=32 --run-dir run --resume
 expect_error resume-other-data "train.seq_len differs" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=9 --set train.seq_len=16 --run-dir run --resume
 expect_error resume-finished "already completed 8 steps" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=8 --run-dir run --resume
+# Multi-node launch options that cannot work are refused before anything starts.
+expect_error hosts-and-hostfile "either --hostfile or --hosts, not both" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set parallel.dp=2 --hostfile h --hosts a:2 --run-dir hosts
+expect_error hosts-single-rank "this layout is a single rank" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --hosts a:2 --run-dir hosts
+expect_error hosts-in-slurm "inside a Slurm allocation" -- env SLURM_JOB_ID=1 "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set parallel.dp=2 --hosts a:2 --run-dir hosts
+expect_error hosts-tp-across "tensor-parallel group {0,1} would span nodes a, b" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set parallel.tp=2 --hosts a:1,b:1 --run-dir hosts
+expect_error hostfile-missing "cannot read hostfile nope" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set parallel.dp=2 --hostfile nope --run-dir hosts
+[ ! -e hosts ] && pass || fail "a refused multi-node launch left a run directory"
 # The run's own resolved config.textproto is what a user resumes with.
 expect_ok resume-own-config "$loom" train run/config.textproto --set train.steps=9 --run-dir run --resume
 [ "$(wc -l <run/metrics.jsonl)" -eq 9 ] && pass || fail "resumed from config.textproto: metrics.jsonl should have 9 lines"

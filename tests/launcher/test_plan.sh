@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `loom plan` as a user runs it: world size, process groups as global ranks, accumulation
 # steps, memory per rank, whether `loom train` can run the layout, and a layout that does not
-# divide the model (exit status 1, message naming the fields).
+# divide the model (exit status 1, message naming the fields); with --hostfile/--hosts the node of
+# each rank, the groups across nodes and the tp-across-nodes refusal.
 # Usage: test_plan.sh LOOM_BINARY SOURCE_DIR
 set -u
 loom=$1
@@ -155,6 +156,35 @@ err=$("$loom" plan 2>&1 >/dev/null)
 rc=$?
 [ "$rc" -eq 1 ] && grep -qF "expected exactly one CONFIG" <<<"$err" && pass ||
   fail "no CONFIG: exit status $rc, message: $err"
+
+# --- placement over nodes (--hostfile, --hosts) ---
+hosts=$(mktemp)
+printf '# two nodes\nnode1 slots=2\nnode2 slots=2\n' >"$hosts"
+plan hostfile --set parallel.dp=2 --set parallel.tp=2 --set train.micro_batch=8 --hostfile "$hosts"
+expect hostfile-nodes '^  node1: ranks 0-1; node2: ranks 2-3$'
+expect hostfile-tp '^    tp  none$'
+expect hostfile-dp '^    dp  2 of 2: \{0,2\} on node1, node2; \{1,3\} on node1, node2$'
+expect hostfile-ok '^loom train: can run this layout \(4 ranks\)$'
+out=$("$loom" plan "$config" --set parallel.dp=2 --set parallel.tp=2 --set train.micro_batch=8 \
+      --hosts node1:3,node2:1 2>&1)
+rc=$?
+[ "$rc" -eq 1 ] && grep -qF "tensor-parallel group {2,3} would span nodes node1, node2" <<<"$out" &&
+  grep -qE '^    tp  1 of 2: \{2,3\} on node1, node2$' <<<"$out" && pass ||
+  fail "tp across nodes: exit status $rc, output: $out"
+plan allowed --set parallel.dp=2 --set parallel.tp=2 --set train.micro_batch=8 \
+  --hosts node1:3,node2:1 --allow-cross-node-tp
+expect allowed-ok '^loom train: can run this layout \(4 ranks\)$'
+printf 'node1 slots=2\nnode2\n' >"$hosts"
+err=$("$loom" plan "$config" --set parallel.dp=2 --set parallel.tp=2 --set train.micro_batch=8 \
+      --hostfile "$hosts" 2>&1 >/dev/null)
+rc=$?
+[ "$rc" -eq 1 ] && grep -qF "$hosts:2: host node2 has no slots=N" <<<"$err" && pass ||
+  fail "hostfile without slots: exit status $rc, message: $err"
+err=$("$loom" plan "$config" --set parallel.dp=4 --set train.micro_batch=4 --hosts a:1,b:2 2>&1 >/dev/null)
+rc=$?
+[ "$rc" -eq 1 ] && grep -qF "needs 4 ranks but the hosts offer 3 slots" <<<"$err" && pass ||
+  fail "too few slots: exit status $rc, message: $err"
+rm -f "$hosts"
 
 # --- --help ---
 help=$("$loom" plan --help) && grep -q "^usage: loom plan CONFIG" <<<"$help" && pass ||
