@@ -4,8 +4,9 @@ two slots each, joined through a bridge, sshd on each node, and for `slurm` a tw
 Each case builds its own cluster and tears it down; without root or the packages it skips
 (exit 77) and says why.
 
-  equivalence  loom train --hostfile with dp 2 x tp 2 (tp inside each node) equals the
-               single-process losses within 1e-5; every rank reports its node; a tp group
+  equivalence  loom train --hostfile with dp 2 x tp 2 (tp inside each node, dp across), and
+               pp 2 x tp 2 and sp 2 x tp 2 (stages, the ring across) equal the single-process
+               losses within 1e-5; every rank reports its node; a tp group
                across nodes is refused, by loom train before start (--hosts a:3,b:1) and by the
                ranks under mpirun --map-by node; ranks that see another data set or another
                run directory (a node-local folder) are refused, naming the ranks and nodes
@@ -37,6 +38,8 @@ MODEL = ("model { vocab_size: 257 d_model: 32 n_heads: 4 d_mlp: 64 max_seq_len: 
          "prelude_layers: 1 block_layers: 1 loops: 3 coda_layers: 1 input_injection: true "
          "residual: LADDER tie_embeddings: false }")
 LAYOUT = ["--set", "parallel.dp=2", "--set", "parallel.tp=2"]
+OTHER_LAYOUTS = {"pp 2 x tp 2": ["parallel.pp=2", "parallel.tp=2"],
+                 "sp 2 x tp 2": ["parallel.sp=2", "parallel.tp=2"]}
 FAULT_TIMEOUT_S = 10  # parallel.collective_timeout_s of the fault runs
 GRACE_S = 10          # what "a few seconds" after the timeout may take at most
 
@@ -105,6 +108,16 @@ def case_equivalence(cluster_dir):
         expect("loom train prints the placement",
                re.search(r"placement \S+: ranks 0-1; \S+: ranks 2-3", proc.stderr) is not None,
                proc.stderr[-1500:])
+    # The other axes across the nodes, tp inside them: pipeline stages, and the sequence ring.
+    for name, layout in OTHER_LAYOUTS.items():
+        run_dir = f"hostfile-{name.replace(' ', '')}"
+        sets = [a for o in layout for a in ("--set", o)]
+        proc = on_cluster(cluster_dir, [LOOM, "train", config, *sets, "--hostfile", hostfile,
+                                        "--run-dir", run_dir], timeout=300)
+        if proc.returncode != 0:
+            failures.append(f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+        elif ref is not None:
+            compare(f"{name} on 2 nodes (--hostfile) against one process", ref, metrics(run_dir))
 
     # tp across nodes: refused before anything starts ...
     a, b = [line.split()[0] for line in open(hostfile) if line.strip()][:2]
