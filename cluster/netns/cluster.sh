@@ -126,7 +126,7 @@ up() {
   done
   [[ $nodes =~ ^[0-9]+$ ]] && [ "$nodes" -ge 1 ] && [ "$nodes" -le 200 ] || die "--nodes: 1..200"
   [[ $slots =~ ^[0-9]+$ ]] && [ "$slots" -ge 1 ] || die "--slots: a positive number"
-  [[ $DIR =~ ^[A-Za-z0-9/._+-]+$ ]] || die "DIR: only [A-Za-z0-9/._+-] please (it goes into config files)"
+  [[ $DIR =~ ^[-A-Za-z0-9/._+_]+$ ]] || die "DIR: only letters, digits, _ and -/.+ please (it goes into config files)"
   [[ $tag =~ ^[a-z][a-z0-9]{0,9}$ ]] || die "--name: up to 10 of [a-z0-9], starting with a letter"
   [ -z "$rate" ] || [[ $rate =~ ^[0-9.]+([kmgt]?(bit|bps))?$ ]] || die "--rate: e.g. 2gbit, 500mbit"
   local why; why=$(check "$([ $slurm = 1 ] && echo --slurm)") || die "$why"
