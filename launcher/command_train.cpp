@@ -148,6 +148,13 @@ std::string default_run_dir(const std::string& config_path) {
   return "runs/" + std::filesystem::path(config_path).stem().string() + "-" + stamp;
 }
 
+// Throws unless every tp group is inside one node or --allow-cross-node-tp was given.
+void check_tp_placement(const Mesh& mesh, const Placement& placement, const Args& args) {
+  const std::string problem = cross_node_tp_problem(mesh, placement);
+  if (!problem.empty() && !args.flag("--allow-cross-node-tp"))
+    throw Error(problem + " (placement: " + placement_summary(placement) + ")");
+}
+
 // One rank of a job that mpirun or srun started: the rank comes from MPI. Any failure ends the
 // whole job (MPI_Abort) after printing which rank failed and why; nothing is left hanging.
 int train_worker(const config::RunConfig& cfg, const std::string& config_path, const Args& args,
@@ -167,9 +174,7 @@ int train_worker(const config::RunConfig& cfg, const std::string& config_path, c
     label = groups.label();
     // Placement as the ranks found it: mpirun or srun started by hand may put a tp group across
     // nodes even where loom's own launch would have refused.
-    if (const std::string problem = cross_node_tp_problem(mesh, groups.placement);
-        !problem.empty() && !args.flag("--allow-cross-node-tp"))
-      throw Error(problem + " (placement: " + placement_summary(groups.placement) + ")");
+    check_tp_placement(mesh, groups.placement, args);
     // Every rank must write to the same run directory: rank 0's choice (a default one carries
     // the time) is broadcast.
     std::string run_dir = args.value("--run-dir", default_run_dir(config_path));
@@ -220,9 +225,7 @@ std::vector<NodeSlots> job_nodes(const Args& args, const LaunchEnvironment& env,
                                                          : std::vector<NodeSlots>{};
   if (nodes.empty()) return nodes;
   const Placement placement = placement_fill(nodes, mesh.world_size());
-  const std::string problem = cross_node_tp_problem(mesh, placement);
-  if (!problem.empty() && !args.flag("--allow-cross-node-tp"))
-    throw Error(problem + " (placement: " + placement_summary(placement) + ")");
+  check_tp_placement(mesh, placement, args);
   std::cerr << "loom: placement " << placement_summary(placement) << std::endl;
   return nodes;
 }

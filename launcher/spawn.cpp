@@ -120,22 +120,20 @@ std::vector<std::string> launch_command(int world, const std::vector<std::string
     if (env.slurm_ntasks_per_node > 0)
       argv.insert(argv.end(), {"--ntasks-per-node=" + std::to_string(env.slurm_ntasks_per_node),
                                "--distribution=block"});
-  } else if (!hosts.empty()) {
-    argv = {"mpirun", "-np", n};
-    if (host.is_root) argv.push_back("--allow-run-as-root");
-    if (!hosts.hostfile.empty())
-      argv.insert(argv.end(), {"--hostfile", hosts.hostfile});
-    else
-      argv.insert(argv.end(), {"--host", hosts.hosts});
-    // The other nodes' cores are not known here: each rank sizes its threads by its node's
-    // cores and ranks (core/trainer.cpp), unbound.
-    argv.insert(argv.end(), {"--map-by", "slot", "--bind-to", "none"});
-    if (!hosts.workdir.empty()) argv.insert(argv.end(), {"--wdir", hosts.workdir});
-    for (const std::string& name : hosts.forward_env) argv.insert(argv.end(), {"-x", name});
   } else {
     argv = {"mpirun", "-np", n};
     if (host.is_root) argv.push_back("--allow-run-as-root");
-    if (world > host.cores) {
+    if (!hosts.empty()) {
+      if (!hosts.hostfile.empty())
+        argv.insert(argv.end(), {"--hostfile", hosts.hostfile});
+      else
+        argv.insert(argv.end(), {"--host", hosts.hosts});
+      // The other nodes' cores are not known here: each rank sizes its threads by its node's
+      // cores and ranks (core/trainer.cpp), unbound.
+      argv.insert(argv.end(), {"--map-by", "slot", "--bind-to", "none"});
+      if (!hosts.workdir.empty()) argv.insert(argv.end(), {"--wdir", hosts.workdir});
+      for (const std::string& name : hosts.forward_env) argv.insert(argv.end(), {"-x", name});
+    } else if (world > host.cores) {
       argv.insert(argv.end(), {"--oversubscribe", "--bind-to", "none"});
     } else {
       argv.insert(argv.end(), {"--map-by", "slot:PE=" + std::to_string(host.cores / world),

@@ -16,7 +16,6 @@ std::string ProcessGroups::label() const {
          (placement.nodes.size() > 1 ? " node=" + node() : std::string()) + "]";
 }
 
-
 ProcessGroups process_groups_create(MpiRuntime* mpi, const Mesh& mesh) {
   ProcessGroups g;
   g.mesh = mesh;
