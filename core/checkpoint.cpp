@@ -209,20 +209,23 @@ std::string CheckpointWriter::write(const std::string& checkpoints_dir,
   p->keep_last = keep_last;
   const CheckpointPieces pieces = checkpoint_pieces_written(model, optimizer, first_replica);
   const std::string file = rank_file(world_->rank());
+  // The host copy the pieces are written from (downloaded from the backend's memory): this
+  // rank's own state, nothing gathered.
+  std::vector<float> params = model.params.download(), m = optimizer.m.download(),
+                     v = optimizer.v.download();
   if (!background_) {
     try {
-      p->part = checkpoint_pieces_write(p->tmp.string(), file, model.tensors, model.params.data(),
-                                        optimizer.m.data(), optimizer.v.data(), pieces);
+      p->part = checkpoint_pieces_write(p->tmp.string(), file, model.tensors, params.data(),
+                                        m.data(), v.data(), pieces);
     } catch (...) {
       p->error = std::current_exception();
     }
     pending_ = std::move(p);
     return wait();
   }
-  // The copy the thread writes from: this rank's own state, nothing gathered.
   Pending* raw = p.get();
-  raw->thread = std::thread([raw, file, pieces, tensors = model.tensors, params = model.params,
-                             m = optimizer.m, v = optimizer.v] {
+  raw->thread = std::thread([raw, file, pieces, tensors = model.tensors, params = std::move(params),
+                             m = std::move(m), v = std::move(v)] {
     try {
       raw->part = checkpoint_pieces_write(raw->tmp.string(), file, tensors, params.data(),
                                           m.data(), v.data(), pieces);

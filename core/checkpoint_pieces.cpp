@@ -310,18 +310,22 @@ PiecesReadStats checkpoint_pieces_read(const std::string& dir, const Meta& meta,
   Files files(dir);
   PiecesReadStats stats;
   const int64_t block = meta.crc_block_bytes();
-  std::fill(model.params.begin(), model.params.end(), 0.0f);  // the padding; the rest is read
+  // Read into host memory (zeros: the padding; the rest is read), then uploaded to the backend.
+  std::vector<float> host(model.num_params, 0.0f);
   stats.bytes_read += read_kind(files, model, meta.params(), block,
                                 checkpoint_pieces_in(model, {{0, model.num_params}}, false),
-                                model.params.data());
+                                host.data());
   stats.bytes_stored += stored_bytes(meta.params());
+  model.params.upload(host);
+  model_refresh_weights(model);
   if (optimizer) {
     const std::vector<Piece> owned = checkpoint_pieces_in(model, optimizer->owned, true);
     for (auto [entries, buffer] : {std::pair{&meta.adam_m(), &optimizer->m},
                                    std::pair{&meta.adam_v(), &optimizer->v}}) {
-      std::fill(buffer->begin(), buffer->end(), 0.0f);
-      stats.bytes_read += read_kind(files, model, *entries, block, owned, buffer->data());
+      host.assign(buffer->size(), 0.0f);
+      stats.bytes_read += read_kind(files, model, *entries, block, owned, host.data());
       stats.bytes_stored += stored_bytes(*entries);
+      buffer->upload(host);
     }
   }
   return stats;

@@ -20,8 +20,6 @@ void check_run(Model& m, int chunk, int slot, int B, int T) {
   LOOM_CHECK(slot >= 0 && slot < m.slots);
   LOOM_CHECK(m.tp.size == 1 || m.tp.comm);
   LOOM_CHECK(m.sp.size == 1 || m.sp.comm);  // a layout-only model (planning) does not run
-  // The sums over tp and the ring over sp move host fp32 (the MPI backend).
-  LOOM_CHECK((m.tp.size == 1 && m.sp.size == 1) || kb(m).activation_bytes() == sizeof(float));
   // On the CPU the attention scratch is per thread: the thread count must not have grown.
   LOOM_CHECK((m.sp.comm ? kb(m).attention_block_scratch_bytes(m.plan_B, m.Hl, m.plan_T, m.plan_T)
                         : kb(m).attention_scratch_bytes(m.plan_B, m.plan_T, m.Cl, m.Hl)) <=
@@ -44,6 +42,8 @@ double head_forward(Model& m, const ModelChunk& c, int slot, const int* targets,
     be.rmsnorm_forward(act(m, m.normed_f), stat(m, base + c.rstd_f), x, weight(m, m.norm_f_w), N,
                        m.C, m.config.norm_eps());
   if (!targets) return 0.0;
+  m.targets.upload(targets, N);
+  targets = m.targets.data();
   const bool want_grad = loss_grad_scale > 0.0f;
   void* d_normed_f = want_grad ? act(m, base + c.d_normed_f) : nullptr;
   const int chunk = std::min<int>(m.config.lm_head_chunk(), N);
@@ -64,9 +64,11 @@ const void* position_rows(Model& m, int T) {
   if (is_rotary(m) || !row_parallel_bias(m, m.wpe)) return nullptr;
   if (!m.sp.comm) return weight(m, m.wpe);
   for (int t = 0; t < T; ++t)
-    std::copy_n(m.params.data() + m.wpe + static_cast<size_t>(m.positions[t]) * m.C, m.C,
-                stat(m, m.wpe_local) + static_cast<size_t>(t) * m.C);
-  return stat(m, m.wpe_local);
+    kb(m).copy(act_offset(m, act(m, m.wpe_local), static_cast<size_t>(t) * m.C),
+               act_offset(m, const_cast<void*>(weight(m, m.wpe)),
+                          static_cast<size_t>(m.positions[t]) * m.C),
+               m.C);
+  return act(m, m.wpe_local);
 }
 
 // The embedding's backward: the token rows' gradients, and the position rows' (with sp > 1
@@ -75,16 +77,14 @@ void embedding_backward(Model& m, const void* dr, const int* tokens, int B, int 
   float* dwpe = is_rotary(m) ? nullptr : grad(m, m.wpe);
   if (dwpe && m.sp.comm) {
     dwpe = stat(m, m.dwpe_local);
-    std::fill_n(dwpe, static_cast<size_t>(T) * m.C, 0.0f);
+    kb(m).zero_bytes(dwpe, static_cast<size_t>(T) * m.C * sizeof(float));
   }
   kb(m).embedding_backward(grad(m, m.wte), dwpe, dr, tokens, B, T, m.C, m.vocab.vocab_begin,
                            m.vocab.rows, act(m, m.embedding_scratch));
   if (!dwpe || !m.sp.comm) return;
-  for (int t = 0; t < T; ++t) {
-    float* to = grad(m, m.wpe) + static_cast<size_t>(m.positions[t]) * m.C;
-    const float* from = dwpe + static_cast<size_t>(t) * m.C;
-    for (int c = 0; c < m.C; ++c) to[c] += from[c];
-  }
+  for (int t = 0; t < T; ++t)
+    kb(m).accumulate(grad(m, m.wpe) + static_cast<size_t>(m.positions[t]) * m.C,
+                     dwpe + static_cast<size_t>(t) * m.C, m.C);
 }
 
 // Where sub-layer i of chunk c keeps its activations while it runs from slot `slot`: in the slot
@@ -186,8 +186,9 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
   const size_t NC = state.NC, base = slot_base(m, slot);
   void* r = state.stream();
   if (c.first) {
+    // Tokens go up once per micro-batch; backward reads them from the slot.
     int* tokens = m.slot_tokens.data() + static_cast<size_t>(slot) * m.plan_B * m.plan_T;
-    std::copy(inputs, inputs + N, tokens);
+    m.slot_tokens.upload(inputs, N, static_cast<size_t>(slot) * m.plan_B * m.plan_T);
     // Each rank looks up its vocabulary rows (zeros for the others); tp rank 0 adds positions.
     be.embedding_forward(r, tokens, weight(m, m.wte), position_rows(m, T), B, T, m.C,
                          m.vocab.vocab_begin, m.vocab.rows);
@@ -452,21 +453,24 @@ void model_backward(Model& m, int B, int T, const GradsFinalFn& on_grads_final) 
 void model_last_logits(Model& m, int B, int T, float* logits) {
   // With sp > 1 the last local row is not the sequence's last token: sample with sp = 1.
   LOOM_CHECK(m.sp.size == 1);
-  // The matmul writes activations: float logits need an fp32 backend (host memory, for now).
-  LOOM_CHECK(kb(m).activation_bytes() == sizeof(float));
   const int rows = m.vocab.rows;
-  // (B, rows) of this rank's vocabulary, then (tp, B, rows) of every rank's.
-  std::vector<float> local(static_cast<size_t>(B) * rows);
+  // (B, rows) of this rank's vocabulary on the device (activations, then fp32), then
+  // (tp, B, rows) of every rank's on the host.
+  const size_t count = static_cast<size_t>(B) * rows;
+  kernels::DeviceArray<unsigned char> logits_act(m.backend, count * kb(m).activation_bytes());
   for (int b = 0; b < B; ++b) {
     const void* row = act_offset(m, act(m, m.normed_f), (static_cast<size_t>(b) * T + T - 1) * m.C);
-    kb(m).matmul_forward(local.data() + static_cast<size_t>(b) * rows, row, lm_head_weight(m),
-                         nullptr, 1, m.C, rows);
+    kb(m).matmul_forward(act_offset(m, logits_act.data(), static_cast<size_t>(b) * rows), row,
+                         lm_head_weight(m), nullptr, 1, m.C, rows);
   }
-  std::vector<float> all(local.size() * m.tp.size);
-  if (m.tp.comm)
-    m.tp.comm->all_gather(local.data(), all.data(), all.size());
-  else
-    all = local;
+  kernels::DeviceArray<float> local(m.backend, count);
+  kb(m).from_activation(local.data(), logits_act.data(), count);
+  std::vector<float> all(count * m.tp.size);
+  local.download(all.data(), count);
+  if (m.tp.comm) {
+    std::vector<float> mine(all.begin(), all.begin() + count);
+    m.tp.comm->all_gather(mine.data(), all.data(), all.size());
+  }
   for (int r = 0; r < m.tp.size; ++r) {
     const VocabShard shard = vocab_shard(m.V, m.tp.size, r);
     for (int b = 0; b < B; ++b)

@@ -43,6 +43,7 @@
 #include "core/stage_plan.h"
 #include "core/trace.h"
 #include "kernels/backend.h"
+#include "kernels/device_array.h"
 #include "loom.pb.h"
 #include "parallel/communicator.h"
 #include "parallel/ring_attention.h"
@@ -100,8 +101,9 @@ struct LayerOffsets {
   size_t norm2_w, norm2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b;
 };
 
-// Saved activations of one sub-layer application (offsets in floats into its slot). Regions
-// are planned at 4 bytes per element, so they also hold narrower (bf16) activations.
+// Saved activations of one sub-layer application (offsets in floats into its slot). Activation
+// regions are planned at the backend's activation size (half a float each for bf16); the
+// statistics (mean, rstd, lse) are fp32.
 struct SublayerActs {
   size_t input;     // (B, T, C) the stream this sub-layer read
   size_t normed;    // (B, T, C) its pre-norm's output
@@ -154,9 +156,8 @@ struct ModelChunk {
 
 struct Model {
   config::ModelConfig config;
-  // Runs every kernel. Shared, not owned: Model is a copyable value (model_arena_sizes copies
-  // it), and models on one device share its backend (stream, handles). Never null after
-  // model_layout / model_create.
+  // Runs every kernel and owns the buffers' memory. Shared: models on one device share its
+  // backend (stream, handles). Never null after model_layout / model_create.
   std::shared_ptr<const kernels::KernelBackend> backend;
   int V = 0, C = 0, H = 0, F = 0, max_T = 0;  // global sizes
   TensorParallel tp;
@@ -186,7 +187,12 @@ struct Model {
   size_t wte = 0, wpe = 0, norm_f_w = 0, norm_f_b = 0, lm_head = 0;
   bool has_wte = false;
   size_t num_params = 0;
-  std::vector<float> params, grads;  // (num_params)
+  // (num_params) fp32, the backend's memory (device memory on a device backend: the host reaches
+  // it through upload and download only).
+  kernels::DeviceArray<float> params, grads;
+  // A backend with narrower activations (bf16): the copy of params in its activation type that
+  // the kernels read (model_refresh_weights). Empty on an fp32 backend, which reads params.
+  kernels::DeviceArray<unsigned char> weights;
 
   // Activation arena, sized by model_plan for at most plan_B × plan_T tokens: `slots` activation
   // slots (one micro-batch's saved activations of one chunk), `boundaries` boundary buffers
@@ -194,7 +200,7 @@ struct Model {
   int plan_B = 0, plan_T = 0, slots = 0, boundaries = 0;
   bool split_backward = false;       // slots also keep what a later weight-gradient pass needs
   size_t plan_attention_scratch_bytes = 0;  // planned; the backend's need must not grow
-  std::vector<float> arena;
+  kernels::DeviceArray<float> arena;  // the backend's memory, offsets below in floats
   size_t slot_floats = 0, slots_base = 0, boundary_floats = 0, boundaries_base = 0;
   size_t shared_floats = 0;          // everything else in the arena
   // Recomputation (shared by every slot): one unit's activations (work_acts, per sub-layer from
@@ -207,7 +213,8 @@ struct Model {
   // The (slot, chunk) whose forward left its last unit's activations in the workspace, untouched
   // since (−1: none): its backward uses them instead of recomputing that unit.
   int work_slot = -1, work_chunk = -1;
-  std::vector<int> slot_tokens;      // (slots, B, T) inputs of each slot's micro-batch
+  kernels::DeviceArray<int> slot_tokens;  // (slots, B, T) inputs of each slot's micro-batch
+  kernels::DeviceArray<int> targets;      // (B, T) the targets of the micro-batch in forward
   size_t normed_f = 0;               // (B, T, C) final norm output (the LM head's input)
   size_t d_normed = 0;               // (delay, B, T, C) partial pre-norm output gradients
   size_t d_hidden = 0, d_hidden2 = 0;  // per-sub-layer backward temporaries
@@ -249,6 +256,10 @@ struct ArenaSizes {
 };
 ArenaSizes model_arena_sizes(const Model& model, int B, int T, int slots = 1, int boundaries = 1,
                              bool split_backward = false, Recompute recompute = Recompute::kNone);
+
+// After params changed (init, a checkpoint read, an optimizer step, a broadcast): the weight
+// copy the kernels read follows them (nothing to do on an fp32 backend).
+void model_refresh_weights(Model& model);
 
 // GPT-2 initialisation from a seeded generator: weights N(0, init_std), output projections
 // N(0, init_std / sqrt(2 · unrolled layers)), biases 0, norm weights 1. Each global tensor is

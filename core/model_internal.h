@@ -17,8 +17,11 @@ inline float* stat(Model& m, size_t offset) { return m.arena.data() + offset; }
 inline void* act_offset(const Model& m, void* base, size_t elements) {
   return static_cast<char*>(base) + elements * kb(m).activation_bytes();
 }
-// The weights forward reads (the fp32 master copy on the CPU).
-inline const void* weight(Model& m, size_t offset) { return m.params.data() + offset; }
+// The weights the kernels read: the fp32 master copy, or on a bf16 backend its bf16 copy.
+inline const void* weight(Model& m, size_t offset) {
+  if (m.weights.empty()) return m.params.data() + offset;
+  return m.weights.data() + offset * kb(m).activation_bytes();
+}
 inline float* grad(Model& m, size_t offset) { return m.grads.data() + offset; }
 
 // sp > 1: the ring's buffers in the arena for (B, T) local tokens.

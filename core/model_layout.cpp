@@ -8,6 +8,7 @@
 #include "core/model_internal.h"
 #include "core/rng.h"
 #include "core/tensor_parallel.h"
+#include "parallel/device_communicator.h"
 
 namespace loom {
 namespace {
@@ -149,7 +150,7 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
                    TensorParallel tp, PipelineStage stage, SequenceParallel sp) {
   Model m;
   m.config = cfg;
-  m.backend = backend ? std::move(backend) : make_backend(config::RuntimeConfig::CPU);
+  m.backend = backend ? std::move(backend) : make_cpu_backend();
   m.V = cfg.vocab_size();
   m.C = cfg.d_model();
   m.H = cfg.n_heads();
@@ -162,6 +163,7 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   LOOM_CHECK(m.H % tp.size == 0 && m.F % tp.size == 0);  // validate_config says so to users
   if (tp.size == 1) tp.comm = nullptr;
   m.tp = tp;
+  m.tp.type = activation_data_type(*m.backend);
   LOOM_CHECK(sp.size >= 1 && sp.rank >= 0 && sp.rank < sp.size);
   LOOM_CHECK(!sp.comm || (sp.comm->size() == sp.size && sp.comm->rank() == sp.rank));
   if (sp.size == 1) sp.comm = nullptr;
@@ -205,8 +207,11 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
 Model model_create(const ModelConfig& cfg, std::shared_ptr<const kernels::KernelBackend> backend,
                    TensorParallel tp, PipelineStage stage, SequenceParallel sp) {
   Model m = model_layout(cfg, std::move(backend), tp, std::move(stage), sp);
-  m.params.assign(m.num_params, 0.0f);
-  m.grads.assign(m.num_params, 0.0f);
+  m.params = kernels::DeviceArray<float>(m.backend, m.num_params);
+  m.grads = kernels::DeviceArray<float>(m.backend, m.num_params);
+  const size_t act_bytes = m.backend->activation_bytes();
+  if (act_bytes != sizeof(float))
+    m.weights = kernels::DeviceArray<unsigned char>(m.backend, m.num_params * act_bytes);
   return m;
 }
 
@@ -221,6 +226,7 @@ void model_init(Model& m, uint64_t seed) {
   std::vector<const ParamTensor*> held(whole.tensors.size(), nullptr);
   for (const ParamTensor& t : m.tensors) held[t.global_index] = &t;
   std::vector<float> values;  // one global tensor at a time
+  std::vector<float> local(m.num_params);  // this rank's buffer, uploaded at the end
   for (const ParamTensor& t : whole.tensors) {
     values.resize(tensor_global_size(t));
     switch (t.init) {
@@ -234,38 +240,49 @@ void model_init(Model& m, uint64_t seed) {
       case ParamInit::kZeros: std::fill(values.begin(), values.end(), 0.0f); break;
     }
     if (const ParamTensor* mine = held[t.global_index])
-      tensor_shard_extract(*mine, m.tp.rank, values.data(), m.params.data() + mine->offset);
+      tensor_shard_extract(*mine, m.tp.rank, values.data(), local.data() + mine->offset);
   }
+  m.params.upload(local);
+  model_refresh_weights(m);
+}
+
+void model_refresh_weights(Model& m) {
+  if (!m.weights.empty()) kb(m).to_activation(m.weights.data(), m.params.data(), m.num_params);
 }
 
 namespace {
 
 size_t floats_for(size_t bytes) { return (bytes + sizeof(float) - 1) / sizeof(float); }
 
-// Bump allocator over the arena, in floats; every offset is a multiple of 16 floats.
+// Bump allocator over the arena, in floats; every offset is a multiple of 16 floats (64 bytes).
+// take: n fp32 elements (statistics, tables); act: n activations of the backend's size.
 struct ArenaPlan {
+  size_t act_bytes = sizeof(float);
   size_t used = 0;
   size_t take(size_t n) {
     size_t at = used;
     used += (n + 15) / 16 * 16;
     return at;
   }
+  size_t act(size_t n) { return take(floats_for(n * act_bytes)); }
 };
+// Floats of n activations of `m`'s backend.
+size_t act_floats(const Model& m, size_t n) { return floats_for(n * kb(m).activation_bytes()); }
 
 // One sub-layer's saved activations (with split backward also its output gradients).
 SublayerActs plan_sublayer(const Model& m, ArenaPlan& plan, int sub, int B, int T, bool split) {
   const size_t N = static_cast<size_t>(B) * T, C = m.C, Cl = m.Cl, F = m.Fl, H = m.Hl;
   SublayerActs a{};
-  a.input = plan.take(N * C);
-  a.normed = plan.take(N * C);
+  a.input = plan.act(N * C);
+  a.normed = plan.act(N * C);
   a.mean = plan.take(N);
   a.rstd = plan.take(N);
-  a.hidden = plan.take(N * (sub == 0 ? 3 * Cl : F));
-  a.hidden2 = plan.take(N * (sub == 0 ? Cl : F));
+  a.hidden = plan.act(N * (sub == 0 ? 3 * Cl : F));
+  a.hidden2 = plan.act(N * (sub == 0 ? Cl : F));
   if (sub == 0) a.lse = plan.take(B * H * T);
   if (split) {
-    a.d_out = plan.take(N * C);
-    a.d_mid = plan.take(N * (sub == 0 ? 3 * Cl : F));
+    a.d_out = plan.act(N * C);
+    a.d_mid = plan.act(N * (sub == 0 ? 3 * Cl : F));
   }
   return a;
 }
@@ -276,7 +293,7 @@ SublayerActs plan_sublayer(const Model& m, ArenaPlan& plan, int sub, int B, int 
 // the slot.
 void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T, bool split) {
   const size_t N = static_cast<size_t>(B) * T, C = m.C;
-  ArenaPlan plan;
+  ArenaPlan plan{kb(m).activation_bytes()};
   c.acts.assign(2 * (c.end - c.begin), SublayerActs{});
   c.keeps_injected = false;
   for (ChunkSegment& g : c.segments) {
@@ -287,12 +304,12 @@ void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T, bool split) {
     g.checkpoint = plan.take(m.checkpoint_floats);
     c.keeps_injected |= boundary_carries_injected(m, 2 * g.begin);
   }
-  if (c.keeps_injected) c.injected_kept = plan.take(N * C);
+  if (c.keeps_injected) c.injected_kept = plan.act(N * C);
   if (c.last) {
-    c.final_input = plan.take(N * C);
+    c.final_input = plan.act(N * C);
     c.mean_f = plan.take(N);
     c.rstd_f = plan.take(N);
-    c.d_normed_f = plan.take(N * C);
+    c.d_normed_f = plan.act(N * C);
   }
   c.slot_floats = plan.used;
 }
@@ -320,9 +337,9 @@ RecomputeNeeds recompute_needs(const Model& m) {
 // Lays the arena out for (B, T) into m's offsets; returns its size in floats.
 size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split) {
   const size_t N = static_cast<size_t>(B) * T, C = m.C, Cl = m.Cl, F = m.Fl;
-  const size_t NC = (N * C + 15) / 16 * 16;  // one (B, T, C) tensor, rounded like the slots
-  ArenaPlan plan;
-  m.checkpoint_floats = m.delay * NC;  // the stream and delay − 1 pending outputs
+  const size_t NC = (N * C + 31) / 32 * 32;  // one (B, T, C) tensor: 16 floats for any type
+  ArenaPlan plan{kb(m).activation_bytes()};
+  m.checkpoint_floats = act_floats(m, m.delay * NC);  // the stream and delay − 1 pending outputs
   // The largest slot and recomputation needs over every loop count the model may run. Each grows
   // with the loop count under every policy (more iterations keep more; SQRT's ⌈R/⌈√R⌉⌉
   // segments and ⌈√R⌉ units per segment never shrink as R grows), so the range's ends decide;
@@ -352,7 +369,7 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
   m.boundaries = boundaries;
   m.slots_base = plan.take(m.slot_floats * slots);
   // Stream, `delay` pending outputs, e: (2 + delay) × (B, T, C).
-  m.boundary_floats = (2 + m.delay) * NC;
+  m.boundary_floats = act_floats(m, (2 + m.delay) * NC);
   m.boundaries_base = plan.take(m.boundary_floats * boundaries);
   m.work_acts.clear();
   for (int i = 0; i < 2 * need.unit_positions; ++i)
@@ -360,10 +377,10 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
   m.recompute_state = need.unit_positions > 0 ? plan.take(m.boundary_floats) : 0;
   m.inner_capacity = need.units > 1 ? need.units : 0;
   m.inner_checkpoints = plan.take(m.checkpoint_floats * m.inner_capacity);
-  m.normed_f = plan.take(N * C);
-  m.d_normed = plan.take(m.delay * N * C);
-  m.d_hidden = plan.take(N * std::max(3 * Cl, F));
-  m.d_hidden2 = plan.take(N * std::max(Cl, F));
+  m.normed_f = plan.act(N * C);
+  m.d_normed = plan.act(m.delay * N * C);
+  m.d_hidden = plan.act(N * std::max(3 * Cl, F));
+  m.d_hidden2 = plan.act(N * std::max(Cl, F));
   const int hd = m.C / m.H;
   // Rotary angles of the (local) rows 0 .. T − 1; none for learned positions.
   const size_t rope_floats = is_rotary(m) ? static_cast<size_t>(T) * hd / 2 : 0;
@@ -371,12 +388,11 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
   m.rope_sin = plan.take(rope_floats);
   const kernels::KernelBackend& be = kb(m);
   if (m.sp.size > 1) {  // ring attention's blocks instead of whole-sequence attention
-    m.ring_work = plan.take(floats_for(ring_workspace_activations(B, T, m.Cl) *
-                                       be.activation_bytes()));
+    m.ring_work = plan.act(ring_workspace_activations(B, T, m.Cl));
     m.ring_lse = plan.take(ring_workspace_lse_floats(B, T, m.Hl));
     if (!is_rotary(m)) {
-      m.wpe_local = plan.take(static_cast<size_t>(T) * C);
-      m.dwpe_local = plan.take(static_cast<size_t>(T) * C);
+      m.wpe_local = plan.act(static_cast<size_t>(T) * C);      // wpe's rows (the weights' type)
+      m.dwpe_local = plan.take(static_cast<size_t>(T) * C);    // their gradient, fp32
     }
   }
   m.plan_attention_scratch_bytes = m.sp.size > 1 ? be.attention_block_scratch_bytes(B, m.Hl, T, T)
@@ -419,7 +435,7 @@ void model_plan(Model& m, int B, int T, int slots, int boundaries, bool split_ba
   m.plan_T = T;
   m.split_backward = split_backward;
   m.recompute = recompute;
-  m.arena.assign(plan_arena(m, B, T, slots, boundaries, split_backward), 0.0f);
+  m.arena = kernels::DeviceArray<float>(m.backend, plan_arena(m, B, T, slots, boundaries, split_backward));
   const int hd = m.C / m.H;
   if (m.sp.size > 1) m.positions = sequence_positions(m.sp.layout, T * m.sp.size, m.sp.size, m.sp.rank);
   // Row t: the angles of position t, or with sp > 1 of the global position of local row t.
@@ -432,7 +448,8 @@ void model_plan(Model& m, int B, int T, int slots, int boundaries, bool split_ba
       kb(m).rope_table(stat(m, m.rope_cos) + row, stat(m, m.rope_sin) + row, p.rows, hd,
                        m.config.rope_theta(), p.position);
     }
-  m.slot_tokens.assign(static_cast<size_t>(slots) * B * T, 0);
+  m.slot_tokens = kernels::DeviceArray<int>(m.backend, static_cast<size_t>(slots) * B * T);
+  m.targets = kernels::DeviceArray<int>(m.backend, static_cast<size_t>(B) * T);
 }
 
 void model_set_loop_range(Model& m, int min_loops, int max_loops) {

@@ -4,8 +4,6 @@
 #include <cmath>
 
 #include "core/error.h"
-#include "kernels/cpu/adamw.h"
-#include "kernels/cpu/vector.h"
 
 namespace loom {
 
@@ -21,18 +19,23 @@ Optimizer optimizer_create(const Model& model, std::vector<ShardRange> owned) {
     total += r.size();
   }
   opt.owned = std::move(owned);
-  opt.m.assign(total, 0.0f);
-  opt.v.assign(total, 0.0f);
+  opt.m = kernels::DeviceArray<float>(model.backend, total);
+  opt.v = kernels::DeviceArray<float>(model.backend, total);
   return opt;
 }
 
-void optimizer_scatter(const Optimizer& opt, const float* flat, float* compact) {
-  for (const ShardRange& r : opt.owned) compact = std::copy(flat + r.begin, flat + r.end, compact);
+void optimizer_scatter(const kernels::KernelBackend& be, const Optimizer& opt, const float* flat,
+                       float* compact) {
+  for (const ShardRange& r : opt.owned) {
+    be.copy_bytes(compact, flat + r.begin, r.size() * sizeof(float));
+    compact += r.size();
+  }
 }
 
-void optimizer_unscatter(const Optimizer& opt, const float* compact, float* flat) {
+void optimizer_unscatter(const kernels::KernelBackend& be, const Optimizer& opt,
+                         const float* compact, float* flat) {
   for (const ShardRange& r : opt.owned) {
-    std::copy(compact, compact + r.size(), flat + r.begin);
+    be.copy_bytes(flat + r.begin, compact, r.size() * sizeof(float));
     compact += r.size();
   }
 }
@@ -47,7 +50,7 @@ float learning_rate(const config::OptimConfig& optim, int total_steps, long step
 }
 
 double grad_norm(const Model& model) {
-  return std::sqrt(kernels::cpu::vector_sum_squares(model.grads.data(), model.num_params));
+  return std::sqrt(model.backend->sum_squares(model.grads.data(), model.num_params));
 }
 
 float clip_scale(double norm, float max_norm) {
@@ -71,10 +74,10 @@ void optimizer_step(Optimizer& opt, Model& model, const config::OptimConfig& opt
       const size_t lo = std::max(r.begin, t.offset), hi = std::min(r.end, t.offset + t.size);
       if (lo >= hi) continue;
       const size_t c = compact + (lo - r.begin);
-      kernels::cpu::adamw_update(model.params.data() + lo, grads + c, opt.m.data() + c,
-                                 opt.v.data() + c, hi - lo, lr, optim.beta1(), optim.beta2(),
-                                 optim.eps(), t.decay ? optim.weight_decay() : 0.0f, opt.step,
-                                 grad_scale);
+      model.backend->adamw_update(model.params.data() + lo, grads + c, opt.m.data() + c,
+                                  opt.v.data() + c, hi - lo, lr, optim.beta1(), optim.beta2(),
+                                  optim.eps(), t.decay ? optim.weight_decay() : 0.0f, opt.step,
+                                  grad_scale);
     }
     compact += r.size();
   }

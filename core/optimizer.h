@@ -19,7 +19,8 @@ namespace loom {
 
 struct Optimizer {
   std::vector<ShardRange> owned;  // ranges of the flat buffer this optimizer updates
-  std::vector<float> m, v;        // first and second moments of the owned ranges, compact
+  // First and second moments of the owned ranges, compact, in the model's backend's memory.
+  kernels::DeviceArray<float> m, v;
   long step = 0;                  // updates applied so far
 };
 
@@ -41,12 +42,15 @@ float clip_scale(double norm, float max_norm);
 
 // One AdamW update of the owned parameters, with weight decay on matrices and embeddings only.
 // `grads` holds the owned ranges' gradients compactly; null means model.grads (only when the
-// optimizer owns the whole buffer).
+// optimizer owns the whole buffer). Runs on the model's backend (kernels/backend.h).
 void optimizer_step(Optimizer& opt, Model& model, const config::OptimConfig& optim, float lr,
                     float grad_scale, const float* grads = nullptr);
 
-// Copies between the compact layout of `opt.owned` and the flat layout (num_params floats).
-void optimizer_scatter(const Optimizer& opt, const float* flat, float* compact);
-void optimizer_unscatter(const Optimizer& opt, const float* compact, float* flat);
+// Copies between the compact layout of `opt.owned` and the flat layout (num_params floats), both
+// in the backend's memory.
+void optimizer_scatter(const kernels::KernelBackend& be, const Optimizer& opt, const float* flat,
+                       float* compact);
+void optimizer_unscatter(const kernels::KernelBackend& be, const Optimizer& opt,
+                         const float* compact, float* flat);
 
 }  // namespace loom

@@ -5,10 +5,12 @@
 #include <cstdio>
 #include <fstream>
 
+#include "core/backend.h"
 #include "core/config.h"
 #include "core/error.h"
 #include "core/loop_sampling.h"
 #include "core/tensor_parallel.h"
+#include "parallel/device_communicator.h"
 #include "parallel/grad_reducer.h"
 
 namespace loom {
@@ -79,7 +81,7 @@ struct Runner {
     const bool forward = a.type == Type::kRecvForward;
     const int buffer = take_buffer();
     WorkPtr work = pipe.pp->recv_async(model_boundary(model, buffer, batch.B, batch.T), count(a.chunk, !forward),
-                                       DataType::kFloat32, forward ? prev_rank() : next_rank());
+                                       activation_data_type(*model.backend), forward ? prev_rank() : next_rank());
     receive_of(a.type, a) = {buffer, std::move(work)};
   }
 
@@ -98,7 +100,7 @@ struct Runner {
 
   void send(int buffer, size_t count, int peer) {
     pipe.sending.emplace_back(buffer, pipe.pp->send_async(model_boundary(model, buffer, batch.B, batch.T), count,
-                                                          DataType::kFloat32, peer));
+                                                          activation_data_type(*model.backend), peer));
   }
 
   int take_slot(const PipelineAction& a) {
@@ -349,12 +351,15 @@ void replica_sync_broadcast(const ReplicaSync& sync, float* buffer) {
 
 StageMemory stage_memory(const config::RunConfig& cfg, int rank) {
   const auto& p = cfg.parallel();
-  Model model = model_layout(cfg.model(), nullptr, {p.tp(), 0, nullptr},
+  // Sizes follow the precision, not the device: the host backend at runtime.precision plans them.
+  Model model = model_layout(cfg.model(), make_host_backend(cfg.runtime()), {p.tp(), 0, nullptr},
                                    {stage_plan_create(cfg), rank},
                                    {p.sp(), 0, nullptr, sequence_layout(p)});
   const Pipeline pipe = pipeline_create(cfg, nullptr, rank);
   StageMemory out;
   out.params = model.num_params;
+  const size_t act_bytes = model.backend->activation_bytes();
+  out.weight_copy_bytes = act_bytes == sizeof(float) ? 0 : model.num_params * act_bytes;
   const bool zero = p.zero_stage() == 1 && p.dp() * p.sp() > 1;
   const size_t bucket = grad_bucket_floats(p);
   out.optimizer = 2 * (zero ? grad_reducer_shard_floats(model.num_params, bucket,
@@ -385,7 +390,7 @@ std::string memory_problem(const config::RunConfig& cfg, int ranks, double avail
   double most_bytes = -1;
   for (int r = 0; r < cfg.parallel().pp(); ++r) {
     const StageMemory s = stage_memory(cfg, r);
-    const double bytes = 4.0 * (2.0 * s.params + s.optimizer + s.arena.total);
+    const double bytes = s.bytes();
     if (bytes > most_bytes) {
       most = s;
       most_bytes = bytes;

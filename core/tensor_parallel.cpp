@@ -3,7 +3,6 @@
 #include <algorithm>
 
 #include "core/error.h"
-#include "kernels/cpu/vector.h"
 
 namespace loom {
 namespace {
@@ -99,7 +98,7 @@ double grad_sum_squares(const Model& m, const std::vector<ShardRange>& owned, co
   size_t total = 0;
   for (const ShardRange& r : owned) total += r.size();
   const bool replicas = m.stage.plan.pp > 1;
-  if (m.tp.size == 1 && !replicas) return kernels::cpu::vector_sum_squares(grads, total);
+  if (m.tp.size == 1 && !replicas) return m.backend->sum_squares(grads, total);
   double sum = 0.0;
   size_t compact = 0;
   for (const ShardRange& r : owned) {
@@ -107,7 +106,7 @@ double grad_sum_squares(const Model& m, const std::vector<ShardRange>& owned, co
       if (t.shard_dim < 0 && m.tp.rank != 0) continue;
       if (t.pp_holders.front() != m.stage.rank) continue;  // another stage's replica counts it
       const size_t lo = std::max(r.begin, t.offset), hi = std::min(r.end, t.offset + t.size);
-      if (lo < hi) sum += kernels::cpu::vector_sum_squares(grads + compact + (lo - r.begin), hi - lo);
+      if (lo < hi) sum += m.backend->sum_squares(grads + compact + (lo - r.begin), hi - lo);
     }
     compact += r.size();
   }

@@ -6,7 +6,7 @@
 // functions move between the two.
 //
 //   std::vector<float> global;
-//   loom::model_gather_global(model, model.params.data(), global);   // on tp rank 0; collective
+//   loom::model_gather_global(model, model.params.download().data(), global);  // collective
 //   loom::tensor_shard_extract(t, model.tp.rank, whole_tensor, model.params.data() + t.offset);
 #pragma once
 #include <vector>
@@ -36,8 +36,9 @@ std::vector<ShardRun> tensor_shard_runs(const ParamTensor& t, int rank);
 // Floats of the global buffer (the model's layout at tp = 1).
 size_t model_global_floats(const Model& m);
 
-// On tensor-parallel rank 0: global (model_global_floats) ← every rank's `local` buffer (laid out
-// as m.params), received one rank at a time; on the other ranks global is left empty. Collective
+// On tensor-parallel rank 0: global (model_global_floats) ← every rank's `local` buffer (host
+// memory laid out
+// as m.params: a download of it), received one rank at a time; on the other ranks global is left empty. Collective
 // over m.tp.comm (every rank calls it).
 void model_gather_global(const Model& m, const float* local, std::vector<float>& global);
 

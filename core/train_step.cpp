@@ -48,7 +48,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   const int m = pipe.micro_batches;
   GradReducer* reducer = parallel.reducer;
   ReplicaSync* replicas = parallel.replicas;
-  std::fill(model.grads.begin(), model.grads.end(), 0.0f);
+  model.backend->zero_bytes(model.grads.data(), model.num_params * sizeof(float));
   model.tp_sums.wait_seconds = 0.0;
   model.ring.wait_seconds = model.ring.compute_seconds = 0.0;
   pipe.wait_seconds = 0.0;
@@ -98,7 +98,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   // Σ g² of this rank's part of the global gradient: its ZeRO shard or its whole buffer, each
   // global element counted on one tensor-parallel rank and one pipeline stage.
   double squares = grad_sum_squares(model, optimizer.owned,
-                                    zero ? reducer->shard.data() : model.grads.data());
+                                    zero ? reducer->shard : model.grads.data());
   flight_phase(parallel.flight, "loss and gradient norm");
   const auto start = Clock::now();
   if (model.tp.comm) model.tp.comm->all_reduce(&squares, 1);
@@ -125,12 +125,13 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   TraceSpan span(parallel.trace, "optimizer", "optimizer");
   optimizer_step(optimizer, model, cfg.optim(), lr,
                  clip_scale(result.grad_norm, cfg.train().grad_clip()),
-                 zero ? reducer->shard.data() : nullptr);
+                 zero ? reducer->shard : nullptr);
   if (zero) {
     const auto start = Clock::now();
     grad_reducer_gather_in_place(*reducer, model.params.data());
     result.comm_wait_s += seconds_since(start);
   }
+  model_refresh_weights(model);
   return result;
 }
 

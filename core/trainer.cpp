@@ -15,6 +15,7 @@
 
 #include <unistd.h>
 
+#include "core/backend.h"
 #include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/data.h"
@@ -28,6 +29,7 @@
 #include "core/tensor_parallel.h"
 #include "core/tokenizer.h"
 #include "kernels/cpu/threads.h"
+#include "parallel/device_communicator.h"
 
 namespace loom {
 namespace {
@@ -80,15 +82,24 @@ struct Run {
   ReplicaSync replicas;
   TraceRecorder trace;
   CheckpointWriter checkpoints;  // every rank writes its pieces (checkpoint.async: in the background)
+  kernels::DeviceArray<float> grad_shard;  // ZeRO-1: the reducer's shard of the gradients
 };
 
 // The model's layout on this rank: its tensor-parallel shards, its pipeline pieces and its part
 // of every sequence.
-Model create_model(const config::RunConfig& cfg, ProcessGroups& groups) {
+Model create_model(const config::RunConfig& cfg, ProcessGroups& groups,
+                   std::shared_ptr<const kernels::KernelBackend> backend) {
   const TensorParallel tp{groups.mesh.tp, groups.coord.tp, groups.tp.get()};
   const SequenceParallel sp{groups.mesh.sp, groups.coord.sp, groups.sp.get(),
                             sequence_layout(cfg.parallel())};
-  return model_create(cfg.model(), nullptr, tp, {stage_plan_create(cfg), groups.coord.pp}, sp);
+  return model_create(cfg.model(), backend, tp, {stage_plan_create(cfg), groups.coord.pp}, sp);
+}
+
+// Every group of `groups` communicates through `backend` (parallel/device_communicator.h).
+void device_groups(ProcessGroups& groups, const std::shared_ptr<const kernels::KernelBackend>& backend) {
+  for (std::unique_ptr<Communicator>* comm :
+       {&groups.world, &groups.dp, &groups.pp, &groups.sp, &groups.tp, &groups.dp_sp})
+    *comm = make_device_communicator(std::move(*comm), backend);
 }
 
 // Groups for the tensors several stages hold; collective over the world, the same order on every
@@ -99,7 +110,9 @@ std::vector<ReplicaGroup> create_replica_groups(const Model& model, ProcessGroup
   for (const std::vector<int>& holders : pipeline_replica_sets(model)) {
     std::string name = "replica";
     for (int s : holders) name.append("_").append(std::to_string(s));
-    out.push_back({holders, process_groups_pipeline_subset(groups, holders, name)});
+    std::unique_ptr<Communicator> comm = process_groups_pipeline_subset(groups, holders, name);
+    if (comm) comm = make_device_communicator(std::move(comm), model.backend);
+    out.push_back({holders, std::move(comm)});
   }
   return out;
 }
@@ -110,6 +123,7 @@ std::vector<ReplicaGroup> create_replica_groups(const Model& model, ProcessGroup
 void save_checkpoint(Run& run, const CheckpointState& state, const std::string& checkpoints_dir) {
   if (!run.replicas.ranges.empty()) {
     replica_sync_broadcast(run.replicas, run.model.params.data());
+    model_refresh_weights(run.model);
     if (!run.zero) {
       replica_sync_broadcast(run.replicas, run.optimizer.m.data());
       replica_sync_broadcast(run.replicas, run.optimizer.v.data());
@@ -118,7 +132,7 @@ void save_checkpoint(Run& run, const CheckpointState& state, const std::string& 
       for (auto [compact, flat] : {std::pair{&run.optimizer.m, &full.m}, {&run.optimizer.v, &full.v}}) {
         grad_reducer_gather(run.reducer, compact->data(), flat->data());
         replica_sync_broadcast(run.replicas, flat->data());
-        optimizer_scatter(run.optimizer, flat->data(), compact->data());
+        optimizer_scatter(*run.model.backend, run.optimizer, flat->data(), compact->data());
       }
     }
   }
@@ -131,14 +145,15 @@ void save_checkpoint(Run& run, const CheckpointState& state, const std::string& 
 void gather_whole_params(Run& run, std::vector<float>& out) {
   const Model& model = run.model;
   if (model.tp.size == 1 && run.groups.mesh.pp == 1) {  // sp ranks hold the same weights
-    if (run.groups.rank == 0) out = model.params;
+    if (run.groups.rank == 0) out = model.params.download();
     return;
   }
+  const std::vector<float> local = model.params.download();
   std::vector<float> stage;
-  if (model.tp.size > 1) model_gather_global(model, model.params.data(), stage);
+  if (model.tp.size > 1) model_gather_global(model, local.data(), stage);
   const MeshCoord& c = run.groups.coord;
   if (c.dp != 0 || c.sp != 0 || c.tp != 0) return;
-  const float* from = model.tp.size > 1 ? stage.data() : model.params.data();
+  const float* from = model.tp.size > 1 ? stage.data() : local.data();
   if (run.groups.mesh.pp > 1)
     pipeline_gather_global(model, from, *run.groups.pp, out);
   else
@@ -159,10 +174,15 @@ void set_up_run(Run& run) {
   run.replicas = replica_sync_create(model, run.replica_groups);
   run.replicas.trace = &run.trace;
   if (run.groups.dp_sp->size() > 1) {
-    run.reducer = grad_reducer_create(*run.groups.dp_sp, model.grads.data(), model.num_params,
-                                      grad_bucket_floats(cfg.parallel()),
-                                      cfg.parallel().zero_stage() == 1,
-                                      cfg.parallel().overlap_grad_reduce());
+    const bool zero = cfg.parallel().zero_stage() == 1;
+    const size_t bucket = grad_bucket_floats(cfg.parallel());
+    Communicator& dp_sp = *run.groups.dp_sp;
+    if (zero)
+      run.grad_shard = kernels::DeviceArray<float>(
+          model.backend,
+          grad_reducer_shard_floats(model.num_params, bucket, dp_sp.size(), dp_sp.rank()));
+    run.reducer = grad_reducer_create(dp_sp, model.grads.data(), model.num_params, bucket, zero,
+                                      cfg.parallel().overlap_grad_reduce(), run.grad_shard.data());
   }
   run.zero = run.reducer.zero;  // only set for a distributed run
   run.optimizer = run.zero ? optimizer_create(model, grad_reducer_owned(run.reducer))
@@ -204,7 +224,7 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
   const ProcessGroups& groups = run.groups;
   const bool tensor_parallel = model.tp.size > 1;
   log.line(format("loom: %zu parameters%s, %zu unrolled layers (%d prelude + %d × %d loops + %d "
-                  "coda), %s residual, %d threads%s",
+                  "coda), %s residual, %d threads%s, %s kernels",
                   global_params,
                   groups.is_distributed()
                       ? format(" (%zu on this rank)", model.num_params).c_str()
@@ -212,7 +232,7 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
                   model.unrolled.size(), cfg.model().prelude_layers(),
                   cfg.model().block_layers(), cfg.model().loops(), cfg.model().coda_layers(),
                   model.delay == 2 ? "ladder" : "standard", threads,
-                  groups.is_distributed() ? " per rank" : ""));
+                  groups.is_distributed() ? " per rank" : "", model.backend->name()));
   const config::ModelConfig& m = cfg.model();
   if (cfg.train().recompute() != config::TrainConfig::NONE || m.backprop_loops() > 0 ||
       m.loops_sampling().kind() != config::LoopsSampling::FIXED) {
@@ -336,8 +356,9 @@ void sample_at_end(Run& run, const std::vector<float>* global_params, uint64_t r
     if (run.groups.rank != 0) return;
     config::ModelConfig model_cfg = run.cfg.model();
     model_cfg.set_loops(eval_loops(run.cfg));
-    Model whole = model_create(model_cfg);
-    whole.params = *global_params;
+    Model whole = model_create(model_cfg, run.model.backend);
+    whole.params.upload(*global_params);
+    model_refresh_weights(whole);
     model_plan(whole, 1, run.cfg.train().seq_len());
     out = sample_tokens(whole, prompt, tokenizer->end_of_text, l.sample_tokens(), l.sample_temperature(),
                         l.sample_top_k(), sample_rng);
@@ -413,10 +434,14 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   if (threads == 0 && groups.local_ranks > 1)
     threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / groups.local_ranks);
   threads = kernels::cpu::init_threads(threads);
+  // The model's memory and kernels (runtime.device); every group communicates through it, so an
+  // operation starts only once the kernels that wrote its buffer have run.
+  const std::shared_ptr<const kernels::KernelBackend> backend = make_backend(cfg.runtime());
+  device_groups(groups, backend);
 
   Run run{cfg,
           groups,
-          create_model(cfg, groups),
+          create_model(cfg, groups, backend),
           pipeline_create(cfg, groups.pp.get(), groups.coord.pp),
           {},
           false,

@@ -17,14 +17,17 @@
 //   tokens and targets (`const int*`).
 //   scratch (`void*`): at least the number of bytes the matching *_scratch_bytes method returns.
 // Overwrite / accumulate contracts are those of the kernels/cpu headers and are repeated below.
-// Kernels may run asynchronously on a device; only lm_head_cross_entropy and
-// cross_entropy_local_loss return a value (and so wait for their own work).
+// Every pointer a kernel takes is the backend's memory (allocate), never the host's: on a device
+// the host reaches it only through upload and download. Kernels may run asynchronously, in issue
+// order; those that return a value (lm_head_cross_entropy, cross_entropy_local_loss,
+// sum_squares) wait for their own work.
 //
-//   std::shared_ptr<const loom::kernels::KernelBackend> be = loom::make_backend(device);
-//   std::vector<char> scratch(be->attention_scratch_bytes(B, T, C, H));
+//   std::shared_ptr<const loom::kernels::KernelBackend> be = loom::make_backend(cfg.runtime());
+//   loom::kernels::DeviceArray<char> scratch(be, be->attention_scratch_bytes(B, T, C, H));
 //   be->attention_forward(out, lse, qkv, B, T, C, H, scratch.data());
 #pragma once
 #include <cstddef>
+#include <memory>
 
 #include "kernels/attention_block.h"
 
@@ -38,6 +41,40 @@ class KernelBackend {
   virtual const char* name() const = 0;
   // Bytes of one activation element: 4 for fp32, 2 for bf16.
   virtual size_t activation_bytes() const = 0;
+
+  // --- memory: the backend owns it (kernels/device_array.h holds it) ---
+  // On a device backend the host never dereferences this memory: it moves only through upload,
+  // download and the kernels. All of it runs in issue order on the backend's stream.
+  // `bytes` (> 0) aligned to 64 bytes, zeroed. Throws std::bad_alloc when there is none.
+  virtual void* allocate(size_t bytes) const = 0;
+  virtual void deallocate(void* p) const = 0;
+  // dst (device) ← src (host), `bytes`; returns once src may be reused.
+  virtual void upload(void* dst, const void* src, size_t bytes) const = 0;
+  // dst (host) ← src (device), after the work issued before it; returns with dst written.
+  virtual void download(void* dst, const void* src, size_t bytes) const = 0;
+  // dst ← src (both device memory, not overlapping) and x ← 0, in bytes.
+  virtual void copy_bytes(void* dst, const void* src, size_t bytes) const = 0;
+  virtual void zero_bytes(void* x, size_t bytes) const = 0;
+  // Returns once every kernel and copy issued so far has finished.
+  virtual void synchronize() const = 0;
+  // For a transport that reads and writes this memory from threads of its own, unaware of the
+  // backend's stream (MPI): waits for the work issued so far, and keeps the memory reachable by
+  // the host until the returned token is released. Null where there is nothing to keep.
+  virtual std::shared_ptr<void> lend_to_host() const = 0;
+
+  // --- optimizer and gradient statistics (fp32 master weights, gradients and moments) ---
+  // AdamW over n elements, as kernels/cpu/adamw.h: p, m, v updated in place; step is 1-based.
+  virtual void adamw_update(float* params, const float* grads, float* m, float* v, size_t n,
+                            float lr, float beta1, float beta2, float eps, float weight_decay,
+                            long step, float grad_scale) const = 0;
+  // Σ x² over n elements, in double. Waits for the result.
+  virtual double sum_squares(const float* x, size_t n) const = 0;
+  // y (n) += x (n), fp32.
+  virtual void accumulate(float* y, const float* x, size_t n) const = 0;
+  // dst (n activation elements) ← src (n fp32), rounded to nearest even: the low-precision copy
+  // of the master weights a bf16 backend's kernels read; and back, exactly.
+  virtual void to_activation(void* dst, const float* src, size_t n) const = 0;
+  virtual void from_activation(float* dst, const void* src, size_t n) const = 0;
 
   // --- memory of activations (may live on a device) ---
   // dst (n) = src (n), n activation elements; the ranges do not overlap.

@@ -6,6 +6,7 @@
 #include <iostream>
 #include <vector>
 
+#include "core/backend.h"
 #include "core/config.h"
 #include "core/model.h"
 #include "core/optimizer.h"
@@ -85,7 +86,8 @@ int bench_step(const Args& args) {
   const int threads = kernels::cpu::init_threads(cfg.runtime().threads());
   const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
 
-  Model model = model_create(cfg.model());
+  // runtime.device and runtime.precision as loom train runs them.
+  Model model = model_create(cfg.model(), make_backend(cfg.runtime()));
   model_init(model, cfg.train().seed());
   Pipeline pipe = pipeline_single(1);
   model_plan(model, B, T, pipe.slots, pipe.boundaries, false, recompute_policy(cfg.train()));

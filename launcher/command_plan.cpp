@@ -218,9 +218,7 @@ void print_recompute(const config::RunConfig& cfg, const Mesh& mesh) {
 void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
   std::vector<StageMemory> stages;
   size_t largest = 0;
-  auto total = [](const StageMemory& s) {
-    return 4.0 * (2.0 * s.params + s.optimizer + s.arena.total);
-  };
+  auto total = [](const StageMemory& s) { return s.bytes(); };
   for (int r = 0; r < mesh.pp; ++r) {
     stages.push_back(stage_memory(cfg, r));
     if (total(stages.back()) > total(stages[largest])) largest = stages.size() - 1;
@@ -228,7 +226,10 @@ void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
   const StageMemory& big = stages[largest];
   const bool zero = cfg.parallel().zero_stage() == 1 && mesh.dp * mesh.sp > 1;
   const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
-  std::printf("\nmemory per rank (fp32, MiB)\n");
+  const bool bf16 = cfg.runtime().precision() == config::RuntimeConfig::BF16;
+  std::printf("\nmemory per rank (%s, MiB)\n",
+              bf16 ? "BF16: fp32 master weights, gradients and AdamW state; bf16 activations"
+                   : "FP32");
   std::printf("  parameters       %s   %zu floats%s\n", mib(4.0 * big.params).c_str(), big.params,
               mesh.pp > 1 ? (" (stage " + std::to_string(largest) + ", the largest)").c_str() : "");
   std::printf("  gradients        %s   as many as the parameters\n", mib(4.0 * big.params).c_str());
@@ -241,8 +242,10 @@ void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
               mib(activations).c_str(), B, T,
               mesh.sp > 1 ? (" (" + std::to_string(T / mesh.sp) + " rows per sp rank)").c_str() : "",
               threads, threads == 1 ? "" : "s", big.slots, big.slots == 1 ? "" : "es");
-  std::printf("  total            %s\n",
-              mib(4.0 * (2.0 * big.params + big.optimizer) + activations).c_str());
+  if (bf16)
+    std::printf("  weight copy      %s   bf16 copy of the parameters the kernels read\n",
+                mib(static_cast<double>(big.weight_copy_bytes)).c_str());
+  std::printf("  total            %s\n", mib(big.bytes()).c_str());
   print_recompute(cfg, mesh);
   if (mesh.tp > 1)
     std::printf(
@@ -253,7 +256,8 @@ void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
     std::printf("  sp %d: activations of the rank's rows; ring attention's key/value blocks and\n"
                 "        gradients in flight (%.2f MiB of the shared temporaries)\n",
                 mesh.sp,
-                4.0 * ring_workspace_activations(B, T / mesh.sp, cfg.model().d_model() / mesh.tp) /
+                (bf16 ? 2.0 : 4.0) *
+                    ring_workspace_activations(B, T / mesh.sp, cfg.model().d_model() / mesh.tp) /
                     kMiB);
   if (mesh.pp > 1) print_pipeline(cfg, mesh, stages);
 }
@@ -285,7 +289,7 @@ double rank_bytes(const config::RunConfig& cfg) {
   double most = 0;
   for (int r = 0; r < cfg.parallel().pp(); ++r) {
     const StageMemory s = stage_memory(cfg, r);
-    most = std::max(most, 4.0 * (2.0 * s.params + s.optimizer + s.arena.total));
+    most = std::max(most, s.bytes());
   }
   return most;
 }

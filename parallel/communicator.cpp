@@ -12,6 +12,18 @@ size_t data_type_size(DataType type) {
     case DataType::kFloat64: return 8;
     case DataType::kInt64: return 8;
     case DataType::kByte: return 1;
+    case DataType::kBfloat16: return 2;
+  }
+  LOOM_CHECK(false);
+}
+
+const char* data_type_name(DataType type) {
+  switch (type) {
+    case DataType::kFloat32: return "float32";
+    case DataType::kFloat64: return "float64";
+    case DataType::kInt64: return "int64";
+    case DataType::kByte: return "bytes";
+    case DataType::kBfloat16: return "bfloat16";
   }
   LOOM_CHECK(false);
 }

@@ -30,9 +30,12 @@ class CommError : public std::runtime_error {
 };
 
 enum class ReduceOp { kSum, kAvg, kMax };
-enum class DataType { kFloat32, kFloat64, kInt64, kByte };
+// kBfloat16: bf16 activations (the upper half of an fp32); sums and maxima of it are computed in
+// fp32 and rounded to nearest even once per step of the reduction.
+enum class DataType { kFloat32, kFloat64, kInt64, kByte, kBfloat16 };
 
 size_t data_type_size(DataType type);
+const char* data_type_name(DataType type);  // "float32", "bfloat16", ...
 const char* reduce_op_name(ReduceOp op);
 
 struct ShardRange {

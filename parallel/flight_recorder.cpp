@@ -21,10 +21,7 @@ namespace fs = std::filesystem;
 // How often the dumper looks at the signal counter.
 constexpr auto kDumperPoll = std::chrono::milliseconds(50);
 
-const char* type_name(DataType type) {
-  static const char* kNames[] = {"float32", "float64", "int64", "bytes"};
-  return kNames[static_cast<int>(type)];
-}
+const char* type_name(DataType type) { return data_type_name(type); }
 
 void append_field(std::string& out, const char* key, const std::string& value) {
   out.append("\"").append(key).append("\":");

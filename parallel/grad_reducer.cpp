@@ -13,7 +13,7 @@ void launch(GradReducer& r, GradBucket& b) {
   LOOM_CHECK(!b.work);
   float* data = r.grads + b.range.begin;
   if (r.zero)
-    b.work = r.comm->reduce_scatter_async(data, r.shard.data() + b.compact, b.range.size(),
+    b.work = r.comm->reduce_scatter_async(data, r.shard + b.compact, b.range.size(),
                                           DataType::kFloat32, ReduceOp::kAvg);
   else
     b.work = r.comm->all_reduce_async(data, b.range.size(), DataType::kFloat32, ReduceOp::kAvg);
@@ -48,7 +48,7 @@ size_t grad_reducer_shard_floats(size_t n, size_t bucket_floats, int parts, int 
 }
 
 GradReducer grad_reducer_create(Communicator& comm, float* grads, size_t n, size_t bucket_floats,
-                                bool zero, bool overlap) {
+                                bool zero, bool overlap, float* shard) {
   LOOM_CHECK(bucket_floats > 0);
   GradReducer r;
   r.comm = &comm;
@@ -71,7 +71,8 @@ GradReducer grad_reducer_create(Communicator& comm, float* grads, size_t n, size
     r.buckets.push_back(b);
     end = b.range.begin;
   }
-  if (zero) r.shard.assign(compact, 0.0f);
+  LOOM_CHECK(!zero || compact == 0 || shard);
+  if (zero) r.shard = shard;
   return r;
 }
 

@@ -35,13 +35,16 @@ struct GradReducer {
   bool zero = false;                // ZeRO-1: reduce-scatter into `shard`
   bool overlap = true;              // false: launch every bucket in finish()
   std::vector<GradBucket> buckets;  // in launch order: the buffer's end first
-  std::vector<float> shard;         // ZeRO: reduced gradients of this rank's shards, compact
+  // ZeRO: reduced gradients of this rank's shards, compact (the caller's memory, of the same
+  // kind as grads; the reducer never dereferences either).
+  float* shard = nullptr;
   double wait_seconds = 0;          // time finish() blocked on communication (exposed)
 };
 
-// bucket_floats > 0. With zero, `shard` holds Σ own.size() floats.
+// bucket_floats > 0. With zero, `shard` (not owned) has room for Σ own.size() floats, which
+// grad_reducer_shard_floats gives beforehand.
 GradReducer grad_reducer_create(Communicator& comm, float* grads, size_t n, size_t bucket_floats,
-                                bool zero, bool overlap);
+                                bool zero, bool overlap, float* shard = nullptr);
 
 // Floats of rank `rank`'s ZeRO shard (its `shard` buffer) over a group of `parts` ranks, as
 // grad_reducer_create cuts the buckets: for planning memory without a communicator.

@@ -15,11 +15,10 @@ MPI_Datatype mpi_type(DataType type) {
     case DataType::kFloat64: return MPI_DOUBLE;
     case DataType::kInt64: return MPI_INT64_T;
     case DataType::kByte: return MPI_BYTE;
+    case DataType::kBfloat16: return MPI_UINT16_T;
   }
   LOOM_CHECK(false);
 }
-
-MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::kMax ? MPI_MAX : MPI_SUM; }
 
 int mpi_count(size_t count) {
   if (count > static_cast<size_t>(INT32_MAX))
@@ -62,12 +61,13 @@ class MpiCommunicator : public Communicator {
     check_reduction(type, op);
     auto p = make_op(FlightOp::kAllReduce, count, type, op);
     MPI_Comm comm = group_->comm;
+    const MPI_Op mpi_op = runtime_.reduce_op(op, type);
     const size_t bytes = data_type_size(type), chunk = kAllReduceChunkBytes / bytes;
     for (size_t begin = 0; begin == 0 || begin < count; begin += chunk) {
       char* piece = static_cast<char*>(data) + begin * bytes;
       const int n = mpi_count(std::min(chunk, count - begin));
       p->stages.push_back([=](MPI_Request* r) {
-        MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, piece, n, mpi_type(type), mpi_op(op), comm, r));
+        MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, piece, n, mpi_type(type), mpi_op, comm, r));
       });
     }
     if (op == ReduceOp::kAvg) p->finish = [=, size = size_] { divide(data, count, type, size); };
@@ -82,8 +82,9 @@ class MpiCommunicator : public Communicator {
     const int* counts = p->counts.data();
     const size_t mine = shard_range(count, size_, rank_).size();
     MPI_Comm comm = group_->comm;
+    const MPI_Op mpi_op = runtime_.reduce_op(op, type);
     p->stages.emplace_back([=](MPI_Request* r) {
-      MPI_CHECK(MPI_Ireduce_scatter(in, out, counts, mpi_type(type), mpi_op(op), comm, r));
+      MPI_CHECK(MPI_Ireduce_scatter(in, out, counts, mpi_type(type), mpi_op, comm, r));
     });
     if (op == ReduceOp::kAvg) p->finish = [=, size = size_] { divide(out, mine, type, size); };
     return submit(std::move(p));
@@ -145,9 +146,8 @@ class MpiCommunicator : public Communicator {
     auto p = std::make_unique<PendingOp>();
     p->work = std::make_shared<MpiWork>();
     p->group = group_;
-    static const char* kTypeNames[] = {"float32", "float64", "int64", "bytes"};
     p->what = std::string(flight_op_name(kind)) + " of " + std::to_string(count) + " " +
-              kTypeNames[static_cast<int>(type)] +
+              data_type_name(type) +
               (op ? std::string(" (") + reduce_op_name(*op) + ")" : "");
     p->flight = {.op = kind, .type = type, .count = count, .reduce = op};
     return p;

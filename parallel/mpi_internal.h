@@ -105,6 +105,9 @@ class MpiRuntime {
   MpiRuntimeOptions options;
 
   GroupState* add_group(const std::string& name, MPI_Comm comm);
+  // MPI's reduction for `op` over `type` (kAvg: the sum; the caller divides). bf16 has none of
+  // MPI's own: user operations that add (or compare) in fp32 and round back.
+  MPI_Op reduce_op(ReduceOp op, DataType type) const;
   void enqueue(std::unique_ptr<PendingOp> op);
   std::chrono::system_clock::time_point request_flight_dumps(int reason);
   [[noreturn]] void abort_job(int code) {
@@ -125,6 +128,7 @@ class MpiRuntime {
   void send_dump_requests();
 
   MPI_Comm control_ = MPI_COMM_NULL;  // a duplicate of the world for control messages
+  MPI_Op bf16_sum_ = MPI_OP_NULL, bf16_max_ = MPI_OP_NULL;
   std::list<GroupState> groups_;      // stable addresses
   std::mutex mutex_;
   std::condition_variable wake_;

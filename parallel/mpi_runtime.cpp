@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "kernels/cpu/bf16.h"
 #include "parallel/mpi_internal.h"
 
 namespace loom {
@@ -40,6 +41,21 @@ void mpi_check(int code, const char* call, const char* file, int line) {
 }
 
 namespace {
+
+// MPI user operations over bf16 (MPI_UINT16_T): in fp32, rounded back to nearest even.
+void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  const uint16_t* a = static_cast<const uint16_t*>(in);
+  uint16_t* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i)
+    b[i] = kernels::cpu::bf16_from_float(kernels::cpu::bf16_to_float(a[i]) +
+                                         kernels::cpu::bf16_to_float(b[i]));
+}
+void bf16_max(void* in, void* inout, int* len, MPI_Datatype*) {
+  const uint16_t* a = static_cast<const uint16_t*>(in);
+  uint16_t* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i)
+    if (kernels::cpu::bf16_to_float(a[i]) > kernels::cpu::bf16_to_float(b[i])) b[i] = a[i];
+}
 
 long env_long(const char* name) {
   const char* value = std::getenv(name);
@@ -96,6 +112,8 @@ MpiRuntime::MpiRuntime(const MpiRuntimeOptions& opts) : options(opts) {
     host_names.emplace_back(begin, strnlen(begin, MPI_MAX_PROCESSOR_NAME));
   }
   MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &control_));
+  MPI_CHECK(MPI_Op_create(&bf16_sum, 1, &bf16_sum_));
+  MPI_CHECK(MPI_Op_create(&bf16_max, 1, &bf16_max_));
   MPI_CHECK(MPI_Irecv(query_in_, 2, MPI_INT64_T, MPI_ANY_SOURCE, kQueryTag, control_,
                       &query_request_));
   MPI_CHECK(
@@ -128,7 +146,14 @@ MpiRuntime::~MpiRuntime() {
   for (GroupState& g : groups_)
     if (g.comm != MPI_COMM_WORLD) MPI_Comm_free(&g.comm);
   MPI_Comm_free(&control_);
+  MPI_Op_free(&bf16_sum_);
+  MPI_Op_free(&bf16_max_);
   MPI_Finalize();
+}
+
+MPI_Op MpiRuntime::reduce_op(ReduceOp op, DataType type) const {
+  if (type == DataType::kBfloat16) return op == ReduceOp::kMax ? bf16_max_ : bf16_sum_;
+  return op == ReduceOp::kMax ? MPI_MAX : MPI_SUM;
 }
 
 GroupState* MpiRuntime::add_group(const std::string& name, MPI_Comm comm) {

@@ -68,6 +68,8 @@ ncclDataType_t nccl_type(DataType type) {
       return ncclInt64;
     case DataType::kByte:
       return ncclUint8;
+    case DataType::kBfloat16:
+      return ncclBfloat16;
   }
   LOOM_CHECK(false);
 }
@@ -84,10 +86,7 @@ ncclRedOp_t nccl_op(ReduceOp op) {
   LOOM_CHECK(false);
 }
 
-const char* type_name(DataType type) {
-  static const char* kNames[] = {"float32", "float64", "int64", "bytes"};
-  return kNames[static_cast<int>(type)];
-}
+const char* type_name(DataType type) { return data_type_name(type); }
 
 class NcclWorkImpl;
 

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "parallel/device_communicator.h"
 
 namespace loom {
 namespace {
@@ -77,7 +78,6 @@ struct RingPass {
 RingPass ring_pass_start(const RingAttention& ring, const kernels::KernelBackend& be,
                          const RingWorkspace& ws, const void* qkv, int B, int Tl, int Cl) {
   LOOM_CHECK(ring.comm && ring.comm->size() > 1);
-  LOOM_CHECK(be.activation_bytes() == sizeof(float));
   const int sp = ring.comm->size(), rank = ring.comm->rank();
   const size_t rows = static_cast<size_t>(B) * Tl;
   be.copy_rows(ws.kv[0], 2 * Cl, offset(qkv, Cl, be), 3 * Cl, rows, 2 * Cl);
@@ -138,8 +138,8 @@ void ring_attention_forward(RingAttention& ring, const kernels::KernelBackend& b
     void* current = ws.kv[step % 2];
     WorkPtr receiving, sending;
     if (step + 1 < sp) {  // the next block arrives while this one is attended to
-      receiving = comm.recv_async(ws.kv[(step + 1) % 2], kv_count, DataType::kFloat32, prev);
-      sending = comm.send_async(current, kv_count, DataType::kFloat32, next);
+      receiving = comm.recv_async(ws.kv[(step + 1) % 2], kv_count, activation_data_type(be), prev);
+      sending = comm.send_async(current, kv_count, activation_data_type(be), next);
     }
     const auto start = Clock::now();
     for (const kernels::AttentionBlock& blk : ring_blocks(ring, source, B, Tl, Cl, Hl)) {
@@ -177,11 +177,11 @@ void ring_attention_backward(RingAttention& ring, const kernels::KernelBackend& 
     WorkPtr dkv_receiving, kv_receiving, kv_sending;
     if (step > 0) {
       wait(ring, dkv_sends[arriving], "backward", step, "sending dK/dV to", next);
-      dkv_receiving = comm.recv_async(ws.dkv[arriving], kv_count, DataType::kFloat32, prev);
+      dkv_receiving = comm.recv_async(ws.dkv[arriving], kv_count, activation_data_type(be), prev);
     }
     if (step + 1 < sp) {
-      kv_receiving = comm.recv_async(ws.kv[(step + 1) % 2], kv_count, DataType::kFloat32, prev);
-      kv_sending = comm.send_async(current, kv_count, DataType::kFloat32, next);
+      kv_receiving = comm.recv_async(ws.kv[(step + 1) % 2], kv_count, activation_data_type(be), prev);
+      kv_sending = comm.send_async(current, kv_count, activation_data_type(be), next);
     }
     const auto start = Clock::now();
     be.zero(ws.dkv[computing], kv_count);
@@ -193,7 +193,7 @@ void ring_attention_backward(RingAttention& ring, const kernels::KernelBackend& 
       wait(ring, dkv_receiving, "backward", step, "receiving dK/dV from", prev);
       be.vector_add(ws.dkv[computing], ws.dkv[arriving], kv_count);
     }
-    dkv_sends[computing] = comm.send_async(ws.dkv[computing], kv_count, DataType::kFloat32, next);
+    dkv_sends[computing] = comm.send_async(ws.dkv[computing], kv_count, activation_data_type(be), next);
     // The sum just sent leaves; the accumulator just added is free to compute into.
     const int sent = computing;
     computing = arriving;
@@ -204,7 +204,7 @@ void ring_attention_backward(RingAttention& ring, const kernels::KernelBackend& 
   }
   // This rank's own block comes home with every rank's share.
   wait(ring, dkv_sends[arriving], "backward", sp, "sending dK/dV to", next);
-  WorkPtr home = comm.recv_async(ws.dkv[arriving], kv_count, DataType::kFloat32, prev);
+  WorkPtr home = comm.recv_async(ws.dkv[arriving], kv_count, activation_data_type(be), prev);
   wait(ring, home, "backward", sp, "receiving its own dK/dV home from", prev);
   be.copy_rows(offset(dqkv, Cl, be), 3 * Cl, ws.dkv[arriving], 2 * Cl, rows, 2 * Cl);
   for (WorkPtr& work : dkv_sends) wait(ring, work, "backward", sp, "sending dK/dV to", next);

@@ -6,7 +6,7 @@ namespace loom {
 
 WorkPtr tp_sum_start(const TensorParallel& tp, void* x, size_t n) {
   if (!tp.comm) return nullptr;
-  return tp.comm->all_reduce_async(x, n, DataType::kFloat32, ReduceOp::kSum);
+  return tp.comm->all_reduce_async(x, n, tp.type, ReduceOp::kSum);
 }
 
 double tp_wait(TensorParallelSums& sums, WorkPtr& work) {

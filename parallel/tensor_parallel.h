@@ -7,7 +7,7 @@
 // parallel/vocab_parallel.h.
 //
 //   loom::TensorParallelSums sums;  sums.forward.resize(delay);
-//   sums.forward[i % delay] = loom::tp_sum_start(tp, h, n);   // all-reduce of h (fp32, host)
+//   sums.forward[i % delay] = loom::tp_sum_start(tp, h, n);   // all-reduce of h (tp.type)
 //   ...                                                       // the next sub-layer computes
 //   loom::tp_wait(sums, sums.forward[i % delay]);             // h complete on every rank
 #pragma once
@@ -22,6 +22,7 @@ namespace loom {
 struct TensorParallel {
   int size = 1, rank = 0;
   Communicator* comm = nullptr;  // not owned
+  DataType type = DataType::kFloat32;  // of the sums: the model's activations
 };
 
 // The sums one model has in flight over its tp group: forward outputs and backward input
@@ -31,8 +32,8 @@ struct TensorParallelSums {
   double wait_seconds = 0;  // accumulated; reset by the caller
 };
 
-// Starts completing the partial sum x (n fp32 elements in host memory) over the group; null
-// when tp.comm is null (nothing to complete).
+// Starts completing the partial sum x (n elements of tp.type) over the group; null when tp.comm
+// is null (nothing to complete).
 WorkPtr tp_sum_start(const TensorParallel& tp, void* x, size_t n);
 
 // Waits for and clears `work` (nothing when null); returns the seconds blocked, which are also

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "parallel/device_communicator.h"
 
 namespace loom {
 
@@ -35,8 +36,7 @@ double vocab_parallel_cross_entropy(const kernels::KernelBackend& be, Communicat
                                     const int* targets, int N, int C, const VocabShard& shard,
                                     float grad_scale, void* scratch, int chunk,
                                     double* wait_seconds) {
-  // The reductions below run on host fp32 (the MPI backend).
-  LOOM_CHECK(be.activation_bytes() == sizeof(float));
+  // The statistics are fp32; dx is an activation (bf16 on a bf16 backend).
   const size_t bytes = be.activation_bytes();
   void* logits = scratch;
   float* row_max = reinterpret_cast<float*>(static_cast<char*>(scratch) +
@@ -70,7 +70,7 @@ double vocab_parallel_cross_entropy(const kernels::KernelBackend& be, Communicat
     void* dx_chunk = static_cast<char*>(dx) + static_cast<size_t>(n0) * C * bytes;
     be.matmul_backward(dx_chunk, nullptr, nullptr, logits, x_chunk, weight, n, C, shard.rows);
     dx_sums.push_back(tp.all_reduce_async(dx_chunk, static_cast<size_t>(n) * C,
-                                          DataType::kFloat32, ReduceOp::kSum));
+                                          activation_data_type(be), ReduceOp::kSum));
     be.matmul_backward(nullptr, dweight, nullptr, logits, x_chunk, weight, n, C, shard.rows);
   }
   for (const WorkPtr& w : dx_sums) wait(w);

@@ -2,13 +2,17 @@
 # Sanitizers and fuzzing (run by .ci/run after ./test.sh), in build trees of their own (clang, no
 # CUDA), every finding fatal:
 #  - build-sanitize, AddressSanitizer + UndefinedBehaviorSanitizer: the unit tests, two-rank
-#    training runs (ZeRO-1, recomputation, a checkpoint, resumes at dp 2 and tp 2), then each
+#    training runs (ZeRO-1, recomputation, a checkpoint, resumes at dp 2 and tp 2), the same on
+#    the emulated device at dp × tp, pp and sp (its memory poisoned whenever the host may not
+#    touch it, so a host read of device memory anywhere in the run is fatal), then each
 #    libFuzzer target (tests/fuzz) for FUZZ_SECONDS (default 30) from its seed corpus, with
 #    libFuzzer's -seed=FUZZ_SEED (default 1, so CI repeats its inputs; 0 = a new seed). A crash a
 #    fuzzer finds is saved under build-sanitize/fuzz-crashes/ and fails the script; add it to the
 #    target's corpus once fixed, as a regression test.
 #  - build-tsan, ThreadSanitizer: the communicator tests (the MPI progress thread, async work
-#    handles) under mpirun with 2 and 4 ranks; tests/tsan.supp silences Open MPI's internals only.
+#    handles) under mpirun with 2 and 4 ranks, and training on the emulated device (its stream is
+#    a worker thread: a host access without the synchronisation a GPU needs is a race) in one
+#    process and at dp 2 × tp 2; tests/tsan.supp silences Open MPI's internals only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-30}
@@ -38,18 +42,23 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 step=$SECONDS
 loom=$PWD/$build/loom
+run=(train "$PWD/configs/default.textproto" --set model.d_model=32 --set model.n_heads=2
+     --set model.d_mlp=64 --set train.seq_len=32 --set train.micro_batch=2
+     --set train.global_batch=8 --set train.eval_interval=2 --set train.eval_batches=1
+     --set checkpoint.interval=2 --set logging.sample_tokens=16 --set runtime.threads=1
+     --set parallel.dp=2 --set parallel.zero_stage=1 --set train.recompute=SQRT
+     --set "data.train_shards=data/train_*.bin" --set "data.val_shards=data/val_*.bin")
 (
   cd "$work"
   "$loom" prepare --input "$OLDPWD/core" --output data >/dev/null
-  run=(train "$OLDPWD/configs/default.textproto" --set model.d_model=32 --set model.n_heads=2
-       --set model.d_mlp=64 --set train.seq_len=32 --set train.micro_batch=2
-       --set train.global_batch=8 --set train.eval_interval=2 --set train.eval_batches=1
-       --set checkpoint.interval=2 --set logging.sample_tokens=16 --set runtime.threads=1
-       --set parallel.dp=2 --set parallel.zero_stage=1 --set train.recompute=SQRT
-       --set "data.train_shards=data/train_*.bin" --set "data.val_shards=data/val_*.bin")
   "$loom" "${run[@]}" --set train.steps=3 --run-dir run
   "$loom" "${run[@]}" --set train.steps=4 --run-dir run --resume
   "$loom" "${run[@]}" --set parallel.dp=1 --set parallel.tp=2 --set train.steps=5 --run-dir run --resume
+  emulated=("${run[@]}" --set runtime.device=EMULATED --set train.steps=3)
+  "$loom" "${emulated[@]}" --set parallel.tp=2 --run-dir emulated-dp-tp
+  "$loom" "${emulated[@]}" --set train.steps=4 --run-dir emulated-dp-tp --resume
+  "$loom" "${emulated[@]}" --set parallel.dp=1 --set parallel.pp=2 --run-dir emulated-pp
+  "$loom" "${emulated[@]}" --set parallel.dp=1 --set parallel.sp=2 --run-dir emulated-sp
 )
 echo "sanitize: multi-rank runs in $((SECONDS - step)) s"
 
@@ -69,12 +78,22 @@ done
 step=$SECONDS
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
   -DCMAKE_CXX_COMPILER=clang++ -DLOOM_CUDA=OFF -DLOOM_SANITIZE=thread >/dev/null
-cmake --build build-tsan -j "$(nproc)" --target parallel_tests
+cmake --build build-tsan -j "$(nproc)" --target parallel_tests loom
 export TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp halt_on_error=1 ignore_noninstrumented_modules=1"
 mpirun=(mpirun --oversubscribe -x TSAN_OPTIONS -x OMP_WAIT_POLICY)
 [ "$(id -u)" = 0 ] && mpirun+=(--allow-run-as-root)
 for ranks in 2 4; do
   "${mpirun[@]}" -np "$ranks" build-tsan/tests/parallel/parallel_tests --gtest_brief=1
 done
+(
+  cd "$work"
+  # One thread per rank: OpenMP's runtime is not instrumented, so only loom's threads are checked
+  # (the host, the device's stream, the MPI progress thread).
+  emulated=("${run[@]}" --set runtime.device=EMULATED --set train.steps=3 --set parallel.dp=1
+            --set parallel.zero_stage=0)
+  "$OLDPWD/build-tsan/loom" "${emulated[@]}" --run-dir tsan-emulated
+  "$OLDPWD/build-tsan/loom" "${emulated[@]}" --set parallel.dp=2 --set parallel.tp=2 \
+    --set parallel.zero_stage=1 --run-dir tsan-emulated-dp-tp
+)
 echo "sanitize: ThreadSanitizer communicator tests (build and run) in $((SECONDS - step)) s"
 echo "sanitize: passed in $((SECONDS - started)) s"

@@ -1,7 +1,11 @@
 #include "kernels/cpu/backend.h"
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 
+#include "kernels/cpu/adamw.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/attention_block.h"
 #include "kernels/cpu/cross_entropy.h"
@@ -20,10 +24,43 @@ namespace {
 float* f(void* p) { return static_cast<float*>(p); }
 const float* f(const void* p) { return static_cast<const float*>(p); }
 
-class CpuBackend final : public KernelBackend {
+class CpuBackend : public KernelBackend {
  public:
   const char* name() const override { return "cpu"; }
   size_t activation_bytes() const override { return sizeof(float); }
+
+  // Host memory: the kernels run synchronously, so there is nothing to wait for or lend.
+  void* allocate(size_t bytes) const override { return allocate_host(bytes); }
+  void deallocate(void* p) const override { std::free(p); }
+  void upload(void* dst, const void* src, size_t bytes) const override {
+    std::memcpy(dst, src, bytes);
+  }
+  void download(void* dst, const void* src, size_t bytes) const override {
+    std::memcpy(dst, src, bytes);
+  }
+  void copy_bytes(void* dst, const void* src, size_t bytes) const override {
+    std::memcpy(dst, src, bytes);
+  }
+  void zero_bytes(void* x, size_t bytes) const override { std::memset(x, 0, bytes); }
+  void synchronize() const override {}
+  std::shared_ptr<void> lend_to_host() const override { return nullptr; }
+
+  void adamw_update(float* params, const float* grads, float* m, float* v, size_t n, float lr,
+                    float beta1, float beta2, float eps, float weight_decay, long step,
+                    float grad_scale) const override {
+    cpu::adamw_update(params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, step,
+                      grad_scale);
+  }
+  double sum_squares(const float* x, size_t n) const override {
+    return cpu::vector_sum_squares(x, n);
+  }
+  void accumulate(float* y, const float* x, size_t n) const override { cpu::vector_add(y, x, n); }
+  void to_activation(void* dst, const float* src, size_t n) const override {
+    std::memcpy(dst, src, n * sizeof(float));
+  }
+  void from_activation(float* dst, const void* src, size_t n) const override {
+    std::memcpy(dst, src, n * sizeof(float));
+  }
 
   void copy(void* dst, const void* src, size_t n) const override {
     std::memcpy(dst, src, n * sizeof(float));
@@ -159,6 +196,15 @@ class CpuBackend final : public KernelBackend {
 };
 
 }  // namespace
+
+void* allocate_host(size_t bytes) {
+  constexpr size_t kAlign = 64;
+  const size_t rounded = (std::max<size_t>(bytes, 1) + kAlign - 1) / kAlign * kAlign;
+  void* p = std::aligned_alloc(kAlign, rounded);
+  if (!p) throw std::bad_alloc();
+  std::memset(p, 0, rounded);
+  return p;
+}
 
 std::unique_ptr<KernelBackend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
 

@@ -12,5 +12,12 @@
 namespace loom::kernels::cpu {
 
 std::unique_ptr<KernelBackend> make_cpu_backend();
+// bf16 activations (storage only: kernels/cpu/backend_bf16.cpp converts to fp32 and back around
+// the fp32 kernels).
+std::unique_ptr<KernelBackend> make_cpu_bf16_backend();
+
+// `bytes` of zeroed host memory aligned to 64 bytes (at least one byte), for std::free. Throws
+// std::bad_alloc.
+void* allocate_host(size_t bytes);
 
 }  // namespace loom::kernels::cpu

@@ -4,12 +4,15 @@
 #include <omp.h>
 #include <xmmintrin.h>
 
+#include <atomic>
+
 namespace loom::kernels::cpu {
 namespace {
 
 // Mirrors the team size handed to OpenMP and OpenBLAS; 0 until init_threads runs. Kept here
 // because kernels size per-thread scratch from it and it must agree with the OpenMP team.
-int threads_in_effect = 0;
+// Atomic: a device worker thread (kernels/emulated) reads it while the main thread may set it.
+std::atomic<int> threads_in_effect{0};
 
 // MXCSR bit 15 is flush-to-zero, bit 6 denormals-are-zero. The register is per thread, so it
 // has to be set on each thread of the OpenMP pool (which OpenBLAS's OpenMP build reuses).
@@ -30,10 +33,18 @@ int init_threads(int threads) {
   return threads;
 }
 
+void adopt_thread_settings() {
+  omp_set_num_threads(thread_count());
+#pragma omp parallel
+  set_flush_to_zero();
+  set_flush_to_zero();
+}
+
 int thread_count() {
   // Before init_threads, report what an OpenMP region would use, so scratch sized from this
   // still matches the team that runs the kernel.
-  return threads_in_effect > 0 ? threads_in_effect : omp_get_max_threads();
+  const int threads = threads_in_effect.load();
+  return threads > 0 ? threads : omp_get_max_threads();
 }
 
 }  // namespace loom::kernels::cpu

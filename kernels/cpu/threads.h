@@ -12,6 +12,10 @@ namespace loom::kernels::cpu {
 // thread. Returns the thread count in effect.
 int init_threads(int threads);
 
+// For a thread other than the one that called init_threads which runs kernels (a device
+// worker): its OpenMP team size becomes thread_count() and FTZ/DAZ is set on it and its team.
+void adopt_thread_settings();
+
 // Thread count in effect (as set by init_threads; OpenMP's default team size before that).
 int thread_count();
 

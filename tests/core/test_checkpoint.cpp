@@ -127,10 +127,13 @@ TEST(Checkpoint, RoundTripIsExactAndCorruptionIsDetected) {
   Model model = model_create(cfg.model());
   model_init(model, 5);
   Optimizer opt = optimizer_create(model);
-  for (size_t i = 0; i < opt.m.size(); ++i) {
-    opt.m[i] = 0.001f * static_cast<float>(i % 97);
-    opt.v[i] = 0.002f * static_cast<float>(i % 89);
+  std::vector<float> m(opt.m.size()), v(opt.v.size());
+  for (size_t i = 0; i < m.size(); ++i) {
+    m[i] = 0.001f * static_cast<float>(i % 97);
+    v[i] = 0.002f * static_cast<float>(i % 89);
   }
+  opt.m.upload(m);
+  opt.v.upload(v);
   opt.step = 11;  // one of the 12 steps was skipped (non-finite): Adam saw 11 updates
   const CheckpointState state{cfg, 12, 345, 678, 9000};
   for (long step : {4L, 8L, 12L}) {
@@ -145,9 +148,9 @@ TEST(Checkpoint, RoundTripIsExactAndCorruptionIsDetected) {
   Model loaded = model_create(cfg.model());
   Optimizer loaded_opt = optimizer_create(loaded);
   const CheckpointState back = checkpoint_load(latest, loaded, &loaded_opt);
-  EXPECT_EQ(loaded.params, model.params);
-  EXPECT_EQ(loaded_opt.m, opt.m);
-  EXPECT_EQ(loaded_opt.v, opt.v);
+  EXPECT_EQ(loaded.params.download(), model.params.download());
+  EXPECT_EQ(loaded_opt.m.download(), m);
+  EXPECT_EQ(loaded_opt.v.download(), v);
   EXPECT_EQ(loaded_opt.step, 11) << "Adam's bias correction counts updates, not steps";
   EXPECT_EQ(back.data_position, 345);
   EXPECT_EQ(back.rng_state, 678u);

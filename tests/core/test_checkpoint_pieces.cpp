@@ -106,13 +106,13 @@ fs::path write_sharded(const fs::path& root, const config::RunConfig& cfg, const
         const Model local = layout_of(cfg, l, pp, tp);
         Optimizer opt;
         opt.owned = {shard_range(local.num_params, l.zero, dp)};
-        opt.m = compact(shard_of(g, local, g.m), opt.owned);
-        opt.v = compact(shard_of(g, local, g.v), opt.owned);
+        const std::vector<float> m = compact(shard_of(g, local, g.m), opt.owned);
+        const std::vector<float> v = compact(shard_of(g, local, g.v), opt.owned);
         const std::vector<float> params = shard_of(g, local, g.params);
         const CheckpointPieces pieces = checkpoint_pieces_written(local, opt, dp == 0);
         all.MergeFrom(checkpoint_pieces_write(dir, "rank_" + std::to_string(100000 + rank).substr(1) + ".bin",
-                                              local.tensors, params.data(), opt.m.data(),
-                                              opt.v.data(), pieces));
+                                              local.tensors, params.data(), m.data(), v.data(),
+                                              pieces));
       }
   write_meta(dir, cfg, all);
   return dir;
@@ -142,12 +142,13 @@ TEST(CheckpointPieces, EveryLayoutReadsItsShardsOfAShardedCheckpoint) {
               SCOPED_TRACE("written at " + written.name() + ", read at " + reader.name() +
                            " by pp rank " + std::to_string(pp) + ", tp rank " + std::to_string(tp));
               Model local = layout_of(cfg, reader, pp, tp);
-              local.params.assign(local.num_params, 7.0f);
+              local.params = kernels::DeviceArray<float>(local.backend, local.num_params);
+              local.params.upload(std::vector<float>(local.num_params, 7.0f));
               Optimizer opt = optimizer_create(local, {shard_range(local.num_params, zero, zero - 1)});
               const CheckpointState s = checkpoint_load(dir.string(), local, &opt);
-              EXPECT_EQ(local.params, shard_of(g, local, g.params));
-              EXPECT_EQ(opt.m, compact(shard_of(g, local, g.m), opt.owned));
-              EXPECT_EQ(opt.v, compact(shard_of(g, local, g.v), opt.owned));
+              EXPECT_EQ(local.params.download(), shard_of(g, local, g.params));
+              EXPECT_EQ(opt.m.download(), compact(shard_of(g, local, g.m), opt.owned));
+              EXPECT_EQ(opt.v.download(), compact(shard_of(g, local, g.v), opt.owned));
               EXPECT_EQ(s.bytes_stored, stored);
               // At the layout that wrote it, a rank reads its own bytes (rounded out to the 256
               // KiB checksum blocks); at another, the blocks of the pieces that overlap it: at
@@ -175,12 +176,12 @@ TEST(CheckpointPieces, DamageIsFoundWhereItIsRead) {
     f.put('\x11');
   }
   Model whole = model_layout(cfg.model());
-  whole.params.resize(whole.num_params);
+  whole.params = kernels::DeviceArray<float>(whole.backend, whole.num_params);
   EXPECT_NE(error_of([&] { checkpoint_load(dir.string(), whole, nullptr); }).find("checksum of wte"),
             std::string::npos);
   // tp rank 0 of 4 reads rows 0–2250 of wte: the first blocks only, which are intact.
   Model quarter = model_layout(cfg.model(), nullptr, {4, 0, nullptr});
-  quarter.params.resize(quarter.num_params);
+  quarter.params = kernels::DeviceArray<float>(quarter.backend, quarter.num_params);
   EXPECT_EQ(error_of([&] { checkpoint_load(dir.string(), quarter, nullptr); }), "");
 
   // Metadata that claims a piece outside its tensor, or two pieces of the same elements.
@@ -242,11 +243,11 @@ TEST(CheckpointPieces, SingleFileCheckpointsOfEarlierVersionsLoad) {
   }
   write_meta(dir, cfg, meta);
   Model half = model_layout(cfg.model(), nullptr, {2, 1, nullptr});
-  half.params.resize(half.num_params);
+  half.params = kernels::DeviceArray<float>(half.backend, half.num_params);
   Optimizer opt = optimizer_create(half, {shard_range(half.num_params, 2, 1)});
   checkpoint_load(dir.string(), half, &opt);
-  EXPECT_EQ(half.params, shard_of(g, half, g.params));
-  EXPECT_EQ(opt.v, compact(shard_of(g, half, g.v), opt.owned));
+  EXPECT_EQ(half.params.download(), shard_of(g, half, g.params));
+  EXPECT_EQ(opt.v.download(), compact(shard_of(g, half, g.v), opt.owned));
 }
 
 }  // namespace

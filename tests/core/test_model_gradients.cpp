@@ -8,6 +8,7 @@
 #include "core/model.h"
 #include "core/rng.h"
 #include "kernels/cpu/threads.h"
+#include "kernels/emulated/backend.h"
 
 namespace loom {
 namespace {
@@ -26,22 +27,26 @@ config::ModelConfig tiny_model(const std::vector<std::string>& overrides) {
 // For every tensor, compares the gradient's component along a random unit direction inside that
 // tensor with (L(p + εu) − L(p − εu)) / 2ε. Directional checks keep the fp32 loss's rounding
 // error (~1e-7 · L / ε) far below the quantity compared.
-void check_gradients(const config::ModelConfig& cfg) {
+// Runs on `backend` (null: the CPU), reaching the model's memory through upload and download only.
+void check_gradients(const config::ModelConfig& cfg,
+                     std::shared_ptr<const kernels::KernelBackend> backend = nullptr) {
   kernels::cpu::init_threads(1);
   const int B = 2, T = 5;
-  Model model = model_create(cfg);
+  Model model = model_create(cfg, std::move(backend));
   model_init(model, 3);
   Rng rng{11};
   // Norm weights away from 1 and biases away from 0, so their gradients are not special.
-  for (float& p : model.params) p += static_cast<float>(0.1 * rng.normal());
+  std::vector<float> params = model.params.download();
+  for (float& p : params) p += static_cast<float>(0.1 * rng.normal());
+  model.params.upload(params);
   model_plan(model, B, T);
   std::vector<int> inputs(B * T), targets(B * T);
   for (int& x : inputs) x = static_cast<int>(rng.below(model.V));
   for (int& x : targets) x = static_cast<int>(rng.below(model.V));
 
-  std::fill(model.grads.begin(), model.grads.end(), 0.0f);
   model_forward(model, inputs.data(), targets.data(), B, T, 1.0f / (B * T));
   model_backward(model, B, T);
+  const std::vector<float> grads = model.grads.download();
 
   const double eps = 1e-2;
   for (const ParamTensor& t : model.tensors) {
@@ -53,16 +58,17 @@ void check_gradients(const config::ModelConfig& cfg) {
     }
     norm = std::sqrt(norm);
     double analytic = 0.0;
-    for (size_t i = 0; i < t.size; ++i) analytic += (u[i] /= norm) * model.grads[t.offset + i];
+    for (size_t i = 0; i < t.size; ++i) analytic += (u[i] /= norm) * grads[t.offset + i];
 
-    const std::vector<float> saved = model.params;
     auto loss_at = [&](double step) {
+      std::vector<float> moved = params;
       for (size_t i = 0; i < t.size; ++i)
-        model.params[t.offset + i] = static_cast<float>(saved[t.offset + i] + step * u[i]);
+        moved[t.offset + i] = static_cast<float>(params[t.offset + i] + step * u[i]);
+      model.params.upload(moved);
       return model_forward(model, inputs.data(), targets.data(), B, T, 0.0f);
     };
     const double numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps);
-    model.params = saved;
+    model.params.upload(params);
     EXPECT_NEAR(analytic, numeric, 2e-4 + 2e-2 * std::fabs(numeric)) << t.name;
   }
 }
@@ -90,6 +96,19 @@ TEST(ModelGradients, LadderWithInputInjectionNoPreludeTwoLayerBlock) {
 
 TEST(ModelGradients, RmsNormRotary) {
   check_gradients(tiny_model({"model.norm=RMSNORM", "model.position=ROTARY"}));
+}
+
+// The same checks through the emulated device (kernels/emulated/backend.h): asynchronous
+// kernels over memory the host reaches only by upload and download.
+TEST(ModelGradients, EmulatedDeviceLadderLayerNorm) {
+  check_gradients(tiny_model({"model.residual=LADDER", "model.input_injection=true",
+                              "model.loops=3", "model.tie_embeddings=false"}),
+                  kernels::emulated::make_emulated_backend());
+}
+
+TEST(ModelGradients, EmulatedDeviceRmsNormRotary) {
+  check_gradients(tiny_model({"model.norm=RMSNORM", "model.position=ROTARY"}),
+                  kernels::emulated::make_emulated_backend());
 }
 
 TEST(ModelLayout, LoopsShareTheBlocksParameters) {
@@ -133,9 +152,10 @@ TEST(ModelGradients, AccumulationOverMicroBatchesEqualsOneBatch) {
   }
   EXPECT_NEAR(loss_parts, loss_whole, 1e-6 * loss_whole);
   double diff = 0.0, norm = 0.0;
+  const std::vector<float> g_parts = parts.grads.download(), g_whole = whole.grads.download();
   for (size_t i = 0; i < whole.num_params; ++i) {
-    diff += std::pow(static_cast<double>(parts.grads[i]) - whole.grads[i], 2);
-    norm += std::pow(static_cast<double>(whole.grads[i]), 2);
+    diff += std::pow(static_cast<double>(g_parts[i]) - g_whole[i], 2);
+    norm += std::pow(static_cast<double>(g_whole[i]), 2);
   }
   EXPECT_LT(std::sqrt(diff / norm), 1e-5);
 }

@@ -47,10 +47,12 @@ Result run(const config::ModelConfig& cfg, Recompute policy, std::vector<int> bo
   Model model = model_create(cfg, nullptr, {}, stage);
   // Weights that do not depend on the loop count (model_init scales by the depth).
   Rng rng{11};
+  std::vector<float> params(model.num_params);
   for (const ParamTensor& t : model.tensors)
     for (size_t i = 0; i < t.size; ++i)
-      model.params[t.offset + i] = static_cast<float>(
+      params[t.offset + i] = static_cast<float>(
           (t.init == ParamInit::kOnes ? 1.0 : 0.0) + (t.init == ParamInit::kOnes ? 0.1 : 0.3) * rng.normal());
+  model.params.upload(params);
   if (plan_max > 0) model_set_loop_range(model, plan_min, plan_max);
   const int chunks = static_cast<int>(model.chunks.size());
   model_plan(model, B, T, chunks, 1, false, policy);
@@ -65,7 +67,7 @@ Result run(const config::ModelConfig& cfg, Recompute policy, std::vector<int> bo
   for (int c = chunks - 1; c >= 0; --c)
     model_backward_chunk(model, c, c, 0, B, T,
                          [&](size_t offset, size_t count) { out.reported.emplace_back(offset, count); });
-  out.grads = model.grads;
+  out.grads = model.grads.download();
   return out;
 }
 

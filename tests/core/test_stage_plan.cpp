@@ -213,18 +213,21 @@ void expect_pieces_equal_whole(const config::RunConfig& cfg, bool split = false)
       model_backward_chunk(m, c, c, 0, B, T, {}, BackwardPart::kWeight);
     }
   // Replicas' gradients summed over the stages holding them equal the whole model's.
+  const std::vector<float> whole_grads = whole.grads.download();
+  std::vector<std::vector<float>> stage_grads;
+  for (const Model& m : stages) stage_grads.push_back(m.grads.download());
   for (const ParamTensor& t : whole.tensors) {
     std::vector<double> sum(t.size, 0.0);
     int held = 0;
-    for (const Model& m : stages)
-      for (const ParamTensor& s : m.tensors)
+    for (size_t k = 0; k < stages.size(); ++k)
+      for (const ParamTensor& s : stages[k].tensors)
         if (s.global_index == t.global_index) {
           ++held;
-          for (size_t i = 0; i < t.size; ++i) sum[i] += m.grads[s.offset + i];
+          for (size_t i = 0; i < t.size; ++i) sum[i] += stage_grads[k][s.offset + i];
         }
     ASSERT_GE(held, 1) << t.name;
     for (size_t i = 0; i < t.size; ++i) {
-      const double want = whole.grads[t.offset + i];
+      const double want = whole_grads[t.offset + i];
       if (held == 1)
         ASSERT_EQ(sum[i], want) << t.name << "[" << i << "]";  // the same operations
       else

@@ -42,7 +42,7 @@ expect dp4-dp '^  dp +1 group of 4 +\{0,1,2,3\}$'
 expect dp4-dpsp '^  dp×sp +1 group of 4 +\{0,1,2,3\}$'
 expect dp4-tp '^  tp +4 groups of 1 +\{0\} \{1\} \{2\} \{3\}$'
 expect dp4-pp '^  pp +4 groups of 1 +\{0\} \{1\} \{2\} \{3\}$'
-expect dp4-memory-exact '^memory per rank \(fp32, MiB\)$'
+expect dp4-memory-exact '^memory per rank \(FP32, MiB\)$'
 expect dp4-params '^  parameters +3\.21 +842624 floats$'
 expect dp4-grads '^  gradients +3\.21 '
 expect dp4-optim '^  optimizer state +6\.43 +AdamW m and v, not sharded'
@@ -69,7 +69,7 @@ expect tp2dp2-world '^  world size  4 = dp 2 × pp 1 × sp 1 × tp 2$'
 expect tp2dp2-tp '^  tp +2 groups of 2 +\{0,1\} \{2,3\}$'
 expect tp2dp2-dp '^  dp +2 groups of 2 +\{0,2\} \{1,3\}$'
 expect tp2dp2-dpsp '^  dp×sp +2 groups of 2 +\{0,2\} \{1,3\}$'
-expect tp2dp2-exact '^memory per rank \(fp32, MiB\)$'
+expect tp2dp2-exact '^memory per rank \(FP32, MiB\)$'
 # Per rank: wte 129·128 (257 rows split, padded to 258) + wpe 16384 + 4·99520 + 256 = 431232.
 expect tp2dp2-params '^  parameters +1\.65 +431232 floats$'
 expect tp2dp2-trainable '^loom train: can run this layout \(4 ranks\)$'
@@ -108,6 +108,24 @@ expect sp2-dp '^  dp +4 groups of 2 +\{0,4\} \{1,5\} \{2,6\} \{3,7\}$'
 expect sp2-dpsp '^  dp×sp +2 groups of 4 +\{0,2,4,6\} \{1,3,5,7\}$'
 expect sp2-tokens 'seq_len 128 \(64 tokens per sp rank\)'
 
+# --- runtime.precision BF16: fp32 parameters, gradients and AdamW state as at FP32; bf16
+# activations (half the arena, within the 64-byte alignment of each region) and the weights'
+# bf16 copy (1.61 MiB: 842624 × 2 bytes) ---
+plan fp32-arena --set runtime.threads=1
+activations_fp32=$(grep -oE '^  activations +[0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
+plan bf16 --set runtime.threads=1 --set runtime.precision=BF16
+expect bf16-header '^memory per rank \(BF16: fp32 master weights, gradients and AdamW state; bf16 activations, MiB\)$'
+expect bf16-params '^  parameters +3\.21 +842624 floats$'
+expect bf16-optim '^  optimizer state +6\.43 '
+expect bf16-copy '^  weight copy +1\.61 +bf16 copy of the parameters'
+activations_bf16=$(grep -oE '^  activations +[0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
+if awk -v a="${activations_bf16:-0}" -v b="${activations_fp32:-0}" \
+     'BEGIN { r = a / b; exit !(b > 0 && r > 0.49 && r < 0.52) }'; then
+  pass
+else
+  fail "bf16 activations ${activations_bf16:-?} MiB are not about half of fp32's ${activations_fp32:-?}"
+fi
+
 # --- sp = 4: exact memory (the rank's 32 rows of each sequence and the ring's buffers), less
 # activation memory than sp = 1, and the longest sequence in a budget growing with sp ---
 plan sp1-budget --set runtime.threads=1 --memory-gb 0.25
@@ -115,7 +133,7 @@ expect sp1-longest '^  train\.seq_len [0-9]+ \([0-9]+ tokens per sp rank\): [0-9
 longest_sp1=$(grep -oE 'train\.seq_len [0-9]+' <<<"$out" | grep -oE '[0-9]+')
 activations_sp1=$(grep -oE '^  activations +[0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
 plan sp4 --set parallel.sp=4 --set runtime.threads=1 --memory-gb 0.25
-expect sp4-exact '^memory per rank \(fp32, MiB\)$'
+expect sp4-exact '^memory per rank \(FP32, MiB\)$'
 expect sp4-rows 'micro_batch 16 × seq_len 128 \(32 rows per sp rank\)'
 expect sp4-ring '^  sp 4: activations of the rank.s rows; ring attention'
 longest_sp4=$(grep -oE 'train\.seq_len [0-9]+' <<<"$out" | grep -oE '[0-9]+')

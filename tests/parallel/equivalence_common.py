@@ -1,6 +1,11 @@
 """Shared pieces of the layout-equivalence tests (dp_equivalence.py, tp_equivalence.py): running
 loom under mpirun, reading metrics.jsonl, and comparing losses step by step against the
-single-process run."""
+single-process run.
+
+Each test takes `LOOM SRC [--device DEVICE]`: with --device every run of it (the single-process
+reference and every layout) sets runtime.device, and the reference is also checked against the
+CPU's: the emulated device runs the CPU's kernels in the same order, so its losses are the same
+bits."""
 import array
 import json
 import math
@@ -8,11 +13,13 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 TOLERANCE = 1e-5
 CHECKPOINT_TOLERANCE = 1e-4
 failures = []
+DEVICE = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else None
 
 
 def mpirun(ranks):
@@ -36,7 +43,7 @@ def metrics(run_dir):
         return [json.loads(line) for line in f]
 
 
-def compare(name, reference, got, first_step=1):
+def compare(name, reference, got, first_step=1, tolerance=TOLERANCE):
     ref = {m["step"]: m for m in reference}
     if [m["step"] for m in got] != list(range(first_step, len(reference) + 1)):
         failures.append(f"{name}: steps {[m['step'] for m in got]}")
@@ -50,10 +57,11 @@ def compare(name, reference, got, first_step=1):
                     failures.append(f"{name}: step {m['step']} lacks {key}")
                     return
                 worst = max(worst, abs(a - b) / abs(a))
-    status = "ok" if worst <= TOLERANCE else "FAIL"
+    status = "ok" if worst <= tolerance else "FAIL"
     print(f"{status}: {name}: worst relative loss difference {worst:.2e} over {len(got)} steps")
-    if worst > TOLERANCE:
-        failures.append(f"{name}: relative loss difference {worst:.3e} > {TOLERANCE}")
+    if worst > tolerance:
+        failures.append(f"{name}: relative loss difference {worst:.3e} > {tolerance}")
+    return worst
 
 
 def prepare_data(loom, src):
@@ -71,7 +79,7 @@ optim {{ lr: 3e-3 warmup_steps: 2 }}
 data {{ train_shards: "data/train_*.bin" val_shards: "data/val_*.bin" }}
 checkpoint {{ interval: 3 }}
 logging {{ interval: 1 sample_tokens: 0 }}
-runtime {{ threads: 1 }}
+runtime {{ threads: 1{f" device: {DEVICE}" if DEVICE else ""} }}
 """
 
 
@@ -84,6 +92,16 @@ def reference_run(loom, name, config_text):
     ref_dir = f"ref-{name}"
     if not run([loom, "train", config, "--run-dir", ref_dir], f"{name} single"):
         return config, None
+    if DEVICE:
+        cpu_dir = f"ref-{name}-cpu"
+        if run([loom, "train", config, "--run-dir", cpu_dir, "--set", "runtime.device=CPU"],
+               f"{name} single on the CPU"):
+            values = lambda d: [(m["loss"], m.get("val_loss"), m["grad_norm"]) for m in metrics(d)]
+            same = values(cpu_dir) == values(ref_dir)
+            print(f"{'ok' if same else 'FAIL'}: {name}: single process on {DEVICE} and on the CPU: "
+                  f"{'the same losses, bit for bit' if same else 'different losses'}")
+            if not same:
+                failures.append(f"{name}: {DEVICE} and CPU single-process losses differ")
     return config, metrics(ref_dir)
 
 

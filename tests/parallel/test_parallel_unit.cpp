@@ -160,7 +160,7 @@ TEST(GradReducerSelf, CutsBucketsFromTheEnd) {
   EXPECT_EQ(red.buckets[2].range.end, 2u);
   ASSERT_EQ(grad_reducer_owned(red).size(), 1u);
   EXPECT_EQ(grad_reducer_owned(red)[0].end, 10u);
-  EXPECT_TRUE(red.shard.empty());
+  EXPECT_EQ(red.shard, nullptr);
 }
 
 TEST(GradReducerSelf, LaunchesWhenABucketIsComplete) {
@@ -189,8 +189,9 @@ TEST(GradReducerSelf, ZeroShardIsTheWholeBucket) {
   std::unique_ptr<Communicator> self = make_self_communicator("dp_sp", 0);
   std::vector<float> grads(10);
   std::iota(grads.begin(), grads.end(), 1.0f);
-  GradReducer red = grad_reducer_create(*self, grads.data(), 10, 4, true, true);
-  ASSERT_EQ(red.shard.size(), 10u);
+  ASSERT_EQ(grad_reducer_shard_floats(10, 4, 1, 0), 10u);
+  std::vector<float> shard(10);
+  GradReducer red = grad_reducer_create(*self, grads.data(), 10, 4, true, true, shard.data());
   const std::vector<ShardRange> owned = grad_reducer_owned(red);
   ASSERT_EQ(owned.size(), 3u);
   EXPECT_EQ(owned[0].begin, 6u);
@@ -199,9 +200,9 @@ TEST(GradReducerSelf, ZeroShardIsTheWholeBucket) {
   grad_reducer_ready(red, 0, 10);
   grad_reducer_finish(red);
   // Compact order is bucket order: [6, 10), [2, 6), [0, 2).
-  EXPECT_EQ(red.shard, (std::vector<float>{7, 8, 9, 10, 3, 4, 5, 6, 1, 2}));
+  EXPECT_EQ(shard, (std::vector<float>{7, 8, 9, 10, 3, 4, 5, 6, 1, 2}));
   std::vector<float> full(10, 0);
-  grad_reducer_gather(red, red.shard.data(), full.data());
+  grad_reducer_gather(red, shard.data(), full.data());
   EXPECT_EQ(full, grads);
   grad_reducer_gather_in_place(red, grads.data());
   EXPECT_FLOAT_EQ(grads[0], 1.0f);

@@ -46,7 +46,7 @@ int run(int argc, char** argv) {
   loom::model_plan(model, B, T, pipe.slots, pipe.boundaries, false,
                    loom::recompute_policy(cfg.train()));
   loom::Optimizer optimizer = loom::optimizer_create(model);
-  loom::safetensors_write(out + "/init.safetensors", named(model, model.params), {});
+  loom::safetensors_write(out + "/init.safetensors", named(model, model.params.download()), {});
 
   loom::Rng rng{cfg.train().seed() + 1};
   std::vector<int> tokens(static_cast<size_t>(S) * B * (T + 1));
@@ -73,7 +73,7 @@ int run(int argc, char** argv) {
     if (!r.finite) throw loom::Error("non-finite loss in the parity run");
     losses << r.loss << "\n";
     // AdamW leaves the gradients as they were: step 0's are still there, unclipped.
-    if (s == 0) loom::safetensors_write(out + "/grads0.safetensors", named(model, model.grads), {});
+    if (s == 0) loom::safetensors_write(out + "/grads0.safetensors", named(model, model.grads.download()), {});
   }
 
   std::ofstream(out + "/model.json") << loom::model_config_json(cfg.model()) << "\n";

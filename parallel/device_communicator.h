@@ -1,0 +1,28 @@
+// Communication over a kernel backend's memory with a transport that does not know the backend's
+// stream (MPI over the emulated device, or over a GPU without stream-aware collectives).
+//
+// The kernels that write a buffer may still be queued when the caller starts an operation on it,
+// and the memory may be closed to the host (kernels/emulated/backend.h). This communicator wraps
+// another: before each operation it calls backend.lend_to_host() (which waits for the work issued
+// so far and keeps the memory reachable), and its Work handles hold that lend until the operation
+// has completed. Sizes, order rules and errors are the inner communicator's. On the CPU backend
+// the lend is empty and costs a virtual call.
+//
+//   std::unique_ptr<loom::Communicator> tp = loom::make_device_communicator(std::move(mpi_tp), be);
+//   loom::WorkPtr w = tp->all_reduce_async(h, n, loom::DataType::kFloat32, loom::ReduceOp::kSum);
+//   w->wait();   // h's sum is in place; kernels queued from now on see it
+#pragma once
+#include <memory>
+
+#include "kernels/backend.h"
+#include "parallel/communicator.h"
+
+namespace loom {
+
+std::unique_ptr<Communicator> make_device_communicator(
+    std::unique_ptr<Communicator> inner, std::shared_ptr<const kernels::KernelBackend> backend);
+
+// The DataType of `be`'s activations (fp32 or bf16), for messages of activations.
+DataType activation_data_type(const kernels::KernelBackend& be);
+
+}  // namespace loom
