@@ -1,6 +1,6 @@
 #include "core/backend.h"
 
-#include "core/error.h"
+#include "base/error.h"
 #include "kernels/cpu/backend.h"
 #include "kernels/emulated/backend.h"
 

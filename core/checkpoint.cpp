@@ -15,7 +15,7 @@
 #include <utility>
 
 #include "core/config.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "core/checkpoint_pieces.h"
 #include "core/file_io.h"
 

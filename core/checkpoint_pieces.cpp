@@ -9,9 +9,9 @@
 #include <cstring>
 #include <map>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/file_io.h"
-#include "core/tensor_parallel.h"
+#include "core/param_shards.h"
 
 namespace loom {
 namespace {

@@ -15,7 +15,7 @@
 #include <thread>
 #include <tuple>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/pipeline.h"
 #include "core/stage_plan.h"
 

@@ -15,8 +15,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "core/error.h"
-#include "core/rng.h"
+#include "base/error.h"
+#include "base/rng.h"
 #include "core/tokenizer.h"
 
 namespace loom {

@@ -12,7 +12,7 @@
 #include <set>
 #include <sstream>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace loom {
 namespace {

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/rng.h"
+#include "base/rng.h"
 
 namespace loom {
 namespace {

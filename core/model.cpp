@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <functional>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/model_internal.h"
 
 namespace loom {

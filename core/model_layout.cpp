@@ -4,10 +4,10 @@
 #include <cmath>
 
 #include "core/backend.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "core/model_internal.h"
-#include "core/rng.h"
-#include "core/tensor_parallel.h"
+#include "base/rng.h"
+#include "core/param_shards.h"
 #include "parallel/device_communicator.h"
 
 namespace loom {

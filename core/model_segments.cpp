@@ -3,7 +3,7 @@
 // ChunkSegment; docs/architecture.md, "Recomputation").
 #include <algorithm>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/model_internal.h"
 
 namespace loom::model_detail {

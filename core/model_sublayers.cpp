@@ -1,7 +1,7 @@
 #include <algorithm>
 #include <chrono>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/model_internal.h"
 
 namespace loom::model_detail {

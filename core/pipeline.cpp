@@ -7,9 +7,9 @@
 
 #include "core/backend.h"
 #include "core/config.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "core/loop_sampling.h"
-#include "core/tensor_parallel.h"
+#include "core/param_shards.h"
 #include "parallel/device_communicator.h"
 #include "parallel/grad_reducer.h"
 

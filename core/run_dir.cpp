@@ -14,7 +14,7 @@
 
 #include <google/protobuf/util/message_differencer.h>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace loom {
 

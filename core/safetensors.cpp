@@ -8,8 +8,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/error.h"
-#include "core/json_text.h"
+#include "base/error.h"
+#include "base/json_text.h"
 
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "core/model.h"
-#include "core/rng.h"
+#include "base/rng.h"
 
 namespace loom {
 

@@ -8,7 +8,7 @@
 #include <random>
 #include <thread>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace loom {
 namespace {

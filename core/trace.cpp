@@ -14,7 +14,7 @@
 #include <set>
 #include <sstream>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace loom {
 namespace {

@@ -4,8 +4,8 @@
 #include <chrono>
 #include <cmath>
 
-#include "core/error.h"
-#include "core/tensor_parallel.h"
+#include "base/error.h"
+#include "core/param_shards.h"
 
 namespace loom {
 namespace {

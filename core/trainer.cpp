@@ -1,6 +1,7 @@
 #include "core/trainer.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -19,14 +20,15 @@
 #include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/data.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "core/loop_sampling.h"
 #include "core/rank_health.h"
-#include "core/rng.h"
+#include "base/rng.h"
 #include "core/run_dir.h"
+#include "core/run_inputs.h"
 #include "core/shared_files.h"
 #include "core/sample.h"
-#include "core/tensor_parallel.h"
+#include "core/param_shards.h"
 #include "core/tokenizer.h"
 #include "kernels/cpu/threads.h"
 #include "parallel/device_communicator.h"
@@ -45,7 +47,7 @@ struct BitsPerByte {
 
 std::string metrics_line(long step, int loops, const StepResult& r, float lr, double tokens_per_s,
                          double ms, double val_loss, bool skipped, double activation_bytes,
-                         const BitsPerByte& bpb, const RankHealth* health) {
+                         const BitsPerByte& bpb, const RankHealth* health, const std::string& sent) {
   std::ostringstream out;
   out.precision(8);
   out << "{\"step\":" << step << ",\"loops\":" << loops << ",\"loss\":" << json_number(r.loss)
@@ -60,6 +62,7 @@ std::string metrics_line(long step, int loops, const StepResult& r, float lr, do
     out << ",\"rank_busy_ms_min\":" << health->min_ms << ",\"rank_busy_ms_median\":"
         << health->median_ms << ",\"rank_busy_ms_max\":" << health->max_ms
         << ",\"slowest_rank\":" << health->slowest;
+  if (!sent.empty()) out << ",\"sent_mib\":{" << sent << "}";
   if (skipped) out << ",\"skipped\":true";
   out << "}";
   return out.str();
@@ -68,6 +71,19 @@ std::string metrics_line(long step, int loops, const StepResult& r, float lr, do
 }  // namespace
 
 namespace {
+
+// The payload bytes this rank's groups sent (parallel/device_communicator.h), read and reset
+// each step: tp, sp, pp, dp (dp × sp, the gradient reduction), replica (shared weights summed
+// over pipeline stages) and world (the step's scalars).
+struct Traffic {
+  std::vector<std::pair<std::string, std::shared_ptr<std::atomic<uint64_t>>>> groups;
+  std::shared_ptr<std::atomic<uint64_t>> counter(const std::string& name) {
+    for (auto& [n, c] : groups)
+      if (n == name) return c;
+    groups.emplace_back(name, std::make_shared<std::atomic<uint64_t>>(0));
+    return groups.back().second;
+  }
+};
 
 // Everything one rank trains with, built once by train().
 struct Run {
@@ -83,6 +99,7 @@ struct Run {
   TraceRecorder trace;
   CheckpointWriter checkpoints;  // every rank writes its pieces (checkpoint.async: in the background)
   kernels::DeviceArray<float> grad_shard;  // ZeRO-1: the reducer's shard of the gradients
+  Traffic* traffic = nullptr;              // not owned
 };
 
 // The model's layout on this rank: its tensor-parallel shards, its pipeline pieces and its part
@@ -95,23 +112,30 @@ Model create_model(const config::RunConfig& cfg, ProcessGroups& groups,
   return model_create(cfg.model(), backend, tp, {stage_plan_create(cfg), groups.coord.pp}, sp);
 }
 
-// Every group of `groups` communicates through `backend` (parallel/device_communicator.h).
-void device_groups(ProcessGroups& groups, const std::shared_ptr<const kernels::KernelBackend>& backend) {
-  for (std::unique_ptr<Communicator>* comm :
-       {&groups.world, &groups.dp, &groups.pp, &groups.sp, &groups.tp, &groups.dp_sp})
-    *comm = make_device_communicator(std::move(*comm), backend);
+// Every group of `groups` communicates through `backend` (parallel/device_communicator.h); the
+// ones of more than one rank count what they send into `traffic`.
+void device_groups(ProcessGroups& groups, const std::shared_ptr<const kernels::KernelBackend>& backend,
+                   Traffic& traffic) {
+  const std::pair<std::unique_ptr<Communicator>*, const char*> all[] = {
+      {&groups.world, "world"}, {&groups.dp, nullptr}, {&groups.pp, "pp"},
+      {&groups.sp, "sp"},       {&groups.tp, "tp"},    {&groups.dp_sp, "dp"}};
+  for (auto [comm, name] : all) {  // dp alone carries nothing of its own: dp_sp reduces gradients
+    auto sent = name && (*comm)->size() > 1 ? traffic.counter(name) : nullptr;
+    *comm = make_device_communicator(std::move(*comm), backend, std::move(sent));
+  }
 }
 
 // Groups for the tensors several stages hold; collective over the world, the same order on every
 // rank.
-std::vector<ReplicaGroup> create_replica_groups(const Model& model, ProcessGroups& groups) {
+std::vector<ReplicaGroup> create_replica_groups(const Model& model, ProcessGroups& groups,
+                                               Traffic& traffic) {
   std::vector<ReplicaGroup> out;
   if (!groups.mpi) return out;
   for (const std::vector<int>& holders : pipeline_replica_sets(model)) {
     std::string name = "replica";
     for (int s : holders) name.append("_").append(std::to_string(s));
     std::unique_ptr<Communicator> comm = process_groups_pipeline_subset(groups, holders, name);
-    if (comm) comm = make_device_communicator(std::move(comm), model.backend);
+    if (comm) comm = make_device_communicator(std::move(comm), model.backend, traffic.counter("replica"));
     out.push_back({holders, std::move(comm)});
   }
   return out;
@@ -170,7 +194,7 @@ void set_up_run(Run& run) {
   model_plan(model, cfg.train().micro_batch(), cfg.train().seq_len() / model.sp.size,
              run.pipe.slots, run.pipe.boundaries, run.pipe.split_backward,
              recompute_policy(cfg.train()));
-  run.replica_groups = create_replica_groups(model, run.groups);
+  run.replica_groups = create_replica_groups(model, run.groups, *run.traffic);
   run.replicas = replica_sync_create(model, run.replica_groups);
   run.replicas.trace = &run.trace;
   if (run.groups.dp_sp->size() > 1) {
@@ -286,51 +310,6 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
   }
 }
 
-// What the training shards hold (data.textproto beside them; none for shards made elsewhere),
-// checked against the model's vocabulary.
-std::optional<config::DataInfo> training_data_info(const config::RunConfig& cfg,
-                                                   std::string* dir) {
-  const std::optional<config::DataInfo> info =
-      data_info_for_shards(cfg.data().train_shards(), dir);
-  if (info && cfg.model().vocab_size() < info->vocab_size())
-    throw Error("model.vocab_size (" + std::to_string(cfg.model().vocab_size()) +
-                ") is smaller than the data's vocabulary (" +
-                std::to_string(info->vocab_size()) + " ids, " + *dir + "/" + kDataInfoFile +
-                "): set model.vocab_size=" + std::to_string(info->vocab_size()));
-  return info;
-}
-
-// What the validation shards hold, when described: the same tokens as the training data's.
-std::optional<config::DataInfo> validation_data_info(const config::RunConfig& cfg,
-                                                     const std::optional<config::DataInfo>& train,
-                                                     const std::string& train_dir,
-                                                     std::string* dir) {
-  if (cfg.data().val_shards().empty()) return std::nullopt;
-  const std::optional<config::DataInfo> val = data_info_for_shards(cfg.data().val_shards(), dir);
-  if (val && train && !data_info_same_tokens(*train, train_dir, *val, *dir))
-    throw Error("data.val_shards (" + *dir + "/" + kDataInfoFile +
-                ") hold other tokens than data.train_shards (" + train_dir + "/" +
-                kDataInfoFile + "): validate on shards made with the same tokenizer");
-  return val;
-}
-
-// Keeps the data's description (and tokenizer) in the run directory, for loom sample. A resumed
-// run must go on with the same tokens: what the run recorded must match the data's.
-void record_data(const config::DataInfo& info, const std::string& data_dir,
-                 const fs::path& run_dir, bool resume) {
-  const fs::path recorded = run_dir / kDataInfoFile;
-  std::error_code ec;
-  if (resume && fs::exists(recorded, ec)) {
-    if (!data_info_same_tokens(data_info_read(recorded.string()), run_dir.string(), info,
-                               data_dir))
-      throw Error("--resume: the data's tokens (" + data_dir + "/" + kDataInfoFile +
-                  ") are not the ones the run was trained on (" + recorded.string() +
-                  "): resume with the run's data");
-    return;
-  }
-  data_info_copy(info, data_dir, run_dir.string());
-}
-
 // Generates logging.sample_tokens tokens at the end of training: collective over the
 // tensor-parallel group of rank 0 (pp = sp = 1), or on rank 0 alone from the gathered global
 // model.
@@ -382,63 +361,317 @@ void write_trace(Run& run, const fs::path& run_dir, RunLog& log) {
            " steps: " + (run_dir / "trace.json").string() + " (loom trace FILE --svg OUT)");
 }
 
+// The compute threads of this rank: runtime.threads, or its share of the node's cores.
+int start_threads(const config::RunConfig& cfg, const ProcessGroups& groups) {
+  int threads = cfg.runtime().threads();
+  if (threads == 0 && groups.local_ranks > 1)
+    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / groups.local_ranks);
+  return kernels::cpu::init_threads(threads);
+}
+
+// The training loop's state, shared by its phases.
+struct LoopState {
+  explicit LoopState(const config::RunConfig& cfg, const TokenDataset* data)
+      : rng{cfg.train().seed()}, loader{data, cfg.train().seed(), cfg.train().shuffle()} {}
+  Rng rng;
+  DataLoader loader;
+  long step = 0, first_step = 0;
+  int64_t tokens_seen = 0;
+  std::vector<int> inputs, targets;  // this rank's micro-batches of the step
+  StepParallel parallel;
+  double activation_peak = -1;  // bytes, the largest of any rank (from the first step)
+  double busy_ms = 0;           // this rank's, since the last logging interval
+  int busy_steps = 0;
+  StragglerWatch straggler;
+  // pp or sp > 1: the whole model's parameters, on rank 0, for sampling on one rank.
+  bool sample_whole = false;
+  std::vector<float> final_params;
+  Clock::time_point started;
+  std::ofstream metrics;  // rank 0
+  TrainSummary summary;
+};
+
+// Everything the phases of train() work on.
+struct Training {
+  const config::RunConfig& cfg;
+  const TrainOptions& options;
+  RunInputs& in;
+  Run& run;
+  RunLog& log;
+  LoopState& loop;
+  Traffic& traffic;
+  bool writer() const { return run.groups.rank == 0; }
+};
+
+// What one step left for the phase after it.
+struct StepOutcome {
+  StepResult result;
+  float lr = 0;
+  int loops = 0;
+  double ms = 0;
+  std::string sent;  // metrics.jsonl's sent_mib
+};
+
+// Writes a checkpoint of the step just completed (with `final`, also gathers the parameters the
+// closing sample needs); collective.
+void save_now(Training& tr, bool final) {
+  LoopState& loop = tr.loop;
+  flight_phase(tr.options.flight, "checkpoint");
+  CheckpointState state{tr.cfg, loop.step, loop.loader.position, loop.rng.state, loop.tokens_seen};
+  const auto start = Clock::now();
+  save_checkpoint(tr.run, state, tr.in.checkpoints_dir.string());
+  if (final && loop.sample_whole) gather_whole_params(tr.run, loop.final_params);
+  loop.summary.last_checkpoint = (tr.in.checkpoints_dir / format("step_%07ld", loop.step)).string();
+  const double stall = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  tr.log.line(format("checkpoint of step %ld: training stalled %.1f ms%s", loop.step, stall,
+                     tr.cfg.checkpoint().async() ? " (written in the background)" : ""));
+}
+
+// Resumes from the newest checkpoint (--resume), records the config, opens metrics.jsonl and
+// logs what the run is; collective.
+void start_loop(Training& tr, int threads) {
+  const config::RunConfig& cfg = tr.cfg;
+  LoopState& loop = tr.loop;
+  const ProcessGroups& groups = tr.run.groups;
+  if (tr.options.resume) {
+    if (const std::optional<CheckpointState> state =
+            resume_run(tr.run, tr.in.checkpoints_dir.string(), tr.log)) {
+      loop.step = state->step;
+      loop.loader.position = state->data_position;
+      loop.rng.state = state->rng_state;
+      loop.tokens_seen = state->tokens_seen;
+    }
+    if (tr.writer()) truncate_metrics(tr.in.run_dir / "metrics.jsonl", loop.step);
+  }
+  if (tr.writer()) {
+    std::ofstream out(tr.in.run_dir / "config.textproto", std::ios::trunc);
+    out << config_to_text(cfg);
+    loop.metrics.open(tr.in.run_dir / "metrics.jsonl", std::ios::app);
+  }
+  log_layout(tr.log, tr.run, threads, model_global_floats(model_layout(cfg.model())));
+  const PipelineKind kind = pipeline_kind(cfg);
+  if (groups.mesh.pp == 1 && kind != PipelineKind::kOneFOneB)
+    tr.log.warn(std::string("parallel.pipeline_schedule ") + pipeline_kind_name(kind) +
+                " with parallel.pp = 1 only costs memory (" +
+                (kind == PipelineKind::kGPipe ? "every micro-batch's activations are kept"
+                                              : "each slot keeps the weight pass's output gradients") +
+                "); ONE_F_ONE_B runs one micro-batch at a time");
+  const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
+  tr.log.line(format("data: %lld training sequences of %d tokens; %d micro-batch(es) of %d "
+                     "sequences per step%s; run directory %s",
+                     static_cast<long long>(tr.in.train_data.num_sequences()), T,
+                     grad_accum_steps(cfg), B, groups.dp_sp->size() > 1 ? " per rank" : "",
+                     tr.in.run_dir.string().c_str()));
+  if (const auto& info = tr.in.data_info)
+    tr.log.line(format("tokens: %s, vocabulary %d (end-of-text %d), %.2f bytes of text per token",
+                       info->tokenizer() == config::DataInfo::SENTENCEPIECE
+                           ? ("SentencePiece " + tr.in.data_dir + "/" + info->tokenizer_file()).c_str()
+                           : "bytes",
+                       info->vocab_size(), info->end_of_text(),
+                       static_cast<double>(info->train_bytes()) / info->train_tokens()));
+  const size_t local_tokens = static_cast<size_t>(B) * grad_accum_steps(cfg) * T;
+  loop.inputs.resize(local_tokens);
+  loop.targets.resize(local_tokens);
+  loop.summary.run_dir = tr.in.run_dir.string();
+  loop.started = Clock::now();
+  loop.first_step = loop.step;
+  loop.sample_whole = groups.mesh.pp > 1 || groups.mesh.sp > 1;
+  if (groups.dp_sp->size() > 1) loop.parallel = {groups.dp_sp.get(), &tr.run.reducer};
+  loop.parallel.flight = tr.options.flight;
+  if (groups.mesh.pp > 1) {
+    loop.parallel.pp = groups.pp.get();
+    loop.parallel.replicas = &tr.run.replicas;
+  }
+  if (cfg.logging().trace_steps() > 0) {
+    if (groups.is_distributed()) groups.world->barrier();  // one time 0 for every rank
+    trace_start(tr.run.trace);
+  }
+}
+
+// Reads this rank's part of the global batch and trains one step on it.
+StepOutcome run_step(Training& tr) {
+  const config::RunConfig& cfg = tr.cfg;
+  const auto& t = cfg.train();
+  LoopState& loop = tr.loop;
+  const ProcessGroups& groups = tr.run.groups;
+  const int B = t.micro_batch(), T = t.seq_len(), accum = grad_accum_steps(cfg);
+  const auto step_start = Clock::now();
+  for (auto& [name, bytes] : tr.traffic.groups) bytes->store(0);
+  flight_step(tr.options.flight, loop.step + 1, "loading data");
+  tr.run.trace.step = static_cast<int>(loop.step - loop.first_step);
+  loop.parallel.trace = tr.run.trace.enabled ? &tr.run.trace : nullptr;
+  // This rank's contiguous part of the global batch, in micro-batches.
+  const int64_t batch_start = loop.loader.position;
+  loop.loader.position = batch_start + groups.coord.dp * static_cast<int64_t>(B) * accum;
+  try {
+    for (int micro = 0; micro < accum; ++micro)
+      loader_next(loop.loader, loop.inputs.data() + static_cast<size_t>(micro) * B * T,
+                  loop.targets.data() + static_cast<size_t>(micro) * B * T, B);
+  } catch (const Error& e) {
+    // A shard that changed under the run: the state after the last step is sound, so one
+    // process keeps it (ranks of a job cannot all be reached for the collective save).
+    loop.loader.position = batch_start;
+    if (groups.is_distributed() || loop.step == 0) throw;
+    save_now(tr, false);
+    throw Error(std::string(e.what()) + " (a checkpoint of step " + std::to_string(loop.step) +
+                " was saved)");
+  }
+  loop.loader.position = batch_start + t.global_batch();
+  StepOutcome out;
+  out.lr = learning_rate(cfg.optim(), t.steps(), loop.step);
+  out.loops = draw_loops(cfg, loop.step);
+  model_set_loops(tr.run.model, out.loops);
+  out.result = train_step(tr.run.model, tr.run.optimizer, tr.run.pipe, cfg, out.lr,
+                          loop.inputs.data(), loop.targets.data(), loop.parallel);
+  if (!out.result.finite) {
+    const std::string what = format("non-finite %s at step %ld (loss %g, gradient norm %g)",
+                                    std::isfinite(out.result.loss) ? "gradient" : "loss",
+                                    loop.step + 1, out.result.loss, out.result.grad_norm);
+    if (t.on_nonfinite() == config::TrainConfig::STOP)
+      throw Error(what + "; the run stopped (its last checkpoint is intact). Lower optim.lr, "
+                         "or set train.on_nonfinite=SKIP_STEP to skip such steps");
+    tr.log.line(what + ": step skipped");
+  }
+  ++loop.step;
+  loop.tokens_seen += static_cast<int64_t>(t.global_batch()) * T;
+  out.ms = std::chrono::duration<double, std::milli>(Clock::now() - step_start).count();
+  // What each group sent during the step (validation and the checks after it not counted).
+  for (auto& [name, bytes] : tr.traffic.groups)
+    out.sent += format("%s\"%s\":%.6f", out.sent.empty() ? "" : ",", name.c_str(),
+                       bytes->load() / 1048576.0);
+  return out;
+}
+
+// The step's line in metrics.jsonl (rank 0) and, every logging interval, on the terminal.
+void record_step(Training& tr, const StepOutcome& o, double val_loss,
+                 const std::optional<RankHealth>& health) {
+  const auto& t = tr.cfg.train();
+  LoopState& loop = tr.loop;
+  const double tokens_per_s = static_cast<double>(t.global_batch()) * t.seq_len() / (o.ms / 1000.0);
+  if (tr.writer()) {
+    BitsPerByte bpb;
+    if (const auto& info = tr.in.data_info) {
+      bpb.train = bits_per_byte(o.result.loss, info->train_tokens(), info->train_bytes());
+      if (tr.in.val_info && (val_loss >= 0 || std::isnan(val_loss)))
+        bpb.val = bits_per_byte(val_loss, tr.in.val_info->val_tokens(), tr.in.val_info->val_bytes());
+    }
+    loop.metrics << metrics_line(loop.step, o.loops, o.result, o.lr, tokens_per_s, o.ms, val_loss,
+                                 !o.result.finite, loop.activation_peak, bpb,
+                                 health ? &*health : nullptr, o.sent)
+                 << '\n';
+    loop.metrics.flush();
+  }
+  loop.summary.last_loss = o.result.loss;
+  const long step = loop.step;
+  if (step % tr.cfg.logging().interval() != 0 && step != loop.first_step + 1 &&
+      step != t.steps() && val_loss < 0)
+    return;
+  const double elapsed = std::chrono::duration<double>(Clock::now() - loop.started).count();
+  const double eta = elapsed / (step - loop.first_step) * (t.steps() - step);
+  std::string line = format("step %5ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s "
+                            "| %.0f ms/step | ETA %s",
+                            step, static_cast<long>(t.steps()), o.result.loss, o.lr,
+                            o.result.grad_norm, tokens_per_s, o.ms, duration(eta).c_str());
+  if (tr.run.groups.is_distributed())
+    line += format(" | comm wait %.0f ms", o.result.comm_wait_s * 1000.0);
+  if (val_loss >= 0) line += format(" | val_loss %.4f", val_loss);
+  tr.log.line(line);
+}
+
+// After a step: validation, the trace, the activation peak and the ranks' health, the step's
+// record, a checkpoint when due, and the stop check. Returns false when the run stops here (a
+// stop request on any rank stops every rank after the same step); collective.
+bool after_step(Training& tr, const StepOutcome& o) {
+  const config::RunConfig& cfg = tr.cfg;
+  const auto& t = cfg.train();
+  LoopState& loop = tr.loop;
+  ProcessGroups& groups = tr.run.groups;
+  FlightRecorder* flight = tr.options.flight;
+  double val_loss = -1.0;
+  if (tr.in.validate && (loop.step % t.eval_interval() == 0 || loop.step == t.steps())) {
+    model_set_loops(tr.run.model, eval_loops(cfg));
+    flight_phase(flight, "evaluation");
+    val_loss = evaluate(tr.run.model, tr.run.pipe, tr.in.val_data, t.eval_batches(),
+                        t.global_batch(), t.micro_batch(), t.seq_len(),
+                        {groups.coord.dp, groups.mesh.dp}, *groups.dp_sp, groups.pp.get());
+    loop.summary.last_val_loss = val_loss;
+  }
+  flight_phase(flight, "end of step (trace, metrics, stop check)");
+  if (tr.run.trace.enabled && loop.step - loop.first_step == cfg.logging().trace_steps())
+    write_trace(tr.run, tr.in.run_dir, tr.log);
+  // The largest activation peak of any rank, reached in the first step (every step runs the
+  // same schedule).
+  if (loop.activation_peak < 0) {
+    loop.activation_peak = pipeline_activation_memory(tr.run.pipe, tr.run.model).peak;
+    if (groups.is_distributed())
+      groups.world->all_reduce_async(&loop.activation_peak, 1, DataType::kFloat64, ReduceOp::kMax)
+          ->wait();
+  }
+  // Every logging interval (the same steps on every rank): each rank's mean busy time.
+  loop.busy_ms += o.ms - o.result.comm_wait_s * 1000.0;
+  ++loop.busy_steps;
+  std::optional<RankHealth> health;
+  if (groups.is_distributed() &&
+      (loop.step % cfg.logging().interval() == 0 || loop.step == t.steps())) {
+    health = rank_health_gather(*groups.world, loop.busy_ms / loop.busy_steps);
+    loop.busy_ms = 0;
+    loop.busy_steps = 0;
+    const std::string warning =
+        straggler_check(loop.straggler, *health, cfg.logging().straggler_pct());
+    if (!warning.empty() && tr.writer()) tr.log.warn(warning);
+  }
+  record_step(tr, o, val_loss, health);
+  if (cfg.checkpoint().interval() > 0 && loop.step % cfg.checkpoint().interval() == 0)
+    save_now(tr, loop.step == t.steps());
+  tr.run.checkpoints.poll();  // publishes a background checkpoint once every rank has written it
+  int64_t stop = tr.options.stop_request ? tr.options.stop_request->load() : 0;
+  if (groups.is_distributed())
+    groups.world->all_reduce_async(&stop, 1, DataType::kInt64, ReduceOp::kMax)->wait();
+  if (stop == 0 || loop.step >= t.steps()) return true;
+  loop.summary.stopped_by_signal = static_cast<int>(stop);
+  return false;
+}
+
+// The last checkpoint, published before any rank goes on, then the closing sample.
+TrainSummary finish_run(Training& tr) {
+  LoopState& loop = tr.loop;
+  FlightRecorder* flight = tr.options.flight;
+  if (tr.run.trace.enabled) write_trace(tr.run, tr.in.run_dir, tr.log);  // fewer steps than asked
+  if (loop.summary.last_checkpoint.empty() ||
+      !loop.summary.last_checkpoint.ends_with(format("step_%07ld", loop.step)))
+    save_now(tr, true);
+  tr.run.checkpoints.wait();  // the run's last checkpoint is on disk when it ends
+  tr.log.line("checkpoint: " + loop.summary.last_checkpoint);
+  // The sampling below can take longer than a collective timeout, and nothing waits for it.
+  flight_phase(flight, "finishing");
+  if (tr.run.groups.is_distributed()) tr.run.groups.world->barrier();
+  loop.summary.steps = loop.step;
+  if (loop.summary.stopped_by_signal) {
+    tr.log.line(format("stopped at step %ld of %ld on signal %d; continue with --resume --run-dir %s",
+                       loop.step, static_cast<long>(tr.cfg.train().steps()),
+                       loop.summary.stopped_by_signal, tr.in.run_dir.string().c_str()));
+    return loop.summary;
+  }
+  flight_phase(flight, "sampling");
+  sample_at_end(tr.run, loop.sample_whole ? &loop.final_params : nullptr, loop.rng.state,
+                tr.in.tokenizer, tr.log);
+  flight_phase(flight, "done");
+  return loop.summary;
+}
+
 }  // namespace
 
 TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   ProcessGroups single;
   ProcessGroups& groups = options.groups ? *options.groups : single;
   if (!options.groups) single = process_groups_create(nullptr, Mesh{});
-  Communicator& dp = *groups.dp_sp;
-  const bool writer = groups.rank == 0;  // rank 0 alone writes the run directory
-  const bool distributed = dp.size() > 1;
-
-  const auto& t = cfg.train();
-  const int B = t.micro_batch(), T = t.seq_len(), accum = grad_accum_steps(cfg);
-  // Memory, then data, first: a run that cannot start leaves no run directory behind, and a
-  // layout this machine cannot hold is refused before anything is allocated.
-  const std::string too_big =
-      memory_problem(cfg, std::max(1, groups.local_ranks), host_available_bytes());
-  if (!too_big.empty()) throw Error(too_big);
-  std::string data_dir, val_dir;
-  const std::optional<config::DataInfo> data_info = training_data_info(cfg, &data_dir);
-  const std::optional<config::DataInfo> val_info =
-      validation_data_info(cfg, data_info, data_dir, &val_dir);
-  const std::optional<Tokenizer> tokenizer =
-      tokenizer_for_run(data_info, data_dir, cfg.model().vocab_size());
-  TokenDataset train_data = dataset_open(cfg.data().train_shards(), T, cfg.model().vocab_size());
-  const bool validate = t.eval_interval() > 0 && !cfg.data().val_shards().empty();
-  TokenDataset val_data;
-  if (validate) val_data = dataset_open(cfg.data().val_shards(), T, cfg.model().vocab_size());
-  if (groups.is_distributed()) {  // every node must read the same data (core/shared_files.h)
-    std::vector<std::pair<std::string, const TokenDataset*>> sets = {
-        {"data.train_shards", &train_data}};
-    if (validate) sets.push_back({"data.val_shards", &val_data});
-    check_same_data(*groups.world, groups.placement, sets);
-  }
-
-  const fs::path run_dir = options.run_dir;
-  RunDirLock lock;  // held until train() returns; the kernel releases it if the process dies
-  if (writer) lock = prepare_run_dir(run_dir, options.resume);
-  if (writer && data_info) record_data(*data_info, data_dir, run_dir, options.resume);
-  const fs::path checkpoints_dir = run_dir / cfg.checkpoint().directory();
-  if (writer) {  // a folder checkpoints cannot be written to is found now, not after training
-    std::error_code ec;
-    fs::create_directories(checkpoints_dir, ec);
-    if (ec || access(checkpoints_dir.c_str(), W_OK) != 0)
-      throw Error("checkpoint.directory " + checkpoints_dir.string() + " cannot be written: " +
-                  (ec ? ec.message() : std::string(std::strerror(errno))));
-  }
-  if (groups.is_distributed()) check_same_run_dir(*groups.world, groups.placement, run_dir);
-  // Ranks that share a node share its cores.
-  int threads = cfg.runtime().threads();
-  if (threads == 0 && groups.local_ranks > 1)
-    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / groups.local_ranks);
-  threads = kernels::cpu::init_threads(threads);
+  RunInputs in = open_run(cfg, options, groups);
+  const int threads = start_threads(cfg, groups);
   // The model's memory and kernels (runtime.device); every group communicates through it, so an
   // operation starts only once the kernels that wrote its buffer have run.
   const std::shared_ptr<const kernels::KernelBackend> backend = make_backend(cfg.runtime());
-  device_groups(groups, backend);
-
+  Traffic traffic;
+  device_groups(groups, backend, traffic);
   Run run{cfg,
           groups,
           create_model(cfg, groups, backend),
@@ -450,226 +683,17 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
           {},
           {},
           CheckpointWriter(groups.world.get(), cfg.checkpoint().async())};
-  Model& model = run.model;
-  Rng rng{t.seed()};
-  model_init(model, rng.next_u64());
+  run.traffic = &traffic;
+  LoopState loop(cfg, &in.train_data);
+  model_init(run.model, loop.rng.next_u64());
   set_up_run(run);
-  Optimizer& optimizer = run.optimizer;
-  DataLoader loader{&train_data, t.seed(), t.shuffle()};
-  long step = 0;
-  int64_t tokens_seen = 0;
-
-  RunLog log(run_dir / "train.log", options.quiet, writer,
+  RunLog log(in.run_dir / "train.log", options.quiet, groups.rank == 0,
              groups.is_distributed() ? groups.label() + " " : "");
-  if (options.resume) {
-    if (const std::optional<CheckpointState> state =
-            resume_run(run, checkpoints_dir.string(), log)) {
-      step = state->step;
-      loader.position = state->data_position;
-      rng.state = state->rng_state;
-      tokens_seen = state->tokens_seen;
-    }
-    if (writer) truncate_metrics(run_dir / "metrics.jsonl", step);
-  }
-  std::ofstream metrics;
-  if (writer) {
-    std::ofstream out(run_dir / "config.textproto", std::ios::trunc);
-    out << config_to_text(cfg);
-    metrics.open(run_dir / "metrics.jsonl", std::ios::app);
-  }
-  log_layout(log, run, threads, model_global_floats(model_layout(cfg.model())));
-  if (groups.mesh.pp == 1 && pipeline_kind(cfg) != PipelineKind::kOneFOneB)
-    log.warn(std::string("parallel.pipeline_schedule ") + pipeline_kind_name(pipeline_kind(cfg)) +
-             " with parallel.pp = 1 only costs memory (" +
-             (pipeline_kind(cfg) == PipelineKind::kGPipe
-                  ? "every micro-batch's activations are kept"
-                  : "each slot keeps the weight pass's output gradients") +
-             "); ONE_F_ONE_B runs one micro-batch at a time");
-  log.line(format("data: %lld training sequences of %d tokens; %d micro-batch(es) of %d "
-                  "sequences per step%s; run directory %s",
-                  static_cast<long long>(train_data.num_sequences()), T, accum, B,
-                  distributed ? " per rank" : "", run_dir.string().c_str()));
-  if (data_info)
-    log.line(format("tokens: %s, vocabulary %d (end-of-text %d), %.2f bytes of text per token",
-                    data_info->tokenizer() == config::DataInfo::SENTENCEPIECE
-                        ? ("SentencePiece " + data_dir + "/" + data_info->tokenizer_file()).c_str()
-                        : "bytes",
-                    data_info->vocab_size(), data_info->end_of_text(),
-                    static_cast<double>(data_info->train_bytes()) / data_info->train_tokens()));
-
-  const int64_t global_batch = t.global_batch();
-  const int64_t local_sequences = static_cast<int64_t>(B) * accum;
-  const size_t step_tokens = static_cast<size_t>(global_batch) * T;
-  std::vector<int> inputs(static_cast<size_t>(local_sequences) * T),
-      targets(static_cast<size_t>(local_sequences) * T);
-  TrainSummary summary;
-  summary.run_dir = run_dir.string();
-  const auto started = Clock::now();
-  const long first_step = step;
-  // pp or sp > 1: the whole model's parameters, on rank 0, for sampling on one rank.
-  const bool sample_whole = groups.mesh.pp > 1 || groups.mesh.sp > 1;
-  std::vector<float> final_params;
-  FlightRecorder* flight = options.flight;
-  auto save = [&](bool final) {
-    flight_phase(flight, "checkpoint");
-    CheckpointState state{cfg, step, loader.position, rng.state, tokens_seen};
-    const auto start = Clock::now();
-    save_checkpoint(run, state, checkpoints_dir.string());
-    if (final && sample_whole) gather_whole_params(run, final_params);
-    summary.last_checkpoint = (checkpoints_dir / format("step_%07ld", step)).string();
-    const double stall = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-    log.line(format("checkpoint of step %ld: training stalled %.1f ms%s", step, stall,
-                    cfg.checkpoint().async() ? " (written in the background)" : ""));
-  };
-  StepParallel parallel;
-  if (distributed) parallel = {&dp, &run.reducer};
-  parallel.flight = flight;
-  if (groups.mesh.pp > 1) {
-    parallel.pp = groups.pp.get();
-    parallel.replicas = &run.replicas;
-  }
-  double activation_peak = -1;  // bytes
-  double busy_ms = 0;           // this rank's, since the last logging interval
-  int busy_steps = 0;
-  StragglerWatch straggler;
-  const int trace_steps = cfg.logging().trace_steps();
-  if (trace_steps > 0) {
-    if (groups.is_distributed()) groups.world->barrier();  // one time 0 for every rank
-    trace_start(run.trace);
-  }
-
-  while (step < t.steps()) {
-    const auto step_start = Clock::now();
-    flight_step(flight, step + 1, "loading data");
-    run.trace.step = static_cast<int>(step - first_step);
-    const bool tracing = run.trace.enabled;
-    parallel.trace = tracing ? &run.trace : nullptr;
-    // This rank's contiguous part of the global batch, in micro-batches.
-    const int64_t batch_start = loader.position;
-    loader.position = batch_start + groups.coord.dp * local_sequences;
-    try {
-      for (int micro = 0; micro < accum; ++micro)
-        loader_next(loader, inputs.data() + static_cast<size_t>(micro) * B * T,
-                    targets.data() + static_cast<size_t>(micro) * B * T, B);
-    } catch (const Error& e) {
-      // A shard that changed under the run: the state after the last step is sound, so one
-      // process keeps it (ranks of a job cannot all be reached for the collective save).
-      loader.position = batch_start;
-      if (groups.is_distributed() || step == 0) throw;
-      save(false);
-      throw Error(std::string(e.what()) + " (a checkpoint of step " + std::to_string(step) +
-                  " was saved)");
-    }
-    loader.position = batch_start + global_batch;
-    const float lr = learning_rate(cfg.optim(), t.steps(), step);
-    const int loops = draw_loops(cfg, step);
-    model_set_loops(model, loops);
-    StepResult result =
-        train_step(model, optimizer, run.pipe, cfg, lr, inputs.data(), targets.data(), parallel);
-    if (!result.finite) {
-      const std::string what = format("non-finite %s at step %ld (loss %g, gradient norm %g)",
-                                      std::isfinite(result.loss) ? "gradient" : "loss", step + 1,
-                                      result.loss, result.grad_norm);
-      if (t.on_nonfinite() == config::TrainConfig::STOP)
-        throw Error(what + "; the run stopped (its last checkpoint is intact). Lower optim.lr, "
-                           "or set train.on_nonfinite=SKIP_STEP to skip such steps");
-      log.line(what + ": step skipped");
-    }
-    ++step;
-    tokens_seen += static_cast<int64_t>(step_tokens);
-    const double ms =
-        std::chrono::duration<double, std::milli>(Clock::now() - step_start).count();
-    const double tokens_per_s = step_tokens / (ms / 1000.0);
-
-    double val_loss = -1.0;
-    if (validate && (step % t.eval_interval() == 0 || step == t.steps())) {
-      model_set_loops(model, eval_loops(cfg));
-      flight_phase(flight, "evaluation");
-      val_loss = evaluate(model, run.pipe, val_data, t.eval_batches(), t.global_batch(), B, T,
-                          {groups.coord.dp, groups.mesh.dp}, dp, groups.pp.get());
-      summary.last_val_loss = val_loss;
-    }
-    flight_phase(flight, "end of step (trace, metrics, stop check)");
-    if (tracing && step - first_step == trace_steps) write_trace(run, run_dir, log);
-    // The largest activation peak of any rank, reached in the first step (every step runs
-    // the same schedule).
-    if (activation_peak < 0) {
-      activation_peak = pipeline_activation_memory(run.pipe, model).peak;
-      if (groups.is_distributed())
-        groups.world->all_reduce_async(&activation_peak, 1, DataType::kFloat64, ReduceOp::kMax)
-            ->wait();
-    }
-    // Every logging interval (the same steps on every rank): each rank's mean busy time.
-    busy_ms += ms - result.comm_wait_s * 1000.0;
-    ++busy_steps;
-    std::optional<RankHealth> health;
-    if (groups.is_distributed() && (step % cfg.logging().interval() == 0 || step == t.steps())) {
-      health = rank_health_gather(*groups.world, busy_ms / busy_steps);
-      busy_ms = 0;
-      busy_steps = 0;
-      const std::string warning =
-          straggler_check(straggler, *health, cfg.logging().straggler_pct());
-      if (!warning.empty() && writer) log.warn(warning);
-    }
-    if (writer) {
-      BitsPerByte bpb;
-      if (data_info) {
-        bpb.train = bits_per_byte(result.loss, data_info->train_tokens(), data_info->train_bytes());
-        if (val_info && (val_loss >= 0 || std::isnan(val_loss)))
-          bpb.val = bits_per_byte(val_loss, val_info->val_tokens(), val_info->val_bytes());
-      }
-      metrics << metrics_line(step, loops, result, lr, tokens_per_s, ms, val_loss, !result.finite,
-                              activation_peak, bpb, health ? &*health : nullptr)
-              << '\n';
-      metrics.flush();
-    }
-    summary.last_loss = result.loss;
-
-    if (step % cfg.logging().interval() == 0 || step == first_step + 1 || step == t.steps() ||
-        val_loss >= 0) {
-      const double elapsed = std::chrono::duration<double>(Clock::now() - started).count();
-      const double eta = elapsed / (step - first_step) * (t.steps() - step);
-      std::string line = format("step %5ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s "
-                                "| %.0f ms/step | ETA %s",
-                                step, static_cast<long>(t.steps()), result.loss, lr,
-                                result.grad_norm, tokens_per_s, ms, duration(eta).c_str());
-      if (groups.is_distributed())
-        line += format(" | comm wait %.0f ms", result.comm_wait_s * 1000.0);
-      if (val_loss >= 0) line += format(" | val_loss %.4f", val_loss);
-      log.line(line);
-    }
-    if (cfg.checkpoint().interval() > 0 && step % cfg.checkpoint().interval() == 0)
-      save(step == t.steps());
-    run.checkpoints.poll();  // publishes a background checkpoint once every rank has written it
-    // A stop request on any rank stops every rank after the same step.
-    int64_t stop = options.stop_request ? options.stop_request->load() : 0;
-    if (groups.is_distributed()) groups.world->all_reduce_async(&stop, 1, DataType::kInt64, ReduceOp::kMax)->wait();
-    if (stop != 0 && step < t.steps()) {
-      summary.stopped_by_signal = static_cast<int>(stop);
-      break;
-    }
-  }
-  if (run.trace.enabled) write_trace(run, run_dir, log);  // fewer steps than trace_steps
-  if (summary.last_checkpoint.empty() || !summary.last_checkpoint.ends_with(
-                                             format("step_%07ld", step)))
-    save(true);
-  run.checkpoints.wait();  // the run's last checkpoint is on disk when it ends
-  log.line("checkpoint: " + summary.last_checkpoint);
-  // The last checkpoint is published before any rank goes on; the sampling below can take
-  // longer than a collective timeout, and nothing waits for it.
-  flight_phase(flight, "finishing");
-  if (groups.is_distributed()) groups.world->barrier();
-  summary.steps = step;
-  if (summary.stopped_by_signal) {
-    log.line(format("stopped at step %ld of %ld on signal %d; continue with --resume --run-dir %s",
-                    step, static_cast<long>(t.steps()), summary.stopped_by_signal,
-                    run_dir.string().c_str()));
-    return summary;
-  }
-  flight_phase(flight, "sampling");
-  sample_at_end(run, sample_whole ? &final_params : nullptr, rng.state, tokenizer, log);
-  flight_phase(flight, "done");
-  return summary;
+  Training tr{cfg, options, in, run, log, loop, traffic};
+  start_loop(tr, threads);
+  while (loop.step < cfg.train().steps())
+    if (!after_step(tr, run_step(tr))) break;
+  return finish_run(tr);
 }
 
 }  // namespace loom

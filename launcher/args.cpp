@@ -4,7 +4,7 @@
 #include <climits>
 #include <cstdlib>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace loom {
 

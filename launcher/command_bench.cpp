@@ -10,11 +10,11 @@
 #include "core/config.h"
 #include "core/model.h"
 #include "core/optimizer.h"
-#include "core/rng.h"
+#include "base/rng.h"
 #include "core/trainer.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/threads.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
 

@@ -17,7 +17,7 @@
 #include <thread>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "launcher/args.h"
 #include "parallel/communicator.h"
 #include "parallel/mpi_runtime.h"

@@ -1,7 +1,7 @@
 #include <iostream>
 #include <string>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/flight_doctor.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"

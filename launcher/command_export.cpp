@@ -5,7 +5,7 @@
 #include "core/config.h"
 #include "core/model.h"
 #include "core/safetensors.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
 

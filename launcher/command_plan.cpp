@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "core/config.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "core/loop_sampling.h"
 #include "core/model.h"
 #include "core/pipeline.h"

@@ -1,7 +1,7 @@
 #include <iostream>
 
 #include "core/data.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
 

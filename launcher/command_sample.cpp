@@ -9,7 +9,7 @@
 #include "core/sample.h"
 #include "core/tokenizer.h"
 #include "kernels/cpu/threads.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/trace.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"

@@ -9,7 +9,7 @@
 #include <iostream>
 
 #include "core/config.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "core/trainer.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"

@@ -5,7 +5,7 @@
 #include <iostream>
 #include <string>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "launcher/commands.h"
 
 namespace {

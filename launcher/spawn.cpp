@@ -17,7 +17,7 @@
 #include <system_error>
 #include <thread>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace loom {
 namespace {

@@ -10,8 +10,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "core/error.h"
-#include "core/json_text.h"
+#include "base/error.h"
+#include "base/json_text.h"
 
 namespace loom {
 namespace {

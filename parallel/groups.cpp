@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <climits>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace loom {
 

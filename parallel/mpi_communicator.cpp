@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <optional>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "parallel/mpi_internal.h"
 
 namespace loom {

@@ -8,7 +8,7 @@
 #include <cstring>
 #include <sstream>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "kernels/cpu/bf16.h"
 #include "parallel/mpi_internal.h"
 

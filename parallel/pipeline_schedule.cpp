@@ -5,7 +5,7 @@
 #include <set>
 #include <tuple>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace loom {
 namespace {

@@ -3,7 +3,7 @@
 // sub-layer's partial sums. They are started async as soon as a partial sum is computed and
 // waited on only when its result is first needed (at once with the standard residual, one
 // sub-layer later with Ladder Residual), so each can hide behind compute. The sharding of
-// parameters lives with the model (core/tensor_parallel.h), the vocabulary-parallel head in
+// parameters lives with the model (core/param_shards.h), the vocabulary-parallel head in
 // parallel/vocab_parallel.h.
 //
 //   loom::TensorParallelSums sums;  sums.forward.resize(delay);

@@ -4,7 +4,7 @@
 #include <chrono>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "parallel/device_communicator.h"
 
 namespace loom {

@@ -3,8 +3,9 @@
 # CUDA), every finding fatal:
 #  - build-sanitize, AddressSanitizer + UndefinedBehaviorSanitizer: the unit tests, two-rank
 #    training runs (ZeRO-1, recomputation, a checkpoint, resumes at dp 2 and tp 2), the same on
-#    the emulated device at dp × tp, pp and sp (its memory poisoned whenever the host may not
-#    touch it, so a host read of device memory anywhere in the run is fatal), then each
+#    the emulated device at dp × tp, pp and sp, in fp32 and bf16 (its memory poisoned whenever
+#    the host may not touch it, so a host read of device memory anywhere in the run is fatal),
+#    then each
 #    libFuzzer target (tests/fuzz) for FUZZ_SECONDS (default 30) from its seed corpus, with
 #    libFuzzer's -seed=FUZZ_SEED (default 1, so CI repeats its inputs; 0 = a new seed). A crash a
 #    fuzzer finds is saved under build-sanitize/fuzz-crashes/ and fails the script; add it to the
@@ -12,7 +13,7 @@
 #  - build-tsan, ThreadSanitizer: the communicator tests (the MPI progress thread, async work
 #    handles) under mpirun with 2 and 4 ranks, and training on the emulated device (its stream is
 #    a worker thread: a host access without the synchronisation a GPU needs is a race) in one
-#    process and at dp 2 × tp 2; tests/tsan.supp silences Open MPI's internals only.
+#    process and in bf16 at dp 2 × tp 2; tests/tsan.supp silences Open MPI's internals only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-30}
@@ -59,6 +60,9 @@ run=(train "$PWD/configs/default.textproto" --set model.d_model=32 --set model.n
   "$loom" "${emulated[@]}" --set train.steps=4 --run-dir emulated-dp-tp --resume
   "$loom" "${emulated[@]}" --set parallel.dp=1 --set parallel.pp=2 --run-dir emulated-pp
   "$loom" "${emulated[@]}" --set parallel.dp=1 --set parallel.sp=2 --run-dir emulated-sp
+  "$loom" "${emulated[@]}" --set runtime.precision=BF16 --set parallel.tp=2 --run-dir emulated-bf16-dp-tp
+  "$loom" "${emulated[@]}" --set runtime.precision=BF16 --set parallel.dp=1 --set parallel.pp=2 \
+    --set parallel.sp=2 --run-dir emulated-bf16-pp-sp
 )
 echo "sanitize: multi-rank runs in $((SECONDS - step)) s"
 
@@ -93,7 +97,7 @@ done
             --set parallel.zero_stage=0)
   "$OLDPWD/build-tsan/loom" "${emulated[@]}" --run-dir tsan-emulated
   "$OLDPWD/build-tsan/loom" "${emulated[@]}" --set parallel.dp=2 --set parallel.tp=2 \
-    --set parallel.zero_stage=1 --run-dir tsan-emulated-dp-tp
+    --set parallel.zero_stage=1 --set runtime.precision=BF16 --run-dir tsan-emulated-dp-tp
 )
 echo "sanitize: ThreadSanitizer communicator tests (build and run) in $((SECONDS - step)) s"
 echo "sanitize: passed in $((SECONDS - started)) s"

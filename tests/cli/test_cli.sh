@@ -38,7 +38,7 @@ expect_ok prepare "$loom" prepare --input "$src/core" --input "$src/kernels" --e
   --output data --val-fraction 0.2
 [ -f data/train_000000.bin ] && [ -f data/val_000000.bin ] && pass || fail "prepare wrote no shards"
 expect_error prepare-existing "already holds shards" -- "$loom" prepare --input "$src/core" --output data
-expect_ok prepare-input-list "$loom" prepare --input "$src/core/model.cpp" "$src/core/data.cpp" "$src/core/rng.h" --output data3 --val-fraction 0.34
+expect_ok prepare-input-list "$loom" prepare --input "$src/core/model.cpp" "$src/core/data.cpp" "$src/base/rng.h" --output data3 --val-fraction 0.34
 grep -q "prepared 3 documents" "$tmp/out.txt" && pass || fail "prepare --input A B C: $(cat "$tmp/out.txt")"
 
 tiny=(--set model.d_model=32 --set model.n_heads=2 --set model.d_mlp=64 --set model.max_seq_len=32

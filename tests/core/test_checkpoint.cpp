@@ -8,7 +8,7 @@
 #include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/data.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "core/safetensors.h"
 #include "core/trainer.h"
 #include "kernels/cpu/threads.h"

@@ -13,9 +13,9 @@
 #include "core/checkpoint.h"
 #include "core/checkpoint_pieces.h"
 #include "core/config.h"
-#include "core/rng.h"
+#include "base/rng.h"
 #include "core/stage_plan.h"
-#include "core/tensor_parallel.h"
+#include "core/param_shards.h"
 #include "tests/core/test_util.h"
 
 namespace loom {

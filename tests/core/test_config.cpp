@@ -4,7 +4,7 @@
 #include <functional>
 
 #include "core/config.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "tests/core/test_util.h"
 
 namespace loom {

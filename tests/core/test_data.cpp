@@ -10,7 +10,7 @@
 
 #include "core/data.h"
 #include "core/tokenizer.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "tests/core/test_util.h"
 
 namespace loom {

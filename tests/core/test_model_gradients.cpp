@@ -6,7 +6,7 @@
 
 #include "core/config.h"
 #include "core/model.h"
-#include "core/rng.h"
+#include "base/rng.h"
 #include "kernels/cpu/threads.h"
 #include "kernels/emulated/backend.h"
 

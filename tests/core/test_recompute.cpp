@@ -10,7 +10,7 @@
 #include "core/config.h"
 #include "core/loop_sampling.h"
 #include "core/model.h"
-#include "core/rng.h"
+#include "base/rng.h"
 #include "kernels/cpu/threads.h"
 
 namespace loom {

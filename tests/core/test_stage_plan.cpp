@@ -6,9 +6,9 @@
 #include <cstring>
 
 #include "core/config.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "core/model.h"
-#include "core/rng.h"
+#include "base/rng.h"
 #include "core/stage_plan.h"
 
 namespace loom {

@@ -6,7 +6,7 @@
 
 #include "core/config.h"
 #include "core/model.h"
-#include "core/tensor_parallel.h"
+#include "core/param_shards.h"
 
 namespace loom {
 namespace {

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "core/data.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "core/tokenizer.h"
 #include "tests/core/test_util.h"
 

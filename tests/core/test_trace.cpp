@@ -11,7 +11,7 @@
 #include <mutex>
 #include <thread>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "core/trace.h"
 #include "tests/core/test_util.h"
 

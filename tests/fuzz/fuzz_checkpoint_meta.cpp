@@ -10,7 +10,7 @@
 #include <string>
 
 #include "core/checkpoint.h"
-#include "core/error.h"
+#include "base/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string dir = [] {

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "core/data.h"
-#include "core/error.h"
+#include "base/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string dir = [] {

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "launcher/hosts.h"
 #include "launcher/spawn.h"
 #include "parallel/placement.h"

@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "launcher/cpu_features.h"
 #include "launcher/spawn.h"
 

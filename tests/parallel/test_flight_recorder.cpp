@@ -11,7 +11,7 @@
 #include <sstream>
 #include <thread>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "parallel/flight_recorder.h"
 #include "parallel/mpi_runtime.h"
 

@@ -5,7 +5,7 @@
 
 #include <numeric>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "parallel/communicator.h"
 #include "parallel/grad_reducer.h"
 #include "parallel/mpi_runtime.h"

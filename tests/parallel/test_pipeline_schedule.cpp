@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "parallel/pipeline_schedule.h"
 
 namespace loom {

@@ -11,10 +11,10 @@
 #include <vector>
 
 #include "core/config.h"
-#include "core/error.h"
+#include "base/error.h"
 #include "core/model.h"
 #include "core/optimizer.h"
-#include "core/rng.h"
+#include "base/rng.h"
 #include "core/safetensors.h"
 #include "core/trainer.h"
 #include "kernels/cpu/threads.h"

@@ -1,8 +1,8 @@
-#include "core/tensor_parallel.h"
+#include "core/param_shards.h"
 
 #include <algorithm>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace loom {
 namespace {

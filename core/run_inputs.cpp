@@ -1,0 +1,100 @@
+#include "core/run_inputs.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "base/error.h"
+#include "core/pipeline.h"
+#include "core/shared_files.h"
+
+namespace loom {
+namespace {
+
+namespace fs = std::filesystem;
+
+// What the training shards hold (data.textproto beside them; none for shards made elsewhere),
+// checked against the model's vocabulary.
+std::optional<config::DataInfo> training_data_info(const config::RunConfig& cfg,
+                                                   std::string* dir) {
+  const std::optional<config::DataInfo> info =
+      data_info_for_shards(cfg.data().train_shards(), dir);
+  if (info && cfg.model().vocab_size() < info->vocab_size())
+    throw Error("model.vocab_size (" + std::to_string(cfg.model().vocab_size()) +
+                ") is smaller than the data's vocabulary (" +
+                std::to_string(info->vocab_size()) + " ids, " + *dir + "/" + kDataInfoFile +
+                "): set model.vocab_size=" + std::to_string(info->vocab_size()));
+  return info;
+}
+
+// What the validation shards hold, when described: the same tokens as the training data's.
+std::optional<config::DataInfo> validation_data_info(const config::RunConfig& cfg,
+                                                     const std::optional<config::DataInfo>& train,
+                                                     const std::string& train_dir,
+                                                     std::string* dir) {
+  if (cfg.data().val_shards().empty()) return std::nullopt;
+  const std::optional<config::DataInfo> val = data_info_for_shards(cfg.data().val_shards(), dir);
+  if (val && train && !data_info_same_tokens(*train, train_dir, *val, *dir))
+    throw Error("data.val_shards (" + *dir + "/" + kDataInfoFile +
+                ") hold other tokens than data.train_shards (" + train_dir + "/" +
+                kDataInfoFile + "): validate on shards made with the same tokenizer");
+  return val;
+}
+
+// Keeps the data's description (and tokenizer) in the run directory, for loom sample. A resumed
+// run must go on with the same tokens: what the run recorded must match the data's.
+void record_data(const config::DataInfo& info, const std::string& data_dir,
+                 const fs::path& run_dir, bool resume) {
+  const fs::path recorded = run_dir / kDataInfoFile;
+  std::error_code ec;
+  if (resume && fs::exists(recorded, ec)) {
+    if (!data_info_same_tokens(data_info_read(recorded.string()), run_dir.string(), info,
+                               data_dir))
+      throw Error("--resume: the data's tokens (" + data_dir + "/" + kDataInfoFile +
+                  ") are not the ones the run was trained on (" + recorded.string() +
+                  "): resume with the run's data");
+    return;
+  }
+  data_info_copy(info, data_dir, run_dir.string());
+}
+
+}  // namespace
+
+RunInputs open_run(const config::RunConfig& cfg, const TrainOptions& options,
+                   ProcessGroups& groups) {
+  const bool writer = groups.rank == 0;  // rank 0 alone writes the run directory
+  const int T = cfg.train().seq_len(), V = cfg.model().vocab_size();
+  const std::string too_big =
+      memory_problem(cfg, std::max(1, groups.local_ranks), host_available_bytes());
+  if (!too_big.empty()) throw Error(too_big);
+  RunInputs in;
+  in.data_info = training_data_info(cfg, &in.data_dir);
+  in.val_info = validation_data_info(cfg, in.data_info, in.data_dir, &in.val_dir);
+  in.tokenizer = tokenizer_for_run(in.data_info, in.data_dir, V);
+  in.train_data = dataset_open(cfg.data().train_shards(), T, V);
+  in.validate = cfg.train().eval_interval() > 0 && !cfg.data().val_shards().empty();
+  if (in.validate) in.val_data = dataset_open(cfg.data().val_shards(), T, V);
+  if (groups.is_distributed()) {  // every node must read the same data (core/shared_files.h)
+    std::vector<std::pair<std::string, const TokenDataset*>> sets = {
+        {"data.train_shards", &in.train_data}};
+    if (in.validate) sets.push_back({"data.val_shards", &in.val_data});
+    check_same_data(*groups.world, groups.placement, sets);
+  }
+  in.run_dir = options.run_dir;
+  if (writer) in.lock = prepare_run_dir(in.run_dir, options.resume);
+  if (writer && in.data_info) record_data(*in.data_info, in.data_dir, in.run_dir, options.resume);
+  in.checkpoints_dir = in.run_dir / cfg.checkpoint().directory();
+  if (writer) {  // a folder checkpoints cannot be written to is found now, not after training
+    std::error_code ec;
+    fs::create_directories(in.checkpoints_dir, ec);
+    if (ec || access(in.checkpoints_dir.c_str(), W_OK) != 0)
+      throw Error("checkpoint.directory " + in.checkpoints_dir.string() + " cannot be written: " +
+                  (ec ? ec.message() : std::string(std::strerror(errno))));
+  }
+  if (groups.is_distributed()) check_same_run_dir(*groups.world, groups.placement, in.run_dir);
+  return in;
+}
+
+}  // namespace loom
