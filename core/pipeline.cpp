@@ -210,6 +210,7 @@ Pipeline pipeline_with(PipelineKind kind, Communicator* pp, int size, int rank, 
   pipe.micro_batches = m;
   pipeline_check(kind, size, m, v);
   pipe.train = pipeline_schedule(kind, size, m, v, rank);
+  pipe.kind = kind;
   pipe.split_backward = kind == PipelineKind::kZeroBubbleH1;
   pipe.slots = pipeline_max_in_flight(pipe.train);
   // Evaluation's forward-only schedule opens at most two receives (one compute ahead) and the

@@ -26,6 +26,7 @@ namespace loom {
 struct Pipeline {
   Communicator* pp = nullptr;  // the pipeline group (size 1: a single stage)
   int rank = 0, size = 1;
+  PipelineKind kind = PipelineKind::kOneFOneB;  // the schedule (parallel.pipeline_schedule)
   int micro_batches = 0;                 // per optimizer step on this rank
   std::vector<PipelineAction> train;     // this rank's training schedule
   int slots = 1, boundaries = 1;         // what model_plan must provide

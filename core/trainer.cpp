@@ -280,11 +280,10 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
                    model.vocab.rows,
                    model.delay == 2 ? "overlapped by the ladder residual" : "waited at once");
   if (groups.mesh.pp > 1) {
-    const char* kinds[] = {"GPipe", "1F1B", "interleaved 1F1B", "zero-bubble H1"};
     line += format("; pipeline %s over %d stages × %d chunk(s), %d micro-batches, bubble %.1f%%",
-                   kinds[static_cast<int>(pipeline_kind(cfg))], groups.mesh.pp,
+                   pipeline_kind_title(run.pipe.kind), groups.mesh.pp,
                    cfg.parallel().virtual_stages(), run.pipe.micro_batches,
-                   100.0 * pipeline_bubble_fraction(pipeline_kind(cfg), groups.mesh.pp,
+                   100.0 * pipeline_bubble_fraction(run.pipe.kind, groups.mesh.pp,
                                                     run.pipe.micro_batches,
                                                     cfg.parallel().virtual_stages()));
   }
@@ -449,7 +448,7 @@ void start_loop(Training& tr, int threads) {
     loop.metrics.open(tr.in.run_dir / "metrics.jsonl", std::ios::app);
   }
   log_layout(tr.log, tr.run, threads, model_global_floats(model_layout(cfg.model())));
-  const PipelineKind kind = pipeline_kind(cfg);
+  const PipelineKind kind = tr.run.pipe.kind;
   if (groups.mesh.pp == 1 && kind != PipelineKind::kOneFOneB)
     tr.log.warn(std::string("parallel.pipeline_schedule ") + pipeline_kind_name(kind) +
                 " with parallel.pp = 1 only costs memory (" +
@@ -682,8 +681,9 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
           {},
           {},
           {},
-          CheckpointWriter(groups.world.get(), cfg.checkpoint().async())};
-  run.traffic = &traffic;
+          CheckpointWriter(groups.world.get(), cfg.checkpoint().async()),
+          {},
+          &traffic};
   LoopState loop(cfg, &in.train_data);
   model_init(run.model, loop.rng.next_u64());
   set_up_run(run);

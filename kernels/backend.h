@@ -3,12 +3,15 @@
 // kernels/cpu/ and kernels/cuda/ implement the same kernels as free functions; the CUDA ones are
 // templated on the activation type (float or __nv_bfloat16) and take a Context first. A
 // KernelBackend binds one implementation, its activation type and (on a GPU) its context behind
-// one virtual method per kernel the model uses, so core/model.cpp computes the same layers on any
-// backend. Backends are created in one place, loom::make_backend (core/backend.h).
+// one virtual method per kernel the model uses, and owns the memory they work on, so
+// core/model.cpp computes the same layers on any backend. The backends today: the CPU at fp32
+// (kernels/cpu/backend.cpp) and bf16 (kernels/cpu/backend_bf16.cpp), and the emulated device
+// over either (kernels/emulated/backend.h); the CUDA kernels have no backend yet. They are
+// created in one place, loom::make_backend (core/backend.h).
 //
 // Pointer kinds, the same on every backend:
-//   activations (`void*` / `const void*`): elements of activation_bytes() each (4: fp32 on the
-//     CPU; 2 for a bf16 GPU backend), in the backend's memory. The weights a kernel reads (matmul
+//   activations (`void*` / `const void*`): elements of activation_bytes() each (4: fp32; 2:
+//     bf16), in the backend's memory. The weights a kernel reads (matmul
 //     and norm weights and biases, embedding tables, the LM head) are passed the same way: a
 //     low-precision backend reads a copy of the fp32 master weights in its activation type.
 //   statistics (`float*`): mean, rstd (N) of the norms, lse (B, H, T) of attention, the rotary

@@ -2,7 +2,7 @@
 #include <string>
 
 #include "base/error.h"
-#include "core/flight_doctor.h"
+#include "tools/flight_doctor.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
 

@@ -8,6 +8,7 @@
 
 #include "base/error.h"
 #include "core/trace.h"
+#include "tools/trace_view.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
 

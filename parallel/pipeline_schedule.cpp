@@ -181,15 +181,35 @@ std::vector<std::vector<PipelineAction>> all_compute_orders(PipelineKind kind, i
 }  // namespace
 
 const char* pipeline_kind_name(PipelineKind kind) {
-  static const char* const kNames[] = {"GPIPE", "ONE_F_ONE_B", "INTERLEAVED_1F1B",
-                                       "ZERO_BUBBLE_H1"};
-  return kNames[static_cast<int>(kind)];
+  switch (kind) {
+    case PipelineKind::kGPipe: return "GPIPE";
+    case PipelineKind::kOneFOneB: return "ONE_F_ONE_B";
+    case PipelineKind::kInterleaved1F1B: return "INTERLEAVED_1F1B";
+    case PipelineKind::kZeroBubbleH1: return "ZERO_BUBBLE_H1";
+  }
+  LOOM_CHECK(false);
+}
+
+const char* pipeline_kind_title(PipelineKind kind) {
+  switch (kind) {
+    case PipelineKind::kGPipe: return "GPipe";
+    case PipelineKind::kOneFOneB: return "1F1B";
+    case PipelineKind::kInterleaved1F1B: return "interleaved 1F1B";
+    case PipelineKind::kZeroBubbleH1: return "zero-bubble H1";
+  }
+  LOOM_CHECK(false);
 }
 
 std::string pipeline_action_string(const PipelineAction& a) {
-  static const char* const kPrefix[] = {"recvF", "recvB", "F", "B", "W"};
-  return kPrefix[static_cast<int>(a.type)] + std::to_string(a.micro) + "." +
-         std::to_string(a.chunk);
+  const char* prefix = "";
+  switch (a.type) {
+    case PipelineAction::Type::kRecvForward: prefix = "recvF"; break;
+    case PipelineAction::Type::kRecvBackward: prefix = "recvB"; break;
+    case PipelineAction::Type::kForward: prefix = "F"; break;
+    case PipelineAction::Type::kBackward: prefix = "B"; break;
+    case PipelineAction::Type::kWeight: prefix = "W"; break;
+  }
+  return prefix + std::to_string(a.micro) + "." + std::to_string(a.chunk);
 }
 
 void pipeline_check(PipelineKind kind, int p, int m, int v) {

@@ -1,5 +1,6 @@
 // Pipeline-parallel schedules as data: the ordered list of receives and computes each pipeline
-// rank runs in one optimizer step (GPipe, 1F1B, Megatron's interleaved 1F1B), plus a simulator
+// rank runs in one optimizer step (GPipe, 1F1B, Megatron's interleaved 1F1B, zero-bubble H1 with
+// backward split into its input- and weight-gradient passes), plus a simulator
 // that runs every rank's list against the others, so schedules are tested without MPI.
 //
 // p ranks, m micro-batches per step, v model chunks per rank. Global stage g = chunk · p + rank
@@ -34,6 +35,8 @@ struct PipelineAction {
 
 // The config name: "GPIPE", "ONE_F_ONE_B", "INTERLEAVED_1F1B", "ZERO_BUBBLE_H1".
 const char* pipeline_kind_name(PipelineKind kind);
+// For people: "GPipe", "1F1B", "interleaved 1F1B", "zero-bubble H1".
+const char* pipeline_kind_title(PipelineKind kind);
 // E.g. "F3.1" (forward of micro-batch 3, chunk 1), "B0.0", "W0.0", "recvF3.1", "recvB0.0".
 std::string pipeline_action_string(const PipelineAction& action);
 

@@ -65,6 +65,18 @@ run=(train "$PWD/configs/default.textproto" --set model.d_model=32 --set model.n
     --set parallel.sp=2 --run-dir emulated-bf16-pp-sp
 )
 echo "sanitize: multi-rank runs in $((SECONDS - step)) s"
+# Every layout-equivalence test on the emulated device with this build (dp with ZeRO-1, tp and
+# the ladder, pp schedules, sp, 4-D layouts, recomputation and truncated backprop): a host
+# access to device memory anywhere in them is fatal.
+step=$SECONDS
+for kind in dp tp pp sp recompute; do
+  python3 tests/parallel/${kind}_equivalence.py "$loom" "$PWD" --device EMULATED >"$work/$kind.log" 2>&1 || {
+    tail -40 "$work/$kind.log"
+    echo "sanitize: ${kind}_equivalence on EMULATED failed under AddressSanitizer"
+    exit 1
+  }
+done
+echo "sanitize: equivalence tests on EMULATED under ASan+UBSan in $((SECONDS - step)) s"
 
 mkdir -p "$build/fuzz-crashes"
 for target in config shard checkpoint_meta safetensors; do

@@ -10,6 +10,7 @@
 #include <thread>
 #include <utility>
 
+#include "base/error.h"
 #include "kernels/cpu/backend.h"
 #include "kernels/cpu/threads.h"
 
@@ -58,7 +59,7 @@ class Device {
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = allocations_.find(p);
-      if (it == allocations_.end()) std::abort();  // not this device's memory
+      LOOM_CHECK(it != allocations_.end());  // memory of this device
       set_poisoned(p, it->second, false);
       allocations_.erase(it);
     }

@@ -136,7 +136,11 @@ def report(rows, sent, runs, command):
         lines.append(f"| {name} | {f['activation_mib']:.2f} | {b['activation_mib']:.2f} | "
                      f"{b['activation_mib'] / f['activation_mib']:.3f} | {f['ms_per_step']:.0f} | "
                      f"{b['ms_per_step']:.0f} | {b['ms_per_step'] / f['ms_per_step']:.2f} |")
-    lines += ["", "The arena is not exactly half: the norms' statistics, attention's LSE and the",
+    lines += ["", "Step times are the median of `--repeats` alternating runs. On the CPU bf16 costs",
+              "time: every kernel converts its operands to fp32 and its outputs back, which weighs",
+              "most where the matrices are small (the default shape); at GPT-2 small the GEMMs",
+              "dominate and the cost is a few per cent.", "",
+              "The arena is not exactly half: the norms' statistics, attention's LSE and the",
               "rotary tables stay fp32, and the kernels' scratch is sized in bytes of fp32 work.",
               "BF16 also keeps a bf16 copy of the weights (2 bytes per parameter) beside the",
               "fp32 master weights, gradients and AdamW state, which do not change.", "",

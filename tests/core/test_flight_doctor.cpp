@@ -6,7 +6,7 @@
 
 #include <fstream>
 
-#include "core/flight_doctor.h"
+#include "tools/flight_doctor.h"
 #include "parallel/flight_recorder.h"
 #include "tests/core/test_util.h"
 

@@ -13,6 +13,7 @@
 
 #include "base/error.h"
 #include "core/trace.h"
+#include "tools/trace_view.h"
 #include "tests/core/test_util.h"
 
 namespace loom {

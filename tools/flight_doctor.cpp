@@ -1,4 +1,4 @@
-#include "core/flight_doctor.h"
+#include "tools/flight_doctor.h"
 
 #include <google/protobuf/util/json_util.h>
 
