@@ -5,7 +5,7 @@
 #    training runs (ZeRO-1, recomputation, a checkpoint, resumes at dp 2 and tp 2), the same on
 #    the emulated device at dp × tp, pp and sp, in fp32 and bf16 (its memory poisoned whenever
 #    the host may not touch it, so a host read of device memory anywhere in the run is fatal),
-#    then each
+#    the five layout-equivalence tests and the bf16 one on the emulated device, then each
 #    libFuzzer target (tests/fuzz) for FUZZ_SECONDS (default 30) from its seed corpus, with
 #    libFuzzer's -seed=FUZZ_SEED (default 1, so CI repeats its inputs; 0 = a new seed). A crash a
 #    fuzzer finds is saved under build-sanitize/fuzz-crashes/ and fails the script; add it to the
@@ -13,7 +13,8 @@
 #  - build-tsan, ThreadSanitizer: the communicator tests (the MPI progress thread, async work
 #    handles) under mpirun with 2 and 4 ranks, and training on the emulated device (its stream is
 #    a worker thread: a host access without the synchronisation a GPU needs is a race) in one
-#    process and in bf16 at dp 2 × tp 2; tests/tsan.supp silences Open MPI's internals only.
+#    process and in bf16 at dp 2 × tp 2, and the same equivalence tests on the emulated device
+#    as under ASan; tests/tsan.supp silences Open MPI's internals only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-30}
@@ -69,13 +70,20 @@ echo "sanitize: multi-rank runs in $((SECONDS - step)) s"
 # the ladder, pp schedules, sp, 4-D layouts, recomputation and truncated backprop): a host
 # access to device memory anywhere in them is fatal.
 step=$SECONDS
-for kind in dp tp pp sp recompute; do
-  python3 tests/parallel/${kind}_equivalence.py "$loom" "$PWD" --device EMULATED >"$work/$kind.log" 2>&1 || {
-    tail -40 "$work/$kind.log"
-    echo "sanitize: ${kind}_equivalence on EMULATED failed under AddressSanitizer"
-    exit 1
-  }
-done
+# equivalence_on_emulated LOOM SANITIZER: the five equivalence tests on the emulated device
+# and bf16 against fp32 (precision_equivalence, emulated at dp × tp, pp and sp) with that build.
+equivalence_on_emulated() {
+  for kind in dp tp pp sp recompute precision; do
+    local device=(--device EMULATED)
+    [ "$kind" = precision ] && device=()
+    python3 tests/parallel/${kind}_equivalence.py "$1" "$PWD" "${device[@]}" >"$work/$kind.log" 2>&1 || {
+      tail -40 "$work/$kind.log"
+      echo "sanitize: ${kind}_equivalence on EMULATED failed under $2"
+      exit 1
+    }
+  done
+}
+equivalence_on_emulated "$loom" AddressSanitizer
 echo "sanitize: equivalence tests on EMULATED under ASan+UBSan in $((SECONDS - step)) s"
 
 mkdir -p "$build/fuzz-crashes"
@@ -111,5 +119,6 @@ done
   "$OLDPWD/build-tsan/loom" "${emulated[@]}" --set parallel.dp=2 --set parallel.tp=2 \
     --set parallel.zero_stage=1 --set runtime.precision=BF16 --run-dir tsan-emulated-dp-tp
 )
-echo "sanitize: ThreadSanitizer communicator tests (build and run) in $((SECONDS - step)) s"
+equivalence_on_emulated "$PWD/build-tsan/loom" ThreadSanitizer
+echo "sanitize: ThreadSanitizer communicator tests, emulated training and equivalence tests (build and run) in $((SECONDS - step)) s"
 echo "sanitize: passed in $((SECONDS - started)) s"

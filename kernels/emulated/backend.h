@@ -6,9 +6,11 @@
 // - Memory is allocated apart from the host's. Under AddressSanitizer it is poisoned whenever the
 //   device is idle and nothing has lent it to the host (KernelBackend::lend_to_host), so a host
 //   read of device memory outside upload/download is an ASan error.
-// - Kernels and copies run asynchronously, in issue order, on one worker thread (the stream):
-//   a host read without the synchronisation a GPU needs gives a wrong result or, under
-//   ThreadSanitizer, a data race report.
+// - Kernels and copies run asynchronously, in issue order, on one worker thread (the stream): a
+//   host read without the synchronisation a GPU needs can see stale values (a wrong result).
+//   ThreadSanitizer checks the host, the stream and MPI's progress thread against each other, but
+//   it sees copies and scalar accesses, not every vectorised kernel store, and only accesses that
+//   no lock happens to order: the poisoning and the equivalence tests are the stronger checks.
 // - upload, download, deallocate and the kernels that return a value wait for the stream.
 //
 //   auto be = loom::kernels::emulated::make_emulated_backend();

@@ -37,7 +37,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     m.set_loops(1);
     m.set_coda_layers(0);
     loom::Model out = loom::model_layout(m, nullptr, {2, 1, nullptr});
-    out.params.resize(out.num_params);
+    out.params = loom::kernels::DeviceArray<float>(out.backend, out.num_params);
     return out;
   }();
   static loom::Optimizer optimizer =
