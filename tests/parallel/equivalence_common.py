@@ -96,13 +96,18 @@ def reference_run(loom, name, config_text):
         cpu_dir = f"ref-{name}-cpu"
         if run([loom, "train", config, "--run-dir", cpu_dir, "--set", "runtime.device=CPU"],
                f"{name} single on the CPU"):
-            values = lambda d: [(m["loss"], m.get("val_loss"), m["grad_norm"]) for m in metrics(d)]
-            same = values(cpu_dir) == values(ref_dir)
-            print(f"{'ok' if same else 'FAIL'}: {name}: single process on {DEVICE} and on the CPU: "
-                  f"{'the same losses, bit for bit' if same else 'different losses'}")
-            if not same:
-                failures.append(f"{name}: {DEVICE} and CPU single-process losses differ")
+            compare_bits(f"{name}: single process on {DEVICE} and on the CPU", ref_dir, cpu_dir)
     return config, metrics(ref_dir)
+
+
+def compare_bits(name, run_a, run_b):
+    """Two runs' losses, validation losses and gradient norms are the same bits at every step."""
+    values = lambda d: [(m["loss"], m.get("val_loss"), m["grad_norm"]) for m in metrics(d)]  # noqa: E731
+    same = values(run_a) == values(run_b)
+    print(f"{'ok' if same else 'FAIL'}: {name}: "
+          f"{'the same losses, bit for bit' if same else 'different losses'}")
+    if not same:
+        failures.append(f"{name}: the losses differ")
 
 
 def resume_case(loom, config, run_dir, name, ranks, overrides, reference):

@@ -21,7 +21,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from equivalence_common import (check_activation_memory, compare, failures,  # noqa: E402
+from equivalence_common import (check_activation_memory, compare, compare_bits,  # noqa: E402
                                 metrics, mpirun, run, run_models, sets, training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
@@ -54,12 +54,7 @@ def cases(model_name, config, reference):
     cpu = bf16_run(model_name, config, reference, "bf16", 1, BF16)
     emulated = bf16_run(model_name, config, reference, "bf16-emulated", 1, BF16 + EMULATED)
     if cpu and emulated:
-        values = lambda d: [(m["loss"], m.get("val_loss"), m["grad_norm"]) for m in metrics(d)]
-        same = values(cpu) == values(emulated)
-        print(f"{'ok' if same else 'FAIL'}: {model_name}: bf16 on EMULATED and on the CPU: "
-              f"{'the same losses, bit for bit' if same else 'different losses'}")
-        if not same:
-            failures.append(f"{model_name}: bf16 EMULATED and CPU single-process losses differ")
+        compare_bits(f"{model_name}: bf16 on EMULATED and on the CPU", emulated, cpu)
     layouts = [
         ("dp2-tp2-zero", 4, ["parallel.dp=2", "parallel.tp=2", "parallel.zero_stage=1",
                              "parallel.bucket_mb=0.01"]),
