@@ -22,6 +22,14 @@
 namespace loom {
 namespace {
 
+// `a`'s elements in host memory: `a` itself where the backend's memory is the host's, else a
+// download into `copy`.
+const float* host_view(const kernels::DeviceArray<float>& a, std::vector<float>& copy) {
+  if (const float* p = a.host_data()) return p;
+  copy = a.download();
+  return copy.data();
+}
+
 namespace fs = std::filesystem;
 using Meta = config::CheckpointMeta;
 
@@ -209,23 +217,25 @@ std::string CheckpointWriter::write(const std::string& checkpoints_dir,
   p->keep_last = keep_last;
   const CheckpointPieces pieces = checkpoint_pieces_written(model, optimizer, first_replica);
   const std::string file = rank_file(world_->rank());
-  // The host copy the pieces are written from (downloaded from the backend's memory): this
-  // rank's own state, nothing gathered.
-  std::vector<float> params = model.params.download(), m = optimizer.m.download(),
-                     v = optimizer.v.download();
   if (!background_) {
+    // This rank's own state, nothing gathered: in place on a host backend, else downloaded.
+    std::vector<float> params, m, v;
     try {
-      p->part = checkpoint_pieces_write(p->tmp.string(), file, model.tensors, params.data(),
-                                        m.data(), v.data(), pieces);
+      p->part = checkpoint_pieces_write(p->tmp.string(), file, model.tensors,
+                                        host_view(model.params, params),
+                                        host_view(optimizer.m, m), host_view(optimizer.v, v),
+                                        pieces);
     } catch (...) {
       p->error = std::current_exception();
     }
     pending_ = std::move(p);
     return wait();
   }
+  // The copy the thread writes from while training goes on.
   Pending* raw = p.get();
-  raw->thread = std::thread([raw, file, pieces, tensors = model.tensors, params = std::move(params),
-                             m = std::move(m), v = std::move(v)] {
+  raw->thread = std::thread([raw, file, pieces, tensors = model.tensors,
+                             params = model.params.download(), m = optimizer.m.download(),
+                             v = optimizer.v.download()] {
     try {
       raw->part = checkpoint_pieces_write(raw->tmp.string(), file, tensors, params.data(),
                                           m.data(), v.data(), pieces);

@@ -310,23 +310,28 @@ PiecesReadStats checkpoint_pieces_read(const std::string& dir, const Meta& meta,
   Files files(dir);
   PiecesReadStats stats;
   const int64_t block = meta.crc_block_bytes();
-  // Read into host memory (zeros: the padding; the rest is read), then uploaded to the backend.
-  std::vector<float> host(model.num_params, 0.0f);
-  stats.bytes_read += read_kind(files, model, meta.params(), block,
-                                checkpoint_pieces_in(model, {{0, model.num_params}}, false),
-                                host.data());
-  stats.bytes_stored += stored_bytes(meta.params());
-  model.params.upload(host);
+  // Read in place on a host backend, else into host memory and uploaded; zeros first (the
+  // padding; the rest is read).
+  std::vector<float> host;
+  auto read_into = [&](kernels::DeviceArray<float>& buffer, const auto& entries,
+                       const std::vector<Piece>& wanted) {
+    float* to = buffer.host_data();
+    if (to) {
+      std::fill_n(to, buffer.size(), 0.0f);
+    } else {
+      host.assign(buffer.size(), 0.0f);
+      to = host.data();
+    }
+    stats.bytes_read += read_kind(files, model, entries, block, wanted, to);
+    stats.bytes_stored += stored_bytes(entries);
+    if (!buffer.host_data()) buffer.upload(host);
+  };
+  read_into(model.params, meta.params(), checkpoint_pieces_in(model, {{0, model.num_params}}, false));
   model_refresh_weights(model);
   if (optimizer) {
     const std::vector<Piece> owned = checkpoint_pieces_in(model, optimizer->owned, true);
-    for (auto [entries, buffer] : {std::pair{&meta.adam_m(), &optimizer->m},
-                                   std::pair{&meta.adam_v(), &optimizer->v}}) {
-      host.assign(buffer->size(), 0.0f);
-      stats.bytes_read += read_kind(files, model, *entries, block, owned, host.data());
-      stats.bytes_stored += stored_bytes(*entries);
-      buffer->upload(host);
-    }
+    read_into(optimizer->m, meta.adam_m(), owned);
+    read_into(optimizer->v, meta.adam_v(), owned);
   }
   return stats;
 }

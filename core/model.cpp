@@ -65,8 +65,7 @@ const void* position_rows(Model& m, int T) {
   if (!m.sp.comm) return weight(m, m.wpe);
   for (int t = 0; t < T; ++t)
     kb(m).copy(act_offset(m, act(m, m.wpe_local), static_cast<size_t>(t) * m.C),
-               act_offset(m, const_cast<void*>(weight(m, m.wpe)),
-                          static_cast<size_t>(m.positions[t]) * m.C),
+               act_offset(m, weight(m, m.wpe), static_cast<size_t>(m.positions[t]) * m.C),
                m.C);
   return act(m, m.wpe_local);
 }

@@ -17,6 +17,9 @@ inline float* stat(Model& m, size_t offset) { return m.arena.data() + offset; }
 inline void* act_offset(const Model& m, void* base, size_t elements) {
   return static_cast<char*>(base) + elements * kb(m).activation_bytes();
 }
+inline const void* act_offset(const Model& m, const void* base, size_t elements) {
+  return static_cast<const char*>(base) + elements * kb(m).activation_bytes();
+}
 // The weights the kernels read: the fp32 master copy, or on a bf16 backend its bf16 copy.
 inline const void* weight(Model& m, size_t offset) {
   if (m.weights.empty()) return m.params.data() + offset;

@@ -60,6 +60,9 @@ class KernelBackend {
   virtual void zero_bytes(void* x, size_t bytes) const = 0;
   // Returns once every kernel and copy issued so far has finished.
   virtual void synchronize() const = 0;
+  // True when this memory is the host's and every call has finished when it returns (the CPU
+  // backends): the host may then read and write it in place instead of copying it.
+  virtual bool host_addressable() const = 0;
   // For a transport that reads and writes this memory from threads of its own, unaware of the
   // backend's stream (MPI): waits for the work issued so far, and keeps the memory reachable by
   // the host until the returned token is released. Null where there is nothing to keep.

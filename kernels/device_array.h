@@ -41,6 +41,10 @@ class DeviceArray {
 
   T* data() { return data_; }
   const T* data() const { return data_; }
+  // The elements as host memory where the backend's memory is the host's (no copy needed);
+  // null on a device, where only upload and download reach them.
+  T* host_data() { return backend_ && backend_->host_addressable() ? data_ : nullptr; }
+  const T* host_data() const { return backend_ && backend_->host_addressable() ? data_ : nullptr; }
   size_t size() const { return size_; }
   bool empty() const { return size_ == 0; }
 

@@ -43,6 +43,7 @@ class CpuBackend : public KernelBackend {
   }
   void zero_bytes(void* x, size_t bytes) const override { std::memset(x, 0, bytes); }
   void synchronize() const override {}
+  bool host_addressable() const override { return true; }
   std::shared_ptr<void> lend_to_host() const override { return nullptr; }
 
   void adamw_update(float* params, const float* grads, float* m, float* v, size_t n, float lr,

@@ -61,6 +61,7 @@ class CpuBf16Backend final : public KernelBackend {
   }
   void zero_bytes(void* x, size_t bytes) const override { fp32_->zero_bytes(x, bytes); }
   void synchronize() const override {}
+  bool host_addressable() const override { return true; }
   std::shared_ptr<void> lend_to_host() const override { return nullptr; }
   void adamw_update(float* params, const float* grads, float* m, float* v, size_t n, float lr,
                     float beta1, float beta2, float eps, float weight_decay, long step,

@@ -175,6 +175,7 @@ class EmulatedBackend final : public KernelBackend {
     queue([=](const KernelBackend& k) { k.zero_bytes(x, bytes); });
   }
   void synchronize() const override { device_->synchronize(); }
+  bool host_addressable() const override { return false; }
   std::shared_ptr<void> lend_to_host() const override {
     device_->lend();
     std::shared_ptr<Device> device = device_;

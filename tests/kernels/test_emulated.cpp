@@ -46,6 +46,10 @@ TEST(EmulatedDevice, KernelsMatchTheCpuBackendThroughUploadAndDownload) {
   emu->matmul_forward(out.data(), dx.data(), dw.data(), db.data(), N, IC, OC);
   emu->gelu_forward(out.data(), out.data(), want.size());  // queued behind the matmul
   EXPECT_EQ(out.download(), want);
+  // Only the CPU's memory may be used in place (checkpoints read and write it so).
+  EXPECT_EQ(out.host_data(), nullptr);
+  DeviceArray<float> host_memory(cpu, 4);
+  EXPECT_EQ(host_memory.host_data(), host_memory.data());
   EXPECT_DOUBLE_EQ(emu->sum_squares(out.data(), want.size()),
                    cpu->sum_squares(want.data(), want.size()));
 }
