@@ -1,4 +1,4 @@
-// `loom doctor`'s analysis (core/flight_doctor.h) on synthetic dumps of hung jobs — a stopped
+// `loom doctor`'s analysis (tools/flight_doctor.h) on synthetic dumps of hung jobs — a stopped
 // rank, a skipped operation, collectives called in different orders, a rank without a dump, a
 // pipeline transfer never sent, a healthy snapshot — and the dump format read back from the
 // recorder that writes it (parallel/flight_recorder.h).
