@@ -221,10 +221,9 @@ std::string CheckpointWriter::write(const std::string& checkpoints_dir,
     // This rank's own state, nothing gathered: in place on a host backend, else downloaded.
     std::vector<float> params, m, v;
     try {
-      p->part = checkpoint_pieces_write(p->tmp.string(), file, model.tensors,
-                                        host_view(model.params, params),
-                                        host_view(optimizer.m, m), host_view(optimizer.v, v),
-                                        pieces);
+      p->part = checkpoint_pieces_write(
+          p->tmp.string(), file, model.layout.tensors, host_view(model.buf.params, params),
+          host_view(optimizer.m, m), host_view(optimizer.v, v), pieces);
     } catch (...) {
       p->error = std::current_exception();
     }
@@ -233,8 +232,8 @@ std::string CheckpointWriter::write(const std::string& checkpoints_dir,
   }
   // The copy the thread writes from while training goes on.
   Pending* raw = p.get();
-  raw->thread = std::thread([raw, file, pieces, tensors = model.tensors,
-                             params = model.params.download(), m = optimizer.m.download(),
+  raw->thread = std::thread([raw, file, pieces, tensors = model.layout.tensors,
+                             params = model.buf.params.download(), m = optimizer.m.download(),
                              v = optimizer.v.download()] {
     try {
       raw->part = checkpoint_pieces_write(raw->tmp.string(), file, tensors, params.data(),

@@ -61,13 +61,14 @@ void add_run(std::vector<Piece>& out, size_t tensor, int64_t cols, int64_t globa
 
 bool whole_buffer(const Model& model, const Optimizer& optimizer) {
   return optimizer.owned.size() == 1 && optimizer.owned[0].begin == 0 &&
-         optimizer.owned[0].end == model.num_params;
+         optimizer.owned[0].end == model.layout.num_params;
 }
 
 std::vector<Piece> keep_written(const Model& model, std::vector<Piece> pieces) {
   std::erase_if(pieces, [&](const Piece& p) {
-    const ParamTensor& t = model.tensors[p.tensor];
-    return t.pp_holders.front() != model.stage.rank || (t.shard_dim < 0 && model.tp.rank != 0);
+    const ParamTensor& t = model.layout.tensors[p.tensor];
+    return t.pp_holders.front() != model.par.stage.rank ||
+           (t.shard_dim < 0 && model.par.tp.rank != 0);
   });
   return pieces;
 }
@@ -118,7 +119,7 @@ std::map<std::string, std::vector<const Meta::Tensor*>> index_entries(const std:
                                                                      const Model& model,
                                                                      const Entries& entries) {
   std::map<std::string, const ParamTensor*> local;
-  for (const ParamTensor& t : model.tensors) local[t.name] = &t;
+  for (const ParamTensor& t : model.layout.tensors) local[t.name] = &t;
   std::map<std::string, std::vector<const Meta::Tensor*>> index;
   for (const Meta::Tensor& e : entries) {
     const std::vector<int64_t> shape(e.global_shape().begin(), e.global_shape().end());
@@ -155,10 +156,10 @@ std::map<std::string, std::vector<const Meta::Tensor*>> index_entries(const std:
                   std::to_string(area) + " elements, the tensor " + std::to_string(size) +
                   " (missing or overlapping pieces: corrupt metadata)");
   }
-  if (index.size() != model.global_tensors)
+  if (index.size() != model.layout.global_tensors)
     throw Error("checkpoint " + dir + " has " + std::to_string(index.size()) +
-                " tensors where the model has " + std::to_string(model.global_tensors));
-  for (const ParamTensor& t : model.tensors)
+                " tensors where the model has " + std::to_string(model.layout.global_tensors));
+  for (const ParamTensor& t : model.layout.tensors)
     if (!index.count(t.name))
       throw Error("checkpoint " + dir + " does not fit this model: it has no tensor \"" + t.name +
                   "\"");
@@ -214,7 +215,7 @@ int64_t read_kind(Files& files, const Model& model, const Entries& entries, int6
   std::vector<float> scratch;
   int64_t bytes = 0;
   for (const Piece& want : wanted) {
-    const ParamTensor& t = model.tensors[want.tensor];
+    const ParamTensor& t = model.layout.tensors[want.tensor];
     int64_t covered = 0;
     for (const Meta::Tensor* e : index.at(t.name)) {
       const PieceRect overlap = intersect(want.rect, rect_of(*e));
@@ -244,10 +245,10 @@ std::vector<Piece> checkpoint_pieces_in(const Model& model, const std::vector<Sh
   std::vector<Piece> out;
   size_t base = 0;  // the range's first position in the compact layout
   for (const ShardRange& range : ranges) {
-    for (size_t i = 0; i < model.tensors.size(); ++i) {
-      const ParamTensor& t = model.tensors[i];
+    for (size_t i = 0; i < model.layout.tensors.size(); ++i) {
+      const ParamTensor& t = model.layout.tensors[i];
       if (t.offset >= range.end || t.offset + t.size <= range.begin) continue;
-      for (const ShardRun& run : tensor_shard_runs(t, model.tp.rank)) {
+      for (const ShardRun& run : tensor_shard_runs(t, model.par.tp.rank)) {
         if (run.padding) continue;
         const size_t from = t.offset + run.local, lo = std::max(from, range.begin),
                      hi = std::min(from + run.count, range.end);
@@ -265,7 +266,8 @@ CheckpointPieces checkpoint_pieces_written(const Model& model, const Optimizer& 
                                            bool first_replica) {
   CheckpointPieces out;
   if (first_replica)
-    out.params = keep_written(model, checkpoint_pieces_in(model, {{0, model.num_params}}, false));
+    out.params =
+        keep_written(model, checkpoint_pieces_in(model, {{0, model.layout.num_params}}, false));
   if (!whole_buffer(model, optimizer))  // ZeRO-1: every rank its own shard
     out.moments = keep_written(model, checkpoint_pieces_in(model, optimizer.owned, true));
   else if (first_replica)
@@ -326,7 +328,8 @@ PiecesReadStats checkpoint_pieces_read(const std::string& dir, const Meta& meta,
     stats.bytes_stored += stored_bytes(entries);
     if (!buffer.host_data()) buffer.upload(host);
   };
-  read_into(model.params, meta.params(), checkpoint_pieces_in(model, {{0, model.num_params}}, false));
+  read_into(model.buf.params, meta.params(),
+            checkpoint_pieces_in(model, {{0, model.layout.num_params}}, false));
   model_refresh_weights(model);
   if (optimizer) {
     const std::vector<Piece> owned = checkpoint_pieces_in(model, optimizer->owned, true);

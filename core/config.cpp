@@ -424,9 +424,6 @@ void validate_config(const config::RunConfig& cfg) {
   require(cfg.runtime().threads() <= 4 * cores,
           "runtime.threads (" + num(cfg.runtime().threads()) + ") is more than 4× this machine's " +
               num(cores) + " cores; use 0 for one thread per core");
-  require(cfg.runtime().device() != config::RuntimeConfig::CUDA,
-          "runtime.device CUDA is not available yet: this build trains on the CPU only "
-          "(set runtime.device=CPU; EMULATED runs the device code path on the CPU, for tests)");
 
   for (auto [name, size] : {std::pair{"dp", p.dp()}, {"tp", p.tp()}, {"pp", p.pp()}, {"sp", p.sp()}})
     require(size >= 1, std::string("parallel.") + name + " must be at least 1");
@@ -475,6 +472,10 @@ void validate_config(const config::RunConfig& cfg) {
   }
   require(p.zero_stage() == 0 || p.zero_stage() == 1,
           "parallel.zero_stage must be 0 or 1 (got " + num(p.zero_stage()) + ")");
+  require(p.grad_reduce_dtype() == config::RuntimeConfig::FP32 ||
+              cfg.runtime().precision() == config::RuntimeConfig::BF16,
+          "parallel.grad_reduce_dtype BF16 needs runtime.precision BF16 (the bf16 backend "
+          "rounds the gradients for the wire); with FP32 training gradients are reduced in fp32");
   require(p.bucket_mb() > 0, "parallel.bucket_mb must be positive");
   require(p.collective_timeout_s() > 0, "parallel.collective_timeout_s must be positive");
 }

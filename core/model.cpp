@@ -15,16 +15,17 @@ namespace {
 using namespace model_detail;
 
 void check_run(Model& m, int chunk, int slot, int B, int T) {
-  LOOM_CHECK(B <= m.plan_B && T <= m.plan_T);
-  LOOM_CHECK(chunk >= 0 && chunk < static_cast<int>(m.chunks.size()));
-  LOOM_CHECK(slot >= 0 && slot < m.slots);
-  LOOM_CHECK(m.tp.size == 1 || m.tp.comm);
-  LOOM_CHECK(m.sp.size == 1 || m.sp.comm);  // a layout-only model (planning) does not run
+  LOOM_CHECK(B <= m.plan.B && T <= m.plan.T);
+  LOOM_CHECK(chunk >= 0 && chunk < static_cast<int>(m.par.chunks.size()));
+  LOOM_CHECK(slot >= 0 && slot < m.plan.slots);
+  LOOM_CHECK(m.par.tp.size == 1 || m.par.tp.comm);
+  LOOM_CHECK(m.par.sp.size == 1 || m.par.sp.comm);  // a layout-only model (planning) does not run
   // On the CPU the attention scratch is per thread: the thread count must not have grown.
-  LOOM_CHECK((m.sp.comm ? kb(m).attention_block_scratch_bytes(m.plan_B, m.Hl, m.plan_T, m.plan_T)
-                        : kb(m).attention_scratch_bytes(m.plan_B, m.plan_T, m.Cl, m.Hl)) <=
-             m.plan_attention_scratch_bytes);
-  LOOM_CHECK(!m.sp.comm || T == m.plan_T);  // the positions are planned for plan_T rows
+  LOOM_CHECK((m.par.sp.comm
+                  ? kb(m).attention_block_scratch_bytes(m.plan.B, m.par.Hl, m.plan.T, m.plan.T)
+                  : kb(m).attention_scratch_bytes(m.plan.B, m.plan.T, m.par.Cl, m.par.Hl)) <=
+             m.plan.attention_scratch_bytes);
+  LOOM_CHECK(!m.par.sp.comm || T == m.plan.T);  // the positions are planned for plan.T rows
 }
 
 // The final norm and the LM head with cross-entropy over the last chunk's stream; returns the
@@ -35,55 +36,57 @@ double head_forward(Model& m, const ModelChunk& c, int slot, const int* targets,
   const size_t base = slot_base(m, slot);
   const void* x = act(m, base + c.final_input);
   if (is_layernorm(m))
-    be.layernorm_forward(act(m, m.normed_f), stat(m, base + c.mean_f), stat(m, base + c.rstd_f),
-                         x, weight(m, m.norm_f_w), weight(m, m.norm_f_b), N, m.C,
-                         m.config.norm_eps());
+    be.layernorm_forward(act(m, m.temps.normed_f), stat(m, base + c.mean_f),
+                         stat(m, base + c.rstd_f), x, weight(m, m.layout.norm_f_w),
+                         weight(m, m.layout.norm_f_b), N, m.spec.C, m.spec.config.norm_eps());
   else
-    be.rmsnorm_forward(act(m, m.normed_f), stat(m, base + c.rstd_f), x, weight(m, m.norm_f_w), N,
-                       m.C, m.config.norm_eps());
+    be.rmsnorm_forward(act(m, m.temps.normed_f), stat(m, base + c.rstd_f), x,
+                       weight(m, m.layout.norm_f_w), N, m.spec.C, m.spec.config.norm_eps());
   if (!targets) return 0.0;
-  m.targets.upload(targets, N);
-  targets = m.targets.data();
+  m.buf.targets.upload(targets, N);
+  targets = m.buf.targets.data();
   const bool want_grad = loss_grad_scale > 0.0f;
   void* d_normed_f = want_grad ? act(m, base + c.d_normed_f) : nullptr;
-  const int chunk = std::min<int>(m.config.lm_head_chunk(), N);
-  if (m.tp.comm)  // vocabulary-parallel: full-vocabulary logits never exist on one rank
-    return vocab_parallel_cross_entropy(be, *m.tp.comm, d_normed_f,
-                                        want_grad ? lm_head_grad(m) : nullptr, act(m, m.normed_f),
-                                        lm_head_weight(m), targets, N, m.C, m.vocab,
-                                        loss_grad_scale, act(m, m.lm_head_scratch), chunk,
-                                        &m.tp_sums.wait_seconds);
+  const int chunk = std::min<int>(m.spec.config.lm_head_chunk(), N);
+  if (m.par.tp.comm)  // vocabulary-parallel: full-vocabulary logits never exist on one rank
+    return vocab_parallel_cross_entropy(
+        be, *m.par.tp.comm, d_normed_f, want_grad ? lm_head_grad(m) : nullptr,
+        act(m, m.temps.normed_f), lm_head_weight(m), targets, N, m.spec.C, m.par.vocab,
+        loss_grad_scale, act(m, m.temps.lm_head_scratch), chunk, &m.par.tp_sums.wait_seconds);
   return be.lm_head_cross_entropy(d_normed_f, want_grad ? lm_head_grad(m) : nullptr,
-                                  act(m, m.normed_f), lm_head_weight(m), targets, N, m.C, m.V,
-                                  loss_grad_scale, act(m, m.lm_head_scratch), chunk);
+                                  act(m, m.temps.normed_f), lm_head_weight(m), targets, N, m.spec.C,
+                                  m.spec.V, loss_grad_scale, act(m, m.temps.lm_head_scratch),
+                                  chunk);
 }
 
 // The learned position rows the embedding adds to this rank's T tokens (tp rank 0 only; null
 // otherwise or for rotary models): wpe itself, or with sp > 1 its rows at the rank's positions.
 const void* position_rows(Model& m, int T) {
-  if (is_rotary(m) || !row_parallel_bias(m, m.wpe)) return nullptr;
-  if (!m.sp.comm) return weight(m, m.wpe);
+  if (is_rotary(m) || !row_parallel_bias(m, m.layout.wpe)) return nullptr;
+  if (!m.par.sp.comm) return weight(m, m.layout.wpe);
   for (int t = 0; t < T; ++t)
-    kb(m).copy(act_offset(m, act(m, m.wpe_local), static_cast<size_t>(t) * m.C),
-               act_offset(m, weight(m, m.wpe), static_cast<size_t>(m.positions[t]) * m.C),
-               m.C);
-  return act(m, m.wpe_local);
+    kb(m).copy(act_offset(m, act(m, m.temps.wpe_local), static_cast<size_t>(t) * m.spec.C),
+               act_offset(m, weight(m, m.layout.wpe),
+                          static_cast<size_t>(m.temps.positions[t]) * m.spec.C),
+               m.spec.C);
+  return act(m, m.temps.wpe_local);
 }
 
 // The embedding's backward: the token rows' gradients, and the position rows' (with sp > 1
 // computed for the local rows, then added to wpe's gradient at their positions).
 void embedding_backward(Model& m, const void* dr, const int* tokens, int B, int T) {
-  float* dwpe = is_rotary(m) ? nullptr : grad(m, m.wpe);
-  if (dwpe && m.sp.comm) {
-    dwpe = stat(m, m.dwpe_local);
-    kb(m).zero_bytes(dwpe, static_cast<size_t>(T) * m.C * sizeof(float));
+  float* dwpe = is_rotary(m) ? nullptr : grad(m, m.layout.wpe);
+  if (dwpe && m.par.sp.comm) {
+    dwpe = stat(m, m.temps.dwpe_local);
+    kb(m).zero_bytes(dwpe, static_cast<size_t>(T) * m.spec.C * sizeof(float));
   }
-  kb(m).embedding_backward(grad(m, m.wte), dwpe, dr, tokens, B, T, m.C, m.vocab.vocab_begin,
-                           m.vocab.rows, act(m, m.embedding_scratch));
-  if (!dwpe || !m.sp.comm) return;
+  kb(m).embedding_backward(grad(m, m.layout.wte), dwpe, dr, tokens, B, T, m.spec.C,
+                           m.par.vocab.vocab_begin, m.par.vocab.rows,
+                           act(m, m.temps.embedding_scratch));
+  if (!dwpe || !m.par.sp.comm) return;
   for (int t = 0; t < T; ++t)
-    kb(m).accumulate(grad(m, m.wpe) + static_cast<size_t>(m.positions[t]) * m.C,
-                     dwpe + static_cast<size_t>(t) * m.C, m.C);
+    kb(m).accumulate(grad(m, m.layout.wpe) + static_cast<size_t>(m.temps.positions[t]) * m.spec.C,
+                     dwpe + static_cast<size_t>(t) * m.spec.C, m.spec.C);
 }
 
 // Where sub-layer i of chunk c keeps its activations while it runs from slot `slot`: in the slot
@@ -92,7 +95,7 @@ SublayerActs acts_of(const Model& m, const ModelChunk& c, int slot, int i) {
   const int p = i / 2 - c.begin;
   if (c.segments[c.segment_of[p]].kind == ChunkSegment::kKept)
     return acts_in_slot(m, c.acts[i - 2 * c.begin], slot);
-  return m.work_acts[i - 2 * c.unit_of[p]];
+  return m.plan.work_acts[i - 2 * c.unit_of[p]];
 }
 
 // How a forward walk ends: kBoundary leaves the boundary state at its end (h_{e−d} added, the
@@ -114,19 +117,19 @@ struct Walk {
 
 // Pending output h_j of the boundary state at position p's start, inside a checkpoint of it.
 void* checkpoint_tensor(const Model& m, void* checkpoint, int p, int j, size_t NC) {
-  return act_offset(m, checkpoint, (j - 2 * p + m.delay) * NC);
+  return act_offset(m, checkpoint, (j - 2 * p + m.spec.delay) * NC);
 }
 
 void forward_walk(Model& m, const BoundaryState& state, const Walk& w) {
   const kernels::KernelBackend& be = kb(m);
-  const int d = m.delay, s = 2 * w.begin, e = 2 * w.end;
+  const int d = m.spec.delay, s = 2 * w.begin, e = 2 * w.end;
   const size_t NC = state.NC;
   void* r = state.stream();
   const int injection = injection_sublayer(m);
   // Checkpointed pending outputs, copied once their sum completes (by pending slot).
   void* keep_pending[2] = {nullptr, nullptr};
   auto pending_output = [&](int sublayer) {  // h_j, complete: its tensor-parallel sum arrived
-    tp_wait(m, m.tp_sums.forward[sublayer % d]);
+    tp_wait(m, m.par.tp_sums.forward[sublayer % d]);
     return state.pending(sublayer);
   };
   for (int i = s; i < e; ++i) {
@@ -148,20 +151,20 @@ void forward_walk(Model& m, const BoundaryState& state, const Walk& w) {
         for (int j = std::max(0, i - d + 1); j < i; ++j)  // complete at sub-layer j + d
           keep_pending[j % d] = checkpoint_tensor(m, kept, p, j, NC);
       }
-      if (m.config.input_injection() && p != m.loop_begin && starts_loop_iteration(m, p))
+      if (m.spec.config.input_injection() && p != m.spec.loop_begin && starts_loop_iteration(m, p))
         be.vector_add(r, state.injected(), NC);
     }
     if (i == injection) be.copy(state.injected(), r, NC);
     const SublayerActs a = w.acts(i);
     be.copy(act(m, a.input), r, NC);
     // Slot i % d held h_{i−d}, just added to r: free for h_i.
-    const LayerOffsets& o = m.layers[m.unrolled[p]];
+    const LayerOffsets& o = m.layout.layers[m.spec.unrolled[p]];
     if (sub == 0)
       attention_sublayer_forward(m, o, a, w.B, w.T, state.pending(i));
     else
       mlp_sublayer_forward(m, o, a, w.B, w.T, state.pending(i));
     if (w.end_as != WalkEnd::kDiscard || i < e - d)
-      m.tp_sums.forward[i % d] = tp_sum_start(m.tp, state.pending(i), NC);
+      m.par.tp_sums.forward[i % d] = tp_sum_start(m.par.tp, state.pending(i), NC);
   }
   if (w.end_as != WalkEnd::kBoundary) return;
   // The boundary state: h_{e−d} added (as sub-layer e would), the rest complete.
@@ -174,24 +177,24 @@ void forward_walk(Model& m, const BoundaryState& state, const Walk& w) {
 double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const int* inputs,
                            const int* targets, int B, int T, float loss_grad_scale) {
   check_run(m, chunk, slot, B, T);
-  tp_drain(m.tp_sums);
-  const ModelChunk& c = m.chunks[chunk];
+  tp_drain(m.par.tp_sums);
+  const ModelChunk& c = m.par.chunks[chunk];
   const kernels::KernelBackend& be = kb(m);
-  const int N = B * T, d = m.delay;
+  const int N = B * T, d = m.spec.delay;
   const BoundaryState state = model_boundary_state(m, boundary, B, T);
   // A recomputed last segment leaves its last unit in the workspace, ready for backward.
   const bool leaves_work = c.segments.back().kind == ChunkSegment::kRecomputed;
-  m.work_slot = m.work_chunk = -1;
+  m.plan.work_slot = m.plan.work_chunk = -1;
   const size_t NC = state.NC, base = slot_base(m, slot);
   void* r = state.stream();
   if (c.first) {
     // Tokens go up once per micro-batch; backward reads them from the slot.
-    int* tokens = m.slot_tokens.data() + static_cast<size_t>(slot) * m.plan_B * m.plan_T;
-    m.slot_tokens.upload(inputs, N, static_cast<size_t>(slot) * m.plan_B * m.plan_T);
+    int* tokens = m.buf.slot_tokens.data() + static_cast<size_t>(slot) * m.plan.B * m.plan.T;
+    m.buf.slot_tokens.upload(inputs, N, static_cast<size_t>(slot) * m.plan.B * m.plan.T);
     // Each rank looks up its vocabulary rows (zeros for the others); tp rank 0 adds positions.
-    be.embedding_forward(r, tokens, weight(m, m.wte), position_rows(m, T), B, T, m.C,
-                         m.vocab.vocab_begin, m.vocab.rows);
-    WorkPtr embedded = tp_sum_start(m.tp, r, NC);
+    be.embedding_forward(r, tokens, weight(m, m.layout.wte), position_rows(m, T), B, T, m.spec.C,
+                         m.par.vocab.vocab_begin, m.par.vocab.rows);
+    WorkPtr embedded = tp_sum_start(m.par.tp, r, NC);
     tp_wait(m, embedded);
   }
   Walk w{c.begin, c.end, B, T, [&](int i) { return acts_of(m, c, slot, i); },
@@ -203,14 +206,14 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
          c.last ? WalkEnd::kOpen : WalkEnd::kBoundary};
   forward_walk(m, state, w);
   if (leaves_work) {
-    m.work_slot = slot;
-    m.work_chunk = chunk;
+    m.plan.work_slot = slot;
+    m.plan.work_chunk = chunk;
   }
   if (c.keeps_injected) be.copy(act(m, base + c.injected_kept), state.injected(), NC);
   if (!c.last) return 0.0;
   const int e = 2 * c.end;
   for (int j = std::max(0, e - d); j < e; ++j) {
-    tp_wait(m, m.tp_sums.forward[j % d]);
+    tp_wait(m, m.par.tp_sums.forward[j % d]);
     be.vector_add(r, state.pending(j), NC);
   }
   be.copy(act(m, base + c.final_input), r, NC);
@@ -227,21 +230,21 @@ void backward_weights(Model& m, const ModelChunk& c, int slot, int N,
     if (on_grads_final && r.size() > 0) on_grads_final(r.begin, r.size());
   };
   if (c.last) {
-    report(m.head_range);
-    if (m.has_wte && m.chunks.front().begin != 0) report(m.embedding_range);
+    report(m.layout.head_range);
+    if (m.layout.has_wte && m.par.chunks.front().begin != 0) report(m.layout.embedding_range);
   }
   const int s = 2 * c.begin;
   for (int i = 2 * c.end - 1; i >= s; --i) {
-    const int p = i / 2, u = m.unrolled[p];
+    const int p = i / 2, u = m.spec.unrolled[p];
     const SublayerActs a = acts_in_slot(m, c.acts[i - s], slot);
     if (i % 2 == 0) {
-      attention_sublayer_weights(m, m.layers[u], a, N);
-      if (m.first_use[u] == p) report(m.layer_ranges[u]);
+      attention_sublayer_weights(m, m.layout.layers[u], a, N);
+      if (m.par.first_use[u] == p) report(m.layout.layer_ranges[u]);
     } else {
-      mlp_sublayer_weights(m, m.layers[u], a, N);
+      mlp_sublayer_weights(m, m.layout.layers[u], a, N);
     }
   }
-  if (c.first) report(m.embedding_range);
+  if (c.first) report(m.layout.embedding_range);
 }
 
 // What the backward of one chunk shares across its segments.
@@ -267,13 +270,13 @@ void backward_range(BackwardRun& run, int a, int b,
   Model& m = run.m;
   const ModelChunk& c = run.c;
   const kernels::KernelBackend& be = kb(m);
-  const int N = run.B * run.T, d = m.delay, s = 2 * a, e = 2 * b;
+  const int N = run.B * run.T, d = m.spec.delay, s = 2 * a, e = 2 * b;
   const BoundaryState& gs = run.grad_state;
   const size_t NC = gs.NC;
   void* dr = gs.stream();
   void* de = gs.injected();
   auto d_normed_slot = [&](int sublayer) {
-    return act_offset(m, act(m, m.d_normed), (sublayer % d) * NC);
+    return act_offset(m, act(m, m.temps.d_normed), (sublayer % d) * NC);
   };
   if (b == c.end && c.last)  // reverse of the forward's final additions: every pending output
     for (int j = std::max(0, e - d); j < e; ++j) be.copy(gs.pending(j), dr, NC);
@@ -286,20 +289,20 @@ void backward_range(BackwardRun& run, int a, int b,
   // read it — and reverses what the forward did to the stream right before sub-layer j.
   auto finish = [&](int j) {
     const int p = j / 2;
-    const LayerOffsets& o = m.layers[m.unrolled[p]];
+    const LayerOffsets& o = m.layout.layers[m.spec.unrolled[p]];
     const SublayerActs act_j = acts(j);
-    tp_wait(m, m.tp_sums.backward[j % d]);
+    tp_wait(m, m.par.tp_sums.backward[j % d]);
     if (j % 2 == 0)
       norm_backward(m, o.norm1_w, o.norm1_b, act_j, N, d_normed_slot(j), dr);
     else
       norm_backward(m, o.norm2_w, o.norm2_b, act_j, N, d_normed_slot(j), dr);
     if (j == injection) be.vector_add(dr, de, NC);  // reverse of e = r
     if (j % 2 != 0) return;
-    if (m.config.input_injection() && p != m.loop_begin && starts_loop_iteration(m, p))
+    if (m.spec.config.input_injection() && p != m.spec.loop_begin && starts_loop_iteration(m, p))
       be.vector_add(de, dr, NC);  // reverse of r += e
-    const int u = m.unrolled[p];
+    const int u = m.spec.unrolled[p];
     // A unique layer's gradients are final after the backward of its first application here.
-    if (m.first_use[u] == p) run.report(m.layer_ranges[u]);
+    if (m.par.first_use[u] == p) run.report(m.layout.layer_ranges[u]);
   };
 
   for (int i = e - 1; i >= s - d; --i) {
@@ -307,7 +310,7 @@ void backward_range(BackwardRun& run, int a, int b,
     if (i < 0) continue;
     if (i + d < e) be.copy(gs.pending(i), dr, NC);
     if (i < s) continue;
-    const LayerOffsets& o = m.layers[m.unrolled[i / 2]];
+    const LayerOffsets& o = m.layout.layers[m.spec.unrolled[i / 2]];
     const SublayerActs act_i = acts(i);
     if (i % 2 == 0)
       attention_sublayer_backward(m, o, act_i, run.B, run.T, gs.pending(i), d_normed_slot(i),
@@ -315,7 +318,7 @@ void backward_range(BackwardRun& run, int a, int b,
     else
       mlp_sublayer_backward(m, o, act_i, run.B, run.T, gs.pending(i), d_normed_slot(i),
                             run.defer);
-    m.tp_sums.backward[i % d] = tp_sum_start(m.tp, d_normed_slot(i), NC);
+    m.par.tp_sums.backward[i % d] = tp_sum_start(m.par.tp, d_normed_slot(i), NC);
   }
 }
 
@@ -323,7 +326,7 @@ void backward_range(BackwardRun& run, int a, int b,
 void restore(Model& m, const void* checkpoint, int p, const BoundaryState& live) {
   const kernels::KernelBackend& be = kb(m);
   be.copy(live.stream(), checkpoint, live.NC);
-  for (int j = std::max(0, 2 * p - m.delay + 1); j < 2 * p; ++j)
+  for (int j = std::max(0, 2 * p - m.spec.delay + 1); j < 2 * p; ++j)
     be.copy(live.pending(j), checkpoint_tensor(m, const_cast<void*>(checkpoint), p, j, live.NC),
             live.NC);
 }
@@ -336,18 +339,20 @@ void restore(Model& m, const void* checkpoint, int p, const BoundaryState& live)
 void recompute_backward(BackwardRun& run, int chunk, const ChunkSegment& g, bool last_in_work) {
   Model& m = run.m;
   const ModelChunk& c = run.c;
-  auto work = [&m, &c](int i) { return m.work_acts[i - 2 * c.unit_of[i / 2 - c.begin]]; };
+  auto work = [&m, &c](int i) { return m.plan.work_acts[i - 2 * c.unit_of[i / 2 - c.begin]]; };
   const int units = static_cast<int>(g.units.size());
   if (last_in_work) backward_range(run, g.units.back(), g.end, work);
   const int top = units - 1 - (last_in_work ? 1 : 0);  // the last unit still to recompute
   if (top < 0) return;
-  TraceSpan span(m.trace, "R", "recompute", -1, chunk);
-  const BoundaryState live{act(m, m.recompute_state), run.grad_state.NC, m.delay,
+  TraceSpan span(m.par.trace, "R", "recompute", -1, chunk);
+  const BoundaryState live{act(m, m.plan.recompute_state), run.grad_state.NC, m.spec.delay,
                            kb(m).activation_bytes()};
   restore(m, act(m, slot_base(m, run.slot) + g.checkpoint), g.begin, live);
   if (boundary_carries_injected(m, 2 * g.begin))
     kb(m).copy(live.injected(), act(m, slot_base(m, run.slot) + c.injected_kept), live.NC);
-  auto inner = [&m](int k) { return act(m, m.inner_checkpoints + k * m.checkpoint_floats); };
+  auto inner = [&m](int k) {
+    return act(m, m.plan.inner_checkpoints + k * m.plan.checkpoint_floats);
+  };
   if (top > 0)  // up to unit top's start, which `live` then holds
     forward_walk(m, live, {g.begin, g.units[top], run.B, run.T, work,
                            [&](int p) -> void* {
@@ -376,10 +381,11 @@ void no_grad_backward(BackwardRun& run, const ChunkSegment& g) {
     be.copy(gs.stream(), gs.injected(), gs.NC);
   else
     be.zero(gs.stream(), gs.NC);
-  for (int j = std::max(0, 2 * g.begin - m.delay + 1); j < 2 * g.begin; ++j)
+  for (int j = std::max(0, 2 * g.begin - m.spec.delay + 1); j < 2 * g.begin; ++j)
     be.copy(gs.pending(j), gs.stream(), gs.NC);
   for (int p = g.end - 1; p >= g.begin; --p)
-    if (m.first_use[m.unrolled[p]] == p) run.report(m.layer_ranges[m.unrolled[p]]);
+    if (m.par.first_use[m.spec.unrolled[p]] == p)
+      run.report(m.layout.layer_ranges[m.spec.unrolled[p]]);
 }
 
 }  // namespace
@@ -387,11 +393,11 @@ void no_grad_backward(BackwardRun& run, const ChunkSegment& g) {
 void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, int T,
                           const GradsFinalFn& on_grads_final, BackwardPart part) {
   check_run(m, chunk, slot, B, T);
-  LOOM_CHECK(part == BackwardPart::kAll || m.split_backward);
+  LOOM_CHECK(part == BackwardPart::kAll || m.plan.split_backward);
   if (part == BackwardPart::kWeight)
-    return backward_weights(m, m.chunks[chunk], slot, B * T, on_grads_final);
-  tp_drain(m.tp_sums);
-  const ModelChunk& c = m.chunks[chunk];
+    return backward_weights(m, m.par.chunks[chunk], slot, B * T, on_grads_final);
+  tp_drain(m.par.tp_sums);
+  const ModelChunk& c = m.par.chunks[chunk];
   const kernels::KernelBackend& be = kb(m);
   const int N = B * T;
   const bool defer = part == BackwardPart::kInput;  // the weight pass reports the ranges
@@ -402,25 +408,26 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
                   }};
   const size_t NC = run.grad_state.NC, base = slot_base(m, slot);
   void* dr = run.grad_state.stream();
-  if (m.config.input_injection() && !c.injected_out) be.zero(run.grad_state.injected(), NC);
+  if (m.spec.config.input_injection() && !c.injected_out) be.zero(run.grad_state.injected(), NC);
   if (c.last) {
     be.zero(dr, NC);
     const void* x = act(m, base + c.final_input);
     const void* d_normed_f = act(m, base + c.d_normed_f);
     if (is_layernorm(m))
-      be.layernorm_backward(dr, grad(m, m.norm_f_w), grad(m, m.norm_f_b), d_normed_f, x,
-                            weight(m, m.norm_f_w), stat(m, base + c.mean_f),
-                            stat(m, base + c.rstd_f), N, m.C, act(m, m.norm_scratch));
+      be.layernorm_backward(dr, grad(m, m.layout.norm_f_w), grad(m, m.layout.norm_f_b), d_normed_f,
+                            x, weight(m, m.layout.norm_f_w), stat(m, base + c.mean_f),
+                            stat(m, base + c.rstd_f), N, m.spec.C, act(m, m.temps.norm_scratch));
     else
-      be.rmsnorm_backward(dr, grad(m, m.norm_f_w), d_normed_f, x, weight(m, m.norm_f_w),
-                          stat(m, base + c.rstd_f), N, m.C, act(m, m.norm_scratch));
+      be.rmsnorm_backward(dr, grad(m, m.layout.norm_f_w), d_normed_f, x,
+                          weight(m, m.layout.norm_f_w), stat(m, base + c.rstd_f), N, m.spec.C,
+                          act(m, m.temps.norm_scratch));
     // The final norm and the untied LM head (its gradient came from the forward) are done; so
     // is a tied embedding held here only as the head (its look-up runs on another rank).
-    run.report(m.head_range);
-    if (m.has_wte && m.chunks.front().begin != 0) run.report(m.embedding_range);
+    run.report(m.layout.head_range);
+    if (m.layout.has_wte && m.par.chunks.front().begin != 0) run.report(m.layout.embedding_range);
   }
-  bool last_in_work = m.work_slot == slot && m.work_chunk == chunk;
-  m.work_slot = m.work_chunk = -1;
+  bool last_in_work = m.plan.work_slot == slot && m.plan.work_chunk == chunk;
+  m.plan.work_slot = m.plan.work_chunk = -1;
   for (auto g = c.segments.rbegin(); g != c.segments.rend(); ++g) switch (g->kind) {
       case ChunkSegment::kKept:
         backward_range(run, g->begin, g->end,
@@ -433,58 +440,75 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
       case ChunkSegment::kNoGrad: no_grad_backward(run, *g); break;
     }
   if (!c.first) return;
-  const int* tokens = m.slot_tokens.data() + static_cast<size_t>(slot) * m.plan_B * m.plan_T;
+  const int* tokens = m.buf.slot_tokens.data() + static_cast<size_t>(slot) * m.plan.B * m.plan.T;
   embedding_backward(m, dr, tokens, B, T);
-  run.report(m.embedding_range);
+  run.report(m.layout.embedding_range);
 }
 
 double model_forward(Model& m, const int* inputs, const int* targets, int B, int T,
                      float loss_grad_scale) {
-  LOOM_CHECK(m.chunks.size() == 1 && m.chunks[0].first && m.chunks[0].last);
+  LOOM_CHECK(m.par.chunks.size() == 1 && m.par.chunks[0].first && m.par.chunks[0].last);
   return model_forward_chunk(m, 0, 0, 0, inputs, targets, B, T, loss_grad_scale);
 }
 
 void model_backward(Model& m, int B, int T, const GradsFinalFn& on_grads_final) {
-  LOOM_CHECK(m.chunks.size() == 1 && m.chunks[0].first && m.chunks[0].last);
+  LOOM_CHECK(m.par.chunks.size() == 1 && m.par.chunks[0].first && m.par.chunks[0].last);
   model_backward_chunk(m, 0, 0, 0, B, T, on_grads_final);
 }
 
 void model_last_logits(Model& m, int B, int T, float* logits) {
   // With sp > 1 the last local row is not the sequence's last token: sample with sp = 1.
-  LOOM_CHECK(m.sp.size == 1);
-  const int rows = m.vocab.rows;
+  LOOM_CHECK(m.par.sp.size == 1);
+  const int rows = m.par.vocab.rows;
   // (B, rows) of this rank's vocabulary on the device (activations, then fp32), then
   // (tp, B, rows) of every rank's on the host.
   const size_t count = static_cast<size_t>(B) * rows;
-  kernels::DeviceArray<unsigned char> logits_act(m.backend, count * kb(m).activation_bytes());
+  kernels::DeviceArray<unsigned char> logits_act(m.buf.backend, count * kb(m).activation_bytes());
   for (int b = 0; b < B; ++b) {
-    const void* row = act_offset(m, act(m, m.normed_f), (static_cast<size_t>(b) * T + T - 1) * m.C);
+    const void* row =
+        act_offset(m, act(m, m.temps.normed_f), (static_cast<size_t>(b) * T + T - 1) * m.spec.C);
     kb(m).matmul_forward(act_offset(m, logits_act.data(), static_cast<size_t>(b) * rows), row,
-                         lm_head_weight(m), nullptr, 1, m.C, rows);
+                         lm_head_weight(m), nullptr, 1, m.spec.C, rows);
   }
-  kernels::DeviceArray<float> local(m.backend, count);
+  kernels::DeviceArray<float> local(m.buf.backend, count);
   kb(m).from_activation(local.data(), logits_act.data(), count);
-  std::vector<float> all(count * m.tp.size);
+  std::vector<float> all(count * m.par.tp.size);
   local.download(all.data(), count);
-  if (m.tp.comm) {
+  if (m.par.tp.comm) {
     std::vector<float> mine(all.begin(), all.begin() + count);
-    m.tp.comm->all_gather(mine.data(), all.data(), all.size());
+    m.par.tp.comm->all_gather(mine.data(), all.data(), all.size());
   }
-  for (int r = 0; r < m.tp.size; ++r) {
-    const VocabShard shard = vocab_shard(m.V, m.tp.size, r);
+  for (int r = 0; r < m.par.tp.size; ++r) {
+    const VocabShard shard = vocab_shard(m.spec.V, m.par.tp.size, r);
     for (int b = 0; b < B; ++b)
       std::copy_n(all.data() + (static_cast<size_t>(r) * B + b) * rows, shard.valid,
-                  logits + static_cast<size_t>(b) * m.V + shard.vocab_begin);
+                  logits + static_cast<size_t>(b) * m.spec.V + shard.vocab_begin);
   }
 }
 
+void model_begin_passes(Model& m, TraceRecorder* trace) {
+  m.par.tp_sums.wait_seconds = 0.0;
+  m.par.ring.wait_seconds = m.par.ring.compute_seconds = 0.0;
+  m.par.trace = trace;
+  m.par.ring.on_blocked = {};
+  if (trace && m.par.sp.comm)
+    m.par.ring.on_blocked = [trace](RingAttention::Clock::time_point start,
+                                    RingAttention::Clock::time_point end) {
+      trace_record(*trace, "sp wait", "sp_wait", start, end);
+    };
+}
+
+double model_comm_wait_seconds(const Model& m) {
+  return m.par.tp_sums.wait_seconds + m.par.ring.wait_seconds;
+}
+
 double model_train_flops_per_token(const Model& m, int T) {
-  const double C = m.C, F = m.F, V = m.V;
+  const double C = m.spec.C, F = m.spec.F, V = m.spec.V;
   const double layer_matmul = 2.0 * (3 * C * C + C * C + 2 * C * F);
   // Causal attention: q·kᵀ and p·v over (T + 1) / 2 keys on average, per channel.
   const double layer_attention = 2.0 * 2.0 * C * (T + 1) / 2.0;
   const double forward =
-      static_cast<double>(m.unrolled.size()) * (layer_matmul + layer_attention) + 2.0 * C * V;
+      static_cast<double>(m.spec.unrolled.size()) * (layer_matmul + layer_attention) + 2.0 * C * V;
   return 3.0 * forward;
 }
 

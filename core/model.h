@@ -154,31 +154,22 @@ struct ModelChunk {
   size_t slot_floats = 0;  // the chunk's saved activations
 };
 
-struct Model {
+// What the model is: its sizes, the unrolled layer list and how many loops it runs.
+struct ModelSpec {
   config::ModelConfig config;
-  // Runs every kernel and owns the buffers' memory. Shared: models on one device share its
-  // backend (stream, handles). Never null after model_layout / model_create.
-  std::shared_ptr<const kernels::KernelBackend> backend;
   int V = 0, C = 0, H = 0, F = 0, max_T = 0;  // global sizes
-  TensorParallel tp;
-  SequenceParallel sp;
-  RingAttention ring;                // sp > 1: attention's ring over sp.comm, and its timers
-  int Cl = 0, Hl = 0, Fl = 0;        // this rank's attention width, heads and MLP width (÷ tp)
-  VocabShard vocab;                  // this rank's rows of the (padded) vocabulary
   int delay = 1;                     // 1 standard, 2 ladder
   int unique_layers = 0;             // prelude + block + coda
   // Iterations of the block the model runs now (model.loops unless model_set_loops changed it),
   // and the range the arena is planned for.
   int loops = 0, plan_loops_min = 0, plan_loops_max = 0;
-  Recompute recompute = Recompute::kNone;
   std::vector<int> unrolled;         // unique layer of each unrolled position
   int loop_begin = 0;                // first unrolled position of loop iteration 0
-  PipelineStage stage;
-  std::vector<ModelChunk> chunks;    // this rank's, in unrolled order
-  // Per unique layer: the lowest position this rank runs it at (−1: not held here). Its
-  // gradients are final after that position's backward in the step's last micro-batch.
-  std::vector<int> first_use;
+};
 
+// Where this rank's parameters live in the flat buffers (the same offsets in params, grads and
+// the optimizer's moments).
+struct ParamLayout {
   std::vector<ParamTensor> tensors;  // this rank's, in buffer order (global order, a subset)
   size_t global_tensors = 0;         // tensors of the whole model
   std::vector<LayerOffsets> layers;  // per unique layer (offsets unused where not held)
@@ -187,20 +178,35 @@ struct Model {
   size_t wte = 0, wpe = 0, norm_f_w = 0, norm_f_b = 0, lm_head = 0;
   bool has_wte = false;
   size_t num_params = 0;
-  // (num_params) fp32, the backend's memory (device memory on a device backend: the host reaches
-  // it through upload and download only).
-  kernels::DeviceArray<float> params, grads;
-  // A backend with narrower activations (bf16): the copy of params in its activation type that
-  // the kernels read (model_refresh_weights). Empty on an fp32 backend, which reads params.
-  kernels::DeviceArray<unsigned char> weights;
+};
 
-  // Activation arena, sized by model_plan for at most plan_B × plan_T tokens: `slots` activation
-  // slots (one micro-batch's saved activations of one chunk), `boundaries` boundary buffers
-  // (a boundary state or its gradient, in flight or being worked on) and shared temporaries.
-  int plan_B = 0, plan_T = 0, slots = 0, boundaries = 0;
+// This rank's place in the parallel layout and the communication the layers start and finish.
+struct ParallelContext {
+  TensorParallel tp;
+  SequenceParallel sp;
+  RingAttention ring;          // sp > 1: attention's ring over sp.comm, and its timers
+  int Cl = 0, Hl = 0, Fl = 0;  // this rank's attention width, heads and MLP width (÷ tp)
+  VocabShard vocab;            // this rank's rows of the (padded) vocabulary
+  PipelineStage stage;
+  std::vector<ModelChunk> chunks;  // this rank's, in unrolled order
+  // Per unique layer: the lowest position this rank runs it at (−1: not held here). Its
+  // gradients are final after that position's backward in the step's last micro-batch.
+  std::vector<int> first_use;
+  // Tensor-parallel all-reduces in flight: forward outputs and backward input gradients, one per
+  // pending slot (at most `delay` each).
+  TensorParallelSums tp_sums;
+  TraceRecorder* trace = nullptr;  // optional, not owned: records the waits that blocked
+};
+
+// The activation arena's plan (model_plan), offsets and sizes in floats: sized for at most
+// B × T tokens, `slots` activation slots (one micro-batch's saved activations of one
+// chunk), `boundaries` boundary buffers (a boundary state or its gradient, in flight or being
+// worked on) and shared temporaries (ArenaTemporaries).
+struct ArenaPlan {
+  int B = 0, T = 0, slots = 0, boundaries = 0;
   bool split_backward = false;       // slots also keep what a later weight-gradient pass needs
-  size_t plan_attention_scratch_bytes = 0;  // planned; the backend's need must not grow
-  kernels::DeviceArray<float> arena;  // the backend's memory, offsets below in floats
+  Recompute recompute = Recompute::kNone;
+  size_t attention_scratch_bytes = 0;  // planned; the backend's need must not grow
   size_t slot_floats = 0, slots_base = 0, boundary_floats = 0, boundaries_base = 0;
   size_t shared_floats = 0;          // everything else in the arena
   // Recomputation (shared by every slot): one unit's activations (work_acts, per sub-layer from
@@ -213,25 +219,48 @@ struct Model {
   // The (slot, chunk) whose forward left its last unit's activations in the workspace, untouched
   // since (−1: none): its backward uses them instead of recomputing that unit.
   int work_slot = -1, work_chunk = -1;
-  kernels::DeviceArray<int> slot_tokens;  // (slots, B, T) inputs of each slot's micro-batch
-  kernels::DeviceArray<int> targets;      // (B, T) the targets of the micro-batch in forward
+};
+
+// Where the arena's shared temporaries are (offsets in floats).
+struct ArenaTemporaries {
   size_t normed_f = 0;               // (B, T, C) final norm output (the LM head's input)
   size_t d_normed = 0;               // (delay, B, T, C) partial pre-norm output gradients
   size_t d_hidden = 0, d_hidden2 = 0;  // per-sub-layer backward temporaries
-  size_t rope_cos = 0, rope_sin = 0;  // (plan_T, hd/2), row t: the angles of position t
-                                      // (with sp > 1: of positions[t])
-  // sp > 1: the global position of each local row (planned for plan_T rows), the ring's
+  size_t rope_cos = 0, rope_sin = 0;   // (plan.T, hd/2), row t: the angles of position t
+                                       // (with sp > 1: of positions[t])
+  // sp > 1: the global position of each local row (planned for plan.T rows), the ring's
   // workspace (RingWorkspace: key/value blocks and gradients, then the block lse) and, for
-  // learned positions, wpe's rows at `positions` and their gradient, (plan_T, C) each.
+  // learned positions, wpe's rows at `positions` and their gradient, (plan.T, C) each.
   std::vector<int> positions;
   size_t ring_work = 0, ring_lse = 0, wpe_local = 0, dwpe_local = 0;
   size_t attention_scratch = 0, lm_head_scratch = 0;  // sized by the backend (0 bytes: unused)
   size_t norm_scratch = 0, embedding_scratch = 0;
+};
 
-  // Tensor-parallel all-reduces in flight: forward outputs and backward input gradients, one per
-  // pending slot (at most `delay` each).
-  TensorParallelSums tp_sums;
-  TraceRecorder* trace = nullptr;    // optional, not owned: records the waits that blocked
+// The model's memory: the backend's allocations (device memory on a device backend: the host
+// reaches it through upload and download only).
+struct ModelBuffers {
+  // Runs every kernel and owns the buffers' memory. Shared: models on one device share its
+  // backend (stream, handles). Never null after model_layout / model_create.
+  std::shared_ptr<const kernels::KernelBackend> backend;
+  kernels::DeviceArray<float> params, grads;  // (num_params) fp32
+  // A backend with narrower activations (bf16): the copy of params in its activation type that
+  // the kernels read (model_refresh_weights). Empty on an fp32 backend, which reads params.
+  kernels::DeviceArray<unsigned char> weights;
+  kernels::DeviceArray<float> arena;      // ArenaPlan's offsets are into it
+  kernels::DeviceArray<int> slot_tokens;  // (slots, B, T) inputs of each slot's micro-batch
+  kernels::DeviceArray<int> targets;      // (B, T) the targets of the micro-batch in forward
+};
+
+// The model: a few parts, each with one job. Layers and chunks read what they need from the part
+// that owns it.
+struct Model {
+  ModelSpec spec;
+  ParamLayout layout;
+  ParallelContext par;
+  ArenaPlan plan;
+  ArenaTemporaries temps;
+  ModelBuffers buf;
 };
 
 // Builds the parameter layout for `cfg` (validated) with zeroed buffers: this rank's shards when
@@ -256,6 +285,12 @@ struct ArenaSizes {
 };
 ArenaSizes model_arena_sizes(const Model& model, int B, int T, int slots = 1, int boundaries = 1,
                              bool split_backward = false, Recompute recompute = Recompute::kNone);
+
+// Before a step's (or an evaluation's) passes: the tensor-parallel and ring wait timers start
+// from zero, and `trace` (null: none) records the waits that block (the ring's as "sp wait").
+void model_begin_passes(Model& model, TraceRecorder* trace);
+// Seconds the passes since model_begin_passes blocked on tensor-parallel sums and the ring.
+double model_comm_wait_seconds(const Model& model);
 
 // After params changed (init, a checkpoint read, an optimizer step, a broadcast): the weight
 // copy the kernels read follows them (nothing to do on an fp32 backend).

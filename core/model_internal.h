@@ -6,13 +6,17 @@
 
 namespace loom::model_detail {
 
-inline bool is_layernorm(const Model& m) { return m.config.norm() == config::ModelConfig::LAYERNORM; }
-inline bool is_rotary(const Model& m) { return m.config.position() == config::ModelConfig::ROTARY; }
-inline const kernels::KernelBackend& kb(const Model& m) { return *m.backend; }
+inline bool is_layernorm(const Model& m) {
+  return m.spec.config.norm() == config::ModelConfig::LAYERNORM;
+}
+inline bool is_rotary(const Model& m) {
+  return m.spec.config.position() == config::ModelConfig::ROTARY;
+}
+inline const kernels::KernelBackend& kb(const Model& m) { return *m.buf.backend; }
 
 // Arena regions: activations (the backend's type) and fp32 statistics or tables.
-inline void* act(Model& m, size_t offset) { return m.arena.data() + offset; }
-inline float* stat(Model& m, size_t offset) { return m.arena.data() + offset; }
+inline void* act(Model& m, size_t offset) { return m.buf.arena.data() + offset; }
+inline float* stat(Model& m, size_t offset) { return m.buf.arena.data() + offset; }
 // The activation `elements` past `base`.
 inline void* act_offset(const Model& m, void* base, size_t elements) {
   return static_cast<char*>(base) + elements * kb(m).activation_bytes();
@@ -22,10 +26,10 @@ inline const void* act_offset(const Model& m, const void* base, size_t elements)
 }
 // The weights the kernels read: the fp32 master copy, or on a bf16 backend its bf16 copy.
 inline const void* weight(Model& m, size_t offset) {
-  if (m.weights.empty()) return m.params.data() + offset;
-  return m.weights.data() + offset * kb(m).activation_bytes();
+  if (m.buf.weights.empty()) return m.buf.params.data() + offset;
+  return m.buf.weights.data() + offset * kb(m).activation_bytes();
 }
-inline float* grad(Model& m, size_t offset) { return m.grads.data() + offset; }
+inline float* grad(Model& m, size_t offset) { return m.buf.grads.data() + offset; }
 
 // sp > 1: the ring's buffers in the arena for (B, T) local tokens.
 RingWorkspace ring_workspace(Model& m, int B, int T);
@@ -34,7 +38,9 @@ RingWorkspace ring_workspace(Model& m, int B, int T);
 const void* row_parallel_bias(Model& m, size_t offset);
 
 // Arena offset of slot `slot`'s start.
-inline size_t slot_base(const Model& m, int slot) { return m.slots_base + slot * m.slot_floats; }
+inline size_t slot_base(const Model& m, int slot) {
+  return m.plan.slots_base + slot * m.plan.slot_floats;
+}
 // A sub-layer's saved activations in slot `slot` (absolute arena offsets).
 SublayerActs acts_in_slot(const Model& m, const SublayerActs& a, int slot);
 

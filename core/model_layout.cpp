@@ -30,24 +30,24 @@ struct LayoutBuilder {
              ParamInit init, int shard_dim = -1, int groups = 1) {
     const int index = global_index++;
     std::vector<int> held_by = holders(role, layer);
-    if (std::find(held_by.begin(), held_by.end(), m.stage.rank) == held_by.end()) return 0;
+    if (std::find(held_by.begin(), held_by.end(), m.par.stage.rank) == held_by.end()) return 0;
     std::vector<int64_t> local = shape;
     if (shard_dim >= 0) {
       const int64_t group = shape[shard_dim] / groups;
       // A vocabulary (the only dimension tp need not divide) is padded to a multiple of tp.
-      local[shard_dim] = groups * ((group + m.tp.size - 1) / m.tp.size);
+      local[shard_dim] = groups * ((group + m.par.tp.size - 1) / m.par.tp.size);
     }
     size_t size = 1;
     for (int64_t d : local) size *= static_cast<size_t>(d);
-    m.tensors.push_back({std::move(name), std::move(local), m.num_params, size, decay,
-                         std::move(shape), shard_dim, groups, role, layer, init, index,
-                         std::move(held_by)});
-    m.num_params += size;
-    return m.tensors.back().offset;
+    m.layout.tensors.push_back({std::move(name), std::move(local), m.layout.num_params, size, decay,
+                                std::move(shape), shard_dim, groups, role, layer, init, index,
+                                std::move(held_by)});
+    m.layout.num_params += size;
+    return m.layout.tensors.back().offset;
   }
 
   void add_layer(const std::string& prefix, int u) {
-    const int64_t C = m.C, F = m.F;
+    const int64_t C = m.spec.C, F = m.spec.F;
     const bool ln = is_layernorm(m);
     const ParamRole L = ParamRole::kLayer;
     LayerOffsets o{};
@@ -67,7 +67,7 @@ struct LayoutBuilder {
     o.mlp_proj_w =
         add(prefix + "mlp.proj.weight", {C, F}, true, L, u, ParamInit::kNormalScaled, 1);
     o.mlp_proj_b = add(prefix + "mlp.proj.bias", {C}, false, L, u, ParamInit::kZeros);
-    m.layers.push_back(o);
+    m.layout.layers.push_back(o);
   }
 };
 
@@ -76,33 +76,34 @@ struct LayoutBuilder {
 // The unrolled list at m.loops iterations, this rank's chunks (with their segments under the
 // model's recomputation policy) and where it first runs each unique layer.
 void model_detail::lay_out_chunks(Model& m) {
-  const ModelConfig& cfg = m.config;
+  const ModelConfig& cfg = m.spec.config;
   const int P = cfg.prelude_layers(), K = cfg.block_layers(), Q = cfg.coda_layers();
-  m.unrolled.clear();
-  m.chunks.clear();
-  for (int i = 0; i < P; ++i) m.unrolled.push_back(i);
-  m.loop_begin = P;
-  for (int r = 0; r < m.loops; ++r)
-    for (int j = 0; j < K; ++j) m.unrolled.push_back(P + j);
-  for (int i = 0; i < Q; ++i) m.unrolled.push_back(P + K + i);
-  const int n = static_cast<int>(m.unrolled.size());
+  m.spec.unrolled.clear();
+  m.par.chunks.clear();
+  for (int i = 0; i < P; ++i) m.spec.unrolled.push_back(i);
+  m.spec.loop_begin = P;
+  for (int r = 0; r < m.spec.loops; ++r)
+    for (int j = 0; j < K; ++j) m.spec.unrolled.push_back(P + j);
+  for (int i = 0; i < Q; ++i) m.spec.unrolled.push_back(P + K + i);
+  const int n = static_cast<int>(m.spec.unrolled.size());
   // A single stage runs the whole list, however deep (model_set_loops).
-  if (m.stage.plan.pp == 1 && m.stage.plan.virtual_stages == 1) m.stage.plan = {1, 1, {0, n}};
-  LOOM_CHECK(m.stage.plan.positions() == n && m.stage.rank < m.stage.plan.pp);
-  m.first_use.assign(m.unique_layers, -1);
-  for (int piece : stage_plan_pieces(m.stage.plan, m.stage.rank)) {
+  if (m.par.stage.plan.pp == 1 && m.par.stage.plan.virtual_stages == 1)
+    m.par.stage.plan = {1, 1, {0, n}};
+  LOOM_CHECK(m.par.stage.plan.positions() == n && m.par.stage.rank < m.par.stage.plan.pp);
+  m.par.first_use.assign(m.spec.unique_layers, -1);
+  for (int piece : stage_plan_pieces(m.par.stage.plan, m.par.stage.rank)) {
     ModelChunk c;
-    c.begin = m.stage.plan.bounds[piece];
-    c.end = m.stage.plan.bounds[piece + 1];
+    c.begin = m.par.stage.plan.bounds[piece];
+    c.end = m.par.stage.plan.bounds[piece + 1];
     c.piece = piece;
     c.first = c.begin == 0;
     c.last = c.end == n;
     c.injected_in = boundary_carries_injected(m, 2 * c.begin);
     c.injected_out = !c.last && boundary_carries_injected(m, 2 * c.end);
     for (int p = c.begin; p < c.end; ++p)
-      if (m.first_use[m.unrolled[p]] < 0) m.first_use[m.unrolled[p]] = p;
+      if (m.par.first_use[m.spec.unrolled[p]] < 0) m.par.first_use[m.spec.unrolled[p]] = p;
     plan_segments(m, c);
-    m.chunks.push_back(std::move(c));
+    m.par.chunks.push_back(std::move(c));
   }
 }
 
@@ -110,20 +111,20 @@ namespace {
 
 // Pipeline ranks that hold a tensor of this role (and unique layer).
 std::vector<int> holders_of(const Model& m, ParamRole role, int layer) {
-  const StagePlan& plan = m.stage.plan;
+  const StagePlan& plan = m.par.stage.plan;
   const int last_rank = (plan.pieces() - 1) % plan.pp;
   std::vector<int> out;
   switch (role) {
     case ParamRole::kTokenEmbedding:
       out.push_back(0);
-      if (m.config.tie_embeddings() && last_rank != 0) out.push_back(last_rank);
+      if (m.spec.config.tie_embeddings() && last_rank != 0) out.push_back(last_rank);
       break;
     case ParamRole::kPositionEmbedding: out.push_back(0); break;
     case ParamRole::kFinalNorm:
     case ParamRole::kLmHead: out.push_back(last_rank); break;
     case ParamRole::kLayer:
       for (int r = 0; r < plan.pp; ++r)
-        if (stage_plan_runs_layer(m.config, plan, r, layer)) out.push_back(r);
+        if (stage_plan_runs_layer(m.spec.config, plan, r, layer)) out.push_back(r);
       break;
   }
   return out;
@@ -131,13 +132,13 @@ std::vector<int> holders_of(const Model& m, ParamRole role, int layer) {
 
 // Ranges of each unique layer's tensors, of the embeddings and of the head.
 void lay_out_ranges(Model& m) {
-  m.layer_ranges.assign(m.unique_layers, ShardRange{});
-  m.embedding_range = m.head_range = ShardRange{};
-  for (const ParamTensor& t : m.tensors) {
-    ShardRange& r = t.role == ParamRole::kLayer ? m.layer_ranges[t.layer]
+  m.layout.layer_ranges.assign(m.spec.unique_layers, ShardRange{});
+  m.layout.embedding_range = m.layout.head_range = ShardRange{};
+  for (const ParamTensor& t : m.layout.tensors) {
+    ShardRange& r = t.role == ParamRole::kLayer ? m.layout.layer_ranges[t.layer]
                     : (t.role == ParamRole::kFinalNorm || t.role == ParamRole::kLmHead)
-                        ? m.head_range
-                        : m.embedding_range;
+                        ? m.layout.head_range
+                        : m.layout.embedding_range;
     if (r.size() == 0) r = {t.offset, t.offset};
     LOOM_CHECK(r.end == t.offset);  // contiguous
     r.end = t.offset + t.size;
@@ -149,57 +150,61 @@ void lay_out_ranges(Model& m) {
 Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::KernelBackend> backend,
                    TensorParallel tp, PipelineStage stage, SequenceParallel sp) {
   Model m;
-  m.config = cfg;
-  m.backend = backend ? std::move(backend) : make_cpu_backend();
-  m.V = cfg.vocab_size();
-  m.C = cfg.d_model();
-  m.H = cfg.n_heads();
-  m.F = cfg.d_mlp();
-  m.max_T = cfg.max_seq_len();
-  m.delay = cfg.residual() == ModelConfig::LADDER ? 2 : 1;
+  m.spec.config = cfg;
+  m.buf.backend = backend ? std::move(backend) : make_cpu_backend();
+  m.spec.V = cfg.vocab_size();
+  m.spec.C = cfg.d_model();
+  m.spec.H = cfg.n_heads();
+  m.spec.F = cfg.d_mlp();
+  m.spec.max_T = cfg.max_seq_len();
+  m.spec.delay = cfg.residual() == ModelConfig::LADDER ? 2 : 1;
   LOOM_CHECK(tp.size >= 1 && tp.rank >= 0 && tp.rank < tp.size);
   // No comm: a layout for planning. The shard arithmetic takes the group rank as tp coordinate.
   LOOM_CHECK(!tp.comm || (tp.comm->size() == tp.size && tp.comm->rank() == tp.rank));
-  LOOM_CHECK(m.H % tp.size == 0 && m.F % tp.size == 0);  // validate_config says so to users
+  LOOM_CHECK(m.spec.H % tp.size == 0 &&
+             m.spec.F % tp.size == 0);  // validate_config says so to users
   if (tp.size == 1) tp.comm = nullptr;
-  m.tp = tp;
-  m.tp.type = activation_data_type(*m.backend);
+  m.par.tp = tp;
+  m.par.tp.type = activation_data_type(*m.buf.backend);
   LOOM_CHECK(sp.size >= 1 && sp.rank >= 0 && sp.rank < sp.size);
   LOOM_CHECK(!sp.comm || (sp.comm->size() == sp.size && sp.comm->rank() == sp.rank));
   if (sp.size == 1) sp.comm = nullptr;
-  m.sp = sp;
-  m.ring = RingAttention(sp.comm, sp.layout);
-  m.stage = std::move(stage);
-  m.Hl = m.H / tp.size;
-  m.Cl = m.Hl * (m.C / m.H);
-  m.Fl = m.F / tp.size;
-  m.vocab = vocab_shard(m.V, tp.size, tp.rank);
-  m.tp_sums.forward.resize(m.delay);
-  m.tp_sums.backward.resize(m.delay);
-  m.unique_layers = cfg.prelude_layers() + cfg.block_layers() + cfg.coda_layers();
-  m.loops = m.plan_loops_min = m.plan_loops_max = cfg.loops();
+  m.par.sp = sp;
+  m.par.ring = RingAttention(sp.comm, sp.layout);
+  m.par.stage = std::move(stage);
+  m.par.Hl = m.spec.H / tp.size;
+  m.par.Cl = m.par.Hl * (m.spec.C / m.spec.H);
+  m.par.Fl = m.spec.F / tp.size;
+  m.par.vocab = vocab_shard(m.spec.V, tp.size, tp.rank);
+  m.par.tp_sums.forward.resize(m.spec.delay);
+  m.par.tp_sums.backward.resize(m.spec.delay);
+  m.spec.unique_layers = cfg.prelude_layers() + cfg.block_layers() + cfg.coda_layers();
+  m.spec.loops = m.spec.plan_loops_min = m.spec.plan_loops_max = cfg.loops();
   lay_out_chunks(m);
 
   LayoutBuilder b{m, [&m](ParamRole role, int layer) { return holders_of(m, role, layer); }};
   // Vocab-parallel: this rank's rows of the padded vocabulary.
-  m.wte = b.add("wte", {m.V, m.C}, true, ParamRole::kTokenEmbedding, -1, ParamInit::kNormal, 0);
-  m.has_wte = !m.tensors.empty();
+  m.layout.wte = b.add("wte", {m.spec.V, m.spec.C}, true, ParamRole::kTokenEmbedding, -1,
+                       ParamInit::kNormal, 0);
+  m.layout.has_wte = !m.layout.tensors.empty();
   if (!is_rotary(m))
-    m.wpe = b.add("wpe", {m.max_T, m.C}, true, ParamRole::kPositionEmbedding, -1,
-                  ParamInit::kNormal);
+    m.layout.wpe = b.add("wpe", {m.spec.max_T, m.spec.C}, true, ParamRole::kPositionEmbedding, -1,
+                         ParamInit::kNormal);
   for (int i = 0; i < cfg.prelude_layers(); ++i)
     b.add_layer("prelude." + std::to_string(i) + ".", i);
   for (int i = 0; i < cfg.block_layers(); ++i)
     b.add_layer("block." + std::to_string(i) + ".", cfg.prelude_layers() + i);
   for (int i = 0; i < cfg.coda_layers(); ++i)
     b.add_layer("coda." + std::to_string(i) + ".", cfg.prelude_layers() + cfg.block_layers() + i);
-  m.norm_f_w = b.add("norm_f.weight", {m.C}, false, ParamRole::kFinalNorm, -1, ParamInit::kOnes);
+  m.layout.norm_f_w =
+      b.add("norm_f.weight", {m.spec.C}, false, ParamRole::kFinalNorm, -1, ParamInit::kOnes);
   if (is_layernorm(m))
-    m.norm_f_b = b.add("norm_f.bias", {m.C}, false, ParamRole::kFinalNorm, -1, ParamInit::kZeros);
+    m.layout.norm_f_b =
+        b.add("norm_f.bias", {m.spec.C}, false, ParamRole::kFinalNorm, -1, ParamInit::kZeros);
   if (!cfg.tie_embeddings())
-    m.lm_head = b.add("lm_head.weight", {m.V, m.C}, true, ParamRole::kLmHead, -1,
-                      ParamInit::kNormal, 0);
-  m.global_tensors = static_cast<size_t>(b.global_index);
+    m.layout.lm_head = b.add("lm_head.weight", {m.spec.V, m.spec.C}, true, ParamRole::kLmHead, -1,
+                             ParamInit::kNormal, 0);
+  m.layout.global_tensors = static_cast<size_t>(b.global_index);
   lay_out_ranges(m);
   return m;
 }
@@ -207,27 +212,30 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
 Model model_create(const ModelConfig& cfg, std::shared_ptr<const kernels::KernelBackend> backend,
                    TensorParallel tp, PipelineStage stage, SequenceParallel sp) {
   Model m = model_layout(cfg, std::move(backend), tp, std::move(stage), sp);
-  m.params = kernels::DeviceArray<float>(m.backend, m.num_params);
-  m.grads = kernels::DeviceArray<float>(m.backend, m.num_params);
-  const size_t act_bytes = m.backend->activation_bytes();
+  m.buf.params = kernels::DeviceArray<float>(m.buf.backend, m.layout.num_params);
+  m.buf.grads = kernels::DeviceArray<float>(m.buf.backend, m.layout.num_params);
+  const size_t act_bytes = m.buf.backend->activation_bytes();
   if (act_bytes != sizeof(float))
-    m.weights = kernels::DeviceArray<unsigned char>(m.backend, m.num_params * act_bytes);
+    m.buf.weights =
+        kernels::DeviceArray<unsigned char>(m.buf.backend, m.layout.num_params * act_bytes);
   return m;
 }
 
 void model_init(Model& m, uint64_t seed) {
   Rng rng{seed};
-  const double std_w = m.config.init_std();
+  const double std_w = m.spec.config.init_std();
   // The configured depth (model.loops), whatever depth the model runs now.
-  const double std_proj = std_w / std::sqrt(2.0 * static_cast<double>(unrolled_layers(m.config)));
+  const double std_proj =
+      std_w / std::sqrt(2.0 * static_cast<double>(unrolled_layers(m.spec.config)));
   // Every global tensor in global order (the whole model's layout), so the generator's sequence
   // does not depend on which tensors this rank holds.
-  const Model whole = model_layout(m.config, m.backend, {m.tp.size, m.tp.rank, nullptr});
-  std::vector<const ParamTensor*> held(whole.tensors.size(), nullptr);
-  for (const ParamTensor& t : m.tensors) held[t.global_index] = &t;
+  const Model whole =
+      model_layout(m.spec.config, m.buf.backend, {m.par.tp.size, m.par.tp.rank, nullptr});
+  std::vector<const ParamTensor*> held(whole.layout.tensors.size(), nullptr);
+  for (const ParamTensor& t : m.layout.tensors) held[t.global_index] = &t;
   std::vector<float> values;  // one global tensor at a time
-  std::vector<float> local(m.num_params);  // this rank's buffer, uploaded at the end
-  for (const ParamTensor& t : whole.tensors) {
+  std::vector<float> local(m.layout.num_params);  // this rank's buffer, uploaded at the end
+  for (const ParamTensor& t : whole.layout.tensors) {
     values.resize(tensor_global_size(t));
     switch (t.init) {
       case ParamInit::kNormal:
@@ -240,28 +248,33 @@ void model_init(Model& m, uint64_t seed) {
       case ParamInit::kZeros: std::fill(values.begin(), values.end(), 0.0f); break;
     }
     if (const ParamTensor* mine = held[t.global_index])
-      tensor_shard_extract(*mine, m.tp.rank, values.data(), local.data() + mine->offset);
+      tensor_shard_extract(*mine, m.par.tp.rank, values.data(), local.data() + mine->offset);
   }
-  m.params.upload(local);
+  m.buf.params.upload(local);
   model_refresh_weights(m);
 }
 
 void model_refresh_weights(Model& m) {
-  if (!m.weights.empty()) kb(m).to_activation(m.weights.data(), m.params.data(), m.num_params);
+  if (!m.buf.weights.empty())
+    kb(m).to_activation(m.buf.weights.data(), m.buf.params.data(), m.layout.num_params);
 }
 
 namespace {
 
 size_t floats_for(size_t bytes) { return (bytes + sizeof(float) - 1) / sizeof(float); }
 
-// Bump allocator over the arena, in floats; every offset is a multiple of 16 floats (64 bytes).
+// Bump allocator over the arena, in floats; every offset is a multiple of the backend's
+// alignment (64 bytes on the CPU, 256 on a GPU).
 // take: n fp32 elements (statistics, tables); act: n activations of the backend's size.
-struct ArenaPlan {
-  size_t act_bytes = sizeof(float);
+struct ArenaCursor {
+  explicit ArenaCursor(const kernels::KernelBackend& be)
+      : act_bytes(be.activation_bytes()), align(be.alignment() / sizeof(float)) {}
+  size_t act_bytes;
+  size_t align;  // in floats
   size_t used = 0;
   size_t take(size_t n) {
     size_t at = used;
-    used += (n + 15) / 16 * 16;
+    used += (n + align - 1) / align * align;
     return at;
   }
   size_t act(size_t n) { return take(floats_for(n * act_bytes)); }
@@ -270,8 +283,9 @@ struct ArenaPlan {
 size_t act_floats(const Model& m, size_t n) { return floats_for(n * kb(m).activation_bytes()); }
 
 // One sub-layer's saved activations (with split backward also its output gradients).
-SublayerActs plan_sublayer(const Model& m, ArenaPlan& plan, int sub, int B, int T, bool split) {
-  const size_t N = static_cast<size_t>(B) * T, C = m.C, Cl = m.Cl, F = m.Fl, H = m.Hl;
+SublayerActs plan_sublayer(const Model& m, ArenaCursor& plan, int sub, int B, int T, bool split) {
+  const size_t N = static_cast<size_t>(B) * T, C = m.spec.C, Cl = m.par.Cl, F = m.par.Fl,
+               H = m.par.Hl;
   SublayerActs a{};
   a.input = plan.act(N * C);
   a.normed = plan.act(N * C);
@@ -292,8 +306,8 @@ SublayerActs plan_sublayer(const Model& m, ArenaPlan& plan, int sub, int B, int 
 // chunk the final norm's input and statistics and the LM head's output gradient. Offsets within
 // the slot.
 void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T, bool split) {
-  const size_t N = static_cast<size_t>(B) * T, C = m.C;
-  ArenaPlan plan{kb(m).activation_bytes()};
+  const size_t N = static_cast<size_t>(B) * T, C = m.spec.C;
+  ArenaCursor plan{kb(m)};
   c.acts.assign(2 * (c.end - c.begin), SublayerActs{});
   c.keeps_injected = false;
   for (ChunkSegment& g : c.segments) {
@@ -301,7 +315,7 @@ void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T, bool split) {
       for (int i = 2 * g.begin; i < 2 * g.end; ++i)
         c.acts[i - 2 * c.begin] = plan_sublayer(m, plan, i % 2, B, T, split);
     if (g.kind != ChunkSegment::kRecomputed) continue;
-    g.checkpoint = plan.take(m.checkpoint_floats);
+    g.checkpoint = plan.take(m.plan.checkpoint_floats);
     c.keeps_injected |= boundary_carries_injected(m, 2 * g.begin);
   }
   if (c.keeps_injected) c.injected_kept = plan.act(N * C);
@@ -321,7 +335,7 @@ struct RecomputeNeeds {
 };
 RecomputeNeeds recompute_needs(const Model& m) {
   RecomputeNeeds need;
-  for (const ModelChunk& c : m.chunks)
+  for (const ModelChunk& c : m.par.chunks)
     for (const ChunkSegment& g : c.segments) {
       if (g.kind == ChunkSegment::kKept) continue;
       for (size_t u = 0; u < g.units.size(); ++u) {
@@ -336,79 +350,82 @@ RecomputeNeeds recompute_needs(const Model& m) {
 
 // Lays the arena out for (B, T) into m's offsets; returns its size in floats.
 size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split) {
-  const size_t N = static_cast<size_t>(B) * T, C = m.C, Cl = m.Cl, F = m.Fl;
+  const size_t N = static_cast<size_t>(B) * T, C = m.spec.C, Cl = m.par.Cl, F = m.par.Fl;
   const size_t NC = (N * C + 31) / 32 * 32;  // one (B, T, C) tensor: 16 floats for any type
-  ArenaPlan plan{kb(m).activation_bytes()};
-  m.checkpoint_floats = act_floats(m, m.delay * NC);  // the stream and delay − 1 pending outputs
+  ArenaCursor plan{kb(m)};
+  m.plan.checkpoint_floats =
+      act_floats(m, m.spec.delay * NC);  // the stream and delay − 1 pending outputs
   // The largest slot and recomputation needs over every loop count the model may run. Each grows
   // with the loop count under every policy (more iterations keep more; SQRT's ⌈R/⌈√R⌉⌉
   // segments and ⌈√R⌉ units per segment never shrink as R grows), so the range's ends decide;
   // model_set_loops checks it.
-  m.slot_floats = 0;
+  m.plan.slot_floats = 0;
   RecomputeNeeds need;
-  const int running = m.loops;
-  std::vector<int> counts{m.plan_loops_min};
-  if (m.plan_loops_max != m.plan_loops_min) counts.push_back(m.plan_loops_max);
+  const int running = m.spec.loops;
+  std::vector<int> counts{m.spec.plan_loops_min};
+  if (m.spec.plan_loops_max != m.spec.plan_loops_min) counts.push_back(m.spec.plan_loops_max);
   for (int loops : counts) {
-    m.loops = loops;
+    m.spec.loops = loops;
     lay_out_chunks(m);
-    for (ModelChunk& c : m.chunks) {
+    for (ModelChunk& c : m.par.chunks) {
       plan_chunk_slot(m, c, B, T, split);
-      m.slot_floats = std::max(m.slot_floats, c.slot_floats);
+      m.plan.slot_floats = std::max(m.plan.slot_floats, c.slot_floats);
     }
     const RecomputeNeeds n = recompute_needs(m);
     need.unit_positions = std::max(need.unit_positions, n.unit_positions);
     need.units = std::max(need.units, n.units);
   }
-  if (m.loops != running) {  // the chunks laid out for the count the model runs now
-    m.loops = running;
+  if (m.spec.loops != running) {  // the chunks laid out for the count the model runs now
+    m.spec.loops = running;
     lay_out_chunks(m);
-    for (ModelChunk& c : m.chunks) plan_chunk_slot(m, c, B, T, split);
+    for (ModelChunk& c : m.par.chunks) plan_chunk_slot(m, c, B, T, split);
   }
-  m.slots = slots;
-  m.boundaries = boundaries;
-  m.slots_base = plan.take(m.slot_floats * slots);
+  m.plan.slots = slots;
+  m.plan.boundaries = boundaries;
+  m.plan.slots_base = plan.take(m.plan.slot_floats * slots);
   // Stream, `delay` pending outputs, e: (2 + delay) × (B, T, C).
-  m.boundary_floats = act_floats(m, (2 + m.delay) * NC);
-  m.boundaries_base = plan.take(m.boundary_floats * boundaries);
-  m.work_acts.clear();
+  m.plan.boundary_floats = act_floats(m, (2 + m.spec.delay) * NC);
+  m.plan.boundaries_base = plan.take(m.plan.boundary_floats * boundaries);
+  m.plan.work_acts.clear();
   for (int i = 0; i < 2 * need.unit_positions; ++i)
-    m.work_acts.push_back(plan_sublayer(m, plan, i % 2, B, T, false));
-  m.recompute_state = need.unit_positions > 0 ? plan.take(m.boundary_floats) : 0;
-  m.inner_capacity = need.units > 1 ? need.units : 0;
-  m.inner_checkpoints = plan.take(m.checkpoint_floats * m.inner_capacity);
-  m.normed_f = plan.act(N * C);
-  m.d_normed = plan.act(m.delay * N * C);
-  m.d_hidden = plan.act(N * std::max(3 * Cl, F));
-  m.d_hidden2 = plan.act(N * std::max(Cl, F));
-  const int hd = m.C / m.H;
+    m.plan.work_acts.push_back(plan_sublayer(m, plan, i % 2, B, T, false));
+  m.plan.recompute_state = need.unit_positions > 0 ? plan.take(m.plan.boundary_floats) : 0;
+  m.plan.inner_capacity = need.units > 1 ? need.units : 0;
+  m.plan.inner_checkpoints = plan.take(m.plan.checkpoint_floats * m.plan.inner_capacity);
+  m.temps.normed_f = plan.act(N * C);
+  m.temps.d_normed = plan.act(m.spec.delay * N * C);
+  m.temps.d_hidden = plan.act(N * std::max(3 * Cl, F));
+  m.temps.d_hidden2 = plan.act(N * std::max(Cl, F));
+  const int hd = m.spec.C / m.spec.H;
   // Rotary angles of the (local) rows 0 .. T − 1; none for learned positions.
   const size_t rope_floats = is_rotary(m) ? static_cast<size_t>(T) * hd / 2 : 0;
-  m.rope_cos = plan.take(rope_floats);
-  m.rope_sin = plan.take(rope_floats);
+  m.temps.rope_cos = plan.take(rope_floats);
+  m.temps.rope_sin = plan.take(rope_floats);
   const kernels::KernelBackend& be = kb(m);
-  if (m.sp.size > 1) {  // ring attention's blocks instead of whole-sequence attention
-    m.ring_work = plan.act(ring_workspace_activations(B, T, m.Cl));
-    m.ring_lse = plan.take(ring_workspace_lse_floats(B, T, m.Hl));
+  if (m.par.sp.size > 1) {  // ring attention's blocks instead of whole-sequence attention
+    m.temps.ring_work = plan.act(ring_workspace_activations(B, T, m.par.Cl));
+    m.temps.ring_lse = plan.take(ring_workspace_lse_floats(B, T, m.par.Hl));
     if (!is_rotary(m)) {
-      m.wpe_local = plan.act(static_cast<size_t>(T) * C);      // wpe's rows (the weights' type)
-      m.dwpe_local = plan.take(static_cast<size_t>(T) * C);    // their gradient, fp32
+      m.temps.wpe_local = plan.act(static_cast<size_t>(T) * C);    // wpe's rows (the weights' type)
+      m.temps.dwpe_local = plan.take(static_cast<size_t>(T) * C);  // their gradient, fp32
     }
   }
-  m.plan_attention_scratch_bytes = m.sp.size > 1 ? be.attention_block_scratch_bytes(B, m.Hl, T, T)
-                                                 : be.attention_scratch_bytes(B, T, m.Cl, m.Hl);
-  m.attention_scratch = plan.take(floats_for(m.plan_attention_scratch_bytes));
-  const int chunk = std::min<int>(m.config.lm_head_chunk(), static_cast<int>(N));
-  m.lm_head_scratch = plan.take(floats_for(
-      m.tp.size > 1 ? vocab_parallel_scratch_bytes(be, chunk, m.vocab.rows)
-                    : be.lm_head_scratch_bytes(chunk, m.V)));
+  m.plan.attention_scratch_bytes = m.par.sp.size > 1
+                                       ? be.attention_block_scratch_bytes(B, m.par.Hl, T, T)
+                                       : be.attention_scratch_bytes(B, T, m.par.Cl, m.par.Hl);
+  m.temps.attention_scratch = plan.take(floats_for(m.plan.attention_scratch_bytes));
+  const int chunk = std::min<int>(m.spec.config.lm_head_chunk(), static_cast<int>(N));
+  m.temps.lm_head_scratch = plan.take(
+      floats_for(m.par.tp.size > 1 ? vocab_parallel_scratch_bytes(be, chunk, m.par.vocab.rows)
+                                   : be.lm_head_scratch_bytes(chunk, m.spec.V)));
   // One scratch serves every norm backward (one kind per model) and the embedding backward.
-  const size_t norm_bytes = is_layernorm(m) ? be.layernorm_backward_scratch_bytes(B * T, m.C)
-                                            : be.rmsnorm_backward_scratch_bytes(B * T, m.C);
-  m.norm_scratch = plan.take(floats_for(norm_bytes));
-  m.embedding_scratch = plan.take(floats_for(be.embedding_backward_scratch_bytes(B, T, m.C)));
-  m.shared_floats = plan.used - m.slots_base - m.slot_floats * slots -
-                    m.boundary_floats * boundaries;
+  const size_t norm_bytes = is_layernorm(m) ? be.layernorm_backward_scratch_bytes(B * T, m.spec.C)
+                                            : be.rmsnorm_backward_scratch_bytes(B * T, m.spec.C);
+  m.temps.norm_scratch = plan.take(floats_for(norm_bytes));
+  m.temps.embedding_scratch =
+      plan.take(floats_for(be.embedding_backward_scratch_bytes(B, T, m.spec.C)));
+  m.plan.shared_floats = plan.used - m.plan.slots_base - m.plan.slot_floats * slots -
+                         m.plan.boundary_floats * boundaries;
   return plan.used;
 }
 
@@ -416,84 +433,90 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
 
 ArenaSizes model_arena_sizes(const Model& model, int B, int T, int slots, int boundaries,
                              bool split_backward, Recompute recompute) {
-  Model copy = model_layout(model.config, model.backend, model.tp, model.stage, model.sp);
-  copy.loops = model.loops;
-  copy.plan_loops_min = model.plan_loops_min;
-  copy.plan_loops_max = model.plan_loops_max;
-  copy.recompute = recompute;
+  Model copy = model_layout(model.spec.config, model.buf.backend, model.par.tp, model.par.stage,
+                            model.par.sp);
+  copy.spec.loops = model.spec.loops;
+  copy.spec.plan_loops_min = model.spec.plan_loops_min;
+  copy.spec.plan_loops_max = model.spec.plan_loops_max;
+  copy.plan.recompute = recompute;
   const size_t total = plan_arena(copy, B, T, slots, boundaries, split_backward);
-  return {total, copy.slot_floats, copy.boundary_floats, copy.shared_floats};
+  return {total, copy.plan.slot_floats, copy.plan.boundary_floats, copy.plan.shared_floats};
 }
 
 void model_plan(Model& m, int B, int T, int slots, int boundaries, bool split_backward,
                 Recompute recompute) {
-  LOOM_CHECK(m.plan_B == 0);  // planned once
-  LOOM_CHECK(T * m.sp.size <= m.max_T && slots >= 1 && boundaries >= 1);
+  LOOM_CHECK(m.plan.B == 0);  // planned once
+  LOOM_CHECK(T * m.par.sp.size <= m.spec.max_T && slots >= 1 && boundaries >= 1);
   // A split backward's weight pass reads the activations recomputation does not keep.
-  LOOM_CHECK(!split_backward || (recompute == Recompute::kNone && m.config.backprop_loops() == 0));
-  m.plan_B = B;
-  m.plan_T = T;
-  m.split_backward = split_backward;
-  m.recompute = recompute;
-  m.arena = kernels::DeviceArray<float>(m.backend, plan_arena(m, B, T, slots, boundaries, split_backward));
-  const int hd = m.C / m.H;
-  if (m.sp.size > 1) m.positions = sequence_positions(m.sp.layout, T * m.sp.size, m.sp.size, m.sp.rank);
+  LOOM_CHECK(!split_backward ||
+             (recompute == Recompute::kNone && m.spec.config.backprop_loops() == 0));
+  m.plan.B = B;
+  m.plan.T = T;
+  m.plan.split_backward = split_backward;
+  m.plan.recompute = recompute;
+  m.buf.arena = kernels::DeviceArray<float>(m.buf.backend,
+                                            plan_arena(m, B, T, slots, boundaries, split_backward));
+  const int hd = m.spec.C / m.spec.H;
+  if (m.par.sp.size > 1)
+    m.temps.positions =
+        sequence_positions(m.par.sp.layout, T * m.par.sp.size, m.par.sp.size, m.par.sp.rank);
   // Row t: the angles of position t, or with sp > 1 of the global position of local row t.
   const SequencePieces pieces =
-      m.sp.size > 1 ? sequence_pieces(m.sp.layout, T * m.sp.size, m.sp.size, m.sp.rank)
-                    : sequence_pieces(SequenceLayout::kContiguous, T, 1, 0);  // rows 0 .. T − 1
+      m.par.sp.size > 1
+          ? sequence_pieces(m.par.sp.layout, T * m.par.sp.size, m.par.sp.size, m.par.sp.rank)
+          : sequence_pieces(SequenceLayout::kContiguous, T, 1, 0);  // rows 0 .. T − 1
   if (is_rotary(m))
     for (const SequencePiece& p : pieces) {
       const size_t row = static_cast<size_t>(p.row) * hd / 2;
-      kb(m).rope_table(stat(m, m.rope_cos) + row, stat(m, m.rope_sin) + row, p.rows, hd,
-                       m.config.rope_theta(), p.position);
+      kb(m).rope_table(stat(m, m.temps.rope_cos) + row, stat(m, m.temps.rope_sin) + row, p.rows, hd,
+                       m.spec.config.rope_theta(), p.position);
     }
-  m.slot_tokens = kernels::DeviceArray<int>(m.backend, static_cast<size_t>(slots) * B * T);
-  m.targets = kernels::DeviceArray<int>(m.backend, static_cast<size_t>(B) * T);
+  m.buf.slot_tokens = kernels::DeviceArray<int>(m.buf.backend, static_cast<size_t>(slots) * B * T);
+  m.buf.targets = kernels::DeviceArray<int>(m.buf.backend, static_cast<size_t>(B) * T);
 }
 
 void model_set_loop_range(Model& m, int min_loops, int max_loops) {
-  LOOM_CHECK(m.plan_B == 0 && min_loops >= 1 && min_loops <= max_loops);
-  LOOM_CHECK(min_loops == max_loops || m.stage.plan.pieces() == 1);
-  m.plan_loops_min = min_loops;
-  m.plan_loops_max = max_loops;
+  LOOM_CHECK(m.plan.B == 0 && min_loops >= 1 && min_loops <= max_loops);
+  LOOM_CHECK(min_loops == max_loops || m.par.stage.plan.pieces() == 1);
+  m.spec.plan_loops_min = min_loops;
+  m.spec.plan_loops_max = max_loops;
   model_set_loops(m, max_loops);
 }
 
 void model_set_loops(Model& m, int loops) {
-  if (loops == m.loops) return;
+  if (loops == m.spec.loops) return;
   // Pipeline stages cut a fixed unrolled list; a planned arena serves its planned range.
-  LOOM_CHECK(m.stage.plan.pieces() == 1);
-  LOOM_CHECK(m.plan_B == 0 || (loops >= m.plan_loops_min && loops <= m.plan_loops_max));
-  m.loops = loops;
+  LOOM_CHECK(m.par.stage.plan.pieces() == 1);
+  LOOM_CHECK(m.plan.B == 0 || (loops >= m.spec.plan_loops_min && loops <= m.spec.plan_loops_max));
+  m.spec.loops = loops;
   lay_out_chunks(m);
-  if (m.plan_B == 0) return;
-  for (ModelChunk& c : m.chunks) {
-    plan_chunk_slot(m, c, m.plan_B, m.plan_T, m.split_backward);
-    LOOM_CHECK(c.slot_floats <= m.slot_floats);
+  if (m.plan.B == 0) return;
+  for (ModelChunk& c : m.par.chunks) {
+    plan_chunk_slot(m, c, m.plan.B, m.plan.T, m.plan.split_backward);
+    LOOM_CHECK(c.slot_floats <= m.plan.slot_floats);
   }
   const RecomputeNeeds need = recompute_needs(m);
-  LOOM_CHECK(2 * need.unit_positions <= static_cast<int>(m.work_acts.size()));
-  LOOM_CHECK(need.units <= 1 || need.units <= m.inner_capacity);
+  LOOM_CHECK(2 * need.unit_positions <= static_cast<int>(m.plan.work_acts.size()));
+  LOOM_CHECK(need.units <= 1 || need.units <= m.plan.inner_capacity);
 }
 
 size_t model_boundary_count(const Model& m, int chunk, bool at_end, int B, int T) {
-  const ModelChunk& c = m.chunks[chunk];
+  const ModelChunk& c = m.par.chunks[chunk];
   const bool injected = at_end ? c.injected_out : c.injected_in;
-  return (m.delay + (injected ? 1 : 0)) * static_cast<size_t>(B) * T * m.C;
+  return (m.spec.delay + (injected ? 1 : 0)) * static_cast<size_t>(B) * T * m.spec.C;
 }
 
 namespace {
 
 float* boundary_buffer(Model& m, int index) {
-  LOOM_CHECK(index >= 0 && index < m.boundaries);
-  return m.arena.data() + m.boundaries_base + index * m.boundary_floats;
+  LOOM_CHECK(index >= 0 && index < m.plan.boundaries);
+  return m.buf.arena.data() + m.plan.boundaries_base + index * m.plan.boundary_floats;
 }
 
 }  // namespace
 
 BoundaryState model_boundary_state(Model& m, int index, int B, int T) {
-  return {boundary_buffer(m, index), static_cast<size_t>(B) * T * m.C, m.delay,
+  return {boundary_buffer(m, index), static_cast<size_t>(B) * T * m.spec.C, m.spec.delay,
           kb(m).activation_bytes()};
 }
 

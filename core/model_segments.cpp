@@ -11,13 +11,14 @@ namespace {
 
 // Whether a unit starts at `position`: every prelude and coda layer, every loop iteration.
 bool starts_unit(const Model& m, int position) {
-  const int P = m.loop_begin, K = m.config.block_layers(), loop_end = P + K * m.loops;
+  const int P = m.spec.loop_begin, K = m.spec.config.block_layers(),
+            loop_end = P + K * m.spec.loops;
   return position <= P || position >= loop_end || (position - P) % K == 0;
 }
 
 int iterations_with_gradient(const Model& m) {
-  const int k = m.config.backprop_loops();
-  return k == 0 || k >= m.loops ? m.loops : k;
+  const int k = m.spec.config.backprop_loops();
+  return k == 0 || k >= m.spec.loops ? m.spec.loops : k;
 }
 
 // ⌈√n⌉ for n ≥ 1.
@@ -30,15 +31,18 @@ int ceil_sqrt(int n) {
 }  // namespace
 
 int no_grad_end(const Model& m) {
-  return m.loop_begin + m.config.block_layers() * (m.loops - iterations_with_gradient(m));
+  return m.spec.loop_begin +
+         m.spec.config.block_layers() * (m.spec.loops - iterations_with_gradient(m));
 }
 
 void plan_segments(const Model& m, ModelChunk& c) {
-  const int P = m.loop_begin, K = m.config.block_layers(), loop_end = P + K * m.loops;
+  const int P = m.spec.loop_begin, K = m.spec.config.block_layers(),
+            loop_end = P + K * m.spec.loops;
   const int cut = no_grad_end(m);
   // kSqrt groups ⌈√R⌉ iterations (R: those with gradient, counted from the cut) per segment;
   // kLoopBoundary one. A prelude or coda layer is a segment of its own.
-  const int group = m.recompute == Recompute::kSqrt ? ceil_sqrt(iterations_with_gradient(m)) : 1;
+  const int group =
+      m.plan.recompute == Recompute::kSqrt ? ceil_sqrt(iterations_with_gradient(m)) : 1;
   c.segments.clear();
   c.segment_of.assign(c.end - c.begin, 0);
   c.unit_of.assign(c.end - c.begin, 0);
@@ -50,7 +54,7 @@ void plan_segments(const Model& m, ModelChunk& c) {
     long key = -1;  // units of one kind with equal keys in a row form one segment
     if (u >= P && u < cut) {
       kind = ChunkSegment::kNoGrad;
-    } else if (m.recompute != Recompute::kNone) {
+    } else if (m.plan.recompute != Recompute::kNone) {
       kind = ChunkSegment::kRecomputed;
       key = u >= P && u < loop_end ? (u - cut) / K / group : -2 - u;
     }

@@ -8,19 +8,19 @@ namespace loom::model_detail {
 
 // A row-parallel layer's bias: added by tp rank 0 only, so the all-reduced sum holds it once.
 const void* row_parallel_bias(Model& m, size_t offset) {
-  return m.tp.rank == 0 ? weight(m, offset) : nullptr;
+  return m.par.tp.rank == 0 ? weight(m, offset) : nullptr;
 }
 
 RingWorkspace ring_workspace(Model& m, int B, int T) {
-  const size_t kv = static_cast<size_t>(B) * T * 2 * m.Cl;
+  const size_t kv = static_cast<size_t>(B) * T * 2 * m.par.Cl;
   RingWorkspace ws;
-  void* base = act(m, m.ring_work);
+  void* base = act(m, m.temps.ring_work);
   ws.kv[0] = base;
   ws.kv[1] = act_offset(m, base, kv);
   for (int i = 0; i < 3; ++i) ws.dkv[i] = act_offset(m, base, (2 + i) * kv);
   ws.block_out = ws.dkv[0];  // forward only; the gradients are backward's
-  ws.block_lse = stat(m, m.ring_lse);
-  ws.scratch = act(m, m.attention_scratch);
+  ws.block_lse = stat(m, m.temps.ring_lse);
+  ws.scratch = act(m, m.temps.attention_scratch);
   return ws;
 }
 
@@ -33,24 +33,26 @@ SublayerActs acts_in_slot(const Model& m, const SublayerActs& a, int slot) {
 void tp_wait(Model& m, WorkPtr& work) {
   if (!work) return;
   const auto start = std::chrono::steady_clock::now();
-  const double blocked = tp_wait(m.tp_sums, work);
+  const double blocked = tp_wait(m.par.tp_sums, work);
   // Only waits that blocked (a trace of every completed handle would be mostly noise).
-  if (m.trace && m.trace->enabled && blocked > 20e-6)
-    trace_record(*m.trace, "tp wait", "tp_wait", start, std::chrono::steady_clock::now());
+  if (m.par.trace && m.par.trace->enabled && blocked > 20e-6)
+    trace_record(*m.par.trace, "tp wait", "tp_wait", start, std::chrono::steady_clock::now());
 }
 
 const void* lm_head_weight(Model& m) {
-  return weight(m, m.config.tie_embeddings() ? m.wte : m.lm_head);
+  return weight(m, m.spec.config.tie_embeddings() ? m.layout.wte : m.layout.lm_head);
 }
-float* lm_head_grad(Model& m) { return grad(m, m.config.tie_embeddings() ? m.wte : m.lm_head); }
+float* lm_head_grad(Model& m) {
+  return grad(m, m.spec.config.tie_embeddings() ? m.layout.wte : m.layout.lm_head);
+}
 
 void norm_forward(Model& m, size_t w, size_t b, const SublayerActs& a, int N) {
   if (is_layernorm(m))
     kb(m).layernorm_forward(act(m, a.normed), stat(m, a.mean), stat(m, a.rstd), act(m, a.input),
-                            weight(m, w), weight(m, b), N, m.C, m.config.norm_eps());
+                            weight(m, w), weight(m, b), N, m.spec.C, m.spec.config.norm_eps());
   else
-    kb(m).rmsnorm_forward(act(m, a.normed), stat(m, a.rstd), act(m, a.input), weight(m, w), N, m.C,
-                          m.config.norm_eps());
+    kb(m).rmsnorm_forward(act(m, a.normed), stat(m, a.rstd), act(m, a.input), weight(m, w), N,
+                          m.spec.C, m.spec.config.norm_eps());
 }
 
 // d_input += backward of the pre-norm, from the (complete) gradient of its output.
@@ -58,29 +60,29 @@ void norm_backward(Model& m, size_t w, size_t b, const SublayerActs& a, int N, c
                    void* d_input) {
   if (is_layernorm(m))
     kb(m).layernorm_backward(d_input, grad(m, w), grad(m, b), d_normed, act(m, a.input),
-                             weight(m, w), stat(m, a.mean), stat(m, a.rstd), N, m.C,
-                             act(m, m.norm_scratch));
+                             weight(m, w), stat(m, a.mean), stat(m, a.rstd), N, m.spec.C,
+                             act(m, m.temps.norm_scratch));
   else
     kb(m).rmsnorm_backward(d_input, grad(m, w), d_normed, act(m, a.input), weight(m, w),
-                           stat(m, a.rstd), N, m.C, act(m, m.norm_scratch));
+                           stat(m, a.rstd), N, m.spec.C, act(m, m.temps.norm_scratch));
 }
 
 // h (B, T, C) = Attn(norm1(input)): this rank's heads' part of it (all of it when tp = 1).
 void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
                                 int T, void* h) {
-  const int N = B * T, C = m.C, Cl = m.Cl;
+  const int N = B * T, C = m.spec.C, Cl = m.par.Cl;
   norm_forward(m, o.norm1_w, o.norm1_b, a, N);
   kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.qkv_w), weight(m, o.qkv_b),
                        N, C, 3 * Cl);
   if (is_rotary(m))
-    kb(m).rope_apply(act(m, a.hidden), stat(m, m.rope_cos), stat(m, m.rope_sin), B, T, Cl, m.Hl,
-                     false);
-  if (m.sp.comm)  // this rank's rows attend to the whole sequence around the sp ring
-    ring_attention_forward(m.ring, kb(m), ring_workspace(m, B, T), act(m, a.hidden2),
-                           stat(m, a.lse), act(m, a.hidden), B, T, Cl, m.Hl);
+    kb(m).rope_apply(act(m, a.hidden), stat(m, m.temps.rope_cos), stat(m, m.temps.rope_sin), B, T,
+                     Cl, m.par.Hl, false);
+  if (m.par.sp.comm)  // this rank's rows attend to the whole sequence around the sp ring
+    ring_attention_forward(m.par.ring, kb(m), ring_workspace(m, B, T), act(m, a.hidden2),
+                           stat(m, a.lse), act(m, a.hidden), B, T, Cl, m.par.Hl);
   else
-    kb(m).attention_forward(act(m, a.hidden2), stat(m, a.lse), act(m, a.hidden), B, T, Cl, m.Hl,
-                            act(m, m.attention_scratch));
+    kb(m).attention_forward(act(m, a.hidden2), stat(m, a.lse), act(m, a.hidden), B, T, Cl, m.par.Hl,
+                            act(m, m.temps.attention_scratch));
   kb(m).matmul_forward(h, act(m, a.hidden2), weight(m, o.attn_proj_w),
                        row_parallel_bias(m, o.attn_proj_b), N, Cl, C);
 }
@@ -88,7 +90,7 @@ void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerA
 // h (B, T, C) = MLP(norm2(input)): this rank's part of it.
 void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
                           void* h) {
-  const int N = B * T, C = m.C, Fl = m.Fl;
+  const int N = B * T, C = m.spec.C, Fl = m.par.Fl;
   norm_forward(m, o.norm2_w, o.norm2_b, a, N);
   kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.fc_w), weight(m, o.fc_b), N,
                        C, Fl);
@@ -107,30 +109,32 @@ float* now(Model& m, size_t offset, bool defer) { return defer ? nullptr : grad(
 
 void attention_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
                                  int T, const void* dh, void* d_normed, bool defer_weights) {
-  const int N = B * T, C = m.C, Cl = m.Cl;
+  const int N = B * T, C = m.spec.C, Cl = m.par.Cl;
   const bool defer = defer_weights;
-  void* d_attn = act(m, m.d_hidden2);                             // (B, T, Cl)
-  void* d_qkv = act(m, defer ? a.d_mid : m.d_hidden);             // (B, T, 3Cl)
+  void* d_attn = act(m, m.temps.d_hidden2);                  // (B, T, Cl)
+  void* d_qkv = act(m, defer ? a.d_mid : m.temps.d_hidden);  // (B, T, 3Cl)
   if (defer) kb(m).copy(act(m, a.d_out), dh, static_cast<size_t>(N) * C);
   kb(m).matmul_backward(d_attn, now(m, o.attn_proj_w, defer), now(m, o.attn_proj_b, defer), dh,
                         act(m, a.hidden2), weight(m, o.attn_proj_w), N, Cl, C);
-  if (m.sp.comm)
-    ring_attention_backward(m.ring, kb(m), ring_workspace(m, B, T), d_qkv, d_attn,
-                            act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B, T, Cl, m.Hl);
+  if (m.par.sp.comm)
+    ring_attention_backward(m.par.ring, kb(m), ring_workspace(m, B, T), d_qkv, d_attn,
+                            act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B, T, Cl,
+                            m.par.Hl);
   else
-    kb(m).attention_backward(d_qkv, d_attn, act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse),
-                             B, T, Cl, m.Hl, act(m, m.attention_scratch));
+    kb(m).attention_backward(d_qkv, d_attn, act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B,
+                             T, Cl, m.par.Hl, act(m, m.temps.attention_scratch));
   if (is_rotary(m))
-    kb(m).rope_apply(d_qkv, stat(m, m.rope_cos), stat(m, m.rope_sin), B, T, Cl, m.Hl, true);
+    kb(m).rope_apply(d_qkv, stat(m, m.temps.rope_cos), stat(m, m.temps.rope_sin), B, T, Cl,
+                     m.par.Hl, true);
   kb(m).matmul_backward(d_normed, now(m, o.qkv_w, defer), now(m, o.qkv_b, defer), d_qkv,
                         act(m, a.normed), weight(m, o.qkv_w), N, C, 3 * Cl);
 }
 
 void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
                            const void* dh, void* d_normed, bool defer_weights) {
-  const int N = B * T, C = m.C, Fl = m.Fl;
+  const int N = B * T, C = m.spec.C, Fl = m.par.Fl;
   const bool defer = defer_weights;
-  void* d_hidden = act(m, defer ? a.d_mid : m.d_hidden);  // (B, T, Fl)
+  void* d_hidden = act(m, defer ? a.d_mid : m.temps.d_hidden);  // (B, T, Fl)
   if (defer) kb(m).copy(act(m, a.d_out), dh, static_cast<size_t>(N) * C);
   kb(m).matmul_backward(d_hidden, now(m, o.mlp_proj_w, defer), now(m, o.mlp_proj_b, defer), dh,
                         act(m, a.hidden2), weight(m, o.mlp_proj_w), N, Fl, C);
@@ -141,7 +145,7 @@ void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& 
 
 // The same matrices' gradients, in the same order, as the backward without defer_weights adds.
 void attention_sublayer_weights(Model& m, const LayerOffsets& o, const SublayerActs& a, int N) {
-  const int C = m.C, Cl = m.Cl;
+  const int C = m.spec.C, Cl = m.par.Cl;
   kb(m).matmul_backward(nullptr, grad(m, o.attn_proj_w), grad(m, o.attn_proj_b), act(m, a.d_out),
                         act(m, a.hidden2), weight(m, o.attn_proj_w), N, Cl, C);
   kb(m).matmul_backward(nullptr, grad(m, o.qkv_w), grad(m, o.qkv_b), act(m, a.d_mid),
@@ -149,7 +153,7 @@ void attention_sublayer_weights(Model& m, const LayerOffsets& o, const SublayerA
 }
 
 void mlp_sublayer_weights(Model& m, const LayerOffsets& o, const SublayerActs& a, int N) {
-  const int C = m.C, Fl = m.Fl;
+  const int C = m.spec.C, Fl = m.par.Fl;
   kb(m).matmul_backward(nullptr, grad(m, o.mlp_proj_w), grad(m, o.mlp_proj_b), act(m, a.d_out),
                         act(m, a.hidden2), weight(m, o.mlp_proj_w), N, Fl, C);
   kb(m).matmul_backward(nullptr, grad(m, o.fc_w), grad(m, o.fc_b), act(m, a.d_mid),
@@ -157,16 +161,17 @@ void mlp_sublayer_weights(Model& m, const LayerOffsets& o, const SublayerActs& a
 }
 
 bool starts_loop_iteration(const Model& m, int position) {
-  const int block = m.config.block_layers();
-  const int end = m.loop_begin + block * m.loops;
-  return position >= m.loop_begin && position < end && (position - m.loop_begin) % block == 0;
+  const int block = m.spec.config.block_layers();
+  const int end = m.spec.loop_begin + block * m.spec.loops;
+  return position >= m.spec.loop_begin && position < end &&
+         (position - m.spec.loop_begin) % block == 0;
 }
 
 // With input injection, the sub-layer at which the prelude's output e is taken: right after the
 // prelude's last output h_{P−1} joins the stream (P = the loop's first sub-layer), which is when
 // sub-layer P − 1 + delay reads it, so no all-reduce has to be waited on early. −1 without.
 int injection_sublayer(const Model& m) {
-  return m.config.input_injection() ? 2 * m.loop_begin + m.delay - 1 : -1;
+  return m.spec.config.input_injection() ? 2 * m.spec.loop_begin + m.spec.delay - 1 : -1;
 }
 
 
@@ -174,8 +179,8 @@ bool boundary_carries_injected(const Model& m, int sublayer) {
   const int injection = injection_sublayer(m);
   if (injection < 0 || injection >= sublayer) return false;
   // A loop iteration after the first that starts at or after this boundary adds e.
-  const int block = m.config.block_layers();
-  const int last_start = m.loop_begin + block * (m.loops - 1);
+  const int block = m.spec.config.block_layers();
+  const int last_start = m.spec.loop_begin + block * (m.spec.loops - 1);
   return 2 * last_start >= sublayer;
 }
 

@@ -8,19 +8,19 @@
 namespace loom {
 
 Optimizer optimizer_create(const Model& model) {
-  return optimizer_create(model, {ShardRange{0, model.num_params}});
+  return optimizer_create(model, {ShardRange{0, model.layout.num_params}});
 }
 
 Optimizer optimizer_create(const Model& model, std::vector<ShardRange> owned) {
   Optimizer opt;
   size_t total = 0;
   for (const ShardRange& r : owned) {
-    LOOM_CHECK(r.begin <= r.end && r.end <= model.num_params);
+    LOOM_CHECK(r.begin <= r.end && r.end <= model.layout.num_params);
     total += r.size();
   }
   opt.owned = std::move(owned);
-  opt.m = kernels::DeviceArray<float>(model.backend, total);
-  opt.v = kernels::DeviceArray<float>(model.backend, total);
+  opt.m = kernels::DeviceArray<float>(model.buf.backend, total);
+  opt.v = kernels::DeviceArray<float>(model.buf.backend, total);
   return opt;
 }
 
@@ -50,7 +50,7 @@ float learning_rate(const config::OptimConfig& optim, int total_steps, long step
 }
 
 double grad_norm(const Model& model) {
-  return std::sqrt(model.backend->sum_squares(model.grads.data(), model.num_params));
+  return std::sqrt(model.buf.backend->sum_squares(model.buf.grads.data(), model.layout.num_params));
 }
 
 float clip_scale(double norm, float max_norm) {
@@ -63,21 +63,21 @@ float clip_scale(double norm, float max_norm) {
 void optimizer_step(Optimizer& opt, Model& model, const config::OptimConfig& optim, float lr,
                     float grad_scale, const float* grads) {
   if (!grads) {
-    LOOM_CHECK(opt.owned.size() == 1 && opt.owned[0].size() == model.num_params);
-    grads = model.grads.data();
+    LOOM_CHECK(opt.owned.size() == 1 && opt.owned[0].size() == model.layout.num_params);
+    grads = model.buf.grads.data();
   }
   ++opt.step;
   size_t compact = 0;
   for (const ShardRange& r : opt.owned) {
     // The pieces of each tensor inside this range, each with that tensor's weight decay.
-    for (const ParamTensor& t : model.tensors) {
+    for (const ParamTensor& t : model.layout.tensors) {
       const size_t lo = std::max(r.begin, t.offset), hi = std::min(r.end, t.offset + t.size);
       if (lo >= hi) continue;
       const size_t c = compact + (lo - r.begin);
-      model.backend->adamw_update(model.params.data() + lo, grads + c, opt.m.data() + c,
-                                  opt.v.data() + c, hi - lo, lr, optim.beta1(), optim.beta2(),
-                                  optim.eps(), t.decay ? optim.weight_decay() : 0.0f, opt.step,
-                                  grad_scale);
+      model.buf.backend->adamw_update(model.buf.params.data() + lo, grads + c, opt.m.data() + c,
+                                      opt.v.data() + c, hi - lo, lr, optim.beta1(), optim.beta2(),
+                                      optim.eps(), t.decay ? optim.weight_decay() : 0.0f, opt.step,
+                                      grad_scale);
     }
     compact += r.size();
   }

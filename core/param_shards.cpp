@@ -66,27 +66,27 @@ void tensor_shard_insert(const ParamTensor& t, int rank, const float* local, flo
 
 size_t model_global_floats(const Model& m) {
   size_t n = 0;
-  for (const ParamTensor& t : m.tensors) n += tensor_global_size(t);
+  for (const ParamTensor& t : m.layout.tensors) n += tensor_global_size(t);
   return n;
 }
 
 void model_gather_global(const Model& m, const float* local, std::vector<float>& global) {
-  if (m.tp.rank != 0) {  // sends its shards to rank 0 of the group
-    m.tp.comm->send(local, m.num_params, DataType::kFloat32, 0);
+  if (m.par.tp.rank != 0) {  // sends its shards to rank 0 of the group
+    m.par.tp.comm->send(local, m.layout.num_params, DataType::kFloat32, 0);
     global.clear();
     return;
   }
   global.assign(model_global_floats(m), 0.0f);
   // One rank's buffer at a time: rank 0 holds the global buffer and one local buffer more.
-  std::vector<float> received(m.tp.size > 1 ? m.num_params : 0);
-  for (int r = 0; r < m.tp.size; ++r) {
+  std::vector<float> received(m.par.tp.size > 1 ? m.layout.num_params : 0);
+  for (int r = 0; r < m.par.tp.size; ++r) {
     const float* from = local;
     if (r > 0) {
-      m.tp.comm->recv(received.data(), m.num_params, DataType::kFloat32, r);
+      m.par.tp.comm->recv(received.data(), m.layout.num_params, DataType::kFloat32, r);
       from = received.data();
     }
     size_t at = 0;
-    for (const ParamTensor& t : m.tensors) {
+    for (const ParamTensor& t : m.layout.tensors) {
       // Replicated tensors are the same on every rank: rank 0's copy.
       if (t.shard_dim >= 0 || r == 0) tensor_shard_insert(t, r, from + t.offset, global.data() + at);
       at += tensor_global_size(t);
@@ -97,16 +97,16 @@ void model_gather_global(const Model& m, const float* local, std::vector<float>&
 double grad_sum_squares(const Model& m, const std::vector<ShardRange>& owned, const float* grads) {
   size_t total = 0;
   for (const ShardRange& r : owned) total += r.size();
-  const bool replicas = m.stage.plan.pp > 1;
-  if (m.tp.size == 1 && !replicas) return m.backend->sum_squares(grads, total);
+  const bool replicas = m.par.stage.plan.pp > 1;
+  if (m.par.tp.size == 1 && !replicas) return m.buf.backend->sum_squares(grads, total);
   double sum = 0.0;
   size_t compact = 0;
   for (const ShardRange& r : owned) {
-    for (const ParamTensor& t : m.tensors) {
-      if (t.shard_dim < 0 && m.tp.rank != 0) continue;
-      if (t.pp_holders.front() != m.stage.rank) continue;  // another stage's replica counts it
+    for (const ParamTensor& t : m.layout.tensors) {
+      if (t.shard_dim < 0 && m.par.tp.rank != 0) continue;
+      if (t.pp_holders.front() != m.par.stage.rank) continue;  // another stage's replica counts it
       const size_t lo = std::max(r.begin, t.offset), hi = std::min(r.end, t.offset + t.size);
-      if (lo < hi) sum += m.backend->sum_squares(grads + compact + (lo - r.begin), hi - lo);
+      if (lo < hi) sum += m.buf.backend->sum_squares(grads + compact + (lo - r.begin), hi - lo);
     }
     compact += r.size();
   }

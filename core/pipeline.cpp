@@ -70,7 +70,7 @@ struct Runner {
     return model_boundary_count(model, chunk, at_end, batch.B, batch.T);
   }
 
-  int chunks() const { return static_cast<int>(model.chunks.size()); }
+  int chunks() const { return static_cast<int>(model.par.chunks.size()); }
   std::pair<int, WorkPtr>& receive_of(Type type, const PipelineAction& a) {
     const int kind = type == Type::kRecvForward ? 0 : 1;
     return pipe.receiving[(static_cast<size_t>(kind) * batch.count + a.micro) * chunks() + a.chunk];
@@ -80,8 +80,9 @@ struct Runner {
   void post_receive(const PipelineAction& a) {
     const bool forward = a.type == Type::kRecvForward;
     const int buffer = take_buffer();
-    WorkPtr work = pipe.pp->recv_async(model_boundary(model, buffer, batch.B, batch.T), count(a.chunk, !forward),
-                                       activation_data_type(*model.backend), forward ? prev_rank() : next_rank());
+    WorkPtr work = pipe.pp->recv_async(
+        model_boundary(model, buffer, batch.B, batch.T), count(a.chunk, !forward),
+        activation_data_type(*model.buf.backend), forward ? prev_rank() : next_rank());
     receive_of(a.type, a) = {buffer, std::move(work)};
   }
 
@@ -99,8 +100,9 @@ struct Runner {
   }
 
   void send(int buffer, size_t count, int peer) {
-    pipe.sending.emplace_back(buffer, pipe.pp->send_async(model_boundary(model, buffer, batch.B, batch.T), count,
-                                                          activation_data_type(*model.backend), peer));
+    pipe.sending.emplace_back(
+        buffer, pipe.pp->send_async(model_boundary(model, buffer, batch.B, batch.T), count,
+                                    activation_data_type(*model.buf.backend), peer));
   }
 
   int take_slot(const PipelineAction& a) {
@@ -119,7 +121,7 @@ struct Runner {
   }
 
   void forward(const PipelineAction& a) {
-    const ModelChunk& c = model.chunks[a.chunk];
+    const ModelChunk& c = model.par.chunks[a.chunk];
     const int buffer = c.first ? take_buffer() : received(Type::kRecvForward, a);
     const int slot = take_slot(a);
     const size_t tokens = static_cast<size_t>(a.micro) * batch.B * batch.T;
@@ -138,7 +140,7 @@ struct Runner {
   }
 
   void backward_of(const PipelineAction& a) {
-    const ModelChunk& c = model.chunks[a.chunk];
+    const ModelChunk& c = model.par.chunks[a.chunk];
     const int buffer = c.last ? take_buffer() : received(Type::kRecvBackward, a);
     flight_phase(pipe.flight, pipe.split_backward ? "backward (input gradients)" : "backward",
                  a.micro, a.chunk);
@@ -234,8 +236,8 @@ Pipeline pipeline_single(int micro_batches) {
 
 double pipeline_run(Pipeline& pipe, Model& model, const std::vector<PipelineAction>& actions,
                     const MicroBatches& batch, bool backward, const GradsFinalFn& on_grads_final) {
-  LOOM_CHECK(model.slots == pipe.slots && model.boundaries == pipe.boundaries &&
-             model.split_backward == pipe.split_backward);
+  LOOM_CHECK(model.plan.slots == pipe.slots && model.plan.boundaries == pipe.boundaries &&
+             model.plan.split_backward == pipe.split_backward);
   LOOM_CHECK(pipe.size == 1 || pipe.pp);
   Runner runner{pipe, model, batch, backward, on_grads_final};
   runner.run(actions);
@@ -243,16 +245,18 @@ double pipeline_run(Pipeline& pipe, Model& model, const std::vector<PipelineActi
 }
 
 ActivationMemory pipeline_activation_memory(const Pipeline& pipe, const Model& model) {
-  const double fixed = 4.0 * (model.shared_floats + model.boundary_floats * model.boundaries);
-  return {fixed + 4.0 * model.slot_floats * model.slots,
-          fixed + 4.0 * model.slot_floats * pipe.slots_peak};
+  const double fixed =
+      4.0 * (model.plan.shared_floats + model.plan.boundary_floats * model.plan.boundaries);
+  return {fixed + 4.0 * model.plan.slot_floats * model.plan.slots,
+          fixed + 4.0 * model.plan.slot_floats * pipe.slots_peak};
 }
 
 std::vector<std::vector<int>> pipeline_replica_sets(const Model& model) {
   std::vector<std::vector<int>> sets;
-  for (int r = 0; r < model.stage.plan.pp; ++r)
-    for (const ParamTensor& t : model_layout(model.config, model.backend, {},
-                                             {model.stage.plan, r}).tensors)
+  for (int r = 0; r < model.par.stage.plan.pp; ++r)
+    for (const ParamTensor& t :
+         model_layout(model.spec.config, model.buf.backend, {}, {model.par.stage.plan, r})
+             .layout.tensors)
       if (t.pp_holders.size() > 1 &&
           std::find(sets.begin(), sets.end(), t.pp_holders) == sets.end())
         sets.push_back(t.pp_holders);
@@ -262,9 +266,9 @@ std::vector<std::vector<int>> pipeline_replica_sets(const Model& model) {
 
 ReplicaSync replica_sync_create(Model& model, std::vector<ReplicaGroup>& groups) {
   ReplicaSync sync;
-  sync.grads = model.grads.data();
+  sync.grads = model.buf.grads.data();
   const ParamTensor* prev = nullptr;
-  for (const ParamTensor& t : model.tensors) {  // buffer order
+  for (const ParamTensor& t : model.layout.tensors) {  // buffer order
     Communicator* comm = nullptr;
     for (ReplicaGroup& g : groups)
       if (t.pp_holders.size() > 1 && g.holders == t.pp_holders) comm = g.comm.get();
@@ -358,14 +362,17 @@ StageMemory stage_memory(const config::RunConfig& cfg, int rank) {
                                    {p.sp(), 0, nullptr, sequence_layout(p)});
   const Pipeline pipe = pipeline_create(cfg, nullptr, rank);
   StageMemory out;
-  out.params = model.num_params;
-  const size_t act_bytes = model.backend->activation_bytes();
-  out.weight_copy_bytes = act_bytes == sizeof(float) ? 0 : model.num_params * act_bytes;
-  const bool zero = p.zero_stage() == 1 && p.dp() * p.sp() > 1;
+  out.params = model.layout.num_params;
+  const size_t act_bytes = model.buf.backend->activation_bytes();
+  out.weight_copy_bytes = act_bytes == sizeof(float) ? 0 : model.layout.num_params * act_bytes;
+  const bool reduces = p.dp() * p.sp() > 1, zero = p.zero_stage() == 1 && reduces;
   const size_t bucket = grad_bucket_floats(p);
-  out.optimizer = 2 * (zero ? grad_reducer_shard_floats(model.num_params, bucket,
-                                                        p.dp() * p.sp(), 0)
-                            : model.num_params);
+  const size_t shard =
+      zero ? grad_reducer_shard_floats(model.layout.num_params, bucket, p.dp() * p.sp(), 0) : 0;
+  out.optimizer = 2 * (zero ? shard : model.layout.num_params);
+  out.reduce_bytes = shard * sizeof(float);
+  if (reduces && p.grad_reduce_dtype() == config::RuntimeConfig::BF16)
+    out.reduce_bytes += (model.layout.num_params + shard) * act_bytes;
   out.slots = pipe.slots;
   out.boundaries = pipe.boundaries;
   const LoopCounts loops = run_loop_counts(cfg);
@@ -426,24 +433,25 @@ void pipeline_gather_global(const Model& model, const float* stage_global, Commu
     global.clear();
     return;
   }
-  const Model whole = model_layout(model.config, model.backend);
+  const Model whole = model_layout(model.spec.config, model.buf.backend);
   std::vector<size_t> global_offset;  // of each global tensor
   size_t total = 0;
-  for (const ParamTensor& t : whole.tensors) {
+  for (const ParamTensor& t : whole.layout.tensors) {
     global_offset.push_back(total);
     total += tensor_global_size(t);
   }
   global.assign(total, 0.0f);
   std::vector<float> received;
   for (int s = 0; s < pp.size(); ++s) {
-    const Model stage = model_layout(model.config, model.backend, {}, {model.stage.plan, s});
+    const Model stage =
+        model_layout(model.spec.config, model.buf.backend, {}, {model.par.stage.plan, s});
     const float* from = stage_global;
     if (s > 0) {
-      received.resize(stage.num_params);  // at tp = 1: the stage's tensors at global size
+      received.resize(stage.layout.num_params);  // at tp = 1: the stage's tensors at global size
       pp.recv(received.data(), received.size(), DataType::kFloat32, s);
       from = received.data();
     }
-    for (const ParamTensor& t : stage.tensors)
+    for (const ParamTensor& t : stage.layout.tensors)
       if (t.pp_holders.front() == s)
         std::copy_n(from + t.offset, t.size, global.data() + global_offset[t.global_index]);
   }

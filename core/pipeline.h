@@ -133,11 +133,15 @@ struct StageMemory {
   size_t params = 0;           // floats of parameters (as many of gradients)
   size_t optimizer = 0;        // floats of AdamW m and v (under ZeRO-1: the dp rank's shards)
   size_t weight_copy_bytes = 0;  // runtime.precision BF16: the weights' bf16 copy
+  // The data-parallel reduction's buffers: ZeRO-1's gradient shard (fp32) and, with
+  // parallel.grad_reduce_dtype BF16, the gradients and that shard in bf16.
+  size_t reduce_bytes = 0;
   ArenaSizes arena;            // activation arena, floats
   int slots = 0, boundaries = 0;
   // Everything a rank of this stage allocates, in bytes.
   double bytes() const {
-    return 4.0 * (2.0 * params + optimizer + arena.total) + static_cast<double>(weight_copy_bytes);
+    return 4.0 * (2.0 * params + optimizer + arena.total) +
+           static_cast<double>(weight_copy_bytes + reduce_bytes);
   }
 };
 StageMemory stage_memory(const config::RunConfig& cfg, int rank);

@@ -11,15 +11,17 @@ std::vector<int> sample_tokens(Model& model, const std::vector<int>& prompt, int
                                int count, float temperature, int top_k, Rng& rng) {
   std::vector<int> context = prompt.empty() ? std::vector<int>{end_of_text} : prompt;
   for (int token : context)
-    if (token < 0 || token >= model.V)
-      throw Error("prompt token " + std::to_string(token) + " is outside the model's vocabulary of " +
-                  std::to_string(model.V) + (prompt.empty() ? " (no end-of-text token to start "
-                                                              "from: give a prompt)" : ""));
+    if (token < 0 || token >= model.spec.V)
+      throw Error("prompt token " + std::to_string(token) +
+                  " is outside the model's vocabulary of " + std::to_string(model.spec.V) +
+                  (prompt.empty() ? " (no end-of-text token to start "
+                                    "from: give a prompt)"
+                                  : ""));
   std::vector<int> generated;
-  std::vector<float> logits(model.V);
-  std::vector<std::pair<float, int>> ranked(model.V);
+  std::vector<float> logits(model.spec.V);
+  std::vector<std::pair<float, int>> ranked(model.spec.V);
   for (int n = 0; n < count; ++n) {
-    const int T = std::min<int>(static_cast<int>(context.size()), model.plan_T);
+    const int T = std::min<int>(static_cast<int>(context.size()), model.plan.T);
     const int* window = context.data() + context.size() - T;
     model_forward(model, window, nullptr, 1, T, 0.0f);
     model_last_logits(model, 1, T, logits.data());
@@ -27,8 +29,8 @@ std::vector<int> sample_tokens(Model& model, const std::vector<int>& prompt, int
     if (temperature <= 0.0f) {
       next = static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     } else {
-      for (int v = 0; v < model.V; ++v) ranked[v] = {logits[v], v};
-      const int keep = top_k > 0 ? std::min(top_k, model.V) : model.V;
+      for (int v = 0; v < model.spec.V; ++v) ranked[v] = {logits[v], v};
+      const int keep = top_k > 0 ? std::min(top_k, model.spec.V) : model.spec.V;
       std::partial_sort(ranked.begin(), ranked.begin() + keep, ranked.end(),
                         [](const auto& a, const auto& b) { return a.first > b.first; });
       double total = 0.0;

@@ -19,19 +19,19 @@ double seconds_since(Clock::time_point start) {
 // With sequence parallelism the model takes this rank's rows of each sequence: the micro-batches'
 // (B, T) inputs and targets cut to (B, T / sp) in `local`; T becomes the local length.
 MicroBatches sequence_part(const Model& model, MicroBatches batch, std::vector<int>& local) {
-  if (model.sp.size == 1) return batch;
-  const int Tl = batch.T / model.sp.size;
+  if (model.par.sp.size == 1) return batch;
+  const int Tl = batch.T / model.par.sp.size;
   const size_t tokens = static_cast<size_t>(batch.B) * Tl, whole = static_cast<size_t>(batch.B) * batch.T;
   local.resize(2 * tokens * batch.count);
   int* inputs = local.data();
   int* targets = local.data() + tokens * batch.count;
-  LOOM_CHECK(static_cast<int>(model.positions.size()) == Tl);  // planned for this length
+  LOOM_CHECK(static_cast<int>(model.temps.positions.size()) == Tl);  // planned for this length
   for (int k = 0; k < batch.count; ++k) {
-    sequence_select(model.positions, batch.inputs + k * whole, inputs + k * tokens, batch.B,
+    sequence_select(model.temps.positions, batch.inputs + k * whole, inputs + k * tokens, batch.B,
                     batch.T);
     if (batch.targets)
-      sequence_select(model.positions, batch.targets + k * whole, targets + k * tokens, batch.B,
-                      batch.T);
+      sequence_select(model.temps.positions, batch.targets + k * whole, targets + k * tokens,
+                      batch.B, batch.T);
   }
   batch.inputs = inputs;
   if (batch.targets) batch.targets = targets;
@@ -44,23 +44,15 @@ MicroBatches sequence_part(const Model& model, MicroBatches batch, std::vector<i
 StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
                       const config::RunConfig& cfg, float lr, const int* inputs,
                       const int* targets, const StepParallel& parallel) {
-  const int B = cfg.train().micro_batch(), T = cfg.train().seq_len() / model.sp.size;
+  const int B = cfg.train().micro_batch(), T = cfg.train().seq_len() / model.par.sp.size;
   const int m = pipe.micro_batches;
   GradReducer* reducer = parallel.reducer;
   ReplicaSync* replicas = parallel.replicas;
-  model.backend->zero_bytes(model.grads.data(), model.num_params * sizeof(float));
-  model.tp_sums.wait_seconds = 0.0;
-  model.ring.wait_seconds = model.ring.compute_seconds = 0.0;
+  model.buf.backend->zero_bytes(model.buf.grads.data(), model.layout.num_params * sizeof(float));
+  model_begin_passes(model, parallel.trace);
   pipe.wait_seconds = 0.0;
   pipe.trace = parallel.trace;
   pipe.flight = parallel.flight;
-  model.trace = parallel.trace;
-  model.ring.on_blocked = {};
-  if (TraceRecorder* trace = parallel.trace; trace && model.sp.comm)
-    model.ring.on_blocked = [trace](RingAttention::Clock::time_point start,
-                                    RingAttention::Clock::time_point end) {
-      trace_record(*trace, "sp wait", "sp_wait", start, end);
-    };
   StepResult result;
   // Each rank's gradients are the mean over its tokens (its part of the sequences with sp > 1);
   // the reduction averages over the dp × sp ranks, which hold equally many.
@@ -97,11 +89,11 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   const bool zero = reducer && reducer->zero;
   // Σ g² of this rank's part of the global gradient: its ZeRO shard or its whole buffer, each
   // global element counted on one tensor-parallel rank and one pipeline stage.
-  double squares = grad_sum_squares(model, optimizer.owned,
-                                    zero ? reducer->shard : model.grads.data());
+  double squares =
+      grad_sum_squares(model, optimizer.owned, zero ? reducer->shard : model.buf.grads.data());
   flight_phase(parallel.flight, "loss and gradient norm");
   const auto start = Clock::now();
-  if (model.tp.comm) model.tp.comm->all_reduce(&squares, 1);
+  if (model.par.tp.comm) model.par.tp.comm->all_reduce(&squares, 1);
   if (parallel.pp && parallel.pp->size() > 1) {
     // The last stage's loss and every stage's squares, in one all-reduce.
     double sums[2] = {result.loss, squares};
@@ -117,8 +109,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
     if (zero) squares = sums[1];
   }
   result.grad_norm = std::sqrt(squares);
-  result.comm_wait_s +=
-      model.tp_sums.wait_seconds + model.ring.wait_seconds + pipe.wait_seconds + seconds_since(start);
+  result.comm_wait_s += model_comm_wait_seconds(model) + pipe.wait_seconds + seconds_since(start);
   result.finite = std::isfinite(result.loss) && std::isfinite(result.grad_norm);
   if (!result.finite) return result;
   flight_phase(parallel.flight, "optimizer");
@@ -128,7 +119,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
                  zero ? reducer->shard : nullptr);
   if (zero) {
     const auto start = Clock::now();
-    grad_reducer_gather_in_place(*reducer, model.params.data());
+    grad_reducer_gather_in_place(*reducer, model.buf.params.data());
     result.comm_wait_s += seconds_since(start);
   }
   model_refresh_weights(model);
@@ -151,13 +142,12 @@ double evaluate(Model& model, Pipeline& pipe, const TokenDataset& val, int batch
   }
   double total = 0.0;
   if (mine > 0) {
-    const int v = static_cast<int>(model.chunks.size());
+    const int v = static_cast<int>(model.par.chunks.size());
     const std::vector<PipelineAction> forwards =
         pipeline_forward_schedule(pipe.size, mine, v, pipe.rank);
     pipe.trace = nullptr;
     pipe.flight = nullptr;  // the caller's phase ("evaluation") stands
-    model.trace = nullptr;
-    model.ring.on_blocked = {};
+    model_begin_passes(model, nullptr);
     std::vector<int> local;
     total = pipeline_run(pipe, model, forwards,
                          sequence_part(model, {inputs.data(), targets.data(), mine, B, T, 0.0f},
@@ -167,7 +157,7 @@ double evaluate(Model& model, Pipeline& pipe, const TokenDataset& val, int batch
   if (pp && pp->size() > 1) pp->all_reduce(&total, 1, ReduceOp::kSum);  // the last stage's
   // Each sp rank's loss is the mean over its part of the tokens: their mean is the sequences'.
   dp_sp.all_reduce(&total, 1, ReduceOp::kSum);
-  return total / micro_batches / model.sp.size;
+  return total / micro_batches / model.par.sp.size;
 }
 
 }  // namespace loom

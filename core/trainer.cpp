@@ -99,6 +99,8 @@ struct Run {
   TraceRecorder trace;
   CheckpointWriter checkpoints;  // every rank writes its pieces (checkpoint.async: in the background)
   kernels::DeviceArray<float> grad_shard;  // ZeRO-1: the reducer's shard of the gradients
+  // parallel.grad_reduce_dtype BF16: the gradients and the ZeRO shard as they travel (bf16)
+  kernels::DeviceArray<unsigned char> grad_wire, grad_wire_shard;
   Traffic* traffic = nullptr;              // not owned
 };
 
@@ -114,28 +116,31 @@ Model create_model(const config::RunConfig& cfg, ProcessGroups& groups,
 
 // Every group of `groups` communicates through `backend` (parallel/device_communicator.h); the
 // ones of more than one rank count what they send into `traffic`.
-void device_groups(ProcessGroups& groups, const std::shared_ptr<const kernels::KernelBackend>& backend,
-                   Traffic& traffic) {
+void device_groups(ProcessGroups& groups,
+                   const std::shared_ptr<const kernels::KernelBackend>& backend, Traffic& traffic,
+                   double timeout_s) {
   const std::pair<std::unique_ptr<Communicator>*, const char*> all[] = {
       {&groups.world, "world"}, {&groups.dp, nullptr}, {&groups.pp, "pp"},
       {&groups.sp, "sp"},       {&groups.tp, "tp"},    {&groups.dp_sp, "dp"}};
   for (auto [comm, name] : all) {  // dp alone carries nothing of its own: dp_sp reduces gradients
     auto sent = name && (*comm)->size() > 1 ? traffic.counter(name) : nullptr;
-    *comm = make_device_communicator(std::move(*comm), backend, std::move(sent));
+    *comm = make_device_communicator(std::move(*comm), backend, std::move(sent), timeout_s);
   }
 }
 
 // Groups for the tensors several stages hold; collective over the world, the same order on every
 // rank.
 std::vector<ReplicaGroup> create_replica_groups(const Model& model, ProcessGroups& groups,
-                                               Traffic& traffic) {
+                                                double timeout_s, Traffic& traffic) {
   std::vector<ReplicaGroup> out;
   if (!groups.mpi) return out;
   for (const std::vector<int>& holders : pipeline_replica_sets(model)) {
     std::string name = "replica";
     for (int s : holders) name.append("_").append(std::to_string(s));
     std::unique_ptr<Communicator> comm = process_groups_pipeline_subset(groups, holders, name);
-    if (comm) comm = make_device_communicator(std::move(comm), model.backend, traffic.counter("replica"));
+    if (comm)
+      comm = make_device_communicator(std::move(comm), model.buf.backend,
+                                      traffic.counter("replica"), timeout_s);
     out.push_back({holders, std::move(comm)});
   }
   return out;
@@ -146,7 +151,7 @@ std::vector<ReplicaGroup> create_replica_groups(const Model& model, ProcessGroup
 // drifted: replica_sync_broadcast), so the run goes on from exactly what is saved.
 void save_checkpoint(Run& run, const CheckpointState& state, const std::string& checkpoints_dir) {
   if (!run.replicas.ranges.empty()) {
-    replica_sync_broadcast(run.replicas, run.model.params.data());
+    replica_sync_broadcast(run.replicas, run.model.buf.params.data());
     model_refresh_weights(run.model);
     if (!run.zero) {
       replica_sync_broadcast(run.replicas, run.optimizer.m.data());
@@ -156,7 +161,7 @@ void save_checkpoint(Run& run, const CheckpointState& state, const std::string& 
       for (auto [compact, flat] : {std::pair{&run.optimizer.m, &full.m}, {&run.optimizer.v, &full.v}}) {
         grad_reducer_gather(run.reducer, compact->data(), flat->data());
         replica_sync_broadcast(run.replicas, flat->data());
-        optimizer_scatter(*run.model.backend, run.optimizer, flat->data(), compact->data());
+        optimizer_scatter(*run.model.buf.backend, run.optimizer, flat->data(), compact->data());
       }
     }
   }
@@ -168,16 +173,16 @@ void save_checkpoint(Run& run, const CheckpointState& state, const std::string& 
 // The whole model's parameters on rank 0 (pp or sp > 1), for sampling on one rank; collective.
 void gather_whole_params(Run& run, std::vector<float>& out) {
   const Model& model = run.model;
-  if (model.tp.size == 1 && run.groups.mesh.pp == 1) {  // sp ranks hold the same weights
-    if (run.groups.rank == 0) out = model.params.download();
+  if (model.par.tp.size == 1 && run.groups.mesh.pp == 1) {  // sp ranks hold the same weights
+    if (run.groups.rank == 0) out = model.buf.params.download();
     return;
   }
-  const std::vector<float> local = model.params.download();
+  const std::vector<float> local = model.buf.params.download();
   std::vector<float> stage;
-  if (model.tp.size > 1) model_gather_global(model, local.data(), stage);
+  if (model.par.tp.size > 1) model_gather_global(model, local.data(), stage);
   const MeshCoord& c = run.groups.coord;
   if (c.dp != 0 || c.sp != 0 || c.tp != 0) return;
-  const float* from = model.tp.size > 1 ? stage.data() : local.data();
+  const float* from = model.par.tp.size > 1 ? stage.data() : local.data();
   if (run.groups.mesh.pp > 1)
     pipeline_gather_global(model, from, *run.groups.pp, out);
   else
@@ -191,22 +196,33 @@ void set_up_run(Run& run) {
   Model& model = run.model;
   const LoopCounts loops = run_loop_counts(cfg);
   model_set_loop_range(model, loops.min, loops.max);
-  model_plan(model, cfg.train().micro_batch(), cfg.train().seq_len() / model.sp.size,
+  model_plan(model, cfg.train().micro_batch(), cfg.train().seq_len() / model.par.sp.size,
              run.pipe.slots, run.pipe.boundaries, run.pipe.split_backward,
              recompute_policy(cfg.train()));
-  run.replica_groups = create_replica_groups(model, run.groups, *run.traffic);
+  run.replica_groups = create_replica_groups(
+      model, run.groups, run.cfg.parallel().collective_timeout_s(), *run.traffic);
   run.replicas = replica_sync_create(model, run.replica_groups);
   run.replicas.trace = &run.trace;
   if (run.groups.dp_sp->size() > 1) {
     const bool zero = cfg.parallel().zero_stage() == 1;
     const size_t bucket = grad_bucket_floats(cfg.parallel());
     Communicator& dp_sp = *run.groups.dp_sp;
-    if (zero)
-      run.grad_shard = kernels::DeviceArray<float>(
-          model.backend,
-          grad_reducer_shard_floats(model.num_params, bucket, dp_sp.size(), dp_sp.rank()));
-    run.reducer = grad_reducer_create(dp_sp, model.grads.data(), model.num_params, bucket, zero,
-                                      cfg.parallel().overlap_grad_reduce(), run.grad_shard.data());
+    const size_t shard = zero ? grad_reducer_shard_floats(model.layout.num_params, bucket,
+                                                          dp_sp.size(), dp_sp.rank())
+                              : 0;
+    if (zero) run.grad_shard = kernels::DeviceArray<float>(model.buf.backend, shard);
+    GradWire wire;
+    if (cfg.parallel().grad_reduce_dtype() == config::RuntimeConfig::BF16) {
+      const size_t act = model.buf.backend->activation_bytes();
+      run.grad_wire =
+          kernels::DeviceArray<unsigned char>(model.buf.backend, model.layout.num_params * act);
+      if (zero)
+        run.grad_wire_shard = kernels::DeviceArray<unsigned char>(model.buf.backend, shard * act);
+      wire = {model.buf.backend.get(), run.grad_wire.data(), run.grad_wire_shard.data()};
+    }
+    run.reducer =
+        grad_reducer_create(dp_sp, model.buf.grads.data(), model.layout.num_params, bucket, zero,
+                            cfg.parallel().overlap_grad_reduce(), run.grad_shard.data(), wire);
   }
   run.zero = run.reducer.zero;  // only set for a distributed run
   run.optimizer = run.zero ? optimizer_create(model, grad_reducer_owned(run.reducer))
@@ -246,17 +262,15 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
   const config::RunConfig& cfg = run.cfg;
   const Model& model = run.model;
   const ProcessGroups& groups = run.groups;
-  const bool tensor_parallel = model.tp.size > 1;
-  log.line(format("loom: %zu parameters%s, %zu unrolled layers (%d prelude + %d × %d loops + %d "
-                  "coda), %s residual, %d threads%s, %s kernels",
-                  global_params,
-                  groups.is_distributed()
-                      ? format(" (%zu on this rank)", model.num_params).c_str()
-                      : "",
-                  model.unrolled.size(), cfg.model().prelude_layers(),
-                  cfg.model().block_layers(), cfg.model().loops(), cfg.model().coda_layers(),
-                  model.delay == 2 ? "ladder" : "standard", threads,
-                  groups.is_distributed() ? " per rank" : "", model.backend->name()));
+  const bool tensor_parallel = model.par.tp.size > 1;
+  log.line(format(
+      "loom: %zu parameters%s, %zu unrolled layers (%d prelude + %d × %d loops + %d "
+      "coda), %s residual, %d threads%s, %s kernels",
+      global_params,
+      groups.is_distributed() ? format(" (%zu on this rank)", model.layout.num_params).c_str() : "",
+      model.spec.unrolled.size(), cfg.model().prelude_layers(), cfg.model().block_layers(),
+      cfg.model().loops(), cfg.model().coda_layers(), model.spec.delay == 2 ? "ladder" : "standard",
+      threads, groups.is_distributed() ? " per rank" : "", model.buf.backend->name()));
   const config::ModelConfig& m = cfg.model();
   if (cfg.train().recompute() != config::TrainConfig::NONE || m.backprop_loops() > 0 ||
       m.loops_sampling().kind() != config::LoopsSampling::FIXED) {
@@ -277,8 +291,8 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
                             groups.mesh.sp, groups.mesh.tp);
   if (tensor_parallel)
     line += format("; heads, MLP and vocabulary (%d rows per rank) split over tp, all-reduces %s",
-                   model.vocab.rows,
-                   model.delay == 2 ? "overlapped by the ladder residual" : "waited at once");
+                   model.par.vocab.rows,
+                   model.spec.delay == 2 ? "overlapped by the ladder residual" : "waited at once");
   if (groups.mesh.pp > 1) {
     line += format("; pipeline %s over %d stages × %d chunk(s), %d micro-batches, bubble %.1f%%",
                    pipeline_kind_title(run.pipe.kind), groups.mesh.pp,
@@ -302,7 +316,7 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
   log.line(line);
   if (groups.mesh.pp > 1) {
     std::string mine;
-    for (const ModelChunk& c : model.chunks)
+    for (const ModelChunk& c : model.par.chunks)
       mine += (mine.empty() ? "" : "; ") +
               stage_plan_describe(cfg.model(), c.begin, c.end);
     log.line(format("pipeline stage %d runs %s", groups.coord.pp, mine.c_str()));
@@ -334,8 +348,8 @@ void sample_at_end(Run& run, const std::vector<float>* global_params, uint64_t r
     if (run.groups.rank != 0) return;
     config::ModelConfig model_cfg = run.cfg.model();
     model_cfg.set_loops(eval_loops(run.cfg));
-    Model whole = model_create(model_cfg, run.model.backend);
-    whole.params.upload(*global_params);
+    Model whole = model_create(model_cfg, run.model.buf.backend);
+    whole.buf.params.upload(*global_params);
     model_refresh_weights(whole);
     model_plan(whole, 1, run.cfg.train().seq_len());
     out = sample_tokens(whole, prompt, tokenizer->end_of_text, l.sample_tokens(), l.sample_temperature(),
@@ -664,13 +678,15 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   ProcessGroups single;
   ProcessGroups& groups = options.groups ? *options.groups : single;
   if (!options.groups) single = process_groups_create(nullptr, Mesh{});
+  // The model's memory and kernels (runtime.device), before anything is written: a device this
+  // machine lacks leaves no run directory behind. Every group communicates through it, so an
+  // operation starts only once the kernels that wrote its buffer have run.
+  const std::shared_ptr<const kernels::KernelBackend> backend =
+      make_backend(cfg.runtime(), groups.local_rank());
   RunInputs in = open_run(cfg, options, groups);
   const int threads = start_threads(cfg, groups);
-  // The model's memory and kernels (runtime.device); every group communicates through it, so an
-  // operation starts only once the kernels that wrote its buffer have run.
-  const std::shared_ptr<const kernels::KernelBackend> backend = make_backend(cfg.runtime());
   Traffic traffic;
-  device_groups(groups, backend, traffic);
+  device_groups(groups, backend, traffic, cfg.parallel().collective_timeout_s());
   Run run{cfg,
           groups,
           create_model(cfg, groups, backend),
@@ -682,6 +698,8 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
           {},
           {},
           CheckpointWriter(groups.world.get(), cfg.checkpoint().async()),
+          {},
+          {},
           {},
           &traffic};
   LoopState loop(cfg, &in.train_data);

@@ -6,8 +6,8 @@
 // one virtual method per kernel the model uses, and owns the memory they work on, so
 // core/model.cpp computes the same layers on any backend. The backends today: the CPU at fp32
 // (kernels/cpu/backend.cpp) and bf16 (kernels/cpu/backend_bf16.cpp), and the emulated device
-// over either (kernels/emulated/backend.h); the CUDA kernels have no backend yet. They are
-// created in one place, loom::make_backend (core/backend.h).
+// over either (kernels/emulated/backend.h), and the GPU at fp32 or bf16 (kernels/cuda/backend.h,
+// in CUDA builds). They are created in one place, loom::make_backend (core/backend.h).
 //
 // Pointer kinds, the same on every backend:
 //   activations (`void*` / `const void*`): elements of activation_bytes() each (4: fp32; 2:
@@ -67,6 +67,17 @@ class KernelBackend {
   // backend's stream (MPI): waits for the work issued so far, and keeps the memory reachable by
   // the host until the returned token is released. Null where there is nothing to keep.
   virtual std::shared_ptr<void> lend_to_host() const = 0;
+  // True when p lies in memory of this backend that the host cannot reach at all (a GPU's):
+  // such a buffer moves between ranks only through a transport that works on the device
+  // (parallel/device_communicator.h). False on the CPU and the emulated device.
+  virtual bool device_memory(const void* /*p*/) const { return false; }
+  // The device's stream (a cudaStream_t) that a device transport orders its work after, and the
+  // device's index; null and -1 where there is none.
+  virtual void* stream() const { return nullptr; }
+  virtual int device() const { return -1; }
+  // Bytes every buffer a kernel takes (scratch above all) must be aligned to: what allocate
+  // returns, and what the model's arena rounds each region to.
+  virtual size_t alignment() const { return 64; }
 
   // --- optimizer and gradient statistics (fp32 master weights, gradients and moments) ---
   // AdamW over n elements, as kernels/cpu/adamw.h: p, m, v updated in place; step is 1-based.

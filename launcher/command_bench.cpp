@@ -94,8 +94,8 @@ int bench_step(const Args& args) {
   Optimizer optimizer = optimizer_create(model);
   Rng rng{cfg.train().seed()};
   std::vector<int> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
-  for (int& x : inputs) x = static_cast<int>(rng.below(model.V));
-  for (int& x : targets) x = static_cast<int>(rng.below(model.V));
+  for (int& x : inputs) x = static_cast<int>(rng.below(model.spec.V));
+  for (int& x : targets) x = static_cast<int>(rng.below(model.spec.V));
 
   std::vector<double> times;
   for (int i = 0; i < warmup + steps; ++i) {
@@ -116,16 +116,17 @@ int bench_step(const Args& args) {
   const double rss_mib = usage.ru_maxrss / 1024.0;  // kilobytes on Linux
   const std::string recompute = config::TrainConfig::Recompute_Name(cfg.train().recompute());
   if (args.flag("--json")) {
-    std::printf("{\"model\":%s,\"batch\":%d,\"seq_len\":%d,\"threads\":%d,\"params\":%zu,"
-                "\"ms_per_step\":%.3f,\"tokens_per_s\":%.1f,\"flops_per_step\":%.6g,"
-                "\"gflops\":%.2f,\"sgemm_peak_gflops\":%.2f,\"recompute\":\"%s\","
-                "\"activation_mib\":%.2f,\"max_rss_mib\":%.1f}\n",
-                model_config_json(cfg.model()).c_str(), B, T, threads, model.num_params,
-                step_s * 1e3, tokens / step_s, flops, gflops, peak, recompute.c_str(), arena_mib,
-                rss_mib);
+    std::printf(
+        "{\"model\":%s,\"batch\":%d,\"seq_len\":%d,\"threads\":%d,\"params\":%zu,"
+        "\"ms_per_step\":%.3f,\"tokens_per_s\":%.1f,\"flops_per_step\":%.6g,"
+        "\"gflops\":%.2f,\"sgemm_peak_gflops\":%.2f,\"recompute\":\"%s\","
+        "\"activation_mib\":%.2f,\"max_rss_mib\":%.1f}\n",
+        model_config_json(cfg.model()).c_str(), B, T, threads, model.layout.num_params,
+        step_s * 1e3, tokens / step_s, flops, gflops, peak, recompute.c_str(), arena_mib, rss_mib);
   } else {
-    std::printf("model: %zu parameters, %zu unrolled layers, micro-batch %d × %d tokens, %d threads\n",
-                model.num_params, model.unrolled.size(), B, T, threads);
+    std::printf(
+        "model: %zu parameters, %zu unrolled layers, micro-batch %d × %d tokens, %d threads\n",
+        model.layout.num_params, model.spec.unrolled.size(), B, T, threads);
     std::printf("activations: %.2f MiB (train.recompute %s); peak resident memory %.1f MiB\n",
                 arena_mib, recompute.c_str(), rss_mib);
     std::printf("step (median of %d): %.1f ms, %.0f tokens/s\n", steps, step_s * 1e3, tokens / step_s);

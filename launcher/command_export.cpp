@@ -54,14 +54,14 @@ int command_export(int argc, char** argv) {
   Model model = model_create(state.config.model());
   checkpoint_load(args.positional[0], model, nullptr);
   std::vector<NamedTensor> tensors;
-  for (const ParamTensor& t : model.tensors)
-    tensors.push_back({t.name, t.shape, model.params.data() + t.offset});
+  for (const ParamTensor& t : model.layout.tensors)
+    tensors.push_back({t.name, t.shape, model.buf.params.data() + t.offset});
   const std::string path = args.value("--safetensors", "");
   safetensors_write(path, tensors,
                     {{"format", "pt"}, {"loom.step", std::to_string(state.step)},
                      {"loom.config", config_to_text(state.config)}});
-  std::cout << "wrote " << tensors.size() << " tensors (" << model.num_params << " parameters) to "
-            << path << "\n";
+  std::cout << "wrote " << tensors.size() << " tensors (" << model.layout.num_params
+            << " parameters) to " << path << "\n";
   return 0;
 }
 

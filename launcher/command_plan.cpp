@@ -245,6 +245,12 @@ void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
   if (bf16)
     std::printf("  weight copy      %s   bf16 copy of the parameters the kernels read\n",
                 mib(static_cast<double>(big.weight_copy_bytes)).c_str());
+  if (big.reduce_bytes > 0)
+    std::printf("  reduce buffers   %s   %s\n", mib(static_cast<double>(big.reduce_bytes)).c_str(),
+                cfg.parallel().grad_reduce_dtype() == config::RuntimeConfig::BF16
+                    ? (zero ? "ZeRO-1 gradient shard, and gradients and shard in bf16 on the wire"
+                            : "gradients in bf16 on the wire (parallel.grad_reduce_dtype BF16)")
+                    : "ZeRO-1 gradient shard");
   std::printf("  total            %s\n", mib(big.bytes()).c_str());
   print_recompute(cfg, mesh);
   if (mesh.tp > 1)
@@ -377,7 +383,8 @@ int command_plan(int argc, char** argv) {
   std::printf(
       "  model       %zu parameters, %d unrolled layers (prelude %d, block %d × loops %d, "
       "coda %d)\n",
-      model.num_params, unrolled, m.prelude_layers(), m.block_layers(), m.loops(), m.coda_layers());
+      model.layout.num_params, unrolled, m.prelude_layers(), m.block_layers(), m.loops(),
+      m.coda_layers());
   std::printf(
       "  batch       global_batch %d = micro_batch %d × dp %d × %d accumulation step%s "
       "per rank; seq_len %d",

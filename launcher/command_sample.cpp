@@ -89,9 +89,9 @@ int command_sample(int argc, char** argv) {
   const Tokenizer tokenizer = args.has("--tokenizer-file")
                                   ? tokenizer_llmc_file(args.value("--tokenizer-file", ""))
                                   : tokenizer_of_run(args.positional[0], state.config);
-  if (tokenizer.vocab_size > model.V)
+  if (tokenizer.vocab_size > model.spec.V)
     throw Error("the tokenizer has " + std::to_string(tokenizer.vocab_size) +
-                " ids but the model only " + std::to_string(model.V) +
+                " ids but the model only " + std::to_string(model.spec.V) +
                 " (model.vocab_size): not the tokenizer this model was trained with");
   const double temperature =
       args.number("--temperature", state.config.logging().sample_temperature());

@@ -1,5 +1,5 @@
-// Communication over a kernel backend's memory with a transport that does not know the backend's
-// stream (MPI over the emulated device, or over a GPU without stream-aware collectives).
+// Communication over a kernel backend's memory: with a transport that does not know the backend's
+// stream (MPI over the CPU or the emulated device), and on a GPU with NCCL beside it.
 //
 // The kernels that write a buffer may still be queued when the caller starts an operation on it,
 // and the memory may be closed to the host (kernels/emulated/backend.h). This communicator wraps
@@ -24,9 +24,15 @@
 
 namespace loom {
 
+// On a backend with a stream of its own (a GPU), a group of several ranks also gets an NCCL
+// communicator over the same ranks, bootstrapped through `inner` (collective over the group, in
+// the same order on every member; `timeout_s` is its collective timeout): buffers the backend
+// calls device memory go through it, ordered after the backend's stream; host buffers (loss
+// sums, flags, checkpoint pieces) still go through `inner`. Throws loom::Error when the build has
+// no NCCL.
 std::unique_ptr<Communicator> make_device_communicator(
     std::unique_ptr<Communicator> inner, std::shared_ptr<const kernels::KernelBackend> backend,
-    std::shared_ptr<std::atomic<uint64_t>> sent_bytes = nullptr);
+    std::shared_ptr<std::atomic<uint64_t>> sent_bytes = nullptr, double timeout_s = 300);
 
 // The DataType of `be`'s activations (fp32 or bf16), for messages of activations.
 DataType activation_data_type(const kernels::KernelBackend& be);

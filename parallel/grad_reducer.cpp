@@ -5,13 +5,30 @@
 #include <exception>
 
 #include "base/error.h"
+#include "parallel/device_communicator.h"
 
 namespace loom {
 namespace {
 
+// Element `i` of a wire buffer.
+void* wire_at(const GradWire& w, void* base, size_t i) {
+  return static_cast<unsigned char*>(base) + i * w.backend->activation_bytes();
+}
+
 void launch(GradReducer& r, GradBucket& b) {
   LOOM_CHECK(!b.work);
   float* data = r.grads + b.range.begin;
+  if (const GradWire& w = r.wire; w.backend) {
+    void* wire = wire_at(w, w.gradients, b.range.begin);
+    w.backend->to_activation(wire, data, b.range.size());
+    const DataType type = activation_data_type(*w.backend);
+    if (r.zero)
+      b.work = r.comm->reduce_scatter_async(wire, wire_at(w, w.shard, b.compact), b.range.size(),
+                                            type, ReduceOp::kAvg);
+    else
+      b.work = r.comm->all_reduce_async(wire, b.range.size(), type, ReduceOp::kAvg);
+    return;
+  }
   if (r.zero)
     b.work = r.comm->reduce_scatter_async(data, r.shard + b.compact, b.range.size(),
                                           DataType::kFloat32, ReduceOp::kAvg);
@@ -48,7 +65,7 @@ size_t grad_reducer_shard_floats(size_t n, size_t bucket_floats, int parts, int 
 }
 
 GradReducer grad_reducer_create(Communicator& comm, float* grads, size_t n, size_t bucket_floats,
-                                bool zero, bool overlap, float* shard) {
+                                bool zero, bool overlap, float* shard, GradWire wire) {
   LOOM_CHECK(bucket_floats > 0);
   GradReducer r;
   r.comm = &comm;
@@ -73,6 +90,8 @@ GradReducer grad_reducer_create(Communicator& comm, float* grads, size_t n, size
   }
   LOOM_CHECK(!zero || compact == 0 || shard);
   if (zero) r.shard = shard;
+  LOOM_CHECK(!wire.backend || (wire.gradients && (!zero || compact == 0 || wire.shard)));
+  r.wire = wire;
   return r;
 }
 
@@ -104,6 +123,16 @@ void grad_reducer_finish(GradReducer& r) {
   for (GradBucket& b : r.buckets) works.push_back(std::move(b.work));
   wait_all(works);
   r.wait_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (const GradWire& w = r.wire; w.backend) {  // the averages back into fp32
+    for (const GradBucket& b : r.buckets) {
+      if (r.zero)
+        w.backend->from_activation(r.shard + b.compact, wire_at(w, w.shard, b.compact),
+                                   b.own.size());
+      else
+        w.backend->from_activation(r.grads + b.range.begin, wire_at(w, w.gradients, b.range.begin),
+                                   b.range.size());
+    }
+  }
 }
 
 std::vector<ShardRange> grad_reducer_owned(const GradReducer& r) {

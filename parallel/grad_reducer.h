@@ -16,9 +16,19 @@
 #include <cstddef>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "parallel/communicator.h"
 
 namespace loom {
+
+// parallel.grad_reduce_dtype BF16: buckets travel as the low-precision backend's activations
+// (bf16). `gradients` holds n elements of backend->activation_bytes() (laid out as the fp32
+// gradients), `shard` (ZeRO) as many as the fp32 shard; both backend memory, not owned.
+struct GradWire {
+  const kernels::KernelBackend* backend = nullptr;
+  void* gradients = nullptr;
+  void* shard = nullptr;
+};
 
 struct GradBucket {
   ShardRange range;       // in the flat buffer
@@ -38,13 +48,18 @@ struct GradReducer {
   // ZeRO: reduced gradients of this rank's shards, compact (the caller's memory, of the same
   // kind as grads; the reducer never dereferences either).
   float* shard = nullptr;
+  GradWire wire;                    // backend null: buckets travel as fp32
   double wait_seconds = 0;          // time finish() blocked on communication (exposed)
 };
 
 // bucket_floats > 0. With zero, `shard` (not owned) has room for Σ own.size() floats, which
 // grad_reducer_shard_floats gives beforehand.
+// With wire.backend set, each bucket is rounded to the backend's activation type into
+// wire.gradients when it launches, reduced in that type, and widened back into grads (or shard)
+// by finish().
 GradReducer grad_reducer_create(Communicator& comm, float* grads, size_t n, size_t bucket_floats,
-                                bool zero, bool overlap, float* shard = nullptr);
+                                bool zero, bool overlap, float* shard = nullptr,
+                                GradWire wire = {});
 
 // Floats of rank `rank`'s ZeRO shard (its `shard` buffer) over a group of `parts` ranks, as
 // grad_reducer_create cuts the buckets: for planning memory without a communicator.

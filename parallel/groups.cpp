@@ -16,6 +16,14 @@ std::string ProcessGroups::label() const {
          (placement.nodes.size() > 1 ? " node=" + node() : std::string()) + "]";
 }
 
+int ProcessGroups::local_rank() const {
+  if (placement.node_of_rank.empty()) return 0;  // a single process
+  const int node = placement.node_of_rank[rank];
+  int before = 0;
+  for (int r = 0; r < rank; ++r) before += placement.node_of_rank[r] == node;
+  return before;
+}
+
 ProcessGroups process_groups_create(MpiRuntime* mpi, const Mesh& mesh) {
   ProcessGroups g;
   g.mesh = mesh;

@@ -31,6 +31,8 @@ struct ProcessGroups {
 
   bool is_distributed() const { return mesh.world_size() > 1; }
   const std::string& node() const { return placement.nodes[placement.node_of_rank[rank]]; }
+  // This rank's index among the job's ranks on its node, in global rank order (which GPU it uses).
+  int local_rank() const;
   // "[rank R dp=.. pp=.. sp=.. tp=..]", the prefix of this rank's log lines; a job on several
   // nodes adds " node=NAME".
   std::string label() const;

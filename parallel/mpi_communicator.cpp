@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "base/error.h"
+#include "kernels/cpu/bf16.h"
 #include "parallel/mpi_internal.h"
 
 namespace loom {
@@ -36,6 +37,11 @@ void divide(void* data, size_t count, DataType type, int by) {
   } else if (type == DataType::kFloat64) {
     double* p = static_cast<double*>(data);
     for (size_t i = 0; i < count; ++i) p[i] /= by;
+  } else if (type == DataType::kBfloat16) {  // the bf16 sum, divided in fp32, rounded once more
+    uint16_t* p = static_cast<uint16_t*>(data);
+    const float inv = 1.0f / static_cast<float>(by);
+    for (size_t i = 0; i < count; ++i)
+      p[i] = kernels::cpu::bf16_from_float(kernels::cpu::bf16_to_float(p[i]) * inv);
   } else {
     LOOM_CHECK(false);  // averaging integers is rejected when the operation is issued
   }
@@ -138,7 +144,8 @@ class MpiCommunicator : public Communicator {
  private:
   void check_reduction(DataType type, ReduceOp op) {
     LOOM_CHECK(type != DataType::kByte);
-    LOOM_CHECK(op != ReduceOp::kAvg || type == DataType::kFloat32 || type == DataType::kFloat64);
+    LOOM_CHECK(op != ReduceOp::kAvg || type == DataType::kFloat32 || type == DataType::kFloat64 ||
+               type == DataType::kBfloat16);
   }
 
   std::unique_ptr<PendingOp> make_op(FlightOp kind, size_t count, DataType type,

@@ -320,7 +320,8 @@ class NcclCommunicator : public Communicator {
   const std::vector<int>& global_ranks() const override { return state_->global_ranks; }
 
   WorkPtr all_reduce_async(void* data, size_t count, DataType type, ReduceOp op) override {
-    LOOM_CHECK(op != ReduceOp::kAvg || type == DataType::kFloat32 || type == DataType::kFloat64);
+    LOOM_CHECK(op != ReduceOp::kAvg || type == DataType::kFloat32 || type == DataType::kFloat64 ||
+               type == DataType::kBfloat16);
     return enqueue(describe("all_reduce", count, type, reduce_op_name(op)),
                    {.op = FlightOp::kAllReduce, .type = type, .count = count, .reduce = op},
                    [&](ncclComm_t comm, cudaStream_t stream, const std::string& what) {
@@ -332,7 +333,8 @@ class NcclCommunicator : public Communicator {
 
   WorkPtr reduce_scatter_async(const void* in, void* out, size_t count, DataType type,
                                ReduceOp op) override {
-    LOOM_CHECK(op != ReduceOp::kAvg || type == DataType::kFloat32 || type == DataType::kFloat64);
+    LOOM_CHECK(op != ReduceOp::kAvg || type == DataType::kFloat32 || type == DataType::kFloat64 ||
+               type == DataType::kBfloat16);
     return enqueue(
         describe("reduce_scatter", count, type, reduce_op_name(op)),
         {.op = FlightOp::kReduceScatter, .type = type, .count = count, .reduce = op},

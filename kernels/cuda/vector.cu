@@ -101,7 +101,23 @@ __global__ void finish_all_finite(int* result, const unsigned long long* partial
   if (threadIdx.x == 0) *result = total == 0 ? 1 : 0;
 }
 
+template <typename Dst, typename Src>
+__global__ void vector_convert_kernel(Dst* dst, const Src* src, size_t n) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n;
+       i += size_t{gridDim.x} * blockDim.x) {
+    dst[i] = from_float<Dst>(to_float(src[i]));
+  }
+}
+
 }  // namespace
+
+template <typename Dst, typename Src>
+void vector_convert(const Context& ctx, Dst* dst, const Src* src, size_t n) {
+  if (n == 0) return;
+  vector_convert_kernel<<<grid_stride_blocks(n, kBlockSize), kBlockSize, 0, ctx.stream>>>(dst, src,
+                                                                                          n);
+  CUDA_CHECK_LAUNCH();
+}
 
 template <typename T>
 void vector_add(const Context& ctx, T* y, const T* x, size_t n) {
@@ -150,6 +166,10 @@ void vector_all_finite(const Context& ctx, int* result, const float* x, size_t n
   CUDA_CHECK_LAUNCH();
 }
 
+template void vector_convert<__nv_bfloat16, float>(const Context&, __nv_bfloat16*, const float*,
+                                                   size_t);
+template void vector_convert<float, __nv_bfloat16>(const Context&, float*, const __nv_bfloat16*,
+                                                   size_t);
 template void vector_add<float>(const Context&, float*, const float*, size_t);
 template void vector_add<__nv_bfloat16>(const Context&, __nv_bfloat16*, const __nv_bfloat16*,
                                         size_t);

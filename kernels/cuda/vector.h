@@ -25,6 +25,11 @@ void vector_add(const Context& ctx, T* y, const T* x, size_t n);
 template <typename T>
 void vector_sum(const Context& ctx, T* y, const T* a, const T* b, size_t n);
 
+// dst (n) = src (n) converted: fp32 → bf16 rounds to nearest even; bf16 → fp32 is exact.
+// (Dst, Src) is (__nv_bfloat16, float) or (float, __nv_bfloat16).
+template <typename Dst, typename Src>
+void vector_convert(const Context& ctx, Dst* dst, const Src* src, size_t n);
+
 // Bytes of device scratch that vector_sum_squares and vector_all_finite need (independent of n).
 size_t vector_reduce_scratch_bytes();
 

@@ -96,6 +96,10 @@ grep -q "resumed from" "$tmp/out.txt" && pass || fail "resume did not say where 
 expect_error resume-other-model "model section of the config differs" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set model.d_mlp=32 --run-dir run --resume
 expect_error resume-other-data "train.seq_len differs" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=9 --set train.seq_len=16 --run-dir run --resume
 expect_error resume-finished "already completed 8 steps" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=8 --run-dir run --resume
+# runtime.device CUDA where there is no GPU (or no CUDA in the build): refused, saying which.
+if ! nvidia-smi -L >/dev/null 2>&1; then
+  expect_error cuda-without-gpu "runtime.device CUDA: this" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set runtime.device=CUDA --run-dir run-cuda
+fi
 # Multi-node launch options that cannot work are refused before anything starts.
 expect_error hosts-and-hostfile "either --hostfile or --hosts, not both" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set parallel.dp=2 --hostfile h --hosts a:2 --run-dir hosts
 expect_error hosts-single-rank "this layout is a single rank" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --hosts a:2 --run-dir hosts

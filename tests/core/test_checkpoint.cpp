@@ -148,7 +148,7 @@ TEST(Checkpoint, RoundTripIsExactAndCorruptionIsDetected) {
   Model loaded = model_create(cfg.model());
   Optimizer loaded_opt = optimizer_create(loaded);
   const CheckpointState back = checkpoint_load(latest, loaded, &loaded_opt);
-  EXPECT_EQ(loaded.params.download(), model.params.download());
+  EXPECT_EQ(loaded.buf.params.download(), model.buf.params.download());
   EXPECT_EQ(loaded_opt.m.download(), m);
   EXPECT_EQ(loaded_opt.v.download(), v);
   EXPECT_EQ(loaded_opt.step, 11) << "Adam's bias correction counts updates, not steps";

@@ -48,18 +48,19 @@ Global make_global(const config::RunConfig& cfg) {
   Global g{model_layout(cfg.model()), {}, {}, {}, {}};
   Rng rng{3};
   for (std::vector<float>* b : {&g.params, &g.m, &g.v}) {
-    b->resize(g.layout.num_params);
+    b->resize(g.layout.layout.num_params);
     for (float& x : *b) x = static_cast<float>(rng.next_u64() % 100000) * 1e-5f - 0.5f;
   }
-  for (const ParamTensor& t : g.layout.tensors) g.offset[t.name] = t.offset;
+  for (const ParamTensor& t : g.layout.layout.tensors) g.offset[t.name] = t.offset;
   return g;
 }
 
 // A layout's buffer (laid out as `local`) cut from a global one; padding is 0.
 std::vector<float> shard_of(const Global& g, const Model& local, const std::vector<float>& global) {
-  std::vector<float> out(local.num_params);
-  for (const ParamTensor& t : local.tensors)
-    tensor_shard_extract(t, local.tp.rank, global.data() + g.offset.at(t.name), out.data() + t.offset);
+  std::vector<float> out(local.layout.num_params);
+  for (const ParamTensor& t : local.layout.tensors)
+    tensor_shard_extract(t, local.par.tp.rank, global.data() + g.offset.at(t.name),
+                         out.data() + t.offset);
   return out;
 }
 
@@ -105,14 +106,14 @@ fs::path write_sharded(const fs::path& root, const config::RunConfig& cfg, const
       for (int tp = 0; tp < l.tp; ++tp, ++rank) {
         const Model local = layout_of(cfg, l, pp, tp);
         Optimizer opt;
-        opt.owned = {shard_range(local.num_params, l.zero, dp)};
+        opt.owned = {shard_range(local.layout.num_params, l.zero, dp)};
         const std::vector<float> m = compact(shard_of(g, local, g.m), opt.owned);
         const std::vector<float> v = compact(shard_of(g, local, g.v), opt.owned);
         const std::vector<float> params = shard_of(g, local, g.params);
         const CheckpointPieces pieces = checkpoint_pieces_written(local, opt, dp == 0);
-        all.MergeFrom(checkpoint_pieces_write(dir, "rank_" + std::to_string(100000 + rank).substr(1) + ".bin",
-                                              local.tensors, params.data(), m.data(), v.data(),
-                                              pieces));
+        all.MergeFrom(checkpoint_pieces_write(
+            dir, "rank_" + std::to_string(100000 + rank).substr(1) + ".bin", local.layout.tensors,
+            params.data(), m.data(), v.data(), pieces));
       }
   write_meta(dir, cfg, all);
   return dir;
@@ -131,7 +132,7 @@ TEST(CheckpointPieces, EveryLayoutReadsItsShardsOfAShardedCheckpoint) {
     int64_t stored = 0;
     for (const auto& f : fs::directory_iterator(dir))
       if (f.path().extension() == ".bin") stored += static_cast<int64_t>(fs::file_size(f.path()));
-    EXPECT_EQ(stored, static_cast<int64_t>(3 * g.layout.num_params * 4))
+    EXPECT_EQ(stored, static_cast<int64_t>(3 * g.layout.layout.num_params * 4))
         << written.name() << ": every global element of params, m and v is written exactly once";
     for (int pp_size : {1, 2, 4})
       for (int tp_size : {1, 2, 4})
@@ -142,18 +143,21 @@ TEST(CheckpointPieces, EveryLayoutReadsItsShardsOfAShardedCheckpoint) {
               SCOPED_TRACE("written at " + written.name() + ", read at " + reader.name() +
                            " by pp rank " + std::to_string(pp) + ", tp rank " + std::to_string(tp));
               Model local = layout_of(cfg, reader, pp, tp);
-              local.params = kernels::DeviceArray<float>(local.backend, local.num_params);
-              local.params.upload(std::vector<float>(local.num_params, 7.0f));
-              Optimizer opt = optimizer_create(local, {shard_range(local.num_params, zero, zero - 1)});
+              local.buf.params =
+                  kernels::DeviceArray<float>(local.buf.backend, local.layout.num_params);
+              local.buf.params.upload(std::vector<float>(local.layout.num_params, 7.0f));
+              Optimizer opt =
+                  optimizer_create(local, {shard_range(local.layout.num_params, zero, zero - 1)});
               const CheckpointState s = checkpoint_load(dir.string(), local, &opt);
-              EXPECT_EQ(local.params.download(), shard_of(g, local, g.params));
+              EXPECT_EQ(local.buf.params.download(), shard_of(g, local, g.params));
               EXPECT_EQ(opt.m.download(), compact(shard_of(g, local, g.m), opt.owned));
               EXPECT_EQ(opt.v.download(), compact(shard_of(g, local, g.v), opt.owned));
               EXPECT_EQ(s.bytes_stored, stored);
               // At the layout that wrote it, a rank reads its own bytes (rounded out to the 256
               // KiB checksum blocks); at another, the blocks of the pieces that overlap it: at
               // most all rows of a column-cut piece of which it needs some columns.
-              const int64_t own = static_cast<int64_t>(local.num_params + 2 * opt.m.size()) * 4;
+              const int64_t own =
+                  static_cast<int64_t>(local.layout.num_params + 2 * opt.m.size()) * 4;
               const int64_t blocks = 8 * (int64_t{1} << 18);
               if (pp_size == written.pp && tp_size == written.tp && zero == written.zero) {
                 EXPECT_LT(s.bytes_read, own + blocks);
@@ -176,12 +180,12 @@ TEST(CheckpointPieces, DamageIsFoundWhereItIsRead) {
     f.put('\x11');
   }
   Model whole = model_layout(cfg.model());
-  whole.params = kernels::DeviceArray<float>(whole.backend, whole.num_params);
+  whole.buf.params = kernels::DeviceArray<float>(whole.buf.backend, whole.layout.num_params);
   EXPECT_NE(error_of([&] { checkpoint_load(dir.string(), whole, nullptr); }).find("checksum of wte"),
             std::string::npos);
   // tp rank 0 of 4 reads rows 0–2250 of wte: the first blocks only, which are intact.
   Model quarter = model_layout(cfg.model(), nullptr, {4, 0, nullptr});
-  quarter.params = kernels::DeviceArray<float>(quarter.backend, quarter.num_params);
+  quarter.buf.params = kernels::DeviceArray<float>(quarter.buf.backend, quarter.layout.num_params);
   EXPECT_EQ(error_of([&] { checkpoint_load(dir.string(), quarter, nullptr); }), "");
 
   // Metadata that claims a piece outside its tensor, or two pieces of the same elements.
@@ -228,7 +232,7 @@ TEST(CheckpointPieces, SingleFileCheckpointsOfEarlierVersionsLoad) {
     std::ofstream(dir / file, std::ios::binary)
         .write(reinterpret_cast<const char*>(buffer->data()),
                static_cast<std::streamsize>(buffer->size() * 4));
-    for (const ParamTensor& t : g.layout.tensors) {
+    for (const ParamTensor& t : g.layout.layout.tensors) {
       Meta::Tensor* e = entries->Add();
       e->set_name(t.name);
       for (int64_t d : t.global_shape) {
@@ -243,10 +247,10 @@ TEST(CheckpointPieces, SingleFileCheckpointsOfEarlierVersionsLoad) {
   }
   write_meta(dir, cfg, meta);
   Model half = model_layout(cfg.model(), nullptr, {2, 1, nullptr});
-  half.params = kernels::DeviceArray<float>(half.backend, half.num_params);
-  Optimizer opt = optimizer_create(half, {shard_range(half.num_params, 2, 1)});
+  half.buf.params = kernels::DeviceArray<float>(half.buf.backend, half.layout.num_params);
+  Optimizer opt = optimizer_create(half, {shard_range(half.layout.num_params, 2, 1)});
   checkpoint_load(dir.string(), half, &opt);
-  EXPECT_EQ(half.params.download(), shard_of(g, half, g.params));
+  EXPECT_EQ(half.buf.params.download(), shard_of(g, half, g.params));
   EXPECT_EQ(opt.v.download(), compact(shard_of(g, half, g.v), opt.owned));
 }
 

@@ -9,6 +9,9 @@
 #include "base/rng.h"
 #include "kernels/cpu/threads.h"
 #include "kernels/emulated/backend.h"
+#ifdef LOOM_WITH_CUDA
+#include "kernels/cuda/backend.h"
+#endif
 
 namespace loom {
 namespace {
@@ -36,20 +39,20 @@ void check_gradients(const config::ModelConfig& cfg,
   model_init(model, 3);
   Rng rng{11};
   // Norm weights away from 1 and biases away from 0, so their gradients are not special.
-  std::vector<float> params = model.params.download();
+  std::vector<float> params = model.buf.params.download();
   for (float& p : params) p += static_cast<float>(0.1 * rng.normal());
-  model.params.upload(params);
+  model.buf.params.upload(params);
   model_plan(model, B, T);
   std::vector<int> inputs(B * T), targets(B * T);
-  for (int& x : inputs) x = static_cast<int>(rng.below(model.V));
-  for (int& x : targets) x = static_cast<int>(rng.below(model.V));
+  for (int& x : inputs) x = static_cast<int>(rng.below(model.spec.V));
+  for (int& x : targets) x = static_cast<int>(rng.below(model.spec.V));
 
   model_forward(model, inputs.data(), targets.data(), B, T, 1.0f / (B * T));
   model_backward(model, B, T);
-  const std::vector<float> grads = model.grads.download();
+  const std::vector<float> grads = model.buf.grads.download();
 
   const double eps = 1e-2;
-  for (const ParamTensor& t : model.tensors) {
+  for (const ParamTensor& t : model.layout.tensors) {
     std::vector<double> u(t.size);
     double norm = 0.0;
     for (double& x : u) {
@@ -64,11 +67,11 @@ void check_gradients(const config::ModelConfig& cfg,
       std::vector<float> moved = params;
       for (size_t i = 0; i < t.size; ++i)
         moved[t.offset + i] = static_cast<float>(params[t.offset + i] + step * u[i]);
-      model.params.upload(moved);
+      model.buf.params.upload(moved);
       return model_forward(model, inputs.data(), targets.data(), B, T, 0.0f);
     };
     const double numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps);
-    model.params.upload(params);
+    model.buf.params.upload(params);
     EXPECT_NEAR(analytic, numeric, 2e-4 + 2e-2 * std::fabs(numeric)) << t.name;
   }
 }
@@ -111,11 +114,27 @@ TEST(ModelGradients, EmulatedDeviceRmsNormRotary) {
                   kernels::emulated::make_emulated_backend());
 }
 
+#ifdef LOOM_WITH_CUDA
+// And on a GPU (runtime.device CUDA, fp32), where there is one.
+TEST(ModelGradients, CudaLadderLayerNorm) {
+  if (kernels::cuda::cuda_devices() == 0) GTEST_SKIP() << "no CUDA device";
+  check_gradients(tiny_model({"model.residual=LADDER", "model.input_injection=true",
+                              "model.loops=3", "model.tie_embeddings=false"}),
+                  kernels::cuda::make_cuda_backend(0, false));
+}
+
+TEST(ModelGradients, CudaRmsNormRotary) {
+  if (kernels::cuda::cuda_devices() == 0) GTEST_SKIP() << "no CUDA device";
+  check_gradients(tiny_model({"model.norm=RMSNORM", "model.position=ROTARY"}),
+                  kernels::cuda::make_cuda_backend(0, false));
+}
+#endif
+
 TEST(ModelLayout, LoopsShareTheBlocksParameters) {
   const Model two = model_create(tiny_model({"model.loops=2"}));
   const Model four = model_create(tiny_model({"model.loops=4"}));
-  EXPECT_EQ(two.num_params, four.num_params);
-  EXPECT_EQ(four.unrolled.size(), two.unrolled.size() + 2);
+  EXPECT_EQ(two.layout.num_params, four.layout.num_params);
+  EXPECT_EQ(four.spec.unrolled.size(), two.spec.unrolled.size() + 2);
 }
 
 }  // namespace
@@ -152,8 +171,9 @@ TEST(ModelGradients, AccumulationOverMicroBatchesEqualsOneBatch) {
   }
   EXPECT_NEAR(loss_parts, loss_whole, 1e-6 * loss_whole);
   double diff = 0.0, norm = 0.0;
-  const std::vector<float> g_parts = parts.grads.download(), g_whole = whole.grads.download();
-  for (size_t i = 0; i < whole.num_params; ++i) {
+  const std::vector<float> g_parts = parts.buf.grads.download(),
+                           g_whole = whole.buf.grads.download();
+  for (size_t i = 0; i < whole.layout.num_params; ++i) {
     diff += std::pow(static_cast<double>(g_parts[i]) - g_whole[i], 2);
     norm += std::pow(static_cast<double>(g_whole[i]), 2);
   }
@@ -171,7 +191,7 @@ TEST(ModelLayout, ActivationMemoryIsLinearInSequenceLength) {
   auto arena_floats = [&](int T) {
     Model m = model_create(cfg.model());
     model_plan(m, 1, T);
-    return static_cast<double>(m.arena.size());
+    return static_cast<double>(m.buf.arena.size());
   };
   EXPECT_LT(arena_floats(1024) / arena_floats(512), 2.05);
 }

@@ -47,19 +47,19 @@ Result run(const config::ModelConfig& cfg, Recompute policy, std::vector<int> bo
   Model model = model_create(cfg, nullptr, {}, stage);
   // Weights that do not depend on the loop count (model_init scales by the depth).
   Rng rng{11};
-  std::vector<float> params(model.num_params);
-  for (const ParamTensor& t : model.tensors)
+  std::vector<float> params(model.layout.num_params);
+  for (const ParamTensor& t : model.layout.tensors)
     for (size_t i = 0; i < t.size; ++i)
       params[t.offset + i] = static_cast<float>(
           (t.init == ParamInit::kOnes ? 1.0 : 0.0) + (t.init == ParamInit::kOnes ? 0.1 : 0.3) * rng.normal());
-  model.params.upload(params);
+  model.buf.params.upload(params);
   if (plan_max > 0) model_set_loop_range(model, plan_min, plan_max);
-  const int chunks = static_cast<int>(model.chunks.size());
+  const int chunks = static_cast<int>(model.par.chunks.size());
   model_plan(model, B, T, chunks, 1, false, policy);
   if (loops > 0) model_set_loops(model, loops);
   std::vector<int> inputs(B * T), targets(B * T);
-  for (int& x : inputs) x = static_cast<int>(rng.below(model.V));
-  for (int& x : targets) x = static_cast<int>(rng.below(model.V));
+  for (int& x : inputs) x = static_cast<int>(rng.below(model.spec.V));
+  for (int& x : targets) x = static_cast<int>(rng.below(model.spec.V));
   Result out;
   for (int c = 0; c < chunks; ++c)
     out.loss += model_forward_chunk(model, c, c, 0, inputs.data(), targets.data(), B, T,
@@ -67,7 +67,7 @@ Result run(const config::ModelConfig& cfg, Recompute policy, std::vector<int> bo
   for (int c = chunks - 1; c >= 0; --c)
     model_backward_chunk(model, c, c, 0, B, T,
                          [&](size_t offset, size_t count) { out.reported.emplace_back(offset, count); });
-  out.grads = model.grads.download();
+  out.grads = model.buf.grads.download();
   return out;
 }
 
@@ -103,7 +103,7 @@ TEST(Recompute, ChunkEdgesInsideIterationsAreBoundaries) {
   for (const auto& [name, overrides] : kVariants) {
     const config::ModelConfig cfg = looped_model(overrides);
     const Result whole = run(cfg, Recompute::kNone);
-    const int n = static_cast<int>(model_layout(cfg).unrolled.size());
+    const int n = static_cast<int>(model_layout(cfg).spec.unrolled.size());
     for (const std::vector<int>& bounds :
          {std::vector<int>{0, 4, 11, n}, std::vector<int>{0, 1, n}}) {
       const Result none = run(cfg, Recompute::kNone, bounds);
@@ -124,7 +124,7 @@ TEST(Recompute, TruncatedBackpropIsTheSameUnderEveryPolicy) {
     const Result none = run(cfg, Recompute::kNone);
     expect_same(none, run(cfg, Recompute::kLoopBoundary), name + " truncated LOOP_BOUNDARY");
     expect_same(none, run(cfg, Recompute::kSqrt), name + " truncated SQRT");
-    const int n = static_cast<int>(model_layout(cfg).unrolled.size());
+    const int n = static_cast<int>(model_layout(cfg).spec.unrolled.size());
     expect_same(none, run(cfg, Recompute::kSqrt, {0, 4, 11, n}), name + " truncated SQRT chunks");
     const Result full = run(looped_model(overrides), Recompute::kNone);
     EXPECT_NE(0, std::memcmp(full.grads.data(), none.grads.data(), full.grads.size() * sizeof(float)))
@@ -146,7 +146,7 @@ TEST(Recompute, TruncationLeavesTheCutOffPathWithoutGradient) {
        "model.position=ROTARY"});
   const Result r = run(cfg, Recompute::kLoopBoundary);
   const Model layout = model_layout(cfg);
-  for (const ParamTensor& t : layout.tensors) {
+  for (const ParamTensor& t : layout.layout.tensors) {
     double sum = 0;
     for (size_t i = 0; i < t.size; ++i) sum += std::fabs(r.grads[t.offset + i]);
     const bool cut_off = t.name == "wte" || t.name.rfind("prelude.", 0) == 0;

@@ -137,28 +137,29 @@ TEST(StagePlan, EachStageHoldsTheSharedBlockOnce) {
   // Stage 0: embeddings, prelude, the block; stage 1: the block, coda, final norm (and the tied
   // embedding as its LM head).
   size_t block = 0;
-  for (const ParamTensor& t : whole.tensors)
+  for (const ParamTensor& t : whole.layout.tensors)
     if (t.role == ParamRole::kLayer && t.layer == 1) block += t.size;
   EXPECT_GT(block, 0u);
-  EXPECT_EQ(first.first_use[1], 1);
-  EXPECT_EQ(second.first_use[1], 5);  // iteration 2 of the block
-  EXPECT_EQ(first.first_use[3], -1);  // the coda is not on stage 0
+  EXPECT_EQ(first.par.first_use[1], 1);
+  EXPECT_EQ(second.par.first_use[1], 5);  // iteration 2 of the block
+  EXPECT_EQ(first.par.first_use[3], -1);  // the coda is not on stage 0
   for (const Model* m : {&first, &second})
-    for (const ParamTensor& t : m->tensors) {
+    for (const ParamTensor& t : m->layout.tensors) {
       const bool replicated = t.role == ParamRole::kTokenEmbedding ||
                               (t.role == ParamRole::kLayer && (t.layer == 1 || t.layer == 2));
       if (replicated) {
         EXPECT_EQ(t.pp_holders, (std::vector<int>{0, 1})) << t.name;
       }
     }
-  EXPECT_EQ(first.num_params + second.num_params,
-            whole.num_params + block * 2 / 2 + whole.tensors[0].size +
-                [&] {  // the block's second layer, also held twice
-                  size_t n = 0;
-                  for (const ParamTensor& t : whole.tensors)
-                    if (t.role == ParamRole::kLayer && t.layer == 2) n += t.size;
-                  return n;
-                }());
+  EXPECT_EQ(
+      first.layout.num_params + second.layout.num_params,
+      whole.layout.num_params + block * 2 / 2 + whole.layout.tensors[0].size +
+          [&] {  // the block's second layer, also held twice
+            size_t n = 0;
+            for (const ParamTensor& t : whole.layout.tensors)
+              if (t.role == ParamRole::kLayer && t.layer == 2) n += t.size;
+            return n;
+          }());
 }
 
 // Runs `cfg` cut into its pipeline pieces, piece by piece in one process, and compares the loss
@@ -213,14 +214,14 @@ void expect_pieces_equal_whole(const config::RunConfig& cfg, bool split = false)
       model_backward_chunk(m, c, c, 0, B, T, {}, BackwardPart::kWeight);
     }
   // Replicas' gradients summed over the stages holding them equal the whole model's.
-  const std::vector<float> whole_grads = whole.grads.download();
+  const std::vector<float> whole_grads = whole.buf.grads.download();
   std::vector<std::vector<float>> stage_grads;
-  for (const Model& m : stages) stage_grads.push_back(m.grads.download());
-  for (const ParamTensor& t : whole.tensors) {
+  for (const Model& m : stages) stage_grads.push_back(m.buf.grads.download());
+  for (const ParamTensor& t : whole.layout.tensors) {
     std::vector<double> sum(t.size, 0.0);
     int held = 0;
     for (size_t k = 0; k < stages.size(); ++k)
-      for (const ParamTensor& s : stages[k].tensors)
+      for (const ParamTensor& s : stages[k].layout.tensors)
         if (s.global_index == t.global_index) {
           ++held;
           for (size_t i = 0; i < t.size; ++i) sum[i] += stage_grads[k][s.offset + i];

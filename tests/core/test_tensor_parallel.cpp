@@ -22,14 +22,14 @@ config::ModelConfig small_model() {
 
 // local (m.num_params) ← this rank's shards of the global buffer (tensors in order).
 void scatter_global(const Model& m, const float* global, float* local) {
-  for (const ParamTensor& t : m.tensors) {
-    tensor_shard_extract(t, m.tp.rank, global, local + t.offset);
+  for (const ParamTensor& t : m.layout.tensors) {
+    tensor_shard_extract(t, m.par.tp.rank, global, local + t.offset);
     global += tensor_global_size(t);
   }
 }
 
 const ParamTensor& tensor(const Model& m, const std::string& name) {
-  for (const ParamTensor& t : m.tensors)
+  for (const ParamTensor& t : m.layout.tensors)
     if (t.name == name) return t;
   throw std::runtime_error("no tensor " + name);
 }
@@ -43,7 +43,7 @@ std::vector<float> iota_global(const Model& m) {
 
 size_t global_offset(const Model& m, const std::string& name) {
   size_t at = 0;
-  for (const ParamTensor& t : m.tensors) {
+  for (const ParamTensor& t : m.layout.tensors) {
     if (t.name == name) return at;
     at += tensor_global_size(t);
   }
@@ -52,11 +52,11 @@ size_t global_offset(const Model& m, const std::string& name) {
 
 TEST(TensorParallel, ShardShapes) {
   const Model m = model_layout(small_model(), nullptr, TensorParallel{4, 1, nullptr});
-  EXPECT_EQ(m.Cl, 2);
-  EXPECT_EQ(m.Hl, 1);
-  EXPECT_EQ(m.Fl, 3);
-  EXPECT_EQ(m.vocab.rows, 4);  // 13 padded to 16
-  EXPECT_EQ(m.vocab.vocab_begin, 4);
+  EXPECT_EQ(m.par.Cl, 2);
+  EXPECT_EQ(m.par.Hl, 1);
+  EXPECT_EQ(m.par.Fl, 3);
+  EXPECT_EQ(m.par.vocab.rows, 4);  // 13 padded to 16
+  EXPECT_EQ(m.par.vocab.vocab_begin, 4);
   EXPECT_EQ(tensor(m, "wte").shape, (std::vector<int64_t>{4, 8}));
   EXPECT_EQ(tensor(m, "wte").global_shape, (std::vector<int64_t>{13, 8}));
   EXPECT_EQ(tensor(m, "block.0.attn.qkv.weight").shape, (std::vector<int64_t>{6, 8}));
@@ -70,7 +70,7 @@ TEST(TensorParallel, ShardShapes) {
 TEST(TensorParallel, ShardsHoldTheRightGlobalElements) {
   const Model m = model_layout(small_model(), nullptr, TensorParallel{4, 1, nullptr});
   const std::vector<float> global = iota_global(m);
-  std::vector<float> local(m.num_params, -1.0f);
+  std::vector<float> local(m.layout.num_params, -1.0f);
   scatter_global(m, global.data(), local.data());
   const int C = 8;
   // QKV rows of head 1 (rows 2, 3) in each of q, k and v.
@@ -99,10 +99,10 @@ TEST(TensorParallel, AllShardsRebuildTheGlobalBuffer) {
     std::vector<float> rebuilt(global.size(), -1.0f);
     for (int r = 0; r < tp; ++r) {
       const Model m = model_layout(small_model(), nullptr, TensorParallel{tp, r, nullptr});
-      std::vector<float> local(m.num_params, -1.0f);
+      std::vector<float> local(m.layout.num_params, -1.0f);
       scatter_global(m, global.data(), local.data());
       size_t at = 0;
-      for (const ParamTensor& t : m.tensors) {
+      for (const ParamTensor& t : m.layout.tensors) {
         tensor_shard_insert(t, r, local.data() + t.offset, rebuilt.data() + at);
         at += tensor_global_size(t);
       }
@@ -123,9 +123,9 @@ TEST(TensorParallel, InitDrawsTheSameGlobalWeightsAtAnyTp) {
     for (int r = 0; r < tp; ++r) {
       Model m = model_create(small_model(), nullptr, TensorParallel{tp, r, nullptr});
       model_init(m, 7);
-      std::vector<float> expected(m.num_params);
-      scatter_global(m, whole.params.data(), expected.data());
-      EXPECT_EQ(m.params.download(), expected) << "tp " << tp << " rank " << r;
+      std::vector<float> expected(m.layout.num_params);
+      scatter_global(m, whole.buf.params.data(), expected.data());
+      EXPECT_EQ(m.buf.params.download(), expected) << "tp " << tp << " rank " << r;
     }
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """bf16 training (runtime.precision BF16) against fp32: the single process on the CPU and on the
-emulated device, and on the emulated device dp 2 x tp 2 with ZeRO-1, pp 2 (1F1B and interleaved)
-and sp 2, for a looped model with learned positions, injection and an untied head and a ladder
+emulated device, and on the emulated device dp 2 x tp 2 with ZeRO-1, pp 2 (1F1B and interleaved),
+sp 2 and dp 2 with ZeRO-1 reducing gradients in bf16 (parallel.grad_reduce_dtype: half the
+gradient bytes), for a looped model with learned positions, injection and an untied head and a ladder
 looped model with RMSNorm and rotary positions. Every bf16 run's training and validation losses
 are within BF16_TOLERANCE (relative) of the fp32 single process's at every step; the emulated
 single process equals the CPU's bit for bit; every run's measured activation peak is what
@@ -22,7 +23,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from equivalence_common import (check_activation_memory, compare, compare_bits,  # noqa: E402
-                                metrics, mpirun, run, run_models, sets, training_config)
+                                failures, metrics, mpirun, run, run_models, sets,
+                                training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 BF16_TOLERANCE = 2e-3
@@ -66,6 +68,20 @@ def cases(model_name, config, reference):
     for tag, ranks, overrides in layouts:
         bf16_run(model_name, config, reference, f"bf16-emulated-{tag}", ranks,
                  BF16 + EMULATED + overrides)
+    # parallel.grad_reduce_dtype BF16: the same training within the bf16 tolerance, and 2/3 of
+    # the data-parallel bytes of the fp32 reduction of the same layout: per step a rank sends
+    # the gradients (n elements, reduce-scatter: 4n bytes in fp32, 2n in bf16) and its half of
+    # the updated fp32 parameters (all-gather: 2n bytes either way), 4n / 6n.
+    zero = ["parallel.dp=2", "parallel.zero_stage=1", "parallel.bucket_mb=0.01"]
+    fp32_wire = bf16_run(model_name, config, reference, "bf16-emulated-dp2-zero", 2,
+                         BF16 + EMULATED + zero)
+    bf16_wire = bf16_run(model_name, config, reference, "bf16-emulated-dp2-zero-bf16-reduce", 2,
+                         BF16 + EMULATED + zero + ["parallel.grad_reduce_dtype=BF16"])
+    if fp32_wire and bf16_wire:
+        ratio = metrics(bf16_wire)[-1]["sent_mib"]["dp"] / metrics(fp32_wire)[-1]["sent_mib"]["dp"]
+        print(f"{model_name}: dp bytes with grad_reduce_dtype BF16 / FP32 = {ratio:.4f}")
+        if abs(ratio - 2 / 3) > 0.01:
+            failures.append(f"{model_name}: grad_reduce_dtype BF16 sends {ratio:.4f} of fp32's bytes")
 
 
 def main():

@@ -23,7 +23,7 @@ namespace {
 
 std::vector<loom::NamedTensor> named(const loom::Model& model, const std::vector<float>& buffer) {
   std::vector<loom::NamedTensor> out;
-  for (const loom::ParamTensor& t : model.tensors)
+  for (const loom::ParamTensor& t : model.layout.tensors)
     out.push_back({t.name, t.shape, buffer.data() + t.offset});
   return out;
 }
@@ -46,11 +46,11 @@ int run(int argc, char** argv) {
   loom::model_plan(model, B, T, pipe.slots, pipe.boundaries, false,
                    loom::recompute_policy(cfg.train()));
   loom::Optimizer optimizer = loom::optimizer_create(model);
-  loom::safetensors_write(out + "/init.safetensors", named(model, model.params.download()), {});
+  loom::safetensors_write(out + "/init.safetensors", named(model, model.buf.params.download()), {});
 
   loom::Rng rng{cfg.train().seed() + 1};
   std::vector<int> tokens(static_cast<size_t>(S) * B * (T + 1));
-  for (int& t : tokens) t = static_cast<int>(rng.below(model.V));
+  for (int& t : tokens) t = static_cast<int>(rng.below(model.spec.V));
   std::ofstream(out + "/tokens.bin", std::ios::binary)
       .write(reinterpret_cast<const char*>(tokens.data()),
              static_cast<std::streamsize>(tokens.size() * sizeof(int)));
@@ -73,7 +73,9 @@ int run(int argc, char** argv) {
     if (!r.finite) throw loom::Error("non-finite loss in the parity run");
     losses << r.loss << "\n";
     // AdamW leaves the gradients as they were: step 0's are still there, unclipped.
-    if (s == 0) loom::safetensors_write(out + "/grads0.safetensors", named(model, model.grads.download()), {});
+    if (s == 0)
+      loom::safetensors_write(out + "/grads0.safetensors", named(model, model.buf.grads.download()),
+                              {});
   }
 
   std::ofstream(out + "/model.json") << loom::model_config_json(cfg.model()) << "\n";
