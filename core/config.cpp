@@ -7,17 +7,16 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
-#include <cstring>
 #include <cstdlib>
-#include <fstream>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <thread>
 #include <tuple>
 
 #include "base/error.h"
-#include "core/pipeline.h"
-#include "core/stage_plan.h"
+#include "core/parallel_layout.h"
 
 namespace loom {
 namespace {
@@ -465,8 +464,7 @@ void validate_config(const config::RunConfig& cfg) {
   require(p.pipeline_layout().empty() || p.pp() > 1,
           "parallel.pipeline_layout is set but parallel.pp is 1: there is nothing to cut");
   try {
-    pipeline_check(pipeline_kind(cfg), p.pp(), grad_accum_steps(cfg), p.virtual_stages());
-    stage_plan_create(cfg);
+    parallel_layout(cfg);  // the schedule runs this layout; the stage plan fits the model
   } catch (const Error& e) {
     throw Error(std::string("invalid config: ") + e.what());
   }
@@ -478,25 +476,6 @@ void validate_config(const config::RunConfig& cfg) {
           "rounds the gradients for the wire); with FP32 training gradients are reduced in fp32");
   require(p.bucket_mb() > 0, "parallel.bucket_mb must be positive");
   require(p.collective_timeout_s() > 0, "parallel.collective_timeout_s must be positive");
-}
-
-Recompute recompute_policy(const config::TrainConfig& train) {
-  switch (train.recompute()) {
-    case config::TrainConfig::NONE: return Recompute::kNone;
-    case config::TrainConfig::LOOP_BOUNDARY: return Recompute::kLoopBoundary;
-    case config::TrainConfig::SQRT: return Recompute::kSqrt;
-  }
-  LOOM_CHECK(false);
-}
-
-SequenceLayout sequence_layout(const config::ParallelConfig& parallel) {
-  return parallel.sequence_layout() == config::ParallelConfig::CONTIGUOUS
-             ? SequenceLayout::kContiguous
-             : SequenceLayout::kZigzag;
-}
-
-size_t grad_bucket_floats(const config::ParallelConfig& parallel) {
-  return std::max<size_t>(1, static_cast<size_t>(parallel.bucket_mb() * (1 << 20) / 4));
 }
 
 int grad_accum_steps(const config::RunConfig& cfg) {

@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "loom.pb.h"
-#include "parallel/ring_attention.h"
 
 namespace loom {
 
@@ -42,14 +41,8 @@ std::string model_config_json(const config::ModelConfig& model);
 // Optimizer steps' micro-batches on one rank: global_batch / (micro_batch · dp).
 int grad_accum_steps(const config::RunConfig& cfg);
 
-// Floats of fp32 gradients per data-parallel bucket (parallel.bucket_mb), at least 1.
-size_t grad_bucket_floats(const config::ParallelConfig& parallel);
-
-// How sequences are cut over the sp ranks (parallel.sequence_layout).
-SequenceLayout sequence_layout(const config::ParallelConfig& parallel);
-
 // What backward recomputes instead of keeping (train.recompute; core/model.h, ChunkSegment).
+// core/parallel_layout.h resolves train.recompute to it.
 enum class Recompute { kNone, kLoopBoundary, kSqrt };
-Recompute recompute_policy(const config::TrainConfig& train);
 
 }  // namespace loom

@@ -191,16 +191,6 @@ struct Runner {
 
 }  // namespace
 
-PipelineKind pipeline_kind(const config::RunConfig& cfg) {
-  switch (cfg.parallel().pipeline_schedule()) {
-    case config::ParallelConfig::GPIPE: return PipelineKind::kGPipe;
-    case config::ParallelConfig::ONE_F_ONE_B: return PipelineKind::kOneFOneB;
-    case config::ParallelConfig::INTERLEAVED_1F1B: return PipelineKind::kInterleaved1F1B;
-    case config::ParallelConfig::ZERO_BUBBLE_H1: return PipelineKind::kZeroBubbleH1;
-  }
-  LOOM_CHECK(false);
-}
-
 namespace {
 
 Pipeline pipeline_with(PipelineKind kind, Communicator* pp, int size, int rank, int m, int v) {
@@ -225,9 +215,9 @@ Pipeline pipeline_with(PipelineKind kind, Communicator* pp, int size, int rank, 
 
 }  // namespace
 
-Pipeline pipeline_create(const config::RunConfig& cfg, Communicator* pp, int rank) {
-  return pipeline_with(pipeline_kind(cfg), pp, cfg.parallel().pp(), rank, grad_accum_steps(cfg),
-                       cfg.parallel().virtual_stages());
+Pipeline pipeline_create(const ParallelLayout& layout, Communicator* pp, int rank) {
+  return pipeline_with(layout.pipeline, pp, layout.mesh.pp, rank, layout.micro_batches,
+                       layout.stages.virtual_stages);
 }
 
 Pipeline pipeline_single(int micro_batches) {
@@ -354,32 +344,30 @@ void replica_sync_broadcast(const ReplicaSync& sync, float* buffer) {
   for (WorkPtr& w : works) w->wait();
 }
 
-StageMemory stage_memory(const config::RunConfig& cfg, int rank) {
-  const auto& p = cfg.parallel();
+StageMemory stage_memory(const config::RunConfig& cfg, const ParallelLayout& layout, int rank) {
+  const Mesh& mesh = layout.mesh;
   // Sizes follow the precision, not the device: the host backend at runtime.precision plans them.
-  Model model = model_layout(cfg.model(), make_host_backend(cfg.runtime()), {p.tp(), 0, nullptr},
-                                   {stage_plan_create(cfg), rank},
-                                   {p.sp(), 0, nullptr, sequence_layout(p)});
-  const Pipeline pipe = pipeline_create(cfg, nullptr, rank);
+  Model model = model_layout(cfg.model(), make_host_backend(cfg.runtime()), {mesh.tp, 0, nullptr},
+                             {layout.stages, rank}, {mesh.sp, 0, nullptr, layout.sequence});
+  const Pipeline pipe = pipeline_create(layout, nullptr, rank);
   StageMemory out;
   out.params = model.layout.num_params;
   const size_t act_bytes = model.buf.backend->activation_bytes();
   out.weight_copy_bytes = act_bytes == sizeof(float) ? 0 : model.layout.num_params * act_bytes;
-  const bool reduces = p.dp() * p.sp() > 1, zero = p.zero_stage() == 1 && reduces;
-  const size_t bucket = grad_bucket_floats(p);
   const size_t shard =
-      zero ? grad_reducer_shard_floats(model.layout.num_params, bucket, p.dp() * p.sp(), 0) : 0;
-  out.optimizer = 2 * (zero ? shard : model.layout.num_params);
+      layout.zero ? grad_reducer_shard_floats(model.layout.num_params, layout.bucket_floats,
+                                              layout.reduce_ranks(), 0)
+                  : 0;
+  out.optimizer = 2 * (layout.zero ? shard : model.layout.num_params);
   out.reduce_bytes = shard * sizeof(float);
-  if (reduces && p.grad_reduce_dtype() == config::RuntimeConfig::BF16)
+  if (layout.reduce_ranks() > 1 && layout.bf16_grad_reduce)
     out.reduce_bytes += (model.layout.num_params + shard) * act_bytes;
   out.slots = pipe.slots;
   out.boundaries = pipe.boundaries;
   const LoopCounts loops = run_loop_counts(cfg);
   model_set_loop_range(model, loops.min, loops.max);
-  out.arena = model_arena_sizes(model, cfg.train().micro_batch(), cfg.train().seq_len() / p.sp(),
-                                pipe.slots, pipe.boundaries, pipe.split_backward,
-                                recompute_policy(cfg.train()));
+  out.arena = model_arena_sizes(model, cfg.train().micro_batch(), cfg.train().seq_len() / mesh.sp,
+                                pipe.slots, pipe.boundaries, pipe.split_backward, layout.recompute);
   return out;
 }
 
@@ -393,11 +381,13 @@ std::string gib(double bytes) {
 
 }  // namespace
 
-std::string memory_problem(const config::RunConfig& cfg, int ranks, double available) {
+std::string memory_problem(const config::RunConfig& cfg, int ranks, double available,
+                           const std::string& where) {
   StageMemory most;
   double most_bytes = -1;
-  for (int r = 0; r < cfg.parallel().pp(); ++r) {
-    const StageMemory s = stage_memory(cfg, r);
+  const ParallelLayout layout = parallel_layout(cfg);
+  for (int r = 0; r < layout.mesh.pp; ++r) {
+    const StageMemory s = stage_memory(cfg, layout, r);
     const double bytes = s.bytes();
     if (bytes > most_bytes) {
       most = s;
@@ -406,11 +396,17 @@ std::string memory_problem(const config::RunConfig& cfg, int ranks, double avail
   }
   if (available <= 0 || most_bytes * ranks <= available) return "";
   return "this layout needs " + gib(most_bytes) + " per rank × " + std::to_string(ranks) +
-         " rank(s) but this machine has " + gib(available) + " available: parameters and "
-         "gradients " + gib(8.0 * most.params) + " (model.vocab_size, d_model, d_mlp and the "
+         " rank(s) but " + where + " has " + gib(available) +
+         " available: parameters and "
+         "gradients " +
+         gib(8.0 * most.params) +
+         " (model.vocab_size, d_model, d_mlp and the "
          "unique layers: prelude_layers, block_layers, coda_layers; ÷ parallel.tp and pp), AdamW "
-         "state " + gib(4.0 * most.optimizer) + " (as the parameters; ÷ dp with "
-         "parallel.zero_stage=1), activations " + gib(4.0 * most.arena.total) +
+         "state " +
+         gib(4.0 * most.optimizer) +
+         " (as the parameters; ÷ dp with "
+         "parallel.zero_stage=1), activations " +
+         gib(4.0 * most.arena.total) +
          " (train.micro_batch × train.seq_len × d_model × unrolled layers, loops included; "
          "train.recompute shrinks them). Shrink the largest, or spread the model over more ranks "
          "or machines (loom plan shows the layout's memory)";

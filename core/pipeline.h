@@ -7,7 +7,7 @@
 // compute); a send is started right after its compute and waited on only when its buffer is
 // needed again. A single-stage run goes through the same code with no communication.
 //
-//   loom::Pipeline pipe = loom::pipeline_create(cfg, groups.pp.get(), groups.coord.pp);
+//   loom::Pipeline pipe = loom::pipeline_create(layout, groups.pp.get(), groups.coord.pp);
 //   loom::model_plan(model, B, T, pipe.slots, pipe.boundaries, pipe.split_backward);
 //   double loss_sum = loom::pipeline_run(pipe, model, pipe.train, batch, true, on_final);
 #pragma once
@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/model.h"
+#include "core/parallel_layout.h"
 #include "core/trace.h"
 #include "loom.pb.h"
 #include "parallel/communicator.h"
@@ -55,12 +56,10 @@ struct MicroBatches {
   float loss_grad_scale = 0.0f;  // > 0: training (the LM head prepares backward)
 };
 
-PipelineKind pipeline_kind(const config::RunConfig& cfg);
-
 // This rank's schedules and the slot and buffer counts they need: micro-batches per step
 // m = global_batch / (micro_batch · dp). pp may be null for a single stage. Throws loom::Error
 // when m is too small for the schedule.
-Pipeline pipeline_create(const config::RunConfig& cfg, Communicator* pp, int rank);
+Pipeline pipeline_create(const ParallelLayout& layout, Communicator* pp, int rank);
 
 // A single stage running m micro-batches one after the other (forward, backward): the step
 // benchmark's and the parity tool's.
@@ -144,13 +143,14 @@ struct StageMemory {
            static_cast<double>(weight_copy_bytes + reduce_bytes);
   }
 };
-StageMemory stage_memory(const config::RunConfig& cfg, int rank);
+StageMemory stage_memory(const config::RunConfig& cfg, const ParallelLayout& layout, int rank);
 
 // Whether `ranks` ranks of this layout fit in `available` bytes (each rank as its largest
 // stage): empty when they do, else a message giving the need per rank, what it is made of and
-// the config fields each part grows with. loom plan and loom train ask it before anything is
-// allocated.
-std::string memory_problem(const config::RunConfig& cfg, int ranks, double available);
+// the config fields each part grows with, saying that `where` (this machine, or a GPU) has
+// `available`. loom plan and loom train ask it before anything is allocated.
+std::string memory_problem(const config::RunConfig& cfg, int ranks, double available,
+                           const std::string& where = "this machine");
 
 // Memory this host can still give (MemAvailable of /proc/meminfo), in bytes; 0 if unknown.
 double host_available_bytes();

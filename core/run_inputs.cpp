@@ -62,12 +62,16 @@ void record_data(const config::DataInfo& info, const std::string& data_dir,
 
 }  // namespace
 
-RunInputs open_run(const config::RunConfig& cfg, const TrainOptions& options,
-                   ProcessGroups& groups) {
+RunInputs open_run(const config::RunConfig& cfg, const TrainOptions& options, ProcessGroups& groups,
+                   const kernels::KernelBackend& backend) {
   const bool writer = groups.rank == 0;  // rank 0 alone writes the run directory
   const int T = cfg.train().seq_len(), V = cfg.model().vocab_size();
+  // The ranks of a node share its memory; on a GPU each rank has its own.
   const std::string too_big =
-      memory_problem(cfg, std::max(1, groups.local_ranks), host_available_bytes());
+      backend.device() >= 0
+          ? memory_problem(cfg, 1, backend.memory_available(),
+                           "GPU " + std::to_string(backend.device()))
+          : memory_problem(cfg, std::max(1, groups.local_ranks), host_available_bytes());
   if (!too_big.empty()) throw Error(too_big);
   RunInputs in;
   in.data_info = training_data_info(cfg, &in.data_dir);

@@ -3,7 +3,7 @@
 // directory, created and locked by rank 0; collective over the run's groups. train()'s first
 // phase (core/trainer.cpp).
 //
-//   loom::RunInputs in = loom::open_run(cfg, options, groups);   // throws loom::Error
+//   loom::RunInputs in = loom::open_run(cfg, options, groups, *backend);   // throws loom::Error
 //   loom::DataLoader loader{&in.train_data, seed, shuffle};
 #pragma once
 #include <filesystem>
@@ -14,6 +14,7 @@
 #include "core/run_dir.h"
 #include "core/tokenizer.h"
 #include "core/trainer.h"
+#include "kernels/backend.h"
 #include "loom.pb.h"
 #include "parallel/groups.h"
 
@@ -32,8 +33,9 @@ struct RunInputs {
 };
 
 // Memory, then data, first: a run that cannot start leaves no run directory behind, and a layout
-// this machine cannot hold is refused before anything is allocated.
-RunInputs open_run(const config::RunConfig& cfg, const TrainOptions& options,
-                   ProcessGroups& groups);
+// this machine (or the rank's GPU, on a device backend) cannot hold is refused before anything
+// is allocated.
+RunInputs open_run(const config::RunConfig& cfg, const TrainOptions& options, ProcessGroups& groups,
+                   const kernels::KernelBackend& backend);
 
 }  // namespace loom

@@ -1,5 +1,7 @@
 #include "core/trainer.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -14,21 +16,20 @@
 #include <sstream>
 #include <thread>
 
-#include <unistd.h>
-
+#include "base/error.h"
+#include "base/rng.h"
 #include "core/backend.h"
 #include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/data.h"
-#include "base/error.h"
 #include "core/loop_sampling.h"
+#include "core/parallel_layout.h"
+#include "core/param_shards.h"
 #include "core/rank_health.h"
-#include "base/rng.h"
 #include "core/run_dir.h"
 #include "core/run_inputs.h"
-#include "core/shared_files.h"
 #include "core/sample.h"
-#include "core/param_shards.h"
+#include "core/shared_files.h"
 #include "core/tokenizer.h"
 #include "kernels/cpu/threads.h"
 #include "parallel/device_communicator.h"
@@ -88,6 +89,7 @@ struct Traffic {
 // Everything one rank trains with, built once by train().
 struct Run {
   const config::RunConfig& cfg;
+  const ParallelLayout& layout;
   ProcessGroups& groups;
   Model model;
   Pipeline pipe;
@@ -106,12 +108,11 @@ struct Run {
 
 // The model's layout on this rank: its tensor-parallel shards, its pipeline pieces and its part
 // of every sequence.
-Model create_model(const config::RunConfig& cfg, ProcessGroups& groups,
-                   std::shared_ptr<const kernels::KernelBackend> backend) {
+Model create_model(const config::RunConfig& cfg, const ParallelLayout& layout,
+                   ProcessGroups& groups, std::shared_ptr<const kernels::KernelBackend> backend) {
   const TensorParallel tp{groups.mesh.tp, groups.coord.tp, groups.tp.get()};
-  const SequenceParallel sp{groups.mesh.sp, groups.coord.sp, groups.sp.get(),
-                            sequence_layout(cfg.parallel())};
-  return model_create(cfg.model(), backend, tp, {stage_plan_create(cfg), groups.coord.pp}, sp);
+  const SequenceParallel sp{groups.mesh.sp, groups.coord.sp, groups.sp.get(), layout.sequence};
+  return model_create(cfg.model(), backend, tp, {layout.stages, groups.coord.pp}, sp);
 }
 
 // Every group of `groups` communicates through `backend` (parallel/device_communicator.h); the
@@ -197,22 +198,21 @@ void set_up_run(Run& run) {
   const LoopCounts loops = run_loop_counts(cfg);
   model_set_loop_range(model, loops.min, loops.max);
   model_plan(model, cfg.train().micro_batch(), cfg.train().seq_len() / model.par.sp.size,
-             run.pipe.slots, run.pipe.boundaries, run.pipe.split_backward,
-             recompute_policy(cfg.train()));
+             run.pipe.slots, run.pipe.boundaries, run.pipe.split_backward, run.layout.recompute);
   run.replica_groups = create_replica_groups(
       model, run.groups, run.cfg.parallel().collective_timeout_s(), *run.traffic);
   run.replicas = replica_sync_create(model, run.replica_groups);
   run.replicas.trace = &run.trace;
   if (run.groups.dp_sp->size() > 1) {
-    const bool zero = cfg.parallel().zero_stage() == 1;
-    const size_t bucket = grad_bucket_floats(cfg.parallel());
+    const bool zero = run.layout.zero;
+    const size_t bucket = run.layout.bucket_floats;
     Communicator& dp_sp = *run.groups.dp_sp;
     const size_t shard = zero ? grad_reducer_shard_floats(model.layout.num_params, bucket,
                                                           dp_sp.size(), dp_sp.rank())
                               : 0;
     if (zero) run.grad_shard = kernels::DeviceArray<float>(model.buf.backend, shard);
     GradWire wire;
-    if (cfg.parallel().grad_reduce_dtype() == config::RuntimeConfig::BF16) {
+    if (run.layout.bf16_grad_reduce) {
       const size_t act = model.buf.backend->activation_bytes();
       run.grad_wire =
           kernels::DeviceArray<unsigned char>(model.buf.backend, model.layout.num_params * act);
@@ -222,7 +222,7 @@ void set_up_run(Run& run) {
     }
     run.reducer =
         grad_reducer_create(dp_sp, model.buf.grads.data(), model.layout.num_params, bucket, zero,
-                            cfg.parallel().overlap_grad_reduce(), run.grad_shard.data(), wire);
+                            run.layout.overlap_grad_reduce, run.grad_shard.data(), wire);
   }
   run.zero = run.reducer.zero;  // only set for a distributed run
   run.optimizer = run.zero ? optimizer_create(model, grad_reducer_owned(run.reducer))
@@ -294,24 +294,24 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
                    model.par.vocab.rows,
                    model.spec.delay == 2 ? "overlapped by the ladder residual" : "waited at once");
   if (groups.mesh.pp > 1) {
-    line += format("; pipeline %s over %d stages × %d chunk(s), %d micro-batches, bubble %.1f%%",
-                   pipeline_kind_title(run.pipe.kind), groups.mesh.pp,
-                   cfg.parallel().virtual_stages(), run.pipe.micro_batches,
-                   100.0 * pipeline_bubble_fraction(run.pipe.kind, groups.mesh.pp,
-                                                    run.pipe.micro_batches,
-                                                    cfg.parallel().virtual_stages()));
+    line += format(
+        "; pipeline %s over %d stages × %d chunk(s), %d micro-batches, bubble %.1f%%",
+        pipeline_kind_title(run.pipe.kind), groups.mesh.pp, run.layout.stages.virtual_stages,
+        run.pipe.micro_batches,
+        100.0 * pipeline_bubble_fraction(run.pipe.kind, groups.mesh.pp, run.pipe.micro_batches,
+                                         run.layout.stages.virtual_stages));
   }
   if (groups.mesh.sp > 1)
-    line += format("; sequences of %d tokens cut %s over sp (%d rows per rank), attention "
-                   "over the sp ring",
-                   cfg.train().seq_len(),
-                   sequence_layout(cfg.parallel()) == SequenceLayout::kZigzag ? "zigzag"
-                                                                              : "contiguously",
-                   cfg.train().seq_len() / groups.mesh.sp);
+    line += format(
+        "; sequences of %d tokens cut %s over sp (%d rows per rank), attention "
+        "over the sp ring",
+        cfg.train().seq_len(),
+        run.layout.sequence == SequenceLayout::kZigzag ? "zigzag" : "contiguously",
+        cfg.train().seq_len() / groups.mesh.sp);
   if (run.reducer.comm)
     line += format("; gradients averaged over %d ranks in %zu bucket(s)%s%s",
                    run.reducer.comm->size(), run.reducer.buckets.size(),
-                   cfg.parallel().overlap_grad_reduce() ? " overlapped with backward" : "",
+                   run.layout.overlap_grad_reduce ? " overlapped with backward" : "",
                    run.zero ? ", ZeRO-1 optimizer shards" : "");
   log.line(line);
   if (groups.mesh.pp > 1) {
@@ -470,11 +470,11 @@ void start_loop(Training& tr, int threads) {
                                               : "each slot keeps the weight pass's output gradients") +
                 "); ONE_F_ONE_B runs one micro-batch at a time");
   const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
-  tr.log.line(format("data: %lld training sequences of %d tokens; %d micro-batch(es) of %d "
-                     "sequences per step%s; run directory %s",
-                     static_cast<long long>(tr.in.train_data.num_sequences()), T,
-                     grad_accum_steps(cfg), B, groups.dp_sp->size() > 1 ? " per rank" : "",
-                     tr.in.run_dir.string().c_str()));
+  tr.log.line(format(
+      "data: %lld training sequences of %d tokens; %d micro-batch(es) of %d "
+      "sequences per step%s; run directory %s",
+      static_cast<long long>(tr.in.train_data.num_sequences()), T, tr.run.layout.micro_batches, B,
+      groups.dp_sp->size() > 1 ? " per rank" : "", tr.in.run_dir.string().c_str()));
   if (const auto& info = tr.in.data_info)
     tr.log.line(format("tokens: %s, vocabulary %d (end-of-text %d), %.2f bytes of text per token",
                        info->tokenizer() == config::DataInfo::SENTENCEPIECE
@@ -482,7 +482,7 @@ void start_loop(Training& tr, int threads) {
                            : "bytes",
                        info->vocab_size(), info->end_of_text(),
                        static_cast<double>(info->train_bytes()) / info->train_tokens()));
-  const size_t local_tokens = static_cast<size_t>(B) * grad_accum_steps(cfg) * T;
+  const size_t local_tokens = static_cast<size_t>(B) * tr.run.layout.micro_batches * T;
   loop.inputs.resize(local_tokens);
   loop.targets.resize(local_tokens);
   loop.summary.run_dir = tr.in.run_dir.string();
@@ -507,7 +507,7 @@ StepOutcome run_step(Training& tr) {
   const auto& t = cfg.train();
   LoopState& loop = tr.loop;
   const ProcessGroups& groups = tr.run.groups;
-  const int B = t.micro_batch(), T = t.seq_len(), accum = grad_accum_steps(cfg);
+  const int B = t.micro_batch(), T = t.seq_len(), accum = tr.run.layout.micro_batches;
   const auto step_start = Clock::now();
   for (auto& [name, bytes] : tr.traffic.groups) bytes->store(0);
   flight_step(tr.options.flight, loop.step + 1, "loading data");
@@ -683,14 +683,16 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   // operation starts only once the kernels that wrote its buffer have run.
   const std::shared_ptr<const kernels::KernelBackend> backend =
       make_backend(cfg.runtime(), groups.local_rank());
-  RunInputs in = open_run(cfg, options, groups);
+  RunInputs in = open_run(cfg, options, groups, *backend);
   const int threads = start_threads(cfg, groups);
   Traffic traffic;
   device_groups(groups, backend, traffic, cfg.parallel().collective_timeout_s());
+  const ParallelLayout layout = parallel_layout(cfg);
   Run run{cfg,
+          layout,
           groups,
-          create_model(cfg, groups, backend),
-          pipeline_create(cfg, groups.pp.get(), groups.coord.pp),
+          create_model(cfg, layout, groups, backend),
+          pipeline_create(layout, groups.pp.get(), groups.coord.pp),
           {},
           false,
           {},

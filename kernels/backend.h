@@ -75,6 +75,9 @@ class KernelBackend {
   // device's index; null and -1 where there is none.
   virtual void* stream() const { return nullptr; }
   virtual int device() const { return -1; }
+  // Bytes this backend can still allocate, where it has memory of its own (a GPU's free
+  // memory); 0 where its memory is the host's.
+  virtual double memory_available() const { return 0; }
   // Bytes every buffer a kernel takes (scratch above all) must be aligned to: what allocate
   // returns, and what the model's arena rounds each region to.
   virtual size_t alignment() const { return 64; }

@@ -1,20 +1,21 @@
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
-
-#include <sys/resource.h>
 #include <cstdio>
 #include <iostream>
 #include <vector>
 
+#include "base/error.h"
+#include "base/rng.h"
 #include "core/backend.h"
 #include "core/config.h"
 #include "core/model.h"
 #include "core/optimizer.h"
-#include "base/rng.h"
+#include "core/parallel_layout.h"
 #include "core/trainer.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/threads.h"
-#include "base/error.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
 
@@ -90,7 +91,7 @@ int bench_step(const Args& args) {
   Model model = model_create(cfg.model(), make_backend(cfg.runtime()));
   model_init(model, cfg.train().seed());
   Pipeline pipe = pipeline_single(1);
-  model_plan(model, B, T, pipe.slots, pipe.boundaries, false, recompute_policy(cfg.train()));
+  model_plan(model, B, T, pipe.slots, pipe.boundaries, false, parallel_layout(cfg).recompute);
   Optimizer optimizer = optimizer_create(model);
   Rng rng{cfg.train().seed()};
   std::vector<int> inputs(static_cast<size_t>(B) * T), targets(inputs.size());

@@ -10,10 +10,11 @@
 #include <string>
 #include <vector>
 
-#include "core/config.h"
 #include "base/error.h"
+#include "core/config.h"
 #include "core/loop_sampling.h"
 #include "core/model.h"
+#include "core/parallel_layout.h"
 #include "core/pipeline.h"
 #include "core/run_dir.h"
 #include "core/stage_plan.h"
@@ -154,11 +155,12 @@ std::string mib(double bytes) {
 // The schedule, its bubble, and each stage: its unrolled layers in words, what it holds, and its
 // activations under the schedule (slots of saved activations in flight, boundary buffers for
 // transfers, shared temporaries) — exactly what `loom train` allocates.
-void print_pipeline(const config::RunConfig& cfg, const Mesh& mesh,
+void print_pipeline(const config::RunConfig& cfg, const ParallelLayout& layout,
                     const std::vector<StageMemory>& stages) {
-  const StagePlan plan = stage_plan_create(cfg);
-  const PipelineKind kind = pipeline_kind(cfg);
-  const int m = grad_accum_steps(cfg), v = plan.virtual_stages;
+  const Mesh& mesh = layout.mesh;
+  const StagePlan& plan = layout.stages;
+  const PipelineKind kind = layout.pipeline;
+  const int m = layout.micro_batches, v = plan.virtual_stages;
   std::printf("\npipeline %s: %d stages × %d chunk%s, %d micro-batches per step; bubble %.1f%% "
               "(%s)\n",
               pipeline_kind_name(kind), mesh.pp, v, v == 1 ? "" : "s", m,
@@ -197,8 +199,10 @@ void print_recompute(const config::RunConfig& cfg, const Mesh& mesh) {
     } catch (const Error&) {
       continue;  // e.g. ZERO_BUBBLE_H1 keeps what recomputation would drop
     }
+    const ParallelLayout layout = parallel_layout(with);
     double most = 0;
-    for (int r = 0; r < mesh.pp; ++r) most = std::max(most, 4.0 * stage_memory(with, r).arena.total);
+    for (int r = 0; r < mesh.pp; ++r)
+      most = std::max(most, 4.0 * stage_memory(with, layout, r).arena.total);
     line += format("    %-14s %s", config::TrainConfig::Recompute_Name(policy).c_str(),
                    mib(most).c_str());
     if (policy == cfg.train().recompute()) line += "  (this run)";
@@ -215,18 +219,19 @@ void print_recompute(const config::RunConfig& cfg, const Mesh& mesh) {
 
 // Memory of every pipeline stage as `loom train` allocates it (core/pipeline.h stage_memory),
 // the largest stage's in the summary lines; with pp > 1 each stage's layers and figures.
-void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
+void print_memory(const config::RunConfig& cfg, const ParallelLayout& layout, int threads) {
+  const Mesh& mesh = layout.mesh;
   std::vector<StageMemory> stages;
   size_t largest = 0;
   auto total = [](const StageMemory& s) { return s.bytes(); };
   for (int r = 0; r < mesh.pp; ++r) {
-    stages.push_back(stage_memory(cfg, r));
+    stages.push_back(stage_memory(cfg, layout, r));
     if (total(stages.back()) > total(stages[largest])) largest = stages.size() - 1;
   }
   const StageMemory& big = stages[largest];
-  const bool zero = cfg.parallel().zero_stage() == 1 && mesh.dp * mesh.sp > 1;
+  const bool zero = layout.zero;
   const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
-  const bool bf16 = cfg.runtime().precision() == config::RuntimeConfig::BF16;
+  const bool bf16 = layout.bf16;
   std::printf("\nmemory per rank (%s, MiB)\n",
               bf16 ? "BF16: fp32 master weights, gradients and AdamW state; bf16 activations"
                    : "FP32");
@@ -247,7 +252,7 @@ void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
                 mib(static_cast<double>(big.weight_copy_bytes)).c_str());
   if (big.reduce_bytes > 0)
     std::printf("  reduce buffers   %s   %s\n", mib(static_cast<double>(big.reduce_bytes)).c_str(),
-                cfg.parallel().grad_reduce_dtype() == config::RuntimeConfig::BF16
+                layout.bf16_grad_reduce
                     ? (zero ? "ZeRO-1 gradient shard, and gradients and shard in bf16 on the wire"
                             : "gradients in bf16 on the wire (parallel.grad_reduce_dtype BF16)")
                     : "ZeRO-1 gradient shard");
@@ -265,7 +270,7 @@ void print_memory(const config::RunConfig& cfg, const Mesh& mesh, int threads) {
                 (bf16 ? 2.0 : 4.0) *
                     ring_workspace_activations(B, T / mesh.sp, cfg.model().d_model() / mesh.tp) /
                     kMiB);
-  if (mesh.pp > 1) print_pipeline(cfg, mesh, stages);
+  if (mesh.pp > 1) print_pipeline(cfg, layout, stages);
 }
 
 // Which node each rank lands on and which groups span nodes; returns the most ranks on one node.
@@ -292,9 +297,10 @@ int print_placement(const Mesh& mesh, const Placement& placement) {
 
 // Bytes per rank of the layout's largest stage: parameters, gradients, optimizer, activations.
 double rank_bytes(const config::RunConfig& cfg) {
+  const ParallelLayout layout = parallel_layout(cfg);
   double most = 0;
-  for (int r = 0; r < cfg.parallel().pp(); ++r) {
-    const StageMemory s = stage_memory(cfg, r);
+  for (int r = 0; r < layout.mesh.pp; ++r) {
+    const StageMemory s = stage_memory(cfg, layout, r);
     most = std::max(most, s.bytes());
   }
   return most;
@@ -312,7 +318,7 @@ config::RunConfig at_seq_len(config::RunConfig cfg, long T) {
 // budget, by bisection (memory grows with T); 0 if even the shortest does not fit.
 void print_longest_sequence(const config::RunConfig& cfg, double budget_gib) {
   const auto& p = cfg.parallel();
-  const long unit = sequence_layout(p) == SequenceLayout::kZigzag ? 2L * p.sp() : p.sp();
+  const long unit = parallel_layout(cfg).sequence == SequenceLayout::kZigzag ? 2L * p.sp() : p.sp();
   const double budget = budget_gib * 1024.0 * kMiB;
   constexpr long kMaxTokens = 1L << 24;
   const long max_k = kMaxTokens / unit;
@@ -363,8 +369,8 @@ int command_plan(int argc, char** argv) {
     throw Error("expected exactly one CONFIG file (see loom plan --help)");
   const std::string config_path = args.positional[0];
   const config::RunConfig cfg = load_config(config_path, args.values("--set"));
-  const auto& p = cfg.parallel();
-  const Mesh mesh{.dp = p.dp(), .pp = p.pp(), .sp = p.sp(), .tp = p.tp()};
+  const ParallelLayout layout = parallel_layout(cfg);
+  const Mesh& mesh = layout.mesh;
   const config::ModelConfig& m = cfg.model();
   const config::TrainConfig& t = cfg.train();
   const int unrolled = unrolled_layers(m);
@@ -388,12 +394,12 @@ int command_plan(int argc, char** argv) {
   std::printf(
       "  batch       global_batch %d = micro_batch %d × dp %d × %d accumulation step%s "
       "per rank; seq_len %d",
-      t.global_batch(), t.micro_batch(), mesh.dp, grad_accum_steps(cfg),
-      grad_accum_steps(cfg) == 1 ? "" : "s", t.seq_len());
+      t.global_batch(), t.micro_batch(), mesh.dp, layout.micro_batches,
+      layout.micro_batches == 1 ? "" : "s", t.seq_len());
   if (mesh.sp > 1) std::printf(" (%d tokens per sp rank)", t.seq_len() / mesh.sp);
   std::printf("\n");
   print_groups(mesh);
-  print_memory(cfg, mesh, threads);
+  print_memory(cfg, layout, threads);
   if (args.has("--memory-gb")) {
     const std::string text = args.value("--memory-gb", "");
     char* end = nullptr;

@@ -8,8 +8,9 @@
 #include <filesystem>
 #include <iostream>
 
-#include "core/config.h"
 #include "base/error.h"
+#include "core/config.h"
+#include "core/parallel_layout.h"
 #include "core/trainer.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
@@ -248,8 +249,7 @@ int command_train(int argc, char** argv) {
   const config::RunConfig cfg = load_config(config_path, args.values("--set"));
   if (args.flag("--resume") && !args.has("--run-dir"))
     throw Error("--resume needs --run-dir naming the run to continue");
-  const auto& p = cfg.parallel();
-  const Mesh mesh{.dp = p.dp(), .pp = p.pp(), .sp = p.sp(), .tp = p.tp()};
+  const Mesh mesh = parallel_layout(cfg).mesh;
   if (env.is_worker) {
     if (args.has("--hostfile") || args.has("--hosts"))
       throw Error("--hostfile and --hosts are for `loom train` starting the ranks itself; this "

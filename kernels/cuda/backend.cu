@@ -78,6 +78,11 @@ class CudaBackend : public KernelBackend {
   }
   void* stream() const override { return ctx_.stream; }
   int device() const override { return ctx_.device; }
+  double memory_available() const override {
+    size_t free = 0, total = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free, &total));
+    return static_cast<double>(free);
+  }
   // CUB's and cuBLASLt's scratch want 256 bytes (what cudaMalloc returns).
   size_t alignment() const override { return 256; }
 

@@ -6,7 +6,7 @@
    `--repeats` alternating runs;
 2. the MiB each group sent per step (metrics.jsonl `sent_mib`, rank 0) in a dp 2 × pp 2 × sp 2 ×
    tp 2 run of a small looped model (16 ranks on this machine's cores: slow, but only the bytes
-   are read);
+   are read), in FP32, BF16, and BF16 with parallel.grad_reduce_dtype BF16;
 3. the loss curve of the default config (configs/default.textproto, the byte-level `./run.sh`
    data, 300 steps, validation every 25) in both precisions, drawn on one chart; the final
    validation losses compared.
@@ -59,14 +59,17 @@ def traffic(loom):
     with open("small.textproto", "w") as f:
         f.write(bench_common.bench_config(SMALL, micro_batch=2, seq_len=64))
     sent = {}
-    for precision in ("FP32", "BF16"):
+    for name, overrides in (("FP32", ["runtime.precision=FP32"]),
+                            ("BF16", ["runtime.precision=BF16"]),
+                            ("BF16 + bf16 gradients", ["runtime.precision=BF16",
+                                                        "parallel.grad_reduce_dtype=BF16"])):
         run_dir = bench_common.train(
-            loom, "small.textproto", f"traffic-{precision}",
+            loom, "small.textproto", "traffic-" + name.split()[0] + str(len(overrides)),
             ["parallel.dp=2", "parallel.pp=2", "parallel.sp=2", "parallel.tp=2",
-             "train.global_batch=8", "train.steps=3", f"runtime.precision={precision}"],
+             "train.global_batch=8", "train.steps=3"] + overrides,
             ranks=16, timeout=600)
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            sent[precision] = [json.loads(line) for line in f][-1]["sent_mib"]
+            sent[name] = [json.loads(line) for line in f][-1]["sent_mib"]
     return sent
 
 
@@ -146,13 +149,17 @@ def report(rows, sent, runs, command):
               "fp32 master weights, gradients and AdamW state, which do not change.", "",
               "MiB rank 0 sent per step over each of its groups (`sent_mib`), dp 2 × pp 2 × sp 2 ×",
               "tp 2, looped model d 64, 8 sequences of 64 tokens per step:", "",
-              "| group | FP32 | BF16 | BF16 ÷ FP32 |", "|---|---|---|---|"]
+              "| group | FP32 | BF16 | BF16 ÷ FP32 | BF16 + `grad_reduce_dtype: BF16` | ÷ FP32 |",
+              "|---|---|---|---|---|---|"]
     for group in sent["FP32"]:
-        f, b = sent["FP32"][group], sent["BF16"][group]
+        f, b, g = sent["FP32"][group], sent["BF16"][group], sent["BF16 + bf16 gradients"][group]
         if f > 0:  # world carries only a few scalars after the step, outside the count
-            lines.append(f"| {group} | {f:.4f} | {b:.4f} | {b / f:.3f} |")
+            lines.append(f"| {group} | {f:.4f} | {b:.4f} | {b / f:.3f} | {g:.4f} | {g / f:.3f} |")
     lines += ["", "tp, sp and pp carry activations (bf16); dp (the gradient reduction) and replica",
-              "(shared weights summed over stages) carry fp32 gradients, as the recipe says.", ""]
+              "(shared weights summed over stages) carry fp32 gradients, as the recipe says, unless",
+              "`parallel.grad_reduce_dtype: BF16` rounds the dp buckets to bf16 (last columns; the",
+              "replica sums stay fp32). With ZeRO-1 the parameters' all-gather stays fp32, so",
+              "there dp carries 2/3 of fp32's bytes (tests/parallel/precision_equivalence.py).", ""]
     final = {p: [m for m in r if "val_loss" in m][-1] for p, r in runs.items()}
     diff = final["BF16"]["val_loss"] / final["FP32"]["val_loss"] - 1
     lines += [f"Loss curves, {final['FP32']['step']} steps of configs/default.textproto "

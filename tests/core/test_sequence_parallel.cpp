@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/config.h"
+#include "core/parallel_layout.h"
 #include "core/pipeline.h"
 #include "kernels/cpu/threads.h"
 
@@ -23,23 +24,28 @@ config::RunConfig long_sequences(int sp, const char* layout = "ZIGZAG") {
   return cfg;
 }
 
+// What loom train allocates on pipeline rank 0 for `cfg`.
+StageMemory first_stage(const config::RunConfig& cfg) {
+  return stage_memory(cfg, parallel_layout(cfg), 0);
+}
+
 TEST(SequenceParallel, ArenaAtSp4IsAtMost0_3OfSp1) {
   kernels::cpu::init_threads(2);
-  const double whole = stage_memory(long_sequences(1), 0).arena.total;
+  const double whole = first_stage(long_sequences(1)).arena.total;
   for (const char* layout : {"ZIGZAG", "CONTIGUOUS"}) {
-    const ArenaSizes sp4 = stage_memory(long_sequences(4, layout), 0).arena;
+    const ArenaSizes sp4 = first_stage(long_sequences(4, layout)).arena;
     EXPECT_LE(sp4.total, 0.3 * whole) << layout << ": " << sp4.total << " of " << whole;
     // The saved activations proper scale exactly: a slot holds T / 4 rows.
-    EXPECT_EQ(4 * sp4.slot, stage_memory(long_sequences(1), 0).arena.slot) << layout;
+    EXPECT_EQ(4 * sp4.slot, first_stage(long_sequences(1)).arena.slot) << layout;
   }
   kernels::cpu::init_threads(0);
 }
 
 TEST(SequenceParallel, ArenaShrinksWithEverySpDoubling) {
   kernels::cpu::init_threads(1);
-  double previous = stage_memory(long_sequences(1), 0).arena.total;
+  double previous = first_stage(long_sequences(1)).arena.total;
   for (int sp : {2, 4, 8}) {
-    const double now = stage_memory(long_sequences(sp), 0).arena.total;
+    const double now = first_stage(long_sequences(sp)).arena.total;
     EXPECT_LT(now, 0.6 * previous) << "sp " << sp;
     previous = now;
   }

@@ -10,11 +10,12 @@
 #include <string>
 #include <vector>
 
-#include "core/config.h"
 #include "base/error.h"
+#include "base/rng.h"
+#include "core/config.h"
 #include "core/model.h"
 #include "core/optimizer.h"
-#include "base/rng.h"
+#include "core/parallel_layout.h"
 #include "core/safetensors.h"
 #include "core/trainer.h"
 #include "kernels/cpu/threads.h"
@@ -44,7 +45,7 @@ int run(int argc, char** argv) {
   loom::model_init(model, cfg.train().seed());
   loom::Pipeline pipe = loom::pipeline_single(1);
   loom::model_plan(model, B, T, pipe.slots, pipe.boundaries, false,
-                   loom::recompute_policy(cfg.train()));
+                   loom::parallel_layout(cfg).recompute);
   loom::Optimizer optimizer = loom::optimizer_create(model);
   loom::safetensors_write(out + "/init.safetensors", named(model, model.buf.params.download()), {});
 

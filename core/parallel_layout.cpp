@@ -1,0 +1,58 @@
+#include "core/parallel_layout.h"
+
+#include <algorithm>
+
+#include "base/error.h"
+
+namespace loom {
+namespace {
+
+PipelineKind pipeline_kind(config::ParallelConfig::PipelineSchedule schedule) {
+  switch (schedule) {
+    case config::ParallelConfig::GPIPE:
+      return PipelineKind::kGPipe;
+    case config::ParallelConfig::ONE_F_ONE_B:
+      return PipelineKind::kOneFOneB;
+    case config::ParallelConfig::INTERLEAVED_1F1B:
+      return PipelineKind::kInterleaved1F1B;
+    case config::ParallelConfig::ZERO_BUBBLE_H1:
+      return PipelineKind::kZeroBubbleH1;
+  }
+  LOOM_CHECK(false);
+}
+
+Recompute recompute_policy(config::TrainConfig::Recompute recompute) {
+  switch (recompute) {
+    case config::TrainConfig::NONE:
+      return Recompute::kNone;
+    case config::TrainConfig::LOOP_BOUNDARY:
+      return Recompute::kLoopBoundary;
+    case config::TrainConfig::SQRT:
+      return Recompute::kSqrt;
+  }
+  LOOM_CHECK(false);
+}
+
+}  // namespace
+
+ParallelLayout parallel_layout(const config::RunConfig& cfg) {
+  const config::ParallelConfig& p = cfg.parallel();
+  ParallelLayout out;
+  out.mesh = {.dp = p.dp(), .pp = p.pp(), .sp = p.sp(), .tp = p.tp()};
+  out.pipeline = pipeline_kind(p.pipeline_schedule());
+  out.micro_batches = grad_accum_steps(cfg);
+  pipeline_check(out.pipeline, p.pp(), out.micro_batches, p.virtual_stages());
+  out.stages = stage_plan_create(cfg);
+  out.sequence = p.sequence_layout() == config::ParallelConfig::CONTIGUOUS
+                     ? SequenceLayout::kContiguous
+                     : SequenceLayout::kZigzag;
+  out.zero = p.zero_stage() == 1 && out.reduce_ranks() > 1;
+  out.bucket_floats = std::max<size_t>(1, static_cast<size_t>(p.bucket_mb() * (1 << 20) / 4));
+  out.overlap_grad_reduce = p.overlap_grad_reduce();
+  out.bf16_grad_reduce = p.grad_reduce_dtype() == config::RuntimeConfig::BF16;
+  out.recompute = recompute_policy(cfg.train().recompute());
+  out.bf16 = cfg.runtime().precision() == config::RuntimeConfig::BF16;
+  return out;
+}
+
+}  // namespace loom
