@@ -1,7 +1,7 @@
 #include "core/checkpoint.h"
 
-#include <google/protobuf/text_format.h>
 #include <fcntl.h>
+#include <google/protobuf/text_format.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,9 +14,10 @@
 #include <sstream>
 #include <utility>
 
-#include "core/config.h"
 #include "base/error.h"
+#include "base/regular_file.h"
 #include "core/checkpoint_pieces.h"
+#include "core/config.h"
 #include "core/file_io.h"
 
 namespace loom {
@@ -64,14 +65,14 @@ std::vector<fs::path> step_folders(const std::string& checkpoints_dir) {
 
 Meta read_meta(const std::string& checkpoint_dir) {
   const fs::path path = fs::path(checkpoint_dir) / kMetaFile;
-  std::ifstream in(path);
-  if (!in)
+  std::error_code ec;
+  if (!fs::exists(path, ec))
     throw Error("no checkpoint at " + checkpoint_dir + " (missing " + path.string() +
                 "); pass a step_NNNNNNN folder inside a run's checkpoints/");
-  std::stringstream text;
-  text << in.rdbuf();
+  const std::string text =
+      read_regular_file(path.string(), size_t{256} << 20, "checkpoint metadata");
   Meta meta;
-  if (!google::protobuf::TextFormat::ParseFromString(text.str(), &meta))
+  if (!google::protobuf::TextFormat::ParseFromString(text, &meta))
     throw Error("checkpoint metadata " + path.string() + " is corrupt (cannot parse it)");
   if (!meta.has_step() || !meta.has_config() || meta.params_size() == 0)
     throw Error("checkpoint metadata " + path.string() +

@@ -409,6 +409,14 @@ void validate_config(const config::RunConfig& cfg) {
   require(cfg.checkpoint().interval() >= 0, "checkpoint.interval must not be negative");
   require(cfg.checkpoint().keep_last() >= 0, "checkpoint.keep_last must not be negative");
   require(!cfg.checkpoint().directory().empty(), "checkpoint.directory must name a folder");
+  {
+    const std::filesystem::path dir =
+        std::filesystem::path(cfg.checkpoint().directory()).lexically_normal();
+    require(dir.is_absolute() || (!dir.empty() && *dir.begin() != ".." && dir != "."),
+            "checkpoint.directory \"" + cfg.checkpoint().directory() +
+                "\" leaves the run directory (a relative path is inside it, and must name a "
+                "folder below it); give an absolute path to keep checkpoints elsewhere");
+  }
   require(cfg.logging().interval() > 0, "logging.interval must be positive");
   require(cfg.logging().sample_tokens() >= 0, "logging.sample_tokens must not be negative");
   require(cfg.logging().sample_temperature() >= 0,

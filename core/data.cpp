@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "base/error.h"
+#include "base/regular_file.h"
 #include "base/rng.h"
 #include "core/tokenizer.h"
 
@@ -43,8 +44,7 @@ bool has_extension(const std::string& path, const std::vector<std::string>& exte
 }  // namespace
 
 Shard shard_open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw Error("cannot open shard " + path + ": " + errno_text());
+  int fd = open_regular_file(path, "shard");
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     ::close(fd);

@@ -1,20 +1,19 @@
 #include "core/run_dir.h"
 
-#include <algorithm>
-#include <cmath>
-#include <functional>
-#include <sstream>
-
 #include <fcntl.h>
+#include <google/protobuf/util/message_differencer.h>
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
-
-#include <google/protobuf/util/message_differencer.h>
+#include <functional>
+#include <sstream>
 
 #include "base/error.h"
+#include "base/regular_file.h"
 
 namespace loom {
 
@@ -40,11 +39,30 @@ RunDirLock::~RunDirLock() {
 
 namespace {
 
+// The files loom writes in a run directory: where they exist they must be regular files of the
+// directory's own, never links (which would carry the writes elsewhere) or FIFOs and devices
+// (which would hang them).
+void check_run_files(const fs::path& dir) {
+  for (const char* name : {"run.lock", "train.log", "metrics.jsonl", "config.textproto",
+                           "data.textproto", "trace.json"}) {
+    std::error_code ec;
+    const fs::file_status st = fs::symlink_status(dir / name, ec);
+    if (!fs::exists(st) || fs::is_regular_file(st)) continue;
+    throw Error("run directory file " + (dir / name).string() + " is " +
+                (fs::is_symlink(st) ? "a symbolic link" : "not a regular file") +
+                ": loom writes only regular files inside the run directory; remove it, or "
+                "choose another --run-dir");
+  }
+}
+
 // Takes DIR/run.lock (flock: released by the kernel when the process dies) and writes this
 // process's pid into it; a lock another process holds is refused, naming it.
 RunDirLock lock_run_dir(const fs::path& dir) {
+  check_run_files(dir);
   const fs::path path = dir / "run.lock";
-  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  // O_NOFOLLOW and O_NONBLOCK: a link or FIFO put there since the check fails instead of
+  // redirecting or hanging the write.
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
   if (fd < 0) throw Error("cannot open " + path.string() + ": " + std::strerror(errno));
   RunDirLock lock(fd);
   if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
@@ -64,6 +82,12 @@ RunDirLock lock_run_dir(const fs::path& dir) {
 }
 
 }  // namespace
+
+void throw_write_error(const std::string& path) {
+  throw Error("cannot write " + path + ": " + (errno != 0 ? std::strerror(errno) : "write failed") +
+              " (is its disk full?); the run stops here with its last checkpoint intact, and "
+              "continues with --resume once there is room");
+}
 
 // A run directory that already has results is never overwritten; it is locked before it is
 // looked at, so two runs started at once cannot both pass the check.
@@ -140,15 +164,15 @@ std::string resume_from(const std::string& checkpoints_dir, const config::RunCon
 
 // On resume, metrics of steps after the checkpoint are dropped: they will be recomputed.
 void truncate_metrics(const fs::path& path, long last_step) {
-  std::ifstream in(path);
-  if (!in) return;
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(path, ec))) return;
+  std::istringstream in(read_regular_file(path.string(), size_t{4} << 30, "metrics file"));
   std::string line, kept;
   while (std::getline(in, line)) {
     long step = 0;
     if (std::sscanf(line.c_str(), "{\"step\":%ld", &step) == 1 && step <= last_step)
       kept += line + '\n';
   }
-  in.close();
   const fs::path tmp = path.string() + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);

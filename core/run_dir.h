@@ -20,20 +20,25 @@
 
 namespace loom {
 
+// Throws loom::Error: a run file (train.log, metrics.jsonl) could not be written.
+[[noreturn]] void throw_write_error(const std::string& path);
+
 // Terminal lines, mirrored into run_dir/train.log. Rank 0 writes the log and prints progress;
 // other ranks print warnings only. In a multi-rank run every line carries the rank's label.
+// A line the log cannot take (its disk full) is an error: nothing is dropped silently.
 class RunLog {
  public:
   RunLog(const std::filesystem::path& path, bool quiet, bool writer, std::string prefix)
-      : quiet_(quiet), writer_(writer), prefix_(std::move(prefix)) {
+      : path_(path.string()), quiet_(quiet), writer_(writer), prefix_(std::move(prefix)) {
     if (writer_) file_.open(path, std::ios::app);
+    if (writer_ && !file_) throw_write_error(path_);
   }
   void line(const std::string& text) {
     if (!writer_) return;
     const std::string out = prefix_ + text;
     if (!quiet_) std::cout << out << std::endl;
     file_ << out << '\n';
-    file_.flush();
+    if (!file_.flush()) throw_write_error(path_);
   }
   void warn(const std::string& text) {
     if (writer_) return line("warning: " + text);
@@ -41,11 +46,11 @@ class RunLog {
   }
 
  private:
+  std::string path_;
   std::ofstream file_;
   bool quiet_, writer_;
   std::string prefix_;
 };
-
 
 // printf into a std::string (at most 511 characters).
 std::string format(const char* fmt, auto... args) {

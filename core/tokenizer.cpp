@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <google/protobuf/text_format.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdint>
@@ -12,6 +13,7 @@
 #include <unordered_map>
 
 #include "base/error.h"
+#include "base/regular_file.h"
 
 namespace loom {
 namespace {
@@ -74,11 +76,7 @@ struct SentencePieceLibrary {
 };
 
 std::string read_file(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(std::string("cannot read ") + what + " " + path);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
+  return read_regular_file(path, size_t{256} << 20, what);
 }
 
 }  // namespace
@@ -95,6 +93,8 @@ struct SentencePieceModel {
 Tokenizer tokenizer_bytes() { return {}; }
 
 Tokenizer tokenizer_sentencepiece(const std::string& model_path) {
+  ::close(
+      open_regular_file(model_path, "SentencePiece model"));  // SentencePiece would hang on a FIFO
   auto sp = std::make_shared<SentencePieceModel>();
   sp->library = std::make_shared<SentencePieceLibrary>();
   std::string error;

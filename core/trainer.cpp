@@ -572,7 +572,7 @@ void record_step(Training& tr, const StepOutcome& o, double val_loss,
                                  !o.result.finite, loop.activation_peak, bpb,
                                  health ? &*health : nullptr, o.sent)
                  << '\n';
-    loop.metrics.flush();
+    if (!loop.metrics.flush()) throw_write_error((tr.in.run_dir / "metrics.jsonl").string());
   }
   loop.summary.last_loss = o.result.loss;
   const long step = loop.step;

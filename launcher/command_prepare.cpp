@@ -1,7 +1,9 @@
+#include <algorithm>
+#include <filesystem>
 #include <iostream>
 
-#include "core/data.h"
 #include "base/error.h"
+#include "core/data.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
 
@@ -52,6 +54,21 @@ int command_prepare(int argc, char** argv) {
   options.inputs = inputs;
   options.extensions = args.values("--ext");
   options.output_dir = args.value("--output", "");
+  // Shards written among the sources would be read back as text by the next prepare.
+  auto resolved = [](const std::string& path) {  // symlinks followed, no trailing separator
+    const std::filesystem::path p = std::filesystem::weakly_canonical(path);
+    return p.has_filename() ? p : p.parent_path();
+  };
+  const std::filesystem::path out = resolved(options.output_dir);
+  for (const std::string& input : inputs) {
+    const std::filesystem::path in = resolved(input);
+    const auto end = std::mismatch(in.begin(), in.end(), out.begin(), out.end()).first;
+    if (end == in.end())
+      throw Error("--output " + options.output_dir + (in == out ? " is" : " lies inside") +
+                  " --input " + input +
+                  ": the shards would land among the sources; write "
+                  "them elsewhere");
+  }
   options.val_fraction = args.number("--val-fraction", 0.05);
   options.shard_tokens = args.integer("--shard-tokens", 100000000);
   const std::string kind = args.value("--tokenizer", "bytes");

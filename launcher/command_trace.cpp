@@ -1,6 +1,7 @@
 #include <cstdio>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <string>
@@ -8,9 +9,9 @@
 
 #include "base/error.h"
 #include "core/trace.h"
-#include "tools/trace_view.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
+#include "tools/trace_view.h"
 
 namespace loom {
 namespace {
@@ -82,6 +83,11 @@ int command_trace(int argc, char** argv) {
   const TraceWindow window = trace_window(trace, steps.first, steps.last);
 
   const std::string out_path = args.value("--svg", "");
+  std::error_code same_error;
+  if (std::filesystem::equivalent(path, out_path, same_error))
+    throw Error("--svg " + out_path +
+                " is the trace FILE itself: writing it would destroy the "
+                "trace; choose another file for the chart");
   std::ofstream out(out_path, std::ios::binary | std::ios::trunc);
   if (!out) throw Error("cannot write " + out_path + ": " + std::strerror(errno));
   out << trace_svg(trace, window);

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "base/error.h"
+#include "base/regular_file.h"
 
 namespace loom {
 namespace {
@@ -84,8 +85,7 @@ void expand_item(const std::string& item, const std::string& list, std::vector<s
 }  // namespace
 
 std::vector<NodeSlots> hostfile_read(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error("cannot read hostfile " + path + ": " + std::strerror(errno));
+  std::istringstream in(read_regular_file(path, size_t{1} << 20, "hostfile"));
   std::vector<NodeSlots> nodes;
   std::string line;
   for (int number = 1; std::getline(in, line); ++number) {

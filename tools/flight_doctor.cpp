@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "base/error.h"
+#include "base/regular_file.h"
 
 namespace loom {
 namespace {
@@ -444,10 +445,9 @@ std::vector<config::FlightDump> flight_dumps_read(const std::string& run_dir) {
     for (const fs::directory_entry& f : fs::directory_iterator(dir, ec)) {
       const std::string name = f.path().filename().string();
       if (!name.starts_with("rank_") || !name.ends_with(".json")) continue;
-      std::ifstream in(f.path(), std::ios::binary);
-      std::stringstream json;
-      json << in.rdbuf();
-      dumps.push_back(flight_dump_parse(json.str(), f.path().string()));
+      dumps.push_back(
+          flight_dump_parse(read_regular_file(f.path().string(), size_t{256} << 20, "flight dump"),
+                            f.path().string()));
     }
   }
   if (dumps.empty())

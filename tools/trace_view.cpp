@@ -7,12 +7,14 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <set>
 #include <sstream>
 
 #include "base/error.h"
+#include "base/regular_file.h"
 
 namespace loom {
 namespace {
@@ -88,12 +90,12 @@ std::string format_number(double value, int decimals) {
 }  // namespace
 
 config::TraceFile trace_read(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    throw Error("cannot open trace " + path + ": " + std::strerror(errno) +
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec))
+    throw Error("cannot open trace " + path + ": " + std::strerror(ENOENT) +
                 " (a run writes RUN_DIR/trace.json when logging.trace_steps > 0)");
   std::stringstream text;
-  text << in.rdbuf();
+  text << read_regular_file(path, size_t{1} << 30, "trace");
   config::TraceFile trace;
   google::protobuf::util::JsonParseOptions options;
   options.ignore_unknown_fields = true;  // other tools' traces carry fields loom does not draw

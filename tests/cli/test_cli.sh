@@ -73,6 +73,18 @@ grep -qE '^rank 1 \(pp 1, dp 0, sp 0, tp 0\) +[0-9.]+ ' "$tmp/out.txt" && pass |
   fail "loom trace printed no line for rank 1: $(cat "$tmp/out.txt")"
 expect_error trace-missing "cannot open trace nope.json" -- "$loom" trace nope.json --svg x.svg
 expect_error trace-steps "it holds steps 0-1" -- "$loom" trace run-pp/trace.json --svg x.svg --steps 5
+cp run-pp/trace.json own.json
+expect_error trace-onto-itself "is the trace FILE itself" -- "$loom" trace own.json --svg ./own.json
+cmp -s own.json run-pp/trace.json && pass || fail "loom trace wrote over its own input"
+
+# Writes onto inputs and absurd environments are refused before anything is touched.
+mkdir -p sources && cp "$src/core/config.h" sources/
+expect_error prepare-onto-input "is --input" -- "$loom" prepare --input sources --output sources/
+expect_error prepare-inside-input "lies inside --input" -- "$loom" prepare --input sources --output sources/shards
+[ "$(ls sources)" = "config.h" ] && pass || fail "prepare wrote among its sources: $(ls sources)"
+expect_error omp-threads "OMP_NUM_THREADS=100000 is not a thread count" -- env OMP_NUM_THREADS=100000 "$loom" plan "$src/configs/default.textproto"
+expect_error checkpoint-escape "leaves the run directory" -- "$loom" plan "$src/configs/default.textproto" --set checkpoint.directory=../escape
+expect_error checkpoint-dot "leaves the run directory" -- "$loom" plan "$src/configs/default.textproto" --set checkpoint.directory=a/../..
 
 # --- a traced run with ring sequence parallelism (sp = 2): the same losses and sample text as the
 # single process, ring waits in the trace ---
@@ -96,6 +108,19 @@ grep -q "resumed from" "$tmp/out.txt" && pass || fail "resume did not say where 
 expect_error resume-other-model "model section of the config differs" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set model.d_mlp=32 --run-dir run --resume
 expect_error resume-other-data "train.seq_len differs" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=9 --set train.seq_len=16 --run-dir run --resume
 expect_error resume-finished "already completed 8 steps" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=8 --run-dir run --resume
+# A run directory's files are written only as its own regular files: a link planted in it is
+# refused, and the file it points to is untouched.
+cp -r run run-link && echo "elsewhere" >elsewhere.txt && ln -sf "$PWD/elsewhere.txt" run-link/train.log
+expect_error resume-through-link "run-link/train.log is a symbolic link" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=9 --run-dir run-link --resume
+[ "$(cat elsewhere.txt)" = "elsewhere" ] && pass || fail "a resume wrote through a planted link"
+# Inputs that are not regular files are refused, never read until they hang.
+mkdir -p fifo-data && mkfifo fifo-data/train_000000.bin fifo-hosts fifo-trace.json && mkdir -p dir-data/train_000000.bin
+expect_error shard-fifo "fifo-data/train_000000.bin is a FIFO, not a regular file" -- timeout 60 "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set data.train_shards=fifo-data/train_*.bin --run-dir run-fifo
+expect_error shard-directory "dir-data/train_000000.bin is a directory" -- timeout 60 "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set data.train_shards=dir-data/train_*.bin --run-dir run-dir
+expect_error hostfile-fifo "hostfile fifo-hosts is a FIFO" -- timeout 60 "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set parallel.dp=2 --hostfile fifo-hosts --run-dir run-hosts
+expect_error trace-fifo "trace fifo-trace.json is a FIFO" -- timeout 60 "$loom" trace fifo-trace.json --svg x.svg
+mkfifo fifo-model
+expect_error tokenizer-model-fifo "SentencePiece model fifo-model is a FIFO" -- timeout 60 "$loom" prepare --input sources --output sp-out --tokenizer sentencepiece --tokenizer-model fifo-model
 # runtime.device CUDA where there is no GPU (or no CUDA in the build): refused, saying which.
 if ! nvidia-smi -L >/dev/null 2>&1; then
   expect_error cuda-without-gpu "runtime.device CUDA: this" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set runtime.device=CUDA --run-dir run-cuda
@@ -105,7 +130,7 @@ expect_error hosts-and-hostfile "either --hostfile or --hosts, not both" -- "$lo
 expect_error hosts-single-rank "this layout is a single rank" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --hosts a:2 --run-dir hosts
 expect_error hosts-in-slurm "inside a Slurm allocation" -- env SLURM_JOB_ID=1 "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set parallel.dp=2 --hosts a:2 --run-dir hosts
 expect_error hosts-tp-across "tensor-parallel group {0,1} would span nodes a, b" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set parallel.tp=2 --hosts a:1,b:1 --run-dir hosts
-expect_error hostfile-missing "cannot read hostfile nope" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set parallel.dp=2 --hostfile nope --run-dir hosts
+expect_error hostfile-missing "cannot open hostfile nope" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set parallel.dp=2 --hostfile nope --run-dir hosts
 [ ! -e hosts ] && pass || fail "a refused multi-node launch left a run directory"
 # The run's own resolved config.textproto is what a user resumes with.
 expect_ok resume-own-config "$loom" train run/config.textproto --set train.steps=9 --run-dir run --resume
@@ -193,7 +218,7 @@ expect_error prepare-vocab-too-big "at most 65536" -- "$loom" prepare --input "$
   --tokenizer sentencepiece --vocab-size 70000
 expect_error prepare-vocab-bytes "applies to --tokenizer sentencepiece only" -- \
   "$loom" prepare --input "$src/tests" --output sp3 --vocab-size 400
-expect_error prepare-bad-model "cannot load the SentencePiece model" -- "$loom" prepare \
+expect_error prepare-bad-model "SentencePiece model nowhere.model" -- "$loom" prepare \
   --input "$src/tests" --output sp4 --tokenizer sentencepiece --tokenizer-model nowhere.model
 
 # --- llm.c's GPT-2 shards train as they are; llm.c's tokenizer file decodes the samples ---

@@ -74,7 +74,7 @@ TEST(Tokenizer, SentencePieceGivesThePythonSourcesBackExactly) {
                 .find("SentencePiece training (bpe, vocabulary 70000) failed"),
             std::string::npos);
   EXPECT_NE(error_of([&] { tokenizer_sentencepiece(dir / "missing.model"); })
-                .find("cannot load the SentencePiece model"),
+                .find("cannot open SentencePiece model"),
             std::string::npos);
 }
 

@@ -4,10 +4,11 @@
 # OpenBLAS, Protobuf, Open MPI or GoogleTest: the CUDA kernel tests, the model's CUDA gradient
 # tests (core_tests), `loom` with the CUDA backend, the shared libraries they need from outside
 # the toolkit, and a small data set (byte tokens of Python's email package). Portable -march
-# (x86-64-v3), its own build folder (build-gpu/).
+# (x86-64-v3), its own build folder (build-gpu/). About 80 MiB, so it is also packed into
+# gpu-bundle.tar.xz (about 12 MiB), which is what to carry.
 #
 #   tests/gpu/make_bundle.sh        # here
-#   device run: bash tests/gpu/run_on_device.sh   (carry: gpu-bundle)
+#   device run: bash tests/gpu/run_on_device.sh   (carry: gpu-bundle.tar.xz)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ./run.sh --setup-only >/dev/null
@@ -29,5 +30,6 @@ done
 email=$(ls -d /usr/lib/python3*/email | head -1)
 build-gpu/loom prepare --input "$email" --ext .py --output gpu-bundle/data/pystdlib \
   --val-fraction 0.1 >/dev/null
-du -sh gpu-bundle
+tar -cJf gpu-bundle.tar.xz gpu-bundle
+du -sh gpu-bundle gpu-bundle.tar.xz
 ls gpu-bundle/lib

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check, on the device machine (one H100/H200; bring gpu-bundle/ from
-# tests/gpu/make_bundle.sh, or run this where the build dependencies are installed and it makes
-# the bundle first). Under 8 minutes. Writes its logs and summary.txt to $OUT (or ./gpu-results):
+# The GPU check, on the device machine (one H100/H200; bring gpu-bundle.tar.xz or gpu-bundle/
+# from tests/gpu/make_bundle.sh, or run this where the build dependencies are installed and it
+# makes the bundle first). Under 8 minutes. Writes its logs and summary.txt to $OUT (or ./gpu-results):
 #   1. the CUDA kernel tests (every kernel against the CPU's) and the model's gradients on CUDA
 #      against finite differences;
 #   2. loom bench step on the GPT-2-small shape (configs/bench_gpt2_small.textproto) on CUDA in
@@ -15,6 +15,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-gpu-results}
 mkdir -p "$out"
+[ -x gpu-bundle/loom ] || [ ! -f gpu-bundle.tar.xz ] || tar -xJf gpu-bundle.tar.xz
 [ -x gpu-bundle/loom ] || bash tests/gpu/make_bundle.sh || { echo "no gpu-bundle/ and it cannot be built here"; exit 1; }
 export LD_LIBRARY_PATH="$PWD/gpu-bundle/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib:${LD_LIBRARY_PATH:-}"
 loom=gpu-bundle/loom
@@ -24,6 +25,7 @@ status=0
 say() { echo "$*" | tee -a "$summary"; }
 fail() { say "FAIL: $*"; status=1; }
 
+command -v python3 >/dev/null || fail "python3 is missing here: MFU and the loss comparison need it"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 say "gpu: $gpu ($(nvidia-smi --query-gpu=driver_version,memory.total --format=csv,noheader | head -1))"
 ldd $loom gpu-bundle/cuda_kernel_tests | grep "not found" && fail "libraries missing (above)"

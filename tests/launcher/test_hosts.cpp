@@ -67,7 +67,7 @@ TEST(Hostfile, NamesTheLineOfWhatIsWrong) {
             std::string::npos);
   Hostfile empty("# nothing\n");
   EXPECT_NE(error_of([&] { hostfile_read(empty.path()); }).find("names no host"), std::string::npos);
-  EXPECT_NE(error_of([] { hostfile_read("/nonexistent/hosts"); }).find("cannot read hostfile"),
+  EXPECT_NE(error_of([] { hostfile_read("/nonexistent/hosts"); }).find("cannot open hostfile"),
             std::string::npos);
 }
 
