@@ -37,11 +37,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     m.set_loops(1);
     m.set_coda_layers(0);
     loom::Model out = loom::model_layout(m, nullptr, {2, 1, nullptr});
-    out.params = loom::kernels::DeviceArray<float>(out.backend, out.num_params);
+    out.buf.params = loom::kernels::DeviceArray<float>(out.buf.backend, out.layout.num_params);
     return out;
   }();
   static loom::Optimizer optimizer =
-      loom::optimizer_create(model, {loom::shard_range(model.num_params, 3, 1)});
+      loom::optimizer_create(model, {loom::shard_range(model.layout.num_params, 3, 1)});
   if (FILE* f = std::fopen((dir + "/checkpoint.textproto").c_str(), "wb")) {
     std::fwrite(data, 1, size, f);
     std::fclose(f);
