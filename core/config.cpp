@@ -418,7 +418,11 @@ void validate_config(const config::RunConfig& cfg) {
                 "folder below it); give an absolute path to keep checkpoints elsewhere");
   }
   require(cfg.logging().interval() > 0, "logging.interval must be positive");
-  require(cfg.logging().sample_tokens() >= 0, "logging.sample_tokens must not be negative");
+  require(cfg.logging().sample_tokens() >= 0 && cfg.logging().sample_tokens() <= kMaxSampleTokens,
+          "logging.sample_tokens must be between 0 and " + num(kMaxSampleTokens) + " (got " +
+              num(cfg.logging().sample_tokens()) + ")");
+  require(cfg.logging().trace_steps() >= 0,
+          "logging.trace_steps must not be negative (0: no trace)");
   require(cfg.logging().sample_temperature() >= 0,
           "logging.sample_temperature must not be negative");
   require(cfg.logging().sample_top_k() >= 0, "logging.sample_top_k must not be negative");

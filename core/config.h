@@ -14,6 +14,10 @@
 
 namespace loom {
 
+// The most tokens one sample may generate (logging.sample_tokens, loom sample --tokens): each
+// token runs the whole model over the whole context, so larger counts run for hours.
+constexpr long kMaxSampleTokens = 65536;
+
 // Parses the text-format file, applies each "path.to.field=value" override in order, validates
 // the result and returns it resolved (see resolve_defaults).
 config::RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides);

@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 
 #include "base/error.h"
+#include "base/regular_file.h"
+#include "core/config.h"
 #include "core/pipeline.h"
 #include "core/shared_files.h"
 
@@ -60,6 +63,28 @@ void record_data(const config::DataInfo& info, const std::string& data_dir,
   data_info_copy(info, data_dir, run_dir.string());
 }
 
+// --resume with another checkpoint.directory than the run's own (its config.textproto) would
+// find no checkpoint and start again from step 0 while the run's checkpoints sit where they were.
+void check_checkpoint_directory(const config::RunConfig& cfg, const fs::path& run_dir) {
+  const fs::path saved_config = run_dir / "config.textproto";
+  std::error_code ec;
+  if (!fs::exists(saved_config, ec)) return;
+  const config::RunConfig saved =
+      parse_config_text(read_regular_file(saved_config.string(), size_t{1} << 20, "run config"),
+                        saved_config.string());
+  const std::string before = saved.checkpoint().directory(), now = cfg.checkpoint().directory();
+  if (fs::path(before).lexically_normal() == fs::path(now).lexically_normal()) return;
+  const fs::path kept = run_dir / before;
+  bool holds = false;
+  for (const fs::directory_entry& e : fs::directory_iterator(kept, ec))
+    holds = holds || e.path().filename().string().starts_with("step_");
+  if (holds)
+    throw Error("--resume: checkpoint.directory is \"" + now + "\" but this run kept its " +
+                "checkpoints in \"" + before + "\" (" + kept.string() + ", as " +
+                saved_config.string() + " says); resume with --set checkpoint.directory=" + before +
+                ", or move the checkpoints there first");
+}
+
 }  // namespace
 
 RunInputs open_run(const config::RunConfig& cfg, const TrainOptions& options, ProcessGroups& groups,
@@ -90,6 +115,7 @@ RunInputs open_run(const config::RunConfig& cfg, const TrainOptions& options, Pr
   if (writer) in.lock = prepare_run_dir(in.run_dir, options.resume);
   if (writer && in.data_info) record_data(*in.data_info, in.data_dir, in.run_dir, options.resume);
   in.checkpoints_dir = in.run_dir / cfg.checkpoint().directory();
+  if (writer && options.resume) check_checkpoint_directory(cfg, in.run_dir);
   if (writer) {  // a folder checkpoints cannot be written to is found now, not after training
     std::error_code ec;
     fs::create_directories(in.checkpoints_dir, ec);

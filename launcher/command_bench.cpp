@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <thread>
 #include <vector>
 
 #include "base/error.h"
@@ -65,9 +66,16 @@ double sgemm_gflops(int n) {
 }
 
 int bench_sgemm(const Args& args) {
-  const int threads = kernels::cpu::init_threads(static_cast<int>(args.integer("--threads", 0)));
-  const int n = static_cast<int>(args.integer("--size", 2048));
-  if (n <= 0) throw Error("--size must be positive");
+  const long requested = args.integer("--threads", 0);
+  if (requested < 0 || requested > 4L * std::max(1u, std::thread::hardware_concurrency()))
+    throw Error("--threads must be between 0 (one per core) and 4× this machine's cores (got " +
+                std::to_string(requested) + ")");
+  const long size = args.integer("--size", 2048);
+  // Three size² fp32 matrices: 16384 is 3 GiB.
+  if (size <= 0 || size > 16384)
+    throw Error("--size must be between 1 and 16384 (got " + std::to_string(size) + ")");
+  const int threads = kernels::cpu::init_threads(static_cast<int>(requested));
+  const int n = static_cast<int>(size);
   std::printf("sgemm %d^3, %d threads: %.1f GFLOP/s\n", n, threads, sgemm_gflops(n));
   return 0;
 }

@@ -72,7 +72,9 @@ int command_sample(int argc, char** argv) {
   }
   if (args.positional.size() != 1) throw Error("expected one CHECKPOINT (see loom sample --help)");
   const long tokens = args.integer("--tokens", 200);
-  if (tokens < 0) throw Error("--tokens must not be negative");
+  if (tokens < 0 || tokens > kMaxSampleTokens)
+    throw Error("--tokens must be between 0 and " + std::to_string(kMaxSampleTokens) + " (got " +
+                std::to_string(tokens) + ")");
   const CheckpointState state = checkpoint_read_state(args.positional[0]);
   validate_config(state.config);
   kernels::cpu::init_threads(state.config.runtime().threads());

@@ -1,11 +1,13 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 
 #include "base/error.h"
@@ -140,6 +142,21 @@ int print_done(const TrainSummary& summary) {
   if (summary.last_val_loss >= 0) std::cout << ", val_loss " << summary.last_val_loss;
   std::cout << "; run directory " << summary.run_dir << "\n";
   return 0;
+}
+
+// The size and last 4 KiB of a file ("" when it does not exist): what tells whether a job
+// appended to it.
+std::string file_tail(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(std::filesystem::symlink_status(path, ec))) return "";
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) return "";
+  const std::streamoff size = in.tellg();
+  const std::streamoff from = std::max<std::streamoff>(0, size - 4096);
+  std::string tail(static_cast<size_t>(size - from), '\0');
+  in.seekg(from);
+  in.read(tail.data(), static_cast<std::streamsize>(tail.size()));
+  return std::to_string(size) + ":" + tail;
 }
 
 std::string default_run_dir(const std::string& config_path) {
@@ -317,7 +334,16 @@ int command_train(int argc, char** argv) {
   std::string shown;
   for (const std::string& a : command) shown += (shown.empty() ? "" : " ") + a;
   std::cerr << "loom: starting " << mesh.world_size() << " ranks: " << shown << std::endl;
-  return run_job(command);
+  const std::string metrics = run_dir + "/metrics.jsonl";
+  const std::string before = file_tail(metrics);
+  const int status = run_job(command);
+  // Rank 0 appends to metrics.jsonl after every step: a job that ends well without changing it
+  // trained nothing (a launcher that started no rank, or other programs than loom).
+  if (status == 0 && file_tail(metrics) == before)
+    throw Error("the launcher (" + command.front() + ") ended with status 0 but no rank " +
+                "trained: " + metrics + " was not written; check that it starts " +
+                std::to_string(mesh.world_size()) + " loom ranks (mpirun -np N loom train ...)");
+  return status;
 }
 
 }  // namespace loom

@@ -85,6 +85,11 @@ expect_error prepare-inside-input "lies inside --input" -- "$loom" prepare --inp
 expect_error omp-threads "OMP_NUM_THREADS=100000 is not a thread count" -- env OMP_NUM_THREADS=100000 "$loom" plan "$src/configs/default.textproto"
 expect_error checkpoint-escape "leaves the run directory" -- "$loom" plan "$src/configs/default.textproto" --set checkpoint.directory=../escape
 expect_error checkpoint-dot "leaves the run directory" -- "$loom" plan "$src/configs/default.textproto" --set checkpoint.directory=a/../..
+expect_error sample-tokens-huge "logging.sample_tokens must be between 0 and 65536" -- "$loom" plan "$src/configs/default.textproto" --set logging.sample_tokens=2147483647
+expect_error trace-steps-negative "logging.trace_steps must not be negative" -- "$loom" plan "$src/configs/default.textproto" --set logging.trace_steps=-1
+expect_error sample-cli-tokens-huge "--tokens must be between 0 and 65536" -- "$loom" sample run/checkpoints/step_9999999 --tokens 2147483647
+expect_error sgemm-threads-negative "--threads must be between 0" -- "$loom" bench sgemm --threads -1
+expect_error sgemm-size-huge "--size must be between 1 and 16384" -- "$loom" bench sgemm --size 100000
 
 # --- a traced run with ring sequence parallelism (sp = 2): the same losses and sample text as the
 # single process, ring waits in the trace ---
@@ -108,6 +113,7 @@ grep -q "resumed from" "$tmp/out.txt" && pass || fail "resume did not say where 
 expect_error resume-other-model "model section of the config differs" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set model.d_mlp=32 --run-dir run --resume
 expect_error resume-other-data "train.seq_len differs" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=9 --set train.seq_len=16 --run-dir run --resume
 expect_error resume-finished "already completed 8 steps" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=8 --run-dir run --resume
+expect_error resume-other-checkpoints "kept its checkpoints in \"checkpoints\"" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=9 --set checkpoint.directory=elsewhere --run-dir run --resume
 # A run directory's files are written only as its own regular files: a link planted in it is
 # refused, and the file it points to is untouched.
 cp -r run run-link && echo "elsewhere" >elsewhere.txt && ln -sf "$PWD/elsewhere.txt" run-link/train.log
@@ -125,6 +131,9 @@ expect_error tokenizer-model-fifo "SentencePiece model fifo-model is a FIFO" -- 
 if ! nvidia-smi -L >/dev/null 2>&1; then
   expect_error cuda-without-gpu "runtime.device CUDA: this" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set runtime.device=CUDA --run-dir run-cuda
 fi
+# A launcher that ends well without starting any rank is not a finished run.
+mkdir -p fakebin && printf '#!/bin/sh\nexit 0\n' >fakebin/mpirun && chmod +x fakebin/mpirun
+expect_error launcher-started-nothing "no rank trained" -- env PATH="$PWD/fakebin:$PATH" "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set parallel.dp=2 --run-dir run-nothing
 # Multi-node launch options that cannot work are refused before anything starts.
 expect_error hosts-and-hostfile "either --hostfile or --hosts, not both" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set parallel.dp=2 --hostfile h --hosts a:2 --run-dir hosts
 expect_error hosts-single-rank "this layout is a single rank" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --hosts a:2 --run-dir hosts
