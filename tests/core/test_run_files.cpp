@@ -6,26 +6,18 @@
 
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <string>
 
 #include "base/error.h"
 #include "base/regular_file.h"
 #include "core/run_dir.h"
+#include "tests/core/test_util.h"
 
 namespace loom {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_of;
 
 TEST(RunFiles, LogLineThatCannotBeWrittenIsAnError) {
   RunLog log("/dev/full", true, true, "");  // every write: ENOSPC
