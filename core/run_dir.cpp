@@ -162,6 +162,29 @@ std::string resume_from(const std::string& checkpoints_dir, const config::RunCon
   LOOM_CHECK(false);
 }
 
+std::string metrics_line(long step, int loops, const StepResult& r, float lr, double tokens_per_s,
+                         double ms, double val_loss, bool skipped, double activation_bytes,
+                         const BitsPerByte& bpb, const RankHealth* health, const std::string& sent) {
+  std::ostringstream out;
+  out.precision(8);
+  out << "{\"step\":" << step << ",\"loops\":" << loops << ",\"loss\":" << json_number(r.loss)
+      << ",\"lr\":" << lr
+      << ",\"grad_norm\":" << json_number(r.grad_norm) << ",\"tokens_per_s\":" << tokens_per_s
+      << ",\"ms_per_step\":" << ms << ",\"comm_wait_ms\":" << r.comm_wait_s * 1000.0;
+  if (bpb.train >= 0 || std::isnan(bpb.train)) out << ",\"bpb\":" << json_number(bpb.train);
+  if (val_loss >= 0 || std::isnan(val_loss)) out << ",\"val_loss\":" << json_number(val_loss);
+  if (bpb.val >= 0 || std::isnan(bpb.val)) out << ",\"val_bpb\":" << json_number(bpb.val);
+  out << ",\"activation_peak_mib\":" << activation_bytes / (1024.0 * 1024.0);
+  if (health)
+    out << ",\"rank_busy_ms_min\":" << health->min_ms << ",\"rank_busy_ms_median\":"
+        << health->median_ms << ",\"rank_busy_ms_max\":" << health->max_ms
+        << ",\"slowest_rank\":" << health->slowest;
+  if (!sent.empty()) out << ",\"sent_mib\":{" << sent << "}";
+  if (skipped) out << ",\"skipped\":true";
+  out << "}";
+  return out.str();
+}
+
 // On resume, metrics of steps after the checkpoint are dropped: they will be recomputed.
 void truncate_metrics(const fs::path& path, long last_step) {
   std::error_code ec;

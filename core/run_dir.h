@@ -16,6 +16,8 @@
 #include "core/checkpoint.h"
 #include "core/model.h"
 #include "core/optimizer.h"
+#include "core/rank_health.h"
+#include "core/train_step.h"
 #include "loom.pb.h"
 
 namespace loom {
@@ -95,6 +97,18 @@ void check_resumable(const config::RunConfig& saved, const config::RunConfig& no
 // user's to fix, so it stops the resume.
 std::string resume_from(const std::string& checkpoints_dir, const config::RunConfig& cfg,
                         Model& model, Optimizer* optimizer, CheckpointState& state, RunLog& log);
+
+// Bits per byte of the training and validation losses, when the data says how many bytes of
+// text its tokens hold (negative: unknown).
+struct BitsPerByte {
+  double train = -1, val = -1;
+};
+
+// One line of metrics.jsonl (without the newline): the step's figures, and rank health and the
+// MiB each group sent ("tp":0.5,...) when given.
+std::string metrics_line(long step, int loops, const StepResult& r, float lr, double tokens_per_s,
+                         double ms, double val_loss, bool skipped, double activation_bytes,
+                         const BitsPerByte& bpb, const RankHealth* health, const std::string& sent);
 
 // On resume, metrics of steps after the checkpoint are dropped: they will be recomputed.
 void truncate_metrics(const std::filesystem::path& path, long last_step);
