@@ -6,8 +6,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cfloat>
+#include <cmath>
 #include <cstring>
 #include <map>
+#include <string>
+#include <tuple>
 
 #include "base/error.h"
 #include "core/file_io.h"
@@ -19,7 +23,8 @@ namespace {
 using Meta = config::CheckpointMeta;
 using Entries = google::protobuf::RepeatedPtrField<Meta::Tensor>;
 
-// Pieces larger than this (256 KiB) carry a CRC-32 per block of it, so a partial read checks what it reads.
+// Pieces larger than this (256 KiB) carry a CRC-32 per block of it, so a partial read checks what
+// it reads.
 constexpr int64_t kCrcBlockBytes = int64_t{1} << 18;
 
 uint32_t crc_of(const void* data, size_t bytes) {
@@ -113,11 +118,52 @@ class Files {
   std::map<std::string, int> open_;
 };
 
+// The pieces of one tensor cover each of its elements exactly once (equal element counts are not
+// enough: a piece moved by a row overlaps one and leaves another out). The tensor, as (rows,
+// cols), is cut into bands at every piece's first and end row; within a band every piece that
+// spans it is one interval of columns, and those intervals must tile [0, cols) in order.
+void check_cover(const std::string& dir, const std::string& name,
+                 const std::vector<const Meta::Tensor*>& pieces) {
+  const auto& shape = pieces.front()->global_shape();
+  const int64_t rows = shape.size() == 2 ? shape[0] : 1, cols = shape[shape.size() - 1];
+  std::vector<PieceRect> rects;
+  std::vector<int64_t> cuts = {0, rows};
+  for (const Meta::Tensor* e : pieces) {
+    rects.push_back(rect_of(*e));
+    cuts.push_back(rects.back().row);
+    cuts.push_back(rects.back().row + rects.back().rows);
+  }
+  std::sort(cuts.begin(), cuts.end());
+  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+  const std::string where = "checkpoint " + dir + ": tensor \"" + name + "\": ";
+  std::vector<std::pair<int64_t, int64_t>> spans;  // [first column, end column) in one band
+  for (size_t b = 0; b + 1 < cuts.size(); ++b) {
+    const int64_t row = cuts[b];
+    spans.clear();
+    for (const PieceRect& r : rects)
+      if (r.row <= row && row < r.row + r.rows) spans.emplace_back(r.col, r.col + r.cols);
+    std::sort(spans.begin(), spans.end());
+    int64_t col = 0;  // the columns before it are covered once
+    for (const auto& [first, end] : spans) {
+      if (first < col)
+        throw Error(where + "two of its pieces hold row " + std::to_string(row) + ", column " +
+                    std::to_string(first) +
+                    " (overlapping, shifted or duplicated pieces: "
+                    "corrupt metadata)");
+      if (first > col) break;
+      col = end;
+    }
+    if (col != cols)
+      throw Error(where + "no piece holds row " + std::to_string(row) + ", column " +
+                  std::to_string(col) + " (missing or shifted pieces: corrupt metadata)");
+  }
+}
+
 // Every entry of one buffer kind, by tensor name, each checked against the model's global
 // tensors (names, shapes, bounds, file names) before anything is read.
 std::map<std::string, std::vector<const Meta::Tensor*>> index_entries(const std::string& dir,
-                                                                     const Model& model,
-                                                                     const Entries& entries) {
+                                                                      const Model& model,
+                                                                      const Entries& entries) {
   std::map<std::string, const ParamTensor*> local;
   for (const ParamTensor& t : model.layout.tensors) local[t.name] = &t;
   std::map<std::string, std::vector<const Meta::Tensor*>> index;
@@ -129,9 +175,9 @@ std::map<std::string, std::vector<const Meta::Tensor*>> index_entries(const std:
         std::any_of(shape.begin(), shape.end(), [](int64_t d) { return d < 1 || d >= (1L << 31); }))
       throw Error(where + "its shapes are not 1-D or 2-D of one rank (corrupt metadata)");
     if (auto seen = index.find(e.name());
-        seen != index.end() && !std::equal(shape.begin(), shape.end(),
-                                           seen->second.front()->global_shape().begin(),
-                                           seen->second.front()->global_shape().end()))
+        seen != index.end() &&
+        !std::equal(shape.begin(), shape.end(), seen->second.front()->global_shape().begin(),
+                    seen->second.front()->global_shape().end()))
       throw Error(where + "its pieces disagree on the tensor's shape (corrupt metadata)");
     const PieceRect r = rect_of(e);
     const int64_t rows = shape.size() == 2 ? shape[0] : 1, cols = cols_of(shape);
@@ -147,15 +193,7 @@ std::map<std::string, std::vector<const Meta::Tensor*>> index_entries(const std:
                   "\" has another shape there");
     index[e.name()].push_back(&e);
   }
-  for (const auto& [name, pieces] : index) {  // pieces cover their tensor once: their areas add up
-    int64_t area = 0, size = 1;
-    for (const Meta::Tensor* e : pieces) area = std::min(area + rect_of(*e).size(), int64_t{1} << 62);
-    for (int64_t d : pieces.front()->global_shape()) size *= d;
-    if (area != size)
-      throw Error("checkpoint " + dir + ": the pieces of tensor \"" + name + "\" hold " +
-                  std::to_string(area) + " elements, the tensor " + std::to_string(size) +
-                  " (missing or overlapping pieces: corrupt metadata)");
-  }
+  for (const auto& [name, pieces] : index) check_cover(dir, name, pieces);
   if (index.size() != model.layout.global_tensors)
     throw Error("checkpoint " + dir + " has " + std::to_string(index.size()) +
                 " tensors where the model has " + std::to_string(model.layout.global_tensors));
@@ -173,22 +211,62 @@ PieceRect intersect(const PieceRect& a, const PieceRect& b) {
   return rows > 0 && cols > 0 ? PieceRect{row, rows, col, cols} : PieceRect{};
 }
 
+// What a buffer of a checkpoint holds: its name in messages and metadata, and the values it may
+// hold.
+enum class Stored { kParams, kAdamM, kAdamV };
+
+const char* stored_name(Stored kind) {
+  switch (kind) {
+    case Stored::kParams:
+      return "params";
+    case Stored::kAdamM:
+      return "adam_m";
+    case Stored::kAdamV:
+      return "adam_v";
+  }
+  return "?";
+}
+
+// The first of x[0, n) that no checkpoint may hold: a non-finite value, or in adam_v a negative
+// one (its square root would make every later AdamW update NaN); n when there is none.
+int64_t first_bad(const float* x, int64_t n, Stored kind) {
+  const float lowest = kind == Stored::kAdamV ? 0.0f : -FLT_MAX;  // NaN fails both comparisons
+  auto good = [lowest](float value) { return value >= lowest && value <= FLT_MAX; };
+  constexpr int64_t kBlock = 4096;  // a block at a time without branching, so it vectorises
+  for (int64_t at = 0; at < n; at += kBlock) {
+    const int64_t end = std::min(n, at + kBlock);
+    bool all_good = true;
+    for (int64_t i = at; i < end; ++i) all_good &= good(x[i]);
+    if (!all_good) return at + (std::find_if_not(x + at, x + end, good) - (x + at));
+  }
+  return n;
+}
+
+std::string value_text(float x) {
+  if (std::isnan(x)) return "nan";
+  if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
+  return std::to_string(x);
+}
+
 // buffer[want] ∩ the stored piece `e`: reads the CRC blocks of `e` that hold the overlap, checks
-// them and copies the overlap's rows. Returns the bytes read.
-int64_t read_overlap(Files& files, const Meta::Tensor& e, int64_t block_bytes, const Piece& want,
-                     const PieceRect& overlap, float* buffer, std::vector<float>& scratch) {
+// them and the values, and copies the overlap's rows. Returns the bytes read.
+int64_t read_overlap(Files& files, const Meta::Tensor& e, Stored kind, int64_t block_bytes,
+                     const Piece& want, const PieceRect& overlap, float* buffer,
+                     std::vector<float>& scratch) {
   const PieceRect p = rect_of(e);
   const int64_t piece_bytes = p.size() * 4;
   const int64_t first = ((overlap.row - p.row) * p.cols + (overlap.col - p.col)) * 4;
   const int64_t end =
-      ((overlap.row + overlap.rows - 1 - p.row) * p.cols + (overlap.col + overlap.cols - p.col)) * 4;
+      ((overlap.row + overlap.rows - 1 - p.row) * p.cols + (overlap.col + overlap.cols - p.col)) *
+      4;
   const bool blocks = e.block_crc32_size() > 0;
   const int64_t block = blocks ? block_bytes : piece_bytes;
   if (blocks && (block_bytes <= 0 || block_bytes % 4 != 0 ||
                  e.block_crc32_size() != (piece_bytes + block - 1) / block))
     throw Error("checkpoint " + files.dir() + ": tensor \"" + e.name() +
                 "\" has block checksums that do not fit its piece (corrupt metadata)");
-  const int64_t lo = first / block * block, hi = std::min((end - 1) / block * block + block, piece_bytes);
+  const int64_t lo = first / block * block,
+                hi = std::min((end - 1) / block * block + block, piece_bytes);
   scratch.resize(static_cast<size_t>((hi - lo) / 4));
   const std::string path = files.dir() + "/" + e.file();
   read_at(files.fd(e.file()), scratch.data(), static_cast<size_t>(hi - lo), e.offset() + lo, path,
@@ -202,15 +280,24 @@ int64_t read_overlap(Files& files, const Meta::Tensor& e, int64_t block_bytes, c
   }
   for (int64_t r = overlap.row; r < overlap.row + overlap.rows; ++r) {
     const float* src = scratch.data() + ((r - p.row) * p.cols + (overlap.col - p.col)) - lo / 4;
-    float* dst = buffer + want.at + (r - want.rect.row) * want.rect.cols + (overlap.col - want.rect.col);
+    float* dst =
+        buffer + want.at + (r - want.rect.row) * want.rect.cols + (overlap.col - want.rect.col);
+    // Checksums hold for whatever was written: a NaN saved is a NaN read, and resuming from it
+    // would only train NaN.
+    if (const int64_t bad = first_bad(src, overlap.cols, kind); bad < overlap.cols)
+      throw Error("checkpoint file " + path + ": " + stored_name(kind) + " of tensor \"" +
+                  e.name() + "\" holds " + value_text(src[bad]) + " at row " + std::to_string(r) +
+                  ", column " + std::to_string(overlap.col + bad) +
+                  " (not a state to resume from: the run that wrote it had diverged, or the file "
+                  "was altered)");
     std::copy_n(src, overlap.cols, dst);
   }
   return hi - lo;
 }
 
 // buffer ← every wanted piece, from the stored entries of one kind.
-int64_t read_kind(Files& files, const Model& model, const Entries& entries, int64_t block_bytes,
-                  const std::vector<Piece>& wanted, float* buffer) {
+int64_t read_kind(Files& files, const Model& model, const Entries& entries, Stored kind,
+                  int64_t block_bytes, const std::vector<Piece>& wanted, float* buffer) {
   const auto index = index_entries(files.dir(), model, entries);
   std::vector<float> scratch;
   int64_t bytes = 0;
@@ -220,13 +307,14 @@ int64_t read_kind(Files& files, const Model& model, const Entries& entries, int6
     for (const Meta::Tensor* e : index.at(t.name)) {
       const PieceRect overlap = intersect(want.rect, rect_of(*e));
       if (overlap.size() == 0) continue;
-      bytes += read_overlap(files, *e, block_bytes, want, overlap, buffer, scratch);
+      bytes += read_overlap(files, *e, kind, block_bytes, want, overlap, buffer, scratch);
       covered += overlap.size();
     }
     if (covered != want.rect.size())
       throw Error("checkpoint " + files.dir() + ": the pieces of tensor \"" + t.name + "\" cover " +
                   std::to_string(covered) + " of the " + std::to_string(want.rect.size()) +
-                  " elements this rank needs (" + (covered < want.rect.size() ? "missing" : "overlapping") +
+                  " elements this rank needs (" +
+                  (covered < want.rect.size() ? "missing" : "overlapping") +
                   " pieces: corrupt metadata)");
   }
   return bytes;
@@ -275,9 +363,26 @@ CheckpointPieces checkpoint_pieces_written(const Model& model, const Optimizer& 
   return out;
 }
 
+std::string checkpoint_pieces_bad_value(const std::vector<ParamTensor>& tensors,
+                                        const float* params, const float* m, const float* v,
+                                        const CheckpointPieces& pieces) {
+  for (auto [list, buffer, kind] : {std::tuple{&pieces.params, params, Stored::kParams},
+                                    std::tuple{&pieces.moments, m, Stored::kAdamM},
+                                    std::tuple{&pieces.moments, v, Stored::kAdamV}})
+    for (const Piece& p : *list) {
+      const int64_t bad = first_bad(buffer + p.at, p.rect.size(), kind);
+      if (bad == p.rect.size()) continue;
+      return std::string(stored_name(kind)) + " of tensor \"" + tensors[p.tensor].name +
+             "\" holds " + value_text(buffer[p.at + bad]) + " at row " +
+             std::to_string(p.rect.row + bad / p.rect.cols) + ", column " +
+             std::to_string(p.rect.col + bad % p.rect.cols);
+    }
+  return "";
+}
+
 Meta checkpoint_pieces_write(const std::string& dir, const std::string& file,
-                             const std::vector<ParamTensor>& tensors, const float* params, const float* m, const float* v,
-                             const CheckpointPieces& pieces) {
+                             const std::vector<ParamTensor>& tensors, const float* params,
+                             const float* m, const float* v, const CheckpointPieces& pieces) {
   Meta part;
   if (pieces.params.empty() && pieces.moments.empty()) return part;
   FileWriter out(dir + "/" + file);
@@ -315,7 +420,7 @@ PiecesReadStats checkpoint_pieces_read(const std::string& dir, const Meta& meta,
   // Read in place on a host backend, else into host memory and uploaded; zeros first (the
   // padding; the rest is read).
   std::vector<float> host;
-  auto read_into = [&](kernels::DeviceArray<float>& buffer, const auto& entries,
+  auto read_into = [&](kernels::DeviceArray<float>& buffer, const auto& entries, Stored kind,
                        const std::vector<Piece>& wanted) {
     float* to = buffer.host_data();
     if (to) {
@@ -324,17 +429,17 @@ PiecesReadStats checkpoint_pieces_read(const std::string& dir, const Meta& meta,
       host.assign(buffer.size(), 0.0f);
       to = host.data();
     }
-    stats.bytes_read += read_kind(files, model, entries, block, wanted, to);
+    stats.bytes_read += read_kind(files, model, entries, kind, block, wanted, to);
     stats.bytes_stored += stored_bytes(entries);
     if (!buffer.host_data()) buffer.upload(host);
   };
-  read_into(model.buf.params, meta.params(),
+  read_into(model.buf.params, meta.params(), Stored::kParams,
             checkpoint_pieces_in(model, {{0, model.layout.num_params}}, false));
   model_refresh_weights(model);
   if (optimizer) {
     const std::vector<Piece> owned = checkpoint_pieces_in(model, optimizer->owned, true);
-    read_into(optimizer->m, meta.adam_m(), owned);
-    read_into(optimizer->v, meta.adam_v(), owned);
+    read_into(optimizer->m, meta.adam_m(), Stored::kAdamM, owned);
+    read_into(optimizer->v, meta.adam_v(), Stored::kAdamV, owned);
   }
   return stats;
 }

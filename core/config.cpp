@@ -332,6 +332,9 @@ void validate_loops(const config::RunConfig& cfg) {
   require(m.backprop_loops() >= 0 && m.backprop_loops() <= most,
           "model.backprop_loops (" + num(m.backprop_loops()) + ") must be in [0, " + num(most) +
               "] (0: every iteration gets gradient)");
+  require(cfg.train().max_restarts() >= 0 && cfg.train().max_restarts() <= 1000,
+          "train.max_restarts must be between 0 and 1000 (got " + num(cfg.train().max_restarts()) +
+              ")");
   const int eval = cfg.train().eval_loops();
   require(eval >= 0, "train.eval_loops must not be negative (0: model.loops)");
   require(eval == 0 || eval == m.loops() || p.pp() == 1,

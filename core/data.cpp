@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 
 #include "base/error.h"
 #include "base/regular_file.h"
@@ -90,6 +91,8 @@ Shard shard_open(const std::string& path) {
   shard.tokens = reinterpret_cast<const uint16_t*>(static_cast<const char*>(map) + header_bytes);
   shard.mapping = std::move(mapping);
   shard.fd = std::move(file);
+  shard.file_bytes = static_cast<int64_t>(st.st_size);
+  shard.modified_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
   return shard;
 }
 
@@ -160,6 +163,18 @@ void dataset_read_sequence(const TokenDataset& data, int64_t index, int* inputs,
   const size_t s = static_cast<size_t>(it - data.first_sequence.begin()) - 1;
   const Shard& shard = data.shards[s];
   const size_t start = static_cast<size_t>(index - data.first_sequence[s]) * data.T;
+  // A file written over in place (same size, other tokens) shows in its status: one fstat per
+  // sequence read.
+  struct stat st {};
+  if (::fstat(*shard.fd, &st) == 0 &&
+      (static_cast<int64_t>(st.st_size) != shard.file_bytes ||
+       static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec !=
+           shard.modified_ns))
+    throw Error("shard " + shard.path +
+                " changed while the run read it: it was written to after "
+                "the run opened it (size or modification time differ); restore it, then --resume "
+                "from the last checkpoint (the run directory's shards.crc holds every shard's "
+                "CRC-32 as the run started)");
   // T + 1 tokens from the file, a block at a time; checked again, as the file may have changed.
   constexpr size_t kBlock = 4096;
   uint16_t block[kBlock];
@@ -314,7 +329,13 @@ PrepareResult prepare_text(const PrepareOptions& o) {
         throw Error("prepare: " + o.output_dir + " already holds shards (" +
                     entry.path().filename().string() +
                     "); remove them or choose another --output, so old and new data never mix");
-  fs::create_directories(o.output_dir);
+  if (o.output_dir.empty()) throw Error("prepare: --output needs a folder name");
+  if (fs::exists(o.output_dir, ec) && !fs::is_directory(o.output_dir, ec))
+    throw Error("prepare: --output " + o.output_dir +
+                " exists and is not a folder; name a folder for the shards");
+  fs::create_directories(o.output_dir, ec);
+  if (ec)
+    throw Error("prepare: cannot create the --output folder " + o.output_dir + ": " + ec.message());
   const Tokenizer tok = prepare_tokenizer(o, files);
 
   PrepareResult result;
@@ -360,6 +381,52 @@ PrepareResult prepare_text(const PrepareOptions& o) {
   info.set_val_bytes(result.val_bytes);
   data_info_write((fs::path(o.output_dir) / kDataInfoFile).string(), info);
   return result;
+}
+
+void data_info_check(const config::DataInfo& info, const std::string& path) {
+  auto refuse = [&](const std::string& what) {
+    return Error("data description " + path + ": " + what +
+                 " (corrupt or edited: remake the data with loom prepare)");
+  };
+  const int64_t V = info.vocab_size(), end = info.end_of_text();
+  if (V < 1 || V > kMaxShardVocabulary)
+    throw refuse("vocab_size " + std::to_string(V) + " is outside [1, " +
+                 std::to_string(kMaxShardVocabulary) + "] (shards store uint16 ids)");
+  if (end < 0 || end >= V)
+    throw refuse("end_of_text " + std::to_string(end) + " is outside the vocabulary [0, " +
+                 std::to_string(V) + ")");
+  if (info.tokenizer() == config::DataInfo::BYTES && (V != kEndOfText + 1 || end != kEndOfText))
+    throw refuse("a BYTES tokenizer has vocab_size " + std::to_string(kEndOfText + 1) +
+                 " and end_of_text " + std::to_string(kEndOfText) + ", not " + std::to_string(V) +
+                 " and " + std::to_string(end));
+  const std::string& file = info.tokenizer_file();
+  if (info.tokenizer() == config::DataInfo::SENTENCEPIECE &&
+      (file.empty() || file.find('/') != std::string::npos || file == "." || file == ".."))
+    throw refuse("tokenizer_file \"" + file + "\" is not the name of a file beside it");
+  for (auto [split, tokens, bytes] : {std::tuple{"train", info.train_tokens(), info.train_bytes()},
+                                      std::tuple{"val", info.val_tokens(), info.val_bytes()}}) {
+    const std::string s(split);
+    if (tokens < 0 || bytes < 0)
+      throw refuse(s + "_tokens " + std::to_string(tokens) + " and " + s + "_bytes " +
+                   std::to_string(bytes) + " must not be negative");
+    if ((tokens == 0) != (bytes == 0))  // every document is at least one token and one byte
+      throw refuse(s + "_tokens " + std::to_string(tokens) + " and " + s + "_bytes " +
+                   std::to_string(bytes) + " disagree: a split with tokens has bytes of text");
+  }
+}
+
+void data_info_check_shards(const config::DataInfo& info, const std::string& path,
+                            const TokenDataset& data) {
+  if (!info.has_train_tokens() && !info.has_val_tokens()) return;
+  int64_t held = 0;
+  for (const Shard& shard : data.shards) held += static_cast<int64_t>(shard.num_tokens);
+  int64_t counted = 0;
+  if (__builtin_add_overflow(info.train_tokens(), info.val_tokens(), &counted)) counted = INT64_MAX;
+  if (held > counted)
+    throw Error("data description " + path + " counts " + std::to_string(counted) +
+                " tokens (train_tokens + val_tokens), but the shards matching \"" + data.pattern +
+                "\" hold " + std::to_string(held) +
+                ": it describes other shards (remake the data with loom prepare)");
 }
 
 }  // namespace loom

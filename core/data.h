@@ -35,6 +35,9 @@ struct Shard {
   // Training reads through the file, not the mapping: a shard truncated or rewritten while a run
   // reads it is then an error naming it (a mapping would end the process with SIGBUS).
   std::shared_ptr<int> fd;        // closes when the last copy goes
+  // The file's size and modification time when opened: a read finding them changed (the file
+  // written over in place) stops the run naming the shard.
+  int64_t file_bytes = 0, modified_ns = 0;
 };
 
 struct TokenDataset {
@@ -58,7 +61,7 @@ TokenDataset dataset_open(const std::string& pattern, int T, int vocab_size);
 
 // Copies sequence `index` (0 ≤ index < num_sequences) as T inputs and T targets, read from the
 // shard's file; throws loom::Error naming the shard when it has changed since it was opened
-// (shorter, or a token not below vocab_size).
+// (written over: another size or modification time; or a token not below vocab_size).
 void dataset_read_sequence(const TokenDataset& data, int64_t index, int* inputs, int* targets);
 
 struct DataLoader {
@@ -105,5 +108,19 @@ struct PrepareResult {
   int vocab_size = 0, end_of_text = 0;
 };
 PrepareResult prepare_text(const PrepareOptions& options);
+
+// A data description (data.textproto, DataInfo) read from `path`, checked before anything uses
+// it; throws loom::Error naming the file and field: vocab_size outside [1, 65536], end_of_text
+// outside the vocabulary, BYTES other than 257 ids with end-of-text 256, a SENTENCEPIECE
+// tokenizer_file that is not a file name beside it, a negative token or byte count, or a split
+// with tokens but no bytes (or bytes but no tokens). data_info_read calls it (loom train, loom
+// sample).
+void data_info_check(const config::DataInfo& info, const std::string& path);
+
+// The shards `data` opened, described by `info` (read from `path`), hold no more tokens than it
+// counts in both splits (a glob may take a subset of them, never more); throws loom::Error.
+// Skipped for a description without counts.
+void data_info_check_shards(const config::DataInfo& info, const std::string& path,
+                            const TokenDataset& data);
 
 }  // namespace loom

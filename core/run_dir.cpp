@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <google/protobuf/util/message_differencer.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 #include <sstream>
 
 #include "base/error.h"
+#include "base/json_text.h"
 #include "base/regular_file.h"
 
 namespace loom {
@@ -186,6 +188,51 @@ std::string metrics_line(long step, int loops, const StepResult& r, float lr, do
 }
 
 // On resume, metrics of steps after the checkpoint are dropped: they will be recomputed.
+const char* signal_name(int sig) {
+  switch (sig) {
+    case SIGINT:
+      return "SIGINT";
+    case SIGTERM:
+      return "SIGTERM";
+    case SIGHUP:
+      return "SIGHUP";
+    case SIGQUIT:
+      return "SIGQUIT";
+    case SIGUSR1:
+      return "SIGUSR1";
+    case SIGUSR2:
+      return "SIGUSR2";
+    case SIGKILL:
+      return "SIGKILL";
+    case SIGSEGV:
+      return "SIGSEGV";
+    case SIGABRT:
+      return "SIGABRT";
+    case SIGBUS:
+      return "SIGBUS";
+    default:
+      return "a signal";
+  }
+}
+
+std::string restart_metrics_line(long step, int restart, const std::string& cause) {
+  return "{\"step\":" + std::to_string(step) + ",\"restart\":" + std::to_string(restart) +
+         ",\"cause\":" + json_quote(cause) + "}";
+}
+
+LastLineLog::LastLineLog(const fs::path& path, std::atomic<int>* slot) : slot_(slot) {
+  if (!slot_) return;
+  // Not following a link, as RunLog's own opening was checked (check_run_files).
+  const int fd = open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+  if (fd >= 0) slot_->store(fd);
+}
+
+LastLineLog::~LastLineLog() {
+  if (!slot_) return;
+  const int fd = slot_->exchange(-1);
+  if (fd >= 0) close(fd);
+}
+
 void truncate_metrics(const fs::path& path, long last_step) {
   std::error_code ec;
   if (!fs::exists(fs::symlink_status(path, ec))) return;

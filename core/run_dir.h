@@ -6,6 +6,7 @@
 //   loom::prepare_run_dir(dir, resume);
 //   log.line(loom::format("step %ld", step));
 #pragma once
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -61,6 +62,9 @@ std::string format(const char* fmt, auto... args) {
   return buffer;
 }
 
+// "SIGTERM", "SIGUSR1", ... ("a signal" for others); async-signal-safe (a static string).
+const char* signal_name(int sig);
+
 // "M:SS" or "H:MM:SS".
 std::string duration(double seconds);
 
@@ -109,6 +113,24 @@ struct BitsPerByte {
 std::string metrics_line(long step, int loops, const StepResult& r, float lr, double tokens_per_s,
                          double ms, double val_loss, bool skipped, double activation_bytes,
                          const BitsPerByte& bpb, const RankHealth* health, const std::string& sent);
+
+// metrics.jsonl's record of an automatic restart (loom train --max-restarts), written once the
+// restarted run has resumed at `step`: {"step":S,"restart":K,"cause":"..."} (no loss: readers
+// of steps skip lines without one).
+std::string restart_metrics_line(long step, int restart, const std::string& cause);
+
+// train.log opened for appending while this lives, its descriptor published in `slot` for a
+// signal handler that ends the process at once and leaves a last line (RunSignals::log_fd).
+class LastLineLog {
+ public:
+  LastLineLog(const std::filesystem::path& path, std::atomic<int>* slot);
+  LastLineLog(const LastLineLog&) = delete;
+  LastLineLog& operator=(const LastLineLog&) = delete;
+  ~LastLineLog();
+
+ private:
+  std::atomic<int>* slot_;
+};
 
 // On resume, metrics of steps after the checkpoint are dropped: they will be recomputed.
 void truncate_metrics(const std::filesystem::path& path, long last_step);

@@ -6,10 +6,14 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <sstream>
 
 #include "base/error.h"
 #include "base/regular_file.h"
+#include "core/checkpoint.h"
 #include "core/config.h"
+#include "core/file_io.h"
 #include "core/pipeline.h"
 #include "core/shared_files.h"
 
@@ -85,6 +89,57 @@ void check_checkpoint_directory(const config::RunConfig& cfg, const fs::path& ru
                 ", or move the checkpoints there first");
 }
 
+constexpr const char* kShardRecord = "shards.crc";
+
+// RUN_DIR/shards.crc: every shard the run reads with its size and a CRC-32 of its file as the run
+// started ("CRC BYTES PATH" lines). On --resume the shards must still be those (a shard written
+// over since would feed the resumed run other data than its checkpoints assume); every rank
+// checks, rank 0 then writes the record.
+void check_shard_record(
+    const fs::path& run_dir, bool resume, bool writer,
+    const std::vector<std::pair<const TokenDataset*, std::vector<int64_t>>>& sets) {
+  const fs::path path = run_dir / kShardRecord;
+  std::string now;
+  for (const auto& [data, crcs] : sets)
+    for (size_t s = 0; s < data->shards.size(); ++s)
+      now += std::to_string(crcs[s]) + " " + std::to_string(data->shards[s].file_bytes) + " " +
+             data->shards[s].path + "\n";
+  std::error_code ec;
+  if (resume && fs::exists(fs::symlink_status(path, ec))) {
+    const std::string before = read_regular_file(path.string(), size_t{64} << 20, "shard record");
+    std::map<std::string, std::string> recorded, current;
+    for (auto [text, into] : {std::pair{&before, &recorded}, {&now, &current}}) {
+      std::istringstream lines(*text);
+      std::string line;
+      while (std::getline(lines, line)) {
+        const size_t a = line.find(' '), b = a == std::string::npos ? a : line.find(' ', a + 1);
+        if (b == std::string::npos)
+          throw Error(path.string() + " is damaged: line \"" + line + "\"");
+        (*into)[line.substr(b + 1)] = line.substr(0, b);
+      }
+    }
+    for (const auto& [shard, crc] : current) {
+      const auto was = recorded.find(shard);
+      if (was == recorded.end())
+        throw Error("--resume: shard " + shard +
+                    " was not among the shards the run started with (" + path.string() +
+                    "); resume with the run's data, or start a new run");
+      if (was->second != crc)
+        throw Error("--resume: shard " + shard + " changed since the run started (CRC-32 and " +
+                    "size now " + crc + ", recorded " + was->second + " in " + path.string() +
+                    "); restore it, or start a new run on the new data");
+    }
+    for (const auto& [shard, crc] : recorded)
+      if (!current.count(shard))
+        throw Error("--resume: shard " + shard + ", which the run started with (" + path.string() +
+                    "), is gone; restore it, or start a new run");
+  }
+  if (!writer) return;
+  const std::string tmp = path.string() + ".tmp";  // other ranks may be reading the record
+  write_file(tmp, now.data(), now.size());
+  fs::rename(tmp, path);
+}
+
 }  // namespace
 
 RunInputs open_run(const config::RunConfig& cfg, const TrainOptions& options, ProcessGroups& groups,
@@ -111,6 +166,15 @@ RunInputs open_run(const config::RunConfig& cfg, const TrainOptions& options, Pr
     if (in.validate) sets.push_back({"data.val_shards", &in.val_data});
     check_same_data(*groups.world, groups.placement, sets);
   }
+  // After the ranks compared their views: a node with a stale copy is named as such first.
+  if (in.data_info)
+    data_info_check_shards(*in.data_info, in.data_dir + "/" + kDataInfoFile, in.train_data);
+  if (in.validate && in.val_info)
+    data_info_check_shards(*in.val_info, in.val_dir + "/" + kDataInfoFile, in.val_data);
+  std::vector<std::pair<const TokenDataset*, std::vector<int64_t>>> checksums = {
+      {&in.train_data, shard_checksums(groups.world.get(), in.train_data)}};
+  if (in.validate)
+    checksums.push_back({&in.val_data, shard_checksums(groups.world.get(), in.val_data)});
   in.run_dir = options.run_dir;
   if (writer) in.lock = prepare_run_dir(in.run_dir, options.resume);
   if (writer && in.data_info) record_data(*in.data_info, in.data_dir, in.run_dir, options.resume);
@@ -122,8 +186,10 @@ RunInputs open_run(const config::RunConfig& cfg, const TrainOptions& options, Pr
     if (ec || access(in.checkpoints_dir.c_str(), W_OK) != 0)
       throw Error("checkpoint.directory " + in.checkpoints_dir.string() + " cannot be written: " +
                   (ec ? ec.message() : std::string(std::strerror(errno))));
+    in.run_token = checkpoint_claim_directory(in.checkpoints_dir.string(), in.run_dir.string());
   }
   if (groups.is_distributed()) check_same_run_dir(*groups.world, groups.placement, in.run_dir);
+  check_shard_record(in.run_dir, options.resume, writer, checksums);
   return in;
 }
 

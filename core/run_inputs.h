@@ -29,6 +29,7 @@ struct RunInputs {
   TokenDataset train_data, val_data;
   bool validate = false;
   std::filesystem::path run_dir, checkpoints_dir;
+  std::string run_token;  // rank 0: checkpoint_claim_directory's ("" on other ranks)
   RunDirLock lock;  // the kernel releases it if the process dies
 };
 

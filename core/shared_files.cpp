@@ -1,14 +1,20 @@
 #include "core/shared_files.h"
 
+#include <google/protobuf/util/message_differencer.h>
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <thread>
 
 #include "base/error.h"
+#include "base/regular_file.h"
+#include "core/config.h"
+#include "core/tokenizer.h"
 
 namespace loom {
 namespace {
@@ -33,7 +39,94 @@ std::string describe(const DataSetView& v) {
          std::to_string(v.tokens) + " tokens, digest " + std::to_string(v.digest);
 }
 
+// Rank `root`'s `text` on every rank.
+void broadcast_text(Communicator& world, std::string& text, int root = 0) {
+  int64_t size = static_cast<int64_t>(text.size());
+  world.broadcast_async(&size, 1, DataType::kInt64, root)->wait();
+  text.resize(static_cast<size_t>(size));
+  if (size > 0) world.broadcast_async(text.data(), text.size(), DataType::kByte, root)->wait();
+}
+
+// A CRC-32 of this process's executable file (0 when it cannot be read).
+int64_t executable_crc() {
+  std::ifstream in("/proc/self/exe", std::ios::binary);
+  uLong crc = crc32(0L, Z_NULL, 0);
+  std::vector<char> block(size_t{1} << 20);
+  while (in) {
+    in.read(block.data(), static_cast<std::streamsize>(block.size()));
+    crc = crc_of(crc, block.data(), static_cast<size_t>(in.gcount()));
+  }
+  return in.eof() ? static_cast<int64_t>(crc) : 0;
+}
+
+// What differs between rank 0's settings and `mine` ("": nothing), field by field.
+std::string settings_difference(const RankSettings& first, const RankSettings& mine) {
+  std::string report;
+  {
+    google::protobuf::util::MessageDifferencer differ;
+    differ.ReportDifferencesToString(&report);
+    differ.Compare(first.config, mine.config);
+  }
+  std::string out;
+  size_t begin = 0;
+  while (begin < report.size()) {  // "modified: optim.lr: 0.001 -> 0.002\n" ...
+    size_t end = report.find('\n', begin);
+    if (end == std::string::npos) end = report.size();
+    out += (out.empty() ? "" : "; ") + report.substr(begin, end - begin);
+    begin = end + 1;
+  }
+  auto add = [&](const char* what, const std::string& a, const std::string& b) {
+    if (a != b)
+      out += (out.empty() ? "" : "; ") + std::string(what) + ": \"" + a + "\" -> \"" + b + "\"";
+  };
+  add("command-line flags", first.flags, mine.flags);
+  add("the training data's description (data.textproto)", first.data_info, mine.data_info);
+  if (first.executable != mine.executable)
+    out += std::string(out.empty() ? "" : "; ") + "the loom executable (another build: CRC-32 " +
+           std::to_string(first.executable) + " -> " + std::to_string(mine.executable) + ")";
+  return out;
+}
+
 }  // namespace
+
+RankSettings rank_settings(const config::RunConfig& cfg, const std::string& flags) {
+  RankSettings s;
+  s.config = cfg;
+  s.flags = flags;
+  std::string dir;
+  if (const std::optional<config::DataInfo> info =
+          data_info_for_shards(cfg.data().train_shards(), &dir))
+    s.data_info = info->ShortDebugString();
+  s.executable = executable_crc();
+  return s;
+}
+
+void check_same_settings(Communicator& world, const RankSettings& mine) {
+  RankSettings first;
+  std::string config = world.rank() == 0 ? config_to_text(mine.config) : "";
+  broadcast_text(world, config);
+  first.config = parse_config_text(config, "rank 0's config");
+  first.flags = mine.flags;
+  first.data_info = mine.data_info;
+  broadcast_text(world, first.flags);
+  broadcast_text(world, first.data_info);
+  first.executable = mine.executable;
+  world.broadcast_async(&first.executable, 1, DataType::kInt64, 0)->wait();
+  std::string difference = settings_difference(first, mine);
+  // The first rank that differs says how; every rank stops with its words.
+  // {-(the lowest rank that differs), how many differ}; no reduction takes a minimum.
+  int64_t flags[2] = {-(difference.empty() ? world.size() : world.rank()),
+                      difference.empty() ? 0 : 1};
+  world.all_reduce_async(&flags[0], 1, DataType::kInt64, ReduceOp::kMax)->wait();
+  const int64_t first_rank = -flags[0];
+  if (first_rank == world.size()) return;
+  world.all_reduce_async(&flags[1], 1, DataType::kInt64, ReduceOp::kSum)->wait();
+  broadcast_text(world, difference, static_cast<int>(first_rank));
+  throw Error("the ranks were started with different settings: " + std::to_string(flags[1]) +
+              " of " + std::to_string(world.size()) + " ranks differ from rank 0; rank " +
+              std::to_string(first_rank) + " (rank 0's -> its own): " + difference +
+              ". Start every rank with the same command line, config and build");
+}
 
 DataSetView data_set_view(const TokenDataset& data) {
   DataSetView view;
@@ -79,6 +172,26 @@ void check_same_data(Communicator& world, const Placement& placement,
                 "; every node must see the same shards at the same path (a shared file system, "
                 "or identical copies)");
   }
+}
+
+std::vector<int64_t> shard_checksums(Communicator* world, const TokenDataset& data) {
+  const int ranks = world ? world->size() : 1, rank = world ? world->rank() : 0;
+  std::vector<int64_t> crcs(data.shards.size(), 0);
+  for (size_t s = static_cast<size_t>(rank); s < data.shards.size();
+       s += static_cast<size_t>(ranks)) {
+    const Shard& shard = data.shards[s];
+    const char* bytes = static_cast<const char*>(shard.mapping.get());
+    uLong crc = crc32(0L, Z_NULL, 0);
+    for (int64_t at = 0; at < shard.file_bytes;) {  // zlib takes a 32-bit length
+      const size_t n = static_cast<size_t>(std::min<int64_t>(shard.file_bytes - at, 1 << 30));
+      crc = crc_of(crc, bytes + at, n);
+      at += static_cast<int64_t>(n);
+    }
+    crcs[s] = static_cast<int64_t>(crc);
+  }
+  if (world && ranks > 1 && !crcs.empty())
+    world->all_reduce_async(crcs.data(), crcs.size(), DataType::kInt64, ReduceOp::kSum)->wait();
+  return crcs;
 }
 
 void check_same_run_dir(Communicator& world, const Placement& placement,

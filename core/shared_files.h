@@ -6,16 +6,35 @@
 //   loom::check_same_data(*groups.world, groups.placement, {{"data.train_shards", &train}});
 //   loom::check_same_run_dir(*groups.world, groups.placement, run_dir);   // after rank 0 made it
 #pragma once
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "core/data.h"
+#include "loom.pb.h"
 #include "parallel/communicator.h"
 #include "parallel/placement.h"
 
 namespace loom {
+
+// What every rank of a job must share: its resolved config (after --set), the command line's
+// flags that change what is trained, the description of its training data (data.textproto) and
+// loom itself (a CRC-32 of the executable's file). mpirun's MPMD form or a node with another
+// build could otherwise start ranks that train differently, silently.
+struct RankSettings {
+  config::RunConfig config;
+  std::string flags;      // e.g. "--resume"
+  std::string data_info;  // data.textproto beside the training shards, as text ("": none)
+  int64_t executable = 0;
+};
+RankSettings rank_settings(const config::RunConfig& cfg, const std::string& flags);
+
+// Collective over `world`, before anything else of the job. Throws loom::Error on every rank when
+// some rank's settings differ from rank 0's, naming the first such rank, how many differ, and
+// each field that differs with both values.
+void check_same_settings(Communicator& world, const RankSettings& mine);
 
 // What a rank's view of a data set is summarised by: shard count, tokens, and a CRC-32 over the
 // shards' file names and sizes and the first shard's header.
@@ -30,6 +49,10 @@ DataSetView data_set_view(const TokenDataset& data);
 // views.
 void check_same_data(Communicator& world, const Placement& placement,
                      const std::vector<std::pair<std::string, const TokenDataset*>>& sets);
+
+// A CRC-32 of every shard's whole file, shard s computed by rank s mod world.size() and shared
+// with every rank (world null: all computed here); collective.
+std::vector<int64_t> shard_checksums(Communicator* world, const TokenDataset& data);
 
 // Collective over `world`, after rank 0 created run_dir: rank 0 writes a token file there, every
 // rank looks for it (for a few seconds: a network file system may show a new file late), and

@@ -11,9 +11,11 @@
 #include <fstream>
 #include <sstream>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "base/error.h"
 #include "base/regular_file.h"
+#include "core/data.h"
 
 namespace loom {
 namespace {
@@ -233,6 +235,28 @@ std::string tokenizer_decode(const Tokenizer& tok, const std::vector<int>& ids) 
 
 std::string sentencepiece_train(const std::vector<std::string>& lines, int vocab_size,
                                 const std::string& model_type) {
+  // The vocabulary holds SentencePiece's 3 meta pieces (unknown, begin, end), the 256 byte pieces
+  // of byte fallback and every character of the text (character_coverage 1.0); fewer is an
+  // internal assertion of SentencePiece's.
+  std::unordered_set<uint32_t> characters;
+  for (const std::string& line : lines)
+    for (size_t i = 0; i < line.size();) {
+      const unsigned char lead = static_cast<unsigned char>(line[i]);
+      const size_t length = lead < 0x80 ? 1 : lead < 0xe0 ? 2 : lead < 0xf0 ? 3 : 4;
+      uint32_t code = 0;
+      for (size_t k = 0; k < length && i + k < line.size(); ++k)
+        code = code << 8 | static_cast<unsigned char>(line[i + k]);
+      characters.insert(code);
+      i += length;
+    }
+  const size_t needed = characters.size() + 3 + 256;
+  if (static_cast<size_t>(vocab_size) < needed)
+    throw Error("--vocab-size " + std::to_string(vocab_size) +
+                " is too small for SentencePiece "
+                "on this text: its " +
+                std::to_string(characters.size()) + " distinct characters, " +
+                "256 byte pieces and 3 special pieces need at least " + std::to_string(needed) +
+                " (loom prepare --vocab-size " + std::to_string(needed) + " or more)");
   // Decoding must give the text back byte for byte: no normalisation, whitespace kept as it is,
   // and characters outside the vocabulary as byte pieces instead of <unk>.
   const std::unordered_map<std::string, std::string> options = {
@@ -277,6 +301,7 @@ config::DataInfo data_info_read(const std::string& path) {
   if (!google::protobuf::TextFormat::ParseFromString(read_file(path, "the data description"),
                                                      &info))
     throw Error(path + " is not a valid DataInfo (configs/loom.proto)");
+  data_info_check(info, path);
   return info;
 }
 

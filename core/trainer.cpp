@@ -26,7 +26,9 @@
 #include "core/parallel_layout.h"
 #include "core/param_shards.h"
 #include "core/rank_health.h"
+#include "core/replica_shards.h"
 #include "core/run_dir.h"
+#include "core/run_groups.h"
 #include "core/run_inputs.h"
 #include "core/sample.h"
 #include "core/shared_files.h"
@@ -39,19 +41,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-// The payload bytes this rank's groups sent (parallel/device_communicator.h), read and reset
-// each step: tp, sp, pp, dp (dp × sp, the gradient reduction), replica (shared weights summed
-// over pipeline stages) and world (the step's scalars).
-struct Traffic {
-  std::vector<std::pair<std::string, std::shared_ptr<std::atomic<uint64_t>>>> groups;
-  std::shared_ptr<std::atomic<uint64_t>> counter(const std::string& name) {
-    for (auto& [n, c] : groups)
-      if (n == name) return c;
-    groups.emplace_back(name, std::make_shared<std::atomic<uint64_t>>(0));
-    return groups.back().second;
-  }
-};
 
 // Everything one rank trains with, built once by train().
 struct Run {
@@ -82,38 +71,6 @@ Model create_model(const config::RunConfig& cfg, const ParallelLayout& layout,
   return model_create(cfg.model(), backend, tp, {layout.stages, groups.coord.pp}, sp);
 }
 
-// Every group of `groups` communicates through `backend` (parallel/device_communicator.h); the
-// ones of more than one rank count what they send into `traffic`.
-void device_groups(ProcessGroups& groups,
-                   const std::shared_ptr<const kernels::KernelBackend>& backend, Traffic& traffic,
-                   double timeout_s) {
-  const std::pair<std::unique_ptr<Communicator>*, const char*> all[] = {
-      {&groups.world, "world"}, {&groups.dp, nullptr}, {&groups.pp, "pp"},
-      {&groups.sp, "sp"},       {&groups.tp, "tp"},    {&groups.dp_sp, "dp"}};
-  for (auto [comm, name] : all) {  // dp alone carries nothing of its own: dp_sp reduces gradients
-    auto sent = name && (*comm)->size() > 1 ? traffic.counter(name) : nullptr;
-    *comm = make_device_communicator(std::move(*comm), backend, std::move(sent), timeout_s);
-  }
-}
-
-// Groups for the tensors several stages hold; collective over the world, the same order on every
-// rank.
-std::vector<ReplicaGroup> create_replica_groups(const Model& model, ProcessGroups& groups,
-                                                double timeout_s, Traffic& traffic) {
-  std::vector<ReplicaGroup> out;
-  if (!groups.mpi) return out;
-  for (const std::vector<int>& holders : pipeline_replica_sets(model)) {
-    std::string name = "replica";
-    for (int s : holders) name.append("_").append(std::to_string(s));
-    std::unique_ptr<Communicator> comm = process_groups_pipeline_subset(groups, holders, name);
-    if (comm)
-      comm = make_device_communicator(std::move(comm), model.buf.backend,
-                                      traffic.counter("replica"), timeout_s);
-    out.push_back({holders, std::move(comm)});
-  }
-  return out;
-}
-
 // Writes a checkpoint; collective, every rank writes its own pieces (core/checkpoint_pieces.h).
 // Replicas of shared weights are first set to the lowest stage's (their rounding may have
 // drifted: replica_sync_broadcast), so the run goes on from exactly what is saved.
@@ -124,13 +81,10 @@ void save_checkpoint(Run& run, const CheckpointState& state, const std::string& 
     if (!run.zero) {
       replica_sync_broadcast(run.replicas, run.optimizer.m.data());
       replica_sync_broadcast(run.replicas, run.optimizer.v.data());
-    } else {  // the replica ranges are flat: the moments are whole here for a moment
-      Optimizer full = optimizer_create(run.model);
-      for (auto [compact, flat] : {std::pair{&run.optimizer.m, &full.m}, {&run.optimizer.v, &full.v}}) {
-        grad_reducer_gather(run.reducer, compact->data(), flat->data());
-        replica_sync_broadcast(run.replicas, flat->data());
-        optimizer_scatter(*run.model.buf.backend, run.optimizer, flat->data(), compact->data());
-      }
+    } else {  // each rank's shard of the moments, owner to owner
+      replica_sync_moment_shards(run.replicas, run.replica_groups, run.groups,
+                                 run.model.layout.num_params, run.layout.bucket_floats,
+                                 run.optimizer);
     }
   }
   const MeshCoord& c = run.groups.coord;
@@ -427,7 +381,13 @@ void start_loop(Training& tr, int threads) {
     std::ofstream out(tr.in.run_dir / "config.textproto", std::ios::trunc);
     out << config_to_text(cfg);
     loop.metrics.open(tr.in.run_dir / "metrics.jsonl", std::ios::app);
+    if (tr.options.restart > 0)
+      loop.metrics << restart_metrics_line(loop.step, tr.options.restart, tr.options.restart_cause)
+                   << std::endl;
   }
+  if (tr.options.restart > 0)
+    tr.log.line(format("automatic restart %d, at step %ld, after: %s", tr.options.restart,
+                       loop.step, tr.options.restart_cause.c_str()));
   log_layout(tr.log, tr.run, threads, model_global_floats(model_layout(cfg.model())));
   const PipelineKind kind = tr.run.pipe.kind;
   if (groups.mesh.pp == 1 && kind != PipelineKind::kOneFOneB)
@@ -455,7 +415,9 @@ void start_loop(Training& tr, int threads) {
   loop.summary.run_dir = tr.in.run_dir.string();
   loop.started = Clock::now();
   loop.first_step = loop.step;
-  loop.sample_whole = groups.mesh.pp > 1 || groups.mesh.sp > 1;
+  // (Without a closing sample, rank 0 never holds the whole model.)
+  loop.sample_whole =
+      (groups.mesh.pp > 1 || groups.mesh.sp > 1) && cfg.logging().sample_tokens() > 0;
   if (groups.dp_sp->size() > 1) loop.parallel = {groups.dp_sp.get(), &tr.run.reducer};
   loop.parallel.flight = tr.options.flight;
   if (groups.mesh.pp > 1) {
@@ -507,6 +469,10 @@ StepOutcome run_step(Training& tr) {
     const std::string what = format("non-finite %s at step %ld (loss %g, gradient norm %g)",
                                     std::isfinite(out.result.loss) ? "gradient" : "loss",
                                     loop.step + 1, out.result.loss, out.result.grad_norm);
+    if (loop.step == 0)  // before any update: the learning rate played no part
+      throw Error(what + ", before any update: the initial weights (model.init_std " +
+                  format("%g", cfg.model().init_std()) + ") or the model's scale make the " +
+                  "forward pass overflow; use a smaller model.init_std");
     if (t.on_nonfinite() == config::TrainConfig::STOP)
       throw Error(what + "; the run stopped (its last checkpoint is intact). Lower optim.lr, "
                          "or set train.on_nonfinite=SKIP_STEP to skip such steps");
@@ -604,7 +570,9 @@ bool after_step(Training& tr, const StepOutcome& o) {
   if (cfg.checkpoint().interval() > 0 && loop.step % cfg.checkpoint().interval() == 0)
     save_now(tr, loop.step == t.steps());
   tr.run.checkpoints.poll();  // publishes a background checkpoint once every rank has written it
-  int64_t stop = tr.options.stop_request ? tr.options.stop_request->load() : 0;
+  RunSignals* signals = tr.options.signals;
+  if (signals) signals->step.store(loop.step);
+  int64_t stop = signals ? signals->stop.load() : 0;
   if (groups.is_distributed())
     groups.world->all_reduce_async(&stop, 1, DataType::kInt64, ReduceOp::kMax)->wait();
   if (stop == 0 || loop.step >= t.steps()) return true;
@@ -622,14 +590,21 @@ TrainSummary finish_run(Training& tr) {
     save_now(tr, true);
   tr.run.checkpoints.wait();  // the run's last checkpoint is on disk when it ends
   tr.log.line("checkpoint: " + loop.summary.last_checkpoint);
+  if (double peak = tr.run.model.buf.backend->memory_peak(); peak > 0) {  // 0: host memory
+    if (tr.run.groups.is_distributed())
+      tr.run.groups.world->all_reduce_async(&peak, 1, DataType::kFloat64, ReduceOp::kMax)->wait();
+    tr.log.line(format("device memory: at most %.1f MiB allocated at once (the largest rank)",
+                       peak / 1048576.0));
+  }
   // The sampling below can take longer than a collective timeout, and nothing waits for it.
   flight_phase(flight, "finishing");
   if (tr.run.groups.is_distributed()) tr.run.groups.world->barrier();
   loop.summary.steps = loop.step;
   if (loop.summary.stopped_by_signal) {
-    tr.log.line(format("stopped at step %ld of %ld on signal %d; continue with --resume --run-dir %s",
+    tr.log.line(format("stopped at step %ld of %ld on %s; continue with --resume --run-dir %s",
                        loop.step, static_cast<long>(tr.cfg.train().steps()),
-                       loop.summary.stopped_by_signal, tr.in.run_dir.string().c_str()));
+                       signal_name(loop.summary.stopped_by_signal),
+                       tr.in.run_dir.string().c_str()));
     return loop.summary;
   }
   flight_phase(flight, "sampling");
@@ -666,7 +641,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
           {},
           {},
           {},
-          CheckpointWriter(groups.world.get(), cfg.checkpoint().async()),
+          CheckpointWriter(groups.world.get(), cfg.checkpoint().async(), in.run_token),
           {},
           {},
           {},
@@ -676,6 +651,9 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   set_up_run(run);
   RunLog log(in.run_dir / "train.log", options.quiet, groups.rank == 0,
              groups.is_distributed() ? groups.label() + " " : "");
+  const LastLineLog last_line(in.run_dir / "train.log", options.signals && groups.rank == 0
+                                                            ? &options.signals->log_fd
+                                                            : nullptr);
   Training tr{cfg, options, in, run, log, loop, traffic};
   start_loop(tr, threads);
   while (loop.step < cfg.train().steps())

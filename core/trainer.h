@@ -26,14 +26,31 @@
 
 namespace loom {
 
+// What a signal handler and the training loop share: lock-free atomics only (a handler can reach
+// nothing else). One per process (launcher/train_signals.h installs the handlers).
+struct RunSignals {
+  // The signal asking the run to stop at the next step boundary with a checkpoint (SIGUSR1,
+  // SIGTERM, SIGINT), else 0: written by the handler, read after every step.
+  std::atomic<int> stop{0};
+  // Written by the loop for a handler that ends the process at once and leaves a last line: the
+  // steps completed, and train.log opened for appending (-1: not open, or not this rank's).
+  std::atomic<long> step{0};
+  std::atomic<int> log_fd{-1};
+  static_assert(std::atomic<long>::is_always_lock_free && std::atomic<int>::is_always_lock_free);
+};
+
 struct TrainOptions {
   std::string run_dir;  // required
   bool resume = false;  // continue from the newest checkpoint in run_dir
   bool quiet = false;   // no terminal output (tests)
   ProcessGroups* groups = nullptr;  // this rank's groups; null: a single-process run
-  // Set (to a signal number) by a signal handler to stop cleanly: every rank finishes its step,
-  // a checkpoint is written, and train returns with stopped_by_signal set.
-  const std::atomic<int>* stop_request = nullptr;
+  // signals->stop set by a handler stops the run cleanly: every rank finishes its step, a
+  // checkpoint is written, and train returns with stopped_by_signal set. Null: none handled.
+  RunSignals* signals = nullptr;
+  // This run is automatic restart number `restart` (loom train --max-restarts) after `cause`:
+  // train.log and metrics.jsonl record it once the run has resumed. 0: not a restart.
+  int restart = 0;
+  std::string restart_cause;
   // This rank's flight recorder, whose step phase train marks (parallel/flight_recorder.h);
   // null: none.
   FlightRecorder* flight = nullptr;
@@ -45,7 +62,7 @@ struct TrainSummary {
   double last_val_loss = -1.0;
   std::string run_dir;
   std::string last_checkpoint;
-  int stopped_by_signal = 0;  // the stop_request signal the run stopped on, else 0
+  int stopped_by_signal = 0;  // the signals->stop the run stopped on, else 0
 };
 
 TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options);

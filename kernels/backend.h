@@ -78,6 +78,9 @@ class KernelBackend {
   // Bytes this backend can still allocate, where it has memory of its own (a GPU's free
   // memory); 0 where its memory is the host's.
   virtual double memory_available() const { return 0; }
+  // The most bytes of this backend's own memory allocated at once so far (a GPU's, the emulated
+  // device's); 0 where its memory is the host's.
+  virtual double memory_peak() const { return 0; }
   // Bytes every buffer a kernel takes (scratch above all) must be aligned to: what allocate
   // returns, and what the model's arena rounds each region to.
   virtual size_t alignment() const { return 64; }

@@ -24,6 +24,8 @@ docs/checkpoint-format.md). The resolved run config is stored in the file's meta
 // FILE may be a new path, or with --force an existing regular file outside any checkpoint.
 void check_target(const std::filesystem::path& path, bool force) {
   namespace fs = std::filesystem;
+  if (path.empty() || path.filename().empty())
+    throw Error("--safetensors needs a file name (got \"" + path.string() + "\")");
   std::error_code ec;
   const fs::file_status status = fs::symlink_status(path, ec);
   const fs::path folder = path.has_parent_path() ? path.parent_path() : fs::path(".");

@@ -97,35 +97,52 @@ std::string format_group(const std::vector<int>& ranks) {
 }
 
 // Every distinct group of one kind, each ordered by global rank, the groups by their first rank.
-std::vector<std::vector<int>> groups_of(const Mesh& mesh, const std::string& kind) {
-  std::set<std::vector<int>> groups;
-  for (int rank = 0; rank < mesh.world_size(); ++rank) {
+// The first `limit` groups of one kind (ordered by their lowest rank) and how many there are, in
+// time linear in the ranks listed: a group is found from its lowest rank, the one whose
+// coordinates along the group's axes are 0.
+std::vector<std::vector<int>> groups_of(const Mesh& mesh, const std::string& kind, size_t limit,
+                                        size_t* count) {
+  const bool data_sequence = kind == "dp×sp";
+  const Axis axis = kind == "tp"   ? Axis::kTensor
+                    : kind == "sp" ? Axis::kSequence
+                    : kind == "dp" ? Axis::kData
+                                   : Axis::kPipeline;
+  const int size = data_sequence             ? mesh.dp * mesh.sp
+                   : axis == Axis::kTensor   ? mesh.tp
+                   : axis == Axis::kSequence ? mesh.sp
+                   : axis == Axis::kData     ? mesh.dp
+                                             : mesh.pp;
+  *count = static_cast<size_t>(mesh.world_size() / size);
+  std::vector<std::vector<int>> groups;
+  for (int rank = 0; rank < mesh.world_size() && groups.size() < limit; ++rank) {
+    const MeshCoord c = mesh_coord(mesh, rank);
+    const bool lowest = data_sequence             ? c.dp == 0 && c.sp == 0
+                        : axis == Axis::kTensor   ? c.tp == 0
+                        : axis == Axis::kSequence ? c.sp == 0
+                        : axis == Axis::kData     ? c.dp == 0
+                                                  : c.pp == 0;
+    if (!lowest) continue;
     std::vector<int> group;
-    if (kind == "dp×sp") {
+    if (data_sequence) {
       for (int d : mesh_group(mesh, rank, Axis::kData))
         for (int s : mesh_group(mesh, d, Axis::kSequence)) group.push_back(s);
       std::sort(group.begin(), group.end());
     } else {
-      const Axis axis = kind == "tp"   ? Axis::kTensor
-                        : kind == "sp" ? Axis::kSequence
-                        : kind == "dp" ? Axis::kData
-                                       : Axis::kPipeline;
       group = mesh_group(mesh, rank, axis);
     }
-    groups.insert(group);
+    groups.push_back(std::move(group));
   }
-  return {groups.begin(), groups.end()};
+  return groups;
 }
 
 void print_groups(const Mesh& mesh) {
   std::printf("\nprocess groups (global ranks)\n");
   for (const char* kind : {"tp", "sp", "dp", "pp", "dp×sp"}) {
-    const std::vector<std::vector<int>> groups = groups_of(mesh, kind);
-    const size_t shown = mesh.world_size() > kMaxListedRanks
-                             ? std::min<size_t>(groups.size(), kListedGroups)
-                             : groups.size();
-    const std::string what = std::to_string(groups.size()) + " group" +
-                             (groups.size() == 1 ? "" : "s") + " of " +
+    size_t count = 0;
+    const std::vector<std::vector<int>> groups = groups_of(
+        mesh, kind, mesh.world_size() > kMaxListedRanks ? kListedGroups : SIZE_MAX, &count);
+    const size_t shown = groups.size();
+    const std::string what = std::to_string(count) + " group" + (count == 1 ? "" : "s") + " of " +
                              std::to_string(groups[0].size());
     const std::string indent(28, ' ');
     std::string line = pad(pad(std::string("  ") + kind, 9) + what + "  ", indent.size());
@@ -141,7 +158,7 @@ void print_groups(const Mesh& mesh) {
       line += g;
       line_empty = false;
     }
-    if (shown < groups.size()) line += " … (" + std::to_string(groups.size() - shown) + " more)";
+    if (shown < count) line += " … (" + std::to_string(count - shown) + " more)";
     std::printf("%s\n", line.c_str());
   }
 }

@@ -13,11 +13,16 @@
 #include "base/error.h"
 #include "core/config.h"
 #include "core/parallel_layout.h"
+#include "core/pipeline.h"
+#include "core/run_dir.h"
+#include "core/shared_files.h"
 #include "core/trainer.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
 #include "launcher/hosts.h"
+#include "launcher/restarts.h"
 #include "launcher/spawn.h"
+#include "launcher/train_signals.h"
 #include "parallel/flight_recorder.h"
 #include "parallel/groups.h"
 #include "parallel/mpi_runtime.h"
@@ -28,14 +33,19 @@ namespace {
 
 constexpr const char* kHelp =
     R"(usage: loom train CONFIG [--set path.to.field=value]... [--run-dir DIR] [--resume]
-                  [--hostfile FILE | --hosts a:4,b:4] [--allow-cross-node-tp]
+                  [--max-restarts N] [--hostfile FILE | --hosts a:4,b:4] [--allow-cross-node-tp]
 
 Trains the model CONFIG (a text-format loom.config.RunConfig, see configs/loom.proto) describes.
 
   --set k=v      override one config field, e.g. --set optim.lr=1e-3 (repeatable, applied in order)
   --run-dir DIR  where config.textproto, metrics.jsonl, train.log and checkpoints/ go
                  (default: runs/<config name>-<date>-<time>); never overwritten without --resume
-  --resume       continue the run in --run-dir from its newest checkpoint
+  --resume       continue the run in --run-dir from its newest checkpoint (a Slurm job that was
+                 requeued, SLURM_RESTART_COUNT ≥ 1, continues its --run-dir without it)
+  --max-restarts N  when a rank dies, hangs past parallel.collective_timeout_s or loses its node,
+                 start the job again from its newest checkpoint, up to N times, waiting 1, 2, 4 ...
+                 60 s between tries (default: train.max_restarts); an error a rank reports
+                 (config, data, files) is not retried. LOOM_FAULT applies to the first try only.
   --oversubscribe  start the layout's ranks even when they are more than 8 per core of this
                  machine (without it such a layout is refused: it would crawl, and thousands
                  of ranks exhaust memory and process limits)
@@ -45,48 +55,33 @@ Trains the model CONFIG (a text-format loom.config.RunConfig, see configs/loom.p
   --allow-cross-node-tp  start even when a tensor-parallel group spans nodes (refused without
                  it: tp all-reduces every layer's activations, and belongs inside a node)
 
-SIGUSR1 stops the run after the current step with a checkpoint (exit status 75); continue it
-with --resume. SIGUSR2 makes every rank dump its flight recorder (its last communication
-operations and step phase, logging.flight_entries) to RUN_DIR/flight/rank_R.json and go on;
-ranks dump by themselves on a collective timeout or a fatal error. `loom doctor RUN_DIR` reads
-the dumps. Under `loom train`'s own launcher, mpirun or srun, every rank receives the signals.
+Signals (to loom train, or to every rank under mpirun or srun):
+  SIGTERM, SIGINT, SIGUSR1  every rank stops after its current step, a checkpoint is written,
+                 and the run exits with status 75; continue it with --resume. A second SIGTERM
+                 or SIGINT (more than 2 s later) stops at once, as SIGHUP and SIGQUIT do: the
+                 newest complete checkpoint stays intact and train.log gets a last line.
+  SIGUSR2        every rank dumps its flight recorder (its last communication operations and
+                 step phase, logging.flight_entries) to RUN_DIR/flight/rank_R.json and goes on;
+                 ranks dump by themselves on a collective timeout or a fatal error. `loom doctor
+                 RUN_DIR` reads the dumps.
+Exit status: 0 done; 1 an error (loom says which); 75 stopped after a step with a checkpoint;
+128 + N stopped at once by signal N. A rank started by mpirun or srun directly ends its job
+with 65 for an error it reports and 76 for a communication failure (a collective timed out or
+a peer was lost).
 
 With parallel.dp (× tp × pp × sp) > 1, loom starts that many ranks itself: through srun inside a
 Slurm allocation, else through mpirun. Started by mpirun or srun directly (mpirun -np N loom train
 CONFIG ...), each process is one rank and takes its rank from MPI; N must equal the layout's size.
-Every rank must see the same data set (checked at start: shard names, sizes and the first
-header's checksum) and the same run directory, on a file system every node shares.
+Every rank must be started with the same config, flags and loom build (checked at start), see
+the same data set (shard names, sizes and the first header's checksum) and the same run directory, on a file system every node shares.
 )";
 
 // Ranks per core beyond which loom train refuses to start a layout without --oversubscribe.
 constexpr int kMaxRanksPerCore = 8;
 
-// Exit status of a run stopped early by SIGUSR1 (EX_TEMPFAIL: continue it with --resume).
-constexpr int kExitStopped = 75;
-
 // How long a failing rank waits for the other ranks' flight dumps before it ends the job (it
 // stops waiting as soon as all are written; a dead or stopped rank writes none).
 constexpr double kFlightDumpGraceS = 5;
-
-// SIGUSR1 asks a run to stop cleanly after the current step, with a checkpoint (Slurm's
-// `--signal=B:USR1@SECONDS` before a time limit or preemption; mpirun and srun pass it on to
-// every rank). The flag is process-global because a signal handler can reach nothing else.
-std::atomic<int> stop_request{0};
-// SIGUSR2 asks for a flight dump: the handler only counts, a FlightDumper thread writes.
-std::atomic<int> flight_signals{0};
-
-void on_stop_signal(int signal) { stop_request.store(signal); }
-void on_flight_signal(int) { flight_signals.fetch_add(1); }
-
-void install_signal_handlers() {
-  struct sigaction action {};
-  action.sa_flags = SA_RESTART;
-  sigemptyset(&action.sa_mask);
-  action.sa_handler = on_stop_signal;
-  sigaction(SIGUSR1, &action, nullptr);
-  action.sa_handler = on_flight_signal;
-  sigaction(SIGUSR2, &action, nullptr);
-}
 
 // This process's flight recorder and the thread that dumps it on request (none when
 // logging.flight_entries is 0). The recorder outlives the MPI runtime that records into it.
@@ -99,7 +94,7 @@ Flight flight_create(const config::RunConfig& cfg) {
   Flight flight;
   if (cfg.logging().flight_entries() == 0) return flight;
   flight.recorder = std::make_unique<FlightRecorder>(cfg.logging().flight_entries());
-  flight.dumper = std::make_unique<FlightDumper>(*flight.recorder, &flight_signals);
+  flight.dumper = std::make_unique<FlightDumper>(*flight.recorder, &flight_signal_count());
   return flight;
 }
 
@@ -133,7 +128,7 @@ void flight_dump_on_failure(FlightRecorder& rec, MpiRuntime& mpi, const std::str
 
 int print_done(const TrainSummary& summary) {
   if (summary.stopped_by_signal) {
-    std::cout << "stopped early (signal " << summary.stopped_by_signal << ") after "
+    std::cout << "stopped early (" << signal_name(summary.stopped_by_signal) << ") after "
               << summary.steps << " steps; checkpoint " << summary.last_checkpoint
               << "; continue with --resume --run-dir " << summary.run_dir << "\n";
     return kExitStopped;
@@ -173,21 +168,70 @@ void check_tp_placement(const Mesh& mesh, const Placement& placement, const Args
     throw Error(problem + " (placement: " + placement_summary(placement) + ")");
 }
 
+// LOOM_FAULT (parallel/mpi_runtime.h), checked against the groups loom train has.
+FaultInjection train_fault_injection() {
+  const char* spec = std::getenv("LOOM_FAULT");
+  FaultInjection fault = parse_fault_injection(spec ? spec : "");
+  const std::string& group = fault.group;
+  if (fault.action != FaultInjection::Action::kNone &&
+      !(group == "world" || group == "tp" || group == "sp" || group == "dp" || group == "pp" ||
+        group == "dp_sp" || group.starts_with("replica_")))
+    throw Error("LOOM_FAULT group=" + group + " names no group of loom train: its groups are " +
+                "world, tp, sp, dp, pp, dp_sp (the gradient reduction) and replica_S_T... (the " +
+                "pipeline stages S, T, ... that hold one shared weight)");
+  return fault;
+}
+
+// --resume, or a requeued Slurm job (SLURM_RESTART_COUNT ≥ 1) whose --run-dir already holds the
+// run: a batch script Slurm requeues after a preemption goes on by itself.
+bool resume_wanted(const Args& args, const std::string& run_dir, bool say) {
+  if (args.flag("--resume")) return true;
+  const char* requeued = std::getenv("SLURM_RESTART_COUNT");
+  if (!args.has("--run-dir") || !requeued || std::atoi(requeued) < 1) return false;
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::path(run_dir) / "config.textproto", ec))
+    return false;
+  if (say)
+    std::cerr << "loom: Slurm requeued this job (SLURM_RESTART_COUNT=" << requeued
+              << "): continuing the run in " << run_dir << std::endl;
+  return true;
+}
+
+// The options every training process passes to train(): the run, the signals it handles, its
+// flight recorder, and whether it is an automatic restart (--restart, set by loom itself).
+TrainOptions train_options(const Args& args, const std::string& run_dir, bool resume,
+                           const Flight& flight) {
+  TrainOptions options;
+  options.run_dir = run_dir;
+  options.resume = resume;
+  options.signals = &train_signals();
+  options.flight = flight.recorder.get();
+  options.restart = static_cast<int>(args.integer("--restart", 0));
+  options.restart_cause = args.value("--restart-cause", "");
+  return options;
+}
+
 // One rank of a job that mpirun or srun started: the rank comes from MPI. Any failure ends the
-// whole job (MPI_Abort) after printing which rank failed and why; nothing is left hanging.
+// whole job (MPI_Abort) after printing which rank failed and why; nothing is left hanging. The
+// job's status says whether a restart could help (launcher/restarts.h).
 int train_worker(const config::RunConfig& cfg, const std::string& config_path, const Args& args,
                  const Mesh& mesh) {
-  install_signal_handlers();  // before MPI starts: a SIGUSR1 now must not kill the rank
+  train_signals_install();  // before MPI starts: a signal now must not kill the rank silently
   Flight flight = flight_create(cfg);
   MpiRuntimeOptions mpi_options;
   mpi_options.timeout_s = cfg.parallel().collective_timeout_s();
-  const char* fault = std::getenv("LOOM_FAULT");
-  mpi_options.fault = parse_fault_injection(fault ? fault : "");
+  mpi_options.fault = train_fault_injection();
   mpi_options.flight = flight.recorder.get();
   std::unique_ptr<MpiRuntime> mpi = mpi_runtime_init(mpi_options);
   std::string label = "[rank " + std::to_string(mpi_world_rank(*mpi)) + "]";
   std::string flight_run_dir;  // set once the run directory is known: dumps go there
   try {
+    {  // before the groups, which the config shapes: every rank must have been started alike
+      const std::unique_ptr<Communicator> start = mpi_world(*mpi, "start");
+      const std::string flags = std::string(args.flag("--resume") ? "--resume " : "") +
+                                (args.flag("--allow-cross-node-tp") ? "--allow-cross-node-tp" : "");
+      check_same_settings(*start, rank_settings(cfg, flags));
+    }
     ProcessGroups groups = process_groups_create(mpi.get(), mesh);
     label = groups.label();
     // Placement as the ranks found it: mpirun or srun started by hand may put a tp group across
@@ -204,12 +248,9 @@ int train_worker(const config::RunConfig& cfg, const std::string& config_path, c
       flight_set_rank(*flight.recorder, run_dir, groups);
       flight_run_dir = run_dir;
     }
-    TrainOptions options;
-    options.run_dir = run_dir;
-    options.resume = args.flag("--resume");
+    TrainOptions options =
+        train_options(args, run_dir, resume_wanted(args, run_dir, groups.rank == 0), flight);
     options.groups = &groups;
-    options.stop_request = &stop_request;
-    options.flight = flight.recorder.get();
     // train() returns once every rank has seen the last checkpoint written (then rank 0's tensor
     // group may still be sampling; MPI_Finalize waits for it without a timeout).
     const TrainSummary summary = train(cfg, options);
@@ -219,8 +260,24 @@ int train_worker(const config::RunConfig& cfg, const std::string& config_path, c
     std::cerr << "loom train: error: " << label << " " << e.what() << std::endl;
     if (!flight_run_dir.empty())
       flight_dump_on_failure(*flight.recorder, *mpi, flight_run_dir, label, e.what());
-    mpi_abort(*mpi, 1);
+    mpi_abort(*mpi, dynamic_cast<const CommError*>(&e) ? kExitCommFailure : kExitRankError);
   }
+}
+
+// A single-process run in this process.
+int train_here(const config::RunConfig& cfg, const Args& args, const std::string& run_dir) {
+  // One process dumps its recorder (its phase) on SIGUSR2 only: on an error its message says
+  // all a dump could, there being no other rank to line up with.
+  train_signals_install();
+  Flight flight = flight_create(cfg);
+  const TrainOptions options =
+      train_options(args, run_dir, resume_wanted(args, run_dir, true), flight);
+  if (flight.recorder) {
+    FlightDumpTarget target;
+    target.path = flight_dump_path(run_dir, 0);
+    flight_set_target(*flight.recorder, target);
+  }
+  return print_done(train(cfg, options));
 }
 
 // The nodes `loom train` will start ranks on (--hostfile, --hosts, or the Slurm allocation; empty:
@@ -248,61 +305,12 @@ std::vector<NodeSlots> job_nodes(const Args& args, const LaunchEnvironment& env,
   return nodes;
 }
 
-}  // namespace
-
-int command_train(int argc, char** argv) {
-  const Args args = parse_args(
-      "train", argv, argc,
-      {{"--set", true}, {"--run-dir", false}, {"--hostfile", false}, {"--hosts", false}},
-      {"--resume", "--oversubscribe", "--allow-cross-node-tp"});
-  if (args.flag("--help")) {
-    std::cout << kHelp;
-    return 0;
-  }
-  if (args.positional.size() != 1)
-    throw Error("expected exactly one CONFIG file (see loom train --help)");
-  const LaunchEnvironment env = detect_launch_environment(process_environment());
-  const std::string config_path = args.positional[0];
-  const config::RunConfig cfg = load_config(config_path, args.values("--set"));
-  if (args.flag("--resume") && !args.has("--run-dir"))
-    throw Error("--resume needs --run-dir naming the run to continue");
-  const Mesh mesh = parallel_layout(cfg).mesh;
-  if (env.is_worker) {
-    if (args.has("--hostfile") || args.has("--hosts"))
-      throw Error("--hostfile and --hosts are for `loom train` starting the ranks itself; this "
-                  "process is already a rank (started by mpirun or srun): give the hosts to "
-                  "mpirun instead");
-    return train_worker(cfg, config_path, args, mesh);
-  }
-  const std::vector<NodeSlots> nodes = job_nodes(args, env, mesh);
-
-  const std::string run_dir = args.value("--run-dir", default_run_dir(config_path));
-  if (mesh.world_size() == 1) {
-    // One process dumps its recorder (its phase) on SIGUSR2 only: on an error its message says
-    // all a dump could, there being no other rank to line up with.
-    install_signal_handlers();
-    Flight flight = flight_create(cfg);
-    TrainOptions options;
-    options.run_dir = run_dir;
-    options.resume = args.flag("--resume");
-    options.stop_request = &stop_request;
-    options.flight = flight.recorder.get();
-    if (flight.recorder) {
-      FlightDumpTarget target;
-      target.path = flight_dump_path(run_dir, 0);
-      flight_set_target(*flight.recorder, target);
-    }
-    return print_done(train(cfg, options));
-  }
-  // Several ranks: start them with this very command line, the run directory made explicit.
-  std::vector<std::string> worker_args = {"train", config_path};
-  for (const std::string& assignment : args.values("--set")) {
-    worker_args.push_back("--set");
-    worker_args.push_back(assignment);
-  }
-  worker_args.insert(worker_args.end(), {"--run-dir", run_dir});
-  if (args.flag("--resume")) worker_args.push_back("--resume");
-  if (args.flag("--allow-cross-node-tp")) worker_args.push_back("--allow-cross-node-tp");
+// The program and arguments that start the job's ranks, each running `worker_args` (mpirun or
+// srun), after checking the layout fits how it would be started.
+std::vector<std::string> launch_ranks(const config::RunConfig& cfg, const Args& args,
+                                      const LaunchEnvironment& env, const Mesh& mesh,
+                                      const std::vector<NodeSlots>& nodes,
+                                      const std::vector<std::string>& worker_args) {
   const LaunchHost host = this_host();
   if (nodes.empty() && mesh.world_size() > kMaxRanksPerCore * host.cores &&
       !args.flag("--oversubscribe"))
@@ -313,6 +321,13 @@ int command_train(int argc, char** argv) {
                 " ranks per core would crawl and can exhaust memory and process limits. Lower "
                 "the layout, run it in a Slurm allocation, or pass --oversubscribe to start "
                 "them anyway");
+  // Ranks this machine alone would hold must fit its memory: known before any is started (each
+  // rank checks again, on its own node or GPU).
+  if (nodes.empty() && !env.in_slurm_allocation &&
+      cfg.runtime().device() == config::RuntimeConfig::CPU) {
+    const std::string too_big = memory_problem(cfg, mesh.world_size(), host_available_bytes());
+    if (!too_big.empty()) throw Error(too_big);
+  }
   // OpenMP threads of ranks that share cores must sleep, not spin, while they wait (read by
   // each rank's OpenMP runtime at start-up).
   if (mesh.world_size() > host.cores) setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
@@ -329,21 +344,113 @@ int command_train(int argc, char** argv) {
     setenv("OMPI_MCA_oob_tcp_keepalive_intvl", "1", 0);
     setenv("OMPI_MCA_oob_tcp_keepalive_probes", "3", 0);
   }
-  const std::vector<std::string> command =
-      launch_command(mesh.world_size(), worker_args, env, host, hosts);
-  std::string shown;
-  for (const std::string& a : command) shown += (shown.empty() ? "" : " ") + a;
-  std::cerr << "loom: starting " << mesh.world_size() << " ranks: " << shown << std::endl;
+  return launch_command(mesh.world_size(), worker_args, env, host, hosts);
+}
+
+// Runs the training job in child processes (its ranks through mpirun or srun, or one process
+// that restarts need to watch), restarting it up to max_restarts times (launcher/restarts.h).
+int supervise(const config::RunConfig& cfg, const Args& args, const LaunchEnvironment& env,
+              const Mesh& mesh, const std::vector<NodeSlots>& nodes, const std::string& config_path,
+              const std::string& run_dir, int max_restarts) {
+  std::vector<std::string> base = {"train", config_path};
+  for (const std::string& assignment : args.values("--set"))
+    base.insert(base.end(), {"--set", assignment});
+  base.insert(base.end(), {"--run-dir", run_dir});
+  if (args.flag("--allow-cross-node-tp")) base.push_back("--allow-cross-node-tp");
+  const bool several = mesh.world_size() > 1;
+  const bool resume = resume_wanted(args, run_dir, true);
   const std::string metrics = run_dir + "/metrics.jsonl";
-  const std::string before = file_tail(metrics);
-  const int status = run_job(command);
-  // Rank 0 appends to metrics.jsonl after every step: a job that ends well without changing it
-  // trained nothing (a launcher that started no rank, or other programs than loom).
-  if (status == 0 && file_tail(metrics) == before)
-    throw Error("the launcher (" + command.front() + ") ended with status 0 but no rank " +
-                "trained: " + metrics + " was not written; check that it starts " +
-                std::to_string(mesh.world_size()) + " loom ranks (mpirun -np N loom train ...)");
-  return status;
+  auto attempt = [&](int restart, const std::string& cause) {
+    std::vector<std::string> worker_args = base;
+    std::error_code ec;
+    // A restart resumes the run once it has one (a job that failed before starting it begins
+    // it again).
+    if (resume || (restart > 0 && std::filesystem::exists(run_dir + "/config.textproto", ec)))
+      worker_args.push_back("--resume");
+    if (restart > 0)
+      worker_args.insert(worker_args.end(),
+                         {"--restart", std::to_string(restart), "--restart-cause", cause});
+    std::vector<std::string> command;
+    if (several) {
+      command = launch_ranks(cfg, args, env, mesh, nodes, worker_args);
+    } else {  // this process only watches (a signal goes on to the child, which handles it)
+      command = {this_host().executable};
+      command.insert(command.end(), worker_args.begin(), worker_args.end());
+      command.insert(command.end(), {"--max-restarts", "0"});
+    }
+    std::string shown;
+    for (const std::string& a : command) shown += (shown.empty() ? "" : " ") + a;
+    if (several)
+      std::cerr << "loom: starting " << mesh.world_size() << " ranks: " << shown << std::endl;
+    const std::string before = file_tail(metrics);
+    JobEnd end;
+    end.status =
+        run_job(command, {.graceful_stop = several, .received_signal = &end.received_signal});
+    // Rank 0 appends to metrics.jsonl after every step: a job that ends well without changing
+    // it trained nothing (a launcher that started no rank, or other programs than loom).
+    if (end.status == 0 && file_tail(metrics) == before)
+      throw Error("the launcher (" + command.front() + ") ended with status 0 but no rank " +
+                  "trained: " + metrics + " was not written; check that it starts " +
+                  std::to_string(mesh.world_size()) + " loom ranks (mpirun -np N loom train ...)");
+    // The run's last line names the signal that ended it: the ranks saw SIGUSR1 (a stop after
+    // the step) or were ended by mpirun or srun without a word.
+    if (end.received_signal && (end.status == kExitStopped || end.status >= 128) && several &&
+        std::filesystem::is_directory(run_dir, ec)) {
+      RunLog log(std::filesystem::path(run_dir) / "train.log", true, true, "");
+      log.line(std::string("loom: ") + signal_name(end.received_signal) +
+               (end.status == kExitStopped
+                    ? " to loom train (passed on to the ranks as SIGUSR1): the run stopped after "
+                      "a step with a checkpoint"
+                    : ": the job was stopped at once; its newest complete checkpoint is intact "
+                      "(continue with --resume)"));
+    }
+    return end;
+  };
+  return run_with_restarts(max_restarts, run_dir, attempt);
+}
+
+}  // namespace
+
+int command_train(int argc, char** argv) {
+  const Args args = parse_args("train", argv, argc,
+                               {{"--set", true},
+                                {"--run-dir", false},
+                                {"--hostfile", false},
+                                {"--hosts", false},
+                                {"--max-restarts", false},
+                                {"--restart", false},
+                                {"--restart-cause", false}},
+                               {"--resume", "--oversubscribe", "--allow-cross-node-tp"});
+  if (args.flag("--help")) {
+    std::cout << kHelp;
+    return 0;
+  }
+  if (args.positional.size() != 1)
+    throw Error("expected exactly one CONFIG file (see loom train --help)");
+  const LaunchEnvironment env = detect_launch_environment(process_environment());
+  const std::string config_path = args.positional[0];
+  const config::RunConfig cfg = load_config(config_path, args.values("--set"));
+  if (args.flag("--resume") && !args.has("--run-dir"))
+    throw Error("--resume needs --run-dir naming the run to continue");
+  const long max_restarts = args.integer("--max-restarts", cfg.train().max_restarts());
+  if (max_restarts < 0 || max_restarts > 1000)
+    throw Error("--max-restarts must be between 0 and 1000 (got " + std::to_string(max_restarts) +
+                ")");
+  const Mesh mesh = parallel_layout(cfg).mesh;
+  if (env.is_worker) {
+    if (args.has("--hostfile") || args.has("--hosts"))
+      throw Error(
+          "--hostfile and --hosts are for `loom train` starting the ranks itself; this "
+          "process is already a rank (started by mpirun or srun): give the hosts to "
+          "mpirun instead");
+    return train_worker(cfg, config_path, args, mesh);
+  }
+  train_fault_injection();  // a bad LOOM_FAULT is found before any rank starts
+  const std::vector<NodeSlots> nodes = job_nodes(args, env, mesh);
+  const std::string run_dir = args.value("--run-dir", default_run_dir(config_path));
+  if (mesh.world_size() == 1 && max_restarts == 0) return train_here(cfg, args, run_dir);
+  return supervise(cfg, args, env, mesh, nodes, config_path, run_dir,
+                   static_cast<int>(max_restarts));
 }
 
 }  // namespace loom

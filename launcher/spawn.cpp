@@ -6,6 +6,7 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -18,6 +19,8 @@
 #include <thread>
 
 #include "base/error.h"
+#include "core/run_dir.h"
+#include "launcher/train_signals.h"
 
 namespace loom {
 namespace {
@@ -170,9 +173,13 @@ constexpr int kForwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2
 std::atomic<pid_t> g_child{0};
 std::atomic<unsigned> g_pending{0};
 std::atomic<bool> g_busy{false};
-// The last SIGINT or SIGTERM received (0: none): the job's exit status says it, as a single
-// process's would.
+// The last SIGINT, SIGTERM, SIGHUP or SIGQUIT received (0: none): the job's exit status says
+// it, as a single process's would.
 std::atomic<int> g_stopped_by{0};
+// JobOptions::graceful_stop for the running job, and when its first SIGINT or SIGTERM arrived
+// (CLOCK_MONOTONIC milliseconds, 0: none yet).
+std::atomic<bool> g_graceful{false};
+std::atomic<int64_t> g_first_stop_ms{0};
 static_assert(std::atomic<pid_t>::is_always_lock_free);
 static_assert(std::atomic<unsigned>::is_always_lock_free);
 
@@ -180,7 +187,27 @@ static_assert(std::atomic<unsigned>::is_always_lock_free);
 // rank themselves (the ranks run in process groups of their own), and mpirun turns a second
 // SIGINT into an immediate abort, so each received signal must reach it exactly once.
 void forward_signal(int sig) {
-  if (sig == SIGINT || sig == SIGTERM) g_stopped_by.store(sig);
+  if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP || sig == SIGQUIT) g_stopped_by.store(sig);
+  if ((sig == SIGINT || sig == SIGTERM) && g_graceful.load()) {
+    // mpirun and srun end a job at once on SIGINT or SIGTERM; the ranks stop at a step boundary
+    // with a checkpoint on SIGUSR1, which both pass on. A repeat within the window is the same
+    // request delivered twice; a later one is passed on as it is and ends the job at once.
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    const int64_t ms = static_cast<int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1000000 + 1;
+    int64_t first = 0;
+    if (g_first_stop_ms.compare_exchange_strong(first, ms)) {
+      const int saved_errno = errno;
+      const char note[] =
+          "loom: every rank stops after its current step with a checkpoint "
+          "(send the signal again to stop at once)\n";
+      [[maybe_unused]] const ssize_t n = write(STDERR_FILENO, note, sizeof(note) - 1);
+      errno = saved_errno;
+      sig = SIGUSR1;
+    } else if (ms - first < static_cast<int64_t>(kRepeatWindowS * 1000)) {
+      return;
+    }
+  }
   const unsigned bit = 1u << sig;
   pid_t child = g_child.load();
   if (child <= 0) {
@@ -307,7 +334,7 @@ struct Fd {
 
 }  // namespace
 
-int run_job(const std::vector<std::string>& argv) {
+int run_job(const std::vector<std::string>& argv, const JobOptions& options) {
   LOOM_CHECK(!argv.empty());
   const std::string file = find_program(argv[0]);
   std::vector<char*> c_argv;
@@ -327,6 +354,8 @@ int run_job(const std::vector<std::string>& argv) {
   report_read.fd = fds[0];
   report_write.fd = fds[1];
 
+  g_graceful.store(options.graceful_stop);
+  g_first_stop_ms.store(0);
   SignalForwarding forwarding;
   // Signals are held in this thread from before fork until the child's pid is published, so
   // none is lost or delivered to a half-made child; other threads park theirs in g_pending.
@@ -371,11 +400,13 @@ int run_job(const std::vector<std::string>& argv) {
   const int code = WIFEXITED(status) ? WEXITSTATUS(status)
                    : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
                                          : 1;
-  // Stopped by Ctrl-C or SIGTERM: say so and end as the signal would (130, 143), not with the
-  // launcher's generic failure status (mpirun exits 1 once it has stopped the ranks).
-  if (const int sig = g_stopped_by.exchange(0); sig != 0 && (code == 1 || code >= 128)) {
-    std::cerr << "loom: stopped by " << (sig == SIGINT ? "SIGINT" : "SIGTERM")
-              << " (passed on to every rank)" << std::endl;
+  const int sig = g_stopped_by.exchange(0);
+  if (options.received_signal) *options.received_signal = sig;
+  // Stopped at once by a signal: say so and end as the signal would (130, 143, ...), not with
+  // the launcher's generic failure status (mpirun exits 1 once it has stopped the ranks).
+  if (sig != 0 && (code == 1 || code >= 128)) {
+    std::cerr << "loom: stopped by " << signal_name(sig) << " (passed on to every rank)"
+              << std::endl;
     return 128 + sig;
   }
   return code;

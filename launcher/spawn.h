@@ -88,14 +88,23 @@ std::vector<std::string> launch_command(int world, const std::vector<std::string
                                         const LaunchEnvironment& env, const LaunchHost& host,
                                         const LaunchHosts& hosts = {});
 
+struct JobOptions {
+  // The first SIGINT or SIGTERM is passed on as SIGUSR1 (every rank stops after its step with a
+  // checkpoint: mpirun and srun would end the job at once), a repeat within kRepeatWindowS is
+  // dropped, and a later one is passed on as it is.
+  bool graceful_stop = false;
+  // Set to the last SIGINT, SIGTERM, SIGHUP or SIGQUIT this process received meanwhile (0: none).
+  int* received_signal = nullptr;
+};
+
 // Runs argv[0] (looked up on PATH) with argv and returns its exit status, 128 + signal when a
-// signal killed it. The child runs in its own process group with stdin from /dev/null (so a
-// Ctrl-C at the terminal reaches only this process, and the child never stops on reading the
-// terminal) and is sent SIGTERM if this process dies. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1
-// and SIGUSR2 received meanwhile are forwarded once each to the child's pid (mpirun and srun
-// relay them to their ranks; the ranks run in their own process groups). The previous handlers
-// are restored on return. One run_job at a time per process.
-// Throws loom::Error when the program cannot be started (e.g. mpirun not installed).
-int run_job(const std::vector<std::string>& argv);
+// signal killed it (or when a SIGINT, SIGTERM, SIGHUP or SIGQUIT passed on ended it). The child
+// runs in its own process group with stdin from /dev/null (so a Ctrl-C at the terminal reaches only
+// this process, and the child never stops on reading the terminal) and is sent SIGTERM if this
+// process dies. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 received meanwhile are
+// forwarded once each to the child's pid (mpirun and srun relay them to their ranks; the ranks run
+// in their own process groups). The previous handlers are restored on return. One run_job at a time
+// per process. Throws loom::Error when the program cannot be started (e.g. mpirun not installed).
+int run_job(const std::vector<std::string>& argv, const JobOptions& options = {});
 
 }  // namespace loom

@@ -53,14 +53,22 @@ void wait_all(std::vector<WorkPtr>& works) {
 
 }  // namespace
 
-size_t grad_reducer_shard_floats(size_t n, size_t bucket_floats, int parts, int rank) {
+std::vector<ShardRange> grad_reducer_owned_by(size_t n, size_t bucket_floats, int parts, int rank) {
   LOOM_CHECK(bucket_floats > 0);
-  size_t total = 0;
+  std::vector<ShardRange> owned;
   for (size_t end = n; end > 0;) {
     const size_t begin = end > bucket_floats ? end - bucket_floats : 0;
-    total += shard_range(end - begin, parts, rank).size();
+    const ShardRange s = shard_range(end - begin, parts, rank);
+    owned.push_back({begin + s.begin, begin + s.end});
     end = begin;
   }
+  return owned;
+}
+
+size_t grad_reducer_shard_floats(size_t n, size_t bucket_floats, int parts, int rank) {
+  size_t total = 0;
+  for (const ShardRange& r : grad_reducer_owned_by(n, bucket_floats, parts, rank))
+    total += r.size();
   return total;
 }
 

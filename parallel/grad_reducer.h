@@ -65,6 +65,11 @@ GradReducer grad_reducer_create(Communicator& comm, float* grads, size_t n, size
 // grad_reducer_create cuts the buckets: for planning memory without a communicator.
 size_t grad_reducer_shard_floats(size_t n, size_t bucket_floats, int parts, int rank);
 
+// The ranges of an n-float buffer that rank `rank` of `parts` owns under ZeRO, in compact order,
+// as grad_reducer_create cuts the buckets: another stage's layout, known without its
+// communicator.
+std::vector<ShardRange> grad_reducer_owned_by(size_t n, size_t bucket_floats, int parts, int rank);
+
 // Starts a step's reduction: no gradient is final yet.
 void grad_reducer_begin(GradReducer& reducer);
 

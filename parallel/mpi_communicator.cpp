@@ -193,10 +193,10 @@ class MpiCommunicator : public Communicator {
 
 }  // namespace
 
-std::unique_ptr<Communicator> mpi_world(MpiRuntime& runtime) {
+std::unique_ptr<Communicator> mpi_world(MpiRuntime& runtime, const std::string& name) {
   MPI_Comm comm;
   MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &comm));
-  return std::make_unique<MpiCommunicator>(runtime, runtime.add_group("world", comm));
+  return std::make_unique<MpiCommunicator>(runtime, runtime.add_group(name, comm));
 }
 
 std::unique_ptr<Communicator> mpi_split(MpiRuntime& runtime, const std::string& name, int color,

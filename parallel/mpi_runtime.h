@@ -77,8 +77,9 @@ int mpi_local_size(const MpiRuntime& runtime);
 // The host name of every rank (MPI_Get_processor_name), gathered when MPI started.
 const std::vector<std::string>& mpi_host_names(const MpiRuntime& runtime);
 
-// The communicator over all ranks.
-std::unique_ptr<Communicator> mpi_world(MpiRuntime& runtime);
+// A communicator over all ranks, named `name` (the job's own checks before its groups exist use
+// another name, so LOOM_FAULT's operation numbers on "world" stay those of training).
+std::unique_ptr<Communicator> mpi_world(MpiRuntime& runtime, const std::string& name = "world");
 
 // Splits the world: ranks passing the same color form one group, ordered by key. Collective
 // over the world: every rank calls it, in the same order as the other splits.

@@ -165,8 +165,15 @@ std::pair<int64_t, int> progress(const Dump::Phase& p) { return {p.step(), phase
 Analysis analyse(const std::vector<Dump>& dumps) {
   Analysis a;
   for (const Dump& d : dumps) {
+    if (a.dumps.count(d.rank()))
+      throw Error("two flight dumps claim rank " + std::to_string(d.rank()) +
+                  "; remove the stale one from the run's flight/ folder");
+    if (a.world_size != 0 && d.world_size() != a.world_size)
+      throw Error("the flight dumps disagree on the job's size (world_size " +
+                  std::to_string(a.world_size) + " and " + std::to_string(d.world_size()) +
+                  "): they come from different jobs; remove the stale ones from flight/");
     a.dumps[d.rank()] = &d;
-    a.world_size = std::max(a.world_size, d.world_size());
+    a.world_size = d.world_size();
   }
   for (const auto& [rank, d] : a.dumps) {
     std::vector<GroupView*> mine;
@@ -434,6 +441,13 @@ config::FlightDump flight_dump_parse(const std::string& json, const std::string&
     throw Error(name + " is not a flight-recorder dump: " + std::string(status.message()));
   if (!dump.has_rank() || !dump.has_world_size())
     throw Error(name + " is not a flight-recorder dump: it has no rank or world_size");
+  // A claim in the file is checked before anything is sized by it.
+  constexpr int64_t kMaxWorld = int64_t{1} << 20;
+  if (dump.world_size() < 1 || dump.world_size() > kMaxWorld || dump.rank() < 0 ||
+      dump.rank() >= dump.world_size())
+    throw Error(name + " is damaged: rank " + std::to_string(dump.rank()) + " of world_size " +
+                std::to_string(dump.world_size()) + " (a job has 1 to " +
+                std::to_string(kMaxWorld) + " ranks, numbered from 0)");
   return dump;
 }
 

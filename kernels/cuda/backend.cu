@@ -83,6 +83,14 @@ class CudaBackend : public KernelBackend {
     CUDA_CHECK(cudaMemGetInfo(&free, &total));
     return static_cast<double>(free);
   }
+  // The default pool's high-water mark of memory in use (cudaMallocAsync allocates from it).
+  double memory_peak() const override {
+    cudaMemPool_t pool = nullptr;
+    uint64_t high = 0;  // cuuint64_t
+    CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, ctx_.device));
+    CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high));
+    return static_cast<double>(high);
+  }
   // CUB's and cuBLASLt's scratch want 256 bytes (what cudaMalloc returns).
   size_t alignment() const override { return 256; }
 

@@ -1,5 +1,6 @@
 #include "kernels/emulated/backend.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
@@ -50,6 +51,8 @@ class Device {
     void* p = cpu::allocate_host(bytes);
     std::lock_guard<std::mutex> lock(mu_);
     allocations_[p] = bytes;
+    in_use_ += bytes;
+    peak_ = std::max(peak_, in_use_);
     if (!open_) set_poisoned(p, bytes, true);
     return p;
   }
@@ -61,9 +64,15 @@ class Device {
       auto it = allocations_.find(p);
       LOOM_CHECK(it != allocations_.end());  // memory of this device
       set_poisoned(p, it->second, false);
+      in_use_ -= it->second;
       allocations_.erase(it);
     }
     std::free(p);
+  }
+
+  double peak() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<double>(peak_);
   }
 
   void enqueue(std::function<void()> task) {
@@ -145,6 +154,7 @@ class Device {
   bool running_ = false, stop_ = false, open_ = false;
   int lent_ = 0;
   std::map<void*, size_t> allocations_;
+  size_t in_use_ = 0, peak_ = 0;  // bytes allocated now, and at most so far
   std::thread worker_;  // last: starts once the rest is built
 };
 
@@ -162,6 +172,7 @@ class EmulatedBackend final : public KernelBackend {
 
   void* allocate(size_t bytes) const override { return device_->allocate(bytes); }
   void deallocate(void* p) const override { device_->deallocate(p); }
+  double memory_peak() const override { return device_->peak(); }
   void upload(void* dst, const void* src, size_t bytes) const override {
     device_->run([=, this] { cpu_->upload(dst, src, bytes); });
   }

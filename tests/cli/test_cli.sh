@@ -90,6 +90,24 @@ expect_error trace-steps-negative "logging.trace_steps must not be negative" -- 
 expect_error sample-cli-tokens-huge "--tokens must be between 0 and 65536" -- "$loom" sample run/checkpoints/step_9999999 --tokens 2147483647
 expect_error sgemm-threads-negative "--threads must be between 0" -- "$loom" bench sgemm --threads -1
 expect_error sgemm-size-huge "--size must be between 1 and 16384" -- "$loom" bench sgemm --size 100000
+touch plain-file
+expect_error prepare-onto-file "exists and is not a folder" -- "$loom" prepare --input "$src/core" --output plain-file
+expect_error prepare-onto-dev-full "exists and is not a folder" -- "$loom" prepare --input "$src/core" --output /dev/full
+expect_error sentencepiece-vocab-1 "is too small for SentencePiece on this text" -- "$loom" prepare --input "$src/core" --output sp-tiny --tokenizer sentencepiece --vocab-size 1
+expect_error sentencepiece-vocab-2 "is too small for SentencePiece on this text" -- "$loom" prepare --input "$src/core" --output sp-tiny --tokenizer sentencepiece --vocab-size 2
+expect_error export-to-empty "--safetensors needs a file name" -- "$loom" export run/checkpoints/step_0000006 --safetensors ""
+expect_error fault-group-unknown "LOOM_FAULT group=nosuch names no group of loom train" -- env LOOM_FAULT="rank=1,group=nosuch,op=1,action=kill" "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set parallel.dp=2 --run-dir fault-group
+expect_error init-std-huge "before any update: the initial weights (model.init_std 1e+30)" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set model.init_std=1e30 --run-dir init-huge
+expect_error max-restarts-negative "--max-restarts must be between 0 and 1000" -- "$loom" train "$src/configs/default.textproto" --max-restarts -1
+expect_error max-restarts-config "train.max_restarts must be between 0 and 1000" -- "$loom" plan "$src/configs/default.textproto" --set train.max_restarts=5000
+# loom plan answers in seconds for any world size (it lists the first groups of a large one).
+start_plan=$SECONDS
+"$loom" plan "$src/configs/default.textproto" --set parallel.dp=100000 --set train.global_batch=100000 --set train.micro_batch=1 >plan-big.out 2>&1
+grep -q "dp     1 group of 100000" plan-big.out && [ $((SECONDS - start_plan)) -le 10 ] && pass ||
+  fail "plan-dp-100000 took $((SECONDS - start_plan)) s: $(tail -2 plan-big.out)"
+# The launcher refuses a layout this machine cannot hold before it starts any rank.
+expect_error launch-too-big "this machine has" -- "$loom" train "$src/configs/default.textproto" --set parallel.dp=100000 --set train.global_batch=100000 --set train.micro_batch=1 --oversubscribe --run-dir too-big
+[ ! -e too-big ] && pass || fail "launch-too-big: a run directory was made"
 
 # --- a traced run with ring sequence parallelism (sp = 2): the same losses and sample text as the
 # single process, ring waits in the trace ---
@@ -294,7 +312,12 @@ expect_error missing-config "cannot read config" -- "$loom" train nowhere.textpr
 expect_error bad-flag "unknown option --rundir" -- "$loom" train "$src/configs/default.textproto" --rundir x
 expect_error resume-needs-dir "--resume needs --run-dir" -- "$loom" train "$src/configs/default.textproto" --resume
 
-expect_error wrong-world "the job has 2 ranks but the config's layout needs" -- mpirun --oversubscribe --allow-run-as-root -np 2 "$loom" train "$src/configs/default.textproto"
+# Started by mpirun directly, a rank's error ends the job with status 65 (loom train's own
+# launcher says 1).
+err=$(mpirun --oversubscribe --allow-run-as-root -np 2 "$loom" train "$src/configs/default.textproto" 2>&1 >/dev/null)
+rc=$?
+[ "$rc" -eq 65 ] && grep -qF "the job has 2 ranks but the config's layout needs" <<<"$err" && pass ||
+  fail "wrong-world: exit status $rc, expected 65: $err"
 
 # --- bad shards ---
 mkdir bad
@@ -421,11 +444,95 @@ done
 if [ "$(id -u)" -eq 0 ] && mkdir -p full && mount -t tmpfs -o size=2M tmpfs full 2>/dev/null; then
   expect_error disk-full "No space left on device" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" \
     --set model.d_model=128 --set model.n_heads=4 --set model.d_mlp=512 --run-dir full/run
-  [ -z "$(ls -A full/run/checkpoints)" ] && pass || fail "a failed save left $(ls -A full/run/checkpoints)"
+  [ -z "$(ls -A full/run/checkpoints | grep -vx OWNER)" ] && pass || fail "a failed save left $(ls -A full/run/checkpoints)"
   umount full
 else
   echo "skipped: disk-full case (needs root to mount a small tmpfs)"
 fi
+
+# Issue 22, item 8: two runs sharing one absolute checkpoint.directory destroyed each other (run
+# B, another seed, pruned run A's checkpoints). The directory belongs to the run that first used
+# it: another is refused, naming it; the owner resumes, and prunes only its own checkpoints.
+quiet=("${tiny[@]}" --set logging.sample_tokens=0 --set checkpoint.keep_last=1)
+expect_ok shared-a "$loom" train "$src/configs/default.textproto" "${quiet[@]}" \
+  --set "checkpoint.directory=$tmp/shared-ckpt" --run-dir shared-a
+expect_error shared-b "belongs to another run, the one in $tmp/shared-a" -- "$loom" train \
+  "$src/configs/default.textproto" "${quiet[@]}" --set train.seed=7 \
+  --set "checkpoint.directory=$tmp/shared-ckpt" --run-dir shared-b
+[ "$(ls shared-ckpt | grep step_)" = step_0000006 ] && pass ||
+  fail "run A's checkpoints after run B was refused: $(ls shared-ckpt)"
+expect_ok shared-a-resume "$loom" train "$src/configs/default.textproto" "${quiet[@]}" \
+  --set "checkpoint.directory=$tmp/shared-ckpt" --set train.steps=9 --resume --run-dir shared-a
+[ "$(ls shared-ckpt | grep step_)" = step_0000009 ] && pass ||
+  fail "the owner's resume and keep_last 1: $(ls shared-ckpt)"
+
+# Issue 22, item 11: checkpoint metadata was trusted. data_position -1 aborted the resumed run
+# (an internal check), optimizer_step -1 trained NaN into a checkpoint that became the newest,
+# a folder step_99999999999999999999 ended in "error: stol". Each such checkpoint is unusable,
+# naming the file and field, and --resume falls back to the one before.
+expect_ok meta-run "$loom" train "$src/configs/default.textproto" "${tiny[@]}" \
+  --set logging.sample_tokens=0 --run-dir meta
+sed -i 's/^data_position: .*/data_position: -1/' meta/checkpoints/step_0000006/checkpoint.textproto
+expect_ok meta-data-position "$loom" train "$src/configs/default.textproto" "${tiny[@]}" \
+  --set logging.sample_tokens=0 --set train.steps=9 --resume --run-dir meta
+grep -qF "checkpoint.textproto: data_position -1 is not step 6" meta/train.log &&
+  grep -qF "resumed from meta/checkpoints/step_0000003 at step 3" meta/train.log && pass ||
+  fail "data_position -1: $(grep -E 'warning|resumed' meta/train.log)"
+sed -i 's/^optimizer_step: .*/optimizer_step: -1/' meta/checkpoints/step_0000009/checkpoint.textproto
+expect_error meta-optimizer-step-export "optimizer_step -1 is outside [0, step 9]" -- \
+  "$loom" export meta/checkpoints/step_0000009 --safetensors meta.safetensors
+expect_ok meta-optimizer-step "$loom" train "$src/configs/default.textproto" "${tiny[@]}" \
+  --set logging.sample_tokens=0 --set train.steps=12 --resume --run-dir meta
+grep -qF "resumed from meta/checkpoints/step_0000006 at step 6" meta/train.log && pass ||
+  fail "optimizer_step -1: $(tail -3 meta/train.log)"
+mkdir meta/checkpoints/step_99999999999999999999
+cp meta/checkpoints/step_0000012/* meta/checkpoints/step_99999999999999999999/
+expect_ok meta-huge-step "$loom" train "$src/configs/default.textproto" "${tiny[@]}" \
+  --set logging.sample_tokens=0 --set train.steps=15 --resume --run-dir meta
+grep -qF "resumed from meta/checkpoints/step_0000012 at step 12" meta/train.log && pass ||
+  fail "step_99999999999999999999: $(tail -2 meta/train.log)"
+expect_error meta-huge-step-sample "not the step its name says" -- \
+  "$loom" sample meta/checkpoints/step_99999999999999999999
+
+# A checkpoint never holds a non-finite value: a learning rate that overflows the weights stops
+# the run at the save, naming the tensor, with no checkpoint written.
+expect_error nonfinite-save 'checkpoint of step 1 not written: params of tensor "wte" holds' -- \
+  "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set logging.sample_tokens=0 \
+  --set optim.lr=3.4e38 --set optim.warmup_steps=0 --set checkpoint.interval=1 --run-dir nonfinite
+[ -z "$(ls nonfinite/checkpoints | grep step_)" ] && pass ||
+  fail "a non-finite checkpoint was written: $(ls nonfinite/checkpoints)"
+
+# A tp 2 checkpoint whose rank 1 wte piece moved one row up (same element count, checksums
+# intact) exported with rows 128–255 shifted and row 256 zero: pieces must hold every element
+# exactly once.
+expect_ok shifted-run "$loom" train "$src/configs/default.textproto" "${tiny[@]}" \
+  --set logging.sample_tokens=0 --set parallel.tp=2 --set runtime.threads=1 --run-dir shifted
+meta=shifted/checkpoints/step_0000006/checkpoint.textproto
+grep -A6 'name: "wte"' "$meta" | grep -q "shard_offset: 129" && pass || fail "no wte piece at row 129"
+sed -i '0,/shard_offset: 129/s//shard_offset: 128/' "$meta"
+expect_error shifted-export 'tensor "wte": two of its pieces hold row 128, column 0' -- \
+  "$loom" export shifted/checkpoints/step_0000006 --safetensors shifted.safetensors
+[ ! -e shifted.safetensors ] && pass || fail "a checkpoint with a shifted piece was exported"
+
+# A data.textproto that no data set has is refused by loom train (beside the shards) and loom
+# sample (the run directory's copy), naming the file and field.
+mkdir -p bad-info
+cp data/*.bin bad-info/
+for edit in "s/vocab_size: 257/vocab_size: 0/|vocab_size 0 is outside [1, 65536]" \
+            "s/end_of_text: 256/end_of_text: 300/|end_of_text 300 is outside the vocabulary" \
+            "s/train_tokens: .*/train_tokens: -5/|train_tokens -5 and train_bytes"; do
+  sed "${edit%%|*}" data/data.textproto >bad-info/data.textproto
+  expect_error "info-train ${edit%%|*}" "bad-info/data.textproto: ${edit#*|}" -- "$loom" train \
+    "$src/configs/default.textproto" "${tiny[@]}" --set "data.train_shards=$tmp/bad-info/train_*.bin" \
+    --set "data.val_shards=$tmp/bad-info/val_*.bin" --run-dir bad-info-run
+  sed "${edit%%|*}" data/data.textproto >meta/data.textproto
+  expect_error "info-sample ${edit%%|*}" "meta/data.textproto: ${edit#*|}" -- \
+    "$loom" sample meta/checkpoints/step_0000015 --tokens 5
+done
+rm meta/data.textproto
+mkdir meta/data.textproto
+expect_error info-sample-directory "data.textproto is a directory" -- \
+  "$loom" sample meta/checkpoints/step_0000015 --tokens 5
 
 echo "$passes passed, $failures failed"
 [ "$failures" -eq 0 ]

@@ -6,16 +6,19 @@
 #include <gtest/gtest.h>
 #include <zlib.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <sstream>
 
+#include "base/rng.h"
 #include "core/checkpoint.h"
 #include "core/checkpoint_pieces.h"
 #include "core/config.h"
-#include "base/rng.h"
-#include "core/stage_plan.h"
 #include "core/param_shards.h"
+#include "core/stage_plan.h"
 #include "tests/core/test_util.h"
 
 namespace loom {
@@ -29,10 +32,10 @@ using testing::TempDir;
 config::RunConfig wide_config() {
   config::RunConfig cfg;
   // The vocabulary pads at tp = 4; wte's pieces span several 256 KiB checksum blocks.
-  for (const char* o : {"model.vocab_size=9001", "model.d_model=64", "model.n_heads=4",
-                        "model.d_mlp=128", "model.max_seq_len=8", "model.prelude_layers=0",
-                        "model.block_layers=2", "model.loops=2", "model.coda_layers=0",
-                        "train.seq_len=8", "train.micro_batch=1", "train.global_batch=1"})
+  for (const char* o :
+       {"model.vocab_size=9001", "model.d_model=64", "model.n_heads=4", "model.d_mlp=128",
+        "model.max_seq_len=8", "model.prelude_layers=0", "model.block_layers=2", "model.loops=2",
+        "model.coda_layers=0", "train.seq_len=8", "train.micro_batch=1", "train.global_batch=1"})
     apply_override(cfg, o);
   return cfg;
 }
@@ -51,6 +54,7 @@ Global make_global(const config::RunConfig& cfg) {
     b->resize(g.layout.layout.num_params);
     for (float& x : *b) x = static_cast<float>(rng.next_u64() % 100000) * 1e-5f - 0.5f;
   }
+  for (float& x : g.v) x = std::fabs(x);  // AdamW's second moments are never negative
   for (const ParamTensor& t : g.layout.layout.tensors) g.offset[t.name] = t.offset;
   return g;
 }
@@ -66,13 +70,16 @@ std::vector<float> shard_of(const Global& g, const Model& local, const std::vect
 
 std::vector<float> compact(const std::vector<float>& flat, const std::vector<ShardRange>& owned) {
   std::vector<float> out;
-  for (const ShardRange& r : owned) out.insert(out.end(), flat.begin() + r.begin, flat.begin() + r.end);
+  for (const ShardRange& r : owned)
+    out.insert(out.end(), flat.begin() + r.begin, flat.begin() + r.end);
   return out;
 }
 
 void write_meta(const fs::path& dir, const config::RunConfig& cfg, const Meta& pieces) {
   Meta meta = pieces;
-  meta.set_step(1);
+  meta.set_step(1);  // and as every step, one global batch read
+  meta.set_data_position(cfg.train().global_batch());
+  meta.set_tokens_seen(int64_t{cfg.train().global_batch()} * cfg.train().seq_len());
   *meta.mutable_config() = cfg;
   std::string text;
   google::protobuf::TextFormat::PrintToString(meta, &text);
@@ -181,8 +188,9 @@ TEST(CheckpointPieces, DamageIsFoundWhereItIsRead) {
   }
   Model whole = model_layout(cfg.model());
   whole.buf.params = kernels::DeviceArray<float>(whole.buf.backend, whole.layout.num_params);
-  EXPECT_NE(error_of([&] { checkpoint_load(dir.string(), whole, nullptr); }).find("checksum of wte"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { checkpoint_load(dir.string(), whole, nullptr); }).find("checksum of wte"),
+      std::string::npos);
   // tp rank 0 of 4 reads rows 0–2250 of wte: the first blocks only, which are intact.
   Model quarter = model_layout(cfg.model(), nullptr, {4, 0, nullptr});
   quarter.buf.params = kernels::DeviceArray<float>(quarter.buf.backend, quarter.layout.num_params);
@@ -197,8 +205,9 @@ TEST(CheckpointPieces, DamageIsFoundWhereItIsRead) {
   Meta outside = meta;
   outside.mutable_params(0)->set_shard_offset(0, 9000);
   write_meta(dir, cfg, outside);
-  EXPECT_NE(error_of([&] { checkpoint_load(dir.string(), quarter, nullptr); }).find("outside the tensor"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { checkpoint_load(dir.string(), quarter, nullptr); }).find("outside the tensor"),
+      std::string::npos);
   Meta twice = meta;
   *twice.add_params() = meta.params(0);
   write_meta(dir, cfg, twice);
@@ -207,13 +216,14 @@ TEST(CheckpointPieces, DamageIsFoundWhereItIsRead) {
   Meta escape = meta;
   escape.mutable_params(0)->set_file("../../etc/passwd");
   write_meta(dir, cfg, escape);
-  EXPECT_NE(error_of([&] { checkpoint_load(dir.string(), quarter, nullptr); }).find("not a file name"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { checkpoint_load(dir.string(), quarter, nullptr); }).find("not a file name"),
+      std::string::npos);
 }
 
 uint32_t crc_of(const float* data, size_t n) {
-  return static_cast<uint32_t>(crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(data),
-                                     static_cast<uInt>(n * 4)));
+  return static_cast<uint32_t>(
+      crc32(crc32(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(data), static_cast<uInt>(n * 4)));
 }
 
 TEST(CheckpointPieces, SingleFileCheckpointsOfEarlierVersionsLoad) {
@@ -225,10 +235,9 @@ TEST(CheckpointPieces, SingleFileCheckpointsOfEarlierVersionsLoad) {
   const fs::path dir = tmp / "step_0000001";
   fs::create_directories(dir);
   Meta meta;
-  for (auto [file, buffer, entries] :
-       {std::tuple{"params.bin", &g.params, meta.mutable_params()},
-        std::tuple{"adam_m.bin", &g.m, meta.mutable_adam_m()},
-        std::tuple{"adam_v.bin", &g.v, meta.mutable_adam_v()}}) {
+  for (auto [file, buffer, entries] : {std::tuple{"params.bin", &g.params, meta.mutable_params()},
+                                       std::tuple{"adam_m.bin", &g.m, meta.mutable_adam_m()},
+                                       std::tuple{"adam_v.bin", &g.v, meta.mutable_adam_v()}}) {
     std::ofstream(dir / file, std::ios::binary)
         .write(reinterpret_cast<const char*>(buffer->data()),
                static_cast<std::streamsize>(buffer->size() * 4));
@@ -252,6 +261,106 @@ TEST(CheckpointPieces, SingleFileCheckpointsOfEarlierVersionsLoad) {
   checkpoint_load(dir.string(), half, &opt);
   EXPECT_EQ(half.buf.params.download(), shard_of(g, half, g.params));
   EXPECT_EQ(opt.v.download(), compact(shard_of(g, half, g.v), opt.owned));
+}
+
+
+Meta read_meta(const fs::path& dir) {
+  std::ifstream in(dir / "checkpoint.textproto");
+  std::stringstream text;
+  text << in.rdbuf();
+  Meta meta;
+  EXPECT_TRUE(google::protobuf::TextFormat::ParseFromString(text.str(), &meta));
+  return meta;
+}
+
+// The entry of `name`'s params piece written by the rank whose file is `file`.
+Meta::Tensor* piece_of(Meta& meta, const std::string& name, const std::string& file) {
+  for (Meta::Tensor& e : *meta.mutable_params())
+    if (e.name() == name && e.file() == file) return &e;
+  ADD_FAILURE() << "no piece of " << name << " in " << file;
+  static Meta::Tensor none;
+  return &none;
+}
+
+// Issue 22: pieces were checked by counting their elements. Rank 1's wte piece of a tp 2
+// checkpoint moved one row up (same size, checksums intact) loaded, and the export had its rows
+// shifted by one and the last row zero. Every element of every tensor must now lie in exactly
+// one piece, at every layout that reads it.
+TEST(CheckpointPieces, ShiftedOverlappingAndDuplicatedPiecesAreRefused) {
+  TempDir tmp;
+  const config::RunConfig cfg = wide_config();  // vocabulary 9001: rows 0–4500 and 4501–9000
+  const Global g = make_global(cfg);
+  const fs::path dir = write_sharded(fs::path(tmp.str()), cfg, g, {1, 2, 1});
+  const Meta meta = read_meta(dir);
+  const struct {
+    std::function<void(Meta&)> edit;
+    const char* error;
+  } cases[] = {
+      {[](Meta& m) { piece_of(m, "wte", "rank_00001.bin")->set_shard_offset(0, 4500); },
+       "tensor \"wte\": two of its pieces hold row 4500, column 0"},
+      {[](Meta& m) { piece_of(m, "wte", "rank_00000.bin")->set_shard_offset(0, 1); },
+       "tensor \"wte\": no piece holds row 0, column 0"},
+      {[](Meta& m) {  // a row-parallel weight: columns cut over tp
+         piece_of(m, "block.0.mlp.proj.weight", "rank_00001.bin")->set_shard_offset(1, 0);
+       },
+       "tensor \"block.0.mlp.proj.weight\": two of its pieces hold row 0, column 0"},
+      {[](Meta& m) {
+         piece_of(m, "block.1.mlp.fc.bias", "rank_00001.bin")->set_shard_offset(0, 63);
+       },
+       "tensor \"block.1.mlp.fc.bias\": two of its pieces hold row 0, column 63"},
+      {[](Meta& m) {  // the same piece twice, the other one gone
+         *piece_of(m, "wte", "rank_00001.bin") = *piece_of(m, "wte", "rank_00000.bin");
+       },
+       "tensor \"wte\": two of its pieces hold row 0, column 0"},
+  };
+  for (const auto& c : cases) {
+    Meta bad = meta;
+    c.edit(bad);
+    write_meta(dir, cfg, bad);
+    for (int tp_size : {1, 2})
+      for (int tp = 0; tp < tp_size; ++tp) {
+        Model local = model_layout(cfg.model(), nullptr, {tp_size, tp, nullptr});
+        local.buf.params = kernels::DeviceArray<float>(local.buf.backend, local.layout.num_params);
+        const std::string error = error_of([&] { checkpoint_load(dir.string(), local, nullptr); });
+        EXPECT_NE(error.find(c.error), std::string::npos)
+            << "tp " << tp << " of " << tp_size << ": " << error;
+      }
+  }
+  write_meta(dir, cfg, meta);
+  Model whole = model_layout(cfg.model());
+  whole.buf.params = kernels::DeviceArray<float>(whole.buf.backend, whole.layout.num_params);
+  EXPECT_EQ(error_of([&] { checkpoint_load(dir.string(), whole, nullptr); }), "");
+}
+
+// Issue 22: checksums hold for whatever was written, a NaN too. A non-finite value (or a
+// negative AdamW second moment) that a rank reads makes the checkpoint unusable, naming the file
+// and the tensor; a rank that does not read it is not stopped.
+TEST(CheckpointPieces, NonFiniteValuesMakeTheCheckpointUnusable) {
+  TempDir tmp;
+  const config::RunConfig cfg = wide_config();
+  Global g = make_global(cfg);
+  g.params[g.offset.at("wte") + 5000 * 64 + 2] = NAN;  // row 5000: tp rank 1's piece
+  const fs::path dir = write_sharded(fs::path(tmp.str()) / "nan", cfg, g, {1, 2, 1});
+  Model whole = model_layout(cfg.model());
+  whole.buf.params = kernels::DeviceArray<float>(whole.buf.backend, whole.layout.num_params);
+  EXPECT_NE(error_of([&] { checkpoint_load(dir.string(), whole, nullptr); })
+                .find("checkpoint file " + (dir / "rank_00001.bin").string() +
+                      ": params of tensor \"wte\" holds nan at row 5000, column 2"),
+            std::string::npos);
+  Model quarter = model_layout(cfg.model(), nullptr, {4, 0, nullptr});  // rows 0–2250
+  quarter.buf.params = kernels::DeviceArray<float>(quarter.buf.backend, quarter.layout.num_params);
+  EXPECT_EQ(error_of([&] { checkpoint_load(dir.string(), quarter, nullptr); }), "");
+
+  g = make_global(cfg);
+  g.v[g.offset.at("norm_f.weight") + 1] = -0.5f;
+  const fs::path negative = write_sharded(fs::path(tmp.str()) / "negative", cfg, g, {1, 2, 1});
+  Optimizer opt = optimizer_create(whole);
+  EXPECT_NE(error_of([&] {
+              checkpoint_load(negative.string(), whole, &opt);
+            }).find("adam_v of tensor \"norm_f.weight\" holds -0.500000 at row 0, column 1"),
+            std::string::npos);
+  EXPECT_EQ(error_of([&] { checkpoint_load(negative.string(), whole, nullptr); }), "")
+      << "the parameters alone are sound";
 }
 
 }  // namespace

@@ -1,16 +1,15 @@
 #include <gtest/gtest.h>
-
-#include <cmath>
 #include <unistd.h>
 
+#include <cmath>
 #include <fstream>
 #include <functional>
 #include <numeric>
 #include <set>
 
+#include "base/error.h"
 #include "core/data.h"
 #include "core/tokenizer.h"
-#include "base/error.h"
 #include "tests/core/test_util.h"
 
 namespace loom {
@@ -51,7 +50,8 @@ TEST(Data, ShuffledLoaderVisitsEverySequenceOncePerEpochAndResumesExactly) {
   std::set<int64_t> seen;
   for (int64_t p = 0; p < 50; ++p) seen.insert(loader_sequence_at(loader, p));
   EXPECT_EQ(seen.size(), 50u);
-  EXPECT_NE(loader_sequence_at(loader, 0), loader_sequence_at(loader, 50)) << "new epoch, new order";
+  EXPECT_NE(loader_sequence_at(loader, 0), loader_sequence_at(loader, 50))
+      << "new epoch, new order";
 
   // Batches 17..19 straddle the epoch boundary at 50; a loader restored at position 48 (as a
   // checkpoint restores it) must produce exactly what the uninterrupted one does.
@@ -125,6 +125,69 @@ TEST(Data, PrepareSplitsDocumentsAndEndsEachWithEndOfText) {
   EXPECT_FALSE(data_info_for_shards(dir / "text/train_*.bin").has_value());
   // Bits per byte of a byte-level loss: the loss in bits.
   EXPECT_DOUBLE_EQ(bits_per_byte(2.0, info.val_tokens(), info.val_bytes()), 2.0 / std::log(2.0));
+}
+
+// Issue 22: a data.textproto whose numbers no data set has was trusted (a vocabulary of 0, an
+// end-of-text past the vocabulary, negative counts); loom train and loom sample read it through
+// data_info_read, which now refuses it naming the file and field.
+TEST(Data, DescriptionsNoDataSetHasAreRefused) {
+  TempDir dir;
+  std::filesystem::create_directories(dir / "text");
+  for (int i = 0; i < 5; ++i) std::ofstream(dir / ("text/doc" + std::to_string(i))) << "x = " << i;
+  PrepareOptions options;
+  options.inputs = {dir / "text"};
+  options.output_dir = dir / "out";
+  options.val_fraction = 0.2;
+  prepare_text(options);
+  const std::string path = dir / "out/data.textproto";
+  const config::DataInfo good = data_info_read(path);
+  const struct {
+    std::function<void(config::DataInfo&)> edit;
+    const char* error;
+  } cases[] = {
+      {[](config::DataInfo& i) { i.set_vocab_size(0); }, "vocab_size 0 is outside [1, 65536]"},
+      {[](config::DataInfo& i) { i.set_vocab_size(70000); }, "vocab_size 70000 is outside"},
+      {[](config::DataInfo& i) { i.set_end_of_text(257); },
+       "end_of_text 257 is outside the vocabulary [0, 257)"},
+      {[](config::DataInfo& i) { i.set_end_of_text(-1); }, "end_of_text -1 is outside"},
+      {[](config::DataInfo& i) { i.set_vocab_size(300); }, "a BYTES tokenizer has vocab_size 257"},
+      {[](config::DataInfo& i) { i.set_train_tokens(-5); }, "train_tokens -5 and train_bytes"},
+      {[](config::DataInfo& i) { i.set_val_bytes(-1); }, "must not be negative"},
+      {[](config::DataInfo& i) { i.set_val_bytes(0); }, "a split with tokens has bytes of text"},
+      {[](config::DataInfo& i) {
+         i.set_tokenizer(config::DataInfo::SENTENCEPIECE);
+         i.set_vocab_size(400);
+         i.set_end_of_text(3);
+         i.set_tokenizer_file("../elsewhere.model");
+       },
+       "tokenizer_file \"../elsewhere.model\" is not the name of a file beside it"},
+  };
+  for (const auto& c : cases) {
+    config::DataInfo bad = good;
+    c.edit(bad);
+    data_info_write(path, bad);
+    const std::string error = error_of([&] { data_info_read(path); });
+    EXPECT_NE(error.find(c.error), std::string::npos) << error;
+    EXPECT_NE(error.find(path), std::string::npos) << error;
+  }
+  // A directory where the file should be.
+  std::filesystem::remove(path);
+  std::filesystem::create_directory(path);
+  EXPECT_NE(error_of([&] { data_info_read(path); }).find("is a directory"), std::string::npos);
+  std::filesystem::remove(path);
+
+  // Counts smaller than what the shards hold describe other shards; a glob of some of them is
+  // fine.
+  data_info_write(path, good);
+  const TokenDataset all = dataset_open(dir / "out/*.bin", 4, 257);
+  EXPECT_EQ(error_of([&] { data_info_check_shards(good, path, all); }), "");
+  const TokenDataset some = dataset_open(dir / "out/train_*.bin", 4, 257);
+  EXPECT_EQ(error_of([&] { data_info_check_shards(good, path, some); }), "");
+  config::DataInfo fewer = good;
+  fewer.set_train_tokens(good.train_tokens() - 1);
+  EXPECT_NE(
+      error_of([&] { data_info_check_shards(fewer, path, all); }).find("it describes other shards"),
+      std::string::npos);
 }
 
 }  // namespace

@@ -354,5 +354,22 @@ TEST(FlightDoctor, SaysWhenThereIsNothingToRead) {
                        run / "flight/rank_0.json" + " is not a flight-recorder dump"));
 }
 
+// A world size or rank claimed by a dump is checked before anything is sized by it, and dumps of
+// different jobs (or two of one rank) are refused.
+TEST(FlightDoctor, ChecksWhatTheDumpsClaim) {
+  TempDir run;
+  std::filesystem::create_directories(run / "flight");
+  std::ofstream(run / "flight/rank_0.json") << "{\"rank\": 0, \"worldSize\": 1000000000}";
+  EXPECT_TRUE(contains(error_of([&] { flight_dumps_read(run.str()); }),
+                       "is damaged: rank 0 of world_size 1000000000"));
+  std::ofstream(run / "flight/rank_0.json", std::ios::trunc) << "{\"rank\": 2, \"worldSize\": 2}";
+  EXPECT_TRUE(contains(error_of([&] { flight_dumps_read(run.str()); }),
+                       "is damaged: rank 2 of world_size 2"));
+  std::ofstream(run / "flight/rank_0.json", std::ios::trunc) << "{\"rank\": 0, \"worldSize\": 2}";
+  std::ofstream(run / "flight/rank_1.json") << "{\"rank\": 1, \"worldSize\": 4}";
+  EXPECT_TRUE(contains(error_of([&] { flight_diagnose(flight_dumps_read(run.str())); }),
+                       "the flight dumps disagree on the job's size"));
+}
+
 }  // namespace
 }  // namespace loom

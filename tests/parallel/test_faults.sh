@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A multi-rank job never hangs: a rank killed (by a fault or by kill -9), a rank that throws, a
-# collective or pipeline transfer that times out, and Ctrl-C each end the whole job quickly, with a non-zero exit and
+# collective or pipeline transfer that times out each end the whole job quickly, with a non-zero exit and
 # a message naming the rank (and, for a timeout, the group and the operation). A slow rank is
-# named in metrics.jsonl and warned about before it becomes a hang.
+# named in metrics.jsonl and warned about before it becomes a hang. (Signals: test_signals.sh.)
 #
 # usage: test_faults.sh LOOM_BINARY SOURCE_DIR
 set -uo pipefail
@@ -139,53 +139,46 @@ if start_job run-kill9; then
   fi
 fi
 
-# Ctrl-C (SIGINT to loom's launcher) stops every rank.
-# A background job of a script starts with SIGINT ignored; a terminal's loom would not.
-env --default-signal=INT "$loom" train tiny.textproto --set logging.interval=1 --run-dir run-int \
-  >run-int.out 2>&1 &
-launcher_pid=$!
-for _ in $(seq 300); do [ -s run-int/metrics.jsonl ] && break; sleep 0.1; done
-[ -s run-int/metrics.jsonl ] || fail "ctrl-c: the run did not train: $(tail -5 run-int.out)"
-start=$SECONDS
-kill -INT "$launcher_pid"
-( sleep 60; kill -9 "$launcher_pid" ) >/dev/null 2>&1 & watchdog=$!
-wait "$launcher_pid"; rc=$?
-kill "$watchdog" 2>/dev/null
-elapsed=$((SECONDS - start))
-sleep 1
-left=$(pgrep -f "run-dir run-int" | wc -l)
-if [ "$rc" -ne 130 ] || [ "$elapsed" -gt 30 ] || [ "$left" -ne 0 ] ||
-   ! grep -q "stopped by SIGINT" run-int.out; then
-  fail "ctrl-c: exit $rc (expected 130 and a message) after ${elapsed} s, $left processes left"
-else
-  pass "ctrl-c: exit $rc after ${elapsed} s, no process left"
-fi
+# Ranks started with different settings (mpirun's MPMD form) stop before training, naming the
+# field and the rank.
+for field in optim.lr=0.001 model.d_model=64; do
+  expect_job "mpmd-${field%%=*}" 30 "rank 1" "${field%%=*}" "different settings" -- \
+    mpirun --oversubscribe $([ "$(id -u)" = 0 ] && echo --allow-run-as-root) \
+    -np 1 "$loom" train tiny.textproto --run-dir "run-mpmd-${field%%=*}" : \
+    -np 1 "$loom" train tiny.textproto --set "$field" --run-dir "run-mpmd-${field%%=*}"
+done
 
-# SIGUSR1 to loom train's launcher: every rank stops after the same step, rank 0 writes a
-# checkpoint of that step, the exit status is 75, and --resume continues from it.
-"$loom" train tiny.textproto --set logging.interval=1 --run-dir run-usr1 >run-usr1.out 2>&1 &
-launcher_pid=$!
-for _ in $(seq 300); do [ -s run-usr1/metrics.jsonl ] && break; sleep 0.1; done
-kill -USR1 "$launcher_pid"
-( sleep 60; kill -9 "$launcher_pid" ) >/dev/null 2>&1 & watchdog=$!
-wait "$launcher_pid"; rc=$?
-kill "$watchdog" 2>/dev/null
-last=$(tail -1 run-usr1/metrics.jsonl | sed 's/{"step":\([0-9]*\),.*/\1/')
-saved=$(ls run-usr1/checkpoints 2>/dev/null | tail -1)
-if [ "$rc" -ne 75 ] || [ "$saved" != "$(printf 'step_%07d' "$last")" ]; then
-  fail "sigusr1: exit $rc, last step $last, checkpoint $saved: $(tail -3 run-usr1.out)"
-elif ! grep -q "stopped at step $last" run-usr1.out; then
-  fail "sigusr1: no stop message: $(tail -3 run-usr1.out)"
-else
-  "$loom" train tiny.textproto --set train.steps=$((last + 2)) --run-dir run-usr1 --resume \
-    >run-usr1-resume.out 2>&1
-  rc=$?
-  if [ "$rc" -ne 0 ] || ! grep -q "resumed from .*step_$(printf '%07d' "$last") at step $last" run-usr1-resume.out; then
-    fail "sigusr1: resume exit $rc: $(tail -3 run-usr1-resume.out)"
+# A shard written over in place while the run reads it (same size, other in-vocabulary tokens)
+# stops the run naming it; --resume then refuses the changed shard (shards.crc).
+for dp in 1 2; do
+  rm -rf "data-w$dp"; cp -r data "data-w$dp"
+  name=run-overwrite-$dp
+  "$loom" train tiny.textproto --set parallel.dp=$dp --set logging.interval=1 \
+    --set checkpoint.interval=5 --set "data.train_shards=data-w$dp/train_*.bin" \
+    --run-dir "$name" >"$name.out" 2>&1 &
+  job=$!
+  for _ in $(seq 300); do [ -s "$name/checkpoints/step_0000005/checkpoint.textproto" ] && break; sleep 0.1; done
+  python3 -c "
+import sys
+p = sys.argv[1]
+b = bytearray(open(p, 'rb').read())
+for i in range(1024, len(b), 2):
+    b[i], b[i + 1] = (b[i] * 7 + 1) % 200, 0
+open(p, 'r+b').write(b)" "data-w$dp/train_000000.bin"
+  ( sleep 60; kill -9 "$job" ) >/dev/null 2>&1 & watchdog=$!
+  wait "$job"; rc=$?
+  kill "$watchdog" 2>/dev/null
+  "$loom" train tiny.textproto --set parallel.dp=$dp --set "data.train_shards=data-w$dp/train_*.bin" \
+    --run-dir "$name" --resume >"$name-resume.out" 2>&1
+  resumed=$?
+  if [ "$rc" -eq 0 ] || ! grep -q "shard data-w$dp/train_000000.bin changed while the run read it" "$name.out"; then
+    fail "overwrite dp $dp: exit $rc: $(grep -m2 error "$name.out" || tail -2 "$name.out")"
+  elif [ "$resumed" -ne 1 ] || ! grep -q "shard data-w$dp/train_000000.bin changed since the run started" "$name-resume.out"; then
+    fail "overwrite dp $dp: resume exit $resumed: $(tail -2 "$name-resume.out")"
   else
-    pass "sigusr1: stopped after step $last with its checkpoint (exit 75), resumed"
+    pass "overwrite dp $dp: the run stopped naming the shard; --resume refused it"
   fi
-fi
+done
 
 # A straggler: rank 1 runs at nice 19 while two busy loops take the cores, so it computes far
 # slower than rank 0; metrics name it as the slowest every interval and rank 0 warns after three

@@ -1,0 +1,35 @@
+// The replicated ranges' Adam moments under ZeRO-1 (core/pipeline.h, replica_sync_broadcast):
+// made equal across the pipeline stages that hold them owner to owner, so that no rank holds
+// more than its own shard of the moments, also while a checkpoint is written.
+//
+//   loom::replica_sync_moment_shards(replicas, replica_groups, groups, n, bucket_floats, opt);
+#pragma once
+#include <functional>
+#include <vector>
+
+#include "core/optimizer.h"
+#include "core/pipeline.h"
+#include "parallel/groups.h"
+
+namespace loom {
+
+// Under ZeRO-1 the same for the Adam moments, which each rank holds only a shard of: every
+// holder's shards of each replicated range ← the lowest holder's elements, sent owner to owner
+// over `world`, so no rank holds more than its own shards. This rank's stage has `n` parameters,
+// cut into shards over `parts` dp × sp ranks as the gradient reducer cuts them
+// (grad_reducer_owned_by), of which it is `part`; `buffers` are its compact shard buffers (host
+// memory, e.g. m and v). rank_of(stage, part) is the world rank with that pipeline stage and
+// dp × sp index and this rank's tp coordinate. Collective over the world.
+void replica_sync_shards(const ReplicaSync& sync, const std::vector<ReplicaGroup>& groups,
+                         Communicator& world, size_t n, size_t bucket_floats, int parts, int part,
+                         const std::function<int(int stage, int part)>& rank_of,
+                         const std::vector<float*>& buffers);
+
+// replica_sync_shards for `optimizer`'s moments (its owned shards of a stage of `n` parameters,
+// cut by the gradient reducer's `bucket_floats` over the dp × sp group); on a device through a
+// host copy of this rank's shard only. Collective over the world.
+void replica_sync_moment_shards(const ReplicaSync& sync, const std::vector<ReplicaGroup>& groups,
+                                const ProcessGroups& g, size_t n, size_t bucket_floats,
+                                Optimizer& optimizer);
+
+}  // namespace loom
