@@ -115,11 +115,7 @@ void shard_write(const std::string& path, const std::vector<uint16_t>& tokens) {
   fs::rename(tmp, path);
 }
 
-TokenDataset dataset_open(const std::string& pattern, int T, int vocab_size) {
-  TokenDataset data;
-  data.pattern = pattern;
-  data.T = T;
-  data.vocab_size = vocab_size;
+std::vector<std::string> shard_paths(const std::string& pattern) {
   glob_t matches{};
   const int rc = ::glob(pattern.c_str(), 0, nullptr, &matches);
   std::vector<std::string> paths(matches.gl_pathv, matches.gl_pathv + matches.gl_pathc);
@@ -130,8 +126,16 @@ TokenDataset dataset_open(const std::string& pattern, int T, int vocab_size) {
                 "); create shards with `loom prepare` or fix data.train_shards / data.val_shards");
   if (rc != 0) throw Error("cannot list shards \"" + pattern + "\"");
   std::sort(paths.begin(), paths.end());
+  return paths;
+}
+
+TokenDataset dataset_open(const std::string& pattern, int T, int vocab_size) {
+  TokenDataset data;
+  data.pattern = pattern;
+  data.T = T;
+  data.vocab_size = vocab_size;
   data.first_sequence.push_back(0);
-  for (const std::string& path : paths) {
+  for (const std::string& path : shard_paths(pattern)) {
     Shard shard = shard_open(path);
     // Checked once here, so a bad token stops the run before it starts, not hours into it.
     uint16_t max_token = 0;

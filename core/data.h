@@ -55,6 +55,9 @@ Shard shard_open(const std::string& path);
 // Writes tokens as a shard (temporary file, then rename).
 void shard_write(const std::string& path, const std::vector<uint16_t>& tokens);
 
+// The files `pattern` (a glob) matches, sorted; throws loom::Error when none does.
+std::vector<std::string> shard_paths(const std::string& pattern);
+
 // Opens every shard matching `pattern` and checks every token is below vocab_size; throws when
 // none match, a token is out of range, or no shard holds a sequence of T+1.
 TokenDataset dataset_open(const std::string& pattern, int T, int vocab_size);

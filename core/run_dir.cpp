@@ -93,20 +93,30 @@ void throw_write_error(const std::string& path) {
 
 // A run directory that already has results is never overwritten; it is locked before it is
 // looked at, so two runs started at once cannot both pass the check.
+std::string run_dir_problem(const fs::path& dir, bool resume) {
+  std::error_code ec;
+  if (resume)
+    return fs::is_directory(dir, ec)
+               ? ""
+               : "--resume: run directory " + dir.string() + " does not exist";
+  if (fs::exists(dir / "metrics.jsonl", ec) || fs::exists(dir / "checkpoints", ec))
+    return "run directory " + dir.string() +
+           " already holds a run; pass --resume to continue it, or choose another --run-dir";
+  return "";
+}
+
 RunDirLock prepare_run_dir(const fs::path& dir, bool resume) {
   std::error_code ec;
   if (resume) {
-    if (!fs::is_directory(dir, ec))
-      throw Error("--resume: run directory " + dir.string() + " does not exist");
+    if (const std::string problem = run_dir_problem(dir, true); !problem.empty())
+      throw Error(problem);
     return lock_run_dir(dir);
   }
   fs::create_directories(dir, ec);
   if (ec) throw Error("cannot create run directory " + dir.string() + ": " + ec.message());
-  RunDirLock lock = lock_run_dir(dir);
-  if (fs::exists(dir / "metrics.jsonl", ec) || fs::exists(dir / "checkpoints", ec))
-    throw Error("run directory " + dir.string() +
-                " already holds a run; pass --resume to continue it, or choose another "
-                "--run-dir");
+  RunDirLock lock = lock_run_dir(dir);  // then no other run can start in it meanwhile
+  if (const std::string problem = run_dir_problem(dir, false); !problem.empty())
+    throw Error(problem);
   return lock;
 }
 
@@ -115,9 +125,30 @@ RunDirLock prepare_run_dir(const fs::path& dir, bool resume) {
 void check_resumable(const config::RunConfig& saved, const config::RunConfig& now,
                      const std::string& checkpoint) {
   const std::string where = "--resume from " + checkpoint + ": ";
-  if (!google::protobuf::util::MessageDifferencer::Equivalent(saved.model(), now.model()))
-    throw Error(where + "the model section of the config differs from the one the run was "
-                        "trained with; resume with the run's own config.textproto");
+  std::string report;
+  {
+    google::protobuf::util::MessageDifferencer differ;
+    differ.set_message_field_comparison(google::protobuf::util::MessageDifferencer::EQUIVALENT);
+    differ.ReportDifferencesToString(&report);
+    differ.Compare(saved.model(), now.model());
+  }
+  if (!report.empty()) {  // "modified: d_model: 128 -> 256\n" ...
+    std::string fields;
+    for (size_t at = 0; at < report.size();) {
+      size_t end = report.find('\n', at);
+      if (end == std::string::npos) end = report.size();
+      std::string line = report.substr(at, end - at);
+      if (line.starts_with("modified: ")) line = "model." + line.substr(10);
+      fields += (fields.empty() ? "" : "; ") + line;
+      at = end + 1;
+    }
+    throw Error(where +
+                "the model section of the config differs from the one the run was "
+                "trained with (" +
+                fields +
+                ", the run's value first); resume with the "
+                "run's own config.textproto");
+  }
   const auto& a = saved.train();
   const auto& b = now.train();
   for (auto [name, same] : {std::pair{"train.seq_len", a.seq_len() == b.seq_len()},

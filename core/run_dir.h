@@ -84,6 +84,10 @@ class RunDirLock {
   int fd_ = -1;
 };
 
+// What stops a run from starting in `dir` ("" when nothing): with resume, a directory that does
+// not exist; without, one that already holds a run (it is never overwritten).
+std::string run_dir_problem(const std::filesystem::path& dir, bool resume);
+
 // Creates (or, with resume, opens) the run directory and locks it for this run: a directory
 // another loom train holds is refused, naming its pid; one that already has results is never
 // overwritten without resume (throws loom::Error).

@@ -142,6 +142,26 @@ void check_shard_record(
 
 }  // namespace
 
+void check_before_start(const config::RunConfig& cfg, const std::string& run_dir, bool resume) {
+  if (const std::string problem = run_dir_problem(run_dir, resume); !problem.empty())
+    throw Error(problem);
+  const fs::path saved_config = fs::path(run_dir) / "config.textproto";
+  std::error_code ec;
+  if (resume && fs::exists(saved_config, ec)) {
+    check_resumable(
+        parse_config_text(read_regular_file(saved_config.string(), size_t{1} << 20, "run config"),
+                          saved_config.string()),
+        cfg, saved_config.string());
+    check_checkpoint_directory(cfg, run_dir);
+  }
+  std::string dir, val_dir;
+  const std::optional<config::DataInfo> info = training_data_info(cfg, &dir);
+  validation_data_info(cfg, info, dir, &val_dir);
+  shard_paths(cfg.data().train_shards());
+  if (cfg.train().eval_interval() > 0 && !cfg.data().val_shards().empty())
+    shard_paths(cfg.data().val_shards());
+}
+
 RunInputs open_run(const config::RunConfig& cfg, const TrainOptions& options, ProcessGroups& groups,
                    const kernels::KernelBackend& backend) {
   const bool writer = groups.rank == 0;  // rank 0 alone writes the run directory

@@ -39,4 +39,10 @@ struct RunInputs {
 RunInputs open_run(const config::RunConfig& cfg, const TrainOptions& options, ProcessGroups& groups,
                    const kernels::KernelBackend& backend);
 
+// What loom train's launcher checks before it starts any rank, so that a mistake is one clean
+// message and no rank is started (each rank checks again, authoritatively): the run directory
+// against --resume, a resumed run's own config.textproto against this config (the model and the
+// data stream), and that the shards and their description can be found.
+void check_before_start(const config::RunConfig& cfg, const std::string& run_dir, bool resume);
+
 }  // namespace loom

@@ -440,7 +440,7 @@ StepOutcome run_step(Training& tr) {
   const auto step_start = Clock::now();
   for (auto& [name, bytes] : tr.traffic.groups) bytes->store(0);
   flight_step(tr.options.flight, loop.step + 1, "loading data");
-  tr.run.trace.step = static_cast<int>(loop.step - loop.first_step);
+  tr.run.trace.step = static_cast<int>(loop.step + 1);  // numbered as the progress line's
   loop.parallel.trace = tr.run.trace.enabled ? &tr.run.trace : nullptr;
   // This rank's contiguous part of the global batch, in micro-batches.
   const int64_t batch_start = loop.loader.position;
@@ -656,6 +656,7 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
                                                             : nullptr);
   Training tr{cfg, options, in, run, log, loop, traffic};
   start_loop(tr, threads);
+  if (options.on_started) options.on_started();
   while (loop.step < cfg.train().steps())
     if (!after_step(tr, run_step(tr))) break;
   return finish_run(tr);

@@ -16,6 +16,7 @@
 //   loom::TrainSummary s = loom::train(cfg, options);
 #pragma once
 #include <atomic>
+#include <functional>
 #include <string>
 
 #include "core/train_step.h"
@@ -54,6 +55,10 @@ struct TrainOptions {
   // This rank's flight recorder, whose step phase train marks (parallel/flight_recorder.h);
   // null: none.
   FlightRecorder* flight = nullptr;
+  // Called once the run's start-up (inputs, run directory, model, resume) has passed and
+  // training begins: an error before it is a start-up error (the CLI reports it once, without
+  // flight dumps).
+  std::function<void()> on_started;
 };
 
 struct TrainSummary {

@@ -9,12 +9,14 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <thread>
 
 #include "base/error.h"
 #include "core/config.h"
 #include "core/parallel_layout.h"
 #include "core/pipeline.h"
 #include "core/run_dir.h"
+#include "core/run_inputs.h"
 #include "core/shared_files.h"
 #include "core/trainer.h"
 #include "launcher/args.h"
@@ -78,6 +80,10 @@ the same data set (shard names, sizes and the first header's checksum) and the s
 
 // Ranks per core beyond which loom train refuses to start a layout without --oversubscribe.
 constexpr int kMaxRanksPerCore = 8;
+
+// How long a rank other than 0 that failed at start-up waits before it reports: rank 0, failing
+// the same way, reports and ends the job first.
+constexpr std::chrono::seconds kStartupErrorDelay{2};
 
 // How long a failing rank waits for the other ranks' flight dumps before it ends the job (it
 // stops waiting as soon as all are written; a dead or stopped rank writes none).
@@ -225,6 +231,7 @@ int train_worker(const config::RunConfig& cfg, const std::string& config_path, c
   std::unique_ptr<MpiRuntime> mpi = mpi_runtime_init(mpi_options);
   std::string label = "[rank " + std::to_string(mpi_world_rank(*mpi)) + "]";
   std::string flight_run_dir;  // set once the run directory is known: dumps go there
+  bool started = false;        // training began (TrainOptions::on_started)
   try {
     {  // before the groups, which the config shapes: every rank must have been started alike
       const std::unique_ptr<Communicator> start = mpi_world(*mpi, "start");
@@ -251,16 +258,28 @@ int train_worker(const config::RunConfig& cfg, const std::string& config_path, c
     TrainOptions options =
         train_options(args, run_dir, resume_wanted(args, run_dir, groups.rank == 0), flight);
     options.groups = &groups;
+    options.on_started = [&started] { started = true; };
     // train() returns once every rank has seen the last checkpoint written (then rank 0's tensor
     // group may still be sampling; MPI_Finalize waits for it without a timeout).
     const TrainSummary summary = train(cfg, options);
     const int status = groups.rank == 0 ? print_done(summary) : 0;
     return summary.stopped_by_signal ? kExitStopped : status;
   } catch (const std::exception& e) {
+    const bool comm = dynamic_cast<const CommError*>(&e) != nullptr;
+    if (!started && !comm) {
+      // A start-up error (config, data, run directory), usually the same on every rank: rank 0
+      // says it once; another rank speaks only if rank 0 has not ended the job meanwhile (it
+      // stopped on something else, or waits in a collective). No flight dumps: there is no
+      // communication to explain.
+      if (mpi_world_rank(*mpi) != 0) std::this_thread::sleep_for(kStartupErrorDelay);
+      std::cerr << "loom train: error: " << (mpi_world_rank(*mpi) == 0 ? "" : label + " ")
+                << e.what() << std::endl;
+      mpi_abort(*mpi, kExitRankError);
+    }
     std::cerr << "loom train: error: " << label << " " << e.what() << std::endl;
     if (!flight_run_dir.empty())
       flight_dump_on_failure(*flight.recorder, *mpi, flight_run_dir, label, e.what());
-    mpi_abort(*mpi, dynamic_cast<const CommError*>(&e) ? kExitCommFailure : kExitRankError);
+    mpi_abort(*mpi, comm ? kExitCommFailure : kExitRankError);
   }
 }
 
@@ -305,12 +324,11 @@ std::vector<NodeSlots> job_nodes(const Args& args, const LaunchEnvironment& env,
   return nodes;
 }
 
-// The program and arguments that start the job's ranks, each running `worker_args` (mpirun or
-// srun), after checking the layout fits how it would be started.
-std::vector<std::string> launch_ranks(const config::RunConfig& cfg, const Args& args,
-                                      const LaunchEnvironment& env, const Mesh& mesh,
-                                      const std::vector<NodeSlots>& nodes,
-                                      const std::vector<std::string>& worker_args) {
+// Throws unless the layout's ranks fit where they would start: this machine's cores (without
+// --oversubscribe) and memory, when no hostfile or Slurm allocation spreads them.
+void check_machine_fits(const config::RunConfig& cfg, const Args& args,
+                        const LaunchEnvironment& env, const Mesh& mesh,
+                        const std::vector<NodeSlots>& nodes) {
   const LaunchHost host = this_host();
   if (nodes.empty() && mesh.world_size() > kMaxRanksPerCore * host.cores &&
       !args.flag("--oversubscribe"))
@@ -328,6 +346,14 @@ std::vector<std::string> launch_ranks(const config::RunConfig& cfg, const Args& 
     const std::string too_big = memory_problem(cfg, mesh.world_size(), host_available_bytes());
     if (!too_big.empty()) throw Error(too_big);
   }
+}
+
+// The program and arguments that start the job's ranks, each running `worker_args` (mpirun or
+// srun).
+std::vector<std::string> launch_ranks(const Args& args, const LaunchEnvironment& env,
+                                      const Mesh& mesh, const std::vector<NodeSlots>& nodes,
+                                      const std::vector<std::string>& worker_args) {
+  const LaunchHost host = this_host();
   // OpenMP threads of ranks that share cores must sleep, not spin, while they wait (read by
   // each rank's OpenMP runtime at start-up).
   if (mesh.world_size() > host.cores) setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
@@ -359,6 +385,11 @@ int supervise(const config::RunConfig& cfg, const Args& args, const LaunchEnviro
   if (args.flag("--allow-cross-node-tp")) base.push_back("--allow-cross-node-tp");
   const bool several = mesh.world_size() > 1;
   const bool resume = resume_wanted(args, run_dir, true);
+  if (several) {  // a mistake found here is one message, and no rank is started
+    check_machine_fits(cfg, args, env, mesh, nodes);
+    // Only where the ranks start here: a head node launching onto others may lack their data.
+    if (nodes.empty() && !env.in_slurm_allocation) check_before_start(cfg, run_dir, resume);
+  }
   const std::string metrics = run_dir + "/metrics.jsonl";
   auto attempt = [&](int restart, const std::string& cause) {
     std::vector<std::string> worker_args = base;
@@ -372,7 +403,7 @@ int supervise(const config::RunConfig& cfg, const Args& args, const LaunchEnviro
                          {"--restart", std::to_string(restart), "--restart-cause", cause});
     std::vector<std::string> command;
     if (several) {
-      command = launch_ranks(cfg, args, env, mesh, nodes, worker_args);
+      command = launch_ranks(args, env, mesh, nodes, worker_args);
     } else {  // this process only watches (a signal goes on to the child, which handles it)
       command = {this_host().executable};
       command.insert(command.end(), worker_args.begin(), worker_args.end());

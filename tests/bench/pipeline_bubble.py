@@ -43,13 +43,13 @@ def theory(schedule, p, m, v, plan_text):
 
 
 def measured_bubble(trace_path):
-    """Median over traced steps 1.. (step 0 warms up) of the ranks' mean idle fraction of the
+    """Median over traced steps 2.. (step 1 warms up) of the ranks' mean idle fraction of the
     step's span: a step that a shared core's other work stretched does not move it."""
     with open(trace_path) as f:
         events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
     ranks = sorted({e["pid"] for e in events})
     per_step = []
-    for step in range(1, TRACED):
+    for step in range(2, TRACED + 1):
         compute = [e for e in events if e.get("args", {}).get("step") == step
                    and e["cat"] in ("forward", "backward")]
         if not compute:

@@ -72,7 +72,9 @@ expect_ok trace "$loom" trace run-pp/trace.json --svg trace.svg --steps 1
 grep -qE '^rank 1 \(pp 1, dp 0, sp 0, tp 0\) +[0-9.]+ ' "$tmp/out.txt" && pass ||
   fail "loom trace printed no line for rank 1: $(cat "$tmp/out.txt")"
 expect_error trace-missing "cannot open trace nope.json" -- "$loom" trace nope.json --svg x.svg
-expect_error trace-steps "it holds steps 0-1" -- "$loom" trace run-pp/trace.json --svg x.svg --steps 5
+expect_error trace-steps "it holds steps 1-2" -- "$loom" trace run-pp/trace.json --svg x.svg --steps 5
+# The trace numbers steps as the progress line and metrics.jsonl do (from 1).
+expect_ok trace-step-2 "$loom" trace run-pp/trace.json --svg trace2.svg --steps 2
 cp run-pp/trace.json own.json
 expect_error trace-onto-itself "is the trace FILE itself" -- "$loom" trace own.json --svg ./own.json
 cmp -s own.json run-pp/trace.json && pass || fail "loom trace wrote over its own input"
@@ -128,7 +130,7 @@ expect_error existing-run "already holds a run" -- "$loom" train "$src/configs/d
 expect_ok resume "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=8 --run-dir run --resume
 grep -q "resumed from" "$tmp/out.txt" && pass || fail "resume did not say where it resumed from"
 [ "$(wc -l <run/metrics.jsonl)" -eq 8 ] && pass || fail "resumed metrics.jsonl should have 8 lines"
-expect_error resume-other-model "model section of the config differs" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set model.d_mlp=32 --run-dir run --resume
+expect_error resume-other-model "model section of the config differs from the one the run was trained with (model.d_mlp: 64 -> 32" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set model.d_mlp=32 --run-dir run --resume
 expect_error resume-other-data "train.seq_len differs" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=9 --set train.seq_len=16 --run-dir run --resume
 expect_error resume-finished "already completed 8 steps" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=8 --run-dir run --resume
 expect_error resume-other-checkpoints "kept its checkpoints in \"checkpoints\"" -- "$loom" train "$src/configs/default.textproto" "${tiny[@]}" --set train.steps=9 --set checkpoint.directory=elsewhere --run-dir run --resume
@@ -318,6 +320,37 @@ err=$(mpirun --oversubscribe --allow-run-as-root -np 2 "$loom" train "$src/confi
 rc=$?
 [ "$rc" -eq 65 ] && grep -qF "the job has 2 ranks but the config's layout needs" <<<"$err" && pass ||
   fail "wrong-world: exit status $rc, expected 65: $err"
+
+# Start-up mistakes of a multi-rank run are found by loom train's launcher before any rank starts
+# (no MPI output at all), or said once by the ranks; no flight dumps in the run it refused.
+# once NAME PATTERN -- COMMAND: exit 1 (65 for a plain mpirun), PATTERN exactly once, no banner
+# (the plain mpirun runs with --quiet).
+once() {
+  local name=$1 pattern=$2
+  shift 3
+  local err rc
+  err=$("$@" 2>&1 >/dev/null)
+  rc=$?
+  local count
+  count=$(grep -cF -- "$pattern" <<<"$err")
+  if [ "$rc" -ne 1 ] && [ "$rc" -ne 65 ]; then fail "$name: exit status $rc: $err"
+  elif [ "$count" -ne 1 ]; then fail "$name: '$pattern' printed $count times: $err"
+  elif grep -qE "MPI_ABORT|mpirun (noticed|detected)|Primary job" <<<"$err"; then fail "$name: MPI's banner: $err"
+  else pass; fi
+}
+dp2=("${tiny[@]}" --set parallel.dp=2)
+once startup-no-data "no shard matches" -- "$loom" train "$src/configs/default.textproto" "${dp2[@]}" \
+  --set "data.train_shards=$tmp/nodata/train_*.bin" --run-dir startup-nodata
+[ ! -e startup-nodata ] && pass || fail "startup-no-data: a run directory was made"
+expect_ok startup-run "$loom" train "$src/configs/default.textproto" "${dp2[@]}" --run-dir startup-run
+once startup-existing-run "already holds a run" -- "$loom" train "$src/configs/default.textproto" "${dp2[@]}" --run-dir startup-run
+once startup-resume-other-model "model.d_mlp: 64 -> 32" -- "$loom" train "$src/configs/default.textproto" "${dp2[@]}" \
+  --set model.d_mlp=32 --run-dir startup-run --resume
+[ ! -e startup-run/flight ] && pass || fail "startup: flight dumps written into the refused run: $(ls startup-run/flight)"
+# Ranks started by mpirun directly find it themselves: rank 0 says it once.
+once startup-ranks-no-data "no shard matches" -- mpirun --quiet --oversubscribe --allow-run-as-root -np 2 \
+  "$loom" train "$src/configs/default.textproto" "${dp2[@]}" --set "data.train_shards=$tmp/nodata/train_*.bin" \
+  --run-dir startup-ranks
 
 # --- bad shards ---
 mkdir bad
