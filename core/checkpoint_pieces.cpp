@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -26,18 +25,6 @@ using Entries = google::protobuf::RepeatedPtrField<Meta::Tensor>;
 // Pieces larger than this (256 KiB) carry a CRC-32 per block of it, so a partial read checks what
 // it reads.
 constexpr int64_t kCrcBlockBytes = int64_t{1} << 18;
-
-uint32_t crc_of(const void* data, size_t bytes) {
-  uLong crc = crc32(0L, Z_NULL, 0);
-  const Bytef* at = static_cast<const Bytef*>(data);
-  while (bytes > 0) {  // zlib takes a 32-bit length
-    const uInt len = static_cast<uInt>(std::min<size_t>(bytes, 1u << 30));
-    crc = crc32(crc, at, len);
-    at += len;
-    bytes -= len;
-  }
-  return static_cast<uint32_t>(crc);
-}
 
 // The tensor as (rows, cols): cols is its last dimension.
 int64_t cols_of(const std::vector<int64_t>& global_shape) { return global_shape.back(); }
@@ -274,7 +261,8 @@ int64_t read_overlap(Files& files, const Meta::Tensor& e, Stored kind, int64_t b
   for (int64_t k = lo / block; k * block < hi; ++k) {
     const int64_t from = k * block, to = std::min(from + block, piece_bytes);
     const uint32_t want_crc = blocks ? e.block_crc32(static_cast<int>(k)) : e.crc32();
-    if (crc_of(reinterpret_cast<const char*>(scratch.data()) + (from - lo), to - from) != want_crc)
+    if (crc32_of(reinterpret_cast<const char*>(scratch.data()) + (from - lo), to - from) !=
+        want_crc)
       throw Error("checkpoint file " + path + " is corrupt: checksum of " + e.name() +
                   " does not match");
   }
@@ -395,11 +383,11 @@ Meta checkpoint_pieces_write(const std::string& dir, const std::string& file,
       describe(e, tensors[p.tensor], p.rect);
       e->set_file(file);
       e->set_offset(offset);
-      e->set_crc32(crc_of(data, static_cast<size_t>(bytes)));
+      e->set_crc32(crc32_of(data, static_cast<size_t>(bytes)));
       if (bytes > kCrcBlockBytes)
         for (int64_t at = 0; at < bytes; at += kCrcBlockBytes)
-          e->add_block_crc32(crc_of(reinterpret_cast<const char*>(data) + at,
-                                    static_cast<size_t>(std::min(kCrcBlockBytes, bytes - at))));
+          e->add_block_crc32(crc32_of(reinterpret_cast<const char*>(data) + at,
+                                      static_cast<size_t>(std::min(kCrcBlockBytes, bytes - at))));
       out.append(data, static_cast<size_t>(bytes));
       offset += bytes;
     }

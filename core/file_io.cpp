@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -38,6 +39,18 @@ void FileWriter::sync_and_close() {
   const int error = errno;
   if (::close(fd) != 0 || !synced)
     throw Error("cannot write " + path_ + ": " + std::strerror(synced ? errno : error));
+}
+
+uint32_t crc32_of(const void* data, size_t bytes, uint32_t crc) {
+  uLong out = crc;
+  const Bytef* at = static_cast<const Bytef*>(data);
+  while (bytes > 0) {  // zlib takes a 32-bit length
+    const uInt len = static_cast<uInt>(std::min<size_t>(bytes, 1u << 30));
+    out = crc32(out, at, len);
+    at += len;
+    bytes -= len;
+  }
+  return static_cast<uint32_t>(out);
 }
 
 void write_file(const std::string& path, const void* data, size_t bytes) {

@@ -27,6 +27,9 @@ class FileWriter {
   int fd_ = -1;
 };
 
+// CRC-32 (zlib's) of `bytes` bytes, continuing from `crc` (0: a new one); any length.
+uint32_t crc32_of(const void* data, size_t bytes, uint32_t crc = 0);
+
 // Writes a whole file at once and syncs it.
 void write_file(const std::string& path, const void* data, size_t bytes);
 

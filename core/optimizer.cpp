@@ -24,22 +24,6 @@ Optimizer optimizer_create(const Model& model, std::vector<ShardRange> owned) {
   return opt;
 }
 
-void optimizer_scatter(const kernels::KernelBackend& be, const Optimizer& opt, const float* flat,
-                       float* compact) {
-  for (const ShardRange& r : opt.owned) {
-    be.copy_bytes(compact, flat + r.begin, r.size() * sizeof(float));
-    compact += r.size();
-  }
-}
-
-void optimizer_unscatter(const kernels::KernelBackend& be, const Optimizer& opt,
-                         const float* compact, float* flat) {
-  for (const ShardRange& r : opt.owned) {
-    be.copy_bytes(flat + r.begin, compact, r.size() * sizeof(float));
-    compact += r.size();
-  }
-}
-
 float learning_rate(const config::OptimConfig& optim, int total_steps, long step) {
   const double peak = optim.lr(), floor = optim.lr() * optim.lr_min_ratio();
   const long warmup = optim.warmup_steps();

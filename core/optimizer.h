@@ -46,11 +46,4 @@ float clip_scale(double norm, float max_norm);
 void optimizer_step(Optimizer& opt, Model& model, const config::OptimConfig& optim, float lr,
                     float grad_scale, const float* grads = nullptr);
 
-// Copies between the compact layout of `opt.owned` and the flat layout (num_params floats), both
-// in the backend's memory.
-void optimizer_scatter(const kernels::KernelBackend& be, const Optimizer& opt, const float* flat,
-                       float* compact);
-void optimizer_unscatter(const kernels::KernelBackend& be, const Optimizer& opt,
-                         const float* compact, float* flat);
-
 }  // namespace loom

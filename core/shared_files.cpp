@@ -2,7 +2,6 @@
 
 #include <google/protobuf/util/message_differencer.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <chrono>
@@ -14,16 +13,13 @@
 #include "base/error.h"
 #include "base/regular_file.h"
 #include "core/config.h"
+#include "core/file_io.h"
 #include "core/tokenizer.h"
 
 namespace loom {
 namespace {
 
 constexpr double kRunDirWaitS = 5;  // how long a rank looks for rank 0's token file
-
-uLong crc_of(uLong crc, const void* data, size_t bytes) {
-  return crc32(crc, static_cast<const Bytef*>(data), static_cast<uInt>(bytes));
-}
 
 // "rank 2 (node2)", or "ranks 2,3 (node2)" / "ranks 2 (node2), 5 (node3)".
 std::string ranks_on_nodes(const std::vector<int>& ranks, const Placement& placement) {
@@ -50,11 +46,11 @@ void broadcast_text(Communicator& world, std::string& text, int root = 0) {
 // A CRC-32 of this process's executable file (0 when it cannot be read).
 int64_t executable_crc() {
   std::ifstream in("/proc/self/exe", std::ios::binary);
-  uLong crc = crc32(0L, Z_NULL, 0);
+  uint32_t crc = 0;
   std::vector<char> block(size_t{1} << 20);
   while (in) {
     in.read(block.data(), static_cast<std::streamsize>(block.size()));
-    crc = crc_of(crc, block.data(), static_cast<size_t>(in.gcount()));
+    crc = crc32_of(block.data(), static_cast<size_t>(in.gcount()), crc);
   }
   return in.eof() ? static_cast<int64_t>(crc) : 0;
 }
@@ -130,12 +126,12 @@ void check_same_settings(Communicator& world, const RankSettings& mine) {
 
 DataSetView data_set_view(const TokenDataset& data) {
   DataSetView view;
-  uLong crc = crc32(0L, Z_NULL, 0);
+  uint32_t crc = 0;
   for (const Shard& shard : data.shards) {
     const std::string name = std::filesystem::path(shard.path).filename().string();
     const uint64_t tokens = shard.num_tokens;
-    crc = crc_of(crc, name.data(), name.size() + 1);
-    crc = crc_of(crc, &tokens, sizeof(tokens));
+    crc = crc32_of(name.data(), name.size() + 1, crc);
+    crc = crc32_of(&tokens, sizeof(tokens), crc);
     view.tokens += static_cast<int64_t>(tokens);
   }
   view.shards = static_cast<int64_t>(data.shards.size());
@@ -145,7 +141,7 @@ DataSetView data_set_view(const TokenDataset& data) {
     const ssize_t got = pread(*data.shards.front().fd, header, sizeof(header), 0);
     if (got != static_cast<ssize_t>(sizeof(header)))
       throw Error("cannot read the header of " + data.shards.front().path);
-    crc = crc_of(crc, header, sizeof(header));
+    crc = crc32_of(header, sizeof(header), crc);
   }
   view.digest = static_cast<int64_t>(crc);
   return view;
@@ -180,14 +176,7 @@ std::vector<int64_t> shard_checksums(Communicator* world, const TokenDataset& da
   for (size_t s = static_cast<size_t>(rank); s < data.shards.size();
        s += static_cast<size_t>(ranks)) {
     const Shard& shard = data.shards[s];
-    const char* bytes = static_cast<const char*>(shard.mapping.get());
-    uLong crc = crc32(0L, Z_NULL, 0);
-    for (int64_t at = 0; at < shard.file_bytes;) {  // zlib takes a 32-bit length
-      const size_t n = static_cast<size_t>(std::min<int64_t>(shard.file_bytes - at, 1 << 30));
-      crc = crc_of(crc, bytes + at, n);
-      at += static_cast<int64_t>(n);
-    }
-    crcs[s] = static_cast<int64_t>(crc);
+    crcs[s] = crc32_of(shard.mapping.get(), static_cast<size_t>(shard.file_bytes));
   }
   if (world && ranks > 1 && !crcs.empty())
     world->all_reduce_async(crcs.data(), crcs.size(), DataType::kInt64, ReduceOp::kSum)->wait();

@@ -6,7 +6,6 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -192,9 +191,7 @@ void forward_signal(int sig) {
     // mpirun and srun end a job at once on SIGINT or SIGTERM; the ranks stop at a step boundary
     // with a checkpoint on SIGUSR1, which both pass on. A repeat within the window is the same
     // request delivered twice; a later one is passed on as it is and ends the job at once.
-    timespec now{};
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    const int64_t ms = static_cast<int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1000000 + 1;
+    const int64_t ms = monotonic_ms();
     int64_t first = 0;
     if (g_first_stop_ms.compare_exchange_strong(first, ms)) {
       const int saved_errno = errno;

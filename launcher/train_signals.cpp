@@ -20,12 +20,6 @@ std::atomic<int> g_flight_signals{0};
 std::atomic<int64_t> g_first_stop_ms{0};
 static_assert(std::atomic<int64_t>::is_always_lock_free);
 
-int64_t monotonic_ms() {
-  timespec now{};
-  clock_gettime(CLOCK_MONOTONIC, &now);                                        // async-signal-safe
-  return static_cast<int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1000000 + 1;  // never 0
-}
-
 // A line built without allocating: handlers may call only async-signal-safe functions.
 struct Line {
   char text[320];
@@ -110,6 +104,12 @@ void install(int sig, void (*handler)(int)) {
 }
 
 }  // namespace
+
+int64_t monotonic_ms() {
+  timespec now{};
+  clock_gettime(CLOCK_MONOTONIC, &now);                                        // async-signal-safe
+  return static_cast<int64_t>(now.tv_sec) * 1000 + now.tv_nsec / 1000000 + 1;  // never 0
+}
 
 RunSignals& train_signals() { return g_signals; }
 

@@ -15,6 +15,7 @@
 //   options.signals = &loom::train_signals();
 #pragma once
 #include <atomic>
+#include <cstdint>
 
 namespace loom {
 
@@ -23,6 +24,9 @@ struct RunSignals;  // core/trainer.h
 // A second SIGTERM or SIGINT within this many seconds of the first is the same request delivered
 // twice (Slurm signals a job's tasks and its srun, which passes it on), not "stop at once".
 constexpr double kRepeatWindowS = 2.0;
+
+// CLOCK_MONOTONIC in milliseconds, never 0 (0 stands for "not yet"); async-signal-safe.
+int64_t monotonic_ms();
 
 // This process's signal state (the one global a signal handler needs).
 RunSignals& train_signals();
