@@ -30,7 +30,7 @@ install_missing() {
 build() {
   local generator=()
   command -v ninja >/dev/null && generator=(-G Ninja)
-  # LOOM_MARCH=native ./run.sh builds for this CPU alone (README: Build); the default,
+  # LOOM_MARCH=native ./run.sh builds for this CPU alone (docs/setup.md: Build); the default,
   # x86-64-v3, runs on every x86-64 CPU with AVX2 and FMA.
   cmake -S . -B build "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
     -DLOOM_MARCH="${LOOM_MARCH:-x86-64-v3}" >/dev/null
@@ -42,7 +42,7 @@ build
 [ "${1:-}" = "--setup-only" ] && exit 0
 
 # Prepared once (again when interrupted): SentencePiece tokens for the run below, and bytes for
-# configs/default.textproto and the README's other examples.
+# configs/default.textproto and the first commands of the README and docs/.
 prepare() {  # prepare DIR [loom prepare options...]
   local dir=$1
   shift

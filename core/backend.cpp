@@ -23,10 +23,12 @@ std::shared_ptr<const kernels::KernelBackend> make_cuda_backend(
         "runtime.device CUDA: this process sees no CUDA device (no GPU, no driver, or "
         "CUDA_VISIBLE_DEVICES hides them); set runtime.device=CPU to train on the CPU");
   if (local_rank >= devices)
-    throw Error("runtime.device CUDA: this rank is number " + std::to_string(local_rank) +
-                " on its node but the node shows " + std::to_string(devices) +
-                " CUDA device(s); each rank needs its own GPU, so start at most " +
-                std::to_string(devices) + " ranks per node");
+    throw Error(
+        "runtime.device CUDA: this rank is number " + std::to_string(local_rank) +
+        " on its node but the node shows " +
+        (devices == 1 ? std::string("1 CUDA device") : std::to_string(devices) + " CUDA devices") +
+        "; each rank needs its own GPU, so start at most " + std::to_string(devices) +
+        " ranks per node");
   try {
     return kernels::cuda::make_cuda_backend(local_rank,
                                             runtime.precision() == config::RuntimeConfig::BF16);

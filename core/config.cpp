@@ -5,6 +5,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -16,6 +17,8 @@
 #include <tuple>
 
 #include "base/error.h"
+#include "base/names.h"
+#include "core/layout_advice.h"
 #include "core/parallel_layout.h"
 
 namespace loom {
@@ -36,48 +39,148 @@ std::string field_names(const pb::Descriptor* d) {
   return out;
 }
 
-// protobuf's own messages say a field or an enum value is unknown but not what exists; append
-// the fields of that message, or the values of every enum field of that name in the schema.
-std::string with_hint(const std::string& message) {
-  const std::string type_marker = "Message type \"";
-  if (size_t at = message.find(type_marker);
-      at != std::string::npos && message.find("has no field named") != std::string::npos) {
-    const size_t begin = at + type_marker.size(), end = message.find('"', begin);
-    const pb::Descriptor* d =
-        config::RunConfig::descriptor()->file()->pool()->FindMessageTypeByName(
-            message.substr(begin, end - begin));
-    if (d) return message + " Fields: " + field_names(d) + ".";
-  }
-  const std::string marker = "for field \"";
-  size_t at = message.find(marker);
-  if (message.find("enumeration value") == std::string::npos || at == std::string::npos)
-    return message;
-  size_t begin = at + marker.size(), end = message.find('"', begin);
-  std::string field = message.substr(begin, end - begin);
+std::vector<std::string> field_list(const pb::Descriptor* d) {
+  std::vector<std::string> out;
+  for (int i = 0; i < d->field_count(); ++i) out.push_back(d->field(i)->name());
+  return out;
+}
+
+// " (did you mean X?)" when `name` looks like a typo of one of `candidates`, else "".
+std::string did_you_mean(const std::string& name, const std::vector<std::string>& candidates) {
+  const std::string guess = closest_name(name, candidates);
+  return guess.empty() ? "" : " (did you mean " + guess + "?)";
+}
+
+// The value of `e` whose name equals `name` but for case, or null.
+const pb::EnumValueDescriptor* enum_value_any_case(const pb::EnumDescriptor* e,
+                                                   const std::string& name) {
+  for (int i = 0; i < e->value_count(); ++i)
+    if (name_distance(name, e->value(i)->name()) == 0 && name.size() == e->value(i)->name().size())
+      return e->value(i);
+  return nullptr;
+}
+
+// The text between the first two quotes after `marker` in protobuf's message, or "".
+std::string quoted_after(const std::string& message, const std::string& marker) {
+  const size_t at = message.find(marker);
+  if (at == std::string::npos) return "";
+  const size_t begin = message.find('"', at + marker.size());
+  const size_t end = begin == std::string::npos ? begin : message.find('"', begin + 1);
+  return end == std::string::npos ? "" : message.substr(begin + 1, end - begin - 1);
+}
+
+// The enum of the field called `field` in any message of the schema, or null.
+const pb::EnumDescriptor* enum_of_field(const std::string& field) {
   const pb::FileDescriptor* file = config::RunConfig::descriptor()->file();
   for (int m = 0; m < file->message_type_count(); ++m) {
     const pb::FieldDescriptor* f = file->message_type(m)->FindFieldByName(field);
-    if (f && f->enum_type()) return message + " Valid values: " + enum_values(f->enum_type()) + ".";
+    if (f && f->enum_type()) return f->enum_type();
   }
-  return message;
+  return nullptr;
 }
+
+// One of protobuf's parse errors, 0-based as it reports them.
+struct ParseError {
+  int line = 0, column = 0;
+  std::string message;
+};
 
 class Collector : public pb::io::ErrorCollector {
  public:
-  explicit Collector(std::string source) : source_(std::move(source)) {}
   void AddError(int line, int column, const std::string& message) override {
-    errors_ += source_ + ":" + std::to_string(line + 1) + ":" + std::to_string(column + 1) +
-               ": " + with_hint(message) + "\n";
+    errors_.push_back({line, column, message});
   }
   void AddWarning(int line, int column, const std::string& message) override {
     AddError(line, column, "warning: " + message);
   }
-  const std::string& errors() const { return errors_; }
+  const std::vector<ParseError>& errors() const { return errors_; }
 
  private:
-  std::string source_;
-  std::string errors_;
+  std::vector<ParseError> errors_;
 };
+
+// Offsets of the starts of `text`'s lines.
+std::vector<size_t> line_starts(const std::string& text) {
+  std::vector<size_t> starts{0};
+  for (size_t i = 0; i < text.size(); ++i)
+    if (text[i] == '\n') starts.push_back(i + 1);
+  return starts;
+}
+
+bool identifier_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; }
+
+// Where the identifier `word` last occurs as a whole token before (line, column): protobuf
+// reports an unknown enum value at the token after it, often the next line. npos if nowhere.
+size_t token_before(const std::string& text, const std::vector<size_t>& starts, int line,
+                    int column, const std::string& word) {
+  if (word.empty()) return std::string::npos;
+  const size_t line_index = std::min(static_cast<size_t>(std::max(line, 0)), starts.size() - 1);
+  size_t limit =
+      std::min(text.size(), starts[line_index] + static_cast<size_t>(std::max(column, 0)));
+  while (limit > 0) {
+    const size_t at = text.rfind(word, limit - 1);
+    if (at == std::string::npos) return at;
+    const size_t after = at + word.size();
+    if ((at == 0 || !identifier_char(text[at - 1])) &&
+        (after >= text.size() || !identifier_char(text[after])))
+      return at;
+    if (at == 0) break;
+    limit = at;
+  }
+  return std::string::npos;
+}
+
+// The field named at the start of the line holding `offset` ("d_model" of "  d_model: abc").
+std::string field_on_line(const std::string& text, const std::vector<size_t>& starts, int line) {
+  if (line < 0 || static_cast<size_t>(line) >= starts.size()) return "";
+  size_t i = starts[line];
+  while (i < text.size() && (text[i] == ' ' || text[i] == '\t')) ++i;
+  size_t end = i;
+  while (end < text.size() && identifier_char(text[end])) ++end;
+  return end < text.size() && text.find_first_not_of(" \t", end) != std::string::npos &&
+                 text[text.find_first_not_of(" \t", end)] == ':'
+             ? text.substr(i, end - i)
+             : "";
+}
+
+// `FILE:LINE:COL: message` with what protobuf leaves out: the fields that exist (and the one
+// probably meant), the valid values of an enum, the field whose number is bad, and an unknown
+// enum value's own position.
+std::string describe(const ParseError& error, const std::string& text, const std::string& source) {
+  const std::vector<size_t> starts = line_starts(text);
+  int line = error.line, column = error.column;
+  std::string message = error.message;
+  const std::string type_name = quoted_after(message, "Message type");
+  // protobuf reports an unknown name at the token after it: point at the name itself.
+  const auto move_to = [&](const std::string& word) {
+    if (const size_t at = token_before(text, starts, line, column, word); at != std::string::npos) {
+      line =
+          static_cast<int>(std::upper_bound(starts.begin(), starts.end(), at) - starts.begin()) - 1;
+      column = static_cast<int>(at - starts[line]);
+    }
+  };
+  if (message.find("has no field named") != std::string::npos && !type_name.empty()) {
+    const std::string field = quoted_after(message, "has no field named");
+    move_to(field);
+    const pb::Descriptor* d =
+        config::RunConfig::descriptor()->file()->pool()->FindMessageTypeByName(type_name);
+    if (d) {
+      if (message.ends_with(".")) message.pop_back();
+      message += did_you_mean(field, field_list(d)) + ". Fields: " + field_names(d) + ".";
+    }
+  } else if (message.find("enumeration value") != std::string::npos) {
+    move_to(quoted_after(message, "enumeration value"));
+    if (const pb::EnumDescriptor* e = enum_of_field(quoted_after(message, "for field")))
+      message += " Valid values: " + enum_values(e) + ".";
+  } else if (message.starts_with("Expected integer") || message.starts_with("Expected double") ||
+             message.starts_with("Integer out of range") ||
+             message.starts_with("Expected identifier")) {
+    const std::string field = field_on_line(text, starts, line);
+    if (!field.empty()) message = field + ": " + message;
+  }
+  return source + ":" + std::to_string(line + 1) + ":" + std::to_string(column + 1) + ": " +
+         message;
+}
 
 // A config is a regular file of at most this many bytes (a directory, a device or /proc file is
 // refused before anything is read from it).
@@ -167,23 +270,42 @@ void materialize_defaults(pb::Message* root) {
 }  // namespace
 
 config::RunConfig parse_config_text(const std::string& text, const std::string& source) {
-  config::RunConfig cfg;
-  pb::TextFormat::Parser parser;
-  Collector collector(source);
-  parser.RecordErrorsTo(&collector);
-  if (!parser.ParseFromString(text, &cfg)) {
-    std::string errors = collector.errors();
-    while (!errors.empty() && errors.back() == '\n') errors.pop_back();
-    throw Error(errors);
+  // Enum values are matched without regard to case: `residual: ladder` is LADDER. protobuf
+  // matches exactly, so a value it refuses that matches in another case is rewritten, and the
+  // text parsed again.
+  std::string edited = text;
+  for (int attempt = 0;; ++attempt) {
+    config::RunConfig cfg;
+    pb::TextFormat::Parser parser;
+    Collector collector;
+    parser.RecordErrorsTo(&collector);
+    if (parser.ParseFromString(edited, &cfg)) return cfg;
+    const ParseError& first = collector.errors().front();
+    const std::string value = quoted_after(first.message, "enumeration value");
+    const pb::EnumDescriptor* e = enum_of_field(quoted_after(first.message, "for field"));
+    const pb::EnumValueDescriptor* meant =
+        e && attempt < 1000 ? enum_value_any_case(e, value) : nullptr;
+    const size_t at =
+        meant ? token_before(edited, line_starts(edited), first.line, first.column, value)
+              : std::string::npos;
+    if (at == std::string::npos) {
+      std::string errors;
+      for (const ParseError& error : collector.errors())
+        errors += (errors.empty() ? "" : "\n") + describe(error, edited, source);
+      throw Error(errors);
+    }
+    edited.replace(at, value.size(), meant->name());
   }
-  return cfg;
 }
 
 void apply_override(config::RunConfig& cfg, const std::string& assignment) {
   const std::string where = "--set " + assignment;
   size_t eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0)
-    throw Error(where + ": expected path.to.field=value, e.g. --set optim.lr=3e-4");
+    throw Error(where + ": expected path.to.field=value, e.g. --set optim.lr=3e-4" +
+                (eq == std::string::npos
+                     ? " (the value follows \"=\": --set " + assignment + "=VALUE)"
+                     : ""));
   std::string path = assignment.substr(0, eq), value = assignment.substr(eq + 1);
 
   pb::Message* message = &cfg;
@@ -195,7 +317,8 @@ void apply_override(config::RunConfig& cfg, const std::string& assignment) {
     const pb::Descriptor* d = message->GetDescriptor();
     field = d->FindFieldByName(name);
     if (!field)
-      throw Error(where + ": no field \"" + name + "\" in " + (walked.empty() ? "the config" : walked) +
+      throw Error(where + ": no field \"" + name + "\" in " +
+                  (walked.empty() ? "the config" : walked) + did_you_mean(name, field_list(d)) +
                   " (fields: " + field_names(d) + ")");
     walked += (walked.empty() ? "" : ".") + name;
     if (dot == std::string::npos) break;
@@ -235,7 +358,7 @@ void apply_override(config::RunConfig& cfg, const std::string& assignment) {
       r->SetBool(message, field, value == "true");
       break;
     case pb::FieldDescriptor::CPPTYPE_ENUM: {
-      const pb::EnumValueDescriptor* v = field->enum_type()->FindValueByName(value);
+      const pb::EnumValueDescriptor* v = enum_value_any_case(field->enum_type(), value);
       if (!v)
         throw Error(where + ": \"" + value + "\" is not a value of " + walked +
                     ". Valid values: " + enum_values(field->enum_type()) + ".");
@@ -441,23 +564,33 @@ void validate_config(const config::RunConfig& cfg) {
 
   for (auto [name, size] : {std::pair{"dp", p.dp()}, {"tp", p.tp()}, {"pp", p.pp()}, {"sp", p.sp()}})
     require(size >= 1, std::string("parallel.") + name + " must be at least 1");
+  // A layout that does not divide the model is refused with values that would (layout_advice).
+  const auto advised = [](const std::string& advice) {
+    return advice.empty() ? "" : "; " + advice;
+  };
   const long per_step = static_cast<long>(t.micro_batch()) * p.dp();
-  require(t.global_batch() % per_step == 0,
-          "train.global_batch (" + num(t.global_batch()) + ") must be a multiple of "
-          "train.micro_batch × parallel.dp (" + num(t.micro_batch()) + " × " + num(p.dp()) + ")");
-  require(m.n_heads() % p.tp() == 0, "parallel.tp (" + num(p.tp()) +
-                                         ") must divide model.n_heads (" + num(m.n_heads()) +
-                                         "): each tensor-parallel rank holds whole heads");
-  require(m.d_mlp() % p.tp() == 0, "parallel.tp (" + num(p.tp()) + ") must divide model.d_mlp (" +
-                                       num(m.d_mlp()) + ")");
-  if (p.sequence_layout() == config::ParallelConfig::ZIGZAG)
-    require(t.seq_len() % (2 * p.sp()) == 0,
-            "train.seq_len (" + num(t.seq_len()) + ") must be divisible by 2 × parallel.sp (" +
-                num(2 * p.sp()) + "): the zigzag layout cuts each sequence into 2·sp chunks");
-  else
-    require(t.seq_len() % p.sp() == 0,
-            "train.seq_len (" + num(t.seq_len()) + ") must be divisible by parallel.sp (" +
-                num(p.sp()) + ") for the contiguous sequence layout");
+  if (t.global_batch() % per_step != 0)
+    require(false, "train.global_batch (" + num(t.global_batch()) +
+                       ") must be a multiple of "
+                       "train.micro_batch × parallel.dp (" +
+                       num(t.micro_batch()) + " × " + num(p.dp()) + ")" +
+                       advised(layout_advice_batch(cfg)));
+  if (m.n_heads() % p.tp() != 0)
+    require(false, "parallel.tp (" + num(p.tp()) + ") must divide model.n_heads (" +
+                       num(m.n_heads()) + "): each tensor-parallel rank holds whole heads" +
+                       advised(layout_advice_tp(cfg)));
+  if (m.d_mlp() % p.tp() != 0)
+    require(false, "parallel.tp (" + num(p.tp()) + ") must divide model.d_mlp (" + num(m.d_mlp()) +
+                       ")" + advised(layout_advice_tp(cfg)));
+  if (p.sequence_layout() == config::ParallelConfig::ZIGZAG && t.seq_len() % (2 * p.sp()) != 0)
+    require(false, "train.seq_len (" + num(t.seq_len()) +
+                       ") must be divisible by 2 × parallel.sp (" + num(2 * p.sp()) +
+                       "): the zigzag layout cuts each sequence into 2·sp chunks" +
+                       advised(layout_advice_seq_len(cfg)));
+  if (p.sequence_layout() != config::ParallelConfig::ZIGZAG && t.seq_len() % p.sp() != 0)
+    require(false, "train.seq_len (" + num(t.seq_len()) + ") must be divisible by parallel.sp (" +
+                       num(p.sp()) + ") for the contiguous sequence layout" +
+                       advised(layout_advice_seq_len(cfg)));
   // One MPI message carries at most INT32_MAX elements: ring attention's key/value block and a
   // pipeline boundary state are each sent whole.
   const double local_tokens = static_cast<double>(t.micro_batch()) * t.seq_len() / p.sp();
@@ -497,8 +630,29 @@ int grad_accum_steps(const config::RunConfig& cfg) {
   return cfg.train().global_batch() / (cfg.train().micro_batch() * cfg.parallel().dp());
 }
 
+namespace {
+
+// Data paths written in a config file name files beside it: each relative one becomes the
+// absolute path from the file's folder, so a config runs from any working directory (and the
+// run directory's config.textproto keeps working when read from there). Paths left to their
+// defaults or set with --set are relative to the working directory.
+void resolve_data_paths(config::RunConfig& cfg, const std::string& config_path) {
+  const std::filesystem::path folder =
+      std::filesystem::absolute(std::filesystem::path(config_path)).parent_path();
+  config::DataConfig& data = *cfg.mutable_data();
+  const auto resolve = [&](const std::string& value) {
+    if (value.empty() || std::filesystem::path(value).is_absolute()) return value;
+    return (folder / value).lexically_normal().string();
+  };
+  if (data.has_train_shards()) data.set_train_shards(resolve(data.train_shards()));
+  if (data.has_val_shards()) data.set_val_shards(resolve(data.val_shards()));
+}
+
+}  // namespace
+
 config::RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
   config::RunConfig cfg = parse_config_text(read_file(path), path);
+  resolve_data_paths(cfg, path);
   for (const std::string& assignment : overrides) apply_override(cfg, assignment);
   validate_config(cfg);
   return resolve_defaults(cfg);

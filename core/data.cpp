@@ -121,9 +121,12 @@ std::vector<std::string> shard_paths(const std::string& pattern) {
   std::vector<std::string> paths(matches.gl_pathv, matches.gl_pathv + matches.gl_pathc);
   globfree(&matches);
   if (rc == GLOB_NOMATCH || paths.empty())
-    throw Error("no shard matches \"" + pattern +
-                "\" (relative to " + fs::current_path().string() +
-                "); create shards with `loom prepare` or fix data.train_shards / data.val_shards");
+    throw Error("no shard matches \"" + pattern + "\"" +
+                (fs::path(pattern).is_absolute()
+                     ? ""
+                     : " (relative to " + fs::current_path().string() + ")") +
+                "; create shards with `loom prepare` (./run.sh makes data/pystdlib) or fix "
+                "data.train_shards / data.val_shards");
   if (rc != 0) throw Error("cannot list shards \"" + pattern + "\"");
   std::sort(paths.begin(), paths.end());
   return paths;

@@ -1,8 +1,10 @@
 #include "core/parallel_layout.h"
 
 #include <algorithm>
+#include <string>
 
 #include "base/error.h"
+#include "core/layout_advice.h"
 
 namespace loom {
 namespace {
@@ -33,6 +35,11 @@ Recompute recompute_policy(config::TrainConfig::Recompute recompute) {
   LOOM_CHECK(false);
 }
 
+// `e`'s message, and `advice` (values that work) after it when there is any.
+Error with_advice(const Error& e, const std::string& advice) {
+  return Error(advice.empty() ? std::string(e.what()) : std::string(e.what()) + "; " + advice);
+}
+
 }  // namespace
 
 ParallelLayout parallel_layout(const config::RunConfig& cfg) {
@@ -41,8 +48,17 @@ ParallelLayout parallel_layout(const config::RunConfig& cfg) {
   out.mesh = {.dp = p.dp(), .pp = p.pp(), .sp = p.sp(), .tp = p.tp()};
   out.pipeline = pipeline_kind(p.pipeline_schedule());
   out.micro_batches = grad_accum_steps(cfg);
-  pipeline_check(out.pipeline, p.pp(), out.micro_batches, p.virtual_stages());
-  out.stages = stage_plan_create(cfg);
+  try {
+    pipeline_check(out.pipeline, p.pp(), out.micro_batches, p.virtual_stages());
+  } catch (const Error& e) {  // only the micro-batch rules are the batch's to fix
+    const bool batch = std::string(e.what()).find("micro-batches") != std::string::npos;
+    throw with_advice(e, batch ? layout_advice_batch(cfg) : "");
+  }
+  try {
+    out.stages = stage_plan_create(cfg);
+  } catch (const Error& e) {
+    throw with_advice(e, layout_advice_pieces(cfg));
+  }
   out.sequence = p.sequence_layout() == config::ParallelConfig::CONTIGUOUS
                      ? SequenceLayout::kContiguous
                      : SequenceLayout::kZigzag;

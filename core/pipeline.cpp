@@ -3,15 +3,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 
+#include "base/error.h"
 #include "core/backend.h"
 #include "core/config.h"
-#include "base/error.h"
-#include "core/loop_sampling.h"
 #include "core/param_shards.h"
 #include "parallel/device_communicator.h"
-#include "parallel/grad_reducer.h"
 
 namespace loom {
 namespace {
@@ -342,84 +339,6 @@ void replica_sync_broadcast(const ReplicaSync& sync, float* buffer) {
     works.push_back(r.comm->broadcast_async(buffer + r.range.begin, r.range.size(),
                                             DataType::kFloat32, 0));
   for (WorkPtr& w : works) w->wait();
-}
-
-StageMemory stage_memory(const config::RunConfig& cfg, const ParallelLayout& layout, int rank) {
-  const Mesh& mesh = layout.mesh;
-  // Sizes follow the precision, not the device: the host backend at runtime.precision plans them.
-  Model model = model_layout(cfg.model(), make_host_backend(cfg.runtime()), {mesh.tp, 0, nullptr},
-                             {layout.stages, rank}, {mesh.sp, 0, nullptr, layout.sequence});
-  const Pipeline pipe = pipeline_create(layout, nullptr, rank);
-  StageMemory out;
-  out.params = model.layout.num_params;
-  const size_t act_bytes = model.buf.backend->activation_bytes();
-  out.weight_copy_bytes = act_bytes == sizeof(float) ? 0 : model.layout.num_params * act_bytes;
-  const size_t shard =
-      layout.zero ? grad_reducer_shard_floats(model.layout.num_params, layout.bucket_floats,
-                                              layout.reduce_ranks(), 0)
-                  : 0;
-  out.optimizer = 2 * (layout.zero ? shard : model.layout.num_params);
-  out.reduce_bytes = shard * sizeof(float);
-  if (layout.reduce_ranks() > 1 && layout.bf16_grad_reduce)
-    out.reduce_bytes += (model.layout.num_params + shard) * act_bytes;
-  out.slots = pipe.slots;
-  out.boundaries = pipe.boundaries;
-  const LoopCounts loops = run_loop_counts(cfg);
-  model_set_loop_range(model, loops.min, loops.max);
-  out.arena = model_arena_sizes(model, cfg.train().micro_batch(), cfg.train().seq_len() / mesh.sp,
-                                pipe.slots, pipe.boundaries, pipe.split_backward, layout.recompute);
-  return out;
-}
-
-namespace {
-
-std::string gib(double bytes) {
-  char out[32];
-  std::snprintf(out, sizeof(out), "%.1f GiB", bytes / (1024.0 * 1024.0 * 1024.0));
-  return out;
-}
-
-}  // namespace
-
-std::string memory_problem(const config::RunConfig& cfg, int ranks, double available,
-                           const std::string& where) {
-  StageMemory most;
-  double most_bytes = -1;
-  const ParallelLayout layout = parallel_layout(cfg);
-  for (int r = 0; r < layout.mesh.pp; ++r) {
-    const StageMemory s = stage_memory(cfg, layout, r);
-    const double bytes = s.bytes();
-    if (bytes > most_bytes) {
-      most = s;
-      most_bytes = bytes;
-    }
-  }
-  if (available <= 0 || most_bytes * ranks <= available) return "";
-  return "this layout needs " + gib(most_bytes) + " per rank × " + std::to_string(ranks) +
-         " rank(s) but " + where + " has " + gib(available) +
-         " available: parameters and "
-         "gradients " +
-         gib(8.0 * most.params) +
-         " (model.vocab_size, d_model, d_mlp and the "
-         "unique layers: prelude_layers, block_layers, coda_layers; ÷ parallel.tp and pp), AdamW "
-         "state " +
-         gib(4.0 * most.optimizer) +
-         " (as the parameters; ÷ dp with "
-         "parallel.zero_stage=1), activations " +
-         gib(4.0 * most.arena.total) +
-         " (train.micro_batch × train.seq_len × d_model × unrolled layers, loops included; "
-         "train.recompute shrinks them). Shrink the largest, or spread the model over more ranks "
-         "or machines (loom plan shows the layout's memory)";
-}
-
-double host_available_bytes() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  double kib = 0;
-  std::string unit;
-  while (in >> key >> kib >> unit)
-    if (key == "MemAvailable:") return kib * 1024.0;
-  return 0;
 }
 
 void pipeline_gather_global(const Model& model, const float* stage_global, Communicator& pp,

@@ -14,6 +14,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/memory_model.h"  // the memory model of the pipeline's stages
 #include "core/model.h"
 #include "core/parallel_layout.h"
 #include "core/trace.h"
@@ -124,36 +125,6 @@ void replica_sync_finish(ReplicaSync& sync, const GradsFinalFn& forward_ready);
 // bit), so replicas could drift apart by rounding; a checkpoint resynchronises them first, so
 // that what it saves is what every replica holds and a resumed run continues bit for bit.
 void replica_sync_broadcast(const ReplicaSync& sync, float* buffer);
-
-// What one rank of pipeline coordinate `rank` holds, as `loom train` allocates it (at the current
-// thread count; tensor-parallel rank 0, whose padded vocabulary makes it the largest): the
-// planner and memory model `loom plan` prints.
-struct StageMemory {
-  size_t params = 0;           // floats of parameters (as many of gradients)
-  size_t optimizer = 0;        // floats of AdamW m and v (under ZeRO-1: the dp rank's shards)
-  size_t weight_copy_bytes = 0;  // runtime.precision BF16: the weights' bf16 copy
-  // The data-parallel reduction's buffers: ZeRO-1's gradient shard (fp32) and, with
-  // parallel.grad_reduce_dtype BF16, the gradients and that shard in bf16.
-  size_t reduce_bytes = 0;
-  ArenaSizes arena;            // activation arena, floats
-  int slots = 0, boundaries = 0;
-  // Everything a rank of this stage allocates, in bytes.
-  double bytes() const {
-    return 4.0 * (2.0 * params + optimizer + arena.total) +
-           static_cast<double>(weight_copy_bytes + reduce_bytes);
-  }
-};
-StageMemory stage_memory(const config::RunConfig& cfg, const ParallelLayout& layout, int rank);
-
-// Whether `ranks` ranks of this layout fit in `available` bytes (each rank as its largest
-// stage): empty when they do, else a message giving the need per rank, what it is made of and
-// the config fields each part grows with, saying that `where` (this machine, or a GPU) has
-// `available`. loom plan and loom train ask it before anything is allocated.
-std::string memory_problem(const config::RunConfig& cfg, int ranks, double available,
-                           const std::string& where = "this machine");
-
-// Memory this host can still give (MemAvailable of /proc/meminfo), in bytes; 0 if unknown.
-double host_available_bytes();
 
 // On the rank holding pipeline coordinate 0: the whole model's global buffer (every tensor at
 // global size, in global order) ← each stage's `stage_global` (model_global_floats(model)

@@ -16,10 +16,43 @@
 #include "base/error.h"
 #include "base/json_text.h"
 #include "base/regular_file.h"
+#include "core/config.h"
 
 namespace loom {
 
 namespace fs = std::filesystem;
+
+void log_timestamp(int64_t seconds, char (&out)[kTimestampSize]) {
+  // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm: eras of 400 years).
+  const int64_t days = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400;
+  const int64_t second_of_day = seconds - days * 86400;
+  const int64_t z = days + 719468;
+  const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+  const int64_t doe = z - era * 146097;
+  const int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+  const int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+  const int64_t mp = (5 * doy + 2) / 153;
+  const int64_t day = doy - (153 * mp + 2) / 5 + 1;
+  const int64_t month = mp < 10 ? mp + 3 : mp - 9;
+  const int64_t year = yoe + era * 400 + (month <= 2);
+  const auto put = [&out](size_t at, int64_t value, int digits) {
+    for (int i = digits - 1; i >= 0; --i, value /= 10)
+      out[at + i] = static_cast<char>('0' + value % 10);
+  };
+  put(0, std::clamp<int64_t>(year, 0, 9999), 4);
+  out[4] = '-';
+  put(5, month, 2);
+  out[7] = '-';
+  put(8, day, 2);
+  out[10] = 'T';
+  put(11, second_of_day / 3600, 2);
+  out[13] = ':';
+  put(14, second_of_day / 60 % 60, 2);
+  out[16] = ':';
+  put(17, second_of_day % 60, 2);
+  out[19] = 'Z';
+  out[20] = ' ';
+}
 
 std::string duration(double seconds) {
   const long s = std::lround(std::max(0.0, seconds));
@@ -166,6 +199,25 @@ void check_resumable(const config::RunConfig& saved, const config::RunConfig& no
 // Loads the newest usable checkpoint. One that cannot be read or fails its checksums (a disk
 // that lost it) falls back to the one before, and says so; a config that does not fit the run
 // is the user's to fix, so it stops the resume.
+std::string checkpoint_of(const std::string& path) {
+  std::error_code ec;
+  if (fs::exists(fs::path(path) / "checkpoint.textproto", ec)) return path;
+  if (!fs::exists(path, ec)) throw Error("no checkpoint at " + path + ": it does not exist");
+  const fs::path saved_config = fs::path(path) / "config.textproto";
+  if (!fs::exists(saved_config, ec))
+    throw Error(path + " is neither a checkpoint (it has no checkpoint.textproto) nor a run " +
+                "directory (it has no config.textproto)");
+  const config::RunConfig cfg =
+      parse_config_text(read_regular_file(saved_config.string(), size_t{1} << 20, "run config"),
+                        saved_config.string());
+  const fs::path checkpoints = fs::path(path) / cfg.checkpoint().directory();
+  const std::string newest = checkpoint_latest(checkpoints.string());
+  if (newest.empty())
+    throw Error("the run " + path + " has no complete checkpoint yet (in " + checkpoints.string() +
+                "; checkpoint.interval is " + std::to_string(cfg.checkpoint().interval()) + ")");
+  return newest;
+}
+
 std::string resume_from(const std::string& checkpoints_dir, const config::RunConfig& cfg,
                         Model& model, Optimizer* optimizer, CheckpointState& state, RunLog& log) {
   const std::vector<std::string> saved = checkpoint_list(checkpoints_dir);
@@ -195,15 +247,28 @@ std::string resume_from(const std::string& checkpoints_dir, const config::RunCon
   LOOM_CHECK(false);
 }
 
+namespace {
+
+// A float as it was written: 7 significant digits, what a float holds (an lr of 1e-4 is 0.0001,
+// not 9.9999997e-05).
+std::string float_text(float v) {
+  if (!std::isfinite(v)) return "null";
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.7g", static_cast<double>(v));
+  return text;
+}
+
+}  // namespace
+
 std::string metrics_line(long step, int loops, const StepResult& r, float lr, double tokens_per_s,
                          double ms, double val_loss, bool skipped, double activation_bytes,
                          const BitsPerByte& bpb, const RankHealth* health, const std::string& sent) {
   std::ostringstream out;
   out.precision(8);
   out << "{\"step\":" << step << ",\"loops\":" << loops << ",\"loss\":" << json_number(r.loss)
-      << ",\"lr\":" << lr
-      << ",\"grad_norm\":" << json_number(r.grad_norm) << ",\"tokens_per_s\":" << tokens_per_s
-      << ",\"ms_per_step\":" << ms << ",\"comm_wait_ms\":" << r.comm_wait_s * 1000.0;
+      << ",\"lr\":" << float_text(lr) << ",\"grad_norm\":" << json_number(r.grad_norm)
+      << ",\"tokens_per_s\":" << tokens_per_s << ",\"ms_per_step\":" << ms
+      << ",\"comm_wait_ms\":" << r.comm_wait_s * 1000.0;
   if (bpb.train >= 0 || std::isnan(bpb.train)) out << ",\"bpb\":" << json_number(bpb.train);
   if (val_loss >= 0 || std::isnan(val_loss)) out << ",\"val_loss\":" << json_number(val_loss);
   if (bpb.val >= 0 || std::isnan(bpb.val)) out << ",\"val_bpb\":" << json_number(bpb.val);

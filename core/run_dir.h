@@ -2,12 +2,13 @@
 // creating or resuming a run directory, choosing the checkpoint to resume from, and metrics
 // lines (metrics.jsonl). What train() (core/trainer.cpp) needs besides the training itself.
 //
-//   loom::RunLog log(dir / "train.log", quiet, rank == 0, "[rank 0 ...] ");
+//   loom::RunLog log(dir / "train.log", quiet, rank == 0, "[rank 3 ...] ");
 //   loom::prepare_run_dir(dir, resume);
 //   log.line(loom::format("step %ld", step));
 #pragma once
 #include <atomic>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -26,9 +27,16 @@ namespace loom {
 // Throws loom::Error: a run file (train.log, metrics.jsonl) could not be written.
 [[noreturn]] void throw_write_error(const std::string& path);
 
-// Terminal lines, mirrored into run_dir/train.log. Rank 0 writes the log and prints progress;
-// other ranks print warnings only. In a multi-rank run every line carries the rank's label.
-// A line the log cannot take (its disk full) is an error: nothing is dropped silently.
+// The UTC time `seconds` after the epoch as "2026-12-07T07:30:12Z " (with the space, no NUL),
+// into `out`: what starts every train.log line. Async-signal-safe (no locale, no allocation),
+// for a signal handler's last line too.
+constexpr size_t kTimestampSize = 21;
+void log_timestamp(int64_t seconds, char (&out)[kTimestampSize]);
+
+// Terminal lines, mirrored into run_dir/train.log with a timestamp each. Rank 0 writes the log
+// and prints progress, without a label; other ranks print warnings only, on stderr, after their
+// `prefix` (the rank's label). A line the log cannot take (its disk full) is an error: nothing is
+// dropped silently.
 class RunLog {
  public:
   RunLog(const std::filesystem::path& path, bool quiet, bool writer, std::string prefix)
@@ -38,9 +46,10 @@ class RunLog {
   }
   void line(const std::string& text) {
     if (!writer_) return;
-    const std::string out = prefix_ + text;
-    if (!quiet_) std::cout << out << std::endl;
-    file_ << out << '\n';
+    if (!quiet_) std::cout << text << std::endl;
+    char stamp[kTimestampSize];
+    log_timestamp(std::time(nullptr), stamp);
+    file_.write(stamp, kTimestampSize) << text << '\n';
     if (!file_.flush()) throw_write_error(path_);
   }
   void warn(const std::string& text) {
@@ -60,6 +69,14 @@ std::string format(const char* fmt, auto... args) {
   char buffer[512];
   std::snprintf(buffer, sizeof(buffer), fmt, args...);
   return buffer;
+}
+
+// "1 thread", "2 threads", "2 micro-batches": a count and its noun, the noun plural unless n is
+// 1 (-es after ch, sh, s and x).
+inline std::string counted(long n, const std::string& noun) {
+  const bool es =
+      noun.ends_with("ch") || noun.ends_with("sh") || noun.ends_with("s") || noun.ends_with("x");
+  return std::to_string(n) + " " + noun + (n == 1 ? "" : es ? "es" : "s");
 }
 
 // "SIGTERM", "SIGUSR1", ... ("a signal" for others); async-signal-safe (a static string).
@@ -97,6 +114,12 @@ RunDirLock prepare_run_dir(const std::filesystem::path& dir, bool resume);
 // steps, learning rate, logging and checkpointing may change.
 void check_resumable(const config::RunConfig& saved, const config::RunConfig& now,
                      const std::string& checkpoint);
+
+// The checkpoint `path` names: `path` itself when it is a checkpoint folder, the newest complete
+// checkpoint of the run when it is a run directory (as its config.textproto's
+// checkpoint.directory says). Throws loom::Error saying which it is not, or that the run has
+// no checkpoint yet.
+std::string checkpoint_of(const std::string& path);
 
 // Loads the newest usable checkpoint into model (and optimizer, when non-null) and returns its
 // folder ("" when there is none: the run stopped before its first). One that cannot be read,

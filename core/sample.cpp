@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
 
 #include "base/error.h"
 
@@ -50,6 +52,56 @@ std::vector<int> sample_tokens(Model& model, const std::vector<int>& prompt, int
     generated.push_back(next);
   }
   return generated;
+}
+
+namespace {
+
+// The length of the valid UTF-8 sequence at text[i] (1–4), or 0 when it is not one (overlong
+// forms, surrogates and code points past U+10FFFF included).
+size_t utf8_length(const std::string& text, size_t i, uint32_t* code) {
+  const auto byte = [&](size_t k) { return static_cast<unsigned char>(text[k]); };
+  const unsigned char lead = byte(i);
+  size_t n = lead < 0x80           ? 1
+             : (lead >> 5) == 0x6  ? 2
+             : (lead >> 4) == 0xE  ? 3
+             : (lead >> 3) == 0x1E ? 4
+                                   : 0;
+  if (n == 0 || i + n > text.size()) return 0;
+  uint32_t c = n == 1 ? lead : lead & (0x7F >> n);
+  for (size_t k = 1; k < n; ++k) {
+    if ((byte(i + k) & 0xC0) != 0x80) return 0;
+    c = (c << 6) | (byte(i + k) & 0x3F);
+  }
+  static constexpr uint32_t kLeast[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (c < kLeast[n] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) return 0;
+  *code = c;
+  return n;
+}
+
+}  // namespace
+
+std::string printable_text(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  char escape[12];
+  for (size_t i = 0; i < text.size();) {
+    uint32_t code = 0;
+    const size_t n = utf8_length(text, i, &code);
+    if (n == 0) {
+      std::snprintf(escape, sizeof(escape), "\\x%02x", static_cast<unsigned char>(text[i]));
+      out += escape;
+      ++i;
+      continue;
+    }
+    if ((code < 0x20 && code != '\n' && code != '\t') || (code >= 0x7F && code < 0xA0)) {
+      std::snprintf(escape, sizeof(escape), code < 0x80 ? "\\x%02x" : "\\u%04x", code);
+      out += escape;
+    } else {
+      out.append(text, i, n);
+    }
+    i += n;
+  }
+  return out;
 }
 
 }  // namespace loom

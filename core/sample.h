@@ -4,7 +4,7 @@
 //
 //   std::vector<int> prompt = loom::tokenizer_encode(tok, "def ");
 //   std::vector<int> out = loom::sample_tokens(model, prompt, tok.end_of_text, 200, 0.8f, 40, rng);
-//   std::cout << loom::tokenizer_decode(tok, out);
+//   std::cout << loom::printable_text(loom::tokenizer_decode(tok, out));
 #pragma once
 #include <string>
 #include <vector>
@@ -19,5 +19,11 @@ namespace loom {
 // greedy.
 std::vector<int> sample_tokens(Model& model, const std::vector<int>& prompt, int end_of_text,
                                int count, float temperature, int top_k, Rng& rng);
+
+// Generated text made safe for a terminal and a UTF-8 log: newlines, tabs and valid UTF-8 stay;
+// control characters (ESC, CR, DEL, C1) become visible escapes (\x1b, \u0085), and bytes that
+// are not UTF-8 become \xNN. A byte-level model writes any byte, and an ESC would reach the
+// terminal.
+std::string printable_text(const std::string& text);
 
 }  // namespace loom

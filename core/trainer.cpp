@@ -22,6 +22,7 @@
 #include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/data.h"
+#include "core/file_io.h"
 #include "core/loop_sampling.h"
 #include "core/parallel_layout.h"
 #include "core/param_shards.h"
@@ -186,12 +187,13 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
   const bool tensor_parallel = model.par.tp.size > 1;
   log.line(format(
       "loom: %zu parameters%s, %zu unrolled layers (%d prelude + %d × %d loops + %d "
-      "coda), %s residual, %d threads%s, %s kernels",
+      "coda), %s residual, %s%s, %s kernels",
       global_params,
       groups.is_distributed() ? format(" (%zu on this rank)", model.layout.num_params).c_str() : "",
       model.spec.unrolled.size(), cfg.model().prelude_layers(), cfg.model().block_layers(),
       cfg.model().loops(), cfg.model().coda_layers(), model.spec.delay == 2 ? "ladder" : "standard",
-      threads, groups.is_distributed() ? " per rank" : "", model.buf.backend->name()));
+      counted(threads, "thread").c_str(), groups.is_distributed() ? " per rank" : "",
+      model.buf.backend->name()));
   const config::ModelConfig& m = cfg.model();
   if (cfg.train().recompute() != config::TrainConfig::NONE || m.backprop_loops() > 0 ||
       m.loops_sampling().kind() != config::LoopsSampling::FIXED) {
@@ -210,15 +212,18 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
   std::string line = format("mesh: %d ranks = dp %d × pp %d × sp %d × tp %d",
                             groups.mesh.world_size(), groups.mesh.dp, groups.mesh.pp,
                             groups.mesh.sp, groups.mesh.tp);
+  if (groups.placement.nodes.size() > 1)
+    line += format(" on %s, rank 0 on %s", counted(groups.placement.nodes.size(), "node").c_str(),
+                   groups.node().c_str());
   if (tensor_parallel)
     line += format("; heads, MLP and vocabulary (%d rows per rank) split over tp, all-reduces %s",
                    model.par.vocab.rows,
                    model.spec.delay == 2 ? "overlapped by the ladder residual" : "waited at once");
   if (groups.mesh.pp > 1) {
     line += format(
-        "; pipeline %s over %d stages × %d chunk(s), %d micro-batches, bubble %.1f%%",
-        pipeline_kind_title(run.pipe.kind), groups.mesh.pp, run.layout.stages.virtual_stages,
-        run.pipe.micro_batches,
+        "; pipeline %s over %d stages × %s, %s, bubble %.1f%%", pipeline_kind_title(run.pipe.kind),
+        groups.mesh.pp, counted(run.layout.stages.virtual_stages, "chunk").c_str(),
+        counted(run.pipe.micro_batches, "micro-batch").c_str(),
         100.0 * pipeline_bubble_fraction(run.pipe.kind, groups.mesh.pp, run.pipe.micro_batches,
                                          run.layout.stages.virtual_stages));
   }
@@ -230,25 +235,32 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
         run.layout.sequence == SequenceLayout::kZigzag ? "zigzag" : "contiguously",
         cfg.train().seq_len() / groups.mesh.sp);
   if (run.reducer.comm)
-    line += format("; gradients averaged over %d ranks in %zu bucket(s)%s%s",
-                   run.reducer.comm->size(), run.reducer.buckets.size(),
+    line += format("; gradients averaged over %d ranks in %s%s%s", run.reducer.comm->size(),
+                   counted(run.reducer.buckets.size(), "bucket").c_str(),
                    run.layout.overlap_grad_reduce ? " overlapped with backward" : "",
                    run.zero ? ", ZeRO-1 optimizer shards" : "");
   log.line(line);
-  if (groups.mesh.pp > 1) {
-    std::string mine;
-    for (const ModelChunk& c : model.par.chunks)
-      mine += (mine.empty() ? "" : "; ") +
-              stage_plan_describe(cfg.model(), c.begin, c.end);
-    log.line(format("pipeline stage %d runs %s", groups.coord.pp, mine.c_str()));
+  if (groups.mesh.pp > 1) {  // every stage, from the one plan all ranks share
+    const StagePlan& plan = run.layout.stages;
+    for (int stage = 0; stage < plan.pp; ++stage) {
+      std::string runs;
+      for (const int piece : stage_plan_pieces(plan, stage))
+        runs += (runs.empty() ? "" : "; ") +
+                stage_plan_describe(cfg.model(), plan.bounds[piece], plan.bounds[piece + 1]);
+      log.line(format("pipeline stage %d runs %s", stage, runs.c_str()));
+    }
   }
 }
+
+// The end-of-run sample is written once the training loss is below this fraction of a uniform
+// guess's, ln(vocab_size).
+constexpr double kSampleLossFraction = 0.9;
 
 // Generates logging.sample_tokens tokens at the end of training: collective over the
 // tensor-parallel group of rank 0 (pp = sp = 1), or on rank 0 alone from the gathered global
 // model.
 void sample_at_end(Run& run, const std::vector<float>* global_params, uint64_t rng_state,
-                   const std::optional<Tokenizer>& tokenizer, RunLog& log) {
+                   const std::optional<Tokenizer>& tokenizer, double last_loss, RunLog& log) {
   const auto& l = run.cfg.logging();
   if (l.sample_tokens() == 0) return;
   const MeshCoord& c = run.groups.coord;
@@ -256,6 +268,15 @@ void sample_at_end(Run& run, const std::vector<float>* global_params, uint64_t r
   if (!tokenizer) {
     log.line("no sample: the data has no data.textproto saying how to decode it (shards made "
              "elsewhere?); use loom sample --tokenizer-file");
+    return;
+  }
+  // A model whose loss is still near a uniform guess's writes noise.
+  const double uniform = std::log(static_cast<double>(run.cfg.model().vocab_size()));
+  if (!(last_loss < kSampleLossFraction * uniform)) {
+    log.line(
+        format("no sample: the loss %.3f is still near a uniform guess's (%.3f = ln %d); "
+               "a run this short has learned too little for a sample to say anything",
+               last_loss, uniform, run.cfg.model().vocab_size()));
     return;
   }
   Rng sample_rng{rng_state ^ 0x5EEDull};
@@ -279,7 +300,7 @@ void sample_at_end(Run& run, const std::vector<float>* global_params, uint64_t r
   // Decoded together: a subword tokenizer joins the prompt's last piece and the first new one.
   std::vector<int> all = prompt;
   all.insert(all.end(), out.begin(), out.end());
-  log.line("sample:\n" + tokenizer_decode(*tokenizer, all));
+  log.line("sample:\n" + printable_text(tokenizer_decode(*tokenizer, all)));
 }
 
 // Chrome trace of the first logging.trace_steps steps, written collectively by every rank.
@@ -378,8 +399,11 @@ void start_loop(Training& tr, int threads) {
     if (tr.writer()) truncate_metrics(tr.in.run_dir / "metrics.jsonl", loop.step);
   }
   if (tr.writer()) {
-    std::ofstream out(tr.in.run_dir / "config.textproto", std::ios::trunc);
-    out << config_to_text(cfg);
+    // Whole or not at all: `loom train --resume --run-dir DIR` reads it as its config.
+    const std::string text = config_to_text(cfg),
+                      saved = (tr.in.run_dir / "config.textproto").string();
+    write_file(saved + ".tmp", text.data(), text.size());
+    std::filesystem::rename(saved + ".tmp", saved);
     loop.metrics.open(tr.in.run_dir / "metrics.jsonl", std::ios::app);
     if (tr.options.restart > 0)
       loop.metrics << restart_metrics_line(loop.step, tr.options.restart, tr.options.restart_cause)
@@ -398,9 +422,9 @@ void start_loop(Training& tr, int threads) {
                 "); ONE_F_ONE_B runs one micro-batch at a time");
   const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
   tr.log.line(format(
-      "data: %lld training sequences of %d tokens; %d micro-batch(es) of %d "
-      "sequences per step%s; run directory %s",
-      static_cast<long long>(tr.in.train_data.num_sequences()), T, tr.run.layout.micro_batches, B,
+      "data: %lld training sequences of %d tokens; %s of %s per step%s; run directory %s",
+      static_cast<long long>(tr.in.train_data.num_sequences()), T,
+      counted(tr.run.layout.micro_batches, "micro-batch").c_str(), counted(B, "sequence").c_str(),
       groups.dp_sp->size() > 1 ? " per rank" : "", tr.in.run_dir.string().c_str()));
   if (const auto& info = tr.in.data_info)
     tr.log.line(format("tokens: %s, vocabulary %d (end-of-text %d), %.2f bytes of text per token",
@@ -609,8 +633,14 @@ TrainSummary finish_run(Training& tr) {
   }
   flight_phase(flight, "sampling");
   sample_at_end(tr.run, loop.sample_whole ? &loop.final_params : nullptr, loop.rng.state,
-                tr.in.tokenizer, tr.log);
+                tr.in.tokenizer, loop.summary.last_loss, tr.log);
   flight_phase(flight, "done");
+  // The run's last line, on the terminal and in train.log alike.
+  const TrainSummary& done = loop.summary;
+  tr.log.line(
+      format("done: %ld steps, final loss %.4f%s; run directory %s", done.steps, done.last_loss,
+             done.last_val_loss >= 0 ? format(", val_loss %.4f", done.last_val_loss).c_str() : "",
+             tr.in.run_dir.string().c_str()));
   return loop.summary;
 }
 

@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "base/error.h"
+#include "base/names.h"
 
 namespace loom {
 
@@ -42,7 +43,6 @@ double Args::number(const std::string& name, double fallback) const {
 Args parse_args(const std::string& command, char** argv, int argc,
                 const std::map<std::string, bool>& options, const std::set<std::string>& flags) {
   Args args;
-  const std::string where = "loom " + command + ": ";
   for (int i = 0; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg.rfind("--", 0) != 0 || arg == "--") {
@@ -57,17 +57,29 @@ Args parse_args(const std::string& command, char** argv, int argc,
       has_inline = true;
     }
     if (arg == "--help" || flags.count(arg)) {
-      if (has_inline) throw Error(where + arg + " takes no value");
+      if (has_inline) throw Error(arg + " takes no value");
       args.flags.insert(arg);
       continue;
     }
     auto known = options.find(arg);
-    if (known == options.end())
-      throw Error(where + "unknown option " + arg + " (see loom " + command + " --help)");
-    if (!has_inline && i + 1 >= argc) throw Error(where + arg + " needs a value");
+    if (known == options.end()) {
+      std::vector<std::string> names(flags.begin(), flags.end());
+      for (const auto& [name, repeats] : options)
+        if (!name.starts_with("--restart")) names.push_back(name);  // loom's own, not a user's
+      const std::string guess = closest_name(arg, names);
+      throw Error("unknown option " + arg +
+                  (guess.empty() ? "" : " (did you mean " + guess + "?)") + "; see loom " +
+                  command + " --help");
+    }
+    if (!has_inline && i + 1 >= argc) throw Error(arg + " needs a value");
     const std::string value = has_inline ? inline_value : argv[++i];
-    if (!known->second && args.options.count(arg))
-      throw Error(where + arg + " given twice");
+    // `--set train.steps 2`: the shell form of another tool; loom's is one word.
+    if (arg == "--set" && value.find('=') == std::string::npos && !has_inline && i + 1 < argc &&
+        std::string(argv[i + 1]).rfind("--", 0) != 0)
+      throw Error("--set " + value + " " + argv[i + 1] +
+                  ": the field and its value are one argument joined by \"=\": --set " + value +
+                  "=" + argv[i + 1]);
+    if (!known->second && args.options.count(arg)) throw Error(arg + " given twice");
     args.options[arg].push_back(value);
   }
   return args;

@@ -26,7 +26,8 @@ struct Args {
 };
 
 // `options` maps each option to whether it may repeat; `--help` is always a known flag. Throws
-// loom::Error naming the command and the offending argument.
+// loom::Error naming the offending argument (and the option probably meant); the caller says
+// which command it was.
 Args parse_args(const std::string& command, char** argv, int argc,
                 const std::map<std::string, bool>& options, const std::set<std::string>& flags);
 

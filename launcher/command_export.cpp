@@ -1,20 +1,21 @@
 #include <filesystem>
 #include <iostream>
 
+#include "base/error.h"
 #include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/model.h"
+#include "core/run_dir.h"
 #include "core/safetensors.h"
-#include "base/error.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
 
 namespace loom {
 namespace {
 
-constexpr const char* kHelp = R"(usage: loom export CHECKPOINT --safetensors FILE [--force]
+constexpr const char* kHelp = R"(usage: loom export CHECKPOINT|RUN_DIR --safetensors FILE [--force]
 
-Writes the model weights of CHECKPOINT as a safetensors file (F32, loom's tensor names; see
+Writes the model weights of CHECKPOINT (or of the newest checkpoint of the run RUN_DIR) as a safetensors file (F32, loom's tensor names; see
 docs/checkpoint-format.md). The resolved run config is stored in the file's metadata under
 "loom.config". The file is written beside FILE and renamed onto it once complete.
 
@@ -49,12 +50,13 @@ int command_export(int argc, char** argv) {
     return 0;
   }
   if (args.positional.size() != 1 || !args.has("--safetensors"))
-    throw Error("expected CHECKPOINT and --safetensors FILE (see loom export --help)");
+    throw Error("expected CHECKPOINT (or RUN_DIR) and --safetensors FILE (see loom export --help)");
   check_target(args.value("--safetensors", ""), args.flag("--force"));
-  const CheckpointState state = checkpoint_read_state(args.positional[0]);
+  const std::string checkpoint = checkpoint_of(args.positional[0]);
+  const CheckpointState state = checkpoint_read_state(checkpoint);
   validate_config(state.config);
   Model model = model_create(state.config.model());
-  checkpoint_load(args.positional[0], model, nullptr);
+  checkpoint_load(checkpoint, model, nullptr);
   std::vector<NamedTensor> tensors;
   for (const ParamTensor& t : model.layout.tensors)
     tensors.push_back({t.name, t.shape, model.buf.params.data() + t.offset});
@@ -63,7 +65,7 @@ int command_export(int argc, char** argv) {
                     {{"format", "pt"}, {"loom.step", std::to_string(state.step)},
                      {"loom.config", config_to_text(state.config)}});
   std::cout << "wrote " << tensors.size() << " tensors (" << model.layout.num_params
-            << " parameters) to " << path << "\n";
+            << " parameters) of " << checkpoint << " to " << path << "\n";
   return 0;
 }
 

@@ -4,6 +4,7 @@
 
 #include "base/error.h"
 #include "core/data.h"
+#include "core/run_dir.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
 
@@ -90,11 +91,11 @@ int command_prepare(int argc, char** argv) {
   options.model_type = args.value("--model-type", "bpe");
   options.tokenizer_model = args.value("--tokenizer-model", "");
   const PrepareResult r = prepare_text(options);
-  std::cout << "prepared " << r.documents << " documents: " << r.train_tokens << " training tokens in "
-            << r.train_shards << " shard(s), " << r.val_tokens << " validation tokens in "
-            << r.val_shards << " shard(s) under " << options.output_dir << " ("
-            << (sentencepiece ? "SentencePiece" : "bytes") << ", vocabulary " << r.vocab_size
-            << ", end-of-text " << r.end_of_text << ", "
+  std::cout << "prepared " << counted(r.documents, "document") << ": " << r.train_tokens
+            << " training tokens in " << counted(r.train_shards, "shard") << ", " << r.val_tokens
+            << " validation tokens in " << counted(r.val_shards, "shard") << " under "
+            << options.output_dir << " (" << (sentencepiece ? "SentencePiece" : "bytes")
+            << ", vocabulary " << r.vocab_size << ", end-of-text " << r.end_of_text << ", "
             << static_cast<double>(r.train_bytes) / r.train_tokens << " bytes per token)\n";
   return 0;
 }

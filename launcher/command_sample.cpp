@@ -2,25 +2,27 @@
 #include <filesystem>
 #include <iostream>
 
+#include "base/error.h"
 #include "core/checkpoint.h"
 #include "core/config.h"
 #include "core/loop_sampling.h"
 #include "core/model.h"
+#include "core/run_dir.h"
 #include "core/sample.h"
 #include "core/tokenizer.h"
 #include "kernels/cpu/threads.h"
-#include "base/error.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
 
 namespace loom {
 namespace {
 
-constexpr const char* kHelp = R"(usage: loom sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
+constexpr const char* kHelp =
+    R"(usage: loom sample CHECKPOINT|RUN_DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
                    [--seed S] [--loops N] [--tokenizer-file FILE]
 
 Generates text with the model saved in CHECKPOINT (a runs/.../checkpoints/step_NNNNNNN folder),
-encoding the prompt and decoding with the tokenizer the run was trained on (the run directory's
+or in the newest checkpoint of the run RUN_DIR, encoding the prompt and decoding with the tokenizer the run was trained on (the run directory's
 data.textproto: bytes or SentencePiece).
 
   --prompt TEXT       text to continue (default: start of a document)
@@ -70,12 +72,15 @@ int command_sample(int argc, char** argv) {
     std::cout << kHelp;
     return 0;
   }
-  if (args.positional.size() != 1) throw Error("expected one CHECKPOINT (see loom sample --help)");
+  if (args.positional.size() != 1)
+    throw Error("expected one CHECKPOINT or RUN_DIR (see loom sample --help)");
   const long tokens = args.integer("--tokens", 200);
   if (tokens < 0 || tokens > kMaxSampleTokens)
     throw Error("--tokens must be between 0 and " + std::to_string(kMaxSampleTokens) + " (got " +
                 std::to_string(tokens) + ")");
-  const CheckpointState state = checkpoint_read_state(args.positional[0]);
+  const std::string checkpoint = checkpoint_of(args.positional[0]);
+  if (checkpoint != args.positional[0]) std::cerr << "loom sample: " << checkpoint << "\n";
+  const CheckpointState state = checkpoint_read_state(checkpoint);
   validate_config(state.config);
   kernels::cpu::init_threads(state.config.runtime().threads());
   config::ModelConfig model_cfg = state.config.model();
@@ -86,11 +91,11 @@ int command_sample(int argc, char** argv) {
                 ", 1000000]" + (least == 2 ? " (input injection needs 2 iterations)" : ""));
   model_cfg.set_loops(static_cast<int>(loops));  // the weights are per unique layer
   Model model = model_create(model_cfg);
-  checkpoint_load(args.positional[0], model, nullptr);
+  checkpoint_load(checkpoint, model, nullptr);
   model_plan(model, 1, state.config.train().seq_len());
   const Tokenizer tokenizer = args.has("--tokenizer-file")
                                   ? tokenizer_llmc_file(args.value("--tokenizer-file", ""))
-                                  : tokenizer_of_run(args.positional[0], state.config);
+                                  : tokenizer_of_run(checkpoint, state.config);
   if (tokenizer.vocab_size > model.spec.V)
     throw Error("the tokenizer has " + std::to_string(tokenizer.vocab_size) +
                 " ids but the model only " + std::to_string(model.spec.V) +
@@ -111,7 +116,7 @@ int command_sample(int argc, char** argv) {
                     rng);
   // Decoded together: a subword tokenizer joins the prompt's last piece and the first new one.
   out.insert(out.begin(), prompt_ids.begin(), prompt_ids.end());
-  std::cout << tokenizer_decode(tokenizer, out) << std::endl;
+  std::cout << printable_text(tokenizer_decode(tokenizer, out)) << std::endl;
   return 0;
 }
 

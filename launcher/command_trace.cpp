@@ -22,7 +22,9 @@ Draws a trace that a run wrote with logging.trace_steps > 0 (RUN_DIR/trace.json,
 trace-event format; Perfetto and chrome://tracing open it too) as an SVG Gantt chart: one row per
 rank, a bar per span coloured by category, forward/backward bars labelled with their micro-batch
 ("3", or "3c1" for chunk 1). Then prints, per rank, the milliseconds spent in each category and
-the wait fraction: time blocked on pipeline sends/receives (p2p_wait) over the rank's span.
+the wait: time blocked on communication (the categories marked *: pipeline sends and receives,
+tensor- and sequence-parallel exchanges, data-parallel and shared-weight gradient reductions;
+overlapping waits counted once) in ms and as a fraction of the rank's span.
 
   --steps A-B   only the time of steps A to B (a single step: --steps A); default: every step
 )";
@@ -52,17 +54,19 @@ void print_summary(const std::vector<TraceRankSummary>& ranks,
   size_t label_width = 4;
   for (const TraceRankSummary& r : ranks) label_width = std::max(label_width, r.label.size());
   std::printf("%-*s %10s", static_cast<int>(label_width), "rank", "span ms");
-  for (const std::string& c : categories)
-    std::printf(" %*s", static_cast<int>(std::max<size_t>(c.size(), 9)), c.c_str());
-  std::printf(" %7s\n", "wait");
+  for (const std::string& c : categories) {
+    const std::string title = c + (trace_is_wait(c) ? "*" : "");
+    std::printf(" %*s", static_cast<int>(std::max<size_t>(c.size() + 1, 9)), title.c_str());
+  }
+  std::printf(" %10s %7s\n", "wait* ms", "wait");
   for (const TraceRankSummary& r : ranks) {
     std::printf("%-*s %10.3f", static_cast<int>(label_width), r.label.c_str(), r.span_us / 1000);
     for (const std::string& c : categories) {
       const auto it = r.busy_us.find(c);
-      std::printf(" %*.3f", static_cast<int>(std::max<size_t>(c.size(), 9)),
+      std::printf(" %*.3f", static_cast<int>(std::max<size_t>(c.size() + 1, 9)),
                   it == r.busy_us.end() ? 0.0 : it->second / 1000);
     }
-    std::printf(" %6.1f%%\n", 100 * r.wait_fraction);
+    std::printf(" %10.3f %6.1f%%\n", r.wait_us / 1000, 100 * r.wait_fraction);
   }
 }
 

@@ -36,14 +36,18 @@ namespace {
 constexpr const char* kHelp =
     R"(usage: loom train CONFIG [--set path.to.field=value]... [--run-dir DIR] [--resume]
                   [--max-restarts N] [--hostfile FILE | --hosts a:4,b:4] [--allow-cross-node-tp]
+       loom train --resume --run-dir DIR [--set path.to.field=value]...
 
 Trains the model CONFIG (a text-format loom.config.RunConfig, see configs/loom.proto) describes.
+Data paths written in CONFIG are relative to CONFIG's folder; those given with --set, to the
+working directory.
 
   --set k=v      override one config field, e.g. --set optim.lr=1e-3 (repeatable, applied in order)
   --run-dir DIR  where config.textproto, metrics.jsonl, train.log and checkpoints/ go
                  (default: runs/<config name>-<date>-<time>); never overwritten without --resume
   --resume       continue the run in --run-dir from its newest checkpoint (a Slurm job that was
-                 requeued, SLURM_RESTART_COUNT ≥ 1, continues its --run-dir without it)
+                 requeued, SLURM_RESTART_COUNT ≥ 1, continues its --run-dir without it); without
+                 CONFIG, with the run's own DIR/config.textproto
   --max-restarts N  when a rank dies, hangs past parallel.collective_timeout_s or loses its node,
                  start the job again from its newest checkpoint, up to N times, waiting 1, 2, 4 ...
                  60 s between tries (default: train.max_restarts); an error a rank reports
@@ -77,9 +81,6 @@ CONFIG ...), each process is one rank and takes its rank from MPI; N must equal 
 Every rank must be started with the same config, flags and loom build (checked at start), see
 the same data set (shard names, sizes and the first header's checksum) and the same run directory, on a file system every node shares.
 )";
-
-// Ranks per core beyond which loom train refuses to start a layout without --oversubscribe.
-constexpr int kMaxRanksPerCore = 8;
 
 // How long a rank other than 0 that failed at start-up waits before it reports: rank 0, failing
 // the same way, reports and ends the job first.
@@ -132,17 +133,9 @@ void flight_dump_on_failure(FlightRecorder& rec, MpiRuntime& mpi, const std::str
             << "; explain them with: loom doctor " << run_dir << std::endl;
 }
 
-int print_done(const TrainSummary& summary) {
-  if (summary.stopped_by_signal) {
-    std::cout << "stopped early (" << signal_name(summary.stopped_by_signal) << ") after "
-              << summary.steps << " steps; checkpoint " << summary.last_checkpoint
-              << "; continue with --resume --run-dir " << summary.run_dir << "\n";
-    return kExitStopped;
-  }
-  std::cout << "done: " << summary.steps << " steps, final loss " << summary.last_loss;
-  if (summary.last_val_loss >= 0) std::cout << ", val_loss " << summary.last_val_loss;
-  std::cout << "; run directory " << summary.run_dir << "\n";
-  return 0;
+// The exit status of a finished run (its last line, in train.log too, says how it ended).
+int done_status(const TrainSummary& summary) {
+  return summary.stopped_by_signal ? kExitStopped : 0;
 }
 
 // The size and last 4 KiB of a file ("" when it does not exist): what tells whether a job
@@ -186,6 +179,27 @@ FaultInjection train_fault_injection() {
                 "world, tp, sp, dp, pp, dp_sp (the gradient reduction) and replica_S_T... (the " +
                 "pipeline stages S, T, ... that hold one shared weight)");
   return fault;
+}
+
+// The CONFIG argument, or for `--resume --run-dir DIR` without one the run's own
+// DIR/config.textproto (the config it ran with, --set overrides included).
+std::string train_config_path(const Args& args) {
+  if (args.positional.size() == 1) return args.positional[0];
+  if (args.positional.empty() && args.flag("--resume")) {
+    const std::string saved = args.value("--run-dir", "") + "/config.textproto";
+    std::error_code ec;
+    if (!std::filesystem::exists(saved, ec))
+      throw Error("--resume --run-dir " + args.value("--run-dir", "") + ": " + saved +
+                  " does not exist, so this is no run to continue; give the CONFIG it was " +
+                  "started with");
+    return saved;
+  }
+  throw Error("expected exactly one CONFIG file, got " + std::to_string(args.positional.size()) +
+              (args.positional.size() > 1 ? " (" + args.positional[0] + ", " + args.positional[1] +
+                                                (args.positional.size() > 2 ? ", ..." : "") + ")"
+                                          : "") +
+              "; to continue a run with its own config: loom train --resume --run-dir DIR (see " +
+              "loom train --help)");
 }
 
 // --resume, or a requeued Slurm job (SLURM_RESTART_COUNT ≥ 1) whose --run-dir already holds the
@@ -262,8 +276,7 @@ int train_worker(const config::RunConfig& cfg, const std::string& config_path, c
     // train() returns once every rank has seen the last checkpoint written (then rank 0's tensor
     // group may still be sampling; MPI_Finalize waits for it without a timeout).
     const TrainSummary summary = train(cfg, options);
-    const int status = groups.rank == 0 ? print_done(summary) : 0;
-    return summary.stopped_by_signal ? kExitStopped : status;
+    return done_status(summary);
   } catch (const std::exception& e) {
     const bool comm = dynamic_cast<const CommError*>(&e) != nullptr;
     if (!started && !comm) {
@@ -296,7 +309,7 @@ int train_here(const config::RunConfig& cfg, const Args& args, const std::string
     target.path = flight_dump_path(run_dir, 0);
     flight_set_target(*flight.recorder, target);
   }
-  return print_done(train(cfg, options));
+  return done_status(train(cfg, options));
 }
 
 // The nodes `loom train` will start ranks on (--hostfile, --hosts, or the Slurm allocation; empty:
@@ -330,12 +343,12 @@ void check_machine_fits(const config::RunConfig& cfg, const Args& args,
                         const LaunchEnvironment& env, const Mesh& mesh,
                         const std::vector<NodeSlots>& nodes) {
   const LaunchHost host = this_host();
-  if (nodes.empty() && mesh.world_size() > kMaxRanksPerCore * host.cores &&
+  if (nodes.empty() && mesh.world_size() > kLocalRanksPerCore * host.cores &&
       !args.flag("--oversubscribe"))
     throw Error("the layout needs " + std::to_string(mesh.world_size()) +
                 " ranks (parallel.dp × tp × pp × sp) but this machine has " +
                 std::to_string(host.cores) + " cores; more than " +
-                std::to_string(kMaxRanksPerCore) +
+                std::to_string(kLocalRanksPerCore) +
                 " ranks per core would crawl and can exhaust memory and process limits. Lower "
                 "the layout, run it in a Slurm allocation, or pass --oversubscribe to start "
                 "them anyway");
@@ -415,8 +428,9 @@ int supervise(const config::RunConfig& cfg, const Args& args, const LaunchEnviro
       std::cerr << "loom: starting " << mesh.world_size() << " ranks: " << shown << std::endl;
     const std::string before = file_tail(metrics);
     JobEnd end;
-    end.status =
-        run_job(command, {.graceful_stop = several, .received_signal = &end.received_signal});
+    end.status = run_job(command, {.graceful_stop = several,
+                                   .received_signal = &end.received_signal,
+                                   .filter_mpi_notices = several});
     // Rank 0 appends to metrics.jsonl after every step: a job that ends well without changing
     // it trained nothing (a launcher that started no rank, or other programs than loom).
     if (end.status == 0 && file_tail(metrics) == before)
@@ -456,13 +470,11 @@ int command_train(int argc, char** argv) {
     std::cout << kHelp;
     return 0;
   }
-  if (args.positional.size() != 1)
-    throw Error("expected exactly one CONFIG file (see loom train --help)");
-  const LaunchEnvironment env = detect_launch_environment(process_environment());
-  const std::string config_path = args.positional[0];
-  const config::RunConfig cfg = load_config(config_path, args.values("--set"));
   if (args.flag("--resume") && !args.has("--run-dir"))
     throw Error("--resume needs --run-dir naming the run to continue");
+  const LaunchEnvironment env = detect_launch_environment(process_environment());
+  const std::string config_path = train_config_path(args);
+  const config::RunConfig cfg = load_config(config_path, args.values("--set"));
   const long max_restarts = args.integer("--max-restarts", cfg.train().max_restarts());
   if (max_restarts < 0 || max_restarts > 1000)
     throw Error("--max-restarts must be between 0 and 1000 (got " + std::to_string(max_restarts) +

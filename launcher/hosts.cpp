@@ -12,6 +12,10 @@
 namespace loom {
 namespace {
 
+// placement_summary names the first of many nodes (and of a node's many rank runs) and the last.
+constexpr size_t kListedNodes = 4;
+constexpr size_t kListedRuns = 4;
+
 // A whole number (digits only, at most 9), or -1.
 long whole(const std::string& text) {
   if (text.empty() || text.size() > 9) return -1;
@@ -165,31 +169,46 @@ std::vector<NodeSlots> slurm_allocation_nodes(const GetEnv& env) {
 }
 
 std::string placement_summary(const Placement& placement) {
-  std::string out;
-  for (size_t node = 0; node < placement.nodes.size(); ++node) {
-    std::string ranks;
-    int run_start = -1, previous = -2;
-    auto close_run = [&] {
-      if (run_start < 0) return;
-      if (!ranks.empty()) ranks += ',';
-      ranks += std::to_string(run_start);
-      if (previous > run_start) {
-        ranks += '-';
-        ranks += std::to_string(previous);
-      }
-    };
-    for (int r = 0; r < static_cast<int>(placement.node_of_rank.size()); ++r) {
-      if (placement.node_of_rank[r] != static_cast<int>(node)) continue;
-      if (r != previous + 1) {
-        close_run();
-        run_start = r;
-      }
-      previous = r;
-    }
-    close_run();
-    out += (out.empty() ? "" : "; ") + placement.nodes[node] + ": rank" +
-           (ranks.find_first_of(",-") == std::string::npos ? " " : "s ") + ranks;
+  // Runs of consecutive ranks on each node, in one pass over the ranks.
+  std::vector<std::vector<std::pair<int, int>>> runs(placement.nodes.size());
+  std::vector<int> count(placement.nodes.size(), 0);
+  for (int r = 0; r < static_cast<int>(placement.node_of_rank.size()); ++r) {
+    auto& node_runs = runs[static_cast<size_t>(placement.node_of_rank[r])];
+    ++count[static_cast<size_t>(placement.node_of_rank[r])];
+    if (!node_runs.empty() && node_runs.back().second == r - 1)
+      node_runs.back().second = r;
+    else
+      node_runs.push_back({r, r});
   }
+  auto node_text = [&](size_t node) {
+    const auto& node_runs = runs[node];
+    std::string ranks;
+    for (size_t i = 0; i < node_runs.size(); ++i) {
+      if (node_runs.size() > kListedRuns && i == kListedRuns - 1) {  // the first runs and the last
+        ranks += ",…";
+        i = node_runs.size() - 1;
+      }
+      const auto [first, last] = node_runs[i];
+      if (i > 0) ranks += ',';
+      ranks += std::to_string(first);
+      if (last > first) {
+        ranks += '-';
+        ranks += std::to_string(last);
+      }
+    }
+    if (node_runs.size() > kListedRuns) ranks += " (" + std::to_string(count[node]) + " ranks)";
+    return placement.nodes[node] + ": rank" + (count[node] == 1 ? " " : "s ") + ranks;
+  };
+  const size_t nodes = placement.nodes.size();
+  std::string out;
+  for (size_t node = 0; node < nodes; ++node) {
+    if (nodes > kListedNodes && node == kListedNodes - 1) {  // the first nodes and the last
+      out += "; …";
+      node = nodes - 1;
+    }
+    out += (out.empty() ? "" : "; ") + node_text(node);
+  }
+  if (nodes > kListedNodes) out += " (" + std::to_string(nodes) + " nodes)";
   return out;
 }
 

@@ -13,6 +13,11 @@
 
 namespace loom {
 
+// The most ranks per core `loom train` starts on this machine alone (without --oversubscribe):
+// more crawl and can exhaust memory and process limits. `loom plan` takes a larger world for a
+// layout meant for other machines.
+constexpr int kLocalRanksPerCore = 8;
+
 // Reads an Open MPI hostfile: one `host slots=N [max_slots=M]` per line, `#` comments, a host
 // listed twice adds its slots. Throws loom::Error naming the file and line of what is wrong,
 // including a host without slots= (Open MPI would count the node's cores, which loom cannot see
@@ -30,7 +35,9 @@ std::vector<std::string> slurm_hostlist_expand(const std::string& list);
 // "2(x3),1"); empty outside an allocation or when either is unset.
 std::vector<NodeSlots> slurm_allocation_nodes(const GetEnv& env);
 
-// "node1: ranks 0-3; node2: ranks 4-7" (rank runs shortened).
+// "node1: ranks 0-3; node2: ranks 4-7" (rank runs shortened). Of more than 4 nodes the first 3
+// and the last, "node1: ranks 0-7; …; node512: ranks 4088-4095 (512 nodes)", and likewise of a
+// node's rank runs: a line whatever the world size, in time linear in the ranks.
 std::string placement_summary(const Placement& placement);
 
 }  // namespace loom

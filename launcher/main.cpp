@@ -7,26 +7,58 @@
 #include <iostream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "base/error.h"
+#include "base/names.h"
 #include "launcher/commands.h"
+#include "loom_commit.h"
 
 namespace {
 
-constexpr const char* kUsage = R"(loom: trains looped GPT language models.
+constexpr const char* kUsage =
+    R"(loom: trains looped GPT language models on one process or many MPI ranks.
 
-usage: loom <command> [arguments]   (loom <command> --help for details)
+usage: loom <command> [arguments]      loom help <command>, or loom <command> --help, for details
+       loom --version                  version, build type, -march, CUDA, commit
 
 commands:
-  train CONFIG [--set k=v]... [--run-dir DIR] [--resume]   train a model from a config
-  plan CONFIG [--set k=v]...                               show a layout: groups, batch, memory
-  prepare --input PATH... --output DIR [--val-fraction F]   make token shards from text files
-  sample CHECKPOINT [--prompt TEXT] [--tokens N]            generate text from a checkpoint
-  export CHECKPOINT --safetensors FILE                      write the weights as safetensors
-  bench step CONFIG | bench sgemm                           time training steps / OpenBLAS sgemm
-  trace FILE --svg OUT [--steps A-B]                        draw a run's trace.json as SVG
-  doctor RUN_DIR                                            explain a hung or failed run
+  train CONFIG [--set k=v]... [--run-dir DIR] [--resume] [--max-restarts N]
+        [--hostfile FILE | --hosts a:4,b:4] [--oversubscribe] [--allow-cross-node-tp]
+                        train a model; parallel.dp × tp × pp × sp > 1 starts that many ranks
+                        (mpirun, or srun inside Slurm). --resume --run-dir DIR alone continues
+                        the run DIR with its own config
+  plan CONFIG [--set k=v]... [--memory-gb G] [--hostfile FILE | --hosts a:4,b:4]
+                        show a layout without starting it: groups, stages, batch, memory per
+                        rank (against G GiB per rank, or this machine)
+  prepare --input PATH... --output DIR [--val-fraction F] [--tokenizer bytes|sentencepiece]
+                        make token shards from text files
+  sample CHECKPOINT|RUN_DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
+                        generate text (a run directory: its newest checkpoint)
+  export CHECKPOINT|RUN_DIR --safetensors FILE
+                        write the weights as safetensors
+  bench step CONFIG     time training steps (--json for scripts)
+  bench sgemm           time OpenBLAS sgemm on this machine
+  bench comm            (under mpirun) time the collectives between ranks
+  bench ring            (under mpirun) time ring attention against all-gathered attention
+  trace FILE --svg OUT [--steps A-B]
+                        draw a run's trace.json as SVG; time per rank and category
+  doctor RUN_DIR        explain a hung or failed run from its flight-recorder dumps
+
+Configs: configs/*.textproto (schema and defaults: configs/loom.proto). Documentation: README.md
+and docs/.
 )";
+
+// The commands, for "did you mean" and `loom help`.
+const std::vector<std::string> kCommands = {"train", "plan",  "prepare", "sample", "export",
+                                            "bench", "trace", "doctor",  "help"};
+
+// `loom --version`: what a bug report needs to say which loom it was.
+void print_version() {
+  std::cout << "loom " << LOOM_VERSION << " (commit " << LOOM_COMMIT << ")\n"
+            << "build: " << LOOM_BUILD_TYPE << ", -march=" << LOOM_MARCH_NAME
+            << ", CUDA backend: " << (LOOM_WITH_CUDA ? "yes" : "no") << "\n";
+}
 
 // The OpenMP and OpenBLAS thread counts the environment asks for, if absurd: loom sets its own
 // (runtime.threads) after start-up, but the runtimes read these first and a count far beyond
@@ -59,9 +91,25 @@ int main(int argc, char** argv) {
     std::cerr << "loom: error: " << problem << "\n";
     return 1;
   }
-  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
+      (argc == 2 && std::strcmp(argv[1], "help") == 0)) {
     std::cout << kUsage;
     return argc < 2 ? 2 : 0;
+  }
+  if (std::strcmp(argv[1], "--version") == 0 || std::strcmp(argv[1], "version") == 0) {
+    print_version();
+    return 0;
+  }
+  // `loom help train` is `loom train --help`.
+  char help_flag[] = "--help";
+  char* help_argv[] = {argv[0], argc > 2 ? argv[2] : argv[1], help_flag, nullptr};
+  if (std::strcmp(argv[1], "help") == 0) {
+    if (argc > 3) {
+      std::cerr << "loom help: expected one command, e.g. loom help train\n";
+      return 2;
+    }
+    argc = 3;
+    argv = help_argv;
   }
   const std::string command = argv[1];
   try {
@@ -73,7 +121,10 @@ int main(int argc, char** argv) {
     if (command == "bench") return loom::command_bench(argc - 2, argv + 2);
     if (command == "trace") return loom::command_trace(argc - 2, argv + 2);
     if (command == "doctor") return loom::command_doctor(argc - 2, argv + 2);
-    std::cerr << "loom: unknown command \"" << command << "\"\n\n" << kUsage;
+    const std::string guess = loom::closest_name(command, kCommands);
+    std::cerr << "loom: unknown command \"" << command << "\""
+              << (guess.empty() ? "" : " (did you mean " + guess + "?)") << "\n\n"
+              << kUsage;
     return 2;
   } catch (const loom::Error& e) {
     std::cerr << "loom " << command << ": error: " << e.what() << "\n";

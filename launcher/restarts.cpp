@@ -36,8 +36,9 @@ int run_with_restarts(int max_restarts, const std::string& run_dir,
     cause = restart_cause(end.status, end.received_signal);
     if (cause.empty() || restart >= max_restarts) {
       if (!cause.empty() && max_restarts > 0)
-        std::cerr << "loom: the job failed again (" << cause << ") after " << max_restarts
-                  << " automatic restart(s) (--max-restarts); giving up" << std::endl;
+        std::cerr << "loom: the job failed again (" << cause << ") after "
+                  << counted(max_restarts, "automatic restart") << " (--max-restarts); giving up"
+                  << std::endl;
       return status;
     }
     const double wait_s = std::min(60.0, static_cast<double>(1 << std::min(restart, 6)));

@@ -13,7 +13,8 @@
 
 namespace loom {
 
-// Exit statuses of loom train (README, "Exit status"), besides 0 and 1 (an error loom reported).
+// Exit statuses of loom train (docs/launching.md, "Exit status"), besides 0 and 1 (an error loom
+// reported).
 constexpr int kExitRankError = 65;    // a rank of a job reported an error (loom train says 1)
 constexpr int kExitStopped = 75;      // stopped after a step with a checkpoint (--resume goes on)
 constexpr int kExitCommFailure = 76;  // a rank's communication failed (timeout, lost peer)

@@ -1,6 +1,7 @@
 #include "launcher/spawn.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -10,10 +11,12 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <system_error>
 #include <thread>
 
@@ -256,8 +259,9 @@ std::string find_program(const std::string& program) {
 // In the child between fork and exec: only async-signal-safe calls. Reports errno through
 // `report` (close-on-exec, so a successful exec closes it) and exits 127 on failure.
 [[noreturn]] void exec_child(const char* file, char* const* argv, pid_t parent,
-                             const sigset_t& original_mask, int report) {
+                             const sigset_t& original_mask, int report, int stderr_to) {
   setpgid(0, 0);
+  if (stderr_to >= 0) dup2(stderr_to, STDERR_FILENO);  // the pipe's own ends close on exec
   // SIGTERM when the thread that forked us ends, e.g. when loom is killed; if loom died
   // before this call, nobody would send it, so check.
   if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent) _exit(128 + SIGTERM);
@@ -329,6 +333,94 @@ struct Fd {
   }
 };
 
+// Whether a line of Open MPI's is only a pointer to its help aggregation.
+bool help_aggregation_line(const std::string& line) {
+  return line.find("more process has sent help message") != std::string::npos ||
+         line.find("more processes have sent help message") != std::string::npos ||
+         line.find("orte_base_help_aggregate") != std::string::npos;
+}
+
+bool rule_line(const std::string& line) {
+  return line.size() >= 20 && line.find_first_not_of('-') == std::string::npos;
+}
+
+// Copies the job's stderr to loom's line by line, leaving out what only repeats a failure loom
+// has already explained: Open MPI's "MPI_ABORT was invoked" block (a rank calls MPI_Abort only
+// after printing its error) and its help-aggregation notes. Every other line passes, mpirun's
+// notice of a rank killed by a signal included. Runs on a thread of its own until the pipe
+// closes, or, once the job has ended, until it is quiet for half a second (a remote ssh may keep
+// it open).
+class StderrFilter {
+ public:
+  explicit StderrFilter(int fd) : fd_(fd), thread_([this] { run(); }) {}
+  ~StderrFilter() {
+    job_ended_.store(true);
+    thread_.join();
+  }
+  StderrFilter(const StderrFilter&) = delete;
+  StderrFilter& operator=(const StderrFilter&) = delete;
+
+ private:
+  void run() {
+    std::string pending;
+    auto quiet_since = std::chrono::steady_clock::now();
+    for (;;) {
+      pollfd p{fd_, POLLIN, 0};
+      const int ready = poll(&p, 1, 100);
+      if (ready < 0 && errno != EINTR) break;
+      if (ready > 0) {
+        char buffer[4096];
+        const ssize_t n = read(fd_, buffer, sizeof(buffer));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        pending.append(buffer, static_cast<size_t>(n));
+        for (size_t end; (end = pending.find('\n')) != std::string::npos;) {
+          take(pending.substr(0, end + 1));
+          pending.erase(0, end + 1);
+        }
+        quiet_since = std::chrono::steady_clock::now();
+      } else if (job_ended_.load() &&
+                 std::chrono::steady_clock::now() - quiet_since > std::chrono::milliseconds(500)) {
+        break;
+      }
+    }
+    if (!pending.empty()) take(pending);
+    emit(block_);  // an unterminated block is shown as it is
+  }
+  void take(const std::string& line) {
+    std::string text = line;
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+    if (!in_block_ && rule_line(text)) {
+      in_block_ = true;
+      block_ = line;
+      return;
+    }
+    if (in_block_) {
+      block_ += line;
+      if (!rule_line(text)) return;
+      in_block_ = false;
+      if (block_.find("MPI_ABORT was invoked") == std::string::npos) emit(block_);
+      block_.clear();
+      return;
+    }
+    if (!help_aggregation_line(text)) emit(line);
+  }
+  static void emit(const std::string& text) {
+    for (size_t done = 0; done < text.size();) {
+      const ssize_t n = write(STDERR_FILENO, text.data() + done, text.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return;
+      done += static_cast<size_t>(n);
+    }
+  }
+
+  int fd_;
+  std::atomic<bool> job_ended_{false};
+  bool in_block_ = false;
+  std::string block_;
+  std::thread thread_;
+};
+
 }  // namespace
 
 int run_job(const std::vector<std::string>& argv, const JobOptions& options) {
@@ -350,6 +442,13 @@ int run_job(const std::vector<std::string>& argv, const JobOptions& options) {
     throw Error("cannot start " + argv[0] + ": pipe: " + std::strerror(errno));
   report_read.fd = fds[0];
   report_write.fd = fds[1];
+  Fd stderr_read, stderr_write;
+  if (options.filter_mpi_notices) {
+    if (pipe2(fds, O_CLOEXEC) != 0)
+      throw Error("cannot start " + argv[0] + ": pipe: " + std::strerror(errno));
+    stderr_read.fd = fds[0];
+    stderr_write.fd = fds[1];
+  }
 
   g_graceful.store(options.graceful_stop);
   g_first_stop_ms.store(0);
@@ -362,7 +461,9 @@ int run_job(const std::vector<std::string>& argv, const JobOptions& options) {
   pthread_sigmask(SIG_BLOCK, &forwarded, &original_mask);
   const pid_t parent = getpid();
   const pid_t pid = fork();
-  if (pid == 0) exec_child(file.c_str(), c_argv.data(), parent, original_mask, report_write.fd);
+  if (pid == 0)
+    exec_child(file.c_str(), c_argv.data(), parent, original_mask, report_write.fd,
+               stderr_write.fd);
   if (pid < 0) {
     const int error = errno;
     pthread_sigmask(SIG_SETMASK, &original_mask, nullptr);
@@ -376,6 +477,9 @@ int run_job(const std::vector<std::string>& argv, const JobOptions& options) {
   pthread_sigmask(SIG_SETMASK, &original_mask, nullptr);
 
   report_write.reset();
+  stderr_write.reset();
+  std::optional<StderrFilter> filter;
+  if (stderr_read.fd >= 0) filter.emplace(stderr_read.fd);
   int exec_error = 0;
   ssize_t got;
   do {
@@ -391,6 +495,7 @@ int run_job(const std::vector<std::string>& argv, const JobOptions& options) {
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
+  filter.reset();  // the job's last lines are out before loom's own
   if (got == static_cast<ssize_t>(sizeof(exec_error)))
     throw Error("cannot start " + argv[0] + " (" + file + "): " + std::strerror(exec_error) + " (" +
                 install_hint(argv[0]) + ")");

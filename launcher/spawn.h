@@ -95,6 +95,9 @@ struct JobOptions {
   bool graceful_stop = false;
   // Set to the last SIGINT, SIGTERM, SIGHUP or SIGQUIT this process received meanwhile (0: none).
   int* received_signal = nullptr;
+  // The job's stderr passes through this process, without Open MPI's "MPI_ABORT was invoked"
+  // block and help-aggregation notes: loom's ranks say what failed before they abort.
+  bool filter_mpi_notices = false;
 };
 
 // Runs argv[0] (looked up on PATH) with argv and returns its exit status, 128 + signal when a

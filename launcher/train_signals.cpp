@@ -22,7 +22,7 @@ static_assert(std::atomic<int64_t>::is_always_lock_free);
 
 // A line built without allocating: handlers may call only async-signal-safe functions.
 struct Line {
-  char text[320];
+  char text[360];
   size_t size = 0;
   Line& operator<<(const char* s) {
     while (*s && size + 1 < sizeof(text)) text[size++] = *s++;
@@ -58,7 +58,16 @@ void end_now(int sig, const char* why) {
   line << "loom: " << signal_name(sig) << why << ": the run ends now, after step "
        << g_signals.step.load() << "; its newest complete checkpoint is intact (continue with "
        << "--resume)\n";
-  line.write_to(g_signals.log_fd.load());
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  Line logged;  // train.log's lines start with the time
+  char stamp[kTimestampSize];
+  log_timestamp(now.tv_sec, stamp);
+  logged.size = kTimestampSize;
+  std::memcpy(logged.text, stamp, kTimestampSize);
+  for (size_t i = 0; i < line.size && logged.size + 1 < sizeof(logged.text); ++i)
+    logged.text[logged.size++] = line.text[i];
+  logged.write_to(g_signals.log_fd.load());
   line.write_to(STDERR_FILENO);
   struct sigaction action {};
   action.sa_handler = SIG_DFL;

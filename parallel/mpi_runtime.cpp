@@ -83,7 +83,8 @@ MpiRuntime::MpiRuntime(const MpiRuntimeOptions& opts) : options(opts) {
   // communication over TCP instead of 31%). A user's own setting wins; other transports ignore
   // it. Not in a job on several nodes: there that thread crashes at random in Open MPI 4.1
   // (a null callback in its event loop, about one srun start in six on the namespaced test
-  // cluster; upstream open-mpi/ompi#5902), so it stays opt-in (README: Launching).
+  // cluster; upstream open-mpi/ompi#5902), so it stays opt-in (docs/launching.md: Environment
+  // variables).
   if (!job_spans_nodes()) setenv("OMPI_MCA_btl_tcp_progress_thread", "1", 0);
   int provided = 0;
   if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS)

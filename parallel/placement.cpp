@@ -41,6 +41,14 @@ std::vector<std::vector<int>> groups_across_nodes(const Mesh& mesh, const Placem
   LOOM_CHECK(static_cast<int>(placement.node_of_rank.size()) == mesh.world_size());
   std::set<std::vector<int>> crossing;
   for (int rank = 0; rank < mesh.world_size(); ++rank) {
+    // Each group once, from its member at coordinate 0: linear in the ranks however large the
+    // groups are.
+    const MeshCoord c = mesh_coord(mesh, rank);
+    const int along = axis == Axis::kData       ? c.dp
+                      : axis == Axis::kPipeline ? c.pp
+                      : axis == Axis::kSequence ? c.sp
+                                                : c.tp;
+    if (along != 0) continue;
     const std::vector<int> group = mesh_group(mesh, rank, axis);
     for (int member : group)
       if (placement.node_of_rank[member] != placement.node_of_rank[group.front()]) {

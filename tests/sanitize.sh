@@ -48,6 +48,7 @@ run=(train "$PWD/configs/default.textproto" --set model.d_model=32 --set model.n
      --set model.d_mlp=64 --set train.seq_len=32 --set train.micro_batch=2
      --set train.global_batch=8 --set train.eval_interval=2 --set train.eval_batches=1
      --set checkpoint.interval=2 --set logging.sample_tokens=16 --set runtime.threads=1
+     --set optim.warmup_steps=0 --set optim.lr=1e-2  # learns enough in 3 steps to sample
      --set parallel.dp=2 --set parallel.zero_stage=1 --set train.recompute=SQRT
      --set "data.train_shards=data/train_*.bin" --set "data.val_shards=data/val_*.bin")
 (

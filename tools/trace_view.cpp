@@ -151,6 +151,11 @@ std::string trace_steps_text(TraceWindow window) {
   return "steps " + std::to_string(window.first_step) + "-" + std::to_string(window.last_step);
 }
 
+bool trace_is_wait(const std::string& category) {
+  return category == "p2p_wait" || category == "tp_wait" || category == "sp_wait" ||
+         category == "dp_reduce" || category == "replica_reduce";
+}
+
 std::vector<TraceRankSummary> trace_summary(const config::TraceFile& trace, TraceWindow window) {
   std::vector<TraceRankSummary> out;
   std::map<int, size_t> index;
@@ -161,20 +166,27 @@ std::vector<TraceRankSummary> trace_summary(const config::TraceFile& trace, Trac
   }
   std::vector<double> first(out.size(), std::numeric_limits<double>::infinity());
   std::vector<double> last(out.size(), -std::numeric_limits<double>::infinity());
+  std::vector<std::vector<std::pair<double, double>>> waits(out.size());
   for (const Event& e : trace.trace_events()) {
     double start = 0, end = 0;
     if (!clip_to_window(e, window, &start, &end)) continue;
     const size_t i = index.at(e.pid());
     out[i].busy_us[e.category()] += end - start;
+    if (trace_is_wait(e.category())) waits[i].emplace_back(start, end);
     first[i] = std::min(first[i], start);
     last[i] = std::max(last[i], end);
   }
   for (size_t i = 0; i < out.size(); ++i) {
     if (first[i] > last[i]) continue;
     out[i].span_us = last[i] - first[i];
-    const auto wait = out[i].busy_us.find("p2p_wait");
-    if (out[i].span_us > 0 && wait != out[i].busy_us.end())
-      out[i].wait_fraction = wait->second / out[i].span_us;
+    // The union of the waits: one nested in another counts once.
+    std::sort(waits[i].begin(), waits[i].end());
+    double covered_to = -std::numeric_limits<double>::infinity();
+    for (const auto& [start, end] : waits[i]) {
+      out[i].wait_us += std::max(0.0, end - std::max(start, covered_to));
+      covered_to = std::max(covered_to, end);
+    }
+    if (out[i].span_us > 0) out[i].wait_fraction = out[i].wait_us / out[i].span_us;
   }
   return out;
 }

@@ -53,8 +53,14 @@ struct TraceRankSummary {
   std::string label;
   double span_us = 0;                     // first start to last end of its events
   std::map<std::string, double> busy_us;  // category → summed duration
-  double wait_fraction = 0;               // busy_us["p2p_wait"] / span_us; 0 without events
+  double wait_us = 0;        // time inside any wait (trace_is_wait), overlaps counted once
+  double wait_fraction = 0;  // wait_us / span_us; 0 without events
 };
+
+// Whether a category is time a rank spends blocked on communication: pipeline sends and
+// receives (p2p_wait), tensor- and sequence-parallel exchanges (tp_wait, sp_wait), and the
+// data-parallel and shared-weight gradient reductions it waits for (dp_reduce, replica_reduce).
+bool trace_is_wait(const std::string& category);
 // One entry per row of trace_svg, in the same (pid) order.
 std::vector<TraceRankSummary> trace_summary(const config::TraceFile& trace, TraceWindow window);
 

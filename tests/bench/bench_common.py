@@ -11,16 +11,24 @@
 
 A failed run raises BenchError carrying the command and what it printed (the "error:" lines
 first), so a benchmark stops with loom's own message.
+
+Every chart a benchmark writes into docs/ says what it measured: chart_svg puts a title, the
+hardware line (hardware_line: CPU, cores, ranks × threads, ranks per core) and the condition above
+the plot, whose axes carry axis_label's labels; tests/bench/check_charts.py checks all of them.
 """
 import contextlib
 import dataclasses
+import html
 import json
+import math
 import os
+import re
 import shlex
 import signal
 import statistics
 import subprocess
 import sys
+import textwrap
 
 
 class BenchError(Exception):
@@ -181,15 +189,96 @@ def replace_section(docs, section, lines):
         f.write(text)
 
 
-def cpu_description():
-    """"<CPU model> (<n> cores)" from /proc/cpuinfo, for the record of a measurement."""
-    model = "unknown CPU"
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo, for the record of a measurement."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{model} ({os.cpu_count()} cores)"
+    return "unknown CPU"
+
+
+def cpu_description():
+    """"<CPU model> (<n> cores)", for the record of a measurement."""
+    return f"{cpu_model()} ({os.cpu_count()} cores)"
+
+
+def hardware_line(ranks, threads_per_rank, model=None, cores=None):
+    """A chart's hardware line: the CPU, its cores, ranks × threads and how the ranks share the
+    cores, e.g. "AMD EPYC (2 cores); 1, 2 or 4 ranks × 1 thread; 4 ranks on 2 cores (2 per core,
+    oversubscribed)". `ranks`: a count, or the counts of the chart's runs; `model` and `cores`:
+    this machine's unless given (a chart redrawn elsewhere names the machine that measured)."""
+    model = model or cpu_model()
+    cores = cores or os.cpu_count()
+    counts = sorted(set(ranks)) if isinstance(ranks, (list, tuple, set)) else [ranks]
+    most, threads = counts[-1], threads_per_rank
+
+    def plural(n, noun):
+        return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+    listed = ", ".join(map(str, counts[:-1])) + f" or {most}" if len(counts) > 1 else str(most)
+    ranks_text = f"{listed} rank" + ("" if counts == [1] else "s")
+    if most > cores:
+        sharing = f"{most} ranks on {cores} cores ({most / cores:g} per core, oversubscribed)"
+    elif most * threads > cores:
+        sharing = (f"{most * threads} threads on {cores} cores "
+                   f"({most * threads / cores:g} per core, oversubscribed)")
+    elif most * threads == cores:
+        sharing = (f"{plural(most, 'rank')} on {cores} cores "
+                   f"(1 {'rank' if threads == 1 else 'thread'} per core)")
+    else:
+        sharing = f"{plural(most, 'rank')} on {cores} cores (at most 1 thread per core)"
+    return f"{model} ({cores} cores); {ranks_text} × {plural(threads, 'thread')}; {sharing}"
+
+
+def chart_svg(width, height, body, title, hardware, condition="", font_size=12):
+    """A chart for docs/, whole: its header — the title (class "title"), the hardware line (class
+    "hardware", from hardware_line) and the condition measured under (class "condition"), wrapped
+    to the width — above `body`, the plot's SVG elements (a list of lines) drawn in a
+    width × height box, axis labels included (axis_label)."""
+    chars = int(width / 6.5)  # of 11 px sans-serif per line
+    header, y = [f'<text class="title" x="{width / 2:g}" y="22" text-anchor="middle" '
+                 f'font-size="15">{html.escape(title, quote=False)}</text>'], 26
+    for kind, text in (("hardware", hardware), ("condition", condition)):
+        for line in textwrap.wrap(text, chars):
+            y += 14
+            header.append(f'<text class="{kind}" x="{width / 2:g}" y="{y}" text-anchor="middle" '
+                          f'font-size="11">{html.escape(line, quote=False)}</text>')
+    top = y + 12
+    total = top + height
+    return "\n".join([f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:g}" '
+                      f'height="{total:g}" viewBox="0 0 {width:g} {total:g}" '
+                      f'font-family="sans-serif" font-size="{font_size}">',
+                      f'<rect width="{width:g}" height="{total:g}" fill="white"/>', *header,
+                      f'<g transform="translate(0 {top})">', *body, "</g>", "</svg>"]) + "\n"
+
+
+def axis_label(axis, text, x, y, anchor="middle", rotated=False):
+    """The label of axis "x" or "y" (class "axis-x" or "axis-y"), with its unit, at (x, y);
+    `rotated`: a quarter turn anticlockwise, for a label beside a vertical axis."""
+    turn = f' transform="rotate(-90 {x:g} {y:g})"' if rotated else ""
+    return (f'<text class="axis-{axis}" x="{x:g}" y="{y:g}" text-anchor="{anchor}"{turn}>'
+            f'{html.escape(text, quote=False)}</text>')
+
+
+def svg_parts(svg):
+    """(width, height, elements) of an SVG document another program drew (`loom trace --svg`),
+    the elements being the lines inside its <svg> element: to put the drawing under chart_svg's
+    header."""
+    opening = re.match(r"\s*<svg\b[^>]*>", svg)
+    if not opening:
+        raise BenchError("not an SVG document: it does not start with <svg ...>")
+    size = {name: float(re.search(rf'\s{name}="([0-9.]+)"', opening.group()).group(1))
+            for name in ("width", "height")}
+    inner = svg[opening.end():svg.rindex("</svg>")].strip("\n")
+    return size["width"], size["height"], inner.split("\n")
+
+
+def tick_step(peak, ticks=6):
+    """The step of a value axis from 0 to beyond `peak` with at most `ticks` steps: 1, 2, 2.5 or
+    5 times a power of ten."""
+    scale = 10 ** math.floor(math.log10(peak / ticks)) if peak > 0 else 1
+    return next(s * scale for s in (1, 2, 2.5, 5, 10) if peak / (s * scale) <= ticks)

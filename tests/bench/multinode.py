@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 
 import bench_common
 
@@ -35,7 +34,7 @@ LAYERS, D_MODEL = 4, 256
 
 def run_on_cluster(cluster_dir, cmd, what):
     script = f'. "{cluster_dir}/env.sh" && exec "$@"'
-    # Open MPI's TCP progress thread, which loom leaves off across nodes (README), is asked for:
+    # Open MPI's TCP progress thread, which loom leaves off across nodes (docs/launching.md), is asked for:
     # it is what lets communication advance while the 2 cores compute.
     return bench_common.run_command(["bash", "-c", script, "_", *cmd], what,
                                     env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE",
@@ -167,20 +166,14 @@ def table(results, condition, args):
 
 def chart(results, condition):
     """Horizontal stacked bars (hand-written SVG): ms per step of each run, the exposed
-    communication part in orange."""
-    subtitle = textwrap.wrap(condition, 130)
-    width, bar_h, left, right = 760, 26, 300, 70
-    top = 52 + 13 * len(subtitle)
-    height = top + len(ROWS) * (bar_h + 12) + 40
+    communication part in orange, over an x axis in ms."""
+    width, bar_h, left, right, top = 760, 26, 300, 70, 24
+    bars_end = top + len(ROWS) * (bar_h + 12)
+    height = bars_end + 76
     peak = max(ms for ms, _ in results.values())
     scale = (width - left - right) / peak
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="15">'
-           'Two nodes over a slow link: ms per step (median)</text>',
-           *[f'<text x="{width / 2}" y="{40 + 13 * i}" text-anchor="middle" font-size="10">'
-             f'{html.escape(line)}</text>' for i, line in enumerate(subtitle)]]
+    out = [bench_common.axis_label("y", "run (layout of the 4 ranks)", left - 8, top - 10,
+                                   anchor="end")]
     for i, (key, label) in enumerate(ROWS):
         ms, comm = results[key]
         y = top + i * (bar_h + 12)
@@ -191,13 +184,29 @@ def chart(results, condition):
         out.append(f'<rect x="{left + (ms - comm) * scale:.1f}" y="{y}" '
                    f'width="{comm * scale:.1f}" height="{bar_h}" fill="#dd8452"/>')
         out.append(f'<text x="{left + ms * scale + 6:.1f}" y="{y + bar_h / 2 + 4}">{ms:.0f}</text>')
+    out += value_axis(left, bars_end - 6, scale, peak)
+    out.append(bench_common.axis_label("x", "ms per step (median over the runs)",
+                                       left + peak * scale / 2, bars_end + 29))
     y = height - 18
     out.append(f'<rect x="{left}" y="{y - 10}" width="12" height="12" fill="#4c72b0"/>'
                f'<text x="{left + 18}" y="{y}">rest of the step</text>'
                f'<rect x="{left + 150}" y="{y - 10}" width="12" height="12" fill="#dd8452"/>'
                f'<text x="{left + 168}" y="{y}">exposed communication</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    return bench_common.chart_svg(width, height, out,
+                                  "Two nodes over a slow link: ms per step (median)",
+                                  bench_common.hardware_line(4, 1), condition)
+
+
+def value_axis(left, y, scale, peak):
+    """The x axis under the bars at height y: a line with a tick and its ms at every step up to
+    the peak."""
+    step = bench_common.tick_step(peak)
+    out = [f'<line x1="{left}" x2="{left + peak * scale:.1f}" y1="{y}" y2="{y}" stroke="black"/>']
+    for k in range(int(peak / step) + 1):
+        x = left + k * step * scale
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{y}" y2="{y + 5}" stroke="black"/>')
+        out.append(f'<text x="{x:.1f}" y="{y + 17}" text-anchor="middle">{k * step:g}</text>')
+    return out
 
 
 if __name__ == "__main__":

@@ -108,18 +108,38 @@ def memory_ratio(rows):
     return m, None
 
 
+def timeline_svg(trace_svg, row, pp):
+    """`loom trace --svg`'s timeline of one step under the header every chart in docs/ carries,
+    its time axis marked as the x axis and the rank rows labelled as the y axis."""
+    width, height, body = bench_common.svg_parts(trace_svg)
+    body = [line.replace("<text ", '<text class="axis-x" ', 1)
+            if line.endswith(">time (ms)</text>") else line for line in body]
+    body.append(bench_common.axis_label("y", "rank (pipeline stage)", 12, height / 2,
+                                        rotated=True))
+    name = row["schedule"] + (f" (v = {row['v']})" if row["v"] > 1 else "")
+    return bench_common.chart_svg(
+        width, height, body, f"One step on the pipeline (step 2): {name}, pp = {pp}, "
+        f"m = {row['m']}", bench_common.hardware_line(pp, 1),
+        f"{MODEL_TEXT}; {row['m']} micro-batches of {MICRO_BATCH} × {SEQ_LEN} tokens per step")
+
+
 def write_docs(docs, loom, rows_by_pp, command):
     folder = os.path.dirname(docs)
     charts = []
+    pp = min(rows_by_pp)
     for schedule, name in (("ONE_F_ONE_B", "pipeline_1f1b.svg"),
                            ("INTERLEAVED_1F1B", "pipeline_interleaved.svg")):
-        rows = [r for r in rows_by_pp[min(rows_by_pp)] if r["schedule"] == schedule]
+        rows = [r for r in rows_by_pp[pp] if r["schedule"] == schedule]
         if rows:
             r = rows[0]
+            path = os.path.join(folder, name)
             bench_common.run_command([loom, "trace", os.path.join(r["run_dir"], "trace.json"),
-                                      "--svg", os.path.join(folder, name), "--steps", "2"],
-                                     "loom trace")
-            charts.append(f"![{schedule}, pp = {min(rows_by_pp)}, m = {r['m']}, step 2]({name})")
+                                      "--svg", path, "--steps", "2"], "loom trace")
+            with open(path) as f:
+                svg = timeline_svg(f.read(), r, pp)
+            with open(path, "w") as f:
+                f.write(svg)
+            charts.append(f"![{schedule}, pp = {pp}, m = {r['m']}, step 2]({name})")
     body = [SECTION, "",
             f"`{command}` — {MODEL_TEXT}; micro-batch {MICRO_BATCH} × {SEQ_LEN} tokens; one "
             f"thread per rank; {STEPS} steps traced; a step's bubble is the mean over ranks of "

@@ -98,17 +98,15 @@ def chart_svg(runs):
     lo, hi = min(losses) * 0.97, max(losses) * 1.02
     X = lambda s: left + (w - left - right) * s / steps  # noqa: E731
     Y = lambda v: h - bottom - (h - top - bottom) * (min(max(v, lo), hi) - lo) / (hi - lo)  # noqa: E731
-    p = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-         'font-family="sans-serif" font-size="11">', f'<rect width="{w}" height="{h}" fill="white"/>',
-         f'<text x="{left}" y="18">loss (nats per token) against step: default config, byte-level '
-         'data</text>']
+    p = [bench_common.axis_label("y", "loss (nats per token)", 14, (top + h - bottom) / 2,
+                                 rotated=True)]
     for i in range(6):
         v = lo + (hi - lo) * i / 5
         p.append(f'<line x1="{left}" x2="{w - right}" y1="{Y(v):.1f}" y2="{Y(v):.1f}" stroke="#ddd"/>')
         p.append(f'<text x="{left - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{v:.2f}</text>')
     for s in range(0, steps + 1, max(50, steps // 6 // 50 * 50)):
         p.append(f'<text x="{X(s):.1f}" y="{h - bottom + 16}" text-anchor="middle">{s}</text>')
-    p.append(f'<text x="{(left + w - right) / 2:.0f}" y="{h - 8}" text-anchor="middle">step</text>')
+    p.append(bench_common.axis_label("x", "training step", (left + w - right) / 2, h - 8))
     for i, (precision, rows) in enumerate(runs.items()):
         c = colours[precision]
         path = " ".join(f"{X(m['step']):.1f},{Y(m['loss']):.1f}" for m in rows)
@@ -123,8 +121,12 @@ def chart_svg(runs):
     p.append(f'<text x="{w - right + 8}" y="{top + 50}">thin: training</text>')
     p.append(f'<text x="{w - right + 8}" y="{top + 64}">thick, dots:</text>')
     p.append(f'<text x="{w - right + 8}" y="{top + 78}">validation</text>')
-    p.append("</svg>")
-    return "\n".join(p) + "\n"
+    # curves() trains one process with runtime.threads 0: a thread per core.
+    return bench_common.chart_svg(
+        w, h, p, "Loss against step, FP32 and BF16 (runtime.precision)",
+        bench_common.hardware_line(1, os.cpu_count()),
+        f"configs/default.textproto, {steps} steps on byte-level Python source (the standard "
+        "library's .py files), validation every 25 steps", font_size=11)
 
 
 def report(rows, sent, runs, command):

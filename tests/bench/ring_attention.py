@@ -70,19 +70,19 @@ def train_at(loom, sp, T):
         return json.loads(f.readline())["activation_peak_mib"]
 
 
-def chart_svg(ring2, memory):
+def chart_svg(ring2, memory, budget_mib):
     """Two panels: per-rank compute at sp 2 by layout; the longest sequence by sp."""
     w, h, pad = 640, 260, 40
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-             'font-family="sans-serif" font-size="11">',
-             f'<rect width="{w}" height="{h}" fill="white"/>']
+    parts = []
     # Left: compute ms per rank, zigzag and contiguous.
     bars = [(f"rank {r}", rank["compute_ms"], color)
             for name, color in (("zigzag", "#3b7dd8"), ("contiguous", "#d8833b"))
             for r, rank in enumerate(ring2["layouts"][name]["ranks"])]
     top = max(b[1] for b in bars)
     x0, width = pad, (w / 2 - 2 * pad) / len(bars)
-    parts.append(f'<text x="{x0}" y="16">attention compute per rank, sp 2 (ms)</text>')
+    parts.append(bench_common.axis_label("y", "attention compute per rank, sp 2 (ms)", x0, 16,
+                                         anchor="start"))
+    parts.append(bench_common.axis_label("x", "rank, by layout", w / 4, h - 6))
     parts.append(f'<text x="{x0}" y="30"><tspan fill="#3b7dd8">zigzag</tspan>, '
                  '<tspan fill="#d8833b">contiguous</tspan></text>')
     for i, (label, value, color) in enumerate(bars):
@@ -98,7 +98,10 @@ def chart_svg(ring2, memory):
     x0 = w / 2 + pad
     width = (w / 2 - 2 * pad) / len(memory)
     top = max(max(m["T"] for m in memory), memory[0]["T"] * memory[-1]["sp"])
-    parts.append(f'<text x="{x0}" y="16">longest seq_len in the budget (tokens)</text>')
+    parts.append(bench_common.axis_label("y", "longest seq_len in the budget (tokens)", x0, 16,
+                                         anchor="start"))
+    parts.append(bench_common.axis_label("x", "sequence-parallel size sp (ranks)", 3 * w / 4,
+                                         h - 6))
     for i, m in enumerate(memory):
         bh = (h - 2 * pad) * m["T"] / top
         ideal = (h - 2 * pad) * memory[0]["T"] * m["sp"] / top
@@ -111,9 +114,16 @@ def chart_svg(ring2, memory):
                      f'sp {m["sp"]}</text>')
         parts.append(f'<text x="{x + width / 2:.1f}" y="{h - pad - bh + 14:.1f}" '
                      f'text-anchor="middle" fill="white">{m["T"]}</text>')
-    parts.append(f'<text x="{x0}" y="{h - 6}">dashed: sp × the sp 1 length</text>')
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
+    parts.append(f'<text x="{x0}" y="{h + 14}">dashed: sp × the sp 1 length</text>')
+    ranks = sorted({2} | {m["sp"] for m in memory})
+    return bench_common.chart_svg(
+        w, h + 20, parts,
+        f"Ring attention: rank balance, longest sequence in {budget_mib:g} MiB per rank",
+        bench_common.hardware_line(ranks, 1),
+        f"left: attention forward + backward over one sequence of {ring2['T']} tokens "
+        f"(loom bench ring, median of 9 iterations); right: the longest train.seq_len whose "
+        f"planned memory per rank fits {budget_mib:g} MiB (loom plan --memory-gb), {MODEL_TEXT}, "
+        "micro-batch 1; MPI over shared memory", font_size=11)
 
 
 def write_docs(docs, rings, memory, budget_mib, command):
@@ -155,7 +165,7 @@ def write_docs(docs, rings, memory, budget_mib, command):
               "rank also holds ring attention's key/value blocks and their gradients in flight "
               "(10·C values per local token, shared by the layers), so the length grows a little "
               "less than ∝ sp.", "", "![ring attention](ring_attention.svg)", ""]
-    bench_common.write_section(docs, SECTION, lines, {"ring_attention.svg": chart_svg(ring2, memory)})
+    bench_common.write_section(docs, SECTION, lines, {"ring_attention.svg": chart_svg(ring2, memory, budget_mib)})
 
 
 def main():

@@ -28,7 +28,6 @@ usage: tp_ladder.py LOOM_BINARY SOURCE_DIR [--tp 2,4] [--dp 1] [--steps 10] [--s
 """
 import argparse
 import datetime
-import html
 import os
 import shlex
 import shutil
@@ -106,37 +105,29 @@ def summary(results, tps):
     return " ".join(lines)
 
 
-def svg_chart(results, tps, condition):
+def svg_chart(results, tps, dp, condition):
     """A grouped, stacked bar chart (hand-written SVG): per tp a standard and a ladder bar of
-    ms/step, split into exposed communication and the rest of the step."""
-    subtitle = textwrap.wrap(condition, 105)
-    width, height = 680, 380 + 14 * len(subtitle)
-    left, right, top, bottom = 70, 20, 64 + 14 * len(subtitle), 60
-    plot_w, plot_h = width - left - right, height - top - bottom
+    ms/step, split into exposed communication and the rest of the step; under a tp whose ranks
+    outnumber the cores, how many share them."""
+    width, left, right, top, bottom, plot_h = 680, 70, 20, 36, 90, 256
+    height, plot_w = top + plot_h + bottom, width - left - right
     peak = max(ms for ms, _ in results.values())
-    step = next(s for s in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000,
-                            20000, 50000, 100000) if peak / s <= 6)
-    y_max = step * (int(peak / step) + 1)
+    step = bench_common.tick_step(peak)
+    ticks = int(peak / step) + 1
+    y_max = step * ticks
 
     def y(value):
         return top + plot_h * (1 - value / y_max)
 
     colours = {"STANDARD": "#4c72b0", "LADDER": "#55a868", "comm": "#dd8452"}
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{width / 2}" y="22" text-anchor="middle" font-size="15">'
-           'Tensor parallelism: standard vs ladder residual</text>']
-    for i, line in enumerate(subtitle):
-        out.append(f'<text x="{width / 2}" y="{40 + 14 * i}" text-anchor="middle" '
-                   f'font-size="11">{html.escape(line)}</text>')
-    for k in range(int(y_max / step) + 1):
+    out = []
+    for k in range(ticks + 1):
         value = k * step
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(value):.1f}" '
                    f'y2="{y(value):.1f}" stroke="#dddddd"/>')
-        out.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{value}</text>')
-    out.append(f'<text x="16" y="{top + plot_h / 2}" text-anchor="middle" '
-               f'transform="rotate(-90 16 {top + plot_h / 2})">ms per step (median)</text>')
+        out.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">{value:g}</text>')
+    out.append(bench_common.axis_label("y", "ms per step (median)", 16, top + plot_h / 2,
+                                       rotated=True))
     groups = [1] + tps
     group_w = plot_w / len(groups)
     bar_w = min(60, group_w / 3)
@@ -156,8 +147,14 @@ def svg_chart(results, tps, condition):
                        f'text-anchor="middle" font-size="11">{residual.lower()}</text>')
         out.append(f'<text x="{centre:.1f}" y="{y(0) + 34:.1f}" text-anchor="middle" '
                    f'font-size="13">tp = {tp}</text>')
+        if tp * dp > os.cpu_count():
+            out.append(f'<text x="{centre:.1f}" y="{y(0) + 50:.1f}" text-anchor="middle" '
+                       f'font-size="11">{tp * dp} ranks on {os.cpu_count()} cores</text>')
     out.append(f'<line x1="{left}" x2="{width - right}" y1="{y(0):.1f}" y2="{y(0):.1f}" '
                'stroke="black"/>')
+    ranks = "ranks = tp" if dp == 1 else f"ranks = tp × dp {dp}"
+    out.append(bench_common.axis_label("x", f"tensor-parallel size tp ({ranks})",
+                                       left + plot_w / 2, y(0) + 72))
     legend = [("STANDARD", "standard: rest of step"), ("LADDER", "ladder: rest of step"),
               ("comm", "exposed communication")]
     x, legend_y = left, top - 22
@@ -166,8 +163,9 @@ def svg_chart(results, tps, condition):
                    f'fill="{colours[key]}"/>')
         out.append(f'<text x="{x + 17}" y="{legend_y + 10}">{text}</text>')
         x += 30 + 7 * len(text)
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    return bench_common.chart_svg(
+        width, height, out, "Tensor parallelism: ms per step, standard vs ladder residual",
+        bench_common.hardware_line([tp * dp for tp in groups], 1), condition)
 
 
 def replace_section(path, heading, body):
@@ -247,7 +245,7 @@ def main():
     report = report_text(results, args, condition)
     print(report)
     if docs:
-        write_docs(docs, results, args.tp, condition, report, command)
+        write_docs(docs, results, args.tp, args.dp, condition, report, command)
 
 
 def report_text(results, args, condition):
@@ -264,15 +262,15 @@ def report_text(results, args, condition):
     return text
 
 
-def write_docs(docs, results, tps, condition, report, command):
+def write_docs(docs, results, tps, dp, condition, report, command):
     """Writes this condition's subsection (### condition) of the benchmark's section of `docs`,
     keeping the other conditions' subsections, and its chart beside it."""
     chart = CHART if condition == PLAIN_CONDITION else (
         "tp_ladder-" + "".join(c if c.isalnum() else "-" for c in condition.lower())[:40]
         .strip("-") + ".svg")
     with open(os.path.join(os.path.dirname(docs), chart), "w") as f:
-        f.write(svg_chart(results, tps, f"{MODEL_TEXT}; {BATCH_TEXT}; {condition}; "
-                                        f"{bench_common.cpu_description()}"))
+        f.write(svg_chart(results, tps, dp,
+                          f"{MODEL_TEXT}; micro-batch {MICRO_BATCH} × 128 tokens; {condition}"))
     intro = ("`tests/bench/tp_ladder.py` trains the same model with `parallel.tp` = 1 (one "
              "process, no communication: the compute-only baseline) and each tp, with "
              "`model.residual` STANDARD and LADDER. Exposed communication = time a rank blocks "

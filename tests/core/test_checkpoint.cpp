@@ -20,6 +20,15 @@
 namespace loom {
 namespace {
 
+// A run's options for a test: its directory, resumed or not, nothing printed.
+TrainOptions quiet_run(const std::filesystem::path& dir, bool resume) {
+  TrainOptions options;
+  options.run_dir = dir;
+  options.resume = resume;
+  options.quiet = true;
+  return options;
+}
+
 using testing::error_of;
 
 namespace fs = std::filesystem;
@@ -60,9 +69,9 @@ std::vector<std::string> metric_lines(const std::string& run_dir) {
 TEST(Checkpoint, ResumedRunReproducesTheUninterruptedOne) {
   TempDir dir;
   const config::RunConfig cfg = tiny_run(dir);
-  TrainOptions a{.run_dir = dir / "a", .resume = false, .quiet = true};
+  TrainOptions a = quiet_run(dir / "a", false);
   train(cfg, a);
-  TrainOptions b{.run_dir = dir / "b", .resume = false, .quiet = true};
+  TrainOptions b = quiet_run(dir / "b", false);
   train(cfg, b);
   // Pretend run b died after step 6: only its step-4 checkpoint survived.
   fs::remove_all(dir / "b/checkpoints/step_0000008");
@@ -81,9 +90,9 @@ TEST(Checkpoint, ResumedRunReproducesTheUninterruptedOne) {
 TEST(Checkpoint, ResumeFallsBackPastADamagedCheckpoint) {
   TempDir dir;
   const config::RunConfig cfg = tiny_run(dir);
-  TrainOptions a{.run_dir = dir / "a", .resume = false, .quiet = true};
+  TrainOptions a = quiet_run(dir / "a", false);
   train(cfg, a);
-  TrainOptions b{.run_dir = dir / "b", .resume = false, .quiet = true};
+  TrainOptions b = quiet_run(dir / "b", false);
   config::RunConfig shorter = cfg;
   apply_override(shorter, "train.steps=6");  // same data stream; stops after step 6
   apply_override(shorter, "checkpoint.interval=2");
@@ -117,10 +126,10 @@ TEST(Checkpoint, RunDirectoryIsNeverOverwritten) {
   TempDir dir;
   config::RunConfig cfg = tiny_run(dir);
   apply_override(cfg, "train.steps=1");
-  TrainOptions options{.run_dir = dir / "run", .resume = false, .quiet = true};
+  const TrainOptions options = quiet_run(dir / "run", false);
   train(cfg, options);
   EXPECT_NE(error_of([&] { train(cfg, options); }).find("already holds a run"), std::string::npos);
-  TrainOptions missing{.run_dir = dir / "none", .resume = true, .quiet = true};
+  const TrainOptions missing = quiet_run(dir / "none", true);
   EXPECT_NE(error_of([&] { train(cfg, missing); }).find("does not exist"), std::string::npos);
 }
 
@@ -362,9 +371,9 @@ TEST(Checkpoint, ResumeFallsBackPastCheckpointsWithImpossibleFields) {
   TempDir dir;
   config::RunConfig cfg = tiny_run(dir);
   apply_override(cfg, "checkpoint.interval=2");
-  TrainOptions a{.run_dir = dir / "a", .resume = false, .quiet = true};
+  TrainOptions a = quiet_run(dir / "a", false);
   train(cfg, a);
-  TrainOptions b{.run_dir = dir / "b", .resume = false, .quiet = true};
+  TrainOptions b = quiet_run(dir / "b", false);
   config::RunConfig shorter = cfg;
   apply_override(shorter, "train.steps=6");
   train(shorter, b);

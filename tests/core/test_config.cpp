@@ -1,10 +1,12 @@
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <functional>
 
-#include "core/config.h"
 #include "base/error.h"
+#include "base/names.h"
+#include "core/config.h"
 #include "tests/core/test_util.h"
 
 namespace loom {
@@ -32,6 +34,56 @@ TEST(Config, BadEnumListsValidValues) {
       error_of([] { parse_config_text("model { residual: LADDR }", "x.textproto"); });
   EXPECT_NE(msg.find("x.textproto:1:"), std::string::npos) << msg;
   EXPECT_NE(msg.find("Valid values: STANDARD, LADDER"), std::string::npos) << msg;
+}
+
+TEST(Config, MistakesSayWhatWasMeantAndWhere) {
+  // A misspelled field: the closest one, at the field's own position.
+  std::string msg = error_of([] { parse_config_text("model {\n  d_mpl: 3\n}\n", "a.textproto"); });
+  EXPECT_NE(msg.find("a.textproto:2:3:"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("(did you mean d_mlp?)"), std::string::npos) << msg;
+  // A bad enum value is reported at its own line and column, not at the token after it.
+  msg = error_of([] {
+    parse_config_text("model {\n  d_model: 64\n  residual: LADDR\n}\ntrain {\n  steps: 2\n}\n",
+                      "b.textproto");
+  });
+  EXPECT_NE(msg.find("b.textproto:3:13: Unknown enumeration value of \"LADDR\""), std::string::npos)
+      << msg;
+  // A bad number names its field.
+  msg = error_of([] { parse_config_text("model {\n  d_model: abc\n}\n", "c.textproto"); });
+  EXPECT_NE(msg.find("c.textproto:2:12: d_model: Expected integer"), std::string::npos) << msg;
+  config::RunConfig cfg;
+  msg = error_of([&] { apply_override(cfg, "model.d_mpl=3"); });
+  EXPECT_NE(msg.find("(did you mean d_mlp?)"), std::string::npos) << msg;
+  msg = error_of([&] { apply_override(cfg, "train.steps"); });
+  EXPECT_NE(msg.find("--set train.steps=VALUE"), std::string::npos) << msg;
+  EXPECT_EQ(closest_name("d_modle", {"d_model", "d_mlp", "n_heads"}), "d_model");
+  EXPECT_EQ(closest_name("zzz", {"d_model", "d_mlp"}), "");
+}
+
+TEST(Config, EnumValuesIgnoreCase) {
+  const config::RunConfig cfg = parse_config_text(
+      "model { residual: ladder norm: rmsnorm }\ntrain { recompute: Loop_Boundary }", "x");
+  EXPECT_EQ(cfg.model().residual(), config::ModelConfig::LADDER);
+  EXPECT_EQ(cfg.train().recompute(), config::TrainConfig::LOOP_BOUNDARY);
+  config::RunConfig set;
+  apply_override(set, "model.residual=ladder");
+  EXPECT_EQ(set.model().residual(), config::ModelConfig::LADDER);
+}
+
+TEST(Config, DataPathsAreRelativeToTheConfigFile) {
+  namespace fs = std::filesystem;
+  const testing::TempDir temp;
+  const fs::path dir = temp.str();
+  fs::create_directories(dir / "configs");
+  std::ofstream(dir / "configs" / "run.textproto")
+      << "data { train_shards: \"../data/train_*.bin\" val_shards: \"/abs/val_*.bin\" }\n";
+  const config::RunConfig cfg = load_config((dir / "configs" / "run.textproto").string(), {});
+  EXPECT_EQ(cfg.data().train_shards(), (fs::absolute(dir) / "data" / "train_*.bin").string());
+  EXPECT_EQ(cfg.data().val_shards(), "/abs/val_*.bin");
+  // --set values are the working directory's.
+  const config::RunConfig set = load_config((dir / "configs" / "run.textproto").string(),
+                                            {"data.train_shards=mine/train_*.bin"});
+  EXPECT_EQ(set.data().train_shards(), "mine/train_*.bin");
 }
 
 TEST(Config, OverridesSetNestedScalarsAndEnums) {

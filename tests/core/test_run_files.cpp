@@ -11,6 +11,7 @@
 #include "base/error.h"
 #include "base/regular_file.h"
 #include "core/run_dir.h"
+#include "core/sample.h"
 #include "tests/core/test_util.h"
 
 namespace loom {
@@ -18,6 +19,47 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::error_of;
+
+TEST(RunFiles, LogTimestampIsUtcIso8601) {
+  char stamp[kTimestampSize];
+  log_timestamp(0, stamp);
+  EXPECT_EQ(std::string(stamp, kTimestampSize), "1970-01-01T00:00:00Z ");
+  log_timestamp(1796633412, stamp);  // date -u -d @1796633412
+  EXPECT_EQ(std::string(stamp, kTimestampSize), "2026-12-07T08:50:12Z ");
+  log_timestamp(951825600, stamp);  // a leap day
+  EXPECT_EQ(std::string(stamp, kTimestampSize), "2000-02-29T12:00:00Z ");
+}
+
+TEST(RunFiles, LogLinesCarryTheTimeInTheFileOnly) {
+  const testing::TempDir dir;
+  {
+    RunLog log(dir / "train.log", true, true, "[rank 0 dp=0 pp=0 sp=0 tp=0] ");
+    log.line("step 1");
+  }
+  std::ifstream in(dir / "train.log");
+  std::string line;
+  std::getline(in, line);
+  ASSERT_EQ(line.size(), kTimestampSize + 6) << line;
+  EXPECT_EQ(line.substr(kTimestampSize), "step 1");  // rank 0's lines carry no rank label
+  EXPECT_EQ(line[10], 'T');
+}
+
+TEST(RunFiles, CountsSayTheirNounInTheRightNumber) {
+  EXPECT_EQ(counted(1, "thread"), "1 thread");
+  EXPECT_EQ(counted(2, "thread"), "2 threads");
+  EXPECT_EQ(counted(2, "micro-batch"), "2 micro-batches");
+  EXPECT_EQ(counted(1, "micro-batch"), "1 micro-batch");
+  EXPECT_EQ(counted(0, "bucket"), "0 buckets");
+}
+
+TEST(RunFiles, SampleTextIsSafeForATerminalAndUtf8) {
+  EXPECT_EQ(printable_text("def f():\n\treturn 1"), "def f():\n\treturn 1");
+  EXPECT_EQ(printable_text("a\x1b[31mb"), "a\\x1b[31mb");  // no ESC reaches the terminal
+  EXPECT_EQ(printable_text("caf\xc3\xa9 \xe2\x82\xac"), "caf\xc3\xa9 \xe2\x82\xac");  // UTF-8 stays
+  EXPECT_EQ(printable_text("\xff\xc3"), "\\xff\\xc3");                                // not UTF-8
+  EXPECT_EQ(printable_text("\xc2\x85\r\x7f"), "\\u0085\\x0d\\x7f");                   // C1, CR, DEL
+  EXPECT_EQ(printable_text("\xed\xa0\x80"), "\\xed\\xa0\\x80");                       // a surrogate
+}
 
 TEST(RunFiles, LogLineThatCannotBeWrittenIsAnError) {
   RunLog log("/dev/full", true, true, "");  // every write: ENOSPC

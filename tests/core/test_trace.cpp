@@ -275,6 +275,30 @@ TEST(Trace, SvgHasARowPerRankAndABarPerSpanInTheWindow) {
   EXPECT_EQ(count_of(step0, "fill=\"#e15759\""), 2u);  // p2p_wait: legend swatch and its bar
 }
 
+TEST(Trace, WaitCountsEveryCommunicationWaitOnce) {
+  // A tp-2 Ladder rank: tp_wait inside forward and backward, an sp exchange, a dp reduction with
+  // a replica reduction nested in it; over a 1000 µs span, 450 µs of it waiting.
+  config::TraceFile trace;
+  add_row(trace, 0, "rank 0 (tp 0)");
+  *trace.add_trace_events() = span(0, "forward", 0, 400, 0, 0);
+  *trace.add_trace_events() = span(0, "tp_wait", 100, 100, 0);
+  *trace.add_trace_events() = span(0, "sp_wait", 300, 50, 0);
+  *trace.add_trace_events() = span(0, "backward", 400, 400, 0, 0);
+  *trace.add_trace_events() = span(0, "tp_wait", 500, 100, 0);
+  *trace.add_trace_events() = span(0, "dp_reduce", 800, 200, 0);
+  *trace.add_trace_events() = span(0, "replica_reduce", 850, 100, 0);
+  const TraceRankSummary r = trace_summary(trace, trace_window(trace, 0, 0))[0];
+  EXPECT_DOUBLE_EQ(r.span_us, 1000);
+  EXPECT_DOUBLE_EQ(r.busy_us.at("tp_wait"), 200);
+  EXPECT_DOUBLE_EQ(r.busy_us.at("replica_reduce"), 100);
+  EXPECT_DOUBLE_EQ(r.wait_us, 450);
+  EXPECT_DOUBLE_EQ(r.wait_fraction, 0.45);
+  for (const char* c : {"p2p_wait", "tp_wait", "sp_wait", "dp_reduce", "replica_reduce"})
+    EXPECT_TRUE(trace_is_wait(c)) << c;
+  for (const char* c : {"forward", "backward", "optimizer", "recompute"})
+    EXPECT_FALSE(trace_is_wait(c)) << c;
+}
+
 TEST(Trace, SummarySumsCategoriesAndTheWaitFraction) {
   const config::TraceFile trace = two_stage_trace();
   const std::vector<TraceRankSummary> step0 = trace_summary(trace, trace_window(trace, 0, 0));

@@ -67,7 +67,7 @@ PY
 done
 
 # 3. training, CUDA against the CPU
-data="data { train_shards: \"gpu-bundle/data/pystdlib/train_*.bin\" val_shards: \"gpu-bundle/data/pystdlib/val_*.bin\" }"
+data="data { train_shards: \"$PWD/gpu-bundle/data/pystdlib/train_*.bin\" val_shards: \"$PWD/gpu-bundle/data/pystdlib/val_*.bin\" }"  # a config's data paths are relative to its own folder
 train() {  # train NAME DEVICE PRECISION STEPS
   local dir="$out/run-$1"
   rm -rf "$dir"

@@ -122,6 +122,32 @@ TEST(Placement, RanksFillOneNodeThenTheNext) {
   EXPECT_EQ(placement_summary(reported), "x: ranks 0,2; y: ranks 1,3");
 }
 
+TEST(Placement, SummaryOfManyNodesNamesTheFirstAndTheLast) {
+  std::vector<NodeSlots> nodes;
+  for (int i = 1; i <= 512; ++i)
+    nodes.push_back({std::string("node").append(std::to_string(i)), 8});
+  EXPECT_EQ(placement_summary(placement_fill(nodes, 4096)),
+            "node1: ranks 0-7; node2: ranks 8-15; node3: ranks 16-23; …; node512: ranks "
+            "4088-4095 (512 nodes)");
+  // A node's many runs of ranks likewise: the first three, the last and how many ranks.
+  std::vector<std::string> hosts;
+  for (int r = 0; r < 20; ++r) hosts.push_back(r % 2 ? "y" : "x");
+  EXPECT_EQ(placement_summary(placement_of_hosts(hosts)),
+            "x: ranks 0,2,4,…,18 (10 ranks); y: ranks 1,3,5,…,19 (10 ranks)");
+}
+
+TEST(Placement, GroupsAcrossNodesOfALargeWorld) {
+  // One dp group of 100000 ranks over 12500 nodes: found once, not once per member.
+  std::vector<NodeSlots> nodes;
+  for (int i = 0; i < 12500; ++i) nodes.push_back({std::string("n").append(std::to_string(i)), 8});
+  const Mesh dp{.dp = 100000};
+  const Placement p = placement_fill(nodes, 100000);
+  const auto crossing = groups_across_nodes(dp, p, Axis::kData);
+  ASSERT_EQ(crossing.size(), 1u);
+  EXPECT_EQ(crossing[0].size(), 100000u);
+  EXPECT_TRUE(groups_across_nodes(dp, p, Axis::kTensor).empty());
+}
+
 TEST(Placement, TensorGroupsMustStayInsideANode) {
   const Mesh dp2_tp2{.dp = 2, .tp = 2};
   // 2 + 2: tp {0,1} and {2,3} inside nodes, dp {0,2} and {1,3} across.

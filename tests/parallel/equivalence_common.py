@@ -176,7 +176,9 @@ def check_activation_memory(loom, name, config, run_dir, overrides):
     `loom plan` says the largest stage (or rank) allocates."""
     out = subprocess.run([loom, "plan", config, *sets(overrides)], capture_output=True,
                          text=True).stdout
-    planned = [float(x) for x in re.findall(r"^    MiB: .*activations ([0-9.]+) \(", out, re.M)]
+    # The stage table's rows: stage, params, AdamW, activations, slots ("2 × 20.1"), ...
+    planned = [float(x) for x in
+               re.findall(r"^ +\d+ +[0-9.]+ +[0-9.]+ +([0-9.]+) +\d+ × [0-9.]+ ", out, re.M)]
     if not planned:  # one stage: the summary's figure
         planned = [float(x) for x in re.findall(r"^  activations +([0-9.]+) ", out, re.M)]
     measured = max(m["activation_peak_mib"] for m in metrics(run_dir))

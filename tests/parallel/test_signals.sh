@@ -137,7 +137,7 @@ for sig in HUP QUIT; do
     kill -"$sig" "$pid"; finish
     want=$((128 + $(kill -l "$sig")))
     if [ "$rc" -ne "$want" ] ||
-       ! tail -1 "$name/train.log" | grep -q "^loom: SIG$sig: the run ends now, after step"; then
+       ! tail -1 "$name/train.log" | grep -qE "^[0-9T:-]+Z loom: SIG$sig: the run ends now, after step"; then
       fail "$name: exit $rc (expected $want), last line: $(tail -1 "$name/train.log")"
     else
       pass "$name: exit $rc, last line in train.log"

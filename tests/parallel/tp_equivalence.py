@@ -9,6 +9,7 @@ tp = 2 x dp = 2 with ZeRO-1 and continues exactly; and greedy sampling at the en
 usage: tp_equivalence.py LOOM_BINARY SOURCE_DIR
 """
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +35,11 @@ def sample_text(run_dir):
     """The sample written at the end of a run (the text after "sample:" in train.log)."""
     with open(os.path.join(run_dir, "train.log")) as f:
         log = f.read()
-    return log.split("sample:\n", 1)[1] if "sample:\n" in log else None
+    if "sample:\n" not in log:
+        return None
+    # up to the next line of the log, which starts with its timestamp
+    return re.split(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", log.split("sample:\n", 1)[1], 1,
+                    flags=re.M)[0]
 
 
 def check_sampling():
@@ -44,7 +49,8 @@ def check_sampling():
     for tp in (1, 2):
         run_dir = f"sample-tp{tp}"
         cmd = [LOOM, "train", "plain-ladder.textproto", "--run-dir", run_dir,
-               *sets(["train.steps=2", "logging.sample_tokens=24", "logging.sample_temperature=0",
+               *sets(["train.steps=6", "optim.warmup_steps=0", "optim.lr=1e-2",  # enough to sample
+                      "logging.sample_tokens=24", "logging.sample_temperature=0",
                       f"parallel.tp={tp}"])]
         if run((mpirun(tp) if tp > 1 else []) + cmd, f"sampling at tp={tp}"):
             texts[tp] = sample_text(run_dir)
