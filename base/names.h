@@ -1,8 +1,10 @@
-// Names a user mistyped: the closest known name, for "did you mean ..." in messages about an
-// unknown config field, enum value, option or command. Header-only, like json_text.h.
+// Words in messages: the closest known name to one a user mistyped, for "did you mean ..." about
+// an unknown config field, option or command; and a count with its noun ("2 micro-batches").
+// Header-only, like json_text.h.
 //
 //   const std::string guess = loom::closest_name("d_mpl", {"d_model", "d_mlp"});  // "d_mlp"
 //   if (!guess.empty()) message += " (did you mean " + guess + "?)";
+//   log.line("trained on " + loom::counted(ranks, "rank"));
 #pragma once
 #include <algorithm>
 #include <cctype>
@@ -42,6 +44,14 @@ inline std::string closest_name(std::string_view name, const std::vector<std::st
     }
   }
   return best;
+}
+
+// "1 thread", "2 threads", "2 micro-batches": a count and its noun, the noun plural unless n is
+// 1 (-es after ch, sh, s and x).
+inline std::string counted(long n, const std::string& noun) {
+  const bool es =
+      noun.ends_with("ch") || noun.ends_with("sh") || noun.ends_with("s") || noun.ends_with("x");
+  return std::to_string(n) + " " + noun + (n == 1 ? "" : es ? "es" : "s");
 }
 
 }  // namespace loom

@@ -19,7 +19,9 @@ namespace loom {
 constexpr long kMaxSampleTokens = 65536;
 
 // Parses the text-format file, applies each "path.to.field=value" override in order, validates
-// the result and returns it resolved (see resolve_defaults).
+// the result and returns it resolved (see resolve_defaults), its data paths absolute: a relative
+// path written in the file is taken from the file's folder, a default or --set one from the
+// working directory.
 config::RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides);
 
 // Parses text-format `text`; `source` names it in error messages.

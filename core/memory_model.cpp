@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "base/names.h"
 #include "core/backend.h"
 #include "core/loop_sampling.h"
 #include "core/pipeline.h"
@@ -77,7 +78,7 @@ std::string memory_problem(const LayoutMemory& memory, int ranks, double availab
                            const std::string& where, const std::string& command) {
   if (available <= 0 || memory.bytes() * ranks <= available) return "";
   return "this layout needs " + memory_size_text(memory.bytes()) + " per rank × " +
-         std::to_string(ranks) + " rank(s) but " + where + " has " + memory_size_text(available) +
+         counted(ranks, "rank") + " but " + where + " has " + memory_size_text(available) +
          " available: " + memory_breakdown(memory.peak()) +
          ". Shrink the largest, or spread the model over more ranks or machines" +
          (command == "loom plan" ? "" : " (loom plan shows the layout's memory)");

@@ -188,17 +188,15 @@ void check_resumable(const config::RunConfig& saved, const config::RunConfig& no
                             {"train.global_batch", a.global_batch() == b.global_batch()},
                             {"train.seed", a.seed() == b.seed()},
                             {"train.shuffle", a.shuffle() == b.shuffle()},
-                            {"data.train_shards",
-                             saved.data().train_shards() == now.data().train_shards()}})
+                            {"data.train_shards",  // a run of an older loom saved a relative one
+                             fs::absolute(saved.data().train_shards()).lexically_normal() ==
+                                 fs::absolute(now.data().train_shards()).lexically_normal()}})
     if (!same)
       throw Error(where + std::string(name) +
                   " differs from the run's: the resumed run would read other data than the "
                   "uninterrupted one; keep the run's value");
 }
 
-// Loads the newest usable checkpoint. One that cannot be read or fails its checksums (a disk
-// that lost it) falls back to the one before, and says so; a config that does not fit the run
-// is the user's to fix, so it stops the resume.
 std::string checkpoint_of(const std::string& path) {
   std::error_code ec;
   if (fs::exists(fs::path(path) / "checkpoint.textproto", ec)) return path;
@@ -218,6 +216,9 @@ std::string checkpoint_of(const std::string& path) {
   return newest;
 }
 
+// Loads the newest usable checkpoint. One that cannot be read or fails its checksums (a disk
+// that lost it) falls back to the one before, and says so; a config that does not fit the run
+// is the user's to fix, so it stops the resume.
 std::string resume_from(const std::string& checkpoints_dir, const config::RunConfig& cfg,
                         Model& model, Optimizer* optimizer, CheckpointState& state, RunLog& log) {
   const std::vector<std::string> saved = checkpoint_list(checkpoints_dir);

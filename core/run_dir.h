@@ -15,6 +15,7 @@
 #include <string>
 #include <utility>
 
+#include "base/names.h"
 #include "core/checkpoint.h"
 #include "core/model.h"
 #include "core/optimizer.h"
@@ -69,14 +70,6 @@ std::string format(const char* fmt, auto... args) {
   char buffer[512];
   std::snprintf(buffer, sizeof(buffer), fmt, args...);
   return buffer;
-}
-
-// "1 thread", "2 threads", "2 micro-batches": a count and its noun, the noun plural unless n is
-// 1 (-es after ch, sh, s and x).
-inline std::string counted(long n, const std::string& noun) {
-  const bool es =
-      noun.ends_with("ch") || noun.ends_with("sh") || noun.ends_with("s") || noun.ends_with("x");
-  return std::to_string(n) + " " + noun + (n == 1 ? "" : es ? "es" : "s");
 }
 
 // "SIGTERM", "SIGUSR1", ... ("a signal" for others); async-signal-safe (a static string).

@@ -115,7 +115,9 @@ void check_shard_record(
         const size_t a = line.find(' '), b = a == std::string::npos ? a : line.find(' ', a + 1);
         if (b == std::string::npos)
           throw Error(path.string() + " is damaged: line \"" + line + "\"");
-        (*into)[line.substr(b + 1)] = line.substr(0, b);
+        // Shards by absolute path: a run started before data paths were absolute recorded them
+        // relative to the working directory.
+        (*into)[fs::absolute(line.substr(b + 1)).lexically_normal().string()] = line.substr(0, b);
       }
     }
     for (const auto& [shard, crc] : current) {

@@ -93,7 +93,9 @@ std::string printable_text(const std::string& text) {
       ++i;
       continue;
     }
-    if ((code < 0x20 && code != '\n' && code != '\t') || (code >= 0x7F && code < 0xA0)) {
+    // Controls, and the bidirectional overrides and isolates that reorder what a terminal shows.
+    if ((code < 0x20 && code != '\n' && code != '\t') || (code >= 0x7F && code < 0xA0) ||
+        (code >= 0x202A && code <= 0x202E) || (code >= 0x2066 && code <= 0x2069)) {
       std::snprintf(escape, sizeof(escape), code < 0x80 ? "\\x%02x" : "\\u%04x", code);
       out += escape;
     } else {

@@ -21,9 +21,10 @@ std::vector<int> sample_tokens(Model& model, const std::vector<int>& prompt, int
                                int count, float temperature, int top_k, Rng& rng);
 
 // Generated text made safe for a terminal and a UTF-8 log: newlines, tabs and valid UTF-8 stay;
-// control characters (ESC, CR, DEL, C1) become visible escapes (\x1b, \u0085), and bytes that
-// are not UTF-8 become \xNN. A byte-level model writes any byte, and an ESC would reach the
-// terminal.
+// control characters (ESC, CR, DEL, C1) and bidirectional overrides become visible escapes
+// (\x1b, \u0085, \u202e), and bytes that are not UTF-8 become \xNN. A byte-level model writes
+// any byte, and an ESC would reach the terminal. (A backslash stays as it is: the model's own
+// "\x1b" text reads the same as an escaped ESC.)
 std::string printable_text(const std::string& text);
 
 }  // namespace loom

@@ -631,6 +631,10 @@ TrainSummary finish_run(Training& tr) {
                        tr.in.run_dir.string().c_str()));
     return loop.summary;
   }
+  // Whether to sample is decided from rank 0's loss, so that every rank of the sampling tensor
+  // group decides alike.
+  if (tr.run.groups.is_distributed())
+    tr.run.groups.world->broadcast(&loop.summary.last_loss, 1, DataType::kFloat64, 0);
   flight_phase(flight, "sampling");
   sample_at_end(tr.run, loop.sample_whole ? &loop.final_params : nullptr, loop.rng.state,
                 tr.in.tokenizer, loop.summary.last_loss, tr.log);

@@ -126,36 +126,6 @@ std::string need_text(const LayoutMemory& memory) {
          ", the largest)";
 }
 
-// "loom plan: HEADLINE DETAIL" on one line when it is short, else DETAIL below the headline,
-// cut at spaces into indented lines of at most 100 columns.
-void print_verdict(const std::string& headline, const std::string& detail) {
-  constexpr size_t kWidth = 100;
-  auto columns = [](const std::string& s) {
-    size_t n = 0;
-    for (unsigned char c : s) n += (c & 0xC0) != 0x80;
-    return n;
-  };
-  const std::string first = std::string(kCommand) + ": " + headline;
-  if (columns(first) + 1 + columns(detail) <= kWidth) {
-    std::printf("\n%s %s\n", first.c_str(), detail.c_str());
-    return;
-  }
-  std::printf("\n%s\n", first.c_str());
-  std::string line = "  ";
-  size_t at = 0;
-  while (at < detail.size()) {
-    const size_t space = std::min(detail.find(' ', at), detail.size());
-    const std::string word = detail.substr(at, space - at);
-    at = space + 1;
-    if (line.size() > 2 && columns(line) + 1 + columns(word) > kWidth) {
-      std::printf("%s\n", line.c_str());
-      line = "  ";
-    }
-    line += (line.size() > 2 ? " " : "") + word;
-  }
-  std::printf("%s\n", line.c_str());
-}
-
 // The verdict on memory, and the exit status: against --memory-gb per rank, this machine when
 // the layout would start here, or no verdict for other machines of unknown memory.
 int judge_memory(const config::RunConfig& cfg, const LayoutMemory& memory, const Mesh& mesh,
@@ -167,13 +137,13 @@ int judge_memory(const config::RunConfig& cfg, const LayoutMemory& memory, const
     std::snprintf(budget, sizeof(budget), "--memory-gb %g (%s per rank)", budget_gib,
                   memory_size_text(budget_gib * kGiB).c_str());
     if (memory.bytes() > budget_gib * kGiB) {
-      print_verdict("cannot run this layout within " + std::string(budget) + ":",
-                    "it needs " + need_text(memory) + ": " + memory_breakdown(memory.peak()) +
-                        ". Shrink the largest, or spread the model over more ranks");
+      plan_print_verdict("cannot run this layout within " + std::string(budget) + ":",
+                         "it needs " + need_text(memory) + ": " + memory_breakdown(memory.peak()) +
+                             ". Shrink the largest, or spread the model over more ranks");
       return 1;
     }
-    print_verdict("can run this layout (" + ranks + ") within " + budget + ":",
-                  "it needs " + need_text(memory));
+    plan_print_verdict("can run this layout (" + ranks + ") within " + budget + ":",
+                       "it needs " + need_text(memory));
     return 0;
   }
   const std::string away = elsewhere(target, mesh);
@@ -182,23 +152,25 @@ int judge_memory(const config::RunConfig& cfg, const LayoutMemory& memory, const
     const double available = host_available_bytes();
     const std::string problem = memory_problem(memory, world, available, "this machine", kCommand);
     if (!problem.empty()) {
-      print_verdict("cannot run this layout on this machine:", problem);
+      plan_print_verdict("cannot run this layout on this machine:", problem);
       return 1;
     }
-    print_verdict("can run this layout on this machine (" + ranks + "):",
-                  "it needs " + need_text(memory) +
-                      (available > 0 ? "; " + memory_size_text(available) + " are available" : ""));
+    plan_print_verdict(
+        "can run this layout on this machine (" + ranks + "):",
+        "it needs " + need_text(memory) +
+            (available > 0 ? "; " + memory_size_text(available) + " are available" : ""));
     return 0;
   }
   std::string node;
   if (ranks_per_node > 1)
     node = ", " + memory_size_text(memory.bytes() * ranks_per_node) + " on the fullest node (" +
            std::to_string(ranks_per_node) + " ranks)";
-  print_verdict(away.empty() ? "each rank runs on a GPU (" + ranks + "):"
-                             : "a layout for other machines (" + away + "):",
-                "it needs " + need_text(memory) + node +
-                    ". Their memory is not known here: give --memory-gb X (one GPU's memory, or "
-                    "one rank's share of a node) to judge it");
+  plan_print_verdict(
+      away.empty() ? "each rank runs on a GPU (" + ranks + "):"
+                   : "a layout for other machines (" + away + "):",
+      "it needs " + need_text(memory) + node +
+          ". Their memory is not known here: give --memory-gb X (one GPU's memory, or "
+          "one rank's share of a node) to judge it");
   return 0;
 }
 
@@ -281,7 +253,7 @@ int command_plan(int argc, char** argv) {
       ranks_per_node = plan_print_placement(mesh, placement);
       const std::string tp_problem = cross_node_tp_problem(mesh, placement);
       if (!tp_problem.empty() && !args.flag("--allow-cross-node-tp")) {
-        print_verdict("cannot run this placement:", tp_problem);
+        plan_print_verdict("cannot run this placement:", tp_problem);
         return 1;
       }
     }

@@ -91,19 +91,21 @@ int main(int argc, char** argv) {
     std::cerr << "loom: error: " << problem << "\n";
     return 1;
   }
+  // `loom`, `loom --help`, `loom help` and `loom help help` print the usage.
+  const bool help = argc >= 2 && std::strcmp(argv[1], "help") == 0;
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
-      (argc == 2 && std::strcmp(argv[1], "help") == 0)) {
+      (help && (argc == 2 || std::strcmp(argv[2], "help") == 0))) {
     std::cout << kUsage;
     return argc < 2 ? 2 : 0;
   }
-  if (std::strcmp(argv[1], "--version") == 0 || std::strcmp(argv[1], "version") == 0) {
+  if (std::strcmp(argv[1], "--version") == 0) {
     print_version();
     return 0;
   }
   // `loom help train` is `loom train --help`.
   char help_flag[] = "--help";
   char* help_argv[] = {argv[0], argc > 2 ? argv[2] : argv[1], help_flag, nullptr};
-  if (std::strcmp(argv[1], "help") == 0) {
+  if (help) {
     if (argc > 3) {
       std::cerr << "loom help: expected one command, e.g. loom help train\n";
       return 2;

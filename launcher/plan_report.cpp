@@ -466,4 +466,29 @@ void plan_print_longest_sequence(const config::RunConfig& cfg, double budget_gib
               lo == max_k ? " (the search stops at 2^24 tokens)" : "");
 }
 
+// "loom plan: HEADLINE DETAIL" on one line when it is short, else DETAIL below the headline,
+// cut at spaces into indented lines of at most 100 columns.
+void plan_print_verdict(const std::string& headline, const std::string& detail) {
+  constexpr size_t kWidth = 100;
+  const std::string first = "loom plan: " + headline;
+  if (columns(first) + 1 + columns(detail) <= kWidth) {
+    std::printf("\n%s %s\n", first.c_str(), detail.c_str());
+    return;
+  }
+  std::printf("\n%s\n", first.c_str());
+  std::string line = "  ";
+  size_t at = 0;
+  while (at < detail.size()) {
+    const size_t space = std::min(detail.find(' ', at), detail.size());
+    const std::string word = detail.substr(at, space - at);
+    at = space + 1;
+    if (line.size() > 2 && columns(line) + 1 + columns(word) > kWidth) {
+      std::printf("%s\n", line.c_str());
+      line = "  ";
+    }
+    line += (line.size() > 2 ? " " : "") + word;
+  }
+  std::printf("%s\n", line.c_str());
+}
+
 }  // namespace loom

@@ -8,6 +8,8 @@
 //   loom::plan_print_groups(layout.mesh);
 //   loom::plan_print_memory(cfg, layout, loom::layout_memory(cfg, layout), threads);
 #pragma once
+#include <string>
+
 #include "core/memory_model.h"
 #include "core/parallel_layout.h"
 #include "loom.pb.h"
@@ -27,6 +29,10 @@ int plan_print_placement(const Mesh& mesh, const Placement& placement);
 // with pp > 1, the schedule and one table row per stage.
 void plan_print_memory(const config::RunConfig& cfg, const ParallelLayout& layout,
                        const LayoutMemory& memory, int threads);
+
+// "loom plan: HEADLINE DETAIL" on one line when it is short, else DETAIL below the headline, cut at
+// spaces into indented lines of at most 100 columns.
+void plan_print_verdict(const std::string& headline, const std::string& detail);
 
 // The longest train.seq_len the layout trains within `budget_gib` GiB per rank.
 void plan_print_longest_sequence(const config::RunConfig& cfg, double budget_gib);

@@ -347,9 +347,10 @@ bool rule_line(const std::string& line) {
 // Copies the job's stderr to loom's line by line, leaving out what only repeats a failure loom
 // has already explained: Open MPI's "MPI_ABORT was invoked" block (a rank calls MPI_Abort only
 // after printing its error) and its help-aggregation notes. Every other line passes, mpirun's
-// notice of a rank killed by a signal included. Runs on a thread of its own until the pipe
-// closes, or, once the job has ended, until it is quiet for half a second (a remote ssh may keep
-// it open).
+// notice of a rank killed by a signal included; a block between rule lines is held until it
+// closes (at most kMaxBlockLines). Runs on a thread of its own until the pipe closes, or once the
+// job has ended, until it is quiet for half a second or 2 s have passed (a remote ssh, or a
+// process the job left behind, may keep it open).
 class StderrFilter {
  public:
   explicit StderrFilter(int fd) : fd_(fd), thread_([this] { run(); }) {}
@@ -361,31 +362,48 @@ class StderrFilter {
   StderrFilter& operator=(const StderrFilter&) = delete;
 
  private:
+  static constexpr size_t kMaxBlockLines = 40;
+
   void run() {
-    std::string pending;
-    auto quiet_since = std::chrono::steady_clock::now();
+    using Clock = std::chrono::steady_clock;
+    auto quiet_since = Clock::now();
+    std::optional<Clock::time_point> ended;
     for (;;) {
       pollfd p{fd_, POLLIN, 0};
       const int ready = poll(&p, 1, 100);
-      if (ready < 0 && errno != EINTR) break;
-      if (ready > 0) {
-        char buffer[4096];
-        const ssize_t n = read(fd_, buffer, sizeof(buffer));
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        pending.append(buffer, static_cast<size_t>(n));
-        for (size_t end; (end = pending.find('\n')) != std::string::npos;) {
-          take(pending.substr(0, end + 1));
-          pending.erase(0, end + 1);
+      if (ready < 0 && errno != EINTR) {  // cannot wait: read (blocking) until the pipe closes
+        while (read_some()) {
         }
-        quiet_since = std::chrono::steady_clock::now();
-      } else if (job_ended_.load() &&
-                 std::chrono::steady_clock::now() - quiet_since > std::chrono::milliseconds(500)) {
         break;
       }
+      if (ready > 0) {
+        if (!read_some()) break;
+        quiet_since = Clock::now();
+      }
+      if (job_ended_.load()) {
+        const auto now = Clock::now();
+        if (!ended) ended = now;
+        if (now - quiet_since > std::chrono::milliseconds(500) ||
+            now - *ended > std::chrono::seconds(2))
+          break;
+      }
     }
-    if (!pending.empty()) take(pending);
+    if (!pending_.empty()) take(pending_);
     emit(block_);  // an unterminated block is shown as it is
+  }
+  // Reads what the pipe holds and passes on its complete lines; false at its end.
+  bool read_some() {
+    char buffer[4096];
+    ssize_t n;
+    do n = read(fd_, buffer, sizeof(buffer));
+    while (n < 0 && errno == EINTR);
+    if (n <= 0) return false;
+    pending_.append(buffer, static_cast<size_t>(n));
+    for (size_t end; (end = pending_.find('\n')) != std::string::npos;) {
+      take(pending_.substr(0, end + 1));
+      pending_.erase(0, end + 1);
+    }
+    return true;
   }
   void take(const std::string& line) {
     std::string text = line;
@@ -397,8 +415,9 @@ class StderrFilter {
     }
     if (in_block_) {
       block_ += line;
-      if (!rule_line(text)) return;
+      if (!rule_line(text) && ++block_lines_ < kMaxBlockLines) return;
       in_block_ = false;
+      block_lines_ = 0;
       if (block_.find("MPI_ABORT was invoked") == std::string::npos) emit(block_);
       block_.clear();
       return;
@@ -416,10 +435,39 @@ class StderrFilter {
 
   int fd_;
   std::atomic<bool> job_ended_{false};
+  std::string pending_;  // a line not yet complete
   bool in_block_ = false;
+  size_t block_lines_ = 0;
   std::string block_;
   std::thread thread_;
 };
+
+// A close-on-exec pipe; `program` names what it is for in the error.
+void open_pipe(Fd& read_end, Fd& write_end, const std::string& program) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0)
+    throw Error("cannot start " + program + ": pipe: " + std::strerror(errno));
+  read_end.fd = fds[0];
+  write_end.fd = fds[1];
+}
+
+// run_job's status from waitpid's: 128 + N for signal N, and 128 + N also when a SIGINT,
+// SIGTERM, SIGHUP or SIGQUIT this process passed on ended the job.
+int job_status(int status, const JobOptions& options) {
+  const int code = WIFEXITED(status)     ? WEXITSTATUS(status)
+                   : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
+                                         : 1;
+  const int sig = g_stopped_by.exchange(0);
+  if (options.received_signal) *options.received_signal = sig;
+  // Stopped at once by a signal: say so and end as the signal would (130, 143, ...), not with
+  // the launcher's generic failure status (mpirun exits 1 once it has stopped the ranks).
+  if (sig != 0 && (code == 1 || code >= 128)) {
+    std::cerr << "loom: stopped by " << signal_name(sig) << " (passed on to every rank)"
+              << std::endl;
+    return 128 + sig;
+  }
+  return code;
+}
 
 }  // namespace
 
@@ -436,19 +484,9 @@ int run_job(const std::vector<std::string>& argv, const JobOptions& options) {
     ~Release() { g_busy.store(false); }
   } release;
 
-  Fd report_read, report_write;
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0)
-    throw Error("cannot start " + argv[0] + ": pipe: " + std::strerror(errno));
-  report_read.fd = fds[0];
-  report_write.fd = fds[1];
-  Fd stderr_read, stderr_write;
-  if (options.filter_mpi_notices) {
-    if (pipe2(fds, O_CLOEXEC) != 0)
-      throw Error("cannot start " + argv[0] + ": pipe: " + std::strerror(errno));
-    stderr_read.fd = fds[0];
-    stderr_write.fd = fds[1];
-  }
+  Fd report_read, report_write, stderr_read, stderr_write;
+  open_pipe(report_read, report_write, argv[0]);
+  if (options.filter_mpi_notices) open_pipe(stderr_read, stderr_write, argv[0]);
 
   g_graceful.store(options.graceful_stop);
   g_first_stop_ms.store(0);
@@ -499,19 +537,7 @@ int run_job(const std::vector<std::string>& argv, const JobOptions& options) {
   if (got == static_cast<ssize_t>(sizeof(exec_error)))
     throw Error("cannot start " + argv[0] + " (" + file + "): " + std::strerror(exec_error) + " (" +
                 install_hint(argv[0]) + ")");
-  const int code = WIFEXITED(status) ? WEXITSTATUS(status)
-                   : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
-                                         : 1;
-  const int sig = g_stopped_by.exchange(0);
-  if (options.received_signal) *options.received_signal = sig;
-  // Stopped at once by a signal: say so and end as the signal would (130, 143, ...), not with
-  // the launcher's generic failure status (mpirun exits 1 once it has stopped the ranks).
-  if (sig != 0 && (code == 1 || code >= 128)) {
-    std::cerr << "loom: stopped by " << signal_name(sig) << " (passed on to every rank)"
-              << std::endl;
-    return 128 + sig;
-  }
-  return code;
+  return job_status(status, options);
 }
 
 }  // namespace loom

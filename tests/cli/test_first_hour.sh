@@ -94,6 +94,11 @@ grep -q "no sample: the loss [0-9.]* is still near a uniform guess's" run-short/
 # --- resume, sample and export by run directory ---
 expect_ok resume-own-config "$loom" train --resume --run-dir run --set train.steps=8
 [ "$(grep -c '"loss"' run/metrics.jsonl)" -eq 8 ] && pass || fail "resume without CONFIG: $(wc -l <run/metrics.jsonl) lines"
+# --set paths are the working directory's; the run's config.textproto holds them absolute, so
+# resuming from elsewhere reads the same files.
+expect_ok set-paths "$loom" train tiny.textproto --set train.steps=2 --set logging.sample_tokens=0 \
+  --set "data.train_shards=data/train_*.bin" --set "data.val_shards=data/val_*.bin" --run-dir run-set
+expect_ok resume-elsewhere bash -c "cd elsewhere && '$loom' train --resume --run-dir ../run-set --set train.steps=3"
 expect_error resume-no-run "no-run/config.textproto does not exist, so this is no run to continue" -- \
   "$loom" train --resume --run-dir no-run
 expect_error two-configs "expected exactly one CONFIG file, got 2" -- "$loom" train tiny.textproto tiny.textproto

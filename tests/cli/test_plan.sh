@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `loom plan` for a cluster layout (issue 23): a 4,096-rank layout is judged per rank against
+# `loom plan` for a cluster layout: a 4,096-rank layout is judged per rank against
 # --memory-gb (this machine's memory only for a layout that would start here), its messages say
 # `loom plan`, large worlds and many stages print as tables of short lines, the summary's
 # activations are the recompute table's "(this run)" row, and a layout that does not divide is
@@ -119,7 +119,7 @@ agree recompute
 # --- a local layout is still judged against this machine, in loom plan's words ---
 plan local-3tib 1 --set model.d_model=65536 --set model.n_heads=64 --set model.d_mlp=262144
 expect local-3tib '^loom plan: cannot run this layout on this machine:$'
-expect local-3tib-need 'this layout needs [0-9.]+ GiB per rank × 1 rank\(s\) but this machine has'
+expect local-3tib-need 'this layout needs [0-9.]+ GiB per rank × 1 rank but this machine has'
 plan local-small 0 --set parallel.dp=2 --set train.micro_batch=8
 expect local-small '^loom plan: can run this layout on this machine \(2 ranks\)'
 

@@ -48,6 +48,12 @@ TEST(Config, MistakesSayWhatWasMeantAndWhere) {
   });
   EXPECT_NE(msg.find("b.textproto:3:13: Unknown enumeration value of \"LADDR\""), std::string::npos)
       << msg;
+  // ... also after a comment naming it, and with tabs, which protobuf counts as up to 8 columns.
+  msg =
+      error_of([] { parse_config_text("model {\n  residual: LADDR # LADDR is a typo\n}\n", "d"); });
+  EXPECT_NE(msg.find("d:2:13: Unknown enumeration value"), std::string::npos) << msg;
+  msg = error_of([] { parse_config_text("model {\n\td_mpl: 3\n\td_mpl: 4\n}\n", "e"); });
+  EXPECT_NE(msg.find("e:2:2: Message type"), std::string::npos) << msg;
   // A bad number names its field.
   msg = error_of([] { parse_config_text("model {\n  d_model: abc\n}\n", "c.textproto"); });
   EXPECT_NE(msg.find("c.textproto:2:12: d_model: Expected integer"), std::string::npos) << msg;
@@ -80,10 +86,18 @@ TEST(Config, DataPathsAreRelativeToTheConfigFile) {
   const config::RunConfig cfg = load_config((dir / "configs" / "run.textproto").string(), {});
   EXPECT_EQ(cfg.data().train_shards(), (fs::absolute(dir) / "data" / "train_*.bin").string());
   EXPECT_EQ(cfg.data().val_shards(), "/abs/val_*.bin");
-  // --set values are the working directory's.
+  // --set values and defaults are the working directory's.
   const config::RunConfig set = load_config((dir / "configs" / "run.textproto").string(),
                                             {"data.train_shards=mine/train_*.bin"});
-  EXPECT_EQ(set.data().train_shards(), "mine/train_*.bin");
+  EXPECT_EQ(set.data().train_shards(), (fs::current_path() / "mine" / "train_*.bin").string());
+  std::ofstream(dir / "configs" / "plain.textproto") << "train { steps: 2 }\n";
+  const config::RunConfig plain = load_config((dir / "configs" / "plain.textproto").string(), {});
+  EXPECT_EQ(plain.data().train_shards(),
+            (fs::current_path() / "data" / "pystdlib" / "train_*.bin").string());
+  // The run's own config.textproto, read back from anywhere, names the same files.
+  std::ofstream(dir / "saved.textproto") << config_to_text(set);
+  EXPECT_EQ(load_config((dir / "saved.textproto").string(), {}).data().train_shards(),
+            set.data().train_shards());
 }
 
 TEST(Config, OverridesSetNestedScalarsAndEnums) {

@@ -9,18 +9,17 @@
 #include "core/config.h"
 #include "core/layout_advice.h"
 #include "core/parallel_layout.h"
+#include "tests/core/test_util.h"
 
 namespace loom {
 namespace {
 
 config::RunConfig config_with(const std::vector<std::string>& overrides) {
-  config::RunConfig cfg;
-  for (const char* o :
-       {"model.vocab_size=16", "model.d_model=96", "model.n_heads=12", "model.d_mlp=192",
-        "model.max_seq_len=128", "model.prelude_layers=1", "model.block_layers=2", "model.loops=3",
-        "model.coda_layers=1", "train.seq_len=128", "train.micro_batch=2", "train.global_batch=16"})
-    apply_override(cfg, o);
-  for (const std::string& o : overrides) apply_override(cfg, o);
+  config::RunConfig cfg = testing::config_from(
+      {"model.vocab_size=16", "model.d_model=96", "model.n_heads=12", "model.d_mlp=192",
+       "model.max_seq_len=128", "model.prelude_layers=1", "model.block_layers=2", "model.loops=3",
+       "model.coda_layers=1", "train.seq_len=128", "train.micro_batch=2", "train.global_batch=16"},
+      overrides);
   return cfg;
 }
 

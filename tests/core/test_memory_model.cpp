@@ -9,18 +9,17 @@
 #include "core/memory_model.h"
 #include "core/parallel_layout.h"
 #include "kernels/cpu/threads.h"
+#include "tests/core/test_util.h"
 
 namespace loom {
 namespace {
 
 config::RunConfig config_with(const std::vector<std::string>& overrides) {
-  config::RunConfig cfg;
-  for (const char* o :
-       {"model.vocab_size=257", "model.d_model=32", "model.n_heads=2", "model.d_mlp=64",
-        "model.max_seq_len=32", "model.prelude_layers=1", "model.block_layers=2", "model.loops=3",
-        "model.coda_layers=1", "train.seq_len=32", "train.micro_batch=1", "train.global_batch=8"})
-    apply_override(cfg, o);
-  for (const std::string& o : overrides) apply_override(cfg, o);
+  config::RunConfig cfg = testing::config_from(
+      {"model.vocab_size=257", "model.d_model=32", "model.n_heads=2", "model.d_mlp=64",
+       "model.max_seq_len=32", "model.prelude_layers=1", "model.block_layers=2", "model.loops=3",
+       "model.coda_layers=1", "train.seq_len=32", "train.micro_batch=1", "train.global_batch=8"},
+      overrides);
   validate_config(cfg);
   return cfg;
 }
@@ -62,7 +61,7 @@ TEST(MemoryModel, ProblemNamesTheBudgetAndTheCommand) {
   EXPECT_EQ(memory_problem(memory, 4, 0, "this machine", "loom plan"), "");  // unknown
   EXPECT_EQ(memory_problem(memory, 4, 4 * memory.bytes(), "this machine", "loom plan"), "");
   const std::string plan = memory_problem(memory, 4, memory.bytes(), "this machine", "loom plan");
-  EXPECT_NE(plan.find("per rank × 4 rank(s) but this machine has"), std::string::npos) << plan;
+  EXPECT_NE(plan.find("per rank × 4 ranks but this machine has"), std::string::npos) << plan;
   EXPECT_NE(plan.find("parameters and gradients"), std::string::npos);
   EXPECT_EQ(plan.find("loom plan shows"), std::string::npos);
   EXPECT_NE(memory_problem(cfg, 4, memory.bytes()).find("(loom plan shows the layout's memory)"),

@@ -32,16 +32,26 @@ TEST(RunFiles, LogTimestampIsUtcIso8601) {
 
 TEST(RunFiles, LogLinesCarryTheTimeInTheFileOnly) {
   const testing::TempDir dir;
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
   {
-    RunLog log(dir / "train.log", true, true, "[rank 0 dp=0 pp=0 sp=0 tp=0] ");
+    RunLog log(dir / "train.log", false, true, "[rank 0 dp=0 pp=0 sp=0 tp=0] ");
     log.line("step 1");
+    RunLog other(dir / "other.log", false, false, "[rank 1 dp=1 pp=0 sp=0 tp=0] ");
+    other.line("not printed: only the writer prints lines");
+    other.warn("slow disk");
   }
+  // The terminal gets rank 0's line as it is, another rank's warning with its label.
+  EXPECT_EQ(::testing::internal::GetCapturedStdout(), "step 1\n");
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(),
+            "[rank 1 dp=1 pp=0 sp=0 tp=0] warning: slow disk\n");
   std::ifstream in(dir / "train.log");
   std::string line;
   std::getline(in, line);
   ASSERT_EQ(line.size(), kTimestampSize + 6) << line;
-  EXPECT_EQ(line.substr(kTimestampSize), "step 1");  // rank 0's lines carry no rank label
+  EXPECT_EQ(line.substr(kTimestampSize), "step 1");  // the file: the time, then the line
   EXPECT_EQ(line[10], 'T');
+  EXPECT_FALSE(std::filesystem::exists(dir / "other.log"));
 }
 
 TEST(RunFiles, CountsSayTheirNounInTheRightNumber) {
@@ -59,6 +69,9 @@ TEST(RunFiles, SampleTextIsSafeForATerminalAndUtf8) {
   EXPECT_EQ(printable_text("\xff\xc3"), "\\xff\\xc3");                                // not UTF-8
   EXPECT_EQ(printable_text("\xc2\x85\r\x7f"), "\\u0085\\x0d\\x7f");                   // C1, CR, DEL
   EXPECT_EQ(printable_text("\xed\xa0\x80"), "\\xed\\xa0\\x80");                       // a surrogate
+  EXPECT_EQ(printable_text("a\xe2\x80\xae"
+                           "b"),
+            "a\\u202eb");  // a right-to-left override
 }
 
 TEST(RunFiles, LogLineThatCannotBeWrittenIsAnError) {

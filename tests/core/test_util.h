@@ -1,13 +1,15 @@
-// Helpers shared by the core tests: a fresh temporary folder per test, and the message of the
-// loom::Error a call throws.
+// Helpers shared by the core tests: a fresh temporary folder per test, a config from overrides,
+// and the message of the loom::Error a call throws.
 #pragma once
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "base/error.h"
+#include "core/config.h"
 
 namespace loom::testing {
 
@@ -29,6 +31,16 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+// A config made of `base` overrides, then `overrides` ("path.to.field=value" each), applied to
+// the schema's defaults in order.
+inline config::RunConfig config_from(const std::vector<std::string>& base,
+                                     const std::vector<std::string>& overrides) {
+  config::RunConfig cfg;
+  for (const std::string& o : base) apply_override(cfg, o);
+  for (const std::string& o : overrides) apply_override(cfg, o);
+  return cfg;
+}
 
 // The message of the loom::Error that f throws, or "" when it throws none.
 inline std::string error_of(const std::function<void()>& f) {

@@ -11,10 +11,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
@@ -232,6 +235,72 @@ TEST(RunJob, ReturnsSignalPlus128WhenTheChildIsKilled) {
               return run_job({"sh", "-c", "kill -TERM $$"});
             })),
             128 + SIGTERM);
+}
+
+// run_job with filter_mpi_notices in a helper whose stderr goes to `path`.
+int filtered_job_to(const std::string& path, const std::string& script) {
+  return in_helper([&] {
+    const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, STDERR_FILENO);
+    close(fd);
+    return run_job({"sh", "-c", script}, {.filter_mpi_notices = true});
+  });
+}
+
+// A file name of this test process's own under /tmp.
+std::string scratch_path(const std::string& name) {
+  return "/tmp/loom_launcher_test_" + std::to_string(getpid()) + "_" + name;
+}
+
+// The file's text; the file is removed.
+std::string file_text(const std::string& path) {
+  std::ifstream in(path);
+  std::string text(std::istreambuf_iterator<char>(in), {});
+  std::remove(path.c_str());
+  return text;
+}
+
+TEST(RunJob, FilterDropsOpenMpisAbortBannerAndKeepsTheRest) {
+  const std::string rule(74, '-'), path = scratch_path("stderr.txt");
+  const std::string script =
+      "echo 'loom train: error: no shard matches x' >&2;"
+      "printf '%s\\nMPI_ABORT was invoked on rank 0 in communicator MPI_COMM_WORLD\\n"
+      "with errorcode 65.\\n%s\\n' " +
+      rule + " " + rule +
+      " >&2;"
+      "echo '[host:01234] 1 more process has sent help message help-mpi-api.txt / mpi-abort' >&2;"
+      "echo 'Set MCA parameter \"orte_base_help_aggregate\" to 0 to see all help' >&2;"
+      "printf '%s\\nmpirun noticed that process rank 1 exited on signal 9 (Killed).\\n%s\\n' " +
+      rule + " " + rule +
+      " >&2;"
+      "printf 'a last line without a newline' >&2; exit 65";
+  EXPECT_EQ(exit_code(filtered_job_to(path, script)), 65);
+  const std::string err = file_text(path);
+  EXPECT_NE(err.find("loom train: error: no shard matches x\n"), std::string::npos) << err;
+  EXPECT_EQ(err.find("MPI_ABORT"), std::string::npos) << err;
+  EXPECT_EQ(err.find("help message"), std::string::npos) << err;
+  EXPECT_EQ(err.find("orte_base_help_aggregate"), std::string::npos) << err;
+  EXPECT_NE(err.find(rule + "\nmpirun noticed that process rank 1 exited on signal 9"),
+            std::string::npos)
+      << err;
+  EXPECT_NE(err.find("a last line without a newline"), std::string::npos) << err;
+}
+
+TEST(RunJob, FilterNeitherHoldsBackAnOpenBlockNorWaitsForAWriterLeftBehind) {
+  const std::string path = scratch_path("stderr.txt");
+  // A rule line that no second one closes, then 50 lines: shown once 40 are held.
+  std::string script = "printf '%s\\n' " + std::string(30, '-') +
+                       " >&2; i=0;"
+                       "while [ $i -lt 50 ]; do echo line $i >&2; i=$((i+1)); done;"
+                       // a process the job leaves behind keeps writing to the pipe
+                       "(while :; do echo still here >&2; sleep 0.2; done) & exit 3";
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(exit_code(filtered_job_to(path, script)), 3);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(6));
+  const std::string err = file_text(path);
+  EXPECT_NE(err.find("line 49\n"), std::string::npos) << err;
+  EXPECT_NE(err.find("still here"), std::string::npos) << err;
+  // (the writer left behind dies of SIGPIPE at its next line: run_job closed the pipe)
 }
 
 TEST(RunJob, ChildHasItsOwnProcessGroupAndNoTerminalInput) {

@@ -171,9 +171,9 @@ open(p, 'r+b').write(b)" "data-w$dp/train_000000.bin"
   "$loom" train tiny.textproto --set parallel.dp=$dp --set "data.train_shards=data-w$dp/train_*.bin" \
     --run-dir "$name" --resume >"$name-resume.out" 2>&1
   resumed=$?
-  if [ "$rc" -eq 0 ] || ! grep -q "shard data-w$dp/train_000000.bin changed while the run read it" "$name.out"; then
+  if [ "$rc" -eq 0 ] || ! grep -q "shard [^ ]*data-w$dp/train_000000.bin changed while the run read it" "$name.out"; then
     fail "overwrite dp $dp: exit $rc: $(grep -m2 error "$name.out" || tail -2 "$name.out")"
-  elif [ "$resumed" -ne 1 ] || ! grep -q "shard data-w$dp/train_000000.bin changed since the run started" "$name-resume.out"; then
+  elif [ "$resumed" -ne 1 ] || ! grep -q "shard [^ ]*data-w$dp/train_000000.bin changed since the run started" "$name-resume.out"; then
     fail "overwrite dp $dp: resume exit $resumed: $(tail -2 "$name-resume.out")"
   else
     pass "overwrite dp $dp: the run stopped naming the shard; --resume refused it"
