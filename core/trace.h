@@ -24,7 +24,8 @@ namespace loom {
 // Categories callers use; each has its own colour in the SVG (others are drawn brown):
 // "forward", "backward", "p2p_wait" (blocked on a pipeline send/recv), "dp_reduce",
 // "replica_reduce" (shared-weight gradients summed across pipeline stages), "tp_wait",
-// "optimizer", "other".
+// "sp_wait", "sum_wait" (the step's loss and gradient-norm sums), "zero_gather" (ZeRO-1's
+// parameter all-gather, inside "optimizer"), "optimizer", "recompute", "other".
 struct TraceEvent {
   std::string name;
   std::string category;

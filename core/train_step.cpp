@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 
 #include "base/error.h"
 #include "core/param_shards.h"
@@ -93,6 +94,8 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
       grad_sum_squares(model, optimizer.owned, zero ? reducer->shard : model.buf.grads.data());
   flight_phase(parallel.flight, "loss and gradient norm");
   const auto start = Clock::now();
+  std::optional<TraceSpan> sums_span(std::in_place, parallel.trace, "loss and norm sums",
+                                     "sum_wait");
   if (model.par.tp.comm) model.par.tp.comm->all_reduce(&squares, 1);
   if (parallel.pp && parallel.pp->size() > 1) {
     // The last stage's loss and every stage's squares, in one all-reduce.
@@ -108,6 +111,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
     result.loss = sums[0] / parallel.dp->size();
     if (zero) squares = sums[1];
   }
+  sums_span.reset();
   result.grad_norm = std::sqrt(squares);
   result.comm_wait_s += model_comm_wait_seconds(model) + pipe.wait_seconds + seconds_since(start);
   result.finite = std::isfinite(result.loss) && std::isfinite(result.grad_norm);
@@ -119,6 +123,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
                  zero ? reducer->shard : nullptr);
   if (zero) {
     const auto start = Clock::now();
+    TraceSpan gather_span(parallel.trace, "zero gather", "zero_gather");
     grad_reducer_gather_in_place(*reducer, model.buf.params.data());
     result.comm_wait_s += seconds_since(start);
   }

@@ -23,8 +23,9 @@ trace-event format; Perfetto and chrome://tracing open it too) as an SVG Gantt c
 rank, a bar per span coloured by category, forward/backward bars labelled with their micro-batch
 ("3", or "3c1" for chunk 1). Then prints, per rank, the milliseconds spent in each category and
 the wait: time blocked on communication (the categories marked *: pipeline sends and receives,
-tensor- and sequence-parallel exchanges, data-parallel and shared-weight gradient reductions;
-overlapping waits counted once) in ms and as a fraction of the rank's span.
+tensor- and sequence-parallel exchanges, data-parallel and shared-weight gradient reductions,
+the step's loss and norm sums, ZeRO-1's parameter gather; overlapping waits counted once) in ms
+and as a fraction of the rank's span.
 
   --steps A-B   only the time of steps A to B (a single step: --steps A); default: every step
 )";

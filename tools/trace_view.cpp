@@ -29,8 +29,8 @@ struct CategoryStyle {
 constexpr CategoryStyle kCategories[] = {
     {"forward", "#4e79a7"},   {"backward", "#f28e2b"},       {"p2p_wait", "#e15759"},
     {"dp_reduce", "#76b7b2"}, {"replica_reduce", "#59a14f"}, {"tp_wait", "#edc948"},
-    {"optimizer", "#b07aa1"}, {"sp_wait", "#ff9da7"}, {"recompute", "#8cd17d"},
-    {"other", "#bab0ac"},
+    {"optimizer", "#b07aa1"}, {"sp_wait", "#ff9da7"},        {"recompute", "#8cd17d"},
+    {"sum_wait", "#d37295"},  {"zero_gather", "#499894"},    {"other", "#bab0ac"},
 };
 constexpr const char* kUnknownColour = "#9c755f";
 
@@ -153,7 +153,8 @@ std::string trace_steps_text(TraceWindow window) {
 
 bool trace_is_wait(const std::string& category) {
   return category == "p2p_wait" || category == "tp_wait" || category == "sp_wait" ||
-         category == "dp_reduce" || category == "replica_reduce";
+         category == "dp_reduce" || category == "replica_reduce" || category == "sum_wait" ||
+         category == "zero_gather";
 }
 
 std::vector<TraceRankSummary> trace_summary(const config::TraceFile& trace, TraceWindow window) {

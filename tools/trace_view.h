@@ -58,8 +58,9 @@ struct TraceRankSummary {
 };
 
 // Whether a category is time a rank spends blocked on communication: pipeline sends and
-// receives (p2p_wait), tensor- and sequence-parallel exchanges (tp_wait, sp_wait), and the
-// data-parallel and shared-weight gradient reductions it waits for (dp_reduce, replica_reduce).
+// receives (p2p_wait), tensor- and sequence-parallel exchanges (tp_wait, sp_wait), the
+// data-parallel and shared-weight gradient reductions it waits for (dp_reduce, replica_reduce),
+// the step's loss and norm sums (sum_wait) and ZeRO-1's parameter all-gather (zero_gather).
 bool trace_is_wait(const std::string& category);
 // One entry per row of trace_svg, in the same (pid) order.
 std::vector<TraceRankSummary> trace_summary(const config::TraceFile& trace, TraceWindow window);

@@ -293,7 +293,8 @@ TEST(Trace, WaitCountsEveryCommunicationWaitOnce) {
   EXPECT_DOUBLE_EQ(r.busy_us.at("replica_reduce"), 100);
   EXPECT_DOUBLE_EQ(r.wait_us, 450);
   EXPECT_DOUBLE_EQ(r.wait_fraction, 0.45);
-  for (const char* c : {"p2p_wait", "tp_wait", "sp_wait", "dp_reduce", "replica_reduce"})
+  for (const char* c :
+       {"p2p_wait", "tp_wait", "sp_wait", "dp_reduce", "replica_reduce", "sum_wait", "zero_gather"})
     EXPECT_TRUE(trace_is_wait(c)) << c;
   for (const char* c : {"forward", "backward", "optimizer", "recompute"})
     EXPECT_FALSE(trace_is_wait(c)) << c;
