@@ -205,11 +205,86 @@ void validate_loops(const config::RunConfig& cfg) {
 
 }  // namespace
 
+namespace {
+
+// parallel.*: sizes that divide the model and the batch (refused with values that would), MPI's
+// message limit, the pipeline's layout and schedule, ZeRO and the gradient reduction.
+void validate_parallel(const config::RunConfig& cfg) {
+  const auto& m = cfg.model();
+  const auto& t = cfg.train();
+  const auto& p = cfg.parallel();
+  for (auto [name, size] :
+       {std::pair{"dp", p.dp()}, {"tp", p.tp()}, {"pp", p.pp()}, {"sp", p.sp()}})
+    require(size >= 1, std::string("parallel.") + name + " must be at least 1");
+  // A layout that does not divide the model is refused with values that would (layout_advice).
+  const auto advised = [](const std::string& advice) {
+    return advice.empty() ? "" : "; " + advice;
+  };
+  const long per_step = static_cast<long>(t.micro_batch()) * p.dp();
+  if (t.global_batch() % per_step != 0)
+    require(false, "train.global_batch (" + num(t.global_batch()) +
+                       ") must be a multiple of "
+                       "train.micro_batch × parallel.dp (" +
+                       num(t.micro_batch()) + " × " + num(p.dp()) + ")" +
+                       advised(layout_advice_batch(cfg)));
+  if (m.n_heads() % p.tp() != 0)
+    require(false, "parallel.tp (" + num(p.tp()) + ") must divide model.n_heads (" +
+                       num(m.n_heads()) + "): each tensor-parallel rank holds whole heads" +
+                       advised(layout_advice_tp(cfg)));
+  if (m.d_mlp() % p.tp() != 0)
+    require(false, "parallel.tp (" + num(p.tp()) + ") must divide model.d_mlp (" + num(m.d_mlp()) +
+                       ")" + advised(layout_advice_tp(cfg)));
+  if (p.sequence_layout() == config::ParallelConfig::ZIGZAG && t.seq_len() % (2 * p.sp()) != 0)
+    require(false, "train.seq_len (" + num(t.seq_len()) +
+                       ") must be divisible by 2 × parallel.sp (" + num(2 * p.sp()) +
+                       "): the zigzag layout cuts each sequence into 2·sp chunks" +
+                       advised(layout_advice_seq_len(cfg)));
+  if (p.sequence_layout() != config::ParallelConfig::ZIGZAG && t.seq_len() % p.sp() != 0)
+    require(false, "train.seq_len (" + num(t.seq_len()) + ") must be divisible by parallel.sp (" +
+                       num(p.sp()) + ") for the contiguous sequence layout" +
+                       advised(layout_advice_seq_len(cfg)));
+  // One MPI message carries at most INT32_MAX elements: ring attention's key/value block and a
+  // pipeline boundary state are each sent whole.
+  const double local_tokens = static_cast<double>(t.micro_batch()) * t.seq_len() / p.sp();
+  const double ring_message = local_tokens * 2.0 * m.d_model() / p.tp();
+  require(p.sp() == 1 || ring_message <= 2147483647.0,
+          "ring attention would send " + std::to_string(static_cast<long long>(ring_message)) +
+              " floats in one message (micro_batch × seq_len / sp × 2 × d_model / tp), more than "
+              "MPI's 2^31 − 1: raise parallel.sp or parallel.tp, or lower train.micro_batch");
+  const double boundary_message = local_tokens * 3.0 * m.d_model();  // stream, ladder output, e
+  require(p.pp() == 1 || boundary_message <= 2147483647.0,
+          "a pipeline boundary would send up to " +
+              std::to_string(static_cast<long long>(boundary_message)) +
+              " floats in one message (3 × micro_batch × seq_len / sp × d_model), more than "
+              "MPI's 2^31 − 1: raise parallel.sp or lower train.micro_batch");
+  require(p.virtual_stages() >= 1, "parallel.virtual_stages must be at least 1");
+  require(p.virtual_stages() == 1 || p.pp() > 1,
+          "parallel.virtual_stages (" + num(p.virtual_stages()) +
+              ") needs parallel.pp > 1: "
+              "virtual stages are chunks of a pipeline rank");
+  require(p.pipeline_layout().empty() || p.pp() > 1,
+          "parallel.pipeline_layout is set but parallel.pp is 1: there is nothing to cut");
+  try {
+    parallel_layout(cfg);  // the schedule runs this layout; the stage plan fits the model
+  } catch (const Error& e) {
+    throw Error(std::string("invalid config: ") + e.what());
+  }
+  require(p.zero_stage() == 0 || p.zero_stage() == 1,
+          "parallel.zero_stage must be 0 or 1 (got " + num(p.zero_stage()) + ")");
+  require(p.grad_reduce_dtype() == config::RuntimeConfig::FP32 ||
+              cfg.runtime().precision() == config::RuntimeConfig::BF16,
+          "parallel.grad_reduce_dtype BF16 needs runtime.precision BF16 (the bf16 backend "
+          "rounds the gradients for the wire); with FP32 training gradients are reduced in fp32");
+  require(p.bucket_mb() > 0, "parallel.bucket_mb must be positive");
+  require(p.collective_timeout_s() > 0, "parallel.collective_timeout_s must be positive");
+}
+
+}  // namespace
+
 void validate_config(const config::RunConfig& cfg) {
   const auto& m = cfg.model();
   const auto& t = cfg.train();
   const auto& o = cfg.optim();
-  const auto& p = cfg.parallel();
   check_sizes(cfg);
   require(m.vocab_size() >= 2 && m.vocab_size() <= 65536,
           "model.vocab_size (" + num(m.vocab_size()) +
@@ -289,69 +364,7 @@ void validate_config(const config::RunConfig& cfg) {
   require(cfg.runtime().threads() <= 4 * cores,
           "runtime.threads (" + num(cfg.runtime().threads()) + ") is more than 4× this machine's " +
               num(cores) + " cores; use 0 for one thread per core");
-
-  for (auto [name, size] : {std::pair{"dp", p.dp()}, {"tp", p.tp()}, {"pp", p.pp()}, {"sp", p.sp()}})
-    require(size >= 1, std::string("parallel.") + name + " must be at least 1");
-  // A layout that does not divide the model is refused with values that would (layout_advice).
-  const auto advised = [](const std::string& advice) {
-    return advice.empty() ? "" : "; " + advice;
-  };
-  const long per_step = static_cast<long>(t.micro_batch()) * p.dp();
-  if (t.global_batch() % per_step != 0)
-    require(false, "train.global_batch (" + num(t.global_batch()) +
-                       ") must be a multiple of "
-                       "train.micro_batch × parallel.dp (" +
-                       num(t.micro_batch()) + " × " + num(p.dp()) + ")" +
-                       advised(layout_advice_batch(cfg)));
-  if (m.n_heads() % p.tp() != 0)
-    require(false, "parallel.tp (" + num(p.tp()) + ") must divide model.n_heads (" +
-                       num(m.n_heads()) + "): each tensor-parallel rank holds whole heads" +
-                       advised(layout_advice_tp(cfg)));
-  if (m.d_mlp() % p.tp() != 0)
-    require(false, "parallel.tp (" + num(p.tp()) + ") must divide model.d_mlp (" + num(m.d_mlp()) +
-                       ")" + advised(layout_advice_tp(cfg)));
-  if (p.sequence_layout() == config::ParallelConfig::ZIGZAG && t.seq_len() % (2 * p.sp()) != 0)
-    require(false, "train.seq_len (" + num(t.seq_len()) +
-                       ") must be divisible by 2 × parallel.sp (" + num(2 * p.sp()) +
-                       "): the zigzag layout cuts each sequence into 2·sp chunks" +
-                       advised(layout_advice_seq_len(cfg)));
-  if (p.sequence_layout() != config::ParallelConfig::ZIGZAG && t.seq_len() % p.sp() != 0)
-    require(false, "train.seq_len (" + num(t.seq_len()) + ") must be divisible by parallel.sp (" +
-                       num(p.sp()) + ") for the contiguous sequence layout" +
-                       advised(layout_advice_seq_len(cfg)));
-  // One MPI message carries at most INT32_MAX elements: ring attention's key/value block and a
-  // pipeline boundary state are each sent whole.
-  const double local_tokens = static_cast<double>(t.micro_batch()) * t.seq_len() / p.sp();
-  const double ring_message = local_tokens * 2.0 * m.d_model() / p.tp();
-  require(p.sp() == 1 || ring_message <= 2147483647.0,
-          "ring attention would send " + std::to_string(static_cast<long long>(ring_message)) +
-              " floats in one message (micro_batch × seq_len / sp × 2 × d_model / tp), more than "
-              "MPI's 2^31 − 1: raise parallel.sp or parallel.tp, or lower train.micro_batch");
-  const double boundary_message = local_tokens * 3.0 * m.d_model();  // stream, ladder output, e
-  require(p.pp() == 1 || boundary_message <= 2147483647.0,
-          "a pipeline boundary would send up to " +
-              std::to_string(static_cast<long long>(boundary_message)) +
-              " floats in one message (3 × micro_batch × seq_len / sp × d_model), more than "
-              "MPI's 2^31 − 1: raise parallel.sp or lower train.micro_batch");
-  require(p.virtual_stages() >= 1, "parallel.virtual_stages must be at least 1");
-  require(p.virtual_stages() == 1 || p.pp() > 1,
-          "parallel.virtual_stages (" + num(p.virtual_stages()) + ") needs parallel.pp > 1: "
-          "virtual stages are chunks of a pipeline rank");
-  require(p.pipeline_layout().empty() || p.pp() > 1,
-          "parallel.pipeline_layout is set but parallel.pp is 1: there is nothing to cut");
-  try {
-    parallel_layout(cfg);  // the schedule runs this layout; the stage plan fits the model
-  } catch (const Error& e) {
-    throw Error(std::string("invalid config: ") + e.what());
-  }
-  require(p.zero_stage() == 0 || p.zero_stage() == 1,
-          "parallel.zero_stage must be 0 or 1 (got " + num(p.zero_stage()) + ")");
-  require(p.grad_reduce_dtype() == config::RuntimeConfig::FP32 ||
-              cfg.runtime().precision() == config::RuntimeConfig::BF16,
-          "parallel.grad_reduce_dtype BF16 needs runtime.precision BF16 (the bf16 backend "
-          "rounds the gradients for the wire); with FP32 training gradients are reduced in fp32");
-  require(p.bucket_mb() > 0, "parallel.bucket_mb must be positive");
-  require(p.collective_timeout_s() > 0, "parallel.collective_timeout_s must be positive");
+  validate_parallel(cfg);
 }
 
 int grad_accum_steps(const config::RunConfig& cfg) {
