@@ -197,6 +197,11 @@ void check_resumable(const config::RunConfig& saved, const config::RunConfig& no
                   "uninterrupted one; keep the run's value");
 }
 
+config::RunConfig read_run_config(const fs::path& path) {
+  return parse_config_text(read_regular_file(path.string(), size_t{1} << 20, "run config"),
+                           path.string());
+}
+
 std::string checkpoint_of(const std::string& path) {
   std::error_code ec;
   if (fs::exists(fs::path(path) / "checkpoint.textproto", ec)) return path;
@@ -205,9 +210,7 @@ std::string checkpoint_of(const std::string& path) {
   if (!fs::exists(saved_config, ec))
     throw Error(path + " is neither a checkpoint (it has no checkpoint.textproto) nor a run " +
                 "directory (it has no config.textproto)");
-  const config::RunConfig cfg =
-      parse_config_text(read_regular_file(saved_config.string(), size_t{1} << 20, "run config"),
-                        saved_config.string());
+  const config::RunConfig cfg = read_run_config(saved_config);
   const fs::path checkpoints = fs::path(path) / cfg.checkpoint().directory();
   const std::string newest = checkpoint_latest(checkpoints.string());
   if (newest.empty())

@@ -108,6 +108,10 @@ RunDirLock prepare_run_dir(const std::filesystem::path& dir, bool resume);
 void check_resumable(const config::RunConfig& saved, const config::RunConfig& now,
                      const std::string& checkpoint);
 
+// A run directory's config.textproto (`path`), parsed; throws loom::Error naming the file when it
+// cannot be read or parsed.
+config::RunConfig read_run_config(const std::filesystem::path& path);
+
 // The checkpoint `path` names: `path` itself when it is a checkpoint folder, the newest complete
 // checkpoint of the run when it is a run directory (as its config.textproto's
 // checkpoint.directory says). Throws loom::Error saying which it is not, or that the run has

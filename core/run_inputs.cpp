@@ -73,9 +73,7 @@ void check_checkpoint_directory(const config::RunConfig& cfg, const fs::path& ru
   const fs::path saved_config = run_dir / "config.textproto";
   std::error_code ec;
   if (!fs::exists(saved_config, ec)) return;
-  const config::RunConfig saved =
-      parse_config_text(read_regular_file(saved_config.string(), size_t{1} << 20, "run config"),
-                        saved_config.string());
+  const config::RunConfig saved = read_run_config(saved_config);
   const std::string before = saved.checkpoint().directory(), now = cfg.checkpoint().directory();
   if (fs::path(before).lexically_normal() == fs::path(now).lexically_normal()) return;
   const fs::path kept = run_dir / before;
@@ -150,10 +148,7 @@ void check_before_start(const config::RunConfig& cfg, const std::string& run_dir
   const fs::path saved_config = fs::path(run_dir) / "config.textproto";
   std::error_code ec;
   if (resume && fs::exists(saved_config, ec)) {
-    check_resumable(
-        parse_config_text(read_regular_file(saved_config.string(), size_t{1} << 20, "run config"),
-                          saved_config.string()),
-        cfg, saved_config.string());
+    check_resumable(read_run_config(saved_config), cfg, saved_config.string());
     check_checkpoint_directory(cfg, run_dir);
   }
   std::string dir, val_dir;
