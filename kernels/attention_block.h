@@ -2,13 +2,16 @@
 // query rows of this rank's part of the sequences against a range of key/value rows (this
 // rank's or another's), with the tokens' global positions deciding the causal mask.
 //
-// Layouts (per sequence b of B; H heads of hd; out rows are H·hd wide):
+// Layouts (per sequence b of B; H query heads of hd; out rows are H·hd wide). Grouped-query
+// attention: kv_heads key/value heads (dividing H, 0 meaning H), query head h reading key/value
+// head kv_head(h) = h / (H / kv_heads), so consecutive query heads share one.
 //   q   (B, q_len, q_ld):   head h's query of row t at q[(b·q_len + t)·q_ld + h·hd]
-//   kv  (B, kv_len, kv_ld): head h's key at column h·hd, its value at v_offset + h·hd
+//   kv  (B, kv_len, kv_ld): kv head g's key at column g·hd, its value at v_offset + g·hd
 //   out (B, q_len, H·hd), lse (B, H, q_len): the block's rows [q_begin, q_begin + q_rows)
-// A packed qkv (B, T, 3C) is q with q_ld = 3C and kv = qkv + C with kv_ld = 3C, v_offset = C.
+// A packed qkv (B, T, C + 2·Ckv) (C = H·hd, Ckv = kv_heads·hd: q, then k, then v) is q with
+// q_ld = C + 2·Ckv and kv = qkv + C with kv_ld = q_ld, v_offset = Ckv (attention_whole_sequence).
 //
-//   AttentionBlock blk{B, H, hd, T, 0, T, 3 * C, T, 0, T, 3 * C, C, true, 0, 0};
+//   AttentionBlock blk = attention_whole_sequence(B, T, C, H, H);
 //   attention_block_forward(out, lse, qkv, qkv + C, blk, scratch);   // = causal attention
 #pragma once
 
@@ -31,6 +34,11 @@ struct AttentionBlock {
   // only if kv_position + j ≤ q_position + i. Otherwise (a full block) every key.
   bool causal = false;
   int q_position = 0, kv_position = 0;
+  int kv_heads = 0;  // key/value heads; 0: H (no grouping)
+
+  LOOM_HOST_DEVICE int kv_head_count() const { return kv_heads > 0 ? kv_heads : H; }
+  // The key/value head query head h reads.
+  LOOM_HOST_DEVICE int kv_head(int h) const { return h / (H / kv_head_count()); }
 
   // Keys query row i (0-based within the block) sees: a prefix of the block's key rows.
   LOOM_HOST_DEVICE int visible(int i) const {
@@ -40,15 +48,20 @@ struct AttentionBlock {
   }
 };
 
-// Whole causal attention over a packed qkv (B, T, 3C) as one block: every row against every row,
-// causal from position 0, with q = qkv and kv = qkv + C.
-inline AttentionBlock attention_whole_sequence(int B, int T, int C, int H) {
+// Whole causal attention over a packed qkv (B, T, C + 2·Ckv) as one block: every row against
+// every row, causal from position 0, with q = qkv and kv = qkv + C.
+inline AttentionBlock attention_whole_sequence(int B, int T, int C, int H, int kv_heads) {
   AttentionBlock blk;
-  blk.B = B, blk.H = H, blk.hd = C / H;
-  blk.q_len = T, blk.q_begin = 0, blk.q_rows = T, blk.q_ld = 3 * C;
-  blk.kv_len = T, blk.kv_begin = 0, blk.kv_rows = T, blk.kv_ld = 3 * C, blk.v_offset = C;
+  const int hd = C / H, width = C + 2 * kv_heads * hd;
+  blk.B = B, blk.H = H, blk.hd = hd, blk.kv_heads = kv_heads;
+  blk.q_len = T, blk.q_begin = 0, blk.q_rows = T, blk.q_ld = width;
+  blk.kv_len = T, blk.kv_begin = 0, blk.kv_rows = T, blk.kv_ld = width;
+  blk.v_offset = kv_heads * hd;
   blk.causal = true;
   return blk;
 }
+
+// Elements of one packed qkv row: H query heads and kv_heads key and value heads of hd.
+inline int qkv_width(int C, int H, int kv_heads) { return C + 2 * kv_heads * (C / H); }
 
 }  // namespace loom::kernels

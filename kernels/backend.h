@@ -151,14 +151,16 @@ class KernelBackend {
                                const void* inp, const void* weight, int N, int IC,
                                int OC) const = 0;
 
-  // --- causal multi-head attention over qkv (B, T, 3C), H heads of hd = C / H ---
+  // --- causal attention over qkv (B, T, C + 2·Ckv): H query heads of hd = C / H, kv_heads
+  // key/value heads (Ckv = kv_heads·hd; grouped-query when kv_heads < H; layout in
+  // kernels/attention_block.h) ---
   virtual size_t attention_scratch_bytes(int B, int T, int C, int H) const = 0;
   // out (B, T, C) and lse (B, H, T) — overwritten.
   virtual void attention_forward(void* out, float* lse, const void* qkv, int B, int T, int C, int H,
-                                 void* scratch) const = 0;
-  // dqkv (B, T, 3C) — overwritten — from dout (B, T, C) and the forward's qkv, out, lse.
+                                 int kv_heads, void* scratch) const = 0;
+  // dqkv (B, T, C + 2·Ckv) — overwritten — from dout (B, T, C) and the forward's qkv, out, lse.
   virtual void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
-                                  const float* lse, int B, int T, int C, int H,
+                                  const float* lse, int B, int T, int C, int H, int kv_heads,
                                   void* scratch) const = 0;
 
   // --- blocks of ring (sequence-parallel) attention; shapes in kernels/attention_block.h ---
@@ -169,8 +171,8 @@ class KernelBackend {
                                        const AttentionBlock& blk, void* scratch) const = 0;
   // out, lse ← the log-sum-exp merge of (out, lse) and (block_out, block_lse) over the block's
   // query rows, in fp32.
-  virtual void attention_merge(void* out, float* lse, const void* block_out,
-                               const float* block_lse, const AttentionBlock& blk) const = 0;
+  virtual void attention_merge(void* out, float* lse, const void* block_out, const float* block_lse,
+                               const AttentionBlock& blk) const = 0;
   // dq (layout of q) += and dkv (layout of kv) += the block's share of the gradient, from dout
   // and the merged out and lse of the whole attention.
   virtual void attention_block_backward(void* dq, void* dkv, const void* dout, const void* q,
@@ -181,15 +183,21 @@ class KernelBackend {
   // cos, sin (T, hd/2) — overwritten — for positions first_position .. first_position + T − 1.
   virtual void rope_table(float* cos, float* sin, int T, int hd, float theta,
                           int first_position) const = 0;
-  // Rotates q and k of qkv (B, T, 3C) in place; inverse applies −θ (the backward).
+  // Rotates q and k of qkv (B, T, C + 2·Ckv) in place; inverse applies −θ (the backward).
   virtual void rope_apply(void* qkv, const float* cos, const float* sin, int B, int T, int C, int H,
-                          bool inverse) const = 0;
+                          int kv_heads, bool inverse) const = 0;
 
   // --- elementwise ---
   // out (n) = gelu(inp), tanh approximation — overwritten. out may alias inp.
   virtual void gelu_forward(void* out, const void* inp, size_t n) const = 0;
   // dinp (n) = gelu'(inp) · dout — overwritten. dinp may alias dout.
   virtual void gelu_backward(void* dinp, const void* inp, const void* dout, size_t n) const = 0;
+  // SwiGLU: out (N, F) = silu(gate) ∘ up, from inp (N, 2F) whose row is [gate (F) | up (F)] —
+  // overwritten.
+  virtual void swiglu_forward(void* out, const void* inp, int N, int F) const = 0;
+  // dinp (N, 2F) — overwritten — from dout (N, F) and the forward's inp.
+  virtual void swiglu_backward(void* dinp, const void* inp, const void* dout, int N,
+                               int F) const = 0;
   // y (n) += x (n).
   virtual void vector_add(void* y, const void* x, size_t n) const = 0;
   // y (n) = a (n) + b (n). y may alias a or b.
@@ -217,8 +225,7 @@ class KernelBackend {
                                         const int* targets, int n, int Vl, int valid,
                                         int vocab_begin) const = 0;
   // Σ_i log(sums[i, 0]) + row_max[i] − sums[i, 1] in double. Waits for the result.
-  virtual double cross_entropy_local_loss(const float* row_max, const float* sums,
-                                          int n) const = 0;
+  virtual double cross_entropy_local_loss(const float* row_max, const float* sums, int n) const = 0;
   // logits ← (softmax − onehot) · grad_scale on valid columns, 0 on padding — in place.
   virtual void cross_entropy_local_grad(void* logits, const float* row_max, const float* sums,
                                         const int* targets, int n, int Vl, int valid,

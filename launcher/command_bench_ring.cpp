@@ -77,10 +77,10 @@ double time_whole(const Shape& s, int iters) {
   std::vector<double> times;
   for (int i = 0; i <= iters; ++i) {  // the first is warm-up
     const auto start = Clock::now();
-    kernels::cpu::attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.H,
+    kernels::cpu::attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.H, s.H,
                                     scratch.data());
     kernels::cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(),
-                                     s.B, s.T, s.C, s.H, scratch.data());
+                                     s.B, s.T, s.C, s.H, s.H, scratch.data());
     if (i > 0) times.push_back(seconds_since(start));
   }
   return median(times);
@@ -96,22 +96,20 @@ RingTimes time_ring(Communicator& sp, SequenceLayout layout, const Shape& s, int
   const auto qkv = random_vector(static_cast<size_t>(s.B) * Tl * 3 * s.C, 10 + sp.rank());
   const auto dout = random_vector(static_cast<size_t>(s.B) * Tl * s.C, 20 + sp.rank());
   std::vector<float> out(dout.size()), lse(static_cast<size_t>(s.B) * s.H * Tl), dqkv(qkv.size());
-  std::vector<float> work(ring_workspace_activations(s.B, Tl, s.C));
+  std::vector<float> work(ring_workspace_activations(s.B, Tl, s.C, s.C));
   std::vector<float> block_lse(ring_workspace_lse_floats(s.B, Tl, s.H));
   std::vector<char> scratch(be->attention_block_scratch_bytes(s.B, s.H, Tl, Tl));
-  const size_t kv = static_cast<size_t>(s.B) * Tl * 2 * s.C;
-  RingWorkspace ws;
-  ws.kv[0] = work.data(), ws.kv[1] = work.data() + kv;
-  for (int i = 0; i < 3; ++i) ws.dkv[i] = work.data() + (2 + i) * kv;
-  ws.block_out = ws.dkv[0], ws.block_lse = block_lse.data(), ws.scratch = scratch.data();
+  const RingWorkspace ws =
+      ring_workspace_at(*be, work.data(), block_lse.data(), scratch.data(), s.B, Tl, s.C, s.C);
   std::vector<double> compute, wait, total;
   for (int i = 0; i <= iters; ++i) {
     RingAttention ring(&sp, layout);
     sp.barrier();
     const auto start = Clock::now();
-    ring_attention_forward(ring, *be, ws, out.data(), lse.data(), qkv.data(), s.B, Tl, s.C, s.H);
+    ring_attention_forward(ring, *be, ws, out.data(), lse.data(), qkv.data(), s.B, Tl, s.C, s.H,
+                           s.H);
     ring_attention_backward(ring, *be, ws, dqkv.data(), dout.data(), qkv.data(), out.data(),
-                            lse.data(), s.B, Tl, s.C, s.H);
+                            lse.data(), s.B, Tl, s.C, s.H, s.H);
     if (i == 0) continue;  // warm-up
     total.push_back(seconds_since(start));
     compute.push_back(ring.compute_seconds);
@@ -151,8 +149,9 @@ int command_bench_ring(int argc, char** argv) {
                 static_cast<int>(args.integer("--heads", 4))};
   const int iters = static_cast<int>(args.integer("--iters", 5));
   if (s.B < 1 || s.T < 1 || s.C < 1 || s.H < 1 || s.C % s.H != 0 || iters < 1)
-    throw Error("bench ring: --batch, --seq-len, --d-model, --heads and --iters must be positive "
-                "and --heads must divide --d-model");
+    throw Error(
+        "bench ring: --batch, --seq-len, --d-model, --heads and --iters must be positive "
+        "and --heads must divide --d-model");
   std::vector<std::pair<std::string, SequenceLayout>> layouts;
   const std::string list = args.value("--layouts", "zigzag,contiguous");
   for (size_t at = 0; at <= list.size();) {
@@ -171,8 +170,9 @@ int command_bench_ring(int argc, char** argv) {
   std::unique_ptr<Communicator> world = mpi_world(*mpi);
   const int sp = world->size();
   if (sp < 2)
-    throw Error("bench ring runs ring attention over the job's ranks: start it with mpirun -np "
-                "SP, SP ≥ 2");
+    throw Error(
+        "bench ring runs ring attention over the job's ranks: start it with mpirun -np "
+        "SP, SP ≥ 2");
   if (s.T % (2 * sp) != 0)
     throw Error("bench ring: --seq-len (" + std::to_string(s.T) + ") must be divisible by 2 × " +
                 std::to_string(sp) + " ranks");
@@ -185,10 +185,11 @@ int command_bench_ring(int argc, char** argv) {
     std::printf("{\"sp\":%d,\"B\":%d,\"T\":%d,\"C\":%d,\"H\":%d,\"whole_ms\":%.4f,\"layouts\":{",
                 sp, s.B, s.T, s.C, s.H, baseline * 1e3);
   if (printer && !json)
-    std::printf("# loom bench ring: sp %d ranks × 1 thread, B %d, T %d, C %d, H %d\n"
-                "whole sequence on one rank: %.2f ms (forward + backward); ideal at sp %d: "
-                "%.2f ms\n",
-                sp, s.B, s.T, s.C, s.H, baseline * 1e3, sp, baseline * 1e3 / sp);
+    std::printf(
+        "# loom bench ring: sp %d ranks × 1 thread, B %d, T %d, C %d, H %d\n"
+        "whole sequence on one rank: %.2f ms (forward + backward); ideal at sp %d: "
+        "%.2f ms\n",
+        sp, s.B, s.T, s.C, s.H, baseline * 1e3, sp, baseline * 1e3 / sp);
   for (size_t l = 0; l < layouts.size(); ++l) {
     const RingTimes t = time_ring(*world, layouts[l].second, s, iters);
     const std::vector<double> compute = all_ranks(*world, t.compute);
@@ -214,9 +215,10 @@ int command_bench_ring(int argc, char** argv) {
     for (int r = 0; r < sp; ++r)
       std::printf("  %4d   %10.2f   %7.2f   %7.2f\n", r, compute[r] * 1e3, wait[r] * 1e3,
                   total[r] * 1e3);
-    std::printf("  balance %.2f (max ÷ min compute), efficiency %.2f (ideal ÷ slowest ring), "
-                "exposed wait %.1f%%\n",
-                balance, efficiency, 100 * exposed);
+    std::printf(
+        "  balance %.2f (max ÷ min compute), efficiency %.2f (ideal ÷ slowest ring), "
+        "exposed wait %.1f%%\n",
+        balance, efficiency, 100 * exposed);
   }
   if (printer && json) std::printf("}}\n");
   return 0;

@@ -28,7 +28,8 @@ const void* offset(const void* base, size_t elements, const kernels::KernelBacke
 // anything of: a key piece entirely after a query piece is skipped, one entirely before it is a
 // full block, the rest (the diagonal) causal by position.
 FixedList<kernels::AttentionBlock, 4> ring_blocks(const RingAttention& ring, int source, int B,
-                                                  int Tl, int Cl, int Hl) {
+                                                  int Tl, int Cl, int Hl, int kv_heads) {
+  const int hd = Cl / Hl, Ckv = kv_heads * hd;
   const int sp = ring.comm->size(), T = Tl * sp;
   const SequencePieces queries = sequence_pieces(ring.layout, T, sp, ring.comm->rank());
   const SequencePieces keys = sequence_pieces(ring.layout, T, sp, source);
@@ -37,9 +38,9 @@ FixedList<kernels::AttentionBlock, 4> ring_blocks(const RingAttention& ring, int
     for (const SequencePiece& k : keys) {
       if (k.position > q.position + q.rows - 1) continue;
       kernels::AttentionBlock b;
-      b.B = B, b.H = Hl, b.hd = Cl / Hl;
-      b.q_len = Tl, b.q_begin = q.row, b.q_rows = q.rows, b.q_ld = 3 * Cl;
-      b.kv_len = Tl, b.kv_begin = k.row, b.kv_rows = k.rows, b.kv_ld = 2 * Cl, b.v_offset = Cl;
+      b.B = B, b.H = Hl, b.hd = hd, b.kv_heads = kv_heads;
+      b.q_len = Tl, b.q_begin = q.row, b.q_rows = q.rows, b.q_ld = Cl + 2 * Ckv;
+      b.kv_len = Tl, b.kv_begin = k.row, b.kv_rows = k.rows, b.kv_ld = 2 * Ckv, b.v_offset = Ckv;
       b.causal = k.position + k.rows - 1 > q.position;
       b.q_position = q.position, b.kv_position = k.position;
       blocks.push_back(b);
@@ -57,9 +58,9 @@ void wait(RingAttention& ring, WorkPtr& work, const char* pass, int step, const 
     work->wait();
   } catch (const CommError& e) {
     throw CommError(std::string("ring attention ") + pass + ", sp rank " +
-                    std::to_string(ring.comm->rank()) + " of " +
-                    std::to_string(ring.comm->size()) + ", step " + std::to_string(step) + ": " +
-                    what + " sp rank " + std::to_string(peer) + ": " + e.what());
+                    std::to_string(ring.comm->rank()) + " of " + std::to_string(ring.comm->size()) +
+                    ", step " + std::to_string(step) + ": " + what + " sp rank " +
+                    std::to_string(peer) + ": " + e.what());
   }
   const auto end = Clock::now();
   ring.wait_seconds += std::chrono::duration<double>(end - start).count();
@@ -76,12 +77,12 @@ struct RingPass {
 };
 
 RingPass ring_pass_start(const RingAttention& ring, const kernels::KernelBackend& be,
-                         const RingWorkspace& ws, const void* qkv, int B, int Tl, int Cl) {
+                         const RingWorkspace& ws, const void* qkv, int B, int Tl, int Cl, int Ckv) {
   LOOM_CHECK(ring.comm && ring.comm->size() > 1);
   const int sp = ring.comm->size(), rank = ring.comm->rank();
   const size_t rows = static_cast<size_t>(B) * Tl;
-  be.copy_rows(ws.kv[0], 2 * Cl, offset(qkv, Cl, be), 3 * Cl, rows, 2 * Cl);
-  return {sp, rank, (rank + 1) % sp, (rank + sp - 1) % sp, rows, rows * 2 * Cl};
+  be.copy_rows(ws.kv[0], 2 * Ckv, offset(qkv, Cl, be), Cl + 2 * Ckv, rows, 2 * Ckv);
+  return {sp, rank, (rank + 1) % sp, (rank + sp - 1) % sp, rows, rows * 2 * Ckv};
 }
 
 }  // namespace
@@ -117,18 +118,34 @@ void sequence_select(const std::vector<int>& positions, const int* global, int* 
       local[b * Tl + t] = global[static_cast<size_t>(b) * T + positions[t]];
 }
 
-size_t ring_workspace_activations(int B, int Tl, int Cl) {
-  return 5 * static_cast<size_t>(B) * Tl * 2 * Cl;
+size_t ring_slot_activations(int B, int Tl, int Cl, int Ckv) {
+  return static_cast<size_t>(B) * Tl * std::max(2 * Ckv, Cl);
 }
 
-size_t ring_workspace_lse_floats(int B, int Tl, int Hl) {
-  return static_cast<size_t>(B) * Hl * Tl;
+size_t ring_workspace_activations(int B, int Tl, int Cl, int Ckv) {
+  return 5 * ring_slot_activations(B, Tl, Cl, Ckv);
 }
+
+RingWorkspace ring_workspace_at(const kernels::KernelBackend& be, void* activations,
+                                float* block_lse, void* scratch, int B, int Tl, int Cl, int Ckv) {
+  const size_t slot = ring_slot_activations(B, Tl, Cl, Ckv);
+  RingWorkspace ws;
+  ws.kv[0] = activations;
+  ws.kv[1] = offset(activations, slot, be);
+  for (int i = 0; i < 3; ++i) ws.dkv[i] = offset(activations, (2 + i) * slot, be);
+  ws.block_out = ws.dkv[0];  // forward only; the gradients are backward's
+  ws.block_lse = block_lse;
+  ws.scratch = scratch;
+  return ws;
+}
+
+size_t ring_workspace_lse_floats(int B, int Tl, int Hl) { return static_cast<size_t>(B) * Hl * Tl; }
 
 void ring_attention_forward(RingAttention& ring, const kernels::KernelBackend& be,
-                            const RingWorkspace& ws, void* out, float* lse, const void* qkv,
-                            int B, int Tl, int Cl, int Hl) {
-  const auto [sp, rank, next, prev, rows, kv_count] = ring_pass_start(ring, be, ws, qkv, B, Tl, Cl);
+                            const RingWorkspace& ws, void* out, float* lse, const void* qkv, int B,
+                            int Tl, int Cl, int Hl, int kv_heads) {
+  const auto [sp, rank, next, prev, rows, kv_count] =
+      ring_pass_start(ring, be, ws, qkv, B, Tl, Cl, kv_heads * (Cl / Hl));
   Communicator& comm = *ring.comm;
   // A query piece's first block writes out and lse; the later ones are merged into them. The
   // pieces are told apart by their first row (the first piece starts at row 0).
@@ -142,7 +159,7 @@ void ring_attention_forward(RingAttention& ring, const kernels::KernelBackend& b
       sending = comm.send_async(current, kv_count, activation_data_type(be), next);
     }
     const auto start = Clock::now();
-    for (const kernels::AttentionBlock& blk : ring_blocks(ring, source, B, Tl, Cl, Hl)) {
+    for (const kernels::AttentionBlock& blk : ring_blocks(ring, source, B, Tl, Cl, Hl, kv_heads)) {
       bool& first = written[blk.q_begin == 0 ? 0 : 1];
       if (!first) {
         be.attention_block_forward(out, lse, qkv, current, blk, ws.scratch);
@@ -159,12 +176,14 @@ void ring_attention_forward(RingAttention& ring, const kernels::KernelBackend& b
 }
 
 void ring_attention_backward(RingAttention& ring, const kernels::KernelBackend& be,
-                             const RingWorkspace& ws, void* dqkv, const void* dout,
-                             const void* qkv, const void* out, const float* lse, int B, int Tl,
-                             int Cl, int Hl) {
-  const auto [sp, rank, next, prev, rows, kv_count] = ring_pass_start(ring, be, ws, qkv, B, Tl, Cl);
+                             const RingWorkspace& ws, void* dqkv, const void* dout, const void* qkv,
+                             const void* out, const float* lse, int B, int Tl, int Cl, int Hl,
+                             int kv_heads) {
+  const int Ckv = kv_heads * (Cl / Hl), width = Cl + 2 * Ckv;
+  const auto [sp, rank, next, prev, rows, kv_count] =
+      ring_pass_start(ring, be, ws, qkv, B, Tl, Cl, Ckv);
   Communicator& comm = *ring.comm;
-  be.zero(dqkv, rows * 3 * Cl);  // dq accumulates over the steps; dk, dv are written at the end
+  be.zero(dqkv, rows * width);  // dq accumulates over the steps; dk, dv are written at the end
   // dK/dV buffers rotate: `computing` takes this step's share, `arriving` the accumulator of
   // the same block from the previous rank, `leaving` the sum sent on (its send in flight).
   int computing = 0, arriving = 1, leaving = 2;
@@ -180,12 +199,13 @@ void ring_attention_backward(RingAttention& ring, const kernels::KernelBackend& 
       dkv_receiving = comm.recv_async(ws.dkv[arriving], kv_count, activation_data_type(be), prev);
     }
     if (step + 1 < sp) {
-      kv_receiving = comm.recv_async(ws.kv[(step + 1) % 2], kv_count, activation_data_type(be), prev);
+      kv_receiving =
+          comm.recv_async(ws.kv[(step + 1) % 2], kv_count, activation_data_type(be), prev);
       kv_sending = comm.send_async(current, kv_count, activation_data_type(be), next);
     }
     const auto start = Clock::now();
     be.zero(ws.dkv[computing], kv_count);
-    for (const kernels::AttentionBlock& blk : ring_blocks(ring, source, B, Tl, Cl, Hl))
+    for (const kernels::AttentionBlock& blk : ring_blocks(ring, source, B, Tl, Cl, Hl, kv_heads))
       be.attention_block_backward(dqkv, ws.dkv[computing], dout, qkv, current, out, lse, blk,
                                   ws.scratch);
     ring.compute_seconds += seconds_since(start);
@@ -193,7 +213,8 @@ void ring_attention_backward(RingAttention& ring, const kernels::KernelBackend& 
       wait(ring, dkv_receiving, "backward", step, "receiving dK/dV from", prev);
       be.vector_add(ws.dkv[computing], ws.dkv[arriving], kv_count);
     }
-    dkv_sends[computing] = comm.send_async(ws.dkv[computing], kv_count, activation_data_type(be), next);
+    dkv_sends[computing] =
+        comm.send_async(ws.dkv[computing], kv_count, activation_data_type(be), next);
     // The sum just sent leaves; the accumulator just added is free to compute into.
     const int sent = computing;
     computing = arriving;
@@ -206,7 +227,7 @@ void ring_attention_backward(RingAttention& ring, const kernels::KernelBackend& 
   wait(ring, dkv_sends[arriving], "backward", sp, "sending dK/dV to", next);
   WorkPtr home = comm.recv_async(ws.dkv[arriving], kv_count, activation_data_type(be), prev);
   wait(ring, home, "backward", sp, "receiving its own dK/dV home from", prev);
-  be.copy_rows(offset(dqkv, Cl, be), 3 * Cl, ws.dkv[arriving], 2 * Cl, rows, 2 * Cl);
+  be.copy_rows(offset(dqkv, Cl, be), width, ws.dkv[arriving], 2 * Ckv, rows, 2 * Ckv);
   for (WorkPtr& work : dkv_sends) wait(ring, work, "backward", sp, "sending dK/dV to", next);
 }
 

@@ -7,7 +7,8 @@
 // holds chunk r of sp) is kept only to measure the imbalance it causes. A rank's local rows are
 // its chunks in order; `sequence_pieces` says where each starts in the global sequence.
 //
-// Forward. Keys and values (packed into a (B, Tl, 2·C) block) travel around the ring: at step j
+// Forward. Keys and values (packed into a (B, Tl, 2·Ckv) block: with grouped-query attention
+// only the kv heads travel) go around the ring: at step j
 // rank r attends to rank (r − j)'s block while the next block's transfer runs (double-buffered,
 // async send/recv). Each (query piece, key piece) pair is skipped when masked, run as a full or a
 // causal block otherwise, and merged into the output through its log-sum-exp in fp32.
@@ -25,8 +26,8 @@
 // job (as train_worker does) rather than reuse the group or the buffers.
 //
 //   loom::RingAttention ring(&sp_comm, loom::SequenceLayout::kZigzag);
-//   loom::ring_attention_forward(ring, be, ws, out, lse, qkv, B, Tl, C, H);
-//   loom::ring_attention_backward(ring, be, ws, dqkv, dout, qkv, out, lse, B, Tl, C, H);
+//   loom::ring_attention_forward(ring, be, ws, out, lse, qkv, B, Tl, C, H, kv_heads);
+//   loom::ring_attention_backward(ring, be, ws, dqkv, dout, qkv, out, lse, B, Tl, C, H, kv_heads);
 #pragma once
 #include <array>
 #include <chrono>
@@ -76,35 +77,44 @@ struct RingAttention {
   RingAttention(Communicator* comm, SequenceLayout layout) : comm(comm), layout(layout) {}
   Communicator* comm = nullptr;  // the sp group; not owned
   SequenceLayout layout = SequenceLayout::kZigzag;
-  double compute_seconds = 0;    // in the block kernels and merges
-  double wait_seconds = 0;       // blocked on ring transfers (exposed communication)
+  double compute_seconds = 0;  // in the block kernels and merges
+  double wait_seconds = 0;     // blocked on ring transfers (exposed communication)
   // Optional: told of every wait that blocked for more than 20 µs (a timeline's "sp wait").
   std::function<void(Clock::time_point start, Clock::time_point end)> on_blocked;
 };
 
 // Buffers of one rank, in the backend's memory (activations unless noted), for micro-batches of
-// up to B × Tl local tokens and Cl = this rank's attention width.
+// up to B × Tl local tokens, Cl = this rank's query width and Ckv its key (or value) width.
+// Each of kv and dkv is a slot of ring_slot_activations elements.
 struct RingWorkspace {
-  void* kv[2] = {};        // (B, Tl, 2·Cl) key/value blocks: the one attended, the one arriving
-  void* dkv[3] = {};       // (B, Tl, 2·Cl) dK/dV: computed into, arriving, leaving
+  void* kv[2] = {};   // (B, Tl, 2·Ckv) key/value blocks: the one attended, the one arriving
+  void* dkv[3] = {};  // (B, Tl, 2·Ckv) dK/dV: computed into, arriving, leaving
   void* block_out = nullptr;   // (B, Tl, Cl) one block's output (forward; may alias dkv[0])
   float* block_lse = nullptr;  // (B, Hl, Tl) fp32
   void* scratch = nullptr;     // attention_block_scratch_bytes(B, Hl, Tl, Tl) bytes
 };
 
-// Activation elements of kv + dkv (block_out aliases dkv[0]) and the fp32 lse floats.
-size_t ring_workspace_activations(int B, int Tl, int Cl);
+// Activation elements of one workspace slot (a key/value block, or block_out), of kv + dkv
+// (block_out aliases dkv[0]), and the fp32 lse floats.
+size_t ring_slot_activations(int B, int Tl, int Cl, int Ckv);
+size_t ring_workspace_activations(int B, int Tl, int Cl, int Ckv);
+// The workspace in `activations` (ring_workspace_activations of them, the backend's type), with
+// block_lse and scratch as given.
+RingWorkspace ring_workspace_at(const kernels::KernelBackend& be, void* activations,
+                                float* block_lse, void* scratch, int B, int Tl, int Cl, int Ckv);
 size_t ring_workspace_lse_floats(int B, int Tl, int Hl);
 
 // out (B, Tl, Cl) and lse (B, Hl, Tl) of this rank's query rows over the whole sequence —
-// overwritten; qkv (B, Tl, 3·Cl) this rank's rows (after rotary).
+// overwritten; qkv (B, Tl, Cl + 2·Ckv) this rank's rows (after rotary), Hl query heads and
+// kv_heads key/value heads (Ckv = kv_heads · Cl / Hl).
 void ring_attention_forward(RingAttention& ring, const kernels::KernelBackend& be,
-                            const RingWorkspace& ws, void* out, float* lse, const void* qkv,
-                            int B, int Tl, int Cl, int Hl);
-// dqkv (B, Tl, 3·Cl) — overwritten — from dout (B, Tl, Cl) and the forward's qkv, out, lse.
+                            const RingWorkspace& ws, void* out, float* lse, const void* qkv, int B,
+                            int Tl, int Cl, int Hl, int kv_heads);
+// dqkv (B, Tl, Cl + 2·Ckv) — overwritten — from dout (B, Tl, Cl) and the forward's qkv, out,
+// lse.
 void ring_attention_backward(RingAttention& ring, const kernels::KernelBackend& be,
-                             const RingWorkspace& ws, void* dqkv, const void* dout,
-                             const void* qkv, const void* out, const float* lse, int B, int Tl,
-                             int Cl, int Hl);
+                             const RingWorkspace& ws, void* dqkv, const void* dout, const void* qkv,
+                             const void* out, const float* lse, int B, int Tl, int Cl, int Hl,
+                             int kv_heads);
 
 }  // namespace loom

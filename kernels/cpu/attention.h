@@ -1,6 +1,8 @@
 // Causal multi-head self-attention that never stores the (T, T) probabilities.
 //
-// qkv (B, T, 3C) holds per token [q | k | v], each C = H·hd wide, head h at columns h·hd.
+// qkv (B, T, C + 2·Ckv) holds per token [q | k | v]: q is C = H·hd wide, k and v Ckv =
+// kv_heads·hd each (grouped-query attention when kv_heads < H; kernels/attention_block.h), head h
+// at columns h·hd of its part.
 // Forward keeps only the log-sum-exp of each score row, lse (B, H, T); backward recomputes the
 // probabilities from it (as FlashAttention does), so saved memory is linear in T. Work is split
 // over (b, h) pairs across OpenMP threads; each thread uses its own slice of `scratch` and calls
@@ -8,7 +10,7 @@
 // as one block of ring attention (kernels/cpu/attention_block.h, causal from position 0).
 //
 //   std::vector<float> scratch(attention_scratch_floats(T, thread_count()));
-//   attention_forward(out, lse, qkv, B, T, C, H, scratch.data());
+//   attention_forward(out, lse, qkv, B, T, C, H, H, scratch.data());
 #pragma once
 #include <cstddef>
 
@@ -20,13 +22,14 @@ namespace loom::kernels::cpu {
 // computed whole by one thread).
 size_t attention_scratch_floats(int T, int threads);
 
-// out (B, T, C): softmax(q kᵀ / sqrt(hd) + causal mask) v per head, hd = C / H (H divides C);
-// lse (B, H, T) saved. Both overwritten.
+// out (B, T, C): softmax(q kᵀ / sqrt(hd) + causal mask) v per head, hd = C / H (H divides C,
+// kv_heads divides H); lse (B, H, T) saved. Both overwritten.
 void attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int H,
-                       float* scratch);
+                       int kv_heads, float* scratch);
 
-// dqkv (B, T, 3C) — overwritten — from dout (B, T, C), given the forward's qkv, out and lse.
+// dqkv (B, T, C + 2·Ckv) — overwritten — from dout (B, T, C), given the forward's qkv, out and
+// lse.
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                        const float* lse, int B, int T, int C, int H, float* scratch);
+                        const float* lse, int B, int T, int C, int H, int kv_heads, float* scratch);
 
 }  // namespace loom::kernels::cpu

@@ -26,8 +26,9 @@ struct BlockHead {
 
 BlockHead block_head(const AttentionBlock& blk, int pair) {
   const size_t b = pair / blk.H, h = pair % blk.H, hd = blk.hd, C = blk.H * hd;
+  const size_t g = blk.kv_head(static_cast<int>(h));
   return {(b * blk.q_len + blk.q_begin) * blk.q_ld + h * hd,
-          (b * blk.kv_len + blk.kv_begin) * blk.kv_ld + h * hd,
+          (b * blk.kv_len + blk.kv_begin) * blk.kv_ld + g * hd,
           (b * blk.q_len + blk.q_begin) * C + h * hd,
           static_cast<size_t>(pair) * blk.q_len + blk.q_begin};
 }
@@ -124,54 +125,60 @@ void attention_block_backward(float* dq_all, float* dkv_all, const float* dout, 
                               const float* kv_all, const float* out, const float* lse,
                               const AttentionBlock& blk, float* scratch) {
   const int hd = blk.hd, C = blk.H * blk.hd;
+  const int kv_heads = blk.kv_head_count(), group = blk.H / kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // One thread per (b, key/value head): the query heads sharing it run in turn, so its dK and
+  // dV have one writer.
 #pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count())
-  for (int pair = 0; pair < blk.B * blk.H; pair++) {
-    const BlockHead head = block_head(blk, pair);
-    const float* q = q_all + head.q;
-    const float* k = kv_all + head.kv;
-    const float* v = k + blk.v_offset;
-    float* dq = dq_all + head.q;
-    float* dk = dkv_all + head.kv;
-    float* dv = dk + blk.v_offset;
+  for (int kv_pair = 0; kv_pair < blk.B * kv_heads; kv_pair++) {
     float* p = thread_scratch(scratch, blk.kv_rows);
     float* dp = p + static_cast<size_t>(kRowBlock) * blk.kv_rows;
-    for (int i0 = 0; i0 < blk.q_rows; i0 += kRowBlock) {
-      const int rows = std::min(kRowBlock, blk.q_rows - i0);
-      const int keys = blk.visible(i0 + rows - 1);
-      if (keys == 0) continue;
-      const float* q_blk = q + static_cast<size_t>(i0) * blk.q_ld;
-      const float* dout_blk = dout + head.out + static_cast<size_t>(i0) * C;
-      // P = exp(S − lse) with the merged lse is this block's part of the global softmax.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, scale, q_blk, blk.q_ld,
-                  k, blk.kv_ld, 0.0f, p, keys);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, 1.0f, dout_blk, C, v,
-                  blk.kv_ld, 0.0f, dp, keys);
-      for (int r = 0; r < rows; r++) {
-        float* p_row = p + static_cast<size_t>(r) * keys;
-        float* ds_row = dp + static_cast<size_t>(r) * keys;
-        const float row_lse = lse[head.lse + i0 + r];
-        // Σ_j P_ij dP_ij over *all* keys (every block's) is dO_i · O_i of the merged output.
-        const float* o_row = out + head.out + static_cast<size_t>(i0 + r) * C;
-        const float* dout_row = dout_blk + static_cast<size_t>(r) * C;
-        float dot = 0.0f;
+    for (int member = 0; member < group; member++) {
+      const int pair = (kv_pair / kv_heads) * blk.H + (kv_pair % kv_heads) * group + member;
+      const BlockHead head = block_head(blk, pair);
+      const float* q = q_all + head.q;
+      const float* k = kv_all + head.kv;
+      const float* v = k + blk.v_offset;
+      float* dq = dq_all + head.q;
+      float* dk = dkv_all + head.kv;
+      float* dv = dk + blk.v_offset;
+      for (int i0 = 0; i0 < blk.q_rows; i0 += kRowBlock) {
+        const int rows = std::min(kRowBlock, blk.q_rows - i0);
+        const int keys = blk.visible(i0 + rows - 1);
+        if (keys == 0) continue;
+        const float* q_blk = q + static_cast<size_t>(i0) * blk.q_ld;
+        const float* dout_blk = dout + head.out + static_cast<size_t>(i0) * C;
+        // P = exp(S − lse) with the merged lse is this block's part of the global softmax.
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, scale, q_blk, blk.q_ld,
+                    k, blk.kv_ld, 0.0f, p, keys);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hd, 1.0f, dout_blk, C, v,
+                    blk.kv_ld, 0.0f, dp, keys);
+        for (int r = 0; r < rows; r++) {
+          float* p_row = p + static_cast<size_t>(r) * keys;
+          float* ds_row = dp + static_cast<size_t>(r) * keys;
+          const float row_lse = lse[head.lse + i0 + r];
+          // Σ_j P_ij dP_ij over *all* keys (every block's) is dO_i · O_i of the merged output.
+          const float* o_row = out + head.out + static_cast<size_t>(i0 + r) * C;
+          const float* dout_row = dout_blk + static_cast<size_t>(r) * C;
+          float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-        for (int d = 0; d < hd; d++) dot += dout_row[d] * o_row[d];
-        const int visible = blk.visible(i0 + r);
+          for (int d = 0; d < hd; d++) dot += dout_row[d] * o_row[d];
+          const int visible = blk.visible(i0 + r);
 #pragma omp simd
-        for (int j = 0; j < visible; j++) p_row[j] = fast_exp(p_row[j] - row_lse);
+          for (int j = 0; j < visible; j++) p_row[j] = fast_exp(p_row[j] - row_lse);
 #pragma omp simd
-        for (int j = 0; j < visible; j++) ds_row[j] = p_row[j] * (ds_row[j] - dot) * scale;
-        std::fill(p_row + visible, p_row + keys, 0.0f);
-        std::fill(ds_row + visible, ds_row + keys, 0.0f);
+          for (int j = 0; j < visible; j++) ds_row[j] = p_row[j] * (ds_row[j] - dot) * scale;
+          std::fill(p_row + visible, p_row + keys, 0.0f);
+          std::fill(ds_row + visible, ds_row + keys, 0.0f);
+        }
+        // dQ_blk += dS K;  dK += dSᵀ Q_blk;  dV += Pᵀ dO_blk
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, keys, 1.0f, dp, keys, k,
+                    blk.kv_ld, 1.0f, dq + static_cast<size_t>(i0) * blk.q_ld, blk.q_ld);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, hd, rows, 1.0f, dp, keys, q_blk,
+                    blk.q_ld, 1.0f, dk, blk.kv_ld);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, hd, rows, 1.0f, p, keys,
+                    dout_blk, C, 1.0f, dv, blk.kv_ld);
       }
-      // dQ_blk += dS K;  dK += dSᵀ Q_blk;  dV += Pᵀ dO_blk
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, keys, 1.0f, dp, keys, k,
-                  blk.kv_ld, 1.0f, dq + static_cast<size_t>(i0) * blk.q_ld, blk.q_ld);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, hd, rows, 1.0f, dp, keys, q_blk,
-                  blk.q_ld, 1.0f, dk, blk.kv_ld);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keys, hd, rows, 1.0f, p, keys,
-                  dout_blk, C, 1.0f, dv, blk.kv_ld);
     }
   }
 }

@@ -117,13 +117,14 @@ class CpuBackend : public KernelBackend {
     return attention_scratch_floats(T, thread_count()) * sizeof(float);
   }
   void attention_forward(void* out, float* lse, const void* qkv, int B, int T, int C, int H,
-                         void* scratch) const override {
-    cpu::attention_forward(f(out), lse, f(qkv), B, T, C, H, f(scratch));
+                         int kv_heads, void* scratch) const override {
+    cpu::attention_forward(f(out), lse, f(qkv), B, T, C, H, kv_heads, f(scratch));
   }
   void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
-                          const float* lse, int B, int T, int C, int H,
+                          const float* lse, int B, int T, int C, int H, int kv_heads,
                           void* scratch) const override {
-    cpu::attention_backward(f(dqkv), f(dout), f(qkv), f(out), lse, B, T, C, H, f(scratch));
+    cpu::attention_backward(f(dqkv), f(dout), f(qkv), f(out), lse, B, T, C, H, kv_heads,
+                            f(scratch));
   }
 
   // Per-thread score buffers; B, H and q_len do not matter on the CPU.
@@ -150,8 +151,8 @@ class CpuBackend : public KernelBackend {
     cpu::rope_table(cos, sin, T, hd, theta, first_position);
   }
   void rope_apply(void* qkv, const float* cos, const float* sin, int B, int T, int C, int H,
-                  bool inverse) const override {
-    cpu::rope_apply(f(qkv), cos, sin, B, T, C, H, inverse);
+                  int kv_heads, bool inverse) const override {
+    cpu::rope_apply(f(qkv), cos, sin, B, T, C, H, kv_heads, inverse);
   }
 
   void gelu_forward(void* out, const void* inp, size_t n) const override {
@@ -159,6 +160,12 @@ class CpuBackend : public KernelBackend {
   }
   void gelu_backward(void* dinp, const void* inp, const void* dout, size_t n) const override {
     cpu::gelu_backward(f(dinp), f(inp), f(dout), n);
+  }
+  void swiglu_forward(void* out, const void* inp, int N, int F) const override {
+    cpu::swiglu_forward(f(out), f(inp), N, F);
+  }
+  void swiglu_backward(void* dinp, const void* inp, const void* dout, int N, int F) const override {
+    cpu::swiglu_backward(f(dinp), f(inp), f(dout), N, F);
   }
   void vector_add(void* y, const void* x, size_t n) const override {
     cpu::vector_add(f(y), f(x), n);

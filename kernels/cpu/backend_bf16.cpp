@@ -36,7 +36,7 @@ size_t q_extent(const AttentionBlock& b) {
 }
 size_t kv_extent(const AttentionBlock& b) {
   return (static_cast<size_t>(b.B) * b.kv_len - 1) * b.kv_ld + b.v_offset +
-         static_cast<size_t>(b.H) * b.hd;
+         static_cast<size_t>(b.kv_head_count()) * b.hd;
 }
 size_t out_extent(const AttentionBlock& b) {
   return static_cast<size_t>(b.B) * b.q_len * b.H * b.hd;
@@ -106,8 +106,8 @@ class CpuBf16Backend final : public KernelBackend {
                           int T, int C, int vocab_begin, int vocab_rows,
                           void* scratch) const override {
     const size_t n = static_cast<size_t>(B) * T * C;
-    fp32_->embedding_backward(dwte, dwpe, in(0, dout, n), tokens, B, T, C, vocab_begin,
-                              vocab_rows, scratch);
+    fp32_->embedding_backward(dwte, dwpe, in(0, dout, n), tokens, B, T, C, vocab_begin, vocab_rows,
+                              scratch);
   }
 
   void layernorm_forward(void* out, float* mean, float* rstd, const void* inp, const void* weight,
@@ -145,8 +145,8 @@ class CpuBf16Backend final : public KernelBackend {
                         void* scratch) const override {
     const size_t n = static_cast<size_t>(N) * C;
     float* d = in(3, dinp, n);
-    fp32_->rmsnorm_backward(d, dweight, in(0, dout, n), in(1, inp, n), in(2, weight, C), rstd, N,
-                            C, scratch);
+    fp32_->rmsnorm_backward(d, dweight, in(0, dout, n), in(1, inp, n), in(2, weight, C), rstd, N, C,
+                            scratch);
     bf16_store(dinp, d, n);
   }
 
@@ -172,20 +172,22 @@ class CpuBf16Backend final : public KernelBackend {
     return fp32_->attention_scratch_bytes(B, T, C, H);
   }
   void attention_forward(void* out, float* lse, const void* qkv, int B, int T, int C, int H,
-                         void* scratch) const override {
+                         int kv_heads, void* scratch) const override {
     const size_t n = static_cast<size_t>(B) * T * C;
+    const size_t n_qkv = static_cast<size_t>(B) * T * qkv_width(C, H, kv_heads);
     float* o = buffer(3, n);
-    fp32_->attention_forward(o, lse, in(0, qkv, 3 * n), B, T, C, H, scratch);
+    fp32_->attention_forward(o, lse, in(0, qkv, n_qkv), B, T, C, H, kv_heads, scratch);
     bf16_store(out, o, n);
   }
   void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
-                          const float* lse, int B, int T, int C, int H,
+                          const float* lse, int B, int T, int C, int H, int kv_heads,
                           void* scratch) const override {
     const size_t n = static_cast<size_t>(B) * T * C;
-    float* d = buffer(3, 3 * n);
-    fp32_->attention_backward(d, in(0, dout, n), in(1, qkv, 3 * n), in(2, out, n), lse, B, T, C,
-                              H, scratch);
-    bf16_store(dqkv, d, 3 * n);
+    const size_t n_qkv = static_cast<size_t>(B) * T * qkv_width(C, H, kv_heads);
+    float* d = buffer(3, n_qkv);
+    fp32_->attention_backward(d, in(0, dout, n), in(1, qkv, n_qkv), in(2, out, n), lse, B, T, C, H,
+                              kv_heads, scratch);
+    bf16_store(dqkv, d, n_qkv);
   }
 
   size_t attention_block_scratch_bytes(int B, int H, int q_len, int kv_rows) const override {
@@ -211,9 +213,9 @@ class CpuBf16Backend final : public KernelBackend {
                                 const AttentionBlock& blk, void* scratch) const override {
     float* g_q = in(4, dq, q_extent(blk));
     float* g_kv = in(5, dkv, kv_extent(blk));
-    fp32_->attention_block_backward(g_q, g_kv, in(0, dout, out_extent(blk)), in(1, q, q_extent(blk)),
-                                    in(2, kv, kv_extent(blk)), in(3, out, out_extent(blk)), lse, blk,
-                                    scratch);
+    fp32_->attention_block_backward(g_q, g_kv, in(0, dout, out_extent(blk)),
+                                    in(1, q, q_extent(blk)), in(2, kv, kv_extent(blk)),
+                                    in(3, out, out_extent(blk)), lse, blk, scratch);
     bf16_store(dq, g_q, q_extent(blk));
     bf16_store(dkv, g_kv, kv_extent(blk));
   }
@@ -223,10 +225,10 @@ class CpuBf16Backend final : public KernelBackend {
     fp32_->rope_table(cos, sin, T, hd, theta, first_position);
   }
   void rope_apply(void* qkv, const float* cos, const float* sin, int B, int T, int C, int H,
-                  bool inverse) const override {
-    const size_t n = 3 * static_cast<size_t>(B) * T * C;
+                  int kv_heads, bool inverse) const override {
+    const size_t n = static_cast<size_t>(B) * T * qkv_width(C, H, kv_heads);
     float* x = in(0, qkv, n);
-    fp32_->rope_apply(x, cos, sin, B, T, C, H, inverse);
+    fp32_->rope_apply(x, cos, sin, B, T, C, H, kv_heads, inverse);
     bf16_store(qkv, x, n);
   }
 
@@ -239,6 +241,18 @@ class CpuBf16Backend final : public KernelBackend {
     float* d = in(1, dout, n);
     fp32_->gelu_backward(d, in(0, inp, n), d, n);
     bf16_store(dinp, d, n);
+  }
+  void swiglu_forward(void* out, const void* inp, int N, int F) const override {
+    const size_t n = static_cast<size_t>(N) * F;
+    float* o = buffer(3, n);
+    fp32_->swiglu_forward(o, in(0, inp, 2 * n), N, F);
+    bf16_store(out, o, n);
+  }
+  void swiglu_backward(void* dinp, const void* inp, const void* dout, int N, int F) const override {
+    const size_t n = static_cast<size_t>(N) * F;
+    float* d = buffer(3, 2 * n);
+    fp32_->swiglu_backward(d, in(0, inp, 2 * n), in(1, dout, n), N, F);
+    bf16_store(dinp, d, 2 * n);
   }
   void vector_add(void* y, const void* x, size_t n) const override {
 #pragma omp parallel for schedule(static) if (n > (1 << 16))
@@ -259,9 +273,9 @@ class CpuBf16Backend final : public KernelBackend {
                                void* scratch, int chunk) const override {
     const size_t n = static_cast<size_t>(N) * C;
     float* d = dx ? buffer(3, n) : nullptr;
-    const double loss =
-        fp32_->lm_head_cross_entropy(d, dweight, in(0, x, n), in(1, weight, static_cast<size_t>(V) * C),
-                                     targets, N, C, V, grad_scale, scratch, chunk);
+    const double loss = fp32_->lm_head_cross_entropy(d, dweight, in(0, x, n),
+                                                     in(1, weight, static_cast<size_t>(V) * C),
+                                                     targets, N, C, V, grad_scale, scratch, chunk);
     if (dx) bf16_store(dx, d, n);
     return loss;
   }
@@ -311,6 +325,8 @@ class CpuBf16Backend final : public KernelBackend {
 
 }  // namespace
 
-std::unique_ptr<KernelBackend> make_cpu_bf16_backend() { return std::make_unique<CpuBf16Backend>(); }
+std::unique_ptr<KernelBackend> make_cpu_bf16_backend() {
+  return std::make_unique<CpuBf16Backend>();
+}
 
 }  // namespace loom::kernels::cpu

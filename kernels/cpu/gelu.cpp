@@ -33,4 +33,36 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n) {
   }
 }
 
+void swiglu_forward(float* out, const float* inp, int N, int F) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; n++) {
+    const float* gate = inp + static_cast<size_t>(n) * 2 * F;
+    const float* up = gate + F;
+    float* o = out + static_cast<size_t>(n) * F;
+#pragma omp simd
+    for (int i = 0; i < F; i++) {
+      const float g = gate[i];
+      o[i] = g / (1.0f + fast_exp(-g)) * up[i];
+    }
+  }
+}
+
+void swiglu_backward(float* dinp, const float* inp, const float* dout, int N, int F) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; n++) {
+    const float* gate = inp + static_cast<size_t>(n) * 2 * F;
+    const float* up = gate + F;
+    const float* d = dout + static_cast<size_t>(n) * F;
+    float* d_gate = dinp + static_cast<size_t>(n) * 2 * F;
+    float* d_up = d_gate + F;
+#pragma omp simd
+    for (int i = 0; i < F; i++) {
+      const float g = gate[i];
+      const float sigmoid = 1.0f / (1.0f + fast_exp(-g));
+      d_gate[i] = d[i] * up[i] * sigmoid * (1.0f + g * (1.0f - sigmoid));
+      d_up[i] = d[i] * g * sigmoid;
+    }
+  }
+}
+
 }  // namespace loom::kernels::cpu

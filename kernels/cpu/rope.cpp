@@ -21,8 +21,9 @@ void rope_table(float* cos, float* sin, int T, int hd, float theta, int first_po
 }
 
 void rope_apply(float* qkv, const float* cos, const float* sin, int B, int T, int C, int H,
-                bool inverse) {
+                int kv_heads, bool inverse) {
   const int hd = C / H;
+  const size_t width = static_cast<size_t>(C) + 2 * static_cast<size_t>(kv_heads) * hd;
   const int half = hd / 2;
   // The inverse rotation is the rotation by −θ: same cos, negated sin.
   const float sign = inverse ? -1.0f : 1.0f;
@@ -31,9 +32,9 @@ void rope_apply(float* qkv, const float* cos, const float* sin, int B, int T, in
     const int t = bt % T;
     const float* cos_t = cos + static_cast<size_t>(t) * half;
     const float* sin_t = sin + static_cast<size_t>(t) * half;
-    float* row = qkv + static_cast<size_t>(bt) * 3 * C;
-    // Heads of q then heads of k are contiguous, so 2H heads of hd columns from the row start.
-    for (int head = 0; head < 2 * H; head++) {
+    float* row = qkv + static_cast<size_t>(bt) * width;
+    // Heads of q then heads of k are contiguous: H + kv_heads heads of hd from the row start.
+    for (int head = 0; head < H + kv_heads; head++) {
       float* x1 = row + static_cast<size_t>(head) * hd;
       float* x2 = x1 + half;
 #pragma omp simd

@@ -11,10 +11,11 @@ namespace loom::kernels::cpu {
 // stored as float). hd is even.
 void rope_table(float* cos, float* sin, int T, int hd, float theta, int first_position = 0);
 
-// Rotates q and k of qkv (B, T, 3C) in place; v is untouched. cos and sin come from rope_table
-// with at least T rows and hd = C / H. inverse = true applies the transposed rotation (−θ),
-// which is the backward of the forward rotation.
+// Rotates q (H heads) and k (kv_heads heads) of qkv (B, T, C + 2·kv_heads·hd) in place; v is
+// untouched. cos and sin come from rope_table with at least T rows and hd = C / H.
+// inverse = true applies the transposed rotation (−θ), which is the backward of the forward
+// rotation.
 void rope_apply(float* qkv, const float* cos, const float* sin, int B, int T, int C, int H,
-                bool inverse);
+                int kv_heads, bool inverse);
 
 }  // namespace loom::kernels::cpu

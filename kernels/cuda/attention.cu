@@ -16,11 +16,13 @@ namespace {
 
 // Shapes the block kernels cannot take, named for these functions (the head size and the
 // sequence length the block kernels check too).
-void check_shape(int B, int T, int C, int H, const char* function) {
-  if (B < 0 || T < 0 || C < 0 || H <= 0 || C % H != 0)
+void check_shape(int B, int T, int C, int H, int kv_heads, const char* function) {
+  if (B < 0 || T < 0 || C < 0 || H <= 0 || C % H != 0 || kv_heads <= 0 || H % kv_heads != 0)
     throw std::invalid_argument(
-        std::string(function) + ": need B, T, C ≥ 0 and H > 0 dividing C (B=" + std::to_string(B) +
-        " T=" + std::to_string(T) + " C=" + std::to_string(C) + " H=" + std::to_string(H) + ")");
+        std::string(function) +
+        ": need B, T, C ≥ 0, H > 0 dividing C and kv_heads > 0 dividing H (B=" + std::to_string(B) +
+        " T=" + std::to_string(T) + " C=" + std::to_string(C) + " H=" + std::to_string(H) +
+        " kv_heads=" + std::to_string(kv_heads) + ")");
 }
 
 }  // namespace
@@ -32,34 +34,37 @@ size_t attention_scratch_bytes(int B, int T, int C, int H) {
 
 template <typename Act>
 void attention_forward(const Context& ctx, Act* out, float* lse, const Act* qkv, int B, int T,
-                       int C, int H, void* scratch) {
-  check_shape(B, T, C, H, "attention_forward");
+                       int C, int H, int kv_heads, void* scratch) {
+  check_shape(B, T, C, H, kv_heads, "attention_forward");
   if (B == 0 || T == 0 || C == 0) return;
-  attention_block_forward<Act>(ctx, out, lse, qkv, qkv + C, attention_whole_sequence(B, T, C, H), scratch);
+  attention_block_forward<Act>(ctx, out, lse, qkv, qkv + C,
+                               attention_whole_sequence(B, T, C, H, kv_heads), scratch);
 }
 
 template <typename Act>
 void attention_backward(const Context& ctx, Act* dqkv, const Act* dout, const Act* qkv,
-                        const Act* out, const float* lse, int B, int T, int C, int H,
+                        const Act* out, const float* lse, int B, int T, int C, int H, int kv_heads,
                         void* scratch) {
-  check_shape(B, T, C, H, "attention_backward");
+  check_shape(B, T, C, H, kv_heads, "attention_backward");
   if (B == 0 || T == 0 || C == 0) return;
   // The block backward accumulates dq and dk, dv (the q, k and v columns of dqkv).
-  CUDA_CHECK(cudaMemsetAsync(dqkv, 0, static_cast<size_t>(B) * T * 3 * C * sizeof(Act),
-                             ctx.stream));
+  const size_t width = static_cast<size_t>(qkv_width(C, H, kv_heads));
+  CUDA_CHECK(
+      cudaMemsetAsync(dqkv, 0, static_cast<size_t>(B) * T * width * sizeof(Act), ctx.stream));
   attention_block_backward<Act>(ctx, dqkv, dqkv + C, dout, qkv, qkv + C, out, lse,
-                                attention_whole_sequence(B, T, C, H), scratch);
+                                attention_whole_sequence(B, T, C, H, kv_heads), scratch);
 }
 
 template void attention_forward<float>(const Context&, float*, float*, const float*, int, int, int,
-                                       int, void*);
+                                       int, int, void*);
 template void attention_forward<__nv_bfloat16>(const Context&, __nv_bfloat16*, float*,
-                                               const __nv_bfloat16*, int, int, int, int, void*);
+                                               const __nv_bfloat16*, int, int, int, int, int,
+                                               void*);
 template void attention_backward<float>(const Context&, float*, const float*, const float*,
-                                        const float*, const float*, int, int, int, int, void*);
+                                        const float*, const float*, int, int, int, int, int, void*);
 template void attention_backward<__nv_bfloat16>(const Context&, __nv_bfloat16*,
                                                 const __nv_bfloat16*, const __nv_bfloat16*,
                                                 const __nv_bfloat16*, const float*, int, int, int,
-                                                int, void*);
+                                                int, int, void*);
 
 }  // namespace loom::kernels::cuda

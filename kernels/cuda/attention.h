@@ -2,7 +2,8 @@
 // layout of kernels/cpu/attention.h plus a Context, for activations of type Act (float or
 // __nv_bfloat16) with fp32 arithmetic inside.
 //
-// qkv (B, T, 3C) holds per token [q | k | v], each C = H·hd wide, head h at columns h·hd;
+// qkv (B, T, C + 2·Ckv) holds per token [q | k | v]: q C = H·hd wide, k and v Ckv = kv_heads·hd
+// (grouped-query attention when kv_heads < H), head h at columns h·hd of its part;
 // hd = C / H must be at most 128 (std::invalid_argument otherwise). Forward is a
 // FlashAttention-style tiled kernel: per (b, h, 16 queries) block, 32-key K/V tiles pass through
 // shared memory and an online softmax in fp32 keeps only the running max, sum and output; lse
@@ -13,8 +14,9 @@
 // fast path to come.
 //
 //   DeviceMemory scratch = device_alloc(attention_scratch_bytes(B, T, C, H));
-//   attention_forward<__nv_bfloat16>(ctx, out, lse, qkv, B, T, C, H, scratch.get());
-//   attention_backward<__nv_bfloat16>(ctx, dqkv, dout, qkv, out, lse, B, T, C, H, scratch.get());
+//   attention_forward<__nv_bfloat16>(ctx, out, lse, qkv, B, T, C, H, H, scratch.get());
+//   attention_backward<__nv_bfloat16>(ctx, dqkv, dout, qkv, out, lse, B, T, C, H, H,
+//   scratch.get());
 #pragma once
 #include <cstddef>
 
@@ -31,13 +33,13 @@ size_t attention_scratch_bytes(int B, int T, int C, int H);
 // Act is the activation type (float or __nv_bfloat16); T is the sequence length, as everywhere.
 template <typename Act>
 void attention_forward(const Context& ctx, Act* out, float* lse, const Act* qkv, int B, int T,
-                       int C, int H, void* scratch);
+                       int C, int H, int kv_heads, void* scratch);
 
-// dqkv (B, T, 3C) — overwritten — from dout (B, T, C), given the forward's qkv, out and lse.
-// scratch holds attention_scratch_bytes(B, T, C, H) bytes.
+// dqkv (B, T, C + 2·Ckv) — overwritten — from dout (B, T, C), given the forward's qkv, out and
+// lse. scratch holds attention_scratch_bytes(B, T, C, H) bytes.
 template <typename Act>
 void attention_backward(const Context& ctx, Act* dqkv, const Act* dout, const Act* qkv,
-                        const Act* out, const float* lse, int B, int T, int C, int H,
+                        const Act* out, const float* lse, int B, int T, int C, int H, int kv_heads,
                         void* scratch);
 
 }  // namespace loom::kernels::cuda

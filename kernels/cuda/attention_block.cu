@@ -120,8 +120,9 @@ struct BlockHead {
 
 __device__ __forceinline__ BlockHead block_head(const AttentionBlock& blk, int pair) {
   const int64_t b = pair / blk.H, h = pair % blk.H, hd = blk.hd, C = blk.H * hd;
+  const int64_t g = blk.kv_head(static_cast<int>(h));
   return {(b * blk.q_len + blk.q_begin) * blk.q_ld + h * hd,
-          (b * blk.kv_len + blk.kv_begin) * blk.kv_ld + h * hd,
+          (b * blk.kv_len + blk.kv_begin) * blk.kv_ld + g * hd,
           (b * blk.q_len + blk.q_begin) * C + h * hd,
           static_cast<int64_t>(pair) * blk.q_len + blk.q_begin};
 }
@@ -338,8 +339,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// dK, dV += for kBlockRows key rows j: Σ over the query rows i that see j of dS_ij q_i and
-// P_ij dO_i. Grid: x = b·H + h, y = block of key rows (the first blocks see the most queries).
+// dK, dV += for kBlockRows key rows j: Σ over the query heads sharing the key/value head and the
+// query rows i that see j of dS_ij q_i and P_ij dO_i. Grid: x = b·kv_heads + g, y = block of key
+// rows (the first blocks see the most queries); the group's query heads run in turn, so each
+// dK/dV element still has one writer.
 template <typename Act, int HD>
 __global__ void __launch_bounds__(kThreads)
     block_backward_dkv_kernel(Act* dkv_all, const Act* dout, const Act* q_all, const Act* kv_all,
@@ -357,13 +360,12 @@ __global__ void __launch_bounds__(kThreads)
 
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  const int pair = blockIdx.x;
+  const int kv_heads = blk.kv_head_count(), group = blk.H / kv_heads;
+  const int first_pair = (blockIdx.x / kv_heads) * blk.H + (blockIdx.x % kv_heads) * group;
   const int hd = blk.hd;
   const int C = blk.H * hd;
   const int k0 = blockIdx.y * kBlockRows;
-  const BlockHead head = block_head(blk, pair);
-  const Act* q_base = q_all + head.q;
-  const Act* do_base = dout + head.out;
+  const BlockHead head = block_head(blk, first_pair);  // the kv offsets are the group's
   float* warp_p = p_exchange + warp * kTile * kRowsPerWarp;
   float* warp_ds = ds_exchange + warp * kTile * kRowsPerWarp;
   const float* warp_k = k_tile + warp * kRowsPerWarp * kPitch;
@@ -381,30 +383,35 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = 0; c < kDims; c++) dk[r][c] = dv[r][c] = 0.0f;
   }
 
-  // Query rows before the first that sees key k0 see none of this block's keys.
-  for (int qt0 = first_query_seeing(blk, k0); qt0 < blk.q_rows; qt0 += kTile) {
-    __syncthreads();
-    load_rows<Act, HD, kTile>(q_tile, q_base, blk.q_ld, qt0, blk.q_rows, hd);
-    load_rows<Act, HD, kTile>(do_tile, do_base, C, qt0, blk.q_rows, hd);
-    __syncthreads();
-    const int query = qt0 + lane;
-    const bool valid = query < blk.q_rows;
-    const int query_visible = valid ? blk.visible(query) : 0;
-    const float query_lse = valid ? lse[head.lse + query] : 0.0f;
-    const float query_dsum = valid ? dsum[head.lse + query] : 0.0f;
-    float score[kRowsPerWarp] = {};
-    float dp[kRowsPerWarp] = {};
-    dot_rows<HD>(score, warp_k, q_tile + lane * kPitch);
-    dot_rows<HD>(dp, warp_v, do_tile + lane * kPitch);
+  for (int member = 0; member < group; member++) {
+    const BlockHead qh = block_head(blk, first_pair + member);
+    const Act* q_base = q_all + qh.q;
+    const Act* do_base = dout + qh.out;
+    // Query rows before the first that sees key k0 see none of this block's keys.
+    for (int qt0 = first_query_seeing(blk, k0); qt0 < blk.q_rows; qt0 += kTile) {
+      __syncthreads();
+      load_rows<Act, HD, kTile>(q_tile, q_base, blk.q_ld, qt0, blk.q_rows, hd);
+      load_rows<Act, HD, kTile>(do_tile, do_base, C, qt0, blk.q_rows, hd);
+      __syncthreads();
+      const int query = qt0 + lane;
+      const bool valid = query < blk.q_rows;
+      const int query_visible = valid ? blk.visible(query) : 0;
+      const float query_lse = valid ? lse[qh.lse + query] : 0.0f;
+      const float query_dsum = valid ? dsum[qh.lse + query] : 0.0f;
+      float score[kRowsPerWarp] = {};
+      float dp[kRowsPerWarp] = {};
+      dot_rows<HD>(score, warp_k, q_tile + lane * kPitch);
+      dot_rows<HD>(dp, warp_v, do_tile + lane * kPitch);
 #pragma unroll
-    for (int r = 0; r < kRowsPerWarp; r++) {
-      const float p = key[r] < query_visible ? expf(score[r] * scale - query_lse) : 0.0f;
-      warp_p[lane * kRowsPerWarp + r] = p;
-      warp_ds[lane * kRowsPerWarp + r] = p * (dp[r] - query_dsum) * scale;
+      for (int r = 0; r < kRowsPerWarp; r++) {
+        const float p = key[r] < query_visible ? expf(score[r] * scale - query_lse) : 0.0f;
+        warp_p[lane * kRowsPerWarp + r] = p;
+        warp_ds[lane * kRowsPerWarp + r] = p * (dp[r] - query_dsum) * scale;
+      }
+      __syncwarp();
+      accumulate_rows<HD>(dv, warp_p, do_tile, lane);
+      accumulate_rows<HD>(dk, warp_ds, q_tile, lane);
     }
-    __syncwarp();
-    accumulate_rows<HD>(dv, warp_p, do_tile, lane);
-    accumulate_rows<HD>(dk, warp_ds, q_tile, lane);
   }
 
 #pragma unroll
@@ -430,22 +437,25 @@ std::string describe(const AttentionBlock& blk) {
          " q_begin=" + std::to_string(blk.q_begin) + " q_rows=" + std::to_string(blk.q_rows) +
          " q_ld=" + std::to_string(blk.q_ld) + " kv_len=" + std::to_string(blk.kv_len) +
          " kv_begin=" + std::to_string(blk.kv_begin) + " kv_rows=" + std::to_string(blk.kv_rows) +
-         " kv_ld=" + std::to_string(blk.kv_ld) + " v_offset=" + std::to_string(blk.v_offset);
+         " kv_ld=" + std::to_string(blk.kv_ld) + " v_offset=" + std::to_string(blk.v_offset) +
+         " kv_heads=" + std::to_string(blk.kv_heads);
 }
 
 // Rejects shapes the kernels cannot index: negative sizes, row ranges outside their sequences,
 // rows narrower than the heads, and head dims past the tiling's limit.
 void check_block(const AttentionBlock& blk, const char* function) {
-  const bool sizes_ok = blk.B >= 0 && blk.H > 0 && blk.hd > 0 && blk.q_begin >= 0 &&
+  const bool heads_ok = blk.kv_heads >= 0 && (blk.kv_heads == 0 || blk.H % blk.kv_heads == 0);
+  const bool sizes_ok = heads_ok && blk.B >= 0 && blk.H > 0 && blk.hd > 0 && blk.q_begin >= 0 &&
                         blk.q_rows >= 0 && blk.q_begin + blk.q_rows <= blk.q_len &&
                         blk.kv_begin >= 0 && blk.kv_rows >= 0 &&
                         blk.kv_begin + blk.kv_rows <= blk.kv_len;
   const int64_t C = static_cast<int64_t>(blk.H) * blk.hd;
-  const bool rows_ok = blk.q_ld >= C && blk.v_offset >= 0 && blk.kv_ld >= blk.v_offset + C;
+  const int64_t Ckv = static_cast<int64_t>(blk.kv_head_count()) * blk.hd;
+  const bool rows_ok = blk.q_ld >= C && blk.v_offset >= 0 && blk.kv_ld >= blk.v_offset + Ckv;
   if (!sizes_ok || !rows_ok) {
     throw std::invalid_argument(std::string(function) +
                                 ": need B ≥ 0, H, hd > 0, row ranges inside their sequences and "
-                                "rows wide enough for H·hd (" +
+                                "kv_heads dividing H, rows wide enough for the heads (" +
                                 describe(blk) + ")");
   }
   if (blk.hd > kMaxHeadDim) {
@@ -497,7 +507,7 @@ void backward_with(const Context& ctx, Act* dq, Act* dkv, const Act* dout, const
   const dim3 dq_grid(blk.B * blk.H, (blk.q_rows + kBlockRows - 1) / kBlockRows);
   launch(block_backward_dq_kernel<Act, HD>, dq_grid, backward_dq_shared_floats<HD>(), ctx.stream,
          dq, dout, q, kv, lse, dsum, blk, scale);
-  const dim3 dkv_grid(blk.B * blk.H, (blk.kv_rows + kBlockRows - 1) / kBlockRows);
+  const dim3 dkv_grid(blk.B * blk.kv_head_count(), (blk.kv_rows + kBlockRows - 1) / kBlockRows);
   launch(block_backward_dkv_kernel<Act, HD>, dkv_grid, backward_dkv_shared_floats<HD>(), ctx.stream,
          dkv, dout, q, kv, lse, dsum, blk, scale);
 }

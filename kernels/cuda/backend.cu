@@ -1,10 +1,9 @@
-#include "kernels/cuda/backend.h"
-
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/adamw.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_block.h"
+#include "kernels/cuda/backend.h"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/cross_entropy.h"
@@ -156,8 +155,8 @@ class CudaBackend : public KernelBackend {
     return cuda::layernorm_backward_scratch_bytes(N, C);
   }
   void layernorm_backward(void* dinp, float* dweight, float* dbias, const void* dout,
-                          const void* inp, const void* weight, const float* mean,
-                          const float* rstd, int N, int C, void* scratch) const override {
+                          const void* inp, const void* weight, const float* mean, const float* rstd,
+                          int N, int C, void* scratch) const override {
     cuda::layernorm_backward<Act>(ctx_, a(dinp), dweight, dbias, a(dout), a(inp), a(weight), mean,
                                   rstd, N, C, scratch);
   }
@@ -181,21 +180,21 @@ class CudaBackend : public KernelBackend {
   }
   void matmul_backward(void* dinp, float* dweight, float* dbias, const void* dout, const void* inp,
                        const void* weight, int N, int IC, int OC) const override {
-    cuda::matmul_backward<Act>(ctx_, a(dinp), dweight, dbias, a(dout), a(inp), a(weight), N, IC,
-                               OC, &cache_);
+    cuda::matmul_backward<Act>(ctx_, a(dinp), dweight, dbias, a(dout), a(inp), a(weight), N, IC, OC,
+                               &cache_);
   }
 
   size_t attention_scratch_bytes(int B, int T, int C, int H) const override {
     return cuda::attention_scratch_bytes(B, T, C, H);
   }
   void attention_forward(void* out, float* lse, const void* qkv, int B, int T, int C, int H,
-                         void* scratch) const override {
-    cuda::attention_forward<Act>(ctx_, a(out), lse, a(qkv), B, T, C, H, scratch);
+                         int kv_heads, void* scratch) const override {
+    cuda::attention_forward<Act>(ctx_, a(out), lse, a(qkv), B, T, C, H, kv_heads, scratch);
   }
   void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
-                          const float* lse, int B, int T, int C, int H,
+                          const float* lse, int B, int T, int C, int H, int kv_heads,
                           void* scratch) const override {
-    cuda::attention_backward<Act>(ctx_, a(dqkv), a(dout), a(qkv), a(out), lse, B, T, C, H,
+    cuda::attention_backward<Act>(ctx_, a(dqkv), a(dout), a(qkv), a(out), lse, B, T, C, H, kv_heads,
                                   scratch);
   }
 
@@ -213,8 +212,8 @@ class CudaBackend : public KernelBackend {
   void attention_block_backward(void* dq, void* dkv, const void* dout, const void* q,
                                 const void* kv, const void* out, const float* lse,
                                 const AttentionBlock& blk, void* scratch) const override {
-    cuda::attention_block_backward<Act>(ctx_, a(dq), a(dkv), a(dout), a(q), a(kv), a(out), lse,
-                                        blk, scratch);
+    cuda::attention_block_backward<Act>(ctx_, a(dq), a(dkv), a(dout), a(q), a(kv), a(out), lse, blk,
+                                        scratch);
   }
 
   void rope_table(float* cos, float* sin, int T, int hd, float theta,
@@ -222,8 +221,8 @@ class CudaBackend : public KernelBackend {
     cuda::rope_table(ctx_, cos, sin, T, hd, theta, first_position);
   }
   void rope_apply(void* qkv, const float* cos, const float* sin, int B, int T, int C, int H,
-                  bool inverse) const override {
-    cuda::rope_apply<Act>(ctx_, a(qkv), cos, sin, B, T, C, H, inverse);
+                  int kv_heads, bool inverse) const override {
+    cuda::rope_apply<Act>(ctx_, a(qkv), cos, sin, B, T, C, H, kv_heads, inverse);
   }
 
   void gelu_forward(void* out, const void* inp, size_t n) const override {
@@ -231,6 +230,12 @@ class CudaBackend : public KernelBackend {
   }
   void gelu_backward(void* dinp, const void* inp, const void* dout, size_t n) const override {
     cuda::gelu_backward<Act>(ctx_, a(dinp), a(inp), a(dout), n);
+  }
+  void swiglu_forward(void* out, const void* inp, int N, int F) const override {
+    cuda::swiglu_forward<Act>(ctx_, a(out), a(inp), N, F);
+  }
+  void swiglu_backward(void* dinp, const void* inp, const void* dout, int N, int F) const override {
+    cuda::swiglu_backward<Act>(ctx_, a(dinp), a(inp), a(dout), N, F);
   }
   void vector_add(void* y, const void* x, size_t n) const override {
     cuda::vector_add<Act>(ctx_, a(y), a(x), n);
@@ -245,8 +250,8 @@ class CudaBackend : public KernelBackend {
   double lm_head_cross_entropy(void* dx, float* dweight, const void* x, const void* weight,
                                const int* targets, int N, int C, int V, float grad_scale,
                                void* scratch, int chunk) const override {
-    cuda::lm_head_cross_entropy<Act>(ctx_, result(), a(dx), dweight, a(x), a(weight), targets, N,
-                                     C, V, grad_scale, scratch, chunk, &cache_);
+    cuda::lm_head_cross_entropy<Act>(ctx_, result(), a(dx), dweight, a(x), a(weight), targets, N, C,
+                                     V, grad_scale, scratch, chunk, &cache_);
     return read_result();
   }
 

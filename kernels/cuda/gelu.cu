@@ -70,7 +70,51 @@ __global__ void gelu_backward_packed(T* dinp, const T* inp, const T* dout, size_
   }
 }
 
+// One thread per (row, hidden unit) of the (N, F) output.
+template <typename T>
+__global__ void swiglu_forward_kernel(T* out, const T* inp, size_t total, int F) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < total;
+       i += size_t{gridDim.x} * blockDim.x) {
+    const size_t n = i / F, f = i % F;
+    const float g = to_float(inp[n * 2 * F + f]);
+    const float up = to_float(inp[n * 2 * F + F + f]);
+    out[i] = from_float<T>(g / (1.0f + expf(-g)) * up);
+  }
+}
+
+template <typename T>
+__global__ void swiglu_backward_kernel(T* dinp, const T* inp, const T* dout, size_t total, int F) {
+  for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < total;
+       i += size_t{gridDim.x} * blockDim.x) {
+    const size_t n = i / F, f = i % F;
+    const float g = to_float(inp[n * 2 * F + f]);
+    const float up = to_float(inp[n * 2 * F + F + f]);
+    const float d = to_float(dout[i]);
+    const float sigmoid = 1.0f / (1.0f + expf(-g));
+    dinp[n * 2 * F + f] = from_float<T>(d * up * sigmoid * (1.0f + g * (1.0f - sigmoid)));
+    dinp[n * 2 * F + F + f] = from_float<T>(d * g * sigmoid);
+  }
+}
+
 }  // namespace
+
+template <typename T>
+void swiglu_forward(const Context& ctx, T* out, const T* inp, int N, int F) {
+  const size_t total = static_cast<size_t>(N) * F;
+  if (total == 0) return;
+  swiglu_forward_kernel<<<grid_stride_blocks(total, kBlockSize), kBlockSize, 0, ctx.stream>>>(
+      out, inp, total, F);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void swiglu_backward(const Context& ctx, T* dinp, const T* inp, const T* dout, int N, int F) {
+  const size_t total = static_cast<size_t>(N) * F;
+  if (total == 0) return;
+  swiglu_backward_kernel<<<grid_stride_blocks(total, kBlockSize), kBlockSize, 0, ctx.stream>>>(
+      dinp, inp, dout, total, F);
+  CUDA_CHECK_LAUNCH();
+}
 
 template <typename T>
 void gelu_forward(const Context& ctx, T* out, const T* inp, size_t n) {
@@ -106,5 +150,11 @@ template void gelu_forward<__nv_bfloat16>(const Context&, __nv_bfloat16*, const 
 template void gelu_backward<float>(const Context&, float*, const float*, const float*, size_t);
 template void gelu_backward<__nv_bfloat16>(const Context&, __nv_bfloat16*, const __nv_bfloat16*,
                                            const __nv_bfloat16*, size_t);
+template void swiglu_forward<float>(const Context&, float*, const float*, int, int);
+template void swiglu_forward<__nv_bfloat16>(const Context&, __nv_bfloat16*, const __nv_bfloat16*,
+                                            int, int);
+template void swiglu_backward<float>(const Context&, float*, const float*, const float*, int, int);
+template void swiglu_backward<__nv_bfloat16>(const Context&, __nv_bfloat16*, const __nv_bfloat16*,
+                                             const __nv_bfloat16*, int, int);
 
 }  // namespace loom::kernels::cuda

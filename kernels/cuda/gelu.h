@@ -22,4 +22,12 @@ void gelu_forward(const Context& ctx, T* out, const T* inp, size_t n);
 template <typename T>
 void gelu_backward(const Context& ctx, T* dinp, const T* inp, const T* dout, size_t n);
 
+// SwiGLU: out (N, F) = silu(gate) ∘ up from inp (N, 2F) rows [gate | up] — overwritten.
+template <typename T>
+void swiglu_forward(const Context& ctx, T* out, const T* inp, int N, int F);
+
+// dinp (N, 2F) — overwritten — from dout (N, F) and the forward's inp.
+template <typename T>
+void swiglu_backward(const Context& ctx, T* dinp, const T* inp, const T* dout, int N, int F);
+
 }  // namespace loom::kernels::cuda

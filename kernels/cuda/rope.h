@@ -7,8 +7,8 @@
 //   x'[d + hd/2] = x[d + hd/2] cos θ + x[d] sin θ
 //
 //   rope_table(ctx, cos, sin, T, C / H, 10000.0f);                  // once
-//   rope_apply<__nv_bfloat16>(ctx, qkv, cos, sin, B, T, C, H, false);   // forward
-//   rope_apply<__nv_bfloat16>(ctx, dqkv, cos, sin, B, T, C, H, true);   // backward
+//   rope_apply<__nv_bfloat16>(ctx, qkv, cos, sin, B, T, C, H, H, false);   // forward
+//   rope_apply<__nv_bfloat16>(ctx, dqkv, cos, sin, B, T, C, H, H, true);   // backward
 //
 // The activation type is called Act (float or __nv_bfloat16) because T is the sequence length.
 // The tables are float; the rotation is computed in fp32 and rounded once to Act.
@@ -24,11 +24,12 @@ namespace loom::kernels::cuda {
 void rope_table(const Context& ctx, float* cos, float* sin, int T, int hd, float theta,
                 int first_position = 0);
 
-// Rotates q and k of qkv (B, T, 3C) in place; v is untouched. cos and sin come from rope_table
+// Rotates q (H heads) and k (kv_heads) of qkv (B, T, C + 2·Ckv) in place; v is untouched. cos
+// and sin come from rope_table
 // with at least T rows and hd = C / H. inverse = true applies the transposed rotation (−θ),
 // which is the backward of the forward rotation.
 template <typename Act>
 void rope_apply(const Context& ctx, Act* qkv, const float* cos, const float* sin, int B, int T,
-                int C, int H, bool inverse);
+                int C, int H, int kv_heads, bool inverse);
 
 }  // namespace loom::kernels::cuda

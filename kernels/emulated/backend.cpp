@@ -155,7 +155,7 @@ class Device {
   int lent_ = 0;
   std::map<void*, size_t> allocations_;
   size_t in_use_ = 0, peak_ = 0;  // bytes allocated now, and at most so far
-  std::thread worker_;  // last: starts once the rest is built
+  std::thread worker_;            // last: starts once the rest is built
 };
 
 // Every kernel is the CPU backend's, queued on the device's stream; arguments are captured by
@@ -197,8 +197,7 @@ class EmulatedBackend final : public KernelBackend {
                     float beta1, float beta2, float eps, float weight_decay, long step,
                     float grad_scale) const override {
     queue([=](const KernelBackend& k) {
-      k.adamw_update(params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, step,
-                     grad_scale);
+      k.adamw_update(params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, step, grad_scale);
     });
   }
   double sum_squares(const float* x, size_t n) const override {
@@ -291,14 +290,16 @@ class EmulatedBackend final : public KernelBackend {
     return cpu_->attention_scratch_bytes(B, T, C, H);
   }
   void attention_forward(void* out, float* lse, const void* qkv, int B, int T, int C, int H,
-                         void* scratch) const override {
-    queue([=](const KernelBackend& k) { k.attention_forward(out, lse, qkv, B, T, C, H, scratch); });
+                         int kv_heads, void* scratch) const override {
+    queue([=](const KernelBackend& k) {
+      k.attention_forward(out, lse, qkv, B, T, C, H, kv_heads, scratch);
+    });
   }
   void attention_backward(void* dqkv, const void* dout, const void* qkv, const void* out,
-                          const float* lse, int B, int T, int C, int H,
+                          const float* lse, int B, int T, int C, int H, int kv_heads,
                           void* scratch) const override {
     queue([=](const KernelBackend& k) {
-      k.attention_backward(dqkv, dout, qkv, out, lse, B, T, C, H, scratch);
+      k.attention_backward(dqkv, dout, qkv, out, lse, B, T, C, H, kv_heads, scratch);
     });
   }
 
@@ -307,7 +308,8 @@ class EmulatedBackend final : public KernelBackend {
   }
   void attention_block_forward(void* out, float* lse, const void* q, const void* kv,
                                const AttentionBlock& blk, void* scratch) const override {
-    queue([=](const KernelBackend& k) { k.attention_block_forward(out, lse, q, kv, blk, scratch); });
+    queue(
+        [=](const KernelBackend& k) { k.attention_block_forward(out, lse, q, kv, blk, scratch); });
   }
   void attention_merge(void* out, float* lse, const void* block_out, const float* block_lse,
                        const AttentionBlock& blk) const override {
@@ -326,8 +328,10 @@ class EmulatedBackend final : public KernelBackend {
     queue([=](const KernelBackend& k) { k.rope_table(cos, sin, T, hd, theta, first_position); });
   }
   void rope_apply(void* qkv, const float* cos, const float* sin, int B, int T, int C, int H,
-                  bool inverse) const override {
-    queue([=](const KernelBackend& k) { k.rope_apply(qkv, cos, sin, B, T, C, H, inverse); });
+                  int kv_heads, bool inverse) const override {
+    queue([=](const KernelBackend& k) {
+      k.rope_apply(qkv, cos, sin, B, T, C, H, kv_heads, inverse);
+    });
   }
 
   void gelu_forward(void* out, const void* inp, size_t n) const override {
@@ -335,6 +339,12 @@ class EmulatedBackend final : public KernelBackend {
   }
   void gelu_backward(void* dinp, const void* inp, const void* dout, size_t n) const override {
     queue([=](const KernelBackend& k) { k.gelu_backward(dinp, inp, dout, n); });
+  }
+  void swiglu_forward(void* out, const void* inp, int N, int F) const override {
+    queue([=](const KernelBackend& k) { k.swiglu_forward(out, inp, N, F); });
+  }
+  void swiglu_backward(void* dinp, const void* inp, const void* dout, int N, int F) const override {
+    queue([=](const KernelBackend& k) { k.swiglu_backward(dinp, inp, dout, N, F); });
   }
   void vector_add(void* y, const void* x, size_t n) const override {
     queue([=](const KernelBackend& k) { k.vector_add(y, x, n); });
@@ -358,7 +368,8 @@ class EmulatedBackend final : public KernelBackend {
   }
   void cross_entropy_local_max(float* row_max, const void* logits, int n, int Vl,
                                int valid) const override {
-    queue([=](const KernelBackend& k) { k.cross_entropy_local_max(row_max, logits, n, Vl, valid); });
+    queue(
+        [=](const KernelBackend& k) { k.cross_entropy_local_max(row_max, logits, n, Vl, valid); });
   }
   void cross_entropy_local_sums(float* sums, const void* logits, const float* row_max,
                                 const int* targets, int n, int Vl, int valid,

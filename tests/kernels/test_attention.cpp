@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <ostream>
+#include <string>
 #include <vector>
 
 #include "kernel_test_util.h"
@@ -156,7 +157,8 @@ TEST_P(AttentionTest, ForwardAndBackwardMatchReference) {
 
   auto out = nan_filled(out_size(s));
   auto lse = nan_filled(lse_size(s));
-  cpu::attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.H, scratch.data());
+  cpu::attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.H, s.H,
+                         scratch.data());
   const Attended want = reference_forward(to_double(qkv), s);
   EXPECT_TRUE(close(out, want.out, 1e-5));
   EXPECT_TRUE(close(lse, want.lse, 1e-6));
@@ -164,7 +166,7 @@ TEST_P(AttentionTest, ForwardAndBackwardMatchReference) {
   // NaN everywhere checks that dqkv is overwritten, k and v parts included.
   auto dqkv = nan_filled(qkv_size(s));
   cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
-                          s.C, s.H, scratch.data());
+                          s.C, s.H, s.H, scratch.data());
   EXPECT_TRUE(close(dqkv, reference_backward(to_double(dout), to_double(qkv), s), 1e-5));
   EXPECT_TRUE(scratch.guard_intact());
 }
@@ -191,10 +193,10 @@ TEST(AttentionThreads, TeamFollowsThreadCount) {
     out[run].resize(out_size(s));
     lse[run].resize(lse_size(s));
     dqkv[run].resize(qkv_size(s));
-    cpu::attention_forward(out[run].data(), lse[run].data(), qkv.data(), s.B, s.T, s.C, s.H,
+    cpu::attention_forward(out[run].data(), lse[run].data(), qkv.data(), s.B, s.T, s.C, s.H, s.H,
                            scratch.data());
     cpu::attention_backward(dqkv[run].data(), dout.data(), qkv.data(), out[run].data(),
-                            lse[run].data(), s.B, s.T, s.C, s.H, scratch.data());
+                            lse[run].data(), s.B, s.T, s.C, s.H, s.H, scratch.data());
     EXPECT_TRUE(scratch.guard_intact()) << "run " << run;
   }
   EXPECT_TRUE(close(dqkv[0], reference_backward(to_double(dout), to_double(qkv), s), 1e-5));
@@ -213,14 +215,66 @@ TEST(AttentionDeterminism, RepeatedCallsAreBitwiseIdentical) {
     out[run].resize(out_size(s));
     lse[run].resize(lse_size(s));
     dqkv[run].resize(qkv_size(s));
-    cpu::attention_forward(out[run].data(), lse[run].data(), qkv.data(), s.B, s.T, s.C, s.H,
+    cpu::attention_forward(out[run].data(), lse[run].data(), qkv.data(), s.B, s.T, s.C, s.H, s.H,
                            scratch.data());
     cpu::attention_backward(dqkv[run].data(), dout.data(), qkv.data(), out[run].data(),
-                            lse[run].data(), s.B, s.T, s.C, s.H, scratch.data());
+                            lse[run].data(), s.B, s.T, s.C, s.H, s.H, scratch.data());
   }
   EXPECT_EQ(0, std::memcmp(out[0].data(), out[1].data(), out[0].size() * sizeof(float)));
   EXPECT_EQ(0, std::memcmp(lse[0].data(), lse[1].data(), lse[0].size() * sizeof(float)));
   EXPECT_EQ(0, std::memcmp(dqkv[0].data(), dqkv[1].data(), dqkv[0].size() * sizeof(float)));
+}
+
+// Grouped-query attention (kv_heads < H) is multi-head attention whose key/value heads are
+// repeated over each group of H / kv_heads query heads: the same output and lse, the same dq,
+// and dk, dv summed over the group's copies.
+TEST(AttentionGroupedQuery, EqualsHeadsWithRepeatedKeysAndValues) {
+  struct Case {
+    int B, T, C, H, KV;
+  };
+  for (const Case& c : {Case{2, 37, 32, 4, 2}, Case{1, 70, 48, 6, 1}, Case{2, 65, 48, 6, 3}}) {
+    SCOPED_TRACE("H " + std::to_string(c.H) + " kv_heads " + std::to_string(c.KV));
+    const int hd = c.C / c.H, Ckv = c.KV * hd, width = c.C + 2 * Ckv, group = c.H / c.KV;
+    const size_t N = static_cast<size_t>(c.B) * c.T;
+    std::mt19937 rng(41);
+    const auto qkv = random_floats(rng, N * width, -2.0f, 2.0f);
+    const auto dout = random_floats(rng, N * c.C);
+    std::vector<float> full(N * 3 * c.C);  // the same heads, each key/value head repeated
+    for (size_t n = 0; n < N; n++) {
+      const float* row = qkv.data() + n * width;
+      float* to = full.data() + n * 3 * c.C;
+      std::copy_n(row, c.C, to);
+      for (int h = 0; h < c.H; h++)
+        for (int part = 1; part <= 2; part++)
+          std::copy_n(row + c.C + (part - 1) * Ckv + (h / group) * hd, hd,
+                      to + part * c.C + h * hd);
+    }
+    GuardedScratch scratch(c.T);
+    std::vector<float> out(N * c.C), lse(N * c.H), dqkv(qkv.size());
+    std::vector<float> out_full(out.size()), lse_full(lse.size()), dfull(full.size());
+    cpu::attention_forward(out.data(), lse.data(), qkv.data(), c.B, c.T, c.C, c.H, c.KV,
+                           scratch.data());
+    cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), c.B, c.T,
+                            c.C, c.H, c.KV, scratch.data());
+    cpu::attention_forward(out_full.data(), lse_full.data(), full.data(), c.B, c.T, c.C, c.H, c.H,
+                           scratch.data());
+    cpu::attention_backward(dfull.data(), dout.data(), full.data(), out_full.data(),
+                            lse_full.data(), c.B, c.T, c.C, c.H, c.H, scratch.data());
+    EXPECT_TRUE(scratch.guard_intact());
+    EXPECT_TRUE(close(out, to_double(out_full), 1e-6));
+    EXPECT_TRUE(close(lse, to_double(lse_full), 1e-6));
+    std::vector<double> want(qkv.size(), 0.0);  // dq as is; dk, dv summed over each group
+    for (size_t n = 0; n < N; n++) {
+      const float* from = dfull.data() + n * 3 * c.C;
+      double* row = want.data() + n * width;
+      for (int i = 0; i < c.C; i++) row[i] = from[i];
+      for (int h = 0; h < c.H; h++)
+        for (int part = 1; part <= 2; part++)
+          for (int d = 0; d < hd; d++)
+            row[c.C + (part - 1) * Ckv + (h / group) * hd + d] += from[part * c.C + h * hd + d];
+    }
+    EXPECT_TRUE(close(dqkv, want, 1e-5));
+  }
 }
 
 }  // namespace

@@ -78,11 +78,12 @@ TEST_P(AttentionBlockTest, ZigzagBlocksMatchWholeAttention) {
   const std::vector<float> dout = random_floats(rng, static_cast<size_t>(s.B) * s.T * s.C);
 
   std::vector<float> scratch(cpu::attention_scratch_floats(s.T, cpu::thread_count()));
-  std::vector<float> out(static_cast<size_t>(s.B) * s.T * s.C), lse(static_cast<size_t>(s.B) * H * s.T);
+  std::vector<float> out(static_cast<size_t>(s.B) * s.T * s.C),
+      lse(static_cast<size_t>(s.B) * H * s.T);
   std::vector<float> dqkv(qkv.size());
-  cpu::attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, H, scratch.data());
+  cpu::attention_forward(out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, H, H, scratch.data());
   cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
-                          s.C, H, scratch.data());
+                          s.C, H, H, scratch.data());
 
   std::vector<std::vector<float>> local_qkv, local_out, local_lse, local_dout;
   for (int r = 0; r < s.sp; r++) {
@@ -90,7 +91,8 @@ TEST_P(AttentionBlockTest, ZigzagBlocksMatchWholeAttention) {
     local_dout.push_back(local_rows(dout, s, r, s.C));
   }
   std::vector<float> block_scratch(cpu::attention_block_scratch_floats(Tl, cpu::thread_count()));
-  const size_t out_n = static_cast<size_t>(s.B) * Tl * s.C, lse_n = static_cast<size_t>(s.B) * H * Tl;
+  const size_t out_n = static_cast<size_t>(s.B) * Tl * s.C,
+               lse_n = static_cast<size_t>(s.B) * H * Tl;
   for (int r = 0; r < s.sp; r++) {
     std::vector<float> o(out_n, 0.0f), l(lse_n, -std::numeric_limits<float>::infinity());
     std::vector<float> bo(out_n), bl(lse_n);
@@ -120,19 +122,17 @@ TEST_P(AttentionBlockTest, ZigzagBlocksMatchWholeAttention) {
     for (int k = 0; k < s.sp; k++)
       for (int qh = 0; qh < 2; qh++)
         for (int kh = 0; kh < 2; kh++)
-          cpu::attention_block_backward(local_dqkv[r].data(), local_dqkv[k].data() + s.C,
-                                        local_dout[r].data(), local_qkv[r].data(),
-                                        local_qkv[k].data() + s.C, local_out[r].data(),
-                                        local_lse[r].data(), half_block(s, r, qh, k, kh),
-                                        block_scratch.data());
+          cpu::attention_block_backward(
+              local_dqkv[r].data(), local_dqkv[k].data() + s.C, local_dout[r].data(),
+              local_qkv[r].data(), local_qkv[k].data() + s.C, local_out[r].data(),
+              local_lse[r].data(), half_block(s, r, qh, k, kh), block_scratch.data());
   for (int r = 0; r < s.sp; r++)
     expect_close(local_dqkv[r], local_rows(dqkv, s, r, 3 * s.C), 1e-5, "dqkv");
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionBlockTest,
                          ::testing::Values(RingShape{2, 16, 16, 2, 1}, RingShape{2, 32, 16, 2, 2},
-                                           RingShape{1, 48, 24, 3, 3},
-                                           RingShape{2, 64, 32, 4, 4},
+                                           RingShape{1, 48, 24, 3, 3}, RingShape{2, 64, 32, 4, 4},
                                            RingShape{1, 256, 32, 2, 2}));
 
 TEST(AttentionBlock, RowsThatSeeNoKeyAreEmptyAndMergeLeavesThem) {
@@ -155,7 +155,8 @@ TEST(AttentionBlock, RowsThatSeeNoKeyAreEmptyAndMergeLeavesThem) {
       EXPECT_TRUE(std::isfinite(lse[i])) << i;
     }
   }
-  std::vector<float> acc(B * T * C, 0.0f), acc_lse(B * H * T, -std::numeric_limits<float>::infinity());
+  std::vector<float> acc(B * T * C, 0.0f),
+      acc_lse(B * H * T, -std::numeric_limits<float>::infinity());
   cpu::attention_merge(acc.data(), acc_lse.data(), out.data(), lse.data(), blk);
   for (size_t i = 0; i < acc.size(); i++) EXPECT_EQ(acc[i], out[i]);
   // Merging the same block twice doubles nothing: the weights are each ½.

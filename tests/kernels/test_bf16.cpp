@@ -121,19 +121,19 @@ TEST_F(Bf16Backend, AttentionAndGelu) {
   Operand qkv = operand(rng, B * T * 3 * C), dout = operand(rng, B * T * C);
   std::vector<char> scratch(f32->attention_scratch_bytes(B, T, C, H));
   std::vector<float> out(B * T * C), lse(B * H * T), lse16(B * H * T);
-  f32->attention_forward(out.data(), lse.data(), qkv.f.data(), B, T, C, H, scratch.data());
+  f32->attention_forward(out.data(), lse.data(), qkv.f.data(), B, T, C, H, H, scratch.data());
   Half out_h(B * T * C);
-  b16->attention_forward(out_h.data(), lse16.data(), qkv.h.data(), B, T, C, H, scratch.data());
+  b16->attention_forward(out_h.data(), lse16.data(), qkv.h.data(), B, T, C, H, H, scratch.data());
   EXPECT_EQ(out_h, to_half(out));
   EXPECT_EQ(lse16, lse);
   // Backward from the bf16 forward's output (what a bf16 run saves).
   const std::vector<float> out_f = to_float(out_h);
   std::vector<float> dqkv(B * T * 3 * C);
   f32->attention_backward(dqkv.data(), dout.f.data(), qkv.f.data(), out_f.data(), lse.data(), B, T,
-                          C, H, scratch.data());
+                          C, H, H, scratch.data());
   Half dqkv_h(B * T * 3 * C);
   b16->attention_backward(dqkv_h.data(), dout.h.data(), qkv.h.data(), out_h.data(), lse.data(), B,
-                          T, C, H, scratch.data());
+                          T, C, H, H, scratch.data());
   EXPECT_EQ(dqkv_h, to_half(dqkv));
 
   std::vector<float> g(qkv.f.size());
@@ -147,7 +147,7 @@ TEST_F(Bf16Backend, AttentionAndGelu) {
 TEST_F(Bf16Backend, AttentionBlockOverAPackedQkv) {
   const int B = 2, T = 8, C = 8, H = 2;
   Operand qkv = operand(rng, B * T * 3 * C), out0 = operand(rng, B * T * C);
-  AttentionBlock blk = attention_whole_sequence(B, T, C, H);
+  AttentionBlock blk = attention_whole_sequence(B, T, C, H, H);
   blk.q_begin = 2, blk.q_rows = 4;  // rows 2–5 only: the others must come back unchanged
   std::vector<char> scratch(f32->attention_block_scratch_bytes(B, H, T, T));
   std::vector<float> out = out0.f, lse(B * H * T, 0.0f), lse16 = lse;
@@ -178,9 +178,9 @@ TEST_F(Bf16Backend, EmbeddingAndLmHead) {
   const double loss = f32->lm_head_cross_entropy(dx.data(), dw.data(), x.f.data(), wte.f.data(),
                                                  targets.data(), N, C, V, 0.5f, scratch.data(), 4);
   Half dx_h(N * C);
-  const double loss16 = b16->lm_head_cross_entropy(dx_h.data(), dw16.data(), x.h.data(),
-                                                   wte.h.data(), targets.data(), N, C, V, 0.5f,
-                                                   scratch.data(), 4);
+  const double loss16 =
+      b16->lm_head_cross_entropy(dx_h.data(), dw16.data(), x.h.data(), wte.h.data(), targets.data(),
+                                 N, C, V, 0.5f, scratch.data(), 4);
   EXPECT_EQ(loss16, loss);  // the loss is fp32 work on the same operands
   EXPECT_EQ(dx_h, to_half(dx));
   EXPECT_EQ(dw16, dw);

@@ -1,8 +1,11 @@
-// Tanh-approximate GELU against a double reference; the reference against finite differences.
+// Tanh-approximate GELU and SwiGLU against double references; the references against finite
+// differences.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <numbers>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kernel_test_util.h"
@@ -87,6 +90,58 @@ TEST(Gelu, InPlaceMatchesOutOfPlace) {
   cpu::gelu_backward(grad_in_place.data(), x.data(), grad_in_place.data(), n);
   EXPECT_EQ(out, in_place);
   EXPECT_EQ(dinp, grad_in_place);
+}
+
+// SwiGLU over rows [gate (F) | up (F)]: silu(gate) · up.
+std::vector<double> reference_swiglu(const std::vector<double>& x, int N, int F) {
+  std::vector<double> out(static_cast<size_t>(N) * F);
+  for (int n = 0; n < N; n++)
+    for (int f = 0; f < F; f++) {
+      const double g = x[static_cast<size_t>(n) * 2 * F + f];
+      const double up = x[static_cast<size_t>(n) * 2 * F + F + f];
+      out[static_cast<size_t>(n) * F + f] = g / (1.0 + std::exp(-g)) * up;
+    }
+  return out;
+}
+
+// dx from weights w on the output: the analytic SwiGLU gradient, in double.
+std::vector<double> reference_swiglu_grad(const std::vector<double>& x,
+                                          const std::vector<double>& w, int N, int F) {
+  std::vector<double> dx(x.size());
+  for (int n = 0; n < N; n++)
+    for (int f = 0; f < F; f++) {
+      const size_t at = static_cast<size_t>(n) * 2 * F + f;
+      const double g = x[at], up = x[at + F], dy = w[static_cast<size_t>(n) * F + f];
+      const double sigmoid = 1.0 / (1.0 + std::exp(-g));
+      dx[at] = dy * up * sigmoid * (1.0 + g * (1.0 - sigmoid));
+      dx[at + F] = dy * g * sigmoid;
+    }
+  return dx;
+}
+
+TEST(SwigluReference, GradientMatchesFiniteDifferences) {
+  const int N = 3, F = 7;
+  std::mt19937 rng(24);
+  const auto x = to_double(random_floats(rng, 2 * N * F, -6.0f, 6.0f));
+  const auto w = random_doubles(rng, static_cast<size_t>(N) * F);
+  EXPECT_TRUE(
+      gradient_matches([&](const std::vector<double>& at) { return reference_swiglu(at, N, F); }, x,
+                       w, reference_swiglu_grad(x, w, N, F)));
+}
+
+TEST(Swiglu, ForwardAndBackwardMatchReference) {
+  for (const auto& [N, F] : {std::pair{1, 1}, std::pair{5, 13}, std::pair{64, 96}}) {
+    SCOPED_TRACE(std::to_string(N) + "x" + std::to_string(F));
+    std::mt19937 rng(25);
+    const auto x = random_floats(rng, 2 * static_cast<size_t>(N) * F, -8.0f, 8.0f);
+    const auto dout = random_floats(rng, static_cast<size_t>(N) * F);
+    auto out = nan_filled(static_cast<size_t>(N) * F);
+    auto dinp = nan_filled(x.size());
+    cpu::swiglu_forward(out.data(), x.data(), N, F);
+    cpu::swiglu_backward(dinp.data(), x.data(), dout.data(), N, F);
+    EXPECT_TRUE(close(out, reference_swiglu(to_double(x), N, F), 1e-6));
+    EXPECT_TRUE(close(dinp, reference_swiglu_grad(to_double(x), to_double(dout), N, F), 3e-6));
+  }
 }
 
 }  // namespace

@@ -108,7 +108,7 @@ TEST_P(RopeTest, ForwardAndInverseMatchReference) {
   for (bool inverse : {false, true}) {
     SCOPED_TRACE(inverse ? "inverse" : "forward");
     auto rotated = qkv;
-    cpu::rope_apply(rotated.data(), table.cos.data(), table.sin.data(), s.B, s.T, s.C, s.H,
+    cpu::rope_apply(rotated.data(), table.cos.data(), table.sin.data(), s.B, s.T, s.C, s.H, s.H,
                     inverse);
     EXPECT_TRUE(close(rotated, reference_rope(to_double(qkv), s, inverse ? -1.0 : 1.0), 1e-6));
     // v must be untouched, bit for bit.
@@ -128,8 +128,10 @@ TEST_P(RopeTest, InverseIsTranspose) {
   const auto y = random_floats(rng, qkv_size(s));
   auto rotated_x = x;
   auto inverse_y = y;
-  cpu::rope_apply(rotated_x.data(), table.cos.data(), table.sin.data(), s.B, s.T, s.C, s.H, false);
-  cpu::rope_apply(inverse_y.data(), table.cos.data(), table.sin.data(), s.B, s.T, s.C, s.H, true);
+  cpu::rope_apply(rotated_x.data(), table.cos.data(), table.sin.data(), s.B, s.T, s.C, s.H, s.H,
+                  false);
+  cpu::rope_apply(inverse_y.data(), table.cos.data(), table.sin.data(), s.B, s.T, s.C, s.H, s.H,
+                  true);
   // ⟨R x, y⟩ = ⟨x, Rᵀ y⟩ is what makes the inverse the backward.
   double lhs = 0.0, rhs = 0.0, norm = 0.0;
   for (size_t i = 0; i < x.size(); i++) {
@@ -139,7 +141,8 @@ TEST_P(RopeTest, InverseIsTranspose) {
   }
   EXPECT_NEAR(lhs, rhs, 1e-6 * norm);
   // And applying both gives back the input.
-  cpu::rope_apply(rotated_x.data(), table.cos.data(), table.sin.data(), s.B, s.T, s.C, s.H, true);
+  cpu::rope_apply(rotated_x.data(), table.cos.data(), table.sin.data(), s.B, s.T, s.C, s.H, s.H,
+                  true);
   EXPECT_TRUE(close(rotated_x, to_double(x), 1e-6));
 }
 

@@ -49,7 +49,7 @@ struct CpuForward {
 CpuForward cpu_forward(const std::vector<float>& qkv, const Shape& s) {
   CpuForward f{std::vector<float>(out_size(s)), std::vector<float>(lse_size(s))};
   std::vector<float> scratch(cpu::attention_scratch_floats(s.T, cpu::thread_count()));
-  cpu::attention_forward(f.out.data(), f.lse.data(), qkv.data(), s.B, s.T, s.C, s.H,
+  cpu::attention_forward(f.out.data(), f.lse.data(), qkv.data(), s.B, s.T, s.C, s.H, s.H,
                          scratch.data());
   return f;
 }
@@ -60,7 +60,7 @@ std::vector<float> cpu_backward(const std::vector<float>& dout, const std::vecto
   std::vector<float> dqkv(qkv_size(s));
   std::vector<float> scratch(cpu::attention_scratch_floats(s.T, cpu::thread_count()));
   cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
-                          s.C, s.H, scratch.data());
+                          s.C, s.H, s.H, scratch.data());
   return dqkv;
 }
 
@@ -82,7 +82,7 @@ TYPED_TEST(AttentionTest, ForwardMatchesCpu) {
     out.poison();
     lse.poison();
     cuda::attention_forward<T>(this->ctx, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.H,
-                               nullptr);
+                               s.H, nullptr);
     EXPECT_TRUE(norm_close(out.download(), want.out, tolerance<T>()));
     // Inputs are identical on both sides, so lse differs by fp32 rounding only, for bf16 too.
     EXPECT_TRUE(norm_close(lse.download(), want.lse, 1e-5));
@@ -109,7 +109,7 @@ TYPED_TEST(AttentionTest, BackwardMatchesCpu) {
     scratch.poison();
     dqkv.poison();
     cuda::attention_backward<T>(this->ctx, dqkv.data(), dout.data(), qkv.data(), out.data(),
-                                lse.data(), s.B, s.T, s.C, s.H, scratch.data());
+                                lse.data(), s.B, s.T, s.C, s.H, s.H, scratch.data());
     EXPECT_TRUE(norm_close(dqkv.download(), want, tolerance<T>()));
   }
 }
@@ -130,9 +130,9 @@ TYPED_TEST(AttentionTest, IsDeterministic) {
     lse.poison();
     dqkv.poison();
     cuda::attention_forward<T>(this->ctx, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.H,
-                               nullptr);
+                               s.H, nullptr);
     cuda::attention_backward<T>(this->ctx, dqkv.data(), dout.data(), qkv.data(), out.data(),
-                                lse.data(), s.B, s.T, s.C, s.H, scratch.data());
+                                lse.data(), s.B, s.T, s.C, s.H, s.H, scratch.data());
     outs.push_back(out.download_bytes());
     lses.push_back(lse.download_bytes());
     dqkvs.push_back(dqkv.download_bytes());
@@ -146,10 +146,10 @@ TYPED_TEST(AttentionTest, IsDeterministic) {
 TYPED_TEST(AttentionTest, RejectsHeadDimAbove128) {
   using T = TypeParam;
   EXPECT_THROW(
-      cuda::attention_forward<T>(this->ctx, nullptr, nullptr, nullptr, 1, 4, 264, 2, nullptr),
+      cuda::attention_forward<T>(this->ctx, nullptr, nullptr, nullptr, 1, 4, 264, 2, 2, nullptr),
       std::invalid_argument);
   EXPECT_THROW(cuda::attention_backward<T>(this->ctx, nullptr, nullptr, nullptr, nullptr, nullptr,
-                                           1, 4, 129, 1, nullptr),
+                                           1, 4, 129, 1, 1, nullptr),
                std::invalid_argument);
 }
 

@@ -70,10 +70,11 @@ TYPED_TEST(RopeCuda, ApplyAndInverseMatchCpu) {
       const size_t size = static_cast<size_t>(s.B) * s.T * 3 * s.C;
       const std::vector<float> qkv = as_type<T>(random_floats(rng, size));
       std::vector<float> want = qkv;
-      cpu::rope_apply(want.data(), cos_table.data(), sin_table.data(), s.B, s.T, s.C, s.H, inverse);
+      cpu::rope_apply(want.data(), cos_table.data(), sin_table.data(), s.B, s.T, s.C, s.H, s.H,
+                      inverse);
       DeviceBuffer<float> d_cos(this->ctx, cos_table), d_sin(this->ctx, sin_table);
       DeviceBuffer<T> d_qkv(this->ctx, qkv);
-      gpu::rope_apply(this->ctx, d_qkv.data(), d_cos.data(), d_sin.data(), s.B, s.T, s.C, s.H,
+      gpu::rope_apply(this->ctx, d_qkv.data(), d_cos.data(), d_sin.data(), s.B, s.T, s.C, s.H, s.H,
                       inverse);
       const std::vector<float> got = d_qkv.download();
       EXPECT_TRUE(norm_close(got, want, tolerance<T>()));
@@ -98,8 +99,10 @@ TYPED_TEST(RopeCuda, InverseUndoesForward) {
   const std::vector<float> qkv =
       as_type<T>(random_floats(rng, static_cast<size_t>(s.B) * s.T * 3 * s.C));
   DeviceBuffer<T> d_qkv(this->ctx, qkv);
-  gpu::rope_apply(this->ctx, d_qkv.data(), d_cos.data(), d_sin.data(), s.B, s.T, s.C, s.H, false);
-  gpu::rope_apply(this->ctx, d_qkv.data(), d_cos.data(), d_sin.data(), s.B, s.T, s.C, s.H, true);
+  gpu::rope_apply(this->ctx, d_qkv.data(), d_cos.data(), d_sin.data(), s.B, s.T, s.C, s.H, s.H,
+                  false);
+  gpu::rope_apply(this->ctx, d_qkv.data(), d_cos.data(), d_sin.data(), s.B, s.T, s.C, s.H, s.H,
+                  true);
   // bf16 rounds after each rotation.
   EXPECT_TRUE(norm_close(d_qkv.download(), qkv, sizeof(T) == 4 ? 1e-6 : 1e-2));
 }

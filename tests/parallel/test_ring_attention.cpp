@@ -39,38 +39,41 @@ std::vector<float> rows_at(const std::vector<float>& x, const std::vector<int>& 
 struct RingCase {
   int B, T, C, H;
   SequenceLayout layout;
+  int KV = 0;  // key/value heads; 0: H
 };
 
 void expect_ring_matches_whole(Communicator& sp, const RingCase& k) {
   const int B = k.B, T = k.T, C = k.C, H = k.H, Tl = T / sp.size();
+  const int KV = k.KV > 0 ? k.KV : H, Ckv = KV * (C / H), width = C + 2 * Ckv;
   const auto be = kernels::cpu::make_cpu_backend();
-  const std::vector<float> qkv = random_vector(static_cast<size_t>(B) * T * 3 * C, 5);
+  const std::vector<float> qkv = random_vector(static_cast<size_t>(B) * T * width, 5);
   const std::vector<float> dout = random_vector(static_cast<size_t>(B) * T * C, 6);
   std::vector<float> out(static_cast<size_t>(B) * T * C), lse(static_cast<size_t>(B) * H * T);
   std::vector<float> dqkv(qkv.size());
-  std::vector<float> scratch(kernels::cpu::attention_scratch_floats(T, kernels::cpu::thread_count()));
-  kernels::cpu::attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, H, scratch.data());
+  std::vector<float> scratch(
+      kernels::cpu::attention_scratch_floats(T, kernels::cpu::thread_count()));
+  kernels::cpu::attention_forward(out.data(), lse.data(), qkv.data(), B, T, C, H, KV,
+                                  scratch.data());
   kernels::cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), B,
-                                   T, C, H, scratch.data());
+                                   T, C, H, KV, scratch.data());
 
   const std::vector<int> positions = sequence_positions(k.layout, T, sp.size(), sp.rank());
-  const std::vector<float> my_qkv = rows_at(qkv, positions, B, T, 3 * C);
+  const std::vector<float> my_qkv = rows_at(qkv, positions, B, T, width);
   const std::vector<float> my_dout = rows_at(dout, positions, B, T, C);
-  std::vector<float> work(ring_workspace_activations(B, Tl, C));
+  std::vector<float> work(ring_workspace_activations(B, Tl, C, Ckv));
   std::vector<float> block_lse(ring_workspace_lse_floats(B, Tl, H));
   std::vector<char> block_scratch(be->attention_block_scratch_bytes(B, H, Tl, Tl));
-  const size_t kv = static_cast<size_t>(B) * Tl * 2 * C;
-  RingWorkspace ws;
-  ws.kv[0] = work.data(), ws.kv[1] = work.data() + kv;
-  for (int i = 0; i < 3; ++i) ws.dkv[i] = work.data() + (2 + i) * kv;
-  ws.block_out = ws.dkv[0], ws.block_lse = block_lse.data(), ws.scratch = block_scratch.data();
+  const RingWorkspace ws =
+      ring_workspace_at(*be, work.data(), block_lse.data(), block_scratch.data(), B, Tl, C, Ckv);
 
   RingAttention ring(&sp, k.layout);
-  std::vector<float> my_out(static_cast<size_t>(B) * Tl * C), my_lse(static_cast<size_t>(B) * H * Tl);
-  ring_attention_forward(ring, *be, ws, my_out.data(), my_lse.data(), my_qkv.data(), B, Tl, C, H);
+  std::vector<float> my_out(static_cast<size_t>(B) * Tl * C),
+      my_lse(static_cast<size_t>(B) * H * Tl);
+  ring_attention_forward(ring, *be, ws, my_out.data(), my_lse.data(), my_qkv.data(), B, Tl, C, H,
+                         KV);
   std::vector<float> my_dqkv(my_qkv.size());
   ring_attention_backward(ring, *be, ws, my_dqkv.data(), my_dout.data(), my_qkv.data(),
-                          my_out.data(), my_lse.data(), B, Tl, C, H);
+                          my_out.data(), my_lse.data(), B, Tl, C, H, KV);
   EXPECT_GT(ring.compute_seconds, 0.0);
 
   EXPECT_TRUE(same_values(my_out, rows_at(out, positions, B, T, C), "ring attention out", 1e-5));
@@ -78,7 +81,8 @@ void expect_ring_matches_whole(Communicator& sp, const RingCase& k) {
   for (int bh = 0; bh < B * H; ++bh)
     for (int p : positions) want_lse.push_back(lse[static_cast<size_t>(bh) * T + p]);
   EXPECT_TRUE(same_values(my_lse, want_lse, "ring attention lse", 1e-5));
-  EXPECT_TRUE(same_values(my_dqkv, rows_at(dqkv, positions, B, T, 3 * C), "ring attention dqkv", 1e-5));
+  EXPECT_TRUE(
+      same_values(my_dqkv, rows_at(dqkv, positions, B, T, width), "ring attention dqkv", 1e-5));
 }
 
 TEST(RingAttention, ZigzagPiecesAreBalancedAndCoverTheSequence) {
@@ -110,7 +114,10 @@ TEST(RingAttention, MatchesWholeAttentionOverGroupsOf2To4) {
     const int n = group->size();
     for (const RingCase& k : {RingCase{2, 8 * n, 16, 2, SequenceLayout::kZigzag},
                               RingCase{1, 24 * n, 24, 3, SequenceLayout::kZigzag},
-                              RingCase{2, 4 * n, 8, 1, SequenceLayout::kContiguous}}) {
+                              RingCase{2, 4 * n, 8, 1, SequenceLayout::kContiguous},
+                              // Grouped-query: 4 query heads over 2 and over 1 key/value head.
+                              RingCase{2, 8 * n, 16, 4, SequenceLayout::kZigzag, 2},
+                              RingCase{1, 8 * n, 16, 4, SequenceLayout::kZigzag, 1}}) {
       SCOPED_TRACE("sp " + std::to_string(n) + " T " + std::to_string(k.T));
       expect_ring_matches_whole(*group, k);
     }
