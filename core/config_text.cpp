@@ -242,6 +242,71 @@ config::RunConfig parse_config_text(const std::string& text, const std::string& 
   }
 }
 
+namespace {
+
+// Reflection's setter of one type, or its adder when the field is repeated.
+template <typename T>
+using Setter = void (pb::Reflection::*)(pb::Message*, const pb::FieldDescriptor*, T) const;
+template <typename T>
+void put(pb::Message* message, const pb::FieldDescriptor* field, T value, Setter<T> set,
+         Setter<T> add) {
+  (message->GetReflection()->*(field->is_repeated() ? add : set))(message, field, value);
+}
+
+// Sets `field` of `message` to `value` parsed as its type, or appends it when the field is
+// repeated. `where` and `walked` (the field's dotted path) name it in errors.
+void set_scalar(pb::Message* message, const pb::FieldDescriptor* field, const std::string& value,
+                const std::string& where, const std::string& walked) {
+  using R = pb::Reflection;
+  switch (field->cpp_type()) {
+    case pb::FieldDescriptor::CPPTYPE_INT32:
+      return put(message, field, parse_number<int32_t>(value, where), &R::SetInt32, &R::AddInt32);
+    case pb::FieldDescriptor::CPPTYPE_INT64:
+      return put(message, field, parse_number<int64_t>(value, where), &R::SetInt64, &R::AddInt64);
+    case pb::FieldDescriptor::CPPTYPE_UINT32:
+      return put(message, field, parse_number<uint32_t>(value, where), &R::SetUInt32,
+                 &R::AddUInt32);
+    case pb::FieldDescriptor::CPPTYPE_UINT64:
+      if (!value.empty() && value[0] == '-') throw Error(where + ": must not be negative");
+      return put(message, field, parse_number<uint64_t>(value, where), &R::SetUInt64,
+                 &R::AddUInt64);
+    case pb::FieldDescriptor::CPPTYPE_FLOAT:
+      return put(message, field, parse_number<float>(value, where), &R::SetFloat, &R::AddFloat);
+    case pb::FieldDescriptor::CPPTYPE_DOUBLE:
+      return put(message, field, parse_number<double>(value, where), &R::SetDouble, &R::AddDouble);
+    case pb::FieldDescriptor::CPPTYPE_BOOL:
+      if (value != "true" && value != "false")
+        throw Error(where + ": " + walked + " takes true or false");
+      return put(message, field, value == "true", &R::SetBool, &R::AddBool);
+    case pb::FieldDescriptor::CPPTYPE_ENUM: {
+      const pb::EnumValueDescriptor* v = enum_value_any_case(field->enum_type(), value);
+      if (!v)
+        throw Error(where + ": \"" + value + "\" is not a value of " + walked +
+                    ". Valid values: " + enum_values(field->enum_type()) + ".");
+      return put(message, field, v, &R::SetEnum, &R::AddEnum);
+    }
+    case pb::FieldDescriptor::CPPTYPE_STRING:
+      return put<std::string>(message, field, value, &R::SetString, &R::AddString);
+    case pb::FieldDescriptor::CPPTYPE_MESSAGE:
+      LOOM_CHECK(false);
+  }
+}
+
+// The items of a repeated field's comma-separated value ("1, 2,4" → 1 2 4; "" → none).
+std::vector<std::string> list_items(const std::string& value) {
+  std::vector<std::string> items;
+  if (value.find_first_not_of(" \t") == std::string::npos) return items;
+  std::istringstream in(value);
+  for (std::string item; std::getline(in, item, ',');) {
+    const size_t begin = item.find_first_not_of(" \t"), end = item.find_last_not_of(" \t");
+    items.push_back(begin == std::string::npos ? "" : item.substr(begin, end - begin + 1));
+  }
+  if (value.back() == ',') items.push_back("");  // getline drops a last empty item
+  return items;
+}
+
+}  // namespace
+
 void apply_override(config::RunConfig& cfg, const std::string& assignment) {
   const std::string where = "--set " + assignment;
   size_t eq = assignment.find('=');
@@ -272,49 +337,20 @@ void apply_override(config::RunConfig& cfg, const std::string& assignment) {
     message = message->GetReflection()->MutableMessage(message, field);
     start = dot + 1;
   }
-  if (field->is_repeated() || field->type() == pb::FieldDescriptor::TYPE_MESSAGE)
+  if (field->type() == pb::FieldDescriptor::TYPE_MESSAGE)
     throw Error(where + ": " + walked + " is a section; name one of its fields (" +
-                (field->message_type() ? field_names(field->message_type()) : "") + ")");
-
-  const pb::Reflection* r = message->GetReflection();
-  switch (field->cpp_type()) {
-    case pb::FieldDescriptor::CPPTYPE_INT32:
-      r->SetInt32(message, field, parse_number<int32_t>(value, where));
-      break;
-    case pb::FieldDescriptor::CPPTYPE_INT64:
-      r->SetInt64(message, field, parse_number<int64_t>(value, where));
-      break;
-    case pb::FieldDescriptor::CPPTYPE_UINT32:
-      r->SetUInt32(message, field, parse_number<uint32_t>(value, where));
-      break;
-    case pb::FieldDescriptor::CPPTYPE_UINT64:
-      if (!value.empty() && value[0] == '-') throw Error(where + ": must not be negative");
-      r->SetUInt64(message, field, parse_number<uint64_t>(value, where));
-      break;
-    case pb::FieldDescriptor::CPPTYPE_FLOAT:
-      r->SetFloat(message, field, parse_number<float>(value, where));
-      break;
-    case pb::FieldDescriptor::CPPTYPE_DOUBLE:
-      r->SetDouble(message, field, parse_number<double>(value, where));
-      break;
-    case pb::FieldDescriptor::CPPTYPE_BOOL:
-      if (value != "true" && value != "false")
-        throw Error(where + ": " + walked + " takes true or false");
-      r->SetBool(message, field, value == "true");
-      break;
-    case pb::FieldDescriptor::CPPTYPE_ENUM: {
-      const pb::EnumValueDescriptor* v = enum_value_any_case(field->enum_type(), value);
-      if (!v)
-        throw Error(where + ": \"" + value + "\" is not a value of " + walked +
-                    ". Valid values: " + enum_values(field->enum_type()) + ".");
-      r->SetEnum(message, field, v);
-      break;
-    }
-    case pb::FieldDescriptor::CPPTYPE_STRING:
-      r->SetString(message, field, value);
-      break;
-    case pb::FieldDescriptor::CPPTYPE_MESSAGE:
-      LOOM_CHECK(false);
+                field_names(field->message_type()) + ")");
+  if (!field->is_repeated()) {
+    set_scalar(message, field, value, where, walked);
+    return;
+  }
+  // A list replaces the field's values: train.eval_loops=1,2,4 (an empty value: none).
+  message->GetReflection()->ClearField(message, field);
+  for (const std::string& item : list_items(value)) {
+    if (item.empty())
+      throw Error(where + ": an empty item in the list; " + walked +
+                  " takes values separated by commas, e.g. " + walked + "=1,2,4");
+    set_scalar(message, field, item, where, walked);
   }
 }
 

@@ -25,7 +25,11 @@ long poisson(Rng& rng, double rate) {
 
 LoopCounts run_loop_counts(const config::RunConfig& cfg) {
   const int loops = cfg.model().loops();
-  LoopCounts out{std::min(loops, eval_loops(cfg)), std::max(loops, eval_loops(cfg))};
+  LoopCounts out{loops, loops};
+  for (const int count : eval_loop_counts(cfg)) {
+    out.min = std::min(out.min, count);
+    out.max = std::max(out.max, count);
+  }
   const Sampling& s = cfg.model().loops_sampling();
   if (s.kind() != Sampling::FIXED) {
     out.min = std::min(out.min, s.min());
@@ -46,15 +50,22 @@ int draw_loops(const config::RunConfig& cfg, long step) {
     loops = s.min() + static_cast<long>(rng.below(static_cast<uint64_t>(s.max() - s.min() + 1)));
   } else {  // Huginn's Poisson–log-normal
     const double sigma = s.sigma();
-    const double tau = std::log(static_cast<double>(s.mean())) - sigma * sigma / 2 + sigma * rng.normal();
+    const double tau =
+        std::log(static_cast<double>(s.mean())) - sigma * sigma / 2 + sigma * rng.normal();
     const double rate = std::exp(tau);  // far above max: max (the clamp's result anyway)
     loops = rate > 4.0 * s.max() ? s.max() : 1 + poisson(rng, rate);
   }
   return static_cast<int>(std::clamp<long>(loops, s.min(), s.max()));
 }
 
-int eval_loops(const config::RunConfig& cfg) {
-  return cfg.train().eval_loops() > 0 ? cfg.train().eval_loops() : cfg.model().loops();
+std::vector<int> eval_loop_counts(const config::RunConfig& cfg) {
+  std::vector<int> counts;
+  for (const int count : cfg.train().eval_loops())
+    counts.push_back(count > 0 ? count : cfg.model().loops());
+  if (counts.empty()) counts.push_back(cfg.model().loops());
+  return counts;
 }
+
+int eval_loops(const config::RunConfig& cfg) { return eval_loop_counts(cfg).front(); }
 
 }  // namespace loom

@@ -1,9 +1,12 @@
 // Loop counts of a looped model: the count each training step runs (model.loops_sampling), the
-// count validation runs, and the range the activation arena must serve.
+// counts validation runs, and the range the activation arena must serve.
 //
 //   const loom::LoopCounts range = loom::run_loop_counts(cfg);   // model_set_loop_range
 //   int loops = loom::draw_loops(cfg, step);                     // before each step
+//   for (int n : loom::eval_loop_counts(cfg)) ...                // each validation
 #pragma once
+#include <vector>
+
 #include "loom.pb.h"
 
 namespace loom {
@@ -20,7 +23,12 @@ LoopCounts run_loop_counts(const config::RunConfig& cfg);
 // holds both).
 int draw_loops(const config::RunConfig& cfg, long step);
 
-// The loop count validation runs: train.eval_loops, or model.loops.
+// The loop counts validation runs, in the order train.eval_loops lists them (a 0 there is
+// model.loops); [model.loops] when it lists none.
+std::vector<int> eval_loop_counts(const config::RunConfig& cfg);
+
+// The first of eval_loop_counts: the count of the run's val_loss, of the closing sample and of
+// loom sample's default.
 int eval_loops(const config::RunConfig& cfg);
 
 }  // namespace loom

@@ -36,10 +36,15 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
         "train.recompute " + config::TrainConfig::Recompute_Name(cfg.train().recompute());
     if (m.backprop_loops() > 0)
       deep += format("; gradient through the last %d loop iterations", m.backprop_loops());
-    if (m.loops_sampling().kind() != config::LoopsSampling::FIXED)
-      deep += format("; each step's loop count drawn %s from [%d, %d], validation at %d",
+    if (m.loops_sampling().kind() != config::LoopsSampling::FIXED) {
+      std::string counts;
+      for (const int loops : eval_loop_counts(cfg))
+        counts += (counts.empty() ? "" : ", ") + std::to_string(loops);
+      deep += format("; each step's loop count drawn %s from [%d, %d], validation at ",
                      config::LoopsSampling::Kind_Name(m.loops_sampling().kind()).c_str(),
-                     m.loops_sampling().min(), m.loops_sampling().max(), eval_loops(cfg));
+                     m.loops_sampling().min(), m.loops_sampling().max()) +
+              counts;
+    }
     log.line(format("deep loops: %s; activation arena %.2f MiB%s", deep.c_str(),
                     pipeline_activation_memory(run.pipe, model).planned / (1024.0 * 1024.0),
                     groups.is_distributed() ? " per rank" : ""));

@@ -233,6 +233,25 @@ std::string tokenizer_decode(const Tokenizer& tok, const std::vector<int>& ids) 
   return out;
 }
 
+int64_t tokenizer_text_bytes(const Tokenizer& tok, const std::vector<int>& ids) {
+  int64_t bytes = 0;
+  std::vector<int> run;  // decoded whole: a subword tokenizer's pieces join
+  const auto flush = [&] {
+    bytes += static_cast<int64_t>(tokenizer_decode(tok, run).size());
+    run.clear();
+  };
+  for (const int id : ids) {
+    if (id == tok.end_of_text) {
+      flush();
+      ++bytes;
+    } else if (id >= 0 && id < tok.vocab_size) {
+      run.push_back(id);
+    }
+  }
+  flush();
+  return bytes;
+}
+
 std::string sentencepiece_train(const std::vector<std::string>& lines, int vocab_size,
                                 const std::string& model_type) {
   // The vocabulary holds SentencePiece's 3 meta pieces (unknown, begin, end), the 256 byte pieces
@@ -335,6 +354,21 @@ void data_info_copy(const config::DataInfo& info, const std::string& from_dir,
   if (ec)
     throw Error("cannot copy the tokenizer " + (fs::path(from_dir) / info.tokenizer_file()).string() +
                 " into the run directory " + to_dir + ": " + ec.message());
+}
+
+std::optional<Tokenizer> tokenizer_of_checkpoint(const std::string& checkpoint,
+                                                 int model_vocab_size) {
+  fs::path dir = fs::absolute(checkpoint).lexically_normal();
+  if (!dir.has_filename()) dir = dir.parent_path();  // a trailing '/'
+  std::optional<config::DataInfo> info;
+  for (int up = 0; up < 4 && dir.has_relative_path() && !info; ++up) {
+    std::error_code ec;
+    if (fs::exists(dir / kDataInfoFile, ec))
+      info = data_info_read((dir / kDataInfoFile).string());
+    else
+      dir = dir.parent_path();
+  }
+  return tokenizer_for_run(info, dir.string(), model_vocab_size);
 }
 
 double bits_per_byte(double loss, int64_t tokens, int64_t bytes) {

@@ -18,6 +18,7 @@
 //   std::vector<int> ids = loom::tokenizer_encode(tok, "def main():\n");
 //   std::string text = loom::tokenizer_decode(tok, ids);           // "def main():\n"
 #pragma once
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -58,6 +59,13 @@ std::vector<int> tokenizer_encode(const Tokenizer& tok, const std::string& text)
 // vocabulary (a model's vocabulary may be padded past it) "<|id|>".
 std::string tokenizer_decode(const Tokenizer& tok, const std::vector<int>& ids);
 
+// Bytes of text `ids` hold, counted as DataInfo counts a split's: one per end-of-text id (the
+// document's end), and each run of ids between them decoded (bytes: one per id); an id outside
+// the tokenizer's vocabulary counts none. Ids in the order of the data, so that a subword
+// tokenizer decodes them as it encoded them (a run cut at an arbitrary point may lose the space
+// SentencePiece strips from a text's start).
+int64_t tokenizer_text_bytes(const Tokenizer& tok, const std::vector<int>& ids);
+
 // Trains a SentencePiece model (model_type "bpe" or "unigram") of vocab_size pieces on `lines`
 // and returns it serialized (the bytes of a .model file). Throws loom::Error with
 // SentencePiece's message when it fails (e.g. a vocabulary too small for the text's characters).
@@ -83,6 +91,12 @@ bool data_info_same_tokens(const config::DataInfo& a, const std::string& a_dir,
 // so the run keeps what it was trained on.
 void data_info_copy(const config::DataInfo& info, const std::string& from_dir,
                     const std::string& to_dir);
+
+// The tokenizer of the run that wrote `checkpoint`: the one the data.textproto nearest above it
+// describes (the run directory's, for RUN/checkpoints/step_N; at most 4 folders up), else
+// tokenizer_for_run's fallback (bytes for a model of the byte vocabulary); none otherwise.
+std::optional<Tokenizer> tokenizer_of_checkpoint(const std::string& checkpoint,
+                                                 int model_vocab_size);
 
 // Bits per byte of a mean loss (nats per token) over a split with `tokens` tokens holding
 // `bytes` bytes of text: loss · tokens / (bytes · ln 2).

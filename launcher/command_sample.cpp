@@ -1,5 +1,4 @@
 #include <algorithm>
-#include <filesystem>
 #include <iostream>
 
 #include "base/error.h"
@@ -33,26 +32,16 @@ data.textproto: bytes or SentencePiece).
                       (default: the run's logging.sample_top_k)
   --seed S            random seed (default 1)
   --loops N           run the looped block N times, deeper or shallower than it was trained
-                      (default: the run's train.eval_loops, else model.loops)
+                      (default: the first of the run's train.eval_loops, else
+                      model.loops)
   --tokenizer-file F  decode with llm.c's tokenizer file (gpt2_tokenizer.bin), for runs on
                       llm.c's shards; it cannot encode, so no --prompt
 )";
 
-// The tokenizer of the run that wrote `checkpoint`: the data.textproto nearest above it (the run
-// directory's, for RUN/checkpoints/step_N), or bytes for a byte-sized model without one.
+// The tokenizer of the run that wrote `checkpoint` (tokenizer_of_checkpoint), or an error saying
+// what to do without one.
 Tokenizer tokenizer_of_run(const std::string& checkpoint, const config::RunConfig& cfg) {
-  namespace fs = std::filesystem;
-  fs::path dir = fs::absolute(checkpoint).lexically_normal();
-  if (!dir.has_filename()) dir = dir.parent_path();  // a trailing '/'
-  std::optional<config::DataInfo> info;
-  for (int up = 0; up < 4 && dir.has_relative_path() && !info; ++up) {
-    std::error_code ec;
-    if (fs::exists(dir / kDataInfoFile, ec))
-      info = data_info_read((dir / kDataInfoFile).string());
-    else
-      dir = dir.parent_path();
-  }
-  if (std::optional<Tokenizer> tok = tokenizer_for_run(info, dir.string(), cfg.model().vocab_size()))
+  if (std::optional<Tokenizer> tok = tokenizer_of_checkpoint(checkpoint, cfg.model().vocab_size()))
     return *tok;
   throw Error("no " + std::string(kDataInfoFile) + " above " + checkpoint +
               " says how the run's tokens decode (trained on shards made elsewhere, or by an "
@@ -64,9 +53,13 @@ Tokenizer tokenizer_of_run(const std::string& checkpoint, const config::RunConfi
 
 int command_sample(int argc, char** argv) {
   const Args args = parse_args("sample", argv, argc,
-                               {{"--prompt", false}, {"--tokens", false}, {"--temperature", false},
-                                {"--top-k", false}, {"--seed", false}, {"--loops", false},
-                                 {"--tokenizer-file", false}},
+                               {{"--prompt", false},
+                                {"--tokens", false},
+                                {"--temperature", false},
+                                {"--top-k", false},
+                                {"--seed", false},
+                                {"--loops", false},
+                                {"--tokenizer-file", false}},
                                {});
   if (args.flag("--help")) {
     std::cout << kHelp;
@@ -109,11 +102,9 @@ int command_sample(int argc, char** argv) {
   Rng rng{static_cast<uint64_t>(args.integer("--seed", 1))};
   const std::string prompt = args.value("--prompt", "");
   const std::vector<int> prompt_ids = tokenizer_encode(tokenizer, prompt);
-  std::vector<int> out =
-      sample_tokens(model, prompt_ids, tokenizer.end_of_text,
-                    static_cast<int>(tokens),
-                    static_cast<float>(temperature), static_cast<int>(std::min<long>(top_k, 1 << 30)),
-                    rng);
+  std::vector<int> out = sample_tokens(model, prompt_ids, tokenizer.end_of_text,
+                                       static_cast<int>(tokens), static_cast<float>(temperature),
+                                       static_cast<int>(std::min<long>(top_k, 1 << 30)), rng);
   // Decoded together: a subword tokenizer joins the prompt's last piece and the first new one.
   out.insert(out.begin(), prompt_ids.begin(), prompt_ids.end());
   std::cout << printable_text(tokenizer_decode(tokenizer, out)) << std::endl;

@@ -15,6 +15,7 @@
 
 #include "base/error.h"
 #include "base/regular_file.h"
+#include "tools/svg.h"
 
 namespace loom {
 namespace {
@@ -62,29 +63,6 @@ std::map<int, std::string> trace_rows(const config::TraceFile& trace) {
   for (const Event& e : trace.trace_events())
     if (rows.count(e.pid()) == 0) rows[e.pid()] = "pid " + std::to_string(e.pid());
   return rows;
-}
-
-std::string xml_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    const char* entity = c == '&'   ? "&amp;"
-                         : c == '<' ? "&lt;"
-                         : c == '>' ? "&gt;"
-                         : c == '"' ? "&quot;"
-                                    : nullptr;
-    if (entity != nullptr) {
-      out += entity;
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
-std::string format_number(double value, int decimals) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", decimals, value);
-  return buf;
 }
 
 }  // namespace
@@ -209,18 +187,10 @@ struct Layout {
 };
 constexpr double kWidth = 1200;
 
-// A tick spacing of 1, 2 or 5 × 10^k ms giving about `ticks` ticks over `range_ms`.
-double tick_step_ms(double range_ms, int ticks) {
-  const double raw = range_ms / ticks;
-  const double power = std::pow(10.0, std::floor(std::log10(raw)));
-  const double m = raw / power;
-  return (m < 1.5 ? 1 : m < 3.5 ? 2 : m < 7.5 ? 5 : 10) * power;
-}
-
 void draw_axis(std::ostringstream& svg, const Layout& at) {
   const double from_ms = at.window.from_us / 1000, to_ms = at.window.to_us / 1000;
-  const double step = tick_step_ms(to_ms - from_ms, 8);
-  const int decimals = std::max(0, static_cast<int>(std::ceil(-std::log10(step) - 1e-9)));
+  const double step = svg_tick_step(to_ms - from_ms, 8);
+  const int decimals = svg_tick_decimals(step);
   const double bottom = at.rows_bottom();
   svg << "<line x1=\"" << at.plot_left << "\" y1=\"" << bottom << "\" x2=\""
       << at.plot_left + at.plot_width << "\" y2=\"" << bottom << "\" stroke=\"#444\"/>\n";
@@ -230,7 +200,7 @@ void draw_axis(std::ostringstream& svg, const Layout& at) {
     svg << "<line x1=\"" << x << "\" y1=\"" << at.rows_top << "\" x2=\"" << x << "\" y2=\""
         << bottom + 4 << "\" stroke=\"#ddd\"/>\n"
         << "<text x=\"" << x << "\" y=\"" << bottom + 18 << "\" text-anchor=\"middle\">"
-        << format_number(std::abs(t) < step * 1e-6 ? 0.0 : t, decimals) << "</text>\n";  // no "-0"
+        << svg_number(std::abs(t) < step * 1e-6 ? 0.0 : t, decimals) << "</text>\n";  // no "-0"
   }
   svg << "<text x=\"" << at.plot_left + at.plot_width << "\" y=\"" << bottom + 34
       << "\" text-anchor=\"end\">time (ms)</text>\n";
@@ -241,7 +211,7 @@ void draw_legend(std::ostringstream& svg, const std::vector<std::string>& catego
   double x = at.plot_left;
   for (const std::string& c : categories) {
     svg << "<rect x=\"" << x << "\" y=\"30\" width=\"12\" height=\"12\" fill=\""
-        << category_colour(c) << "\"/><text x=\"" << x + 16 << "\" y=\"40\">" << xml_escape(c)
+        << category_colour(c) << "\"/><text x=\"" << x + 16 << "\" y=\"40\">" << svg_escape(c)
         << "</text>\n";
     x += 16 + 7.0 * c.size() + 18;
   }
@@ -265,11 +235,11 @@ void draw_bar(std::ostringstream& svg, std::ostringstream& labels, const Event& 
   const double height = std::max(at.row_height - 2 * inset, 4.0);
   svg << "<rect class=\"event\" x=\"" << x << "\" y=\"" << row_top + inset << "\" width=\"" << width
       << "\" height=\"" << height << "\" fill=\"" << category_colour(e.category()) << "\"><title>"
-      << xml_escape(e.name()) << " (" << xml_escape(e.category()) << ")";
+      << svg_escape(e.name()) << " (" << svg_escape(e.category()) << ")";
   if (e.args().has_step()) svg << " step " << e.args().step();
   if (e.args().has_micro()) svg << " micro " << e.args().micro();
   if (e.args().has_chunk()) svg << " chunk " << e.args().chunk();
-  svg << ": " << format_number(e.duration_us() / 1000, 3) << " ms</title></rect>\n";
+  svg << ": " << svg_number(e.duration_us() / 1000, 3) << " ms</title></rect>\n";
   const std::string label = bar_label(e);
   if (!label.empty() && width >= 6.0 * label.size() + 4 && height >= 10)
     labels << "<text class=\"bar\" x=\"" << x + width / 2 << "\" y=\""
@@ -283,7 +253,7 @@ void draw_row(std::ostringstream& svg, const config::TraceFile& trace, int pid,
               const std::string& label, double row_top, const Layout& at) {
   svg << "<text class=\"row\" x=\"" << at.label_width - 8 << "\" y=\""
       << row_top + at.row_height / 2 << "\" text-anchor=\"end\" dominant-baseline=\"central\">"
-      << xml_escape(label) << "</text>\n";
+      << svg_escape(label) << "</text>\n";
   struct Clipped {
     const Event* event;
     double start, end;
@@ -322,14 +292,10 @@ std::string trace_svg(const config::TraceFile& trace, TraceWindow window) {
   const double height = at.rows_bottom() + 48;
 
   std::ostringstream svg;
-  svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << kWidth << "\" height=\"" << height
-      << "\" viewBox=\"0 0 " << kWidth << " " << height
-      << "\" font-family=\"sans-serif\" font-size=\"12\">\n"
-      << "<style>text.bar { font-size: 10px; fill: #fff; }</style>\n"
-      << "<rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>\n"
-      << "<text x=\"" << at.plot_left << "\" y=\"18\" font-weight=\"bold\">loom trace, "
-      << trace_steps_text(window) << ", " << format_number(window.from_us / 1000, 3) << " to "
-      << format_number(window.to_us / 1000, 3) << " ms</text>\n";
+  svg << svg_open(kWidth, height, "text.bar { font-size: 10px; fill: #fff; }") << "<text x=\""
+      << at.plot_left << "\" y=\"18\" font-weight=\"bold\">loom trace, " << trace_steps_text(window)
+      << ", " << svg_number(window.from_us / 1000, 3) << " to "
+      << svg_number(window.to_us / 1000, 3) << " ms</text>\n";
   draw_legend(svg, trace_categories(trace, window), at);
   draw_axis(svg, at);
   double row_top = at.rows_top;

@@ -7,12 +7,20 @@
 #include "base/error.h"
 #include "base/names.h"
 #include "core/config.h"
+#include "core/loop_sampling.h"
 #include "tests/core/test_util.h"
 
 namespace loom {
 namespace {
 
 using testing::error_of;
+
+// What validate_config says of the default config with `sets` applied ("" when it is valid).
+std::string violations(const std::vector<std::string>& sets) {
+  config::RunConfig cfg;
+  for (const std::string& s : sets) apply_override(cfg, s);
+  return error_of([&] { validate_config(cfg); });
+}
 
 TEST(Config, DefaultConfigFileIsValid) {
   const config::RunConfig cfg =
@@ -129,6 +137,59 @@ TEST(Config, BadOverridesSayWhatIsWrong) {
   EXPECT_NE(msg.find("true or false"), std::string::npos) << msg;
 }
 
+TEST(Config, EvalLoopsIsAList) {
+  // Text: a list, or the field repeated; --set: a comma list that replaces the values.
+  config::RunConfig cfg = parse_config_text("train { eval_loops: [1, 2, 4] }", "x");
+  EXPECT_EQ(eval_loop_counts(cfg), (std::vector<int>{1, 2, 4}));
+  cfg = parse_config_text("train { eval_loops: 8 eval_loops: 2 }", "x");
+  EXPECT_EQ(eval_loop_counts(cfg), (std::vector<int>{8, 2}));
+  EXPECT_EQ(eval_loops(cfg), 8) << "validation's val_loss and sampling take the first";
+  apply_override(cfg, "train.eval_loops=1, 16,32");
+  EXPECT_EQ(eval_loop_counts(cfg), (std::vector<int>{1, 16, 32}));
+  EXPECT_EQ(run_loop_counts(cfg).min, 1);
+  EXPECT_EQ(run_loop_counts(cfg).max, 32) << "the arena is planned for the largest";
+  // None listed, or a 0 (a single count of 0 meant model.loops before the field was a list):
+  // model.loops, so configs and checkpoints written then read the same.
+  apply_override(cfg, "train.eval_loops=");
+  EXPECT_EQ(eval_loop_counts(cfg), (std::vector<int>{cfg.model().loops()}));
+  cfg = parse_config_text("train { eval_loops: 0 }", "old");
+  EXPECT_EQ(eval_loop_counts(cfg), (std::vector<int>{cfg.model().loops()}));
+  EXPECT_EQ(error_of([&] { validate_config(cfg); }), "");
+  // The list survives the run's config.textproto.
+  apply_override(cfg, "train.eval_loops=4,1");
+  const config::RunConfig back = parse_config_text(config_to_text(cfg), "written");
+  EXPECT_EQ(eval_loop_counts(back), (std::vector<int>{4, 1}));
+
+  std::string msg = error_of([&] { apply_override(cfg, "train.eval_loops=1,x"); });
+  EXPECT_NE(msg.find("\"x\" is not a valid number"), std::string::npos) << msg;
+  msg = error_of([&] { apply_override(cfg, "train.eval_loops=1,,2"); });
+  EXPECT_NE(msg.find("an empty item in the list"), std::string::npos) << msg;
+  msg = error_of([&] { parse_config_text("train { eval_loops: [1, two] }", "y"); });
+  EXPECT_NE(msg.find("y:1:"), std::string::npos) << msg;
+  EXPECT_EQ(violations({"train.eval_loops=1,2,4,8"}), "");
+  EXPECT_NE(
+      violations({"train.eval_loops=2,-1"}).find("train.eval_loops (-1) must not be negative"),
+      std::string::npos);
+  EXPECT_NE(violations({"train.eval_loops=2,4,2"}).find("lists the loop count 2 twice"),
+            std::string::npos);
+  EXPECT_NE(violations({"train.eval_loops=0,4"}).find("lists the loop count 4 twice"),
+            std::string::npos)
+      << "0 is model.loops (4)";
+  EXPECT_NE(violations({"train.eval_loops=2,1", "model.input_injection=true"})
+                .find("train.eval_loops (1) must be at least 2 with model.input_injection"),
+            std::string::npos);
+  EXPECT_NE(violations({"train.eval_loops=4,8", "parallel.pp=2"})
+                .find("train.eval_loops (8) differs from model.loops (4) but parallel.pp is 2"),
+            std::string::npos);
+  EXPECT_EQ(violations({"train.eval_loops=4,0", "parallel.pp=2"}).find("differs"),
+            std::string::npos);
+  EXPECT_NE(violations({"train.eval_loops=2,2097152"}).find("larger than loom accepts"),
+            std::string::npos);
+  std::string many = "train.eval_loops=1";
+  for (int i = 2; i <= 65; ++i) many += "," + std::to_string(i);
+  EXPECT_NE(violations({many}).find("lists 65 loop counts; at most 64"), std::string::npos);
+}
+
 TEST(Config, InvariantsNameTheFields) {
   auto violation = [](const std::string& assignment) {
     config::RunConfig cfg;
@@ -163,11 +224,6 @@ TEST(Config, InvariantsNameTheFields) {
   EXPECT_EQ(violation("parallel.pp=2"), "");  // pipeline parallelism trains
   EXPECT_NE(violation("parallel.pp=4").find("= 2) must be at least parallel.pp (4)"),
             std::string::npos);
-  auto violations = [&](std::vector<std::string> sets) {
-    config::RunConfig cfg;
-    for (const std::string& s : sets) apply_override(cfg, s);
-    return error_of([&] { validate_config(cfg); });
-  };
   EXPECT_NE(violations({"parallel.sp=2", "model.position=ROTARY", "model.max_seq_len=16777216",
                         "train.seq_len=16777216"})
                 .find("floats in one message (micro_batch × seq_len / sp × 2 × d_model / tp)"),

@@ -42,6 +42,8 @@ TEST(Tokenizer, BytesRoundTripAndEndOfText) {
   EXPECT_EQ(ids.size(), text.size());
   EXPECT_EQ(tokenizer_decode(tok, ids), text);
   EXPECT_EQ(tokenizer_decode(tok, {'a', 256, 'b', 300}), "a\n<|endoftext|>\nb<|300|>");
+  // Bytes of text as loom prepare counts them: an end-of-text one, an id past the vocabulary none.
+  EXPECT_EQ(tokenizer_text_bytes(tok, {'a', 256, 'b', 300}), 3);
 }
 
 TEST(Tokenizer, SentencePieceGivesThePythonSourcesBackExactly) {
@@ -163,6 +165,8 @@ TEST(Tokenizer, PrepareWithSentencePieceWritesShardsAndTheirDescription) {
   const std::vector<int> val_ids(val.tokens, val.tokens + val.num_tokens);
   EXPECT_EQ(static_cast<int64_t>(tokenizer_decode(tok, val_ids).size()),
             info.val_bytes() - ends[1] + 15 * ends[1]);
+  // Counted by decoding (loom eval's bits per byte), the split's bytes are the description's.
+  EXPECT_EQ(tokenizer_text_bytes(tok, val_ids), info.val_bytes());
   // Too large a vocabulary for uint16 shards, and a bad model type.
   o.output_dir = dir / "big";
   o.vocab_size = 70000;
