@@ -17,6 +17,7 @@
 
 #include "base/error.h"
 #include "core/layout_advice.h"
+#include "core/loop_sampling.h"
 #include "core/parallel_layout.h"
 
 namespace loom {
@@ -111,6 +112,7 @@ void check_sizes(const config::RunConfig& cfg) {
   for (auto [name, value, most] :
        {std::tuple{"model.d_model", static_cast<long>(m.d_model()), 1L << 16},
         {"model.n_heads", m.n_heads(), 1L << 12},
+        {"model.n_kv_heads", m.n_kv_heads(), 1L << 12},
         {"model.d_mlp", m.d_mlp(), 1L << 18},
         {"model.max_seq_len", m.max_seq_len(), 1L << 24},
         {"model.prelude_layers", m.prelude_layers(), 1L << 12},
@@ -122,7 +124,6 @@ void check_sizes(const config::RunConfig& cfg) {
         {"train.micro_batch", t.micro_batch(), 1L << 20},
         {"train.global_batch", t.global_batch(), 1L << 30},
         {"train.seq_len", t.seq_len(), 1L << 24},
-        {"train.eval_loops", t.eval_loops(), 1L << 20},
         {"train.eval_batches", t.eval_batches(), 1L << 24},
         {"logging.flight_entries", cfg.logging().flight_entries(), 1L << 24},
         {"runtime.threads", cfg.runtime().threads(), 1L << 12}})
@@ -152,6 +153,35 @@ void check_sizes(const config::RunConfig& cfg) {
   const long tokens = static_cast<long>(t.micro_batch()) * t.seq_len();
   require(tokens <= 2147483647L, "train.micro_batch × train.seq_len (" + std::to_string(tokens) +
                                     " tokens) is larger than loom accepts (2^31 − 1)");
+}
+
+// train.eval_loops: at most kMaxEvalLoopCounts counts, each ≥ 0 (0: model.loops) and at most
+// 2^20, listed once, at least 2 with input injection, and model.loops itself when pipeline stages
+// cut the unrolled layers.
+void validate_eval_loops(const config::RunConfig& cfg) {
+  const auto& m = cfg.model();
+  constexpr int kMaxEvalLoopCounts = 64;
+  require(cfg.train().eval_loops_size() <= kMaxEvalLoopCounts,
+          "train.eval_loops lists " + num(cfg.train().eval_loops_size()) +
+              " loop counts; at most " + num(kMaxEvalLoopCounts) + " (each is a validation pass)");
+  for (const int eval : cfg.train().eval_loops()) {
+    const std::string name = "train.eval_loops (" + num(eval) + ")";
+    require(eval >= 0, name + " must not be negative (0: model.loops)");
+    require(eval <= (1 << 20), name + " is larger than loom accepts (at most 1048576)");
+    require(eval == 0 || eval == m.loops() || cfg.parallel().pp() == 1,
+            name + " differs from model.loops (" + num(m.loops()) + ") but parallel.pp is " +
+                num(cfg.parallel().pp()) +
+                ": pipeline stages cut the unrolled layers of one loop count");
+    require(eval == 0 || !m.input_injection() || eval >= 2,
+            name +
+                " must be at least 2 with model.input_injection (the injected input joins "
+                "from the second iteration on)");
+  }
+  const std::vector<int> counts = eval_loop_counts(cfg);
+  for (size_t i = 0; i < counts.size(); ++i)
+    require(std::find(counts.begin(), counts.begin() + i, counts[i]) == counts.begin() + i,
+            "train.eval_loops lists the loop count " + num(counts[i]) +
+                " twice (a 0 stands for model.loops)");
 }
 
 // The loop-count options: truncated backprop, sampling, evaluation depth and recomputation.
@@ -186,14 +216,7 @@ void validate_loops(const config::RunConfig& cfg) {
   require(cfg.train().max_restarts() >= 0 && cfg.train().max_restarts() <= 1000,
           "train.max_restarts must be between 0 and 1000 (got " + num(cfg.train().max_restarts()) +
               ")");
-  const int eval = cfg.train().eval_loops();
-  require(eval >= 0, "train.eval_loops must not be negative (0: model.loops)");
-  require(eval == 0 || eval == m.loops() || p.pp() == 1,
-          "train.eval_loops (" + num(eval) + ") differs from model.loops (" + num(m.loops()) +
-              ") but parallel.pp is " + num(p.pp()) +
-              ": pipeline stages cut the unrolled layers of one loop count");
-  require(eval == 0 || !m.input_injection() || eval >= 2,
-          "train.eval_loops must be at least 2 with model.input_injection");
+  validate_eval_loops(cfg);
   const bool split = p.pipeline_schedule() == config::ParallelConfig::ZERO_BUBBLE_H1;
   require(!split || cfg.train().recompute() == config::TrainConfig::NONE,
           "train.recompute " + config::TrainConfig::Recompute_Name(cfg.train().recompute()) +
@@ -234,6 +257,11 @@ void validate_parallel(const config::RunConfig& cfg) {
   if (m.d_mlp() % p.tp() != 0)
     require(false, "parallel.tp (" + num(p.tp()) + ") must divide model.d_mlp (" + num(m.d_mlp()) +
                        ")" + advised(layout_advice_tp(cfg)));
+  if (model_kv_heads(m) % p.tp() != 0)
+    require(false, "parallel.tp (" + num(p.tp()) + ") must divide model.n_kv_heads (" +
+                       num(model_kv_heads(m)) +
+                       "): each tensor-parallel rank holds whole key/value heads" +
+                       advised(layout_advice_tp(cfg)));
   if (p.sequence_layout() == config::ParallelConfig::ZIGZAG && t.seq_len() % (2 * p.sp()) != 0)
     require(false, "train.seq_len (" + num(t.seq_len()) +
                        ") must be divisible by 2 × parallel.sp (" + num(2 * p.sp()) +
@@ -294,6 +322,10 @@ void validate_config(const config::RunConfig& cfg) {
   require(m.d_model() % m.n_heads() == 0,
           "model.n_heads (" + num(m.n_heads()) + ") must divide model.d_model (" +
               num(m.d_model()) + ")");
+  require(m.n_kv_heads() >= 0 && (m.n_kv_heads() == 0 || m.n_heads() % m.n_kv_heads() == 0),
+          "model.n_kv_heads (" + num(m.n_kv_heads()) + ") must divide model.n_heads (" +
+              num(m.n_heads()) + "): each key/value head serves a group of query heads " +
+              "(0: n_heads)");
   require(m.d_mlp() > 0, "model.d_mlp must be positive");
   require(m.max_seq_len() > 0, "model.max_seq_len must be positive");
   const int head_dim = m.d_model() / m.n_heads();

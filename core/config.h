@@ -27,7 +27,8 @@ config::RunConfig load_config(const std::string& path, const std::vector<std::st
 // Parses text-format `text`; `source` names it in error messages.
 config::RunConfig parse_config_text(const std::string& text, const std::string& source);
 
-// Sets one scalar field from "path.to.field=value" (enums by name, bools true/false).
+// Sets one scalar field from "path.to.field=value" (enums by name, bools true/false); a repeated
+// one takes a comma-separated list that replaces its values ("train.eval_loops=1,2,4").
 void apply_override(config::RunConfig& cfg, const std::string& assignment);
 
 // Checks every invariant a run relies on; throws loom::Error naming the fields involved.
@@ -43,6 +44,11 @@ std::string config_to_text(const config::RunConfig& cfg);
 // The model section as one-line JSON with every field written out (proto field names, enums by
 // name): what the PyTorch reference and the benchmarks read.
 std::string model_config_json(const config::ModelConfig& model);
+
+// Key/value heads of the model: model.n_kv_heads, or n_heads when it is 0.
+inline int model_kv_heads(const config::ModelConfig& m) {
+  return m.n_kv_heads() > 0 ? m.n_kv_heads() : m.n_heads();
+}
 
 // Optimizer steps' micro-batches on one rank: global_batch / (micro_batch · dp).
 int grad_accum_steps(const config::RunConfig& cfg);

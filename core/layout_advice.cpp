@@ -69,9 +69,15 @@ bool batch_fits(long G, long B, long D, long pp, bool interleaved) {
 
 std::string layout_advice_tp(const config::RunConfig& cfg) {
   const long heads = cfg.model().n_heads(), mlp = cfg.model().d_mlp(), tp = cfg.parallel().tp();
-  if (heads < 1 || mlp < 1 || tp < 1 || (heads % tp == 0 && mlp % tp == 0)) return "";
-  return "try parallel.tp " + nearest(divisors(std::gcd(heads, mlp)), tp) +
-         " (dividing both model.n_heads " + num(heads) + " and model.d_mlp " + num(mlp) + ")";
+  const long kv = cfg.model().n_kv_heads() > 0 ? cfg.model().n_kv_heads() : heads;
+  if (heads < 1 || mlp < 1 || tp < 1 || kv < 1 ||
+      (heads % tp == 0 && mlp % tp == 0 && kv % tp == 0))
+    return "";
+  const bool grouped = kv != heads;
+  return "try parallel.tp " + nearest(divisors(std::gcd(std::gcd(heads, mlp), kv)), tp) +
+         " (dividing " + (grouped ? "model.n_heads " : "both model.n_heads ") + num(heads) +
+         (grouped ? ", model.n_kv_heads " + num(kv) + "," : "") + " and model.d_mlp " + num(mlp) +
+         ")";
 }
 
 std::string layout_advice_batch(const config::RunConfig& cfg) {

@@ -503,12 +503,10 @@ double model_comm_wait_seconds(const Model& m) {
 }
 
 double model_train_flops_per_token(const Model& m, int T) {
-  const double C = m.spec.C, F = m.spec.F, V = m.spec.V;
-  const double layer_matmul = 2.0 * (3 * C * C + C * C + 2 * C * F);
-  // Causal attention: q·kᵀ and p·v over (T + 1) / 2 keys on average, per channel.
-  const double layer_attention = 2.0 * 2.0 * C * (T + 1) / 2.0;
+  const double C = m.spec.C, V = m.spec.V;
   const double forward =
-      static_cast<double>(m.spec.unrolled.size()) * (layer_matmul + layer_attention) + 2.0 * C * V;
+      static_cast<double>(m.spec.unrolled.size()) * layer_forward_flops(m.spec.config, T) +
+      2.0 * C * V;
   return 3.0 * forward;
 }
 

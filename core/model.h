@@ -73,9 +73,10 @@ enum class ParamInit { kNormal, kNormalScaled, kOnes, kZeros };  // kNormalScale
 
 // One named tensor inside the flat parameter buffer (and, at the same offset, the gradient and
 // optimizer buffers). Under tensor parallelism the buffer holds this rank's shard of it: the
-// global tensor's dimension shard_dim, seen as shard_groups equal groups (3 for the fused QKV:
-// q, k, v), has each group cut into tp equal slices, this rank holding slice `rank` of every
-// group. A vocabulary dimension is padded up to a multiple of tp; padding rows stay zero.
+// global tensor's dimension shard_dim, seen as consecutive groups (the fused QKV's q, k and v —
+// k and v narrower with grouped-query attention —, SwiGLU's gate and up), has each group cut
+// into tp equal slices, this rank holding slice `rank` of every group. A vocabulary dimension is
+// padded up to a multiple of tp; padding rows stay zero.
 struct ParamTensor {
   std::string name;                   // e.g. "block.0.attn.qkv.weight" (docs/checkpoint-format.md)
   std::vector<int64_t> shape;         // this rank's piece, row-major
@@ -84,7 +85,7 @@ struct ParamTensor {
   bool decay = false;                 // AdamW weight decay applies (matrices and embeddings)
   std::vector<int64_t> global_shape;  // the whole tensor (checkpoints store it)
   int shard_dim = -1;                 // −1: replicated on every tensor-parallel rank
-  int shard_groups = 1;
+  std::vector<int64_t> shard_groups;  // global size of each group of shard_dim (empty: one)
   ParamRole role = ParamRole::kLayer;
   int layer = -1;                     // unique layer index (kLayer only)
   ParamInit init = ParamInit::kZeros;
@@ -95,7 +96,10 @@ struct ParamTensor {
   std::vector<int> pp_holders;
 };
 
-// Offsets (in floats) of one unique layer's tensors. Bias offsets of RMSNorm layers are unused.
+// A tensor the model does not have (a bias with model.bias false, a norm's bias under RMSNorm).
+constexpr size_t kNoTensor = static_cast<size_t>(-1);
+
+// Offsets (in floats) of one unique layer's tensors; kNoTensor for the ones it does not have.
 struct LayerOffsets {
   size_t norm1_w, norm1_b, qkv_w, qkv_b, attn_proj_w, attn_proj_b;
   size_t norm2_w, norm2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b;
@@ -109,12 +113,13 @@ struct SublayerActs {
   size_t normed;    // (B, T, C) its pre-norm's output
   size_t mean;      // (B, T)    LayerNorm only
   size_t rstd;      // (B, T)
-  size_t hidden;    // attention: qkv (B, T, 3C) after rotary; MLP: fc output (B, T, F)
-  size_t hidden2;   // attention: pre-projection output (B, T, C); MLP: GELU output (B, T, F)
+  size_t hidden;    // attention: qkv (B, T, C + 2·Ckv) after rotary; MLP: fc output (B, T, F),
+                    // with SwiGLU (B, T, 2F): gate then up
+  size_t hidden2;   // attention: pre-projection output (B, T, C); MLP: activation (B, T, F)
   size_t lse;       // attention: (B, H, T)
   // With backward split (B now, W later): what the weight gradients need besides the above.
   size_t d_out;     // (B, T, C) the gradient of the sub-layer's output h
-  size_t d_mid;     // attention: of qkv (B, T, 3C) after rotary; MLP: of the fc output (B, T, F)
+  size_t d_mid;     // attention: of qkv after rotary; MLP: of the fc output
 };
 
 // A run of a chunk's unrolled positions under one rule. Its *units* are the ranges recomputation
@@ -158,6 +163,7 @@ struct ModelChunk {
 struct ModelSpec {
   config::ModelConfig config;
   int V = 0, C = 0, H = 0, F = 0, max_T = 0;  // global sizes
+  int Hkv = 0;                                // key/value heads (H unless grouped-query attention)
   int delay = 1;                     // 1 standard, 2 ladder
   int unique_layers = 0;             // prelude + block + coda
   // Iterations of the block the model runs now (model.loops unless model_set_loops changed it),
@@ -186,6 +192,7 @@ struct ParallelContext {
   SequenceParallel sp;
   RingAttention ring;          // sp > 1: attention's ring over sp.comm, and its timers
   int Cl = 0, Hl = 0, Fl = 0;  // this rank's attention width, heads and MLP width (÷ tp)
+  int Hkvl = 0, Ckvl = 0;      // this rank's key/value heads and their width (÷ tp)
   VocabShard vocab;            // this rank's rows of the (padded) vocabulary
   PipelineStage stage;
   std::vector<ModelChunk> chunks;  // this rank's, in unrolled order

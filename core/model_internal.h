@@ -12,6 +12,11 @@ inline bool is_layernorm(const Model& m) {
 inline bool is_rotary(const Model& m) {
   return m.spec.config.position() == config::ModelConfig::ROTARY;
 }
+inline bool is_swiglu(const Model& m) { return m.spec.config.mlp() == config::ModelConfig::SWIGLU; }
+// This rank's columns of the fused qkv (q, then k and v of its key/value heads) and of the MLP's
+// fc output (SwiGLU: gate then up).
+inline int qkv_columns(const Model& m) { return m.par.Cl + 2 * m.par.Ckvl; }
+inline int mlp_columns(const Model& m) { return (is_swiglu(m) ? 2 : 1) * m.par.Fl; }
 inline const kernels::KernelBackend& kb(const Model& m) { return *m.buf.backend; }
 
 // Arena regions: activations (the backend's type) and fp32 statistics or tables.
@@ -30,6 +35,13 @@ inline const void* weight(Model& m, size_t offset) {
   return m.buf.weights.data() + offset * kb(m).activation_bytes();
 }
 inline float* grad(Model& m, size_t offset) { return m.buf.grads.data() + offset; }
+// A bias the kernels read, or null when the model has none (kNoTensor); and its gradient.
+inline const void* bias(Model& m, size_t offset) {
+  return offset == kNoTensor ? nullptr : weight(m, offset);
+}
+inline float* bias_grad(Model& m, size_t offset) {
+  return offset == kNoTensor ? nullptr : grad(m, offset);
+}
 
 // sp > 1: the ring's buffers in the arena for (B, T) local tokens.
 RingWorkspace ring_workspace(Model& m, int B, int T);

@@ -24,49 +24,67 @@ struct LayoutBuilder {
   int global_index = 0;
 
   // Adds a tensor of global shape `shape`; with shard_dim ≥ 0 this rank holds its slice of that
-  // dimension (seen as `groups` groups, each cut into tp slices; see ParamTensor). Returns its
-  // offset, or 0 when this pipeline rank does not hold it.
+  // dimension (seen as groups of the given sizes, or one, each cut into tp slices; see
+  // ParamTensor). Returns its offset, or 0 when this pipeline rank does not hold it.
   size_t add(std::string name, std::vector<int64_t> shape, bool decay, ParamRole role, int layer,
-             ParamInit init, int shard_dim = -1, int groups = 1) {
+             ParamInit init, int shard_dim = -1, std::vector<int64_t> groups = {}) {
     const int index = global_index++;
     std::vector<int> held_by = holders(role, layer);
     if (std::find(held_by.begin(), held_by.end(), m.par.stage.rank) == held_by.end()) return 0;
     std::vector<int64_t> local = shape;
     if (shard_dim >= 0) {
-      const int64_t group = shape[shard_dim] / groups;
       // A vocabulary (the only dimension tp need not divide) is padded to a multiple of tp.
-      local[shard_dim] = groups * ((group + m.par.tp.size - 1) / m.par.tp.size);
+      const int64_t tp = m.par.tp.size;
+      local[shard_dim] = 0;
+      for (int64_t group : groups.empty() ? std::vector<int64_t>{shape[shard_dim]} : groups)
+        local[shard_dim] += (group + tp - 1) / tp;
     }
     size_t size = 1;
     for (int64_t d : local) size *= static_cast<size_t>(d);
     m.layout.tensors.push_back({std::move(name), std::move(local), m.layout.num_params, size, decay,
-                                std::move(shape), shard_dim, groups, role, layer, init, index,
-                                std::move(held_by)});
+                                std::move(shape), shard_dim, std::move(groups), role, layer, init,
+                                index, std::move(held_by)});
     m.layout.num_params += size;
     return m.layout.tensors.back().offset;
   }
 
+  // A bias of the given shape when the model has biases (model.bias), else kNoTensor.
+  size_t add_bias(const std::string& name, int64_t size, int layer, int shard_dim = -1,
+                  std::vector<int64_t> groups = {}) {
+    if (!m.spec.config.bias()) return kNoTensor;
+    return add(name, {size}, false, ParamRole::kLayer, layer, ParamInit::kZeros, shard_dim,
+               std::move(groups));
+  }
+
   void add_layer(const std::string& prefix, int u) {
-    const int64_t C = m.spec.C, F = m.spec.F;
+    const int64_t C = m.spec.C, F = m.spec.F,
+                  Ckv = static_cast<int64_t>(m.spec.Hkv) * (C / m.spec.H);
     const bool ln = is_layernorm(m);
     const ParamRole L = ParamRole::kLayer;
     LayerOffsets o{};
+    o.norm1_b = o.norm2_b = kNoTensor;
     o.norm1_w = add(prefix + "norm1.weight", {C}, false, L, u, ParamInit::kOnes);
     if (ln) o.norm1_b = add(prefix + "norm1.bias", {C}, false, L, u, ParamInit::kZeros);
-    // Column-parallel: this rank's heads' rows of q, k and v.
-    o.qkv_w = add(prefix + "attn.qkv.weight", {3 * C, C}, true, L, u, ParamInit::kNormal, 0, 3);
-    o.qkv_b = add(prefix + "attn.qkv.bias", {3 * C}, false, L, u, ParamInit::kZeros, 0, 3);
+    // Column-parallel: this rank's heads' rows of q, and of its key/value heads' k and v.
+    const std::vector<int64_t> qkv = {C, Ckv, Ckv};
+    o.qkv_w =
+        add(prefix + "attn.qkv.weight", {C + 2 * Ckv, C}, true, L, u, ParamInit::kNormal, 0, qkv);
+    o.qkv_b = add_bias(prefix + "attn.qkv.bias", C + 2 * Ckv, u, 0, qkv);
     // Row-parallel: the input columns of this rank's heads; the bias is added once, by tp rank 0.
     o.attn_proj_w =
         add(prefix + "attn.proj.weight", {C, C}, true, L, u, ParamInit::kNormalScaled, 1);
-    o.attn_proj_b = add(prefix + "attn.proj.bias", {C}, false, L, u, ParamInit::kZeros);
+    o.attn_proj_b = add_bias(prefix + "attn.proj.bias", C, u);
     o.norm2_w = add(prefix + "norm2.weight", {C}, false, L, u, ParamInit::kOnes);
     if (ln) o.norm2_b = add(prefix + "norm2.bias", {C}, false, L, u, ParamInit::kZeros);
-    o.fc_w = add(prefix + "mlp.fc.weight", {F, C}, true, L, u, ParamInit::kNormal, 0);
-    o.fc_b = add(prefix + "mlp.fc.bias", {F}, false, L, u, ParamInit::kZeros, 0);
+    // SwiGLU's gate and up projections are one matrix, gate rows first, each cut over tp.
+    const std::vector<int64_t> fc =
+        is_swiglu(m) ? std::vector<int64_t>{F, F} : std::vector<int64_t>{F};
+    const int64_t fc_rows = is_swiglu(m) ? 2 * F : F;
+    o.fc_w = add(prefix + "mlp.fc.weight", {fc_rows, C}, true, L, u, ParamInit::kNormal, 0, fc);
+    o.fc_b = add_bias(prefix + "mlp.fc.bias", fc_rows, u, 0, fc);
     o.mlp_proj_w =
         add(prefix + "mlp.proj.weight", {C, F}, true, L, u, ParamInit::kNormalScaled, 1);
-    o.mlp_proj_b = add(prefix + "mlp.proj.bias", {C}, false, L, u, ParamInit::kZeros);
+    o.mlp_proj_b = add_bias(prefix + "mlp.proj.bias", C, u);
     m.layout.layers.push_back(o);
   }
 };
@@ -156,13 +174,14 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   m.spec.C = cfg.d_model();
   m.spec.H = cfg.n_heads();
   m.spec.F = cfg.d_mlp();
+  m.spec.Hkv = model_kv_heads(cfg);
   m.spec.max_T = cfg.max_seq_len();
   m.spec.delay = cfg.residual() == ModelConfig::LADDER ? 2 : 1;
   LOOM_CHECK(tp.size >= 1 && tp.rank >= 0 && tp.rank < tp.size);
   // No comm: a layout for planning. The shard arithmetic takes the group rank as tp coordinate.
   LOOM_CHECK(!tp.comm || (tp.comm->size() == tp.size && tp.comm->rank() == tp.rank));
-  LOOM_CHECK(m.spec.H % tp.size == 0 &&
-             m.spec.F % tp.size == 0);  // validate_config says so to users
+  LOOM_CHECK(m.spec.H % tp.size == 0 && m.spec.F % tp.size == 0 &&
+             m.spec.Hkv % tp.size == 0);  // validate_config says so to users
   if (tp.size == 1) tp.comm = nullptr;
   m.par.tp = tp;
   m.par.tp.type = activation_data_type(*m.buf.backend);
@@ -175,6 +194,8 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   m.par.Hl = m.spec.H / tp.size;
   m.par.Cl = m.par.Hl * (m.spec.C / m.spec.H);
   m.par.Fl = m.spec.F / tp.size;
+  m.par.Hkvl = m.spec.Hkv / tp.size;
+  m.par.Ckvl = m.par.Hkvl * (m.spec.C / m.spec.H);
   m.par.vocab = vocab_shard(m.spec.V, tp.size, tp.rank);
   m.par.tp_sums.forward.resize(m.spec.delay);
   m.par.tp_sums.backward.resize(m.spec.delay);
@@ -291,12 +312,13 @@ SublayerActs plan_sublayer(const Model& m, ArenaCursor& plan, int sub, int B, in
   a.normed = plan.act(N * C);
   a.mean = plan.take(N);
   a.rstd = plan.take(N);
-  a.hidden = plan.act(N * (sub == 0 ? 3 * Cl : F));
+  const size_t mid = sub == 0 ? qkv_columns(m) : mlp_columns(m);
+  a.hidden = plan.act(N * mid);
   a.hidden2 = plan.act(N * (sub == 0 ? Cl : F));
   if (sub == 0) a.lse = plan.take(B * H * T);
   if (split) {
     a.d_out = plan.act(N * C);
-    a.d_mid = plan.act(N * (sub == 0 ? 3 * Cl : F));
+    a.d_mid = plan.act(N * mid);
   }
   return a;
 }
@@ -394,7 +416,7 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
   m.plan.inner_checkpoints = plan.take(m.plan.checkpoint_floats * m.plan.inner_capacity);
   m.temps.normed_f = plan.act(N * C);
   m.temps.d_normed = plan.act(m.spec.delay * N * C);
-  m.temps.d_hidden = plan.act(N * std::max(3 * Cl, F));
+  m.temps.d_hidden = plan.act(N * std::max<size_t>(qkv_columns(m), mlp_columns(m)));
   m.temps.d_hidden2 = plan.act(N * std::max(Cl, F));
   const int hd = m.spec.C / m.spec.H;
   // Rotary angles of the (local) rows 0 .. T − 1; none for learned positions.
@@ -403,7 +425,7 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
   m.temps.rope_sin = plan.take(rope_floats);
   const kernels::KernelBackend& be = kb(m);
   if (m.par.sp.size > 1) {  // ring attention's blocks instead of whole-sequence attention
-    m.temps.ring_work = plan.act(ring_workspace_activations(B, T, m.par.Cl));
+    m.temps.ring_work = plan.act(ring_workspace_activations(B, T, m.par.Cl, m.par.Ckvl));
     m.temps.ring_lse = plan.take(ring_workspace_lse_floats(B, T, m.par.Hl));
     if (!is_rotary(m)) {
       m.temps.wpe_local = plan.act(static_cast<size_t>(T) * C);    // wpe's rows (the weights' type)

@@ -8,20 +8,12 @@ namespace loom::model_detail {
 
 // A row-parallel layer's bias: added by tp rank 0 only, so the all-reduced sum holds it once.
 const void* row_parallel_bias(Model& m, size_t offset) {
-  return m.par.tp.rank == 0 ? weight(m, offset) : nullptr;
+  return m.par.tp.rank == 0 ? bias(m, offset) : nullptr;
 }
 
 RingWorkspace ring_workspace(Model& m, int B, int T) {
-  const size_t kv = static_cast<size_t>(B) * T * 2 * m.par.Cl;
-  RingWorkspace ws;
-  void* base = act(m, m.temps.ring_work);
-  ws.kv[0] = base;
-  ws.kv[1] = act_offset(m, base, kv);
-  for (int i = 0; i < 3; ++i) ws.dkv[i] = act_offset(m, base, (2 + i) * kv);
-  ws.block_out = ws.dkv[0];  // forward only; the gradients are backward's
-  ws.block_lse = stat(m, m.temps.ring_lse);
-  ws.scratch = act(m, m.temps.attention_scratch);
-  return ws;
+  return ring_workspace_at(kb(m), act(m, m.temps.ring_work), stat(m, m.temps.ring_lse),
+                           act(m, m.temps.attention_scratch), B, T, m.par.Cl, m.par.Ckvl);
 }
 
 SublayerActs acts_in_slot(const Model& m, const SublayerActs& a, int slot) {
@@ -70,18 +62,18 @@ void norm_backward(Model& m, size_t w, size_t b, const SublayerActs& a, int N, c
 // h (B, T, C) = Attn(norm1(input)): this rank's heads' part of it (all of it when tp = 1).
 void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
                                 int T, void* h) {
-  const int N = B * T, C = m.spec.C, Cl = m.par.Cl;
+  const int N = B * T, C = m.spec.C, Cl = m.par.Cl, Hl = m.par.Hl, KVl = m.par.Hkvl;
   norm_forward(m, o.norm1_w, o.norm1_b, a, N);
-  kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.qkv_w), weight(m, o.qkv_b),
-                       N, C, 3 * Cl);
+  kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.qkv_w), bias(m, o.qkv_b), N,
+                       C, qkv_columns(m));
   if (is_rotary(m))
     kb(m).rope_apply(act(m, a.hidden), stat(m, m.temps.rope_cos), stat(m, m.temps.rope_sin), B, T,
-                     Cl, m.par.Hl, false);
+                     Cl, Hl, KVl, false);
   if (m.par.sp.comm)  // this rank's rows attend to the whole sequence around the sp ring
     ring_attention_forward(m.par.ring, kb(m), ring_workspace(m, B, T), act(m, a.hidden2),
-                           stat(m, a.lse), act(m, a.hidden), B, T, Cl, m.par.Hl);
+                           stat(m, a.lse), act(m, a.hidden), B, T, Cl, Hl, KVl);
   else
-    kb(m).attention_forward(act(m, a.hidden2), stat(m, a.lse), act(m, a.hidden), B, T, Cl, m.par.Hl,
+    kb(m).attention_forward(act(m, a.hidden2), stat(m, a.lse), act(m, a.hidden), B, T, Cl, Hl, KVl,
                             act(m, m.temps.attention_scratch));
   kb(m).matmul_forward(h, act(m, a.hidden2), weight(m, o.attn_proj_w),
                        row_parallel_bias(m, o.attn_proj_b), N, Cl, C);
@@ -92,72 +84,80 @@ void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a
                           void* h) {
   const int N = B * T, C = m.spec.C, Fl = m.par.Fl;
   norm_forward(m, o.norm2_w, o.norm2_b, a, N);
-  kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.fc_w), weight(m, o.fc_b), N,
-                       C, Fl);
-  kb(m).gelu_forward(act(m, a.hidden2), act(m, a.hidden), static_cast<size_t>(N) * Fl);
+  kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.fc_w), bias(m, o.fc_b), N, C,
+                       mlp_columns(m));
+  if (is_swiglu(m))
+    kb(m).swiglu_forward(act(m, a.hidden2), act(m, a.hidden), N, Fl);
+  else
+    kb(m).gelu_forward(act(m, a.hidden2), act(m, a.hidden), static_cast<size_t>(N) * Fl);
   kb(m).matmul_forward(h, act(m, a.hidden2), weight(m, o.mlp_proj_w),
                        row_parallel_bias(m, o.mlp_proj_b), N, Fl, C);
 }
 
 namespace {
 
-// A matrix's parameter gradients now (nullptr: none), or (defer) none: the weight pass computes
-// them later from the output gradient kept in the slot.
-float* now(Model& m, size_t offset, bool defer) { return defer ? nullptr : grad(m, offset); }
+// A matrix's (or bias's) parameter gradients now (nullptr: none, or no such tensor), or (defer)
+// none: the weight pass computes them later from the output gradient kept in the slot.
+float* now(Model& m, size_t offset, bool defer) { return defer ? nullptr : bias_grad(m, offset); }
 
 }  // namespace
 
 void attention_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
                                  int T, const void* dh, void* d_normed, bool defer_weights) {
-  const int N = B * T, C = m.spec.C, Cl = m.par.Cl;
+  const int N = B * T, C = m.spec.C, Cl = m.par.Cl, Hl = m.par.Hl, KVl = m.par.Hkvl;
   const bool defer = defer_weights;
   void* d_attn = act(m, m.temps.d_hidden2);                  // (B, T, Cl)
-  void* d_qkv = act(m, defer ? a.d_mid : m.temps.d_hidden);  // (B, T, 3Cl)
+  void* d_qkv = act(m, defer ? a.d_mid : m.temps.d_hidden);  // (B, T, qkv_columns)
   if (defer) kb(m).copy(act(m, a.d_out), dh, static_cast<size_t>(N) * C);
   kb(m).matmul_backward(d_attn, now(m, o.attn_proj_w, defer), now(m, o.attn_proj_b, defer), dh,
                         act(m, a.hidden2), weight(m, o.attn_proj_w), N, Cl, C);
   if (m.par.sp.comm)
     ring_attention_backward(m.par.ring, kb(m), ring_workspace(m, B, T), d_qkv, d_attn,
-                            act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B, T, Cl,
-                            m.par.Hl);
+                            act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B, T, Cl, Hl, KVl);
   else
     kb(m).attention_backward(d_qkv, d_attn, act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B,
-                             T, Cl, m.par.Hl, act(m, m.temps.attention_scratch));
+                             T, Cl, Hl, KVl, act(m, m.temps.attention_scratch));
   if (is_rotary(m))
-    kb(m).rope_apply(d_qkv, stat(m, m.temps.rope_cos), stat(m, m.temps.rope_sin), B, T, Cl,
-                     m.par.Hl, true);
+    kb(m).rope_apply(d_qkv, stat(m, m.temps.rope_cos), stat(m, m.temps.rope_sin), B, T, Cl, Hl, KVl,
+                     true);
   kb(m).matmul_backward(d_normed, now(m, o.qkv_w, defer), now(m, o.qkv_b, defer), d_qkv,
-                        act(m, a.normed), weight(m, o.qkv_w), N, C, 3 * Cl);
+                        act(m, a.normed), weight(m, o.qkv_w), N, C, qkv_columns(m));
 }
 
 void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
                            const void* dh, void* d_normed, bool defer_weights) {
   const int N = B * T, C = m.spec.C, Fl = m.par.Fl;
   const bool defer = defer_weights;
-  void* d_hidden = act(m, defer ? a.d_mid : m.temps.d_hidden);  // (B, T, Fl)
+  void* d_hidden = act(m, defer ? a.d_mid : m.temps.d_hidden);  // (B, T, mlp_columns)
+  // The activation's output gradient: in place for GELU, beside it for SwiGLU (whose input is
+  // twice as wide).
+  void* d_act = is_swiglu(m) ? act(m, m.temps.d_hidden2) : d_hidden;  // (B, T, Fl)
   if (defer) kb(m).copy(act(m, a.d_out), dh, static_cast<size_t>(N) * C);
-  kb(m).matmul_backward(d_hidden, now(m, o.mlp_proj_w, defer), now(m, o.mlp_proj_b, defer), dh,
+  kb(m).matmul_backward(d_act, now(m, o.mlp_proj_w, defer), now(m, o.mlp_proj_b, defer), dh,
                         act(m, a.hidden2), weight(m, o.mlp_proj_w), N, Fl, C);
-  kb(m).gelu_backward(d_hidden, act(m, a.hidden), d_hidden, static_cast<size_t>(N) * Fl);
+  if (is_swiglu(m))
+    kb(m).swiglu_backward(d_hidden, act(m, a.hidden), d_act, N, Fl);
+  else
+    kb(m).gelu_backward(d_hidden, act(m, a.hidden), d_hidden, static_cast<size_t>(N) * Fl);
   kb(m).matmul_backward(d_normed, now(m, o.fc_w, defer), now(m, o.fc_b, defer), d_hidden,
-                        act(m, a.normed), weight(m, o.fc_w), N, C, Fl);
+                        act(m, a.normed), weight(m, o.fc_w), N, C, mlp_columns(m));
 }
 
 // The same matrices' gradients, in the same order, as the backward without defer_weights adds.
 void attention_sublayer_weights(Model& m, const LayerOffsets& o, const SublayerActs& a, int N) {
   const int C = m.spec.C, Cl = m.par.Cl;
-  kb(m).matmul_backward(nullptr, grad(m, o.attn_proj_w), grad(m, o.attn_proj_b), act(m, a.d_out),
-                        act(m, a.hidden2), weight(m, o.attn_proj_w), N, Cl, C);
-  kb(m).matmul_backward(nullptr, grad(m, o.qkv_w), grad(m, o.qkv_b), act(m, a.d_mid),
-                        act(m, a.normed), weight(m, o.qkv_w), N, C, 3 * Cl);
+  kb(m).matmul_backward(nullptr, grad(m, o.attn_proj_w), bias_grad(m, o.attn_proj_b),
+                        act(m, a.d_out), act(m, a.hidden2), weight(m, o.attn_proj_w), N, Cl, C);
+  kb(m).matmul_backward(nullptr, grad(m, o.qkv_w), bias_grad(m, o.qkv_b), act(m, a.d_mid),
+                        act(m, a.normed), weight(m, o.qkv_w), N, C, qkv_columns(m));
 }
 
 void mlp_sublayer_weights(Model& m, const LayerOffsets& o, const SublayerActs& a, int N) {
   const int C = m.spec.C, Fl = m.par.Fl;
-  kb(m).matmul_backward(nullptr, grad(m, o.mlp_proj_w), grad(m, o.mlp_proj_b), act(m, a.d_out),
+  kb(m).matmul_backward(nullptr, grad(m, o.mlp_proj_w), bias_grad(m, o.mlp_proj_b), act(m, a.d_out),
                         act(m, a.hidden2), weight(m, o.mlp_proj_w), N, Fl, C);
-  kb(m).matmul_backward(nullptr, grad(m, o.fc_w), grad(m, o.fc_b), act(m, a.d_mid),
-                        act(m, a.normed), weight(m, o.fc_w), N, C, Fl);
+  kb(m).matmul_backward(nullptr, grad(m, o.fc_w), bias_grad(m, o.fc_b), act(m, a.d_mid),
+                        act(m, a.normed), weight(m, o.fc_w), N, C, mlp_columns(m));
 }
 
 bool starts_loop_iteration(const Model& m, int position) {

@@ -8,8 +8,9 @@ namespace loom {
 namespace {
 
 // Visits each run of contiguous elements rank `rank` holds: fn(global_index, local_index, count,
-// is_padding). Global dimension shard_dim = groups × G; the shard's is groups × L; local slice l
-// of a group is global slice rank·L + l (padding when that is ≥ G).
+// is_padding). Global dimension shard_dim is the groups' sizes G_g in turn; the shard's holds
+// L_g = ⌈G_g / tp⌉ of each (several groups are divided exactly), local slice l of a group being
+// global slice rank·L_g + l (padding when that is ≥ G_g).
 template <typename Fn>
 void for_each_run(const ParamTensor& t, int rank, Fn fn) {
   if (t.shard_dim < 0) {
@@ -20,17 +21,25 @@ void for_each_run(const ParamTensor& t, int rank, Fn fn) {
   size_t outer = 1, inner = 1;
   for (int i = 0; i < d; ++i) outer *= static_cast<size_t>(t.global_shape[i]);
   for (size_t i = d + 1; i < t.global_shape.size(); ++i) inner *= static_cast<size_t>(t.global_shape[i]);
-  const size_t groups = static_cast<size_t>(t.shard_groups);
-  const size_t G = static_cast<size_t>(t.global_shape[d]) / groups;
-  const size_t L = static_cast<size_t>(t.shape[d]) / groups;
-  for (size_t o = 0; o < outer; ++o)
-    for (size_t g = 0; g < groups; ++g) {
+  const std::vector<int64_t> groups =
+      t.shard_groups.empty() ? std::vector<int64_t>{t.global_shape[d]} : t.shard_groups;
+  const size_t global_width = static_cast<size_t>(t.global_shape[d]);
+  const size_t local_width = static_cast<size_t>(t.shape[d]);
+  for (size_t o = 0; o < outer; ++o) {
+    size_t global_at = 0, local_at = 0;  // the group's start along shard_dim
+    for (const int64_t group : groups) {
+      const size_t G = static_cast<size_t>(group);
+      // One group may be padded (a vocabulary); several are each cut exactly (G_g / tp).
+      const size_t L = groups.size() == 1 ? local_width : G * local_width / global_width;
       const size_t first = static_cast<size_t>(rank) * L;
       const size_t real = first >= G ? 0 : std::min(L, G - first);
-      const size_t local = ((o * groups + g) * L) * inner;
-      if (real > 0) fn(((o * groups + g) * G + first) * inner, local, real * inner, false);
+      const size_t local = (o * local_width + local_at) * inner;
+      if (real > 0) fn((o * global_width + global_at + first) * inner, local, real * inner, false);
       if (real < L) fn(size_t{0}, local + real * inner, (L - real) * inner, true);
+      global_at += G;
+      local_at += L;
     }
+  }
 }
 
 }  // namespace

@@ -155,33 +155,50 @@ RunDirLock prepare_run_dir(const fs::path& dir, bool resume) {
 
 // A resumed run must read the same model and the same data stream as the run it continues;
 // steps, learning rate, logging and checkpointing may change.
-void check_resumable(const config::RunConfig& saved, const config::RunConfig& now,
-                     const std::string& checkpoint) {
-  const std::string where = "--resume from " + checkpoint + ": ";
+std::string model_differences(const config::ModelConfig& saved, const config::ModelConfig& now) {
   std::string report;
   {
     google::protobuf::util::MessageDifferencer differ;
     differ.set_message_field_comparison(google::protobuf::util::MessageDifferencer::EQUIVALENT);
     differ.ReportDifferencesToString(&report);
-    differ.Compare(saved.model(), now.model());
+    differ.Compare(saved, now);
   }
-  if (!report.empty()) {  // "modified: d_model: 128 -> 256\n" ...
-    std::string fields;
-    for (size_t at = 0; at < report.size();) {
-      size_t end = report.find('\n', at);
-      if (end == std::string::npos) end = report.size();
-      std::string line = report.substr(at, end - at);
-      if (line.starts_with("modified: ")) line = "model." + line.substr(10);
-      fields += (fields.empty() ? "" : "; ") + line;
-      at = end + 1;
-    }
+  std::string fields;  // from "modified: d_model: 128 -> 256\n" ...
+  for (size_t at = 0; at < report.size();) {
+    size_t end = report.find('\n', at);
+    if (end == std::string::npos) end = report.size();
+    std::string line = report.substr(at, end - at);
+    if (line.starts_with("modified: ")) line = "model." + line.substr(10);
+    fields += (fields.empty() ? "" : "; ") + line;
+    at = end + 1;
+  }
+  return fields;
+}
+
+std::string init_checkpoint(const std::string& path, const config::RunConfig& cfg) {
+  const std::string checkpoint = fs::absolute(checkpoint_of(path)).lexically_normal().string();
+  const CheckpointState saved = checkpoint_read_state(checkpoint);
+  if (const std::string fields = model_differences(saved.config.model(), cfg.model());
+      !fields.empty())
+    throw Error("--init-from " + checkpoint +
+                ": the config's model section differs from the "
+                "checkpoint's (" +
+                fields +
+                ", the checkpoint's value first); give the config "
+                "the checkpoint's model section");
+  return checkpoint;
+}
+
+void check_resumable(const config::RunConfig& saved, const config::RunConfig& now,
+                     const std::string& checkpoint) {
+  const std::string where = "--resume from " + checkpoint + ": ";
+  if (const std::string fields = model_differences(saved.model(), now.model()); !fields.empty())
     throw Error(where +
                 "the model section of the config differs from the one the run was "
                 "trained with (" +
                 fields +
                 ", the run's value first); resume with the "
                 "run's own config.textproto");
-  }
   const auto& a = saved.train();
   const auto& b = now.train();
   for (auto [name, same] : {std::pair{"train.seq_len", a.seq_len() == b.seq_len()},
@@ -265,8 +282,9 @@ std::string float_text(float v) {
 }  // namespace
 
 std::string metrics_line(long step, int loops, const StepResult& r, float lr, double tokens_per_s,
-                         double ms, double val_loss, bool skipped, double activation_bytes,
-                         const BitsPerByte& bpb, const RankHealth* health, const std::string& sent) {
+                         double ms, const std::vector<ValLoss>& val, bool skipped,
+                         double activation_bytes, const BitsPerByte& bpb, const RankHealth* health,
+                         const std::string& sent) {
   std::ostringstream out;
   out.precision(8);
   out << "{\"step\":" << step << ",\"loops\":" << loops << ",\"loss\":" << json_number(r.loss)
@@ -274,8 +292,11 @@ std::string metrics_line(long step, int loops, const StepResult& r, float lr, do
       << ",\"tokens_per_s\":" << tokens_per_s << ",\"ms_per_step\":" << ms
       << ",\"comm_wait_ms\":" << r.comm_wait_s * 1000.0;
   if (bpb.train >= 0 || std::isnan(bpb.train)) out << ",\"bpb\":" << json_number(bpb.train);
-  if (val_loss >= 0 || std::isnan(val_loss)) out << ",\"val_loss\":" << json_number(val_loss);
+  if (!val.empty()) out << ",\"val_loss\":" << json_number(val.front().loss);
   if (bpb.val >= 0 || std::isnan(bpb.val)) out << ",\"val_bpb\":" << json_number(bpb.val);
+  for (size_t i = 0; i < val.size(); ++i)
+    out << (i == 0 ? ",\"val_loss_by_loops\":{" : ",") << '"' << val[i].loops
+        << "\":" << json_number(val[i].loss) << (i + 1 == val.size() ? "}" : "");
   out << ",\"activation_peak_mib\":" << activation_bytes / (1024.0 * 1024.0);
   if (health)
     out << ",\"rank_busy_ms_min\":" << health->min_ms << ",\"rank_busy_ms_median\":"

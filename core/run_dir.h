@@ -14,6 +14,7 @@
 #include <iostream>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "base/names.h"
 #include "core/checkpoint.h"
@@ -103,6 +104,10 @@ std::string run_dir_problem(const std::filesystem::path& dir, bool resume);
 // overwritten without resume (throws loom::Error).
 RunDirLock prepare_run_dir(const std::filesystem::path& dir, bool resume);
 
+// The fields in which two model sections differ, "" when they are equivalent: "model.d_model:
+// 128 -> 256; ..." (saved's value first).
+std::string model_differences(const config::ModelConfig& saved, const config::ModelConfig& now);
+
 // A resumed run must read the same model and the same data stream as the run it continues;
 // steps, learning rate, logging and checkpointing may change.
 void check_resumable(const config::RunConfig& saved, const config::RunConfig& now,
@@ -118,6 +123,11 @@ config::RunConfig read_run_config(const std::filesystem::path& path);
 // no checkpoint yet.
 std::string checkpoint_of(const std::string& path);
 
+// --init-from `path` (a checkpoint, or a run directory: its newest) for a run of `cfg`: the
+// checkpoint's absolute path, once its metadata reads and its model section is cfg's; throws
+// loom::Error naming the differing fields otherwise.
+std::string init_checkpoint(const std::string& path, const config::RunConfig& cfg);
+
 // Loads the newest usable checkpoint into model (and optimizer, when non-null) and returns its
 // folder ("" when there is none: the run stopped before its first). One that cannot be read,
 // whose metadata is incomplete or names another step, or that fails its checksums (a disk that
@@ -132,11 +142,20 @@ struct BitsPerByte {
   double train = -1, val = -1;
 };
 
+// A validation's mean loss (nats per token) at one loop count.
+struct ValLoss {
+  int loops = 0;
+  double loss = 0;
+};
+
 // One line of metrics.jsonl (without the newline): the step's figures, and rank health and the
-// MiB each group sent ("tp":0.5,...) when given.
+// MiB each group sent ("tp":0.5,...) when given. `val` holds the validation's losses at each
+// count of train.eval_loops, in its order (empty: no validation this step): the first is
+// val_loss, all are val_loss_by_loops ({"1":x,"4":y}).
 std::string metrics_line(long step, int loops, const StepResult& r, float lr, double tokens_per_s,
-                         double ms, double val_loss, bool skipped, double activation_bytes,
-                         const BitsPerByte& bpb, const RankHealth* health, const std::string& sent);
+                         double ms, const std::vector<ValLoss>& val, bool skipped,
+                         double activation_bytes, const BitsPerByte& bpb, const RankHealth* health,
+                         const std::string& sent);
 
 // metrics.jsonl's record of an automatic restart (loom train --max-restarts), written once the
 // restarted run has resumed at `step`: {"step":S,"restart":K,"cause":"..."} (no loss: readers

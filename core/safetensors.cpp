@@ -115,6 +115,54 @@ uint64_t whole_number(const google::protobuf::Value& v, double limit, const std:
   return static_cast<uint64_t>(v.number_value());
 }
 
+// IEEE half → float (subnormals, infinities and NaN included).
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  const int exponent = (h >> 10) & 0x1F;
+  uint32_t mantissa = h & 0x3FF;
+  uint32_t bits;
+  if (exponent == 0x1F) {
+    bits = sign | 0x7F800000 | (mantissa << 13);
+  } else if (exponent != 0) {
+    bits = sign | (static_cast<uint32_t>(exponent + 127 - 15) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    int shift = 0;
+    while ((mantissa & 0x400) == 0) {
+      mantissa <<= 1;
+      ++shift;
+    }
+    bits = sign | (static_cast<uint32_t>(127 - 15 + 1 - shift) << 23) | ((mantissa & 0x3FF) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+
+// Bytes per element of a dtype loom reads (widened to float), 0 for any other.
+size_t element_bytes(const std::string& dtype) {
+  return dtype == "F32" ? 4 : (dtype == "BF16" || dtype == "F16") ? 2 : 0;
+}
+
+// values (n) ← the n elements at `raw` of `dtype` (F32, BF16 or F16), widened to float.
+void widen(float* values, const char* raw, size_t n, const std::string& dtype) {
+  if (dtype == "F32") {
+    std::memcpy(values, raw, n * sizeof(float));
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, raw + 2 * i, sizeof(h));
+    if (dtype == "BF16") {
+      const uint32_t bits = static_cast<uint32_t>(h) << 16;
+      std::memcpy(values + i, &bits, sizeof(float));
+    } else {
+      values[i] = half_to_float(h);
+    }
+  }
+}
+
 }  // namespace
 
 SafetensorsFile safetensors_read(const std::string& path) {
@@ -153,8 +201,9 @@ SafetensorsFile safetensors_read(const std::string& path) {
                offsets = fields.find("data_offsets");
     if (dtype == fields.end() || shape == fields.end() || offsets == fields.end())
       throw Error(what + " lacks dtype, shape or data_offsets");
-    if (dtype->second.string_value() != "F32")
-      throw Error(what + " has dtype " + dtype->second.string_value() + "; loom reads F32 only");
+    const std::string type = dtype->second.string_value();
+    const size_t size = element_bytes(type);
+    if (size == 0) throw Error(what + " has dtype " + type + "; loom reads F32, BF16 and F16");
     if (shape->second.kind_case() != Value::kListValue ||
         offsets->second.kind_case() != Value::kListValue ||
         offsets->second.list_value().values_size() != 2)
@@ -175,11 +224,11 @@ SafetensorsFile safetensors_read(const std::string& path) {
     if (begin > end || end > data_size)
       throw Error(what + " has data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
                   "] outside the " + std::to_string(data_size) + " bytes of data");
-    if (end - begin != elements * sizeof(float))
-      throw Error(what + ": its shape holds " + std::to_string(elements) + " floats but its data " +
-                  std::to_string(end - begin) + " bytes");
+    if (end - begin != elements * size)
+      throw Error(what + ": its shape holds " + std::to_string(elements) + " " + type +
+                  " elements but its data " + std::to_string(end - begin) + " bytes");
     t.values.resize(elements);
-    if (elements > 0) std::memcpy(t.values.data(), bytes.data() + data_begin + begin, end - begin);
+    widen(t.values.data(), bytes.data() + data_begin + begin, elements, type);
     found.emplace_back(begin, std::move(t));
   }
   std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) {

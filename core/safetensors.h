@@ -1,5 +1,6 @@
 // Writing and reading safetensors files: an 8-byte little-endian header length, a JSON header
-// naming each tensor's dtype, shape and byte range, then the raw data. loom writes F32 only.
+// naming each tensor's dtype, shape and byte range, then the raw data. loom writes F32 and reads
+// F32, BF16 and F16 (widened to float).
 //
 //   loom::safetensors_write("model.safetensors", {{"wte", {V, C}, wte_ptr}}, {{"format", "pt"}});
 //   const loom::SafetensorsFile f = loom::safetensors_read("model.safetensors");
@@ -31,9 +32,9 @@ struct SafetensorsFile {
   std::vector<SafetensorsTensor> tensors;  // in the order of their data
 };
 
-// Reads an F32 safetensors file whole, checking everything the header claims against the file
-// (sizes, offsets inside the data, shapes matching byte ranges); throws loom::Error naming the
-// file and what is wrong.
+// Reads a safetensors file whole (F32, BF16 or F16 tensors, as floats), checking everything the
+// header claims against the file (sizes, offsets inside the data, shapes matching byte ranges);
+// throws loom::Error naming the file and what is wrong.
 SafetensorsFile safetensors_read(const std::string& path);
 
 }  // namespace loom

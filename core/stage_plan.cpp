@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "base/error.h"
+#include "core/config.h"
 
 namespace loom {
 namespace {
@@ -22,10 +23,9 @@ struct Costs {
 
 Costs costs_of(const config::RunConfig& cfg) {
   const ModelConfig& m = cfg.model();
-  const double C = m.d_model(), F = m.d_mlp(), V = m.vocab_size(), T = cfg.train().seq_len();
-  const double matmul = 2.0 * (4 * C * C + 2 * C * F);
-  const double attention = 2.0 * 2.0 * C * (T + 1) / 2.0;
-  return {3.0 * (matmul + attention), 3.0 * (2.0 * C * V + 5.0 * V), 3.0 * 2.0 * C};
+  const double C = m.d_model(), V = m.vocab_size(), T = cfg.train().seq_len();
+  return {3.0 * layer_forward_flops(m, static_cast<int>(T)), 3.0 * (2.0 * C * V + 5.0 * V),
+          3.0 * 2.0 * C};
 }
 
 double piece_cost(const Costs& c, int begin, int end, int positions) {
@@ -118,6 +118,16 @@ std::string layer_span(const char* part, int first, int last) {
 }
 
 }  // namespace
+
+double layer_forward_flops(const ModelConfig& m, int T) {
+  const double C = m.d_model(), F = m.d_mlp();
+  const double Ckv = static_cast<double>(model_kv_heads(m)) * (C / m.n_heads());
+  const double mlp_in = m.mlp() == ModelConfig::SWIGLU ? 2 * F : F;  // SwiGLU's gate and up
+  const double matmul = 2.0 * ((C + 2 * Ckv) * C + C * C + mlp_in * C + F * C);
+  // Causal attention: q·kᵀ and p·v over (T + 1) / 2 keys on average, per channel.
+  const double attention = 2.0 * 2.0 * C * (T + 1) / 2.0;
+  return matmul + attention;
+}
 
 int unrolled_layers(const ModelConfig& m) {
   return m.prelude_layers() + m.block_layers() * m.loops() + m.coda_layers();

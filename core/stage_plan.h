@@ -26,6 +26,10 @@ struct StagePlan {
 
 // The unrolled layer count: prelude + block × loops + coda.
 int unrolled_layers(const config::ModelConfig& model);
+// Forward FLOPs per token of one unrolled layer at sequence length T: its matmuls (q, k, v, the
+// projections, the MLP) and causal attention (scores and weighted values over (T + 1) / 2 keys
+// on average). A training step is 3× forward.
+double layer_forward_flops(const config::ModelConfig& model, int T);
 
 // One piece covering the whole model (no pipeline).
 StagePlan stage_plan_single(const config::ModelConfig& model);

@@ -160,6 +160,17 @@ std::optional<CheckpointState> resume_run(Run& run, const std::string& checkpoin
   return state;
 }
 
+// --init-from: every rank reads its own parts of the checkpoint's weights (any layout).
+void init_from_checkpoint(Run& run, const std::string& path, RunLog& log) {
+  const std::string checkpoint = init_checkpoint(path, run.cfg);
+  const CheckpointState state = checkpoint_load(checkpoint, run.model, nullptr);
+  model_refresh_weights(run.model);
+  log.line(
+      format("initialised the weights from %s (step %ld of its run; the optimizer starts "
+             "afresh)",
+             checkpoint.c_str(), state.step));
+}
+
 // Chrome trace of the first logging.trace_steps steps, written collectively by every rank.
 void write_trace(Run& run, const fs::path& run_dir, RunLog& log) {
   std::vector<std::string> labels;
@@ -245,6 +256,7 @@ void start_loop(Training& tr, int threads) {
   const config::RunConfig& cfg = tr.cfg;
   LoopState& loop = tr.loop;
   const ProcessGroups& groups = tr.run.groups;
+  bool resumed = false;
   if (tr.options.resume) {
     if (const std::optional<CheckpointState> state =
             resume_run(tr.run, tr.in.checkpoints_dir.string(), tr.log)) {
@@ -252,9 +264,12 @@ void start_loop(Training& tr, int threads) {
       loop.loader.position = state->data_position;
       loop.rng.state = state->rng_state;
       loop.tokens_seen = state->tokens_seen;
+      resumed = true;
     }
     if (tr.writer()) truncate_metrics(tr.in.run_dir / "metrics.jsonl", loop.step);
   }
+  if (!resumed && !tr.options.init_from.empty())
+    init_from_checkpoint(tr.run, tr.options.init_from, tr.log);
   if (tr.writer()) {
     // Whole or not at all: `loom train --resume --run-dir DIR` reads it as its config.
     const std::string text = config_to_text(cfg),
@@ -370,7 +385,7 @@ StepOutcome run_step(Training& tr) {
 }
 
 // The step's line in metrics.jsonl (rank 0) and, every logging interval, on the terminal.
-void record_step(Training& tr, const StepOutcome& o, double val_loss,
+void record_step(Training& tr, const StepOutcome& o, const std::vector<ValLoss>& val,
                  const std::optional<RankHealth>& health) {
   const auto& t = tr.cfg.train();
   LoopState& loop = tr.loop;
@@ -379,10 +394,11 @@ void record_step(Training& tr, const StepOutcome& o, double val_loss,
     BitsPerByte bpb;
     if (const auto& info = tr.in.data_info) {
       bpb.train = bits_per_byte(o.result.loss, info->train_tokens(), info->train_bytes());
-      if (tr.in.val_info && (val_loss >= 0 || std::isnan(val_loss)))
-        bpb.val = bits_per_byte(val_loss, tr.in.val_info->val_tokens(), tr.in.val_info->val_bytes());
+      if (tr.in.val_info && !val.empty())
+        bpb.val = bits_per_byte(val.front().loss, tr.in.val_info->val_tokens(),
+                                tr.in.val_info->val_bytes());
     }
-    loop.metrics << metrics_line(loop.step, o.loops, o.result, o.lr, tokens_per_s, o.ms, val_loss,
+    loop.metrics << metrics_line(loop.step, o.loops, o.result, o.lr, tokens_per_s, o.ms, val,
                                  !o.result.finite, loop.activation_peak, bpb,
                                  health ? &*health : nullptr, o.sent)
                  << '\n';
@@ -390,18 +406,22 @@ void record_step(Training& tr, const StepOutcome& o, double val_loss,
   }
   loop.summary.last_loss = o.result.loss;
   const long step = loop.step;
-  if (step % tr.cfg.logging().interval() != 0 && step != loop.first_step + 1 &&
-      step != t.steps() && val_loss < 0)
+  if (step % tr.cfg.logging().interval() != 0 && step != loop.first_step + 1 && step != t.steps() &&
+      val.empty())
     return;
   const double elapsed = std::chrono::duration<double>(Clock::now() - loop.started).count();
   const double eta = elapsed / (step - loop.first_step) * (t.steps() - step);
-  std::string line = format("step %5ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s "
-                            "| %.0f ms/step | ETA %s",
-                            step, static_cast<long>(t.steps()), o.result.loss, o.lr,
-                            o.result.grad_norm, tokens_per_s, o.ms, duration(eta).c_str());
+  std::string line = format(
+      "step %5ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s "
+      "| %.0f ms/step | ETA %s",
+      step, static_cast<long>(t.steps()), o.result.loss, o.lr, o.result.grad_norm, tokens_per_s,
+      o.ms, duration(eta).c_str());
   if (tr.run.groups.is_distributed())
     line += format(" | comm wait %.0f ms", o.result.comm_wait_s * 1000.0);
-  if (val_loss >= 0) line += format(" | val_loss %.4f", val_loss);
+  if (val.size() == 1) line += format(" | val_loss %.4f", val.front().loss);
+  for (size_t i = 0; val.size() > 1 && i < val.size(); ++i)  // the first is val_loss
+    line +=
+        format("%s%d: %.4f", i == 0 ? " | val_loss by loops " : ", ", val[i].loops, val[i].loss);
   tr.log.line(line);
 }
 
@@ -414,14 +434,17 @@ bool after_step(Training& tr, const StepOutcome& o) {
   LoopState& loop = tr.loop;
   ProcessGroups& groups = tr.run.groups;
   FlightRecorder* flight = tr.options.flight;
-  double val_loss = -1.0;
+  std::vector<ValLoss> val;  // at each of train.eval_loops' counts
   if (tr.in.validate && (loop.step % t.eval_interval() == 0 || loop.step == t.steps())) {
-    model_set_loops(tr.run.model, eval_loops(cfg));
     flight_phase(flight, "evaluation");
-    val_loss = evaluate(tr.run.model, tr.run.pipe, tr.in.val_data, t.eval_batches(),
-                        t.global_batch(), t.micro_batch(), t.seq_len(),
-                        {groups.coord.dp, groups.mesh.dp}, *groups.dp_sp, groups.pp.get());
-    loop.summary.last_val_loss = val_loss;
+    for (const int loops : eval_loop_counts(cfg)) {
+      model_set_loops(tr.run.model, loops);
+      val.push_back(
+          {loops, evaluate(tr.run.model, tr.run.pipe, tr.in.val_data, t.eval_batches(),
+                           t.global_batch(), t.micro_batch(), t.seq_len(),
+                           {groups.coord.dp, groups.mesh.dp}, *groups.dp_sp, groups.pp.get())});
+    }
+    loop.summary.last_val_loss = val.front().loss;
   }
   flight_phase(flight, "end of step (trace, metrics, stop check)");
   if (tr.run.trace.enabled && loop.step - loop.first_step == cfg.logging().trace_steps())
@@ -447,7 +470,7 @@ bool after_step(Training& tr, const StepOutcome& o) {
         straggler_check(loop.straggler, *health, cfg.logging().straggler_pct());
     if (!warning.empty() && tr.writer()) tr.log.warn(warning);
   }
-  record_step(tr, o, val_loss, health);
+  record_step(tr, o, val, health);
   if (cfg.checkpoint().interval() > 0 && loop.step % cfg.checkpoint().interval() == 0)
     save_now(tr, loop.step == t.steps());
   tr.run.checkpoints.poll();  // publishes a background checkpoint once every rank has written it

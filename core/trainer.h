@@ -43,6 +43,10 @@ struct RunSignals {
 struct TrainOptions {
   std::string run_dir;  // required
   bool resume = false;  // continue from the newest checkpoint in run_dir
+  // A checkpoint folder whose weights a new run starts from instead of model_init's (the
+  // optimizer and the step start afresh; its model must be the config's). A resume that finds a
+  // checkpoint of the run's own wins. "": none.
+  std::string init_from;
   bool quiet = false;   // no terminal output (tests)
   ProcessGroups* groups = nullptr;  // this rank's groups; null: a single-process run
   // signals->stop set by a handler stops the run cleanly: every rank finishes its step, a
@@ -64,7 +68,7 @@ struct TrainOptions {
 struct TrainSummary {
   long steps = 0;           // optimizer steps completed
   double last_loss = 0.0;   // training loss of the last step
-  double last_val_loss = -1.0;
+  double last_val_loss = -1.0;  // at the first of train.eval_loops' counts; −1: none yet
   std::string run_dir;
   std::string last_checkpoint;
   int stopped_by_signal = 0;  // the signals->stop the run stopped on, else 0

@@ -35,6 +35,7 @@ namespace {
 
 constexpr const char* kHelp =
     R"(usage: loom train CONFIG [--set path.to.field=value]... [--run-dir DIR] [--resume]
+                  [--init-from CHECKPOINT|RUN_DIR]
                   [--max-restarts N] [--hostfile FILE | --hosts a:4,b:4] [--allow-cross-node-tp]
        loom train --resume --run-dir DIR [--set path.to.field=value]...
 
@@ -48,6 +49,10 @@ working directory.
   --resume       continue the run in --run-dir from its newest checkpoint (a Slurm job that was
                  requeued, SLURM_RESTART_COUNT ≥ 1, continues its --run-dir without it); without
                  CONFIG, with the run's own DIR/config.textproto
+  --init-from C  start from the weights of checkpoint C (or of the newest checkpoint of the run
+                 directory C: a run of loom's, or one loom import wrote) instead of random ones;
+                 the optimizer and the step start afresh, and CONFIG's model section must be
+                 C's. With --resume, a checkpoint of the run's own wins
   --max-restarts N  when a rank dies, hangs past parallel.collective_timeout_s or loses its node,
                  start the job again from its newest checkpoint, up to N times, waiting 1, 2, 4 ...
                  60 s between tries (default: train.max_restarts); an error a rank reports
@@ -224,6 +229,7 @@ TrainOptions train_options(const Args& args, const std::string& run_dir, bool re
   TrainOptions options;
   options.run_dir = run_dir;
   options.resume = resume;
+  options.init_from = args.value("--init-from", "");
   options.signals = &train_signals();
   options.flight = flight.recorder.get();
   options.restart = static_cast<int>(args.integer("--restart", 0));
@@ -460,6 +466,7 @@ int command_train(int argc, char** argv) {
   const Args args = parse_args("train", argv, argc,
                                {{"--set", true},
                                 {"--run-dir", false},
+                                {"--init-from", false},
                                 {"--hostfile", false},
                                 {"--hosts", false},
                                 {"--max-restarts", false},
@@ -475,6 +482,7 @@ int command_train(int argc, char** argv) {
   const LaunchEnvironment env = detect_launch_environment(process_environment());
   const std::string config_path = train_config_path(args);
   const config::RunConfig cfg = load_config(config_path, args.values("--set"));
+  if (args.has("--init-from")) init_checkpoint(args.value("--init-from", ""), cfg);  // before start
   const long max_restarts = args.integer("--max-restarts", cfg.train().max_restarts());
   if (max_restarts < 0 || max_restarts > 1000)
     throw Error("--max-restarts must be between 0 and 1000 (got " + std::to_string(max_restarts) +

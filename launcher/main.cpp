@@ -23,7 +23,7 @@ usage: loom <command> [arguments]      loom help <command>, or loom <command> --
        loom --version                  version, build type, -march, CUDA, commit
 
 commands:
-  train CONFIG [--set k=v]... [--run-dir DIR] [--resume] [--max-restarts N]
+  train CONFIG [--set k=v]... [--run-dir DIR] [--resume | --init-from CHECKPOINT] [--max-restarts N]
         [--hostfile FILE | --hosts a:4,b:4] [--oversubscribe] [--allow-cross-node-tp]
                         train a model; parallel.dp × tp × pp × sp > 1 starts that many ranks
                         (mpirun, or srun inside Slurm). --resume --run-dir DIR alone continues
@@ -35,8 +35,14 @@ commands:
                         make token shards from text files
   sample CHECKPOINT|RUN_DIR [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K]
                         generate text (a run directory: its newest checkpoint)
-  export CHECKPOINT|RUN_DIR --safetensors FILE
-                        write the weights as safetensors
+  eval CHECKPOINT|RUN_DIR [--loops 1,2,4,...] [--data GLOB] [--batches N] [--svg FILE]
+                        validation loss and bits per byte at each loop count: the loss
+                        against depth, printed and drawn as SVG
+  export CHECKPOINT|RUN_DIR --safetensors FILE | --hf DIR
+                        write the weights as safetensors, or as a Hugging Face Llama checkpoint
+  import HF_DIR --output RUN_DIR
+                        a Hugging Face Llama checkpoint as a loom checkpoint (for loom train
+                        --init-from, loom sample, loom eval)
   bench step CONFIG     time training steps (--json for scripts)
   bench sgemm           time OpenBLAS sgemm on this machine
   bench comm            (under mpirun) time the collectives between ranks
@@ -50,8 +56,9 @@ and docs/.
 )";
 
 // The commands, for "did you mean" and `loom help`.
-const std::vector<std::string> kCommands = {"train", "plan",  "prepare", "sample", "export",
-                                            "bench", "trace", "doctor",  "help"};
+const std::vector<std::string> kCommands = {"train", "plan",   "prepare", "sample",
+                                            "eval",  "export", "import",  "bench",
+                                            "trace", "doctor", "help"};
 
 // `loom --version`: what a bug report needs to say which loom it was.
 void print_version() {
@@ -119,7 +126,9 @@ int main(int argc, char** argv) {
     if (command == "plan") return loom::command_plan(argc - 2, argv + 2);
     if (command == "prepare") return loom::command_prepare(argc - 2, argv + 2);
     if (command == "sample") return loom::command_sample(argc - 2, argv + 2);
+    if (command == "eval") return loom::command_eval(argc - 2, argv + 2);
     if (command == "export") return loom::command_export(argc - 2, argv + 2);
+    if (command == "import") return loom::command_import(argc - 2, argv + 2);
     if (command == "bench") return loom::command_bench(argc - 2, argv + 2);
     if (command == "trace") return loom::command_trace(argc - 2, argv + 2);
     if (command == "doctor") return loom::command_doctor(argc - 2, argv + 2);

@@ -405,7 +405,11 @@ void plan_print_memory(const config::RunConfig& cfg, const ParallelLayout& layou
         "        gradients in flight (%.2f MiB of the shared temporaries)\n",
         mesh.sp,
         (bf16 ? 2.0 : 4.0) *
-            ring_workspace_activations(B, T / mesh.sp, cfg.model().d_model() / mesh.tp) / kMiB);
+            ring_workspace_activations(B, T / mesh.sp, cfg.model().d_model() / mesh.tp,
+                                       model_kv_heads(cfg.model()) *
+                                           (cfg.model().d_model() / cfg.model().n_heads()) /
+                                           mesh.tp) /
+            kMiB);
   if (mesh.pp > 1) print_pipeline(cfg, layout, memory);
 }
 

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <sstream>
 
 #include "base/error.h"
@@ -241,8 +242,11 @@ TEST(Safetensors, ReadNamesWhatIsWrong) {
       {R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4,
        "outside the 4 bytes of data"},
       {R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8,
-       "its shape holds 3 floats but its data 8 bytes"},
-      {R"({"t":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}})", 4, "loom reads F32 only"},
+       "its shape holds 3 F32 elements but its data 8 bytes"},
+      {R"({"t":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}})", 8,
+       "loom reads F32, BF16 and F16"},
+      {R"({"t":{"dtype":"BF16","shape":[2],"data_offsets":[0,8]}})", 8,
+       "its shape holds 2 BF16 elements but its data 8 bytes"},
       {R"({"t":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4, "not a whole number"},
   };
   int index = 0;
@@ -258,6 +262,27 @@ TEST(Safetensors, ReadNamesWhatIsWrong) {
 
 namespace loom {
 namespace {
+
+// BF16 and F16 tensors (Hugging Face checkpoints) are widened to float exactly.
+TEST(Safetensors, ReadsBf16AndF16AsFloats) {
+  const std::string path = ::testing::TempDir() + "/loom-safetensors-half.safetensors";
+  const std::string header = R"({"b":{"dtype":"BF16","shape":[3],"data_offsets":[0,6]},)"
+                             R"("h":{"dtype":"F16","shape":[5],"data_offsets":[6,16]}})";
+  // bf16: 1.0, -2.5, 3.140625; f16: 1.0, -0.5, 65504 (largest), 2^-24 (smallest subnormal), inf.
+  const uint16_t data[8] = {0x3F80, 0xC020, 0x4049, 0x3C00, 0xB800, 0x7BFF, 0x0001, 0x7C00};
+  {
+    std::ofstream out(path, std::ios::binary);
+    const uint64_t n = header.size();
+    out.write(reinterpret_cast<const char*>(&n), sizeof(n));
+    out << header;
+    out.write(reinterpret_cast<const char*>(data), sizeof(data));
+  }
+  const SafetensorsFile f = safetensors_read(path);
+  ASSERT_EQ(f.tensors.size(), 2u);
+  EXPECT_EQ(f.tensors[0].values, (std::vector<float>{1.0f, -2.5f, 3.140625f}));
+  EXPECT_EQ(f.tensors[1].values, (std::vector<float>{1.0f, -0.5f, 65504.0f, std::ldexp(1.0f, -24),
+                                                     std::numeric_limits<float>::infinity()}));
+}
 
 // Found by fuzz_safetensors: metadata that is not UTF-8 made a header no JSON reader accepts.
 TEST(Safetensors, RefusesNamesAndMetadataThatAreNotUtf8) {

@@ -27,6 +27,10 @@ MODELS = {
               "input_injection: true tie_embeddings: false }",
     "looped-ladder": f"model {{ {SHAPE} prelude_layers: 1 block_layers: 2 loops: 3 coda_layers: 0 "
                      "input_injection: true residual: LADDER norm: RMSNORM position: ROTARY }",
+    # Llama-style blocks: the ring carries only the 2 key/value heads of the 4 query heads (one
+    # per rank at tp = 2); SwiGLU, no linear biases.
+    "llama": f"model {{ {SHAPE} n_kv_heads: 2 prelude_layers: 1 block_layers: 1 loops: 2 "
+             "coda_layers: 1 norm: RMSNORM position: ROTARY mlp: SWIGLU bias: false }",
 }
 COMMON = training_config(global_batch=8, eval_batches=2)  # 4 micro-batches of 2 at dp = 1
 
@@ -51,6 +55,10 @@ def cases(model_name, config, reference):
     if model_name == "plain":
         train_and_compare(model_name, config, reference, "sp2-contiguous", 2,
                           ["parallel.sp=2", "parallel.sequence_layout=CONTIGUOUS"])
+        return
+    if model_name == "llama":
+        train_and_compare(model_name, config, reference, "sp2-tp2", 4,
+                          ["parallel.sp=2", "parallel.tp=2"])
         return
     if model_name == "looped-ladder":
         train_and_compare(model_name, config, reference, "sp2-tp2", 4,

@@ -32,10 +32,13 @@ MODEL_KEYS = (
     "position", "rope_theta", "tie_embeddings", "prelude_layers", "block_layers", "loops",
     "coda_layers", "input_injection", "residual",
 )
+# Keys a model dict may leave out (dicts written before they existed), with their defaults.
+OPTIONAL_KEYS = {"mlp": "GELU", "n_kv_heads": 0, "bias": True}
 _CHOICES = {
     "norm": ("LAYERNORM", "RMSNORM"),
     "position": ("LEARNED", "ROTARY"),
     "residual": ("STANDARD", "LADDER"),
+    "mlp": ("GELU", "SWIGLU"),
 }
 # How many sub-layer outputs may wait before being added to the stream.
 _RESIDUAL_DELAY = {"STANDARD": 1, "LADDER": 2}
@@ -46,6 +49,8 @@ def validate_model_dict(model):
     missing = [key for key in MODEL_KEYS if key not in model]
     if missing:
         raise ValueError(f"model dict is missing keys {missing}")
+    for key, default in OPTIONAL_KEYS.items():
+        model.setdefault(key, default)
     for key, allowed in _CHOICES.items():
         if model[key] not in allowed:
             raise ValueError(f"model.{key} = {model[key]!r}; expected one of {allowed}")
@@ -57,6 +62,9 @@ def validate_model_dict(model):
             raise ValueError(f"model.{key} = {model[key]} must be >= 0")
     if model["d_model"] % model["n_heads"] != 0:
         raise ValueError(f"d_model {model['d_model']} is not divisible by n_heads {model['n_heads']}")
+    kv_heads = int(model["n_kv_heads"])
+    if kv_heads < 0 or (kv_heads > 0 and model["n_heads"] % kv_heads != 0):
+        raise ValueError(f"n_kv_heads {kv_heads} does not divide n_heads {model['n_heads']}")
     head_dim = model["d_model"] // model["n_heads"]
     if model["position"] == "ROTARY" and head_dim % 2 != 0:
         raise ValueError(f"ROTARY needs an even head dim; d_model/n_heads = {head_dim}")
@@ -175,19 +183,32 @@ def apply_rotary(x, cos, sin):
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+def kv_heads(model):
+    return model["n_kv_heads"] or model["n_heads"]
+
+
 class Attention(nn.Module):
+    """Causal attention; with n_kv_heads < n_heads grouped-query: qkv's rows are q (C), k and v
+    (n_kv_heads · hd each), and query head h reads key/value head h // (n_heads / n_kv_heads)."""
+
     def __init__(self, model, dtype):
         super().__init__()
         channels = model["d_model"]
         self.n_heads = model["n_heads"]
-        self.qkv = nn.Linear(channels, 3 * channels, dtype=dtype)
-        self.proj = nn.Linear(channels, channels, dtype=dtype)
+        self.n_kv_heads = kv_heads(model)
+        kv_width = self.n_kv_heads * (channels // self.n_heads)
+        self.qkv = nn.Linear(channels, channels + 2 * kv_width, bias=model["bias"], dtype=dtype)
+        self.proj = nn.Linear(channels, channels, bias=model["bias"], dtype=dtype)
 
     def forward(self, a, rotary):  # a (B, T, C); rotary None or (cos, sin) each (T, hd/2)
         B, T, C = a.shape
         head_dim = C // self.n_heads
-        q, k, v = self.qkv(a).split(C, dim=-1)
-        q, k, v = (t.view(B, T, self.n_heads, head_dim).transpose(1, 2) for t in (q, k, v))
+        kv_width = self.n_kv_heads * head_dim
+        q, k, v = self.qkv(a).split([C, kv_width, kv_width], dim=-1)
+        q = q.view(B, T, self.n_heads, head_dim).transpose(1, 2)
+        k, v = (t.view(B, T, self.n_kv_heads, head_dim).transpose(1, 2) for t in (k, v))
+        group = self.n_heads // self.n_kv_heads
+        k, v = (t.repeat_interleave(group, dim=1) for t in (k, v))
         if rotary is not None:
             q = apply_rotary(q, *rotary)
             k = apply_rotary(k, *rotary)
@@ -199,13 +220,21 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """GELU: proj(gelu(fc(x))). SWIGLU: fc's rows are gate then up, proj(silu(gate) * up)."""
+
     def __init__(self, model, dtype):
         super().__init__()
-        self.fc = nn.Linear(model["d_model"], model["d_mlp"], dtype=dtype)
+        self.swiglu = model["mlp"] == "SWIGLU"
+        hidden = model["d_mlp"]
+        self.fc = nn.Linear(model["d_model"], 2 * hidden if self.swiglu else hidden,
+                            bias=model["bias"], dtype=dtype)
         self.gelu = nn.GELU(approximate="tanh")
-        self.proj = nn.Linear(model["d_mlp"], model["d_model"], dtype=dtype)
+        self.proj = nn.Linear(hidden, model["d_model"], bias=model["bias"], dtype=dtype)
 
     def forward(self, m):  # (B, T, C) -> (B, T, C)
+        if self.swiglu:
+            gate, up = self.fc(m).chunk(2, dim=-1)
+            return self.proj(F.silu(gate) * up)
         return self.proj(self.gelu(self.fc(m)))
 
 
