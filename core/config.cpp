@@ -113,6 +113,7 @@ void check_sizes(const config::RunConfig& cfg) {
        {std::tuple{"model.d_model", static_cast<long>(m.d_model()), 1L << 16},
         {"model.n_heads", m.n_heads(), 1L << 12},
         {"model.n_kv_heads", m.n_kv_heads(), 1L << 12},
+        {"model.loop_lora_rank", m.loop_lora_rank(), 1L << 16},
         {"model.d_mlp", m.d_mlp(), 1L << 18},
         {"model.max_seq_len", m.max_seq_len(), 1L << 24},
         {"model.prelude_layers", m.prelude_layers(), 1L << 12},
@@ -184,6 +185,27 @@ void validate_eval_loops(const config::RunConfig& cfg) {
                 " twice (a 0 stands for model.loops)");
 }
 
+// model.loop_lora_rank: deltas exist for model.loops iterations, so no loop count may exceed it;
+// the zero-bubble schedule's deferred weight pass does not compute the factors' gradients.
+void validate_loop_lora(const config::RunConfig& cfg) {
+  const auto& m = cfg.model();
+  const int r = m.loop_lora_rank();
+  require(r >= 0 && r <= m.d_model(), "model.loop_lora_rank (" + num(r) +
+                                          ") must be in [0, model.d_model = " + num(m.d_model()) +
+                                          "] (0: pure recursion)");
+  if (r == 0) return;
+  const std::string why = ": model.loop_lora_rank gives only model.loops = " + num(m.loops()) +
+                          " iterations their own deltas";
+  const auto& s = m.loops_sampling();
+  require(s.kind() == config::LoopsSampling::FIXED || s.max() <= m.loops(),
+          "model.loops_sampling.max (" + num(s.max()) + ") exceeds model.loops" + why);
+  for (const int eval : eval_loop_counts(cfg))
+    require(eval <= m.loops(), "train.eval_loops (" + num(eval) + ") exceeds model.loops" + why);
+  require(cfg.parallel().pipeline_schedule() != config::ParallelConfig::ZERO_BUBBLE_H1,
+          "model.loop_lora_rank cannot run with parallel.pipeline_schedule ZERO_BUBBLE_H1: its "
+          "deferred weight pass does not compute the LoRA factors' gradients");
+}
+
 // The loop-count options: truncated backprop, sampling, evaluation depth and recomputation.
 void validate_loops(const config::RunConfig& cfg) {
   const auto& m = cfg.model();
@@ -224,6 +246,7 @@ void validate_loops(const config::RunConfig& cfg) {
               "pass needs the activations recomputation does not keep");
   require(!split || m.backprop_loops() == 0,
           "model.backprop_loops cannot run with parallel.pipeline_schedule ZERO_BUBBLE_H1");
+  validate_loop_lora(cfg);
 }
 
 }  // namespace

@@ -158,7 +158,7 @@ void forward_walk(Model& m, const BoundaryState& state, const Walk& w) {
     const SublayerActs a = w.acts(i);
     be.copy(act(m, a.input), r, NC);
     // Slot i % d held h_{i−d}, just added to r: free for h_i.
-    const LayerOffsets& o = m.layout.layers[m.spec.unrolled[p]];
+    const LayerOffsets o = layer_at(m, p);
     if (sub == 0)
       attention_sublayer_forward(m, o, a, w.B, w.T, state.pending(i));
     else
@@ -289,7 +289,7 @@ void backward_range(BackwardRun& run, int a, int b,
   // read it — and reverses what the forward did to the stream right before sub-layer j.
   auto finish = [&](int j) {
     const int p = j / 2;
-    const LayerOffsets& o = m.layout.layers[m.spec.unrolled[p]];
+    const LayerOffsets o = layer_at(m, p);
     const SublayerActs act_j = acts(j);
     tp_wait(m, m.par.tp_sums.backward[j % d]);
     if (j % 2 == 0)
@@ -310,7 +310,7 @@ void backward_range(BackwardRun& run, int a, int b,
     if (i < 0) continue;
     if (i + d < e) be.copy(gs.pending(i), dr, NC);
     if (i < s) continue;
-    const LayerOffsets& o = m.layout.layers[m.spec.unrolled[i / 2]];
+    const LayerOffsets o = layer_at(m, i / 2);
     const SublayerActs act_i = acts(i);
     if (i % 2 == 0)
       attention_sublayer_backward(m, o, act_i, run.B, run.T, gs.pending(i), d_normed_slot(i),
@@ -504,9 +504,16 @@ double model_comm_wait_seconds(const Model& m) {
 
 double model_train_flops_per_token(const Model& m, int T) {
   const double C = m.spec.C, V = m.spec.V;
+  // Relaxed recursion: each loop position's four linear layers add 2·r·(in + out) each.
+  const double F = m.spec.F, r = m.spec.config.loop_lora_rank();
+  const double Ckv = static_cast<double>(m.spec.Hkv) * (C / m.spec.H);
+  const double lora =
+      2.0 * r * ((2 * C + 2 * Ckv) + 2 * C + (C + (is_swiglu(m) ? 2 : 1) * F) + (F + C));
+  const double loop_positions =
+      static_cast<double>(m.spec.config.block_layers()) * static_cast<double>(m.spec.loops);
   const double forward =
       static_cast<double>(m.spec.unrolled.size()) * layer_forward_flops(m.spec.config, T) +
-      2.0 * C * V;
+      loop_positions * lora + 2.0 * C * V;
   return 3.0 * forward;
 }
 

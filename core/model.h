@@ -68,7 +68,15 @@ struct PipelineStage {
 };
 
 // What a parameter tensor is, so that no decision is made from its name.
-enum class ParamRole { kTokenEmbedding, kPositionEmbedding, kLayer, kFinalNorm, kLmHead };
+// kLoopLora: a per-iteration low-rank factor of a shared block layer (model.loop_lora_rank).
+enum class ParamRole {
+  kTokenEmbedding,
+  kPositionEmbedding,
+  kLayer,
+  kLoopLora,
+  kFinalNorm,
+  kLmHead
+};
 enum class ParamInit { kNormal, kNormalScaled, kOnes, kZeros };  // kNormalScaled: output projections
 
 // One named tensor inside the flat parameter buffer (and, at the same offset, the gradient and
@@ -87,22 +95,32 @@ struct ParamTensor {
   int shard_dim = -1;                 // −1: replicated on every tensor-parallel rank
   std::vector<int64_t> shard_groups;  // global size of each group of shard_dim (empty: one)
   ParamRole role = ParamRole::kLayer;
-  int layer = -1;                     // unique layer index (kLayer only)
+  int layer = -1;  // unique layer index (kLayer, kLoopLora)
   ParamInit init = ParamInit::kZeros;
   int global_index = 0;               // position in the whole model's tensor list
   // Pipeline ranks holding a replica (the shared block on every stage that runs it, a tied
   // embedding on the first and last); their gradients are summed across them. The lowest holds
   // the copy counted in the gradient norm.
   std::vector<int> pp_holders;
+  int iteration = -1;  // kLoopLora: the loop iteration it serves
 };
 
 // A tensor the model does not have (a bias with model.bias false, a norm's bias under RMSNorm).
 constexpr size_t kNoTensor = static_cast<size_t>(-1);
 
-// Offsets (in floats) of one unique layer's tensors; kNoTensor for the ones it does not have.
+// One linear layer's low-rank delta for one loop iteration: A (r, in) and B (out, r), both
+// kNoTensor outside the loop or without model.loop_lora_rank.
+struct LoraFactors {
+  size_t a = kNoTensor, b = kNoTensor;
+  bool present() const { return a != kNoTensor; }
+};
+
+// Offsets (in floats) of one unique layer's tensors; kNoTensor for the ones it does not have. At
+// an unrolled position of the loop (layer_at) also that iteration's LoRA factors.
 struct LayerOffsets {
   size_t norm1_w, norm1_b, qkv_w, qkv_b, attn_proj_w, attn_proj_b;
   size_t norm2_w, norm2_b, fc_w, fc_b, mlp_proj_w, mlp_proj_b;
+  LoraFactors qkv_lora, attn_proj_lora, fc_lora, mlp_proj_lora;
 };
 
 // Saved activations of one sub-layer application (offsets in floats into its slot). Activation
@@ -120,6 +138,8 @@ struct SublayerActs {
   // With backward split (B now, W later): what the weight gradients need besides the above.
   size_t d_out;     // (B, T, C) the gradient of the sub-layer's output h
   size_t d_mid;     // attention: of qkv after rotary; MLP: of the fc output
+  // With LoRA: u = A x of the sub-layer's first linear (qkv, fc) and of its projection, (B, T, r).
+  size_t lora_in, lora_proj;
 };
 
 // A run of a chunk's unrolled positions under one rule. Its *units* are the ranges recomputation
@@ -179,6 +199,9 @@ struct ParamLayout {
   std::vector<ParamTensor> tensors;  // this rank's, in buffer order (global order, a subset)
   size_t global_tensors = 0;         // tensors of the whole model
   std::vector<LayerOffsets> layers;  // per unique layer (offsets unused where not held)
+  // model.loop_lora_rank > 0: [iteration][block layer] the factors of its four linear layers
+  // (qkv_lora .. mlp_proj_lora set; the rest unused).
+  std::vector<std::vector<LayerOffsets>> lora;
   std::vector<ShardRange> layer_ranges;  // per unique layer, its tensors in the buffer (or empty)
   ShardRange embedding_range, head_range;  // wte (+ wpe); norm_f (+ lm_head)
   size_t wte = 0, wpe = 0, norm_f_w = 0, norm_f_b = 0, lm_head = 0;
@@ -241,6 +264,9 @@ struct ArenaTemporaries {
   std::vector<int> positions;
   size_t ring_work = 0, ring_lse = 0, wpe_local = 0, dwpe_local = 0;
   size_t attention_scratch = 0, lm_head_scratch = 0;  // sized by the backend (0 bytes: unused)
+  // LoRA: a linear layer's delta B·u before it is added, or an input gradient's part v·A,
+  // (B, T, widest); and v = dy·B, (B, T, r).
+  size_t lora_out = 0, lora_mid = 0;
   size_t norm_scratch = 0, embedding_scratch = 0;
 };
 

@@ -43,6 +43,10 @@ inline float* bias_grad(Model& m, size_t offset) {
   return offset == kNoTensor ? nullptr : grad(m, offset);
 }
 
+// The offsets the sub-layers of unrolled position p use: its unique layer's, and inside the loop
+// (with model.loop_lora_rank) its iteration's LoRA factors.
+LayerOffsets layer_at(const Model& m, int p);
+
 // sp > 1: the ring's buffers in the arena for (B, T) local tokens.
 RingWorkspace ring_workspace(Model& m, int B, int T);
 

@@ -20,8 +20,10 @@ using namespace model_detail;
 // `holders` of.
 struct LayoutBuilder {
   Model& m;
-  std::function<std::vector<int>(ParamRole, int)> holders;  // pipeline ranks holding it
+  // Pipeline ranks holding a tensor of this role, unique layer and (kLoopLora) iteration.
+  std::function<std::vector<int>(ParamRole, int, int)> holders;
   int global_index = 0;
+  int iteration = -1;  // of the kLoopLora tensors being added
 
   // Adds a tensor of global shape `shape`; with shard_dim ≥ 0 this rank holds its slice of that
   // dimension (seen as groups of the given sizes, or one, each cut into tp slices; see
@@ -29,7 +31,7 @@ struct LayoutBuilder {
   size_t add(std::string name, std::vector<int64_t> shape, bool decay, ParamRole role, int layer,
              ParamInit init, int shard_dim = -1, std::vector<int64_t> groups = {}) {
     const int index = global_index++;
-    std::vector<int> held_by = holders(role, layer);
+    std::vector<int> held_by = holders(role, layer, iteration);
     if (std::find(held_by.begin(), held_by.end(), m.par.stage.rank) == held_by.end()) return 0;
     std::vector<int64_t> local = shape;
     if (shard_dim >= 0) {
@@ -43,7 +45,7 @@ struct LayoutBuilder {
     for (int64_t d : local) size *= static_cast<size_t>(d);
     m.layout.tensors.push_back({std::move(name), std::move(local), m.layout.num_params, size, decay,
                                 std::move(shape), shard_dim, std::move(groups), role, layer, init,
-                                index, std::move(held_by)});
+                                index, std::move(held_by), iteration});
     m.layout.num_params += size;
     return m.layout.tensors.back().offset;
   }
@@ -87,6 +89,34 @@ struct LayoutBuilder {
     o.mlp_proj_b = add_bias(prefix + "mlp.proj.bias", C, u);
     m.layout.layers.push_back(o);
   }
+
+  // One loop iteration's LoRA factors of block layer u (prefix "block.j."), after its weights:
+  // column-parallel layers (qkv, fc) cut B by rows as their weight, row-parallel ones (the
+  // projections) cut A by columns; the other factor is whole on every tensor-parallel rank.
+  LayerOffsets add_lora(const std::string& prefix, int u, int loop) {
+    const int64_t C = m.spec.C, F = m.spec.F, r = m.spec.config.loop_lora_rank();
+    const int64_t Ckv = static_cast<int64_t>(m.spec.Hkv) * (C / m.spec.H);
+    const ParamRole L = ParamRole::kLoopLora;
+    iteration = loop;
+    auto factors = [&](const std::string& linear, int64_t in, int64_t out, bool column,
+                       std::vector<int64_t> groups) {
+      const std::string at = prefix + linear + ".lora." + std::to_string(loop);
+      LoraFactors f;
+      f.a = add(at + ".A", {r, in}, true, L, u, ParamInit::kNormal, column ? -1 : 1);
+      f.b = add(at + ".B", {out, r}, true, L, u, ParamInit::kZeros, column ? 0 : -1,
+                column ? std::move(groups) : std::vector<int64_t>{});
+      return f;
+    };
+    const int64_t fc_rows = is_swiglu(m) ? 2 * F : F;
+    LayerOffsets o{};
+    o.qkv_lora = factors("attn.qkv", C, C + 2 * Ckv, true, {C, Ckv, Ckv});
+    o.attn_proj_lora = factors("attn.proj", C, C, false, {});
+    o.fc_lora = factors("mlp.fc", C, fc_rows, true,
+                        is_swiglu(m) ? std::vector<int64_t>{F, F} : std::vector<int64_t>{F});
+    o.mlp_proj_lora = factors("mlp.proj", F, C, false, {});
+    iteration = -1;
+    return o;
+  }
 };
 
 }  // namespace
@@ -127,8 +157,9 @@ void model_detail::lay_out_chunks(Model& m) {
 
 namespace {
 
-// Pipeline ranks that hold a tensor of this role (and unique layer).
-std::vector<int> holders_of(const Model& m, ParamRole role, int layer) {
+// Pipeline ranks that hold a tensor of this role (and unique layer; for a LoRA factor, the rank
+// that runs its iteration of that layer).
+std::vector<int> holders_of(const Model& m, ParamRole role, int layer, int iteration) {
   const StagePlan& plan = m.par.stage.plan;
   const int last_rank = (plan.pieces() - 1) % plan.pp;
   std::vector<int> out;
@@ -144,6 +175,14 @@ std::vector<int> holders_of(const Model& m, ParamRole role, int layer) {
       for (int r = 0; r < plan.pp; ++r)
         if (stage_plan_runs_layer(m.spec.config, plan, r, layer)) out.push_back(r);
       break;
+    case ParamRole::kLoopLora: {
+      const int position = m.spec.loop_begin + iteration * m.spec.config.block_layers() + layer -
+                           m.spec.config.prelude_layers();
+      for (int r = 0; r < plan.pp; ++r)
+        for (int piece : stage_plan_pieces(plan, r))
+          if (position >= plan.bounds[piece] && position < plan.bounds[piece + 1]) out.push_back(r);
+      break;
+    }
   }
   return out;
 }
@@ -153,7 +192,8 @@ void lay_out_ranges(Model& m) {
   m.layout.layer_ranges.assign(m.spec.unique_layers, ShardRange{});
   m.layout.embedding_range = m.layout.head_range = ShardRange{};
   for (const ParamTensor& t : m.layout.tensors) {
-    ShardRange& r = t.role == ParamRole::kLayer ? m.layout.layer_ranges[t.layer]
+    const bool layer = t.role == ParamRole::kLayer || t.role == ParamRole::kLoopLora;
+    ShardRange& r = layer ? m.layout.layer_ranges[t.layer]
                     : (t.role == ParamRole::kFinalNorm || t.role == ParamRole::kLmHead)
                         ? m.layout.head_range
                         : m.layout.embedding_range;
@@ -203,7 +243,9 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   m.spec.loops = m.spec.plan_loops_min = m.spec.plan_loops_max = cfg.loops();
   lay_out_chunks(m);
 
-  LayoutBuilder b{m, [&m](ParamRole role, int layer) { return holders_of(m, role, layer); }};
+  LayoutBuilder b{m, [&m](ParamRole role, int layer, int iteration) {
+                    return holders_of(m, role, layer, iteration);
+                  }};
   // Vocab-parallel: this rank's rows of the padded vocabulary.
   m.layout.wte = b.add("wte", {m.spec.V, m.spec.C}, true, ParamRole::kTokenEmbedding, -1,
                        ParamInit::kNormal, 0);
@@ -213,8 +255,14 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
                          ParamInit::kNormal);
   for (int i = 0; i < cfg.prelude_layers(); ++i)
     b.add_layer("prelude." + std::to_string(i) + ".", i);
-  for (int i = 0; i < cfg.block_layers(); ++i)
-    b.add_layer("block." + std::to_string(i) + ".", cfg.prelude_layers() + i);
+  if (cfg.loop_lora_rank() > 0)
+    m.layout.lora.assign(cfg.loops(), std::vector<LayerOffsets>(cfg.block_layers()));
+  for (int i = 0; i < cfg.block_layers(); ++i) {
+    const std::string prefix = "block." + std::to_string(i) + ".";
+    b.add_layer(prefix, cfg.prelude_layers() + i);
+    for (int loop = 0; loop < cfg.loops() && cfg.loop_lora_rank() > 0; ++loop)
+      m.layout.lora[loop][i] = b.add_lora(prefix, cfg.prelude_layers() + i, loop);
+  }
   for (int i = 0; i < cfg.coda_layers(); ++i)
     b.add_layer("coda." + std::to_string(i) + ".", cfg.prelude_layers() + cfg.block_layers() + i);
   m.layout.norm_f_w =
@@ -320,6 +368,10 @@ SublayerActs plan_sublayer(const Model& m, ArenaCursor& plan, int sub, int B, in
     a.d_out = plan.act(N * C);
     a.d_mid = plan.act(N * mid);
   }
+  if (const size_t r = m.spec.config.loop_lora_rank(); r > 0) {
+    a.lora_in = plan.act(N * r);
+    a.lora_proj = plan.act(N * r);
+  }
   return a;
 }
 
@@ -418,6 +470,11 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
   m.temps.d_normed = plan.act(m.spec.delay * N * C);
   m.temps.d_hidden = plan.act(N * std::max<size_t>(qkv_columns(m), mlp_columns(m)));
   m.temps.d_hidden2 = plan.act(N * std::max(Cl, F));
+  if (const size_t r = m.spec.config.loop_lora_rank(); r > 0) {
+    m.temps.lora_out = plan.act(N * std::max<size_t>({static_cast<size_t>(qkv_columns(m)),
+                                                      static_cast<size_t>(mlp_columns(m)), C}));
+    m.temps.lora_mid = plan.act(N * r);
+  }
   const int hd = m.spec.C / m.spec.H;
   // Rotary angles of the (local) rows 0 .. T − 1; none for learned positions.
   const size_t rope_floats = is_rotary(m) ? static_cast<size_t>(T) * hd / 2 : 0;
@@ -507,6 +564,10 @@ void model_set_loop_range(Model& m, int min_loops, int max_loops) {
 
 void model_set_loops(Model& m, int loops) {
   if (loops == m.spec.loops) return;
+  if (!m.layout.lora.empty() && loops > static_cast<int>(m.layout.lora.size()))
+    throw Error("the model has per-iteration LoRA (model.loop_lora_rank) for its model.loops = " +
+                std::to_string(m.layout.lora.size()) + " iterations; it cannot run " +
+                std::to_string(loops));
   // Pipeline stages cut a fixed unrolled list; a planned arena serves its planned range.
   LOOM_CHECK(m.par.stage.plan.pieces() == 1);
   LOOM_CHECK(m.plan.B == 0 || (loops >= m.spec.plan_loops_min && loops <= m.spec.plan_loops_max));

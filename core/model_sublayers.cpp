@@ -16,10 +16,23 @@ RingWorkspace ring_workspace(Model& m, int B, int T) {
                            act(m, m.temps.attention_scratch), B, T, m.par.Cl, m.par.Ckvl);
 }
 
+LayerOffsets layer_at(const Model& m, int p) {
+  LayerOffsets o = m.layout.layers[m.spec.unrolled[p]];
+  const int K = m.spec.config.block_layers(), in_loop = p - m.spec.loop_begin;
+  if (m.layout.lora.empty() || in_loop < 0 || in_loop >= K * m.spec.loops) return o;
+  const LayerOffsets& l = m.layout.lora[in_loop / K][in_loop % K];
+  o.qkv_lora = l.qkv_lora;
+  o.attn_proj_lora = l.attn_proj_lora;
+  o.fc_lora = l.fc_lora;
+  o.mlp_proj_lora = l.mlp_proj_lora;
+  return o;
+}
+
 SublayerActs acts_in_slot(const Model& m, const SublayerActs& a, int slot) {
   const size_t base = slot_base(m, slot);
-  return {a.input + base,   a.normed + base, a.mean + base,  a.rstd + base, a.hidden + base,
-          a.hidden2 + base, a.lse + base,    a.d_out + base, a.d_mid + base};
+  return {a.input + base,  a.normed + base,  a.mean + base,     a.rstd + base,
+          a.hidden + base, a.hidden2 + base, a.lse + base,      a.d_out + base,
+          a.d_mid + base,  a.lora_in + base, a.lora_proj + base};
 }
 
 void tp_wait(Model& m, WorkPtr& work) {
@@ -30,6 +43,51 @@ void tp_wait(Model& m, WorkPtr& work) {
   if (m.par.trace && m.par.trace->enabled && blocked > 20e-6)
     trace_record(*m.par.trace, "tp wait", "tp_wait", start, std::chrono::steady_clock::now());
 }
+
+namespace {
+
+// Relaxed recursion's low-rank deltas (model.loop_lora_rank = r): y += B·u, u = A·x (saved at
+// `u`, (N, r)). Under tensor parallelism a column-parallel layer (x whole, y this rank's rows)
+// holds A whole and its rows of B; a row-parallel one (x this rank's columns, y a partial sum
+// all-reduced later) its columns of A and B whole. The rank-r intermediate is then a partial
+// sum in one pass: u in a row-parallel forward, v = ∂L/∂u in a column-parallel backward; one
+// all-reduce of N·r elements completes it.
+void tp_sum_now(Model& m, void* x, size_t n) {
+  WorkPtr work = tp_sum_start(m.par.tp, x, n);
+  tp_wait(m, work);
+}
+
+void lora_forward(Model& m, const LoraFactors& f, bool row_parallel, const void* x, size_t u,
+                  void* y, int N, int in, int out) {
+  const int r = m.spec.config.loop_lora_rank();
+  kb(m).matmul_forward(act(m, u), x, weight(m, f.a), nullptr, N, in, r);
+  if (row_parallel) {
+    tp_sum_now(m, act(m, u), static_cast<size_t>(N) * r);
+    if (m.par.tp.rank != 0) return;  // the all-reduced output holds the delta once
+  }
+  void* delta = act(m, m.temps.lora_out);
+  kb(m).matmul_forward(delta, act(m, u), weight(m, f.b), nullptr, N, r, out);
+  kb(m).vector_add(y, delta, static_cast<size_t>(N) * out);
+}
+
+// dx += the delta's part of the input gradient (a partial sum, as dx is, in a column-parallel
+// layer); dA, dB += their gradients, from dy (this rank's rows, or whole for a row-parallel
+// layer).
+void lora_backward(Model& m, const LoraFactors& f, bool row_parallel, const void* x, size_t u,
+                   const void* dy, void* dx, int N, int in, int out) {
+  const int r = m.spec.config.loop_lora_rank();
+  void* v = act(m, m.temps.lora_mid);
+  void* part = act(m, m.temps.lora_out);
+  kb(m).matmul_backward(v, grad(m, f.b), nullptr, dy, act(m, u), weight(m, f.b), N, r, out);
+  kb(m).matmul_backward(part, row_parallel ? grad(m, f.a) : nullptr, nullptr, v, x, weight(m, f.a),
+                        N, in, r);
+  kb(m).vector_add(dx, part, static_cast<size_t>(N) * in);
+  if (row_parallel) return;
+  tp_sum_now(m, v, static_cast<size_t>(N) * r);  // v whole: A's gradient is the same everywhere
+  kb(m).matmul_backward(nullptr, grad(m, f.a), nullptr, v, x, weight(m, f.a), N, in, r);
+}
+
+}  // namespace
 
 const void* lm_head_weight(Model& m) {
   return weight(m, m.spec.config.tie_embeddings() ? m.layout.wte : m.layout.lm_head);
@@ -66,6 +124,9 @@ void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerA
   norm_forward(m, o.norm1_w, o.norm1_b, a, N);
   kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.qkv_w), bias(m, o.qkv_b), N,
                        C, qkv_columns(m));
+  if (o.qkv_lora.present())
+    lora_forward(m, o.qkv_lora, false, act(m, a.normed), a.lora_in, act(m, a.hidden), N, C,
+                 qkv_columns(m));
   if (is_rotary(m))
     kb(m).rope_apply(act(m, a.hidden), stat(m, m.temps.rope_cos), stat(m, m.temps.rope_sin), B, T,
                      Cl, Hl, KVl, false);
@@ -77,6 +138,8 @@ void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerA
                             act(m, m.temps.attention_scratch));
   kb(m).matmul_forward(h, act(m, a.hidden2), weight(m, o.attn_proj_w),
                        row_parallel_bias(m, o.attn_proj_b), N, Cl, C);
+  if (o.attn_proj_lora.present())
+    lora_forward(m, o.attn_proj_lora, true, act(m, a.hidden2), a.lora_proj, h, N, Cl, C);
 }
 
 // h (B, T, C) = MLP(norm2(input)): this rank's part of it.
@@ -86,12 +149,17 @@ void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a
   norm_forward(m, o.norm2_w, o.norm2_b, a, N);
   kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.fc_w), bias(m, o.fc_b), N, C,
                        mlp_columns(m));
+  if (o.fc_lora.present())
+    lora_forward(m, o.fc_lora, false, act(m, a.normed), a.lora_in, act(m, a.hidden), N, C,
+                 mlp_columns(m));
   if (is_swiglu(m))
     kb(m).swiglu_forward(act(m, a.hidden2), act(m, a.hidden), N, Fl);
   else
     kb(m).gelu_forward(act(m, a.hidden2), act(m, a.hidden), static_cast<size_t>(N) * Fl);
   kb(m).matmul_forward(h, act(m, a.hidden2), weight(m, o.mlp_proj_w),
                        row_parallel_bias(m, o.mlp_proj_b), N, Fl, C);
+  if (o.mlp_proj_lora.present())
+    lora_forward(m, o.mlp_proj_lora, true, act(m, a.hidden2), a.lora_proj, h, N, Fl, C);
 }
 
 namespace {
@@ -111,6 +179,8 @@ void attention_sublayer_backward(Model& m, const LayerOffsets& o, const Sublayer
   if (defer) kb(m).copy(act(m, a.d_out), dh, static_cast<size_t>(N) * C);
   kb(m).matmul_backward(d_attn, now(m, o.attn_proj_w, defer), now(m, o.attn_proj_b, defer), dh,
                         act(m, a.hidden2), weight(m, o.attn_proj_w), N, Cl, C);
+  if (o.attn_proj_lora.present())
+    lora_backward(m, o.attn_proj_lora, true, act(m, a.hidden2), a.lora_proj, dh, d_attn, N, Cl, C);
   if (m.par.sp.comm)
     ring_attention_backward(m.par.ring, kb(m), ring_workspace(m, B, T), d_qkv, d_attn,
                             act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B, T, Cl, Hl, KVl);
@@ -122,6 +192,9 @@ void attention_sublayer_backward(Model& m, const LayerOffsets& o, const Sublayer
                      true);
   kb(m).matmul_backward(d_normed, now(m, o.qkv_w, defer), now(m, o.qkv_b, defer), d_qkv,
                         act(m, a.normed), weight(m, o.qkv_w), N, C, qkv_columns(m));
+  if (o.qkv_lora.present())
+    lora_backward(m, o.qkv_lora, false, act(m, a.normed), a.lora_in, d_qkv, d_normed, N, C,
+                  qkv_columns(m));
 }
 
 void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
@@ -135,12 +208,17 @@ void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& 
   if (defer) kb(m).copy(act(m, a.d_out), dh, static_cast<size_t>(N) * C);
   kb(m).matmul_backward(d_act, now(m, o.mlp_proj_w, defer), now(m, o.mlp_proj_b, defer), dh,
                         act(m, a.hidden2), weight(m, o.mlp_proj_w), N, Fl, C);
+  if (o.mlp_proj_lora.present())
+    lora_backward(m, o.mlp_proj_lora, true, act(m, a.hidden2), a.lora_proj, dh, d_act, N, Fl, C);
   if (is_swiglu(m))
     kb(m).swiglu_backward(d_hidden, act(m, a.hidden), d_act, N, Fl);
   else
     kb(m).gelu_backward(d_hidden, act(m, a.hidden), d_hidden, static_cast<size_t>(N) * Fl);
   kb(m).matmul_backward(d_normed, now(m, o.fc_w, defer), now(m, o.fc_b, defer), d_hidden,
                         act(m, a.normed), weight(m, o.fc_w), N, C, mlp_columns(m));
+  if (o.fc_lora.present())
+    lora_backward(m, o.fc_lora, false, act(m, a.normed), a.lora_in, d_hidden, d_normed, N, C,
+                  mlp_columns(m));
 }
 
 // The same matrices' gradients, in the same order, as the backward without defer_weights adds.
@@ -173,7 +251,6 @@ bool starts_loop_iteration(const Model& m, int position) {
 int injection_sublayer(const Model& m) {
   return m.spec.config.input_injection() ? 2 * m.spec.loop_begin + m.spec.delay - 1 : -1;
 }
-
 
 bool boundary_carries_injected(const Model& m, int sublayer) {
   const int injection = injection_sublayer(m);

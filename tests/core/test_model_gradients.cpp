@@ -101,6 +101,27 @@ TEST(ModelGradients, RmsNormRotary) {
   check_gradients(tiny_model({"model.norm=RMSNORM", "model.position=ROTARY"}));
 }
 
+// Llama-style blocks: SwiGLU, grouped-query attention (one key/value head for two query heads),
+// no linear biases.
+TEST(ModelGradients, LlamaBlocks) {
+  check_gradients(
+      tiny_model({"model.norm=RMSNORM", "model.position=ROTARY", "model.mlp=SWIGLU",
+                  "model.n_kv_heads=1", "model.bias=false", "model.tie_embeddings=false"}));
+}
+
+// Relaxed recursion: every iteration's LoRA factors (their B perturbed away from zero above, so
+// A's gradient is not trivially zero), on Llama blocks and on GPT-2 blocks with the ladder.
+TEST(ModelGradients, RelaxedRecursionLlamaBlocks) {
+  check_gradients(tiny_model({"model.norm=RMSNORM", "model.position=ROTARY", "model.mlp=SWIGLU",
+                              "model.n_kv_heads=1", "model.bias=false", "model.loops=3",
+                              "model.loop_lora_rank=2"}));
+}
+
+TEST(ModelGradients, RelaxedRecursionLadderWithInputInjection) {
+  check_gradients(tiny_model({"model.residual=LADDER", "model.input_injection=true",
+                              "model.loop_lora_rank=3", "model.block_layers=2"}));
+}
+
 // The same checks through the emulated device (kernels/emulated/backend.h): asynchronous
 // kernels over memory the host reaches only by upload and download.
 TEST(ModelGradients, EmulatedDeviceLadderLayerNorm) {
@@ -111,6 +132,12 @@ TEST(ModelGradients, EmulatedDeviceLadderLayerNorm) {
 
 TEST(ModelGradients, EmulatedDeviceRmsNormRotary) {
   check_gradients(tiny_model({"model.norm=RMSNORM", "model.position=ROTARY"}),
+                  kernels::emulated::make_emulated_backend());
+}
+
+TEST(ModelGradients, EmulatedDeviceRelaxedLlamaBlocks) {
+  check_gradients(tiny_model({"model.norm=RMSNORM", "model.position=ROTARY", "model.mlp=SWIGLU",
+                              "model.n_kv_heads=1", "model.bias=false", "model.loop_lora_rank=2"}),
                   kernels::emulated::make_emulated_backend());
 }
 

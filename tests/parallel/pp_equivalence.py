@@ -31,6 +31,11 @@ MODELS = {
     # 1 + 3 × 3 = 10 layers; e is taken in position 1's MLP (ladder: sub-layer 3).
     "looped-ladder": f"model {{ {SHAPE} prelude_layers: 1 block_layers: 3 loops: 3 coda_layers: 0 "
                      "input_injection: true residual: LADDER norm: RMSNORM position: ROTARY }",
+    # Relaxed recursion on Llama-style blocks: 1 + 2 × 3 + 1 = 8 layers, each stage holding the
+    # LoRA factors of the iterations it runs only.
+    "relaxed": f"model {{ {SHAPE} n_kv_heads: 2 prelude_layers: 1 block_layers: 2 loops: 3 "
+               "coda_layers: 1 loop_lora_rank: 4 norm: RMSNORM position: ROTARY mlp: SWIGLU "
+               "bias: false tie_embeddings: false }",
 }
 # pipeline_layout per model and pp (pieces of unrolled layers), where a cut is wanted exactly.
 LAYOUTS = {("looped-ladder", 2): "2,8", ("looped", 2): "4,6"}
@@ -112,7 +117,27 @@ def three_data_parallel_ranks():
             failures.append(f"{name}: resumed run's final {file} differs")
 
 
+def relaxed_cases(model_name, config, reference):
+    """Per-iteration LoRA under 1F1B (pp 2), interleaved (pp 4 × 2 chunks) and pp × tp × dp;
+    a pp 2 checkpoint resumed on one process."""
+    for tag, ranks, overrides in (
+            ("pp2", 2, ["parallel.pp=2"]),
+            ("pp4-v2", 4, ["parallel.pp=4", "parallel.pipeline_schedule=INTERLEAVED_1F1B",
+                           "parallel.virtual_stages=2"]),
+            ("pp2-tp2-dp2", 8, ["parallel.pp=2", "parallel.tp=2", "parallel.dp=2"])):
+        name = f"{model_name} {' '.join(overrides)}"
+        if train(config, f"{model_name}-{tag}", name, ranks, overrides):
+            compare(name, reference, metrics(f"{model_name}-{tag}"))
+            compare_checkpoints(name, f"ref-{model_name}", f"{model_name}-{tag}")
+    if os.path.isdir(os.path.join(f"{model_name}-pp2", "checkpoints")):
+        resume_case(LOOM, config, f"{model_name}-pp2", f"{model_name} pp=2 resumed from step 3 "
+                    "at pp=1", 1, [], reference)
+
+
 def cases(model_name, config, reference):
+    if model_name == "relaxed":
+        relaxed_cases(model_name, config, reference)
+        return
     schedule_cases(model_name, config, reference)
     if model_name != "plain":
         combined_cases(model_name, config, reference)

@@ -30,7 +30,8 @@ MODELS = {
     # Llama-style blocks: the ring carries only the 2 key/value heads of the 4 query heads (one
     # per rank at tp = 2); SwiGLU, no linear biases.
     "llama": f"model {{ {SHAPE} n_kv_heads: 2 prelude_layers: 1 block_layers: 1 loops: 2 "
-             "coda_layers: 1 norm: RMSNORM position: ROTARY mlp: SWIGLU bias: false }",
+             "coda_layers: 1 norm: RMSNORM position: ROTARY mlp: SWIGLU bias: false "
+             "loop_lora_rank: 2 }",
 }
 COMMON = training_config(global_batch=8, eval_batches=2)  # 4 micro-batches of 2 at dp = 1
 

@@ -28,10 +28,14 @@ MODELS = {
     "looped-ladder": f"model {{ {SHAPE} prelude_layers: 1 block_layers: 2 loops: 2 coda_layers: 1 "
                      "input_injection: true residual: LADDER tie_embeddings: false }",
     # Llama-style blocks: 8 query heads over 4 key/value heads (one per rank at tp = 4), SwiGLU,
-    # no linear biases.
+    # no linear biases; relaxed recursion (per-iteration LoRA of rank 4).
     "llama": "model { vocab_size: 257 d_model: 32 n_heads: 8 n_kv_heads: 4 d_mlp: 48 "
              "max_seq_len: 32 prelude_layers: 1 block_layers: 1 loops: 3 coda_layers: 1 "
-             "norm: RMSNORM position: ROTARY mlp: SWIGLU bias: false tie_embeddings: false }",
+             "norm: RMSNORM position: ROTARY mlp: SWIGLU bias: false tie_embeddings: false "
+             "loop_lora_rank: 4 }",
+    # Relaxed recursion on GPT-2 blocks: biases (the row-parallel ones added once), ladder.
+    "relaxed-ladder": f"model {{ {SHAPE} prelude_layers: 1 block_layers: 2 loops: 2 "
+                      "coda_layers: 1 residual: LADDER loop_lora_rank: 3 }",
 }
 COMMON = training_config(global_batch=8, eval_batches=2)
 

@@ -33,7 +33,7 @@ MODEL_KEYS = (
     "coda_layers", "input_injection", "residual",
 )
 # Keys a model dict may leave out (dicts written before they existed), with their defaults.
-OPTIONAL_KEYS = {"mlp": "GELU", "n_kv_heads": 0, "bias": True}
+OPTIONAL_KEYS = {"mlp": "GELU", "n_kv_heads": 0, "bias": True, "loop_lora_rank": 0}
 _CHOICES = {
     "norm": ("LAYERNORM", "RMSNORM"),
     "position": ("LEARNED", "ROTARY"),
@@ -187,24 +187,51 @@ def kv_heads(model):
     return model["n_kv_heads"] or model["n_heads"]
 
 
+class LoraFactors(nn.Module):
+    """One loop iteration's low-rank delta of a linear layer: A (r, in), B (out, r)."""
+
+    def __init__(self, rank, fan_in, fan_out, dtype):
+        super().__init__()
+        self.A = nn.Parameter(torch.zeros(rank, fan_in, dtype=dtype))
+        self.B = nn.Parameter(torch.zeros(fan_out, rank, dtype=dtype))
+
+
+class LoopLinear(nn.Linear):
+    """nn.Linear with relaxed recursion's per-iteration deltas: y = W x + b + B_l A_l x at loop
+    iteration l (`loops` of them when `rank` > 0, and only for layers of the shared block)."""
+
+    def __init__(self, fan_in, fan_out, bias, dtype, rank=0, loops=0):
+        super().__init__(fan_in, fan_out, bias=bias, dtype=dtype)
+        self.lora = nn.ModuleList(LoraFactors(rank, fan_in, fan_out, dtype)
+                                  for _ in range(loops if rank > 0 else 0))
+
+    def forward(self, x, iteration=None):
+        y = super().forward(x)
+        if iteration is not None and len(self.lora) > 0:
+            f = self.lora[iteration]
+            y = y + (x @ f.A.t()) @ f.B.t()
+        return y
+
+
 class Attention(nn.Module):
     """Causal attention; with n_kv_heads < n_heads grouped-query: qkv's rows are q (C), k and v
     (n_kv_heads · hd each), and query head h reads key/value head h // (n_heads / n_kv_heads)."""
 
-    def __init__(self, model, dtype):
+    def __init__(self, model, dtype, looped=False):
         super().__init__()
         channels = model["d_model"]
         self.n_heads = model["n_heads"]
         self.n_kv_heads = kv_heads(model)
         kv_width = self.n_kv_heads * (channels // self.n_heads)
-        self.qkv = nn.Linear(channels, channels + 2 * kv_width, bias=model["bias"], dtype=dtype)
-        self.proj = nn.Linear(channels, channels, bias=model["bias"], dtype=dtype)
+        lora = lora_shape(model, looped)
+        self.qkv = LoopLinear(channels, channels + 2 * kv_width, model["bias"], dtype, *lora)
+        self.proj = LoopLinear(channels, channels, model["bias"], dtype, *lora)
 
-    def forward(self, a, rotary):  # a (B, T, C); rotary None or (cos, sin) each (T, hd/2)
+    def forward(self, a, rotary, iteration=None):  # a (B, T, C); rotary None or (cos, sin)
         B, T, C = a.shape
         head_dim = C // self.n_heads
         kv_width = self.n_kv_heads * head_dim
-        q, k, v = self.qkv(a).split([C, kv_width, kv_width], dim=-1)
+        q, k, v = self.qkv(a, iteration).split([C, kv_width, kv_width], dim=-1)
         q = q.view(B, T, self.n_heads, head_dim).transpose(1, 2)
         k, v = (t.view(B, T, self.n_kv_heads, head_dim).transpose(1, 2) for t in (k, v))
         group = self.n_heads // self.n_kv_heads
@@ -216,43 +243,49 @@ class Attention(nn.Module):
         causal = torch.ones(T, T, dtype=torch.bool).tril()
         scores = scores.masked_fill(~causal, float("-inf"))
         y = F.softmax(scores, dim=-1) @ v  # (B, H, T, hd)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.proj(y.transpose(1, 2).reshape(B, T, C), iteration)
 
 
 class Mlp(nn.Module):
     """GELU: proj(gelu(fc(x))). SWIGLU: fc's rows are gate then up, proj(silu(gate) * up)."""
 
-    def __init__(self, model, dtype):
+    def __init__(self, model, dtype, looped=False):
         super().__init__()
         self.swiglu = model["mlp"] == "SWIGLU"
         hidden = model["d_mlp"]
-        self.fc = nn.Linear(model["d_model"], 2 * hidden if self.swiglu else hidden,
-                            bias=model["bias"], dtype=dtype)
+        lora = lora_shape(model, looped)
+        self.fc = LoopLinear(model["d_model"], 2 * hidden if self.swiglu else hidden,
+                             model["bias"], dtype, *lora)
         self.gelu = nn.GELU(approximate="tanh")
-        self.proj = nn.Linear(hidden, model["d_model"], bias=model["bias"], dtype=dtype)
+        self.proj = LoopLinear(hidden, model["d_model"], model["bias"], dtype, *lora)
 
-    def forward(self, m):  # (B, T, C) -> (B, T, C)
+    def forward(self, m, iteration=None):  # (B, T, C) -> (B, T, C)
         if self.swiglu:
-            gate, up = self.fc(m).chunk(2, dim=-1)
-            return self.proj(F.silu(gate) * up)
-        return self.proj(self.gelu(self.fc(m)))
+            gate, up = self.fc(m, iteration).chunk(2, dim=-1)
+            return self.proj(F.silu(gate) * up, iteration)
+        return self.proj(self.gelu(self.fc(m, iteration)), iteration)
+
+
+def lora_shape(model, looped):
+    """(rank, loops) of the per-iteration deltas of a layer: none outside the shared block."""
+    return (model["loop_lora_rank"], model["loops"]) if looped else (0, 0)
 
 
 class Layer(nn.Module):
     """One transformer layer as two residual branches; LoomModel decides when they are added."""
 
-    def __init__(self, model, dtype):
+    def __init__(self, model, dtype, looped=False):
         super().__init__()
         self.norm1 = make_norm(model, dtype)
-        self.attn = Attention(model, dtype)
+        self.attn = Attention(model, dtype, looped)
         self.norm2 = make_norm(model, dtype)
-        self.mlp = Mlp(model, dtype)
+        self.mlp = Mlp(model, dtype, looped)
 
-    def attention_branch(self, x, rotary):
-        return self.attn(self.norm1(x), rotary)
+    def attention_branch(self, x, rotary, iteration=None):
+        return self.attn(self.norm1(x), rotary, iteration)
 
-    def mlp_branch(self, x):
-        return self.mlp(self.norm2(x))
+    def mlp_branch(self, x, iteration=None):
+        return self.mlp(self.norm2(x), iteration)
 
 
 class LoomModel(nn.Module):
@@ -265,7 +298,8 @@ class LoomModel(nn.Module):
         if model["position"] == "LEARNED":
             self.wpe = nn.Parameter(torch.zeros(model["max_seq_len"], C, dtype=dtype))
         self.prelude = nn.ModuleList(Layer(model, dtype) for _ in range(model["prelude_layers"]))
-        self.block = nn.ModuleList(Layer(model, dtype) for _ in range(model["block_layers"]))
+        self.block = nn.ModuleList(Layer(model, dtype, looped=True)
+                                   for _ in range(model["block_layers"]))
         self.coda = nn.ModuleList(Layer(model, dtype) for _ in range(model["coda_layers"]))
         self.norm_f = make_norm(model, dtype)
         if not model["tie_embeddings"]:
@@ -311,7 +345,8 @@ class LoomModel(nn.Module):
                     injected = stream + sum(pending)  # the prelude's output, fixed from here on
                 else:
                     stream = stream + injected
-            for branch in (lambda x: layer.attention_branch(x, rotary), layer.mlp_branch):
+            for branch in (lambda x: layer.attention_branch(x, rotary, iteration),
+                           lambda x: layer.mlp_branch(x, iteration)):
                 if len(pending) == delay:
                     stream = stream + pending.pop(0)
                 pending.append(branch(stream))
