@@ -183,7 +183,14 @@ struct HfPlace {
   std::string name;
   std::vector<int64_t> shape;
   size_t offset = 0;
+  // A weight matrix's rows: its unrolled position, which of the layer's four linear layers
+  // (Linear), and its first row there (−1: not a weight matrix of a layer).
+  int position = -1, linear = -1;
+  int64_t row = 0;
+  const float* data = nullptr;  // export: where its values are
 };
+
+enum Linear { kQkv, kAttnProj, kFc, kMlpProj };
 
 // Every Hugging Face tensor of `model` (whole: tp = pp = 1), layer i being unrolled position i.
 std::vector<HfPlace> hf_places(const Model& model) {
@@ -195,15 +202,16 @@ std::vector<HfPlace> hf_places(const Model& model) {
     const LayerOffsets& o = model.layout.layers[model.spec.unrolled[i]];
     const std::string at = "model.layers." + std::to_string(i) + ".";
     const std::string attn = at + "self_attn.", mlp = at + "mlp.";
+    const int p = static_cast<int>(i);
     places.push_back({at + "input_layernorm.weight", {C}, o.norm1_w});
-    places.push_back({attn + "q_proj.weight", {C, C}, o.qkv_w});
-    places.push_back({attn + "k_proj.weight", {Ckv, C}, o.qkv_w + C * C});
-    places.push_back({attn + "v_proj.weight", {Ckv, C}, o.qkv_w + (C + Ckv) * C});
-    places.push_back({attn + "o_proj.weight", {C, C}, o.attn_proj_w});
+    places.push_back({attn + "q_proj.weight", {C, C}, o.qkv_w, p, kQkv, 0});
+    places.push_back({attn + "k_proj.weight", {Ckv, C}, o.qkv_w + C * C, p, kQkv, C});
+    places.push_back({attn + "v_proj.weight", {Ckv, C}, o.qkv_w + (C + Ckv) * C, p, kQkv, C + Ckv});
+    places.push_back({attn + "o_proj.weight", {C, C}, o.attn_proj_w, p, kAttnProj, 0});
     places.push_back({at + "post_attention_layernorm.weight", {C}, o.norm2_w});
-    places.push_back({mlp + "gate_proj.weight", {F, C}, o.fc_w});
-    places.push_back({mlp + "up_proj.weight", {F, C}, o.fc_w + F * C});
-    places.push_back({mlp + "down_proj.weight", {C, F}, o.mlp_proj_w});
+    places.push_back({mlp + "gate_proj.weight", {F, C}, o.fc_w, p, kFc, 0});
+    places.push_back({mlp + "up_proj.weight", {F, C}, o.fc_w + F * C, p, kFc, F});
+    places.push_back({mlp + "down_proj.weight", {C, F}, o.mlp_proj_w, p, kMlpProj, 0});
     if (!bias) continue;
     places.push_back({attn + "q_proj.bias", {C}, o.qkv_b});
     places.push_back({attn + "k_proj.bias", {Ckv}, o.qkv_b + C});
@@ -290,6 +298,41 @@ std::vector<float> hf_llama_params(const Model& model, const HfLlamaModel& hf) {
 
 namespace {
 
+// Relaxed recursion in a Llama checkpoint: each unrolled loop position's matrices become
+// W + B_ℓ·A_ℓ of its iteration ℓ, computed (in double) into `merged`, which the places' data
+// then point into.
+void merge_lora(const Model& model, const float* params, std::vector<HfPlace>& places,
+                std::map<std::pair<int, int>, std::vector<float>>& merged) {
+  const int K = model.spec.config.block_layers(), r = model.spec.config.loop_lora_rank();
+  for (HfPlace& place : places) {
+    const int in_loop = place.position - model.spec.loop_begin;
+    if (place.linear < 0 || in_loop < 0 || in_loop >= K * model.spec.loops) continue;
+    const LayerOffsets& lora = model.layout.lora[in_loop / K][in_loop % K];
+    const LoraFactors f = place.linear == kQkv        ? lora.qkv_lora
+                          : place.linear == kAttnProj ? lora.attn_proj_lora
+                          : place.linear == kFc       ? lora.fc_lora
+                                                      : lora.mlp_proj_lora;
+    const int64_t in = place.shape[1];
+    const size_t base = place.offset - static_cast<size_t>(place.row * in);  // the matrix's start
+    std::vector<float>& w = merged[{place.position, place.linear}];
+    if (w.empty()) {
+      const int64_t C = model.spec.C, F = model.spec.F;
+      const int64_t out = place.linear == kQkv  ? C + 2 * model.spec.Hkv * (C / model.spec.H)
+                          : place.linear == kFc ? 2 * F  // Llama's MLP is SwiGLU
+                                                : C;
+      w.assign(params + base, params + base + out * in);
+      for (int64_t o = 0; o < out; ++o)
+        for (int64_t c = 0; c < in; ++c) {
+          double sum = 0;
+          for (int k = 0; k < r; ++k)
+            sum += static_cast<double>(params[f.b + o * r + k]) * params[f.a + k * in + c];
+          w[o * in + c] = static_cast<float>(w[o * in + c] + sum);
+        }
+    }
+    place.data = w.data() + place.row * in;
+  }
+}
+
 // Why a Llama checkpoint cannot express `m` ("" when it can).
 std::string not_llama(const config::ModelConfig& m) {
   using M = config::ModelConfig;
@@ -339,8 +382,12 @@ void hf_llama_write(const std::string& dir, const Model& model, const float* par
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw Error("cannot create " + dir + ": " + ec.message());
+  std::vector<HfPlace> places = hf_places(model);
+  for (HfPlace& p : places) p.data = params + p.offset;
+  std::map<std::pair<int, int>, std::vector<float>> merged;
+  if (!model.layout.lora.empty()) merge_lora(model, params, places, merged);
   std::vector<NamedTensor> tensors;
-  for (const HfPlace& p : hf_places(model)) tensors.push_back({p.name, p.shape, params + p.offset});
+  for (const HfPlace& p : places) tensors.push_back({p.name, p.shape, p.data});
   safetensors_write((fs::path(dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
   const std::string text = config_json(model);
   const fs::path config = fs::path(dir) / "config.json";

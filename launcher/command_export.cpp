@@ -24,7 +24,8 @@ and renamed onto it once complete.
 
 With --hf, writes a Hugging Face Llama checkpoint into the new folder DIR instead: config.json
 and model.safetensors (F32, Hugging Face names). A looped model is unrolled: each loop
-iteration's layers become layers of their own (model.loops iterations). Only Llama-style
+iteration's layers become layers of their own (model.loops iterations; with relaxed recursion
+each iteration's matrices are W + B·A). Only Llama-style
 models can be written (mlp SWIGLU, RMSNORM, ROTARY, the standard residual, no input injection).
 
   --force   replace FILE if it exists (only a regular file, never inside a checkpoint)
