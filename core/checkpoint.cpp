@@ -553,6 +553,22 @@ std::string checkpoint_claim_directory(const std::string& checkpoints_dir,
   return token;
 }
 
+std::string checkpoint_start_run(const std::string& run_dir, const config::RunConfig& cfg,
+                                 const Model& model) {
+  std::error_code ec;
+  if (fs::exists(run_dir, ec) && !fs::is_empty(run_dir, ec))
+    throw Error(run_dir + " exists and is not empty; name a new folder");
+  fs::create_directories(run_dir, ec);
+  if (ec) throw Error("cannot create " + run_dir + ": " + ec.message());
+  const std::string text = config_to_text(cfg);
+  write_file((fs::path(run_dir) / "config.textproto").string(), text.data(), text.size());
+  CheckpointState state;
+  state.config = cfg;
+  const Optimizer optimizer = optimizer_create(model);  // zero moments: a start, not a resume
+  return checkpoint_save((fs::path(run_dir) / cfg.checkpoint().directory()).string(), state, model,
+                         optimizer, 0);
+}
+
 std::vector<std::string> checkpoint_list(const std::string& checkpoints_dir) {
   std::vector<std::string> out;
   for (const fs::path& folder : step_folders(checkpoints_dir)) out.push_back(folder.string());

@@ -55,6 +55,13 @@ std::string checkpoint_save(const std::string& checkpoints_dir, const Checkpoint
                             const Model& model, const Optimizer& optimizer, int keep_last,
                             const std::string& run_token = "");
 
+// A new run directory (absent or empty, else loom::Error) holding config.textproto (cfg) and
+// one checkpoint of model's weights at step 0 with zero Adam moments: a start for loom train
+// --init-from, loom sample and loom eval (what loom import and loom convert write). Returns the
+// checkpoint's folder.
+std::string checkpoint_start_run(const std::string& run_dir, const config::RunConfig& cfg,
+                                 const Model& model);
+
 // Writes checkpoints one at a time, on every rank of `world` together, either at once or
 // (checkpoint.async) on a thread of each rank's own while training goes on. Every call is
 // collective: every rank calls it at the same step. A write first finishes the previous one.

@@ -356,19 +356,23 @@ void data_info_copy(const config::DataInfo& info, const std::string& from_dir,
                 " into the run directory " + to_dir + ": " + ec.message());
 }
 
-std::optional<Tokenizer> tokenizer_of_checkpoint(const std::string& checkpoint,
-                                                 int model_vocab_size) {
+std::string data_info_dir_of_checkpoint(const std::string& checkpoint) {
   fs::path dir = fs::absolute(checkpoint).lexically_normal();
   if (!dir.has_filename()) dir = dir.parent_path();  // a trailing '/'
-  std::optional<config::DataInfo> info;
-  for (int up = 0; up < 4 && dir.has_relative_path() && !info; ++up) {
+  for (int up = 0; up < 4 && dir.has_relative_path(); ++up) {
     std::error_code ec;
-    if (fs::exists(dir / kDataInfoFile, ec))
-      info = data_info_read((dir / kDataInfoFile).string());
-    else
-      dir = dir.parent_path();
+    if (fs::exists(dir / kDataInfoFile, ec)) return dir.string();
+    dir = dir.parent_path();
   }
-  return tokenizer_for_run(info, dir.string(), model_vocab_size);
+  return "";
+}
+
+std::optional<Tokenizer> tokenizer_of_checkpoint(const std::string& checkpoint,
+                                                 int model_vocab_size) {
+  const std::string dir = data_info_dir_of_checkpoint(checkpoint);
+  std::optional<config::DataInfo> info;
+  if (!dir.empty()) info = data_info_read((fs::path(dir) / kDataInfoFile).string());
+  return tokenizer_for_run(info, dir, model_vocab_size);
 }
 
 double bits_per_byte(double loss, int64_t tokens, int64_t bytes) {

@@ -97,6 +97,8 @@ void data_info_copy(const config::DataInfo& info, const std::string& from_dir,
 // tokenizer_for_run's fallback (bytes for a model of the byte vocabulary); none otherwise.
 std::optional<Tokenizer> tokenizer_of_checkpoint(const std::string& checkpoint,
                                                  int model_vocab_size);
+// The folder holding that data.textproto ("" when there is none).
+std::string data_info_dir_of_checkpoint(const std::string& checkpoint);
 
 // Bits per byte of a mean loss (nats per token) over a split with `tokens` tokens holding
 // `bytes` bytes of text: loss · tokens / (bytes · ln 2).

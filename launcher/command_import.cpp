@@ -90,15 +90,7 @@ int command_import(int argc, char** argv) {
   const config::RunConfig cfg = imported_config(hf.model);
   Model model = model_create(cfg.model());
   model.buf.params.upload(hf_llama_params(model, hf));
-  model_refresh_weights(model);
-  const Optimizer optimizer = optimizer_create(model);  // zero moments: a start, not a resume
-  fs::create_directories(run_dir);
-  const std::string text = config_to_text(cfg);
-  write_file((run_dir / "config.textproto").string(), text.data(), text.size());
-  CheckpointState state;
-  state.config = cfg;
-  const std::string folder = checkpoint_save((run_dir / cfg.checkpoint().directory()).string(),
-                                             state, model, optimizer, 0);
+  const std::string folder = checkpoint_start_run(run_dir.string(), cfg, model);
   const bool tokenizer =
       import_tokenizer(hf_dir, run_dir, cfg.model().vocab_size(), hf.end_of_text);
   std::cout << "imported " << model.layout.tensors.size() << " tensors (" << model.layout.num_params

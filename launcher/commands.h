@@ -10,6 +10,7 @@ int command_sample(int argc, char** argv);
 int command_eval(int argc, char** argv);
 int command_export(int argc, char** argv);
 int command_import(int argc, char** argv);
+int command_convert(int argc, char** argv);
 int command_bench(int argc, char** argv);
 int command_bench_comm(int argc, char** argv);  // argv: the arguments after "comm"
 int command_bench_ring(int argc, char** argv);  // argv: the arguments after "ring"

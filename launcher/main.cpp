@@ -40,6 +40,9 @@ commands:
                         against depth, printed and drawn as SVG
   export CHECKPOINT|RUN_DIR --safetensors FILE | --hf DIR
                         write the weights as safetensors, or as a Hugging Face Llama checkpoint
+  convert CHECKPOINT|RUN_DIR --to-looped --prelude P --block-layers K --loops R --coda C
+        [--init stepwise|average|lower] [--lora-rank r] --output DIR
+                        an unshared model as a looped one (relaxed recursion with --lora-rank)
   import HF_DIR --output RUN_DIR
                         a Hugging Face Llama checkpoint as a loom checkpoint (for loom train
                         --init-from, loom sample, loom eval)
@@ -57,8 +60,8 @@ and docs/.
 
 // The commands, for "did you mean" and `loom help`.
 const std::vector<std::string> kCommands = {"train", "plan",   "prepare", "sample",
-                                            "eval",  "export", "import",  "bench",
-                                            "trace", "doctor", "help"};
+                                            "eval",  "export", "import",  "convert",
+                                            "bench", "trace",  "doctor",  "help"};
 
 // `loom --version`: what a bug report needs to say which loom it was.
 void print_version() {
@@ -129,6 +132,7 @@ int main(int argc, char** argv) {
     if (command == "eval") return loom::command_eval(argc - 2, argv + 2);
     if (command == "export") return loom::command_export(argc - 2, argv + 2);
     if (command == "import") return loom::command_import(argc - 2, argv + 2);
+    if (command == "convert") return loom::command_convert(argc - 2, argv + 2);
     if (command == "bench") return loom::command_bench(argc - 2, argv + 2);
     if (command == "trace") return loom::command_trace(argc - 2, argv + 2);
     if (command == "doctor") return loom::command_doctor(argc - 2, argv + 2);

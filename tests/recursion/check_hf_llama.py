@@ -20,9 +20,7 @@ Usage: check_hf_llama.py LOOM
 import json
 import math
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -32,6 +30,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "torch_ref"))
 import loom_torch  # noqa: E402
+from recursion_common import check, finish, relative, run_loom, write_shard  # noqa: E402
+import recursion_common  # noqa: E402
 
 LOOM = sys.argv[1]
 CONFIG = {
@@ -44,20 +44,22 @@ CONFIG = {
     "transformers_version": "4.46.0",
 }
 T, BATCH = 64, 16  # the imported run's train.seq_len and global_batch: one validation batch
-failures = []
 
 
-def check(ok, what):
-    print(("ok:   " if ok else "FAIL: ") + what)
-    if not ok:
-        failures.append(what)
+
+
 
 
 def loom(*args, expect_ok=True):
-    done = subprocess.run([LOOM, *args], capture_output=True, text=True, timeout=600)
-    if expect_ok and done.returncode != 0:
-        raise SystemExit(f"loom {' '.join(args)} failed ({done.returncode}):\n{done.stderr}")
-    return done
+    return run_loom(LOOM, *args, expect_ok=expect_ok)
+
+
+def eval_loss_at(run_dir, shard, loops):
+    return recursion_common.eval_loss(LOOM, run_dir, shard, loops)
+
+
+def eval_loss(run_dir, shard):
+    return eval_loss_at(run_dir, shard, 1)
 
 
 def random_llama(seed):
@@ -162,11 +164,6 @@ def save_half(path, arrays):
         f.write(len(encoded).to_bytes(8, "little") + encoded + b"".join(chunks))
 
 
-def write_shard(path, tokens):
-    header = np.zeros(256, dtype="<i4")
-    header[:3] = [20240520, 1, len(tokens)]
-    with open(path, "wb") as f:
-        f.write(header.tobytes() + np.asarray(tokens, dtype="<u2").tobytes())
 
 
 def mean_loss(logits, tokens):
@@ -176,12 +173,8 @@ def mean_loss(logits, tokens):
     return F.cross_entropy(logits(x).reshape(-1, CONFIG["vocab_size"]), y.reshape(-1)).item()
 
 
-def eval_loss(run_dir, shard):
-    return eval_loss_at(run_dir, shard, 1)
 
 
-def relative(a, b):
-    return abs(a - b) / abs(b)
 
 
 def check_refusals(work, w):
@@ -264,9 +257,7 @@ def main():
         check_refusals(work, w)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for f in failures:
-        print("FAIL:", f)
-    return 1 if failures else 0
+    return finish()
 
 
 def check_init_from(work, run, shard, loss):
@@ -323,12 +314,6 @@ def check_looped_export(work, shard):
           f"export --hf refuses a GELU model: {done.stderr.strip()[:120]}")
 
 
-def eval_loss_at(run_dir, shard, loops):
-    out = loom("eval", run_dir, "--data", shard, "--loops", str(loops), "--batches", "1").stdout
-    rows = [line.split() for line in out.splitlines() if re.match(rf"\s*{loops}\s+\d", line)]
-    if not rows:
-        raise SystemExit(f"no loss row for {loops} loops in loom eval's output:\n{out}")
-    return float(rows[0][1])
 
 
 if __name__ == "__main__":
