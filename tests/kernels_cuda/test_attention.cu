@@ -1,7 +1,7 @@
 // CUDA attention_forward/backward against the CPU kernel on the same inputs (rounded to bf16 for
 // the bf16 path): T = 1 and T not a multiple of the tiles, H = 3, head dims 10 (padded to 16), 16,
-// 32, 40 (padded to 64), 64 and 128; outputs poisoned with NaN first; bitwise determinism of
-// repeated calls; the head-dim limit.
+// 32, 40 (padded to 64), 64 and 128; grouped-query attention (kv_heads < H); outputs poisoned
+// with NaN first; bitwise determinism of repeated calls; the head-dim limit.
 #include <cuda_bf16.h>
 #include <gtest/gtest.h>
 
@@ -20,25 +20,33 @@ namespace {
 
 struct Shape {
   int B, T, C, H;
+  int KV = 0;  // key/value heads (grouped-query attention); 0: H
 };
+
+int kv(const Shape& s) { return s.KV > 0 ? s.KV : s.H; }
 
 std::string describe(const Shape& s) {
   return "B=" + std::to_string(s.B) + " T=" + std::to_string(s.T) + " C=" + std::to_string(s.C) +
-         " H=" + std::to_string(s.H) + " hd=" + std::to_string(s.C / s.H);
+         " H=" + std::to_string(s.H) + " kv_heads=" + std::to_string(kv(s)) +
+         " hd=" + std::to_string(s.C / s.H);
 }
 
 const std::vector<Shape> kShapes = {
-    {1, 1, 16, 1},    // one token, hd 16
-    {2, 65, 48, 3},   // H = 3, T one past a multiple of the tiles, hd 16
-    {1, 20, 30, 3},   // hd 10: padded head dims
-    {2, 17, 96, 3},   // hd 32
-    {1, 47, 120, 3},  // hd 40
-    {1, 33, 128, 2},  // hd 64
-    {2, 65, 256, 2},  // hd 128
-    {1, 130, 128, 1}  // hd 128, several key tiles per query block and query tiles per key block
+    {1, 1, 16, 1},      // one token, hd 16
+    {2, 65, 48, 3},     // H = 3, T one past a multiple of the tiles, hd 16
+    {1, 20, 30, 3},     // hd 10: padded head dims
+    {2, 17, 96, 3},     // hd 32
+    {1, 47, 120, 3},    // hd 40
+    {1, 33, 128, 2},    // hd 64
+    {2, 65, 256, 2},    // hd 128
+    {1, 130, 128, 1},   // hd 128, several key tiles per query block and query tiles per key block
+    {2, 65, 64, 4, 2},  // grouped-query: 4 query heads over 2 key/value heads, hd 16
+    {1, 70, 256, 4, 1}  // one key/value head for 4 query heads, hd 64
 };
 
-size_t qkv_size(const Shape& s) { return static_cast<size_t>(s.B) * s.T * 3 * s.C; }
+size_t qkv_size(const Shape& s) {
+  return static_cast<size_t>(s.B) * s.T * (s.C + 2 * kv(s) * (s.C / s.H));
+}
 size_t out_size(const Shape& s) { return static_cast<size_t>(s.B) * s.T * s.C; }
 size_t lse_size(const Shape& s) { return static_cast<size_t>(s.B) * s.H * s.T; }
 
@@ -49,7 +57,7 @@ struct CpuForward {
 CpuForward cpu_forward(const std::vector<float>& qkv, const Shape& s) {
   CpuForward f{std::vector<float>(out_size(s)), std::vector<float>(lse_size(s))};
   std::vector<float> scratch(cpu::attention_scratch_floats(s.T, cpu::thread_count()));
-  cpu::attention_forward(f.out.data(), f.lse.data(), qkv.data(), s.B, s.T, s.C, s.H, s.H,
+  cpu::attention_forward(f.out.data(), f.lse.data(), qkv.data(), s.B, s.T, s.C, s.H, kv(s),
                          scratch.data());
   return f;
 }
@@ -60,7 +68,7 @@ std::vector<float> cpu_backward(const std::vector<float>& dout, const std::vecto
   std::vector<float> dqkv(qkv_size(s));
   std::vector<float> scratch(cpu::attention_scratch_floats(s.T, cpu::thread_count()));
   cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.B, s.T,
-                          s.C, s.H, s.H, scratch.data());
+                          s.C, s.H, kv(s), scratch.data());
   return dqkv;
 }
 
@@ -82,7 +90,7 @@ TYPED_TEST(AttentionTest, ForwardMatchesCpu) {
     out.poison();
     lse.poison();
     cuda::attention_forward<T>(this->ctx, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.H,
-                               s.H, nullptr);
+                               kv(s), nullptr);
     EXPECT_TRUE(norm_close(out.download(), want.out, tolerance<T>()));
     // Inputs are identical on both sides, so lse differs by fp32 rounding only, for bf16 too.
     EXPECT_TRUE(norm_close(lse.download(), want.lse, 1e-5));
@@ -109,7 +117,7 @@ TYPED_TEST(AttentionTest, BackwardMatchesCpu) {
     scratch.poison();
     dqkv.poison();
     cuda::attention_backward<T>(this->ctx, dqkv.data(), dout.data(), qkv.data(), out.data(),
-                                lse.data(), s.B, s.T, s.C, s.H, s.H, scratch.data());
+                                lse.data(), s.B, s.T, s.C, s.H, kv(s), scratch.data());
     EXPECT_TRUE(norm_close(dqkv.download(), want, tolerance<T>()));
   }
 }
@@ -130,9 +138,9 @@ TYPED_TEST(AttentionTest, IsDeterministic) {
     lse.poison();
     dqkv.poison();
     cuda::attention_forward<T>(this->ctx, out.data(), lse.data(), qkv.data(), s.B, s.T, s.C, s.H,
-                               s.H, nullptr);
+                               kv(s), nullptr);
     cuda::attention_backward<T>(this->ctx, dqkv.data(), dout.data(), qkv.data(), out.data(),
-                                lse.data(), s.B, s.T, s.C, s.H, s.H, scratch.data());
+                                lse.data(), s.B, s.T, s.C, s.H, kv(s), scratch.data());
     outs.push_back(out.download_bytes());
     lses.push_back(lse.download_bytes());
     dqkvs.push_back(dqkv.download_bytes());

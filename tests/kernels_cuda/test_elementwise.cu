@@ -5,6 +5,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda_test_util.h"
@@ -77,6 +78,28 @@ TYPED_TEST(GeluCuda, BackwardMatchesCpu) {
     // dinp may alias dout.
     gpu::gelu_backward(this->ctx, d_dout.data(), d_x.data(), d_dout.data(), n);
     EXPECT_TRUE(norm_close(d_dout.download(), want, tolerance<T>()));
+  }
+}
+
+TYPED_TEST(GeluCuda, SwigluMatchesCpu) {
+  using T = TypeParam;
+  for (const auto& [N, F] : {std::pair{1, 1}, std::pair{7, 33}, std::pair{64, 96}}) {
+    SCOPED_TRACE("N=" + std::to_string(N) + " F=" + std::to_string(F));
+    std::mt19937 rng(static_cast<unsigned>(N * F));
+    const size_t n = static_cast<size_t>(N) * F;
+    const std::vector<float> x = as_type<T>(random_floats(rng, 2 * n, -5.0f, 5.0f));
+    const std::vector<float> dout = as_type<T>(random_floats(rng, n));
+    std::vector<float> want_out(n), want_dinp(2 * n);
+    cpu::swiglu_forward(want_out.data(), x.data(), N, F);
+    cpu::swiglu_backward(want_dinp.data(), x.data(), dout.data(), N, F);
+    DeviceBuffer<T> d_x(this->ctx, x), d_dout(this->ctx, dout);
+    DeviceBuffer<T> d_out(this->ctx, n), d_dinp(this->ctx, 2 * n);
+    d_out.poison();
+    d_dinp.poison();
+    gpu::swiglu_forward(this->ctx, d_out.data(), d_x.data(), N, F);
+    gpu::swiglu_backward(this->ctx, d_dinp.data(), d_x.data(), d_dout.data(), N, F);
+    EXPECT_TRUE(norm_close(d_out.download(), want_out, tolerance<T>()));
+    EXPECT_TRUE(norm_close(d_dinp.download(), want_dinp, tolerance<T>()));
   }
 }
 
