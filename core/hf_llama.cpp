@@ -69,7 +69,8 @@ struct ConfigField {
 const std::set<std::string> kIgnored = {
     "_name_or_path",     "transformers_version", "torch_dtype",    "use_cache",
     "bos_token_id",      "pad_token_id",         "pretraining_tp", "initializer_range",
-    "output_attentions", "output_hidden_states", "return_dict",    "tie_encoder_decoder"};
+    "output_attentions", "output_hidden_states", "return_dict",    "tie_encoder_decoder",
+    "is_llama_config"};
 
 void apply_field(const ConfigField& f, config::ModelConfig& m, bool& attention_bias, bool& mlp_bias,
                  long& head_dim, int* end_of_text) {
@@ -116,6 +117,11 @@ void apply_field(const ConfigField& f, config::ModelConfig& m, bool& attention_b
     mlp_bias = f.flag();
   } else if (k == "rope_scaling") {
     if (!f.null()) f.unsupported("loom has no rotary scaling (it must be null)");
+  } else if (k == "rope_interleaved") {
+    if (f.flag())
+      f.unsupported("loom's rotary pairs d with d + hd/2 (rotate_half), not 2d, 2d + 1");
+  } else if (k == "sliding_window") {
+    if (!f.null()) f.unsupported("loom has no sliding-window attention (it must be null)");
   } else if (k == "attention_dropout") {
     if (f.number() != 0) f.unsupported("loom has no dropout (it must be 0)");
   } else if (k == "eos_token_id") {

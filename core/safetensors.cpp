@@ -147,6 +147,7 @@ size_t element_bytes(const std::string& dtype) {
 
 // values (n) ← the n elements at `raw` of `dtype` (F32, BF16 or F16), widened to float.
 void widen(float* values, const char* raw, size_t n, const std::string& dtype) {
+  if (n == 0) return;  // values may be null (an empty vector's data())
   if (dtype == "F32") {
     std::memcpy(values, raw, n * sizeof(float));
     return;

@@ -266,8 +266,10 @@ namespace {
 // BF16 and F16 tensors (Hugging Face checkpoints) are widened to float exactly.
 TEST(Safetensors, ReadsBf16AndF16AsFloats) {
   const std::string path = ::testing::TempDir() + "/loom-safetensors-half.safetensors";
-  const std::string header = R"({"b":{"dtype":"BF16","shape":[3],"data_offsets":[0,6]},)"
-                             R"("h":{"dtype":"F16","shape":[5],"data_offsets":[6,16]}})";
+  const std::string header =
+      R"({"b":{"dtype":"BF16","shape":[3],"data_offsets":[0,6]},)"
+      R"("h":{"dtype":"F16","shape":[5],"data_offsets":[6,16]},)"
+      R"("z":{"dtype":"F32","shape":[0],"data_offsets":[16,16]}})";  // empty: nothing copied
   // bf16: 1.0, -2.5, 3.140625; f16: 1.0, -0.5, 65504 (largest), 2^-24 (smallest subnormal), inf.
   const uint16_t data[8] = {0x3F80, 0xC020, 0x4049, 0x3C00, 0xB800, 0x7BFF, 0x0001, 0x7C00};
   {
@@ -278,7 +280,8 @@ TEST(Safetensors, ReadsBf16AndF16AsFloats) {
     out.write(reinterpret_cast<const char*>(data), sizeof(data));
   }
   const SafetensorsFile f = safetensors_read(path);
-  ASSERT_EQ(f.tensors.size(), 2u);
+  ASSERT_EQ(f.tensors.size(), 3u);
+  EXPECT_TRUE(f.tensors[2].values.empty());
   EXPECT_EQ(f.tensors[0].values, (std::vector<float>{1.0f, -2.5f, 3.140625f}));
   EXPECT_EQ(f.tensors[1].values, (std::vector<float>{1.0f, -0.5f, 65504.0f, std::ldexp(1.0f, -24),
                                                      std::numeric_limits<float>::infinity()}));

@@ -41,7 +41,8 @@ CONFIG = {
     "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
     "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "rope_scaling": None,
     "attention_dropout": 0.0, "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 256,
-    "transformers_version": "4.46.0",
+    "transformers_version": "4.46.0", "pretraining_tp": 1, "use_cache": True,
+    "initializer_range": 0.02, "is_llama_config": True, "rope_interleaved": False,
 }
 T, BATCH = 64, 16  # the imported run's train.seq_len and global_batch: one validation batch
 
@@ -180,6 +181,7 @@ def mean_loss(logits, tokens):
 def check_refusals(work, w):
     for key, value, says in (("rope_scaling", {"type": "linear", "factor": 2.0}, "rope_scaling"),
                              ("sliding_window", 4096, "sliding_window"),
+                             ("rope_interleaved", True, "rope_interleaved"),
                              ("model_type", "mistral", "model_type"),
                              ("hidden_act", "gelu", "hidden_act"),
                              ("attention_bias", True, "attention_bias"),
