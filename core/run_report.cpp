@@ -123,11 +123,10 @@ void sample_at_end(Run& run, const std::vector<float>* global_params, uint64_t r
                         l.sample_temperature(), l.sample_top_k(), sample_rng);
   } else {
     if (run.groups.rank != 0) return;
-    config::ModelConfig model_cfg = run.cfg.model();
-    model_cfg.set_loops(eval_loops(run.cfg));
-    Model whole = model_create(model_cfg, run.model.buf.backend);
+    Model whole = model_create(run.cfg.model(), run.model.buf.backend);
     whole.buf.params.upload(*global_params);
     model_refresh_weights(whole);
+    model_set_loop_range(whole, eval_loops(run.cfg), eval_loops(run.cfg));
     model_plan(whole, 1, run.cfg.train().seq_len());
     out = sample_tokens(whole, prompt, tokenizer->end_of_text, l.sample_tokens(),
                         l.sample_temperature(), l.sample_top_k(), sample_rng);

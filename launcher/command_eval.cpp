@@ -152,9 +152,9 @@ void load_model(EvalSetup& e) {
   const config::RunConfig& cfg = e.cfg;
   kernels::cpu::init_threads(cfg.runtime().threads());
   const auto [least, most] = std::minmax_element(e.loops.begin(), e.loops.end());
-  config::ModelConfig model_cfg = cfg.model();
-  model_cfg.set_loops(*most);  // the weights are per unique layer
-  e.model = model_create(model_cfg, make_host_backend(cfg.runtime()));
+  // At the checkpoint's model.loops (relaxed recursion's factors are per iteration), then run at
+  // each count.
+  e.model = model_create(cfg.model(), make_host_backend(cfg.runtime()));
   checkpoint_load(e.checkpoint, e.model, nullptr);
   model_set_loop_range(e.model, *least, *most);
   e.pipe = pipeline_single(1);

@@ -76,15 +76,15 @@ int command_sample(int argc, char** argv) {
   const CheckpointState state = checkpoint_read_state(checkpoint);
   validate_config(state.config);
   kernels::cpu::init_threads(state.config.runtime().threads());
-  config::ModelConfig model_cfg = state.config.model();
+  const config::ModelConfig& model_cfg = state.config.model();
   const long loops = args.integer("--loops", eval_loops(state.config));
   const int least = model_cfg.input_injection() ? 2 : 1;
   if (loops < least || loops > 1000000)
     throw Error("--loops " + std::to_string(loops) + " is outside [" + std::to_string(least) +
                 ", 1000000]" + (least == 2 ? " (input injection needs 2 iterations)" : ""));
-  model_cfg.set_loops(static_cast<int>(loops));  // the weights are per unique layer
-  Model model = model_create(model_cfg);
+  Model model = model_create(model_cfg);  // at the checkpoint's model.loops (its LoRA factors)
   checkpoint_load(checkpoint, model, nullptr);
+  model_set_loop_range(model, static_cast<int>(loops), static_cast<int>(loops));
   model_plan(model, 1, state.config.train().seq_len());
   const Tokenizer tokenizer = args.has("--tokenizer-file")
                                   ? tokenizer_llmc_file(args.value("--tokenizer-file", ""))

@@ -95,6 +95,18 @@ def check_svd(work, source_run, src):
                         f"(worst relative difference {worst:.1e})")
 
 
+def check_fewer_loops(run, val):
+    """A relaxed model (LoRA for its 2 iterations) samples and evaluates at fewer loops, and says
+    why it cannot run more."""
+    sample = loom("sample", run, "--loops", "1", "--tokens", "4", expect_ok=False)
+    curve = loom("eval", run, "--data", val, "--loops", "1,2", "--batches", "1", expect_ok=False)
+    more = loom("sample", run, "--loops", "3", "--tokens", "4", expect_ok=False)
+    check(sample.returncode == 0 and curve.returncode == 0,
+          f"sample and eval at fewer loops than model.loops: {(sample.stderr + curve.stderr)[:160]}")
+    check(more.returncode != 0 and "loop_lora_rank" in more.stderr,
+          f"more loops than the LoRA factors cover is refused: {more.stderr.strip()[:160]}")
+
+
 def main():
     work = tempfile.mkdtemp(prefix="loom-convert-")
     try:
@@ -117,6 +129,7 @@ def main():
         looped = eval_loss(LOOM, full, val, 2)
         check(relative(looped, unshared) < 1e-5,
               f"full rank: the looped model's loss {looped:.7f} equals the unshared {unshared:.7f}")
+        check_fewer_loops(full, val)
         check_inits(work, source_run, src)
         check_svd(work, source_run, src)
 
