@@ -206,6 +206,62 @@ void validate_loop_lora(const config::RunConfig& cfg) {
           "deferred weight pass does not compute the LoRA factors' gradients");
 }
 
+// Mixture-of-Recursions: what the routed loop walk supports (core/model_routed.cpp).
+void validate_recursion_router(const config::RunConfig& cfg) {
+  const auto& m = cfg.model();
+  using M = config::ModelConfig;
+  if (m.recursion_router() == M::NONE) {
+    require(m.recursion_capacity_size() == 0,
+            "model.recursion_capacity is set but model.recursion_router is NONE");
+    return;
+  }
+  const std::string routed =
+      "model.recursion_router " + M::RecursionRouter_Name(m.recursion_router());
+  require(m.recursion_kv() == M::RECURSION_WISE,
+          "model.recursion_kv SHARED_FIRST is not implemented: use RECURSION_WISE (the tokens an "
+          "iteration runs attend among themselves)");
+  require(m.recursion_gate_scale() > 0, "model.recursion_gate_scale must be positive");
+  require(m.recursion_aux_weight() >= 0, "model.recursion_aux_weight must not be negative");
+  if (m.recursion_router() == M::TOKEN_CHOICE) {
+    require(m.recursion_capacity_size() == 0,
+            "model.recursion_capacity is for EXPERT_CHOICE: with TOKEN_CHOICE the router gives "
+            "each token its depth");
+  } else if (m.recursion_capacity_size() > 0) {
+    require(m.recursion_capacity_size() == m.loops(),
+            "model.recursion_capacity has " + num(m.recursion_capacity_size()) +
+                " values for model.loops = " + num(m.loops()) + " iterations: give one each");
+    for (int r = 0; r < m.loops(); ++r) {
+      const float c = m.recursion_capacity(r);
+      require(c > 0 && c <= 1 && (r == 0 || c <= m.recursion_capacity(r - 1)),
+              "model.recursion_capacity[" + num(r) + "] = " + std::to_string(c) +
+                  " must be in (0, 1] and not above the one before: an iteration keeps a subset "
+                  "of the previous one's tokens");
+    }
+  }
+  const auto& p = cfg.parallel();
+  require(p.sp() == 1, routed +
+                           " needs parallel.sp = 1: its top-k chooses among a whole "
+                           "sequence's tokens, which sequence parallelism splits over ranks");
+  require(p.pp() == 1, routed +
+                           " needs parallel.pp = 1: a routed iteration gathers tokens and "
+                           "a pipeline stage boundary would cut the block between them");
+  require(m.residual() == M::STANDARD,
+          routed +
+              " needs model.residual STANDARD: the ladder's delayed outputs would cross the "
+              "gather at each iteration's start");
+  require(!m.input_injection(), routed + " cannot run with model.input_injection");
+  require(m.backprop_loops() == 0 || m.backprop_loops() >= m.loops(),
+          routed + " cannot run with model.backprop_loops (truncated backprop)");
+  require(cfg.train().recompute() == config::TrainConfig::NONE,
+          routed + " needs train.recompute NONE: recomputation does not replay the routing");
+  require(m.loops_sampling().kind() == config::LoopsSampling::FIXED,
+          routed + " needs model.loops_sampling FIXED: the router has one row per iteration");
+  for (const int eval : eval_loop_counts(cfg))
+    require(eval == m.loops(), "train.eval_loops (" + num(eval) +
+                                   ") differs from model.loops = " + num(m.loops()) + ": " +
+                                   routed + " has one router row and capacity per iteration");
+}
+
 // The loop-count options: truncated backprop, sampling, evaluation depth and recomputation.
 void validate_loops(const config::RunConfig& cfg) {
   const auto& m = cfg.model();
@@ -247,6 +303,7 @@ void validate_loops(const config::RunConfig& cfg) {
   require(!split || m.backprop_loops() == 0,
           "model.backprop_loops cannot run with parallel.pipeline_schedule ZERO_BUBBLE_H1");
   validate_loop_lora(cfg);
+  validate_recursion_router(cfg);
 }
 
 }  // namespace
@@ -420,6 +477,12 @@ void validate_config(const config::RunConfig& cfg) {
           "runtime.threads (" + num(cfg.runtime().threads()) + ") is more than 4× this machine's " +
               num(cores) + " cores; use 0 for one thread per core");
   validate_parallel(cfg);
+}
+
+int recursion_keep(const config::ModelConfig& m, int r, int T) {
+  const double c = m.recursion_capacity_size() > 0 ? static_cast<double>(m.recursion_capacity(r))
+                                                   : static_cast<double>(m.loops() - r) / m.loops();
+  return static_cast<int>(std::floor(c * T + 1e-6));
 }
 
 int grad_accum_steps(const config::RunConfig& cfg) {

@@ -50,6 +50,13 @@ inline int model_kv_heads(const config::ModelConfig& m) {
   return m.n_kv_heads() > 0 ? m.n_kv_heads() : m.n_heads();
 }
 
+// Mixture-of-Recursions: whether the loop is routed, and how many of a sequence's T tokens
+// expert-choice iteration r keeps (⌊recursion_capacity[r] · T⌋, default capacity (R − r)/R).
+inline bool model_routed(const config::ModelConfig& m) {
+  return m.recursion_router() != config::ModelConfig::NONE;
+}
+int recursion_keep(const config::ModelConfig& m, int r, int T);
+
 // Optimizer steps' micro-batches on one rank: global_batch / (micro_batch · dp).
 int grad_accum_steps(const config::RunConfig& cfg);
 

@@ -347,6 +347,9 @@ std::string not_llama(const config::ModelConfig& m) {
   if (m.position() != M::ROTARY) return "model.position is LEARNED (Llama's is ROTARY)";
   if (m.residual() != M::STANDARD) return "model.residual is LADDER";
   if (m.input_injection()) return "model.input_injection is on";
+  if (m.recursion_router() != M::NONE)
+    return "model.recursion_router routes tokens past iterations, which Llama's layer list "
+           "cannot say";
   return "";
 }
 

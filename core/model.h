@@ -69,11 +69,13 @@ struct PipelineStage {
 
 // What a parameter tensor is, so that no decision is made from its name.
 // kLoopLora: a per-iteration low-rank factor of a shared block layer (model.loop_lora_rank).
+// kRouter: Mixture-of-Recursions' router (model.recursion_router), with the embedding's range.
 enum class ParamRole {
   kTokenEmbedding,
   kPositionEmbedding,
   kLayer,
   kLoopLora,
+  kRouter,
   kFinalNorm,
   kLmHead
 };
@@ -176,6 +178,9 @@ struct ModelChunk {
   bool keeps_injected = false;     // a recomputed segment needs e: kept once, at injected_kept
   size_t injected_kept = 0;        // within a slot
   size_t final_input = 0, mean_f = 0, rstd_f = 0, d_normed_f = 0;  // within a slot (last only)
+  // Mixture-of-Recursions: per loop iteration the stream at its start (B, T, C) and the block's
+  // output on the tokens it ran (at most (B, T, C)), within a slot.
+  std::vector<size_t> routed_stream, routed_out;
   size_t slot_floats = 0;  // the chunk's saved activations
 };
 
@@ -205,6 +210,8 @@ struct ParamLayout {
   std::vector<ShardRange> layer_ranges;  // per unique layer, its tensors in the buffer (or empty)
   ShardRange embedding_range, head_range;  // wte (+ wpe); norm_f (+ lm_head)
   size_t wte = 0, wpe = 0, norm_f_w = 0, norm_f_b = 0, lm_head = 0;
+  size_t router = kNoTensor;  // (loops, C): expert choice's row r scores iteration r's tokens;
+                              // token choice's rows give each token's logits over the depths
   bool has_wte = false;
   size_t num_params = 0;
 };
@@ -268,6 +275,36 @@ struct ArenaTemporaries {
   // (B, T, widest); and v = dy·B, (B, T, r).
   size_t lora_out = 0, lora_mid = 0;
   size_t norm_scratch = 0, embedding_scratch = 0;
+  // Mixture-of-Recursions: a routed iteration's boundary state (its one pending output, then its
+  // stream: (B, T, C) each at most), the rotary angles of its tokens (B·T, hd/2 each), and the
+  // router's logits (B·T, loops) as activations and in fp32.
+  size_t routed_state = 0, routed_cos = 0, routed_sin = 0, router_logits = 0, router_logits32 = 0;
+};
+
+// Mixture-of-Recursions: one loop iteration's routing of one micro-batch. Host copies; rows and
+// gates are also on the device, at `device` in ModelRouting's arrays.
+struct LoopRoute {
+  std::vector<int> rows;      // the tokens the iteration runs, b·T + t, ascending
+  std::vector<int> lengths;   // per sequence: how many of them are its
+  std::vector<float> gates;   // per row: the gate of its update
+  std::vector<int> scored;    // expert choice: the tokens the router scored (the active ones)
+  std::vector<float> logits;  // expert choice: (B·T) this iteration's router logits; token
+                              // choice (iteration 0 only): (B·T, loops)
+  std::vector<int> depth;     // token choice (iteration 0 only): each token's last iteration
+  size_t device = 0;
+};
+
+// The routing of the micro-batches in flight, and what a step's passes routed.
+struct ModelRouting {
+  std::vector<std::vector<LoopRoute>> routes;  // [slot][iteration]
+  std::vector<float> grad_scale;               // [slot]: the forward's loss_grad_scale
+  kernels::DeviceArray<int> rows;              // (slots, loops, B·T)
+  kernels::DeviceArray<float> gates;           // (slots, loops, B·T)
+  kernels::DeviceArray<float> scratch;         // (2 · B·T · loops) fp32
+  // Since model_begin_passes: tokens each iteration ran, tokens routed, the auxiliary loss's
+  // value summed over micro-batches, micro-batches, and the forward FLOPs the layers ran.
+  std::vector<double> active;
+  double tokens = 0, aux_loss = 0, micro_batches = 0, forward_flops = 0;
 };
 
 // The model's memory: the backend's allocations (device memory on a device backend: the host
@@ -294,6 +331,7 @@ struct Model {
   ArenaPlan plan;
   ArenaTemporaries temps;
   ModelBuffers buf;
+  ModelRouting routing;  // model.recursion_router only
 };
 
 // Builds the parameter layout for `cfg` (validated) with zeroed buffers: this rank's shards when
@@ -425,8 +463,19 @@ void model_backward(Model& model, int B, int T, const GradsFinalFn& on_grads_fin
 // (collective over tp: every rank gets all V).
 void model_last_logits(Model& model, int B, int T, float* logits);
 
+// Mixture-of-Recursions: what the passes since model_begin_passes routed — the fraction of the
+// tokens each loop iteration ran, the auxiliary loss (mean over micro-batches) and the training
+// FLOPs per token they took (3 × the forward's). Empty fractions without a router or passes.
+struct RoutingStats {
+  std::vector<double> active_fraction;
+  double aux_loss = 0, train_flops_per_token = 0;
+};
+RoutingStats model_routing_stats(const Model& model);
+
 // Floating-point operations of one training step per token (forward + backward = 3 × forward
 // matmul and attention FLOPs, the causal half of attention counted), for throughput figures.
+// A routed model (model.recursion_router) counts what the passes since model_begin_passes ran,
+// or, before any, every token at every iteration.
 double model_train_flops_per_token(const Model& model, int T);
 
 }  // namespace loom

@@ -2,6 +2,9 @@
 // core/model.cpp): arena access, the tensor-parallel sums, and the sub-layers' forward and
 // backward. Not a public interface.
 #pragma once
+#include <functional>
+#include <vector>
+
 #include "core/model.h"
 
 namespace loom::model_detail {
@@ -70,8 +73,10 @@ void norm_backward(Model& m, size_t w, size_t b, const SublayerActs& a, int N,
                    const void* d_normed, void* d_input);
 // h (B, T, C) = Attn(norm1(input)) / MLP(norm2(input)): this rank's part of it (all of it when
 // tp = 1).
+// With `lengths` (a routed iteration: B = 1, T = the gathered tokens) attention runs within
+// each sequence and rotary at the tokens' own positions (m.temps.routed_cos/sin).
 void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
-                                int T, void* h);
+                                int T, void* h, const std::vector<int>* lengths = nullptr);
 void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
                           void* h);
 // d_normed (B, T, C) = this rank's part of the gradient of the sub-layer's pre-norm output,
@@ -79,7 +84,8 @@ void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a
 // tensor-parallel sum has completed it. With defer_weights the matrices' gradients are left
 // for *_sublayer_weights, and what they need (dh, the middle gradient) stays in a's slot.
 void attention_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
-                                 int T, const void* dh, void* d_normed, bool defer_weights);
+                                 int T, const void* dh, void* d_normed, bool defer_weights,
+                                 const std::vector<int>* lengths = nullptr);
 void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
                            const void* dh, void* d_normed, bool defer_weights);
 // The weight gradients a deferring backward left (N = B·T tokens).
@@ -98,6 +104,56 @@ int injection_sublayer(const Model& m);
 // Whether the boundary state before sub-layer `sublayer` carries e: it was taken earlier and a
 // later loop iteration still adds it.
 bool boundary_carries_injected(const Model& m, int sublayer);
+
+// Where sub-layer i of chunk c keeps its activations while it runs from slot `slot`: in the slot
+// for a kept segment, else in the shared workspace at its place within its unit.
+SublayerActs acts_of(const Model& m, const ModelChunk& c, int slot, int i);
+
+// How a forward walk ends: kBoundary leaves the boundary state at its end (h_{e−d} added, the
+// pending outputs complete); kOpen leaves every output pending for the caller (the LM head);
+// kDiscard starts no tensor-parallel sum of the last `delay` outputs, which only the state at
+// the end would need (a recomputation keeps the activations and nothing else).
+enum class WalkEnd { kBoundary, kOpen, kDiscard };
+
+// One forward pass over positions [begin, end) from the boundary state in `state` (or, at
+// position 0, the embedded stream).
+struct Walk {
+  int begin = 0, end = 0, B = 0, T = 0;
+  std::function<SublayerActs(int sublayer)> acts;  // where each sub-layer's activations go
+  // Where the boundary state at a position's start is kept (null: nowhere): the stream, then the
+  // delay − 1 outputs still pending (checkpoint_tensor).
+  std::function<void*(int position)> checkpoint;
+  WalkEnd end_as = WalkEnd::kBoundary;
+  // A routed loop iteration's gathered tokens: B = 1 and T = their count, these sequences'
+  // lengths (attention stays within each; rotary takes m.temps.routed_cos/sin). Null: dense.
+  const std::vector<int>* lengths = nullptr;
+};
+
+// Pending output h_j of the boundary state at position p's start, inside a checkpoint of it.
+void* checkpoint_tensor(const Model& m, void* checkpoint, int p, int j, size_t NC);
+void forward_walk(Model& m, const BoundaryState& state, const Walk& w);
+
+// What the backward of one chunk shares across its segments.
+struct BackwardRun {
+  Model& m;
+  const ModelChunk& c;
+  int slot, B, T;
+  BoundaryState grad_state;  // the gradient of the state at the end of what is still to do
+  bool defer;                // BackwardPart::kInput
+  std::function<void(const ShardRange&)> report;
+  const std::vector<int>* lengths = nullptr;  // as Walk::lengths
+};
+
+// Backward of positions [a, b) from the gradient of the state at b in run.grad_state to that of
+// the state at a (core/model_walk.cpp).
+void backward_range(BackwardRun& run, int a, int b, const std::function<SublayerActs(int)>& acts);
+
+// Mixture-of-Recursions (core/model_routed.cpp): the forward of a whole routed model's layers
+// from the embedded stream in `state` (every output added at the end), and its backward from
+// the stream's gradient in run.grad_state down to the embedding's.
+void routed_forward(Model& m, const ModelChunk& c, int slot, const BoundaryState& state, int B,
+                    int T, float loss_grad_scale);
+void routed_backward(BackwardRun& run);
 
 // The unrolled list at model.loops iterations and this rank's chunks with their segments
 // (core/model_layout.cpp).

@@ -168,7 +168,10 @@ std::vector<int> holders_of(const Model& m, ParamRole role, int layer, int itera
       out.push_back(0);
       if (m.spec.config.tie_embeddings() && last_rank != 0) out.push_back(last_rank);
       break;
-    case ParamRole::kPositionEmbedding: out.push_back(0); break;
+    case ParamRole::kPositionEmbedding:
+    case ParamRole::kRouter:
+      out.push_back(0);
+      break;  // routed models run with pp = 1
     case ParamRole::kFinalNorm:
     case ParamRole::kLmHead: out.push_back(last_rank); break;
     case ParamRole::kLayer:
@@ -192,6 +195,8 @@ void lay_out_ranges(Model& m) {
   m.layout.layer_ranges.assign(m.spec.unique_layers, ShardRange{});
   m.layout.embedding_range = m.layout.head_range = ShardRange{};
   for (const ParamTensor& t : m.layout.tensors) {
+    // The router's gradients are final once the whole loop's backward is done: it is reported
+    // with the embedding, which comes right after.
     const bool layer = t.role == ParamRole::kLayer || t.role == ParamRole::kLoopLora;
     ShardRange& r = layer ? m.layout.layer_ranges[t.layer]
                     : (t.role == ParamRole::kFinalNorm || t.role == ParamRole::kLmHead)
@@ -253,6 +258,9 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   if (!is_rotary(m))
     m.layout.wpe = b.add("wpe", {m.spec.max_T, m.spec.C}, true, ParamRole::kPositionEmbedding, -1,
                          ParamInit::kNormal);
+  if (model_routed(cfg))
+    m.layout.router = b.add("loop.router.weight", {cfg.loops(), m.spec.C}, true, ParamRole::kRouter,
+                            -1, ParamInit::kNormal);
   for (int i = 0; i < cfg.prelude_layers(); ++i)
     b.add_layer("prelude." + std::to_string(i) + ".", i);
   if (cfg.loop_lora_rank() > 0)
@@ -393,6 +401,12 @@ void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T, bool split) {
     c.keeps_injected |= boundary_carries_injected(m, 2 * g.begin);
   }
   if (c.keeps_injected) c.injected_kept = plan.act(N * C);
+  c.routed_stream.clear();
+  c.routed_out.clear();
+  for (int r = 0; model_routed(m.spec.config) && r < m.spec.loops; ++r) {
+    c.routed_stream.push_back(plan.act(N * C));
+    c.routed_out.push_back(plan.act(N * C));
+  }
   if (c.last) {
     c.final_input = plan.act(N * C);
     c.mean_f = plan.take(N);
@@ -476,6 +490,13 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
     m.temps.lora_mid = plan.act(N * r);
   }
   const int hd = m.spec.C / m.spec.H;
+  if (model_routed(m.spec.config)) {
+    m.temps.routed_state = plan.act(2 * NC);
+    m.temps.routed_cos = plan.take(is_rotary(m) ? N * hd / 2 : 0);
+    m.temps.routed_sin = plan.take(is_rotary(m) ? N * hd / 2 : 0);
+    m.temps.router_logits = plan.act(N * m.spec.loops);
+    m.temps.router_logits32 = plan.take(N * m.spec.loops);
+  }
   // Rotary angles of the (local) rows 0 .. T − 1; none for learned positions.
   const size_t rope_floats = is_rotary(m) ? static_cast<size_t>(T) * hd / 2 : 0;
   m.temps.rope_cos = plan.take(rope_floats);
@@ -552,6 +573,16 @@ void model_plan(Model& m, int B, int T, int slots, int boundaries, bool split_ba
     }
   m.buf.slot_tokens = kernels::DeviceArray<int>(m.buf.backend, static_cast<size_t>(slots) * B * T);
   m.buf.targets = kernels::DeviceArray<int>(m.buf.backend, static_cast<size_t>(B) * T);
+  if (model_routed(m.spec.config)) {
+    const size_t routes = static_cast<size_t>(slots) * m.spec.loops * B * T;
+    m.routing.routes.assign(slots, std::vector<LoopRoute>(m.spec.loops));
+    m.routing.grad_scale.assign(slots, 0.0f);
+    m.routing.rows = kernels::DeviceArray<int>(m.buf.backend, routes);
+    m.routing.gates = kernels::DeviceArray<float>(m.buf.backend, routes);
+    m.routing.scratch =
+        kernels::DeviceArray<float>(m.buf.backend, 2 * static_cast<size_t>(B) * T * m.spec.loops);
+    m.routing.active.assign(m.spec.loops, 0.0);
+  }
 }
 
 void model_set_loop_range(Model& m, int min_loops, int max_loops) {
@@ -568,6 +599,11 @@ void model_set_loops(Model& m, int loops) {
     throw Error("the model has per-iteration LoRA (model.loop_lora_rank) for its model.loops = " +
                 std::to_string(m.layout.lora.size()) + " iterations; it cannot run " +
                 std::to_string(loops));
+  if (model_routed(m.spec.config) && loops != m.spec.config.loops())
+    throw Error(
+        "the model routes its loop (model.recursion_router) with one router row per "
+        "iteration of its model.loops = " +
+        std::to_string(m.spec.config.loops()) + "; it cannot run " + std::to_string(loops));
   // Pipeline stages cut a fixed unrolled list; a planned arena serves its planned range.
   LOOM_CHECK(m.par.stage.plan.pieces() == 1);
   LOOM_CHECK(m.plan.B == 0 || (loops >= m.spec.plan_loops_min && loops <= m.spec.plan_loops_max));

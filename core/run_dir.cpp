@@ -303,6 +303,12 @@ std::string metrics_line(long step, int loops, const StepResult& r, float lr, do
         << health->median_ms << ",\"rank_busy_ms_max\":" << health->max_ms
         << ",\"slowest_rank\":" << health->slowest;
   if (!sent.empty()) out << ",\"sent_mib\":{" << sent << "}";
+  for (size_t i = 0; i < r.routing.active_fraction.size(); ++i)
+    out << (i == 0 ? ",\"routed_fraction\":[" : ",") << r.routing.active_fraction[i]
+        << (i + 1 == r.routing.active_fraction.size() ? "]" : "");
+  if (!r.routing.active_fraction.empty())
+    out << ",\"router_aux_loss\":" << json_number(r.routing.aux_loss)
+        << ",\"step_flops\":" << r.step_flops;
   if (skipped) out << ",\"skipped\":true";
   out << "}";
   return out.str();

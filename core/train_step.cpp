@@ -104,12 +104,23 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
     result.loss = sums[0];
     squares = sums[1];
   }
+  result.routing = model_routing_stats(model);
+  RoutingStats& routing = result.routing;
+  result.step_flops = routing.train_flops_per_token * static_cast<double>(B) * T * m;
   if (parallel.dp) {
-    // Loss and, under ZeRO, the squared norms of the shards, in one all-reduce.
-    double sums[2] = {result.loss, zero ? squares : 0.0};
-    parallel.dp->all_reduce(sums, 2, ReduceOp::kSum);
-    result.loss = sums[0] / parallel.dp->size();
+    // Loss, under ZeRO the squared norms of the shards, and what the router did, in one
+    // all-reduce.
+    std::vector<double> sums = {result.loss, zero ? squares : 0.0, routing.aux_loss,
+                                result.step_flops};
+    sums.insert(sums.end(), routing.active_fraction.begin(), routing.active_fraction.end());
+    parallel.dp->all_reduce(sums.data(), sums.size(), ReduceOp::kSum);
+    const double ranks = parallel.dp->size();
+    result.loss = sums[0] / ranks;
     if (zero) squares = sums[1];
+    routing.aux_loss = sums[2] / ranks;
+    result.step_flops = sums[3];
+    for (size_t r = 0; r < routing.active_fraction.size(); ++r)
+      routing.active_fraction[r] = sums[4 + r] / ranks;
   }
   sums_span.reset();
   result.grad_norm = std::sqrt(squares);

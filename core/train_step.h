@@ -25,6 +25,11 @@ struct StepResult {
   double grad_norm = 0.0;  // before clipping
   bool finite = true;      // false: nothing was updated
   double comm_wait_s = 0;  // time blocked on communication (exposed): dp, tp, pp, replicas
+  // Mixture-of-Recursions (empty fractions without a router): each iteration's share of the
+  // tokens and the auxiliary loss, means over the data-parallel ranks, and the step's training
+  // FLOPs over all of them.
+  RoutingStats routing;
+  double step_flops = 0;
 };
 
 // The parallel side of a step; all null for one rank.

@@ -418,6 +418,9 @@ void record_step(Training& tr, const StepOutcome& o, const std::vector<ValLoss>&
       o.ms, duration(eta).c_str());
   if (tr.run.groups.is_distributed())
     line += format(" | comm wait %.0f ms", o.result.comm_wait_s * 1000.0);
+  const std::vector<double>& routed = o.result.routing.active_fraction;
+  for (size_t i = 0; i < routed.size(); ++i)  // Mixture-of-Recursions: tokens each iteration ran
+    line += format(i == 0 ? " | routed %.0f%%" : "/%.0f%%", 100.0 * routed[i]);
   if (val.size() == 1) line += format(" | val_loss %.4f", val.front().loss);
   for (size_t i = 0; val.size() > 1 && i < val.size(); ++i)  // the first is val_loss
     line +=

@@ -203,6 +203,19 @@ class KernelBackend {
   // y (n) = a (n) + b (n). y may alias a or b.
   virtual void vector_sum(void* y, const void* a, const void* b, size_t n) const = 0;
 
+  // --- routing (Mixture-of-Recursions): rows of an (·, C) activation tensor ---
+  // dst (n, C) — overwritten — row i = scale_i · src row rows[i], scale_i = scale ? scale[i] : 1
+  // (fp32). dst and src do not overlap.
+  virtual void gather_rows(void* dst, const void* src, const int* rows, const float* scale, int n,
+                           int C) const = 0;
+  // dst row rows[i] += factor · scale_i · src row i (scale_i as above), for i < n; the rows are
+  // distinct.
+  virtual void scatter_add_rows(void* dst, const void* src, const int* rows, const float* scale,
+                                float factor, int n, int C) const = 0;
+  // out[i] (fp32) = Σ_c a[rows[i], c] · b[i, c] — overwritten — accumulated in fp32 (or wider).
+  virtual void row_dots(float* out, const void* a, const void* b, const int* rows, int n,
+                        int C) const = 0;
+
   // --- fused LM head + cross-entropy, in row chunks of the (N, V) logits ---
   virtual size_t lm_head_scratch_bytes(int chunk, int V) const = 0;
   // logits = x (N, C) · weight (V, C)ᵀ; returns Σ_n logsumexp(logits_n) − logits_n[targets[n]]

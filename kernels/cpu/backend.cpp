@@ -14,6 +14,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/norm.h"
 #include "kernels/cpu/rope.h"
+#include "kernels/cpu/routing.h"
 #include "kernels/cpu/threads.h"
 #include "kernels/cpu/vector.h"
 
@@ -172,6 +173,19 @@ class CpuBackend : public KernelBackend {
   }
   void vector_sum(void* y, const void* a, const void* b, size_t n) const override {
     cpu::vector_sum(f(y), f(a), f(b), n);
+  }
+
+  void gather_rows(void* dst, const void* src, const int* rows, const float* scale, int n,
+                   int C) const override {
+    cpu::gather_rows(f(dst), f(src), rows, scale, n, C);
+  }
+  void scatter_add_rows(void* dst, const void* src, const int* rows, const float* scale,
+                        float factor, int n, int C) const override {
+    cpu::scatter_add_rows(f(dst), f(src), rows, scale, factor, n, C);
+  }
+  void row_dots(float* out, const void* a, const void* b, const int* rows, int n,
+                int C) const override {
+    cpu::row_dots(out, f(a), f(b), rows, n, C);
   }
 
   size_t lm_head_scratch_bytes(int chunk, int V) const override {

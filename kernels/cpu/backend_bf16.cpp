@@ -265,6 +265,47 @@ class CpuBf16Backend final : public KernelBackend {
       h16(y)[i] = bf16_from_float(bf16_to_float(h16(a)[i]) + bf16_to_float(h16(b)[i]));
   }
 
+  // The routing kernels touch only the rows they name (src and a have no row count here), so
+  // they convert row by row, as the fp32 kernels (kernels/cpu/routing.cpp) compute: in fp32
+  // (dots in double), each result rounded to bf16 once.
+  void gather_rows(void* dst, const void* src, const int* rows, const float* scale, int n,
+                   int C) const override {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; ++i) {
+      const uint16_t* x = h16(src) + static_cast<size_t>(rows[i]) * C;
+      uint16_t* y = h16(dst) + static_cast<size_t>(i) * C;
+      if (!scale) {
+        std::memcpy(y, x, 2 * static_cast<size_t>(C));
+        continue;
+      }
+      const float s = scale[i];
+      for (int c = 0; c < C; ++c) y[c] = bf16_from_float(s * bf16_to_float(x[c]));
+    }
+  }
+  void scatter_add_rows(void* dst, const void* src, const int* rows, const float* scale,
+                        float factor, int n, int C) const override {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; ++i) {
+      const uint16_t* x = h16(src) + static_cast<size_t>(i) * C;
+      uint16_t* y = h16(dst) + static_cast<size_t>(rows[i]) * C;
+      const float s = scale ? factor * scale[i] : factor;
+      for (int c = 0; c < C; ++c)
+        y[c] = bf16_from_float(bf16_to_float(y[c]) + s * bf16_to_float(x[c]));
+    }
+  }
+  void row_dots(float* out, const void* a, const void* b, const int* rows, int n,
+                int C) const override {
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; ++i) {
+      const uint16_t* x = h16(a) + static_cast<size_t>(rows[i]) * C;
+      const uint16_t* y = h16(b) + static_cast<size_t>(i) * C;
+      double sum = 0.0;
+      for (int c = 0; c < C; ++c)
+        sum += static_cast<double>(bf16_to_float(x[c])) * bf16_to_float(y[c]);
+      out[i] = static_cast<float>(sum);
+    }
+  }
+
   size_t lm_head_scratch_bytes(int chunk, int V) const override {
     return fp32_->lm_head_scratch_bytes(chunk, V);
   }

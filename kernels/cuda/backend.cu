@@ -12,6 +12,7 @@
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/norm.h"
 #include "kernels/cuda/rope.h"
+#include "kernels/cuda/routing.h"
 #include "kernels/cuda/vector.h"
 
 namespace loom::kernels::cuda {
@@ -242,6 +243,19 @@ class CudaBackend : public KernelBackend {
   }
   void vector_sum(void* y, const void* p, const void* q, size_t n) const override {
     cuda::vector_sum<Act>(ctx_, a(y), a(p), a(q), n);
+  }
+
+  void gather_rows(void* dst, const void* src, const int* rows, const float* scale, int n,
+                   int C) const override {
+    cuda::gather_rows<Act>(ctx_, a(dst), a(src), rows, scale, n, C);
+  }
+  void scatter_add_rows(void* dst, const void* src, const int* rows, const float* scale,
+                        float factor, int n, int C) const override {
+    cuda::scatter_add_rows<Act>(ctx_, a(dst), a(src), rows, scale, factor, n, C);
+  }
+  void row_dots(float* out, const void* p, const void* q, const int* rows, int n,
+                int C) const override {
+    cuda::row_dots<Act>(ctx_, out, a(p), a(q), rows, n, C);
   }
 
   size_t lm_head_scratch_bytes(int chunk, int V) const override {

@@ -353,6 +353,19 @@ class EmulatedBackend final : public KernelBackend {
     queue([=](const KernelBackend& k) { k.vector_sum(y, a, b, n); });
   }
 
+  void gather_rows(void* dst, const void* src, const int* rows, const float* scale, int n,
+                   int C) const override {
+    queue([=](const KernelBackend& k) { k.gather_rows(dst, src, rows, scale, n, C); });
+  }
+  void scatter_add_rows(void* dst, const void* src, const int* rows, const float* scale,
+                        float factor, int n, int C) const override {
+    queue([=](const KernelBackend& k) { k.scatter_add_rows(dst, src, rows, scale, factor, n, C); });
+  }
+  void row_dots(float* out, const void* a, const void* b, const int* rows, int n,
+                int C) const override {
+    queue([=](const KernelBackend& k) { k.row_dots(out, a, b, rows, n, C); });
+  }
+
   size_t lm_head_scratch_bytes(int chunk, int V) const override {
     return cpu_->lm_head_scratch_bytes(chunk, V);
   }

@@ -9,6 +9,8 @@ seed and learning-rate schedule for each of (d_model 128, 4 heads, d_mlp 512, no
   plain 4       4 unshared layers (the looped models' unique layers)
   looped        4 layers × 3 loops (pure recursion)
   relaxed r     the same with model.loop_lora_rank r (--lora-ranks, default 8 and 32)
+  mor           the same 4 × 3 with Mixture-of-Recursions' expert-choice router (iteration r
+                keeps (3 − r)/3 of each sequence's tokens: all, 2/3, 1/3)
   converted     plain 12's checkpoint at half the steps, `loom convert --to-looped` into 4 × 3
                 with --init average --lora-rank 8, trained for the other half (--init-from; a new
                 warm-up and cosine over the half, and train.seed + 1 so that it reads other
@@ -16,7 +18,8 @@ seed and learning-rate schedule for each of (d_model 128, 4 heads, d_mlp 512, no
 For each it reports the parameters and activation arena (`loom plan`), the final validation
 loss and bits per byte (metrics.jsonl), the median training step, the training FLOPs per token
 and the peak RSS (`loom bench step --json`); and the validation loss against loop count
-(`loom eval --loops`) of the looped models. With --write-docs it writes its section of
+(`loom eval --loops`) of the looped models (not of mor, whose router has a row per trained
+iteration). With --write-docs it writes its section of
 docs/benchmarks.md and a chart of the loss against loop count (docs/recursion.svg).
 
 --results FILE keeps the measurements as JSON; --from-results FILE writes the docs from them
@@ -42,17 +45,21 @@ import bench_common  # noqa: E402
 
 SECTION = "## Recursion: looped, relaxed and converted models against unshared ones"
 MODEL = ("model {{ vocab_size: 257 d_model: 128 n_heads: 4 d_mlp: 512 max_seq_len: {T} "
-         "prelude_layers: 0 block_layers: {K} loops: {R} coda_layers: 0 loop_lora_rank: {r} }}")
+         "prelude_layers: 0 block_layers: {K} loops: {R} coda_layers: 0 loop_lora_rank: {r} "
+         "{extra}}}")
 CONVERT_RANK = 8
 LOOPED_EVAL = [1, 2, 3, 4, 6]  # pure recursion runs any count; relaxed at most model.loops
 WARMUP_STEPS = 10              # steps left out of the median step time
 
 
 def models(lora_ranks):
-    """(key, label, block_layers, loops, loop_lora_rank) of the models trained from scratch."""
-    rows = [("plain12", "plain, 12 layers", 12, 1, 0), ("plain4", "plain, 4 layers", 4, 1, 0),
-            ("looped", "looped, 4 × 3", 4, 3, 0)]
-    rows += [(f"relaxed{r}", f"relaxed, 4 × 3, LoRA rank {r}", 4, 3, r) for r in lora_ranks]
+    """(key, label, block_layers, loops, loop_lora_rank, more model fields) of the models trained
+    from scratch."""
+    rows = [("plain12", "plain, 12 layers", 12, 1, 0, ""),
+            ("plain4", "plain, 4 layers", 4, 1, 0, ""), ("looped", "looped, 4 × 3", 4, 3, 0, "")]
+    rows += [(f"relaxed{r}", f"relaxed, 4 × 3, LoRA rank {r}", 4, 3, r, "") for r in lora_ranks]
+    rows.append(("mor", "Mixture-of-Recursions, 4 × 3, expert choice", 4, 3, 0,
+                 "recursion_router: EXPERT_CHOICE "))
     return rows
 
 
@@ -107,10 +114,10 @@ def loss_by_loops(loom, checkpoint, loops, batches):
     return {int(n): (float(loss), float(bpb)) for n, loss, bpb in found}
 
 
-def measure_model(loom, args, data, key, label, K, R, r, sets_extra=()):
+def measure_model(loom, args, data, key, label, K, R, r, extra, sets_extra=()):
     config = f"{key}.textproto"
     with open(config, "w") as f:
-        f.write(bench_common.bench_config(MODEL.format(T=args.seq_len, K=K, R=R, r=r),
+        f.write(bench_common.bench_config(MODEL.format(T=args.seq_len, K=K, R=R, r=r, extra=extra),
                                           args.batch, args.seq_len))
     params, arena = plan(loom, config)
     bench = bench_step(loom, config)
@@ -133,14 +140,15 @@ def measure_model(loom, args, data, key, label, K, R, r, sets_extra=()):
 def measure(loom, args, data):
     half = args.steps // 2
     rows = {}
-    for key, label, K, R, r in models(args.lora_ranks):
+    for key, label, K, R, r, extra in models(args.lora_ranks):
         if key not in args.models:
             continue
         # plain 12 also keeps its checkpoint at half the steps: the converted model's source.
+        model_extra = extra
         extra = ([f"checkpoint.interval={half}", "checkpoint.keep_last=0"]
                  if key == "plain12" else [])
-        rows[key] = measure_model(loom, args, data, key, label, K, R, r, extra)
-        if R > 1:
+        rows[key] = measure_model(loom, args, data, key, label, K, R, r, model_extra, extra)
+        if R > 1 and not model_extra:
             loops = LOOPED_EVAL if r == 0 else [n for n in LOOPED_EVAL if n <= R]
             rows[key]["by_loops"] = loss_by_loops(loom, key, loops, args.eval_batches)
             print(f"  by loops: {rows[key]['by_loops']}", flush=True)
@@ -183,7 +191,8 @@ def measure(loom, args, data):
 
 
 COLOURS = {"plain12": "black", "plain4": "#888", "looped": "#4e79a7", "relaxed8": "#f28e2b",
-           "relaxed32": "#59a14f", "converted": "#e15759", "converted-init": "#e15759"}
+           "relaxed32": "#59a14f", "converted": "#e15759", "converted-init": "#e15759",
+           "mor": "#b07aa1"}
 
 
 def short_label(key):
@@ -294,6 +303,17 @@ def reading(rows, args, lr_check):
         f"{c:.0f} % (rank {rank})" for c, rank in zip(closed, relaxed)) + " of its gap to plain 12"
         + ("; Bae et al. (2024) report that the deltas recover most of the unshared model's "
            "quality, which does not reproduce at this scale. " if max(closed) < 50 else ". "))
+    if "mor" in rows:
+        mor, lp = rows["mor"], rows["looped"]
+        text += (f"Mixture-of-Recursions (expert choice: its 3 iterations run 100 %, 67 % and 33 % "
+                 f"of the tokens) spends {100 * mor['flops_per_token'] / lp['flops_per_token']:.0f}"
+                 f" % of the looped model's FLOPs per token and "
+                 f"{100 * mor['ms'] / lp['ms']:.0f} % of its step time, and ends "
+                 f"{below(mor['val_loss'], looped)} it ({mor['val_loss']:.3f} against "
+                 f"{looped:.3f}) on the same tokens; Bae et al. (2025) report MoR below a looped "
+                 "baseline at equal training FLOPs, which "
+                 + ("holds here even at equal tokens. " if mor["val_loss"] < looped else
+                    "this comparison at equal tokens neither shows nor rules out. "))
     base = relaxed[CONVERT_RANK]["val_loss"]
     at, init, end = conv["plain_at_conversion"], conv["before_training"][3][0], conv["val_loss"]
     text += (f"Conversion costs {init - at:.3f} nats at once; after {args.steps - conv['half']} "
@@ -329,7 +349,6 @@ def write_docs(docs, rows, args, command, total_s, lr_check=None):
         lines.append(f"| {r['label']} | {r['params'] / 1e6:.2f} M | {r['val_loss']:.3f} | "
                      f"{r['val_bpb']:.3f} | {r['ms']:.0f} | {r['flops_per_token'] / 1e6:.1f} | "
                      f"{r['arena_mib']:.0f} | {r['rss_mib']:.0f} |")
-    lines.append("| Mixture-of-Recursions | not implemented yet (issue 24 item 5) | | | | | | |")
     counts = sorted({n for r in rows.values() for n in r.get("by_loops", {})})
     depth = [(r["label"], r["by_loops"]) for r in rows.values() if "by_loops" in r]
     depth.insert(-1, ("converted, before training", conv["before_training"]))

@@ -267,6 +267,40 @@ TEST(Config, InvariantsNameTheFields) {
   EXPECT_EQ(violations({"parallel.grad_reduce_dtype=BF16", "runtime.precision=BF16"}), "");
 }
 
+// Mixture-of-Recursions: what the routed loop cannot run is refused, saying why.
+TEST(Config, MixtureOfRecursionsRefusesWhatItCannotRun) {
+  const std::string ec = "model.recursion_router=EXPERT_CHOICE";
+  EXPECT_EQ(violations({ec}), "");
+  EXPECT_EQ(violations({"model.recursion_router=TOKEN_CHOICE", "parallel.tp=2"}), "");
+  EXPECT_NE(violations({ec, "parallel.sp=2"}).find("needs parallel.sp = 1: its top-k chooses"),
+            std::string::npos);
+  EXPECT_NE(violations({ec, "parallel.pp=2"}).find("needs parallel.pp = 1"), std::string::npos);
+  EXPECT_NE(violations({ec, "model.residual=LADDER"}).find("needs model.residual STANDARD"),
+            std::string::npos);
+  EXPECT_NE(violations({ec, "train.recompute=LOOP_BOUNDARY"}).find("needs train.recompute NONE"),
+            std::string::npos);
+  EXPECT_NE(violations({ec, "model.recursion_kv=SHARED_FIRST"}).find("is not implemented"),
+            std::string::npos);
+  EXPECT_NE(violations({ec, "train.eval_loops=2"}).find("differs from model.loops = 4"),
+            std::string::npos);
+  config::RunConfig cfg;
+  apply_override(cfg, ec);
+  for (const float c : {1.0f, 0.5f, 0.75f}) cfg.mutable_model()->add_recursion_capacity(c);
+  EXPECT_NE(error_of([&] { validate_config(cfg); }).find("has 3 values for model.loops = 4"),
+            std::string::npos);
+  cfg.mutable_model()->add_recursion_capacity(0.25f);
+  EXPECT_NE(error_of([&] {
+              validate_config(cfg);
+            }).find("recursion_capacity[2] = 0.750000 must be in (0, 1] and not above"),
+            std::string::npos);
+  cfg.mutable_model()->set_recursion_capacity(2, 0.5f);
+  EXPECT_EQ(error_of([&] { validate_config(cfg); }), "");
+  EXPECT_EQ(recursion_keep(cfg.model(), 3, 256), 64);
+  apply_override(cfg, "model.recursion_router=TOKEN_CHOICE");
+  EXPECT_NE(error_of([&] { validate_config(cfg); }).find("is for EXPERT_CHOICE"),
+            std::string::npos);
+}
+
 TEST(Config, WrittenConfigReadsBackIdentically) {
   config::RunConfig cfg;
   apply_override(cfg, "model.d_model=96");

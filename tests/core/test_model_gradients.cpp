@@ -68,7 +68,10 @@ void check_gradients(const config::ModelConfig& cfg,
       for (size_t i = 0; i < t.size; ++i)
         moved[t.offset + i] = static_cast<float>(params[t.offset + i] + step * u[i]);
       model.buf.params.upload(moved);
-      return model_forward(model, inputs.data(), targets.data(), B, T, 0.0f);
+      // The objective backward differentiates: with a router, its auxiliary loss too.
+      model_begin_passes(model, nullptr);
+      return model_forward(model, inputs.data(), targets.data(), B, T, 0.0f) +
+             model_routing_stats(model).aux_loss;
     };
     const double numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps);
     model.buf.params.upload(params);
@@ -122,6 +125,22 @@ TEST(ModelGradients, RelaxedRecursionLadderWithInputInjection) {
                               "model.loop_lora_rank=3", "model.block_layers=2"}));
 }
 
+// Mixture-of-Recursions: expert choice (iteration 1 keeps 2 of each sequence's 5 tokens, with
+// rotary at their own positions) and token choice (each token's depth from the router), with
+// their auxiliary losses weighted so the router's gradient shows; the routing itself is fixed
+// under the small perturbations.
+TEST(ModelGradients, MixtureOfRecursionsExpertChoice) {
+  check_gradients(
+      tiny_model({"model.norm=RMSNORM", "model.position=ROTARY", "model.mlp=SWIGLU",
+                  "model.recursion_router=EXPERT_CHOICE", "model.recursion_aux_weight=0.5"}));
+}
+
+TEST(ModelGradients, MixtureOfRecursionsTokenChoice) {
+  check_gradients(
+      tiny_model({"model.loops=3", "model.coda_layers=0", "model.recursion_router=TOKEN_CHOICE",
+                  "model.recursion_gate_scale=0.7", "model.recursion_aux_weight=0.5"}));
+}
+
 // The same checks through the emulated device (kernels/emulated/backend.h): asynchronous
 // kernels over memory the host reaches only by upload and download.
 TEST(ModelGradients, EmulatedDeviceLadderLayerNorm) {
@@ -139,6 +158,13 @@ TEST(ModelGradients, EmulatedDeviceRelaxedLlamaBlocks) {
   check_gradients(tiny_model({"model.norm=RMSNORM", "model.position=ROTARY", "model.mlp=SWIGLU",
                               "model.n_kv_heads=1", "model.bias=false", "model.loop_lora_rank=2"}),
                   kernels::emulated::make_emulated_backend());
+}
+
+TEST(ModelGradients, EmulatedDeviceMixtureOfRecursions) {
+  check_gradients(
+      tiny_model({"model.norm=RMSNORM", "model.position=ROTARY",
+                  "model.recursion_router=EXPERT_CHOICE", "model.recursion_aux_weight=0.5"}),
+      kernels::emulated::make_emulated_backend());
 }
 
 #ifdef LOOM_WITH_CUDA

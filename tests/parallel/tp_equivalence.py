@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Tensor-parallel runs against the single-process run: same config, same global batch, same
 seed -> the same training and validation losses (relative difference <= 1e-5 at every step), for
-standard and Ladder Residual models, plain and looped, learned and rotary positions, at tp = 2
+standard and Ladder Residual models, plain and looped, learned and rotary positions, Llama-style
+blocks, relaxed recursion and Mixture-of-Recursions (both routers), at tp = 2
 and 4 (vocabulary 257 is padded to 258 and 260), tp x dp = 2 x 2 with and without ZeRO-1; and
 checkpoints: a tp = 2 run cut back to its step-3 checkpoint resumes at tp = 1, at tp = 4 and at
 tp = 2 x dp = 2 with ZeRO-1 and continues exactly; and greedy sampling at the end of a tp = 2 run gives tp = 1's text.
@@ -36,6 +37,18 @@ MODELS = {
     # Relaxed recursion on GPT-2 blocks: biases (the row-parallel ones added once), ladder.
     "relaxed-ladder": f"model {{ {SHAPE} prelude_layers: 1 block_layers: 2 loops: 2 "
                       "coda_layers: 1 residual: LADDER loop_lora_rank: 3 }",
+    # Mixture-of-Recursions: expert choice on Llama-style blocks, token choice on GPT-2 blocks;
+    # routing is the same on every tp rank. Learned positions: with rotary ones a freshly
+    # initialised model gives repeated tokens (the indentation of source text) router scores
+    # equal to within rounding, so the top-k among them follows the order of the tensor-parallel
+    # sums (parity_mor_expert checks rotary against PyTorch).
+    "mor-expert": "model { vocab_size: 257 d_model: 32 n_heads: 8 n_kv_heads: 4 d_mlp: 48 "
+                  "max_seq_len: 32 prelude_layers: 1 block_layers: 1 loops: 3 coda_layers: 1 "
+                  "norm: RMSNORM mlp: SWIGLU bias: false "
+                  "recursion_router: EXPERT_CHOICE recursion_aux_weight: 0.1 }",
+    "mor-token": f"model {{ {SHAPE} prelude_layers: 1 block_layers: 2 loops: 3 coda_layers: 0 "
+                 "recursion_router: TOKEN_CHOICE recursion_gate_scale: 0.5 "
+                 "recursion_aux_weight: 0.1 }",
 }
 COMMON = training_config(global_batch=8, eval_batches=2)
 
@@ -73,7 +86,7 @@ def check_sampling():
 
 def cases(model_name, config, reference):
     cases = [(2, 1, []), (4, 1, []), (2, 2, [])]
-    if model_name.startswith("looped"):
+    if model_name.startswith(("looped", "mor")):
         cases.append((2, 2, ["parallel.zero_stage=1", "parallel.bucket_mb=0.01"]))
     for tp, dp, overrides in cases:
         name = f"{model_name} tp={tp} dp={dp} {' '.join(overrides)}"

@@ -5,6 +5,8 @@ Runs loom's dump tool (`TOOL CONFIG --out DIR`), replays the same training run i
 tests/torch_ref/loom_torch.py, and compares:
   * the loss at every step:               |loom - ref| / |ref|                      <= tol
   * every gradient at step 0 (unclipped): ||loom - ref|| / max(||ref||, 1e-12)    <= tol
+The loss is the mean cross-entropy; the gradients are those of the trained objective, which
+with a recursion router (Mixture-of-Recursions) adds the router's auxiliary term to it.
 Parameter names and shapes must agree exactly, in init.safetensors and grads0.safetensors.
 Exit status 0 = pass, 1 = a comparison failed, 2 = the dump could not be produced or read.
 
@@ -123,7 +125,9 @@ def reference_run(model_dict, train, init, tokens, dtype=torch.float64):
         batch = torch.from_numpy(tokens[step])
         optimizer.zero_grad(set_to_none=True)
         _, loss = model(batch[:, :T], batch[:, 1:])
-        loss.backward()
+        # The reported loss is the cross-entropy alone; the gradient is that of the whole
+        # objective, which adds the Mixture-of-Recursions router's auxiliary term (0 without).
+        (loss + model.aux_loss).backward()
         losses.append(loss.item())
         if step == 0:
             grads0 = loom_torch.loom_gradients(model)

@@ -3,8 +3,10 @@
 
 Two things are checked:
   1. The reference model against independent re-statements of the spec (a textbook pre-norm
-     loop, the Ladder Residual sum, input injection, rotary as complex multiplication), so a
-     slip in loom_torch.py is not simply copied into the fake dump and missed.
+     loop, the Ladder Residual sum, input injection, rotary as complex multiplication,
+     Mixture-of-Recursions as masked attention over the whole sequence, its gradient against
+     finite differences), so a slip in loom_torch.py is not simply copied into the fake dump
+     and missed.
   2. check_parity.py end to end: a float32 torch run posing as loom must PASS against the
      float64 reference, and a dump perturbed just past tolerance, with a missing or misshapen
      tensor, with the wrong residual schedule, or from a tool that crashes, must FAIL.
@@ -42,6 +44,12 @@ GPT2_LIKE = {
 LOOPED_LADDER = dict(GPT2_LIKE, norm="RMSNORM", norm_eps=1e-6, position="ROTARY", tie_embeddings=True,
                      prelude_layers=1, block_layers=2, loops=3, coda_layers=1,
                      input_injection=True, residual="LADDER")
+# Mixture-of-Recursions, as tests/parity/mor_expert.textproto and mor_token.textproto.
+MOR_EXPERT = dict(GPT2_LIKE, vocab_size=64, d_mlp=48, max_seq_len=16, n_kv_heads=2, norm="RMSNORM",
+                  norm_eps=1e-5, position="ROTARY", mlp="SWIGLU", bias=False, block_layers=2, loops=3,
+                  recursion_router="EXPERT_CHOICE", recursion_aux_weight=0.1)
+MOR_TOKEN = dict(GPT2_LIKE, vocab_size=64, d_mlp=48, max_seq_len=16, block_layers=2, loops=3,
+                 recursion_router="TOKEN_CHOICE", recursion_gate_scale=0.5, recursion_aux_weight=0.1)
 STEPS = 21  # the brief requires the losses at step 0 and step 20
 
 
@@ -101,15 +109,218 @@ def _rotary_by_complex(x, theta):
     return torch.cat((z.real, z.imag), dim=-1)
 
 
+def _masked_attention(layer, x, allowed, theta, iteration):
+    """layer.attn on the whole sequence x (T, C) with a (T, T) mask of allowed keys, rotary (when
+    theta is given) as complex multiplication at positions 0 .. T-1."""
+    attn = layer.attn
+    T, C = x.shape
+    hd = C // attn.n_heads
+    kv_width = attn.n_kv_heads * hd
+    q, k, v = attn.qkv(layer.norm1(x), iteration).split([C, kv_width, kv_width], dim=-1)
+    q = q.view(T, attn.n_heads, hd).transpose(0, 1)
+    k, v = (t.view(T, attn.n_kv_heads, hd).transpose(0, 1) for t in (k, v))
+    # Query head h reads key/value head h // group.
+    heads = torch.arange(attn.n_heads) // (attn.n_heads // attn.n_kv_heads)
+    k, v = k[heads], v[heads]
+    if theta is not None:
+        q, k = _rotary_by_complex(q, theta), _rotary_by_complex(k, theta)
+    scores = (q @ k.transpose(-2, -1)) / hd ** 0.5
+    y = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ v
+    return attn.proj(y.transpose(0, 1).reshape(T, C), iteration)
+
+
+def _mor_by_masking(model, idx):
+    """Mixture-of-Recursions without gathering: iteration r runs the block on every token of the
+    sequence with the keys limited to the selected ones (and itself, so that no row is empty),
+    then keeps the update of the selected tokens only. Returns (logits, aux)."""
+    cfg = model.config
+    B, T = idx.shape
+    R = cfg["loops"]
+    theta = cfg["rope_theta"] if cfg["position"] == "ROTARY" else None
+    x = model.wte[idx] + (model.wpe[:T] if cfg["position"] == "LEARNED" else 0)
+    rotary = None if theta is None else loom_torch.rotary_tables(T, cfg["d_model"] // cfg["n_heads"],
+                                                                 theta, x.dtype)
+    for layer in model.prelude:
+        x = x + layer.attention_branch(x, rotary)
+        x = x + layer.mlp_branch(x)
+    W = model.loop.router.weight
+    alpha = float(np.float32(cfg["recursion_gate_scale"]))
+    weight = float(np.float32(cfg["recursion_aux_weight"]))
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    eye = torch.eye(T, dtype=torch.bool)
+    if cfg["recursion_router"] == "TOKEN_CHOICE":
+        probs = torch.softmax(torch.einsum("btc,rc->btr", x, W), dim=-1)
+        best, depth = probs.max(dim=-1)  # torch's max: the first of equal maxima
+        aux = weight * R * sum(float((depth == j).double().mean()) * probs[..., j].mean()
+                               for j in range(R))
+    else:
+        capacity = ([float(np.float32(c)) for c in cfg["recursion_capacity"]]
+                    or [(R - r) / R for r in range(R)])
+        aux = 0.0
+    rows = []
+    for b in range(B):
+        h = x[b]
+        active = torch.ones(T, dtype=torch.bool)
+        for r in range(R):
+            if cfg["recursion_router"] == "TOKEN_CHOICE":
+                selected = depth[b] >= r
+                gate = alpha * best[b]
+            else:
+                s = h @ W[r]
+                k = min(int(capacity[r] * T + 1e-6), int(active.sum()))
+                # Stable sort of -s over the active tokens: equal scores keep position order.
+                order = torch.sort(torch.where(active, -s.detach(), float("inf")), stable=True)[1]
+                selected = torch.zeros(T, dtype=torch.bool)
+                selected[order[:k]] = True
+                y = selected.to(s.dtype)
+                # -(y log sigmoid(s) + (1 - y) log(1 - sigmoid(s))), 1 - sigmoid(s) = sigmoid(-s).
+                logsig = torch.nn.functional.logsigmoid
+                bce = -(y * logsig(s) + (1 - y) * logsig(-s))
+                aux = aux + (bce * active).sum()
+                gate = alpha * torch.sigmoid(s)
+                active = selected
+            allowed = causal & selected[None, :] | eye
+            y = h
+            for layer in model.block:
+                y = y + _masked_attention(layer, y, allowed, theta, r)
+                y = y + layer.mlp_branch(y, r)
+            h = h + torch.where(selected, gate, torch.zeros_like(gate))[:, None] * (y - h)
+        rows.append(h)
+    x = torch.stack(rows)
+    if cfg["recursion_router"] == "EXPERT_CHOICE":
+        aux = weight * aux / (B * T)
+    for layer in model.coda:
+        x = x + layer.attention_branch(x, rotary)
+        x = x + layer.mlp_branch(x)
+    head = model.wte if cfg["tie_embeddings"] else model.lm_head.weight
+    return model.norm_f(x) @ head.t(), aux
+
+
+class _Pinned:
+    """Replaces loom_torch attributes for the duration of a with-block."""
+
+    def __init__(self, **values):
+        self.values = values
+
+    def __enter__(self):
+        self.saved = {name: getattr(loom_torch, name) for name in self.values}
+        for name, value in self.values.items():
+            setattr(loom_torch, name, value)
+
+    def __exit__(self, *exc):
+        for name, value in self.saved.items():
+            setattr(loom_torch, name, value)
+
+
+def _mor_model(cfg, generator, std=0.2):
+    """A float64 MoR model with random weights, LoRA factors and norm gains (nothing at its
+    neutral value) and a router scaled up so that depths and gates vary."""
+    model = loom_torch.LoomModel(dict(cfg), dtype=torch.float64)
+    loom_torch.init_normal(model, std=std, generator=generator)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim < 2 or ".lora." in name:
+                param.add_(0.1 * torch.randn(param.shape, dtype=param.dtype, generator=generator))
+        model.loop.router.weight.mul_(10.0)
+    return model
+
+
+def _objective(model, idx, targets):
+    _, loss = model(idx, targets)
+    return loss + model.aux_loss
+
+
+def check_mor_semantics(generator, compare):
+    """Mixture-of-Recursions: pinned to the plain loop, against the masked restatement (values
+    and gradients), ties, and finite differences."""
+    idx = torch.randint(0, 64, (3, 16), generator=generator)
+    targets = torch.randint(0, 64, (3, 16), generator=generator)
+    lora = dict(loop_lora_rank=2)
+
+    def without_router(model, cfg):
+        plain = loom_torch.LoomModel(dict(cfg, recursion_router="NONE", recursion_capacity=[]),
+                                     dtype=torch.float64)
+        loom_torch.load_loom_weights(plain, {name: p.detach().numpy() for name, p in
+                                             model.named_parameters() if not name.startswith("loop.")})
+        return plain
+
+    with torch.no_grad():
+        cfg = dict(MOR_EXPERT, recursion_capacity=[1.0, 1.0, 1.0], **lora)
+        model = _mor_model(cfg, generator)
+        with _Pinned(expert_gate=lambda s, alpha: torch.ones_like(s)):
+            compare("MoR EXPERT gate 1, capacity 1 == plain loop", model(idx)[0],
+                    without_router(model, cfg)(idx)[0])
+        cfg = dict(MOR_TOKEN, **lora)
+        model = _mor_model(cfg, generator)
+        with _Pinned(token_gate=lambda p, alpha: torch.ones_like(p),
+                     token_depths=lambda p: torch.full(p.shape[:-1], p.shape[-1] - 1, dtype=torch.long)):
+            compare("MoR TOKEN gate 1, every depth R-1 == plain loop", model(idx)[0],
+                    without_router(model, cfg)(idx)[0])
+
+        # A zero router ties every score: expert choice keeps the first positions, token choice
+        # gives every token depth 0 (so iterations 1 .. R-1 run nothing).
+        for cfg, want in ((dict(MOR_EXPERT, recursion_capacity=[1.0, 0.5, 0.25]), (16, 8, 4)),
+                          (MOR_TOKEN, (16, 0, 0))):
+            model = _mor_model(cfg, generator)
+            model.loop.router.weight.zero_()
+            model(idx)
+            wrong = sum(sel != tuple(range(want[r])) for _, r, sel in model.last_selection)
+            compare(f"MoR {cfg['recursion_router']} zero router: ties to the lowest (wrong picks)",
+                    torch.tensor(float(wrong)), torch.tensor(0.0))
+
+    for name, cfg in (("EXPERT rotary SwiGLU GQA", dict(MOR_EXPERT, recursion_capacity=[0.9, 0.6, 0.3],
+                                                        recursion_gate_scale=0.7, **lora)),
+                      ("EXPERT learned GELU", dict(MOR_TOKEN, recursion_router="EXPERT_CHOICE",
+                                                   recursion_gate_scale=1.0, **lora)),
+                      ("TOKEN learned GELU", dict(MOR_TOKEN, **lora)),
+                      ("TOKEN rotary SwiGLU GQA", dict(MOR_EXPERT, recursion_router="TOKEN_CHOICE",
+                                                       recursion_gate_scale=0.5, **lora))):
+        model = _mor_model(cfg, generator)
+        logits, loss = model(idx, targets)
+        (loss + model.aux_loss).backward()
+        sizes = sorted({len(sel) for _, _, sel in model.last_selection})
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        masked_logits, masked_aux = _mor_by_masking(model, idx)
+        compare(f"MoR {name} == masked restatement, logits", logits, masked_logits)
+        compare(f"MoR {name} == masked restatement, aux", model.aux_loss, masked_aux)
+        (torch.nn.functional.cross_entropy(masked_logits.reshape(-1, 64), targets.reshape(-1))
+         + masked_aux).backward()
+        worst = max(float((grads[n] - p.grad).abs().max()) for n, p in model.named_parameters())
+        compare(f"MoR {name} == masked restatement, gradients (kept {sizes})", torch.tensor(worst),
+                torch.tensor(0.0))
+
+        # Central differences of the objective along random directions, the selection unmoved.
+        selection = list(model.last_selection)
+        params = list(model.parameters())
+        worst = 0.0
+        with torch.no_grad():
+            for _ in range(3):
+                direction = [torch.randn(p.shape, dtype=p.dtype, generator=generator) for p in params]
+                slope = sum(float((g * d).sum()) for g, d in zip(grads.values(), direction))
+                values = []
+                for sign in (1.0, -1.0):
+                    for p, d in zip(params, direction):
+                        p.add_(sign * 1e-6 * d)
+                    values.append(float(_objective(model, idx, targets)))
+                    if model.last_selection != selection:
+                        worst = float("inf")  # the selection moved: the check means nothing
+                    for p, d in zip(params, direction):
+                        p.sub_(sign * 1e-6 * d)
+                worst = max(worst, abs((values[0] - values[1]) / 2e-6 - slope) / abs(slope))
+        compare(f"MoR {name} gradient == finite differences (rel)", torch.tensor(worst),
+                torch.tensor(0.0), tol=1e-6)
+
+
 def check_model_semantics():
     """Returns a list of (name, max abs difference, ok)."""
     generator = torch.Generator().manual_seed(1)
     idx = torch.randint(0, GPT2_LIKE["vocab_size"], (2, 12), generator=generator)
     results = []
 
-    def compare(name, a, b):
+    def compare(name, a, b, tol=1e-12):
         diff = float((a - b).abs().max())
-        results.append((name, diff, diff <= 1e-12))
+        results.append((name, diff, diff <= tol))
 
     with torch.no_grad():
         gpt2 = loom_torch.LoomModel(dict(GPT2_LIKE, loops=2), dtype=torch.float64)
@@ -128,6 +339,7 @@ def check_model_semantics():
         cos, sin = loom_torch.rotary_tables(12, 8, 500.0, torch.float64)
         compare("rotary == complex multiplication", loom_torch.apply_rotary(x, cos, sin),
                 _rotary_by_complex(x, 500.0))
+    check_mor_semantics(generator, compare)
     return results
 
 
@@ -178,6 +390,8 @@ def parity_cases():
     """(name, case, expected exit status, text the output must contain)."""
     looped = {"model": LOOPED_LADDER, "train": make_train()}
     no_clip = {"model": GPT2_LIKE, "train": dict(make_train(), grad_clip=0.0)}
+    mor_expert = {"model": MOR_EXPERT, "train": make_train()}
+    mor_token = {"model": MOR_TOKEN, "train": make_train()}
     return [
         ("GPT-2-like, float32 vs float64", {"model": GPT2_LIKE, "train": make_train()}, 0, "parity PASS"),
         ("GPT-2-like, no clipping", no_clip, 0, "parity PASS"),
@@ -196,6 +410,14 @@ def parity_cases():
         ("loom used norm_eps 1e-3, not 1e-5", {"model": GPT2_LIKE, "train": make_train(),
                                               "run_model_overrides": {"norm_eps": 1e-3}}, 1, "parity FAIL"),
         ("dump tool crashes", dict(looped, fail_tool=True), 2, "simulated crash"),
+        ("MoR expert choice, float32", mor_expert, 0, "parity PASS"),
+        ("MoR token choice, float32", mor_token, 0, "parity PASS"),
+        ("loom left out the MoR aux loss", dict(mor_expert, run_model_overrides={"recursion_aux_weight": 0.0}),
+         1, "loop.router.weight"),
+        ("loom ignored MoR gate scale 0.5", dict(mor_token, run_model_overrides={"recursion_gate_scale": 1.0}),
+         1, "parity FAIL"),
+        ("loom ran MoR capacity 1, 1/2, 1/4",
+         dict(mor_expert, run_model_overrides={"recursion_capacity": [1.0, 0.5, 0.25]}), 1, "parity FAIL"),
     ]
 
 

@@ -11,11 +11,16 @@ Invariants:
     follows the pseudocode in loom's parity brief literally; see LoomModel.forward.
   * Shared block weights are the same nn.Module on every loop iteration, so autograd sums
     their gradients over iterations exactly as loom must.
+  * Mixture-of-Recursions (recursion_router EXPERT_CHOICE / TOKEN_CHOICE) runs each loop
+    iteration on the gathered tokens of one sequence at a time; see LoomModel._routed_forward.
+    Its auxiliary objective is left in model.aux_loss (0 without a router): the loss to
+    backpropagate is loss + model.aux_loss, the loss to report is loss alone.
 
 Usage:
     model = LoomModel(json.load(open("model.json")), dtype=torch.float64)
     load_loom_weights(model, load_safetensors("init.safetensors"))
-    logits, loss = model(idx, targets); loss.backward(); grads = loom_gradients(model)
+    logits, loss = model(idx, targets); (loss + model.aux_loss).backward()
+    grads = loom_gradients(model)
 """
 
 import json
@@ -33,12 +38,19 @@ MODEL_KEYS = (
     "coda_layers", "input_injection", "residual",
 )
 # Keys a model dict may leave out (dicts written before they existed), with their defaults.
-OPTIONAL_KEYS = {"mlp": "GELU", "n_kv_heads": 0, "bias": True, "loop_lora_rank": 0}
+OPTIONAL_KEYS = {
+    "mlp": "GELU", "n_kv_heads": 0, "bias": True, "loop_lora_rank": 0,
+    # Mixture-of-Recursions. recursion_capacity empty = (R - r) / R for iteration r of R.
+    "recursion_router": "NONE", "recursion_capacity": [], "recursion_gate_scale": 1.0,
+    "recursion_aux_weight": 0.01, "recursion_kv": "RECURSION_WISE",
+}
 _CHOICES = {
     "norm": ("LAYERNORM", "RMSNORM"),
     "position": ("LEARNED", "ROTARY"),
     "residual": ("STANDARD", "LADDER"),
     "mlp": ("GELU", "SWIGLU"),
+    "recursion_router": ("NONE", "EXPERT_CHOICE", "TOKEN_CHOICE"),
+    "recursion_kv": ("RECURSION_WISE",),  # the only key/value scheme loom runs
 }
 # How many sub-layer outputs may wait before being added to the stream.
 _RESIDUAL_DELAY = {"STANDARD": 1, "LADDER": 2}
@@ -50,7 +62,7 @@ def validate_model_dict(model):
     if missing:
         raise ValueError(f"model dict is missing keys {missing}")
     for key, default in OPTIONAL_KEYS.items():
-        model.setdefault(key, default)
+        model.setdefault(key, list(default) if isinstance(default, list) else default)
     for key, allowed in _CHOICES.items():
         if model[key] not in allowed:
             raise ValueError(f"model.{key} = {model[key]!r}; expected one of {allowed}")
@@ -68,6 +80,74 @@ def validate_model_dict(model):
     head_dim = model["d_model"] // model["n_heads"]
     if model["position"] == "ROTARY" and head_dim % 2 != 0:
         raise ValueError(f"ROTARY needs an even head dim; d_model/n_heads = {head_dim}")
+    if model["recursion_router"] != "NONE":
+        _validate_router(model)
+
+
+def _validate_router(model):
+    """Routing is defined only for a plain loop: STANDARD residual, no input injection,
+    backprop through every iteration (backprop_loops 0 or >= loops). Anything else is refused
+    rather than guessed at."""
+    router = model["recursion_router"]
+    if int(model["loops"]) < 1:
+        raise ValueError(f"recursion_router {router} needs loops >= 1, not {model['loops']}")
+    if model["residual"] != "STANDARD":
+        raise ValueError(f"recursion_router {router} is defined for residual STANDARD only, "
+                         f"not {model['residual']}")
+    if model["input_injection"]:
+        raise ValueError(f"recursion_router {router} is not defined with input_injection")
+    if 0 < int(model.get("backprop_loops", 0)) < int(model["loops"]):
+        raise ValueError(f"recursion_router {router} is not defined with truncated backprop "
+                         f"(backprop_loops {model['backprop_loops']} < loops {model['loops']})")
+    for key in ("recursion_gate_scale", "recursion_aux_weight"):
+        if not math.isfinite(float(model[key])):
+            raise ValueError(f"model.{key} = {model[key]} is not finite")
+    capacity = model["recursion_capacity"]
+    if not isinstance(capacity, list):
+        raise ValueError(f"model.recursion_capacity = {capacity!r} is not a list")
+    if router == "EXPERT_CHOICE" and capacity:
+        if len(capacity) != int(model["loops"]):
+            raise ValueError(f"model.recursion_capacity has {len(capacity)} values for "
+                             f"{model['loops']} loops")
+        for value in capacity:
+            if not (math.isfinite(float(value)) and float(value) >= 0.0):
+                raise ValueError(f"model.recursion_capacity value {value} must be finite and >= 0")
+
+
+def _float32(value):
+    """A config value as loom holds it (proto float), widened exactly to a Python float."""
+    return float(np.float32(value))
+
+
+def recursion_capacities(model):
+    """c_r for r = 0 .. loops-1: the configured values rounded to float32, or else the default
+    (R - r) / R, computed in float64."""
+    R = int(model["loops"])
+    if model["recursion_capacity"]:
+        return [_float32(value) for value in model["recursion_capacity"]]
+    return [(R - r) / R for r in range(R)]
+
+
+def expert_capacity(capacity, seq_len, active):
+    """k_r = min(floor(c_r * T + 1e-6), |A_r|), with c_r * T in float64."""
+    return min(int(math.floor(capacity * seq_len + 1e-6)), active)
+
+
+def expert_gate(scores, alpha):
+    """EXPERT_CHOICE gate of the chosen tokens: alpha * sigmoid(s_t). (A module-level function
+    so a test can pin it.)"""
+    return alpha * torch.sigmoid(scores)
+
+
+def token_depths(probs):
+    """TOKEN_CHOICE depth j_t = argmax_j p_t[j] of probs (..., R), as int64; numpy's argmax
+    returns the first maximum, so ties go to the lowest depth."""
+    return torch.from_numpy(np.argmax(probs.detach().cpu().numpy(), axis=-1)).long()
+
+
+def token_gate(probability, alpha):
+    """TOKEN_CHOICE gate: alpha * p_t[j_t], the router's probability of the chosen depth."""
+    return alpha * probability
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,6 +384,13 @@ class LoomModel(nn.Module):
         self.norm_f = make_norm(model, dtype)
         if not model["tie_embeddings"]:
             self.lm_head = nn.Linear(C, V, bias=False, dtype=dtype)
+        if model["recursion_router"] != "NONE":
+            # "loop.router.weight", (loops, d_model): row r scores tokens for iteration r
+            # (EXPERT_CHOICE); the whole matrix gives a token's logits over depths (TOKEN_CHOICE).
+            self.loop = nn.Module()
+            self.loop.router = nn.Linear(C, model["loops"], bias=False, dtype=dtype)
+        self.aux_loss = 0.0
+        self.last_selection = []
 
     def unrolled_layers(self):
         """Yields (layer, block_iteration, block_index); both None outside the looped block."""
@@ -316,7 +403,10 @@ class LoomModel(nn.Module):
             yield layer, None, None
 
     def forward(self, idx, targets=None):
-        """idx, targets (B, T) int64. Returns logits (B, T, V) and the mean loss (or None)."""
+        """idx, targets (B, T) int64. Returns logits (B, T, V) and the mean loss (or None).
+
+        Also sets self.aux_loss: the router's auxiliary objective (a 0-d tensor), or 0.0 without
+        a router. It is part of the objective to backpropagate, not of the returned loss."""
         cfg = self.config
         T = idx.shape[1]
         if T > cfg["max_seq_len"]:
@@ -329,6 +419,23 @@ class LoomModel(nn.Module):
             head_dim = cfg["d_model"] // cfg["n_heads"]
             rotary = rotary_tables(T, head_dim, cfg["rope_theta"], stream.dtype)
 
+        self.aux_loss = 0.0
+        self.last_selection = []
+        if cfg["recursion_router"] != "NONE":
+            stream = self._routed_forward(stream, rotary)
+        else:
+            stream = self._unrouted_forward(stream, rotary)
+
+        head = self.wte if cfg["tie_embeddings"] else self.lm_head.weight
+        logits = self.norm_f(stream) @ head.t()
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss
+
+    def _unrouted_forward(self, stream, rotary):
+        """Every layer of the unrolled list on the whole stream, with the residual schedule."""
+        cfg = self.config
         delay = _RESIDUAL_DELAY[cfg["residual"]]
         pending = []  # sub-layer outputs not yet added to the stream, oldest first
         injected = None
@@ -350,14 +457,85 @@ class LoomModel(nn.Module):
                 if len(pending) == delay:
                     stream = stream + pending.pop(0)
                 pending.append(branch(stream))
-        stream = stream + sum(pending)
+        return stream + sum(pending)
 
-        head = self.wte if cfg["tie_embeddings"] else self.lm_head.weight
-        logits = self.norm_f(stream) @ head.t()
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        return logits, loss
+    def _routed_forward(self, stream, rotary):
+        """Mixture-of-Recursions: prelude, R routed iterations of the shared block, coda.
+
+        Only STANDARD residual (validated), so every layer is x = x + attn(norm1(x)); x = x +
+        mlp(norm2(x)). Iteration r of sequence b runs the block on X = H[S_r] alone, as a
+        sequence of |S_r| tokens: causal among them in position order, rotary at each token's
+        original position; then H_t += g_t * (Y_t - X_t) for t in S_r. The selected positions
+        of each (b, r) are left in self.last_selection, a list of (b, r, positions)."""
+        cfg = self.config
+        for layer in self.prelude:
+            stream = _standard_layer(layer, stream, rotary)
+
+        B, T, _ = stream.shape
+        R = cfg["loops"]
+        router = cfg["recursion_router"]
+        alpha = _float32(cfg["recursion_gate_scale"])
+        aux_weight = _float32(cfg["recursion_aux_weight"])
+        W = self.loop.router.weight  # (R, C)
+        if router == "TOKEN_CHOICE":
+            # Decided once, on the stream entering the loop.
+            probs = F.softmax(stream @ W.t(), dim=-1)  # (B, T, R)
+            depth = token_depths(probs)  # (B, T), no gradient
+            gates = token_gate(probs.gather(-1, depth.unsqueeze(-1)).squeeze(-1), alpha)  # (B, T)
+            fraction = F.one_hot(depth, R).to(probs.dtype).mean(dim=(0, 1))  # f_j, constant
+            mean_prob = probs.mean(dim=(0, 1))  # P_j
+            aux = aux_weight * (R * (fraction * mean_prob).sum())
+        else:
+            capacities = recursion_capacities(cfg)
+            bce_sum = stream.new_zeros(())
+
+        rows = []
+        for b in range(B):
+            h = stream[b]  # (T, C)
+            active = list(range(T))  # A_r, ascending
+            for r in range(R):
+                if router == "EXPERT_CHOICE":
+                    scores = h @ W[r]  # s_t for every position, at this iteration's start
+                    k = expert_capacity(capacities[r], T, len(active))
+                    values = scores.detach().tolist()
+                    ranked = sorted(active, key=lambda t: (-values[t], t))  # ties: lower first
+                    chosen = sorted(ranked[:k])
+                    if active:
+                        picked = set(chosen)
+                        target = torch.tensor([1.0 if t in picked else 0.0 for t in active],
+                                              dtype=scores.dtype)
+                        bce_sum = bce_sum + F.binary_cross_entropy_with_logits(
+                            scores[active], target, reduction="sum")
+                    gate = expert_gate(scores[chosen], alpha) if chosen else None
+                else:
+                    chosen = [t for t in range(T) if int(depth[b, t]) >= r]
+                    gate = gates[b, chosen]
+                self.last_selection.append((b, r, tuple(chosen)))
+                active = chosen
+                if not chosen:
+                    continue
+                index = torch.tensor(chosen, dtype=torch.long)
+                x = h[index].unsqueeze(0)  # (1, k, C), in position order
+                sub_rotary = None if rotary is None else (rotary[0][index], rotary[1][index])
+                y = x
+                for layer in self.block:
+                    y = _standard_layer(layer, y, sub_rotary, r)
+                h = h.index_add(0, index, gate.unsqueeze(-1) * (y[0] - x[0]))
+            rows.append(h)
+        stream = torch.stack(rows)
+        if router == "EXPERT_CHOICE":
+            aux = aux_weight * bce_sum / (B * T)
+        self.aux_loss = aux
+
+        for layer in self.coda:
+            stream = _standard_layer(layer, stream, rotary)
+        return stream
+
+
+def _standard_layer(layer, x, rotary, iteration=None):
+    """One pre-norm layer with the STANDARD residual (the FIFO of delay 1, written out)."""
+    x = x + layer.attention_branch(x, rotary, iteration)
+    return x + layer.mlp_branch(x, iteration)
 
 
 def init_normal(model, std=0.02, generator=None):
