@@ -217,9 +217,10 @@ void validate_recursion_router(const config::RunConfig& cfg) {
   }
   const std::string routed =
       "model.recursion_router " + M::RecursionRouter_Name(m.recursion_router());
-  require(m.recursion_kv() == M::RECURSION_WISE,
-          "model.recursion_kv SHARED_FIRST is not implemented: use RECURSION_WISE (the tokens an "
-          "iteration runs attend among themselves)");
+  require(m.recursion_kv() == M::RECURSION_WISE || m.recursion_router() == M::TOKEN_CHOICE ||
+              m.recursion_capacity_size() == 0 || m.recursion_capacity(0) == 1,
+          "model.recursion_kv SHARED_FIRST needs the first iteration to run every token "
+          "(model.recursion_capacity[0] = 1): later iterations attend to its keys and values");
   require(m.recursion_gate_scale() > 0, "model.recursion_gate_scale must be positive");
   require(m.recursion_aux_weight() >= 0, "model.recursion_aux_weight must not be negative");
   if (m.recursion_router() == M::TOKEN_CHOICE) {

@@ -279,6 +279,9 @@ struct ArenaTemporaries {
   // stream: (B, T, C) each at most), the rotary angles of its tokens (B·T, hd/2 each), and the
   // router's logits (B·T, loops) as activations and in fp32.
   size_t routed_state = 0, routed_cos = 0, routed_sin = 0, router_logits = 0, router_logits32 = 0;
+  // model.recursion_kv SHARED_FIRST: the gradient of the first iteration's keys and values the
+  // later iterations leave, (block_layers, B·T, qkv columns).
+  size_t shared_dqkv = 0;
 };
 
 // Mixture-of-Recursions: one loop iteration's routing of one micro-batch. Host copies; rows and

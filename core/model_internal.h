@@ -73,10 +73,26 @@ void norm_backward(Model& m, size_t w, size_t b, const SublayerActs& a, int N,
                    const void* d_normed, void* d_input);
 // h (B, T, C) = Attn(norm1(input)) / MLP(norm2(input)): this rank's part of it (all of it when
 // tp = 1).
-// With `lengths` (a routed iteration: B = 1, T = the gathered tokens) attention runs within
-// each sequence and rotary at the tokens' own positions (m.temps.routed_cos/sin).
+// A routed loop iteration's tokens (core/model_routed.cpp), which a walk runs as B = 1 and T =
+// their count: attention within each sequence's rows, rotary at the tokens' own positions
+// (m.temps.routed_cos/sin).
+struct RoutedTokens {
+  const LoopRoute* route = nullptr;  // lengths per sequence, rows b·T + t
+  int T = 0;                         // the sequences' length
+  // model.recursion_kv SHARED_FIRST, by attention sub-layer (null where none): after the first
+  // iteration, the first iteration's qkv of the same block layer (B·T rows), whose keys and
+  // values attention reads instead of the tokens' own, and where backward adds their gradient
+  // (the same layout); in the first iteration, the gradient the later ones left there.
+  std::function<const void*(int sublayer)> shared_qkv;
+  std::function<void*(int sublayer)> shared_dqkv;
+  std::function<const void*(int sublayer)> own_dqkv;
+};
+
+// With `routed` (sub-layer `sublayer` of a routed iteration) attention runs within each
+// sequence, rotary at the tokens' own positions.
 void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
-                                int T, void* h, const std::vector<int>* lengths = nullptr);
+                                int T, void* h, const RoutedTokens* routed = nullptr,
+                                int sublayer = -1);
 void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
                           void* h);
 // d_normed (B, T, C) = this rank's part of the gradient of the sub-layer's pre-norm output,
@@ -85,7 +101,7 @@ void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a
 // for *_sublayer_weights, and what they need (dh, the middle gradient) stays in a's slot.
 void attention_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
                                  int T, const void* dh, void* d_normed, bool defer_weights,
-                                 const std::vector<int>* lengths = nullptr);
+                                 const RoutedTokens* routed = nullptr, int sublayer = -1);
 void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
                            const void* dh, void* d_normed, bool defer_weights);
 // The weight gradients a deferring backward left (N = B·T tokens).
@@ -124,9 +140,7 @@ struct Walk {
   // delay − 1 outputs still pending (checkpoint_tensor).
   std::function<void*(int position)> checkpoint;
   WalkEnd end_as = WalkEnd::kBoundary;
-  // A routed loop iteration's gathered tokens: B = 1 and T = their count, these sequences'
-  // lengths (attention stays within each; rotary takes m.temps.routed_cos/sin). Null: dense.
-  const std::vector<int>* lengths = nullptr;
+  const RoutedTokens* routed = nullptr;  // a routed iteration's tokens (B = 1); null: dense
 };
 
 // Pending output h_j of the boundary state at position p's start, inside a checkpoint of it.
@@ -141,12 +155,22 @@ struct BackwardRun {
   BoundaryState grad_state;  // the gradient of the state at the end of what is still to do
   bool defer;                // BackwardPart::kInput
   std::function<void(const ShardRange&)> report;
-  const std::vector<int>* lengths = nullptr;  // as Walk::lengths
+  const RoutedTokens* routed = nullptr;  // as Walk::routed
 };
 
 // Backward of positions [a, b) from the gradient of the state at b in run.grad_state to that of
 // the state at a (core/model_walk.cpp).
 void backward_range(BackwardRun& run, int a, int b, const std::function<SublayerActs(int)>& acts);
+
+// A routed iteration's attention (core/model_routed.cpp): each sequence's rows among
+// themselves, causal in their order, or (SHARED_FIRST after the first iteration) against the
+// first iteration's keys and values, causal by position. Backward: d_qkv (overwritten) from
+// d_out; in the first iteration under SHARED_FIRST with the later iterations' key/value
+// gradient added.
+void routed_attention_forward(Model& m, const SublayerActs& a, const RoutedTokens& routed,
+                              int sublayer);
+void routed_attention_backward(Model& m, const SublayerActs& a, const RoutedTokens& routed,
+                               int sublayer, void* d_qkv, const void* d_out);
 
 // Mixture-of-Recursions (core/model_routed.cpp): the forward of a whole routed model's layers
 // from the embedded stream in `state` (every output added at the end), and its backward from

@@ -162,6 +162,24 @@ std::vector<float> token_router_gradient(const Model& m, const LoopRoute& first,
   return dz;
 }
 
+// Gradient of expert choice's router logits (B·T; 0 for tokens not scored) from the kept tokens'
+// gates' gradients and the auxiliary BCE on every scored token (scaled by `scale`).
+std::vector<float> expert_router_gradient(const Model& m, const LoopRoute& route,
+                                          const std::vector<double>& d_gate, double scale) {
+  const double alpha = m.spec.config.recursion_gate_scale(),
+               weight = m.spec.config.recursion_aux_weight();
+  std::vector<float> d_logits(route.logits.size(), 0.0f);
+  size_t kept = 0;
+  for (const int t : route.scored) {
+    const double s = route.logits[t];
+    const bool is_kept = kept < route.rows.size() && route.rows[kept] == t;
+    double d = weight * scale * (sigmoid(s) - (is_kept ? 1.0 : 0.0));
+    if (is_kept) d += d_gate[kept++] * alpha * sigmoid(s) * (1.0 - sigmoid(s));
+    d_logits[t] = static_cast<float>(d);
+  }
+  return d_logits;
+}
+
 // Rotary angles of the route's tokens at their own positions (m.temps.routed_cos/sin), copied
 // from the table of positions 0 .. T − 1 in runs of consecutive positions.
 void routed_rope(Model& m, const LoopRoute& route, int T) {
@@ -187,6 +205,83 @@ const float* device_gates(Model& m, const LoopRoute& route) {
   return m.routing.gates.data() + route.device;
 }
 
+// Each run of consecutive positions in the route's rows: f(sequence, first packed row, length,
+// first position).
+template <typename F>
+void for_each_run(const RoutedTokens& routed, F f) {
+  const std::vector<int>& rows = routed.route->rows;
+  size_t row = 0;
+  for (size_t b = 0; b < routed.route->lengths.size(); ++b) {
+    const int n = routed.route->lengths[b];
+    for (int i = 0; i < n;) {
+      int run = 1;
+      while (i + run < n && rows[row + i + run] == rows[row + i] + run) ++run;
+      f(static_cast<int>(b), row + i, run, rows[row + i] % routed.T);
+      i += run;
+    }
+    row += n;
+  }
+}
+
+// SHARED_FIRST: `run` query rows at positions position .. against the first iteration's keys
+// and values of their sequence, causal by position.
+kernels::AttentionBlock shared_block(const Model& m, int run, int position, int T) {
+  kernels::AttentionBlock blk;
+  const int columns = qkv_columns(m);
+  blk.B = 1, blk.H = m.par.Hl, blk.hd = m.spec.C / m.spec.H, blk.kv_heads = m.par.Hkvl;
+  blk.q_len = run, blk.q_begin = 0, blk.q_rows = run, blk.q_ld = columns;
+  blk.kv_len = T, blk.kv_begin = 0, blk.kv_rows = position + run, blk.kv_ld = columns;
+  blk.v_offset = m.par.Ckvl;
+  blk.causal = true, blk.q_position = position, blk.kv_position = 0;
+  return blk;
+}
+
+// Each sequence's rows among themselves (B = 1 calls at its rows' offsets).
+void packed_attention(Model& m, const SublayerActs& a, const RoutedTokens& routed, void* d_qkv,
+                      const void* d_out, bool backward) {
+  const int Cl = m.par.Cl, Hl = m.par.Hl, KVl = m.par.Hkvl, columns = qkv_columns(m);
+  size_t row = 0;
+  for (const int n : routed.route->lengths) {
+    if (n > 0) {
+      void* out = act_offset(m, act(m, a.hidden2), row * Cl);
+      const void* qkv = act_offset(m, act(m, a.hidden), row * columns);
+      float* lse = stat(m, a.lse) + row * Hl;
+      if (backward)
+        kb(m).attention_backward(act_offset(m, d_qkv, row * columns),
+                                 act_offset(m, d_out, row * Cl), qkv, out, lse, 1, n, Cl, Hl, KVl,
+                                 act(m, m.temps.attention_scratch));
+      else
+        kb(m).attention_forward(out, lse, qkv, 1, n, Cl, Hl, KVl,
+                                act(m, m.temps.attention_scratch));
+    }
+    row += n;
+  }
+}
+
+// What a routed iteration's walk needs besides its route: under SHARED_FIRST the first
+// iteration's qkv of each block layer (kept in the slot) and the gradient buffer of its keys and
+// values (m.temps.shared_dqkv, one (B·T, qkv) per block layer).
+RoutedTokens routed_tokens(Model& m, const ModelChunk& c, int slot, const LoopRoute& route, int r,
+                           int T) {
+  RoutedTokens routed{&route, T, {}, {}, {}};
+  if (m.spec.config.recursion_kv() != ModelConfig::SHARED_FIRST) return routed;
+  const int P = m.spec.loop_begin, K = m.spec.config.block_layers();
+  auto layer = [P, K](int sublayer) { return (sublayer / 2 - P) % K; };
+  auto dqkv = [&m, layer](int sublayer) {
+    return act_offset(m, act(m, m.temps.shared_dqkv),
+                      static_cast<size_t>(layer(sublayer)) * m.plan.B * m.plan.T * qkv_columns(m));
+  };
+  if (r == 0) {
+    routed.own_dqkv = dqkv;
+    return routed;
+  }
+  routed.shared_dqkv = dqkv;
+  routed.shared_qkv = [&m, &c, slot, P, layer](int sublayer) -> const void* {
+    return act(m, acts_of(m, c, slot, 2 * (P + layer(sublayer))).hidden);
+  };
+  return routed;
+}
+
 // Forward FLOPs of `layers` layers over sequences of these lengths (attention grows with each).
 double layers_flops(const Model& m, const std::vector<int>& lengths, int layers) {
   double flops = 0;
@@ -196,6 +291,45 @@ double layers_flops(const Model& m, const std::vector<int>& lengths, int layers)
 }
 
 }  // namespace
+
+void routed_attention_forward(Model& m, const SublayerActs& a, const RoutedTokens& routed,
+                              int sublayer) {
+  const void* shared = routed.shared_qkv ? routed.shared_qkv(sublayer) : nullptr;
+  if (!shared) return packed_attention(m, a, routed, nullptr, nullptr, false);
+  const int Cl = m.par.Cl, Hl = m.par.Hl, columns = qkv_columns(m);
+  for_each_run(routed, [&](int b, size_t row, int run, int position) {
+    kb(m).attention_block_forward(
+        act_offset(m, act(m, a.hidden2), row * Cl), stat(m, a.lse) + row * Hl,
+        act_offset(m, act(m, a.hidden), row * columns),
+        act_offset(m, shared, static_cast<size_t>(b) * routed.T * columns + Cl),
+        shared_block(m, run, position, routed.T), act(m, m.temps.attention_scratch));
+  });
+}
+
+void routed_attention_backward(Model& m, const SublayerActs& a, const RoutedTokens& routed,
+                               int sublayer, void* d_qkv, const void* d_out) {
+  const int Cl = m.par.Cl, Hl = m.par.Hl, columns = qkv_columns(m);
+  const size_t n = routed.route->rows.size();
+  void* shared_d = routed.shared_dqkv ? routed.shared_dqkv(sublayer) : nullptr;
+  if (!shared_d) {
+    packed_attention(m, a, routed, d_qkv, d_out, true);
+    if (const void* own = routed.own_dqkv ? routed.own_dqkv(sublayer) : nullptr)
+      kb(m).vector_add(d_qkv, own, n * columns);  // the first iteration runs every token
+    return;
+  }
+  // The tokens' own keys and values are unused: their gradient is 0.
+  const void* shared = routed.shared_qkv(sublayer);
+  kb(m).zero(d_qkv, n * columns);
+  for_each_run(routed, [&](int b, size_t row, int run, int position) {
+    const size_t kv = static_cast<size_t>(b) * routed.T * columns + Cl;
+    kb(m).attention_block_backward(
+        act_offset(m, d_qkv, row * columns), act_offset(m, shared_d, kv),
+        act_offset(m, d_out, row * Cl), act_offset(m, act(m, a.hidden), row * columns),
+        act_offset(m, shared, kv), act_offset(m, act(m, a.hidden2), row * Cl),
+        stat(m, a.lse) + row * Hl, shared_block(m, run, position, routed.T),
+        act(m, m.temps.attention_scratch));
+  });
+}
 
 void routed_forward(Model& m, const ModelChunk& c, int slot, const BoundaryState& state, int B,
                     int T, float loss_grad_scale) {
@@ -232,8 +366,8 @@ void routed_forward(Model& m, const ModelChunk& c, int slot, const BoundaryState
     const int* rows = device_rows(m, route);
     be.gather_rows(g.stream(), H, rows, nullptr, n, C);
     routed_rope(m, route, T);
-    forward_walk(m, g,
-                 {P + r * K, P + (r + 1) * K, 1, n, acts, {}, WalkEnd::kBoundary, &route.lengths});
+    const RoutedTokens tokens = routed_tokens(m, c, slot, route, r, T);
+    forward_walk(m, g, {P + r * K, P + (r + 1) * K, 1, n, acts, {}, WalkEnd::kBoundary, &tokens});
     be.copy(act(m, base + c.routed_out[r]), g.stream(), g.NC);
     // H[rows] += g · (block(H[rows]) − H[rows])
     be.gather_rows(g.pending(0), H, rows, device_gates(m, route), n, C);
@@ -254,10 +388,12 @@ void routed_backward(BackwardRun& run) {
             end = static_cast<int>(m.spec.unrolled.size()), B = run.B, T = run.T, N = B * T,
             C = m.spec.C;
   const size_t base = slot_base(m, run.slot);
-  const double scale = m.routing.grad_scale[run.slot], alpha = m.spec.config.recursion_gate_scale(),
-               aux_weight = m.spec.config.recursion_aux_weight();
+  const double scale = m.routing.grad_scale[run.slot];
   auto acts = [&m, &c, slot = run.slot](int i) { return acts_of(m, c, slot, i); };
   void* dr = run.grad_state.stream();
+  if (m.spec.config.recursion_kv() == ModelConfig::SHARED_FIRST)  // filled by iterations ≥ 1
+    be.zero(act(m, m.temps.shared_dqkv),
+            static_cast<size_t>(K) * m.plan.B * m.plan.T * qkv_columns(m));
   if (end > P + R * K) backward_range(run, P + R * K, end, acts);
   std::vector<LoopRoute>& routes = m.routing.routes[run.slot];
   std::vector<double> d_gate_of_token(N, 0.0);  // token choice: over the iterations it ran
@@ -283,7 +419,8 @@ void routed_backward(BackwardRun& run) {
       be.gather_rows(g.stream(), dr, rows, device_gates(m, route), n, C);
       be.scatter_add_rows(dr, g.stream(), rows, nullptr, -1.0f, n, C);
       routed_rope(m, route, T);
-      BackwardRun block{m, c, run.slot, 1, n, g, false, run.report, &route.lengths};
+      const RoutedTokens tokens = routed_tokens(m, c, run.slot, route, r, T);
+      BackwardRun block{m, c, run.slot, 1, n, g, false, run.report, &tokens};
       backward_range(block, P + r * K, P + (r + 1) * K, acts);
       be.scatter_add_rows(dr, g.stream(), rows, nullptr, 1.0f, n, C);
     }
@@ -293,17 +430,7 @@ void routed_backward(BackwardRun& run) {
         router_backward(m, H, token_router_gradient(m, route, d_gate_of_token, scale), N, 0, R, dr);
       continue;
     }
-    // Expert choice: the auxiliary BCE on every scored token, the gate on the kept ones.
-    std::vector<float> d_logits(N, 0.0f);
-    size_t kept = 0;
-    for (const int t : route.scored) {
-      const double s = route.logits[t];
-      const bool is_kept = kept < route.rows.size() && route.rows[kept] == t;
-      double d = aux_weight * scale * (sigmoid(s) - (is_kept ? 1.0 : 0.0));
-      if (is_kept) d += d_gate[kept++] * alpha * sigmoid(s) * (1.0 - sigmoid(s));
-      d_logits[t] = static_cast<float>(d);
-    }
-    router_backward(m, H, d_logits, N, r, 1, dr);
+    router_backward(m, H, expert_router_gradient(m, route, d_gate, scale), N, r, 1, dr);
   }
   if (P > 0) backward_range(run, 0, P, acts);
 }

@@ -128,35 +128,11 @@ const float* rope_sin(Model& m, bool routed) {
   return stat(m, routed ? m.temps.routed_sin : m.temps.rope_sin);
 }
 
-// Attention of a routed iteration: each sequence's gathered rows on their own (B = 1 calls at
-// its rows' offsets), causal in their original order. `backward` runs the backward into d_qkv
-// from d_out.
-void packed_attention(Model& m, const SublayerActs& a, const std::vector<int>& lengths, void* d_qkv,
-                      const void* d_out, bool backward) {
-  const int Cl = m.par.Cl, Hl = m.par.Hl, KVl = m.par.Hkvl, columns = qkv_columns(m);
-  size_t row = 0;
-  for (const int n : lengths) {
-    if (n > 0) {
-      void* out = act_offset(m, act(m, a.hidden2), row * Cl);
-      const void* qkv = act_offset(m, act(m, a.hidden), row * columns);
-      float* lse = stat(m, a.lse) + row * Hl;
-      if (backward)
-        kb(m).attention_backward(act_offset(m, d_qkv, row * columns),
-                                 act_offset(m, d_out, row * Cl), qkv, out, lse, 1, n, Cl, Hl, KVl,
-                                 act(m, m.temps.attention_scratch));
-      else
-        kb(m).attention_forward(out, lse, qkv, 1, n, Cl, Hl, KVl,
-                                act(m, m.temps.attention_scratch));
-    }
-    row += n;
-  }
-}
-
 }  // namespace
 
 // h (B, T, C) = Attn(norm1(input)): this rank's heads' part of it (all of it when tp = 1).
 void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
-                                int T, void* h, const std::vector<int>* lengths) {
+                                int T, void* h, const RoutedTokens* routed, int sublayer) {
   const int N = B * T, C = m.spec.C, Cl = m.par.Cl, Hl = m.par.Hl, KVl = m.par.Hkvl;
   norm_forward(m, o.norm1_w, o.norm1_b, a, N);
   kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.qkv_w), bias(m, o.qkv_b), N,
@@ -165,10 +141,10 @@ void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerA
     lora_forward(m, o.qkv_lora, false, act(m, a.normed), a.lora_in, act(m, a.hidden), N, C,
                  qkv_columns(m));
   if (is_rotary(m))
-    kb(m).rope_apply(act(m, a.hidden), rope_cos(m, lengths), rope_sin(m, lengths), B, T, Cl, Hl,
-                     KVl, false);
-  if (lengths)
-    packed_attention(m, a, *lengths, nullptr, nullptr, false);
+    kb(m).rope_apply(act(m, a.hidden), rope_cos(m, routed), rope_sin(m, routed), B, T, Cl, Hl, KVl,
+                     false);
+  if (routed)
+    routed_attention_forward(m, a, *routed, sublayer);
   else if (m.par.sp.comm)  // this rank's rows attend to the whole sequence around the sp ring
     ring_attention_forward(m.par.ring, kb(m), ring_workspace(m, B, T), act(m, a.hidden2),
                            stat(m, a.lse), act(m, a.hidden), B, T, Cl, Hl, KVl);
@@ -211,7 +187,7 @@ float* now(Model& m, size_t offset, bool defer) { return defer ? nullptr : bias_
 
 void attention_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
                                  int T, const void* dh, void* d_normed, bool defer_weights,
-                                 const std::vector<int>* lengths) {
+                                 const RoutedTokens* routed, int sublayer) {
   const int N = B * T, C = m.spec.C, Cl = m.par.Cl, Hl = m.par.Hl, KVl = m.par.Hkvl;
   const bool defer = defer_weights;
   void* d_attn = act(m, m.temps.d_hidden2);                  // (B, T, Cl)
@@ -221,8 +197,8 @@ void attention_sublayer_backward(Model& m, const LayerOffsets& o, const Sublayer
                         act(m, a.hidden2), weight(m, o.attn_proj_w), N, Cl, C);
   if (o.attn_proj_lora.present())
     lora_backward(m, o.attn_proj_lora, true, act(m, a.hidden2), a.lora_proj, dh, d_attn, N, Cl, C);
-  if (lengths)
-    packed_attention(m, a, *lengths, d_qkv, d_attn, true);
+  if (routed)
+    routed_attention_backward(m, a, *routed, sublayer, d_qkv, d_attn);
   else if (m.par.sp.comm)
     ring_attention_backward(m.par.ring, kb(m), ring_workspace(m, B, T), d_qkv, d_attn,
                             act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B, T, Cl, Hl, KVl);
@@ -230,7 +206,7 @@ void attention_sublayer_backward(Model& m, const LayerOffsets& o, const Sublayer
     kb(m).attention_backward(d_qkv, d_attn, act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B,
                              T, Cl, Hl, KVl, act(m, m.temps.attention_scratch));
   if (is_rotary(m))
-    kb(m).rope_apply(d_qkv, rope_cos(m, lengths), rope_sin(m, lengths), B, T, Cl, Hl, KVl, true);
+    kb(m).rope_apply(d_qkv, rope_cos(m, routed), rope_sin(m, routed), B, T, Cl, Hl, KVl, true);
   kb(m).matmul_backward(d_normed, now(m, o.qkv_w, defer), now(m, o.qkv_b, defer), d_qkv,
                         act(m, a.normed), weight(m, o.qkv_w), N, C, qkv_columns(m));
   if (o.qkv_lora.present())

@@ -63,7 +63,7 @@ void forward_walk(Model& m, const BoundaryState& state, const Walk& w) {
     // Slot i % d held h_{i−d}, just added to r: free for h_i.
     const LayerOffsets o = layer_at(m, p);
     if (sub == 0)
-      attention_sublayer_forward(m, o, a, w.B, w.T, state.pending(i), w.lengths);
+      attention_sublayer_forward(m, o, a, w.B, w.T, state.pending(i), w.routed, i);
     else
       mlp_sublayer_forward(m, o, a, w.B, w.T, state.pending(i));
     if (w.end_as != WalkEnd::kDiscard || i < e - d)
@@ -131,7 +131,7 @@ void backward_range(BackwardRun& run, int a, int b, const std::function<Sublayer
     const SublayerActs act_i = acts(i);
     if (i % 2 == 0)
       attention_sublayer_backward(m, o, act_i, run.B, run.T, gs.pending(i), d_normed_slot(i),
-                                  run.defer, run.lengths);
+                                  run.defer, run.routed, i);
     else
       mlp_sublayer_backward(m, o, act_i, run.B, run.T, gs.pending(i), d_normed_slot(i), run.defer);
     m.par.tp_sums.backward[i % d] = tp_sum_start(m.par.tp, d_normed_slot(i), NC);

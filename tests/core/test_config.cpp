@@ -279,8 +279,7 @@ TEST(Config, MixtureOfRecursionsRefusesWhatItCannotRun) {
             std::string::npos);
   EXPECT_NE(violations({ec, "train.recompute=LOOP_BOUNDARY"}).find("needs train.recompute NONE"),
             std::string::npos);
-  EXPECT_NE(violations({ec, "model.recursion_kv=SHARED_FIRST"}).find("is not implemented"),
-            std::string::npos);
+  EXPECT_EQ(violations({ec, "model.recursion_kv=SHARED_FIRST"}), "");
   EXPECT_NE(violations({ec, "train.eval_loops=2"}).find("differs from model.loops = 4"),
             std::string::npos);
   config::RunConfig cfg;
@@ -295,6 +294,14 @@ TEST(Config, MixtureOfRecursionsRefusesWhatItCannotRun) {
             std::string::npos);
   cfg.mutable_model()->set_recursion_capacity(2, 0.5f);
   EXPECT_EQ(error_of([&] { validate_config(cfg); }), "");
+  apply_override(cfg, "model.recursion_kv=SHARED_FIRST");
+  cfg.mutable_model()->set_recursion_capacity(0, 0.9f);
+  EXPECT_NE(error_of([&] {
+              validate_config(cfg);
+            }).find("SHARED_FIRST needs the first iteration to run every token"),
+            std::string::npos);
+  cfg.mutable_model()->set_recursion_capacity(0, 1.0f);
+  apply_override(cfg, "model.recursion_kv=RECURSION_WISE");
   EXPECT_EQ(recursion_keep(cfg.model(), 3, 256), 64);
   apply_override(cfg, "model.recursion_router=TOKEN_CHOICE");
   EXPECT_NE(error_of([&] { validate_config(cfg); }).find("is for EXPERT_CHOICE"),

@@ -135,6 +135,15 @@ TEST(ModelGradients, MixtureOfRecursionsExpertChoice) {
                   "model.recursion_router=EXPERT_CHOICE", "model.recursion_aux_weight=0.5"}));
 }
 
+// Later iterations attend to the first iteration's keys and values (one key/value head for two
+// query heads), whose gradient collects theirs.
+TEST(ModelGradients, MixtureOfRecursionsSharedKeysAndValues) {
+  check_gradients(
+      tiny_model({"model.norm=RMSNORM", "model.position=ROTARY", "model.n_kv_heads=1",
+                  "model.loops=3", "model.block_layers=2", "model.recursion_router=EXPERT_CHOICE",
+                  "model.recursion_kv=SHARED_FIRST", "model.recursion_aux_weight=0.5"}));
+}
+
 TEST(ModelGradients, MixtureOfRecursionsTokenChoice) {
   check_gradients(
       tiny_model({"model.loops=3", "model.coda_layers=0", "model.recursion_router=TOKEN_CHOICE",
@@ -161,10 +170,10 @@ TEST(ModelGradients, EmulatedDeviceRelaxedLlamaBlocks) {
 }
 
 TEST(ModelGradients, EmulatedDeviceMixtureOfRecursions) {
-  check_gradients(
-      tiny_model({"model.norm=RMSNORM", "model.position=ROTARY",
-                  "model.recursion_router=EXPERT_CHOICE", "model.recursion_aux_weight=0.5"}),
-      kernels::emulated::make_emulated_backend());
+  check_gradients(tiny_model({"model.norm=RMSNORM", "model.position=ROTARY",
+                              "model.recursion_router=EXPERT_CHOICE",
+                              "model.recursion_kv=SHARED_FIRST", "model.recursion_aux_weight=0.5"}),
+                  kernels::emulated::make_emulated_backend());
 }
 
 #ifdef LOOM_WITH_CUDA

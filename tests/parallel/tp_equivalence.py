@@ -37,8 +37,9 @@ MODELS = {
     # Relaxed recursion on GPT-2 blocks: biases (the row-parallel ones added once), ladder.
     "relaxed-ladder": f"model {{ {SHAPE} prelude_layers: 1 block_layers: 2 loops: 2 "
                       "coda_layers: 1 residual: LADDER loop_lora_rank: 3 }",
-    # Mixture-of-Recursions: expert choice on Llama-style blocks, token choice on GPT-2 blocks;
-    # routing is the same on every tp rank. Learned positions: with rotary ones a freshly
+    # Mixture-of-Recursions: expert choice on Llama-style blocks, token choice on GPT-2 blocks
+    # with the first iteration's keys and values shared; routing is the same on every tp rank.
+    # Learned positions: with rotary ones a freshly
     # initialised model gives repeated tokens (the indentation of source text) router scores
     # equal to within rounding, so the top-k among them follows the order of the tensor-parallel
     # sums (parity_mor_expert checks rotary against PyTorch).
@@ -47,7 +48,8 @@ MODELS = {
                   "norm: RMSNORM mlp: SWIGLU bias: false "
                   "recursion_router: EXPERT_CHOICE recursion_aux_weight: 0.1 }",
     "mor-token": f"model {{ {SHAPE} prelude_layers: 1 block_layers: 2 loops: 3 coda_layers: 0 "
-                 "recursion_router: TOKEN_CHOICE recursion_gate_scale: 0.5 "
+                 "recursion_router: TOKEN_CHOICE recursion_kv: SHARED_FIRST "
+                 "recursion_gate_scale: 0.5 "
                  "recursion_aux_weight: 0.1 }",
 }
 COMMON = training_config(global_batch=8, eval_batches=2)
@@ -84,6 +86,26 @@ def check_sampling():
             failures.append(f"sampling: tp=2 gave {texts[2]!r}, tp=1 {texts[1]!r}")
 
 
+def check_routing(name, reference, got):
+    """A routed run's metrics: each iteration's share of the tokens (expert choice: exactly its
+    capacity, ⌊(3 − r)/3 · 32⌋ of 32; token choice: all at the first iteration, never more at a
+    later one) equal the single process's, and so do its step FLOPs."""
+    for m, ref in zip(got, reference):
+        fractions = m.get("routed_fraction")
+        ok = (fractions == ref.get("routed_fraction") and fractions is not None
+              and fractions[0] == 1 and fractions == sorted(fractions, reverse=True)
+              and m.get("step_flops", 0) > 0
+              and abs(m["step_flops"] - ref["step_flops"]) <= 1e-6 * ref["step_flops"])
+        if name.startswith("mor-expert"):
+            ok = ok and fractions == [1, 21 / 32, 10 / 32]
+        if not ok:
+            failures.append(f"{name}: step {m['step']} routed {fractions} and "
+                            f"{m.get('step_flops')} FLOPs; single process "
+                            f"{ref.get('routed_fraction')} and {ref.get('step_flops')}")
+            return
+    print(f"ok: {name}: routed fractions {got[-1]['routed_fraction']} as the single process's")
+
+
 def cases(model_name, config, reference):
     cases = [(2, 1, []), (4, 1, []), (2, 2, [])]
     if model_name.startswith(("looped", "mor")):
@@ -95,6 +117,8 @@ def cases(model_name, config, reference):
                                  *sets([f"parallel.tp={tp}", f"parallel.dp={dp}"] + overrides)]
         if run(cmd, name):
             compare(name, reference, metrics(run_dir))
+            if model_name.startswith("mor"):
+                check_routing(name, reference, metrics(run_dir))
             if overrides:  # ZeRO-1 × tp: moments sharded two ways, gathered to save
                 compare_checkpoints(name, f"ref-{model_name}", run_dir)
         if model_name == "looped-ladder" and tp == 2 and dp == 1 and not overrides:

@@ -50,6 +50,8 @@ MOR_EXPERT = dict(GPT2_LIKE, vocab_size=64, d_mlp=48, max_seq_len=16, n_kv_heads
                   recursion_router="EXPERT_CHOICE", recursion_aux_weight=0.1)
 MOR_TOKEN = dict(GPT2_LIKE, vocab_size=64, d_mlp=48, max_seq_len=16, block_layers=2, loops=3,
                  recursion_router="TOKEN_CHOICE", recursion_gate_scale=0.5, recursion_aux_weight=0.1)
+# tests/parity/mor_shared.textproto: expert choice, iterations 1 .. R-1 attend to iteration 0's keys/values.
+MOR_SHARED = dict(MOR_EXPERT, recursion_kv="SHARED_FIRST", loop_lora_rank=2)
 STEPS = 21  # the brief requires the losses at step 0 and step 20
 
 
@@ -109,9 +111,10 @@ def _rotary_by_complex(x, theta):
     return torch.cat((z.real, z.imag), dim=-1)
 
 
-def _masked_attention(layer, x, allowed, theta, iteration):
+def _masked_attention(layer, x, allowed, theta, iteration, kv=None):
     """layer.attn on the whole sequence x (T, C) with a (T, T) mask of allowed keys, rotary (when
-    theta is given) as complex multiplication at positions 0 .. T-1."""
+    theta is given) as complex multiplication at positions 0 .. T-1. With kv = (k, v), each
+    (H, T, hd), those replace the keys and values computed from x. Returns (output, (k, v))."""
     attn = layer.attn
     T, C = x.shape
     hd = C // attn.n_heads
@@ -124,16 +127,21 @@ def _masked_attention(layer, x, allowed, theta, iteration):
     k, v = k[heads], v[heads]
     if theta is not None:
         q, k = _rotary_by_complex(q, theta), _rotary_by_complex(k, theta)
+    if kv is not None:
+        k, v = kv
     scores = (q @ k.transpose(-2, -1)) / hd ** 0.5
     y = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ v
-    return attn.proj(y.transpose(0, 1).reshape(T, C), iteration)
+    return attn.proj(y.transpose(0, 1).reshape(T, C), iteration), (k, v)
 
 
 def _mor_by_masking(model, idx):
     """Mixture-of-Recursions without gathering: iteration r runs the block on every token of the
     sequence with the keys limited to the selected ones (and itself, so that no row is empty),
-    then keeps the update of the selected tokens only. Returns (logits, aux)."""
+    then keeps the update of the selected tokens only. With recursion_kv SHARED_FIRST the keys of
+    every iteration are all earlier positions (causal), and after iteration 0 every block layer
+    reads iteration 0's keys and values in place of its own. Returns (logits, aux)."""
     cfg = model.config
+    shared = cfg["recursion_kv"] == "SHARED_FIRST"
     B, T = idx.shape
     R = cfg["loops"]
     theta = cfg["rope_theta"] if cfg["position"] == "ROTARY" else None
@@ -161,6 +169,7 @@ def _mor_by_masking(model, idx):
     for b in range(B):
         h = x[b]
         active = torch.ones(T, dtype=torch.bool)
+        first_kv = []  # SHARED_FIRST: iteration 0's (k, v) by block layer
         for r in range(R):
             if cfg["recursion_router"] == "TOKEN_CHOICE":
                 selected = depth[b] >= r
@@ -179,10 +188,16 @@ def _mor_by_masking(model, idx):
                 aux = aux + (bce * active).sum()
                 gate = alpha * torch.sigmoid(s)
                 active = selected
-            allowed = causal & selected[None, :] | eye
+            if shared and r == 0 and not bool(selected.all()):
+                raise AssertionError("SHARED_FIRST: iteration 0 must run every token")
+            allowed = causal if shared else causal & selected[None, :] | eye
             y = h
-            for layer in model.block:
-                y = y + _masked_attention(layer, y, allowed, theta, r)
+            for j, layer in enumerate(model.block):
+                out, kv = _masked_attention(layer, y, allowed, theta, r,
+                                            first_kv[j] if shared and r > 0 else None)
+                if r == 0:
+                    first_kv.append(kv)
+                y = y + out
                 y = y + layer.mlp_branch(y, r)
             h = h + torch.where(selected, gate, torch.zeros_like(gate))[:, None] * (y - h)
         rows.append(h)
@@ -275,41 +290,96 @@ def check_mor_semantics(generator, compare):
                       ("TOKEN learned GELU", dict(MOR_TOKEN, **lora)),
                       ("TOKEN rotary SwiGLU GQA", dict(MOR_EXPERT, recursion_router="TOKEN_CHOICE",
                                                        recursion_gate_scale=0.5, **lora))):
-        model = _mor_model(cfg, generator)
-        logits, loss = model(idx, targets)
-        (loss + model.aux_loss).backward()
-        sizes = sorted({len(sel) for _, _, sel in model.last_selection})
-        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-        model.zero_grad(set_to_none=True)
-        masked_logits, masked_aux = _mor_by_masking(model, idx)
-        compare(f"MoR {name} == masked restatement, logits", logits, masked_logits)
-        compare(f"MoR {name} == masked restatement, aux", model.aux_loss, masked_aux)
-        (torch.nn.functional.cross_entropy(masked_logits.reshape(-1, 64), targets.reshape(-1))
-         + masked_aux).backward()
-        worst = max(float((grads[n] - p.grad).abs().max()) for n, p in model.named_parameters())
-        compare(f"MoR {name} == masked restatement, gradients (kept {sizes})", torch.tensor(worst),
-                torch.tensor(0.0))
+        _check_mor_case(name, cfg, generator, compare, idx, targets)
 
-        # Central differences of the objective along random directions, the selection unmoved.
-        selection = list(model.last_selection)
-        params = list(model.parameters())
-        worst = 0.0
-        with torch.no_grad():
-            for _ in range(3):
-                direction = [torch.randn(p.shape, dtype=p.dtype, generator=generator) for p in params]
-                slope = sum(float((g * d).sum()) for g, d in zip(grads.values(), direction))
-                values = []
-                for sign in (1.0, -1.0):
-                    for p, d in zip(params, direction):
-                        p.add_(sign * 1e-6 * d)
-                    values.append(float(_objective(model, idx, targets)))
-                    if model.last_selection != selection:
-                        worst = float("inf")  # the selection moved: the check means nothing
-                    for p, d in zip(params, direction):
-                        p.sub_(sign * 1e-6 * d)
-                worst = max(worst, abs((values[0] - values[1]) / 2e-6 - slope) / abs(slope))
-        compare(f"MoR {name} gradient == finite differences (rel)", torch.tensor(worst),
-                torch.tensor(0.0), tol=1e-6)
+    # recursion_kv SHARED_FIRST: iterations after the first attend to its keys and values.
+    check_shared_kv_modes(generator, compare, idx)
+    for name, cfg in (("EXPERT shared kv rotary GQA", dict(MOR_SHARED, recursion_capacity=[1.0, 0.6, 0.3],
+                                                           recursion_gate_scale=0.7)),
+                      ("TOKEN shared kv learned GELU", dict(MOR_TOKEN, recursion_kv="SHARED_FIRST", **lora))):
+        _check_mor_case(name, cfg, generator, compare, idx, targets)
+
+
+def _check_mor_case(name, cfg, generator, compare, idx, targets):
+    """A random MoR model against the masked restatement (logits, aux, every gradient), and its
+    gradient against central differences with the selection unmoved."""
+    model = _mor_model(cfg, generator)
+    logits, loss = model(idx, targets)
+    (loss + model.aux_loss).backward()
+    sizes = sorted({len(sel) for _, _, sel in model.last_selection})
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    masked_logits, masked_aux = _mor_by_masking(model, idx)
+    compare(f"MoR {name} == masked restatement, logits", logits, masked_logits)
+    compare(f"MoR {name} == masked restatement, aux", model.aux_loss, masked_aux)
+    (torch.nn.functional.cross_entropy(masked_logits.reshape(-1, 64), targets.reshape(-1))
+     + masked_aux).backward()
+    worst = max(float((grads[n] - p.grad).abs().max()) for n, p in model.named_parameters())
+    compare(f"MoR {name} == masked restatement, gradients (kept {sizes})", torch.tensor(worst),
+            torch.tensor(0.0))
+
+    # Central differences of the objective along random directions, the selection unmoved.
+    selection = list(model.last_selection)
+    params = list(model.parameters())
+    worst = 0.0
+    with torch.no_grad():
+        for _ in range(3):
+            direction = [torch.randn(p.shape, dtype=p.dtype, generator=generator) for p in params]
+            slope = sum(float((g * d).sum()) for g, d in zip(grads.values(), direction))
+            values = []
+            for sign in (1.0, -1.0):
+                for p, d in zip(params, direction):
+                    p.add_(sign * 1e-6 * d)
+                values.append(float(_objective(model, idx, targets)))
+                if model.last_selection != selection:
+                    worst = float("inf")  # the selection moved: the check means nothing
+                for p, d in zip(params, direction):
+                    p.sub_(sign * 1e-6 * d)
+            worst = max(worst, abs((values[0] - values[1]) / 2e-6 - slope) / abs(slope))
+    compare(f"MoR {name} gradient == finite differences (rel)", torch.tensor(worst),
+            torch.tensor(0.0), tol=1e-6)
+
+
+def check_shared_kv_modes(generator, compare, idx):
+    """recursion_kv SHARED_FIRST against RECURSION_WISE: the same with one iteration; with every
+    iteration running every token, the same once attention's output is zeroed and different
+    while it is not; refused where iteration 0 would not run every token."""
+
+    def both_modes(cfg):
+        wise = _mor_model(dict(cfg, recursion_kv="RECURSION_WISE"), generator)
+        shared = loom_torch.LoomModel(dict(cfg, recursion_kv="SHARED_FIRST"), dtype=torch.float64)
+        loom_torch.load_loom_weights(shared, {n: p.detach().numpy() for n, p in wise.named_parameters()})
+        return wise, shared
+
+    with torch.no_grad():
+        for cfg in (dict(MOR_SHARED, loops=1, recursion_capacity=[]),
+                    dict(MOR_TOKEN, loops=1, loop_lora_rank=2)):
+            wise, shared = both_modes(cfg)
+            compare(f"MoR {cfg['recursion_router']} loops 1: SHARED_FIRST == RECURSION_WISE",
+                    shared(idx)[0], wise(idx)[0], tol=0.0)
+
+        wise, shared = both_modes(dict(MOR_SHARED, recursion_capacity=[1.0, 1.0, 1.0]))
+        apart = float((shared(idx)[0] - wise(idx)[0]).abs().max())
+        compare("MoR capacity 1: SHARED_FIRST != RECURSION_WISE (1 if equal)",
+                torch.tensor(float(apart < 1e-3)), torch.tensor(0.0))
+        for model in (wise, shared):
+            for layer in model.block:
+                layer.attn.proj.weight.zero_()
+                for factors in layer.attn.proj.lora:
+                    factors.B.zero_()
+        compare("MoR capacity 1, attention output 0: SHARED_FIRST == RECURSION_WISE",
+                shared(idx)[0], wise(idx)[0])
+
+    refused = 0
+    for bad in (dict(MOR_SHARED, recursion_capacity=[0.9, 0.6, 0.3]),
+                dict(MOR_SHARED, recursion_capacity=[1.0 - 2 ** -20, 0.5, 0.25]),
+                dict(MOR_SHARED, recursion_router="NONE", loop_lora_rank=0)):
+        try:
+            loom_torch.LoomModel(dict(bad), dtype=torch.float64)
+        except ValueError:
+            refused += 1
+    compare("MoR SHARED_FIRST, iteration 0 not every token: refused (of 3)",
+            torch.tensor(float(refused)), torch.tensor(3.0))
 
 
 def check_model_semantics():

@@ -13,6 +13,7 @@ Invariants:
     their gradients over iterations exactly as loom must.
   * Mixture-of-Recursions (recursion_router EXPERT_CHOICE / TOKEN_CHOICE) runs each loop
     iteration on the gathered tokens of one sequence at a time; see LoomModel._routed_forward.
+    With recursion_kv SHARED_FIRST the later iterations attend to the first one's keys/values.
     Its auxiliary objective is left in model.aux_loss (0 without a router): the loss to
     backpropagate is loss + model.aux_loss, the loss to report is loss alone.
 
@@ -50,7 +51,9 @@ _CHOICES = {
     "residual": ("STANDARD", "LADDER"),
     "mlp": ("GELU", "SWIGLU"),
     "recursion_router": ("NONE", "EXPERT_CHOICE", "TOKEN_CHOICE"),
-    "recursion_kv": ("RECURSION_WISE",),  # the only key/value scheme loom runs
+    # RECURSION_WISE: an iteration's tokens attend among themselves. SHARED_FIRST: iterations
+    # after the first attend to the first iteration's keys and values of the whole sequence.
+    "recursion_kv": ("RECURSION_WISE", "SHARED_FIRST"),
 }
 # How many sub-layer outputs may wait before being added to the stream.
 _RESIDUAL_DELAY = {"STANDARD": 1, "LADDER": 2}
@@ -82,6 +85,8 @@ def validate_model_dict(model):
         raise ValueError(f"ROTARY needs an even head dim; d_model/n_heads = {head_dim}")
     if model["recursion_router"] != "NONE":
         _validate_router(model)
+    elif model["recursion_kv"] != "RECURSION_WISE":
+        raise ValueError(f"model.recursion_kv {model['recursion_kv']} needs a recursion_router")
 
 
 def _validate_router(model):
@@ -112,6 +117,15 @@ def _validate_router(model):
         for value in capacity:
             if not (math.isfinite(float(value)) and float(value) >= 0.0):
                 raise ValueError(f"model.recursion_capacity value {value} must be finite and >= 0")
+    if model["recursion_kv"] == "SHARED_FIRST" and router == "EXPERT_CHOICE":
+        # The first iteration must run every token: k_0 = T for every T <= max_seq_len, which
+        # (k_0 = floor(c_0 T + 1e-6) falls behind T as T grows) is k_0 = T at max_seq_len.
+        T = int(model["max_seq_len"])
+        c0 = recursion_capacities(model)[0]
+        if expert_capacity(c0, T, T) != T:
+            raise ValueError(f"recursion_kv SHARED_FIRST needs the first iteration to run every "
+                             f"token; recursion_capacity[0] = {c0} keeps "
+                             f"{expert_capacity(c0, T, T)} of {T}")
 
 
 def _float32(value):
@@ -308,6 +322,13 @@ class Attention(nn.Module):
         self.proj = LoopLinear(channels, channels, model["bias"], dtype, *lora)
 
     def forward(self, a, rotary, iteration=None):  # a (B, T, C); rotary None or (cos, sin)
+        T = a.shape[1]
+        q, k, v = self.project(a, rotary, iteration)
+        return self.attend(q, k, v, torch.ones(T, T, dtype=torch.bool).tril(), iteration)
+
+    def project(self, a, rotary, iteration=None):
+        """q, k, v (B, H, T, hd) of a (B, T, C): k and v already repeated to the H query heads
+        (grouped-query), rotary applied to q and k."""
         B, T, C = a.shape
         head_dim = C // self.n_heads
         kv_width = self.n_kv_heads * head_dim
@@ -319,11 +340,16 @@ class Attention(nn.Module):
         if rotary is not None:
             q = apply_rotary(q, *rotary)
             k = apply_rotary(k, *rotary)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(head_dim)  # (B, H, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool).tril()
-        scores = scores.masked_fill(~causal, float("-inf"))
-        y = F.softmax(scores, dim=-1) @ v  # (B, H, T, hd)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C), iteration)
+        return q, k, v
+
+    def attend(self, q, k, v, allowed, iteration=None):
+        """proj of softmax(q k^T / sqrt(hd), keys limited to allowed (Tq, Tk) bool) v:
+        q (B, H, Tq, hd), k and v (B, H, Tk, hd). Returns (B, Tq, C)."""
+        B, H, T, head_dim = q.shape
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(head_dim)  # (B, H, Tq, Tk)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        y = F.softmax(scores, dim=-1) @ v  # (B, H, Tq, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, T, H * head_dim), iteration)
 
 
 class Mlp(nn.Module):
@@ -466,7 +492,13 @@ class LoomModel(nn.Module):
         mlp(norm2(x)). Iteration r of sequence b runs the block on X = H[S_r] alone, as a
         sequence of |S_r| tokens: causal among them in position order, rotary at each token's
         original position; then H_t += g_t * (Y_t - X_t) for t in S_r. The selected positions
-        of each (b, r) are left in self.last_selection, a list of (b, r, positions)."""
+        of each (b, r) are left in self.last_selection, a list of (b, r, positions).
+
+        recursion_kv SHARED_FIRST (validated: iteration 0 runs all T tokens): iteration 0 keeps
+        block layer j's keys (after rotary) and values of every position, in the autograd graph;
+        in iterations r >= 1 layer j's queries (from the gathered tokens, rotary at their
+        positions, iteration r's LoRA) attend to those cached keys and values instead of their
+        own, the query at position t to the keys at positions 0 .. t."""
         cfg = self.config
         for layer in self.prelude:
             stream = _standard_layer(layer, stream, rotary)
@@ -489,10 +521,12 @@ class LoomModel(nn.Module):
             capacities = recursion_capacities(cfg)
             bce_sum = stream.new_zeros(())
 
+        shared_kv = cfg["recursion_kv"] == "SHARED_FIRST"
         rows = []
         for b in range(B):
             h = stream[b]  # (T, C)
             active = list(range(T))  # A_r, ascending
+            cache = []  # SHARED_FIRST: iteration 0's (k, v) of each block layer, (1, H, T, hd)
             for r in range(R):
                 if router == "EXPERT_CHOICE":
                     scores = h @ W[r]  # s_t for every position, at this iteration's start
@@ -518,8 +552,22 @@ class LoomModel(nn.Module):
                 x = h[index].unsqueeze(0)  # (1, k, C), in position order
                 sub_rotary = None if rotary is None else (rotary[0][index], rotary[1][index])
                 y = x
-                for layer in self.block:
-                    y = _standard_layer(layer, y, sub_rotary, r)
+                if shared_kv:
+                    if r == 0 and len(chosen) != T:
+                        raise AssertionError(f"SHARED_FIRST: iteration 0 ran {len(chosen)} of {T} tokens")
+                    # Query at original position t may read the keys at positions 0 .. t.
+                    allowed = torch.arange(T)[None, :] <= index[:, None]  # (k, T)
+                    for j, layer in enumerate(self.block):
+                        q, k_, v_ = layer.attn.project(layer.norm1(y), sub_rotary, r)
+                        if r == 0:
+                            cache.append((k_, v_))
+                        else:
+                            k_, v_ = cache[j]  # this iteration's own k_, v_ go unused
+                        y = y + layer.attn.attend(q, k_, v_, allowed, r)
+                        y = y + layer.mlp_branch(y, r)
+                else:
+                    for layer in self.block:
+                        y = _standard_layer(layer, y, sub_rotary, r)
                 h = h.index_add(0, index, gate.unsqueeze(-1) * (y[0] - x[0]))
             rows.append(h)
         stream = torch.stack(rows)
