@@ -213,6 +213,9 @@ void validate_recursion_router(const config::RunConfig& cfg) {
   if (m.recursion_router() == M::NONE) {
     require(m.recursion_capacity_size() == 0,
             "model.recursion_capacity is set but model.recursion_router is NONE");
+    require(m.recursion_kv() == M::RECURSION_WISE,
+            "model.recursion_kv SHARED_FIRST is set but model.recursion_router is NONE: every "
+            "token runs every iteration");
     return;
   }
   const std::string routed =

@@ -436,6 +436,18 @@ RecomputeNeeds recompute_needs(const Model& m) {
   return need;
 }
 
+// Mixture-of-Recursions' temporaries (ArenaTemporaries) for N tokens, NC = one padded (N, C).
+void plan_routed_temporaries(Model& m, ArenaCursor& plan, size_t N, size_t NC) {
+  const size_t half = static_cast<size_t>(m.spec.C / m.spec.H) / 2;
+  m.temps.routed_state = plan.act(2 * NC);
+  m.temps.routed_cos = plan.take(is_rotary(m) ? N * half : 0);
+  m.temps.routed_sin = plan.take(is_rotary(m) ? N * half : 0);
+  m.temps.router_logits = plan.act(N * m.spec.loops);
+  m.temps.router_logits32 = plan.take(N * m.spec.loops);
+  if (m.spec.config.recursion_kv() == ModelConfig::SHARED_FIRST)
+    m.temps.shared_dqkv = plan.act(m.spec.config.block_layers() * N * qkv_columns(m));
+}
+
 // Lays the arena out for (B, T) into m's offsets; returns its size in floats.
 size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split) {
   const size_t N = static_cast<size_t>(B) * T, C = m.spec.C, Cl = m.par.Cl, F = m.par.Fl;
@@ -490,15 +502,7 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
     m.temps.lora_mid = plan.act(N * r);
   }
   const int hd = m.spec.C / m.spec.H;
-  if (model_routed(m.spec.config)) {
-    m.temps.routed_state = plan.act(2 * NC);
-    m.temps.routed_cos = plan.take(is_rotary(m) ? N * hd / 2 : 0);
-    m.temps.routed_sin = plan.take(is_rotary(m) ? N * hd / 2 : 0);
-    m.temps.router_logits = plan.act(N * m.spec.loops);
-    m.temps.router_logits32 = plan.take(N * m.spec.loops);
-    if (m.spec.config.recursion_kv() == ModelConfig::SHARED_FIRST)
-      m.temps.shared_dqkv = plan.act(m.spec.config.block_layers() * N * qkv_columns(m));
-  }
+  if (model_routed(m.spec.config)) plan_routed_temporaries(m, plan, N, NC);
   // Rotary angles of the (local) rows 0 .. T − 1; none for learned positions.
   const size_t rope_floats = is_rotary(m) ? static_cast<size_t>(T) * hd / 2 : 0;
   m.temps.rope_cos = plan.take(rope_floats);
@@ -515,9 +519,9 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
   m.plan.attention_scratch_bytes = m.par.sp.size > 1
                                        ? be.attention_block_scratch_bytes(B, m.par.Hl, T, T)
                                        : be.attention_scratch_bytes(B, T, m.par.Cl, m.par.Hl);
-  if (m.spec.config.recursion_kv() == ModelConfig::SHARED_FIRST)  // its blocks of one sequence
-    m.plan.attention_scratch_bytes = std::max(m.plan.attention_scratch_bytes,
-                                              be.attention_block_scratch_bytes(1, m.par.Hl, T, T));
+  if (m.spec.config.recursion_kv() == ModelConfig::SHARED_FIRST)  // blocks of one sequence
+    m.plan.attention_scratch_bytes =
+        std::max(m.plan.attention_scratch_bytes, be.attention_block_scratch_bytes(1, m.par.Hl, T, T));
   m.temps.attention_scratch = plan.take(floats_for(m.plan.attention_scratch_bytes));
   const int chunk = std::min<int>(m.spec.config.lm_head_chunk(), static_cast<int>(N));
   m.temps.lm_head_scratch = plan.take(

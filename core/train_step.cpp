@@ -40,6 +40,27 @@ MicroBatches sequence_part(const Model& model, MicroBatches batch, std::vector<i
   return batch;
 }
 
+// The step's sums over the data-parallel ranks, in one all-reduce: the loss (averaged), under
+// ZeRO the shards' squared norms, and what the router did (averaged; the FLOPs summed).
+void reduce_over_dp(Communicator& dp, StepResult& result, double& squares, bool zero) {
+  RoutingStats& routing = result.routing;
+  std::vector<double> sums = {result.loss, zero ? squares : 0.0};
+  const bool routed = !routing.active_fraction.empty();
+  if (routed) {
+    sums.insert(sums.end(), {routing.aux_loss, result.step_flops});
+    sums.insert(sums.end(), routing.active_fraction.begin(), routing.active_fraction.end());
+  }
+  dp.all_reduce(sums.data(), sums.size(), ReduceOp::kSum);
+  const double ranks = dp.size();
+  result.loss = sums[0] / ranks;
+  if (zero) squares = sums[1];
+  if (!routed) return;
+  routing.aux_loss = sums[2] / ranks;
+  result.step_flops = sums[3];
+  for (size_t r = 0; r < routing.active_fraction.size(); ++r)
+    routing.active_fraction[r] = sums[4 + r] / ranks;
+}
+
 }  // namespace
 
 StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
@@ -105,23 +126,8 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
     squares = sums[1];
   }
   result.routing = model_routing_stats(model);
-  RoutingStats& routing = result.routing;
-  result.step_flops = routing.train_flops_per_token * static_cast<double>(B) * T * m;
-  if (parallel.dp) {
-    // Loss, under ZeRO the squared norms of the shards, and what the router did, in one
-    // all-reduce.
-    std::vector<double> sums = {result.loss, zero ? squares : 0.0, routing.aux_loss,
-                                result.step_flops};
-    sums.insert(sums.end(), routing.active_fraction.begin(), routing.active_fraction.end());
-    parallel.dp->all_reduce(sums.data(), sums.size(), ReduceOp::kSum);
-    const double ranks = parallel.dp->size();
-    result.loss = sums[0] / ranks;
-    if (zero) squares = sums[1];
-    routing.aux_loss = sums[2] / ranks;
-    result.step_flops = sums[3];
-    for (size_t r = 0; r < routing.active_fraction.size(); ++r)
-      routing.active_fraction[r] = sums[4 + r] / ranks;
-  }
+  result.step_flops = result.routing.train_flops_per_token * static_cast<double>(B) * T * m;
+  if (parallel.dp) reduce_over_dp(*parallel.dp, result, squares, zero);
   sums_span.reset();
   result.grad_norm = std::sqrt(squares);
   result.comm_wait_s += model_comm_wait_seconds(model) + pipe.wait_seconds + seconds_since(start);

@@ -280,6 +280,8 @@ TEST(Config, MixtureOfRecursionsRefusesWhatItCannotRun) {
   EXPECT_NE(violations({ec, "train.recompute=LOOP_BOUNDARY"}).find("needs train.recompute NONE"),
             std::string::npos);
   EXPECT_EQ(violations({ec, "model.recursion_kv=SHARED_FIRST"}), "");
+  EXPECT_NE(violations({"model.recursion_kv=SHARED_FIRST"}).find("model.recursion_router is NONE"),
+            std::string::npos);
   EXPECT_NE(violations({ec, "train.eval_loops=2"}).find("differs from model.loops = 4"),
             std::string::npos);
   config::RunConfig cfg;

@@ -360,7 +360,7 @@ def check_shared_kv_modes(generator, compare, idx):
 
         wise, shared = both_modes(dict(MOR_SHARED, recursion_capacity=[1.0, 1.0, 1.0]))
         apart = float((shared(idx)[0] - wise(idx)[0]).abs().max())
-        compare("MoR capacity 1: SHARED_FIRST != RECURSION_WISE (1 if equal)",
+        compare("MoR capacity 1: SHARED_FIRST changes the logits (0 = yes)",
                 torch.tensor(float(apart < 1e-3)), torch.tensor(0.0))
         for model in (wise, shared):
             for layer in model.block:
@@ -462,6 +462,7 @@ def parity_cases():
     no_clip = {"model": GPT2_LIKE, "train": dict(make_train(), grad_clip=0.0)}
     mor_expert = {"model": MOR_EXPERT, "train": make_train()}
     mor_token = {"model": MOR_TOKEN, "train": make_train()}
+    mor_shared = {"model": MOR_SHARED, "train": make_train()}
     return [
         ("GPT-2-like, float32 vs float64", {"model": GPT2_LIKE, "train": make_train()}, 0, "parity PASS"),
         ("GPT-2-like, no clipping", no_clip, 0, "parity PASS"),
@@ -488,6 +489,9 @@ def parity_cases():
          1, "parity FAIL"),
         ("loom ran MoR capacity 1, 1/2, 1/4",
          dict(mor_expert, run_model_overrides={"recursion_capacity": [1.0, 0.5, 0.25]}), 1, "parity FAIL"),
+        ("MoR shared key/values, float32", mor_shared, 0, "parity PASS"),
+        ("loom ran RECURSION_WISE, said SHARED_FIRST",
+         dict(mor_shared, run_model_overrides={"recursion_kv": "RECURSION_WISE"}), 1, "parity FAIL"),
     ]
 
 
