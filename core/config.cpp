@@ -244,8 +244,9 @@ void validate_recursion_router(const config::RunConfig& cfg) {
   }
   const auto& p = cfg.parallel();
   require(p.sp() == 1, routed +
-                           " needs parallel.sp = 1: its top-k chooses among a whole "
-                           "sequence's tokens, which sequence parallelism splits over ranks");
+                           " needs parallel.sp = 1: sequence parallelism splits a sequence "
+                           "over ranks, while expert choice ranks its tokens whole and either "
+                           "router gathers each sequence's tokens in order");
   require(p.pp() == 1, routed +
                            " needs parallel.pp = 1: a routed iteration gathers tokens and "
                            "a pipeline stage boundary would cut the block between them");

