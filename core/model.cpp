@@ -274,9 +274,10 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
   }
   bool last_in_work = m.plan.work_slot == slot && m.plan.work_chunk == chunk;
   m.plan.work_slot = m.plan.work_chunk = -1;
-  if (model_routed(m.spec.config)) routed_backward(run);
-  for (auto g = c.segments.rbegin(); g != c.segments.rend() && !model_routed(m.spec.config); ++g)
-    switch (g->kind) {
+  if (model_routed(m.spec.config))  // one segment of kept activations, walked its own way
+    routed_backward(run);
+  else
+    for (auto g = c.segments.rbegin(); g != c.segments.rend(); ++g) switch (g->kind) {
       case ChunkSegment::kKept:
         backward_range(run, g->begin, g->end,
                        [&m, &c, slot](int i) { return acts_of(m, c, slot, i); });

@@ -1,6 +1,7 @@
 // Pieces the model's files share (core/model_layout.cpp, core/model_sublayers.cpp,
-// core/model.cpp): arena access, the tensor-parallel sums, and the sub-layers' forward and
-// backward. Not a public interface.
+// core/model_walk.cpp, core/model.cpp, core/model_routed.cpp): arena access, the
+// tensor-parallel sums, the sub-layers' forward and backward, the walk and the routed loop. Not a
+// public interface.
 #pragma once
 #include <functional>
 #include <vector>

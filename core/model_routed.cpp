@@ -24,8 +24,8 @@ bool expert_choice(const Model& m) {
 }
 
 // The router's logits (N, count) of the N tokens of stream H, from its rows first ..
-// first + count − 1, on the host.
-std::vector<float> router_logits(Model& m, const void* H, int N, int first, int count) {
+// first + count − 1, into `out` on the host.
+void router_logits(Model& m, const void* H, int N, int first, int count, std::vector<float>& out) {
   const kernels::KernelBackend& be = kb(m);
   const int C = m.spec.C;
   const size_t n = static_cast<size_t>(N) * count;
@@ -33,9 +33,8 @@ std::vector<float> router_logits(Model& m, const void* H, int N, int first, int 
                     weight(m, m.layout.router + static_cast<size_t>(first) * C), nullptr, N, C,
                     count);
   be.from_activation(stat(m, m.temps.router_logits32), act(m, m.temps.router_logits), n);
-  std::vector<float> out(n);
+  out.resize(n);
   be.download(out.data(), stat(m, m.temps.router_logits32), n * sizeof(float));
-  return out;
 }
 
 // dr (N, C) += the router's input gradient from d_logits (N, count, host), and its rows'
@@ -62,7 +61,7 @@ double route_expert(Model& m, LoopRoute& route, const LoopRoute* previous, int r
                     const void* H) {
   const int N = B * T, keep = recursion_keep(m.spec.config, r, T);
   const double alpha = m.spec.config.recursion_gate_scale();
-  route.logits = router_logits(m, H, N, r, 1);
+  router_logits(m, H, N, r, 1, route.logits);
   if (previous) {
     route.scored = previous->rows;
   } else {
@@ -103,7 +102,7 @@ double route_tokens(Model& m, std::vector<LoopRoute>& routes, int B, int T, cons
   const int N = B * T, R = m.spec.loops;
   const double alpha = m.spec.config.recursion_gate_scale();
   LoopRoute& first = routes[0];
-  first.logits = router_logits(m, H, N, 0, R);
+  router_logits(m, H, N, 0, R, first.logits);
   first.depth.assign(N, 0);
   std::vector<float> gate(N);
   std::vector<double> f(R, 0.0), P(R, 0.0);
@@ -180,22 +179,35 @@ std::vector<float> expert_router_gradient(const Model& m, const LoopRoute& route
   return d_logits;
 }
 
+// Each run of consecutive positions in the route's rows (within one sequence of T):
+// f(sequence, first packed row, length, first position).
+template <typename F>
+void for_each_run(const LoopRoute& route, int T, F f) {
+  const std::vector<int>& rows = route.rows;
+  size_t row = 0;
+  for (size_t b = 0; b < route.lengths.size(); ++b) {
+    const int n = route.lengths[b];
+    for (int i = 0; i < n;) {
+      int run = 1;
+      while (i + run < n && rows[row + i + run] == rows[row + i] + run) ++run;
+      f(static_cast<int>(b), row + i, run, rows[row + i] % T);
+      i += run;
+    }
+    row += n;
+  }
+}
+
 // Rotary angles of the route's tokens at their own positions (m.temps.routed_cos/sin), copied
 // from the table of positions 0 .. T − 1 in runs of consecutive positions.
 void routed_rope(Model& m, const LoopRoute& route, int T) {
   if (!is_rotary(m)) return;
-  const size_t half = m.spec.C / m.spec.H / 2, n = route.rows.size();
-  for (size_t i = 0; i < n;) {
-    size_t run = 1;
-    while (i + run < n && route.rows[i + run] == route.rows[i] + static_cast<int>(run) &&
-           route.rows[i + run] % T != 0)
-      ++run;
-    const size_t from = static_cast<size_t>(route.rows[i] % T) * half;
+  const size_t half = m.spec.C / m.spec.H / 2;
+  for_each_run(route, T, [&](int, size_t row, int run, int position) {
     for (const auto& [to, table] : {std::pair{m.temps.routed_cos, m.temps.rope_cos},
                                     std::pair{m.temps.routed_sin, m.temps.rope_sin}})
-      kb(m).copy_bytes(stat(m, to) + i * half, stat(m, table) + from, run * half * sizeof(float));
-    i += run;
-  }
+      kb(m).copy_bytes(stat(m, to) + row * half, stat(m, table) + position * half,
+                       run * half * sizeof(float));
+  });
 }
 
 const int* device_rows(Model& m, const LoopRoute& route) {
@@ -203,24 +215,6 @@ const int* device_rows(Model& m, const LoopRoute& route) {
 }
 const float* device_gates(Model& m, const LoopRoute& route) {
   return m.routing.gates.data() + route.device;
-}
-
-// Each run of consecutive positions in the route's rows: f(sequence, first packed row, length,
-// first position).
-template <typename F>
-void for_each_run(const RoutedTokens& routed, F f) {
-  const std::vector<int>& rows = routed.route->rows;
-  size_t row = 0;
-  for (size_t b = 0; b < routed.route->lengths.size(); ++b) {
-    const int n = routed.route->lengths[b];
-    for (int i = 0; i < n;) {
-      int run = 1;
-      while (i + run < n && rows[row + i + run] == rows[row + i] + run) ++run;
-      f(static_cast<int>(b), row + i, run, rows[row + i] % routed.T);
-      i += run;
-    }
-    row += n;
-  }
 }
 
 // SHARED_FIRST: `run` query rows at positions position .. against the first iteration's keys
@@ -297,7 +291,7 @@ void routed_attention_forward(Model& m, const SublayerActs& a, const RoutedToken
   const void* shared = routed.shared_qkv ? routed.shared_qkv(sublayer) : nullptr;
   if (!shared) return packed_attention(m, a, routed, nullptr, nullptr, false);
   const int Cl = m.par.Cl, Hl = m.par.Hl, columns = qkv_columns(m);
-  for_each_run(routed, [&](int b, size_t row, int run, int position) {
+  for_each_run(*routed.route, routed.T, [&](int b, size_t row, int run, int position) {
     kb(m).attention_block_forward(
         act_offset(m, act(m, a.hidden2), row * Cl), stat(m, a.lse) + row * Hl,
         act_offset(m, act(m, a.hidden), row * columns),
@@ -320,7 +314,7 @@ void routed_attention_backward(Model& m, const SublayerActs& a, const RoutedToke
   // The tokens' own keys and values are unused: their gradient is 0.
   const void* shared = routed.shared_qkv(sublayer);
   kb(m).zero(d_qkv, n * columns);
-  for_each_run(routed, [&](int b, size_t row, int run, int position) {
+  for_each_run(*routed.route, routed.T, [&](int b, size_t row, int run, int position) {
     const size_t kv = static_cast<size_t>(b) * routed.T * columns + Cl;
     kb(m).attention_block_backward(
         act_offset(m, d_qkv, row * columns), act_offset(m, shared_d, kv),
@@ -346,7 +340,8 @@ void routed_forward(Model& m, const ModelChunk& c, int slot, const BoundaryState
   if (!expert_choice(m))
     aux = m.spec.config.recursion_aux_weight() * route_tokens(m, routes, B, T, H);
   ModelRouting& stats = m.routing;
-  stats.forward_flops += layers_flops(m, std::vector<int>(B, T), P + m.spec.config.coda_layers()) +
+  stats.forward_flops += static_cast<double>(P + m.spec.config.coda_layers()) * N *
+                             layer_forward_flops(m.spec.config, T) +
                          2.0 * C * R * N + 2.0 * C * m.spec.V * N;
   for (int r = 0; r < R; ++r) {
     be.copy(act(m, base + c.routed_stream[r]), H, NC);

@@ -4,7 +4,7 @@
 // templated on the activation type (float or __nv_bfloat16) and take a Context first. A
 // KernelBackend binds one implementation, its activation type and (on a GPU) its context behind
 // one virtual method per kernel the model uses, and owns the memory they work on, so
-// core/model.cpp computes the same layers on any backend. The backends today: the CPU at fp32
+// core/model*.cpp compute the same layers on any backend. The backends today: the CPU at fp32
 // (kernels/cpu/backend.cpp) and bf16 (kernels/cpu/backend_bf16.cpp), and the emulated device
 // over either (kernels/emulated/backend.h), and the GPU at fp32 or bf16 (kernels/cuda/backend.h,
 // in CUDA builds). They are created in one place, loom::make_backend (core/backend.h).
