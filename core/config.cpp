@@ -104,6 +104,15 @@ void materialize_defaults(pb::Message* root) {
 
 namespace {
 
+// The zero-bubble schedules split backward into B and a deferred W.
+bool splits_backward(const config::ParallelConfig& p) {
+  return p.pipeline_schedule() == config::ParallelConfig::ZERO_BUBBLE_H1 ||
+         p.pipeline_schedule() == config::ParallelConfig::ZERO_BUBBLE_V;
+}
+std::string schedule_name(const config::ParallelConfig& p) {
+  return config::ParallelConfig::PipelineSchedule_Name(p.pipeline_schedule());
+}
+
 // Upper bounds far beyond any model this code can train, so that no size product overflows an
 // int (or a size_t) before the memory check can name what is too big.
 void check_sizes(const config::RunConfig& cfg) {
@@ -201,9 +210,10 @@ void validate_loop_lora(const config::RunConfig& cfg) {
           "model.loops_sampling.max (" + num(s.max()) + ") exceeds model.loops" + why);
   for (const int eval : eval_loop_counts(cfg))
     require(eval <= m.loops(), "train.eval_loops (" + num(eval) + ") exceeds model.loops" + why);
-  require(cfg.parallel().pipeline_schedule() != config::ParallelConfig::ZERO_BUBBLE_H1,
-          "model.loop_lora_rank cannot run with parallel.pipeline_schedule ZERO_BUBBLE_H1: its "
-          "deferred weight pass does not compute the LoRA factors' gradients");
+  require(!splits_backward(cfg.parallel()),
+          "model.loop_lora_rank cannot run with parallel.pipeline_schedule " +
+              schedule_name(cfg.parallel()) +
+              ": its deferred weight pass does not compute the LoRA factors' gradients");
 }
 
 // Mixture-of-Recursions: what the routed loop walk supports (core/model_routed.cpp).
@@ -300,13 +310,13 @@ void validate_loops(const config::RunConfig& cfg) {
           "train.max_restarts must be between 0 and 1000 (got " + num(cfg.train().max_restarts()) +
               ")");
   validate_eval_loops(cfg);
-  const bool split = p.pipeline_schedule() == config::ParallelConfig::ZERO_BUBBLE_H1;
+  const bool split = splits_backward(p);
   require(!split || cfg.train().recompute() == config::TrainConfig::NONE,
           "train.recompute " + config::TrainConfig::Recompute_Name(cfg.train().recompute()) +
-              " cannot run with parallel.pipeline_schedule ZERO_BUBBLE_H1: its later weight "
-              "pass needs the activations recomputation does not keep");
+              " cannot run with parallel.pipeline_schedule " + schedule_name(p) +
+              ": its later weight pass needs the activations recomputation does not keep");
   require(!split || m.backprop_loops() == 0,
-          "model.backprop_loops cannot run with parallel.pipeline_schedule ZERO_BUBBLE_H1");
+          "model.backprop_loops cannot run with parallel.pipeline_schedule " + schedule_name(p));
   validate_loop_lora(cfg);
   validate_recursion_router(cfg);
 }
@@ -356,6 +366,18 @@ void validate_parallel(const config::RunConfig& cfg) {
     require(false, "train.seq_len (" + num(t.seq_len()) + ") must be divisible by parallel.sp (" +
                        num(p.sp()) + ") for the contiguous sequence layout" +
                        advised(layout_advice_seq_len(cfg)));
+  if (p.sequence_method() == config::ParallelConfig::ULYSSES) {
+    const std::string ulysses = "parallel.sequence_method ULYSSES";
+    require(p.sp() > 1, ulysses +
+                            " needs parallel.sp > 1 (it splits attention's heads over the "
+                            "sp ranks)");
+    const int heads = m.n_heads() / p.tp(), kv_heads = model_kv_heads(m) / p.tp();
+    require(heads % p.sp() == 0 && kv_heads % p.sp() == 0,
+            ulysses + " gives each sp rank whole heads: parallel.sp (" + num(p.sp()) +
+                ") must divide the heads per tensor-parallel rank, model.n_heads / parallel.tp = " +
+                num(heads) + " and model.n_kv_heads / parallel.tp = " + num(kv_heads) +
+                "; use sequence_method RING, or a smaller sp or tp");
+  }
   // One MPI message carries at most INT32_MAX elements: ring attention's key/value block and a
   // pipeline boundary state are each sent whole.
   const double local_tokens = static_cast<double>(t.micro_batch()) * t.seq_len() / p.sp();

@@ -341,6 +341,7 @@ void model_begin_passes(Model& m, TraceRecorder* trace) {
   routing.tokens = routing.aux_loss = routing.micro_batches = routing.forward_flops = 0;
   m.par.tp_sums.wait_seconds = 0.0;
   m.par.ring.wait_seconds = m.par.ring.compute_seconds = 0.0;
+  m.par.ulysses.wait_seconds = 0.0;
   m.par.trace = trace;
   m.par.ring.on_blocked = {};
   if (trace && m.par.sp.comm)
@@ -351,7 +352,7 @@ void model_begin_passes(Model& m, TraceRecorder* trace) {
 }
 
 double model_comm_wait_seconds(const Model& m) {
-  return m.par.tp_sums.wait_seconds + m.par.ring.wait_seconds;
+  return m.par.tp_sums.wait_seconds + m.par.ring.wait_seconds + m.par.ulysses.wait_seconds;
 }
 
 double model_train_flops_per_token(const Model& m, int T) {

@@ -48,6 +48,7 @@
 #include "parallel/communicator.h"
 #include "parallel/ring_attention.h"
 #include "parallel/tensor_parallel.h"
+#include "parallel/ulysses_attention.h"
 #include "parallel/vocab_parallel.h"
 
 namespace loom {
@@ -59,6 +60,7 @@ struct SequenceParallel {
   int size = 1, rank = 0;
   Communicator* comm = nullptr;  // not owned
   SequenceLayout layout = SequenceLayout::kZigzag;
+  SequenceMethod method = SequenceMethod::kRing;  // parallel.sequence_method
 };
 
 // This rank's place in the pipeline: the stage plan and its pipeline coordinate.
@@ -221,6 +223,7 @@ struct ParallelContext {
   TensorParallel tp;
   SequenceParallel sp;
   RingAttention ring;          // sp > 1: attention's ring over sp.comm, and its timers
+  UlyssesAttention ulysses;    // sp > 1 with SequenceMethod::kUlysses: its all-to-alls
   int Cl = 0, Hl = 0, Fl = 0;  // this rank's attention width, heads and MLP width (÷ tp)
   int Hkvl = 0, Ckvl = 0;      // this rank's key/value heads and their width (÷ tp)
   VocabShard vocab;            // this rank's rows of the (padded) vocabulary
@@ -270,6 +273,7 @@ struct ArenaTemporaries {
   // learned positions, wpe's rows at `positions` and their gradient, (plan.T, C) each.
   std::vector<int> positions;
   size_t ring_work = 0, ring_lse = 0, wpe_local = 0, dwpe_local = 0;
+  size_t ulysses_work = 0;  // sp > 1 with Ulysses: its workspace instead of the ring's
   size_t attention_scratch = 0, lm_head_scratch = 0;  // sized by the backend (0 bytes: unused)
   // LoRA: a linear layer's delta B·u before it is added, or an input gradient's part v·A,
   // (B, T, widest); and v = dy·B, (B, T, r).

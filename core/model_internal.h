@@ -53,6 +53,7 @@ LayerOffsets layer_at(const Model& m, int p);
 
 // sp > 1: the ring's buffers in the arena for (B, T) local tokens.
 RingWorkspace ring_workspace(Model& m, int B, int T);
+UlyssesWorkspace ulysses_workspace(Model& m, int B, int T);
 
 // A row-parallel layer's bias: added by tp rank 0 only, so the all-reduced sum holds it once.
 const void* row_parallel_bias(Model& m, size_t offset);

@@ -161,7 +161,7 @@ namespace {
 // that runs its iteration of that layer).
 std::vector<int> holders_of(const Model& m, ParamRole role, int layer, int iteration) {
   const StagePlan& plan = m.par.stage.plan;
-  const int last_rank = (plan.pieces() - 1) % plan.pp;
+  const int last_rank = stage_plan_rank_of(plan, plan.pieces() - 1);
   std::vector<int> out;
   switch (role) {
     case ParamRole::kTokenEmbedding:
@@ -235,6 +235,9 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   if (sp.size == 1) sp.comm = nullptr;
   m.par.sp = sp;
   m.par.ring = RingAttention(sp.comm, sp.layout);
+  m.par.ulysses = {sp.comm, sp.layout};
+  LOOM_CHECK(sp.method == SequenceMethod::kRing ||
+             (m.spec.H / tp.size % sp.size == 0 && m.spec.Hkv / tp.size % sp.size == 0));
   m.par.stage = std::move(stage);
   m.par.Hl = m.spec.H / tp.size;
   m.par.Cl = m.par.Hl * (m.spec.C / m.spec.H);
@@ -508,17 +511,23 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
   m.temps.rope_cos = plan.take(rope_floats);
   m.temps.rope_sin = plan.take(rope_floats);
   const kernels::KernelBackend& be = kb(m);
-  if (m.par.sp.size > 1) {  // ring attention's blocks instead of whole-sequence attention
+  const bool ulysses = m.par.sp.size > 1 && m.par.sp.method == SequenceMethod::kUlysses;
+  if (ulysses) {  // two all-to-alls around whole-sequence attention on a head group
+    m.temps.ulysses_work = plan.act(ulysses_workspace_activations(B, T, m.par.Cl, m.par.Ckvl));
+  } else if (m.par.sp.size > 1) {  // ring attention's blocks instead of whole-sequence attention
     m.temps.ring_work = plan.act(ring_workspace_activations(B, T, m.par.Cl, m.par.Ckvl));
     m.temps.ring_lse = plan.take(ring_workspace_lse_floats(B, T, m.par.Hl));
+  }
+  if (m.par.sp.size > 1) {
     if (!is_rotary(m)) {
       m.temps.wpe_local = plan.act(static_cast<size_t>(T) * C);    // wpe's rows (the weights' type)
       m.temps.dwpe_local = plan.take(static_cast<size_t>(T) * C);  // their gradient, fp32
     }
   }
-  m.plan.attention_scratch_bytes = m.par.sp.size > 1
-                                       ? be.attention_block_scratch_bytes(B, m.par.Hl, T, T)
-                                       : be.attention_scratch_bytes(B, T, m.par.Cl, m.par.Hl);
+  m.plan.attention_scratch_bytes =
+      ulysses             ? ulysses_scratch_bytes(be, B, T, m.par.Cl, m.par.Hl, m.par.sp.size)
+      : m.par.sp.size > 1 ? be.attention_block_scratch_bytes(B, m.par.Hl, T, T)
+                          : be.attention_scratch_bytes(B, T, m.par.Cl, m.par.Hl);
   if (m.spec.config.recursion_kv() == ModelConfig::SHARED_FIRST)  // blocks of one sequence
     m.plan.attention_scratch_bytes =
         std::max(m.plan.attention_scratch_bytes, be.attention_block_scratch_bytes(1, m.par.Hl, T, T));

@@ -11,6 +11,11 @@ const void* row_parallel_bias(Model& m, size_t offset) {
   return m.par.tp.rank == 0 ? bias(m, offset) : nullptr;
 }
 
+UlyssesWorkspace ulysses_workspace(Model& m, int B, int T) {
+  return ulysses_workspace_at(kb(m), act(m, m.temps.ulysses_work),
+                              act(m, m.temps.attention_scratch), B, T, m.par.Cl, m.par.Ckvl);
+}
+
 RingWorkspace ring_workspace(Model& m, int B, int T) {
   return ring_workspace_at(kb(m), act(m, m.temps.ring_work), stat(m, m.temps.ring_lse),
                            act(m, m.temps.attention_scratch), B, T, m.par.Cl, m.par.Ckvl);
@@ -145,6 +150,10 @@ void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerA
                      false);
   if (routed)
     routed_attention_forward(m, a, *routed, sublayer);
+  else if (m.par.sp.comm && m.par.sp.method == SequenceMethod::kUlysses)  // a head group's whole
+    ulysses_attention_forward(m.par.ulysses, kb(m), ulysses_workspace(m, B, T),  // sequence
+                              act(m, a.hidden2), stat(m, a.lse), act(m, a.hidden), B, T, Cl, Hl,
+                              KVl);
   else if (m.par.sp.comm)  // this rank's rows attend to the whole sequence around the sp ring
     ring_attention_forward(m.par.ring, kb(m), ring_workspace(m, B, T), act(m, a.hidden2),
                            stat(m, a.lse), act(m, a.hidden), B, T, Cl, Hl, KVl);
@@ -199,6 +208,10 @@ void attention_sublayer_backward(Model& m, const LayerOffsets& o, const Sublayer
     lora_backward(m, o.attn_proj_lora, true, act(m, a.hidden2), a.lora_proj, dh, d_attn, N, Cl, C);
   if (routed)
     routed_attention_backward(m, a, *routed, sublayer, d_qkv, d_attn);
+  else if (m.par.sp.comm && m.par.sp.method == SequenceMethod::kUlysses)
+    ulysses_attention_backward(m.par.ulysses, kb(m), ulysses_workspace(m, B, T), d_qkv, d_attn,
+                               act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B, T, Cl, Hl,
+                               KVl);
   else if (m.par.sp.comm)
     ring_attention_backward(m.par.ring, kb(m), ring_workspace(m, B, T), d_qkv, d_attn,
                             act(m, a.hidden), act(m, a.hidden2), stat(m, a.lse), B, T, Cl, Hl, KVl);

@@ -19,6 +19,8 @@ PipelineKind pipeline_kind(config::ParallelConfig::PipelineSchedule schedule) {
       return PipelineKind::kInterleaved1F1B;
     case config::ParallelConfig::ZERO_BUBBLE_H1:
       return PipelineKind::kZeroBubbleH1;
+    case config::ParallelConfig::ZERO_BUBBLE_V:
+      return PipelineKind::kZeroBubbleV;
   }
   LOOM_CHECK(false);
 }
@@ -59,6 +61,9 @@ ParallelLayout parallel_layout(const config::RunConfig& cfg) {
   } catch (const Error& e) {
     throw with_advice(e, layout_advice_pieces(cfg));
   }
+  out.sequence_method = p.sequence_method() == config::ParallelConfig::ULYSSES
+                            ? SequenceMethod::kUlysses
+                            : SequenceMethod::kRing;
   out.sequence = p.sequence_layout() == config::ParallelConfig::CONTIGUOUS
                      ? SequenceLayout::kContiguous
                      : SequenceLayout::kZigzag;

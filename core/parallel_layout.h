@@ -15,6 +15,7 @@
 #include "parallel/mesh.h"
 #include "parallel/pipeline_schedule.h"
 #include "parallel/ring_attention.h"
+#include "parallel/ulysses_attention.h"
 
 namespace loom {
 
@@ -26,6 +27,7 @@ struct ParallelLayout {
   int micro_batches = 1;
   StagePlan stages;
   SequenceLayout sequence = SequenceLayout::kZigzag;  // sp > 1
+  SequenceMethod sequence_method = SequenceMethod::kRing;  // sp > 1
   // Data-parallel reduction over dp · sp ranks: ZeRO-1 (only where there is a reduction),
   // bucket size, overlap with backward, and gradients on the wire in bf16.
   bool zero = false;

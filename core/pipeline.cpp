@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <utility>
 
 #include "base/error.h"
 #include "core/backend.h"
@@ -19,6 +20,8 @@ using Clock = std::chrono::steady_clock;
 // A send or receive in flight may hold a buffer beyond the schedule's open receives; two sends
 // (one each way) are the most a step keeps before it needs one back.
 constexpr int kSendBuffers = 2;
+// A posted receive whose sender is this rank itself (a V's turn): no buffer until consumed.
+constexpr int kLoopback = -2;
 
 struct Runner {
   Pipeline& pipe;
@@ -28,8 +31,18 @@ struct Runner {
   const GradsFinalFn& on_grads_final;
   double loss = 0;
 
-  int next_rank() const { return (pipe.rank + 1) % pipe.size; }
-  int prev_rank() const { return (pipe.rank - 1 + pipe.size) % pipe.size; }
+  // The rank running the piece after (forward) or before chunk `chunk`'s.
+  int peer_of(int chunk, bool forward) const {
+    const int piece = model.par.chunks[chunk].piece + (forward ? 1 : -1);
+    return stage_plan_rank_of(model.par.stage.plan, piece);
+  }
+  // This rank's chunk that runs the piece after (forward) or before chunk `chunk`'s.
+  int own_chunk_of(int chunk, bool forward) const {
+    const int piece = model.par.chunks[chunk].piece + (forward ? 1 : -1);
+    for (int c = 0; c < chunks(); ++c)
+      if (model.par.chunks[c].piece == piece) return c;
+    LOOM_CHECK(false);
+  }
 
   // Blocks on a transfer; the time is exposed pipeline communication. A failure names this
   // stage, the peer and what was being waited for.
@@ -50,8 +63,7 @@ struct Runner {
     LOOM_CHECK(!pipe.sending.empty());  // pipeline_create sized the pool for the schedule
     auto [buffer, work] = pipe.sending.front();
     pipe.sending.erase(pipe.sending.begin());
-    wait(work, "sending to stage " + std::to_string(next_rank()) + " or " +
-                   std::to_string(prev_rank()));
+    wait(work, "sending to the next or the previous stage");
     return buffer;
   }
 
@@ -68,35 +80,57 @@ struct Runner {
   }
 
   int chunks() const { return static_cast<int>(model.par.chunks.size()); }
-  std::pair<int, WorkPtr>& receive_of(Type type, const PipelineAction& a) {
+  size_t receive_index(Type type, int micro, int chunk) const {
     const int kind = type == Type::kRecvForward ? 0 : 1;
-    return pipe.receiving[(static_cast<size_t>(kind) * batch.count + a.micro) * chunks() + a.chunk];
+    return (static_cast<size_t>(kind) * batch.count + micro) * chunks() + chunk;
+  }
+  std::pair<int, WorkPtr>& receive_of(Type type, const PipelineAction& a) {
+    return pipe.receiving[receive_index(type, a.micro, a.chunk)];
   }
   int& slot_of(const PipelineAction& a) { return pipe.slot_of[a.micro * chunks() + a.chunk]; }
 
   void post_receive(const PipelineAction& a) {
     const bool forward = a.type == Type::kRecvForward;
+    const int source = peer_of(a.chunk, !forward);
+    if (source == pipe.rank) {
+      receive_of(a.type, a) = {kLoopback, nullptr};
+      return;
+    }
     const int buffer = take_buffer();
-    WorkPtr work = pipe.pp->recv_async(
-        model_boundary(model, buffer, batch.B, batch.T), count(a.chunk, !forward),
-        activation_data_type(*model.buf.backend), forward ? prev_rank() : next_rank());
+    WorkPtr work = pipe.pp->recv_async(model_boundary(model, buffer, batch.B, batch.T),
+                                       count(a.chunk, !forward),
+                                       activation_data_type(*model.buf.backend), source);
     receive_of(a.type, a) = {buffer, std::move(work)};
   }
 
   int received(Type type, const PipelineAction& a) {
     std::pair<int, WorkPtr>& entry = receive_of(type, a);
-    LOOM_CHECK(entry.first >= 0);  // the schedule posts every receive first
+    LOOM_CHECK(entry.first != -1);   // the schedule posts every receive first
+    if (entry.first == kLoopback) {  // sent earlier by this rank
+      int& sent = pipe.loopback[receive_index(type, a.micro, a.chunk)];
+      LOOM_CHECK(sent >= 0);
+      entry = {-1, nullptr};
+      return std::exchange(sent, -1);
+    }
     const int buffer = entry.first;
     const WorkPtr work = std::move(entry.second);
     entry = {-1, nullptr};
     const bool forward = type == Type::kRecvForward;
     wait(work, std::string("waiting for micro-batch ") + std::to_string(a.micro) +
-                   (forward ? "'s activations from stage " + std::to_string(prev_rank())
-                            : "'s gradients from stage " + std::to_string(next_rank())));
+                   (forward ? "'s activations from stage " : "'s gradients from stage ") +
+                   std::to_string(peer_of(a.chunk, !forward)));
     return buffer;
   }
 
-  void send(int buffer, size_t count, int peer) {
+  // Compute `a`'s output (forward) or input gradient to the neighbouring piece.
+  void send(int buffer, const PipelineAction& a, bool forward) {
+    const int peer = peer_of(a.chunk, forward);
+    if (peer == pipe.rank) {  // a V's turn
+      const Type type = forward ? Type::kRecvForward : Type::kRecvBackward;
+      pipe.loopback[receive_index(type, a.micro, own_chunk_of(a.chunk, forward))] = buffer;
+      return;
+    }
+    const size_t count = this->count(a.chunk, forward);
     pipe.sending.emplace_back(
         buffer, pipe.pp->send_async(model_boundary(model, buffer, batch.B, batch.T), count,
                                     activation_data_type(*model.buf.backend), peer));
@@ -133,7 +167,7 @@ struct Runner {
     if (c.last)
       pipe.free_buffers.push_back(buffer);
     else
-      send(buffer, count(a.chunk, true), next_rank());
+      send(buffer, a, true);
   }
 
   void backward_of(const PipelineAction& a) {
@@ -151,7 +185,7 @@ struct Runner {
     if (c.first)
       pipe.free_buffers.push_back(buffer);
     else
-      send(buffer, count(a.chunk, false), prev_rank());
+      send(buffer, a, false);
   }
 
   // The weight-gradient pass of a split backward: no transfer; frees the slot.
@@ -174,6 +208,7 @@ struct Runner {
     const size_t entries = static_cast<size_t>(batch.count) * chunks();
     if (pipe.slot_of.size() < entries) pipe.slot_of.assign(entries, -1);
     if (pipe.receiving.size() < 2 * entries) pipe.receiving.assign(2 * entries, {-1, nullptr});
+    if (pipe.loopback.size() < 2 * entries) pipe.loopback.assign(2 * entries, -1);
     for (const PipelineAction& a : actions) switch (a.type) {
         case Type::kRecvForward:
         case Type::kRecvBackward: post_receive(a); break;
@@ -190,6 +225,20 @@ struct Runner {
 
 namespace {
 
+// The most boundary buffers a V's turn (rank p − 1) holds at once: chunk 0's forward outputs not
+// yet read by chunk 1's forwards, chunk 1's input gradients not yet read by chunk 0's backwards.
+int loopback_peak(const std::vector<PipelineAction>& actions, bool v_shape, int size, int rank) {
+  if (!v_shape || rank != size - 1) return 0;
+  int held = 0, most = 0;
+  for (const PipelineAction& a : actions) {
+    const bool first = a.chunk == 0;
+    if (a.type == Type::kForward) held += first ? 1 : -1;
+    if (a.type == Type::kBackward) held += first ? -1 : 1;
+    most = std::max(most, held);
+  }
+  return most;
+}
+
 Pipeline pipeline_with(PipelineKind kind, Communicator* pp, int size, int rank, int m, int v) {
   Pipeline pipe;
   pipe.pp = pp;
@@ -200,11 +249,15 @@ Pipeline pipeline_with(PipelineKind kind, Communicator* pp, int size, int rank, 
   pipeline_check(kind, size, m, v);
   pipe.train = pipeline_schedule(kind, size, m, v, rank);
   pipe.kind = kind;
-  pipe.split_backward = kind == PipelineKind::kZeroBubbleH1;
+  pipe.split_backward = kind == PipelineKind::kZeroBubbleH1 || kind == PipelineKind::kZeroBubbleV;
   pipe.slots = pipeline_max_in_flight(pipe.train);
   // Evaluation's forward-only schedule opens at most two receives (one compute ahead) and the
-  // buffer its compute works in.
-  pipe.boundaries = std::max(pipeline_max_open_receives(pipe.train), 3) + kSendBuffers;
+  // buffer its compute works in; a V's turn also keeps what it sent itself until consumed.
+  const bool v_shape = pipeline_v_shape(kind);
+  const int turn = std::max(
+      loopback_peak(pipe.train, v_shape, size, rank),
+      loopback_peak(pipeline_forward_schedule(size, size, v, rank, v_shape), v_shape, size, rank));
+  pipe.boundaries = std::max(pipeline_max_open_receives(pipe.train), 3) + kSendBuffers + turn;
   for (int s = pipe.slots - 1; s >= 0; --s) pipe.free_slots.push_back(s);
   for (int b = pipe.boundaries - 1; b >= 0; --b) pipe.free_buffers.push_back(b);
   return pipe;

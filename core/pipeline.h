@@ -32,7 +32,7 @@ struct Pipeline {
   int micro_batches = 0;                 // per optimizer step on this rank
   std::vector<PipelineAction> train;     // this rank's training schedule
   int slots = 1, boundaries = 1;         // what model_plan must provide
-  bool split_backward = false;           // ZB-H1: backward's weight gradients in a later pass
+  bool split_backward = false;           // zero-bubble: backward's weight gradients in a later pass
   // Activation slots: free ones, and the one each (micro-batch, chunk) in flight holds (−1:
   // none), at micro · chunks + chunk.
   std::vector<int> free_slots;
@@ -44,6 +44,10 @@ struct Pipeline {
   std::vector<int> free_buffers;
   std::vector<std::pair<int, WorkPtr>> receiving;
   std::vector<std::pair<int, WorkPtr>> sending;
+  // ZERO_BUBBLE_V's turn: the buffer this rank "sent" itself (chunk 0's output, chunk 1's input
+  // gradient) for each receive, indexed as `receiving` (−1: none); the consuming compute takes it
+  // over, no copy.
+  std::vector<int> loopback;
   double wait_seconds = 0;               // blocked on transfers (exposed), reset by the caller
   TraceRecorder* trace = nullptr;        // optional
   FlightRecorder* flight = nullptr;      // optional: each compute marks its phase

@@ -69,12 +69,13 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
                                          run.layout.stages.virtual_stages));
   }
   if (groups.mesh.sp > 1)
-    line += format(
-        "; sequences of %d tokens cut %s over sp (%d rows per rank), attention "
-        "over the sp ring",
-        cfg.train().seq_len(),
-        run.layout.sequence == SequenceLayout::kZigzag ? "zigzag" : "contiguously",
-        cfg.train().seq_len() / groups.mesh.sp);
+    line += format("; sequences of %d tokens cut %s over sp (%d rows per rank), attention %s",
+                   cfg.train().seq_len(),
+                   run.layout.sequence == SequenceLayout::kZigzag ? "zigzag" : "contiguously",
+                   cfg.train().seq_len() / groups.mesh.sp,
+                   run.layout.sequence_method == SequenceMethod::kUlysses
+                       ? "on a head split over sp (Ulysses all-to-alls)"
+                       : "over the sp ring");
   if (run.reducer.comm)
     line += format("; gradients averaged over %d ranks in %s%s%s", run.reducer.comm->size(),
                    counted(run.reducer.buckets.size(), "bucket").c_str(),

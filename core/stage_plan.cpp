@@ -84,6 +84,46 @@ std::vector<int> balanced_bounds(const Costs& c, int positions, int pieces) {
   return bounds;
 }
 
+// A V (ZERO_BUBBLE_V): rank r runs pieces r and 2·pp − 1 − r, so it is the ranks' loads that
+// must balance, not the pieces'. Rank 0 holds the embedding and the head beside x layers; the
+// other ranks share the rest evenly; the x with the smallest largest load (then sum of squares)
+// wins. Each rank's layers are then cut into its two pieces, rank 0's so that its two chunks
+// cost about the same (the embedding's piece and the head's).
+std::vector<int> v_bounds(const Costs& c, int positions, int pp) {
+  const long n = positions, others = pp - 1;
+  auto loads = [&](long x) {  // (largest rank load, sum of squares)
+    const double first = x * c.layer + c.embedding + c.head;
+    if (others == 0) return std::pair{first, first * first};
+    const long q = (n - x) / others, r = (n - x) % others;
+    const double lo = q * c.layer, hi = (q + 1) * c.layer;
+    return std::pair{std::max(first, r > 0 ? hi : lo),
+                     first * first + (others - r) * lo * lo + r * hi * hi};
+  };
+  long best = others == 0 ? n : 2;
+  for (long x = 2; others > 0 && x <= n - 2 * others; ++x) {
+    const auto [most, squares] = loads(x);
+    const auto [best_most, best_squares] = loads(best);
+    if (most < best_most * (1 - 1e-12) ||
+        (most <= best_most * (1 + 1e-12) && squares < best_squares))
+      best = x;
+  }
+  std::vector<long> sizes(2 * pp);
+  // Rank 0: a + E/L ≈ b + H/L with a + b = best, each at least 1.
+  const double shift = c.layer > 0 ? (c.head - c.embedding) / c.layer : 0;
+  const long a = std::clamp(std::lround((best + shift) / 2), 1L, best - 1);
+  sizes[0] = a;
+  sizes[2 * pp - 1] = best - a;
+  for (long r = 1; r <= others; ++r) {  // the last (n − best) % others ranks get one more
+    const long layers = (n - best) / others + (r > others - (n - best) % others);
+    sizes[r] = layers / 2;
+    sizes[2 * pp - 1 - r] = layers - layers / 2;
+  }
+  std::vector<int> bounds{0};
+  for (long s : sizes) bounds.push_back(bounds.back() + static_cast<int>(s));
+  LOOM_CHECK(bounds.back() == positions);
+  return bounds;
+}
+
 std::vector<int> explicit_bounds(const std::string& layout, int positions, int pieces) {
   const std::string where = "parallel.pipeline_layout \"" + layout + "\": ";
   std::vector<int> bounds{0};
@@ -139,15 +179,21 @@ StagePlan stage_plan_single(const ModelConfig& model) {
 
 StagePlan stage_plan_create(const config::RunConfig& cfg) {
   const auto& p = cfg.parallel();
-  StagePlan plan{p.pp(), p.virtual_stages(), {}};
+  StagePlan plan{p.pp(),
+                 p.virtual_stages(),
+                 {},
+                 p.pipeline_schedule() == config::ParallelConfig::ZERO_BUBBLE_V};
   const int positions = unrolled_layers(cfg.model());
   if (plan.pieces() > positions)
     throw Error("parallel.pp × parallel.virtual_stages (" + num(p.pp()) + " × " +
                 num(p.virtual_stages()) + ") is more pipeline pieces than the model's " +
                 num(positions) + " unrolled layers; every piece runs at least one layer");
-  plan.bounds = p.pipeline_layout().empty()
-                    ? balanced_bounds(costs_of(cfg), positions, plan.pieces())
-                    : explicit_bounds(p.pipeline_layout(), positions, plan.pieces());
+  if (!p.pipeline_layout().empty())
+    plan.bounds = explicit_bounds(p.pipeline_layout(), positions, plan.pieces());
+  else if (plan.v_shape)
+    plan.bounds = v_bounds(costs_of(cfg), positions, plan.pp);
+  else
+    plan.bounds = balanced_bounds(costs_of(cfg), positions, plan.pieces());
   return plan;
 }
 
@@ -162,8 +208,14 @@ std::vector<double> stage_plan_costs(const config::RunConfig& cfg, const StagePl
 std::vector<int> stage_plan_pieces(const StagePlan& plan, int rank) {
   LOOM_CHECK(rank >= 0 && rank < plan.pp);
   std::vector<int> pieces;
-  for (int c = 0; c < plan.virtual_stages; ++c) pieces.push_back(c * plan.pp + rank);
+  for (int c = 0; c < plan.virtual_stages; ++c)
+    pieces.push_back(plan.v_shape && c == 1 ? 2 * plan.pp - 1 - rank : c * plan.pp + rank);
   return pieces;
+}
+
+int stage_plan_rank_of(const StagePlan& plan, int piece) {
+  LOOM_CHECK(piece >= 0 && piece < plan.pieces());
+  return plan.v_shape && piece >= plan.pp ? 2 * plan.pp - 1 - piece : piece % plan.pp;
 }
 
 bool stage_plan_runs_layer(const ModelConfig& m, const StagePlan& plan, int rank, int layer) {

@@ -166,7 +166,7 @@ double evaluate(Model& model, Pipeline& pipe, const TokenDataset& val, int batch
   if (mine > 0) {
     const int v = static_cast<int>(model.par.chunks.size());
     const std::vector<PipelineAction> forwards =
-        pipeline_forward_schedule(pipe.size, mine, v, pipe.rank);
+        pipeline_forward_schedule(pipe.size, mine, v, pipe.rank, pipeline_v_shape(pipe.kind));
     pipe.trace = nullptr;
     pipe.flight = nullptr;  // the caller's phase ("evaluation") stands
     model_begin_passes(model, nullptr);

@@ -1,13 +1,15 @@
-// `loom bench ring`: ring attention (parallel/ring_attention.h) over the world as one sp group,
-// against whole-sequence attention on one rank. Run as an MPI job, one thread per rank. Every
+// `loom bench ring`: ring attention (parallel/ring_attention.h) and Ulysses
+// (parallel/ulysses_attention.h) over the world as one sp group, against whole-sequence attention
+// on one rank. Run as an MPI job, one thread per rank. Every
 // rank first times the whole sequence's causal attention (forward + backward) alone — the
 // single-rank baseline, measured on every rank at once so each has the same share of the
 // machine — then its part of ring attention under each layout. Rank 0 prints per rank the
 // block compute time, the exposed ring wait and the whole ring time (medians over --iters), and
 // the ratios: balance (max ÷ min compute over ranks), efficiency (baseline ÷ sp over the slowest
-// rank's ring time: 1 is ideal) and exposed wait (the largest share of a rank's ring time spent
-// blocked on transfers).
+// rank's ring time: 1 is ideal), exposed wait (the largest share of a rank's ring time spent
+// blocked on transfers) and the bytes each rank sent per forward + backward.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -22,8 +24,10 @@
 #include "kernels/cpu/threads.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
+#include "parallel/device_communicator.h"
 #include "parallel/mpi_runtime.h"
 #include "parallel/ring_attention.h"
+#include "parallel/ulysses_attention.h"
 
 namespace loom {
 namespace {
@@ -32,15 +36,17 @@ using Clock = std::chrono::steady_clock;
 
 constexpr const char* kHelp =
     R"(usage: mpirun -np SP loom bench ring [--seq-len 4096] [--batch 1] [--d-model 128]
-                                 [--heads 4] [--iters 5] [--layouts zigzag,contiguous] [--json]
+                                 [--heads 4] [--iters 5] [--layouts zigzag,contiguous,ulysses]
+                                 [--json]
 
 Times causal attention over sequences of --seq-len tokens (forward + backward; B = --batch,
 C = --d-model, H = --heads) cut over the job's SP ranks, one thread each:
   whole   every rank computes the whole sequence's attention alone: the single-rank time;
   ring    each rank's part through ring attention, for each --layouts entry (zigzag: chunks r
-          and 2·SP−1−r; contiguous: chunk r).
-Per layout it prints, per rank, the block kernels' time (compute), the time blocked on ring
-transfers (wait) and the whole ring attention time (medians over --iters), then
+          and 2·SP−1−r; contiguous: chunk r), or through Ulysses (ulysses: zigzag rows, two
+          all-to-alls to a head split around whole-sequence attention; --heads must divide by SP).
+Per layout it prints, per rank, the kernels' time (compute), the time blocked on transfers
+(wait), the whole attention time (medians over --iters) and the bytes it sent, then
   balance     max ÷ min compute over the ranks (1: every rank does the same work),
   efficiency  (whole ÷ SP) ÷ the slowest rank's ring time (1: ideal speed-up),
   exposed     the largest share of any rank's ring time spent blocked on transfers.
@@ -88,9 +94,45 @@ double time_whole(const Shape& s, int iters) {
 
 struct RingTimes {
   double compute = 0, wait = 0, total = 0;  // medians, seconds
+  double bytes = 0;                         // sent by this rank per forward + backward
 };
 
-RingTimes time_ring(Communicator& sp, SequenceLayout layout, const Shape& s, int iters) {
+// Ulysses' forward + backward on zigzag rows; compute is what is not waiting on the all-to-alls.
+// `sent` counts what `sp` sends.
+RingTimes time_ulysses(Communicator& sp, std::atomic<uint64_t>& sent, const Shape& s, int iters) {
+  const auto be = kernels::cpu::make_cpu_backend();
+  const int Tl = s.T / sp.size();
+  const auto rows = random_vector(static_cast<size_t>(s.B) * Tl * 3 * s.C, 10 + sp.rank());
+  const auto dout = random_vector(static_cast<size_t>(s.B) * Tl * s.C, 20 + sp.rank());
+  std::vector<float> qkv(rows.size()), out(dout.size()), lse(static_cast<size_t>(s.B) * s.H * Tl),
+      dqkv(rows.size());
+  std::vector<float> work(ulysses_workspace_activations(s.B, Tl, s.C, s.C));
+  std::vector<char> scratch(ulysses_scratch_bytes(*be, s.B, Tl, s.C, s.H, sp.size()));
+  const UlyssesWorkspace ws =
+      ulysses_workspace_at(*be, work.data(), scratch.data(), s.B, Tl, s.C, s.C);
+  std::vector<double> compute, wait, total;
+  double bytes = 0;
+  for (int i = 0; i <= iters; ++i) {
+    UlyssesAttention u{&sp, SequenceLayout::kZigzag};
+    qkv = rows;  // forward leaves the head group's rows in qkv
+    sp.barrier();
+    sent = 0;
+    const auto start = Clock::now();
+    ulysses_attention_forward(u, *be, ws, out.data(), lse.data(), qkv.data(), s.B, Tl, s.C, s.H,
+                              s.H);
+    ulysses_attention_backward(u, *be, ws, dqkv.data(), dout.data(), qkv.data(), out.data(),
+                               lse.data(), s.B, Tl, s.C, s.H, s.H);
+    if (i == 0) continue;  // warm-up
+    total.push_back(seconds_since(start));
+    wait.push_back(u.wait_seconds);
+    compute.push_back(total.back() - u.wait_seconds);
+    bytes = static_cast<double>(sent.load());
+  }
+  return {median(compute), median(wait), median(total), bytes};
+}
+
+RingTimes time_ring(Communicator& sp, std::atomic<uint64_t>& sent, SequenceLayout layout,
+                    const Shape& s, int iters) {
   const auto be = kernels::cpu::make_cpu_backend();
   const int Tl = s.T / sp.size();
   const auto qkv = random_vector(static_cast<size_t>(s.B) * Tl * 3 * s.C, 10 + sp.rank());
@@ -102,9 +144,11 @@ RingTimes time_ring(Communicator& sp, SequenceLayout layout, const Shape& s, int
   const RingWorkspace ws =
       ring_workspace_at(*be, work.data(), block_lse.data(), scratch.data(), s.B, Tl, s.C, s.C);
   std::vector<double> compute, wait, total;
+  double bytes = 0;
   for (int i = 0; i <= iters; ++i) {
     RingAttention ring(&sp, layout);
     sp.barrier();
+    sent = 0;
     const auto start = Clock::now();
     ring_attention_forward(ring, *be, ws, out.data(), lse.data(), qkv.data(), s.B, Tl, s.C, s.H,
                            s.H);
@@ -114,8 +158,9 @@ RingTimes time_ring(Communicator& sp, SequenceLayout layout, const Shape& s, int
     total.push_back(seconds_since(start));
     compute.push_back(ring.compute_seconds);
     wait.push_back(ring.wait_seconds);
+    bytes = static_cast<double>(sent.load());
   }
-  return {median(compute), median(wait), median(total)};
+  return {median(compute), median(wait), median(total), bytes};
 }
 
 // Every rank's value, on every rank.
@@ -153,7 +198,7 @@ int command_bench_ring(int argc, char** argv) {
         "bench ring: --batch, --seq-len, --d-model, --heads and --iters must be positive "
         "and --heads must divide --d-model");
   std::vector<std::pair<std::string, SequenceLayout>> layouts;
-  const std::string list = args.value("--layouts", "zigzag,contiguous");
+  const std::string list = args.value("--layouts", "zigzag,contiguous,ulysses");
   for (size_t at = 0; at <= list.size();) {
     const size_t comma = std::min(list.find(',', at), list.size());
     const std::string name = list.substr(at, comma - at);
@@ -161,13 +206,19 @@ int command_bench_ring(int argc, char** argv) {
       layouts.emplace_back(name, SequenceLayout::kZigzag);
     else if (name == "contiguous")
       layouts.emplace_back(name, SequenceLayout::kContiguous);
+    else if (name == "ulysses")  // zigzag rows; the layout does not change Ulysses' work
+      layouts.emplace_back(name, SequenceLayout::kZigzag);
     else
-      throw Error("--layouts: unknown layout \"" + name + "\" (zigzag, contiguous)");
+      throw Error("--layouts: unknown layout \"" + name + "\" (zigzag, contiguous, ulysses)");
     at = comma + 1;
   }
 
   std::unique_ptr<MpiRuntime> mpi = mpi_runtime_init({});
   std::unique_ptr<Communicator> world = mpi_world(*mpi);
+  // The attention's group: the world again, counting the bytes this rank sends.
+  auto sent = std::make_shared<std::atomic<uint64_t>>(0);
+  std::unique_ptr<Communicator> sp_group =
+      make_device_communicator(mpi_world(*mpi, "sp"), kernels::cpu::make_cpu_backend(), sent);
   const int sp = world->size();
   if (sp < 2)
     throw Error(
@@ -191,10 +242,16 @@ int command_bench_ring(int argc, char** argv) {
         "%.2f ms\n",
         sp, s.B, s.T, s.C, s.H, baseline * 1e3, sp, baseline * 1e3 / sp);
   for (size_t l = 0; l < layouts.size(); ++l) {
-    const RingTimes t = time_ring(*world, layouts[l].second, s, iters);
+    if (layouts[l].first == "ulysses" && s.H % sp != 0)
+      throw Error("bench ring: ulysses needs --heads (" + std::to_string(s.H) +
+                  ") divisible by the " + std::to_string(sp) + " ranks");
+    const RingTimes t = layouts[l].first == "ulysses"
+                            ? time_ulysses(*sp_group, *sent, s, iters)
+                            : time_ring(*sp_group, *sent, layouts[l].second, s, iters);
     const std::vector<double> compute = all_ranks(*world, t.compute);
     const std::vector<double> wait = all_ranks(*world, t.wait);
     const std::vector<double> total = all_ranks(*world, t.total);
+    const std::vector<double> bytes = all_ranks(*world, t.bytes);
     if (!printer) continue;
     const size_t slowest = std::max_element(total.begin(), total.end()) - total.begin();
     const double balance = *std::max_element(compute.begin(), compute.end()) /
@@ -206,15 +263,17 @@ int command_bench_ring(int argc, char** argv) {
       std::printf("%s\"%s\":{\"balance\":%.4f,\"efficiency\":%.4f,\"exposed\":%.4f,\"ranks\":[",
                   l ? "," : "", layouts[l].first.c_str(), balance, efficiency, exposed);
       for (int r = 0; r < sp; ++r)
-        std::printf("%s{\"compute_ms\":%.4f,\"wait_ms\":%.4f,\"ring_ms\":%.4f}", r ? "," : "",
-                    compute[r] * 1e3, wait[r] * 1e3, total[r] * 1e3);
+        std::printf("%s{\"compute_ms\":%.4f,\"wait_ms\":%.4f,\"ring_ms\":%.4f,\"sent_mib\":%.4f}",
+                    r ? "," : "", compute[r] * 1e3, wait[r] * 1e3, total[r] * 1e3,
+                    bytes[r] / (1 << 20));
       std::printf("]}");
       continue;
     }
-    std::printf("\n%s layout\n  rank   compute ms   wait ms   ring ms\n", layouts[l].first.c_str());
+    std::printf("\n%s\n  rank   compute ms   wait ms   total ms   sent MiB\n",
+                layouts[l].first.c_str());
     for (int r = 0; r < sp; ++r)
-      std::printf("  %4d   %10.2f   %7.2f   %7.2f\n", r, compute[r] * 1e3, wait[r] * 1e3,
-                  total[r] * 1e3);
+      std::printf("  %4d   %10.2f   %7.2f   %8.2f   %8.2f\n", r, compute[r] * 1e3, wait[r] * 1e3,
+                  total[r] * 1e3, bytes[r] / (1 << 20));
     std::printf(
         "  balance %.2f (max ÷ min compute), efficiency %.2f (ideal ÷ slowest ring), "
         "exposed wait %.1f%%\n",

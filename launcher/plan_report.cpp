@@ -233,8 +233,9 @@ void print_pipeline(const config::RunConfig& cfg, const ParallelLayout& layout,
       pipeline_kind_name(kind), mesh.pp, v, v == 1 ? "" : "s", m,
       100.0 * pipeline_bubble_fraction(kind, mesh.pp, m, v),
       kind == PipelineKind::kInterleaved1F1B ? "(p−1)/(v·m+p−1)"
-      : kind == PipelineKind::kZeroBubbleH1  ? "simulated with F = B = W"
-                                             : "(p−1)/(m+p−1)");
+      : kind == PipelineKind::kZeroBubbleH1 || kind == PipelineKind::kZeroBubbleV
+          ? "simulated with F = B = W"
+          : "(p−1)/(m+p−1)");
   std::printf(
       "  MiB per rank; params: parameters (as many gradients); AdamW: its m and v;\n"
       "  activations = slots (micro-batches in flight × MiB each) + buffers (boundary "
@@ -399,17 +400,22 @@ void plan_print_memory(const config::RunConfig& cfg, const ParallelLayout& layou
         "  tp %d: QKV, MLP and output matrices and the vocabulary split; norms and\n"
         "        row-parallel biases replicated\n",
         mesh.tp);
-  if (mesh.sp > 1)
+  if (mesh.sp > 1) {
+    const int Cl = cfg.model().d_model() / mesh.tp, Tl = T / mesh.sp,
+              Ckvl = model_kv_heads(cfg.model()) * (cfg.model().d_model() / cfg.model().n_heads()) /
+                     mesh.tp;
+    const bool ulysses = layout.sequence_method == SequenceMethod::kUlysses;
     std::printf(
-        "  sp %d: activations of the rank's rows; ring attention's key/value blocks and\n"
-        "        gradients in flight (%.2f MiB of the shared temporaries)\n",
+        "  sp %d: activations of the rank's rows; %s (%.2f MiB of the shared temporaries)\n",
         mesh.sp,
+        ulysses ? "Ulysses' all-to-all blocks and a head group's\n"
+                  "        whole-sequence output and gradients"
+                : "ring attention's key/value blocks and\n        gradients in flight",
         (bf16 ? 2.0 : 4.0) *
-            ring_workspace_activations(B, T / mesh.sp, cfg.model().d_model() / mesh.tp,
-                                       model_kv_heads(cfg.model()) *
-                                           (cfg.model().d_model() / cfg.model().n_heads()) /
-                                           mesh.tp) /
+            (ulysses ? ulysses_workspace_activations(B, Tl, Cl, Ckvl)
+                     : ring_workspace_activations(B, Tl, Cl, Ckvl)) /
             kMiB);
+  }
   if (mesh.pp > 1) print_pipeline(cfg, layout, memory);
 }
 

@@ -78,6 +78,9 @@ class SelfCommunicator : public Communicator {
     LOOM_CHECK(root == 0);
     return done();
   }
+  WorkPtr all_to_all_async(const void* in, void* out, size_t count, DataType type) override {
+    return copy(in, out, count, type);
+  }
   WorkPtr send_async(const void*, size_t, DataType, int peer) override { return no_peer(peer); }
   WorkPtr recv_async(void*, size_t, DataType, int peer) override { return no_peer(peer); }
   WorkPtr barrier_async() override { return done(); }

@@ -77,6 +77,10 @@ class Communicator {
   virtual WorkPtr all_gather_async(const void* shard, void* out, size_t count, DataType type) = 0;
   // data (count elements) ← root's data, on every rank.
   virtual WorkPtr broadcast_async(void* data, size_t count, DataType type, int root) = 0;
+  // out (size() · count) ← block r of every rank r's `in`: `in` holds size() blocks of count
+  // elements, block j for rank j; out's block r is what rank r sent this one. in and out must
+  // not overlap.
+  virtual WorkPtr all_to_all_async(const void* in, void* out, size_t count, DataType type) = 0;
   virtual WorkPtr send_async(const void* data, size_t count, DataType type, int peer) = 0;
   virtual WorkPtr recv_async(void* data, size_t count, DataType type, int peer) = 0;
   virtual WorkPtr barrier_async() = 0;

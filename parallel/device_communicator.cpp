@@ -91,6 +91,14 @@ class DeviceCommunicator : public Communicator {
     }
     return lent([&] { return inner_->broadcast_async(data, count, type, root); });
   }
+  WorkPtr all_to_all_async(const void* in, void* out, size_t count, DataType type) override {
+    count_sent(count * (size() - 1), type);  // its own block stays
+    if (on_device(in)) {
+      if (size() == 1) return copied(in, out, count, type);
+      return device_->all_to_all_async(in, out, count, type);
+    }
+    return lent([&] { return inner_->all_to_all_async(in, out, count, type); });
+  }
   WorkPtr send_async(const void* data, size_t count, DataType type, int peer) override {
     count_sent(count, type);
     if (on_device(data)) return device_->send_async(data, count, type, peer);

@@ -162,6 +162,8 @@ const char* flight_op_name(FlightOp op) {
       return "recv";
     case FlightOp::kBarrier:
       return "barrier";
+    case FlightOp::kAllToAll:
+      return "all_to_all";
   }
   LOOM_CHECK(false);
 }

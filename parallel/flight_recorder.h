@@ -44,7 +44,8 @@ enum class FlightOp : uint8_t {
   kBroadcast,
   kSend,
   kRecv,
-  kBarrier
+  kBarrier,
+  kAllToAll
 };
 // kIssued: the caller asked for it; kStarted: handed to the transport; kTimedOut: still open
 // after parallel.collective_timeout_s; kFailed: an error, or cancelled by an earlier failure.

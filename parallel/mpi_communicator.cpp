@@ -127,6 +127,17 @@ class MpiCommunicator : public Communicator {
     return submit(std::move(p));
   }
 
+  WorkPtr all_to_all_async(const void* in, void* out, size_t count, DataType type) override {
+    auto p = make_op(FlightOp::kAllToAll, count, type, std::nullopt);
+    const int n = mpi_count(count);
+    mpi_count(count * static_cast<size_t>(size_));  // the whole buffer is addressed with an int
+    MPI_Comm comm = group_->comm;
+    p->stages.emplace_back([=](MPI_Request* r) {
+      MPI_CHECK(MPI_Ialltoall(in, n, mpi_type(type), out, n, mpi_type(type), comm, r));
+    });
+    return submit(std::move(p));
+  }
+
   WorkPtr send_async(const void* data, size_t count, DataType type, int peer) override {
     return point_to_point(FlightOp::kSend, const_cast<void*>(data), count, type, peer);
   }

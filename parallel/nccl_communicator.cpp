@@ -419,6 +419,26 @@ class NcclCommunicator : public Communicator {
                    });
   }
 
+  // NCCL's all-to-all: a send and a receive with every rank, grouped into one operation.
+  WorkPtr all_to_all_async(const void* in, void* out, size_t count, DataType type) override {
+    return enqueue(
+        describe("all_to_all", count, type, nullptr),
+        {.op = FlightOp::kAllToAll, .type = type, .count = count, .reduce = std::nullopt},
+        [&](ncclComm_t comm, cudaStream_t stream, const std::string& what) {
+          const size_t block = count * data_type_size(type);
+          LOOM_NCCL_CHECK(ncclGroupStart(), comm, what);
+          for (int r = 0; r < size(); ++r) {
+            LOOM_NCCL_CHECK(ncclSend(static_cast<const char*>(in) + r * block, count,
+                                     nccl_type(type), r, comm, stream),
+                            comm, what);
+            LOOM_NCCL_CHECK(ncclRecv(static_cast<char*>(out) + r * block, count, nccl_type(type), r,
+                                     comm, stream),
+                            comm, what);
+          }
+          LOOM_NCCL_CHECK(ncclGroupEnd(), comm, what);
+        });
+  }
+
   WorkPtr send_async(const void* data, size_t count, DataType type, int peer) override {
     return point_to_point(true, const_cast<void*>(data), count, type, peer);
   }

@@ -19,40 +19,53 @@ bool is_compute(const PipelineAction& a) {
   return a.type == Type::kForward || a.type == Type::kBackward || a.type == Type::kWeight;
 }
 
+// Where the p · v global stages sit: stage g = chunk · p + rank (Megatron's interleaving), or in
+// a V (ZERO_BUBBLE_V, v = 2): rank r holds stages r and 2p − 1 − r, so rank p − 1 runs stages
+// p − 1 and p back to back (a transfer to itself) and rank 0 the first and the last.
+struct Placement {
+  int p = 1, v = 1;
+  bool v_shape = false;
+  int stages() const { return p * v; }
+  int stage(int rank, int chunk) const {
+    return v_shape && chunk == 1 ? 2 * p - 1 - rank : chunk * p + rank;
+  }
+  int rank_of(int g) const { return v_shape && g >= p ? 2 * p - 1 - g : g % p; }
+  int chunk_of(int g) const { return g / p; }
+};
+
 // The receive compute `c` of `rank` consumes; false when it needs none: the forward of global
 // stage 0 reads the batch, the backward of the last stage starts from its own loss.
-bool input_of(const PipelineAction& c, int p, int v, int rank, PipelineAction* recv) {
-  const int g = c.chunk * p + rank;
+bool input_of(const PipelineAction& c, const Placement& at, int rank, PipelineAction* recv) {
+  const int g = at.stage(rank, c.chunk);
   if (c.type == Type::kForward && g > 0) {
     *recv = {Type::kRecvForward, c.micro, c.chunk};
     return true;
   }
-  if (c.type == Type::kBackward && g < p * v - 1) {
+  if (c.type == Type::kBackward && g < at.stages() - 1) {
     *recv = {Type::kRecvBackward, c.micro, c.chunk};
     return true;
   }
   return false;
 }
 
-// The rank a receive posted by `rank` is matched with.
-int source_of(const PipelineAction& recv, int p, int rank) {
-  return recv.type == Type::kRecvForward ? (rank - 1 + p) % p : (rank + 1) % p;
+// The rank a receive posted by `rank` is matched with (itself at a V's turn).
+int source_of(const PipelineAction& recv, const Placement& at, int rank) {
+  const int g = at.stage(rank, recv.chunk);
+  return at.rank_of(recv.type == Type::kRecvForward ? g - 1 : g + 1);
 }
 
 // What compute `c` of `rank` sends, if anything: to *dest, described as the receive *dest posts.
-bool output_of(const PipelineAction& c, int p, int v, int rank, int* dest, PipelineAction* recv) {
-  const int g = c.chunk * p + rank;
-  if (c.type == Type::kForward && g < p * v - 1) {
-    *dest = (rank + 1) % p;
-    *recv = {Type::kRecvForward, c.micro, (g + 1) / p};
-    return true;
-  }
-  if (c.type == Type::kBackward && g > 0) {
-    *dest = (rank - 1 + p) % p;
-    *recv = {Type::kRecvBackward, c.micro, (g - 1) / p};
-    return true;
-  }
-  return false;
+bool output_of(const PipelineAction& c, const Placement& at, int rank, int* dest,
+               PipelineAction* recv) {
+  const int g = at.stage(rank, c.chunk);
+  int to = -1;
+  if (c.type == Type::kForward && g < at.stages() - 1) to = g + 1;
+  if (c.type == Type::kBackward && g > 0) to = g - 1;
+  if (to < 0) return false;
+  *dest = at.rank_of(to);
+  *recv = {c.type == Type::kForward ? Type::kRecvForward : Type::kRecvBackward, c.micro,
+           at.chunk_of(to)};
+  return true;
 }
 
 // The compute a receive feeds, e.g. recvF3.1 → F3.1.
@@ -87,14 +100,14 @@ std::vector<PipelineAction> one_f_one_b(int p, int total, int v, int warmup) {
 // every earlier message in a's send order (`incoming`): those are posted with it if need be.
 std::vector<PipelineAction> with_receives(const std::vector<PipelineAction>& order,
                                           const std::vector<std::vector<PipelineAction>>& incoming,
-                                          int p, int v, int rank) {
+                                          const Placement& at, int rank) {
   std::vector<PipelineAction> out;
-  std::vector<size_t> next(p, 0);  // incoming[a][0 .. next[a]) are posted
+  std::vector<size_t> next(at.p, 0);  // incoming[a][0 .. next[a]) are posted
   std::set<Key> posted;
   auto post = [&](const PipelineAction& recv) {
     if (posted.count(key_of(recv))) return;
-    const std::vector<PipelineAction>& from = incoming[source_of(recv, p, rank)];
-    size_t& n = next[source_of(recv, p, rank)];
+    const std::vector<PipelineAction>& from = incoming[source_of(recv, at, rank)];
+    size_t& n = next[source_of(recv, at, rank)];
     const auto it = std::find(from.begin() + n, from.end(), recv);
     if (it == from.end()) {  // never sent: pipeline_simulate reports the schedule
       posted.insert(key_of(recv));
@@ -110,7 +123,7 @@ std::vector<PipelineAction> with_receives(const std::vector<PipelineAction>& ord
     for (size_t j = k; j < std::min(k + 2, order.size()); ++j) {
       LOOM_CHECK(is_compute(order[j]));
       PipelineAction recv;
-      if (input_of(order[j], p, v, rank, &recv)) post(recv);
+      if (input_of(order[j], at, rank, &recv)) post(recv);
     }
     out.push_back(order[k]);
   }
@@ -167,11 +180,77 @@ ZeroBubble zero_bubble(int p, int m) {
   return {std::move(orders), span};
 }
 
+// ZB-V's orders of every rank (pipeline_schedule.h): the same unit-time simulation over the 2p
+// stages of the V. A rank runs, of what has arrived: a B (chunk 0's first: it finishes a
+// micro-batch); else an F (chunk 1's first: it brings a micro-batch to the loss sooner) while
+// fewer than 2p (micro-batch, chunk) activations are held, 1F1B's peak in half-stage chunks; else
+// its oldest pending W.
+ZeroBubble zero_bubble_v(int p, int m) {
+  constexpr int kNever = 1 << 30;
+  const Placement at{p, 2, true};
+  const int stages = at.stages();
+  std::vector<std::vector<int>> ready_f(stages, std::vector<int>(m, kNever)),
+      ready_b(stages, std::vector<int>(m, kNever));
+  for (int i = 0; i < m; ++i) ready_f[0][i] = 0;
+  struct Rank {
+    int next_f[2] = {0, 0}, next_b[2] = {0, 0}, in_flight = 0, busy_until = 0;
+    std::vector<std::pair<int, int>> pending_w;  // (micro-batch, chunk) whose B ran, oldest first
+  };
+  std::vector<Rank> ranks(p);
+  std::vector<std::vector<PipelineAction>> orders(p);
+  auto done = [&](const Rank& s) {
+    return s.next_b[0] == m && s.next_b[1] == m && s.pending_w.empty();
+  };
+  auto backward = [&](Rank& s, int r, int t) {
+    for (const int c : {0, 1}) {
+      const int g = at.stage(r, c), i = s.next_b[c];
+      if (i == s.next_f[c] || ready_b[g][i] > t) continue;
+      ++s.next_b[c];
+      orders[r].push_back({Type::kBackward, i, c});
+      if (g > 0) ready_b[g - 1][i] = t + 1;
+      s.pending_w.push_back({i, c});
+      return true;
+    }
+    return false;
+  };
+  auto forward = [&](Rank& s, int r, int t) {
+    for (const int c : {1, 0}) {
+      const int g = at.stage(r, c), i = s.next_f[c];
+      if (i == m || ready_f[g][i] > t || s.in_flight >= 2 * p) continue;
+      ++s.next_f[c];
+      ++s.in_flight;
+      orders[r].push_back({Type::kForward, i, c});
+      (g + 1 < stages ? ready_f[g + 1][i] : ready_b[g][i]) = t + 1;
+      return true;
+    }
+    return false;
+  };
+  int t = 0;
+  for (; !std::all_of(ranks.begin(), ranks.end(), done); ++t) {
+    for (int r = 0; r < p; ++r) {
+      Rank& s = ranks[r];
+      if (s.busy_until > t || done(s)) continue;
+      if (!backward(s, r, t) && !forward(s, r, t)) {
+        if (s.pending_w.empty()) continue;  // idle: waiting for a neighbour
+        const auto [micro, chunk] = s.pending_w.front();
+        orders[r].push_back({Type::kWeight, micro, chunk});
+        s.pending_w.erase(s.pending_w.begin());
+        --s.in_flight;
+      }
+      s.busy_until = t + 1;
+    }
+    LOOM_CHECK(t < 8 * m * p + 32);  // every rank can always free memory with a W
+  }
+  int span = 0;
+  for (const Rank& s : ranks) span = std::max(span, s.busy_until);
+  return {std::move(orders), span};
+}
+
 std::vector<std::vector<PipelineAction>> all_compute_orders(PipelineKind kind, int p, int m,
                                                             int v) {
-  if (kind == PipelineKind::kZeroBubbleH1) {
+  if (kind == PipelineKind::kZeroBubbleH1 || kind == PipelineKind::kZeroBubbleV) {
     pipeline_check(kind, p, m, v);
-    return zero_bubble(p, m).orders;
+    return (kind == PipelineKind::kZeroBubbleV ? zero_bubble_v(p, m) : zero_bubble(p, m)).orders;
   }
   std::vector<std::vector<PipelineAction>> orders;
   for (int r = 0; r < p; ++r) orders.push_back(pipeline_compute_order(kind, p, m, v, r));
@@ -180,12 +259,16 @@ std::vector<std::vector<PipelineAction>> all_compute_orders(PipelineKind kind, i
 
 }  // namespace
 
+bool pipeline_v_shape(PipelineKind kind) { return kind == PipelineKind::kZeroBubbleV; }
+
 const char* pipeline_kind_name(PipelineKind kind) {
   switch (kind) {
     case PipelineKind::kGPipe: return "GPIPE";
     case PipelineKind::kOneFOneB: return "ONE_F_ONE_B";
     case PipelineKind::kInterleaved1F1B: return "INTERLEAVED_1F1B";
     case PipelineKind::kZeroBubbleH1: return "ZERO_BUBBLE_H1";
+    case PipelineKind::kZeroBubbleV:
+      return "ZERO_BUBBLE_V";
   }
   LOOM_CHECK(false);
 }
@@ -196,6 +279,8 @@ const char* pipeline_kind_title(PipelineKind kind) {
     case PipelineKind::kOneFOneB: return "1F1B";
     case PipelineKind::kInterleaved1F1B: return "interleaved 1F1B";
     case PipelineKind::kZeroBubbleH1: return "zero-bubble H1";
+    case PipelineKind::kZeroBubbleV:
+      return "zero-bubble V";
   }
   LOOM_CHECK(false);
 }
@@ -231,9 +316,13 @@ void pipeline_check(PipelineKind kind, int p, int m, int v) {
   if (kind == PipelineKind::kInterleaved1F1B && m % p != 0)
     throw Error(kind_text + ": " + micro_batches + " must be a multiple of parallel.pp (" +
                 std::to_string(p) + ")");
-  if (kind != PipelineKind::kInterleaved1F1B && v != 1)
+  if (kind == PipelineKind::kZeroBubbleV && v != 2)
+    throw Error(kind_text +
+                " runs two chunks per rank in a V: set parallel.virtual_stages: 2 (got " +
+                std::to_string(v) + ")");
+  if (kind != PipelineKind::kInterleaved1F1B && kind != PipelineKind::kZeroBubbleV && v != 1)
     throw Error("parallel.virtual_stages (" + std::to_string(v) +
-                ") applies to INTERLEAVED_1F1B only; " + kind_text + " needs 1");
+                ") applies to INTERLEAVED_1F1B and ZERO_BUBBLE_V only; " + kind_text + " needs 1");
 }
 
 std::vector<PipelineAction> pipeline_compute_order(PipelineKind kind, int p, int m, int v,
@@ -248,6 +337,7 @@ std::vector<PipelineAction> pipeline_compute_order(PipelineKind kind, int p, int
   }
   if (kind == PipelineKind::kOneFOneB) return one_f_one_b(p, m, 1, std::min(p - rank - 1, m));
   if (kind == PipelineKind::kZeroBubbleH1) return zero_bubble(p, m).orders[rank];
+  if (kind == PipelineKind::kZeroBubbleV) return zero_bubble_v(p, m).orders[rank];
   // Megatron-LM's forward_backward_pipelining_with_interleaving; with m == p there is no steady
   // state to reach, so it runs every forward first.
   const int total = m * v;
@@ -256,8 +346,9 @@ std::vector<PipelineAction> pipeline_compute_order(PipelineKind kind, int p, int
 }
 
 std::vector<std::vector<PipelineAction>> pipeline_with_receives(
-    const std::vector<std::vector<PipelineAction>>& compute_orders, int p, int v) {
-  LOOM_CHECK(static_cast<int>(compute_orders.size()) == p);
+    const std::vector<std::vector<PipelineAction>>& compute_orders, int p, int v, bool v_shape) {
+  LOOM_CHECK(static_cast<int>(compute_orders.size()) == p && (!v_shape || v == 2));
+  const Placement at{p, v, v_shape};
   // incoming[r][a]: what rank a sends rank r, in a's compute order, as the receives r posts.
   std::vector<std::vector<std::vector<PipelineAction>>> incoming(
       p, std::vector<std::vector<PipelineAction>>(p));
@@ -265,29 +356,32 @@ std::vector<std::vector<PipelineAction>> pipeline_with_receives(
     for (const PipelineAction& c : compute_orders[a]) {
       int dest = 0;
       PipelineAction recv{};
-      if (output_of(c, p, v, a, &dest, &recv)) incoming[dest][a].push_back(recv);
+      if (output_of(c, at, a, &dest, &recv)) incoming[dest][a].push_back(recv);
     }
   std::vector<std::vector<PipelineAction>> out(p);
-  for (int r = 0; r < p; ++r) out[r] = with_receives(compute_orders[r], incoming[r], p, v, r);
+  for (int r = 0; r < p; ++r) out[r] = with_receives(compute_orders[r], incoming[r], at, r);
   return out;
 }
 
 std::vector<PipelineAction> pipeline_schedule(PipelineKind kind, int p, int m, int v, int rank) {
   LOOM_CHECK(0 <= rank && rank < p);
-  return pipeline_with_receives(all_compute_orders(kind, p, m, v), p, v)[rank];
+  return pipeline_with_receives(all_compute_orders(kind, p, m, v), p, v,
+                                pipeline_v_shape(kind))[rank];
 }
 
-std::vector<PipelineAction> pipeline_forward_schedule(int p, int m, int v, int rank) {
+std::vector<PipelineAction> pipeline_forward_schedule(int p, int m, int v, int rank, bool v_shape) {
   // Any m ≥ 1 (a rank's share of the validation batches need not divide p): groups of p
   // micro-batches, each through chunk 0, 1, ... — Megatron's interleaved forward order when
-  // p | m, GPipe's when v = 1. Every rank runs the same order, so none waits on a later one.
+  // p | m, GPipe's when v = 1. Every rank runs the same order, so none waits on a later one (in
+  // a V, chunk 1's forwards wait on higher ranks only, which ran the group's chunk 0 first).
   LOOM_CHECK(p >= 1 && m >= 1 && v >= 1 && 0 <= rank && rank < p);
   std::vector<PipelineAction> order;
   for (int group = 0; group < m; group += p)
     for (int chunk = 0; chunk < v; ++chunk)
       for (int micro = group; micro < std::min(m, group + p); ++micro)
         order.push_back({Type::kForward, micro, chunk});
-  return pipeline_with_receives(std::vector<std::vector<PipelineAction>>(p, order), p, v)[rank];
+  return pipeline_with_receives(std::vector<std::vector<PipelineAction>>(p, order), p, v,
+                                v_shape)[rank];
 }
 
 int pipeline_max_in_flight(const std::vector<PipelineAction>& actions) {
@@ -329,6 +423,7 @@ double pipeline_bubble_fraction(PipelineKind kind, int p, int m, int v) {
   // v times shorter, as if there were v·m micro-batches.
   // ZB-H1: what its own unit-time simulation leaves idle (3m units of work per stage).
   if (kind == PipelineKind::kZeroBubbleH1) return 1.0 - 3.0 * m / zero_bubble(p, m).span;
+  if (kind == PipelineKind::kZeroBubbleV) return 1.0 - 6.0 * m / zero_bubble_v(p, m).span;
   const double work = kind == PipelineKind::kInterleaved1F1B ? double(v) * m : double(m);
   return (p - 1) / (work + p - 1);
 }
@@ -347,6 +442,7 @@ struct SimRank {
 
 struct Sim {
   int p = 0, m = 0, v = 0;
+  Placement placement;
   const std::vector<std::vector<PipelineAction>>* lists = nullptr;
   std::vector<Channel> channels;  // a · p + b
   std::vector<SimRank> ranks;
@@ -373,10 +469,10 @@ std::string post(Sim& s, int r) {
   SimRank& me = s.ranks[r];
   const PipelineAction& a = (*s.lists)[r][me.pc];
   PipelineAction needed{};
-  if (!input_of(consumer_of(a), s.p, s.v, r, &needed))
+  if (!input_of(consumer_of(a), s.placement, r, &needed))
     return at(s, r) + ": " + pipeline_action_string(consumer_of(a)) + " takes no input";
   if (me.waiting.count(key_of(a))) return at(s, r) + ": posted twice";
-  const int src = source_of(a, s.p, r);
+  const int src = source_of(a, s.placement, r);
   Channel& ch = s.channels[src * s.p + r];
   me.waiting[key_of(a)] = ch.posted.size();
   ch.posted.push_back(a);
@@ -400,10 +496,10 @@ std::string compute(Sim& s, int r, bool* blocked) {
   if (!forward && state != 1)
     return at(s, r) + (state == 0 ? ": backward before its forward" : ": backward runs twice");
   PipelineAction recv{};
-  if (input_of(a, s.p, s.v, r, &recv)) {
+  if (input_of(a, s.placement, r, &recv)) {
     const auto it = me.waiting.find(key_of(recv));
     if (it == me.waiting.end()) return at(s, r) + ": its input's receive was never posted";
-    if (s.channels[source_of(recv, s.p, r) * s.p + r].sent.size() <= it->second) {
+    if (s.channels[source_of(recv, s.placement, r) * s.p + r].sent.size() <= it->second) {
       *blocked = true;  // the peer has not sent it yet
       return "";
     }
@@ -413,7 +509,7 @@ std::string compute(Sim& s, int r, bool* blocked) {
   ++me.pc;
   int dest = 0;
   PipelineAction out{};
-  if (!output_of(a, s.p, s.v, r, &dest, &out)) return "";
+  if (!output_of(a, s.placement, r, &dest, &out)) return "";
   Channel& ch = s.channels[r * s.p + dest];
   ch.sent.push_back(out);
   return ch.sent.size() <= ch.posted.size() ? compare(s, r, dest, ch.sent.size() - 1) : "";
@@ -424,10 +520,10 @@ std::string deadlock(const Sim& s) {
   for (int r = 0; r < s.p; ++r) {
     if (s.ranks[r].pc >= (*s.lists)[r].size()) continue;
     PipelineAction recv{};
-    input_of((*s.lists)[r][s.ranks[r].pc], s.p, s.v, r, &recv);
+    input_of((*s.lists)[r][s.ranks[r].pc], s.placement, r, &recv);
     // Appended piece by piece: GCC 12 warns (-Wrestrict) on " " + std::string temporaries here.
     out.append(" ").append(at(s, r)).append(" waits for rank ");
-    out.append(std::to_string(source_of(recv, s.p, r))).append(";");
+    out.append(std::to_string(source_of(recv, s.placement, r))).append(";");
   }
   out.pop_back();
   return out;
@@ -462,11 +558,11 @@ std::string final_check(const Sim& s, bool with_backward) {
 }  // namespace
 
 std::string pipeline_simulate(const std::vector<std::vector<PipelineAction>>& per_rank, int p,
-                              int m, int v, bool with_backward) {
+                              int m, int v, bool with_backward, bool v_shape) {
   if (p < 1 || m < 1 || v < 1 || static_cast<int>(per_rank.size()) != p)
     return "bad layout: p " + std::to_string(p) + ", m " + std::to_string(m) + ", v " +
            std::to_string(v) + ", " + std::to_string(per_rank.size()) + " lists";
-  Sim s{p, m, v, &per_rank, std::vector<Channel>(p * p), std::vector<SimRank>(p)};
+  Sim s{p, m, v, {p, v, v_shape}, &per_rank, std::vector<Channel>(p * p), std::vector<SimRank>(p)};
   for (SimRank& rank : s.ranks) rank.state.assign(m * v, 0);
   for (bool finished = false; !finished;) {
     bool advanced = false;
@@ -490,8 +586,9 @@ std::string pipeline_simulate(const std::vector<std::vector<PipelineAction>>& pe
 }
 
 std::string pipeline_simulate(PipelineKind kind, int p, int m, int v) {
-  return pipeline_simulate(pipeline_with_receives(all_compute_orders(kind, p, m, v), p, v), p, m,
-                           v);
+  const bool v_shape = pipeline_v_shape(kind);
+  return pipeline_simulate(pipeline_with_receives(all_compute_orders(kind, p, m, v), p, v, v_shape),
+                           p, m, v, true, v_shape);
 }
 
 }  // namespace loom

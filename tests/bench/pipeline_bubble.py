@@ -7,10 +7,10 @@ micro-batches m, records a trace of the first steps (logging.trace_steps) and me
 traced step after the first, each stage's idle fraction: 1 − (its forward and backward time) ÷
 (the pipeline's span of that step, first forward to last backward on any rank) — the time a stage
 waits for its neighbours. Printed beside the theory, (p−1)/(m+p−1) for GPipe and 1F1B,
-(p−1)/(v·m+p−1) interleaved, and for zero-bubble H1 what the schedule's own simulation with
+(p−1)/(v·m+p−1) interleaved, and for zero-bubble H1 and V what the schedule's own simulation with
 F = B = W leaves idle (as `loom plan` prints them), as the difference in percentage points; plus the activation peak of
 each run (metrics.jsonl) and the ratio GPipe ÷ 1F1B. With --write-docs it writes its section of
-docs/benchmarks.md and SVG timelines of one 1F1B step and one interleaved step beside it.
+docs/benchmarks.md and SVG timelines of one 1F1B, one interleaved and one ZB-V step beside it.
 
 usage: pipeline_bubble.py LOOM SOURCE [--pp 2] [--micro-batches 4,8,16] [--write-docs FILE]
 """
@@ -29,7 +29,8 @@ MODEL = ("model { vocab_size: 257 d_model: 128 n_heads: 4 d_mlp: 512 max_seq_len
          "prelude_layers: 1 block_layers: 2 loops: 4 coda_layers: 1 }")
 MODEL_TEXT = "looped GPT, 1 + 2 × 4 + 1 = 10 unrolled layers, d_model 128, d_mlp 512, vocab 257"
 MICRO_BATCH, SEQ_LEN, STEPS, TRACED = 2, 128, 8, 8
-SCHEDULES = [("GPIPE", 1), ("ONE_F_ONE_B", 1), ("INTERLEAVED_1F1B", 2), ("ZERO_BUBBLE_H1", 1)]
+SCHEDULES = [("GPIPE", 1), ("ONE_F_ONE_B", 1), ("INTERLEAVED_1F1B", 2), ("ZERO_BUBBLE_H1", 1),
+             ("ZERO_BUBBLE_V", 2)]
 SECTION = "## Pipeline parallelism: bubble and activation memory"
 
 
@@ -63,6 +64,17 @@ def measured_bubble(trace_path):
     return statistics.median(per_step)
 
 
+def pass_times(trace_path):
+    """Mean duration of the traced F, B and W passes (ms), for the unit-time theory's F = B = W."""
+    with open(trace_path) as f:
+        events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
+    out = {}
+    for name in ("F", "B", "W"):
+        durations = [e["dur"] for e in events if e.get("name") == name]
+        out[name] = statistics.mean(durations) / 1000 if durations else 0.0
+    return out
+
+
 def measure(loom, args):
     rows = []
     for m in args.micro_batches:
@@ -81,7 +93,8 @@ def measure(loom, args):
                 peak = max(json.loads(line)["activation_peak_mib"] for line in f)
             rows.append({"schedule": schedule, "v": v, "m": m, "run_dir": run_dir,
                          "bubble": measured_bubble(os.path.join(run_dir, "trace.json")),
-                         "theory": theory(schedule, args.pp, m, v, plan), "peak_mib": peak})
+                         "theory": theory(schedule, args.pp, m, v, plan), "peak_mib": peak,
+                         "passes": pass_times(os.path.join(run_dir, "trace.json"))})
             r = rows[-1]
             print(f"pp={args.pp} {schedule:16} v={v} m={m:2}: bubble {100 * r['bubble']:5.1f}% "
                   f"(theory {100 * r['theory']:5.1f}%, {100 * (r['bubble'] - r['theory']):+5.1f} "
@@ -108,6 +121,30 @@ def memory_ratio(rows):
     return m, None
 
 
+def zero_bubble_v_note(rows):
+    """ZB-V beside ZB-H1 and interleaved 1F1B at each m: bubble and activation peak."""
+    by = {(r["schedule"], r["m"]): r for r in rows}
+    parts = []
+    for m in sorted({r["m"] for r in rows}):
+        v = by.get(("ZERO_BUBBLE_V", m))
+        if not v:
+            continue
+        others = [f"{name} {100 * by[(s, m)]['bubble']:.1f}% ({by[(s, m)]['peak_mib']:.2f} MiB)"
+                  for s, name in (("ZERO_BUBBLE_H1", "ZB-H1"), ("INTERLEAVED_1F1B", "interleaved"))
+                  if (s, m) in by]
+        parts.append(f"m = {m}: ZB-V {100 * v['bubble']:.1f}% ({v['peak_mib']:.2f} MiB) against "
+                     + ", ".join(others))
+    if not parts:
+        return ""
+    passes = [r["passes"] for r in rows if r["schedule"] == "ZERO_BUBBLE_V"]
+    f = statistics.mean(p["F"] for p in passes)
+    b, w = (statistics.mean(p[k] for p in passes) / f for k in ("B", "W"))
+    return (" Measured bubble (activation peak): " + "; ".join(parts) + f". The zero-bubble "
+            f"theory assumes F = B = W; ZB-V's passes took B = {b:.2f} F and W = {w:.2f} F "
+            "here, so W fills less of the wait than it assumes, and each rank's second chunk "
+            "adds per-chunk work.")
+
+
 def timeline_svg(trace_svg, row, pp):
     """`loom trace --svg`'s timeline of one step under the header every chart in docs/ carries,
     its time axis marked as the x axis and the rank rows labelled as the y axis."""
@@ -128,7 +165,8 @@ def write_docs(docs, loom, rows_by_pp, command):
     charts = []
     pp = min(rows_by_pp)
     for schedule, name in (("ONE_F_ONE_B", "pipeline_1f1b.svg"),
-                           ("INTERLEAVED_1F1B", "pipeline_interleaved.svg")):
+                           ("INTERLEAVED_1F1B", "pipeline_interleaved.svg"),
+                           ("ZERO_BUBBLE_V", "pipeline_zbv.svg")):
         rows = [r for r in rows_by_pp[pp] if r["schedule"] == schedule]
         if rows:
             r = rows[0]
@@ -161,6 +199,7 @@ def write_docs(docs, loom, rows_by_pp, command):
         m, ratio = memory_ratio(rows)
         if ratio:
             note += f" Activation peak at m = {m}: GPipe {ratio:.2f}× 1F1B's."
+        note += zero_bubble_v_note(rows)
         body += [note, ""]
     body += charts + [""]
     bench_common.replace_section(docs, SECTION, body)

@@ -4,9 +4,10 @@ longest sequence that trains within a fixed memory budget.
 
 (1) balance and (2) efficiency come from `loom bench ring` under mpirun (one thread per rank):
 each rank's block-kernel time per step (forward + backward of attention over --seq-len tokens),
-max ÷ min over the ranks, for the zigzag layout and the contiguous one; and the ring's time on
-the slowest rank against the ideal, the whole sequence's attention on one rank ÷ sp, with the
-time blocked on ring transfers (exposed wait) as a share of it. (3) For sp = 1, 2, 4, `loom plan
+max ÷ min over the ranks, for the zigzag layout and the contiguous one, and for Ulysses (two
+all-to-alls to a head split around whole-sequence attention); the time on the slowest rank
+against the ideal, the whole sequence's attention on one rank ÷ sp, with the time blocked on
+transfers (exposed wait) as a share of it; and the bytes each rank sent. (3) For sp = 1, 2, 4, `loom plan
 --memory-gb` finds the longest train.seq_len whose memory per rank (parameters, gradients, AdamW
 state, activation arena) fits the budget; one training step at that length then runs under
 mpirun, and its measured activation peak is compared with the plan. With --write-docs it writes
@@ -26,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_common  # noqa: E402
 
 SECTION = "## Ring sequence parallelism: balance, efficiency and the longest sequence"
+METHODS = (("zigzag", "ring, zigzag"), ("contiguous", "ring, contiguous"),
+           ("ulysses", "Ulysses (all-to-all)"))
 MODEL = ("model {{ vocab_size: 257 d_model: 64 n_heads: 4 d_mlp: 256 max_seq_len: {T} "
          "position: ROTARY norm: RMSNORM prelude_layers: 1 block_layers: 2 loops: 3 "
          "coda_layers: 0 }}")
@@ -126,6 +129,12 @@ def chart_svg(ring2, memory, budget_mib):
         "micro-batch 1; MPI over shared memory", font_size=11)
 
 
+def ulysses_ratio(ring, field):
+    """Ulysses' slowest rank ÷ the zigzag ring's, for `field` (ring_ms or sent_mib)."""
+    return (max(x[field] for x in ring["layouts"]["ulysses"]["ranks"]) /
+            max(x[field] for x in ring["layouts"]["zigzag"]["ranks"]))
+
+
 def write_docs(docs, rings, memory, budget_mib, command):
     ring2 = rings[2]
     lines = [SECTION, "",
@@ -133,19 +142,28 @@ def write_docs(docs, rings, memory, budget_mib, command):
              f"memory, with `{command}`.", "",
              f"Attention (forward + backward) over one sequence of {ring2['T']} tokens, "
              f"C = {ring2['C']}, {ring2['H']} heads (`loom bench ring`); whole = the whole "
-             "sequence on one rank; compute = each rank's block kernels; balance = max ÷ min "
-             "compute; efficiency = (whole ÷ sp) ÷ the slowest rank's ring time; exposed = the "
-             "largest share of a rank's ring time spent blocked on ring transfers.", "",
-             "| sp | layout | compute per rank (ms) | balance | ring time (ms) | efficiency | exposed wait |",
-             "|---:|---|---|---:|---:|---:|---:|"]
+             "sequence on one rank; compute = each rank's kernels (Ulysses: its time not blocked "
+             "on the all-to-alls, which includes packing rows for them); balance = max ÷ min "
+             "compute; efficiency = (whole ÷ sp) ÷ the slowest rank's time; exposed = the "
+             "largest share of a rank's time spent blocked on transfers; sent = what one rank "
+             "sends per forward + backward.", "",
+             "| sp | method | compute per rank (ms) | balance | time (ms) | efficiency | exposed wait | sent per rank (MiB) |",
+             "|---:|---|---|---:|---:|---:|---:|---:|"]
     for sp, ring in sorted(rings.items()):
-        for name in ("zigzag", "contiguous"):
+        for name, title in METHODS:
             r = ring["layouts"][name]
             computes = ", ".join(f"{x['compute_ms']:.0f}" for x in r["ranks"])
             slowest = max(x["ring_ms"] for x in r["ranks"])
-            lines.append(f"| {sp} | {name} | {computes} | {r['balance']:.2f} | {slowest:.0f} "
+            sent = max(x["sent_mib"] for x in r["ranks"])
+            lines.append(f"| {sp} | {title} | {computes} | {r['balance']:.2f} | {slowest:.0f} "
                          f"(whole {ring['whole_ms']:.0f}) | {r['efficiency']:.2f} | "
-                         f"{100 * r['exposed']:.1f}% |")
+                         f"{100 * r['exposed']:.1f}% | {sent:.2f} |")
+    lines += ["", "Ulysses against the zigzag ring: " + "; ".join(
+        f"sp {sp}: time {ulysses_ratio(ring, 'ring_ms'):.2f}×, bytes sent "
+        f"{ulysses_ratio(ring, 'sent_mib'):.2f}×" for sp, ring in sorted(rings.items())) +
+        ". Ulysses sends (sp − 1)/sp of the rank's q, k, v, output and their gradients once; "
+        "the ring sends its key/value block sp − 1 times and the dK/dV accumulators around "
+        "again, so Ulysses' share falls as sp grows."]
     lines += ["", "Medians of 9 iterations per rank. On a small shared VM the times move by 10–20 % "
               "from run to run (a slower core skews one rank's compute); rerun the command to see "
               "the spread."]

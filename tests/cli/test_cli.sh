@@ -278,7 +278,7 @@ expect_error invariant "model.n_heads (3) must divide model.d_model (128)" -- "$
 expect_error sp-does-not-divide "must be divisible by 2 × parallel.sp (6)" -- "$loom" train "$src/configs/default.textproto" --set parallel.sp=3
 expect_error pipeline-too-few-micro-batches "(m = global_batch / (micro_batch · dp) = 1) must be at least parallel.pp (4)" -- "$loom" train "$src/configs/default.textproto" --set parallel.pp=4
 expect_error pipeline-layout-sum "sums to 5 but the model has 10 unrolled layers" -- "$loom" train "$src/configs/default.textproto" --set parallel.pp=2 --set train.micro_batch=4 --set parallel.pipeline_layout=2,3
-expect_error pipeline-virtual-stages "parallel.virtual_stages (2) applies to INTERLEAVED_1F1B only" -- "$loom" train "$src/configs/default.textproto" --set parallel.pp=2 --set train.micro_batch=4 --set parallel.virtual_stages=2
+expect_error pipeline-virtual-stages "parallel.virtual_stages (2) applies to INTERLEAVED_1F1B and ZERO_BUBBLE_V only" -- "$loom" train "$src/configs/default.textproto" --set parallel.pp=2 --set train.micro_batch=4 --set parallel.virtual_stages=2
 expect_error bench-step-parallel "bench step times one process" -- "$loom" bench step "$src/configs/default.textproto" --set parallel.tp=2
 expect_error parallel-divide "multiple of train.micro_batch × parallel.dp" -- "$loom" train "$src/configs/default.textproto" --set parallel.dp=3
 expect_error recompute-zero-bubble "train.recompute SQRT cannot run with parallel.pipeline_schedule ZERO_BUBBLE_H1" -- "$loom" train "$src/configs/default.textproto" --set parallel.pp=2 --set train.micro_batch=4 --set parallel.pipeline_schedule=ZERO_BUBBLE_H1 --set train.recompute=SQRT

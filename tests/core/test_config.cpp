@@ -228,9 +228,10 @@ TEST(Config, InvariantsNameTheFields) {
                         "train.seq_len=16777216"})
                 .find("floats in one message (micro_batch × seq_len / sp × 2 × d_model / tp)"),
             std::string::npos);
-  EXPECT_NE(violations({"parallel.pp=2", "parallel.virtual_stages=2"})
-                .find("parallel.virtual_stages (2) applies to INTERLEAVED_1F1B only"),
-            std::string::npos);
+  EXPECT_NE(
+      violations({"parallel.pp=2", "parallel.virtual_stages=2"})
+          .find("parallel.virtual_stages (2) applies to INTERLEAVED_1F1B and ZERO_BUBBLE_V only"),
+      std::string::npos);
   EXPECT_NE(violations({"parallel.pp=2", "parallel.pipeline_schedule=INTERLEAVED_1F1B",
                         "parallel.virtual_stages=2", "train.micro_batch=16"})
                 .find("= 1) must be at least parallel.pp (2)"),
@@ -238,6 +239,31 @@ TEST(Config, InvariantsNameTheFields) {
   EXPECT_EQ(violations({"parallel.pp=2", "parallel.pipeline_schedule=INTERLEAVED_1F1B",
                         "parallel.virtual_stages=2", "train.micro_batch=4"}),
             "");
+  // ZB-V: two chunks per rank in a V, the weight pass deferred as ZB-H1's.
+  EXPECT_EQ(violations({"parallel.pp=2", "parallel.pipeline_schedule=ZERO_BUBBLE_V",
+                        "parallel.virtual_stages=2", "train.micro_batch=4"}),
+            "");
+  EXPECT_NE(violations({"parallel.pp=2", "parallel.pipeline_schedule=ZERO_BUBBLE_V",
+                        "train.micro_batch=4"})
+                .find("ZERO_BUBBLE_V runs two chunks per rank in a V: set "
+                      "parallel.virtual_stages: 2 (got 1)"),
+            std::string::npos);
+  EXPECT_NE(violations({"parallel.pp=2", "parallel.pipeline_schedule=ZERO_BUBBLE_V",
+                        "parallel.virtual_stages=2", "train.micro_batch=4",
+                        "train.recompute=LOOP_BOUNDARY"})
+                .find("cannot run with parallel.pipeline_schedule ZERO_BUBBLE_V"),
+            std::string::npos);
+  // Ulysses: whole heads per sp rank.
+  EXPECT_EQ(violations({"parallel.sp=4", "parallel.sequence_method=ULYSSES"}), "");
+  EXPECT_NE(violation("parallel.sequence_method=ULYSSES").find("needs parallel.sp > 1"),
+            std::string::npos);
+  EXPECT_NE(violations({"parallel.sp=2", "parallel.tp=4", "parallel.sequence_method=ULYSSES"})
+                .find("parallel.sp (2) must divide the heads per tensor-parallel rank, "
+                      "model.n_heads / parallel.tp = 1"),
+            std::string::npos);
+  EXPECT_NE(violations({"parallel.sp=2", "model.n_kv_heads=1", "parallel.sequence_method=ULYSSES"})
+                .find("model.n_kv_heads / parallel.tp = 1"),
+            std::string::npos);
   EXPECT_NE(violations({"parallel.pp=2", "parallel.pipeline_layout=3,3,3"})
                 .find("has 3 numbers but the pipeline has 2 pieces"),
             std::string::npos);

@@ -114,6 +114,35 @@ TEST(StagePlan, ExplicitLayoutAndInterleavedPieces) {
   EXPECT_EQ(stage_plan_pieces(plan, 1), (std::vector<int>{1, 3}));
 }
 
+// ZB-V: rank r runs pieces r and 2·pp − 1 − r, and the cut balances the ranks' loads (two
+// pieces each), not the pieces': no rank carries more than one layer beyond the lightest.
+TEST(StagePlan, VShapeBalancesTheRanksLoads) {
+  for (int pp : {2, 3, 4}) {
+    const config::RunConfig cfg =
+        run_config({"parallel.pp=" + std::to_string(pp), "parallel.pipeline_schedule=ZERO_BUBBLE_V",
+                    "parallel.virtual_stages=2", "model.prelude_layers=1", "model.block_layers=2",
+                    "model.loops=8", "model.coda_layers=1", "train.micro_batch=1"});  // 18 layers
+    const StagePlan plan = stage_plan_create(cfg);
+    ASSERT_TRUE(plan.v_shape);
+    ASSERT_EQ(plan.pieces(), 2 * pp);
+    const std::vector<double> costs = stage_plan_costs(cfg, plan);
+    std::vector<double> loads;
+    for (int r = 0; r < pp; ++r) {
+      EXPECT_EQ(stage_plan_pieces(plan, r), (std::vector<int>{r, 2 * pp - 1 - r}));
+      double load = 0;
+      for (int g : stage_plan_pieces(plan, r)) {
+        EXPECT_EQ(stage_plan_rank_of(plan, g), r);
+        EXPECT_GE(plan.bounds[g + 1] - plan.bounds[g], 1);
+        load += costs[g];
+      }
+      loads.push_back(load);
+    }
+    const double layer = 3.0 * layer_forward_flops(cfg.model(), cfg.train().seq_len());
+    const auto [lightest, heaviest] = std::minmax_element(loads.begin(), loads.end());
+    EXPECT_LE(*heaviest - *lightest, layer * 1.0001) << "pp " << pp;
+  }
+}
+
 TEST(StagePlan, DescribesLayersInWords) {
   const config::ModelConfig m = run_config({"model.loops=6"}).model();  // 1 + 2 × 6 + 1
   EXPECT_EQ(stage_plan_describe(m, 0, 14),

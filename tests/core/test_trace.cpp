@@ -75,6 +75,7 @@ class MailboxCommunicator : public Communicator {
   }
   WorkPtr all_gather_async(const void*, void*, size_t, DataType) override { return unused(); }
   WorkPtr broadcast_async(void*, size_t, DataType, int) override { return unused(); }
+  WorkPtr all_to_all_async(const void*, void*, size_t, DataType) override { return unused(); }
   WorkPtr barrier_async() override { return unused(); }
 
  private:

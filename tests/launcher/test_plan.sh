@@ -98,6 +98,12 @@ expect interleaved-chunk '^ {60,}[0-9]+–[0-9]+: block'
 plan zb --set parallel.pp=2 --set train.micro_batch=2 --set parallel.pipeline_schedule=ZERO_BUBBLE_H1
 expect zb-bubble '^pipeline ZERO_BUBBLE_H1: 2 stages × 1 chunk, 8 micro-batches per step; bubble 7\.7% \(simulated'
 expect zb-slots '^      0( +[0-9.]+){3} +2 × [0-9.]+ '
+# Zero-bubble V: rank 0 runs the first and the last piece; 2·pp slots of half-stage chunks.
+plan zbv --set parallel.pp=2 --set train.micro_batch=2 --set parallel.pipeline_schedule=ZERO_BUBBLE_V \
+  --set parallel.virtual_stages=2
+expect zbv-bubble '^pipeline ZERO_BUBBLE_V: 2 stages × 2 chunks, 8 micro-batches per step; bubble 2\.0% \(simulated'
+expect zbv-slots '^      0( +[0-9.]+){3} +4 × [0-9.]+ .* 0–[0-9]+: prelude'
+expect zbv-last '^ {60,}[0-9]+–9: .*coda'
 err=$("$loom" plan "$config" --set parallel.pp=4 2>&1 >/dev/null)
 grep -qF "must be at least parallel.pp (4)" <<<"$err" && pass || fail "pp=4, m=1: $err"
 

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Pipeline-parallel runs against the single-process run: same config, same global batch, same
 seed -> the same training and validation losses (relative difference <= 1e-5 at every step), at
-pp = 2 and 4 with GPIPE, ONE_F_ONE_B, INTERLEAVED_1F1B (2 chunks per rank) and ZERO_BUBBLE_H1, for a plain GPT
+pp = 2 and 4 with GPIPE, ONE_F_ONE_B, INTERLEAVED_1F1B (2 chunks per rank), ZERO_BUBBLE_H1 and
+ZERO_BUBBLE_V (2 chunks per rank in a V), for a plain GPT
 (tied embeddings: the token embedding held by the first and last stage), a looped model with
 input injection and an untied head whose stage boundaries cut loop iterations, and a ladder looped
 model with injection whose first boundary falls right after the injection point; pp 2 x tp 2 x
-dp 2 (8 ranks) and pp 2 x dp 2 with ZeRO-1 (its final checkpoint equal to the single process's);
+dp 2 (8 ranks), pp 2 x dp 2 with ZeRO-1 and ZERO_BUBBLE_V at pp 2 x tp 2 (their final checkpoints
+equal to the single process's);
 and checkpoints: a pp = 2 run cut back to its step-3 checkpoint resumes at pp = 1, pp = 4 and
 pp 2 x tp 2, and the single process's, pp = 4's and pp 2 x tp 2's resume at pp = 2, all exactly.
 
@@ -39,7 +41,8 @@ MODELS = {
 }
 # pipeline_layout per model and pp (pieces of unrolled layers), where a cut is wanted exactly.
 LAYOUTS = {("looped-ladder", 2): "2,8", ("looped", 2): "4,6"}
-SCHEDULES = [("GPIPE", 1), ("ONE_F_ONE_B", 1), ("INTERLEAVED_1F1B", 2), ("ZERO_BUBBLE_H1", 1)]
+SCHEDULES = [("GPIPE", 1), ("ONE_F_ONE_B", 1), ("INTERLEAVED_1F1B", 2), ("ZERO_BUBBLE_H1", 1),
+             ("ZERO_BUBBLE_V", 2)]
 COMMON = training_config(global_batch=8, eval_batches=2)  # 4 micro-batches of 2 at dp = 1
 
 
@@ -70,7 +73,10 @@ def combined_cases(model_name, config, reference):
     ref_dir = f"ref-{model_name}"
     cases = [("pp2-tp2-dp2", 8, ["parallel.pp=2", "parallel.tp=2", "parallel.dp=2"]),
              ("pp2-dp2-zero", 4, ["parallel.pp=2", "parallel.dp=2", "parallel.zero_stage=1",
-                                  "parallel.bucket_mb=0.01"])]
+                                  "parallel.bucket_mb=0.01"]),
+             ("pp2-tp2-zbv", 4, ["parallel.pp=2", "parallel.tp=2",
+                                 "parallel.pipeline_schedule=ZERO_BUBBLE_V",
+                                 "parallel.virtual_stages=2"])]
     for tag, ranks, overrides in cases:
         name = f"{model_name} {' '.join(overrides)}"
         if train(config, f"{model_name}-{tag}", name, ranks, overrides):

@@ -188,6 +188,33 @@ TEST(Collectives, AllGather) {
         }
 }
 
+// Block j of rank r's input is input_value(r, j · n + i); rank r receives block r of everyone.
+template <typename T>
+void all_to_all_case(Communicator& comm, size_t n) {
+  const int p = comm.size(), salt = 6;
+  std::vector<T> in(n * p), out(n * p, static_cast<T>(-999)), expected(n * p);
+  for (size_t i = 0; i < n * p; ++i) in[i] = static_cast<T>(input_value(comm.rank(), i, salt));
+  for (int r = 0; r < p; ++r)
+    for (size_t i = 0; i < n; ++i)
+      expected[r * n + i] = static_cast<T>(input_value(r, comm.rank() * n + i, salt));
+  const std::string what = describe("all_to_all", comm, n) + (sizeof(T) == 4 ? " f32" : " f64");
+  try {
+    comm.all_to_all_async(in.data(), out.data(), n, data_type_of<T>())->wait();
+  } catch (const CommError& e) {
+    ADD_FAILURE() << what << ": " << e.what();
+  }
+  EXPECT_TRUE(same_values(out, expected, what));
+}
+
+TEST(Collectives, AllToAll) {
+  for (Communicator* comm : communicators())
+    for (size_t n : sizes_for(*comm)) {
+      if (n > 4099) continue;  // n blocks per rank: the largest size would be p × 8 MiB
+      all_to_all_case<float>(*comm, n);
+      all_to_all_case<double>(*comm, n);
+    }
+}
+
 TEST(Collectives, BroadcastFromNonZeroRoot) {
   for (Communicator* comm : communicators()) {
     const int p = comm->size();

@@ -136,6 +136,23 @@ TEST(Nccl, ReduceScatterAndAllGather) {
   }
 }
 
+TEST(Nccl, AllToAll) {
+  if (!g_nccl) return;
+  Communicator& c = *g_nccl;
+  const size_t p = static_cast<size_t>(c.size());
+  for (size_t n : sizes(c.size())) {
+    std::vector<float> expected(n * p);
+    for (size_t r = 0; r < p; ++r)
+      for (size_t i = 0; i < n; ++i)
+        expected[r * n + i] =
+            static_cast<float>(input_value(static_cast<int>(r), c.rank() * n + i, 7));
+    DeviceVector<float> in(input_vector<float>(c.rank(), n * p, 7));
+    DeviceVector<float> out(std::vector<float>(n * p, -999.0f));
+    c.all_to_all_async(in.data(), out.data(), n, DataType::kFloat32)->wait();
+    EXPECT_TRUE(same_values(out.host(), expected, describe("nccl all_to_all", c, n)));
+  }
+}
+
 TEST(Nccl, BroadcastSendRecvBarrier) {
   if (!g_nccl) return;
   Communicator& c = *g_nccl;

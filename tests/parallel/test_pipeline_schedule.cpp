@@ -267,8 +267,9 @@ TEST(PipelineSchedule, CheckRejectsLayoutsNamingTheNumbers) {
   EXPECT_NE(e.find("= 6)"), std::string::npos) << e;
   EXPECT_NE(e.find("multiple of parallel.pp (4)"), std::string::npos) << e;
   e = check_message(Kind::kGPipe, 2, 4, 3);
-  EXPECT_NE(e.find("parallel.virtual_stages (3) applies to INTERLEAVED_1F1B only"),
-            std::string::npos)
+  EXPECT_NE(
+      e.find("parallel.virtual_stages (3) applies to INTERLEAVED_1F1B and ZERO_BUBBLE_V only"),
+      std::string::npos)
       << e;
   EXPECT_NE(check_message(Kind::kOneFOneB, 0, 4, 1).find("parallel.pp must be at least 1, got 0"),
             std::string::npos);
@@ -385,6 +386,59 @@ TEST(PipelineSchedule, ZeroBubbleH1) {
   std::erase(dropped[0], PipelineAction{Type::kWeight, 3, 0});
   EXPECT_NE(pipeline_simulate(dropped, 2, 4, 1).find("never ran W3.0"), std::string::npos);
   EXPECT_THROW(pipeline_check(Kind::kZeroBubbleH1, 2, 4, 2), Error);
+}
+
+// Zero-bubble V: rank r runs pieces r and 2p − 1 − r; F, B, W once per (micro-batch, chunk); at
+// most 2p chunks' activations on every rank (1F1B's first stage's in half-stage chunks); the
+// turn on rank p − 1 sends to itself; and less idle time than ZB-H1 and interleaved 1F1B.
+TEST(PipelineSchedule, ZeroBubbleV) {
+  for (int p = 2; p <= 8; ++p)
+    for (int m = p; m <= 4 * p; ++m) {
+      SCOPED_TRACE("p " + std::to_string(p) + " m " + std::to_string(m));
+      EXPECT_EQ(pipeline_simulate(Kind::kZeroBubbleV, p, m, 2), "");
+      for (int rank = 0; rank < p; ++rank) {
+        const std::vector<PipelineAction> actions =
+            pipeline_schedule(Kind::kZeroBubbleV, p, m, 2, rank);
+        std::vector<int> state(2 * m, 0);
+        for (const PipelineAction& a : actions) {
+          const int expected = a.type == Type::kForward    ? 0
+                               : a.type == Type::kBackward ? 1
+                               : a.type == Type::kWeight   ? 2
+                                                           : -1;
+          if (expected >= 0) {
+            EXPECT_EQ(state[2 * a.micro + a.chunk]++, expected) << pipeline_action_string(a);
+          }
+        }
+        for (int s : state) EXPECT_EQ(s, 3);
+        EXPECT_LE(pipeline_max_in_flight(actions), 2 * p);
+      }
+      const double v = pipeline_bubble_fraction(Kind::kZeroBubbleV, p, m, 2);
+      EXPECT_LT(v, pipeline_bubble_fraction(Kind::kZeroBubbleH1, p, m, 1));
+      if (m % p == 0) EXPECT_LT(v, pipeline_bubble_fraction(Kind::kInterleaved1F1B, p, m, 2));
+    }
+  // p = 2, m = 4 by hand (one unit each): rank 1 turns F0.0 into F0.1 at once, with no transfer.
+  EXPECT_EQ(computes(pipeline_schedule(Kind::kZeroBubbleV, 2, 4, 2, 1)),
+            "F0.0 F0.1 F1.0 F1.1 B0.1 B0.0 W0.1 F2.0 B1.1 B1.0 W0.0 F2.1 W1.1 F3.0 B2.1 B2.0 W1.0 "
+            "F3.1 W2.1 W2.0 B3.1 B3.0 W3.1 W3.0");
+  // Its receive from itself is posted one compute ahead, as any other.
+  EXPECT_EQ(everything(pipeline_schedule(Kind::kZeroBubbleV, 2, 2, 2, 1)).substr(0, 22),
+            "recvF0.0 recvF0.1 F0.0");
+  // 25 units for 24 of work on each rank.
+  EXPECT_NEAR(pipeline_bubble_fraction(Kind::kZeroBubbleV, 2, 4, 2), 1.0 / 25, 1e-12);
+  // Forward-only (evaluation) in a V runs too, for any m.
+  for (int m = 1; m <= 5; ++m) {
+    std::vector<std::vector<PipelineAction>> lists;
+    for (int rank = 0; rank < 3; ++rank)
+      lists.push_back(pipeline_forward_schedule(3, m, 2, rank, true));
+    EXPECT_EQ(pipeline_simulate(lists, 3, m, 2, false, true), "") << m;
+  }
+  // Interleaved placement's lists do not run as a V.
+  std::vector<std::vector<PipelineAction>> interleaved;
+  for (int rank = 0; rank < 2; ++rank)
+    interleaved.push_back(pipeline_schedule(Kind::kInterleaved1F1B, 2, 4, 2, rank));
+  EXPECT_NE(pipeline_simulate(interleaved, 2, 4, 2, true, true), "");
+  EXPECT_THROW(pipeline_check(Kind::kZeroBubbleV, 2, 4, 1), Error);
+  EXPECT_THROW(pipeline_check(Kind::kZeroBubbleV, 2, 4, 3), Error);
 }
 
 }  // namespace
