@@ -311,10 +311,6 @@ void validate_loops(const config::RunConfig& cfg) {
               ")");
   validate_eval_loops(cfg);
   const bool split = splits_backward(p);
-  require(!split || cfg.train().recompute() == config::TrainConfig::NONE,
-          "train.recompute " + config::TrainConfig::Recompute_Name(cfg.train().recompute()) +
-              " cannot run with parallel.pipeline_schedule " + schedule_name(p) +
-              ": its later weight pass needs the activations recomputation does not keep");
   require(!split || m.backprop_loops() == 0,
           "model.backprop_loops cannot run with parallel.pipeline_schedule " + schedule_name(p));
   validate_loop_lora(cfg);

@@ -143,31 +143,6 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
 
 namespace {
 
-// The weight pass of a split backward: the matrices' gradients from the output gradients the
-// input pass kept, sub-layer by sub-layer in the same order; each range reported once final.
-void backward_weights(Model& m, const ModelChunk& c, int slot, int N,
-                      const GradsFinalFn& on_grads_final) {
-  auto report = [&](const ShardRange& r) {
-    if (on_grads_final && r.size() > 0) on_grads_final(r.begin, r.size());
-  };
-  if (c.last) {
-    report(m.layout.head_range);
-    if (m.layout.has_wte && m.par.chunks.front().begin != 0) report(m.layout.embedding_range);
-  }
-  const int s = 2 * c.begin;
-  for (int i = 2 * c.end - 1; i >= s; --i) {
-    const int p = i / 2, u = m.spec.unrolled[p];
-    const SublayerActs a = acts_in_slot(m, c.acts[i - s], slot);
-    if (i % 2 == 0) {
-      attention_sublayer_weights(m, m.layout.layers[u], a, N);
-      if (m.par.first_use[u] == p) report(m.layout.layer_ranges[u]);
-    } else {
-      mlp_sublayer_weights(m, m.layout.layers[u], a, N);
-    }
-  }
-  if (c.first) report(m.layout.embedding_range);
-}
-
 // Copies the boundary state at position p kept in `checkpoint` into `live`.
 void restore(Model& m, const void* checkpoint, int p, const BoundaryState& live) {
   const kernels::KernelBackend& be = kb(m);
@@ -177,41 +152,94 @@ void restore(Model& m, const void* checkpoint, int p, const BoundaryState& live)
             live.NC);
 }
 
-// A recomputed segment's backward: its forward again from the state its slot kept, then its
-// backward. One unit runs through the workspace at once; with several (kSqrt) the segment runs
-// first to keep each unit's start state, then each unit again just before its backward. With
-// `last_in_work` the forward's own activations of the last unit are still in the workspace, so
-// that unit is not run again.
-void recompute_backward(BackwardRun& run, int chunk, const ChunkSegment& g, bool last_in_work) {
-  Model& m = run.m;
-  const ModelChunk& c = run.c;
-  auto work = [&m, &c](int i) { return m.plan.work_acts[i - 2 * c.unit_of[i / 2 - c.begin]]; };
+// Recomputed segment g of chunk c, run forward again from the state slot `slot` kept, one unit
+// at a time through the workspace, last unit first; `then(begin, end)` runs right after each
+// unit's forward, while its activations are there. With several units (kSqrt) the segment runs
+// first to keep each unit's start state. With `last_in_work` the forward's own activations of
+// the last unit are still in the workspace, so that unit is not run again.
+void recompute_units(Model& m, const ModelChunk& c, int chunk, int slot, int B, int T,
+                     const ChunkSegment& g, bool last_in_work,
+                     const std::function<void(int, int)>& then) {
+  auto work = [&m, &c, slot](int i) { return acts_of(m, c, slot, i); };
   const int units = static_cast<int>(g.units.size());
-  if (last_in_work) backward_range(run, g.units.back(), g.end, work);
+  if (last_in_work) then(g.units.back(), g.end);
   const int top = units - 1 - (last_in_work ? 1 : 0);  // the last unit still to recompute
   if (top < 0) return;
   TraceSpan span(m.par.trace, "R", "recompute", -1, chunk);
-  const BoundaryState live{act(m, m.plan.recompute_state), run.grad_state.NC, m.spec.delay,
+  const size_t NC = static_cast<size_t>(B) * T * m.spec.C;
+  const BoundaryState live{act(m, m.plan.recompute_state), NC, m.spec.delay,
                            kb(m).activation_bytes()};
-  restore(m, act(m, slot_base(m, run.slot) + g.checkpoint), g.begin, live);
+  restore(m, act(m, slot_base(m, slot) + g.checkpoint), g.begin, live);
   if (boundary_carries_injected(m, 2 * g.begin))
-    kb(m).copy(live.injected(), act(m, slot_base(m, run.slot) + c.injected_kept), live.NC);
+    kb(m).copy(live.injected(), act(m, slot_base(m, slot) + c.injected_kept), live.NC);
   auto inner = [&m](int k) {
     return act(m, m.plan.inner_checkpoints + k * m.plan.checkpoint_floats);
   };
   if (top > 0)  // up to unit top's start, which `live` then holds
-    forward_walk(m, live, {g.begin, g.units[top], run.B, run.T, work,
-                           [&](int p) -> void* {
-                             const auto at = std::find(g.units.begin(), g.units.end(), p);
-                             return at == g.units.end() ? nullptr : inner(at - g.units.begin());
-                           },
-                           WalkEnd::kBoundary});
+    forward_walk(m, live,
+                 {g.begin, g.units[top], B, T, work,
+                  [&](int p) -> void* {
+                    const auto at = std::find(g.units.begin(), g.units.end(), p);
+                    return at == g.units.end() ? nullptr : inner(at - g.units.begin());
+                  },
+                  WalkEnd::kBoundary});
   for (int k = top; k >= 0; --k) {
     const int begin = g.units[k], end = k + 1 < units ? g.units[k + 1] : g.end;
     if (k < top) restore(m, inner(k), begin, live);
-    forward_walk(m, live, {begin, end, run.B, run.T, work, {}, WalkEnd::kDiscard});
-    backward_range(run, begin, end, work);
+    forward_walk(m, live, {begin, end, B, T, work, {}, WalkEnd::kDiscard});
+    then(begin, end);
   }
+}
+
+// A recomputed segment's backward: each unit's forward again (recompute_units), then its
+// backward.
+void recompute_backward(BackwardRun& run, int chunk, const ChunkSegment& g, bool last_in_work) {
+  Model& m = run.m;
+  const ModelChunk& c = run.c;
+  const int slot = run.slot;
+  recompute_units(m, c, chunk, slot, run.B, run.T, g, last_in_work, [&](int begin, int end) {
+    backward_range(run, begin, end, [&m, &c, slot](int i) { return acts_of(m, c, slot, i); });
+  });
+}
+
+// The weight pass of a split backward: the matrices' gradients from the output gradients the
+// input pass kept, sub-layer by sub-layer in the same order; each range reported once final. A
+// recomputed segment runs forward once more, unit by unit, for the activations the gradients
+// need (the slot kept the output gradients, not them).
+void backward_weights(Model& m, int chunk, int slot, int B, int T,
+                      const GradsFinalFn& on_grads_final) {
+  const ModelChunk& c = m.par.chunks[chunk];
+  const int N = B * T;
+  auto report = [&](const ShardRange& r) {
+    if (on_grads_final && r.size() > 0) on_grads_final(r.begin, r.size());
+  };
+  if (c.last) {
+    report(m.layout.head_range);
+    if (m.layout.has_wte && m.par.chunks.front().begin != 0) report(m.layout.embedding_range);
+  }
+  auto weights = [&](int i, const SublayerActs& a) {
+    const int p = i / 2, u = m.spec.unrolled[p];
+    if (i % 2 == 0) {
+      attention_sublayer_weights(m, m.layout.layers[u], a, N);
+      if (m.par.first_use[u] == p) report(m.layout.layer_ranges[u]);
+    } else {
+      mlp_sublayer_weights(m, m.layout.layers[u], a, N);
+    }
+  };
+  tp_drain(m.par.tp_sums);
+  for (auto g = c.segments.rbegin(); g != c.segments.rend(); ++g) {
+    LOOM_CHECK(g->kind != ChunkSegment::kNoGrad);  // validate_config: no backprop_loops here
+    if (g->kind == ChunkSegment::kKept) {
+      for (int i = 2 * g->end - 1; i >= 2 * g->begin; --i)
+        weights(i, acts_in_slot(m, c.acts[i - 2 * c.begin], slot));
+      continue;
+    }
+    m.plan.work_slot = m.plan.work_chunk = -1;  // the workspace is reused from here
+    recompute_units(m, c, chunk, slot, B, T, *g, false, [&](int begin, int end) {
+      for (int i = 2 * end - 1; i >= 2 * begin; --i) weights(i, acts_of(m, c, slot, i));
+    });
+  }
+  if (c.first) report(m.layout.embedding_range);
 }
 
 // Iterations before model.backprop_loops' cut: their final state is a constant, so the state at
@@ -240,8 +268,7 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
                           const GradsFinalFn& on_grads_final, BackwardPart part) {
   check_run(m, chunk, slot, B, T);
   LOOM_CHECK(part == BackwardPart::kAll || m.plan.split_backward);
-  if (part == BackwardPart::kWeight)
-    return backward_weights(m, m.par.chunks[chunk], slot, B * T, on_grads_final);
+  if (part == BackwardPart::kWeight) return backward_weights(m, chunk, slot, B, T, on_grads_final);
   tp_drain(m.par.tp_sums);
   const ModelChunk& c = m.par.chunks[chunk];
   const kernels::KernelBackend& be = kb(m);

@@ -386,7 +386,8 @@ void model_init(Model& model, uint64_t seed);
 // split_backward each slot also keeps the output gradients a later weight-gradient pass needs
 // (BackwardPart). Called once; forward and backward then allocate nothing.
 // With `recompute` a slot keeps boundary states instead of activations where the policy says
-// (split_backward needs kNone), and the arena holds one unit's activations for recomputation.
+// (with split_backward also the recomputed sub-layers' output gradients: the weight pass runs
+// their forward again), and the arena holds one unit's activations for recomputation.
 // Planned for every loop count in [plan_loops_min, plan_loops_max] (model_set_loop_range).
 void model_plan(Model& model, int B, int T, int slots = 1, int boundaries = 1,
                 bool split_backward = false, Recompute recompute = Recompute::kNone);
@@ -447,7 +448,8 @@ using GradsFinalFn = std::function<void(size_t offset, size_t count)>;
 
 // What a backward call computes: everything; or (the model planned with split_backward) the
 // input gradients (with the norms' and embeddings' parameter gradients, which are cheap), and
-// later, from what that left in the slot, the matrices' and their biases' weight gradients.
+// later, from what that left in the slot, the matrices' and their biases' weight gradients (a
+// recomputed segment's forward runs again for them: collective over tp and sp like any forward).
 enum class BackwardPart { kAll, kInput, kWeight };
 
 // Backward of chunk `chunk` from slot `slot`: accumulates parameter gradients. Boundary buffer

@@ -387,7 +387,8 @@ SublayerActs plan_sublayer(const Model& m, ArenaCursor& plan, int sub, int B, in
 }
 
 // Lays out one slot of `c`: the saved activations of its kept segments' sub-layers, the boundary
-// state at each recomputed segment's start and e once if one of them needs it, and for the last
+// state at each recomputed segment's start (with a split backward also its sub-layers' output
+// gradients) and e once if one of them needs it, and for the last
 // chunk the final norm's input and statistics and the LM head's output gradient. Offsets within
 // the slot.
 void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T, bool split) {
@@ -400,6 +401,11 @@ void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T, bool split) {
       for (int i = 2 * g.begin; i < 2 * g.end; ++i)
         c.acts[i - 2 * c.begin] = plan_sublayer(m, plan, i % 2, B, T, split);
     if (g.kind != ChunkSegment::kRecomputed) continue;
+    for (int i = 2 * g.begin; split && i < 2 * g.end; ++i) {  // the weight pass's output gradients
+      SublayerActs& a = c.acts[i - 2 * c.begin];
+      a.d_out = plan.act(N * C);
+      a.d_mid = plan.act(N * (i % 2 == 0 ? qkv_columns(m) : mlp_columns(m)));
+    }
     g.checkpoint = plan.take(m.plan.checkpoint_floats);
     c.keeps_injected |= boundary_carries_injected(m, 2 * g.begin);
   }
@@ -565,9 +571,9 @@ void model_plan(Model& m, int B, int T, int slots, int boundaries, bool split_ba
                 Recompute recompute) {
   LOOM_CHECK(m.plan.B == 0);  // planned once
   LOOM_CHECK(T * m.par.sp.size <= m.spec.max_T && slots >= 1 && boundaries >= 1);
-  // A split backward's weight pass reads the activations recomputation does not keep.
-  LOOM_CHECK(!split_backward ||
-             (recompute == Recompute::kNone && m.spec.config.backprop_loops() == 0));
+  // A split backward's weight pass recomputes what recomputation does not keep; truncated
+  // backprop's segments have no weight pass.
+  LOOM_CHECK(!split_backward || m.spec.config.backprop_loops() == 0);
   m.plan.B = B;
   m.plan.T = T;
   m.plan.split_backward = split_backward;

@@ -10,12 +10,20 @@
 namespace loom::model_detail {
 
 // Where sub-layer i of chunk c keeps its activations while it runs from slot `slot`: in the slot
-// for a kept segment, else in the shared workspace at its place within its unit.
+// for a kept segment, else in the shared workspace at its place within its unit — except, with
+// a split backward, its output gradients, which the weight pass reads after the workspace has
+// been reused: those stay in the slot.
 SublayerActs acts_of(const Model& m, const ModelChunk& c, int slot, int i) {
   const int p = i / 2 - c.begin;
   if (c.segments[c.segment_of[p]].kind == ChunkSegment::kKept)
     return acts_in_slot(m, c.acts[i - 2 * c.begin], slot);
-  return m.plan.work_acts[i - 2 * c.unit_of[p]];
+  SublayerActs a = m.plan.work_acts[i - 2 * c.unit_of[p]];
+  if (m.plan.split_backward) {
+    const SublayerActs kept = acts_in_slot(m, c.acts[i - 2 * c.begin], slot);
+    a.d_out = kept.d_out;
+    a.d_mid = kept.d_mid;
+  }
+  return a;
 }
 
 // Pending output h_j of the boundary state at position p's start, inside a checkpoint of it.

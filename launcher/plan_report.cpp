@@ -291,7 +291,7 @@ void print_recompute(const config::RunConfig& cfg, const Mesh& mesh) {
     try {
       validate_config(with);
     } catch (const Error&) {
-      continue;  // e.g. ZERO_BUBBLE_H1 keeps what recomputation would drop
+      continue;  // a policy this layout cannot run
     }
     const LayoutMemory memory = layout_memory(with, parallel_layout(with));
     std::string line = "    " + pad(config::TrainConfig::Recompute_Name(policy), 14) +

@@ -248,11 +248,16 @@ TEST(Config, InvariantsNameTheFields) {
                 .find("ZERO_BUBBLE_V runs two chunks per rank in a V: set "
                       "parallel.virtual_stages: 2 (got 1)"),
             std::string::npos);
-  EXPECT_NE(violations({"parallel.pp=2", "parallel.pipeline_schedule=ZERO_BUBBLE_V",
+  EXPECT_EQ(violations({"parallel.pp=2", "parallel.pipeline_schedule=ZERO_BUBBLE_V",
                         "parallel.virtual_stages=2", "train.micro_batch=4",
-                        "train.recompute=LOOP_BOUNDARY"})
-                .find("cannot run with parallel.pipeline_schedule ZERO_BUBBLE_V"),
-            std::string::npos);
+                        "train.recompute=LOOP_BOUNDARY"}),
+            "");
+  EXPECT_NE(
+      violations({"parallel.pp=2", "parallel.pipeline_schedule=ZERO_BUBBLE_V",
+                  "parallel.virtual_stages=2", "train.micro_batch=4", "model.backprop_loops=2"})
+          .find("model.backprop_loops cannot run with parallel.pipeline_schedule "
+                "ZERO_BUBBLE_V"),
+      std::string::npos);
   // Ulysses: whole heads per sp rank.
   EXPECT_EQ(violations({"parallel.sp=4", "parallel.sequence_method=ULYSSES"}), "");
   EXPECT_NE(violation("parallel.sequence_method=ULYSSES").find("needs parallel.sp > 1"),

@@ -194,7 +194,8 @@ TEST(StagePlan, EachStageHoldsTheSharedBlockOnce) {
 // Runs `cfg` cut into its pipeline pieces, piece by piece in one process, and compares the loss
 // and every gradient with the whole model's. With split, each piece's backward runs as an input
 // pass (in piece order, reversed) and, after all of them, a weight pass (zero-bubble schedules).
-void expect_pieces_equal_whole(const config::RunConfig& cfg, bool split = false) {
+void expect_pieces_equal_whole(const config::RunConfig& cfg, bool split = false,
+                               Recompute recompute = Recompute::kNone) {
   const int B = 2, T = cfg.train().seq_len();
   Rng rng{7};
   std::vector<int> inputs(B * T), targets(B * T);
@@ -213,7 +214,7 @@ void expect_pieces_equal_whole(const config::RunConfig& cfg, bool split = false)
   for (int r = 0; r < plan.pp; ++r) {
     stages.push_back(model_create(cfg.model(), nullptr, {}, {plan, r}));
     model_init(stages.back(), 11);
-    model_plan(stages.back(), B, T, plan.virtual_stages, 1, split);
+    model_plan(stages.back(), B, T, plan.virtual_stages, 1, split, recompute);
   }
   // Forward in piece order, handing each boundary state on; then backward in reverse.
   auto run = [&](int piece) -> std::pair<Model&, int> {
@@ -294,6 +295,19 @@ TEST(StagePlan, SplitBackwardGivesTheSameGradients) {
                   "parallel.pipeline_layout=3,3,4", "parallel.pipeline_schedule=ZERO_BUBBLE_H1",
                   "model.norm=RMSNORM", "model.position=ROTARY"}),
       true);
+  // With recomputation the weight pass runs each recomputed unit's forward again for the
+  // activations its gradients need: bitwise the same gradients (kSqrt: several units a segment).
+  for (Recompute recompute : {Recompute::kLoopBoundary, Recompute::kSqrt}) {
+    expect_pieces_equal_whole(
+        run_config({"parallel.pp=2", "model.input_injection=true", "model.loops=6",
+                    "parallel.pipeline_layout=6,8", "parallel.pipeline_schedule=ZERO_BUBBLE_H1"}),
+        true, recompute);
+    expect_pieces_equal_whole(
+        run_config({"parallel.pp=2", "model.residual=LADDER", "model.tie_embeddings=false",
+                    "parallel.pipeline_layout=4,6", "parallel.pipeline_schedule=ZERO_BUBBLE_H1",
+                    "model.norm=RMSNORM", "model.position=ROTARY"}),
+        true, recompute);
+  }
 }
 
 }  // namespace

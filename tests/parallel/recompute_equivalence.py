@@ -4,7 +4,9 @@ LOOP_BOUNDARY or SQRT has bitwise the same losses and the same final checkpoint 
 Adam moments, byte for byte — so every step's gradients were equal) as the same layout keeping
 everything (NONE). Standard and ladder looped models with input injection, at dp 2 × tp 2; the
 ladder also at pp 2 (interleaved, chunk edges inside iterations), sp 2, and with truncated
-backprop (model.backprop_loops). Every run's measured activation peak is what `loom plan` says.
+backprop (model.backprop_loops); the standard one also under the zero-bubble schedules (ZB-H1 at
+pp 2 × tp 2, ZB-V at pp 2), whose deferred weight pass runs a recomputed unit's forward again.
+Every run's measured activation peak is what `loom plan` says.
 
 Sampled loop counts (model.loops_sampling): a dp 2 run draws the same count on every rank (its
 losses equal the single process's within 1e-5, and the counts in metrics.jsonl are the single
@@ -91,6 +93,12 @@ def cases(model_name, config, reference):
         return
     same_as_keeping_everything(model_name, config, "dp2-tp2", 4, ["parallel.dp=2", "parallel.tp=2"])
     if model_name != "ladder":
+        same_as_keeping_everything(model_name, config, "pp2-tp2-zb-h1", 4,
+                                   ["parallel.pp=2", "parallel.tp=2",
+                                    "parallel.pipeline_schedule=ZERO_BUBBLE_H1"])
+        same_as_keeping_everything(model_name, config, "pp2-zb-v", 2,
+                                   ["parallel.pp=2", "parallel.virtual_stages=2",
+                                    "parallel.pipeline_schedule=ZERO_BUBBLE_V"])
         return
     same_as_keeping_everything(model_name, config, "pp2-interleaved", 2,
                                ["parallel.pp=2", "parallel.virtual_stages=2",
