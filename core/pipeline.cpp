@@ -61,9 +61,9 @@ struct Runner {
   // The oldest send's buffer, once that send has completed.
   int finish_oldest_send() {
     LOOM_CHECK(!pipe.sending.empty());  // pipeline_create sized the pool for the schedule
-    auto [buffer, work] = pipe.sending.front();
+    auto [buffer, peer, work] = pipe.sending.front();
     pipe.sending.erase(pipe.sending.begin());
-    wait(work, "sending to the next or the previous stage");
+    wait(work, "sending to stage " + std::to_string(peer));
     return buffer;
   }
 
@@ -131,9 +131,10 @@ struct Runner {
       return;
     }
     const size_t count = this->count(a.chunk, forward);
-    pipe.sending.emplace_back(
-        buffer, pipe.pp->send_async(model_boundary(model, buffer, batch.B, batch.T), count,
-                                    activation_data_type(*model.buf.backend), peer));
+    pipe.sending.push_back(
+        {buffer, peer,
+         pipe.pp->send_async(model_boundary(model, buffer, batch.B, batch.T), count,
+                             activation_data_type(*model.buf.backend), peer)});
   }
 
   int take_slot(const PipelineAction& a) {

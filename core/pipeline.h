@@ -39,11 +39,16 @@ struct Pipeline {
   std::vector<int> slot_of;
   int slots_held = 0, slots_peak = 0;    // now, and most at once since pipeline_create
   // Boundary buffers: free; receiving, with the receive's handle, at ((kind · micro-batches +
-  // micro) · chunks + chunk) (kind 0: forward, 1: backward; buffer −1: none); or sending, oldest
-  // first. Sized for the largest run so far: a step allocates nothing.
+  // micro) · chunks + chunk) (kind 0: forward, 1: backward; buffer −1: none, −2: a receive from
+  // this rank itself, see loopback); or sending, with the peer, oldest first. Sized for the
+  // largest run so far: a step allocates nothing.
   std::vector<int> free_buffers;
   std::vector<std::pair<int, WorkPtr>> receiving;
-  std::vector<std::pair<int, WorkPtr>> sending;
+  struct Sending {
+    int buffer, peer;
+    WorkPtr work;
+  };
+  std::vector<Sending> sending;
   // ZERO_BUBBLE_V's turn: the buffer this rank "sent" itself (chunk 0's output, chunk 1's input
   // gradient) for each receive, indexed as `receiving` (−1: none); the consuming compute takes it
   // over, no copy.

@@ -233,9 +233,9 @@ void print_pipeline(const config::RunConfig& cfg, const ParallelLayout& layout,
       pipeline_kind_name(kind), mesh.pp, v, v == 1 ? "" : "s", m,
       100.0 * pipeline_bubble_fraction(kind, mesh.pp, m, v),
       kind == PipelineKind::kInterleaved1F1B ? "(p−1)/(v·m+p−1)"
-      : kind == PipelineKind::kZeroBubbleH1 || kind == PipelineKind::kZeroBubbleV
-          ? "simulated with F = B = W"
-          : "(p−1)/(m+p−1)");
+      : kind == PipelineKind::kZeroBubbleH1  ? "simulated with F = B = W"
+      : kind == PipelineKind::kZeroBubbleV   ? "simulated with F : B : W = 5 : 6 : 4"
+                                             : "(p−1)/(m+p−1)");
   std::printf(
       "  MiB per rank; params: parameters (as many gradients); AdamW: its m and v;\n"
       "  activations = slots (micro-batches in flight × MiB each) + buffers (boundary "

@@ -1,6 +1,7 @@
 #include "parallel/pipeline_schedule.h"
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <set>
 #include <tuple>
@@ -180,70 +181,88 @@ ZeroBubble zero_bubble(int p, int m) {
   return {std::move(orders), span};
 }
 
-// ZB-V's orders of every rank (pipeline_schedule.h): the same unit-time simulation over the 2p
-// stages of the V. A rank runs, of what has arrived: a B (chunk 0's first: it finishes a
-// micro-batch); else an F (chunk 1's first: it brings a micro-batch to the loss sooner) while
-// fewer than 2p (micro-batch, chunk) activations are held, 1F1B's peak in half-stage chunks; else
-// its oldest pending W.
+// ZB-V's orders of every rank (pipeline_schedule.h): a simulation of the V's 2p stages in time
+// units where a chunk's F, B and W take kVForward, kVBackward and kVWeight. When a rank is free
+// it runs, of what has arrived: a B (chunk 0's first: it finishes a micro-batch); else an F
+// (chunk 1's first: it brings a micro-batch to the loss sooner) while fewer than 2p (micro-batch,
+// chunk) activations are held, 1F1B's peak in half-stage chunks; else its oldest pending W. When
+// nothing has arrived, whatever arrives first. The rank that can start soonest goes next.
+constexpr long kVForward = 5, kVBackward = 6, kVWeight = 4;
+
 ZeroBubble zero_bubble_v(int p, int m) {
-  constexpr int kNever = 1 << 30;
+  constexpr long kNever = std::numeric_limits<long>::max();
   const Placement at{p, 2, true};
   const int stages = at.stages();
-  std::vector<std::vector<int>> ready_f(stages, std::vector<int>(m, kNever)),
-      ready_b(stages, std::vector<int>(m, kNever));
+  std::vector<std::vector<long>> ready_f(stages, std::vector<long>(m, kNever)),
+      ready_b(stages, std::vector<long>(m, kNever));
   for (int i = 0; i < m; ++i) ready_f[0][i] = 0;
   struct Rank {
-    int next_f[2] = {0, 0}, next_b[2] = {0, 0}, in_flight = 0, busy_until = 0;
+    int next_f[2] = {0, 0}, next_b[2] = {0, 0}, in_flight = 0;
+    long free = 0;
     std::vector<std::pair<int, int>> pending_w;  // (micro-batch, chunk) whose B ran, oldest first
+  };
+  struct Choice {
+    Type type = Type::kWeight;
+    int chunk = 0;
+    long start = kNever;
   };
   std::vector<Rank> ranks(p);
   std::vector<std::vector<PipelineAction>> orders(p);
   auto done = [&](const Rank& s) {
     return s.next_b[0] == m && s.next_b[1] == m && s.pending_w.empty();
   };
-  auto backward = [&](Rank& s, int r, int t) {
-    for (const int c : {0, 1}) {
-      const int g = at.stage(r, c), i = s.next_b[c];
-      if (i == s.next_f[c] || ready_b[g][i] > t) continue;
-      ++s.next_b[c];
+  // Rank r's next compute and when it can start (start kNever: nothing can).
+  auto choose = [&](const Rank& s, int r) {
+    std::vector<Choice> candidates;  // in order of preference within a type
+    for (const int c : {0, 1})
+      if (s.next_b[c] < s.next_f[c])
+        candidates.push_back({Type::kBackward, c, ready_b[at.stage(r, c)][s.next_b[c]]});
+    for (const int c : {1, 0})
+      if (s.next_f[c] < m && s.in_flight < 2 * p)
+        candidates.push_back({Type::kForward, c, ready_f[at.stage(r, c)][s.next_f[c]]});
+    if (!s.pending_w.empty()) candidates.push_back({Type::kWeight, 0, s.free});
+    for (Choice& x : candidates) x.start = std::max(x.start, s.free);
+    Choice best;  // the first that has arrived when the rank is free, else the first to arrive
+    for (const Choice& x : candidates)
+      if (x.start == s.free) return x;
+    for (const Choice& x : candidates)
+      if (x.start < best.start) best = x;
+    return best;
+  };
+  while (!std::all_of(ranks.begin(), ranks.end(), done)) {
+    int r = -1;
+    Choice next;
+    for (int k = 0; k < p; ++k) {
+      if (done(ranks[k])) continue;
+      const Choice x = choose(ranks[k], k);
+      if (x.start < next.start) next = x, r = k;
+    }
+    LOOM_CHECK(r >= 0);  // some rank can always run: the first stage's forwards, or a W
+    Rank& s = ranks[r];
+    const int c = next.chunk, g = at.stage(r, c);
+    if (next.type == Type::kBackward) {
+      const int i = s.next_b[c]++;
       orders[r].push_back({Type::kBackward, i, c});
-      if (g > 0) ready_b[g - 1][i] = t + 1;
+      s.free = next.start + kVBackward;
+      if (g > 0) ready_b[g - 1][i] = s.free;
       s.pending_w.push_back({i, c});
-      return true;
-    }
-    return false;
-  };
-  auto forward = [&](Rank& s, int r, int t) {
-    for (const int c : {1, 0}) {
-      const int g = at.stage(r, c), i = s.next_f[c];
-      if (i == m || ready_f[g][i] > t || s.in_flight >= 2 * p) continue;
-      ++s.next_f[c];
-      ++s.in_flight;
+    } else if (next.type == Type::kForward) {
+      const int i = s.next_f[c]++;
       orders[r].push_back({Type::kForward, i, c});
-      (g + 1 < stages ? ready_f[g + 1][i] : ready_b[g][i]) = t + 1;
-      return true;
+      s.free = next.start + kVForward;
+      ++s.in_flight;
+      (g + 1 < stages ? ready_f[g + 1][i] : ready_b[g][i]) = s.free;
+    } else {
+      const auto [micro, chunk] = s.pending_w.front();
+      orders[r].push_back({Type::kWeight, micro, chunk});
+      s.pending_w.erase(s.pending_w.begin());
+      s.free = next.start + kVWeight;
+      --s.in_flight;
     }
-    return false;
-  };
-  int t = 0;
-  for (; !std::all_of(ranks.begin(), ranks.end(), done); ++t) {
-    for (int r = 0; r < p; ++r) {
-      Rank& s = ranks[r];
-      if (s.busy_until > t || done(s)) continue;
-      if (!backward(s, r, t) && !forward(s, r, t)) {
-        if (s.pending_w.empty()) continue;  // idle: waiting for a neighbour
-        const auto [micro, chunk] = s.pending_w.front();
-        orders[r].push_back({Type::kWeight, micro, chunk});
-        s.pending_w.erase(s.pending_w.begin());
-        --s.in_flight;
-      }
-      s.busy_until = t + 1;
-    }
-    LOOM_CHECK(t < 8 * m * p + 32);  // every rank can always free memory with a W
   }
-  int span = 0;
-  for (const Rank& s : ranks) span = std::max(span, s.busy_until);
-  return {std::move(orders), span};
+  long span = 0;
+  for (const Rank& s : ranks) span = std::max(span, s.free);
+  return {std::move(orders), static_cast<int>(span)};
 }
 
 std::vector<std::vector<PipelineAction>> all_compute_orders(PipelineKind kind, int p, int m,
@@ -421,9 +440,11 @@ double pipeline_bubble_fraction(PipelineKind kind, int p, int m, int v) {
   pipeline_check(kind, p, m, v);
   // Each rank idles p − 1 compute slots of the step's work + p − 1; interleaving makes the slots
   // v times shorter, as if there were v·m micro-batches.
-  // ZB-H1: what its own unit-time simulation leaves idle (3m units of work per stage).
+  // ZB-H1: what its own unit-time simulation leaves idle (3m units of work per stage); ZB-V:
+  // what its simulation in its own time units leaves idle.
   if (kind == PipelineKind::kZeroBubbleH1) return 1.0 - 3.0 * m / zero_bubble(p, m).span;
-  if (kind == PipelineKind::kZeroBubbleV) return 1.0 - 6.0 * m / zero_bubble_v(p, m).span;
+  if (kind == PipelineKind::kZeroBubbleV)  // 2 chunks × (F + B + W) per micro-batch on each rank
+    return 1.0 - 2.0 * (kVForward + kVBackward + kVWeight) * m / zero_bubble_v(p, m).span;
   const double work = kind == PipelineKind::kInterleaved1F1B ? double(v) * m : double(m);
   return (p - 1) / (work + p - 1);
 }

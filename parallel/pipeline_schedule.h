@@ -55,8 +55,11 @@ std::string pipeline_action_string(const PipelineAction& action);
 //
 // ZERO_BUBBLE_V (the same paper's ZB-V): two chunks per rank in a V, so the first and last stage
 // share rank 0 and every rank's peak activation memory is 1F1B's first stage's (2p half-stage
-// chunks); the order comes from the same unit-time simulation over the 2p stages (B before F
-// before W; chunk 0's B and chunk 1's F first), and its bubble falls well below ZB-H1's.
+// chunks). The order comes from a simulation over the 2p stages with the same rules (B before F
+// before W; chunk 0's B and chunk 1's F first) in time units where F, B and W take 5, 6 and 4:
+// a layer's input-gradient pass also runs attention's backward, its weight pass neither
+// attention nor the norms. An order built for F = B = W loses most of its advantage when W is
+// shorter (measured on a CPU: B ≈ 1.17 F, W ≈ 0.76 F); this one keeps it.
 void pipeline_check(PipelineKind kind, int p, int m, int v);
 
 // The computes of `rank` alone, in order (no receives).
@@ -84,8 +87,8 @@ int pipeline_max_in_flight(const std::vector<PipelineAction>& actions);
 // compute runs, plus 1 for the buffer that compute works in.
 int pipeline_max_open_receives(const std::vector<PipelineAction>& actions);
 // Theory: the idle fraction of a step, (p − 1) / (m + p − 1); interleaved (p − 1) / (v·m + p − 1);
-// ZB-H1 and ZB-V what their unit-time simulation leaves idle (F = B = W; 1F1B's is then the
-// formula above).
+// ZB-H1 what its unit-time simulation leaves idle (F = B = W; 1F1B's is then the formula above),
+// ZB-V what its simulation leaves idle in its own units (F : B : W = 5 : 6 : 4).
 double pipeline_bubble_fraction(PipelineKind kind, int p, int m, int v);
 
 // Runs all p ranks' lists: a receive only posts; a compute waits until the peer sent its input;

@@ -7,8 +7,8 @@ micro-batches m, records a trace of the first steps (logging.trace_steps) and me
 traced step after the first, each stage's idle fraction: 1 − (its forward and backward time) ÷
 (the pipeline's span of that step, first forward to last backward on any rank) — the time a stage
 waits for its neighbours. Printed beside the theory, (p−1)/(m+p−1) for GPipe and 1F1B,
-(p−1)/(v·m+p−1) interleaved, and for zero-bubble H1 and V what the schedule's own simulation with
-F = B = W leaves idle (as `loom plan` prints them), as the difference in percentage points; plus the activation peak of
+(p−1)/(v·m+p−1) interleaved, and for zero-bubble H1 and V what the schedule's own simulation
+leaves idle (H1: F = B = W; V: F : B : W = 5 : 6 : 4; as `loom plan` prints them), as the difference in percentage points; plus the activation peak of
 each run (metrics.jsonl) and the ratio GPipe ÷ 1F1B. With --write-docs it writes its section of
 docs/benchmarks.md and SVG timelines of one 1F1B, one interleaved and one ZB-V step beside it.
 
@@ -139,10 +139,9 @@ def zero_bubble_v_note(rows):
     passes = [r["passes"] for r in rows if r["schedule"] == "ZERO_BUBBLE_V"]
     f = statistics.mean(p["F"] for p in passes)
     b, w = (statistics.mean(p[k] for p in passes) / f for k in ("B", "W"))
-    return (" Measured bubble (activation peak): " + "; ".join(parts) + f". The zero-bubble "
-            f"theory assumes F = B = W; ZB-V's passes took B = {b:.2f} F and W = {w:.2f} F "
-            "here, so W fills less of the wait than it assumes, and each rank's second chunk "
-            "adds per-chunk work.")
+    return (" Measured bubble (activation peak): " + "; ".join(parts) + f". ZB-V's passes took "
+            f"B = {b:.2f} F and W = {w:.2f} F here; its order is built for F : B : W = 5 : 6 : 4, "
+            "ZB-H1's for F = B = W.")
 
 
 def timeline_svg(trace_svg, row, pp):

@@ -101,7 +101,7 @@ expect zb-slots '^      0( +[0-9.]+){3} +2 × [0-9.]+ '
 # Zero-bubble V: rank 0 runs the first and the last piece; 2·pp slots of half-stage chunks.
 plan zbv --set parallel.pp=2 --set train.micro_batch=2 --set parallel.pipeline_schedule=ZERO_BUBBLE_V \
   --set parallel.virtual_stages=2
-expect zbv-bubble '^pipeline ZERO_BUBBLE_V: 2 stages × 2 chunks, 8 micro-batches per step; bubble 2\.0% \(simulated'
+expect zbv-bubble '^pipeline ZERO_BUBBLE_V: 2 stages × 2 chunks, 8 micro-batches per step; bubble 4\.8% \(simulated with F : B : W = 5 : 6 : 4'
 expect zbv-slots '^      0( +[0-9.]+){3} +4 × [0-9.]+ .* 0–[0-9]+: prelude'
 expect zbv-last '^ {60,}[0-9]+–9: .*coda'
 err=$("$loom" plan "$config" --set parallel.pp=4 2>&1 >/dev/null)

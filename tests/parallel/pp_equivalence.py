@@ -9,7 +9,8 @@ model with injection whose first boundary falls right after the injection point;
 dp 2 (8 ranks), pp 2 x dp 2 with ZeRO-1 and ZERO_BUBBLE_V at pp 2 x tp 2 (their final checkpoints
 equal to the single process's);
 and checkpoints: a pp = 2 run cut back to its step-3 checkpoint resumes at pp = 1, pp = 4 and
-pp 2 x tp 2, and the single process's, pp = 4's and pp 2 x tp 2's resume at pp = 2, all exactly.
+pp 2 x tp 2, the single process's, pp = 4's and pp 2 x tp 2's resume at pp = 2, a ZB-V run's at
+pp = 1 and the single process's under ZB-V at pp = 4, all exactly.
 
 usage: pp_equivalence.py LOOM_BINARY SOURCE_DIR
 """
@@ -87,7 +88,10 @@ def combined_cases(model_name, config, reference):
                (pp2, "pp=2", 4, ["parallel.pp=2", "parallel.tp=2"]),
                (ref_dir, "pp=1", 2, ["parallel.pp=2"]),
                (f"{model_name}-pp4-ONE_F_ONE_B", "pp=4", 2, ["parallel.pp=2"]),
-               (f"{model_name}-pp2-tp2-dp2", "pp=2 tp=2 dp=2", 2, ["parallel.pp=2"])]
+               (f"{model_name}-pp2-tp2-dp2", "pp=2 tp=2 dp=2", 2, ["parallel.pp=2"]),
+               (f"{model_name}-pp2-ZERO_BUBBLE_V", "pp=2 ZERO_BUBBLE_V", 1, []),
+               (ref_dir, "pp=1", 4, ["parallel.pp=4", "parallel.virtual_stages=2",
+                                     "parallel.pipeline_schedule=ZERO_BUBBLE_V"])]
     for run_dir, was, ranks, overrides in resumes:
         if os.path.isdir(os.path.join(run_dir, "checkpoints")):
             resume_case(LOOM, config, run_dir,

@@ -340,6 +340,21 @@ TEST(PipelineSchedule, SimulatorReportsDeadlock) {
 namespace loom {
 namespace {
 
+// F, then B, then W exactly once for every (micro-batch, chunk) of m × v.
+void expect_forward_backward_weight(const std::vector<PipelineAction>& actions, int m, int v) {
+  std::vector<int> state(m * v, 0);
+  for (const PipelineAction& a : actions) {
+    const int expected = a.type == Type::kForward    ? 0
+                         : a.type == Type::kBackward ? 1
+                         : a.type == Type::kWeight   ? 2
+                                                     : -1;
+    if (expected >= 0) {
+      EXPECT_EQ(state[v * a.micro + a.chunk]++, expected) << pipeline_action_string(a);
+    }
+  }
+  for (int s : state) EXPECT_EQ(s, 3);
+}
+
 // Zero-bubble H1: F, then B, then W for every micro-batch on every stage, 1F1B's activations in
 // flight at most, a deadlock-free exchange, and less idle time than 1F1B by its own measure.
 TEST(PipelineSchedule, ZeroBubbleH1) {
@@ -350,17 +365,7 @@ TEST(PipelineSchedule, ZeroBubbleH1) {
       for (int rank = 0; rank < p; ++rank) {
         const std::vector<PipelineAction> actions =
             pipeline_schedule(Kind::kZeroBubbleH1, p, m, 1, rank);
-        std::vector<int> state(m, 0);
-        for (const PipelineAction& a : actions) {
-          const int expected = a.type == Type::kForward    ? 0
-                               : a.type == Type::kBackward ? 1
-                               : a.type == Type::kWeight   ? 2
-                                                           : -1;
-          if (expected >= 0) {
-            EXPECT_EQ(state[a.micro]++, expected) << pipeline_action_string(a);
-          }
-        }
-        for (int s : state) EXPECT_EQ(s, 3);
+        expect_forward_backward_weight(actions, m, 1);
         EXPECT_LE(pipeline_max_in_flight(actions), p - rank);
         EXPECT_LE(pipeline_max_open_receives(actions), 2);
       }
@@ -390,7 +395,7 @@ TEST(PipelineSchedule, ZeroBubbleH1) {
 
 // Zero-bubble V: rank r runs pieces r and 2p − 1 − r; F, B, W once per (micro-batch, chunk); at
 // most 2p chunks' activations on every rank (1F1B's first stage's in half-stage chunks); the
-// turn on rank p − 1 sends to itself; and less idle time than ZB-H1 and interleaved 1F1B.
+// turn on rank p − 1 sends to itself; and less idle time than 1F1B.
 TEST(PipelineSchedule, ZeroBubbleV) {
   for (int p = 2; p <= 8; ++p)
     for (int m = p; m <= 4 * p; ++m) {
@@ -399,32 +404,23 @@ TEST(PipelineSchedule, ZeroBubbleV) {
       for (int rank = 0; rank < p; ++rank) {
         const std::vector<PipelineAction> actions =
             pipeline_schedule(Kind::kZeroBubbleV, p, m, 2, rank);
-        std::vector<int> state(2 * m, 0);
-        for (const PipelineAction& a : actions) {
-          const int expected = a.type == Type::kForward    ? 0
-                               : a.type == Type::kBackward ? 1
-                               : a.type == Type::kWeight   ? 2
-                                                           : -1;
-          if (expected >= 0) {
-            EXPECT_EQ(state[2 * a.micro + a.chunk]++, expected) << pipeline_action_string(a);
-          }
-        }
-        for (int s : state) EXPECT_EQ(s, 3);
+        expect_forward_backward_weight(actions, m, 2);
         EXPECT_LE(pipeline_max_in_flight(actions), 2 * p);
       }
-      const double v = pipeline_bubble_fraction(Kind::kZeroBubbleV, p, m, 2);
-      EXPECT_LT(v, pipeline_bubble_fraction(Kind::kZeroBubbleH1, p, m, 1));
-      if (m % p == 0) EXPECT_LT(v, pipeline_bubble_fraction(Kind::kInterleaved1F1B, p, m, 2));
+      // 1F1B's idle fraction does not depend on the passes' costs; ZB-V's is in its units.
+      EXPECT_LT(pipeline_bubble_fraction(Kind::kZeroBubbleV, p, m, 2),
+                pipeline_bubble_fraction(Kind::kOneFOneB, p, m, 1));
     }
-  // p = 2, m = 4 by hand (one unit each): rank 1 turns F0.0 into F0.1 at once, with no transfer.
+  // p = 2, m = 4 by hand (F, B, W of 5, 6, 4 units): rank 1 turns F0.0 into F0.1 at once, with
+  // no transfer.
   EXPECT_EQ(computes(pipeline_schedule(Kind::kZeroBubbleV, 2, 4, 2, 1)),
-            "F0.0 F0.1 F1.0 F1.1 B0.1 B0.0 W0.1 F2.0 B1.1 B1.0 W0.0 F2.1 W1.1 F3.0 B2.1 B2.0 W1.0 "
+            "F0.0 F0.1 F1.0 F1.1 B0.1 B0.0 W0.1 B1.1 B1.0 F2.0 W0.0 F2.1 W1.1 F3.0 W1.0 B2.1 B2.0 "
             "F3.1 W2.1 W2.0 B3.1 B3.0 W3.1 W3.0");
   // Its receive from itself is posted one compute ahead, as any other.
   EXPECT_EQ(everything(pipeline_schedule(Kind::kZeroBubbleV, 2, 2, 2, 1)).substr(0, 22),
             "recvF0.0 recvF0.1 F0.0");
-  // 25 units for 24 of work on each rank.
-  EXPECT_NEAR(pipeline_bubble_fraction(Kind::kZeroBubbleV, 2, 4, 2), 1.0 / 25, 1e-12);
+  // 132 units for 120 of work on each rank.
+  EXPECT_NEAR(pipeline_bubble_fraction(Kind::kZeroBubbleV, 2, 4, 2), 12.0 / 132, 1e-12);
   // Forward-only (evaluation) in a V runs too, for any m.
   for (int m = 1; m <= 5; ++m) {
     std::vector<std::vector<PipelineAction>> lists;
