@@ -7,7 +7,7 @@ each rank's block-kernel time per step (forward + backward of attention over --s
 max ÷ min over the ranks, for the zigzag layout and the contiguous one, and for Ulysses (two
 all-to-alls to a head split around whole-sequence attention); the time on the slowest rank
 against the ideal, the whole sequence's attention on one rank ÷ sp, with the time blocked on
-transfers (exposed wait) as a share of it; and the bytes each rank sent. (3) For sp = 1, 2, 4, `loom plan
+transfers (exposed wait) as a share of it; and the bytes each rank sent. (3) For sp = 1, 2, 4 (and Ulysses at 2, 4), `loom plan
 --memory-gb` finds the longest train.seq_len whose memory per rank (parameters, gradients, AdamW
 state, activation arena) fits the budget; one training step at that length then runs under
 mpirun, and its measured activation peak is compared with the plan. With --write-docs it writes
@@ -45,11 +45,15 @@ def bench_ring(loom, sp, seq_len):
     return json.loads(line)
 
 
-def longest(loom, sp, budget_mib):
+def parallel_section(sp, method):
+    return "parallel { sp: %d sequence_method: %s }" % (sp, method)
+
+
+def longest(loom, sp, method, budget_mib):
     """(seq_len, planned MiB per rank, planned activation MiB) from `loom plan --memory-gb`."""
     with open("plan.textproto", "w") as f:
         f.write(bench_common.bench_config(MODEL.format(T=256), 1, 2 * sp,
-                                          "parallel { sp: %d }" % sp))
+                                          parallel_section(sp, method)))
     out = bench_common.run_command(
         [loom, "plan", "plan.textproto", "--memory-gb", str(budget_mib / 1024)], "loom plan")
     found = re.search(r"train\.seq_len (\d+) \(\d+ tokens per sp rank\): ([0-9.]+) MiB", out)
@@ -57,17 +61,17 @@ def longest(loom, sp, budget_mib):
         raise bench_common.BenchError(f"loom plan printed no longest sequence:\n{out}")
     T = int(found.group(1))
     with open("at.textproto", "w") as f:
-        f.write(bench_common.bench_config(MODEL.format(T=T), 1, T, "parallel { sp: %d }" % sp))
+        f.write(bench_common.bench_config(MODEL.format(T=T), 1, T, parallel_section(sp, method)))
     plan = bench_common.run_command([loom, "plan", "at.textproto"], "loom plan")
     activations = float(re.search(r"^  activations\s+([0-9.]+)", plan, re.M).group(1))
     return T, float(found.group(2)), activations
 
 
-def train_at(loom, sp, T):
+def train_at(loom, sp, method, T):
     """One training step at seq_len T on sp ranks; the measured activation peak (MiB)."""
     with open("at.textproto", "w") as f:
-        f.write(bench_common.bench_config(MODEL.format(T=T), 1, T, "parallel { sp: %d }" % sp))
-    run_dir = bench_common.train(loom, "at.textproto", f"run-sp{sp}",
+        f.write(bench_common.bench_config(MODEL.format(T=T), 1, T, parallel_section(sp, method)))
+    run_dir = bench_common.train(loom, "at.textproto", f"run-sp{sp}-{method}",
                                  ["train.steps=1", "train.global_batch=1"], ranks=sp, timeout=900)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         return json.loads(f.readline())["activation_peak_mib"]
@@ -174,16 +178,21 @@ def write_docs(docs, rings, memory, budget_mib, command):
                   "of work) are the machine's, not the ring's."]
     lines += ["", f"Longest sequence within {budget_mib} MiB per rank ({MODEL_TEXT}; micro-batch 1; "
               "`loom plan --memory-gb`), then one training step at that length under mpirun:", "",
-              "| sp | longest seq_len | × sp 1 | planned MiB per rank | activations planned (MiB) | activation peak measured (MiB) |",
-              "|---:|---:|---:|---:|---:|---:|"]
+              "| sp | method | longest seq_len | × sp 1 | planned MiB per rank | activations planned (MiB) | activation peak measured (MiB) |",
+              "|---:|---|---:|---:|---:|---:|---:|"]
     for m in memory:
-        lines.append(f"| {m['sp']} | {m['T']} | {m['T'] / memory[0]['T']:.2f} | {m['mib']:.1f} | "
-                     f"{m['activations']:.1f} | {m['measured']:.1f} |")
+        method = "—" if m["sp"] == 1 else "ring" if m["method"] == "RING" else "Ulysses"
+        lines.append(f"| {m['sp']} | {method} | {m['T']} | {m['T'] / memory[0]['T']:.2f} | "
+                     f"{m['mib']:.1f} | {m['activations']:.1f} | {m['measured']:.1f} |")
     lines += ["", "Parameters, gradients and AdamW state are the same on every sp rank, and each "
               "rank also holds ring attention's key/value blocks and their gradients in flight "
               "(10·C values per local token, shared by the layers), so the length grows a little "
-              "less than ∝ sp.", "", "![ring attention](ring_attention.svg)", ""]
-    bench_common.write_section(docs, SECTION, lines, {"ring_attention.svg": chart_svg(ring2, memory, budget_mib)})
+              "less than ∝ sp. Ulysses holds its all-to-all blocks and a head group's output, "
+              "output gradient and dq, dk, dv instead (11·C values per local token here).", "",
+              "![ring attention](ring_attention.svg)", ""]
+    ring_memory = [m for m in memory if m["method"] == "RING"]
+    bench_common.write_section(docs, SECTION, lines,
+                               {"ring_attention.svg": chart_svg(ring2, ring_memory, budget_mib)})
 
 
 def main():
@@ -211,12 +220,12 @@ def main():
                       f"{100 * r['exposed']:.1f}% (whole {rings[sp]['whole_ms']:.0f} ms)")
         bench_common.prepare_data(loom, source)
         memory = []
-        for sp in (1, 2, 4):
-            T, mib, activations = longest(loom, sp, args.budget_mib)
-            measured = train_at(loom, sp, T)
-            memory.append({"sp": sp, "T": T, "mib": mib, "activations": activations,
-                           "measured": measured})
-            print(f"sp {sp}: longest seq_len {T} in {args.budget_mib} MiB per rank "
+        for sp, method in ((1, "RING"), (2, "RING"), (4, "RING"), (2, "ULYSSES"), (4, "ULYSSES")):
+            T, mib, activations = longest(loom, sp, method, args.budget_mib)
+            measured = train_at(loom, sp, method, T)
+            memory.append({"sp": sp, "method": method, "T": T, "mib": mib,
+                           "activations": activations, "measured": measured})
+            print(f"sp {sp} {method}: longest seq_len {T} in {args.budget_mib} MiB per rank "
                   f"(planned {mib:.1f} MiB; activations {activations:.1f} MiB planned, "
                   f"{measured:.1f} MiB measured in one training step)")
         if docs:
