@@ -1,11 +1,12 @@
 // `loom bench comm`: collective bandwidth of the MPI communicator, as nccl-tests measures it.
 // Run as an MPI job; rank 0 prints one table per operation. Sizes are bytes of float32 data,
-// doubling from --min to --max; for reduce-scatter and all-gather the size is the full buffer
-// (nccl-tests' convention). Each size: warm-up, then as many timed iterations as fit in about
-// 0.2 s (at most --iters; the count is agreed across ranks), then a check of the result against
-// the expected values on fresh data ("wrong" and a non-zero exit when it fails).
+// doubling from --min to --max; for reduce-scatter, all-gather and all-to-all the size is the full
+// buffer (nccl-tests' convention; all-to-all's rounded down to whole blocks of one per rank). Each
+// size: warm-up, then as many timed iterations as fit in about 0.2 s (at most --iters; the count is
+// agreed across ranks), then a check of the result against the expected values on fresh data
+// ("wrong" and a non-zero exit when it fails).
 //   algbw = size / time;  busbw = algbw × 2(n−1)/n (all-reduce) or (n−1)/n (reduce-scatter,
-//   all-gather) — the bus bandwidth nccl-tests reports, comparable across rank counts.
+//   all-gather, all-to-all) — the bus bandwidth nccl-tests reports, comparable across rank counts.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -29,13 +30,14 @@ using Clock = std::chrono::steady_clock;
 
 constexpr const char* kHelp =
     R"(usage: mpirun -np N loom bench comm [--min 1K] [--max 256M] [--iters 50] [--warmup 2]
-                                  [--ops all_reduce,reduce_scatter,all_gather]
+                                  [--ops all_reduce,reduce_scatter,all_gather,all_to_all]
 
 Times the world communicator's collectives on float32 host data, for sizes (in bytes, K/M/G
 suffixes are powers of 1024) doubling from --min to --max, and prints nccl-tests' columns:
 size, element count, time per operation (the slowest rank's mean), algorithm bandwidth
-(size / time) and bus bandwidth (algbw × 2(n−1)/n for all_reduce, × (n−1)/n for reduce_scatter
-and all_gather, whose size is the full buffer). Iterations per size adapt to about 0.2 s (at
+(size / time) and bus bandwidth (algbw × 2(n−1)/n for all_reduce, × (n−1)/n for reduce_scatter,
+all_gather and all_to_all, whose size is the full buffer: all_to_all's in whole blocks of one per
+rank). Iterations per size adapt to about 0.2 s (at
 most --iters). Every size's result is checked; a wrong one is printed as "wrong" and the command
 exits 1.
 )";
@@ -75,7 +77,7 @@ std::string format_bytes(size_t bytes) {
   return out.str();
 }
 
-enum class Op { kAllReduce, kReduceScatter, kAllGather };
+enum class Op { kAllReduce, kReduceScatter, kAllGather, kAllToAll };
 
 struct OpInfo {
   Op op;
@@ -83,7 +85,8 @@ struct OpInfo {
 };
 constexpr OpInfo kOps[] = {{Op::kAllReduce, "all_reduce"},
                            {Op::kReduceScatter, "reduce_scatter"},
-                           {Op::kAllGather, "all_gather"}};
+                           {Op::kAllGather, "all_gather"},
+                           {Op::kAllToAll, "all_to_all"}};
 
 double bus_factor(Op op, int n) {
   if (n <= 1) return 0;
@@ -96,7 +99,9 @@ struct Case {
   Communicator* comm;
   size_t count;
   ShardRange own;
-  std::vector<float> data, out;  // all_reduce: data; reduce_scatter: data → out; all_gather: out
+  // all_reduce: data; reduce_scatter, all_to_all: data → out; all_gather: out
+  std::vector<float> data, out;
+  size_t block() const { return count / comm->size(); }  // all_to_all: elements per rank
 
   void run() {
     switch (op) {
@@ -108,6 +113,9 @@ struct Case {
         break;
       case Op::kAllGather:
         comm->all_gather(data.data(), out.data(), count);
+        break;
+      case Op::kAllToAll:
+        comm->all_to_all_async(data.data(), out.data(), block(), DataType::kFloat32)->wait();
         break;
     }
   }
@@ -139,6 +147,12 @@ struct Case {
       case Op::kAllGather:
         for (size_t i = 0; i < count; ++i) wrong += out[i] != static_cast<float>(i % 8191);
         break;
+      case Op::kAllToAll:  // block j came from rank j: its elements at this rank's block
+        for (size_t i = 0; i < count; ++i) {
+          const size_t j = i / block(), at = comm->rank() * block() + i % block();
+          wrong += out[i] != static_cast<float>(j + 1 + at % 7);
+        }
+        break;
     }
     return wrong;
   }
@@ -155,6 +169,10 @@ Case make_case(Op op, Communicator& comm, size_t count) {
       break;
     case Op::kAllGather:
       c.data.assign(c.own.size(), 0.0f), c.out.assign(count, 0.0f);
+      break;
+    case Op::kAllToAll:
+      c.count = std::max<size_t>(count / comm.size(), 1) * comm.size();
+      c.data.assign(c.count, 0.0f), c.out.assign(c.count, 0.0f);
       break;
   }
   return c;
@@ -192,13 +210,13 @@ int command_bench_comm(int argc, char** argv) {
   if (min_bytes > max_bytes) throw Error("--min must not exceed --max");
   if (max_iters < 1 || warmup < 0) throw Error("--iters must be ≥ 1 and --warmup ≥ 0");
   std::vector<OpInfo> ops;
-  std::istringstream list(args.value("--ops", "all_reduce,reduce_scatter,all_gather"));
+  std::istringstream list(args.value("--ops", "all_reduce,reduce_scatter,all_gather,all_to_all"));
   for (std::string name; std::getline(list, name, ',');) {
     auto it = std::find_if(std::begin(kOps), std::end(kOps),
                            [&](const OpInfo& o) { return name == o.name; });
     if (it == std::end(kOps))
       throw Error("--ops: unknown operation \"" + name +
-                  "\" (all_reduce, reduce_scatter, all_gather)");
+                  "\" (all_reduce, reduce_scatter, all_gather, all_to_all)");
     ops.push_back(*it);
   }
 
@@ -245,10 +263,11 @@ int command_bench_comm(int argc, char** argv) {
       world->all_reduce(&wrong, 1, ReduceOp::kMax);
       all_right &= wrong == 0;
 
-      const double algbw = static_cast<double>(bytes) / seconds / 1e9;
+      const size_t moved = c.count * sizeof(float);  // all_to_all: whole blocks
+      const double algbw = static_cast<double>(moved) / seconds / 1e9;
       if (rank == 0) {
-        std::printf("  %10s %12zu %6ld %12.1f %12.3f %12.3f  %s\n", format_bytes(bytes).c_str(),
-                    count, iters, seconds * 1e6, algbw, algbw * bus_factor(info.op, p),
+        std::printf("  %10s %12zu %6ld %12.1f %12.3f %12.3f  %s\n", format_bytes(moved).c_str(),
+                    c.count, iters, seconds * 1e6, algbw, algbw * bus_factor(info.op, p),
                     wrong == 0 ? "ok" : "wrong");
         std::fflush(stdout);
       }
