@@ -362,6 +362,13 @@ struct ArenaCursor {
 // Floats of n activations of `m`'s backend.
 size_t act_floats(const Model& m, size_t n) { return floats_for(n * kb(m).activation_bytes()); }
 
+// The output gradients a split backward's weight pass reads, of sub-layer kind `sub` (0:
+// attention, 1: MLP), into `a`.
+void plan_output_gradients(const Model& m, ArenaCursor& plan, int sub, size_t N, SublayerActs& a) {
+  a.d_out = plan.act(N * m.spec.C);
+  a.d_mid = plan.act(N * (sub == 0 ? qkv_columns(m) : mlp_columns(m)));
+}
+
 // One sub-layer's saved activations (with split backward also its output gradients).
 SublayerActs plan_sublayer(const Model& m, ArenaCursor& plan, int sub, int B, int T, bool split) {
   const size_t N = static_cast<size_t>(B) * T, C = m.spec.C, Cl = m.par.Cl, F = m.par.Fl,
@@ -375,10 +382,7 @@ SublayerActs plan_sublayer(const Model& m, ArenaCursor& plan, int sub, int B, in
   a.hidden = plan.act(N * mid);
   a.hidden2 = plan.act(N * (sub == 0 ? Cl : F));
   if (sub == 0) a.lse = plan.take(B * H * T);
-  if (split) {
-    a.d_out = plan.act(N * C);
-    a.d_mid = plan.act(N * mid);
-  }
+  if (split) plan_output_gradients(m, plan, sub, N, a);
   if (const size_t r = m.spec.config.loop_lora_rank(); r > 0) {
     a.lora_in = plan.act(N * r);
     a.lora_proj = plan.act(N * r);
@@ -401,11 +405,8 @@ void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T, bool split) {
       for (int i = 2 * g.begin; i < 2 * g.end; ++i)
         c.acts[i - 2 * c.begin] = plan_sublayer(m, plan, i % 2, B, T, split);
     if (g.kind != ChunkSegment::kRecomputed) continue;
-    for (int i = 2 * g.begin; split && i < 2 * g.end; ++i) {  // the weight pass's output gradients
-      SublayerActs& a = c.acts[i - 2 * c.begin];
-      a.d_out = plan.act(N * C);
-      a.d_mid = plan.act(N * (i % 2 == 0 ? qkv_columns(m) : mlp_columns(m)));
-    }
+    for (int i = 2 * g.begin; split && i < 2 * g.end; ++i)  // what the weight pass reads
+      plan_output_gradients(m, plan, i % 2, N, c.acts[i - 2 * c.begin]);
     g.checkpoint = plan.take(m.plan.checkpoint_floats);
     c.keeps_injected |= boundary_carries_injected(m, 2 * g.begin);
   }

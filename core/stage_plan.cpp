@@ -6,6 +6,7 @@
 
 #include "base/error.h"
 #include "core/config.h"
+#include "parallel/pipeline_schedule.h"
 
 namespace loom {
 namespace {
@@ -209,13 +210,13 @@ std::vector<int> stage_plan_pieces(const StagePlan& plan, int rank) {
   LOOM_CHECK(rank >= 0 && rank < plan.pp);
   std::vector<int> pieces;
   for (int c = 0; c < plan.virtual_stages; ++c)
-    pieces.push_back(plan.v_shape && c == 1 ? 2 * plan.pp - 1 - rank : c * plan.pp + rank);
+    pieces.push_back(pipeline_stage_of(plan.pp, plan.v_shape, rank, c));
   return pieces;
 }
 
 int stage_plan_rank_of(const StagePlan& plan, int piece) {
   LOOM_CHECK(piece >= 0 && piece < plan.pieces());
-  return plan.v_shape && piece >= plan.pp ? 2 * plan.pp - 1 - piece : piece % plan.pp;
+  return pipeline_rank_of(plan.pp, plan.v_shape, piece);
 }
 
 bool stage_plan_runs_layer(const ModelConfig& m, const StagePlan& plan, int rank, int layer) {

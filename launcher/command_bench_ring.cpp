@@ -16,6 +16,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/error.h"
@@ -97,6 +98,29 @@ struct RingTimes {
   double bytes = 0;                         // sent by this rank per forward + backward
 };
 
+// One method's forward + backward over the group, timed: `run` does one (after `prepare`, which is
+// not timed) and returns its {compute, wait} seconds. The first run warms up; medians of the rest,
+// and the bytes `sent` counted during the last.
+template <class Prepare, class Run>
+RingTimes time_runs(Communicator& sp, std::atomic<uint64_t>& sent, int iters, Prepare prepare,
+                    Run run) {
+  std::vector<double> compute, wait, total;
+  double bytes = 0;
+  for (int i = 0; i <= iters; ++i) {
+    prepare();
+    sp.barrier();
+    sent = 0;
+    const auto start = Clock::now();
+    const auto [computed, waited] = run();
+    if (i == 0) continue;  // warm-up
+    total.push_back(seconds_since(start));
+    compute.push_back(computed);
+    wait.push_back(waited);
+    bytes = static_cast<double>(sent.load());
+  }
+  return {median(compute), median(wait), median(total), bytes};
+}
+
 // Ulysses' forward + backward on zigzag rows; compute is what is not waiting on the all-to-alls.
 // `sent` counts what `sp` sends.
 RingTimes time_ulysses(Communicator& sp, std::atomic<uint64_t>& sent, const Shape& s, int iters) {
@@ -110,25 +134,17 @@ RingTimes time_ulysses(Communicator& sp, std::atomic<uint64_t>& sent, const Shap
   std::vector<char> scratch(ulysses_scratch_bytes(*be, s.B, Tl, s.C, s.H, sp.size()));
   const UlyssesWorkspace ws =
       ulysses_workspace_at(*be, work.data(), scratch.data(), s.B, Tl, s.C, s.C);
-  std::vector<double> compute, wait, total;
-  double bytes = 0;
-  for (int i = 0; i <= iters; ++i) {
-    UlyssesAttention u{&sp, SequenceLayout::kZigzag};
-    qkv = rows;  // forward leaves the head group's rows in qkv
-    sp.barrier();
-    sent = 0;
-    const auto start = Clock::now();
-    ulysses_attention_forward(u, *be, ws, out.data(), lse.data(), qkv.data(), s.B, Tl, s.C, s.H,
-                              s.H);
-    ulysses_attention_backward(u, *be, ws, dqkv.data(), dout.data(), qkv.data(), out.data(),
-                               lse.data(), s.B, Tl, s.C, s.H, s.H);
-    if (i == 0) continue;  // warm-up
-    total.push_back(seconds_since(start));
-    wait.push_back(u.wait_seconds);
-    compute.push_back(total.back() - u.wait_seconds);
-    bytes = static_cast<double>(sent.load());
-  }
-  return {median(compute), median(wait), median(total), bytes};
+  return time_runs(
+      sp, sent, iters, [&] { qkv = rows; },  // forward leaves the head group's rows in qkv
+      [&] {
+        UlyssesAttention u{&sp, SequenceLayout::kZigzag};
+        const auto start = Clock::now();
+        ulysses_attention_forward(u, *be, ws, out.data(), lse.data(), qkv.data(), s.B, Tl, s.C, s.H,
+                                  s.H);
+        ulysses_attention_backward(u, *be, ws, dqkv.data(), dout.data(), qkv.data(), out.data(),
+                                   lse.data(), s.B, Tl, s.C, s.H, s.H);
+        return std::pair{seconds_since(start) - u.wait_seconds, u.wait_seconds};
+      });
 }
 
 RingTimes time_ring(Communicator& sp, std::atomic<uint64_t>& sent, SequenceLayout layout,
@@ -143,24 +159,16 @@ RingTimes time_ring(Communicator& sp, std::atomic<uint64_t>& sent, SequenceLayou
   std::vector<char> scratch(be->attention_block_scratch_bytes(s.B, s.H, Tl, Tl));
   const RingWorkspace ws =
       ring_workspace_at(*be, work.data(), block_lse.data(), scratch.data(), s.B, Tl, s.C, s.C);
-  std::vector<double> compute, wait, total;
-  double bytes = 0;
-  for (int i = 0; i <= iters; ++i) {
-    RingAttention ring(&sp, layout);
-    sp.barrier();
-    sent = 0;
-    const auto start = Clock::now();
-    ring_attention_forward(ring, *be, ws, out.data(), lse.data(), qkv.data(), s.B, Tl, s.C, s.H,
-                           s.H);
-    ring_attention_backward(ring, *be, ws, dqkv.data(), dout.data(), qkv.data(), out.data(),
-                            lse.data(), s.B, Tl, s.C, s.H, s.H);
-    if (i == 0) continue;  // warm-up
-    total.push_back(seconds_since(start));
-    compute.push_back(ring.compute_seconds);
-    wait.push_back(ring.wait_seconds);
-    bytes = static_cast<double>(sent.load());
-  }
-  return {median(compute), median(wait), median(total), bytes};
+  return time_runs(
+      sp, sent, iters, [] {},
+      [&] {
+        RingAttention ring(&sp, layout);
+        ring_attention_forward(ring, *be, ws, out.data(), lse.data(), qkv.data(), s.B, Tl, s.C, s.H,
+                               s.H);
+        ring_attention_backward(ring, *be, ws, dqkv.data(), dout.data(), qkv.data(), out.data(),
+                                lse.data(), s.B, Tl, s.C, s.H, s.H);
+        return std::pair{ring.compute_seconds, ring.wait_seconds};
+      });
 }
 
 // Every rank's value, on every rank.

@@ -20,17 +20,14 @@ bool is_compute(const PipelineAction& a) {
   return a.type == Type::kForward || a.type == Type::kBackward || a.type == Type::kWeight;
 }
 
-// Where the p · v global stages sit: stage g = chunk · p + rank (Megatron's interleaving), or in
-// a V (ZERO_BUBBLE_V, v = 2): rank r holds stages r and 2p − 1 − r, so rank p − 1 runs stages
-// p − 1 and p back to back (a transfer to itself) and rank 0 the first and the last.
+// Where the p · v global stages sit (pipeline_stage_of): in a V rank p − 1 runs stages p − 1 and
+// p back to back (a transfer to itself) and rank 0 the first and the last.
 struct Placement {
   int p = 1, v = 1;
   bool v_shape = false;
   int stages() const { return p * v; }
-  int stage(int rank, int chunk) const {
-    return v_shape && chunk == 1 ? 2 * p - 1 - rank : chunk * p + rank;
-  }
-  int rank_of(int g) const { return v_shape && g >= p ? 2 * p - 1 - g : g % p; }
+  int stage(int rank, int chunk) const { return pipeline_stage_of(p, v_shape, rank, chunk); }
+  int rank_of(int g) const { return pipeline_rank_of(p, v_shape, g); }
   int chunk_of(int g) const { return g / p; }
 };
 
@@ -279,6 +276,14 @@ std::vector<std::vector<PipelineAction>> all_compute_orders(PipelineKind kind, i
 }  // namespace
 
 bool pipeline_v_shape(PipelineKind kind) { return kind == PipelineKind::kZeroBubbleV; }
+
+int pipeline_stage_of(int p, bool v_shape, int rank, int chunk) {
+  return v_shape && chunk == 1 ? 2 * p - 1 - rank : chunk * p + rank;
+}
+
+int pipeline_rank_of(int p, bool v_shape, int g) {
+  return v_shape && g >= p ? 2 * p - 1 - g : g % p;
+}
 
 const char* pipeline_kind_name(PipelineKind kind) {
   switch (kind) {

@@ -72,6 +72,10 @@ std::vector<std::vector<PipelineAction>> pipeline_with_receives(
     bool v_shape = false);
 // Whether `kind` places its chunks in a V (ZERO_BUBBLE_V).
 bool pipeline_v_shape(PipelineKind kind);
+// The global stage that chunk `chunk` of rank `rank` runs, of p · v: chunk · p + rank, or in a V
+// (v = 2) rank for chunk 0 and 2p − 1 − rank for chunk 1; and the rank that runs stage g.
+int pipeline_stage_of(int p, bool v_shape, int rank, int chunk);
+int pipeline_rank_of(int p, bool v_shape, int g);
 
 // The ordered action list of `rank` for one training step.
 std::vector<PipelineAction> pipeline_schedule(PipelineKind kind, int p, int m, int v, int rank);

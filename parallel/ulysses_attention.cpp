@@ -80,26 +80,34 @@ void exchange(UlyssesAttention& u, const kernels::KernelBackend& be, const void*
   u.wait_seconds += std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// Elements of the workspace's parts: each exchange buffer (q, k, v, or the output beside its
+// gradient), and the head group's output (its gradient the same) and dq, dk, dv.
+struct WorkspaceParts {
+  size_t exchanged, out, dqkv;
+};
+WorkspaceParts workspace_parts(int B, int Tl, int Cl, int Ckv) {
+  const size_t N = static_cast<size_t>(B) * Tl, W = static_cast<size_t>(Cl) + 2 * Ckv;
+  return {N * std::max<size_t>(W, 2 * static_cast<size_t>(Cl)), N * Cl, N * W};
+}
+
 }  // namespace
 
 size_t ulysses_workspace_activations(int B, int Tl, int Cl, int Ckv) {
-  const size_t N = static_cast<size_t>(B) * Tl, W = static_cast<size_t>(Cl) + 2 * Ckv;
-  const size_t exchanged = N * std::max<size_t>(W, 2 * static_cast<size_t>(Cl));
-  return 2 * exchanged + 2 * N * Cl + N * W;
+  const WorkspaceParts p = workspace_parts(B, Tl, Cl, Ckv);
+  return 2 * p.exchanged + 2 * p.out + p.dqkv;
 }
 
 UlyssesWorkspace ulysses_workspace_at(const kernels::KernelBackend& be, void* activations,
                                       void* scratch, int B, int Tl, int Cl, int Ckv) {
-  const size_t N = static_cast<size_t>(B) * Tl, W = static_cast<size_t>(Cl) + 2 * Ckv;
-  const size_t exchanged = N * std::max<size_t>(W, 2 * static_cast<size_t>(Cl));
+  const WorkspaceParts p = workspace_parts(B, Tl, Cl, Ckv);
   char* base = static_cast<char*>(activations);
   const size_t bytes = be.activation_bytes();
   UlyssesWorkspace ws;
   ws.send = base;
-  ws.receive = base + exchanged * bytes;
-  ws.out = base + 2 * exchanged * bytes;
-  ws.dout = base + (2 * exchanged + N * Cl) * bytes;
-  ws.dqkv = base + (2 * exchanged + 2 * N * Cl) * bytes;
+  ws.receive = base + p.exchanged * bytes;
+  ws.out = base + 2 * p.exchanged * bytes;
+  ws.dout = base + (2 * p.exchanged + p.out) * bytes;
+  ws.dqkv = base + (2 * p.exchanged + 2 * p.out) * bytes;
   ws.scratch = scratch;
   return ws;
 }
