@@ -70,8 +70,11 @@ def main():
     os.chdir(work)
     started = time.monotonic()
     try:
+        bench_common.prepare_data(loom, source, inputs=("core",))  # once: attempts share it
+        with open("overlap.textproto", "w") as f:
+            f.write(CONFIG)
         for attempt in range(1, args.attempts + 1):
-            if run(loom, source, args, started) == 0:
+            if run(loom, args, started, attempt) == 0:
                 return 0
             if attempt < args.attempts:
                 print(f"attempt {attempt} of {args.attempts} failed; measuring again")
@@ -84,11 +87,8 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(loom, source, args, started):
-    bench_common.prepare_data(loom, source, inputs=("core",))
-    with open("overlap.textproto", "w") as f:
-        f.write(CONFIG)
-
+def run(loom, args, started, attempt):
+    """One measurement (four runs, in their own run directories); 0 when the ladder hides it."""
     def train(residual, delay):
         env = {}
         if delay:
@@ -96,7 +96,7 @@ def run(loom, source, args, started):
                                  f"seconds={delay:.6f}")
         sets = [f"train.steps={args.steps}", f"train.global_batch={MICRO_BATCH * args.dp}",
                 f"parallel.tp={args.tp}", f"parallel.dp={args.dp}", f"model.residual={residual}"]
-        run_dir = f"run-{residual}-{'delayed' if delay else 'plain'}"
+        run_dir = f"run{attempt}-{residual}-{'delayed' if delay else 'plain'}"
         bench_common.train(loom, "overlap.textproto", run_dir, sets, ranks=args.tp * args.dp,
                            env=env, timeout=300)
         return bench_common.step_medians(run_dir, warmup=1)
