@@ -10,6 +10,7 @@ loom=$1
 src=$2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+source "$src/tests/lib/wait_job.sh"
 cd "$tmp"
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
@@ -125,9 +126,7 @@ if start_job run-kill9; then
   else
     start=$SECONDS
     kill -9 "$victim"
-    ( sleep 60; kill -9 "$job_pid" ) >/dev/null 2>&1 & watchdog=$!
-    wait "$job_pid"; rc=$?
-    kill "$watchdog" 2>/dev/null
+    wait_job 60 "$job_pid"
     elapsed=$((SECONDS - start))
     if [ "$rc" -eq 0 ] || [ "$elapsed" -gt 30 ]; then
       fail "kill-9: exit $rc after ${elapsed} s"
@@ -165,9 +164,7 @@ b = bytearray(open(p, 'rb').read())
 for i in range(1024, len(b), 2):
     b[i], b[i + 1] = (b[i] * 7 + 1) % 200, 0
 open(p, 'r+b').write(b)" "data-w$dp/train_000000.bin"
-  ( sleep 60; kill -9 "$job" ) >/dev/null 2>&1 & watchdog=$!
-  wait "$job"; rc=$?
-  kill "$watchdog" 2>/dev/null
+  wait_job 60 "$job"
   "$loom" train tiny.textproto --set parallel.dp=$dp --set "data.train_shards=data-w$dp/train_*.bin" \
     --run-dir "$name" --resume >"$name-resume.out" 2>&1
   resumed=$?

@@ -21,6 +21,7 @@ loom=$2
 src=$3
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+source "$src/tests/lib/wait_job.sh"
 cd "$tmp"
 export OMP_WAIT_POLICY=PASSIVE
 fail() { echo "FAIL: $scenario: $*"; exit 1; }
@@ -122,9 +123,7 @@ case "$scenario" in
     sleep 1
     steps_after=$(wc -l <run/metrics.jsonl)
     kill -USR1 "$job"  # stop cleanly
-    ( sleep 60; kill -9 "$job" ) >/dev/null 2>&1 & watchdog=$!
-    wait "$job"; rc=$?
-    kill "$watchdog" 2>/dev/null
+    wait_job 60 "$job"
     [ "$rc" -eq 75 ] || fail "the job ended with status $rc, not 75 (stopped by SIGUSR1): $(tail -3 train.out)"
     [ "$steps_after" -gt "$steps_at_dump" ] || fail "no step after the dump ($steps_at_dump, $steps_after)"
     for r in 0 1 2 3; do

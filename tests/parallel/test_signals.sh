@@ -15,6 +15,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
 failures=0
+source "$src/tests/lib/wait_job.sh"
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 pass() { echo "ok: $*"; }
 export OMP_WAIT_POLICY=PASSIVE
@@ -46,9 +47,7 @@ start() {
 # finish: waits for $pid (killing it after 60 s); sets rc and elapsed.
 finish() {
   local begin=$SECONDS
-  ( sleep 60; kill -9 "$pid" ) >/dev/null 2>&1 & local watchdog=$!
-  wait "$pid"; rc=$?
-  kill "$watchdog" 2>/dev/null
+  wait_job 60 "$pid"
   elapsed=$((SECONDS - begin))
 }
 # stopped_cleanly NAME HOW SIGNAL: exit 75, a checkpoint of the last step in metrics.jsonl, the
@@ -102,9 +101,11 @@ if start "$name" "${mpirun[@]}" "$loom" train tiny.textproto --run-dir "$name"; 
   stopped_cleanly "$name" "SIGTERM to every rank" "SIGTERM"
 fi
 
-# A second signal stops at once: each step takes 4 s here (every gradient all-reduce delayed),
-# so the first signal's stop is still waiting for its step when the second comes.
-delay=LOOM_FAULT="rank=*,group=dp_sp,op=*,action=delay,seconds=4"
+# A second signal stops at once: each step takes 10 s here (every gradient all-reduce delayed),
+# so the first signal's stop is still waiting for its step when the second comes 2.5 s later
+# (after the 2 s in which a repeat counts as the same request), even on a loaded machine where
+# the step's line reaches metrics.jsonl late.
+delay=LOOM_FAULT="rank=*,group=dp_sp,op=*,action=delay,seconds=10"
 ranks_of() { pgrep -f "^[^ ]*loom train tiny.textproto.*--run-dir $1\$"; }
 for target in launcher ranks; do
   name=twice-$target
