@@ -148,16 +148,21 @@ void check_sizes(const config::RunConfig& cfg) {
               " layers (prelude_layers + block_layers × loops + coda_layers), more than loom "
               "accepts (4194304)");
   const auto& o = cfg.optim();
-  for (auto [name, value] :
-       {std::pair{"optim.lr", static_cast<double>(o.lr())}, {"optim.beta1", o.beta1()},
-        {"optim.beta2", o.beta2()}, {"optim.eps", o.eps()},
-        {"optim.weight_decay", o.weight_decay()}, {"optim.lr_min_ratio", o.lr_min_ratio()},
-        {"train.grad_clip", t.grad_clip()}, {"model.init_std", m.init_std()},
-        {"model.norm_eps", m.norm_eps()}, {"model.rope_theta", m.rope_theta()},
-        {"model.loops_sampling.mean", m.loops_sampling().mean()},
-        {"model.loops_sampling.sigma", m.loops_sampling().sigma()},
-        {"logging.sample_temperature", cfg.logging().sample_temperature()},
-        {"logging.straggler_pct", cfg.logging().straggler_pct()}})
+  for (auto [name, value] : {std::pair{"optim.lr", static_cast<double>(o.lr())},
+                             {"optim.beta1", o.beta1()},
+                             {"optim.beta2", o.beta2()},
+                             {"optim.eps", o.eps()},
+                             {"optim.weight_decay", o.weight_decay()},
+                             {"optim.lr_min_ratio", o.lr_min_ratio()},
+                             {"train.grad_clip", t.grad_clip()},
+                             {"model.init_std", m.init_std()},
+                             {"model.norm_eps", m.norm_eps()},
+                             {"model.rope_theta", m.rope_theta()},
+                             {"model.loops_sampling.mean", m.loops_sampling().mean()},
+                             {"model.loops_sampling.sigma", m.loops_sampling().sigma()},
+                             {"logging.sample_temperature", cfg.logging().sample_temperature()},
+                             {"logging.straggler_pct", cfg.logging().straggler_pct()},
+                             {"runtime.peak_tflops", cfg.runtime().peak_tflops()}})
     require(std::isfinite(value), std::string(name) + " must be a finite number (got " +
                                       std::to_string(value) + ")");
   const long tokens = static_cast<long>(t.micro_batch()) * t.seq_len();
@@ -495,6 +500,8 @@ void validate_config(const config::RunConfig& cfg) {
   require(cfg.logging().flight_entries() >= 0,
           "logging.flight_entries must not be negative (0: no flight recorder)");
   require(cfg.runtime().threads() >= 0, "runtime.threads must not be negative (0 = all cores)");
+  require(cfg.runtime().peak_tflops() >= 0,
+          "runtime.peak_tflops must not be negative (0 = measured: core/peak_flops.h)");
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   require(cfg.runtime().threads() <= 4 * cores,
           "runtime.threads (" + num(cfg.runtime().threads()) + ") is more than 4× this machine's " +

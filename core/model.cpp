@@ -175,6 +175,14 @@ void recompute_units(Model& m, const ModelChunk& c, int chunk, int slot, int B, 
   auto inner = [&m](int k) {
     return act(m, m.plan.inner_checkpoints + k * m.plan.checkpoint_floats);
   };
+  // This rank's share of the re-run positions' model FLOPs: its B·T tokens of sequences
+  // sp·T long, its 1/tp of each layer.
+  auto count = [&m, B, T](int begin, int end) {
+    for (int p = begin; p < end; ++p)
+      m.passes.recompute_flops += static_cast<double>(B) * T *
+                                  position_model_flops(m, p, T * m.par.sp.size) / m.par.tp.size;
+  };
+  if (top > 0) count(g.begin, g.units[top]);
   if (top > 0)  // up to unit top's start, which `live` then holds
     forward_walk(m, live,
                  {g.begin, g.units[top], B, T, work,
@@ -186,6 +194,7 @@ void recompute_units(Model& m, const ModelChunk& c, int chunk, int slot, int B, 
   for (int k = top; k >= 0; --k) {
     const int begin = g.units[k], end = k + 1 < units ? g.units[k + 1] : g.end;
     if (k < top) restore(m, inner(k), begin, live);
+    count(begin, end);
     forward_walk(m, live, {begin, end, B, T, work, {}, WalkEnd::kDiscard});
     then(begin, end);
   }
@@ -366,6 +375,7 @@ void model_begin_passes(Model& m, TraceRecorder* trace) {
   ModelRouting& routing = m.routing;
   std::fill(routing.active.begin(), routing.active.end(), 0.0);
   routing.tokens = routing.aux_loss = routing.micro_batches = routing.forward_flops = 0;
+  m.passes = {};
   m.par.tp_sums.wait_seconds = 0.0;
   m.par.ring.wait_seconds = m.par.ring.compute_seconds = 0.0;
   m.par.ulysses.wait_seconds = 0.0;
@@ -382,22 +392,30 @@ double model_comm_wait_seconds(const Model& m) {
   return m.par.tp_sums.wait_seconds + m.par.ring.wait_seconds + m.par.ulysses.wait_seconds;
 }
 
+double position_model_flops(const Model& m, int p, int T) {
+  const config::ModelConfig& cfg = m.spec.config;
+  const int loop_begin = cfg.prelude_layers(),
+            loop_end = loop_begin + cfg.block_layers() * m.spec.loops;
+  double lora = 0;
+  if (p >= loop_begin && p < loop_end) {
+    // Relaxed recursion: each loop position's four linear layers add 2·r·(in + out) each.
+    const double C = m.spec.C, F = m.spec.F, r = cfg.loop_lora_rank();
+    const double Ckv = static_cast<double>(m.spec.Hkv) * (C / m.spec.H);
+    lora = 2.0 * r * ((2 * C + 2 * Ckv) + 2 * C + (C + (is_swiglu(m) ? 2 : 1) * F) + (F + C));
+  }
+  return layer_model_flops(cfg, T) + lora;
+}
+
 double model_train_flops_per_token(const Model& m, int T) {
   // Mixture-of-Recursions: what the last passes ran (each iteration on its tokens).
   if (model_routed(m.spec.config) && m.routing.tokens > 0)
     return model_routing_stats(m).train_flops_per_token;
-  const double C = m.spec.C, V = m.spec.V;
-  // Relaxed recursion: each loop position's four linear layers add 2·r·(in + out) each.
-  const double F = m.spec.F, r = m.spec.config.loop_lora_rank();
-  const double Ckv = static_cast<double>(m.spec.Hkv) * (C / m.spec.H);
-  const double lora =
-      2.0 * r * ((2 * C + 2 * Ckv) + 2 * C + (C + (is_swiglu(m) ? 2 : 1) * F) + (F + C));
-  const double loop_positions =
-      static_cast<double>(m.spec.config.block_layers()) * static_cast<double>(m.spec.loops);
-  const double forward =
-      static_cast<double>(m.spec.unrolled.size()) * layer_forward_flops(m.spec.config, T) +
-      loop_positions * lora + 2.0 * C * V;
+  double forward = 2.0 * m.spec.C * m.spec.V;  // the LM head
+  for (int p = 0; p < static_cast<int>(m.spec.unrolled.size()); ++p)
+    forward += position_model_flops(m, p, T);
   return 3.0 * forward;
 }
+
+double model_recompute_flops(const Model& m) { return m.passes.recompute_flops; }
 
 }  // namespace loom

@@ -331,6 +331,12 @@ struct ModelBuffers {
 
 // The model: a few parts, each with one job. Layers and chunks read what they need from the part
 // that owns it.
+// What this rank's passes did since model_begin_passes, beyond what the model's shape says.
+struct PassCounters {
+  // Forward FLOPs run again by train.recompute (model_recompute_flops).
+  double recompute_flops = 0;
+};
+
 struct Model {
   ModelSpec spec;
   ParamLayout layout;
@@ -339,6 +345,7 @@ struct Model {
   ArenaTemporaries temps;
   ModelBuffers buf;
   ModelRouting routing;  // model.recursion_router only
+  PassCounters passes;
 };
 
 // Builds the parameter layout for `cfg` (validated) with zeroed buffers: this rank's shards when
@@ -481,10 +488,17 @@ struct RoutingStats {
 };
 RoutingStats model_routing_stats(const Model& model);
 
-// Floating-point operations of one training step per token (forward + backward = 3 × forward
-// matmul and attention FLOPs, the causal half of attention counted), for throughput figures.
-// A routed model (model.recursion_router) counts what the passes since model_begin_passes ran,
-// or, before any, every token at every iteration.
+// Model FLOPs of one training step per token at sequence length T: forward + backward = 3 ×
+// forward matmul and attention FLOPs, attention over all T keys (Megatron's convention; no
+// recomputation), what MFU divides (docs/architecture.md, "Utilisation"). A routed model
+// (model.recursion_router) counts what the passes since model_begin_passes ran (attention's
+// causal half), or, before any, every token at every iteration.
 double model_train_flops_per_token(const Model& model, int T);
+// Forward model FLOPs per token of unrolled position p in sequences T long: its layer's, and in
+// the loop with model.loop_lora_rank its LoRA factors'.
+double position_model_flops(const Model& model, int p, int T);
+// This rank's share of the forward FLOPs train.recompute ran again since model_begin_passes (in
+// the same convention): with model FLOPs, the hardware FLOPs.
+double model_recompute_flops(const Model& model);
 
 }  // namespace loom

@@ -281,35 +281,56 @@ std::string float_text(float v) {
 
 }  // namespace
 
-std::string metrics_line(long step, int loops, const StepResult& r, float lr, double tokens_per_s,
-                         double ms, const std::vector<ValLoss>& val, bool skipped,
-                         double activation_bytes, const BitsPerByte& bpb, const RankHealth* health,
-                         const std::string& sent) {
+Utilisation step_utilisation(const StepResult& r, double ms, int ranks, double peak_tflops) {
+  Utilisation u;
+  u.model_flops = r.model_flops;
+  u.hardware_flops = r.hardware_flops;
+  u.peak_tflops = peak_tflops;
+  const double rank_seconds = ms / 1000.0 * ranks;
+  if (rank_seconds <= 0) return u;
+  u.tflops_per_rank = r.model_flops / rank_seconds / 1e12;
+  if (peak_tflops > 0) {
+    u.mfu = u.tflops_per_rank / peak_tflops;
+    u.hfu = r.hardware_flops / rank_seconds / 1e12 / peak_tflops;
+  }
+  return u;
+}
+
+std::string metrics_line(const StepRecord& record) {
+  const StepResult& r = *record.result;
+  const Utilisation& use = record.use;
+  const BitsPerByte& bpb = record.bpb;
+  const std::vector<ValLoss>& val = record.val;
   std::ostringstream out;
   out.precision(8);
-  out << "{\"step\":" << step << ",\"loops\":" << loops << ",\"loss\":" << json_number(r.loss)
-      << ",\"lr\":" << float_text(lr) << ",\"grad_norm\":" << json_number(r.grad_norm)
-      << ",\"tokens_per_s\":" << tokens_per_s << ",\"ms_per_step\":" << ms
-      << ",\"comm_wait_ms\":" << r.comm_wait_s * 1000.0;
+  out << "{\"step\":" << record.step << ",\"loops\":" << record.loops
+      << ",\"loss\":" << json_number(r.loss) << ",\"lr\":" << float_text(record.lr)
+      << ",\"grad_norm\":" << json_number(r.grad_norm)
+      << ",\"tokens_per_s\":" << record.tokens_per_s << ",\"ms_per_step\":" << record.ms
+      << ",\"comm_wait_ms\":" << r.comm_wait_s * 1000.0 << ",\"model_flops\":" << use.model_flops
+      << ",\"hardware_flops\":" << use.hardware_flops
+      << ",\"tflops_per_rank\":" << use.tflops_per_rank << ",\"peak_tflops\":" << use.peak_tflops
+      << ",\"mfu\":" << use.mfu << ",\"hfu\":" << use.hfu;
   if (bpb.train >= 0 || std::isnan(bpb.train)) out << ",\"bpb\":" << json_number(bpb.train);
   if (!val.empty()) out << ",\"val_loss\":" << json_number(val.front().loss);
   if (bpb.val >= 0 || std::isnan(bpb.val)) out << ",\"val_bpb\":" << json_number(bpb.val);
   for (size_t i = 0; i < val.size(); ++i)
     out << (i == 0 ? ",\"val_loss_by_loops\":{" : ",") << '"' << val[i].loops
         << "\":" << json_number(val[i].loss) << (i + 1 == val.size() ? "}" : "");
-  out << ",\"activation_peak_mib\":" << activation_bytes / (1024.0 * 1024.0);
-  if (health)
-    out << ",\"rank_busy_ms_min\":" << health->min_ms << ",\"rank_busy_ms_median\":"
-        << health->median_ms << ",\"rank_busy_ms_max\":" << health->max_ms
-        << ",\"slowest_rank\":" << health->slowest;
-  if (!sent.empty()) out << ",\"sent_mib\":{" << sent << "}";
+  out << ",\"activation_peak_mib\":" << record.activation_bytes / (1024.0 * 1024.0);
+  if (record.health)
+    out << ",\"rank_busy_ms_min\":" << record.health->min_ms
+        << ",\"rank_busy_ms_median\":" << record.health->median_ms
+        << ",\"rank_busy_ms_max\":" << record.health->max_ms
+        << ",\"slowest_rank\":" << record.health->slowest;
+  if (!record.sent.empty()) out << ",\"sent_mib\":{" << record.sent << "}";
   for (size_t i = 0; i < r.routing.active_fraction.size(); ++i)
     out << (i == 0 ? ",\"routed_fraction\":[" : ",") << r.routing.active_fraction[i]
         << (i + 1 == r.routing.active_fraction.size() ? "]" : "");
   if (!r.routing.active_fraction.empty())
     out << ",\"router_aux_loss\":" << json_number(r.routing.aux_loss)
         << ",\"step_flops\":" << r.step_flops;
-  if (skipped) out << ",\"skipped\":true";
+  if (record.skipped) out << ",\"skipped\":true";
   out << "}";
   return out.str();
 }

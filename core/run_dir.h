@@ -148,14 +148,36 @@ struct ValLoss {
   double loss = 0;
 };
 
+// How much of the machine a step used (docs/architecture.md, "Utilisation"): the step's model
+// and hardware FLOPs over every rank (StepResult), per rank per second, against one rank's peak.
+struct Utilisation {
+  double model_flops = 0, hardware_flops = 0;
+  double tflops_per_rank = 0;  // model FLOPs ÷ step time ÷ ranks
+  double peak_tflops = 0;      // one rank's (core/peak_flops.h)
+  double mfu = 0, hfu = 0;     // model and hardware FLOPs ÷ step time ÷ ranks ÷ peak
+};
+Utilisation step_utilisation(const StepResult& r, double ms, int ranks, double peak_tflops);
+
+// What metrics.jsonl records of a step.
+struct StepRecord {
+  long step = 0;
+  int loops = 0;
+  const StepResult* result = nullptr;
+  float lr = 0;
+  double tokens_per_s = 0, ms = 0;
+  std::vector<ValLoss> val;  // each count of train.eval_loops in its order; empty: none this step
+  bool skipped = false;
+  double activation_bytes = 0;
+  BitsPerByte bpb;
+  const RankHealth* health = nullptr;  // when measured
+  std::string sent;                    // MiB each group sent ("tp":0.5,...) when given
+  Utilisation use;
+};
+
 // One line of metrics.jsonl (without the newline): the step's figures, and rank health and the
-// MiB each group sent ("tp":0.5,...) when given. `val` holds the validation's losses at each
-// count of train.eval_loops, in its order (empty: no validation this step): the first is
-// val_loss, all are val_loss_by_loops ({"1":x,"4":y}).
-std::string metrics_line(long step, int loops, const StepResult& r, float lr, double tokens_per_s,
-                         double ms, const std::vector<ValLoss>& val, bool skipped,
-                         double activation_bytes, const BitsPerByte& bpb, const RankHealth* health,
-                         const std::string& sent);
+// MiB each group sent when given. Of `val` the first is val_loss, all are val_loss_by_loops
+// ({"1":x,"4":y}).
+std::string metrics_line(const StepRecord& record);
 
 // metrics.jsonl's record of an automatic restart (loom train --max-restarts), written once the
 // restarted run has resumed at `step`: {"step":S,"restart":K,"cause":"..."} (no loss: readers

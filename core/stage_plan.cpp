@@ -160,14 +160,20 @@ std::string layer_span(const char* part, int first, int last) {
 
 }  // namespace
 
-double layer_forward_flops(const ModelConfig& m, int T) {
+double layer_matmul_flops(const ModelConfig& m) {
   const double C = m.d_model(), F = m.d_mlp();
   const double Ckv = static_cast<double>(model_kv_heads(m)) * (C / m.n_heads());
   const double mlp_in = m.mlp() == ModelConfig::SWIGLU ? 2 * F : F;  // SwiGLU's gate and up
-  const double matmul = 2.0 * ((C + 2 * Ckv) * C + C * C + mlp_in * C + F * C);
+  return 2.0 * ((C + 2 * Ckv) * C + C * C + mlp_in * C + F * C);
+}
+
+double layer_forward_flops(const ModelConfig& m, int T) {
   // Causal attention: q·kᵀ and p·v over (T + 1) / 2 keys on average, per channel.
-  const double attention = 2.0 * 2.0 * C * (T + 1) / 2.0;
-  return matmul + attention;
+  return layer_matmul_flops(m) + 2.0 * 2.0 * m.d_model() * (T + 1) / 2.0;
+}
+
+double layer_model_flops(const ModelConfig& m, int T) {
+  return layer_matmul_flops(m) + 2.0 * 2.0 * m.d_model() * T;
 }
 
 int unrolled_layers(const ModelConfig& m) {

@@ -33,6 +33,10 @@ int unrolled_layers(const config::ModelConfig& model);
 // projections, the MLP) and causal attention (scores and weighted values over (T + 1) / 2 keys
 // on average). A training step is 3× forward.
 double layer_forward_flops(const config::ModelConfig& model, int T);
+// The same with attention over all T keys (Megatron's convention for model FLOPs, which MFU
+// counts: docs/architecture.md, "Utilisation"); and the matmuls' part alone.
+double layer_model_flops(const config::ModelConfig& model, int T);
+double layer_matmul_flops(const config::ModelConfig& model);
 
 // One piece covering the whole model (no pipeline).
 StagePlan stage_plan_single(const config::ModelConfig& model);

@@ -41,10 +41,12 @@ MicroBatches sequence_part(const Model& model, MicroBatches batch, std::vector<i
 }
 
 // The step's sums over the data-parallel ranks, in one all-reduce: the loss (averaged), under
-// ZeRO the shards' squared norms, and what the router did (averaged; the FLOPs summed).
-void reduce_over_dp(Communicator& dp, StepResult& result, double& squares, bool zero) {
+// ZeRO the shards' squared norms, the recomputed FLOPs, and what the router did (averaged; the
+// FLOPs summed).
+void reduce_over_dp(Communicator& dp, StepResult& result, double& squares, bool zero,
+                    double& recomputed) {
   RoutingStats& routing = result.routing;
-  std::vector<double> sums = {result.loss, zero ? squares : 0.0};
+  std::vector<double> sums = {result.loss, zero ? squares : 0.0, recomputed};
   const bool routed = !routing.active_fraction.empty();
   if (routed) {
     sums.insert(sums.end(), {routing.aux_loss, result.step_flops});
@@ -54,11 +56,12 @@ void reduce_over_dp(Communicator& dp, StepResult& result, double& squares, bool 
   const double ranks = dp.size();
   result.loss = sums[0] / ranks;
   if (zero) squares = sums[1];
+  recomputed = sums[2];
   if (!routed) return;
-  routing.aux_loss = sums[2] / ranks;
-  result.step_flops = sums[3];
+  routing.aux_loss = sums[3] / ranks;
+  result.step_flops = sums[4];
   for (size_t r = 0; r < routing.active_fraction.size(); ++r)
-    routing.active_fraction[r] = sums[4 + r] / ranks;
+    routing.active_fraction[r] = sums[5 + r] / ranks;
 }
 
 }  // namespace
@@ -117,17 +120,33 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   const auto start = Clock::now();
   std::optional<TraceSpan> sums_span(std::in_place, parallel.trace, "loss and norm sums",
                                      "sum_wait");
-  if (model.par.tp.comm) model.par.tp.comm->all_reduce(&squares, 1);
+  double recomputed = model_recompute_flops(model);
+  if (model.par.tp.comm) {
+    double sums[2] = {squares, recomputed};
+    model.par.tp.comm->all_reduce(sums, 2, ReduceOp::kSum);
+    squares = sums[0];
+    recomputed = sums[1];
+  }
   if (parallel.pp && parallel.pp->size() > 1) {
     // The last stage's loss and every stage's squares, in one all-reduce.
-    double sums[2] = {result.loss, squares};
-    parallel.pp->all_reduce(sums, 2, ReduceOp::kSum);
+    double sums[3] = {result.loss, squares, recomputed};
+    parallel.pp->all_reduce(sums, 3, ReduceOp::kSum);
     result.loss = sums[0];
     squares = sums[1];
+    recomputed = sums[2];
   }
   result.routing = model_routing_stats(model);
   result.step_flops = result.routing.train_flops_per_token * static_cast<double>(B) * T * m;
-  if (parallel.dp) reduce_over_dp(*parallel.dp, result, squares, zero);
+  if (parallel.dp) reduce_over_dp(*parallel.dp, result, squares, zero, recomputed);
+  // Model FLOPs: every data-parallel replica's tokens (dp × sp ranks hold B·T each), at the
+  // whole sequence length.
+  const int sequence_ranks = model.par.sp.size;
+  const double step_tokens =
+      static_cast<double>(B) * T * m * (parallel.dp ? parallel.dp->size() : 1);
+  result.model_flops = result.routing.active_fraction.empty()
+                           ? model_train_flops_per_token(model, T * sequence_ranks) * step_tokens
+                           : result.step_flops;
+  result.hardware_flops = result.model_flops + recomputed;
   sums_span.reset();
   result.grad_norm = std::sqrt(squares);
   result.comm_wait_s += model_comm_wait_seconds(model) + pipe.wait_seconds + seconds_since(start);

@@ -30,6 +30,10 @@ struct StepResult {
   // FLOPs over all of them.
   RoutingStats routing;
   double step_flops = 0;
+  // The step's FLOPs over every rank (docs/architecture.md, "Utilisation"): the model's
+  // (model_train_flops_per_token, or a routed model's step_flops), and with what
+  // train.recompute ran again, the hardware's.
+  double model_flops = 0, hardware_flops = 0;
 };
 
 // The parallel side of a step; all null for one rank.

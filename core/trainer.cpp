@@ -26,6 +26,7 @@
 #include "core/loop_sampling.h"
 #include "core/parallel_layout.h"
 #include "core/param_shards.h"
+#include "core/peak_flops.h"
 #include "core/rank_health.h"
 #include "core/replica_shards.h"
 #include "core/run_dir.h"
@@ -211,7 +212,8 @@ struct LoopState {
   bool sample_whole = false;
   std::vector<float> final_params;
   Clock::time_point started;
-  std::ofstream metrics;  // rank 0
+  std::ofstream metrics;   // rank 0
+  double peak_tflops = 0;  // rank 0: one rank's, MFU's denominator (core/peak_flops.h)
   TrainSummary summary;
 };
 
@@ -310,6 +312,17 @@ void start_loop(Training& tr, int threads) {
   loop.inputs.resize(local_tokens);
   loop.targets.resize(local_tokens);
   loop.summary.run_dir = tr.in.run_dir.string();
+  if (tr.writer()) {
+    loop.peak_tflops = peak_tflops(cfg.runtime());
+    const std::filesystem::path cache = peak_cache_path();
+    tr.log.line(
+        format("utilisation: MFU against %.3g TFLOP/s per rank (%s)", loop.peak_tflops,
+               cfg.runtime().peak_tflops() > 0
+                   ? "runtime.peak_tflops"
+                   : format("an fp32 GEMM at %d threads, measured once, cached in %s", threads,
+                            cache.empty() ? "no file: HOME is not set" : cache.string().c_str())
+                         .c_str()));
+  }
   loop.started = Clock::now();
   loop.first_step = loop.step;
   // (Without a closing sample, rank 0 never holds the whole model.)
@@ -391,6 +404,8 @@ void record_step(Training& tr, const StepOutcome& o, const std::vector<ValLoss>&
   const auto& t = tr.cfg.train();
   LoopState& loop = tr.loop;
   const double tokens_per_s = static_cast<double>(t.global_batch()) * t.seq_len() / (o.ms / 1000.0);
+  const Utilisation use =
+      step_utilisation(o.result, o.ms, tr.run.groups.mesh.world_size(), loop.peak_tflops);
   if (tr.writer()) {
     BitsPerByte bpb;
     if (const auto& info = tr.in.data_info) {
@@ -399,10 +414,20 @@ void record_step(Training& tr, const StepOutcome& o, const std::vector<ValLoss>&
         bpb.val = bits_per_byte(val.front().loss, tr.in.val_info->val_tokens(),
                                 tr.in.val_info->val_bytes());
     }
-    loop.metrics << metrics_line(loop.step, o.loops, o.result, o.lr, tokens_per_s, o.ms, val,
-                                 !o.result.finite, loop.activation_peak, bpb,
-                                 health ? &*health : nullptr, o.sent)
-                 << '\n';
+    StepRecord record{loop.step,
+                      o.loops,
+                      &o.result,
+                      o.lr,
+                      tokens_per_s,
+                      o.ms,
+                      val,
+                      !o.result.finite,
+                      loop.activation_peak,
+                      bpb,
+                      health ? &*health : nullptr,
+                      o.sent,
+                      use};
+    loop.metrics << metrics_line(record) << '\n';
     if (!loop.metrics.flush()) throw_write_error((tr.in.run_dir / "metrics.jsonl").string());
   }
   loop.summary.last_loss = o.result.loss;
@@ -414,9 +439,9 @@ void record_step(Training& tr, const StepOutcome& o, const std::vector<ValLoss>&
   const double eta = elapsed / (step - loop.first_step) * (t.steps() - step);
   std::string line = format(
       "step %5ld/%ld | loss %.4f | lr %.2e | grad norm %.3f | %.0f tok/s "
-      "| %.0f ms/step | ETA %s",
+      "| %.0f ms/step | %.3g TFLOP/s/rank, MFU %.1f%% | ETA %s",
       step, static_cast<long>(t.steps()), o.result.loss, o.lr, o.result.grad_norm, tokens_per_s,
-      o.ms, duration(eta).c_str());
+      o.ms, use.tflops_per_rank, 100.0 * use.mfu, duration(eta).c_str());
   if (tr.run.groups.is_distributed())
     line += format(" | comm wait %.0f ms", o.result.comm_wait_s * 1000.0);
   const std::vector<double>& routed = o.result.routing.active_fraction;

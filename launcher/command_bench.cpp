@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <thread>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "core/model.h"
 #include "core/optimizer.h"
 #include "core/parallel_layout.h"
+#include "core/peak_flops.h"
 #include "core/trainer.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/threads.h"
@@ -25,16 +27,19 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr const char* kHelp = R"(usage: loom bench step CONFIG [--set k=v]... [--steps N] [--warmup N] [--json]
+constexpr const char* kHelp =
+    R"(usage: loom bench step CONFIG [--set k=v]... [--steps N] [--warmup N] [--json]
        loom bench sgemm [--size N] [--threads N]
        mpirun -np N loom bench comm [--min 1K] [--max 256M] [--ops ...]   (see bench comm --help)
        mpirun -np SP loom bench ring [--seq-len 4096] ...                (see bench ring --help)
 
 step:  times whole training steps (forward, backward, clipping, AdamW) of CONFIG's model on one
        micro-batch of random tokens, after warm-up; prints the median step time, tokens/s, the
-       FLOP rate (3 × forward matmul and causal-attention FLOPs) and that rate as a share of the
-       machine's OpenBLAS sgemm rate measured in the same run. No data files are needed.
-sgemm: the OpenBLAS sgemm rate on N×N×N (default 2048), best of 5.
+       model FLOP rate and MFU and HFU as loom train reports them (model FLOPs: 3 × forward
+       matmuls and attention over all keys; hardware FLOPs add what train.recompute runs again;
+       the peak is runtime.peak_tflops or the cached sgemm rate). No data files are needed.
+sgemm: the OpenBLAS sgemm rate on N×N×N (default 2048), best of 5; at 2048 it is also cached
+       as loom train's peak for MFU at that thread count (core/peak_flops.h says where).
 comm:  all-reduce / reduce-scatter / all-gather time, algorithm and bus bandwidth over sizes, as
        nccl-tests reports them, for the MPI backend; run under mpirun.
 ring:  ring attention over the job's ranks against one rank's whole-sequence attention: per-rank
@@ -49,22 +54,6 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
-// Best-of-five GFLOP/s of an N×N×N sgemm through the kernel API.
-double sgemm_gflops(int n) {
-  std::vector<float> a(static_cast<size_t>(n) * n), b(a.size()), c(a.size());
-  Rng rng{7};
-  for (float& x : a) x = static_cast<float>(rng.uniform() - 0.5);
-  for (float& x : b) x = static_cast<float>(rng.uniform() - 0.5);
-  double best = 0.0;
-  for (int rep = 0; rep < 6; ++rep) {
-    const auto start = Clock::now();
-    kernels::cpu::matmul_forward(c.data(), a.data(), b.data(), nullptr, n, n, n);
-    const double s = std::chrono::duration<double>(Clock::now() - start).count();
-    if (rep > 0) best = std::max(best, 2.0 * n * n * n / s / 1e9);  // first run warms up
-  }
-  return best;
-}
-
 int bench_sgemm(const Args& args) {
   const long requested = args.integer("--threads", 0);
   if (requested < 0 || requested > 4L * std::max(1u, std::thread::hardware_concurrency()))
@@ -76,7 +65,17 @@ int bench_sgemm(const Args& args) {
     throw Error("--size must be between 1 and 16384 (got " + std::to_string(size) + ")");
   const int threads = kernels::cpu::init_threads(static_cast<int>(requested));
   const int n = static_cast<int>(size);
-  std::printf("sgemm %d^3, %d threads: %.1f GFLOP/s\n", n, threads, sgemm_gflops(n));
+  if (n != 2048) {
+    std::printf("sgemm %d^3, %d threads: %.1f GFLOP/s\n", n, threads, gemm_gflops(n));
+    return 0;
+  }
+  // The size MFU's peak is measured at: measured again and cached (core/peak_flops.h).
+  const double tflops = cpu_peak_tflops(threads, true);
+  const std::filesystem::path cache = peak_cache_path();
+  std::printf("sgemm %d^3, %d threads: %.1f GFLOP/s; loom train's peak for MFU at %d threads%s\n",
+              n, threads, tflops * 1000.0, threads,
+              cache.empty() ? " (not cached: neither XDG_CACHE_HOME nor HOME is set)"
+                            : (", cached in " + cache.string()).c_str());
   return 0;
 }
 
@@ -107,17 +106,21 @@ int bench_step(const Args& args) {
   for (int& x : targets) x = static_cast<int>(rng.below(model.spec.V));
 
   std::vector<double> times;
+  StepResult result;
   for (int i = 0; i < warmup + steps; ++i) {
     const auto start = Clock::now();
-    train_step(model, optimizer, pipe, cfg, cfg.optim().lr(), inputs.data(), targets.data());
+    result =
+        train_step(model, optimizer, pipe, cfg, cfg.optim().lr(), inputs.data(), targets.data());
     const double s = std::chrono::duration<double>(Clock::now() - start).count();
     if (i >= warmup) times.push_back(s);
   }
   const double step_s = median(times);
   const double tokens = static_cast<double>(B) * T;
-  const double flops = model_train_flops_per_token(model, T) * tokens;
+  // MFU as loom train reports it: model FLOPs (and with recomputation, hardware FLOPs) over the
+  // peak (runtime.peak_tflops, or the cached GEMM measurement: core/peak_flops.h).
+  const double flops = result.model_flops, hardware_flops = result.hardware_flops;
   const double gflops = flops / step_s / 1e9;
-  const double peak = sgemm_gflops(2048);
+  const double peak = peak_tflops(cfg.runtime()) * 1000.0;
   // The activation arena (what loom plan prints) and the process's peak resident memory.
   const double arena_mib = pipeline_activation_memory(pipe, model).peak / (1024.0 * 1024.0);
   rusage usage{};
@@ -128,10 +131,12 @@ int bench_step(const Args& args) {
     std::printf(
         "{\"model\":%s,\"batch\":%d,\"seq_len\":%d,\"threads\":%d,\"params\":%zu,"
         "\"ms_per_step\":%.3f,\"tokens_per_s\":%.1f,\"flops_per_step\":%.6g,"
-        "\"gflops\":%.2f,\"sgemm_peak_gflops\":%.2f,\"recompute\":\"%s\","
+        "\"gflops\":%.2f,\"sgemm_peak_gflops\":%.2f,\"mfu\":%.5f,"
+        "\"hardware_flops_per_step\":%.6g,\"hfu\":%.5f,\"recompute\":\"%s\","
         "\"activation_mib\":%.2f,\"max_rss_mib\":%.1f}\n",
         model_config_json(cfg.model()).c_str(), B, T, threads, model.layout.num_params,
-        step_s * 1e3, tokens / step_s, flops, gflops, peak, recompute.c_str(), arena_mib, rss_mib);
+        step_s * 1e3, tokens / step_s, flops, gflops, peak, gflops / peak, hardware_flops,
+        hardware_flops / step_s / 1e9 / peak, recompute.c_str(), arena_mib, rss_mib);
   } else {
     std::printf(
         "model: %zu parameters, %zu unrolled layers, micro-batch %d × %d tokens, %d threads\n",
@@ -139,8 +144,11 @@ int bench_step(const Args& args) {
     std::printf("activations: %.2f MiB (train.recompute %s); peak resident memory %.1f MiB\n",
                 arena_mib, recompute.c_str(), rss_mib);
     std::printf("step (median of %d): %.1f ms, %.0f tokens/s\n", steps, step_s * 1e3, tokens / step_s);
-    std::printf("compute: %.1f GFLOP/s = %.1f%% of sgemm %.1f GFLOP/s (FLOPs/step %.3g)\n", gflops,
-                100.0 * gflops / peak, peak, flops);
+    std::printf(
+        "compute: %.1f GFLOP/s of model FLOPs = MFU %.1f%% of the peak %.1f GFLOP/s "
+        "(model FLOPs/step %.3g; with recomputation %.3g, HFU %.1f%%)\n",
+        gflops, 100.0 * gflops / peak, peak, flops, hardware_flops,
+        100.0 * hardware_flops / step_s / 1e9 / peak);
   }
   return 0;
 }
