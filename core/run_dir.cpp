@@ -335,6 +335,37 @@ std::string metrics_line(const StepRecord& record) {
   return out.str();
 }
 
+std::vector<std::pair<std::string, double>> step_scalars(const StepRecord& record) {
+  const StepResult& r = *record.result;
+  const Utilisation& use = record.use;
+  std::vector<std::pair<std::string, double>> s = {
+      {"loss", r.loss},
+      {"loops", record.loops},
+      {"lr", record.lr},
+      {"grad_norm", r.grad_norm},
+      {"tokens_per_s", record.tokens_per_s},
+      {"ms_per_step", record.ms},
+      {"comm_wait_ms", r.comm_wait_s * 1000.0},
+      {"tflops_per_rank", use.tflops_per_rank},
+      {"mfu", use.mfu},
+      {"hfu", use.hfu},
+      {"activation_peak_mib", record.activation_bytes / (1024.0 * 1024.0)}};
+  if (record.bpb.train >= 0) s.emplace_back("bpb", record.bpb.train);
+  if (!record.val.empty()) s.emplace_back("val_loss", record.val.front().loss);
+  if (record.bpb.val >= 0) s.emplace_back("val_bpb", record.bpb.val);
+  for (const ValLoss& v : record.val)
+    s.emplace_back("val_loss_by_loops/" + std::to_string(v.loops), v.loss);
+  if (const RankHealth* h = record.health)
+    s.insert(s.end(), {{"rank_busy_ms_min", h->min_ms},
+                       {"rank_busy_ms_median", h->median_ms},
+                       {"rank_busy_ms_max", h->max_ms}});
+  const std::vector<double>& routed = r.routing.active_fraction;
+  for (size_t i = 0; i < routed.size(); ++i)
+    s.emplace_back("routed_fraction/" + std::to_string(i), routed[i]);
+  if (!routed.empty()) s.emplace_back("router_aux_loss", r.routing.aux_loss);
+  return s;
+}
+
 // On resume, metrics of steps after the checkpoint are dropped: they will be recomputed.
 const char* signal_name(int sig) {
   switch (sig) {

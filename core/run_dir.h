@@ -178,6 +178,9 @@ struct StepRecord {
 // MiB each group sent when given. Of `val` the first is val_loss, all are val_loss_by_loops
 // ({"1":x,"4":y}).
 std::string metrics_line(const StepRecord& record);
+// The same record's numbers as (metrics.jsonl key, value) pairs for TensorBoard: nested ones as
+// key/part ("val_loss_by_loops/4", "routed_fraction/0"); sent_mib and flags left out.
+std::vector<std::pair<std::string, double>> step_scalars(const StepRecord& record);
 
 // metrics.jsonl's record of an automatic restart (loom train --max-restarts), written once the
 // restarted run has resumed at `step`: {"step":S,"restart":K,"cause":"..."} (no loss: readers

@@ -34,6 +34,7 @@
 #include "core/run_inputs.h"
 #include "core/run_report.h"
 #include "core/shared_files.h"
+#include "core/tensorboard.h"
 #include "core/tokenizer.h"
 #include "kernels/cpu/threads.h"
 #include "parallel/device_communicator.h"
@@ -214,6 +215,7 @@ struct LoopState {
   Clock::time_point started;
   std::ofstream metrics;   // rank 0
   double peak_tflops = 0;  // rank 0: one rank's, MFU's denominator (core/peak_flops.h)
+  std::optional<EventWriter> events;  // rank 0 with logging.tensorboard
   TrainSummary summary;
 };
 
@@ -269,7 +271,10 @@ void start_loop(Training& tr, int threads) {
       loop.tokens_seen = state->tokens_seen;
       resumed = true;
     }
-    if (tr.writer()) truncate_metrics(tr.in.run_dir / "metrics.jsonl", loop.step);
+    if (tr.writer()) {
+      truncate_metrics(tr.in.run_dir / "metrics.jsonl", loop.step);
+      truncate_events(tr.in.run_dir / "tensorboard", loop.step);
+    }
   }
   if (!resumed && !tr.options.init_from.empty())
     init_from_checkpoint(tr.run, tr.options.init_from, tr.log);
@@ -283,6 +288,11 @@ void start_loop(Training& tr, int threads) {
     if (tr.options.restart > 0)
       loop.metrics << restart_metrics_line(loop.step, tr.options.restart, tr.options.restart_cause)
                    << std::endl;
+    if (cfg.logging().tensorboard()) {
+      loop.events.emplace(tr.in.run_dir / "tensorboard");
+      tr.log.line("tensorboard: " + loop.events->path() + " (tensorboard --logdir " +
+                  (tr.in.run_dir / "tensorboard").string() + ")");
+    }
   }
   if (tr.options.restart > 0)
     tr.log.line(format("automatic restart %d, at step %ld, after: %s", tr.options.restart,
@@ -429,12 +439,14 @@ void record_step(Training& tr, const StepOutcome& o, const std::vector<ValLoss>&
                       use};
     loop.metrics << metrics_line(record) << '\n';
     if (!loop.metrics.flush()) throw_write_error((tr.in.run_dir / "metrics.jsonl").string());
+    if (loop.events) loop.events->scalars(loop.step, step_scalars(record));
   }
   loop.summary.last_loss = o.result.loss;
   const long step = loop.step;
   if (step % tr.cfg.logging().interval() != 0 && step != loop.first_step + 1 && step != t.steps() &&
       val.empty())
     return;
+  if (loop.events) loop.events->flush();
   const double elapsed = std::chrono::duration<double>(Clock::now() - loop.started).count();
   const double eta = elapsed / (step - loop.first_step) * (t.steps() - step);
   std::string line = format(

@@ -11,10 +11,19 @@ Checks, from metrics.jsonl alone:
   at tp 2 × sp 2 as on one process;
 - runtime.peak_tflops replaces the measured peak.
 
+And logging.tensorboard's event files, read back with a reader written here from the format's
+description (TFRecord framing with masked CRC-32C, Event and Summary messages decoded from the
+protobuf wire format): every scalar equals metrics.jsonl's value (to float32), every step
+appears once, also after --resume from an earlier checkpoint (the old file is cut after it, the
+resumed run writes a new one).
+
 usage: watch_run.py LOOM_BINARY SOURCE_DIR
 """
+import glob
 import json
 import os
+import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -29,8 +38,8 @@ SEQ_LEN, GLOBAL_BATCH = 32, 8
 CONFIG = f"""
 model {{ {' '.join(f'{k}: {v}' for k, v in MODEL.items())} max_seq_len: {SEQ_LEN} }}
 train {{ global_batch: {GLOBAL_BATCH} micro_batch: 2 seq_len: {SEQ_LEN} steps: 4 eval_interval: 0 }}
-data {{ train_shards: "data/train_*.bin" val_shards: "" }}
-checkpoint {{ interval: 0 }}
+data {{ train_shards: "data/train_*.bin" val_shards: "data/val_*.bin" }}
+checkpoint {{ interval: 2 keep_last: 0 }}
 logging {{ interval: 1 sample_tokens: 0 }}
 runtime {{ threads: 1 }}
 """
@@ -58,8 +67,10 @@ def model_flops_per_step():
     return 3 * forward * GLOBAL_BATCH * SEQ_LEN
 
 
-def train(name, overrides, ranks):
+def train(name, overrides, ranks, resume=False):
     cmd = [LOOM, "train", "watch.textproto", "--run-dir", name, *sets(overrides)]
+    if resume:
+        cmd.append("--resume")
     proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=600,
                           env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
     if proc.returncode != 0:
@@ -67,7 +78,8 @@ def train(name, overrides, ranks):
                  f"{proc.stderr[-2000:]}")
     with open(os.path.join(name, "metrics.jsonl")) as f:
         steps = [json.loads(line) for line in f if '"loss"' in line]
-    check(len(steps) == 4, f"{name}: 4 steps in metrics.jsonl (got {len(steps)})")
+    count = 6 if resume else 4
+    check(len(steps) == count, f"{name}: {count} steps in metrics.jsonl (got {len(steps)})")
     return steps, proc.stdout
 
 
@@ -95,14 +107,145 @@ def check_utilisation(name, steps, ranks, recomputes, peak=None):
             check(s["peak_tflops"] > 0, f"{where}: a measured peak ({s['peak_tflops']} TFLOP/s)")
 
 
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def masked(data):
+    crc = crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def wire_fields(data):
+    """(field number, wire type, value) of a protobuf message: varints as ints, 64- and 32-bit
+    fields as bytes, length-delimited ones as bytes."""
+    at = 0
+
+    def varint():
+        nonlocal at
+        value, shift = 0, 0
+        while True:
+            byte = data[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value
+    while at < len(data):
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            yield field, wire, varint()
+        elif wire == 1:
+            yield field, wire, data[at:at + 8]
+            at += 8
+        elif wire == 5:
+            yield field, wire, data[at:at + 4]
+            at += 4
+        elif wire == 2:
+            n = varint()
+            yield field, wire, data[at:at + n]
+            at += n
+        else:
+            raise ValueError(f"wire type {wire}")
+
+
+def read_events(path):
+    """Each record's event as a dict: wall_time, step, file_version, scalars {tag: value}."""
+    with open(path, "rb") as f:
+        data = f.read()
+    events, at = [], 0
+    while at < len(data):
+        header = data[at:at + 8]
+        (length,) = struct.unpack("<Q", header)
+        (header_crc,) = struct.unpack("<I", data[at + 8:at + 12])
+        payload = data[at + 12:at + 12 + length]
+        (payload_crc,) = struct.unpack("<I", data[at + 12 + length:at + 16 + length])
+        if header_crc != masked(header) or payload_crc != masked(payload):
+            raise ValueError(f"{path}: a checksum fails at byte {at}")
+        event = {"step": 0, "scalars": {}}
+        for field, _, value in wire_fields(payload):
+            if field == 1:
+                event["wall_time"] = struct.unpack("<d", value)[0]
+            elif field == 2:
+                event["step"] = value
+            elif field == 3:
+                event["file_version"] = value.decode()
+            elif field == 5:
+                for f5, _, v in wire_fields(value):
+                    assert f5 == 1
+                    parts = {f: x for f, _, x in wire_fields(v)}
+                    event["scalars"][parts[1].decode()] = struct.unpack("<f", parts[2])[0]
+        events.append(event)
+        at += 16 + length
+    return events
+
+
+def metric_value(step, tag):
+    if "/" in tag:
+        key, part = tag.split("/")
+        value = step.get(key)
+        return None if value is None else value[int(part) if isinstance(value, list) else part]
+    return step.get(tag)
+
+
+def check_events(name, run_dir, steps, files):
+    paths = sorted(glob.glob(os.path.join(run_dir, "tensorboard", "events.out.tfevents.*")))
+    check(len(paths) == files, f"{name}: {len(paths)} event file(s) (expected {files})")
+    seen, worst, compared = {}, 0.0, 0
+    for path in paths:
+        events = read_events(path)
+        check(events[0].get("file_version") == "brain.Event:2" and events[0]["wall_time"] > 1.6e9,
+              f"{name}: {os.path.basename(path)} starts with the file version")
+        for e in events[1:]:
+            seen[e["step"]] = seen.get(e["step"], 0) + 1
+            step = next((s for s in steps if s["step"] == e["step"]), None)
+            for tag, value in e["scalars"].items():
+                want = metric_value(step, tag) if step else None
+                if want is None:
+                    check(False, f"{name}: step {e['step']}: {tag} is not in metrics.jsonl")
+                    continue
+                want32 = struct.unpack("<f", struct.pack("<f", want))[0]
+                worst = max(worst, abs(value - want32) / max(abs(want32), 1e-30))
+                compared += 1
+    check(sorted(seen) == [s["step"] for s in steps] and set(seen.values()) == {1},
+          f"{name}: every step once in the event files ({sorted(seen.items())})")
+    for key in ("loss", "lr", "grad_norm", "mfu", "tokens_per_s"):
+        check(all(key in e["scalars"] for p in paths for e in read_events(p)[1:]),
+              f"{name}: every event has {key}")
+    # metrics.jsonl holds 8 significant digits, the event the float32 of the whole value: they
+    # agree to the float32's last bit (2⁻²³ relative) at most.
+    check(worst <= 2 ** -22 and compared > 0,
+          f"{name}: {compared} scalars equal metrics.jsonl's as float32 (worst {worst:.2e})")
+
+
 def main():
     os.chdir(tempfile.mkdtemp(prefix="loom-watch-"))
     prepare_data(LOOM, SRC)
     with open("watch.textproto", "w") as f:
         f.write(CONFIG)
     layout = ["parallel.dp=2", "parallel.tp=2", "parallel.pp=2"]
-    steps, _ = train("ranks8", layout + ["train.recompute=LOOP_BOUNDARY"], 8)
+    steps, _ = train("ranks8", layout + ["train.recompute=LOOP_BOUNDARY",
+                                         "logging.tensorboard=true", "train.eval_interval=2",
+                                         "train.eval_batches=1"], 8)
     check_utilisation("dp2·tp2·pp2, LOOP_BOUNDARY", steps, 8, True)
+    check_events("dp2·tp2·pp2", "ranks8", steps, 1)
+    check(any("val_loss" in s and "rank_busy_ms_max" in s for s in steps),
+          "the 8-rank run has validation and rank health to compare")
+    # Resumed from step 2 after step 4 (its checkpoint lost): steps 3 and 4 are written again,
+    # once, in a new file.
+    shutil.rmtree(os.path.join("ranks8", "checkpoints", "step_0000004"))
+    steps, out = train("ranks8", layout + ["train.recompute=LOOP_BOUNDARY", "train.steps=6",
+                                           "logging.tensorboard=true", "train.eval_interval=2",
+                                           "train.eval_batches=1"], 8,
+                       resume=True)
+    check("resumed from" in out and "at step 2" in out, "the run resumed at step 2")
+    check_events("dp2·tp2·pp2 resumed at step 2", "ranks8", steps, 2)
     steps, out = train("single", ["runtime.peak_tflops=0.5"], 1)
     check_utilisation("one process, peak_tflops 0.5", steps, 1, False, peak=0.5)
     check("MFU" in out and "runtime.peak_tflops" in out,
