@@ -17,5 +17,6 @@ int command_bench_ring(int argc, char** argv);  // argv: the arguments after "ri
 int command_plan(int argc, char** argv);
 int command_trace(int argc, char** argv);
 int command_doctor(int argc, char** argv);
+int command_plot(int argc, char** argv);
 
 }  // namespace loom

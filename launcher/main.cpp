@@ -53,15 +53,18 @@ commands:
   trace FILE --svg OUT [--steps A-B]
                         draw a run's trace.json as SVG; time per rank and category
   doctor RUN_DIR        explain a hung or failed run from its flight-recorder dumps
+  plot RUN_DIR [RUN_DIR ...] --svg OUT [--x step|tokens|time] [--metrics loss,val_loss]
+                        draw runs' metrics as SVG (several overlaid); --loops RUN_DIR the
+                        loop's statistics as a heat map
 
 Configs: configs/*.textproto (schema and defaults: configs/loom.proto). Documentation: README.md
 and docs/.
 )";
 
 // The commands, for "did you mean" and `loom help`.
-const std::vector<std::string> kCommands = {"train", "plan",   "prepare", "sample",
-                                            "eval",  "export", "import",  "convert",
-                                            "bench", "trace",  "doctor",  "help"};
+const std::vector<std::string> kCommands = {"train",  "plan",   "prepare", "sample", "eval",
+                                            "export", "import", "convert", "bench",  "trace",
+                                            "doctor", "plot",   "help"};
 
 // `loom --version`: what a bug report needs to say which loom it was.
 void print_version() {
@@ -136,6 +139,7 @@ int main(int argc, char** argv) {
     if (command == "bench") return loom::command_bench(argc - 2, argv + 2);
     if (command == "trace") return loom::command_trace(argc - 2, argv + 2);
     if (command == "doctor") return loom::command_doctor(argc - 2, argv + 2);
+    if (command == "plot") return loom::command_plot(argc - 2, argv + 2);
     const std::string guess = loom::closest_name(command, kCommands);
     std::cerr << "loom: unknown command \"" << command << "\""
               << (guess.empty() ? "" : " (did you mean " + guess + "?)") << "\n\n"

@@ -32,7 +32,7 @@ EOF
   cmp -s help-train.txt train-help.txt && pass || fail "loom help train differs from loom train --help"
 "$loom" --help >help.txt
 for item in "train CONFIG" "plan CONFIG" "prepare " "sample CHECKPOINT|RUN_DIR" "eval CHECKPOINT|RUN_DIR" "export CHECKPOINT|RUN_DIR" \
-  "bench step" "bench sgemm" "bench comm" "bench ring" "trace FILE" "doctor RUN_DIR" "--version" \
+  "bench step" "bench sgemm" "bench comm" "bench ring" "trace FILE" "doctor RUN_DIR" "plot RUN_DIR" "--version" \
   "--oversubscribe" "--memory-gb" "--hostfile" "--max-restarts" "--resume --run-dir DIR"; do
   grep -qF -- "$item" help.txt && pass || fail "loom --help does not mention $item"
 done

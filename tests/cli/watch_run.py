@@ -17,6 +17,10 @@ protobuf wire format): every scalar equals metrics.jsonl's value (to float32), e
 appears once, also after --resume from an earlier checkpoint (the old file is cut after it, the
 resumed run writes a new one).
 
+And `loom plot`: the SVG parses as XML and has one line per run and metric and a legend entry per
+run, against step, tokens and time; a run whose metrics.jsonl ends in a line still being written
+plots; a metric no run has is refused naming the ones there are.
+
 usage: watch_run.py LOOM_BINARY SOURCE_DIR
 """
 import glob
@@ -27,6 +31,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import xml.etree.ElementTree as ElementTree
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parallel"))
 from equivalence_common import prepare_data, sets  # noqa: E402
@@ -224,6 +229,43 @@ def check_events(name, run_dir, steps, files):
           f"{name}: {compared} scalars equal metrics.jsonl's as float32 (worst {worst:.2e})")
 
 
+def plot(args):
+    return subprocess.run([LOOM, "plot", *args], capture_output=True, text=True, errors="replace")
+
+
+def check_plot(runs):
+    svg_ns = "{http://www.w3.org/2000/svg}"
+    for axis in ("step", "tokens", "time"):
+        out = f"runs-{axis}.svg"
+        done = plot([*runs, "--svg", out, "--x", axis, "--metrics", "loss,mfu,val_loss"])
+        if done.returncode != 0:
+            check(False, f"loom plot --x {axis}: exit {done.returncode}: {done.stderr.strip()}")
+            continue
+        root = ElementTree.parse(out).getroot()
+        series = [(e.get("data-run"), e.get("data-metric")) for e in root.iter(f"{svg_ns}polyline")
+                  if e.get("class") == "series"]
+        legend = [g for g in root.iter(f"{svg_ns}g") if g.get("class") == "legend"]
+        with_val = sum(1 for r in runs if any("val_loss" in s for s in steps_of(r)))
+        check(len(series) == len(set(series)) == 2 * len(runs) + with_val and
+              len(legend) == len(runs),
+              f"loom plot --x {axis}: {len(series)} lines (one per run and metric), "
+              f"{len(legend)} legend entries for {len(runs)} runs")
+    # A run still training: its last line is being written.
+    shutil.copytree(runs[0], "training", ignore=shutil.ignore_patterns("checkpoints"))
+    with open(os.path.join("training", "metrics.jsonl"), "a") as f:
+        f.write('{"step":99,"loops":3,"loss":4.1')
+    done = plot(["training", "--svg", "training.svg"])
+    check(done.returncode == 0, f"a run still writing metrics.jsonl plots: {done.stderr.strip()}")
+    done = plot([runs[0], "--svg", "bad.svg", "--metrics", "lsos"])
+    check(done.returncode == 1 and 'no run has "lsos"' in done.stderr and "loss" in done.stderr,
+          f"an unknown metric is refused: {done.stderr.strip()}")
+
+
+def steps_of(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if '"loss"' in line]
+
+
 def main():
     os.chdir(tempfile.mkdtemp(prefix="loom-watch-"))
     prepare_data(LOOM, SRC)
@@ -259,6 +301,7 @@ def main():
     check(all(close(a["hardware_flops"], b["hardware_flops"], 1e-9) for a, b in zip(single, split)),
           f"hardware_flops at tp2·sp2 {split[0]['hardware_flops']:.8g} equal one process's "
           f"{single[0]['hardware_flops']:.8g}")
+    check_plot(["ranks8", "single", "tp2-sp2-sqrt"])
     if failures:
         sys.exit(f"{len(failures)} failure(s)")
     print("all checks passed")
