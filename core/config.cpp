@@ -257,6 +257,10 @@ void validate_recursion_router(const config::RunConfig& cfg) {
                   "of the previous one's tokens");
     }
   }
+  require(!cfg.logging().loop_stats(),
+          "logging.loop_stats does not measure a routed loop (" + routed +
+              "): each iteration runs a subset of the tokens, so its state is not one tensor; "
+              "turn one of them off");
   const auto& p = cfg.parallel();
   require(p.sp() == 1, routed +
                            " needs parallel.sp = 1: sequence parallelism splits a sequence "

@@ -121,6 +121,7 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
                                                                       : nullptr;
          },
          c.last ? WalkEnd::kOpen : WalkEnd::kBoundary};
+  w.loop_stats = m.passes.loops.on;
   const bool routed = model_routed(m.spec.config);
   if (routed)  // every output added: no pending one is left for the head
     routed_forward(m, c, slot, state, B, T, loss_grad_scale);
@@ -375,7 +376,8 @@ void model_begin_passes(Model& m, TraceRecorder* trace) {
   ModelRouting& routing = m.routing;
   std::fill(routing.active.begin(), routing.active.end(), 0.0);
   routing.tokens = routing.aux_loss = routing.micro_batches = routing.forward_flops = 0;
-  m.passes = {};
+  m.passes.recompute_flops = 0;
+  loop_stats_begin(m);
   m.par.tp_sums.wait_seconds = 0.0;
   m.par.ring.wait_seconds = m.par.ring.compute_seconds = 0.0;
   m.par.ulysses.wait_seconds = 0.0;

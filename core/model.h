@@ -331,10 +331,27 @@ struct ModelBuffers {
 
 // The model: a few parts, each with one job. Layers and chunks read what they need from the part
 // that owns it.
+// logging.loop_stats (docs/architecture.md, "Loop statistics"): this rank's sums over its tokens
+// since model_begin_passes, per iteration r of the shared block, gathered while `on` by the
+// forward and backward (not by recomputation or validation). Where an iteration's start and end
+// fall in different walks (a pipeline cut inside it), its change is not measured here.
+struct LoopStatSums {
+  bool on = false;
+  std::vector<double> stream_squares;    // Σ s_r² over the state entering iteration r
+  std::vector<double> change_squares;    // Σ (s_{r+1} − s_r)², where measured
+  std::vector<double> grad_squares;      // Σ (∂loss/∂s_r)², the step's scaled gradient
+  std::vector<double> entries, changes;  // walks that saw s_r; that measured its change
+  // Host copies: the state entering the iteration whose change is measured (`open`), scratch.
+  int open = -1;
+  std::vector<float> entry, host;
+  kernels::DeviceArray<float> widened;  // (B·T·C) a state in fp32 on its way to the host
+};
+
 // What this rank's passes did since model_begin_passes, beyond what the model's shape says.
 struct PassCounters {
   // Forward FLOPs run again by train.recompute (model_recompute_flops).
   double recompute_flops = 0;
+  LoopStatSums loops;
 };
 
 struct Model {
@@ -500,5 +517,20 @@ double position_model_flops(const Model& model, int p, int T);
 // This rank's share of the forward FLOPs train.recompute ran again since model_begin_passes (in
 // the same convention): with model FLOPs, the hardware FLOPs.
 double model_recompute_flops(const Model& model);
+
+// logging.loop_stats: gather this rank's loop statistics in the passes from the next
+// model_begin_passes on (`on`), or stop (before validation).
+void model_collect_loop_stats(Model& model, bool on);
+// The sums gathered, 5 per iteration (stream, change, gradient squares; entries, changes
+// measured), for an all-reduce; loop_stats_of turns the sums over every rank into figures.
+std::vector<double> model_loop_stat_sums(const Model& model);
+struct LoopStats {
+  std::vector<double> rms;        // RMS of the state entering iteration r
+  std::vector<double> change;     // ‖s_{r+1} − s_r‖ / ‖s_r‖ (NaN where not measured)
+  std::vector<double> grad_norm;  // ‖∂loss/∂s_r‖ of the step's mean loss
+};
+// `sums` over every rank of a step of `tokens` tokens (global batch × seq_len) of C channels,
+// its gradients scaled on each rank for its share of `replicas` (dp × sp) ranks.
+LoopStats loop_stats_of(const std::vector<double>& sums, double tokens, int C, int replicas);
 
 }  // namespace loom

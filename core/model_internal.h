@@ -143,11 +143,20 @@ struct Walk {
   std::function<void*(int position)> checkpoint;
   WalkEnd end_as = WalkEnd::kBoundary;
   const RoutedTokens* routed = nullptr;  // a routed iteration's tokens (B = 1); null: dense
+  bool loop_stats = false;  // the step's own forward: logging.loop_stats sees its states
 };
 
 // Pending output h_j of the boundary state at position p's start, inside a checkpoint of it.
 void* checkpoint_tensor(const Model& m, void* checkpoint, int p, int j, size_t NC);
 void forward_walk(Model& m, const BoundaryState& state, const Walk& w);
+
+// logging.loop_stats (core/loop_stats.cpp): sums cleared for the passes to come; the state at
+// the start of `position` (stream, plus `extra` when given) in a walk over [begin, end); the
+// gradient of the state at the start of `position`.
+void loop_stats_begin(Model& m);
+void loop_stats_state(Model& m, int position, const void* stream, const void* extra, int begin,
+                      int end, size_t NC);
+void loop_stats_grad(Model& m, int position, const void* grad, size_t NC);
 
 // What the backward of one chunk shares across its segments.
 struct BackwardRun {

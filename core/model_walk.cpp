@@ -62,6 +62,7 @@ void forward_walk(Model& m, const BoundaryState& state, const Walk& w) {
         for (int j = std::max(0, i - d + 1); j < i; ++j)  // complete at sub-layer j + d
           keep_pending[j % d] = checkpoint_tensor(m, kept, p, j, NC);
       }
+      if (w.loop_stats) loop_stats_state(m, p, r, nullptr, w.begin, w.end, NC);
       if (m.spec.config.input_injection() && p != m.spec.loop_begin && starts_loop_iteration(m, p))
         be.vector_add(r, state.injected(), NC);
     }
@@ -77,10 +78,13 @@ void forward_walk(Model& m, const BoundaryState& state, const Walk& w) {
     if (w.end_as != WalkEnd::kDiscard || i < e - d)
       m.par.tp_sums.forward[i % d] = tp_sum_start(m.par.tp, state.pending(i), NC);
   }
+  if (w.end_as == WalkEnd::kOpen && w.loop_stats)  // as the boundary below would hold it
+    loop_stats_state(m, w.end, r, pending_output(e - d), w.begin, w.end, NC);
   if (w.end_as != WalkEnd::kBoundary) return;
   // The boundary state: h_{e−d} added (as sub-layer e would), the rest complete.
   be.vector_add(r, pending_output(e - d), NC);
   for (int j = e - d + 1; j < e; ++j) pending_output(j);
+  if (w.loop_stats) loop_stats_state(m, w.end, r, nullptr, w.begin, w.end, NC);
 }
 
 // Backward of positions [a, b) of the chunk, whose activations `acts` gives, from the gradient
@@ -125,6 +129,7 @@ void backward_range(BackwardRun& run, int a, int b, const std::function<Sublayer
     if (j % 2 != 0) return;
     if (m.spec.config.input_injection() && p != m.spec.loop_begin && starts_loop_iteration(m, p))
       be.vector_add(de, dr, NC);  // reverse of r += e
+    loop_stats_grad(m, p, dr, NC);
     const int u = m.spec.unrolled[p];
     // A unique layer's gradients are final after the backward of its first application here.
     if (m.par.first_use[u] == p) run.report(m.layout.layer_ranges[u]);

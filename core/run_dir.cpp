@@ -330,6 +330,13 @@ std::string metrics_line(const StepRecord& record) {
   if (!r.routing.active_fraction.empty())
     out << ",\"router_aux_loss\":" << json_number(r.routing.aux_loss)
         << ",\"step_flops\":" << r.step_flops;
+  if (const LoopStats* loops = record.loop_stats)
+    for (const auto& [key, values] : {std::pair{"loop_rms", &loops->rms},
+                                      {"loop_change", &loops->change},
+                                      {"loop_grad_norm", &loops->grad_norm}})
+      for (size_t r = 0; r < values->size(); ++r)
+        out << (r == 0 ? std::string(",\"") + key + "\":[" : ",") << json_number((*values)[r])
+            << (r + 1 == values->size() ? "]" : "");
   if (record.skipped) out << ",\"skipped\":true";
   out << "}";
   return out.str();
@@ -363,6 +370,12 @@ std::vector<std::pair<std::string, double>> step_scalars(const StepRecord& recor
   for (size_t i = 0; i < routed.size(); ++i)
     s.emplace_back("routed_fraction/" + std::to_string(i), routed[i]);
   if (!routed.empty()) s.emplace_back("router_aux_loss", r.routing.aux_loss);
+  if (const LoopStats* loops = record.loop_stats)
+    for (const auto& [key, values] : {std::pair{"loop_rms", &loops->rms},
+                                      {"loop_change", &loops->change},
+                                      {"loop_grad_norm", &loops->grad_norm}})
+      for (size_t i = 0; i < values->size(); ++i)
+        s.emplace_back(std::string(key) + "/" + std::to_string(i), (*values)[i]);
   return s;
 }
 

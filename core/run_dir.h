@@ -172,6 +172,7 @@ struct StepRecord {
   const RankHealth* health = nullptr;  // when measured
   std::string sent;                    // MiB each group sent ("tp":0.5,...) when given
   Utilisation use;
+  const LoopStats* loop_stats = nullptr;  // logging.loop_stats, on a logging step
 };
 
 // One line of metrics.jsonl (without the newline): the step's figures, and rank health and the

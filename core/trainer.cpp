@@ -216,6 +216,7 @@ struct LoopState {
   std::ofstream metrics;   // rank 0
   double peak_tflops = 0;  // rank 0: one rank's, MFU's denominator (core/peak_flops.h)
   std::optional<EventWriter> events;  // rank 0 with logging.tensorboard
+  bool peak_doubted = false;          // rank 0 said the peak is below a step's rate
   TrainSummary summary;
 };
 
@@ -238,7 +239,25 @@ struct StepOutcome {
   int loops = 0;
   double ms = 0;
   std::string sent;  // metrics.jsonl's sent_mib
+  std::optional<LoopStats> loop_stats;  // logging.loop_stats, on a logging step
 };
+
+// Whether the progress line (and logging.loop_stats) reports step `step` (1-based): every
+// logging interval, the run's first and last steps.
+bool logging_step(const Training& tr, long step) {
+  return step % tr.cfg.logging().interval() == 0 || step == tr.loop.first_step + 1 ||
+         step == tr.cfg.train().steps();
+}
+
+// logging.loop_stats: the step's sums over every rank, as figures (collective).
+LoopStats gather_loop_stats(Training& tr) {
+  std::vector<double> sums = model_loop_stat_sums(tr.run.model);
+  if (tr.run.groups.is_distributed())
+    tr.run.groups.world->all_reduce(sums.data(), sums.size(), ReduceOp::kSum);
+  const auto& t = tr.cfg.train();
+  return loop_stats_of(sums, static_cast<double>(t.global_batch()) * t.seq_len(),
+                       tr.run.model.spec.C, tr.run.groups.dp_sp->size());
+}
 
 // Writes a checkpoint of the step just completed (with `final`, also gathers the parameters the
 // closing sample needs); collective.
@@ -329,9 +348,21 @@ void start_loop(Training& tr, int threads) {
         format("utilisation: MFU against %.3g TFLOP/s per rank (%s)", loop.peak_tflops,
                cfg.runtime().peak_tflops() > 0
                    ? "runtime.peak_tflops"
-                   : format("an fp32 GEMM at %d threads, measured once, cached in %s", threads,
+                   : format("an fp32 GEMM at %s, measured once, cached in %s",
+                            counted(threads, "thread").c_str(),
                             cache.empty() ? "no file: HOME is not set" : cache.string().c_str())
                          .c_str()));
+    // What the run ran on, for charts of it (loom plot; tools/run_chart.h).
+    const long cores = std::max(1u, std::thread::hardware_concurrency());
+    const int local = std::max(1, groups.local_ranks);
+    tr.log.line(format("hardware: %s (%s); %s × %s; %s on %s (%s per core)",
+                       cpu_model_name().c_str(), counted(cores, "core").c_str(),
+                       counted(groups.mesh.world_size(), "rank").c_str(),
+                       counted(threads, "thread").c_str(),
+                       counted(static_cast<long>(local) * threads, "thread").c_str(),
+                       counted(cores, "core").c_str(),
+                       format("%.3g", static_cast<double>(local) * threads / cores).c_str()) +
+                (groups.mesh.world_size() > local ? " on each node" : ""));
   }
   loop.started = Clock::now();
   loop.first_step = loop.step;
@@ -383,8 +414,12 @@ StepOutcome run_step(Training& tr) {
   out.lr = learning_rate(cfg.optim(), t.steps(), loop.step);
   out.loops = draw_loops(cfg, loop.step);
   model_set_loops(tr.run.model, out.loops);
+  const bool loop_stats = cfg.logging().loop_stats() && logging_step(tr, loop.step + 1);
+  model_collect_loop_stats(tr.run.model, loop_stats);
   out.result = train_step(tr.run.model, tr.run.optimizer, tr.run.pipe, cfg, out.lr,
                           loop.inputs.data(), loop.targets.data(), loop.parallel);
+  model_collect_loop_stats(tr.run.model, false);  // validation's passes are not the step's
+  if (loop_stats) out.loop_stats = gather_loop_stats(tr);
   if (!out.result.finite) {
     const std::string what = format("non-finite %s at step %ld (loss %g, gradient norm %g)",
                                     std::isfinite(out.result.loss) ? "gradient" : "loss",
@@ -416,6 +451,18 @@ void record_step(Training& tr, const StepOutcome& o, const std::vector<ValLoss>&
   const double tokens_per_s = static_cast<double>(t.global_batch()) * t.seq_len() / (o.ms / 1000.0);
   const Utilisation use =
       step_utilisation(o.result, o.ms, tr.run.groups.mesh.world_size(), loop.peak_tflops);
+  if (tr.writer() && use.mfu > 1 && !loop.peak_doubted) {
+    loop.peak_doubted = true;
+    tr.log.warn(format(
+        "step %ld ran %.3g TFLOP/s per rank, above the peak MFU divides by (%.3g): %s", loop.step,
+        use.tflops_per_rank, use.peak_tflops,
+        tr.cfg.runtime().peak_tflops() > 0
+            ? "runtime.peak_tflops is too low"
+            : ("the cached GEMM measurement was taken while the machine was busy; measure it "
+               "again with `loom bench sgemm --threads " +
+               std::to_string(kernels::cpu::thread_count()) + "` on an idle machine")
+                  .c_str()));
+  }
   if (tr.writer()) {
     BitsPerByte bpb;
     if (const auto& info = tr.in.data_info) {
@@ -436,16 +483,15 @@ void record_step(Training& tr, const StepOutcome& o, const std::vector<ValLoss>&
                       bpb,
                       health ? &*health : nullptr,
                       o.sent,
-                      use};
+                      use,
+                      o.loop_stats ? &*o.loop_stats : nullptr};
     loop.metrics << metrics_line(record) << '\n';
     if (!loop.metrics.flush()) throw_write_error((tr.in.run_dir / "metrics.jsonl").string());
     if (loop.events) loop.events->scalars(loop.step, step_scalars(record));
   }
   loop.summary.last_loss = o.result.loss;
   const long step = loop.step;
-  if (step % tr.cfg.logging().interval() != 0 && step != loop.first_step + 1 && step != t.steps() &&
-      val.empty())
-    return;
+  if (!logging_step(tr, step) && val.empty()) return;
   if (loop.events) loop.events->flush();
   const double elapsed = std::chrono::duration<double>(Clock::now() - loop.started).count();
   const double eta = elapsed / (step - loop.first_step) * (t.steps() - step);

@@ -33,6 +33,7 @@ using google::protobuf::Value;
 
 constexpr const char* kHelp =
     R"(usage: loom plot RUN_DIR [RUN_DIR ...] --svg OUT [--x step|tokens|time] [--metrics LIST] [--png OUT]
+       loom plot --loops RUN_DIR --svg OUT [--png OUT]
 
 Draws runs from their run directories' metrics.jsonl as SVG: one panel per metric, one line per
 run, a legend naming the runs (their folder names). Several runs overlay, to compare layouts,
@@ -45,6 +46,10 @@ precisions or policies. A run still training can be plotted: what metrics.jsonl 
                   has it); nested ones as key/part, e.g. val_loss_by_loops/4, routed_fraction/0
   --png OUT       also a PNG, converted by rsvg-convert (Debian: librsvg2-bin) or ImageMagick's
                   convert, whichever is on PATH
+
+--loops draws a run's loop statistics (logging.loop_stats) as heat maps, iteration × step: the
+RMS of the state entering each iteration, the relative change it makes, the norm of the
+gradient reaching its input.
 )";
 
 // A metric's value in a step's record: a number, or key/part inside an object or a list.
@@ -178,6 +183,86 @@ void write_text(const std::string& path, const std::string& text) {
   if (!out.flush()) throw Error("cannot write " + path);
 }
 
+// What the runs ran on: the distinct "hardware:" lines of their train.log, joined.
+std::string hardware_of(const std::vector<std::string>& dirs) {
+  std::vector<std::string> seen;
+  for (const std::string& dir : dirs) {
+    std::ifstream log(fs::path(dir) / "train.log");
+    std::string line, found = "hardware not recorded (train.log has no \"hardware:\" line)";
+    while (std::getline(log, line))
+      if (const size_t at = line.find(" hardware: "); at != std::string::npos) {
+        found = line.substr(at + 11);
+        break;
+      }
+    if (std::find(seen.begin(), seen.end(), found) == seen.end()) seen.push_back(found);
+  }
+  std::string joined;
+  for (const std::string& s : seen) joined += (joined.empty() ? "" : "; ") + s;
+  return joined;
+}
+
+// One of a step's loop statistics (a list in metrics.jsonl), as values per iteration.
+std::vector<double> loop_values(const Struct& step, const std::string& key) {
+  std::vector<double> values;
+  const auto found = step.fields().find(key);
+  if (found == step.fields().end() || !found->second.has_list_value()) return values;
+  for (const Value& v : found->second.list_value().values())
+    values.push_back(v.kind_case() == Value::kNumberValue ? v.number_value() : std::nan(""));
+  return values;
+}
+
+void finish_chart(const Args& args, const std::string& svg_text, const std::string& what) {
+  const std::string svg = args.value("--svg", "");
+  write_text(svg, svg_text);
+  std::printf("wrote %s: %s\n", svg.c_str(), what.c_str());
+  if (args.has("--png")) {
+    write_png(svg, args.value("--png", ""));
+    std::printf("wrote %s\n", args.value("--png", "").c_str());
+  }
+}
+
+int plot_loops(const Args& args) {
+  if (args.positional.size() != 1)
+    throw Error("plot --loops draws one RUN_DIR (got " + std::to_string(args.positional.size()) +
+                ")");
+  if (!args.has("--svg")) throw Error("plot needs --svg OUT, the chart to write");
+  for (const char* other : {"--x", "--metrics"})
+    if (args.has(other))
+      throw Error(std::string(other) + " is for plotting metrics; --loops always draws " +
+                  "iteration × step");
+  const std::string& dir = args.positional[0];
+  const char* keys[] = {"loop_rms", "loop_change", "loop_grad_norm"};
+  const char* titles[] = {"RMS of the state entering each iteration",
+                          "relative change each iteration makes, ‖s_{r+1} − s_r‖ / ‖s_r‖",
+                          "norm of the gradient reaching each iteration's input"};
+  std::vector<HeatMap> maps(3);
+  for (int k = 0; k < 3; ++k) maps[k] = {titles[k], keys[k], "iteration", "step", {}, {}};
+  for (const Struct& s : read_steps(dir)) {
+    if (!s.fields().count("loop_rms")) continue;
+    double step = 0;
+    metric_value(s, "step", step);
+    for (int k = 0; k < 3; ++k) {
+      const std::vector<double> values = loop_values(s, keys[k]);
+      HeatMap& map = maps[k];
+      if (map.rows.size() < values.size())
+        map.rows.resize(values.size(), std::vector<double>(map.columns.size(), std::nan("")));
+      map.columns.push_back(step);
+      for (size_t r = 0; r < map.rows.size(); ++r)
+        map.rows[r].push_back(r < values.size() ? values[r] : std::nan(""));
+    }
+  }
+  if (maps[0].columns.empty())
+    throw Error(dir + "'s metrics.jsonl has no loop statistics: train with --set " +
+                "logging.loop_stats=true (they are recorded every logging.interval steps)");
+  const ChartHeader header{
+      fs::path(dir).lexically_normal().filename().string() + ": the loop, iteration × step",
+      hardware_of({dir})};
+  finish_chart(args, heat_maps_svg(maps, header),
+               std::to_string(maps[0].rows.size()) + " iterations × " +
+                   std::to_string(maps[0].columns.size()) + " logged steps");
+  return 0;
+}
+
 int plot_runs(const Args& args) {
   const std::vector<std::string>& dirs = args.positional;
   if (dirs.empty()) throw Error("plot needs at least one RUN_DIR (see loom plot --help)");
@@ -233,14 +318,9 @@ int plot_runs(const Args& args) {
   }
   std::string title;
   for (const std::string& n : names) title += (title.empty() ? "" : ", ") + n;
-  const std::string svg = args.value("--svg", "");
-  write_text(svg, run_chart_svg(runs, metrics, x_label, title));
-  std::printf("wrote %s: %zu run(s), %zu metric(s) against %s\n", svg.c_str(), runs.size(),
-              metrics.size(), axis.c_str());
-  if (args.has("--png")) {
-    write_png(svg, args.value("--png", ""));
-    std::printf("wrote %s\n", args.value("--png", "").c_str());
-  }
+  finish_chart(args, run_chart_svg(runs, metrics, x_label, {title, hardware_of(dirs)}),
+               std::to_string(runs.size()) + " run(s), " + std::to_string(metrics.size()) +
+                   " metric(s) against " + axis);
   return 0;
 }
 
@@ -254,7 +334,7 @@ int command_plot(int argc, char** argv) {
     std::fputs(kHelp, stdout);
     return 0;
   }
-  return plot_runs(args);
+  return args.flag("--loops") ? plot_loops(args) : plot_runs(args);
 }
 
 }  // namespace loom

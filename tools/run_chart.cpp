@@ -52,6 +52,36 @@ std::string short_number(double v, const std::string& plain) {
   return plain;
 }
 
+// The header's lines: the title, then the hardware lines, each ~100 characters at most.
+std::vector<std::string> hardware_lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::string line;
+  for (size_t at = 0; at < text.size();) {
+    size_t next = text.find("; ", at);
+    const std::string part = text.substr(at, next == std::string::npos ? next : next + 2 - at);
+    if (!line.empty() && line.size() + part.size() > 100) lines.push_back(line), line.clear();
+    line += part;
+    at = next == std::string::npos ? text.size() : next + 2;
+  }
+  if (!line.empty()) lines.push_back(line);
+  return lines;
+}
+
+double header_height(const ChartHeader& h) {
+  return 24 + 15.0 * static_cast<double>(hardware_lines(h.hardware).size());
+}
+
+std::string header_svg(const ChartHeader& h) {
+  std::ostringstream svg;
+  svg << "<text class=\"title\" x=\"" << kLeft << "\" y=\"24\" font-weight=\"bold\" "
+      << "font-size=\"14\">" << svg_escape(h.title) << "</text>\n";
+  double y = 24;
+  for (const std::string& line : hardware_lines(h.hardware))
+    svg << "<text class=\"hardware\" x=\"" << kLeft << "\" y=\"" << (y += 15)
+        << "\" font-size=\"11\" fill=\"#555\">" << svg_escape(line) << "</text>\n";
+  return svg.str();
+}
+
 void draw_panel(std::ostringstream& svg, double top, const std::string& metric,
                 const std::vector<RunSeries>& runs, const Range& xs, const std::string& x_label) {
   const double bottom = top + kPanelHeight;
@@ -62,8 +92,8 @@ void draw_panel(std::ostringstream& svg, double top, const std::string& metric,
   const Range y = ys.padded(0.08, 0.08);
   auto px = [&](double v) { return kLeft + (v - xs.from) / (xs.to - xs.from) * (kRight - kLeft); };
   auto py = [&](double v) { return bottom - (v - y.from) / (y.to - y.from) * kPanelHeight; };
-  svg << "<text x=\"" << kLeft << "\" y=\"" << top - 8 << "\" font-weight=\"bold\">"
-      << svg_escape(metric) << "</text>\n";
+  svg << "<text class=\"axis-y\" x=\"" << kLeft << "\" y=\"" << top - 8
+      << "\" font-weight=\"bold\">" << svg_escape(metric) << "</text>\n";
   svg << "<rect x=\"" << kLeft << "\" y=\"" << top << "\" width=\"" << kRight - kLeft
       << "\" height=\"" << kPanelHeight << "\" fill=\"none\" stroke=\"#444\"/>\n";
   if (ys.empty()) {
@@ -80,7 +110,7 @@ void draw_panel(std::ostringstream& svg, double top, const std::string& metric,
     svg << "<line x1=\"" << px(t) << "\" y1=\"" << top << "\" x2=\"" << px(t) << "\" y2=\""
         << bottom + 4 << "\" stroke=\"#e4e4e4\"/>\n<text x=\"" << px(t) << "\" y=\"" << bottom + 17
         << "\" text-anchor=\"middle\">" << short_number(t, label) << "</text>\n";
-  svg << "<text x=\"" << kRight << "\" y=\"" << bottom + 34
+  svg << "<text class=\"axis-x\" x=\"" << kRight << "\" y=\"" << bottom + 34
       << "\" text-anchor=\"end\" fill=\"#555\">" << svg_escape(x_label) << "</text>\n";
   for (size_t r = 0; r < runs.size(); ++r) {
     const auto found = runs[r].points.find(metric);
@@ -108,7 +138,7 @@ void draw_panel(std::ostringstream& svg, double top, const std::string& metric,
 
 std::string run_chart_svg(const std::vector<RunSeries>& runs,
                           const std::vector<std::string>& metrics, const std::string& x_label,
-                          const std::string& title) {
+                          const ChartHeader& header) {
   Range xs;
   for (const RunSeries& run : runs)
     for (const auto& [metric, points] : run.points)
@@ -118,7 +148,7 @@ std::string run_chart_svg(const std::vector<RunSeries>& runs,
   if (xs.to - xs.from <= 0) xs = {xs.from - 0.5, xs.to + 0.5};
   // The legend: a row of runs under the title, wrapped to the width.
   std::vector<std::pair<double, double>> legend;  // (x, y) of each run's entry
-  double x = kLeft, y = 44;
+  double x = kLeft, y = header_height(header) + 20;
   for (const RunSeries& run : runs) {
     const double w = 30 + 7.0 * static_cast<double>(run.name.size());
     if (x + w > kRight && x > kLeft) x = kLeft, y += 18;
@@ -128,8 +158,7 @@ std::string run_chart_svg(const std::vector<RunSeries>& runs,
   const double first_top = y + 36;
   const double height = first_top + metrics.size() * (kPanelHeight + kPanelGap) + 4;
   std::ostringstream svg;
-  svg << svg_open(kWidth, height, "") << "<text x=\"" << kLeft
-      << "\" y=\"24\" font-weight=\"bold\" font-size=\"14\">" << svg_escape(title) << "</text>\n";
+  svg << svg_open(kWidth, height, "") << header_svg(header);
   for (size_t r = 0; r < runs.size(); ++r) {
     const auto [lx, ly] = legend[r];
     svg << "<g class=\"legend\"><line x1=\"" << lx << "\" y1=\"" << ly << "\" x2=\"" << lx + 22
@@ -143,10 +172,13 @@ std::string run_chart_svg(const std::vector<RunSeries>& runs,
   return svg.str();
 }
 
-std::string heat_map_svg(const HeatMap& map) {
+namespace {
+
+// One heat map with its frame's top at `top`; returns the height it took.
+double draw_heat_map(std::ostringstream& svg, const HeatMap& map, double top) {
   const size_t R = map.rows.size(), S = map.columns.size();
   const double cell_h = std::clamp(260.0 / std::max<size_t>(R, 1), 8.0, 28.0);
-  const double top = 56, bottom = top + cell_h * R, right = kRight - 90;
+  const double bottom = top + cell_h * R, right = kRight - 90;
   Range values;
   for (const auto& row : map.rows)
     for (double v : row) values.add(v);
@@ -163,21 +195,19 @@ std::string heat_map_svg(const HeatMap& map) {
     std::snprintf(text, sizeof text, "#%02x%02x%02x", r, g, b);
     return std::string(text);
   };
-  std::ostringstream svg;
-  svg << svg_open(kWidth, bottom + 70, "") << "<text x=\"" << kLeft
-      << "\" y=\"24\" font-weight=\"bold\" font-size=\"14\">" << svg_escape(map.title)
-      << "</text>\n";
+  svg << "<text x=\"" << kLeft << "\" y=\"" << top - 8 << "\" font-weight=\"bold\">"
+      << svg_escape(map.title) << "</text>\n";
   for (size_t r = 0; r < R; ++r) {
     const double y = top + r * cell_h;
     if (R <= 16 || r % ((R + 15) / 16) == 0)
       svg << "<text x=\"" << kLeft - 6 << "\" y=\"" << y + cell_h / 2
-          << "\" text-anchor=\"end\" dominant-baseline=\"central\">" << r + 1 << "</text>\n";
+          << "\" text-anchor=\"end\" dominant-baseline=\"central\">" << r << "</text>\n";
     for (size_t s = 0; s < S && s < map.rows[r].size(); ++s) {
       const double v = map.rows[r][s];
       if (!std::isfinite(v)) continue;
       svg << "<rect class=\"cell\" x=\"" << svg_number(kLeft + s * cell_w, 2) << "\" y=\"" << y
           << "\" width=\"" << svg_number(cell_w + 0.3, 2) << "\" height=\"" << cell_h
-          << "\" fill=\"" << colour(v) << "\"><title>" << svg_escape(map.row_label) << " " << r + 1
+          << "\" fill=\"" << colour(v) << "\"><title>" << svg_escape(map.row_label) << " " << r
           << ", " << svg_escape(map.column_label) << " " << map.columns[s] << ": " << v
           << "</title></rect>\n";
     }
@@ -194,9 +224,9 @@ std::string heat_map_svg(const HeatMap& map) {
           << "</text>\n";
     }
   }
-  svg << "<text x=\"" << (kLeft + right) / 2 << "\" y=\"" << bottom + 38
+  svg << "<text class=\"axis-x\" x=\"" << (kLeft + right) / 2 << "\" y=\"" << bottom + 38
       << "\" text-anchor=\"middle\">" << svg_escape(map.column_label) << "</text>\n"
-      << "<text transform=\"translate(" << kLeft - 40 << " " << (top + bottom) / 2
+      << "<text class=\"axis-y\" transform=\"translate(" << kLeft - 40 << " " << (top + bottom) / 2
       << ") rotate(-90)\" text-anchor=\"middle\">" << svg_escape(map.row_label) << "</text>\n";
   // The colour scale.
   const double scale_x = right + 24;
@@ -209,7 +239,18 @@ std::string heat_map_svg(const HeatMap& map) {
   svg << "<text x=\"" << scale_x + 18 << "\" y=\"" << top + 6 << "\">" << svg_number(values.to, 3)
       << "</text>\n<text x=\"" << scale_x + 18 << "\" y=\"" << bottom << "\">"
       << svg_number(values.from, 3) << "</text>\n<text x=\"" << scale_x << "\" y=\"" << bottom + 17
-      << "\">" << svg_escape(map.value_label) << "</text>\n</svg>\n";
+      << "\">" << svg_escape(map.value_label) << "</text>\n";
+  return bottom + 60 - top;
+}
+
+}  // namespace
+
+std::string heat_maps_svg(const std::vector<HeatMap>& maps, const ChartHeader& header) {
+  std::ostringstream body;
+  double top = header_height(header) + 36;
+  for (const HeatMap& map : maps) top += draw_heat_map(body, map, top) + 30;
+  std::ostringstream svg;
+  svg << svg_open(kWidth, top, "") << header_svg(header) << body.str() << "</svg>\n";
   return svg.str();
 }
 

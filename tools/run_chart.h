@@ -13,6 +13,12 @@
 
 namespace loom {
 
+// What a chart says above its plot: its title and what it ran on (the runs' "hardware:" lines
+// of train.log, "; "-separated parts, wrapped).
+struct ChartHeader {
+  std::string title, hardware;
+};
+
 // One run's points per metric: (x, value) in increasing x.
 struct RunSeries {
   std::string name;
@@ -24,16 +30,16 @@ struct RunSeries {
 // has gets a panel saying so.
 std::string run_chart_svg(const std::vector<RunSeries>& runs,
                           const std::vector<std::string>& metrics, const std::string& x_label,
-                          const std::string& title);
+                          const ChartHeader& header);
 
 // A heat map: rows[r] holds row r's value at each of `columns` (NaN: none), coloured from the
-// smallest value (light) to the largest (dark); rows labelled `row_label` 1, 2, ...; columns by
-// their x (steps).
+// smallest value (light) to the largest (dark), each cell titled with its value; rows labelled
+// `row_label` 0, 1, ...; columns by their x (steps). heat_maps_svg stacks several under a title.
 struct HeatMap {
   std::string title, value_label, row_label, column_label;
   std::vector<double> columns;
   std::vector<std::vector<double>> rows;
 };
-std::string heat_map_svg(const HeatMap& map);
+std::string heat_maps_svg(const std::vector<HeatMap>& maps, const ChartHeader& header);
 
 }  // namespace loom

@@ -1,5 +1,6 @@
-"""Watching a run (docs/architecture.md, "Utilisation"): a small looped model trained at
-dp 2 × tp 2 × pp 2 (8 ranks) with recomputation, at tp 2 × sp 2 and on one process.
+"""Watching a run (docs/architecture.md, "Watching a run"): a small looped model trained at
+dp 2 × tp 2 × pp 2 (8 ranks) with recomputation, at tp 2 × sp 2 with the Ladder and SQRT
+recomputation, and on one process.
 
 Checks, from metrics.jsonl alone:
 - model_flops is the step's model FLOPs computed here from the config (Megatron's convention:
@@ -17,9 +18,14 @@ protobuf wire format): every scalar equals metrics.jsonl's value (to float32), e
 appears once, also after --resume from an earlier checkpoint (the old file is cut after it, the
 resumed run writes a new one).
 
+And logging.loop_stats: every step's loop_rms, loop_change and loop_grad_norm at dp 2 × tp 2 ×
+pp 2 (also after the resume) and at tp 2 × sp 2 equal the single process's to 1e-4 relative; `loom plot --loops`
+draws a cell per iteration, step and statistic.
+
 And `loom plot`: the SVG parses as XML and has one line per run and metric and a legend entry per
 run, against step, tokens and time; a run whose metrics.jsonl ends in a line still being written
-plots; a metric no run has is refused naming the ones there are.
+plots; a metric no run has is refused naming the ones there are; both kinds of chart have what
+docs/ charts must (title, hardware line from the runs' train.log, axis labels).
 
 usage: watch_run.py LOOM_BINARY SOURCE_DIR
 """
@@ -34,6 +40,8 @@ import tempfile
 import xml.etree.ElementTree as ElementTree
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parallel"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+from check_charts import missing  # noqa: E402
 from equivalence_common import prepare_data, sets  # noqa: E402
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
@@ -45,7 +53,7 @@ model {{ {' '.join(f'{k}: {v}' for k, v in MODEL.items())} max_seq_len: {SEQ_LEN
 train {{ global_batch: {GLOBAL_BATCH} micro_batch: 2 seq_len: {SEQ_LEN} steps: 4 eval_interval: 0 }}
 data {{ train_shards: "data/train_*.bin" val_shards: "data/val_*.bin" }}
 checkpoint {{ interval: 2 keep_last: 0 }}
-logging {{ interval: 1 sample_tokens: 0 }}
+logging {{ interval: 1 sample_tokens: 0 loop_stats: true }}
 runtime {{ threads: 1 }}
 """
 failures = []
@@ -250,6 +258,8 @@ def check_plot(runs):
               len(legend) == len(runs),
               f"loom plot --x {axis}: {len(series)} lines (one per run and metric), "
               f"{len(legend)} legend entries for {len(runs)} runs")
+        lacks = missing(out)
+        check(not lacks, f"loom plot --x {axis}: a chart docs/ accepts (lacks: {lacks})")
     # A run still training: its last line is being written.
     shutil.copytree(runs[0], "training", ignore=shutil.ignore_patterns("checkpoints"))
     with open(os.path.join("training", "metrics.jsonl"), "a") as f:
@@ -259,6 +269,41 @@ def check_plot(runs):
     done = plot([runs[0], "--svg", "bad.svg", "--metrics", "lsos"])
     check(done.returncode == 1 and 'no run has "lsos"' in done.stderr and "loss" in done.stderr,
           f"an unknown metric is refused: {done.stderr.strip()}")
+
+
+def check_loop_stats(name, steps, reference):
+    ref = {s["step"]: s for s in reference}
+    worst, compared = 0.0, 0
+    for s in steps:
+        if s["step"] not in ref:
+            continue
+        for key in ("loop_rms", "loop_change", "loop_grad_norm"):
+            a, b = s.get(key), ref[s["step"]].get(key)
+            if a is None or b is None or len(a) != MODEL["loops"] or len(a) != len(b):
+                check(False, f"{name} step {s['step']}: {key} {a} against {b}")
+                return
+            for x, y in zip(a, b):
+                worst = max(worst, abs(x - y) / abs(y))
+                compared += 1
+    check(compared > 0 and worst <= 1e-4,
+          f"{name}: {compared} loop statistics equal one process's (worst relative {worst:.1e})")
+
+
+def check_loop_plot(run_dir, steps):
+    done = plot(["--loops", run_dir, "--svg", "loops.svg"])
+    if done.returncode != 0:
+        check(False, f"loom plot --loops: exit {done.returncode}: {done.stderr.strip()}")
+        return
+    root = ElementTree.parse("loops.svg").getroot()
+    cells = [e for e in root.iter("{http://www.w3.org/2000/svg}rect") if e.get("class") == "cell"]
+    expected = 3 * MODEL["loops"] * len(steps)
+    check(len(cells) == expected, f"loom plot --loops: {len(cells)} cells (3 statistics × "
+                                  f"{MODEL['loops']} iterations × {len(steps)} steps: {expected})")
+    lacks = missing("loops.svg")
+    check(not lacks, f"loom plot --loops: a chart docs/ accepts (lacks: {lacks})")
+    done = plot(["--loops", run_dir, "single", "--svg", "two.svg"])
+    check(done.returncode == 1 and "one RUN_DIR" in done.stderr,
+          f"loom plot --loops of two runs is refused: {done.stderr.strip()}")
 
 
 def steps_of(run_dir):
@@ -290,14 +335,17 @@ def main():
     check_events("dp2·tp2·pp2 resumed at step 2", "ranks8", steps, 2)
     steps, out = train("single", ["runtime.peak_tflops=0.5"], 1)
     check_utilisation("one process, peak_tflops 0.5", steps, 1, False, peak=0.5)
+    check_loop_stats("dp2·tp2·pp2 (resumed at step 2)", steps_of("ranks8"), steps)
+    check_loop_plot("ranks8", steps_of("ranks8"))
     check("MFU" in out and "runtime.peak_tflops" in out,
           "the progress line shows MFU and the log names the peak's source")
     # The recomputed FLOPs are the same whichever ranks split the layers and the sequence.
-    recompute = ["train.recompute=SQRT"]
+    recompute = ["train.recompute=SQRT", "model.residual=LADDER"]
     single, _ = train("single-sqrt", recompute, 1)
-    check_utilisation("one process, SQRT", single, 1, True)
+    check_utilisation("one process, SQRT, Ladder", single, 1, True)
     split, _ = train("tp2-sp2-sqrt", recompute + ["parallel.tp=2", "parallel.sp=2"], 4)
-    check_utilisation("tp2·sp2, SQRT", split, 4, True)
+    check_utilisation("tp2·sp2, SQRT, Ladder", split, 4, True)
+    check_loop_stats("tp2·sp2, SQRT, Ladder", split, single)
     check(all(close(a["hardware_flops"], b["hardware_flops"], 1e-9) for a, b in zip(single, split)),
           f"hardware_flops at tp2·sp2 {split[0]['hardware_flops']:.8g} equal one process's "
           f"{single[0]['hardware_flops']:.8g}")
