@@ -276,6 +276,33 @@ void save_now(Training& tr, bool final) {
 
 // Resumes from the newest checkpoint (--resume), records the config, opens metrics.jsonl and
 // logs what the run is; collective.
+// Rank 0: MFU's peak (measured or cached on first use) and the lines saying it and what the run
+// runs on ("hardware:", which loom plot puts on its charts: tools/run_chart.h).
+void log_machine(Training& tr, int threads) {
+  const config::RunConfig& cfg = tr.cfg;
+  const ProcessGroups& groups = tr.run.groups;
+  tr.loop.peak_tflops = peak_tflops(cfg.runtime());
+  const std::filesystem::path cache = peak_cache_path();
+  tr.log.line(
+      format("utilisation: MFU against %.3g TFLOP/s per rank (%s)", tr.loop.peak_tflops,
+             cfg.runtime().peak_tflops() > 0
+                 ? "runtime.peak_tflops"
+                 : format("an fp32 GEMM at %s, measured once, cached in %s",
+                          counted(threads, "thread").c_str(),
+                          cache.empty() ? "no file: HOME is not set" : cache.string().c_str())
+                       .c_str()));
+  const long cores = std::max(1u, std::thread::hardware_concurrency());
+  const int local = std::max(1, groups.local_ranks);
+  tr.log.line(format("hardware: %s (%s); %s × %s; %s on %s (%s per core)", cpu_model_name().c_str(),
+                     counted(cores, "core").c_str(),
+                     counted(groups.mesh.world_size(), "rank").c_str(),
+                     counted(threads, "thread").c_str(),
+                     counted(static_cast<long>(local) * threads, "thread").c_str(),
+                     counted(cores, "core").c_str(),
+                     format("%.3g", static_cast<double>(local) * threads / cores).c_str()) +
+              (groups.mesh.world_size() > local ? " on each node" : ""));
+}
+
 void start_loop(Training& tr, int threads) {
   const config::RunConfig& cfg = tr.cfg;
   LoopState& loop = tr.loop;
@@ -341,29 +368,7 @@ void start_loop(Training& tr, int threads) {
   loop.inputs.resize(local_tokens);
   loop.targets.resize(local_tokens);
   loop.summary.run_dir = tr.in.run_dir.string();
-  if (tr.writer()) {
-    loop.peak_tflops = peak_tflops(cfg.runtime());
-    const std::filesystem::path cache = peak_cache_path();
-    tr.log.line(
-        format("utilisation: MFU against %.3g TFLOP/s per rank (%s)", loop.peak_tflops,
-               cfg.runtime().peak_tflops() > 0
-                   ? "runtime.peak_tflops"
-                   : format("an fp32 GEMM at %s, measured once, cached in %s",
-                            counted(threads, "thread").c_str(),
-                            cache.empty() ? "no file: HOME is not set" : cache.string().c_str())
-                         .c_str()));
-    // What the run ran on, for charts of it (loom plot; tools/run_chart.h).
-    const long cores = std::max(1u, std::thread::hardware_concurrency());
-    const int local = std::max(1, groups.local_ranks);
-    tr.log.line(format("hardware: %s (%s); %s × %s; %s on %s (%s per core)",
-                       cpu_model_name().c_str(), counted(cores, "core").c_str(),
-                       counted(groups.mesh.world_size(), "rank").c_str(),
-                       counted(threads, "thread").c_str(),
-                       counted(static_cast<long>(local) * threads, "thread").c_str(),
-                       counted(cores, "core").c_str(),
-                       format("%.3g", static_cast<double>(local) * threads / cores).c_str()) +
-                (groups.mesh.world_size() > local ? " on each node" : ""));
-  }
+  if (tr.writer()) log_machine(tr, threads);
   loop.started = Clock::now();
   loop.first_step = loop.step;
   // (Without a closing sample, rank 0 never holds the whole model.)

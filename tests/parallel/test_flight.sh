@@ -9,9 +9,11 @@
 #
 # The faults act on an operation of a group by its number (from 0, per group, as the flight
 # recorder and the timeout message count them). With the tiny model below a step issues:
-#   dp = 2:         2 dp_sp all-reduces (the one gradient bucket, then loss and norm);
+#   dp = 2:         2 dp_sp all-reduces (the one gradient bucket, then loss, norm and
+#                   recomputed FLOPs: 3 float64);
 #                   with bucket_mb = 0.01, 14 buckets (13 × 2621 floats, then 871) and the loss
-#   tp = 2:         21 tp all-reduces, the last (21·step − 1) the gradient norm's (1 float64)
+#   tp = 2:         21 tp all-reduces, the last (21·step − 1) the gradient norm's and the
+#                   recomputed FLOPs' (2 float64)
 #   dp = 2, tp = 2: the same 21 tp all-reduces; with bucket_mb = 0.01, 7 dp_sp buckets
 #                   (6 × 2621 floats, then 2594) and the loss
 # then the world all-reduce that asks whether to stop.
@@ -79,7 +81,7 @@ case "$scenario" in
   dp-skip)  # rank 1 skips the loss sum of step 5 (dp_sp #9) and waits in the stop check
     expect_hang 2 "rank=1,group=dp_sp,op=9,action=skip" -- \
       "The waits form a cycle" "rank 1 (dp=1) is behind." \
-      "it never issued #9 all_reduce of 2 float64 (sum), which rank 0 waits in" \
+      "it never issued #9 all_reduce of 3 float64 (sum), which rank 0 waits in" \
       "itself waits in group world [ranks 0 1]" "skipped that operation" ;;
   dp-swap)  # rank 1 issues the last two buckets of step 2 (dp_sp #27, #28) the other way round
     expect_hang 2 "rank=1,group=dp_sp,op=27,action=swap" "${small_buckets[@]}" -- \
@@ -94,7 +96,7 @@ case "$scenario" in
   tp-skip)  # rank 1 skips the gradient norm's sum of step 3 (tp #62)
     expect_hang 2 "rank=1,group=tp,op=62,action=skip" "${tp[@]}" -- \
       "The waits form a cycle" "rank 1 (tp=1) is behind." \
-      "In group tp [ranks 0 1] it never issued #62 all_reduce of 1 float64 (sum), which rank 0 waits in" \
+      "In group tp [ranks 0 1] it never issued #62 all_reduce of 2 float64 (sum), which rank 0 waits in" \
       "itself waits in group world [ranks 0 1]" "skipped that operation" ;;
   dp-tp-hang)  # rank 3 stops before a gradient bucket of step 2 (dp_sp #13): ranks wait in chains
     expect_hang 4 "rank=3,group=dp_sp,op=13,action=hang" "${dp_tp[@]}" "${small_buckets[@]}" -- \
@@ -104,7 +106,7 @@ case "$scenario" in
   dp-tp-skip)  # rank 3 skips the gradient norm's tp sum of step 3 (tp #62); rank 2 waits for it
     expect_hang 4 "rank=3,group=tp,op=62,action=skip" "${dp_tp[@]}" -- \
       "rank 3 (dp=1 tp=1) is behind." \
-      "In group tp [ranks 2 3] it never issued #62 all_reduce of 1 float64 (sum), which rank 2 waits in" \
+      "In group tp [ranks 2 3] it never issued #62 all_reduce of 2 float64 (sum), which rank 2 waits in" \
       "skipped that operation" ;;
   dp-tp-swap)  # rank 3 issues the last two buckets of step 2 (dp_sp #13, #14) the other way round
     expect_hang 4 "rank=3,group=dp_sp,op=13,action=swap" "${dp_tp[@]}" "${small_buckets[@]}" -- \
