@@ -186,7 +186,7 @@ TEST(Config, EvalLoopsIsAList) {
   EXPECT_NE(violations({"train.eval_loops=2,2097152"}).find("larger than loom accepts"),
             std::string::npos);
   std::string many = "train.eval_loops=1";
-  for (int i = 2; i <= 65; ++i) many += "," + std::to_string(i);
+  for (int i = 2; i <= 65; ++i) many.append(",").append(std::to_string(i));
   EXPECT_NE(violations({many}).find("lists 65 loop counts; at most 64"), std::string::npos);
 }
 
