@@ -17,7 +17,6 @@
 #include "core/parallel_layout.h"
 #include "core/peak_flops.h"
 #include "core/trainer.h"
-#include "kernels/cpu/matmul.h"
 #include "kernels/cpu/threads.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"

@@ -17,9 +17,11 @@
 #include <sstream>
 
 #include "base/error.h"
+#include "core/file_io.h"
 #include "core/run_dir.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
+#include "launcher/spawn.h"
 #include "tools/run_chart.h"
 
 extern char** environ;
@@ -146,20 +148,22 @@ double tokens_per_step(const fs::path& run_dir) {
   return static_cast<double>(cfg.train().global_batch()) * cfg.train().seq_len();
 }
 
-// Runs `converter` to make `png` from `svg`; throws saying what is missing or what failed.
+// The path of `program` on PATH, or empty.
+std::string program_on_path(const std::string& program) {
+  try {
+    return find_program(program);
+  } catch (const Error&) {
+    return "";
+  }
+}
+
+// Runs a converter to make `png` from `svg`; throws saying what is missing or what failed.
 void write_png(const std::string& svg, const std::string& png) {
-  auto on_path = [](const std::string& name) {
-    const char* path = std::getenv("PATH");
-    std::istringstream dirs(path ? path : "");
-    for (std::string dir; std::getline(dirs, dir, ':');)
-      if (!dir.empty() && access((fs::path(dir) / name).c_str(), X_OK) == 0) return true;
-    return false;
-  };
   std::vector<std::string> argv;
-  if (on_path("rsvg-convert"))
-    argv = {"rsvg-convert", "--background-color=white", "-o", png, svg};
-  else if (on_path("convert"))
-    argv = {"convert", svg, png};
+  if (const std::string rsvg = program_on_path("rsvg-convert"); !rsvg.empty())
+    argv = {rsvg, "--background-color=white", "-o", png, svg};
+  else if (const std::string convert = program_on_path("convert"); !convert.empty())
+    argv = {convert, svg, png};
   else
     throw Error(
         "--png needs rsvg-convert (Debian: apt-get install librsvg2-bin) or ImageMagick's "
@@ -169,18 +173,12 @@ void write_png(const std::string& svg, const std::string& png) {
   for (std::string& a : argv) args.push_back(a.data());
   args.push_back(nullptr);
   pid_t pid = 0;
-  if (posix_spawnp(&pid, args[0], nullptr, nullptr, args.data(), environ) != 0)
+  if (posix_spawn(&pid, args[0], nullptr, nullptr, args.data(), environ) != 0)
     throw Error("--png: cannot start " + argv[0]);
   int status = 0;
   waitpid(pid, &status, 0);
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || !fs::exists(png))
     throw Error("--png: " + argv[0] + " could not convert " + svg + " into " + png);
-}
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream out(path);
-  out << text;
-  if (!out.flush()) throw Error("cannot write " + path);
 }
 
 // What the runs ran on: the distinct "hardware:" lines of their train.log, joined.
@@ -213,7 +211,7 @@ std::vector<double> loop_values(const Struct& step, const std::string& key) {
 
 void finish_chart(const Args& args, const std::string& svg_text, const std::string& what) {
   const std::string svg = args.value("--svg", "");
-  write_text(svg, svg_text);
+  write_file(svg, svg_text.data(), svg_text.size());
   std::printf("wrote %s: %s\n", svg.c_str(), what.c_str());
   if (args.has("--png")) {
     write_png(svg, args.value("--png", ""));

@@ -229,9 +229,8 @@ std::string install_hint(const std::string& program) {
   return "check that it is installed and on PATH";
 }
 
-// The file execv will run for `program`: itself when it names a path, else the first
-// executable regular file of that name on PATH (as execvp searches, but resolved before fork so
-// that a missing program is an error here, not in the child).
+}  // namespace
+
 std::string find_program(const std::string& program) {
   auto runnable = [](const std::string& path) {
     struct stat st;
@@ -255,6 +254,8 @@ std::string find_program(const std::string& program) {
   }
   throw Error("cannot start " + program + ": not found on PATH (" + install_hint(program) + ")");
 }
+
+namespace {
 
 // In the child between fork and exec: only async-signal-safe calls. Reports errno through
 // `report` (close-on-exec, so a successful exec closes it) and exits 127 on failure.

@@ -110,4 +110,10 @@ struct JobOptions {
 // per process. Throws loom::Error when the program cannot be started (e.g. mpirun not installed).
 int run_job(const std::vector<std::string>& argv, const JobOptions& options = {});
 
+// The file execv will run for `program`: itself when it names a path, else the first
+// executable regular file of that name on PATH (as execvp searches, but resolved before fork so
+// that a missing program is an error here, not in the child). Throws loom::Error saying it is
+// missing.
+std::string find_program(const std::string& program);
+
 }  // namespace loom
