@@ -383,6 +383,23 @@ void validate_parallel(const config::RunConfig& cfg) {
                 num(heads) + " and model.n_kv_heads / parallel.tp = " + num(kv_heads) +
                 "; use sequence_method RING, or a smaller sp or tp");
   }
+  if (p.tp_sequence_parallel()) {
+    const std::string tsp = "parallel.tp_sequence_parallel";
+    require(p.tp() > 1, tsp +
+                            " needs parallel.tp > 1 (it cuts the tokens between the "
+                            "tensor-parallel regions over the tp ranks)");
+    const long tokens = static_cast<long>(t.micro_batch()) * (t.seq_len() / p.sp());
+    require(tokens % p.tp() == 0,
+            tsp +
+                " gives each tp rank whole tokens: train.micro_batch × train.seq_len / "
+                "parallel.sp (" +
+                num(t.micro_batch()) + " × " + num(t.seq_len() / p.sp()) + " = " +
+                std::to_string(tokens) + ") must be divisible by parallel.tp (" + num(p.tp()) +
+                ")");
+    require(!model_routed(m), tsp +
+                                  " does not support model.recursion_router (a routed loop "
+                                  "gathers its tokens across the whole micro-batch)");
+  }
   // One MPI message carries at most INT32_MAX elements: ring attention's key/value block and a
   // pipeline boundary state are each sent whole.
   const double local_tokens = static_cast<double>(t.micro_batch()) * t.seq_len() / p.sp();

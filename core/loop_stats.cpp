@@ -35,6 +35,10 @@ double squares(const std::vector<float>& x) {
   return sum;
 }
 
+// Whether this rank's stream counts: tensor-parallel ranks hold the same one, or with sequence
+// parallelism each its own rows of it.
+bool counted_here(const Model& m) { return m.par.tp.sequence || m.par.tp.rank == 0; }
+
 }  // namespace
 
 void model_collect_loop_stats(Model& m, bool on) { m.passes.loops.on = on; }
@@ -77,7 +81,7 @@ void loop_stats_begin(Model& m) {
 void loop_stats_state(Model& m, int position, const void* stream, const void* extra, int begin,
                       int end, size_t NC) {
   LoopStatSums& s = m.passes.loops;
-  if (!s.on || m.par.tp.rank != 0) return;  // tensor-parallel ranks hold the same state
+  if (!s.on || !counted_here(m)) return;
   if (position == begin) s.open = -1;
   const int r = iteration_at(m, position);
   if (r < 0) return;
@@ -108,7 +112,7 @@ void loop_stats_state(Model& m, int position, const void* stream, const void* ex
 
 void loop_stats_grad(Model& m, int position, const void* grad, size_t NC) {
   LoopStatSums& s = m.passes.loops;
-  if (!s.on || m.par.tp.rank != 0) return;
+  if (!s.on || !counted_here(m)) return;
   const int r = iteration_at(m, position);
   if (r < 0 || r == m.spec.loops) return;
   widen(m, grad, NC, s.host);

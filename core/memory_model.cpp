@@ -14,9 +14,11 @@ namespace loom {
 StageMemory stage_memory(const config::RunConfig& cfg, const ParallelLayout& layout, int rank) {
   const Mesh& mesh = layout.mesh;
   // Sizes follow the precision, not the device: the host backend at runtime.precision plans them.
-  Model model = model_layout(cfg.model(), make_host_backend(cfg.runtime()), {mesh.tp, 0, nullptr},
-                             {layout.stages, rank},
-                             {mesh.sp, 0, nullptr, layout.sequence, layout.sequence_method});
+  TensorParallel tp{mesh.tp, 0, nullptr};
+  tp.sequence = layout.tp_sequence;
+  Model model =
+      model_layout(cfg.model(), make_host_backend(cfg.runtime()), tp, {layout.stages, rank},
+                   {mesh.sp, 0, nullptr, layout.sequence, layout.sequence_method});
   const Pipeline pipe = pipeline_create(layout, nullptr, rank);
   StageMemory out;
   out.params = model.layout.num_params;

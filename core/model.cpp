@@ -26,22 +26,33 @@ void check_run(Model& m, int chunk, int slot, int B, int T) {
                   : kb(m).attention_scratch_bytes(m.plan.B, m.plan.T, m.par.Cl, m.par.Hl)) <=
              m.plan.attention_scratch_bytes);
   LOOM_CHECK(!m.par.sp.comm || T == m.plan.T);  // the positions are planned for plan.T rows
+  LOOM_CHECK(!m.par.tp.sequence || B * T % m.par.tp.size == 0);  // whole rows per tp rank
+}
+
+// The first of this rank's rows of the stream (sequence parallelism), among N.
+size_t own_first_row(const Model& m, int N) {
+  return m.par.tp.sequence ? static_cast<size_t>(N) / m.par.tp.size * m.par.tp.rank : 0;
 }
 
 // The final norm and the LM head with cross-entropy over the last chunk's stream; returns the
-// sum of the token losses.
+// sum of the token losses. With sequence parallelism the norm runs on this rank's rows, in
+// their place among all N, and the head reads every rank's, gathered.
 double head_forward(Model& m, const ModelChunk& c, int slot, const int* targets, int N,
                     float loss_grad_scale) {
   const kernels::KernelBackend& be = kb(m);
-  const size_t base = slot_base(m, slot);
+  const size_t base = slot_base(m, slot), C = m.spec.C;
+  const int rows = static_cast<int>(m.par.tp.sequence ? N / m.par.tp.size : N);
   const void* x = act(m, base + c.final_input);
+  void* normed = act_offset(m, act(m, m.temps.normed_f), own_first_row(m, N) * C);
   if (is_layernorm(m))
-    be.layernorm_forward(act(m, m.temps.normed_f), stat(m, base + c.mean_f),
-                         stat(m, base + c.rstd_f), x, weight(m, m.layout.norm_f_w),
-                         weight(m, m.layout.norm_f_b), N, m.spec.C, m.spec.config.norm_eps());
+    be.layernorm_forward(normed, stat(m, base + c.mean_f), stat(m, base + c.rstd_f), x,
+                         weight(m, m.layout.norm_f_w), weight(m, m.layout.norm_f_b), rows, m.spec.C,
+                         m.spec.config.norm_eps());
   else
-    be.rmsnorm_forward(act(m, m.temps.normed_f), stat(m, base + c.rstd_f), x,
-                       weight(m, m.layout.norm_f_w), N, m.spec.C, m.spec.config.norm_eps());
+    be.rmsnorm_forward(normed, stat(m, base + c.rstd_f), x, weight(m, m.layout.norm_f_w), rows,
+                       m.spec.C, m.spec.config.norm_eps());
+  GatheredRows all = gather_rows_start(m, normed, m.temps.normed_f, static_cast<size_t>(N) * C);
+  gathered_rows(m, all);
   if (!targets) return 0.0;
   m.buf.targets.upload(targets, N);
   targets = m.buf.targets.data();
@@ -73,8 +84,12 @@ const void* position_rows(Model& m, int T) {
 }
 
 // The embedding's backward: the token rows' gradients, and the position rows' (with sp > 1
-// computed for the local rows, then added to wpe's gradient at their positions).
+// computed for the local rows, then added to wpe's gradient at their positions), from the
+// stream's gradient (this rank's rows under sequence parallelism: every rank's gathered first).
 void embedding_backward(Model& m, const void* dr, const int* tokens, int B, int T) {
+  GatheredRows all =
+      gather_rows_start(m, dr, m.temps.gathered_grad, static_cast<size_t>(B) * T * m.spec.C);
+  dr = gathered_rows(m, all);
   float* dwpe = is_rotary(m) ? nullptr : grad(m, m.layout.wpe);
   if (dwpe && m.par.sp.comm) {
     dwpe = stat(m, m.temps.dwpe_local);
@@ -109,10 +124,12 @@ double model_forward_chunk(Model& m, int chunk, int slot, int boundary, const in
     int* tokens = m.buf.slot_tokens.data() + static_cast<size_t>(slot) * m.plan.B * m.plan.T;
     m.buf.slot_tokens.upload(inputs, N, static_cast<size_t>(slot) * m.plan.B * m.plan.T);
     // Each rank looks up its vocabulary rows (zeros for the others); tp rank 0 adds positions.
-    be.embedding_forward(r, tokens, weight(m, m.layout.wte), position_rows(m, T), B, T, m.spec.C,
-                         m.par.vocab.vocab_begin, m.par.vocab.rows);
-    WorkPtr embedded = tp_sum_start(m.par.tp, r, NC);
-    tp_wait(m, embedded);
+    // With sequence parallelism that partial sum is reduce-scattered into the stream's rows.
+    void* embedded = m.par.tp.sequence ? act(m, m.temps.partial) : r;
+    be.embedding_forward(embedded, tokens, weight(m, m.layout.wte), position_rows(m, T), B, T,
+                         m.spec.C, m.par.vocab.vocab_begin, m.par.vocab.rows);
+    WorkPtr sum = tp_complete_start(m.par.tp, embedded, r, static_cast<size_t>(N) * m.spec.C);
+    tp_wait(m, sum);
   }
   Walk w{c.begin, c.end, B, T, [&](int i) { return acts_of(m, c, slot, i); },
          [&](int p) -> void* {
@@ -167,7 +184,7 @@ void recompute_units(Model& m, const ModelChunk& c, int chunk, int slot, int B, 
   const int top = units - 1 - (last_in_work ? 1 : 0);  // the last unit still to recompute
   if (top < 0) return;
   TraceSpan span(m.par.trace, "R", "recompute", -1, chunk);
-  const size_t NC = static_cast<size_t>(B) * T * m.spec.C;
+  const size_t NC = model_stream_rows(m, B, T) * m.spec.C;
   const BoundaryState live{act(m, m.plan.recompute_state), NC, m.spec.delay,
                            kb(m).activation_bytes()};
   restore(m, act(m, slot_base(m, slot) + g.checkpoint), g.begin, live);
@@ -212,6 +229,38 @@ void recompute_backward(BackwardRun& run, int chunk, const ChunkSegment& g, bool
   });
 }
 
+// Reports `r` final to on_grads_final (when given: the step's last micro-batch). With sequence
+// parallelism each rank's norm weights' gradients hold only its rows' part: those in `r` are
+// summed over the tensor-parallel group first (every rank reports the same ranges in the same
+// order), after which every rank holds the same, as for any replicated tensor.
+void report_final(Model& m, const GradsFinalFn& on_grads_final, const ShardRange& r) {
+  if (!on_grads_final || r.size() == 0) return;
+  if (m.par.tp.sequence) {
+    std::vector<size_t> norms;
+    auto add = [&](size_t offset) {
+      if (offset != kNoTensor && offset >= r.begin && offset + m.spec.C <= r.end)
+        norms.push_back(offset);
+    };
+    if (m.layout.head_range.size() > 0) {
+      add(m.layout.norm_f_w);
+      add(m.layout.norm_f_b);
+    }
+    for (size_t u = 0; u < m.layout.layers.size(); ++u) {
+      if (m.layout.layer_ranges[u].size() == 0) continue;  // not held: its offsets are unused
+      const LayerOffsets& o = m.layout.layers[u];
+      for (size_t offset : {o.norm1_w, o.norm1_b, o.norm2_w, o.norm2_b}) add(offset);
+    }
+    std::sort(norms.begin(), norms.end());
+    LOOM_CHECK(std::adjacent_find(norms.begin(), norms.end()) == norms.end());  // summed once
+    std::vector<WorkPtr> sums;
+    for (size_t offset : norms)
+      sums.push_back(m.par.tp.comm->all_reduce_async(grad(m, offset), m.spec.C, DataType::kFloat32,
+                                                     ReduceOp::kSum));
+    for (WorkPtr& w : sums) tp_wait(m, w);
+  }
+  on_grads_final(r.begin, r.size());
+}
+
 // The weight pass of a split backward: the matrices' gradients from the output gradients the
 // input pass kept, sub-layer by sub-layer in the same order; each range reported once final. A
 // recomputed segment runs forward once more, unit by unit, for the activations the gradients
@@ -220,9 +269,7 @@ void backward_weights(Model& m, int chunk, int slot, int B, int T,
                       const GradsFinalFn& on_grads_final) {
   const ModelChunk& c = m.par.chunks[chunk];
   const int N = B * T;
-  auto report = [&](const ShardRange& r) {
-    if (on_grads_final && r.size() > 0) on_grads_final(r.begin, r.size());
-  };
+  auto report = [&](const ShardRange& r) { report_final(m, on_grads_final, r); };
   if (c.last) {
     report(m.layout.head_range);
     if (m.layout.has_wte && m.par.chunks.front().begin != 0) report(m.layout.embedding_range);
@@ -284,25 +331,27 @@ void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, in
   const kernels::KernelBackend& be = kb(m);
   const int N = B * T;
   const bool defer = part == BackwardPart::kInput;  // the weight pass reports the ranges
-  BackwardRun run{m, c, slot, B, T, model_boundary_state(m, boundary, B, T), defer,
-                  [&](const ShardRange& r) {
-                    if (on_grads_final && !defer && r.size() > 0)
-                      on_grads_final(r.begin, r.size());
-                  }};
+  BackwardRun run{
+      m, c, slot, B, T, model_boundary_state(m, boundary, B, T), defer, [&](const ShardRange& r) {
+        if (!defer) report_final(m, on_grads_final, r);
+      }};
   const size_t NC = run.grad_state.NC, base = slot_base(m, slot);
   void* dr = run.grad_state.stream();
   if (m.spec.config.input_injection() && !c.injected_out) be.zero(run.grad_state.injected(), NC);
   if (c.last) {
     be.zero(dr, NC);
     const void* x = act(m, base + c.final_input);
-    const void* d_normed_f = act(m, base + c.d_normed_f);
+    // Complete on every rank, all rows: this rank's.
+    const void* d_normed_f =
+        act_offset(m, act(m, base + c.d_normed_f), own_first_row(m, N) * m.spec.C);
+    const int rows = static_cast<int>(model_stream_rows(m, B, T));
     if (is_layernorm(m))
       be.layernorm_backward(dr, grad(m, m.layout.norm_f_w), grad(m, m.layout.norm_f_b), d_normed_f,
                             x, weight(m, m.layout.norm_f_w), stat(m, base + c.mean_f),
-                            stat(m, base + c.rstd_f), N, m.spec.C, act(m, m.temps.norm_scratch));
+                            stat(m, base + c.rstd_f), rows, m.spec.C, act(m, m.temps.norm_scratch));
     else
       be.rmsnorm_backward(dr, grad(m, m.layout.norm_f_w), d_normed_f, x,
-                          weight(m, m.layout.norm_f_w), stat(m, base + c.rstd_f), N, m.spec.C,
+                          weight(m, m.layout.norm_f_w), stat(m, base + c.rstd_f), rows, m.spec.C,
                           act(m, m.temps.norm_scratch));
     // The final norm and the untied LM head (its gradient came from the forward) are done; so
     // is a tied embedding held here only as the head (its look-up runs on another rank).

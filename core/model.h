@@ -211,7 +211,8 @@ struct ParamLayout {
   std::vector<std::vector<LayerOffsets>> lora;
   std::vector<ShardRange> layer_ranges;  // per unique layer, its tensors in the buffer (or empty)
   ShardRange embedding_range, head_range;  // wte (+ wpe); norm_f (+ lm_head)
-  size_t wte = 0, wpe = 0, norm_f_w = 0, norm_f_b = 0, lm_head = 0;
+  size_t wte = 0, wpe = 0, norm_f_w = 0, lm_head = 0;
+  size_t norm_f_b = kNoTensor;  // LayerNorm only
   size_t router = kNoTensor;  // (loops, C): expert choice's row r scores iteration r's tokens;
                               // token choice's rows give each token's logits over the depths
   bool has_wte = false;
@@ -286,6 +287,11 @@ struct ArenaTemporaries {
   // model.recursion_kv SHARED_FIRST: the gradient of the first iteration's keys and values the
   // later iterations leave, (block_layers, B·T, qkv columns).
   size_t shared_dqkv = 0;
+  // parallel.tp_sequence_parallel: the full-rows partial sums of the sub-layers' outputs and of
+  // their pre-norms' output gradients before they are reduce-scattered, (delay, B, T, C) each,
+  // and the all-gathered rows a tensor-parallel region reads: a pre-norm's output (forward, and
+  // again in backward), an output gradient or the embedding's, (B, T, C) each.
+  size_t partial = 0, d_partial = 0, gathered = 0, gathered_grad = 0;
 };
 
 // Mixture-of-Recursions: one loop iteration's routing of one micro-batch. Host copies; rows and
@@ -448,6 +454,10 @@ struct BoundaryState {
   void* at(size_t tensor) const { return static_cast<char*>(base) + tensor * NC * element_bytes; }
 };
 BoundaryState model_boundary_state(Model& model, int index, int B, int T);
+
+// Rows of the residual stream (and of everything between the tensor-parallel regions) this rank
+// holds for (B, T) tokens: B·T, or with parallel.tp_sequence_parallel its B·T / tp of them.
+size_t model_stream_rows(const Model& model, int B, int T);
 
 // Elements of the boundary state at `chunk`'s start (at_end false) or end, for (B, T) tokens:
 // the stream, delay − 1 pending outputs and, when the boundary carries it, e.

@@ -69,9 +69,20 @@ SublayerActs acts_in_slot(const Model& m, const SublayerActs& a, int slot);
 // that blocked.
 void tp_wait(Model& m, WorkPtr& work);
 
-void norm_forward(Model& m, size_t w, size_t b, const SublayerActs& a, int N);
-// d_input += backward of the pre-norm, from the (complete) gradient of its output.
-void norm_backward(Model& m, size_t w, size_t b, const SublayerActs& a, int N,
+// parallel.tp_sequence_parallel: every rank's rows of an (N, ·) activation, gathered into the
+// arena at `full` from this rank's at `local` (n elements in all) — or, without, `local` itself.
+struct GatheredRows {
+  const void* rows = nullptr;
+  WorkPtr work;  // in flight; null once arrived
+};
+GatheredRows gather_rows_start(Model& m, const void* local, size_t full, size_t n);
+// The rows, once arrived (the wait is exposed tensor-parallel communication).
+const void* gathered_rows(Model& m, GatheredRows& g);
+
+// The pre-norm over `rows` rows of the stream (N, or this rank's under sequence parallelism).
+void norm_forward(Model& m, size_t w, size_t b, const SublayerActs& a, int rows);
+// d_input += backward of the pre-norm, from the (complete) gradient of its output (`rows` rows).
+void norm_backward(Model& m, size_t w, size_t b, const SublayerActs& a, int rows,
                    const void* d_normed, void* d_input);
 // h (B, T, C) = Attn(norm1(input)) / MLP(norm2(input)): this rank's part of it (all of it when
 // tp = 1).
@@ -98,9 +109,9 @@ void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerA
 void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
                           void* h);
 // d_normed (B, T, C) = this rank's part of the gradient of the sub-layer's pre-norm output,
-// from dh (complete on every rank) — overwritten. The pre-norm's own backward waits until the
-// tensor-parallel sum has completed it. With defer_weights the matrices' gradients are left
-// for *_sublayer_weights, and what they need (dh, the middle gradient) stays in a's slot.
+// all rows, from dh (complete on every rank, all rows) — overwritten. The pre-norm's own backward
+// waits until the tensor-parallel sum has completed it. With defer_weights the matrices' gradients
+// are left for *_sublayer_weights, and what they need (dh, the middle gradient) stays in a's slot.
 void attention_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
                                  int T, const void* dh, void* d_normed, bool defer_weights,
                                  const RoutedTokens* routed = nullptr, int sublayer = -1);
@@ -145,6 +156,12 @@ struct Walk {
   const RoutedTokens* routed = nullptr;  // a routed iteration's tokens (B = 1); null: dense
   bool loop_stats = false;  // the step's own forward: logging.loop_stats sees its states
 };
+
+// Where sub-layer i writes its output h_i, a partial sum over tp of `n` elements (all rows): its
+// pending slot in `state`, completed there in place, or with sequence parallelism the full-rows
+// buffer that is reduce-scattered into the slot. output_sum_start starts completing it.
+void* output_partial(Model& m, const BoundaryState& state, int i, size_t n);
+WorkPtr output_sum_start(Model& m, const BoundaryState& state, int i, size_t n);
 
 // Pending output h_j of the boundary state at position p's start, inside a checkpoint of it.
 void* checkpoint_tensor(const Model& m, void* checkpoint, int p, int j, size_t NC);

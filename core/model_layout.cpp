@@ -228,6 +228,8 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   LOOM_CHECK(m.spec.H % tp.size == 0 && m.spec.F % tp.size == 0 &&
              m.spec.Hkv % tp.size == 0);  // validate_config says so to users
   if (tp.size == 1) tp.comm = nullptr;
+  tp.sequence = tp.sequence && tp.size > 1;
+  LOOM_CHECK(!tp.sequence || !model_routed(cfg));  // validate_parallel says so to users
   m.par.tp = tp;
   m.par.tp.type = activation_data_type(*m.buf.backend);
   LOOM_CHECK(sp.size >= 1 && sp.rank >= 0 && sp.rank < sp.size);
@@ -372,12 +374,12 @@ void plan_output_gradients(const Model& m, ArenaCursor& plan, int sub, size_t N,
 // One sub-layer's saved activations (with split backward also its output gradients).
 SublayerActs plan_sublayer(const Model& m, ArenaCursor& plan, int sub, int B, int T, bool split) {
   const size_t N = static_cast<size_t>(B) * T, C = m.spec.C, Cl = m.par.Cl, F = m.par.Fl,
-               H = m.par.Hl;
+               H = m.par.Hl, rows = model_stream_rows(m, B, T);
   SublayerActs a{};
-  a.input = plan.act(N * C);
-  a.normed = plan.act(N * C);
-  a.mean = plan.take(N);
-  a.rstd = plan.take(N);
+  a.input = plan.act(rows * C);  // the stream's rows and the pre-norm's: this rank's
+  a.normed = plan.act(rows * C);
+  a.mean = plan.take(rows);
+  a.rstd = plan.take(rows);
   const size_t mid = sub == 0 ? qkv_columns(m) : mlp_columns(m);
   a.hidden = plan.act(N * mid);
   a.hidden2 = plan.act(N * (sub == 0 ? Cl : F));
@@ -396,7 +398,7 @@ SublayerActs plan_sublayer(const Model& m, ArenaCursor& plan, int sub, int B, in
 // chunk the final norm's input and statistics and the LM head's output gradient. Offsets within
 // the slot.
 void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T, bool split) {
-  const size_t N = static_cast<size_t>(B) * T, C = m.spec.C;
+  const size_t N = static_cast<size_t>(B) * T, C = m.spec.C, rows = model_stream_rows(m, B, T);
   ArenaCursor plan{kb(m)};
   c.acts.assign(2 * (c.end - c.begin), SublayerActs{});
   c.keeps_injected = false;
@@ -410,7 +412,7 @@ void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T, bool split) {
     g.checkpoint = plan.take(m.plan.checkpoint_floats);
     c.keeps_injected |= boundary_carries_injected(m, 2 * g.begin);
   }
-  if (c.keeps_injected) c.injected_kept = plan.act(N * C);
+  if (c.keeps_injected) c.injected_kept = plan.act(rows * C);
   c.routed_stream.clear();
   c.routed_out.clear();
   for (int r = 0; model_routed(m.spec.config) && r < m.spec.loops; ++r) {
@@ -418,10 +420,10 @@ void plan_chunk_slot(const Model& m, ModelChunk& c, int B, int T, bool split) {
     c.routed_out.push_back(plan.act(N * C));
   }
   if (c.last) {
-    c.final_input = plan.act(N * C);
-    c.mean_f = plan.take(N);
-    c.rstd_f = plan.take(N);
-    c.d_normed_f = plan.act(N * C);
+    c.final_input = plan.act(rows * C);
+    c.mean_f = plan.take(rows);
+    c.rstd_f = plan.take(rows);
+    c.d_normed_f = plan.act(N * C);  // complete on every rank (the vocabulary-parallel head)
   }
   c.slot_floats = plan.used;
 }
@@ -461,7 +463,9 @@ void plan_routed_temporaries(Model& m, ArenaCursor& plan, size_t N, size_t NC) {
 // Lays the arena out for (B, T) into m's offsets; returns its size in floats.
 size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split) {
   const size_t N = static_cast<size_t>(B) * T, C = m.spec.C, Cl = m.par.Cl, F = m.par.Fl;
-  const size_t NC = (N * C + 31) / 32 * 32;  // one (B, T, C) tensor: 16 floats for any type
+  const size_t rows = model_stream_rows(m, B, T);
+  // One (B, T, C) tensor of the stream (this rank's rows): 16 floats for any type.
+  const size_t NC = (rows * C + 31) / 32 * 32;
   ArenaCursor plan{kb(m)};
   m.plan.checkpoint_floats =
       act_floats(m, m.spec.delay * NC);  // the stream and delay − 1 pending outputs
@@ -502,8 +506,14 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
   m.plan.recompute_state = need.unit_positions > 0 ? plan.take(m.plan.boundary_floats) : 0;
   m.plan.inner_capacity = need.units > 1 ? need.units : 0;
   m.plan.inner_checkpoints = plan.take(m.plan.checkpoint_floats * m.plan.inner_capacity);
-  m.temps.normed_f = plan.act(N * C);
-  m.temps.d_normed = plan.act(m.spec.delay * N * C);
+  m.temps.normed_f = plan.act(N * C);  // all rows: the vocabulary-parallel head reads them
+  m.temps.d_normed = plan.act(m.spec.delay * rows * C);
+  if (m.par.tp.sequence) {
+    m.temps.partial = plan.act(m.spec.delay * N * C);
+    m.temps.d_partial = plan.act(m.spec.delay * N * C);
+    m.temps.gathered = plan.act(N * C);
+    m.temps.gathered_grad = plan.act(N * C);
+  }
   m.temps.d_hidden = plan.act(N * std::max<size_t>(qkv_columns(m), mlp_columns(m)));
   m.temps.d_hidden2 = plan.act(N * std::max(Cl, F));
   if (const size_t r = m.spec.config.loop_lora_rank(); r > 0) {
@@ -544,8 +554,8 @@ size_t plan_arena(Model& m, int B, int T, int slots, int boundaries, bool split)
       floats_for(m.par.tp.size > 1 ? vocab_parallel_scratch_bytes(be, chunk, m.par.vocab.rows)
                                    : be.lm_head_scratch_bytes(chunk, m.spec.V)));
   // One scratch serves every norm backward (one kind per model) and the embedding backward.
-  const size_t norm_bytes = is_layernorm(m) ? be.layernorm_backward_scratch_bytes(B * T, m.spec.C)
-                                            : be.rmsnorm_backward_scratch_bytes(B * T, m.spec.C);
+  const size_t norm_bytes = is_layernorm(m) ? be.layernorm_backward_scratch_bytes(rows, m.spec.C)
+                                            : be.rmsnorm_backward_scratch_bytes(rows, m.spec.C);
   m.temps.norm_scratch = plan.take(floats_for(norm_bytes));
   m.temps.embedding_scratch =
       plan.take(floats_for(be.embedding_backward_scratch_bytes(B, T, m.spec.C)));
@@ -644,10 +654,15 @@ void model_set_loops(Model& m, int loops) {
   LOOM_CHECK(need.units <= 1 || need.units <= m.plan.inner_capacity);
 }
 
+size_t model_stream_rows(const Model& m, int B, int T) {
+  const size_t N = static_cast<size_t>(B) * T;
+  return m.par.tp.sequence ? N / m.par.tp.size : N;
+}
+
 size_t model_boundary_count(const Model& m, int chunk, bool at_end, int B, int T) {
   const ModelChunk& c = m.par.chunks[chunk];
   const bool injected = at_end ? c.injected_out : c.injected_in;
-  return (m.spec.delay + (injected ? 1 : 0)) * static_cast<size_t>(B) * T * m.spec.C;
+  return (m.spec.delay + (injected ? 1 : 0)) * model_stream_rows(m, B, T) * m.spec.C;
 }
 
 namespace {
@@ -660,7 +675,7 @@ float* boundary_buffer(Model& m, int index) {
 }  // namespace
 
 BoundaryState model_boundary_state(Model& m, int index, int B, int T) {
-  return {boundary_buffer(m, index), static_cast<size_t>(B) * T * m.spec.C, m.spec.delay,
+  return {boundary_buffer(m, index), model_stream_rows(m, B, T) * m.spec.C, m.spec.delay,
           kb(m).activation_bytes()};
 }
 

@@ -135,16 +135,54 @@ const float* rope_sin(Model& m, bool routed) {
 
 }  // namespace
 
+GatheredRows gather_rows_start(Model& m, const void* local, size_t full, size_t n) {
+  if (!m.par.tp.sequence) return {local, nullptr};
+  return {act(m, full), tp_gather_start(m.par.tp, local, act(m, full), n)};
+}
+
+const void* gathered_rows(Model& m, GatheredRows& g) {
+  tp_wait(m, g.work);
+  return g.rows;
+}
+
+namespace {
+
+// A column-parallel layer's output (N, cols) = normed · Wᵀ + b from the pre-norm's output in
+// a.normed (rows `rows` of N on this rank); returns the normed input, all N rows. With sequence
+// parallelism the other ranks' rows are gathered while this rank's own are multiplied.
+const void* column_parallel_forward(Model& m, const SublayerActs& a, size_t w, size_t b, int N,
+                                    size_t rows, int cols) {
+  const int C = m.spec.C;
+  const void* local = act(m, a.normed);
+  GatheredRows g = gather_rows_start(m, local, m.temps.gathered, static_cast<size_t>(N) * C);
+  if (!m.par.tp.sequence) {
+    kb(m).matmul_forward(act(m, a.hidden), local, weight(m, w), bias(m, b), N, C, cols);
+    return local;
+  }
+  const size_t own = m.par.tp.rank * rows, after = own + rows;
+  auto rows_at = [&](const void* x, size_t from, size_t count) {
+    kb(m).matmul_forward(act_offset(m, act(m, a.hidden), from * cols), x, weight(m, w), bias(m, b),
+                         static_cast<int>(count), C, cols);
+  };
+  rows_at(local, own, rows);
+  const void* all = gathered_rows(m, g);
+  if (own > 0) rows_at(all, 0, own);
+  if (after < static_cast<size_t>(N))
+    rows_at(act_offset(m, all, after * C), after, static_cast<size_t>(N) - after);
+  return all;
+}
+
+}  // namespace
+
 // h (B, T, C) = Attn(norm1(input)): this rank's heads' part of it (all of it when tp = 1).
 void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
                                 int T, void* h, const RoutedTokens* routed, int sublayer) {
   const int N = B * T, C = m.spec.C, Cl = m.par.Cl, Hl = m.par.Hl, KVl = m.par.Hkvl;
-  norm_forward(m, o.norm1_w, o.norm1_b, a, N);
-  kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.qkv_w), bias(m, o.qkv_b), N,
-                       C, qkv_columns(m));
+  const size_t rows = model_stream_rows(m, B, T);
+  norm_forward(m, o.norm1_w, o.norm1_b, a, static_cast<int>(rows));
+  const void* normed = column_parallel_forward(m, a, o.qkv_w, o.qkv_b, N, rows, qkv_columns(m));
   if (o.qkv_lora.present())
-    lora_forward(m, o.qkv_lora, false, act(m, a.normed), a.lora_in, act(m, a.hidden), N, C,
-                 qkv_columns(m));
+    lora_forward(m, o.qkv_lora, false, normed, a.lora_in, act(m, a.hidden), N, C, qkv_columns(m));
   if (is_rotary(m))
     kb(m).rope_apply(act(m, a.hidden), rope_cos(m, routed), rope_sin(m, routed), B, T, Cl, Hl, KVl,
                      false);
@@ -170,12 +208,11 @@ void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerA
 void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
                           void* h) {
   const int N = B * T, C = m.spec.C, Fl = m.par.Fl;
-  norm_forward(m, o.norm2_w, o.norm2_b, a, N);
-  kb(m).matmul_forward(act(m, a.hidden), act(m, a.normed), weight(m, o.fc_w), bias(m, o.fc_b), N, C,
-                       mlp_columns(m));
+  const size_t rows = model_stream_rows(m, B, T);
+  norm_forward(m, o.norm2_w, o.norm2_b, a, static_cast<int>(rows));
+  const void* normed = column_parallel_forward(m, a, o.fc_w, o.fc_b, N, rows, mlp_columns(m));
   if (o.fc_lora.present())
-    lora_forward(m, o.fc_lora, false, act(m, a.normed), a.lora_in, act(m, a.hidden), N, C,
-                 mlp_columns(m));
+    lora_forward(m, o.fc_lora, false, normed, a.lora_in, act(m, a.hidden), N, C, mlp_columns(m));
   if (is_swiglu(m))
     kb(m).swiglu_forward(act(m, a.hidden2), act(m, a.hidden), N, Fl);
   else
@@ -199,6 +236,9 @@ void attention_sublayer_backward(Model& m, const LayerOffsets& o, const Sublayer
                                  const RoutedTokens* routed, int sublayer) {
   const int N = B * T, C = m.spec.C, Cl = m.par.Cl, Hl = m.par.Hl, KVl = m.par.Hkvl;
   const bool defer = defer_weights;
+  // The pre-norm's output, all rows, arrives while the attention's backward runs.
+  GatheredRows normed =
+      gather_rows_start(m, act(m, a.normed), m.temps.gathered, static_cast<size_t>(N) * C);
   void* d_attn = act(m, m.temps.d_hidden2);                  // (B, T, Cl)
   void* d_qkv = act(m, defer ? a.d_mid : m.temps.d_hidden);  // (B, T, qkv_columns)
   if (defer) kb(m).copy(act(m, a.d_out), dh, static_cast<size_t>(N) * C);
@@ -220,17 +260,19 @@ void attention_sublayer_backward(Model& m, const LayerOffsets& o, const Sublayer
                              T, Cl, Hl, KVl, act(m, m.temps.attention_scratch));
   if (is_rotary(m))
     kb(m).rope_apply(d_qkv, rope_cos(m, routed), rope_sin(m, routed), B, T, Cl, Hl, KVl, true);
-  kb(m).matmul_backward(d_normed, now(m, o.qkv_w, defer), now(m, o.qkv_b, defer), d_qkv,
-                        act(m, a.normed), weight(m, o.qkv_w), N, C, qkv_columns(m));
+  const void* x = gathered_rows(m, normed);
+  kb(m).matmul_backward(d_normed, now(m, o.qkv_w, defer), now(m, o.qkv_b, defer), d_qkv, x,
+                        weight(m, o.qkv_w), N, C, qkv_columns(m));
   if (o.qkv_lora.present())
-    lora_backward(m, o.qkv_lora, false, act(m, a.normed), a.lora_in, d_qkv, d_normed, N, C,
-                  qkv_columns(m));
+    lora_backward(m, o.qkv_lora, false, x, a.lora_in, d_qkv, d_normed, N, C, qkv_columns(m));
 }
 
 void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
                            const void* dh, void* d_normed, bool defer_weights) {
   const int N = B * T, C = m.spec.C, Fl = m.par.Fl;
   const bool defer = defer_weights;
+  GatheredRows normed =
+      gather_rows_start(m, act(m, a.normed), m.temps.gathered, static_cast<size_t>(N) * C);
   void* d_hidden = act(m, defer ? a.d_mid : m.temps.d_hidden);  // (B, T, mlp_columns)
   // The activation's output gradient: in place for GELU, beside it for SwiGLU (whose input is
   // twice as wide).
@@ -244,11 +286,11 @@ void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& 
     kb(m).swiglu_backward(d_hidden, act(m, a.hidden), d_act, N, Fl);
   else
     kb(m).gelu_backward(d_hidden, act(m, a.hidden), d_hidden, static_cast<size_t>(N) * Fl);
-  kb(m).matmul_backward(d_normed, now(m, o.fc_w, defer), now(m, o.fc_b, defer), d_hidden,
-                        act(m, a.normed), weight(m, o.fc_w), N, C, mlp_columns(m));
+  const void* x = gathered_rows(m, normed);
+  kb(m).matmul_backward(d_normed, now(m, o.fc_w, defer), now(m, o.fc_b, defer), d_hidden, x,
+                        weight(m, o.fc_w), N, C, mlp_columns(m));
   if (o.fc_lora.present())
-    lora_backward(m, o.fc_lora, false, act(m, a.normed), a.lora_in, d_hidden, d_normed, N, C,
-                  mlp_columns(m));
+    lora_backward(m, o.fc_lora, false, x, a.lora_in, d_hidden, d_normed, N, C, mlp_columns(m));
 }
 
 // The same matrices' gradients, in the same order, as the backward without defer_weights adds.
@@ -256,16 +298,20 @@ void attention_sublayer_weights(Model& m, const LayerOffsets& o, const SublayerA
   const int C = m.spec.C, Cl = m.par.Cl;
   kb(m).matmul_backward(nullptr, grad(m, o.attn_proj_w), bias_grad(m, o.attn_proj_b),
                         act(m, a.d_out), act(m, a.hidden2), weight(m, o.attn_proj_w), N, Cl, C);
+  GatheredRows normed =
+      gather_rows_start(m, act(m, a.normed), m.temps.gathered, static_cast<size_t>(N) * C);
   kb(m).matmul_backward(nullptr, grad(m, o.qkv_w), bias_grad(m, o.qkv_b), act(m, a.d_mid),
-                        act(m, a.normed), weight(m, o.qkv_w), N, C, qkv_columns(m));
+                        gathered_rows(m, normed), weight(m, o.qkv_w), N, C, qkv_columns(m));
 }
 
 void mlp_sublayer_weights(Model& m, const LayerOffsets& o, const SublayerActs& a, int N) {
   const int C = m.spec.C, Fl = m.par.Fl;
   kb(m).matmul_backward(nullptr, grad(m, o.mlp_proj_w), bias_grad(m, o.mlp_proj_b), act(m, a.d_out),
                         act(m, a.hidden2), weight(m, o.mlp_proj_w), N, Fl, C);
+  GatheredRows normed =
+      gather_rows_start(m, act(m, a.normed), m.temps.gathered, static_cast<size_t>(N) * C);
   kb(m).matmul_backward(nullptr, grad(m, o.fc_w), bias_grad(m, o.fc_b), act(m, a.d_mid),
-                        act(m, a.normed), weight(m, o.fc_w), N, C, mlp_columns(m));
+                        gathered_rows(m, normed), weight(m, o.fc_w), N, C, mlp_columns(m));
 }
 
 bool starts_loop_iteration(const Model& m, int position) {

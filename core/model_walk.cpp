@@ -31,10 +31,20 @@ void* checkpoint_tensor(const Model& m, void* checkpoint, int p, int j, size_t N
   return act_offset(m, checkpoint, (j - 2 * p + m.spec.delay) * NC);
 }
 
+void* output_partial(Model& m, const BoundaryState& state, int i, size_t n) {
+  if (!m.par.tp.sequence) return state.pending(i);
+  return act_offset(m, act(m, m.temps.partial), (i % m.spec.delay) * n);
+}
+
+WorkPtr output_sum_start(Model& m, const BoundaryState& state, int i, size_t n) {
+  return tp_complete_start(m.par.tp, output_partial(m, state, i, n), state.pending(i), n);
+}
+
 void forward_walk(Model& m, const BoundaryState& state, const Walk& w) {
   const kernels::KernelBackend& be = kb(m);
   const int d = m.spec.delay, s = 2 * w.begin, e = 2 * w.end;
-  const size_t NC = state.NC;
+  const size_t NC = state.NC;                                     // this rank's rows of the stream
+  const size_t full = static_cast<size_t>(w.B) * w.T * m.spec.C;  // a sub-layer's output
   void* r = state.stream();
   const int injection = injection_sublayer(m);
   // Checkpointed pending outputs, copied once their sum completes (by pending slot).
@@ -71,12 +81,13 @@ void forward_walk(Model& m, const BoundaryState& state, const Walk& w) {
     be.copy(act(m, a.input), r, NC);
     // Slot i % d held h_{i−d}, just added to r: free for h_i.
     const LayerOffsets o = layer_at(m, p);
+    void* h = output_partial(m, state, i, full);
     if (sub == 0)
-      attention_sublayer_forward(m, o, a, w.B, w.T, state.pending(i), w.routed, i);
+      attention_sublayer_forward(m, o, a, w.B, w.T, h, w.routed, i);
     else
-      mlp_sublayer_forward(m, o, a, w.B, w.T, state.pending(i));
+      mlp_sublayer_forward(m, o, a, w.B, w.T, h);
     if (w.end_as != WalkEnd::kDiscard || i < e - d)
-      m.par.tp_sums.forward[i % d] = tp_sum_start(m.par.tp, state.pending(i), NC);
+      m.par.tp_sums.forward[i % d] = output_sum_start(m, state, i, full);
   }
   if (w.end_as == WalkEnd::kOpen && w.loop_stats)  // as the boundary below would hold it
     loop_stats_state(m, w.end, r, pending_output(e - d), w.begin, w.end, NC);
@@ -99,13 +110,20 @@ void backward_range(BackwardRun& run, int a, int b, const std::function<Sublayer
   Model& m = run.m;
   const ModelChunk& c = run.c;
   const kernels::KernelBackend& be = kb(m);
-  const int N = run.B * run.T, d = m.spec.delay, s = 2 * a, e = 2 * b;
+  const int d = m.spec.delay, s = 2 * a, e = 2 * b;
   const BoundaryState& gs = run.grad_state;
-  const size_t NC = gs.NC;
+  const size_t NC = gs.NC, full = static_cast<size_t>(run.B) * run.T * m.spec.C;
+  const int rows = static_cast<int>(model_stream_rows(m, run.B, run.T));
   void* dr = gs.stream();
   void* de = gs.injected();
+  // A pre-norm's output gradient, complete (this rank's rows), and the partial sum a sub-layer's
+  // backward leaves (all rows; the same place unless sequence parallelism reduce-scatters it).
   auto d_normed_slot = [&](int sublayer) {
     return act_offset(m, act(m, m.temps.d_normed), (sublayer % d) * NC);
+  };
+  auto d_partial_slot = [&](int sublayer) {
+    return m.par.tp.sequence ? act_offset(m, act(m, m.temps.d_partial), (sublayer % d) * full)
+                             : d_normed_slot(sublayer);
   };
   if (b == c.end && c.last)  // reverse of the forward's final additions: every pending output
     for (int j = std::max(0, e - d); j < e; ++j) be.copy(gs.pending(j), dr, NC);
@@ -122,9 +140,9 @@ void backward_range(BackwardRun& run, int a, int b, const std::function<Sublayer
     const SublayerActs act_j = acts(j);
     tp_wait(m, m.par.tp_sums.backward[j % d]);
     if (j % 2 == 0)
-      norm_backward(m, o.norm1_w, o.norm1_b, act_j, N, d_normed_slot(j), dr);
+      norm_backward(m, o.norm1_w, o.norm1_b, act_j, rows, d_normed_slot(j), dr);
     else
-      norm_backward(m, o.norm2_w, o.norm2_b, act_j, N, d_normed_slot(j), dr);
+      norm_backward(m, o.norm2_w, o.norm2_b, act_j, rows, d_normed_slot(j), dr);
     if (j == injection) be.vector_add(dr, de, NC);  // reverse of e = r
     if (j % 2 != 0) return;
     if (m.spec.config.input_injection() && p != m.spec.loop_begin && starts_loop_iteration(m, p))
@@ -142,12 +160,16 @@ void backward_range(BackwardRun& run, int a, int b, const std::function<Sublayer
     if (i < s) continue;
     const LayerOffsets o = layer_at(m, i / 2);
     const SublayerActs act_i = acts(i);
+    // The output's gradient, all rows (gathered under sequence parallelism).
+    GatheredRows dh_rows = gather_rows_start(m, gs.pending(i), m.temps.gathered_grad, full);
+    const void* dh = gathered_rows(m, dh_rows);
     if (i % 2 == 0)
-      attention_sublayer_backward(m, o, act_i, run.B, run.T, gs.pending(i), d_normed_slot(i),
-                                  run.defer, run.routed, i);
+      attention_sublayer_backward(m, o, act_i, run.B, run.T, dh, d_partial_slot(i), run.defer,
+                                  run.routed, i);
     else
-      mlp_sublayer_backward(m, o, act_i, run.B, run.T, gs.pending(i), d_normed_slot(i), run.defer);
-    m.par.tp_sums.backward[i % d] = tp_sum_start(m.par.tp, d_normed_slot(i), NC);
+      mlp_sublayer_backward(m, o, act_i, run.B, run.T, dh, d_partial_slot(i), run.defer);
+    m.par.tp_sums.backward[i % d] =
+        tp_complete_start(m.par.tp, d_partial_slot(i), d_normed_slot(i), full);
   }
 }
 

@@ -64,6 +64,7 @@ ParallelLayout parallel_layout(const config::RunConfig& cfg) {
   out.sequence_method = p.sequence_method() == config::ParallelConfig::ULYSSES
                             ? SequenceMethod::kUlysses
                             : SequenceMethod::kRing;
+  out.tp_sequence = p.tp_sequence_parallel() && p.tp() > 1;
   out.sequence = p.sequence_layout() == config::ParallelConfig::CONTIGUOUS
                      ? SequenceLayout::kContiguous
                      : SequenceLayout::kZigzag;

@@ -28,6 +28,7 @@ struct ParallelLayout {
   StagePlan stages;
   SequenceLayout sequence = SequenceLayout::kZigzag;  // sp > 1
   SequenceMethod sequence_method = SequenceMethod::kRing;  // sp > 1
+  bool tp_sequence = false;                                // parallel.tp_sequence_parallel (tp > 1)
   // Data-parallel reduction over dp · sp ranks: ZeRO-1 (only where there is a reduction),
   // bucket size, overlap with backward, and gradients on the wire in bf16.
   bool zero = false;

@@ -56,7 +56,14 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
   if (groups.placement.nodes.size() > 1)
     line += format(" on %s, rank 0 on %s", counted(groups.placement.nodes.size(), "node").c_str(),
                    groups.node().c_str());
-  if (tensor_parallel)
+  if (tensor_parallel && model.par.tp.sequence)
+    line += format(
+        "; heads, MLP and vocabulary (%d rows per rank) split over tp, the stream's "
+        "tokens too (sequence parallel: reduce-scatters %s, all-gathers before each "
+        "region)",
+        model.par.vocab.rows,
+        model.spec.delay == 2 ? "overlapped by the ladder residual" : "waited at once");
+  else if (tensor_parallel)
     line += format("; heads, MLP and vocabulary (%d rows per rank) split over tp, all-reduces %s",
                    model.par.vocab.rows,
                    model.spec.delay == 2 ? "overlapped by the ladder residual" : "waited at once");

@@ -89,7 +89,10 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
         grad_reducer_ready(*reducer, offset, count);
       })
               : GradsFinalFn{};
-  GradsFinalFn on_final = to_reducer;
+  // The model finishes some gradients as it reports them final (the tensor-parallel sum of the
+  // norms' under sequence parallelism): the last micro-batch is marked by a callback even with
+  // nothing to reduce.
+  GradsFinalFn on_final = to_reducer ? to_reducer : GradsFinalFn([](size_t, size_t) {});
   if (replicas)
     on_final = [&](size_t offset, size_t count) {
       replica_sync_ready(*replicas, offset, count, to_reducer);

@@ -49,7 +49,8 @@ using Clock = std::chrono::steady_clock;
 // of every sequence.
 Model create_model(const config::RunConfig& cfg, const ParallelLayout& layout,
                    ProcessGroups& groups, std::shared_ptr<const kernels::KernelBackend> backend) {
-  const TensorParallel tp{groups.mesh.tp, groups.coord.tp, groups.tp.get()};
+  TensorParallel tp{groups.mesh.tp, groups.coord.tp, groups.tp.get()};
+  tp.sequence = layout.tp_sequence;
   const SequenceParallel sp{groups.mesh.sp, groups.coord.sp, groups.sp.get(), layout.sequence,
                             layout.sequence_method};
   return model_create(cfg.model(), backend, tp, {layout.stages, groups.coord.pp}, sp);

@@ -395,7 +395,19 @@ void plan_print_memory(const config::RunConfig& cfg, const ParallelLayout& layou
                 mib(4.0 * s.arena.total, "%.2f").c_str(), mib(s.bytes(), "%.2f").c_str());
   }
   print_recompute(cfg, mesh);
-  if (mesh.tp > 1)
+  if (mesh.tp > 1 && layout.tp_sequence) {
+    // The same memory model without it, for the difference it makes.
+    ParallelLayout plain = layout;
+    plain.tp_sequence = false;
+    const StageMemory& without = layout_memory(cfg, plain).peak();
+    std::printf(
+        "  tp %d: QKV, MLP and output matrices and the vocabulary split; norms and\n"
+        "        row-parallel biases replicated; sequence parallel: the stream, norms and\n"
+        "        pipeline boundaries hold %d of a micro-batch's %d tokens: activations\n"
+        "        %s MiB, %s MiB without it\n",
+        mesh.tp, B * (T / mesh.sp) / mesh.tp, B * (T / mesh.sp),
+        mib(4.0 * big.arena.total, "%.2f").c_str(), mib(4.0 * without.arena.total, "%.2f").c_str());
+  } else if (mesh.tp > 1)
     std::printf(
         "  tp %d: QKV, MLP and output matrices and the vocabulary split; norms and\n"
         "        row-parallel biases replicated\n",

@@ -2,11 +2,28 @@
 
 #include <chrono>
 
+#include "base/error.h"
+
 namespace loom {
 
 WorkPtr tp_sum_start(const TensorParallel& tp, void* x, size_t n) {
   if (!tp.comm) return nullptr;
   return tp.comm->all_reduce_async(x, n, tp.type, ReduceOp::kSum);
+}
+
+WorkPtr tp_complete_start(const TensorParallel& tp, void* partial, void* out, size_t n) {
+  if (!tp.comm) return nullptr;
+  if (!tp.sequence) {
+    LOOM_CHECK(out == partial);
+    return tp.comm->all_reduce_async(partial, n, tp.type, ReduceOp::kSum);
+  }
+  LOOM_CHECK(n % tp.size == 0);  // whole rows per rank (validate_parallel)
+  return tp.comm->reduce_scatter_async(partial, out, n, tp.type, ReduceOp::kSum);
+}
+
+WorkPtr tp_gather_start(const TensorParallel& tp, const void* local, void* full, size_t n) {
+  LOOM_CHECK(tp.comm && tp.sequence && n % tp.size == 0);
+  return tp.comm->all_gather_async(local, full, n, tp.type);
 }
 
 double tp_wait(TensorParallelSums& sums, WorkPtr& work) {

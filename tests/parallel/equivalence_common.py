@@ -171,9 +171,8 @@ def compare_checkpoints(name, ref_dir, run_dir):
             failures.append(f"{name}: checkpoint {file} differs by {rel:.2e}")
 
 
-def check_activation_memory(loom, name, config, run_dir, overrides):
-    """The activation peak each rank measured (metrics.jsonl: the largest over ranks) is what
-    `loom plan` says the largest stage (or rank) allocates."""
+def planned_activations(loom, config, overrides):
+    """The activation MiB `loom plan` gives each stage of the layout (one figure with one)."""
     out = subprocess.run([loom, "plan", config, *sets(overrides)], capture_output=True,
                          text=True).stdout
     # The stage table's rows: stage, params, AdamW, activations, slots ("2 × 20.1"), ...
@@ -181,12 +180,35 @@ def check_activation_memory(loom, name, config, run_dir, overrides):
                re.findall(r"^ +\d+ +[0-9.]+ +[0-9.]+ +([0-9.]+) +\d+ × [0-9.]+ ", out, re.M)]
     if not planned:  # one stage: the summary's figure
         planned = [float(x) for x in re.findall(r"^  activations +([0-9.]+) ", out, re.M)]
+    return planned
+
+
+def check_activation_memory(loom, name, config, run_dir, overrides):
+    """The activation peak each rank measured (metrics.jsonl: the largest over ranks) is what
+    `loom plan` says the largest stage (or rank) allocates."""
+    planned = planned_activations(loom, config, overrides)
     measured = max(m["activation_peak_mib"] for m in metrics(run_dir))
     ok = bool(planned) and abs(max(planned) - measured) <= 0.006  # two decimals
     print(f"{'ok' if ok else 'FAIL'}: {name}: activation peak {measured:.2f} MiB measured, "
           f"{max(planned or [0]):.2f} MiB planned")
     if not ok:
         failures.append(f"{name}: activation peak {measured} MiB, plan {planned}")
+
+
+def train_case(loom, model_name, config, reference, tag, ranks, overrides, checkpoint=False):
+    """Trains `config` with `overrides` on `ranks` ranks in MODEL_NAME-TAG; compares its losses
+    against the single process's, its measured activation peak against `loom plan`'s figure and,
+    with `checkpoint`, its final checkpoint against the single process's. Returns the run
+    folder."""
+    run_dir = f"{model_name}-{tag}"
+    name = f"{model_name} {' '.join(overrides)}"
+    cmd = [loom, "train", config, "--run-dir", run_dir, *sets(overrides)]
+    if run((mpirun(ranks) if ranks > 1 else []) + cmd, name):
+        compare(name, reference, metrics(run_dir))
+        check_activation_memory(loom, name, config, run_dir, overrides)
+        if checkpoint:
+            compare_checkpoints(name, f"ref-{model_name}", run_dir)
+    return run_dir
 
 
 def sets(overrides):

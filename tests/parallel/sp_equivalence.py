@@ -17,9 +17,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from equivalence_common import (check_activation_memory, compare,  # noqa: E402
-                                compare_checkpoints, metrics, mpirun, resume_case, run,
-                                run_models, sets, training_config)
+from equivalence_common import (resume_case, run_models, train_case,  # noqa: E402
+                                training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 
@@ -40,17 +39,7 @@ COMMON = training_config(global_batch=8, eval_batches=2)  # 4 micro-batches of 2
 
 
 def train_and_compare(model_name, config, reference, tag, ranks, overrides, checkpoint=False):
-    """The layout's losses against the single process's; its measured activation peak against
-    `loom plan`'s figure; with `checkpoint`, its final checkpoint against the single process's."""
-    run_dir = f"{model_name}-{tag}"
-    name = f"{model_name} {' '.join(overrides)}"
-    cmd = [LOOM, "train", config, "--run-dir", run_dir, *sets(overrides)]
-    if run((mpirun(ranks) if ranks > 1 else []) + cmd, name):
-        compare(name, reference, metrics(run_dir))
-        check_activation_memory(LOOM, name, config, run_dir, overrides)
-        if checkpoint:
-            compare_checkpoints(name, f"ref-{model_name}", run_dir)
-    return run_dir
+    return train_case(LOOM, model_name, config, reference, tag, ranks, overrides, checkpoint)
 
 
 ULYSSES = "parallel.sequence_method=ULYSSES"
