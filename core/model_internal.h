@@ -109,14 +109,15 @@ void attention_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerA
 void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
                           void* h);
 // d_normed (B, T, C) = this rank's part of the gradient of the sub-layer's pre-norm output,
-// all rows, from dh (complete on every rank, all rows) — overwritten. The pre-norm's own backward
+// all rows, from dh_rows (complete: the stream's rows this rank holds, all of them unless
+// sequence parallelism gathers the others') — overwritten. The pre-norm's own backward
 // waits until the tensor-parallel sum has completed it. With defer_weights the matrices' gradients
 // are left for *_sublayer_weights, and what they need (dh, the middle gradient) stays in a's slot.
 void attention_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
-                                 int T, const void* dh, void* d_normed, bool defer_weights,
+                                 int T, const void* dh_rows, void* d_normed, bool defer_weights,
                                  const RoutedTokens* routed = nullptr, int sublayer = -1);
 void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
-                           const void* dh, void* d_normed, bool defer_weights);
+                           const void* dh_rows, void* d_normed, bool defer_weights);
 // The weight gradients a deferring backward left (N = B·T tokens).
 void attention_sublayer_weights(Model& m, const LayerOffsets& o, const SublayerActs& a, int N);
 void mlp_sublayer_weights(Model& m, const LayerOffsets& o, const SublayerActs& a, int N);

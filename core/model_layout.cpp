@@ -227,7 +227,7 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   LOOM_CHECK(!tp.comm || (tp.comm->size() == tp.size && tp.comm->rank() == tp.rank));
   LOOM_CHECK(m.spec.H % tp.size == 0 && m.spec.F % tp.size == 0 &&
              m.spec.Hkv % tp.size == 0);  // validate_config says so to users
-  if (tp.size == 1) tp.comm = nullptr;
+  if (tp.size == 1) tp.comm = tp.gather_comm = nullptr;
   tp.sequence = tp.sequence && tp.size > 1;
   LOOM_CHECK(!tp.sequence || !model_routed(cfg));  // validate_parallel says so to users
   m.par.tp = tp;

@@ -225,6 +225,30 @@ void mlp_sublayer_forward(Model& m, const LayerOffsets& o, const SublayerActs& a
 
 namespace {
 
+// A row-parallel layer's backward from its output gradient (this rank's rows at dh_rows; with
+// sequence parallelism every rank's arrive while this rank's own are done): d_in (N, in) =
+// dh · W, and unless null dW += dhᵀ · x, db += Σ dh. Returns dh, all N rows.
+const void* row_parallel_backward(Model& m, void* d_in, float* dw, float* db, const void* dh_rows,
+                                  const void* x, size_t w, int N, size_t rows, int in) {
+  const int C = m.spec.C;
+  GatheredRows g = gather_rows_start(m, dh_rows, m.temps.gathered_grad, static_cast<size_t>(N) * C);
+  if (!m.par.tp.sequence) {
+    kb(m).matmul_backward(d_in, dw, db, dh_rows, x, weight(m, w), N, in, C);
+    return dh_rows;
+  }
+  const size_t own = m.par.tp.rank * rows, after = own + rows;
+  auto rows_at = [&](const void* dh, size_t from, size_t count) {
+    kb(m).matmul_backward(act_offset(m, d_in, from * in), dw, db, dh, act_offset(m, x, from * in),
+                          weight(m, w), static_cast<int>(count), in, C);
+  };
+  rows_at(dh_rows, own, rows);
+  const void* all = gathered_rows(m, g);
+  if (own > 0) rows_at(all, 0, own);
+  if (after < static_cast<size_t>(N))
+    rows_at(act_offset(m, all, after * C), after, static_cast<size_t>(N) - after);
+  return all;
+}
+
 // A matrix's (or bias's) parameter gradients now (nullptr: none, or no such tensor), or (defer)
 // none: the weight pass computes them later from the output gradient kept in the slot.
 float* now(Model& m, size_t offset, bool defer) { return defer ? nullptr : bias_grad(m, offset); }
@@ -232,18 +256,20 @@ float* now(Model& m, size_t offset, bool defer) { return defer ? nullptr : bias_
 }  // namespace
 
 void attention_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B,
-                                 int T, const void* dh, void* d_normed, bool defer_weights,
+                                 int T, const void* dh_rows, void* d_normed, bool defer_weights,
                                  const RoutedTokens* routed, int sublayer) {
   const int N = B * T, C = m.spec.C, Cl = m.par.Cl, Hl = m.par.Hl, KVl = m.par.Hkvl;
   const bool defer = defer_weights;
+  const size_t rows = model_stream_rows(m, B, T);
+  void* d_attn = act(m, m.temps.d_hidden2);                  // (B, T, Cl)
+  void* d_qkv = act(m, defer ? a.d_mid : m.temps.d_hidden);  // (B, T, qkv_columns)
+  const void* dh =
+      row_parallel_backward(m, d_attn, now(m, o.attn_proj_w, defer), now(m, o.attn_proj_b, defer),
+                            dh_rows, act(m, a.hidden2), o.attn_proj_w, N, rows, Cl);
   // The pre-norm's output, all rows, arrives while the attention's backward runs.
   GatheredRows normed =
       gather_rows_start(m, act(m, a.normed), m.temps.gathered, static_cast<size_t>(N) * C);
-  void* d_attn = act(m, m.temps.d_hidden2);                  // (B, T, Cl)
-  void* d_qkv = act(m, defer ? a.d_mid : m.temps.d_hidden);  // (B, T, qkv_columns)
   if (defer) kb(m).copy(act(m, a.d_out), dh, static_cast<size_t>(N) * C);
-  kb(m).matmul_backward(d_attn, now(m, o.attn_proj_w, defer), now(m, o.attn_proj_b, defer), dh,
-                        act(m, a.hidden2), weight(m, o.attn_proj_w), N, Cl, C);
   if (o.attn_proj_lora.present())
     lora_backward(m, o.attn_proj_lora, true, act(m, a.hidden2), a.lora_proj, dh, d_attn, N, Cl, C);
   if (routed)
@@ -268,18 +294,20 @@ void attention_sublayer_backward(Model& m, const LayerOffsets& o, const Sublayer
 }
 
 void mlp_sublayer_backward(Model& m, const LayerOffsets& o, const SublayerActs& a, int B, int T,
-                           const void* dh, void* d_normed, bool defer_weights) {
+                           const void* dh_rows, void* d_normed, bool defer_weights) {
   const int N = B * T, C = m.spec.C, Fl = m.par.Fl;
   const bool defer = defer_weights;
-  GatheredRows normed =
-      gather_rows_start(m, act(m, a.normed), m.temps.gathered, static_cast<size_t>(N) * C);
+  const size_t rows = model_stream_rows(m, B, T);
   void* d_hidden = act(m, defer ? a.d_mid : m.temps.d_hidden);  // (B, T, mlp_columns)
   // The activation's output gradient: in place for GELU, beside it for SwiGLU (whose input is
   // twice as wide).
   void* d_act = is_swiglu(m) ? act(m, m.temps.d_hidden2) : d_hidden;  // (B, T, Fl)
+  const void* dh =
+      row_parallel_backward(m, d_act, now(m, o.mlp_proj_w, defer), now(m, o.mlp_proj_b, defer),
+                            dh_rows, act(m, a.hidden2), o.mlp_proj_w, N, rows, Fl);
+  GatheredRows normed =
+      gather_rows_start(m, act(m, a.normed), m.temps.gathered, static_cast<size_t>(N) * C);
   if (defer) kb(m).copy(act(m, a.d_out), dh, static_cast<size_t>(N) * C);
-  kb(m).matmul_backward(d_act, now(m, o.mlp_proj_w, defer), now(m, o.mlp_proj_b, defer), dh,
-                        act(m, a.hidden2), weight(m, o.mlp_proj_w), N, Fl, C);
   if (o.mlp_proj_lora.present())
     lora_backward(m, o.mlp_proj_lora, true, act(m, a.hidden2), a.lora_proj, dh, d_act, N, Fl, C);
   if (is_swiglu(m))

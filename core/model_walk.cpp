@@ -160,14 +160,11 @@ void backward_range(BackwardRun& run, int a, int b, const std::function<Sublayer
     if (i < s) continue;
     const LayerOffsets o = layer_at(m, i / 2);
     const SublayerActs act_i = acts(i);
-    // The output's gradient, all rows (gathered under sequence parallelism).
-    GatheredRows dh_rows = gather_rows_start(m, gs.pending(i), m.temps.gathered_grad, full);
-    const void* dh = gathered_rows(m, dh_rows);
     if (i % 2 == 0)
-      attention_sublayer_backward(m, o, act_i, run.B, run.T, dh, d_partial_slot(i), run.defer,
-                                  run.routed, i);
+      attention_sublayer_backward(m, o, act_i, run.B, run.T, gs.pending(i), d_partial_slot(i),
+                                  run.defer, run.routed, i);
     else
-      mlp_sublayer_backward(m, o, act_i, run.B, run.T, dh, d_partial_slot(i), run.defer);
+      mlp_sublayer_backward(m, o, act_i, run.B, run.T, gs.pending(i), d_partial_slot(i), run.defer);
     m.par.tp_sums.backward[i % d] =
         tp_complete_start(m.par.tp, d_partial_slot(i), d_normed_slot(i), full);
   }

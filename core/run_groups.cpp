@@ -14,6 +14,9 @@ void device_groups(ProcessGroups& groups,
     auto sent = name && (*comm)->size() > 1 ? traffic.counter(name) : nullptr;
     *comm = make_device_communicator(std::move(*comm), backend, std::move(sent), timeout_s);
   }
+  if (groups.tp_gather)
+    groups.tp_gather = make_device_communicator(std::move(groups.tp_gather), backend,
+                                                traffic.counter("tp"), timeout_s);
 }
 
 std::vector<ReplicaGroup> create_replica_groups(const Model& model, ProcessGroups& groups,

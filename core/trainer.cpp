@@ -51,6 +51,7 @@ Model create_model(const config::RunConfig& cfg, const ParallelLayout& layout,
                    ProcessGroups& groups, std::shared_ptr<const kernels::KernelBackend> backend) {
   TensorParallel tp{groups.mesh.tp, groups.coord.tp, groups.tp.get()};
   tp.sequence = layout.tp_sequence;
+  tp.gather_comm = groups.tp_gather.get();
   const SequenceParallel sp{groups.mesh.sp, groups.coord.sp, groups.sp.get(), layout.sequence,
                             layout.sequence_method};
   return model_create(cfg.model(), backend, tp, {layout.stages, groups.coord.pp}, sp);
@@ -372,9 +373,10 @@ void start_loop(Training& tr, int threads) {
   if (tr.writer()) log_machine(tr, threads);
   loop.started = Clock::now();
   loop.first_step = loop.step;
-  // (Without a closing sample, rank 0 never holds the whole model.)
-  loop.sample_whole =
-      (groups.mesh.pp > 1 || groups.mesh.sp > 1) && cfg.logging().sample_tokens() > 0;
+  // (Without a closing sample, rank 0 never holds the whole model.) Sampling runs prompts of
+  // any length, which sequence parallelism (over sp, or inside tp) cannot cut.
+  loop.sample_whole = (groups.mesh.pp > 1 || groups.mesh.sp > 1 || tr.run.layout.tp_sequence) &&
+                      cfg.logging().sample_tokens() > 0;
   if (groups.dp_sp->size() > 1) loop.parallel = {groups.dp_sp.get(), &tr.run.reducer};
   loop.parallel.flight = tr.options.flight;
   if (groups.mesh.pp > 1) {
@@ -635,8 +637,9 @@ TrainSummary train(const config::RunConfig& cfg, const TrainOptions& options) {
   RunInputs in = open_run(cfg, options, groups, *backend);
   const int threads = start_threads(cfg, groups);
   Traffic traffic;
-  device_groups(groups, backend, traffic, cfg.parallel().collective_timeout_s());
   const ParallelLayout layout = parallel_layout(cfg);
+  if (layout.tp_sequence) process_groups_add_tp_gather(groups);
+  device_groups(groups, backend, traffic, cfg.parallel().collective_timeout_s());
   Run run{cfg,
           layout,
           groups,

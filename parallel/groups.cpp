@@ -69,6 +69,12 @@ ProcessGroups process_groups_create(MpiRuntime* mpi, const Mesh& mesh) {
   return g;
 }
 
+void process_groups_add_tp_gather(ProcessGroups& g) {
+  if (!g.mpi || g.mesh.tp == 1) return;
+  g.tp_gather =
+      mpi_split(*g.mpi, "tp_gather", mesh_group(g.mesh, g.rank, Axis::kTensor).front(), g.coord.tp);
+}
+
 std::unique_ptr<Communicator> process_groups_pipeline_subset(ProcessGroups& g,
                                                               const std::vector<int>& pp_members,
                                                               const std::string& name) {

@@ -27,6 +27,9 @@ struct ProcessGroups {
   // The node (host name) of every rank, as the ranks reported it at start-up.
   Placement placement;
   std::unique_ptr<Communicator> world, dp, pp, sp, tp, dp_sp;
+  // parallel.tp_sequence_parallel: a second communicator over the tp group for the all-gathers,
+  // so that one does not queue behind a reduce-scatter still in flight on tp (null otherwise).
+  std::unique_ptr<Communicator> tp_gather;
   MpiRuntime* mpi = nullptr;  // null in a single-process run
 
   bool is_distributed() const { return mesh.world_size() > 1; }
@@ -47,6 +50,9 @@ ProcessGroups process_groups_create(MpiRuntime* mpi, const Mesh& mesh);
 // `pp_members` (ascending), ordered by it: the holders of one replicated tensor. Null on a rank
 // outside it. Collective over the world: every rank calls it with the same members, in the same
 // order as the other splits.
+// Creates groups.tp_gather (collective over the world; with tp > 1 only).
+void process_groups_add_tp_gather(ProcessGroups& groups);
+
 std::unique_ptr<Communicator> process_groups_pipeline_subset(ProcessGroups& groups,
                                                               const std::vector<int>& pp_members,
                                                               const std::string& name);

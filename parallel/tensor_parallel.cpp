@@ -23,7 +23,7 @@ WorkPtr tp_complete_start(const TensorParallel& tp, void* partial, void* out, si
 
 WorkPtr tp_gather_start(const TensorParallel& tp, const void* local, void* full, size_t n) {
   LOOM_CHECK(tp.comm && tp.sequence && n % tp.size == 0);
-  return tp.comm->all_gather_async(local, full, n, tp.type);
+  return (tp.gather_comm ? tp.gather_comm : tp.comm)->all_gather_async(local, full, n, tp.type);
 }
 
 double tp_wait(TensorParallelSums& sums, WorkPtr& work) {

@@ -29,6 +29,9 @@ struct TensorParallel {
   // tokens, so a partial sum is reduce-scattered into them instead of all-reduced, and a
   // region's input is all-gathered from them.
   bool sequence = false;
+  // With sequence: the all-gathers' own communicator over the same ranks (null: comm), so that
+  // a gather does not wait behind a reduce-scatter in flight. Not owned.
+  Communicator* gather_comm = nullptr;
 };
 
 // The sums one model has in flight over its tp group: forward outputs and backward input

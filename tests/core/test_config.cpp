@@ -258,6 +258,18 @@ TEST(Config, InvariantsNameTheFields) {
           .find("model.backprop_loops cannot run with parallel.pipeline_schedule "
                 "ZERO_BUBBLE_V"),
       std::string::npos);
+  // Sequence parallelism inside tp: tp > 1, whole tokens per tp rank, no routed loop.
+  EXPECT_EQ(violations({"parallel.tp=2", "parallel.tp_sequence_parallel=true"}), "");
+  EXPECT_NE(violation("parallel.tp_sequence_parallel=true").find("needs parallel.tp > 1"),
+            std::string::npos);
+  EXPECT_NE(violations({"parallel.tp=4", "parallel.tp_sequence_parallel=true",
+                        "train.micro_batch=1", "train.seq_len=6", "train.global_batch=4"})
+                .find("must be divisible by parallel.tp (4)"),
+            std::string::npos);
+  EXPECT_NE(violations({"parallel.tp=2", "parallel.tp_sequence_parallel=true",
+                        "model.recursion_router=TOKEN_CHOICE"})
+                .find("does not support model.recursion_router"),
+            std::string::npos);
   // Ulysses: whole heads per sp rank.
   EXPECT_EQ(violations({"parallel.sp=4", "parallel.sequence_method=ULYSSES"}), "");
   EXPECT_NE(violation("parallel.sequence_method=ULYSSES").find("needs parallel.sp > 1"),

@@ -211,6 +211,17 @@ def train_case(loom, model_name, config, reference, tag, ranks, overrides, check
     return run_dir
 
 
+def sample_text(run_dir):
+    """The sample written at the end of a run (the text after "sample:" in train.log)."""
+    with open(os.path.join(run_dir, "train.log")) as f:
+        log = f.read()
+    if "sample:\n" not in log:
+        return None
+    # up to the next line of the log, which starts with its timestamp
+    return re.split(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", log.split("sample:\n", 1)[1], 1,
+                    flags=re.M)[0]
+
+
 def sets(overrides):
     return [a for o in overrides for a in ("--set", o)]
 

@@ -10,12 +10,12 @@ tp = 2 x dp = 2 with ZeRO-1 and continues exactly; and greedy sampling at the en
 usage: tp_equivalence.py LOOM_BINARY SOURCE_DIR
 """
 import os
-import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from equivalence_common import (compare, compare_checkpoints, failures, metrics,  # noqa: E402
-                                mpirun, resume_case, run, run_models, sets, training_config)
+                                mpirun, resume_case, run, run_models, sample_text, sets,
+                                training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 
@@ -53,17 +53,6 @@ MODELS = {
                  "recursion_aux_weight: 0.1 }",
 }
 COMMON = training_config(global_batch=8, eval_batches=2)
-
-
-def sample_text(run_dir):
-    """The sample written at the end of a run (the text after "sample:" in train.log)."""
-    with open(os.path.join(run_dir, "train.log")) as f:
-        log = f.read()
-    if "sample:\n" not in log:
-        return None
-    # up to the next line of the log, which starts with its timestamp
-    return re.split(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", log.split("sample:\n", 1)[1], 1,
-                    flags=re.M)[0]
 
 
 def check_sampling():

@@ -9,7 +9,8 @@ ranks (its final checkpoint equal to the single process's); a GPT-2 model (Layer
 positions, biases, tied head, relaxed recursion) at tp 2 and at tp 2 x dp 2 with ZeRO-1; and a
 Llama-style one (grouped-query, SwiGLU). A tp 2 checkpoint written with it resumes without it and
 at tp 1, and one written without it resumes with it, exactly. Every run's measured activation
-peak is what `loom plan` says, and the plan's activations at tp 2 fall with it.
+peak is what `loom plan` says, and the plan's activations at tp 2 fall with it. Greedy sampling
+at the end of a tp 2 run with it gives tp 1's text.
 
 usage: tsp_equivalence.py LOOM_BINARY SOURCE_DIR [--device DEVICE]
 """
@@ -17,8 +18,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from equivalence_common import (DEVICE, failures, planned_activations, resume_case,  # noqa: E402
-                                run_models, train_case, training_config)
+from equivalence_common import (DEVICE, failures, mpirun, planned_activations,  # noqa: E402
+                                resume_case, run, run_models, sample_text, sets, train_case,
+                                training_config)
 
 LOOM, SRC = sys.argv[1], sys.argv[2]
 
@@ -46,6 +48,25 @@ def check_plan_falls(config):
           f"{max(with_ or [0]):.3f} MiB with {TSP}")
     if not ok:
         failures.append(f"{config}: planned activations {with_} with {TSP}, {without} without")
+
+
+def check_sampling(config):
+    """Greedy sampling at the end of a run with it (prompts of any length: on rank 0's whole
+    model) gives the text tp = 1 gives."""
+    texts = {}
+    for ranks, extra in ((1, []), (2, ["parallel.tp=2", TSP])):
+        run_dir = f"sample-{ranks}"
+        cmd = [LOOM, "train", config, "--run-dir", run_dir,
+               *sets(["train.steps=6", "optim.warmup_steps=0", "optim.lr=1e-2",
+                      "logging.sample_tokens=24", "logging.sample_temperature=0"] + extra)]
+        if run((mpirun(ranks) if ranks > 1 else []) + cmd, f"sampling on {ranks} ranks"):
+            texts[ranks] = sample_text(run_dir)
+    if len(texts) == 2:
+        same = texts[1] is not None and texts[1] == texts[2]
+        print(f"{'ok' if same else 'FAIL'}: greedy sample at tp=2 with {TSP} "
+              f"{'equals' if same else 'differs from'} tp=1's ({len(texts[1] or '')} characters)")
+        if not same:
+            failures.append(f"sampling: tp=2 gave {texts[2]!r}, tp=1 {texts[1]!r}")
 
 
 def case(model_name, config, reference, tag, ranks, overrides, checkpoint=False):
@@ -83,6 +104,7 @@ def cases(model_name, config, reference):
         plain = train_case(LOOM, model_name, config, reference, "tp2-plain", 2, ["parallel.tp=2"])
         resume_case(LOOM, config, plain, f"{model_name} tp=2 without it resumed with it", 2,
                     ["parallel.tp=2", TSP], reference)
+        check_sampling(config)
     elif model_name == "gpt":
         case(model_name, config, reference, "tp2", 2, ["parallel.tp=2"])
         if not DEVICE:
