@@ -7,15 +7,18 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "base/error.h"
+#include "core/cluster.h"
 #include "core/config.h"
 #include "core/memory_model.h"
 #include "core/model.h"
 #include "core/parallel_layout.h"
 #include "core/stage_plan.h"
+#include "core/time_model.h"
 #include "kernels/cpu/threads.h"
 #include "launcher/args.h"
 #include "launcher/commands.h"
@@ -33,6 +36,7 @@ constexpr const char* kCommand = "loom plan";  // how its messages begin
 constexpr const char* kHelp =
     R"(usage: loom plan CONFIG [--set path.to.field=value]... [--memory-gb X]
                  [--hostfile FILE | --hosts a:4,b:4] [--allow-cross-node-tp]
+                 [--cluster FILE [--nodes N]]
 
 Shows what CONFIG's parallel layout (parallel.dp, tp, pp, sp) means, without starting anything:
   - the world size and dp × pp × sp × tp,
@@ -55,6 +59,11 @@ Shows what CONFIG's parallel layout (parallel.dp, tp, pp, sp) means, without sta
     each rank lands on (ranks fill one node's slots, then the next) and the groups that span
     nodes; a tp group across nodes is an error, as for `loom train`, unless
     --allow-cross-node-tp.
+  - with --cluster FILE (cluster/*.textproto): the predicted step time on N nodes of it (default:
+    as few as hold the layout's ranks), part by part (compute, recomputation, the tp, sp,
+    pipeline and dp communication not hidden, the bubble of the simulated schedule, the shared
+    weights' sum, AdamW), what the overlaps hide, tokens/s, MFU and the critical part; the
+    memory verdict is then against the cluster's device memory unless --memory-gb says else.
 Then whether the layout fits: with --memory-gb X, each rank against X GiB (the budget of one
 GPU or of one rank's share of a node); else, when `loom train` would start every rank on this
 machine (no hostfile, no Slurm, at most 8 ranks per core), all ranks against this machine's
@@ -69,6 +78,9 @@ Exit status 1 when it does not fit, or when the layout does not divide the model
   --hostfile FILE  an Open MPI hostfile (`host slots=N` lines)
   --hosts LIST     nodes and slots, e.g. node1:4,node2:4
   --allow-cross-node-tp  accept tp groups that span nodes
+  --cluster FILE   a cluster description (configs/loom.proto, ClusterConfig) to predict the
+                   step time on
+  --nodes N        nodes of that cluster (default: the fewest that hold the layout)
 )";
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
@@ -207,13 +219,26 @@ void print_summary(const std::string& config_path, const config::RunConfig& cfg,
   std::printf("\n");
 }
 
+// --nodes N: a positive count.
+int cluster_nodes(const std::string& text) {
+  char* end = nullptr;
+  const long n = std::strtol(text.c_str(), &end, 10);
+  if (text.empty() || *end != '\0' || n < 1 || n > 1000000)
+    throw Error("--nodes: \"" + text + "\" is not a positive number of nodes");
+  return static_cast<int>(n);
+}
+
 }  // namespace
 
 int command_plan(int argc, char** argv) {
-  const Args args = parse_args(
-      "plan", argv, argc,
-      {{"--set", true}, {"--memory-gb", false}, {"--hostfile", false}, {"--hosts", false}},
-      {"--allow-cross-node-tp"});
+  const Args args = parse_args("plan", argv, argc,
+                               {{"--set", true},
+                                {"--memory-gb", false},
+                                {"--hostfile", false},
+                                {"--hosts", false},
+                                {"--cluster", false},
+                                {"--nodes", false}},
+                               {"--allow-cross-node-tp"});
   if (args.flag("--help")) {
     std::cout << kHelp;
     return 0;
@@ -222,7 +247,13 @@ int command_plan(int argc, char** argv) {
     throw Error("expected exactly one CONFIG file (see loom plan --help)");
   const std::string config_path = args.positional[0];
   const config::RunConfig cfg = load_config(config_path, args.values("--set"));
-  const double budget_gib = memory_gb(args);
+  if (args.has("--nodes") && !args.has("--cluster"))
+    throw Error("--nodes says how many nodes of a --cluster; give --cluster FILE too");
+  const std::optional<ClusterConfig> cluster =
+      args.has("--cluster") ? std::optional(load_cluster(args.value("--cluster", "")))
+                            : std::nullopt;
+  double budget_gib = memory_gb(args);
+  if (cluster && budget_gib == 0) budget_gib = cluster->device().memory_gib();
   const ParallelLayout layout = parallel_layout(cfg);
   const Mesh& mesh = layout.mesh;
   const Target target = plan_target(args, mesh);
@@ -238,6 +269,12 @@ int command_plan(int argc, char** argv) {
   const LayoutMemory memory = layout_memory(cfg, layout);
   plan_print_memory(cfg, layout, memory, threads);
   if (budget_gib > 0) plan_print_longest_sequence(cfg, budget_gib);
+  if (cluster) {
+    const int per_node = cluster->devices_per_node();
+    const int nodes = args.has("--nodes") ? cluster_nodes(args.value("--nodes", ""))
+                                          : (mesh.world_size() + per_node - 1) / per_node;
+    plan_print_step_time(predict_step(cfg, layout, *cluster, nodes), *cluster, nodes, mesh);
+  }
 
   int ranks_per_node = 0;  // the fullest node's, where nodes are named
   if (!target.nodes.empty()) {

@@ -513,4 +513,36 @@ void plan_print_verdict(const std::string& headline, const std::string& detail) 
   std::printf("%s\n", line.c_str());
 }
 
+void plan_print_step_time(const StepPrediction& p, const ClusterConfig& cluster, int nodes,
+                          const Mesh& mesh) {
+  std::printf(
+      "\nstep time on %d node%s of %s (%d of %d devices; the model of core/time_model.h, "
+      "its figures from %s)\n",
+      nodes, nodes == 1 ? "" : "s", cluster.name().c_str(), mesh.world_size(),
+      nodes * cluster.devices_per_node(), cluster.source().c_str());
+  const char* what[] = {"forward and backward kernels",
+                        "train.recompute's forwards again",
+                        "tensor-parallel collectives not hidden",
+                        "sequence-parallel transfers not hidden",
+                        "pipeline idle (the schedule simulated)",
+                        "pipeline sends waited on",
+                        "gradient reduction after backward",
+                        "shared weights summed over stages",
+                        "AdamW"};
+  const auto parts = p.parts();
+  for (size_t i = 0; i < parts.size(); ++i)
+    std::printf("  %-10s %10.2f ms  %5.1f%%  %s\n", parts[i].first.c_str(), 1e3 * parts[i].second,
+                100.0 * parts[i].second / p.step, what[i]);
+  std::printf("  %-10s %10.2f ms           critical: %s\n", "step", 1e3 * p.step,
+              p.critical.c_str());
+  std::printf(
+      "  hidden     tp %.2f ms, sp %.2f ms, dp %.2f ms (behind the next sub-layer, block "
+      "attention, backward)\n",
+      1e3 * p.hidden_tp, 1e3 * p.hidden_sp, 1e3 * p.hidden_dp);
+  std::printf(
+      "  %.0f tokens/s, MFU %.1f%% (model FLOPs as Megatron counts them: 3 × forward, attention "
+      "over all keys, no recomputation)\n",
+      p.tokens_per_s, 100.0 * p.mfu);
+}
+
 }  // namespace loom

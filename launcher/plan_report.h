@@ -12,6 +12,7 @@
 
 #include "core/memory_model.h"
 #include "core/parallel_layout.h"
+#include "core/time_model.h"
 #include "loom.pb.h"
 #include "parallel/mesh.h"
 #include "parallel/placement.h"
@@ -36,5 +37,8 @@ void plan_print_verdict(const std::string& headline, const std::string& detail);
 
 // The longest train.seq_len the layout trains within `budget_gib` GiB per rank.
 void plan_print_longest_sequence(const config::RunConfig& cfg, double budget_gib);
+// The predicted step on `nodes` nodes of `cluster` (core/time_model.h), part by part.
+void plan_print_step_time(const StepPrediction& p, const ClusterConfig& cluster, int nodes,
+                          const Mesh& mesh);
 
 }  // namespace loom
