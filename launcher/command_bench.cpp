@@ -19,6 +19,7 @@
 #include "core/trainer.h"
 #include "kernels/cpu/threads.h"
 #include "launcher/args.h"
+#include "launcher/bench_step.h"
 #include "launcher/commands.h"
 
 namespace loom {
@@ -31,6 +32,7 @@ constexpr const char* kHelp =
        loom bench sgemm [--size N] [--threads N]
        mpirun -np N loom bench comm [--min 1K] [--max 256M] [--ops ...]   (see bench comm --help)
        mpirun -np SP loom bench ring [--seq-len 4096] ...                (see bench ring --help)
+       mpirun -np N loom bench calibrate CONFIG --out FILE        (see bench calibrate --help)
 
 step:  times whole training steps (forward, backward, clipping, AdamW) of CONFIG's model on one
        micro-batch of random tokens, after warm-up; prints the median step time, tokens/s, the
@@ -41,6 +43,7 @@ sgemm: the OpenBLAS sgemm rate on N×N×N (default 2048), best of 5; at 2048 it 
        as loom train's peak for MFU at that thread count (core/peak_flops.h says where).
 comm:  all-reduce / reduce-scatter / all-gather time, algorithm and bus bandwidth over sizes, as
        nccl-tests reports them, for the MPI backend; run under mpirun.
+calibrate: measures this machine for loom plan --cluster and writes its cluster file.
 ring:  ring attention over the job's ranks against one rank's whole-sequence attention: per-rank
        compute and exposed wait, balance (zigzag vs contiguous) and efficiency; run under mpirun.
 
@@ -78,21 +81,12 @@ int bench_sgemm(const Args& args) {
   return 0;
 }
 
-int bench_step(const Args& args) {
-  if (args.positional.size() != 2) throw Error("bench step needs one CONFIG (see loom bench --help)");
-  const config::RunConfig cfg = load_config(args.positional[1], args.values("--set"));
-  const auto& p = cfg.parallel();
-  if (p.dp() * p.tp() * p.pp() * p.sp() != 1)
-    throw Error("bench step times one process; this config asks for " +
-                std::to_string(p.dp() * p.tp() * p.pp() * p.sp()) +
-                " ranks (parallel.*): time parallel layouts with loom train (ms_per_step and "
-                "comm_wait_ms in metrics.jsonl) or tests/bench/dp_overlap.py and tp_ladder.py");
-  const int steps = static_cast<int>(args.integer("--steps", 10));
-  const int warmup = static_cast<int>(args.integer("--warmup", 2));
-  if (steps < 1 || warmup < 0) throw Error("--steps must be ≥ 1 and --warmup ≥ 0");
-  const int threads = kernels::cpu::init_threads(cfg.runtime().threads());
-  const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
+}  // namespace
 
+StepTiming time_train_steps(const config::RunConfig& cfg, int steps, int warmup) {
+  StepTiming out;
+  out.threads = kernels::cpu::init_threads(cfg.runtime().threads());
+  const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
   // runtime.device and runtime.precision as loom train runs them.
   Model model = model_create(cfg.model(), make_backend(cfg.runtime()));
   model_init(model, cfg.train().seed());
@@ -103,17 +97,41 @@ int bench_step(const Args& args) {
   std::vector<int> inputs(static_cast<size_t>(B) * T), targets(inputs.size());
   for (int& x : inputs) x = static_cast<int>(rng.below(model.spec.V));
   for (int& x : targets) x = static_cast<int>(rng.below(model.spec.V));
-
   std::vector<double> times;
-  StepResult result;
   for (int i = 0; i < warmup + steps; ++i) {
     const auto start = Clock::now();
-    result =
+    out.result =
         train_step(model, optimizer, pipe, cfg, cfg.optim().lr(), inputs.data(), targets.data());
     const double s = std::chrono::duration<double>(Clock::now() - start).count();
     if (i >= warmup) times.push_back(s);
   }
-  const double step_s = median(times);
+  out.seconds = median(times);
+  out.params = model.layout.num_params;
+  out.positions = model.spec.unrolled.size();
+  out.arena_mib = pipeline_activation_memory(pipe, model).peak / (1024.0 * 1024.0);
+  return out;
+}
+
+namespace {
+
+int bench_step(const Args& args) {
+  if (args.positional.size() != 2)
+    throw Error("bench step needs one CONFIG (see loom bench --help)");
+  const config::RunConfig cfg = load_config(args.positional[1], args.values("--set"));
+  const auto& p = cfg.parallel();
+  if (p.dp() * p.tp() * p.pp() * p.sp() != 1)
+    throw Error("bench step times one process; this config asks for " +
+                std::to_string(p.dp() * p.tp() * p.pp() * p.sp()) +
+                " ranks (parallel.*): time parallel layouts with loom train (ms_per_step and "
+                "comm_wait_ms in metrics.jsonl) or tests/bench/dp_overlap.py and tp_ladder.py");
+  const int steps = static_cast<int>(args.integer("--steps", 10));
+  const int warmup = static_cast<int>(args.integer("--warmup", 2));
+  if (steps < 1 || warmup < 0) throw Error("--steps must be ≥ 1 and --warmup ≥ 0");
+  const int B = cfg.train().micro_batch(), T = cfg.train().seq_len();
+  const StepTiming timing = time_train_steps(cfg, steps, warmup);
+  const StepResult& result = timing.result;
+  const int threads = timing.threads;
+  const double step_s = timing.seconds;
   const double tokens = static_cast<double>(B) * T;
   // MFU as loom train reports it: model FLOPs (and with recomputation, hardware FLOPs) over the
   // peak (runtime.peak_tflops, or the cached GEMM measurement: core/peak_flops.h).
@@ -121,7 +139,7 @@ int bench_step(const Args& args) {
   const double gflops = flops / step_s / 1e9;
   const double peak = peak_tflops(cfg.runtime()) * 1000.0;
   // The activation arena (what loom plan prints) and the process's peak resident memory.
-  const double arena_mib = pipeline_activation_memory(pipe, model).peak / (1024.0 * 1024.0);
+  const double arena_mib = timing.arena_mib;
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   const double rss_mib = usage.ru_maxrss / 1024.0;  // kilobytes on Linux
@@ -133,13 +151,13 @@ int bench_step(const Args& args) {
         "\"gflops\":%.2f,\"sgemm_peak_gflops\":%.2f,\"mfu\":%.5f,"
         "\"hardware_flops_per_step\":%.6g,\"hfu\":%.5f,\"recompute\":\"%s\","
         "\"activation_mib\":%.2f,\"max_rss_mib\":%.1f}\n",
-        model_config_json(cfg.model()).c_str(), B, T, threads, model.layout.num_params,
-        step_s * 1e3, tokens / step_s, flops, gflops, peak, gflops / peak, hardware_flops,
+        model_config_json(cfg.model()).c_str(), B, T, threads, timing.params, step_s * 1e3,
+        tokens / step_s, flops, gflops, peak, gflops / peak, hardware_flops,
         hardware_flops / step_s / 1e9 / peak, recompute.c_str(), arena_mib, rss_mib);
   } else {
     std::printf(
         "model: %zu parameters, %zu unrolled layers, micro-batch %d × %d tokens, %d threads\n",
-        model.layout.num_params, model.spec.unrolled.size(), B, T, threads);
+        timing.params, timing.positions, B, T, threads);
     std::printf("activations: %.2f MiB (train.recompute %s); peak resident memory %.1f MiB\n",
                 arena_mib, recompute.c_str(), rss_mib);
     std::printf("step (median of %d): %.1f ms, %.0f tokens/s\n", steps, step_s * 1e3, tokens / step_s);
@@ -158,6 +176,8 @@ int command_bench(int argc, char** argv) {
   // `bench comm` runs as an MPI job and has options of its own.
   if (argc > 0 && std::string(argv[0]) == "comm") return command_bench_comm(argc - 1, argv + 1);
   if (argc > 0 && std::string(argv[0]) == "ring") return command_bench_ring(argc - 1, argv + 1);
+  if (argc > 0 && std::string(argv[0]) == "calibrate")
+    return command_bench_calibrate(argc - 1, argv + 1);
   const Args args = parse_args("bench", argv, argc,
                                {{"--set", true}, {"--steps", false}, {"--warmup", false},
                                 {"--size", false}, {"--threads", false}},
@@ -168,7 +188,8 @@ int command_bench(int argc, char** argv) {
   }
   if (args.positional[0] == "step") return bench_step(args);
   if (args.positional[0] == "sgemm") return bench_sgemm(args);
-  throw Error("unknown benchmark \"" + args.positional[0] + "\" (step, sgemm or comm)");
+  throw Error("unknown benchmark \"" + args.positional[0] +
+              "\" (step, sgemm, comm, ring or calibrate)");
 }
 
 }  // namespace loom

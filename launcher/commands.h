@@ -14,6 +14,7 @@ int command_convert(int argc, char** argv);
 int command_bench(int argc, char** argv);
 int command_bench_comm(int argc, char** argv);  // argv: the arguments after "comm"
 int command_bench_ring(int argc, char** argv);  // argv: the arguments after "ring"
+int command_bench_calibrate(int argc, char** argv);  // argv: the arguments after "calibrate"
 int command_plan(int argc, char** argv);
 int command_trace(int argc, char** argv);
 int command_doctor(int argc, char** argv);

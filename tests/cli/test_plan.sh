@@ -3,7 +3,9 @@
 # --memory-gb (this machine's memory only for a layout that would start here), its messages say
 # `loom plan`, large worlds and many stages print as tables of short lines, the summary's
 # activations are the recompute table's "(this run)" row, and a layout that does not divide is
-# refused with values that do. (tests/launcher/test_plan.sh checks the layout's figures.)
+# refused with values that do; with --cluster the predicted step's parts, a cluster too small or
+# malformed refused, and `loom bench calibrate` (2 ranks) writing a cluster file loom plan
+# reads. (tests/launcher/test_plan.sh checks the layout's figures.)
 # Usage: test_plan.sh LOOM_BINARY SOURCE_DIR
 set -u
 loom=$1
@@ -134,5 +136,36 @@ expect_error seq-len "try train.seq_len 126 or 132 (model.max_seq_len raised wit
   --set parallel.sp=3
 expect_error pieces "try parallel.pp ≤ 10 or model.loops ≥ 7" -- "$loom" plan "$config" \
   --set parallel.pp=16 --set train.global_batch=64 --set train.micro_batch=2
+
+# --- the step time on a cluster (--cluster, --nodes), and this machine's calibrated file ---
+plan cluster 0 --set parallel.tp=8 --set parallel.dp=4 --set model.n_heads=16 \
+  --set train.micro_batch=4 --cluster "$src/cluster/dgx_a100.textproto"
+expect cluster-header '^step time on 4 nodes of DGX A100 \(32 of 32 devices'
+for part in compute recompute tp sp bubble pp_p2p dp replica optimizer; do
+  expect "cluster-$part" "^  $part +[0-9.]+ ms +[0-9.]+%"
+done
+expect cluster-mfu '^  [0-9]+ tokens/s, MFU [0-9.]+%'
+expect cluster-memory 'within --memory-gb 74.5'
+expect_error nodes-alone "--nodes says how many nodes of a --cluster; give --cluster FILE too" -- \
+  "$loom" plan "$config" --nodes 2
+expect_error too-few-nodes "the layout needs 32 devices but 2 node(s) of DGX A100 have 16" -- \
+  "$loom" plan "$config" --set parallel.dp=16 --set train.micro_batch=1 --set parallel.tp=2 \
+  --cluster "$src/cluster/dgx_a100.textproto" --nodes 2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+echo 'name: "half"' >"$tmp/half.textproto"
+expect_error bad-cluster "$tmp/half.textproto: a cluster needs name, device" -- \
+  "$loom" plan "$config" --cluster "$tmp/half.textproto"
+mpirun=(mpirun -np 2 --oversubscribe)
+[ "$(id -u)" -eq 0 ] && mpirun+=(--allow-run-as-root)
+if OMP_WAIT_POLICY=PASSIVE "${mpirun[@]}" "$loom" bench calibrate "$config" --set runtime.threads=1 \
+    --set train.seq_len=64 --set train.micro_batch=2 --out "$tmp/here.textproto" >"$tmp/log" 2>&1; then
+  pass
+  plan calibrated 0 --set parallel.dp=2 --set train.micro_batch=8 --set runtime.threads=1 \
+    --cluster "$tmp/here.textproto"
+  expect calibrated-header '^step time on 1 node of this machine'
+else
+  fail "bench calibrate: $(cat "$tmp/log")"
+fi
 
 finish
