@@ -300,37 +300,41 @@ double replica_seconds(const config::RunConfig& cfg, const ParallelLayout& layou
 
 }  // namespace
 
-StepPrediction predict_step(const config::RunConfig& cfg, const ParallelLayout& layout,
-                            const ClusterConfig& cluster, int nodes) {
-  const Mesh& mesh = layout.mesh;
-  const long devices = static_cast<long>(nodes) * cluster.devices_per_node();
-  if (nodes < 1 || devices < mesh.world_size())
-    throw Error("the layout needs " + std::to_string(mesh.world_size()) + " devices but " +
-                std::to_string(nodes) + " node(s) of " + cluster.name() + " have " +
-                std::to_string(devices) + "; raise --nodes or shrink the layout");
-  const Rates r = rates_of(cfg, layout, cluster);
-  const int p = mesh.pp, m = layout.micro_batches, v = layout.stages.virtual_stages;
-  std::vector<PieceCost> pieces;
-  for (int g = 0; g < layout.stages.pieces(); ++g) pieces.push_back(piece_cost(cfg, layout, r, g));
+namespace {
+
+// What action `a` of pipeline rank `rank` costs: its piece's forward, weight pass, or backward
+// (with the weight pass unless the schedule splits it).
+Cost action_cost(const std::vector<PieceCost>& pieces, const ParallelLayout& layout, int rank,
+                 const PipelineAction& a) {
+  using Type = PipelineAction::Type;
+  const bool v_shape = pipeline_v_shape(layout.pipeline);
+  const PieceCost& c = pieces[pipeline_stage_of(layout.mesh.pp, v_shape, rank, a.chunk)];
+  if (a.type == Type::kForward) return c.forward;
+  if (a.type == Type::kWeight) return c.weight;
+  Cost b = c.backward;
   const bool split = layout.pipeline == PipelineKind::kZeroBubbleH1 ||
                      layout.pipeline == PipelineKind::kZeroBubbleV;
-  const bool v_shape = pipeline_v_shape(layout.pipeline);
-  using Type = PipelineAction::Type;
-  auto cost_of = [&](int rank, const PipelineAction& a) {
-    const PieceCost& c = pieces[pipeline_stage_of(p, v_shape, rank, a.chunk)];
-    if (a.type == Type::kForward) return c.forward;
-    if (a.type == Type::kWeight) return c.weight;
-    Cost b = c.backward;
-    if (!split) b += c.weight;
-    return b;
-  };
+  if (!split) b += c.weight;
+  return b;
+}
+
+// The pipeline's parts: the schedule run in simulated time without and with the boundary
+// sends; the critical rank (the last to finish without them), its work by kind, its idle time
+// and what the sends add. Returns that rank.
+int pipeline_parts(const config::RunConfig& cfg, const ParallelLayout& layout,
+                   const ClusterConfig& cluster, const Rates& r,
+                   const std::vector<PieceCost>& pieces, StepPrediction& out) {
+  const Mesh& mesh = layout.mesh;
+  const int p = mesh.pp, m = layout.micro_batches, v = layout.stages.virtual_stages;
   const double rows = r.tokens / (layout.tp_sequence ? r.tp : 1);
   const int carried = cfg.model().residual() == config::ModelConfig::LADDER ? 2 : 1;
   const double boundary =
       (carried + (cfg.model().input_injection() ? 1 : 0)) * rows * r.C * r.act_bytes;
   // Which rank of the mesh is pipeline rank s of the first dp, sp and tp coordinates.
   auto global = [&](int s) { return mesh_rank(mesh, MeshCoord{0, s, 0, 0}); };
-  auto duration = [&](int rank, const PipelineAction& a) { return cost_of(rank, a).total(); };
+  auto duration = [&](int rank, const PipelineAction& a) {
+    return action_cost(pieces, layout, rank, a).total();
+  };
   auto send = [&](int a, int b) {
     return collective_seconds(Collective::kSendRecv, boundary, 2,
                               link_between(cluster, global(a), global(b)));
@@ -338,14 +342,13 @@ StepPrediction predict_step(const config::RunConfig& cfg, const ParallelLayout& 
   const PipelineTiming timed = pipeline_timed(layout.pipeline, p, m, v, duration, send);
   const PipelineTiming idle =
       pipeline_timed(layout.pipeline, p, m, v, duration, [](int, int) { return 0.0; });
-  // The critical rank: the last to finish without transfer time; its work by kind.
   const int critical =
       static_cast<int>(std::max_element(idle.end.begin(), idle.end.end()) - idle.end.begin());
-  StepPrediction out;
+  using Type = PipelineAction::Type;
   Cost busy;
   for (const PipelineAction& a : pipeline_schedule(layout.pipeline, p, m, v, critical))
     if (a.type == Type::kForward || a.type == Type::kBackward || a.type == Type::kWeight)
-      busy += cost_of(critical, a);
+      busy += action_cost(pieces, layout, critical, a);
   out.compute = busy.compute;
   out.recompute = busy.recompute;
   out.tp = busy.tp;
@@ -354,10 +357,17 @@ StepPrediction predict_step(const config::RunConfig& cfg, const ParallelLayout& 
   out.hidden_sp = busy.hidden_sp;
   out.bubble = std::max(0.0, idle.makespan - busy.total());
   out.pp_p2p = std::max(0.0, timed.makespan - idle.makespan);
-  // After the last backward: the gradient reduction over dp × sp (what backward did not hide),
-  // the shared weights' sum over stages, AdamW.
-  const LayoutMemory memory = layout_memory(cfg, layout);
-  const StageMemory& stage = memory.stages[static_cast<size_t>(critical)];
+  return critical;
+}
+
+// After the last backward: the gradient reduction over dp × sp (what the last micro-batch's
+// backward on `rank` did not hide; ZeRO-1's parameter gather), the shared weights' sum over
+// stages, AdamW over the rank's parameters or shard.
+void after_backward_parts(const config::RunConfig& cfg, const ParallelLayout& layout,
+                          const ClusterConfig& cluster, const Rates& r,
+                          const std::vector<PieceCost>& pieces, int rank, StepPrediction& out) {
+  const Mesh& mesh = layout.mesh;
+  const StageMemory stage = stage_memory(cfg, layout, rank);
   const int reduce = layout.reduce_ranks();
   if (reduce > 1) {
     // dp × sp: on the network when either of its axes' groups crosses nodes.
@@ -366,9 +376,10 @@ StepPrediction predict_step(const config::RunConfig& cfg, const ParallelLayout& 
     const double grads =
         collective_seconds(layout.zero ? Collective::kReduceScatter : Collective::kAllReduce,
                            stage.params * (layout.bf16_grad_reduce ? 2.0 : 4.0), reduce, link);
-    double last_backward = 0;  // one micro-batch's backward on the critical rank
-    for (int c = 0; c < v; ++c) {
-      const PieceCost& pc = pieces[pipeline_stage_of(p, v_shape, critical, c)];
+    double last_backward = 0;
+    for (int c = 0; c < layout.stages.virtual_stages; ++c) {
+      const PieceCost& pc =
+          pieces[pipeline_stage_of(mesh.pp, pipeline_v_shape(layout.pipeline), rank, c)];
       last_backward += pc.backward.total() + pc.weight.total();
     }
     out.hidden_dp = layout.overlap_grad_reduce ? std::min(grads, last_backward) : 0.0;
@@ -379,6 +390,24 @@ StepPrediction predict_step(const config::RunConfig& cfg, const ParallelLayout& 
   out.replica = replica_seconds(cfg, layout, cluster);
   out.optimizer = memory_s(
       r, (layout.zero ? stage.optimizer / 2.0 : stage.params) * 7 * 4.0 + stage.weight_copy_bytes);
+}
+
+}  // namespace
+
+StepPrediction predict_step(const config::RunConfig& cfg, const ParallelLayout& layout,
+                            const ClusterConfig& cluster, int nodes) {
+  const Mesh& mesh = layout.mesh;
+  const long devices = static_cast<long>(nodes) * cluster.devices_per_node();
+  if (nodes < 1 || devices < mesh.world_size())
+    throw Error("the layout needs " + std::to_string(mesh.world_size()) + " devices but " +
+                std::to_string(nodes) + " node(s) of " + cluster.name() + " have " +
+                std::to_string(devices) + "; raise --nodes or shrink the layout");
+  const Rates r = rates_of(cfg, layout, cluster);
+  std::vector<PieceCost> pieces;
+  for (int g = 0; g < layout.stages.pieces(); ++g) pieces.push_back(piece_cost(cfg, layout, r, g));
+  StepPrediction out;
+  const int critical = pipeline_parts(cfg, layout, cluster, r, pieces, out);
+  after_backward_parts(cfg, layout, cluster, r, pieces, critical, out);
   double largest = -1;
   for (const auto& [name, seconds] : out.parts()) {
     out.step += seconds;
