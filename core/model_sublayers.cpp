@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <chrono>
+#include <functional>
 
 #include "base/error.h"
 #include "core/model_internal.h"
@@ -147,6 +148,25 @@ const void* gathered_rows(Model& m, GatheredRows& g) {
 
 namespace {
 
+// Runs `part(x, from, count)` over rows [from, from + count) of N rows of width C: without
+// sequence parallelism once over all of them from `local`; with it first over this rank's own
+// `rows` (from `local`) while `g` gathers every rank's, then over the others from the gathered
+// rows. Returns all N rows.
+const void* own_rows_first(Model& m, GatheredRows& g, const void* local, int N, size_t rows,
+                           const std::function<void(const void*, size_t, size_t)>& part) {
+  if (!m.par.tp.sequence) {
+    part(local, 0, static_cast<size_t>(N));
+    return local;
+  }
+  const size_t own = m.par.tp.rank * rows, after = own + rows;
+  part(local, own, rows);
+  const void* all = gathered_rows(m, g);
+  if (own > 0) part(all, 0, own);
+  if (after < static_cast<size_t>(N))
+    part(act_offset(m, all, after * m.spec.C), after, static_cast<size_t>(N) - after);
+  return all;
+}
+
 // A column-parallel layer's output (N, cols) = normed · Wᵀ + b from the pre-norm's output in
 // a.normed (rows `rows` of N on this rank); returns the normed input, all N rows. With sequence
 // parallelism the other ranks' rows are gathered while this rank's own are multiplied.
@@ -155,21 +175,10 @@ const void* column_parallel_forward(Model& m, const SublayerActs& a, size_t w, s
   const int C = m.spec.C;
   const void* local = act(m, a.normed);
   GatheredRows g = gather_rows_start(m, local, m.temps.gathered, static_cast<size_t>(N) * C);
-  if (!m.par.tp.sequence) {
-    kb(m).matmul_forward(act(m, a.hidden), local, weight(m, w), bias(m, b), N, C, cols);
-    return local;
-  }
-  const size_t own = m.par.tp.rank * rows, after = own + rows;
-  auto rows_at = [&](const void* x, size_t from, size_t count) {
+  return own_rows_first(m, g, local, N, rows, [&](const void* x, size_t from, size_t count) {
     kb(m).matmul_forward(act_offset(m, act(m, a.hidden), from * cols), x, weight(m, w), bias(m, b),
                          static_cast<int>(count), C, cols);
-  };
-  rows_at(local, own, rows);
-  const void* all = gathered_rows(m, g);
-  if (own > 0) rows_at(all, 0, own);
-  if (after < static_cast<size_t>(N))
-    rows_at(act_offset(m, all, after * C), after, static_cast<size_t>(N) - after);
-  return all;
+  });
 }
 
 }  // namespace
@@ -232,21 +241,10 @@ const void* row_parallel_backward(Model& m, void* d_in, float* dw, float* db, co
                                   const void* x, size_t w, int N, size_t rows, int in) {
   const int C = m.spec.C;
   GatheredRows g = gather_rows_start(m, dh_rows, m.temps.gathered_grad, static_cast<size_t>(N) * C);
-  if (!m.par.tp.sequence) {
-    kb(m).matmul_backward(d_in, dw, db, dh_rows, x, weight(m, w), N, in, C);
-    return dh_rows;
-  }
-  const size_t own = m.par.tp.rank * rows, after = own + rows;
-  auto rows_at = [&](const void* dh, size_t from, size_t count) {
+  return own_rows_first(m, g, dh_rows, N, rows, [&](const void* dh, size_t from, size_t count) {
     kb(m).matmul_backward(act_offset(m, d_in, from * in), dw, db, dh, act_offset(m, x, from * in),
                           weight(m, w), static_cast<int>(count), in, C);
-  };
-  rows_at(dh_rows, own, rows);
-  const void* all = gathered_rows(m, g);
-  if (own > 0) rows_at(all, 0, own);
-  if (after < static_cast<size_t>(N))
-    rows_at(act_offset(m, all, after * C), after, static_cast<size_t>(N) - after);
-  return all;
+  });
 }
 
 // A matrix's (or bias's) parameter gradients now (nullptr: none, or no such tensor), or (defer)
