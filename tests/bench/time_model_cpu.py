@@ -7,10 +7,15 @@ the calibration's — trains for a few steps, and its median step time is printe
 prediction. Two ranks at most, one thread each: on this 2-core machine more would share cores,
 which the model does not describe.
 
-With --write-docs FILE (docs/benchmarks.md) the table replaces the section "## Step-time model
-against measured steps" of FILE.
+With --slow-link RATE (e.g. 1gbit; needs root) the calibration and every layout run with the
+ranks talking over TCP through a loopback limited to RATE in a network namespace (tc tbf, as
+tests/bench/tp_ladder.py does): the calibration then measures that link, and the predictions
+cross it.
 
-usage: time_model_cpu.py LOOM_BINARY SOURCE_DIR [--steps 6] [--write-docs FILE]
+With --write-docs FILE (docs/benchmarks.md) the table replaces this link condition's part of
+the section "## Step-time model against measured steps" of FILE.
+
+usage: time_model_cpu.py LOOM_BINARY SOURCE_DIR [--steps 6] [--slow-link RATE] [--write-docs FILE]
 """
 import argparse
 import os
@@ -72,6 +77,7 @@ def main():
     ap.add_argument("loom")
     ap.add_argument("source")
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--slow-link", default="", help="rate of the emulated link, e.g. 1gbit")
     ap.add_argument("--write-docs", default="", metavar="FILE")
     args = ap.parse_args()
     if args.steps <= WARMUP:
@@ -82,25 +88,32 @@ def main():
     os.chdir(work)
     rows = []
     try:
-        bench_common.prepare_data(loom, source)
-        with open("bench.textproto", "w") as f:
-            f.write(bench_common.bench_config(MODEL, 4, 256, "").replace(
-                "train { micro_batch: 4", "train { global_batch: 8 micro_batch: 4"))
-        calibration = bench_common.run_command(
-            bench_common.mpirun_command(2) + [loom, "bench", "calibrate", "bench.textproto",
-                                              "--out", "here.textproto"], "loom bench calibrate")
-        for name, ranks, overrides in LAYOUTS:
-            run_dir = bench_common.train(loom, "bench.textproto", f"run{len(rows)}",
-                                         overrides + [f"train.steps={args.steps}"], ranks=ranks)
-            measured = bench_common.step_medians(run_dir, WARMUP)[0]
-            rows.append((name, *predicted(loom, overrides), measured))
+        with bench_common.slow_link(args.slow_link) as link:
+            bench_common.prepare_data(loom, source)
+            with open("bench.textproto", "w") as f:
+                f.write(bench_common.bench_config(MODEL, 4, 256, "").replace(
+                    "train { micro_batch: 4", "train { global_batch: 8 micro_batch: 4"))
+            calibration = bench_common.run_command(
+                link.prefix + bench_common.mpirun_command(2, link)
+                + [loom, "bench", "calibrate", "bench.textproto", "--out", "here.textproto"],
+                "loom bench calibrate", env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
+            for name, ranks, overrides in LAYOUTS:
+                if args.slow_link and ranks == 1:
+                    continue  # nothing crosses the link
+                run_dir = bench_common.train(loom, "bench.textproto", f"run{len(rows)}",
+                                             overrides + [f"train.steps={args.steps}"],
+                                             ranks=ranks, link=link)
+                measured = bench_common.step_medians(run_dir, WARMUP)[0]
+                rows.append((name, *predicted(loom, overrides), measured))
     except bench_common.BenchError as e:
         sys.exit(f"time_model_cpu: {e}")
     finally:
         os.chdir(source)
         shutil.rmtree(work, ignore_errors=True)
     worst = max(abs(p / m - 1) for _, p, _, m in rows)
-    lines = [f"{MODEL_TEXT}; one thread per rank; {args.steps} steps, medians after {WARMUP} "
+    condition = link.description or "ranks over shared memory"
+    lines = [f"### {condition}", "",
+             f"{MODEL_TEXT}; one thread per rank; {args.steps} steps, medians after {WARMUP} "
              f"warm-up steps. Device: {bench_common.cpu_description()}.", "",
              "Calibration (`mpirun -np 2 loom bench calibrate`): "
              + calibration.strip().splitlines()[-1], "",
@@ -112,10 +125,30 @@ def main():
               f"({'within' if worst <= 0.25 else 'outside'} ±25 %).", "", READING]
     print("\n".join(lines))
     if args.write_docs:
-        bench_common.replace_section(os.path.abspath(args.write_docs), SECTION, [
-            SECTION, "", "Measured with", "",
-            f"    python3 tests/bench/time_model_cpu.py build/loom . --steps {args.steps}", ""]
-            + lines + [""])
+        command = " ".join(["python3 tests/bench/time_model_cpu.py build/loom .",
+                            f"--steps {args.steps}"]
+                           + ([f"--slow-link {args.slow_link}"] if args.slow_link else []))
+        write_condition(os.path.abspath(args.write_docs), condition,
+                        lines + ["", "Measured with", "", f"    {command}", ""])
+
+
+def write_condition(docs, condition, lines):
+    """Replaces the subsection "### condition" of SECTION in docs (keeping the others), or adds
+    it; adds the section when missing."""
+    text = open(docs).read() if os.path.exists(docs) else "# Benchmarks\n"
+    if SECTION not in text:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n"
+    before, rest = text.split(SECTION, 1)
+    end = rest.find("\n## ")
+    body, after = (rest, "") if end < 0 else (rest[:end], rest[end:])
+    parts = re.split(r"(?m)^(?=### )", body)
+    head, subsections = parts[0], [p for p in parts[1:] if not p.startswith(f"### {condition}\n")]
+    subsections.append("\n".join(lines) + "\n")
+    ordered = sorted(subsections, key=lambda p: "TCP" in p)  # shared memory first
+    text = (before + SECTION + head.rstrip("\n") + "\n\n"
+            + "\n\n".join(p.strip("\n") for p in ordered) + "\n" + after)
+    with open(docs, "w") as f:
+        f.write(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":
