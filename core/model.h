@@ -20,7 +20,9 @@
 // is a partial sum that one all-reduce completes; in backward each sub-layer's partial input
 // gradient (of its pre-norm's output) is completed the same way. Those all-reduces are async and
 // waited on only when the result is first needed: with the standard residual at once, with Ladder
-// Residual one sub-layer later, so each hides behind a sub-layer of compute.
+// Residual one sub-layer later, so each hides behind a sub-layer of compute. With sequence
+// parallelism inside tp (TensorParallel::sequence) the stream and the norms hold B·T / tp rows
+// per rank: the outputs are reduce-scattered and each region's input all-gathered instead.
 //
 // Pipeline parallelism: a rank's model holds only the tensors its chunks use (the shared block
 // once, however many iterations it runs); every tensor keeps its global index, so checkpoints
