@@ -29,9 +29,11 @@ void check_run(Model& m, int chunk, int slot, int B, int T) {
   LOOM_CHECK(!m.par.tp.sequence || B * T % m.par.tp.size == 0);  // whole rows per tp rank
 }
 
-// The first of this rank's rows of the stream (sequence parallelism), among N.
+// This rank's rows of the stream among N (all of them, or with sequence parallelism N / tp),
+// and the first of them.
+int stream_rows_of(const Model& m, int N) { return m.par.tp.sequence ? N / m.par.tp.size : N; }
 size_t own_first_row(const Model& m, int N) {
-  return m.par.tp.sequence ? static_cast<size_t>(N) / m.par.tp.size * m.par.tp.rank : 0;
+  return static_cast<size_t>(stream_rows_of(m, N)) * (m.par.tp.sequence ? m.par.tp.rank : 0);
 }
 
 // The final norm and the LM head with cross-entropy over the last chunk's stream; returns the
@@ -41,7 +43,7 @@ double head_forward(Model& m, const ModelChunk& c, int slot, const int* targets,
                     float loss_grad_scale) {
   const kernels::KernelBackend& be = kb(m);
   const size_t base = slot_base(m, slot), C = m.spec.C;
-  const int rows = static_cast<int>(m.par.tp.sequence ? N / m.par.tp.size : N);
+  const int rows = stream_rows_of(m, N);
   const void* x = act(m, base + c.final_input);
   void* normed = act_offset(m, act(m, m.temps.normed_f), own_first_row(m, N) * C);
   if (is_layernorm(m))

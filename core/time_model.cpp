@@ -96,7 +96,6 @@ struct PieceCost {
 
 // The sizes and rates every sub-layer's cost is computed from.
 struct Rates {
-  const ClusterConfig* cluster = nullptr;
   double flops_per_s = 0, bytes_per_s = 0, act_bytes = 4;
   double tokens = 0;  // this rank's rows of one micro-batch: micro_batch · seq_len / sp
   double T = 0;       // the whole sequence
@@ -213,7 +212,6 @@ Rates rates_of(const config::RunConfig& cfg, const ParallelLayout& layout,
   const auto& m = cfg.model();
   const ClusterConfig::Device& d = cluster.device();
   Rates r;
-  r.cluster = &cluster;
   r.act_bytes = layout.bf16 ? 2.0 : 4.0;
   r.flops_per_s = (layout.bf16 ? d.bf16_tflops() : d.fp32_tflops()) * 1e12 * d.gemm_efficiency();
   r.bytes_per_s = d.memory_gbs() * 1e9 * d.memory_efficiency();

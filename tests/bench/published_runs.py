@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The step-time model (`loom plan --cluster`, core/time_model.h) against published large-scale
-runs (../shared/research/published_runs.md): each run modelled as loom would run it — the same
+runs (Megatron-LM, llm.c and the zero-bubble paper's, each row naming its source): each run
+modelled as loom would run it — the same
 shapes on loom's GPT, bf16, the same tp, pp, dp, schedule, micro-batch and recomputation — on
 the cluster file of its hardware, predicted step time beside the published one. The A100 file's
 matmul efficiency was calibrated on the first row alone; the others test it. Where loom lacks
