@@ -24,12 +24,21 @@ StageMemory stage_memory(const config::RunConfig& cfg, const ParallelLayout& lay
   out.params = model.layout.num_params;
   const size_t act_bytes = model.buf.backend->activation_bytes();
   out.weight_copy_bytes = act_bytes == sizeof(float) ? 0 : model.layout.num_params * act_bytes;
-  const size_t shard =
-      layout.zero ? grad_reducer_shard_floats(model.layout.num_params, layout.bucket_floats,
-                                              layout.reduce_ranks(), 0)
-                  : 0;
+  out.grads = model.layout.num_params;
+  size_t shard = layout.zero
+                     ? grad_reducer_shard_floats(model.layout.num_params, layout.bucket_floats,
+                                                 layout.reduce_ranks(), 0)
+                     : 0;
+  if (layout.zero_grads) {  // ZeRO-2: windows, not a whole gradient (parallel/grad_windows.h)
+    const GradWindowsPlan w = grad_windows_plan(model_grad_units(model), layout.grad_window_slots,
+                                                layout.reduce_ranks(), 0);
+    out.grads = w.window_floats();
+    out.grads_per_micro = model.layout.num_params - w.dedicated_floats;
+    shard = w.shard_floats;
+    out.reduce_bytes += w.slots * w.received_floats * sizeof(float);
+  }
   out.optimizer = 2 * (layout.zero ? shard : model.layout.num_params);
-  out.reduce_bytes = shard * sizeof(float);
+  out.reduce_bytes += shard * sizeof(float);
   if (layout.reduce_ranks() > 1 && layout.bf16_grad_reduce)
     out.reduce_bytes += (model.layout.num_params + shard) * act_bytes;
   out.slots = pipe.slots;
@@ -62,11 +71,11 @@ std::string memory_size_text(double bytes) {
 
 std::string memory_breakdown(const StageMemory& s) {
   std::string out =
-      "parameters and gradients " + memory_size_text(8.0 * s.params) +
+      "parameters and gradients " + memory_size_text(4.0 * (s.params + s.grads)) +
       " (model.vocab_size, d_model, d_mlp and the unique layers: prelude_layers, block_layers, "
       "coda_layers; ÷ parallel.tp and pp), AdamW state " +
       memory_size_text(4.0 * s.optimizer) +
-      " (as the parameters; ÷ dp with parallel.zero_stage=1), activations " +
+      " (as the parameters; ÷ dp with parallel.zero_stage=1 or 2), activations " +
       memory_size_text(4.0 * s.arena.total) +
       " (train.micro_batch × train.seq_len × d_model × unrolled layers, loops included; "
       "train.recompute shrinks them)";

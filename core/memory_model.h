@@ -23,17 +23,20 @@ namespace loom {
 // What one rank of pipeline coordinate `rank` holds, as `loom train` allocates it (at the current
 // thread count; tensor-parallel rank 0, whose padded vocabulary makes it the largest).
 struct StageMemory {
-  size_t params = 0;             // floats of parameters (as many of gradients)
-  size_t optimizer = 0;          // floats of AdamW m and v (under ZeRO-1: the dp rank's shards)
+  size_t params = 0;             // floats of parameters
+  size_t grads = 0;              // floats of gradients: as many, or ZeRO-2's windows
+  size_t grads_per_micro = 0;    // ZeRO-2: floats reduced in every micro-batch (not step-long)
+  size_t optimizer = 0;          // floats of AdamW m and v (under ZeRO: the dp rank's shards)
   size_t weight_copy_bytes = 0;  // runtime.precision BF16: the weights' bf16 copy
-  // The data-parallel reduction's buffers: ZeRO-1's gradient shard (fp32) and, with
-  // parallel.grad_reduce_dtype BF16, the gradients and that shard in bf16.
+  // The data-parallel reduction's buffers: ZeRO's gradient shard (fp32), ZeRO-2's slots'
+  // reduce-scatter results, and with parallel.grad_reduce_dtype BF16 the gradients and the shard
+  // in bf16.
   size_t reduce_bytes = 0;
   ArenaSizes arena;  // activation arena, floats
   int slots = 0, boundaries = 0;
   // Everything a rank of this stage allocates, in bytes.
   double bytes() const {
-    return 4.0 * (2.0 * params + optimizer + arena.total) +
+    return 4.0 * (static_cast<double>(params) + grads + optimizer + arena.total) +
            static_cast<double>(weight_copy_bytes + reduce_bytes);
   }
 };

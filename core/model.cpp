@@ -231,12 +231,15 @@ void recompute_backward(BackwardRun& run, int chunk, const ChunkSegment& g, bool
   });
 }
 
-// Reports `r` final to on_grads_final (when given: the step's last micro-batch). With sequence
+// Reports `r` final to on_grads_final (when given: the step's last micro-batch, or under ZeRO-2
+// every micro-batch). With sequence
 // parallelism each rank's norm weights' gradients hold only its rows' part: those in `r` are
 // summed over the tensor-parallel group first (every rank reports the same ranges in the same
 // order), after which every rank holds the same, as for any replicated tensor.
 void report_final(Model& m, const GradsFinalFn& on_grads_final, const ShardRange& r) {
   if (!on_grads_final || r.size() == 0) return;
+  // ZeRO-2 reports every micro-batch: only what its windows reduce now is final.
+  if (m.buf.grad_windows && !grad_windows_reduces_now(*m.buf.grad_windows, r)) return;
   if (m.par.tp.sequence) {
     std::vector<size_t> norms;
     auto add = [&](size_t offset) {

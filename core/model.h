@@ -48,6 +48,7 @@
 #include "kernels/device_array.h"
 #include "loom.pb.h"
 #include "parallel/communicator.h"
+#include "parallel/grad_windows.h"
 #include "parallel/ring_attention.h"
 #include "parallel/tensor_parallel.h"
 #include "parallel/ulysses_attention.h"
@@ -328,7 +329,9 @@ struct ModelBuffers {
   // Runs every kernel and owns the buffers' memory. Shared: models on one device share its
   // backend (stream, handles). Never null after model_layout / model_create.
   std::shared_ptr<const kernels::KernelBackend> backend;
-  kernels::DeviceArray<float> params, grads;  // (num_params) fp32
+  // (num_params) fp32; grads is empty under ZeRO-2, whose gradients are in grad_windows.
+  kernels::DeviceArray<float> params, grads;
+  GradWindows* grad_windows = nullptr;  // ZeRO-2 (not owned): where the gradients are
   // A backend with narrower activations (bf16): the copy of params in its activation type that
   // the kernels read (model_refresh_weights). Empty on an fp32 backend, which reads params.
   kernels::DeviceArray<unsigned char> weights;
@@ -378,9 +381,16 @@ struct Model {
 // rank's chunks. A null backend means the CPU backend. Forward, backward and model_last_logits
 // are then collective over tp.comm, and with sp.size > 1 forward and backward over sp.comm:
 // they take this rank's T = seq_len / sp rows of each sequence (sequence_select).
+// whole_gradients false (ZeRO-2): no gradient buffer; the caller sets buf.grad_windows.
 Model model_create(const config::ModelConfig& cfg,
                    std::shared_ptr<const kernels::KernelBackend> backend = nullptr,
-                   TensorParallel tp = {}, PipelineStage stage = {}, SequenceParallel sp = {});
+                   TensorParallel tp = {}, PipelineStage stage = {}, SequenceParallel sp = {},
+                   bool whole_gradients = true);
+
+// The units ZeRO-2 keeps gradient windows for (parallel/grad_windows.h): the ranges backward
+// reports final, ascending. Step-long: the embedding, the head, and layers run at several
+// unrolled positions (the shared block of a looped model).
+std::vector<GradUnitSpec> model_grad_units(const Model& m);
 
 // The parameter layout alone (tensors, offsets, num_params), with no buffers: for planning.
 Model model_layout(const config::ModelConfig& cfg,

@@ -38,7 +38,10 @@ inline const void* weight(Model& m, size_t offset) {
   if (m.buf.weights.empty()) return m.buf.params.data() + offset;
   return m.buf.weights.data() + offset * kb(m).activation_bytes();
 }
-inline float* grad(Model& m, size_t offset) { return m.buf.grads.data() + offset; }
+inline float* grad(Model& m, size_t offset) {
+  if (m.buf.grad_windows) return grad_windows_at(*m.buf.grad_windows, offset);
+  return m.buf.grads.data() + offset;
+}
 // A bias the kernels read, or null when the model has none (kNoTensor); and its gradient.
 inline const void* bias(Model& m, size_t offset) {
   return offset == kNoTensor ? nullptr : weight(m, offset);

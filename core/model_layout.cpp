@@ -292,15 +292,32 @@ Model model_layout(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
 }
 
 Model model_create(const ModelConfig& cfg, std::shared_ptr<const kernels::KernelBackend> backend,
-                   TensorParallel tp, PipelineStage stage, SequenceParallel sp) {
+                   TensorParallel tp, PipelineStage stage, SequenceParallel sp,
+                   bool whole_gradients) {
   Model m = model_layout(cfg, std::move(backend), tp, std::move(stage), sp);
   m.buf.params = kernels::DeviceArray<float>(m.buf.backend, m.layout.num_params);
-  m.buf.grads = kernels::DeviceArray<float>(m.buf.backend, m.layout.num_params);
+  if (whole_gradients)
+    m.buf.grads = kernels::DeviceArray<float>(m.buf.backend, m.layout.num_params);
   const size_t act_bytes = m.buf.backend->activation_bytes();
   if (act_bytes != sizeof(float))
     m.buf.weights =
         kernels::DeviceArray<unsigned char>(m.buf.backend, m.layout.num_params * act_bytes);
   return m;
+}
+
+std::vector<GradUnitSpec> model_grad_units(const Model& m) {
+  std::vector<int> positions(m.layout.layer_ranges.size(), 0);
+  for (int u : m.spec.unrolled) ++positions[static_cast<size_t>(u)];
+  std::vector<GradUnitSpec> units;
+  if (m.layout.embedding_range.size() > 0) units.push_back({m.layout.embedding_range, true});
+  if (m.layout.head_range.size() > 0) units.push_back({m.layout.head_range, true});
+  for (size_t u = 0; u < m.layout.layer_ranges.size(); ++u)
+    if (m.layout.layer_ranges[u].size() > 0)
+      units.push_back({m.layout.layer_ranges[u], positions[u] > 1});
+  std::sort(units.begin(), units.end(), [](const GradUnitSpec& a, const GradUnitSpec& b) {
+    return a.range.begin < b.range.begin;
+  });
+  return units;
 }
 
 void model_init(Model& m, uint64_t seed) {

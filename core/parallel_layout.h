@@ -29,9 +29,13 @@ struct ParallelLayout {
   SequenceLayout sequence = SequenceLayout::kZigzag;  // sp > 1
   SequenceMethod sequence_method = SequenceMethod::kRing;  // sp > 1
   bool tp_sequence = false;                                // parallel.tp_sequence_parallel (tp > 1)
-  // Data-parallel reduction over dp · sp ranks: ZeRO-1 (only where there is a reduction),
-  // bucket size, overlap with backward, and gradients on the wire in bf16.
+  // Data-parallel reduction over dp · sp ranks: ZeRO (stage 1 or 2, only where there is a
+  // reduction), bucket size, overlap with backward, and gradients on the wire in bf16.
   bool zero = false;
+  bool zero_grads = false;  // ZeRO-2: gradients in windows reduced as backward goes
+  // ZeRO-2's slots for per-micro-batch gradient windows: as many as backward keeps open (the
+  // residual's delay) and one reducing.
+  int grad_window_slots = 0;
   size_t bucket_floats = 1;
   bool overlap_grad_reduce = true;
   bool bf16_grad_reduce = false;

@@ -200,9 +200,15 @@ struct Runner {
     give_slot(a);
   }
 
-  // Ranges become final in the backward (its weight pass) of the step's last micro-batch.
+  // Ranges become final in the backward (its weight pass) of the step's last micro-batch; under
+  // ZeRO-2 the windows reduce some in every micro-batch's (parallel/grad_windows.h).
   GradsFinalFn final_of(const PipelineAction& a) const {
-    return a.micro == batch.count - 1 ? on_grads_final : GradsFinalFn{};
+    const bool last = a.micro == batch.count - 1;
+    if (GradWindows* w = model.buf.grad_windows) {
+      w->last_micro = last;
+      return on_grads_final;
+    }
+    return last ? on_grads_final : GradsFinalFn{};
   }
 
   void run(const std::vector<PipelineAction>& actions) {

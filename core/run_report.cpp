@@ -88,6 +88,16 @@ void log_layout(RunLog& log, const Run& run, int threads, size_t global_params) 
                    counted(run.reducer.buckets.size(), "bucket").c_str(),
                    run.layout.overlap_grad_reduce ? " overlapped with backward" : "",
                    run.zero ? ", ZeRO-1 optimizer shards" : "");
+  if (const GradWindowsPlan& w = run.windows.plan; run.windows.comm) {
+    size_t step_long = 0;
+    for (const GradUnit& u : w.units) step_long += u.step_long ? 1 : 0;
+    line += format(
+        "; ZeRO-2: gradients averaged over %d ranks into shards, %zu step-long "
+        "windows (%.2f MiB) and %d slots of %.2f MiB for %zu layers reduced every "
+        "micro-batch",
+        run.windows.comm->size(), step_long, w.dedicated_floats * 4.0 / 1048576.0, w.slots,
+        w.slot_floats * 4.0 / 1048576.0, w.units.size() - step_long);
+  }
   log.line(line);
   if (groups.mesh.pp > 1) {  // every stage, from the one plan all ranks share
     const StagePlan& plan = run.layout.stages;

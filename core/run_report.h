@@ -19,6 +19,7 @@
 #include "kernels/device_array.h"
 #include "loom.pb.h"
 #include "parallel/grad_reducer.h"
+#include "parallel/grad_windows.h"
 #include "parallel/groups.h"
 
 namespace loom {
@@ -38,10 +39,14 @@ struct Run {
   TraceRecorder trace;
   CheckpointWriter
       checkpoints;  // every rank writes its pieces (checkpoint.async: in the background)
-  kernels::DeviceArray<float> grad_shard;  // ZeRO-1: the reducer's shard of the gradients
+  // ZeRO-1 and 2: this rank's shard of the averaged gradients (the reducer's or the windows')
+  kernels::DeviceArray<float> grad_shard;
   // parallel.grad_reduce_dtype BF16: the gradients and the ZeRO shard as they travel (bf16)
   kernels::DeviceArray<unsigned char> grad_wire, grad_wire_shard;
   Traffic* traffic = nullptr;  // not owned
+  // ZeRO-2: the gradients' windows (the model's grads point into them) and their storage
+  GradWindows windows = {};
+  kernels::DeviceArray<float> grad_storage = {}, grad_received = {};
 };
 
 // The lines train.log starts with: the model, the threads, deep-loop options, and with several

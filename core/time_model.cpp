@@ -359,7 +359,8 @@ int pipeline_parts(const config::RunConfig& cfg, const ParallelLayout& layout,
 }
 
 // After the last backward: the gradient reduction over dp × sp (what the last micro-batch's
-// backward on `rank` did not hide; ZeRO-1's parameter gather), the shared weights' sum over
+// backward on `rank` did not hide, and under ZeRO-2 the earlier micro-batches' reductions; ZeRO's
+// parameter gather), the shared weights' sum over
 // stages, AdamW over the rank's parameters or shard.
 void after_backward_parts(const config::RunConfig& cfg, const ParallelLayout& layout,
                           const ClusterConfig& cluster, const Rates& r,
@@ -382,6 +383,16 @@ void after_backward_parts(const config::RunConfig& cfg, const ParallelLayout& la
     }
     out.hidden_dp = layout.overlap_grad_reduce ? std::min(grads, last_backward) : 0.0;
     out.dp = grads - out.hidden_dp;
+    if (layout.zero_grads && layout.micro_batches > 1) {
+      // ZeRO-2 also reduces the per-micro-batch layers in every earlier micro-batch, behind
+      // those micro-batches' backwards.
+      const int earlier = layout.micro_batches - 1;
+      const double more = earlier * collective_seconds(Collective::kReduceScatter,
+                                                       stage.grads_per_micro * 4.0, reduce, link);
+      const double hidden = std::min(more, earlier * last_backward);
+      out.hidden_dp += hidden;
+      out.dp += more - hidden;
+    }
     if (layout.zero)
       out.dp += collective_seconds(Collective::kAllGather, stage.params * 4.0, reduce, link);
   }

@@ -73,7 +73,11 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   const int m = pipe.micro_batches;
   GradReducer* reducer = parallel.reducer;
   ReplicaSync* replicas = parallel.replicas;
-  model.buf.backend->zero_bytes(model.buf.grads.data(), model.layout.num_params * sizeof(float));
+  GradWindows* windows = model.buf.grad_windows;  // ZeRO-2
+  if (windows)
+    grad_windows_begin(*windows);
+  else
+    model.buf.backend->zero_bytes(model.buf.grads.data(), model.layout.num_params * sizeof(float));
   model_begin_passes(model, parallel.trace);
   pipe.wait_seconds = 0.0;
   pipe.trace = parallel.trace;
@@ -84,11 +88,15 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   const float scale = 1.0f / static_cast<float>(static_cast<size_t>(B) * T * m);
   // Gradients are reduced once, during the last micro-batch's backward: data-parallel buckets
   // start as soon as their gradients are final; replicated ones after their sum over stages.
-  const GradsFinalFn to_reducer =
-      reducer ? GradsFinalFn([reducer](size_t offset, size_t count) {
-        grad_reducer_ready(*reducer, offset, count);
-      })
-              : GradsFinalFn{};
+  GradsFinalFn to_reducer;
+  if (reducer)
+    to_reducer = [reducer](size_t offset, size_t count) {
+      grad_reducer_ready(*reducer, offset, count);
+    };
+  if (windows)
+    to_reducer = [windows](size_t offset, size_t count) {
+      grad_windows_ready(*windows, offset, count);
+    };
   // The model finishes some gradients as it reports them final (the tensor-parallel sum of the
   // norms' under sequence parallelism): the last micro-batch is marked by a callback even with
   // nothing to reduce.
@@ -114,11 +122,19 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
     grad_reducer_finish(*reducer);
     result.comm_wait_s += reducer->wait_seconds;
   }
-  const bool zero = reducer && reducer->zero;
+  if (windows) {
+    TraceSpan span(parallel.trace, "dp reduce", "dp_reduce");
+    grad_windows_finish(*windows);
+    result.comm_wait_s += windows->wait_seconds;
+  }
+  // ZeRO-1 and 2: this rank's averaged shard of the gradients.
+  const float* shard = windows                    ? windows->shard
+                       : reducer && reducer->zero ? reducer->shard
+                                                  : nullptr;
+  const bool zero = shard != nullptr;
   // Σ g² of this rank's part of the global gradient: its ZeRO shard or its whole buffer, each
   // global element counted on one tensor-parallel rank and one pipeline stage.
-  double squares =
-      grad_sum_squares(model, optimizer.owned, zero ? reducer->shard : model.buf.grads.data());
+  double squares = grad_sum_squares(model, optimizer.owned, zero ? shard : model.buf.grads.data());
   flight_phase(parallel.flight, "loss and gradient norm");
   const auto start = Clock::now();
   std::optional<TraceSpan> sums_span(std::in_place, parallel.trace, "loss and norm sums",
@@ -158,12 +174,14 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   flight_phase(parallel.flight, "optimizer");
   TraceSpan span(parallel.trace, "optimizer", "optimizer");
   optimizer_step(optimizer, model, cfg.optim(), lr,
-                 clip_scale(result.grad_norm, cfg.train().grad_clip()),
-                 zero ? reducer->shard : nullptr);
+                 clip_scale(result.grad_norm, cfg.train().grad_clip()), shard);
   if (zero) {
     const auto start = Clock::now();
     TraceSpan gather_span(parallel.trace, "zero gather", "zero_gather");
-    grad_reducer_gather_in_place(*reducer, model.buf.params.data());
+    if (windows)
+      grad_windows_gather_in_place(*windows, model.buf.params.data());
+    else
+      grad_reducer_gather_in_place(*reducer, model.buf.params.data());
     result.comm_wait_s += seconds_since(start);
   }
   model_refresh_weights(model);

@@ -54,7 +54,26 @@ Model create_model(const config::RunConfig& cfg, const ParallelLayout& layout,
   tp.gather_comm = groups.tp_gather.get();
   const SequenceParallel sp{groups.mesh.sp, groups.coord.sp, groups.sp.get(), layout.sequence,
                             layout.sequence_method};
-  return model_create(cfg.model(), backend, tp, {layout.stages, groups.coord.pp}, sp);
+  return model_create(cfg.model(), backend, tp, {layout.stages, groups.coord.pp}, sp,
+                      !layout.zero_grads);
+}
+
+// ZeRO-2: the gradient windows, this rank's shard and the slots' reduce-scatter results
+// (parallel/grad_windows.h), and the model's gradients pointed at them.
+void set_up_grad_windows(Run& run) {
+  Model& model = run.model;
+  Communicator& dp_sp = *run.groups.dp_sp;
+  const GradWindowsPlan plan = grad_windows_plan(
+      model_grad_units(model), run.layout.grad_window_slots, dp_sp.size(), dp_sp.rank());
+  const auto& backend = model.buf.backend;
+  run.grad_storage = kernels::DeviceArray<float>(backend, plan.window_floats());
+  run.grad_shard = kernels::DeviceArray<float>(backend, plan.shard_floats);
+  run.grad_received = kernels::DeviceArray<float>(backend, plan.slots * plan.received_floats);
+  run.windows = grad_windows_create(plan, dp_sp, *backend, run.grad_storage.data(),
+                                    run.grad_shard.data(), run.grad_received.data());
+  model.buf.grad_windows = &run.windows;
+  run.zero = true;
+  run.optimizer = optimizer_create(model, grad_windows_owned(plan));
 }
 
 // Writes a checkpoint; collective, every rank writes its own pieces (core/checkpoint_pieces.h).
@@ -110,6 +129,7 @@ void set_up_run(Run& run) {
       model, run.groups, run.cfg.parallel().collective_timeout_s(), *run.traffic);
   run.replicas = replica_sync_create(model, run.replica_groups);
   run.replicas.trace = &run.trace;
+  if (run.layout.zero_grads) return set_up_grad_windows(run);
   if (run.groups.dp_sp->size() > 1) {
     const bool zero = run.layout.zero;
     const size_t bucket = run.layout.bucket_floats;
@@ -377,7 +397,8 @@ void start_loop(Training& tr, int threads) {
   // any length, which sequence parallelism (over sp, or inside tp) cannot cut.
   loop.sample_whole = (groups.mesh.pp > 1 || groups.mesh.sp > 1 || tr.run.layout.tp_sequence) &&
                       cfg.logging().sample_tokens() > 0;
-  if (groups.dp_sp->size() > 1) loop.parallel = {groups.dp_sp.get(), &tr.run.reducer};
+  if (groups.dp_sp->size() > 1)  // ZeRO-2 reduces through the model's gradient windows
+    loop.parallel = {groups.dp_sp.get(), tr.run.layout.zero_grads ? nullptr : &tr.run.reducer};
   loop.parallel.flight = tr.options.flight;
   if (groups.mesh.pp > 1) {
     loop.parallel.pp = groups.pp.get();

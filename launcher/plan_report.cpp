@@ -237,7 +237,7 @@ void print_pipeline(const config::RunConfig& cfg, const ParallelLayout& layout,
       : kind == PipelineKind::kZeroBubbleV   ? "simulated with F : B : W = 5 : 6 : 4"
                                              : "(p−1)/(m+p−1)");
   std::printf(
-      "  MiB per rank; params: parameters (as many gradients); AdamW: its m and v;\n"
+      "  MiB per rank; params: parameters; AdamW: its m and v; total: with gradients;\n"
       "  activations = slots (micro-batches in flight × MiB each) + buffers (boundary "
       "buffers,\n  shared temporaries); cost: of the chunk ÷ the largest chunk's\n");
   const std::string head = "  stage   params    AdamW  activations      slots  buffers    total  ";
@@ -365,11 +365,16 @@ void plan_print_memory(const config::RunConfig& cfg, const ParallelLayout& layou
   std::printf(
       "  parameters       %s   %zu floats%s\n", mib(4.0 * big.params).c_str(), big.params,
       mesh.pp > 1 ? (" (stage " + std::to_string(memory.largest) + ", the largest)").c_str() : "");
-  std::printf("  gradients        %s   as many as the parameters\n", mib(4.0 * big.params).c_str());
-  std::printf("  optimizer state  %s   AdamW m and v%s\n", mib(4.0 * big.optimizer).c_str(),
-              zero
-                  ? (", sharded over dp " + std::to_string(mesh.dp * mesh.sp) + " (ZeRO-1)").c_str()
-                  : ", not sharded (parallel.zero_stage=0)");
+  std::printf("  gradients        %s   %s\n", mib(4.0 * big.grads).c_str(),
+              layout.zero_grads
+                  ? "ZeRO-2 windows: the shared block, embedding and head whole; the other layers "
+                    "in slots reduced every micro-batch"
+                  : "as many as the parameters");
+  const std::string stage = cfg.parallel().zero_stage() == 2 ? "ZeRO-2" : "ZeRO-1";
+  std::printf(
+      "  optimizer state  %s   AdamW m and v%s\n", mib(4.0 * big.optimizer).c_str(),
+      zero ? (", sharded over dp " + std::to_string(mesh.dp * mesh.sp) + " (" + stage + ")").c_str()
+           : ", not sharded (parallel.zero_stage=0)");
   std::printf(
       "  activations      %s   micro_batch %d × seq_len %d%s at %d thread%s; %d "
       "micro-batch%s in flight\n",
@@ -384,7 +389,8 @@ void plan_print_memory(const config::RunConfig& cfg, const ParallelLayout& layou
                 layout.bf16_grad_reduce
                     ? (zero ? "ZeRO-1 gradient shard, and gradients and shard in bf16 on the wire"
                             : "gradients in bf16 on the wire (parallel.grad_reduce_dtype BF16)")
-                    : "ZeRO-1 gradient shard");
+                : layout.zero_grads ? "ZeRO-2 gradient shard and the slots' reduce-scatter results"
+                                    : "ZeRO-1 gradient shard");
   std::printf("  total            %s\n", mib(big.bytes()).c_str());
   // The largest stage by total need not keep the most activations (the first stage's embedding
   // can outweigh a later stage's extra micro-batches in flight): say which one does.

@@ -219,8 +219,9 @@ TEST(Config, InvariantsNameTheFields) {
   EXPECT_NE(error_of([&] { validate_config(contiguous); })
                 .find("train.seq_len (38) must be divisible by parallel.sp (4)"),
             std::string::npos);
-  EXPECT_NE(violation("parallel.zero_stage=2").find("parallel.zero_stage must be 0 or 1"),
-            std::string::npos);
+  EXPECT_NE(
+      violation("parallel.zero_stage=3").find("parallel.zero_stage must be 0, 1 or 2 (got 3)"),
+      std::string::npos);
   EXPECT_EQ(violation("parallel.pp=2"), "");  // pipeline parallelism trains
   EXPECT_NE(violation("parallel.pp=4").find("= 2) must be at least parallel.pp (4)"),
             std::string::npos);
@@ -350,6 +351,36 @@ TEST(Config, MixtureOfRecursionsRefusesWhatItCannotRun) {
   EXPECT_EQ(recursion_keep(cfg.model(), 3, 256), 64);
   apply_override(cfg, "model.recursion_router=TOKEN_CHOICE");
   EXPECT_NE(error_of([&] { validate_config(cfg); }).find("is for EXPERT_CHOICE"),
+            std::string::npos);
+}
+
+// ZeRO-2 runs what its gradient windows can reduce, and says why it refuses the rest.
+TEST(Config, ZeroStage2RefusesWhatItCannotRun) {
+  auto violation = [](const std::vector<std::string>& assignments) {
+    config::RunConfig cfg;
+    apply_override(cfg, "parallel.zero_stage=2");
+    apply_override(cfg, "parallel.dp=2");
+    apply_override(cfg, "train.global_batch=64");  // micro-batches for pp 2
+    for (const std::string& a : assignments) apply_override(cfg, a);
+    return error_of([&] { validate_config(cfg); });
+  };
+  EXPECT_EQ(violation({}), "");
+  EXPECT_EQ(violation({"parallel.tp=2", "parallel.tp_sequence_parallel=true"}), "");
+  // The loop and the tied embedding on one stage (a plain, untied model cut in two) run.
+  EXPECT_EQ(violation({"parallel.pp=2", "model.tie_embeddings=false", "model.loops=1"}), "");
+  EXPECT_NE(violation({"parallel.pp=2"}).find("needs model.tie_embeddings false"),
+            std::string::npos);
+  EXPECT_NE(violation({"parallel.pp=2", "model.tie_embeddings=false"})
+                .find("(the shared block) runs on 2 pipeline stages"),
+            std::string::npos);
+  EXPECT_NE(violation({"parallel.pp=2", "model.tie_embeddings=false", "model.loops=1",
+                       "parallel.pipeline_schedule=ZERO_BUBBLE_H1"})
+                .find("does not run with the zero-bubble schedules"),
+            std::string::npos);
+  EXPECT_NE(violation({"parallel.overlap_grad_reduce=false"}).find("windows are freed that way"),
+            std::string::npos);
+  EXPECT_NE(violation({"runtime.precision=BF16", "parallel.grad_reduce_dtype=BF16"})
+                .find("set parallel.grad_reduce_dtype FP32"),
             std::string::npos);
 }
 

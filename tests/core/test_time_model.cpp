@@ -113,6 +113,29 @@ TEST(TimeModel, APredictionIsTheSumOfItsParts) {
   }
 }
 
+TEST(TimeModel, ZeroStage2ReducesThePerMicroBatchLayersInEveryMicroBatch) {
+  // dp 4 over 4 nodes, 2 micro-batches: ZeRO-2 sends the prelude and coda layers' gradients once
+  // more than ZeRO-1 (the loop, embedding and head once per step), hidden or not.
+  // Three prelude and three coda layers: more than ZeRO-2's two slots hold, so reduced per
+  // micro-batch.
+  const std::vector<std::string> common = {"parallel.dp=4", "train.global_batch=32",
+                                           "model.prelude_layers=3", "model.coda_layers=3"};
+  auto with = [&](const char* stage) {
+    std::vector<std::string> o = common;
+    o.push_back(stage);
+    return predict(o, 4);
+  };
+  const StepPrediction one = with("parallel.zero_stage=1"), two = with("parallel.zero_stage=2");
+  const config::RunConfig cfg = config_with(common);
+  // A layer: qkv, projection, fc and its projection with biases, two LayerNorms.
+  const double C = 256, F = 1024,
+               layer = C * 3 * C + 3 * C + C * C + C + C * F + F + F * C + C + 4 * C;
+  const LinkCost link = group_link(round_cluster(), parallel_layout(cfg).mesh, Axis::kData);
+  EXPECT_NEAR(two.dp + two.hidden_dp - one.dp - one.hidden_dp,
+              collective_seconds(Collective::kReduceScatter, 6 * layer * 4.0, 4, link), 1e-12);
+  EXPECT_DOUBLE_EQ(two.compute, one.compute);
+}
+
 TEST(TimeModel, LadderHidesTensorParallelSumsTheStandardResidualWaitsOn) {
   const StepPrediction standard = predict({"parallel.tp=4"});
   const StepPrediction ladder = predict({"parallel.tp=4", "model.residual=LADDER"});
