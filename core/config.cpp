@@ -332,44 +332,20 @@ namespace {
 
 // parallel.*: sizes that divide the model and the batch (refused with values that would), MPI's
 // message limit, the pipeline's layout and schedule, ZeRO and the gradient reduction.
-// ZeRO-2's gradient windows (parallel/grad_windows.h) need every gradient reduced on one
-// pipeline stage, a backward that finishes each layer's gradients before the next, and fp32 on
-// the wire.
+// ZeRO-2's gradient windows (parallel/grad_windows.h) are reduced as backward finishes them, in
+// fp32.
 void check_zero2(const config::RunConfig& cfg) {
   const auto& p = cfg.parallel();
-  const auto& m = cfg.model();
-  const auto kind = p.pipeline_schedule();
-  require(p.pp() == 1 || (kind != config::ParallelConfig::ZERO_BUBBLE_H1 &&
-                          kind != config::ParallelConfig::ZERO_BUBBLE_V),
-          "parallel.zero_stage 2 does not run with the zero-bubble schedules: their deferred "
-          "weight pass would keep every layer's gradient window open (use zero_stage 1, or "
-          "ONE_F_ONE_B / INTERLEAVED_1F1B)");
   require(p.overlap_grad_reduce(),
           "parallel.zero_stage 2 reduces each layer's gradients as backward finishes them (its "
           "windows are freed that way): parallel.overlap_grad_reduce false is ZeRO-1's or 0's");
   require(p.grad_reduce_dtype() == config::RuntimeConfig::FP32,
           "parallel.zero_stage 2 reduces gradients in fp32: set parallel.grad_reduce_dtype FP32 "
           "(or zero_stage 1)");
-  require(!model_routed(m),
-          "parallel.zero_stage 2 does not run with model.recursion_router "
-          "(Mixture-of-Recursions); use zero_stage 1");
-  if (p.pp() == 1) return;
-  const StagePlan plan = stage_plan_create(cfg);
-  require(!m.tie_embeddings() || stage_plan_rank_of(plan, 0) ==
-                                     stage_plan_rank_of(plan, plan.pp * plan.virtual_stages - 1),
-          "parallel.zero_stage 2 with parallel.pp > 1 needs model.tie_embeddings false: the tied "
-          "embedding is held by two pipeline stages, whose sum ZeRO-2 does not make yet "
-          "(use zero_stage 1)");
-  const int layers = m.prelude_layers() + m.block_layers() + m.coda_layers();
-  for (int u = 0; u < layers; ++u) {
-    int holders = 0;
-    for (int r = 0; r < plan.pp; ++r) holders += stage_plan_runs_layer(m, plan, r, u) ? 1 : 0;
-    require(holders <= 1,
-            "parallel.zero_stage 2: layer " + num(u) + " (the shared block) runs on " +
-                num(holders) +
-                " pipeline stages, whose gradient sum ZeRO-2 does not make yet; "
-                "keep the loop on one stage (parallel.pipeline_layout) or use zero_stage 1");
-  }
+  require(!model_routed(cfg.model()),
+          "parallel.zero_stage 2 does not run with "
+          "model.recursion_router (Mixture-of-Recursions); use "
+          "zero_stage 1");
 }
 
 void validate_parallel(const config::RunConfig& cfg) {

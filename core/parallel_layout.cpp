@@ -70,7 +70,10 @@ ParallelLayout parallel_layout(const config::RunConfig& cfg) {
                      : SequenceLayout::kZigzag;
   out.zero = p.zero_stage() >= 1 && out.reduce_ranks() > 1;
   out.zero_grads = out.zero && p.zero_stage() == 2;
-  out.grad_window_slots = (cfg.model().residual() == config::ModelConfig::LADDER ? 2 : 1) + 1;
+  const bool split =
+      out.pipeline == PipelineKind::kZeroBubbleH1 || out.pipeline == PipelineKind::kZeroBubbleV;
+  out.grad_window_slots =
+      split ? 0 : (cfg.model().residual() == config::ModelConfig::LADDER ? 2 : 1) + 1;
   out.bucket_floats = std::max<size_t>(1, static_cast<size_t>(p.bucket_mb() * (1 << 20) / 4));
   out.overlap_grad_reduce = p.overlap_grad_reduce();
   out.bf16_grad_reduce = p.grad_reduce_dtype() == config::RuntimeConfig::BF16;

@@ -34,7 +34,8 @@ struct ParallelLayout {
   bool zero = false;
   bool zero_grads = false;  // ZeRO-2: gradients in windows reduced as backward goes
   // ZeRO-2's slots for per-micro-batch gradient windows: as many as backward keeps open (the
-  // residual's delay) and one reducing.
+  // residual's delay) and one reducing; 0 under the zero-bubble schedules, whose deferred
+  // weight pass keeps every layer's gradients open (every unit step-long).
   int grad_window_slots = 0;
   size_t bucket_floats = 1;
   bool overlap_grad_reduce = true;

@@ -365,9 +365,12 @@ void replica_sync_ready(ReplicaSync& sync, size_t offset, size_t count,
     if (r.work || !r.ready) continue;
     bool blocked = false;  // an earlier range of the same group has not started
     for (size_t j = 0; j < i; ++j) blocked |= sync.ranges[j].comm == r.comm && !sync.ranges[j].work;
-    if (!blocked)
-      r.work = r.comm->all_reduce_async(sync.grads + r.range.begin, r.range.size(),
-                                        DataType::kFloat32, ReduceOp::kSum);
+    if (blocked) continue;
+    // Under ZeRO-2 a replicated range lies in a step-long unit's window (its holders run it at
+    // several places of the unrolled list).
+    float* grads =
+        sync.windows ? grad_windows_at(*sync.windows, r.range.begin) : sync.grads + r.range.begin;
+    r.work = r.comm->all_reduce_async(grads, r.range.size(), DataType::kFloat32, ReduceOp::kSum);
   }
 }
 

@@ -116,6 +116,7 @@ struct ReplicaSync {
   };
   std::vector<Range> ranges;     // in launch order
   float* grads = nullptr;        // the model's gradient buffer
+  GradWindows* windows = nullptr;  // ZeRO-2: where the gradients are instead (not owned)
   double wait_seconds = 0;       // blocked on the sums at the end of backward (exposed)
   TraceRecorder* trace = nullptr;
 };

@@ -1,4 +1,4 @@
-// replica_sync_shards (core/replica_shards.h): the replicated ranges' Adam moments under ZeRO-1,
+// replica_sync_shards (core/replica_shards.h): the replicated ranges' Adam moments under ZeRO,
 // moved between the ranks that own them on each holder stage.
 //
 // A replicated range R sits at another offset in each holder stage's flat buffer, and each stage
@@ -24,12 +24,11 @@ struct Held {
   size_t begin = 0, end = 0, compact = 0;
 };
 
-// What rank `part` of a stage with `n` parameters holds of R = [offset, offset + length).
-std::vector<Held> held_of(size_t n, size_t offset, size_t length, size_t bucket_floats, int parts,
-                          int part) {
+// What a rank owning `owned` (compact order) holds of R = [offset, offset + length).
+std::vector<Held> held_of(const std::vector<ShardRange>& owned, size_t offset, size_t length) {
   std::vector<Held> out;
   size_t compact = 0;
-  for (const ShardRange& o : grad_reducer_owned_by(n, bucket_floats, parts, part)) {
+  for (const ShardRange& o : owned) {
     const size_t lo = std::max(o.begin, offset), hi = std::min(o.end, offset + length);
     if (lo < hi) out.push_back({lo - offset, hi - offset, compact + (lo - o.begin)});
     compact += o.size();
@@ -59,10 +58,11 @@ void overlaps(const std::vector<Held>& from, const std::vector<Held>& to, bool s
 }  // namespace
 
 void replica_sync_shards(const ReplicaSync& sync, const std::vector<ReplicaGroup>& groups,
-                         Communicator& world, size_t n, size_t bucket_floats, int parts, int part,
-                         const std::function<int(int stage, int part)>& rank_of,
+                         Communicator& world, size_t n, const OwnedOf& owned_of, int parts,
+                         int part, const std::function<int(int stage, int part)>& rank_of,
                          const std::vector<float*>& buffers) {
   std::map<int, std::vector<Piece>> sends, receives;  // by world rank
+  std::map<std::pair<int, int>, std::vector<ShardRange>> owned;  // by (stage, part)
   for (const ReplicaSync::Range& r : sync.ranges) {   // the shared order
     const ReplicaGroup* group = nullptr;
     for (const ReplicaGroup& g : groups)
@@ -71,11 +71,14 @@ void replica_sync_shards(const ReplicaSync& sync, const std::vector<ReplicaGroup
     // Every holder's stage size and the range's offset there (group rank k: holders[k]).
     const int64_t mine[2] = {static_cast<int64_t>(n), static_cast<int64_t>(r.range.begin)};
     std::vector<int64_t> layout(2 * group->holders.size());
-    r.comm->all_gather_async(mine, layout.data(), 2, DataType::kInt64)->wait();
+    // (all_gather's count is the whole output's: 2 per holder.)
+    r.comm->all_gather_async(mine, layout.data(), layout.size(), DataType::kInt64)->wait();
     const size_t length = r.range.size();
     auto held = [&](int k, int q) {
-      return held_of(static_cast<size_t>(layout[2 * k]), static_cast<size_t>(layout[2 * k + 1]),
-                     length, bucket_floats, parts, q);
+      const int stage = group->holders[static_cast<size_t>(k)];
+      auto [at, added] = owned.try_emplace({stage, q});
+      if (added) at->second = owned_of(stage, static_cast<size_t>(layout[2 * k]), q);
+      return held_of(at->second, static_cast<size_t>(layout[2 * k + 1]), length);
     };
     const int me = r.comm->rank();
     if (me == 0) {  // the lowest holder sends its elements to every other holder's owners
@@ -123,7 +126,7 @@ void replica_sync_shards(const ReplicaSync& sync, const std::vector<ReplicaGroup
 }
 
 void replica_sync_moment_shards(const ReplicaSync& sync, const std::vector<ReplicaGroup>& groups,
-                                const ProcessGroups& g, size_t n, size_t bucket_floats,
+                                const ProcessGroups& g, size_t n, const OwnedOf& owned_of,
                                 Optimizer& optimizer) {
   auto rank_of = [&](int stage, int part) {
     return mesh_rank(g.mesh, {part / g.mesh.sp, stage, part % g.mesh.sp, g.coord.tp});
@@ -136,7 +139,7 @@ void replica_sync_moment_shards(const ReplicaSync& sync, const std::vector<Repli
     if (!host) copies[i] = moments[i]->download();
     buffers.push_back(host ? host : copies[i].data());
   }
-  replica_sync_shards(sync, groups, *g.world, n, bucket_floats, g.dp_sp->size(), g.dp_sp->rank(),
+  replica_sync_shards(sync, groups, *g.world, n, owned_of, g.dp_sp->size(), g.dp_sp->rank(),
                       rank_of, buffers);
   for (int i = 0; i < 2; ++i)
     if (!moments[i]->host_data()) moments[i]->upload(copies[i]);

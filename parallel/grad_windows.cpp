@@ -76,7 +76,7 @@ void launch_slot(GradWindows& w, GradUnit& u) {
 
 GradWindowsPlan grad_windows_plan(const std::vector<GradUnitSpec>& units, int slots, int parts,
                                   int rank) {
-  LOOM_CHECK(slots >= 2);
+  LOOM_CHECK(slots == 0 || slots >= 2);
   GradWindowsPlan plan;
   plan.slots = slots;
   // Slots that would hold as much as the per-micro-batch units together: whole windows for the
@@ -87,7 +87,7 @@ GradWindowsPlan grad_windows_plan(const std::vector<GradUnitSpec>& units, int sl
       per_micro += spec.range.size();
       largest = std::max(largest, spec.range.size());
     }
-  const bool all_step_long = per_micro <= static_cast<size_t>(slots) * largest;
+  const bool all_step_long = slots == 0 || per_micro <= static_cast<size_t>(slots) * largest;
   size_t at = 0;
   for (const GradUnitSpec& spec : units) {
     LOOM_CHECK(spec.range.begin == at && spec.range.end > at);  // ascending, tiling

@@ -59,7 +59,8 @@ struct GradWindowsPlan {
 };
 
 // units: ascending and tiling [0, n). `slots` windows for per-micro-batch units (at least one
-// more than can be open at once: backward keeps at most the model's delay open).
+// more than can be open at once: backward keeps at most the model's delay open); 0: every unit
+// step-long.
 GradWindowsPlan grad_windows_plan(const std::vector<GradUnitSpec>& units, int slots, int parts,
                                   int rank);
 

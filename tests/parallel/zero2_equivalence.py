@@ -2,7 +2,8 @@
 """ZeRO-2 (parallel.zero_stage=2: gradients in windows reduce-scattered as backward goes, no
 whole gradient on any rank) against the single process: the same losses (1e-5 relative) for a
 plain and a looped Ladder model at dp 2 and 4, with gradient accumulation, with tp (and
-tp_sequence_parallel), pp, sp and recomputation; its activation peak is `loom plan`'s; the final
+tp_sequence_parallel), pp (1F1B, interleaved, zero-bubble H1 and V; the looped model's tied
+embedding and shared block summed over stages), sp and recomputation; its activation peak is `loom plan`'s; the final
 checkpoint equals the single process's; resume across stages 1 <-> 2 and across dp is exact; and
 on the emulated device the measured memory peak of stages 0, 1 and 2 is `loom plan`'s.
 
@@ -53,16 +54,23 @@ def cases(model_name, config, reference):
         ("dp2-sp2", 4, ["parallel.dp=2", "parallel.sp=2", ZERO2], False),
         ("dp2-recompute", 2, ["parallel.dp=2", ZERO2, "train.recompute=SQRT"], False),
     ]
-    if model_name == "plain":  # the looped model's block would run on both stages
+    pp2 = ["parallel.dp=2", "parallel.pp=2", ZERO2, "train.micro_batch=1"]
+    if model_name == "plain":
         layouts += [
-            ("dp2-pp2", 4, ["parallel.dp=2", "parallel.pp=2", ZERO2, "train.micro_batch=1"], True),
-            ("dp2-pp2-interleaved", 4,
-             ["parallel.dp=2", "parallel.pp=2", ZERO2, "train.micro_batch=1",
-              "parallel.pipeline_schedule=INTERLEAVED_1F1B", "parallel.virtual_stages=2"], False),
+            ("dp2-pp2", 4, pp2, True),
+            ("dp2-pp2-interleaved", 4, pp2 + ["parallel.pipeline_schedule=INTERLEAVED_1F1B",
+                                              "parallel.virtual_stages=2"], False),
+            ("dp2-pp2-zbh1", 4, pp2 + ["parallel.pipeline_schedule=ZERO_BUBBLE_H1"], False),
         ]
-    else:
-        layouts.append(("dp2-tsp", 4, ["parallel.dp=2", "parallel.tp=2", ZERO2,
-                                       "parallel.tp_sequence_parallel=true"], False))
+    else:  # the tied embedding and the shared block on both stages: summed over them
+        layouts += [
+            ("dp2-tsp", 4, ["parallel.dp=2", "parallel.tp=2", ZERO2,
+                            "parallel.tp_sequence_parallel=true"], False),
+            ("dp2-pp2", 4, pp2, True),
+            ("dp2-pp2-zbv", 4, pp2 + ["parallel.pipeline_schedule=ZERO_BUBBLE_V",
+                                      "parallel.virtual_stages=2"], False),
+            ("dp2-pp2-tp2", 8, pp2 + ["parallel.tp=2"], True),
+        ]
     for tag, ranks, overrides, checkpoint in layouts:
         train_case(LOOM, model_name, config, reference, tag, ranks, overrides, checkpoint)
 
@@ -73,6 +81,9 @@ def cases(model_name, config, reference):
                 ["parallel.dp=2", "parallel.zero_stage=1"], reference)
     resume_case(LOOM, config, zero2, f"{model_name}: ZeRO-2 resumed by ZeRO-2 at dp 4", 4,
                 ["parallel.dp=4", ZERO2], reference)
+    resume_case(LOOM, config, f"{model_name}-dp2-pp2",
+                f"{model_name}: ZeRO-2 at pp 2 resumed by ZeRO-1 at dp 2, pp 1", 2,
+                ["parallel.dp=2", "parallel.zero_stage=1"], reference)
     zero1 = train_case(LOOM, model_name, config, reference, "zero1", 2,
                        ["parallel.dp=2", "parallel.zero_stage=1"])
     resume_case(LOOM, config, zero1, f"{model_name}: ZeRO-1 resumed by ZeRO-2", 2,
