@@ -36,7 +36,7 @@ constexpr const char* kCommand = "loom plan";  // how its messages begin
 constexpr const char* kHelp =
     R"(usage: loom plan CONFIG [--set path.to.field=value]... [--memory-gb X]
                  [--hostfile FILE | --hosts a:4,b:4] [--allow-cross-node-tp]
-                 [--cluster FILE [--nodes N]]
+                 [--cluster FILE [--nodes N] [--search [--top K]]]
 
 Shows what CONFIG's parallel layout (parallel.dp, tp, pp, sp) means, without starting anything:
   - the world size and dp × pp × sp × tp,
@@ -81,6 +81,14 @@ Exit status 1 when it does not fit, or when the layout does not divide the model
   --cluster FILE   a cluster description (configs/loom.proto, ClusterConfig) to predict the
                    step time on
   --nodes N        nodes of that cluster (default: the fewest that hold the layout)
+  --search         with --cluster and --nodes: instead of CONFIG's layout, every layout of its
+                   model and global batch on all the nodes' devices (dp · tp · pp · sp, the
+                   micro-batch, 1F1B, interleaved, ZB-H1 and ZB-V, each recompute policy and
+                   ZeRO stage), judged by the memory model against the device's memory (or
+                   --memory-gb) and by the step-time model; prints the fastest that fit, what
+                   each loses against the best, the best as --set assignments, and the faster
+                   shapes that do not fit. Exit status 1 when none fits.
+  --top K          how many layouts --search prints (default 10)
 )";
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
@@ -228,6 +236,32 @@ int cluster_nodes(const std::string& text) {
   return static_cast<int>(n);
 }
 
+// --search: every layout on --nodes nodes of --cluster, the best first.
+int search(const config::RunConfig& cfg, const Args& args,
+           const std::optional<ClusterConfig>& cluster, double budget_gib) {
+  if (!cluster || !args.has("--nodes"))
+    throw Error("--search needs --cluster FILE and --nodes N: the devices to lay the model on");
+  if (args.has("--hostfile") || args.has("--hosts"))
+    throw Error(
+        "--search lays the model on --cluster's nodes; --hostfile and --hosts are for "
+        "one layout's placement");
+  int top = 10;
+  if (args.has("--top")) {
+    const std::string text = args.value("--top", "");
+    char* end = nullptr;
+    const long n = std::strtol(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0' || n < 1 || n > 1000)
+      throw Error("--top: \"" + text + "\" is not a number of layouts from 1 to 1000");
+    top = static_cast<int>(n);
+  }
+  kernels::cpu::init_threads(std::max(1, cfg.runtime().threads()));
+  const int nodes = cluster_nodes(args.value("--nodes", ""));
+  const LayoutSearch found =
+      search_layouts(cfg, *cluster, nodes, budget_gib * 1024.0 * 1024.0 * 1024.0);
+  plan_print_search(found, *cluster, nodes, budget_gib, top);
+  return found.fitting.empty() ? 1 : 0;
+}
+
 }  // namespace
 
 int command_plan(int argc, char** argv) {
@@ -237,8 +271,9 @@ int command_plan(int argc, char** argv) {
                                 {"--hostfile", false},
                                 {"--hosts", false},
                                 {"--cluster", false},
-                                {"--nodes", false}},
-                               {"--allow-cross-node-tp"});
+                                {"--nodes", false},
+                                {"--top", false}},
+                               {"--allow-cross-node-tp", "--search"});
   if (args.flag("--help")) {
     std::cout << kHelp;
     return 0;
@@ -254,6 +289,7 @@ int command_plan(int argc, char** argv) {
                             : std::nullopt;
   double budget_gib = memory_gb(args);
   if (cluster && budget_gib == 0) budget_gib = cluster->device().memory_gib();
+  if (args.flag("--search")) return search(cfg, args, cluster, budget_gib);
   const ParallelLayout layout = parallel_layout(cfg);
   const Mesh& mesh = layout.mesh;
   const Target target = plan_target(args, mesh);

@@ -519,6 +519,49 @@ void plan_print_verdict(const std::string& headline, const std::string& detail) 
   std::printf("%s\n", line.c_str());
 }
 
+void plan_print_search(const LayoutSearch& search, const ClusterConfig& cluster, int nodes,
+                       double budget_gib, int top) {
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  const std::string budget = memory_size_text(budget_gib * kGiB);
+  std::printf(
+      "layout search on %d node%s of %s (%d devices, %s per device): %d shapes (dp, tp, pp, sp, "
+      "micro-batch, schedule), %d layouts judged with each recompute policy and ZeRO stage, %d "
+      "refused by the config's rules; step times from the model of core/time_model.h\n",
+      nodes, nodes == 1 ? "" : "s", cluster.name().c_str(), nodes * cluster.devices_per_node(),
+      budget.c_str(), search.shapes, search.layouts, search.invalid);
+  if (search.fitting.empty()) {
+    std::printf("\nno layout fits %s per device\n", budget.c_str());
+  } else {
+    const LayoutCandidate& best = search.fitting.front();
+    std::printf("\nthe fastest that fit, the best of each mesh and schedule:\n");
+    std::printf("  #  %-72s %9s %6s %8s  %s\n", "layout", "step ms", "MFU", "GiB/rank",
+                "critical; against #1");
+    // The best of each mesh and schedule: another micro-batch of one shows little.
+    std::set<std::tuple<int, int, int, int, int, int>> seen;
+    int i = 0;
+    for (const LayoutCandidate& c : search.fitting) {
+      if (i == top) break;
+      if (!seen.insert({c.dp, c.tp, c.pp, c.sp, c.schedule, c.virtual_stages}).second) continue;
+      const std::string against = i == 0 ? "" : "; " + layout_loses_by(c, best);
+      std::printf("%3d  %-72s %9.1f %5.1f%% %8.1f  %s%s\n", ++i, c.describe().c_str(),
+                  1e3 * c.prediction.step, 100.0 * c.prediction.mfu, c.bytes / kGiB,
+                  c.prediction.critical.c_str(), against.c_str());
+    }
+    std::printf("\nthe best, as settings:");
+    for (const std::string& o : best.overrides()) std::printf(" --set %s", o.c_str());
+    std::printf("\n");
+  }
+  // Shapes faster than the best that fits, out of memory even at their smallest.
+  const double bar = search.fitting.empty() ? 1e300 : search.fitting.front().prediction.step;
+  int listed = 0;
+  for (const LayoutCandidate& c : search.out_of_memory) {
+    if (c.prediction.step >= bar || listed == top) break;
+    if (listed++ == 0) std::printf("\nfaster, but out of memory even at their smallest:\n");
+    std::printf("     %-72s %9.1f  needs %s > %s\n", c.describe().c_str(), 1e3 * c.prediction.step,
+                memory_size_text(c.bytes).c_str(), budget.c_str());
+  }
+}
+
 void plan_print_step_time(const StepPrediction& p, const ClusterConfig& cluster, int nodes,
                           const Mesh& mesh) {
   std::printf(

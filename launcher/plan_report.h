@@ -10,6 +10,7 @@
 #pragma once
 #include <string>
 
+#include "core/layout_search.h"
 #include "core/memory_model.h"
 #include "core/parallel_layout.h"
 #include "core/time_model.h"
@@ -38,6 +39,11 @@ void plan_print_verdict(const std::string& headline, const std::string& detail);
 // The longest train.seq_len the layout trains within `budget_gib` GiB per rank.
 void plan_print_longest_sequence(const config::RunConfig& cfg, double budget_gib);
 // The predicted step on `nodes` nodes of `cluster` (core/time_model.h), part by part.
+// `loom plan --search`: the fastest layouts that fit, each with what it loses against the best;
+// the best as --set assignments; the fastest shapes that do not fit, with their memory.
+void plan_print_search(const LayoutSearch& search, const ClusterConfig& cluster, int nodes,
+                       double budget_gib, int top);
+
 void plan_print_step_time(const StepPrediction& p, const ClusterConfig& cluster, int nodes,
                           const Mesh& mesh);
 

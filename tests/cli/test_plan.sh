@@ -4,8 +4,8 @@
 # `loom plan`, large worlds and many stages print as tables of short lines, the summary's
 # activations are the recompute table's "(this run)" row, and a layout that does not divide is
 # refused with values that do; with --cluster the predicted step's parts, a cluster too small or
-# malformed refused, and `loom bench calibrate` (2 ranks) writing a cluster file loom plan
-# reads. (tests/launcher/test_plan.sh checks the layout's figures.)
+# malformed refused, the layout search's best accepted as a layout, and `loom bench calibrate`
+# (2 ranks) writing a cluster file loom plan reads. (tests/launcher/test_plan.sh checks the layout's figures.)
 # Usage: test_plan.sh LOOM_BINARY SOURCE_DIR
 set -u
 loom=$1
@@ -151,6 +151,19 @@ expect_error nodes-alone "--nodes says how many nodes of a --cluster; give --clu
 expect_error too-few-nodes "the layout needs 32 devices but 2 node(s) of DGX A100 have 16" -- \
   "$loom" plan "$config" --set parallel.dp=16 --set train.micro_batch=1 --set parallel.tp=2 \
   --cluster "$src/cluster/dgx_a100.textproto" --nodes 2
+# --- the layout search (--search): the best of every layout on the cluster's devices ---
+plan search 0 --search --top 3 --cluster "$src/cluster/dgx_a100.textproto" --nodes 1
+expect search-header '^layout search on 1 node of DGX A100 \(8 devices, 74\.5 GiB per device\): [0-9]+ shapes'
+expect search-best '^  1  dp [0-9]+ × tp [0-9]+ × pp [0-9]+ × sp [0-9]+, micro_batch [0-9]+, '
+expect search-third '^  3  dp .*; [a-z_0-9]+ \+[0-9.]+ ms$'
+expect search-settings '^the best, as settings: --set parallel.dp=[0-9]+ --set parallel.tp='
+best=$(sed -n 's/^the best, as settings: //p' <<<"$out")
+# shellcheck disable=SC2086  # the assignments are words
+plan search-accepted 0 $best --memory-gb 74.5
+expect_error search-alone "--search needs --cluster FILE and --nodes N" -- \
+  "$loom" plan "$config" --search
+expect_error search-top "--top: \"0\" is not a number of layouts from 1 to 1000" -- \
+  "$loom" plan "$config" --search --top 0 --cluster "$src/cluster/dgx_a100.textproto" --nodes 1
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo 'name: "half"' >"$tmp/half.textproto"
