@@ -64,6 +64,69 @@ void reduce_over_dp(Communicator& dp, StepResult& result, double& squares, bool 
     routing.active_fraction[r] = sums[5 + r] / ranks;
 }
 
+// A step's gradients start at zero: the whole buffer, or ZeRO-2's windows; the reductions know
+// that nothing is final yet.
+void begin_gradients(Model& model, const StepParallel& parallel) {
+  if (model.buf.grad_windows)
+    grad_windows_begin(*model.buf.grad_windows);
+  else
+    model.buf.backend->zero_bytes(model.buf.grads.data(), model.layout.num_params * sizeof(float));
+  if (parallel.reducer) grad_reducer_begin(*parallel.reducer);
+  if (parallel.replicas) replica_sync_begin(*parallel.replicas);
+}
+
+// Where backward's final ranges go for the data-parallel reduction: the buckets, ZeRO-2's windows
+// or nowhere.
+GradsFinalFn reduction_of(GradReducer* reducer, GradWindows* windows) {
+  if (reducer)
+    return [reducer](size_t offset, size_t count) { grad_reducer_ready(*reducer, offset, count); };
+  if (windows)
+    return [windows](size_t offset, size_t count) { grad_windows_ready(*windows, offset, count); };
+  return {};
+}
+
+// After the last backward: the replicas' sums and the data-parallel reduction finished. Returns
+// this rank's averaged shard of the gradients under ZeRO-1 and 2, else null.
+const float* finish_reductions(Model& model, const StepParallel& parallel,
+                               const GradsFinalFn& to_reducer, StepResult& result) {
+  flight_phase(parallel.flight, "gradient reduction");
+  if (ReplicaSync* replicas = parallel.replicas) {
+    replica_sync_finish(*replicas, to_reducer);
+    result.comm_wait_s += replicas->wait_seconds;
+  }
+  if (GradReducer* reducer = parallel.reducer) {
+    TraceSpan span(parallel.trace, "dp reduce", "dp_reduce");
+    grad_reducer_finish(*reducer);
+    result.comm_wait_s += reducer->wait_seconds;
+    return reducer->zero ? reducer->shard : nullptr;
+  }
+  if (GradWindows* windows = model.buf.grad_windows) {
+    TraceSpan span(parallel.trace, "dp reduce", "dp_reduce");
+    grad_windows_finish(*windows);
+    result.comm_wait_s += windows->wait_seconds;
+    return windows->shard;
+  }
+  return nullptr;
+}
+
+// The squares and the recomputed FLOPs summed over tp, then with the last stage's loss over pp.
+void sum_over_tp_and_pp(const Model& model, Communicator* pp, double& loss, double& squares,
+                        double& recomputed) {
+  if (model.par.tp.comm) {
+    double sums[2] = {squares, recomputed};
+    model.par.tp.comm->all_reduce(sums, 2, ReduceOp::kSum);
+    squares = sums[0];
+    recomputed = sums[1];
+  }
+  if (pp && pp->size() > 1) {  // the last stage's loss and every stage's squares, in one
+    double sums[3] = {loss, squares, recomputed};
+    pp->all_reduce(sums, 3, ReduceOp::kSum);
+    loss = sums[0];
+    squares = sums[1];
+    recomputed = sums[2];
+  }
+}
+
 }  // namespace
 
 StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
@@ -71,13 +134,8 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
                       const int* targets, const StepParallel& parallel) {
   const int B = cfg.train().micro_batch(), T = cfg.train().seq_len() / model.par.sp.size;
   const int m = pipe.micro_batches;
-  GradReducer* reducer = parallel.reducer;
   ReplicaSync* replicas = parallel.replicas;
-  GradWindows* windows = model.buf.grad_windows;  // ZeRO-2
-  if (windows)
-    grad_windows_begin(*windows);
-  else
-    model.buf.backend->zero_bytes(model.buf.grads.data(), model.layout.num_params * sizeof(float));
+  begin_gradients(model, parallel);
   model_begin_passes(model, parallel.trace);
   pipe.wait_seconds = 0.0;
   pipe.trace = parallel.trace;
@@ -88,15 +146,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   const float scale = 1.0f / static_cast<float>(static_cast<size_t>(B) * T * m);
   // Gradients are reduced once, during the last micro-batch's backward: data-parallel buckets
   // start as soon as their gradients are final; replicated ones after their sum over stages.
-  GradsFinalFn to_reducer;
-  if (reducer)
-    to_reducer = [reducer](size_t offset, size_t count) {
-      grad_reducer_ready(*reducer, offset, count);
-    };
-  if (windows)
-    to_reducer = [windows](size_t offset, size_t count) {
-      grad_windows_ready(*windows, offset, count);
-    };
+  const GradsFinalFn to_reducer = reduction_of(parallel.reducer, model.buf.grad_windows);
   // The model finishes some gradients as it reports them final (the tensor-parallel sum of the
   // norms' under sequence parallelism): the last micro-batch is marked by a callback even with
   // nothing to reduce.
@@ -105,32 +155,12 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
     on_final = [&](size_t offset, size_t count) {
       replica_sync_ready(*replicas, offset, count, to_reducer);
     };
-  if (reducer) grad_reducer_begin(*reducer);
-  if (replicas) replica_sync_begin(*replicas);
   std::vector<int> local;
   const MicroBatches batch =
       sequence_part(model, {inputs, targets, m, B, cfg.train().seq_len(), scale}, local);
   const double loss_sum = pipeline_run(pipe, model, pipe.train, batch, true, on_final);
   result.loss = loss_sum / m;
-  flight_phase(parallel.flight, "gradient reduction");
-  if (replicas) {
-    replica_sync_finish(*replicas, to_reducer);
-    result.comm_wait_s += replicas->wait_seconds;
-  }
-  if (reducer) {
-    TraceSpan span(parallel.trace, "dp reduce", "dp_reduce");
-    grad_reducer_finish(*reducer);
-    result.comm_wait_s += reducer->wait_seconds;
-  }
-  if (windows) {
-    TraceSpan span(parallel.trace, "dp reduce", "dp_reduce");
-    grad_windows_finish(*windows);
-    result.comm_wait_s += windows->wait_seconds;
-  }
-  // ZeRO-1 and 2: this rank's averaged shard of the gradients.
-  const float* shard = windows                    ? windows->shard
-                       : reducer && reducer->zero ? reducer->shard
-                                                  : nullptr;
+  const float* shard = finish_reductions(model, parallel, to_reducer, result);
   const bool zero = shard != nullptr;
   // Σ g² of this rank's part of the global gradient: its ZeRO shard or its whole buffer, each
   // global element counted on one tensor-parallel rank and one pipeline stage.
@@ -140,20 +170,7 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   std::optional<TraceSpan> sums_span(std::in_place, parallel.trace, "loss and norm sums",
                                      "sum_wait");
   double recomputed = model_recompute_flops(model);
-  if (model.par.tp.comm) {
-    double sums[2] = {squares, recomputed};
-    model.par.tp.comm->all_reduce(sums, 2, ReduceOp::kSum);
-    squares = sums[0];
-    recomputed = sums[1];
-  }
-  if (parallel.pp && parallel.pp->size() > 1) {
-    // The last stage's loss and every stage's squares, in one all-reduce.
-    double sums[3] = {result.loss, squares, recomputed};
-    parallel.pp->all_reduce(sums, 3, ReduceOp::kSum);
-    result.loss = sums[0];
-    squares = sums[1];
-    recomputed = sums[2];
-  }
+  sum_over_tp_and_pp(model, parallel.pp, result.loss, squares, recomputed);
   result.routing = model_routing_stats(model);
   result.step_flops = result.routing.train_flops_per_token * static_cast<double>(B) * T * m;
   if (parallel.dp) reduce_over_dp(*parallel.dp, result, squares, zero, recomputed);
@@ -178,10 +195,10 @@ StepResult train_step(Model& model, Optimizer& optimizer, Pipeline& pipe,
   if (zero) {
     const auto start = Clock::now();
     TraceSpan gather_span(parallel.trace, "zero gather", "zero_gather");
-    if (windows)
-      grad_windows_gather_in_place(*windows, model.buf.params.data());
+    if (model.buf.grad_windows)
+      grad_windows_gather_in_place(*model.buf.grad_windows, model.buf.params.data());
     else
-      grad_reducer_gather_in_place(*reducer, model.buf.params.data());
+      grad_reducer_gather_in_place(*parallel.reducer, model.buf.params.data());
     result.comm_wait_s += seconds_since(start);
   }
   model_refresh_weights(model);
