@@ -22,23 +22,6 @@ std::vector<int> divisors(int n) {
   return out;
 }
 
-const char* schedule_name(Parallel::PipelineSchedule s) {
-  switch (s) {
-    case Parallel::GPIPE:
-      return "GPipe";
-    case Parallel::ONE_F_ONE_B:
-      return "1F1B";
-    case Parallel::INTERLEAVED_1F1B:
-      return "interleaved";
-    case Parallel::ZERO_BUBBLE_H1:
-      return "ZB-H1";
-    case Parallel::ZERO_BUBBLE_V:
-      return "ZB-V";
-    default:
-      return "?";
-  }
-}
-
 config::RunConfig config_of(const config::RunConfig& base, const LayoutCandidate& c) {
   config::RunConfig cfg = base;
   Parallel& p = *cfg.mutable_parallel();
@@ -94,6 +77,7 @@ bool best_of_shape(const config::RunConfig& base, LayoutCandidate shape,
       }
       ++out.layouts;
       const ParallelLayout layout = parallel_layout(cfg);
+      c.kind = layout.pipeline;
       c.bytes = layout_memory(cfg, layout).bytes();
       const bool ok = c.bytes <= budget;
       if (ok) c.prediction = predict_step(cfg, layout, cluster, nodes);
@@ -132,7 +116,7 @@ std::string LayoutCandidate::describe() const {
   char out[160];
   std::snprintf(out, sizeof(out),
                 "dp %d × tp %d × pp %d × sp %d, micro_batch %d, %s%s, %s, ZeRO-%d", dp, tp, pp, sp,
-                micro_batch, schedule_name(schedule),
+                micro_batch, pipeline_kind_title(kind),
                 virtual_stages > 1 ? (" v" + std::to_string(virtual_stages)).c_str() : "",
                 Train::Recompute_Name(recompute).c_str(), zero);
   return out;

@@ -18,6 +18,7 @@
 
 #include "core/cluster.h"
 #include "core/config.h"
+#include "core/parallel_layout.h"
 #include "core/time_model.h"
 
 namespace loom {
@@ -26,6 +27,7 @@ struct LayoutCandidate {
   int dp = 1, tp = 1, pp = 1, sp = 1, micro_batch = 1, virtual_stages = 1, zero = 0;
   config::ParallelConfig::PipelineSchedule schedule = config::ParallelConfig::ONE_F_ONE_B;
   config::TrainConfig::Recompute recompute = config::TrainConfig::NONE;
+  PipelineKind kind = PipelineKind::kOneFOneB;  // the schedule's (parallel_layout's)
   StepPrediction prediction;
   double bytes = 0;  // per rank, the largest stage's (core/memory_model.h)
   // The --set assignments that turn the searched config into this layout.

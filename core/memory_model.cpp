@@ -11,14 +11,18 @@
 
 namespace loom {
 
-StageMemory stage_memory(const config::RunConfig& cfg, const ParallelLayout& layout, int rank) {
+Model stage_layout(const config::RunConfig& cfg, const ParallelLayout& layout, int stage,
+                   int tp_rank) {
   const Mesh& mesh = layout.mesh;
   // Sizes follow the precision, not the device: the host backend at runtime.precision plans them.
-  TensorParallel tp{mesh.tp, 0, nullptr};
+  TensorParallel tp{mesh.tp, tp_rank, nullptr};
   tp.sequence = layout.tp_sequence;
-  Model model =
-      model_layout(cfg.model(), make_host_backend(cfg.runtime()), tp, {layout.stages, rank},
-                   {mesh.sp, 0, nullptr, layout.sequence, layout.sequence_method});
+  return model_layout(cfg.model(), make_host_backend(cfg.runtime()), tp, {layout.stages, stage},
+                      {mesh.sp, 0, nullptr, layout.sequence, layout.sequence_method});
+}
+
+StageMemory stage_memory(const config::RunConfig& cfg, const ParallelLayout& layout, int rank) {
+  Model model = stage_layout(cfg, layout, rank, 0);
   const Pipeline pipe = pipeline_create(layout, nullptr, rank);
   StageMemory out;
   out.params = model.layout.num_params;
@@ -45,7 +49,7 @@ StageMemory stage_memory(const config::RunConfig& cfg, const ParallelLayout& lay
   out.boundaries = pipe.boundaries;
   const LoopCounts loops = run_loop_counts(cfg);
   model_set_loop_range(model, loops.min, loops.max);
-  out.arena = model_arena_sizes(model, cfg.train().micro_batch(), cfg.train().seq_len() / mesh.sp,
+  out.arena = model_arena_sizes(model, cfg.train().micro_batch(), cfg.train().seq_len() / layout.mesh.sp,
                                 pipe.slots, pipe.boundaries, pipe.split_backward, layout.recompute);
   return out;
 }

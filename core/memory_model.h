@@ -42,6 +42,12 @@ struct StageMemory {
 };
 StageMemory stage_memory(const config::RunConfig& cfg, const ParallelLayout& layout, int rank);
 
+// The parameter layout (no buffers) of pipeline stage `stage` at tensor-parallel coordinate
+// `tp_rank`, as `loom train` lays it out: what stage_memory sizes, and where another stage's
+// tensors and ZeRO shards are.
+Model stage_layout(const config::RunConfig& cfg, const ParallelLayout& layout, int stage,
+                   int tp_rank);
+
 // Every pipeline stage of a layout and the one whose ranks need the most bytes.
 struct LayoutMemory {
   std::vector<StageMemory> stages;  // by pipeline coordinate, pp of them

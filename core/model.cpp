@@ -326,6 +326,21 @@ void no_grad_backward(BackwardRun& run, const ChunkSegment& g) {
 
 }  // namespace
 
+std::vector<GradUnitSpec> model_grad_units(const Model& m) {
+  std::vector<int> positions(m.layout.layer_ranges.size(), 0);
+  for (int u : m.spec.unrolled) ++positions[static_cast<size_t>(u)];
+  std::vector<GradUnitSpec> units;
+  if (m.layout.embedding_range.size() > 0) units.push_back({m.layout.embedding_range, true});
+  if (m.layout.head_range.size() > 0) units.push_back({m.layout.head_range, true});
+  for (size_t u = 0; u < m.layout.layer_ranges.size(); ++u)
+    if (m.layout.layer_ranges[u].size() > 0)
+      units.push_back({m.layout.layer_ranges[u], positions[u] > 1});
+  std::sort(units.begin(), units.end(), [](const GradUnitSpec& a, const GradUnitSpec& b) {
+    return a.range.begin < b.range.begin;
+  });
+  return units;
+}
+
 void model_backward_chunk(Model& m, int chunk, int slot, int boundary, int B, int T,
                           const GradsFinalFn& on_grads_final, BackwardPart part) {
   check_run(m, chunk, slot, B, T);

@@ -305,21 +305,6 @@ Model model_create(const ModelConfig& cfg, std::shared_ptr<const kernels::Kernel
   return m;
 }
 
-std::vector<GradUnitSpec> model_grad_units(const Model& m) {
-  std::vector<int> positions(m.layout.layer_ranges.size(), 0);
-  for (int u : m.spec.unrolled) ++positions[static_cast<size_t>(u)];
-  std::vector<GradUnitSpec> units;
-  if (m.layout.embedding_range.size() > 0) units.push_back({m.layout.embedding_range, true});
-  if (m.layout.head_range.size() > 0) units.push_back({m.layout.head_range, true});
-  for (size_t u = 0; u < m.layout.layer_ranges.size(); ++u)
-    if (m.layout.layer_ranges[u].size() > 0)
-      units.push_back({m.layout.layer_ranges[u], positions[u] > 1});
-  std::sort(units.begin(), units.end(), [](const GradUnitSpec& a, const GradUnitSpec& b) {
-    return a.range.begin < b.range.begin;
-  });
-  return units;
-}
-
 void model_init(Model& m, uint64_t seed) {
   Rng rng{seed};
   const double std_w = m.spec.config.init_std();

@@ -13,6 +13,7 @@
 #include <map>
 
 #include "base/error.h"
+#include "core/memory_model.h"
 #include "parallel/grad_reducer.h"
 
 namespace loom {
@@ -123,6 +124,20 @@ void replica_sync_shards(const ReplicaSync& sync, const std::vector<ReplicaGroup
         at += p.count;
       }
   }
+}
+
+OwnedOf zero_owned_of(const config::RunConfig& cfg, const ParallelLayout& layout, int parts,
+                      int tp_rank) {
+  if (!layout.zero_grads)
+    return [bucket = layout.bucket_floats, parts](int, size_t n, int part) {
+      return grad_reducer_owned_by(n, bucket, parts, part);
+    };
+  return [&cfg, &layout, parts, tp_rank](int stage, size_t n, int part) {
+    const Model m = stage_layout(cfg, layout, stage, tp_rank);
+    LOOM_CHECK(m.layout.num_params == n);
+    return grad_windows_owned(
+        grad_windows_plan(model_grad_units(m), layout.grad_window_slots, parts, part));
+  };
 }
 
 void replica_sync_moment_shards(const ReplicaSync& sync, const std::vector<ReplicaGroup>& groups,

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/optimizer.h"
+#include "core/parallel_layout.h"
 #include "core/pipeline.h"
 #include "parallel/groups.h"
 
@@ -29,6 +30,12 @@ void replica_sync_shards(const ReplicaSync& sync, const std::vector<ReplicaGroup
                          Communicator& world, size_t n, const OwnedOf& owned_of, int parts,
                          int part, const std::function<int(int stage, int part)>& rank_of,
                          const std::vector<float*>& buffers);
+
+// What each stage's dp × sp ranks own under the layout's ZeRO stage (1: the gradient reducer's
+// buckets of the stage's n parameters; 2: the gradient windows' units of that stage's layout at
+// tp coordinate `tp_rank`), over `parts` ranks. The OwnedOf keeps references to cfg and layout.
+OwnedOf zero_owned_of(const config::RunConfig& cfg, const ParallelLayout& layout, int parts,
+                      int tp_rank);
 
 // replica_sync_shards for `optimizer`'s moments (its owned shards of a stage of `n` parameters
 // over the dp × sp group); on a device through a host copy of this rank's shard only.

@@ -77,27 +77,6 @@ void set_up_grad_windows(Run& run) {
   run.optimizer = optimizer_create(model, grad_windows_owned(plan));
 }
 
-// What each pipeline stage's dp × sp ranks own under the run's ZeRO stage: ZeRO-1's buckets of the
-// stage's n parameters, or ZeRO-2's units of that stage's layout (this rank's tp coordinate).
-OwnedOf zero_owned_of(const Run& run) {
-  const ParallelLayout& layout = run.layout;
-  const int parts = run.groups.dp_sp->size();
-  if (!layout.zero_grads)
-    return [bucket = layout.bucket_floats, parts](int, size_t n, int part) {
-      return grad_reducer_owned_by(n, bucket, parts, part);
-    };
-  return [&run, parts](int stage, size_t n, int part) {
-    const ParallelLayout& l = run.layout;
-    TensorParallel tp{l.mesh.tp, run.groups.coord.tp, nullptr};
-    tp.sequence = l.tp_sequence;
-    const Model m = model_layout(run.cfg.model(), run.model.buf.backend, tp, {l.stages, stage},
-                                 {l.mesh.sp, 0, nullptr, l.sequence, l.sequence_method});
-    LOOM_CHECK(m.layout.num_params == n);
-    return grad_windows_owned(
-        grad_windows_plan(model_grad_units(m), l.grad_window_slots, parts, part));
-  };
-}
-
 // Writes a checkpoint; collective, every rank writes its own pieces (core/checkpoint_pieces.h).
 // Replicas of shared weights are first set to the lowest stage's (their rounding may have
 // drifted: replica_sync_broadcast), so the run goes on from exactly what is saved.
@@ -110,7 +89,10 @@ void save_checkpoint(Run& run, const CheckpointState& state, const std::string& 
       replica_sync_broadcast(run.replicas, run.optimizer.v.data());
     } else {  // each rank's shard of the moments, owner to owner
       replica_sync_moment_shards(run.replicas, run.replica_groups, run.groups,
-                                 run.model.layout.num_params, zero_owned_of(run), run.optimizer);
+                                 run.model.layout.num_params,
+                                 zero_owned_of(run.cfg, run.layout, run.groups.dp_sp->size(),
+                                               run.groups.coord.tp),
+                                 run.optimizer);
     }
   }
   const MeshCoord& c = run.groups.coord;
